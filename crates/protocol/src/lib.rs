@@ -1,0 +1,23 @@
+//! SMTP protocol pieces shared by relayward's server and its open-relay tester.
+//!
+//! Everything here is sans-I/O: parsers take bytes or strings and return values, so the same
+//! grammar decides what the server accepts and what the tester sends, and every rule can be
+//! tested (and fuzzed) without a socket.
+//!
+//! - [`limits`]: the RFC 5321 §4.5.3 size limits.
+//! - [`line`]: splitting a byte stream into CRLF-terminated command lines, strictly.
+//! - [`command`]: the command parser (EHLO … AUTH, ESMTP parameters).
+//! - [`reply`]: replies with RFC 3463 enhanced codes; building them and parsing them.
+//! - [`path`]: RFC 5321 paths: local parts, domains, address literals, source routes.
+//! - [`resolve`]: what an address *means* for routing: the single input of the relay decision.
+//! - [`data`]: the DATA receiver: dot-unstuffing, end only on CRLF.CRLF, no bare CR/LF.
+//! - [`battery`]: the relay-trick battery used by `relayward probe` and `relayward check-config`.
+
+pub mod battery;
+pub mod command;
+pub mod data;
+pub mod limits;
+pub mod line;
+pub mod path;
+pub mod reply;
+pub mod resolve;

@@ -1,0 +1,17 @@
+//! Size limits from RFC 5321 §4.5.3.1. Exceeding any of them is a protocol error, never a
+//! truncation: a silently shortened address is how a parser ends up relaying.
+
+/// Longest local part, in octets (§4.5.3.1.1).
+pub const MAX_LOCAL_PART: usize = 64;
+/// Longest domain, in octets (§4.5.3.1.2).
+pub const MAX_DOMAIN: usize = 255;
+/// Longest reverse- or forward-path including the angle brackets' content (§4.5.3.1.3).
+pub const MAX_PATH: usize = 256;
+/// Longest command line including the CRLF (§4.5.3.1.4).
+pub const MAX_COMMAND_LINE: usize = 512;
+/// Longest reply line including the CRLF (§4.5.3.1.5).
+pub const MAX_REPLY_LINE: usize = 512;
+/// Longest text line in DATA including the CRLF (§4.5.3.1.6).
+pub const MAX_TEXT_LINE: usize = 1000;
+/// Longest AUTH response line we read (RFC 4954 §4 allows 12288 octets).
+pub const MAX_AUTH_LINE: usize = 12288;
