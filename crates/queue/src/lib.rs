@@ -52,8 +52,99 @@ pub enum QueueError {
     Corrupt { id: String, reason: String },
 }
 
+/// Where one recipient stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecipientStatus {
+    /// Not yet delivered; retried at `next_attempt` (a deferred recipient has a `last_error`).
+    Pending,
+    /// Delivered (remote 250, or written to a Maildir).
+    Delivered,
+    /// Refused permanently; a bounce was queued (unless the sender was null).
+    Bounced,
+    /// Still pending when `max_queue_lifetime` ran out; a bounce was queued.
+    Expired,
+}
+
+impl RecipientStatus {
+    /// A final status: nothing more will be tried for this recipient.
+    pub fn is_final(self) -> bool {
+        !matches!(self, RecipientStatus::Pending)
+    }
+}
+
+/// One recipient of a queued message.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecipientState {
+    pub address: String,
+    pub status: RecipientStatus,
+    pub attempts: u32,
+    /// The last error, as `NNN x.y.z text` for SMTP replies or a plain sentence otherwise.
+    pub last_error: Option<String>,
+    /// Unix seconds of the next attempt (meaningful while `Pending`).
+    pub next_attempt: u64,
+}
+
+/// A queued message's envelope and state (not its content).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueuedMessage {
+    pub id: MessageId,
+    pub sender: String,
+    pub recipients: Vec<RecipientState>,
+    /// Unix seconds when the message was accepted.
+    pub arrived: u64,
+    pub client_ip: String,
+    pub auth_login: Option<String>,
+    /// Size of the content in octets.
+    pub size: u64,
+    /// Held messages are never picked by the runner until released.
+    pub held: bool,
+}
+
+/// What a delivery attempt learned about one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientUpdate {
+    pub address: String,
+    pub status: RecipientStatus,
+    pub last_error: Option<String>,
+    /// Unix seconds of the next attempt, when still `Pending`.
+    pub next_attempt: u64,
+}
+
 /// The queue interface. See the crate documentation.
+///
+/// Every method that changes state is durable when its future resolves. A second process (the
+/// `relayward queue` commands) may use the same store while the server runs.
 pub trait Queue: Send + Sync + 'static {
     /// Stores a message durably; returns only after the fsyncs.
     fn enqueue(&self, message: NewMessage) -> BoxFuture<'_, Result<MessageId, QueueError>>;
+
+    /// All messages, oldest first.
+    fn list(&self) -> BoxFuture<'_, Result<Vec<QueuedMessage>, QueueError>>;
+
+    /// One message's envelope and state.
+    fn get<'a>(&'a self, id: &'a MessageId) -> BoxFuture<'a, Result<QueuedMessage, QueueError>>;
+
+    /// One message's content.
+    fn content<'a>(&'a self, id: &'a MessageId) -> BoxFuture<'a, Result<Vec<u8>, QueueError>>;
+
+    /// Records attempt results. When every recipient is final the message is removed.
+    fn update<'a>(
+        &'a self,
+        id: &'a MessageId,
+        updates: Vec<RecipientUpdate>,
+    ) -> BoxFuture<'a, Result<(), QueueError>>;
+
+    /// Holds (`true`) or releases (`false`) a message.
+    fn set_held<'a>(&'a self, id: &'a MessageId, held: bool) -> BoxFuture<'a, Result<(), QueueError>>;
+
+    /// Makes every pending recipient of the message due now.
+    fn retry_now<'a>(&'a self, id: &'a MessageId) -> BoxFuture<'a, Result<(), QueueError>>;
+
+    /// Removes a message without delivering or bouncing it.
+    fn delete<'a>(&'a self, id: &'a MessageId) -> BoxFuture<'a, Result<(), QueueError>>;
+
+    /// Resolves when something may have become due (a new message, a retry request); the
+    /// runner also wakes on its own timer, so a missed wake-up only delays, never loses.
+    fn changed(&self) -> BoxFuture<'_, ()>;
 }
