@@ -29,7 +29,8 @@ pub struct NewMessage {
 }
 
 /// Queue identifier: unique, sortable by arrival, safe as a file name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct MessageId(pub String);
 
 impl std::fmt::Display for MessageId {
