@@ -6,6 +6,11 @@
 //! violations are not fatal to framing: the receiver keeps reading to the real end so the session
 //! can answer and stay in sync.
 
+use crate::limits::MAX_TEXT_LINE;
+
+const CR: u8 = b'\r';
+const LF: u8 = b'\n';
+
 /// Why a message was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum DataError {
@@ -37,28 +42,200 @@ pub enum DataStatus {
     NeedMore,
     /// End of data seen after `consumed` octets of this input; the rest belongs to the next
     /// command (pipelining). `error` is a non-fatal violation found along the way.
-    Done { consumed: usize, error: Option<DataError> },
+    Done {
+        consumed: usize,
+        error: Option<DataError>,
+    },
     /// A fatal violation: stop reading, answer, close.
     Fatal(DataError),
+}
+
+/// Where the receiver stands in the byte stream. Only the few bytes that decide framing are
+/// remembered between calls, so input may be split anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// At the start of a line (also the start of the message).
+    LineStart,
+    /// A `.` opened the line: either a stuffed dot or the start of `.CRLF`.
+    Dot,
+    /// `.CR` opened the line: only an LF may follow, and it ends the data.
+    DotCr,
+    /// Inside a line.
+    Text,
+    /// A CR inside (or opening) a line: only an LF may follow.
+    Cr,
+    /// `.CRLF` seen; further input belongs to the next command.
+    Ended,
+    /// Framing lost; nothing more is read.
+    Failed(DataError),
 }
 
 /// Sans-I/O DATA receiver.
 #[derive(Debug)]
 pub struct DataReceiver {
     max_size: u64,
-    // fields are the helper's
+    state: State,
+    /// Unstuffed octets of content so far, CRLFs included.
+    size: u64,
+    /// Unstuffed octets of the current line so far, CRLF excluded.
+    line_len: usize,
+    too_big: bool,
+    line_too_long: bool,
 }
 
 impl DataReceiver {
     /// `max_size` is the unstuffed message size limit in octets.
     pub fn new(max_size: u64) -> Self {
-        Self { max_size }
+        Self {
+            max_size,
+            state: State::LineStart,
+            size: 0,
+            line_len: 0,
+            too_big: false,
+            line_too_long: false,
+        }
     }
 
     /// Feeds received bytes; unstuffed content (with its CRLFs, without the final `.CRLF`) is
     /// appended to `sink` until the size limit is passed.
+    ///
+    /// Once data has ended, further calls consume nothing and repeat `Done`; once a fatal error
+    /// was seen, they repeat it.
     pub fn feed(&mut self, input: &[u8], sink: &mut Vec<u8>) -> DataStatus {
-        let _ = (input, sink, self.max_size);
-        todo!("command helper")
+        let mut pos = 0;
+        while pos < input.len() {
+            match self.state {
+                State::Ended => return self.done(pos),
+                State::Failed(error) => return DataStatus::Fatal(error),
+                State::Text => pos = self.text(input, pos, sink),
+                _ => {
+                    self.step(input[pos], sink);
+                    pos += 1;
+                }
+            }
+        }
+        match self.state {
+            State::Ended => self.done(pos),
+            State::Failed(error) => DataStatus::Fatal(error),
+            _ => DataStatus::NeedMore,
+        }
+    }
+
+    /// Unstuffed octets received so far (also past the size limit), for logs and replies.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn done(&self, consumed: usize) -> DataStatus {
+        let error = if self.too_big {
+            Some(DataError::TooBig)
+        } else if self.line_too_long {
+            Some(DataError::LineTooLong)
+        } else {
+            None
+        };
+        DataStatus::Done { consumed, error }
+    }
+
+    /// Copies the run of ordinary bytes starting at `pos` in one go; returns where it stopped.
+    fn text(&mut self, input: &[u8], pos: usize, sink: &mut Vec<u8>) -> usize {
+        let rest = &input[pos..];
+        let run = memchr::memchr2(CR, LF, rest).unwrap_or(rest.len());
+        self.append(&rest[..run], sink);
+        self.line_len = self.line_len.saturating_add(run);
+        if let Some(&byte) = rest.get(run) {
+            self.step(byte, sink);
+            return pos + run + 1;
+        }
+        pos + run
+    }
+
+    /// Advances the state machine by one byte.
+    fn step(&mut self, byte: u8, sink: &mut Vec<u8>) {
+        self.state = match (self.state, byte) {
+            (State::Cr, LF) => {
+                self.end_line(sink);
+                State::LineStart
+            }
+            (State::DotCr, LF) => State::Ended,
+            (State::Cr | State::DotCr, _) => State::Failed(DataError::BareCr),
+            (_, LF) => State::Failed(DataError::BareLf),
+            (State::LineStart, b'.') => State::Dot,
+            (State::Dot, CR) => State::DotCr,
+            (_, CR) => State::Cr,
+            (_, other) => {
+                // Covers the stuffed dot too: the `.` that led to `Dot` is dropped here.
+                self.append(&[other], sink);
+                self.line_len += 1;
+                State::Text
+            }
+        };
+    }
+
+    fn end_line(&mut self, sink: &mut Vec<u8>) {
+        if self.line_len.saturating_add(2) > MAX_TEXT_LINE {
+            self.line_too_long = true;
+        }
+        self.line_len = 0;
+        self.append(b"\r\n", sink);
+    }
+
+    /// Counts content and writes it to the sink while the message is within its size limit.
+    fn append(&mut self, bytes: &[u8], sink: &mut Vec<u8>) {
+        self.size = self.size.saturating_add(bytes.len() as u64);
+        if self.size > self.max_size {
+            self.too_big = true;
+        }
+        if !self.too_big {
+            sink.extend_from_slice(bytes);
+        }
+    }
+}
+
+/// Frames a message for sending after `354`: doubles each dot that opens a line, ends the
+/// content with CRLF if it does not already, and appends the terminating `.CRLF`.
+///
+/// Lines count as opened after every LF, so even content holding a bare LF cannot end the data
+/// early at a lenient next hop. It does not repair bare CR or LF: content received through
+/// [`DataReceiver`] holds none.
+pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + message.len() / 64 + 5);
+    for line in message.split_inclusive(|&b| b == LF) {
+        if line.first() == Some(&b'.') {
+            out.push(b'.');
+        }
+        out.extend_from_slice(line);
+    }
+    if !message.is_empty() && !message.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stuffing_doubles_leading_dots_only() {
+        assert_eq!(dot_stuff(b""), b".\r\n");
+        assert_eq!(dot_stuff(b"a.b\r\n.\r\n..x"), b"a.b\r\n..\r\n...x\r\n.\r\n");
+    }
+
+    #[test]
+    fn size_counts_past_the_limit() {
+        let mut rx = DataReceiver::new(4);
+        let mut sink = Vec::new();
+        let status = rx.feed(b"abcdefgh\r\n.\r\n", &mut sink);
+        assert_eq!(
+            status,
+            DataStatus::Done {
+                consumed: 13,
+                error: Some(DataError::TooBig)
+            }
+        );
+        assert_eq!(rx.size(), 10);
+        assert!(sink.len() <= 4, "sink holds {} octets", sink.len());
     }
 }
