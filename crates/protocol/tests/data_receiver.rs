@@ -1,0 +1,117 @@
+//! The DATA receiver on well-formed and oversized input: unstuffing, pipelining, limits.
+
+use relayward_protocol::data::{DataError, DataReceiver, DataStatus, dot_stuff};
+
+fn receive(max_size: u64, input: &[u8]) -> (DataStatus, Vec<u8>) {
+    let mut rx = DataReceiver::new(max_size);
+    let mut sink = Vec::new();
+    let status = rx.feed(input, &mut sink);
+    (status, sink)
+}
+
+fn done(consumed: usize, error: Option<DataError>) -> DataStatus {
+    DataStatus::Done { consumed, error }
+}
+
+#[test]
+fn a_lone_dot_line_is_the_empty_message() {
+    assert_eq!(receive(100, b".\r\n"), (done(3, None), Vec::new()));
+}
+
+#[test]
+fn message_keeps_crlf_and_drops_the_terminator() {
+    let input = b"Subject: hi\r\n\r\nbody\r\n.\r\n";
+    assert_eq!(
+        receive(100, input),
+        (
+            done(input.len(), None),
+            b"Subject: hi\r\n\r\nbody\r\n".to_vec()
+        )
+    );
+}
+
+#[test]
+fn leading_dots_are_unstuffed_once() {
+    let (status, sink) = receive(100, b"..\r\n...x\r\na.b\r\n.\r\n");
+    assert_eq!(status, done(18, None));
+    assert_eq!(sink, b".\r\n..x\r\na.b\r\n");
+}
+
+#[test]
+fn pipelined_commands_after_the_end_are_left_unconsumed() {
+    let input = b"hi\r\n.\r\nMAIL FROM:<a@b.test>\r\nQUIT\r\n";
+    let (status, sink) = receive(100, input);
+    assert_eq!(status, done(7, None));
+    assert_eq!(sink, b"hi\r\n");
+    // Bare line endings after the end are the next command's business, not DATA's.
+    assert_eq!(receive(100, b".\r\n\nQUIT").0, done(3, None));
+}
+
+#[test]
+fn a_finished_receiver_consumes_nothing_more() {
+    let mut rx = DataReceiver::new(100);
+    let mut sink = Vec::new();
+    assert_eq!(rx.feed(b"x\r\n.\r\n", &mut sink), done(6, None));
+    assert_eq!(rx.feed(b"QUIT\r\n", &mut sink), done(0, None));
+    assert_eq!(sink, b"x\r\n");
+}
+
+#[test]
+fn size_counts_unstuffed_octets_and_crlf() {
+    // "..\r\n" unstuffs to ".\r\n": 3 octets.
+    assert_eq!(receive(3, b"..\r\n.\r\n").0, done(7, None));
+    assert_eq!(
+        receive(2, b"..\r\n.\r\n").0,
+        done(7, Some(DataError::TooBig))
+    );
+}
+
+#[test]
+fn too_big_keeps_reading_to_the_real_end_and_stops_filling_the_sink() {
+    let mut input = Vec::new();
+    for _ in 0..1000 {
+        input.extend_from_slice(b"0123456789012345678901234567890123456789\r\n");
+    }
+    input.extend_from_slice(b".\r\nQUIT\r\n");
+    let (status, sink) = receive(1000, &input);
+    assert_eq!(status, done(input.len() - 6, Some(DataError::TooBig)));
+    assert!(sink.len() <= 1000, "sink grew to {}", sink.len());
+}
+
+#[test]
+fn line_of_1000_octets_with_crlf_is_fine_1001_is_too_long() {
+    let ok = [vec![b'a'; 998], b"\r\n.\r\n".to_vec()].concat();
+    assert_eq!(receive(1 << 20, &ok).0, done(ok.len(), None));
+    let long = [vec![b'a'; 999], b"\r\n.\r\n".to_vec()].concat();
+    assert_eq!(
+        receive(1 << 20, &long).0,
+        done(long.len(), Some(DataError::LineTooLong))
+    );
+    assert!(!DataError::LineTooLong.is_fatal());
+}
+
+#[test]
+fn the_stuffed_dot_does_not_count_towards_line_length() {
+    let input = [b".".to_vec(), vec![b'.'; 998], b"\r\n.\r\n".to_vec()].concat();
+    assert_eq!(receive(1 << 20, &input).0, done(input.len(), None));
+}
+
+#[test]
+fn too_big_wins_over_line_too_long() {
+    let input = [vec![b'a'; 2000], b"\r\n.\r\n".to_vec()].concat();
+    assert_eq!(
+        receive(100, &input).0,
+        done(input.len(), Some(DataError::TooBig))
+    );
+}
+
+#[test]
+fn dot_stuff_frames_what_the_receiver_unframes() {
+    assert_eq!(dot_stuff(b""), b".\r\n");
+    assert_eq!(dot_stuff(b".\r\n"), b"..\r\n.\r\n");
+    assert_eq!(dot_stuff(b"no newline"), b"no newline\r\n.\r\n");
+    let message = b"a\r\n.\r\n..b\r\n";
+    let (status, sink) = receive(100, &dot_stuff(message));
+    assert!(matches!(status, DataStatus::Done { error: None, .. }));
+    assert_eq!(sink, message);
+}
