@@ -11,6 +11,15 @@
 use std::future::Future;
 use std::pin::Pin;
 
+mod fsutil;
+mod id;
+pub mod maildir;
+pub mod spool;
+
+pub use id::InvalidMessageId;
+pub use maildir::deliver_to_maildir;
+pub use spool::{RecoveryReport, Spool, SpoolOptions, SpoolStats};
+
 /// A boxed future, so the trait stays object-safe (`Arc<dyn Queue>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -29,9 +38,28 @@ pub struct NewMessage {
 }
 
 /// Queue identifier: unique, sortable by arrival, safe as a file name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct MessageId(pub String);
+
+impl MessageId {
+    /// Checks an identifier that came from outside (CLI argument, file name). Only the exact
+    /// shape this crate generates passes, so a valid id can never name another path.
+    pub fn parse(text: &str) -> Result<MessageId, InvalidMessageId> {
+        if id::is_valid(text) {
+            Ok(MessageId(text.to_owned()))
+        } else {
+            Err(InvalidMessageId(text.chars().take(64).collect()))
+        }
+    }
+
+    /// True when the identifier has the generated shape (24 lower-case hex digits).
+    pub fn is_valid(&self) -> bool {
+        id::is_valid(&self.0)
+    }
+}
 
 impl std::fmt::Display for MessageId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -137,7 +165,11 @@ pub trait Queue: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), QueueError>>;
 
     /// Holds (`true`) or releases (`false`) a message.
-    fn set_held<'a>(&'a self, id: &'a MessageId, held: bool) -> BoxFuture<'a, Result<(), QueueError>>;
+    fn set_held<'a>(
+        &'a self,
+        id: &'a MessageId,
+        held: bool,
+    ) -> BoxFuture<'a, Result<(), QueueError>>;
 
     /// Makes every pending recipient of the message due now.
     fn retry_now<'a>(&'a self, id: &'a MessageId) -> BoxFuture<'a, Result<(), QueueError>>;

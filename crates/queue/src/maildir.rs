@@ -1,0 +1,176 @@
+//! Local delivery into Maildir (`mail_root/<domain>/<local>/{tmp,new,cur}`).
+//!
+//! The message is written to `tmp/` under a name no other delivery can choose, fsynced, renamed
+//! into `new/` and `new/` is fsynced: a reader never sees a partial message, and once this
+//! returns the message survives a crash. The call is blocking; async callers wrap it in
+//! `spawn_blocking`.
+//!
+//! Domain and local part come from an address, so they are checked as hostile input even though
+//! the policy only lets existing mailboxes through: nothing that could leave `mail_root` (`/`,
+//! `\`, `..`, a leading `.`, NUL or other control characters) is accepted.
+
+use std::fs::{self, DirBuilder};
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::fsutil::{sync_dir, write_synced};
+
+/// Longest local part (RFC 5321 §4.5.3.1.1).
+const MAX_LOCAL: usize = 64;
+/// Longest domain (RFC 5321 §4.5.3.1.2).
+const MAX_DOMAIN: usize = 255;
+
+/// Counts deliveries of this process, one part of the unique file name.
+static DELIVERIES: AtomicU64 = AtomicU64::new(0);
+
+/// Delivers `content` to the Maildir of `local_part@domain` under `mail_root`; returns the path
+/// of the new file in `new/`. The domain is lower-cased; the local part is used as given (the
+/// caller passes the canonical mailbox name). Unsafe names fail with `InvalidInput`.
+pub fn deliver_to_maildir(
+    mail_root: &Path,
+    domain: &str,
+    local_part: &str,
+    content: &[u8],
+) -> io::Result<PathBuf> {
+    let domain = domain.to_ascii_lowercase();
+    check_component("domain", &domain, MAX_DOMAIN)?;
+    check_component("local part", local_part, MAX_LOCAL)?;
+    let maildir = mail_root.join(&domain).join(local_part);
+    ensure_maildir(mail_root, &maildir)?;
+    let name = unique_name();
+    let tmp = maildir.join("tmp").join(&name);
+    let new = maildir.join("new").join(&name);
+    write_synced(&tmp, content)?;
+    if let Err(err) = fs::rename(&tmp, &new) {
+        let _ = fs::remove_file(&tmp);
+        return Err(err);
+    }
+    sync_dir(&maildir.join("new"))?;
+    Ok(new)
+}
+
+/// Refuses anything that is not a single, ordinary path component.
+fn check_component(what: &str, name: &str, max_len: usize) -> io::Result<()> {
+    let refuse = |why: &str| {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("unsafe {what} {name:?} for a Maildir path: {why}"),
+        ))
+    };
+    if name.is_empty() {
+        return refuse("empty");
+    }
+    if name.len() > max_len {
+        return refuse("too long");
+    }
+    if name.starts_with('.') {
+        return refuse("starts with a dot");
+    }
+    if name.contains("..") {
+        return refuse("contains \"..\"");
+    }
+    if name
+        .chars()
+        .any(|c| c == '/' || c == '\\' || c.is_control())
+    {
+        return refuse("contains a slash, backslash or control character");
+    }
+    Ok(())
+}
+
+/// Creates `maildir` and its three subdirectories when missing, fsyncing each parent whose
+/// entries changed, so a delivery is never acknowledged into a directory a crash can lose.
+fn ensure_maildir(mail_root: &Path, maildir: &Path) -> io::Result<()> {
+    if !mail_root.is_dir() {
+        fs::create_dir_all(mail_root)?;
+    }
+    let domain_dir = maildir.parent().unwrap_or(mail_root);
+    create_synced(mail_root, domain_dir)?;
+    create_synced(domain_dir, maildir)?;
+    for sub in ["tmp", "new", "cur"] {
+        create_synced(maildir, &maildir.join(sub))?;
+    }
+    Ok(())
+}
+
+/// Creates `dir` (mode 0700, mail is private) inside `parent` if missing, then fsyncs `parent`.
+fn create_synced(parent: &Path, dir: &Path) -> io::Result<()> {
+    match DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => sync_dir(parent),
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
+/// `secs.M<micros>P<pid>Q<count>R<random>.<host>`: unique across processes (pid), within a
+/// process (counter) and across reboots and hosts sharing storage (time, random, host name).
+fn unique_name() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let count = DELIVERIES.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{}.M{}P{}Q{}R{:016x}.{}",
+        now.as_secs(),
+        now.subsec_micros(),
+        std::process::id(),
+        count,
+        rand::random::<u64>(),
+        host_name()
+    )
+}
+
+/// The host name with `/` and `:` encoded as the Maildir convention asks; `localhost` if unknown.
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is writable for its full length, which is what we pass.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let raw = if rc == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        String::new()
+    };
+    let safe: String = raw
+        .chars()
+        .map(|c| match c {
+            '/' => "\\057".to_owned(),
+            ':' => "\\072".to_owned(),
+            c if c.is_control() => String::new(),
+            c => c.to_string(),
+        })
+        .collect();
+    if safe.is_empty() {
+        "localhost".to_owned()
+    } else {
+        safe
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_names_differ_and_are_single_components() {
+        let a = unique_name();
+        let b = unique_name();
+        assert_ne!(a, b);
+        assert!(!a.contains('/') && !a.contains(':'), "{a}");
+    }
+
+    #[test]
+    fn components_are_checked() {
+        assert!(check_component("x", "alice", 64).is_ok());
+        assert!(check_component("x", "first.last+tag", 64).is_ok());
+        for bad in [
+            "", ".", "..", "../x", "a/b", "a\\b", "a\0b", ".hidden", "a..b", "a\nb",
+        ] {
+            assert!(check_component("x", bad, 64).is_err(), "accepted {bad:?}");
+        }
+        assert!(check_component("x", &"a".repeat(65), 64).is_err());
+    }
+}

@@ -1,0 +1,853 @@
+//! A file spool implementing [`Queue`].
+//!
+//! # On-disk layout (under the directory given to [`Spool::open`], normally `data_dir/queue`)
+//!
+//! ```text
+//! lock               spool-wide lock file (see "Processes" below); never holds data
+//! tmp/               files being written; anything here was never acknowledged
+//! msg/<id>.eml       message content, written once, never changed
+//! msg/<id>.json      envelope and per-recipient state (a QueuedMessage as JSON), replaced whole
+//! corrupt/           entries that could not be read, moved aside at open for a person to inspect
+//! ```
+//!
+//! A message exists exactly when **both** `msg/<id>.eml` and `msg/<id>.json` exist. The state file
+//! is the commit marker: enqueue renames the content into place before the state, and removal
+//! unlinks the state before the content, so a reader never sees a state without its content.
+//!
+//! # Enqueue and group commit
+//!
+//! 1. In a blocking thread (many in parallel), `tmp/<id>.eml` and `tmp/<id>.json` are written and
+//!    `fdatasync`ed. Parallel threads let the device merge these flushes.
+//! 2. The staged id goes to one committer thread. It takes the first waiting message plus every
+//!    other one already waiting (up to [`SpoolOptions::max_batch`]), renames each pair into `msg/`
+//!    and then fsyncs `msg/` **once** for the whole batch.
+//! 3. Only after that fsync does each waiter get its answer; a failed fsync answers every waiter
+//!    of the batch with an error and removes their files (they were never acknowledged).
+//!
+//! While the committer is busy with one fsync the next batch accumulates, so the number of
+//! directory fsyncs falls as load rises, without a timer that would add latency at low load. A
+//! dedicated thread (not a tokio task) keeps `open` free of any runtime requirement. A renamed
+//! message may be seen by `list` a moment before its fsync completes; the runner may then deliver
+//! a message whose client receives an error instead of `250` and sends it again: a duplicate,
+//! never a loss.
+//!
+//! # State changes and processes
+//!
+//! `update`, `set_held`, `retry_now` and `delete` take an exclusive `flock` on the message's
+//! content file (`msg/<id>.eml`, which never changes for the message's lifetime), then read the
+//! state, change it, write `tmp/<id>.<random>.json`, `fdatasync`, rename it over `msg/<id>.json`
+//! and fsync `msg/`. Removal (delete, or every recipient final) unlinks state then content under
+//! the same lock. A second process (the `relayward queue` CLI) following this protocol serialises
+//! with the server per message, so neither loses the other's change; a waiter that gets the lock
+//! after a removal finds no state and reports [`QueueError::NotFound`]. Readers (`list`, `get`)
+//! take no lock: renames are atomic, so they see the old or the new state, never a mix.
+//!
+//! Every `Spool` holds a shared `flock` on `lock` for its lifetime. `open` first tries to take it
+//! exclusively without waiting: if that works no other process uses the spool, and recovery runs:
+//! `tmp/` is emptied, content files without a state are removed (an enqueue that never reached its
+//! commit, or the second half of a removal), and unreadable entries are moved to `corrupt/` with a
+//! log line. If another process holds the spool, recovery is skipped, because its temp files may
+//! belong to writes in progress; unreadable entries are then skipped by `list` with a log line.
+//!
+//! There is no in-memory index: the directory is the index, so a change made by another process
+//! is visible at the next `list`, and nothing needs rebuilding after a crash.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{Notify, oneshot};
+
+use crate::fsutil::{
+    available_bytes, flock, queue_error, shared_queue_error, sync_dir, write_synced,
+};
+use crate::{
+    BoxFuture, MessageId, NewMessage, Queue, QueueError, QueuedMessage, RecipientState,
+    RecipientStatus, RecipientUpdate, id,
+};
+
+const CONTENT_EXT: &str = "eml";
+const STATE_EXT: &str = "json";
+
+/// Settings of a [`Spool`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolOptions {
+    /// Refuse new messages with [`QueueError::Full`] while fewer than this many bytes (plus the
+    /// message itself) would stay free on the spool's filesystem, like Postfix's `queue_minfree`.
+    /// Leaves room for state updates, bounces and logs; checked on every enqueue, so the queue
+    /// accepts again as soon as space returns. `0` only refuses on a real ENOSPC.
+    pub min_free_bytes: u64,
+    /// Most messages one directory fsync covers; bounds the wait of the last one in a batch.
+    pub max_batch: usize,
+}
+
+impl Default for SpoolOptions {
+    fn default() -> Self {
+        SpoolOptions {
+            min_free_bytes: 64 * 1024 * 1024,
+            max_batch: 1024,
+        }
+    }
+}
+
+/// Counters for tests and metrics (this instance only, since it was opened).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpoolStats {
+    /// Messages acknowledged by `enqueue`.
+    pub committed: u64,
+    /// Group commits performed (each ends with one directory fsync).
+    pub batches: u64,
+    /// Directory fsyncs of all kinds (enqueue batches, updates, removals, recovery).
+    pub dir_fsyncs: u64,
+}
+
+/// What recovery did at [`Spool::open`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Complete, readable messages found.
+    pub messages: usize,
+    /// Files removed from `tmp/` (writes that were never acknowledged).
+    pub temp_removed: usize,
+    /// Content files without a state file, removed.
+    pub orphans_removed: usize,
+    /// File names moved to `corrupt/`.
+    pub quarantined: Vec<String>,
+}
+
+/// The file spool. See the module documentation for layout and protocols.
+pub struct Spool {
+    inner: Arc<Inner>,
+    committer: mpsc::Sender<Staged>,
+    recovery: Option<RecoveryReport>,
+}
+
+/// Paths of the spool's parts.
+#[derive(Debug, Clone)]
+struct Layout {
+    root: PathBuf,
+    msg: PathBuf,
+    tmp: PathBuf,
+    corrupt: PathBuf,
+}
+
+/// State shared by the async front, the blocking workers and the committer thread.
+struct Inner {
+    layout: Layout,
+    options: SpoolOptions,
+    notify: Notify,
+    committed: AtomicU64,
+    batches: AtomicU64,
+    dir_fsyncs: AtomicU64,
+    /// Holds the shared spool lock for as long as this instance lives.
+    _lock: File,
+}
+
+/// A message whose temp files are written and synced, waiting for the committer.
+struct Staged {
+    id: MessageId,
+    reply: oneshot::Sender<Result<(), QueueError>>,
+}
+
+/// What a state change decided.
+enum Change {
+    Keep,
+    Write,
+    Remove,
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool at `dir`, recovering it when no other process has it
+    /// open. Needs no tokio runtime; the methods of [`Queue`] do.
+    pub fn open(dir: impl AsRef<Path>, options: SpoolOptions) -> Result<Spool, QueueError> {
+        let layout = Layout::new(dir.as_ref());
+        layout.create().map_err(queue_error)?;
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(layout.root.join("lock"))
+            .map_err(queue_error)?;
+        let recovery = lock_and_recover(&lock, &layout).map_err(queue_error)?;
+        let inner = Arc::new(Inner {
+            layout,
+            options,
+            notify: Notify::new(),
+            committed: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            dir_fsyncs: AtomicU64::new(0),
+            _lock: lock,
+        });
+        let committer = spawn_committer(&inner)?;
+        Ok(Spool {
+            inner,
+            committer,
+            recovery,
+        })
+    }
+
+    /// The spool directory.
+    pub fn root(&self) -> &Path {
+        &self.inner.layout.root
+    }
+
+    /// What recovery did at open; `None` when another process had the spool open and recovery
+    /// was skipped.
+    pub fn recovery_report(&self) -> Option<&RecoveryReport> {
+        self.recovery.as_ref()
+    }
+
+    /// Counters since open, e.g. to check that concurrent enqueues share directory fsyncs.
+    pub fn stats(&self) -> SpoolStats {
+        SpoolStats {
+            committed: self.inner.committed.load(Ordering::Relaxed),
+            batches: self.inner.batches.load(Ordering::Relaxed),
+            dir_fsyncs: self.inner.dir_fsyncs.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stages the message in a blocking thread, hands it to the committer and waits for the
+    /// fsync that covers it.
+    async fn enqueue_message(&self, message: NewMessage) -> Result<MessageId, QueueError> {
+        if message.recipients.is_empty() {
+            return Err(invalid_input("a message needs at least one recipient"));
+        }
+        let id = id::generate();
+        let (reply, answer) = oneshot::channel();
+        let inner = Arc::clone(&self.inner);
+        let committer = self.committer.clone();
+        let staged = Staged {
+            id: id.clone(),
+            reply,
+        };
+        // Staging and hand-over happen in one closure: if the caller gives up waiting, the
+        // message is still committed or cleaned up, never left half in tmp/.
+        blocking(move || inner.stage_and_submit(&message, staged, &committer)).await?;
+        match answer.await {
+            Ok(Ok(())) => {
+                self.inner.notify.notify_one();
+                Ok(id)
+            }
+            Ok(Err(err)) => Err(err),
+            Err(_) => Err(committer_gone()),
+        }
+    }
+
+    /// Runs `f` on a clone of the shared state in a blocking thread.
+    fn run<T, F>(&self, f: F) -> BoxFuture<'static, Result<T, QueueError>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, QueueError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(blocking(move || f(&inner)))
+    }
+
+    /// Like [`Spool::run`], then wakes the runner if the change succeeded.
+    fn run_and_notify<F>(&self, f: F) -> BoxFuture<'_, Result<(), QueueError>>
+    where
+        F: FnOnce(&Inner) -> Result<(), QueueError> + Send + 'static,
+    {
+        let work = self.run(f);
+        Box::pin(async move {
+            work.await?;
+            self.inner.notify.notify_one();
+            Ok(())
+        })
+    }
+}
+
+impl Queue for Spool {
+    fn enqueue(&self, message: NewMessage) -> BoxFuture<'_, Result<MessageId, QueueError>> {
+        Box::pin(self.enqueue_message(message))
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<QueuedMessage>, QueueError>> {
+        self.run(Inner::list)
+    }
+
+    fn get<'a>(&'a self, id: &'a MessageId) -> BoxFuture<'a, Result<QueuedMessage, QueueError>> {
+        let id = id.clone();
+        self.run(move |inner| inner.read_state(&id))
+    }
+
+    fn content<'a>(&'a self, id: &'a MessageId) -> BoxFuture<'a, Result<Vec<u8>, QueueError>> {
+        let id = id.clone();
+        self.run(move |inner| inner.read_content(&id))
+    }
+
+    fn update<'a>(
+        &'a self,
+        id: &'a MessageId,
+        updates: Vec<RecipientUpdate>,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        let id = id.clone();
+        self.run(move |inner| inner.modify(&id, |state| Ok(apply_updates(state, updates))))
+    }
+
+    fn set_held<'a>(
+        &'a self,
+        id: &'a MessageId,
+        held: bool,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        let id = id.clone();
+        self.run_and_notify(move |inner| {
+            inner.modify(&id, |state| {
+                if state.held == held {
+                    return Ok(Change::Keep);
+                }
+                state.held = held;
+                Ok(Change::Write)
+            })
+        })
+    }
+
+    fn retry_now<'a>(&'a self, id: &'a MessageId) -> BoxFuture<'a, Result<(), QueueError>> {
+        let id = id.clone();
+        self.run_and_notify(move |inner| {
+            inner.modify(&id, |state| {
+                let now = unix_now();
+                pending_mut(state).for_each(|r| r.next_attempt = now);
+                Ok(Change::Write)
+            })
+        })
+    }
+
+    fn delete<'a>(&'a self, id: &'a MessageId) -> BoxFuture<'a, Result<(), QueueError>> {
+        let id = id.clone();
+        self.run(move |inner| inner.modify(&id, |_| Ok(Change::Remove)))
+    }
+
+    /// Uses `Notify::notify_one`, which stores a permit when nobody waits: a change made
+    /// between the runner's scan and its next call to `changed` is not lost.
+    fn changed(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.inner.notify.notified())
+    }
+}
+
+impl Layout {
+    fn new(root: &Path) -> Layout {
+        Layout {
+            root: root.to_path_buf(),
+            msg: root.join("msg"),
+            tmp: root.join("tmp"),
+            corrupt: root.join("corrupt"),
+        }
+    }
+
+    /// Creates the directories and makes their entries durable.
+    fn create(&self) -> io::Result<()> {
+        for dir in [&self.root, &self.msg, &self.tmp, &self.corrupt] {
+            fs::create_dir_all(dir)?;
+        }
+        sync_dir(&self.root)
+    }
+
+    fn content(&self, id: &MessageId) -> PathBuf {
+        self.msg.join(format!("{id}.{CONTENT_EXT}"))
+    }
+
+    fn state(&self, id: &MessageId) -> PathBuf {
+        self.msg.join(format!("{id}.{STATE_EXT}"))
+    }
+
+    fn tmp_content(&self, id: &MessageId) -> PathBuf {
+        self.tmp.join(format!("{id}.{CONTENT_EXT}"))
+    }
+
+    fn tmp_state(&self, id: &MessageId) -> PathBuf {
+        self.tmp.join(format!("{id}.{STATE_EXT}"))
+    }
+
+    /// A temp name for a state rewrite; random so two processes never collide.
+    fn tmp_update(&self, id: &MessageId) -> PathBuf {
+        let nonce = rand::random::<u64>();
+        self.tmp.join(format!("{id}.{nonce:016x}.{STATE_EXT}"))
+    }
+}
+
+impl Inner {
+    /// Fsyncs `msg/` and counts it.
+    fn sync_msg_dir(&self) -> io::Result<()> {
+        self.dir_fsyncs.fetch_add(1, Ordering::Relaxed);
+        sync_dir(&self.layout.msg)
+    }
+
+    /// Refuses with `Full` when the message would leave less than `min_free_bytes` free.
+    fn check_space(&self, size: u64) -> Result<(), QueueError> {
+        let needed = self.options.min_free_bytes.saturating_add(size);
+        if needed == 0 {
+            return Ok(());
+        }
+        let available = available_bytes(&self.layout.root).map_err(queue_error)?;
+        if available < needed {
+            tracing::warn!(
+                available,
+                needed,
+                "queue refuses message: too little free space"
+            );
+            return Err(QueueError::Full);
+        }
+        Ok(())
+    }
+
+    /// Writes and syncs both temp files, then passes the message to the committer.
+    fn stage_and_submit(
+        &self,
+        message: &NewMessage,
+        staged: Staged,
+        committer: &mpsc::Sender<Staged>,
+    ) -> Result<(), QueueError> {
+        let id = staged.id.clone();
+        self.check_space(message.content.len() as u64)?;
+        let state = new_state(&id, message);
+        let json = serde_json::to_vec(&state).map_err(|e| QueueError::Io(io::Error::other(e)))?;
+        let tmp_content = self.layout.tmp_content(&id);
+        let tmp_state = self.layout.tmp_state(&id);
+        write_synced(&tmp_content, &message.content).map_err(queue_error)?;
+        if let Err(err) = write_synced(&tmp_state, &json) {
+            let _ = fs::remove_file(&tmp_content);
+            return Err(queue_error(err));
+        }
+        if committer.send(staged).is_err() {
+            let _ = fs::remove_file(&tmp_content);
+            let _ = fs::remove_file(&tmp_state);
+            return Err(committer_gone());
+        }
+        Ok(())
+    }
+
+    /// Renames one staged message into `msg/`: content first, then the state that commits it.
+    fn place(&self, id: &MessageId) -> io::Result<()> {
+        let layout = &self.layout;
+        if let Err(err) = fs::rename(layout.tmp_content(id), layout.content(id)) {
+            let _ = fs::remove_file(layout.tmp_content(id));
+            let _ = fs::remove_file(layout.tmp_state(id));
+            return Err(err);
+        }
+        if let Err(err) = fs::rename(layout.tmp_state(id), layout.state(id)) {
+            let _ = fs::remove_file(layout.content(id));
+            let _ = fs::remove_file(layout.tmp_state(id));
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// One group commit: place every message, one directory fsync, then answer everyone.
+    fn commit_batch(&self, batch: Vec<Staged>) {
+        let mut placed = Vec::with_capacity(batch.len());
+        for staged in batch {
+            match self.place(&staged.id) {
+                Ok(()) => placed.push(staged),
+                Err(err) => {
+                    let _ = staged.reply.send(Err(queue_error(err)));
+                }
+            }
+        }
+        if placed.is_empty() {
+            return;
+        }
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        match self.sync_msg_dir() {
+            Ok(()) => {
+                self.committed
+                    .fetch_add(placed.len() as u64, Ordering::Relaxed);
+                for staged in placed {
+                    let _ = staged.reply.send(Ok(()));
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, count = placed.len(), "queue directory fsync failed");
+                for staged in placed {
+                    let _ = self.remove_files(&staged.id);
+                    let _ = staged.reply.send(Err(shared_queue_error(&err)));
+                }
+            }
+        }
+    }
+
+    /// Every readable message, oldest first; unreadable ones are logged and skipped.
+    fn list(&self) -> Result<Vec<QueuedMessage>, QueueError> {
+        let mut messages = Vec::new();
+        for entry in fs::read_dir(&self.layout.msg).map_err(queue_error)? {
+            let entry = entry.map_err(queue_error)?;
+            let Some(id) = state_file_id(&entry.file_name()) else {
+                continue;
+            };
+            match self.read_state(&id) {
+                Ok(message) => messages.push(message),
+                // Removed between read_dir and read: not an error.
+                Err(QueueError::NotFound(_)) => {}
+                Err(err) => tracing::warn!(%id, error = %err, "skipping unreadable queue entry"),
+            }
+        }
+        messages.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(messages)
+    }
+
+    /// Reads and checks one state file.
+    fn read_state(&self, id: &MessageId) -> Result<QueuedMessage, QueueError> {
+        check_id(id)?;
+        let bytes = read_or_not_found(&self.layout.state(id), id)?;
+        parse_state(id, &bytes)
+    }
+
+    /// Reads one message's content.
+    fn read_content(&self, id: &MessageId) -> Result<Vec<u8>, QueueError> {
+        check_id(id)?;
+        read_or_not_found(&self.layout.content(id), id)
+    }
+
+    /// Read-modify-write of one message's state under its exclusive lock (see module docs).
+    fn modify<F>(&self, id: &MessageId, change: F) -> Result<(), QueueError>
+    where
+        F: FnOnce(&mut QueuedMessage) -> Result<Change, QueueError>,
+    {
+        check_id(id)?;
+        let lock = match File::open(self.layout.content(id)) {
+            Ok(file) => file,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                return Err(QueueError::NotFound(id.0.clone()));
+            }
+            Err(err) => return Err(queue_error(err)),
+        };
+        flock(&lock, libc::LOCK_EX).map_err(queue_error)?;
+        let mut state = self.read_state(id)?;
+        match change(&mut state)? {
+            Change::Keep => Ok(()),
+            Change::Write => self.write_state(&state).map_err(queue_error),
+            Change::Remove => self.remove_files(id).map_err(queue_error),
+        }
+        // `lock` closes here, releasing the flock after the change is durable.
+    }
+
+    /// Replaces a state file durably: temp file, fdatasync, rename, directory fsync.
+    fn write_state(&self, state: &QueuedMessage) -> io::Result<()> {
+        let json = serde_json::to_vec(state).map_err(io::Error::other)?;
+        let tmp = self.layout.tmp_update(&state.id);
+        write_synced(&tmp, &json)?;
+        if let Err(err) = fs::rename(&tmp, self.layout.state(&state.id)) {
+            let _ = fs::remove_file(&tmp);
+            return Err(err);
+        }
+        self.sync_msg_dir()
+    }
+
+    /// Removes a message: state (the commit marker) first, then content, then one fsync.
+    fn remove_files(&self, id: &MessageId) -> io::Result<()> {
+        remove_if_present(&self.layout.state(id))?;
+        remove_if_present(&self.layout.content(id))?;
+        self.sync_msg_dir()
+    }
+}
+
+/// Takes the spool lock; recovers when this is the only user (see module docs).
+fn lock_and_recover(lock: &File, layout: &Layout) -> io::Result<Option<RecoveryReport>> {
+    match flock(lock, libc::LOCK_EX | libc::LOCK_NB) {
+        Ok(()) => {
+            let report = recover(layout)?;
+            flock(lock, libc::LOCK_SH)?;
+            Ok(Some(report))
+        }
+        Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+            flock(lock, libc::LOCK_SH)?;
+            Ok(None)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// Starts the committer thread; it ends when the `Spool` (the only sender) is dropped.
+fn spawn_committer(inner: &Arc<Inner>) -> Result<mpsc::Sender<Staged>, QueueError> {
+    let (sender, receiver) = mpsc::channel::<Staged>();
+    let inner = Arc::clone(inner);
+    std::thread::Builder::new()
+        .name("relayward-queue-commit".to_owned())
+        .spawn(move || run_committer(&inner, &receiver))
+        .map_err(QueueError::Io)?;
+    Ok(sender)
+}
+
+/// Collects whatever is waiting into one batch, commits it, repeats.
+fn run_committer(inner: &Inner, receiver: &mpsc::Receiver<Staged>) {
+    let max_batch = inner.options.max_batch.max(1);
+    while let Ok(first) = receiver.recv() {
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match receiver.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        inner.commit_batch(batch);
+    }
+}
+
+/// Files of one id found in `msg/`.
+#[derive(Default)]
+struct Found {
+    content: bool,
+    state: bool,
+}
+
+/// Exclusive-open recovery: empty `tmp/`, drop orphans, quarantine what cannot be read.
+fn recover(layout: &Layout) -> io::Result<RecoveryReport> {
+    let mut report = RecoveryReport {
+        temp_removed: clear_dir(&layout.tmp)?,
+        ..RecoveryReport::default()
+    };
+    let (entries, strays) = scan_msg_dir(layout)?;
+    for name in strays {
+        quarantine(layout, &name, "not a queue file", &mut report);
+    }
+    for (id, found) in entries {
+        recover_entry(layout, &id, &found, &mut report);
+    }
+    sync_dir(&layout.msg)?;
+    sync_dir(&layout.corrupt)?;
+    if report != RecoveryReport::default() {
+        tracing::info!(?report, "queue recovered");
+    }
+    Ok(report)
+}
+
+/// Decides the fate of one id's files during recovery.
+fn recover_entry(layout: &Layout, id: &MessageId, found: &Found, report: &mut RecoveryReport) {
+    let content_name = format!("{id}.{CONTENT_EXT}");
+    let state_name = format!("{id}.{STATE_EXT}");
+    match (found.content, found.state) {
+        (true, true) => match check_entry(layout, id) {
+            Ok(()) => report.messages += 1,
+            Err(reason) => {
+                quarantine(layout, &state_name, &reason, report);
+                quarantine(layout, &content_name, &reason, report);
+            }
+        },
+        (true, false) => match fs::remove_file(layout.content(id)) {
+            Ok(()) => report.orphans_removed += 1,
+            Err(err) => tracing::warn!(%id, error = %err, "cannot remove orphan queue content"),
+        },
+        (false, true) => quarantine(layout, &state_name, "state without content", report),
+        (false, false) => {}
+    }
+}
+
+/// Sorts the names in `msg/` into queue files (by id) and strays.
+fn scan_msg_dir(layout: &Layout) -> io::Result<(BTreeMap<MessageId, Found>, Vec<String>)> {
+    let mut entries: BTreeMap<MessageId, Found> = BTreeMap::new();
+    let mut strays = Vec::new();
+    for entry in fs::read_dir(&layout.msg)? {
+        let name = entry?.file_name();
+        let text = name.to_string_lossy().into_owned();
+        match split_queue_name(&text) {
+            Some((id, CONTENT_EXT)) => entries.entry(id).or_default().content = true,
+            Some((id, STATE_EXT)) => entries.entry(id).or_default().state = true,
+            _ => strays.push(text),
+        }
+    }
+    Ok((entries, strays))
+}
+
+/// Checks that a complete entry is readable and consistent; the reason if not.
+fn check_entry(layout: &Layout, id: &MessageId) -> Result<(), String> {
+    let bytes = fs::read(layout.state(id)).map_err(|e| format!("cannot read state: {e}"))?;
+    let state = parse_state(id, &bytes).map_err(|e| e.to_string())?;
+    let size = fs::metadata(layout.content(id))
+        .map_err(|e| format!("cannot read content: {e}"))?
+        .len();
+    if size != state.size {
+        return Err(format!(
+            "content has {size} octets, state says {}",
+            state.size
+        ));
+    }
+    Ok(())
+}
+
+/// Moves a file from `msg/` to `corrupt/`, logging why; never fails the open.
+fn quarantine(layout: &Layout, name: &str, reason: &str, report: &mut RecoveryReport) {
+    let from = layout.msg.join(name);
+    let mut to = layout.corrupt.join(name);
+    if to.exists() {
+        to = layout
+            .corrupt
+            .join(format!("{name}.{:016x}", rand::random::<u64>()));
+    }
+    tracing::warn!(file = %from.display(), reason, "quarantining corrupt queue entry");
+    match fs::rename(&from, &to) {
+        Ok(()) => report.quarantined.push(name.to_owned()),
+        Err(err) => tracing::warn!(file = %from.display(), error = %err, "cannot quarantine"),
+    }
+}
+
+/// Removes every entry of a directory (files only are expected there); returns how many.
+fn clear_dir(dir: &Path) -> io::Result<usize> {
+    let mut removed = 0;
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let result = if path.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        match result {
+            Ok(()) => removed += 1,
+            Err(err) => tracing::warn!(file = %path.display(), error = %err, "cannot remove temp"),
+        }
+    }
+    Ok(removed)
+}
+
+/// `<id>.<ext>` → (id, ext) when the id is valid.
+fn split_queue_name(name: &str) -> Option<(MessageId, &str)> {
+    let (stem, ext) = name.split_once('.')?;
+    MessageId::parse(stem).ok().map(|id| (id, ext))
+}
+
+/// The id of a state file name, if it is one.
+fn state_file_id(name: &std::ffi::OsStr) -> Option<MessageId> {
+    match split_queue_name(name.to_str()?) {
+        Some((id, STATE_EXT)) => Some(id),
+        _ => None,
+    }
+}
+
+/// Parses a state file and checks that it describes the message it is named after.
+fn parse_state(id: &MessageId, bytes: &[u8]) -> Result<QueuedMessage, QueueError> {
+    let corrupt = |reason: String| QueueError::Corrupt {
+        id: id.0.clone(),
+        reason,
+    };
+    let state: QueuedMessage = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+    if state.id != *id {
+        return Err(corrupt(format!("state names message {}", state.id)));
+    }
+    if state.recipients.is_empty() {
+        return Err(corrupt("no recipients".to_owned()));
+    }
+    Ok(state)
+}
+
+/// The initial state of a new message: every recipient pending and due now.
+fn new_state(id: &MessageId, message: &NewMessage) -> QueuedMessage {
+    let now = unix_now();
+    QueuedMessage {
+        id: id.clone(),
+        sender: message.sender.clone(),
+        recipients: message
+            .recipients
+            .iter()
+            .map(|address| RecipientState {
+                address: address.clone(),
+                status: RecipientStatus::Pending,
+                attempts: 0,
+                last_error: None,
+                next_attempt: now,
+            })
+            .collect(),
+        arrived: now,
+        client_ip: message.client_ip.clone(),
+        auth_login: message.auth_login.clone(),
+        size: message.content.len() as u64,
+        held: false,
+    }
+}
+
+/// Applies attempt results. Final statuses are sticky (a late or repeated report cannot revive
+/// a delivered recipient); unknown addresses are logged and ignored, so the rest still counts.
+fn apply_updates(state: &mut QueuedMessage, updates: Vec<RecipientUpdate>) -> Change {
+    for update in updates {
+        let mut matched = false;
+        for recipient in state
+            .recipients
+            .iter_mut()
+            .filter(|r| r.address == update.address)
+        {
+            matched = true;
+            if recipient.status.is_final() {
+                continue;
+            }
+            recipient.status = update.status;
+            recipient.last_error = update.last_error.clone();
+            recipient.next_attempt = update.next_attempt;
+            recipient.attempts = recipient.attempts.saturating_add(1);
+        }
+        if !matched {
+            tracing::warn!(id = %state.id, address = %update.address, "update for unknown recipient");
+        }
+    }
+    if state.recipients.iter().all(|r| r.status.is_final()) {
+        Change::Remove
+    } else {
+        Change::Write
+    }
+}
+
+/// The recipients still to be tried.
+fn pending_mut(state: &mut QueuedMessage) -> impl Iterator<Item = &mut RecipientState> {
+    state.recipients.iter_mut().filter(|r| !r.status.is_final())
+}
+
+/// Rejects ids that do not have the generated shape: they name no message, and must never
+/// reach a path.
+fn check_id(id: &MessageId) -> Result<(), QueueError> {
+    if id.is_valid() {
+        Ok(())
+    } else {
+        Err(QueueError::NotFound(id.0.chars().take(64).collect()))
+    }
+}
+
+/// Reads a whole file; a missing file means the message does not exist.
+fn read_or_not_found(path: &Path, id: &MessageId) -> Result<Vec<u8>, QueueError> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(bytes),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            Err(QueueError::NotFound(id.0.clone()))
+        }
+        Err(err) => Err(queue_error(err)),
+    }
+}
+
+fn remove_if_present(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
+        _ => Ok(()),
+    }
+}
+
+/// Runs blocking filesystem work off the async threads; a panicking worker becomes an error.
+async fn blocking<T, F>(f: F) -> Result<T, QueueError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, QueueError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(err) => Err(QueueError::Io(io::Error::other(format!(
+            "queue worker failed: {err}"
+        )))),
+    }
+}
+
+fn committer_gone() -> QueueError {
+    QueueError::Io(io::Error::other("queue committer thread stopped"))
+}
+
+fn invalid_input(reason: &str) -> QueueError {
+    QueueError::Io(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        reason.to_owned(),
+    ))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
