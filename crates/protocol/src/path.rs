@@ -5,6 +5,13 @@
 //! literal, optional source route) within the §4.5.3.1 length limits, and refuses everything else
 //! with a [`PathError`] that says what was wrong. It does not decide what an address *means*:
 //! that is [`crate::resolve`].
+//!
+//! When several things are wrong, the first check that fails names the error, in this order:
+//! angle brackets, characters (printable ASCII only), source route, local part (length, then
+//! syntax), presence of a domain, an extra `@`, domain (length, then syntax), and last the
+//! whole path's length, so that a too-long part is reported as such. Two choices stricter than
+//! the RFC, both deliberate: an extra `@` outside quotes and literals (`a@b@c`) is
+//! [`PathError::BadLocalPart`], and the empty quoted local part `""` is refused.
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
