@@ -28,6 +28,11 @@ const ACCEPTED: &[(&str, &str)] = &[
     ("EHLO [192.0.2.1]", "EHLO [192.0.2.1]"),
     ("EHLO [IPv6:2001:db8::1]", "EHLO [IPv6:2001:db8::1]"),
     ("HeLo client.test", "HELO client.test"),
+    ("EHLO\tclient.test", "EHLO client.test"),
+    (
+        "MAIL FROM:\t<a@example.test>\tBODY=7bit",
+        "MAIL FROM:<a@example.test> BODY=7BIT",
+    ),
     ("MAIL FROM:<>", "MAIL FROM:<>"),
     ("mail from:<a@example.test>", "MAIL FROM:<a@example.test>"),
     ("MAIL FROM: <a@example.test>", "MAIL FROM:<a@example.test>"),
