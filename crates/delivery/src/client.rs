@@ -1,0 +1,814 @@
+//! The SMTP client: one connection to one next-hop address, several transactions on it.
+//!
+//! Replies are parsed by the protocol crate's [`ReplyParser`]; lines are bounded in length
+//! and number so a hostile server cannot make us buffer without end. Every read and write
+//! has an RFC 5321 §4.5.3.2 timeout. No error path panics: a misbehaving server costs at most
+//! a deferral.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use relayward_protocol::reply::{Reply, ReplyParser};
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use crate::config::Timeouts;
+use crate::outcome::{Failure, Outcome};
+
+/// Longest reply line we buffer (RFC 5321 allows 512; real servers send a little more).
+pub const MAX_REPLY_LINE: usize = 4096;
+
+/// How to use TLS on a connection.
+#[derive(Clone)]
+pub enum TlsPolicy {
+    /// STARTTLS when offered, without certificate checks; clear text otherwise.
+    Opportunistic(Arc<ClientConfig>),
+    /// STARTTLS must succeed with a verified certificate for `server_name`, else no mail.
+    Required {
+        config: Arc<ClientConfig>,
+        server_name: String,
+    },
+    /// TLS from the first byte, verified (port 465).
+    Implicit {
+        config: Arc<ClientConfig>,
+        server_name: String,
+    },
+    /// Clear text (smart host on loopback, or the fallback after a failed opportunistic
+    /// handshake).
+    None,
+}
+
+/// AUTH credentials for the smart host.
+#[derive(Clone)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({}, <password hidden>)", self.user)
+    }
+}
+
+/// What is needed to open a session.
+#[derive(Clone)]
+pub struct ConnectParams {
+    pub addr: SocketAddr,
+    /// The host name we meant (MX name or configured name), for logs, SNI and bounces.
+    pub host_name: String,
+    /// Our EHLO name.
+    pub helo: String,
+    pub tls: TlsPolicy,
+    pub credentials: Option<Credentials>,
+    pub timeouts: Timeouts,
+}
+
+/// A connection-level failure: the host could not be used (try the next one).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .failure.text)]
+pub struct SessionError {
+    pub failure: Failure,
+    /// A TLS handshake failed during opportunistic STARTTLS: retrying in clear may work.
+    pub tls_handshake: bool,
+}
+
+impl SessionError {
+    fn local(status: &str, text: impl Into<String>) -> Self {
+        Self {
+            failure: Failure::local(status, text),
+            tls_handshake: false,
+        }
+    }
+}
+
+/// ESMTP extensions the server announced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extensions {
+    pub pipelining: bool,
+    /// `SIZE n`; `Some(0)` means announced without a limit.
+    pub size: Option<u64>,
+    pub eight_bit_mime: bool,
+    pub starttls: bool,
+    /// AUTH mechanisms, upper-case.
+    pub auth: Vec<String>,
+}
+
+impl Extensions {
+    /// Reads the EHLO reply's keyword lines (the first line is the greeting text).
+    pub fn parse(reply: &Reply) -> Self {
+        let mut ext = Self::default();
+        for line in reply.lines.iter().skip(1) {
+            let mut words = line.split_ascii_whitespace();
+            let Some(keyword) = words.next() else {
+                continue;
+            };
+            match keyword.to_ascii_uppercase().as_str() {
+                "PIPELINING" => ext.pipelining = true,
+                "8BITMIME" => ext.eight_bit_mime = true,
+                "STARTTLS" => ext.starttls = true,
+                "SIZE" => ext.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
+                "AUTH" => ext.auth = words.map(|m| m.to_ascii_uppercase()).collect(),
+                _ => {}
+            }
+        }
+        ext
+    }
+}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// One message to send on a connection.
+pub struct Envelope<'a> {
+    /// Reverse-path without brackets; empty for the null sender.
+    pub sender: &'a str,
+    pub recipients: &'a [String],
+    /// Content with CRLF line ends (bare LF is converted), not yet dot-stuffed.
+    pub content: &'a [u8],
+}
+
+/// An open SMTP session, ready for `MAIL`.
+pub struct Connection {
+    stream: Option<Stream>,
+    buf: Vec<u8>,
+    /// `name[ip]:port`, for logs and `Remote-MTA`.
+    pub remote: String,
+    pub extensions: Extensions,
+    pub tls: bool,
+    timeouts: Timeouts,
+    /// A transaction ended half-way: `RSET` before the next one.
+    dirty: bool,
+    /// The connection is unusable (I/O error, timeout, 421).
+    broken: bool,
+}
+
+/// Opens a session: connect, greeting, EHLO (or HELO), STARTTLS and AUTH as the policy says.
+pub async fn connect(params: &ConnectParams) -> Result<Connection, SessionError> {
+    let remote = format!(
+        "{}[{}]:{}",
+        params.host_name,
+        params.addr.ip(),
+        params.addr.port()
+    );
+    let tcp = with_timeout(params.timeouts.connect, TcpStream::connect(params.addr))
+        .await
+        .map_err(|e| SessionError::local("4.4.1", format!("connect to {remote}: {e}")))?;
+    let _ = tcp.set_nodelay(true);
+    let stream = match &params.tls {
+        TlsPolicy::Implicit {
+            config,
+            server_name,
+        } => Stream::Tls(Box::new(handshake(params, config, server_name, tcp).await?)),
+        _ => Stream::Plain(tcp),
+    };
+    let implicit = matches!(params.tls, TlsPolicy::Implicit { .. });
+    let mut conn = Connection {
+        stream: Some(stream),
+        buf: Vec::new(),
+        remote,
+        extensions: Extensions::default(),
+        tls: implicit,
+        timeouts: params.timeouts,
+        dirty: false,
+        broken: false,
+    };
+    conn.greeting().await?;
+    conn.hello(&params.helo).await?;
+    conn.negotiate_tls(params).await?;
+    if let Some(credentials) = &params.credentials {
+        conn.authenticate(credentials).await?;
+    }
+    Ok(conn)
+}
+
+async fn handshake(
+    params: &ConnectParams,
+    config: &Arc<ClientConfig>,
+    server_name: &str,
+    tcp: TcpStream,
+) -> Result<TlsStream<TcpStream>, SessionError> {
+    let name = ServerName::try_from(server_name.to_string()).map_err(|_| {
+        SessionError::local(
+            "4.7.5",
+            format!("{server_name:?} is not a valid TLS server name"),
+        )
+    })?;
+    let connector = TlsConnector::from(config.clone());
+    match with_timeout(params.timeouts.command, connector.connect(name, tcp)).await {
+        Ok(tls) => Ok(tls),
+        Err(e) => Err(SessionError {
+            failure: Failure::local(
+                "4.7.5",
+                format!("TLS handshake with {}: {e}", params.host_name),
+            ),
+            tls_handshake: true,
+        }),
+    }
+}
+
+async fn with_timeout<T, E: std::fmt::Display>(
+    limit: Duration,
+    fut: impl Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("timed out after {}s", limit.as_secs_f64())),
+    }
+}
+
+impl Connection {
+    /// Whether the connection may carry another message.
+    pub fn reusable(&self) -> bool {
+        !self.broken && self.stream.is_some()
+    }
+
+    async fn greeting(&mut self) -> Result<(), SessionError> {
+        let reply = self.read_reply(self.timeouts.greeting).await?;
+        if reply.code == 220 {
+            return Ok(());
+        }
+        self.broken = true;
+        Err(self.reply_error(&reply, "greeting"))
+    }
+
+    /// EHLO, falling back to HELO when the server does not know EHLO.
+    async fn hello(&mut self, helo: &str) -> Result<(), SessionError> {
+        let reply = self
+            .command(&format!("EHLO {helo}"), self.timeouts.command)
+            .await?;
+        if reply.is_positive_completion() {
+            self.extensions = Extensions::parse(&reply);
+            return Ok(());
+        }
+        if reply.code == 421 {
+            return Err(self.closing(&reply, "EHLO"));
+        }
+        let reply = self
+            .command(&format!("HELO {helo}"), self.timeouts.command)
+            .await?;
+        if reply.is_positive_completion() {
+            self.extensions = Extensions::default();
+            return Ok(());
+        }
+        self.broken = true;
+        Err(self.reply_error(&reply, "HELO"))
+    }
+
+    async fn negotiate_tls(&mut self, params: &ConnectParams) -> Result<(), SessionError> {
+        let (config, server_name, required) = match &params.tls {
+            TlsPolicy::Opportunistic(config) => (config, tls_name(params), false),
+            TlsPolicy::Required {
+                config,
+                server_name,
+            } => (config, server_name.clone(), true),
+            TlsPolicy::Implicit { .. } | TlsPolicy::None => return Ok(()),
+        };
+        if !self.extensions.starttls {
+            if required {
+                self.broken = true;
+                return Err(SessionError::local(
+                    "4.7.4",
+                    format!("{} does not offer STARTTLS, which is required", self.remote),
+                ));
+            }
+            return Ok(());
+        }
+        let reply = self.command("STARTTLS", self.timeouts.command).await?;
+        if reply.code != 220 {
+            if required || reply.code == 421 {
+                self.broken = true;
+                return Err(self.reply_error(&reply, "STARTTLS"));
+            }
+            return Ok(());
+        }
+        self.upgrade(params, config, &server_name).await?;
+        self.hello(&params.helo).await
+    }
+
+    /// Replaces the plain stream by a TLS stream. Bytes the server sent after its `220` (a
+    /// response-injection attempt) make us give up the connection.
+    async fn upgrade(
+        &mut self,
+        params: &ConnectParams,
+        config: &Arc<ClientConfig>,
+        server_name: &str,
+    ) -> Result<(), SessionError> {
+        self.broken = true;
+        if !self.buf.is_empty() {
+            return Err(SessionError::local(
+                "4.7.0",
+                format!("{} sent data after its STARTTLS reply", self.remote),
+            ));
+        }
+        let Some(Stream::Plain(tcp)) = self.stream.take() else {
+            return Err(SessionError::local("4.7.0", "STARTTLS on a TLS connection"));
+        };
+        let tls = handshake(params, config, server_name, tcp).await?;
+        self.stream = Some(Stream::Tls(Box::new(tls)));
+        self.tls = true;
+        self.broken = false;
+        Ok(())
+    }
+
+    /// AUTH PLAIN (preferred) or LOGIN, only over TLS: the password never travels in clear.
+    async fn authenticate(&mut self, credentials: &Credentials) -> Result<(), SessionError> {
+        if !self.tls {
+            self.broken = true;
+            return Err(SessionError::local(
+                "4.7.0",
+                "refusing to send the smart-host password without TLS",
+            ));
+        }
+        let mechs = &self.extensions.auth;
+        let reply = if mechs.iter().any(|m| m == "PLAIN") {
+            let token = B64.encode(format!("\0{}\0{}", credentials.user, credentials.password));
+            self.command_secret("AUTH PLAIN", &format!("AUTH PLAIN {token}"))
+                .await?
+        } else if mechs.iter().any(|m| m == "LOGIN") {
+            self.auth_login(credentials).await?
+        } else {
+            self.broken = true;
+            return Err(SessionError::local(
+                "4.7.0",
+                format!("{} offers neither AUTH PLAIN nor AUTH LOGIN", self.remote),
+            ));
+        };
+        if reply.code == 235 {
+            return Ok(());
+        }
+        self.broken = true;
+        // An authentication failure is a configuration problem on our side: defer, so that
+        // the admin can fix the password before the messages expire.
+        let mut error = self.reply_error(&reply, "AUTH");
+        error.failure.status = "4.7.8".into();
+        Err(error)
+    }
+
+    async fn auth_login(&mut self, credentials: &Credentials) -> Result<Reply, SessionError> {
+        let reply = self.command("AUTH LOGIN", self.timeouts.command).await?;
+        if reply.code != 334 {
+            return Ok(reply);
+        }
+        let user = B64.encode(&credentials.user);
+        let reply = self.command_secret("<user>", &user).await?;
+        if reply.code != 334 {
+            return Ok(reply);
+        }
+        let password = B64.encode(&credentials.password);
+        self.command_secret("<password>", &password).await
+    }
+
+    /// Sends one message. Returns one outcome per recipient, in order. Never fails as a
+    /// whole: connection trouble defers the recipients not yet decided.
+    pub async fn send(&mut self, envelope: &Envelope<'_>) -> Vec<Outcome> {
+        let n = envelope.recipients.len();
+        if let Some(bad) = check_envelope(envelope) {
+            return vec![bad.into_outcome(); n];
+        }
+        if let Some(limit) = self.extensions.size.filter(|&l| l > 0)
+            && envelope.content.len() as u64 > limit
+        {
+            let f = Failure::local(
+                "5.3.4",
+                format!(
+                    "message size {} exceeds the limit of {limit} announced by {}",
+                    envelope.content.len(),
+                    self.remote
+                ),
+            );
+            return vec![f.into_outcome(); n];
+        }
+        match self.transaction(envelope).await {
+            Ok(outcomes) => outcomes,
+            Err(error) => {
+                self.broken = true;
+                vec![Outcome::Deferred(error.failure); n]
+            }
+        }
+    }
+
+    async fn transaction(&mut self, envelope: &Envelope<'_>) -> Result<Vec<Outcome>, SessionError> {
+        if self.dirty {
+            let reply = self.command("RSET", self.timeouts.command).await?;
+            if !reply.is_positive_completion() {
+                return Err(self.closing(&reply, "RSET"));
+            }
+        }
+        self.dirty = true;
+        let mail = self.mail_line(envelope);
+        let rcpts: Vec<String> = envelope
+            .recipients
+            .iter()
+            .map(|r| format!("RCPT TO:<{r}>"))
+            .collect();
+        let (mail_reply, rcpt_replies, data_reply) = if self.extensions.pipelining {
+            self.pipelined(&mail, &rcpts).await?
+        } else {
+            self.lockstep(&mail, &rcpts).await?
+        };
+        self.finish(envelope, mail_reply, rcpt_replies, data_reply)
+            .await
+    }
+
+    async fn finish(
+        &mut self,
+        envelope: &Envelope<'_>,
+        mail_reply: Reply,
+        rcpt_replies: Vec<Option<Reply>>,
+        data_reply: Option<Reply>,
+    ) -> Result<Vec<Outcome>, SessionError> {
+        if !mail_reply.is_positive_completion() {
+            self.abandon_data(data_reply.as_ref()).await?;
+            let outcome = self.reply_outcome(&mail_reply, "MAIL FROM");
+            return Ok(vec![outcome; envelope.recipients.len()]);
+        }
+        let mut outcomes: Vec<Option<Outcome>> = rcpt_replies
+            .iter()
+            .map(|r| match r {
+                Some(r) if r.is_positive_completion() => None,
+                Some(r) => Some(self.reply_outcome(r, "RCPT TO")),
+                None => Some(Outcome::Deferred(Failure::local("4.5.3", "RCPT not sent"))),
+            })
+            .collect();
+        if outcomes.iter().all(Option::is_some) {
+            self.abandon_data(data_reply.as_ref()).await?;
+            return Ok(outcomes.into_iter().flatten().collect());
+        }
+        let data_reply = match data_reply {
+            Some(reply) => reply,
+            None => self.command("DATA", self.timeouts.data_init).await?,
+        };
+        let final_outcome = if data_reply.code == 354 {
+            let reply = self.send_content(envelope.content).await?;
+            if reply.is_positive_completion() {
+                self.dirty = false;
+                Outcome::Delivered
+            } else {
+                self.reply_outcome(&reply, "end of DATA")
+            }
+        } else {
+            self.reply_outcome(&data_reply, "DATA")
+        };
+        for slot in outcomes.iter_mut().filter(|o| o.is_none()) {
+            *slot = Some(final_outcome.clone());
+        }
+        Ok(outcomes.into_iter().flatten().collect())
+    }
+
+    /// After a pipelined DATA got `354` although no recipient was accepted, RFC 2920 §3.1
+    /// says to send an empty message (just the dot) and ignore its reply.
+    async fn abandon_data(&mut self, data_reply: Option<&Reply>) -> Result<(), SessionError> {
+        if data_reply.is_some_and(|r| r.code == 354) {
+            self.write(b".\r\n", self.timeouts.data_block).await?;
+            self.read_reply(self.timeouts.data_term).await?;
+        }
+        Ok(())
+    }
+
+    fn mail_line(&self, envelope: &Envelope<'_>) -> String {
+        let mut line = format!("MAIL FROM:<{}>", envelope.sender);
+        if self.extensions.size.is_some() {
+            line.push_str(&format!(" SIZE={}", envelope.content.len()));
+        }
+        if self.extensions.eight_bit_mime && envelope.content.iter().any(|&b| b >= 0x80) {
+            line.push_str(" BODY=8BITMIME");
+        }
+        line
+    }
+
+    /// MAIL, every RCPT and DATA in one write, then the replies in order (RFC 2920).
+    async fn pipelined(
+        &mut self,
+        mail: &str,
+        rcpts: &[String],
+    ) -> Result<(Reply, Vec<Option<Reply>>, Option<Reply>), SessionError> {
+        let mut batch = format!("{mail}\r\n");
+        for rcpt in rcpts {
+            batch.push_str(rcpt);
+            batch.push_str("\r\n");
+        }
+        batch.push_str("DATA\r\n");
+        self.write(batch.as_bytes(), self.timeouts.command).await?;
+        let mail_reply = self.read_reply(self.timeouts.command).await?;
+        let mut rcpt_replies = Vec::with_capacity(rcpts.len());
+        for _ in rcpts {
+            rcpt_replies.push(Some(self.read_reply(self.timeouts.rcpt).await?));
+        }
+        let data_reply = self.read_reply(self.timeouts.data_init).await?;
+        Ok((mail_reply, rcpt_replies, Some(data_reply)))
+    }
+
+    /// One command at a time; stops after a failed MAIL.
+    async fn lockstep(
+        &mut self,
+        mail: &str,
+        rcpts: &[String],
+    ) -> Result<(Reply, Vec<Option<Reply>>, Option<Reply>), SessionError> {
+        let mail_reply = self.command(mail, self.timeouts.command).await?;
+        if !mail_reply.is_positive_completion() {
+            return Ok((mail_reply, vec![None; rcpts.len()], None));
+        }
+        let mut rcpt_replies = Vec::with_capacity(rcpts.len());
+        for rcpt in rcpts {
+            let reply = self.command(rcpt, self.timeouts.rcpt).await?;
+            if reply.code == 421 {
+                return Err(self.closing(&reply, "RCPT TO"));
+            }
+            rcpt_replies.push(Some(reply));
+        }
+        Ok((mail_reply, rcpt_replies, None))
+    }
+
+    /// Writes the dot-stuffed content and the final dot; returns the final reply.
+    async fn send_content(&mut self, content: &[u8]) -> Result<Reply, SessionError> {
+        let wire = dot_stuff(content);
+        for chunk in wire.chunks(64 * 1024) {
+            self.write(chunk, self.timeouts.data_block).await?;
+        }
+        self.read_reply(self.timeouts.data_term).await
+    }
+
+    /// Ends the session politely; errors do not matter any more.
+    pub async fn quit(mut self) {
+        if self.broken {
+            return;
+        }
+        let short = Duration::from_secs(5).min(self.timeouts.command);
+        let _ = self.command("QUIT", short).await;
+        if let Some(mut stream) = self.stream.take() {
+            let _ = tokio::time::timeout(short, stream.shutdown()).await;
+        }
+    }
+
+    /// Checks that an idle pooled connection still answers, before reusing it.
+    pub async fn still_alive(&mut self) -> bool {
+        if self.broken {
+            return false;
+        }
+        let short = Duration::from_secs(5).min(self.timeouts.command);
+        match self.command("RSET", short).await {
+            Ok(reply) if reply.is_positive_completion() => {
+                self.dirty = false;
+                true
+            }
+            _ => {
+                self.broken = true;
+                false
+            }
+        }
+    }
+
+    async fn command(&mut self, line: &str, limit: Duration) -> Result<Reply, SessionError> {
+        self.write(format!("{line}\r\n").as_bytes(), limit).await?;
+        let reply = self.read_reply(limit).await?;
+        if reply.code == 421 {
+            self.broken = true;
+        }
+        Ok(reply)
+    }
+
+    /// Like `command`, but errors name `label` instead of the line (which holds a secret).
+    async fn command_secret(&mut self, label: &str, line: &str) -> Result<Reply, SessionError> {
+        let limit = self.timeouts.command;
+        match self.write(format!("{line}\r\n").as_bytes(), limit).await {
+            Ok(()) => self.read_reply(limit).await,
+            Err(_) => Err(self.io_error(&format!("sending {label}"), "write failed")),
+        }
+    }
+
+    async fn write(&mut self, bytes: &[u8], limit: Duration) -> Result<(), SessionError> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(SessionError::local("4.4.2", "connection already closed"));
+        };
+        let result = tokio::time::timeout(limit, async {
+            stream.write_all(bytes).await?;
+            stream.flush().await
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(self.io_error("write", &e.to_string())),
+            Err(_) => Err(self.io_error("write", "timed out")),
+        }
+    }
+
+    /// Reads one complete (possibly multi-line) reply within `limit`.
+    async fn read_reply(&mut self, limit: Duration) -> Result<Reply, SessionError> {
+        match tokio::time::timeout(limit, self.read_reply_inner()).await {
+            Ok(result) => result,
+            Err(_) => {
+                Err(self.io_error("read", &format!("no reply within {}s", limit.as_secs_f64())))
+            }
+        }
+    }
+
+    async fn read_reply_inner(&mut self) -> Result<Reply, SessionError> {
+        let mut parser = ReplyParser::new();
+        loop {
+            let line = self.read_line().await?;
+            match parser.feed(&line) {
+                Ok(Some(reply)) => return Ok(reply),
+                Ok(None) => continue,
+                Err(e) => return Err(self.io_error("read", &format!("bad reply: {e}"))),
+            }
+        }
+    }
+
+    /// One line without its line end; at most [`MAX_REPLY_LINE`] octets.
+    async fn read_line(&mut self) -> Result<String, SessionError> {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                return Ok(String::from_utf8_lossy(&line).into_owned());
+            }
+            if self.buf.len() > MAX_REPLY_LINE {
+                return Err(self.io_error("read", "reply line too long"));
+            }
+            let Some(stream) = self.stream.as_mut() else {
+                return Err(SessionError::local("4.4.2", "connection already closed"));
+            };
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) => return Err(self.io_error("read", "connection closed by server")),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) => return Err(self.io_error("read", &e.to_string())),
+            }
+        }
+    }
+
+    fn io_error(&mut self, what: &str, detail: &str) -> SessionError {
+        self.broken = true;
+        SessionError::local("4.4.2", format!("{what} {}: {detail}", self.remote))
+    }
+
+    fn closing(&mut self, reply: &Reply, context: &str) -> SessionError {
+        self.broken = true;
+        self.reply_error(reply, context)
+    }
+
+    fn reply_error(&self, reply: &Reply, context: &str) -> SessionError {
+        SessionError {
+            failure: Failure::from_reply(reply, &self.remote, context),
+            tls_handshake: false,
+        }
+    }
+
+    fn reply_outcome(&self, reply: &Reply, context: &str) -> Outcome {
+        Failure::from_reply(reply, &self.remote, context).into_outcome()
+    }
+}
+
+/// The name to present in SNI for opportunistic TLS: the host name if it is one.
+fn tls_name(params: &ConnectParams) -> String {
+    if ServerName::try_from(params.host_name.clone()).is_ok() {
+        params.host_name.clone()
+    } else {
+        params.addr.ip().to_string()
+    }
+}
+
+/// Refuses addresses that could inject commands (CR, LF, brackets, controls) or are too long.
+fn check_envelope(envelope: &Envelope<'_>) -> Option<Failure> {
+    let bad = |a: &str| {
+        a.len() > 256
+            || a.bytes()
+                .any(|b| b < 0x20 || b == 0x7f || b == b'<' || b == b'>')
+    };
+    if bad(envelope.sender) {
+        return Some(Failure::local(
+            "5.1.7",
+            "unusable sender address in the queue",
+        ));
+    }
+    if envelope.recipients.is_empty() || envelope.recipients.iter().any(|r| bad(r) || r.is_empty())
+    {
+        return Some(Failure::local(
+            "5.1.3",
+            "unusable recipient address in the queue",
+        ));
+    }
+    None
+}
+
+/// Dot-stuffs the content (RFC 5321 §4.5.2), turns bare LF into CRLF and appends the
+/// terminating `CRLF.CRLF`.
+pub fn dot_stuff(content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.len() + content.len() / 64 + 5);
+    let mut at_line_start = true;
+    let mut prev = 0u8;
+    for &b in content {
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        if b == b'\n' && prev != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        at_line_start = b == b'\n';
+        prev = b;
+    }
+    if !out.is_empty() && !out.ends_with(b"\r\n") {
+        if out.ends_with(b"\r") {
+            out.push(b'\n');
+        } else {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_stuffing_and_line_ends() {
+        assert_eq!(dot_stuff(b"a\r\n.b\r\n"), b"a\r\n..b\r\n.\r\n");
+        assert_eq!(dot_stuff(b".\nx"), b"..\r\nx\r\n.\r\n");
+        assert_eq!(dot_stuff(b""), b".\r\n");
+        assert_eq!(dot_stuff(b"x\r"), b"x\r\n.\r\n");
+    }
+
+    #[test]
+    fn extensions_from_ehlo() {
+        let reply = Reply::multiline(
+            250,
+            None,
+            vec![
+                "mx.test".into(),
+                "PIPELINING".into(),
+                "SIZE 1000".into(),
+                "8BITMIME".into(),
+                "STARTTLS".into(),
+                "AUTH login PLAIN".into(),
+            ],
+        );
+        let ext = Extensions::parse(&reply);
+        assert!(ext.pipelining && ext.eight_bit_mime && ext.starttls);
+        assert_eq!(ext.size, Some(1000));
+        assert_eq!(ext.auth, ["LOGIN", "PLAIN"]);
+    }
+
+    #[test]
+    fn injected_addresses_are_refused() {
+        let rcpts = vec!["a@b.test>\r\nRCPT TO:<c@d.test".to_string()];
+        let env = Envelope {
+            sender: "s@x.test",
+            recipients: &rcpts,
+            content: b"",
+        };
+        assert!(check_envelope(&env).is_some());
+    }
+}
