@@ -1,1 +1,1228 @@
-//! (being written)
+//! relayward's configuration file (TOML).
+//!
+//! Parsing is strict: every table refuses unknown keys (`deny_unknown_fields`), so a typo such as
+//! `trusted_network` fails loudly with the key and line instead of silently leaving a default in
+//! place. Parsing checks only the shape; [`Config::validate`] then refuses what would make the
+//! server an open relay (or otherwise not work), and says for each problem why and what to write
+//! instead. `relayward serve` refuses to start on any [`Severity::Error`].
+//!
+//! The names of keys are a contract with the docs, the tests and admins' files: rename nothing.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+
+/// The configuration `relayward serve` runs with when given no file: loopback only, local domain
+/// `localhost`, no users. It is also the sample shown to admins, so it is written as a file and
+/// parsed, never built in code.
+pub const EMBEDDED_DEFAULT_TOML: &str = r#"# relayward's embedded default: loopback only, mail for @localhost, no users.
+hostname = "localhost"
+data_dir = "./relayward-data"
+
+[[listen]]
+address = "127.0.0.1:2525"
+kind = "mx"
+
+[[listen]]
+address = "127.0.0.1:2587"
+kind = "submission"
+
+[relay]
+local_domains = ["localhost"]
+trusted_networks = ["127.0.0.1/32", "::1/128"]
+
+# Add users with a hash from `relayward hash-password` (reads the password on stdin):
+# [[user]]
+# login = "alice@localhost"
+# password_hash = "$argon2id$v=19$m=19456,t=2,p=1$..."
+"#;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Our name in the banner, EHLO reply, `Received:` headers and the self-signed certificate.
+    pub hostname: String,
+    /// Where the queue, Maildirs and the generated TLS pair live.
+    pub data_dir: PathBuf,
+    /// Listening sockets; at least one is required.
+    #[serde(default)]
+    pub listen: Vec<Listen>,
+    /// Certificate and key files. Without this table a self-signed pair is generated in
+    /// `data_dir/tls/` (see [`crate::tls`]).
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// Who may send what where: the input of [`crate::policy`].
+    #[serde(default)]
+    pub relay: Relay,
+    /// Accounts that may authenticate (AUTH, only under TLS).
+    #[serde(default, rename = "user")]
+    pub users: Vec<User>,
+    /// How queued mail leaves: MX lookup or a smart host.
+    #[serde(default)]
+    pub delivery: Delivery,
+    /// Resolver settings for MX delivery.
+    #[serde(default)]
+    pub dns: Dns,
+    /// Domains we front (Postfix's relay_domains): any recipient accepted, forwarded to `to`.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<Route>,
+    /// Abuse limits and timeouts.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Queue storage settings.
+    #[serde(default)]
+    pub queue: QueueSettings,
+}
+
+/// One `[[listen]]` socket.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// `ip:port` to bind, e.g. `0.0.0.0:25` or `[::]:587`.
+    pub address: SocketAddr,
+    /// What the listener is for; decides whether MAIL requires AUTH and whether TLS is implicit.
+    pub kind: ListenerKind,
+}
+
+/// The role of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    /// Port 25 role: mail for local domains from anyone; relay only for trusted networks or
+    /// authenticated users. STARTTLS offered, AUTH offered only after it.
+    Mx,
+    /// Port 587 role (RFC 6409): STARTTLS, then AUTH, before any MAIL.
+    Submission,
+    /// Port 465 role (RFC 8314): TLS from the first byte, AUTH before any MAIL.
+    Submissions,
+}
+
+impl ListenerKind {
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerKind::Mx => "mx",
+            ListenerKind::Submission => "submission",
+            ListenerKind::Submissions => "submissions",
+        }
+    }
+
+    /// True when TLS starts before the banner (no STARTTLS).
+    pub fn implicit_tls(self) -> bool {
+        self == ListenerKind::Submissions
+    }
+}
+
+impl fmt::Display for ListenerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `[tls]`: a certificate chain and its private key, both PEM.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// `[relay]`: the relay policy's inputs.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Relay {
+    /// Domains whose mailboxes live here (Maildir). Must not be empty.
+    #[serde(default)]
+    pub local_domains: Vec<String>,
+    /// Clients in these networks may relay without AUTH. Keep it to networks you run: anything
+    /// wider than a /8 (IPv6: /16) is refused. Default: loopback only.
+    #[serde(default = "default_trusted_networks")]
+    pub trusted_networks: Vec<Cidr>,
+    /// Extra local mailboxes without a login, e.g. `info@example.test`. Every `[[user]]` whose
+    /// login is in a local domain is a mailbox too, and `postmaster@<each local domain>` always
+    /// exists (RFC 5321 §4.5.1).
+    #[serde(default)]
+    pub mailboxes: Vec<String>,
+    /// Peers allowed to send a PROXY protocol (v1/v2) header naming the real client. From anyone
+    /// else such a header is refused. Default: none.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+impl Default for Relay {
+    fn default() -> Self {
+        Self {
+            local_domains: Vec::new(),
+            trusted_networks: default_trusted_networks(),
+            mailboxes: Vec::new(),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+fn default_trusted_networks() -> Vec<Cidr> {
+    ["127.0.0.1/32", "::1/128"]
+        .iter()
+        .filter_map(|text| Cidr::from_str(text).ok())
+        .collect()
+}
+
+/// A network as written in the file, e.g. `192.0.2.0/24`; a bare address means that one host.
+///
+/// Kept exactly as written, because ipnet accepts `10.1.2.3/8` (host bits set) without a word and
+/// an admin who wrote that probably meant something else: [`Config::validate`] asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cidr {
+    text: String,
+    net: IpNet,
+}
+
+impl Cidr {
+    /// The network with any host bits as written (see [`Cidr::has_host_bits`]).
+    pub fn net(&self) -> IpNet {
+        self.net
+    }
+
+    /// The text from the file.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// True for `10.1.2.3/8`: an address part that is not the network address.
+    pub fn has_host_bits(&self) -> bool {
+        self.net.addr() != self.net.network()
+    }
+
+    /// Whether `ip` (already canonical: IPv4-mapped IPv6 as IPv4) is in this network.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.net.trunc().contains(&ip)
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let net = if text.contains('/') {
+            IpNet::from_str(text).map_err(|_| {
+                format!(
+                    "{text:?} is not a network; write it like \"192.0.2.0/24\" or \"2001:db8::/32\""
+                )
+            })?
+        } else {
+            let ip = IpAddr::from_str(text).map_err(|_| {
+                format!("{text:?} is not an IP address or network (e.g. \"192.0.2.0/24\")")
+            })?;
+            IpNet::from(ip)
+        };
+        Ok(Self {
+            text: text.to_string(),
+            net,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Cidr::from_str(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// One `[[user]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    /// The AUTH login; compared case-insensitively. When it is an address in a local domain it
+    /// is also that user's mailbox.
+    pub login: String,
+    /// Argon2 PHC string from `relayward hash-password`; never the password itself.
+    pub password_hash: String,
+    /// Envelope senders (MAIL FROM) this user may use, compared case-insensitively.
+    /// Default: the login alone.
+    #[serde(default)]
+    pub send_as: Option<Vec<String>>,
+}
+
+impl User {
+    /// The sender addresses this user may use (`send_as`, or `[login]` when not given).
+    pub fn effective_send_as(&self) -> Vec<String> {
+        match &self.send_as {
+            Some(list) => list.clone(),
+            None => vec![self.login.clone()],
+        }
+    }
+}
+
+/// `[delivery]`: how queued mail leaves.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Delivery {
+    /// `host:port` of a smart host that takes all non-local mail. Without it: MX delivery.
+    #[serde(default)]
+    pub smarthost: Option<String>,
+    /// TLS to the smart host; always verified. `none` is allowed only to a loopback host.
+    #[serde(default)]
+    pub smarthost_tls: SmarthostTls,
+    /// AUTH login at the smart host.
+    #[serde(default)]
+    pub smarthost_user: Option<String>,
+    /// File holding the smart host password (first line), so the password stays out of this file.
+    #[serde(default)]
+    pub smarthost_password_file: Option<PathBuf>,
+    /// PEM CA bundle to verify the smart host with (a private CA, or tests). Default: the
+    /// public web PKI roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Port used for MX hosts (MX records carry none). 25 except in tests.
+    #[serde(default = "default_mx_port")]
+    pub mx_port: u16,
+    /// How long a message may wait for delivery before it bounces, e.g. `"5d"`.
+    #[serde(default = "default_queue_lifetime", deserialize_with = "de_duration")]
+    pub max_queue_lifetime: Duration,
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Self {
+            smarthost: None,
+            smarthost_tls: SmarthostTls::default(),
+            smarthost_user: None,
+            smarthost_password_file: None,
+            ca_file: None,
+            mx_port: default_mx_port(),
+            max_queue_lifetime: default_queue_lifetime(),
+        }
+    }
+}
+
+fn default_mx_port() -> u16 {
+    25
+}
+
+fn default_queue_lifetime() -> Duration {
+    Duration::from_secs(5 * 24 * 3600)
+}
+
+/// TLS mode towards the smart host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmarthostTls {
+    /// Plain connect, then STARTTLS (required, verified). Port 587 style.
+    #[default]
+    Starttls,
+    /// TLS from the first byte (verified). Port 465 style.
+    Implicit,
+    /// No TLS: only to a loopback host, where nothing crosses a network.
+    None,
+}
+
+/// `[dns]`: resolver settings.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dns {
+    /// Nameservers (`ip:port`) to ask instead of the system resolver.
+    #[serde(default)]
+    pub nameservers: Vec<SocketAddr>,
+}
+
+/// One `[[route]]`: a domain we relay for, and where its mail goes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// The domain (not a local domain). Any recipient in it is accepted, unless routed.
+    pub domain: String,
+    /// `smtp://host[:port]` or `maildir`.
+    pub to: RouteTarget,
+}
+
+/// Where a `[[route]]` domain's mail goes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RouteTarget {
+    /// Into `data_dir/mail/<domain>/<local-part>/` like a local domain.
+    Maildir,
+    /// To an SMTP server, e.g. an internal one; port 25 unless given.
+    Smtp { host: String, port: u16 },
+}
+
+impl FromStr for RouteTarget {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text == "maildir" {
+            return Ok(RouteTarget::Maildir);
+        }
+        let rest = text.strip_prefix("smtp://").ok_or_else(|| {
+            format!("{text:?} is not a route target; write \"smtp://host:port\" or \"maildir\"")
+        })?;
+        let (host, port) = split_host_port(rest, 25)
+            .ok_or_else(|| format!("{text:?}: expected \"smtp://host\" or \"smtp://host:port\""))?;
+        Ok(RouteTarget::Smtp { host, port })
+    }
+}
+
+impl<'de> Deserialize<'de> for RouteTarget {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        RouteTarget::from_str(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for RouteTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RouteTarget::Maildir => f.write_str("maildir"),
+            RouteTarget::Smtp { host, port } if host.contains(':') => {
+                write!(f, "smtp://[{host}]:{port}")
+            }
+            RouteTarget::Smtp { host, port } => write!(f, "smtp://{host}:{port}"),
+        }
+    }
+}
+
+/// Splits `host`, `host:port`, `[v6]` or `[v6]:port`. `None` on anything else (empty host,
+/// bad port, path or user info). The host is returned without brackets.
+pub fn split_host_port(text: &str, default_port: u16) -> Option<(String, u16)> {
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        host.parse::<std::net::Ipv6Addr>().ok()?;
+        match after {
+            "" => (host, None),
+            _ => (host, Some(after.strip_prefix(':')?)),
+        }
+    } else {
+        match text.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (text, None),
+        }
+    };
+    let port = match port {
+        None => default_port,
+        Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0)?,
+    };
+    let plain_host = host.parse::<IpAddr>().is_ok() || checks::valid_domain(host);
+    plain_host.then(|| (host.to_string(), port))
+}
+
+/// `[limits]`: abuse limits and timeouts. Every field has a default; the defaults suit a small
+/// organisation's relay and stop the "compromised account sends 300,000 messages" incident.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Concurrent connections in total; beyond it new ones get `421 4.7.0`.
+    pub max_connections: u32,
+    /// Concurrent connections from one client IP (IPv6: one /64); beyond it `421 4.7.0`.
+    pub max_connections_per_ip: u32,
+    /// New connections from one client IP (IPv6: one /64) per minute.
+    pub connections_per_ip_per_minute: u32,
+    /// Largest message in octets, advertised in EHLO SIZE and enforced while receiving
+    /// (`552 5.3.4`). Default 25 MiB.
+    pub max_message_size: u64,
+    /// Recipients per message; the one after gets `452 4.5.3`. RFC 5321 §4.5.3.1.8 asks for at
+    /// least 100.
+    pub max_recipients: u32,
+    /// Failed commands per session before we answer 421 and disconnect.
+    pub max_errors: u32,
+    /// Messages one authenticated user may send per hour (then `451 4.7.1`).
+    pub messages_per_user_per_hour: u32,
+    /// Messages one authenticated user may send per day (then `451 4.7.1`).
+    pub messages_per_user_per_day: u32,
+    /// Recipients one authenticated user may address per hour (then `451 4.7.1`).
+    pub recipients_per_user_per_hour: u32,
+    /// Recipients one authenticated user may address per day (then `451 4.7.1`).
+    pub recipients_per_user_per_day: u32,
+    /// Failed AUTH attempts from one client IP (IPv6: /64) within `auth_failure_window` before
+    /// that IP is banned from AUTH for `auth_ban` (`454 4.7.0`).
+    pub auth_failures_per_ip: u32,
+    /// Failed AUTH attempts for one login within `auth_failure_window` after which that login
+    /// is refused (`454 4.7.0`) from IPs that have failed themselves. IPs without failures are
+    /// never refused, so an attacker cannot lock the real user out from her own address.
+    pub auth_failures_per_login: u32,
+    /// How long failures are remembered, e.g. `"1h"`.
+    #[serde(deserialize_with = "de_duration")]
+    pub auth_failure_window: Duration,
+    /// How long an IP stays banned from AUTH, e.g. `"15m"`.
+    #[serde(deserialize_with = "de_duration")]
+    pub auth_ban: Duration,
+    /// Wait for the client's first command after our banner (RFC 5321 §4.5.3.2.1: 5 minutes).
+    #[serde(deserialize_with = "de_duration")]
+    pub greeting_timeout: Duration,
+    /// Wait for the next command (RFC 5321 §4.5.3.2.2–.3, 5 minutes).
+    #[serde(deserialize_with = "de_duration")]
+    pub command_timeout: Duration,
+    /// Wait for each chunk of DATA content (RFC 5321 §4.5.3.2.5, 3 minutes).
+    #[serde(deserialize_with = "de_duration")]
+    pub data_block_timeout: Duration,
+    /// Time we may take after the final dot before answering, a bound on our own queue write
+    /// (RFC 5321 §4.5.3.2.6 gives the client 10 minutes).
+    #[serde(deserialize_with = "de_duration")]
+    pub data_end_timeout: Duration,
+    /// Total lifetime of one connection, whatever it does: slowloris clients that send a byte
+    /// just before each timeout are still cut off. Applies before TLS too.
+    #[serde(deserialize_with = "de_duration")]
+    pub session_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let minutes = |m: u64| Duration::from_secs(m * 60);
+        Self {
+            max_connections: 1000,
+            max_connections_per_ip: 20,
+            connections_per_ip_per_minute: 60,
+            max_message_size: 25 * 1024 * 1024,
+            max_recipients: 100,
+            max_errors: 10,
+            messages_per_user_per_hour: 200,
+            messages_per_user_per_day: 1000,
+            recipients_per_user_per_hour: 1000,
+            recipients_per_user_per_day: 5000,
+            auth_failures_per_ip: 5,
+            auth_failures_per_login: 10,
+            auth_failure_window: minutes(60),
+            auth_ban: minutes(15),
+            greeting_timeout: minutes(5),
+            command_timeout: minutes(5),
+            data_block_timeout: minutes(3),
+            data_end_timeout: minutes(10),
+            session_timeout: minutes(30),
+        }
+    }
+}
+
+/// `[queue]`: queue storage.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueSettings {
+    /// Free space (octets) the data directory must keep; below it new mail gets `452 4.3.1`
+    /// instead of filling the disk. Default 100 MiB.
+    pub min_free_bytes: u64,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self {
+            min_free_bytes: 100 * 1024 * 1024,
+        }
+    }
+}
+
+/// Reads a humantime string such as `"5d"`, `"90s"` or `"1h 30m"`.
+fn de_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not a duration ({e}); write e.g. \"90s\", \"5m\", \"2h\" or \"5d\""
+        ))
+    })
+}
+
+/// Why a configuration could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Not valid TOML, an unknown key, a wrong type. `message` is toml's, which names the key
+    /// and shows the line.
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+}
+
+/// How bad a [`ConfigProblem`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Severity {
+    /// `relayward serve` refuses to start.
+    Error,
+    /// Works, but probably not as intended; printed at start and by `check-config`.
+    Warning,
+}
+
+/// One finding of [`Config::validate`]: which key, and a message that says why it is a problem
+/// and what to write instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub severity: Severity,
+    /// Dotted path of the key, e.g. `relay.trusted_networks[0]` or `user[2].send_as[1]`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let level = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, "{level}: {}: {}", self.key, self.message)
+    }
+}
+
+impl Config {
+    /// Parses TOML text. `origin` names the text in errors (a file name, or `"<embedded>"`).
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })
+    }
+
+    /// Reads and parses a file. Does not validate: call [`Config::validate`].
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml_str(&text, &path.display().to_string())
+    }
+
+    /// The configuration used without a file: [`EMBEDDED_DEFAULT_TOML`].
+    pub fn embedded_default() -> Result<Config, ConfigError> {
+        Self::from_toml_str(EMBEDDED_DEFAULT_TOML, "<embedded default>")
+    }
+
+    /// Every problem found, errors first.
+    pub fn problems(&self) -> Vec<ConfigProblem> {
+        let mut problems = checks::all(self);
+        problems.sort_by_key(|p| p.severity);
+        problems
+    }
+
+    /// Checks the configuration. `Ok(warnings)` when there is no error (the list may be empty);
+    /// `Err(problems)` with errors first (and any warnings after) otherwise.
+    ///
+    /// This returns the warnings on success too (rather than `Result<(), _>`), so that `serve`
+    /// can print them and `check-config` can show them without a second call.
+    pub fn validate(&self) -> Result<Vec<ConfigProblem>, Vec<ConfigProblem>> {
+        let problems = self.problems();
+        if problems.iter().any(|p| p.severity == Severity::Error) {
+            Err(problems)
+        } else {
+            Ok(problems)
+        }
+    }
+
+    /// Human-readable effective policy, for `relayward check-config` and the startup log.
+    pub fn effective_policy_summary(&self) -> String {
+        summary::render(self)
+    }
+
+    /// Local domains, lower-case, without duplicates, in file order.
+    pub fn normalized_local_domains(&self) -> Vec<String> {
+        let mut seen = HashSet::new();
+        self.relay
+            .local_domains
+            .iter()
+            .map(|d| d.to_ascii_lowercase())
+            .filter(|d| seen.insert(d.clone()))
+            .collect()
+    }
+
+    /// Every local mailbox as lower-case `local@domain`, with where it comes from:
+    /// postmaster of each local domain, `[relay] mailboxes`, and users whose login is a local
+    /// address. Entries whose domain is not local are skipped (validate reports them).
+    pub fn local_mailboxes(&self) -> Vec<(String, MailboxSource)> {
+        let locals: HashSet<String> = self.normalized_local_domains().into_iter().collect();
+        let mut out: Vec<(String, MailboxSource)> = Vec::new();
+        let mut push = |address: String, source: MailboxSource| {
+            let is_local = address
+                .rsplit_once('@')
+                .is_some_and(|(_, domain)| locals.contains(domain));
+            if is_local && !out.iter().any(|(a, _)| *a == address) {
+                out.push((address, source));
+            }
+        };
+        for domain in self.normalized_local_domains() {
+            push(format!("postmaster@{domain}"), MailboxSource::Postmaster);
+        }
+        for mailbox in &self.relay.mailboxes {
+            push(mailbox.to_ascii_lowercase(), MailboxSource::Configured);
+        }
+        for user in &self.users {
+            push(user.login.to_ascii_lowercase(), MailboxSource::User);
+        }
+        out
+    }
+
+    /// `[[route]]` domains (lower-case) and their targets.
+    pub fn relay_domains(&self) -> HashMap<String, RouteTarget> {
+        self.routes
+            .iter()
+            .map(|r| (r.domain.to_ascii_lowercase(), r.to.clone()))
+            .collect()
+    }
+}
+
+/// Why a local mailbox exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MailboxSource {
+    /// `postmaster@<local domain>`, required by RFC 5321 §4.5.1.
+    Postmaster,
+    /// Listed in `[relay] mailboxes`.
+    Configured,
+    /// A `[[user]]` login in a local domain.
+    User,
+}
+
+/// The checks behind [`Config::validate`], one function per section.
+mod checks {
+    use super::*;
+
+    /// Collects problems with their keys.
+    #[derive(Default)]
+    struct Findings(Vec<ConfigProblem>);
+
+    impl Findings {
+        fn push(&mut self, severity: Severity, key: impl Into<String>, message: impl Into<String>) {
+            self.0.push(ConfigProblem {
+                severity,
+                key: key.into(),
+                message: message.into(),
+            });
+        }
+        fn error(&mut self, key: impl Into<String>, message: impl Into<String>) {
+            self.push(Severity::Error, key, message);
+        }
+        fn warn(&mut self, key: impl Into<String>, message: impl Into<String>) {
+            self.push(Severity::Warning, key, message);
+        }
+    }
+
+    pub(super) fn all(config: &Config) -> Vec<ConfigProblem> {
+        let mut f = Findings::default();
+        check_hostname(config, &mut f);
+        check_listeners(config, &mut f);
+        check_local_domains(config, &mut f);
+        check_networks(
+            "relay.trusted_networks",
+            &config.relay.trusted_networks,
+            &mut f,
+        );
+        check_networks(
+            "relay.trusted_proxies",
+            &config.relay.trusted_proxies,
+            &mut f,
+        );
+        check_mailboxes(config, &mut f);
+        check_users(config, &mut f);
+        check_routes(config, &mut f);
+        check_delivery(&config.delivery, &mut f);
+        check_limits(&config.limits, &mut f);
+        f.0
+    }
+
+    /// A host name as we accept it in the file: ASCII letters, digits and hyphens in labels of
+    /// 1–63 octets, at most 253 octets, no trailing dot. (IDNs must be written in A-label form.)
+    pub(super) fn valid_domain(name: &str) -> bool {
+        !name.is_empty()
+            && name.len() <= 253
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            })
+    }
+
+    /// `local@domain` with a dot-atom local part (RFC 5321 §4.1.2) of at most 64 octets.
+    /// Quoted local parts are not accepted in the file: nobody needs them for a mailbox.
+    pub(super) fn valid_address(address: &str) -> bool {
+        let Some((local, domain)) = address.rsplit_once('@') else {
+            return false;
+        };
+        let atext = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&b);
+        !local.is_empty()
+            && local.len() <= 64
+            && local
+                .split('.')
+                .all(|a| !a.is_empty() && a.bytes().all(atext))
+            && valid_domain(domain)
+    }
+
+    fn check_hostname(config: &Config, f: &mut Findings) {
+        if !valid_domain(&config.hostname) {
+            f.error(
+                "hostname",
+                format!(
+                    "{:?} is not a host name; write this server's fully qualified name, e.g. \"mx.example.test\"",
+                    config.hostname
+                ),
+            );
+        }
+    }
+
+    fn check_listeners(config: &Config, f: &mut Findings) {
+        if config.listen.is_empty() {
+            f.error(
+                "listen",
+                "no [[listen]] socket: add one, e.g. [[listen]] address = \"0.0.0.0:25\" kind = \"mx\"",
+            );
+        }
+        let mut seen = HashSet::new();
+        for (i, listen) in config.listen.iter().enumerate() {
+            if !seen.insert(listen.address) {
+                f.error(
+                    format!("listen[{i}].address"),
+                    format!(
+                        "{} is listed twice; each address can be bound only once",
+                        listen.address
+                    ),
+                );
+            }
+            if listen.kind != ListenerKind::Mx && config.users.is_empty() {
+                f.warn(
+                    format!("listen[{i}]"),
+                    format!(
+                        "{} listener {} requires AUTH before MAIL but no [[user]] is configured, so it will refuse every message (530); add a [[user]] with a password_hash from `relayward hash-password`",
+                        listen.kind, listen.address
+                    ),
+                );
+            }
+        }
+    }
+
+    fn check_local_domains(config: &Config, f: &mut Findings) {
+        if config.relay.local_domains.is_empty() {
+            f.error(
+                "relay.local_domains",
+                "no local domain: relayward would accept no mail for itself (not even for postmaster); write e.g. local_domains = [\"example.test\"]",
+            );
+        }
+        let mut seen = HashSet::new();
+        for (i, domain) in config.relay.local_domains.iter().enumerate() {
+            let key = format!("relay.local_domains[{i}]");
+            if !valid_domain(domain) {
+                f.error(
+                    key,
+                    format!("{domain:?} is not a domain name; write it like \"example.test\" (no @, no trailing dot, IDNs as xn--…)"),
+                );
+            } else if !seen.insert(domain.to_ascii_lowercase()) {
+                f.warn(key, format!("{domain:?} is listed twice"));
+            }
+        }
+    }
+
+    fn check_networks(key: &str, nets: &[Cidr], f: &mut Findings) {
+        for (i, cidr) in nets.iter().enumerate() {
+            let key = format!("{key}[{i}]");
+            if let Some(message) = network_width_problem(cidr) {
+                f.error(key, message);
+            } else if cidr.has_host_bits() {
+                f.error(key, host_bits_message(cidr));
+            } else if is_ipv4_mapped(cidr.net()) {
+                f.warn(
+                    key,
+                    format!(
+                        "{cidr} is an IPv4-mapped IPv6 network, which never matches: clients are compared by their IPv4 address; write the IPv4 network instead"
+                    ),
+                );
+            }
+        }
+    }
+
+    /// `/0`, or wider than a /8 (IPv4) or /16 (IPv6): trusting that many hosts is an open relay.
+    fn network_width_problem(cidr: &Cidr) -> Option<String> {
+        let net = cidr.net();
+        let (min_prefix, family) = match net {
+            IpNet::V4(_) => (8, "IPv4"),
+            IpNet::V6(_) => (16, "IPv6"),
+        };
+        let advice = "list only networks you operate, e.g. \"192.0.2.0/24\" or \"2001:db8:1::/48\", and let remote users authenticate on a submission listener instead";
+        if net.prefix_len() == 0 {
+            return Some(format!(
+                "{cidr} trusts every {family} address on the Internet: that is an open relay; {advice}"
+            ));
+        }
+        (net.prefix_len() < min_prefix).then(|| {
+            format!(
+                "{cidr} is wider than a /{min_prefix}: trusting that many hosts makes an open relay in all but name; {advice}"
+            )
+        })
+    }
+
+    fn host_bits_message(cidr: &Cidr) -> String {
+        let net = cidr.net();
+        let host_len = match net {
+            IpNet::V4(_) => 32,
+            IpNet::V6(_) => 128,
+        };
+        format!(
+            "{cidr} has host bits set after the /{}: did you mean {}? (for the single host, write {}/{host_len})",
+            net.prefix_len(),
+            net.trunc(),
+            net.addr()
+        )
+    }
+
+    fn is_ipv4_mapped(net: IpNet) -> bool {
+        match net {
+            IpNet::V6(v6) => v6.prefix_len() >= 96 && v6.network().to_ipv4_mapped().is_some(),
+            IpNet::V4(_) => false,
+        }
+    }
+
+    fn check_mailboxes(config: &Config, f: &mut Findings) {
+        let locals: HashSet<String> = config.normalized_local_domains().into_iter().collect();
+        for (i, mailbox) in config.relay.mailboxes.iter().enumerate() {
+            let key = format!("relay.mailboxes[{i}]");
+            match mailbox.rsplit_once('@') {
+                _ if !valid_address(mailbox) => f.error(
+                    key,
+                    format!("{mailbox:?} is not an address; write it as local@domain, e.g. \"info@example.test\""),
+                ),
+                Some((_, domain)) if !locals.contains(&domain.to_ascii_lowercase()) => f.error(
+                    key,
+                    format!("{mailbox:?} is not in a local domain; add {domain:?} to relay.local_domains, or use a [[route]] for a domain you forward"),
+                ),
+                _ => {}
+            }
+        }
+    }
+
+    fn check_users(config: &Config, f: &mut Findings) {
+        let mut logins = HashSet::new();
+        for (i, user) in config.users.iter().enumerate() {
+            let key = format!("user[{i}]");
+            check_login(&key, &user.login, f);
+            if !logins.insert(user.login.to_ascii_lowercase()) {
+                f.error(
+                    format!("{key}.login"),
+                    format!("login {:?} is configured twice (logins are case-insensitive); merge the entries", user.login),
+                );
+            }
+            if let Err(why) = crate::auth::check_password_hash(&user.password_hash) {
+                f.error(
+                    format!("{key}.password_hash"),
+                    format!("{why}; generate one with `relayward hash-password` (reads the password on stdin)"),
+                );
+            }
+            check_send_as(&key, user, f);
+        }
+    }
+
+    fn check_login(key: &str, login: &str, f: &mut Findings) {
+        let printable = login
+            .chars()
+            .all(|c| c.is_ascii_graphic() || (!c.is_ascii() && !c.is_control()));
+        if login.is_empty() || login.len() > 256 || !printable {
+            f.error(
+                format!("{key}.login"),
+                format!("{login:?} is not a usable login: it must be 1–256 octets without spaces or control characters, e.g. \"alice@example.test\""),
+            );
+        }
+    }
+
+    fn check_send_as(key: &str, user: &User, f: &mut Findings) {
+        let Some(list) = &user.send_as else {
+            if !valid_address(&user.login) {
+                f.warn(
+                    format!("{key}.send_as"),
+                    format!("login {:?} is not an address, so without send_as this user cannot send any mail; add send_as = [\"…@…\"]", user.login),
+                );
+            }
+            return;
+        };
+        if list.is_empty() {
+            f.warn(
+                format!("{key}.send_as"),
+                "empty: this user may authenticate but not send any mail",
+            );
+        }
+        for (j, address) in list.iter().enumerate() {
+            if !valid_address(address) {
+                f.error(
+                    format!("{key}.send_as[{j}]"),
+                    format!("{address:?} is not an address; write it as local@domain, e.g. \"alice@example.test\""),
+                );
+            }
+        }
+    }
+
+    fn check_routes(config: &Config, f: &mut Findings) {
+        let locals: HashSet<String> = config.normalized_local_domains().into_iter().collect();
+        let mut seen = HashSet::new();
+        for (i, route) in config.routes.iter().enumerate() {
+            let key = format!("route[{i}].domain");
+            let domain = route.domain.to_ascii_lowercase();
+            if !valid_domain(&route.domain) {
+                f.error(
+                    key,
+                    format!(
+                        "{:?} is not a domain name, e.g. \"corp.example.test\"",
+                        route.domain
+                    ),
+                );
+            } else if locals.contains(&domain) {
+                f.error(
+                    key,
+                    format!("{domain:?} is also a local domain; a domain is either local (mailboxes here) or routed (forwarded), so remove it from one of relay.local_domains and [[route]]"),
+                );
+            } else if !seen.insert(domain.clone()) {
+                f.error(
+                    key,
+                    format!("{domain:?} has two [[route]] entries; keep one"),
+                );
+            }
+        }
+    }
+
+    fn check_delivery(delivery: &Delivery, f: &mut Findings) {
+        match &delivery.smarthost {
+            Some(smarthost) => check_smarthost(delivery, smarthost, f),
+            None => {
+                if delivery.smarthost_user.is_some() || delivery.smarthost_password_file.is_some() {
+                    f.warn(
+                        "delivery.smarthost_user",
+                        "smart host credentials are set but delivery.smarthost is not, so they are unused (mail goes by MX)",
+                    );
+                }
+            }
+        }
+        if delivery.mx_port == 0 {
+            f.error("delivery.mx_port", "port 0 cannot be connected to; use 25");
+        }
+        if delivery.max_queue_lifetime.is_zero() {
+            f.error("delivery.max_queue_lifetime", "zero would bounce every message that is not delivered at the first try; write e.g. \"5d\"");
+        }
+    }
+
+    fn check_smarthost(delivery: &Delivery, smarthost: &str, f: &mut Findings) {
+        let Some((host, _)) = smarthost
+            .contains(':')
+            .then(|| split_host_port(smarthost, 0))
+            .flatten()
+        else {
+            f.error(
+                "delivery.smarthost",
+                format!("{smarthost:?} is not host:port; write e.g. \"smtp.provider.example:587\""),
+            );
+            return;
+        };
+        if delivery.smarthost_tls == SmarthostTls::None && !is_loopback_host(&host) {
+            f.error(
+                "delivery.smarthost_tls",
+                format!("\"none\" would send mail and the smart host password in clear text to {host}; write \"starttls\" (port 587) or \"implicit\" (port 465); \"none\" is allowed only to a loopback host"),
+            );
+        }
+        if delivery.smarthost_user.is_some() != delivery.smarthost_password_file.is_some() {
+            f.error(
+                "delivery.smarthost_user",
+                "smarthost_user and smarthost_password_file go together: set both (to authenticate) or neither",
+            );
+        }
+    }
+
+    fn is_loopback_host(host: &str) -> bool {
+        host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<IpAddr>()
+                .is_ok_and(|ip| ip.to_canonical().is_loopback())
+    }
+
+    fn check_limits(limits: &Limits, f: &mut Findings) {
+        let counts = [
+            ("max_connections", u64::from(limits.max_connections)),
+            (
+                "max_connections_per_ip",
+                u64::from(limits.max_connections_per_ip),
+            ),
+            (
+                "connections_per_ip_per_minute",
+                u64::from(limits.connections_per_ip_per_minute),
+            ),
+            ("max_message_size", limits.max_message_size),
+            ("max_recipients", u64::from(limits.max_recipients)),
+            ("max_errors", u64::from(limits.max_errors)),
+            (
+                "messages_per_user_per_hour",
+                u64::from(limits.messages_per_user_per_hour),
+            ),
+            (
+                "messages_per_user_per_day",
+                u64::from(limits.messages_per_user_per_day),
+            ),
+            (
+                "recipients_per_user_per_hour",
+                u64::from(limits.recipients_per_user_per_hour),
+            ),
+            (
+                "recipients_per_user_per_day",
+                u64::from(limits.recipients_per_user_per_day),
+            ),
+            (
+                "auth_failures_per_ip",
+                u64::from(limits.auth_failures_per_ip),
+            ),
+            (
+                "auth_failures_per_login",
+                u64::from(limits.auth_failures_per_login),
+            ),
+        ];
+        for (name, value) in counts {
+            if value == 0 {
+                f.error(format!("limits.{name}"), "0 would refuse everything; it must be at least 1 (remove the key for the default)");
+            }
+        }
+        let durations = [
+            ("auth_failure_window", limits.auth_failure_window),
+            ("greeting_timeout", limits.greeting_timeout),
+            ("command_timeout", limits.command_timeout),
+            ("data_block_timeout", limits.data_block_timeout),
+            ("data_end_timeout", limits.data_end_timeout),
+            ("session_timeout", limits.session_timeout),
+        ];
+        for (name, value) in durations {
+            if value.is_zero() {
+                f.error(
+                    format!("limits.{name}"),
+                    "a zero duration would cut every client off; remove the key for the default",
+                );
+            }
+        }
+        if limits.max_recipients < 100 {
+            f.warn(
+                "limits.max_recipients",
+                "RFC 5321 §4.5.3.1.8 asks servers to accept at least 100 recipients per message",
+            );
+        }
+        if limits.max_connections_per_ip > limits.max_connections {
+            f.warn(
+                "limits.max_connections_per_ip",
+                "larger than max_connections, so one client can take every connection",
+            );
+        }
+    }
+}
+
+/// The text of [`Config::effective_policy_summary`].
+mod summary {
+    use super::*;
+    use std::fmt::Write as _;
+
+    pub(super) fn render(config: &Config) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "relayward {} (data in {})",
+            config.hostname,
+            config.data_dir.display()
+        );
+        listeners(config, &mut out);
+        local(config, &mut out);
+        relaying(config, &mut out);
+        let _ = writeln!(
+            out,
+            "Everyone else: only local mailboxes and relay domains; any other recipient gets 554 5.7.1 Relay access denied.\n\
+             For everyone: recipients with sender-specified routing (%, !, quoted @) are refused; source routes are stripped; address literals are refused."
+        );
+        out
+    }
+
+    fn listeners(config: &Config, out: &mut String) {
+        let _ = writeln!(out, "Listeners:");
+        for listen in &config.listen {
+            let what = match listen.kind {
+                ListenerKind::Mx => {
+                    "mail for local mailboxes from anyone; relay only for trusted networks or after AUTH; STARTTLS offered, AUTH only under TLS"
+                }
+                ListenerKind::Submission => "STARTTLS, then AUTH required before MAIL",
+                ListenerKind::Submissions => "implicit TLS, AUTH required before MAIL",
+            };
+            let _ = writeln!(out, "  {} ({}): {what}", listen.address, listen.kind);
+        }
+        let tls = match &config.tls {
+            Some(files) => format!("certificate {}", files.cert.display()),
+            None => format!(
+                "self-signed pair in {}",
+                config.data_dir.join("tls").display()
+            ),
+        };
+        let _ = writeln!(out, "TLS: {tls}");
+    }
+
+    fn local(config: &Config, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "Local domains: {}",
+            config.normalized_local_domains().join(", ")
+        );
+        let _ = writeln!(out, "Local mailboxes (anyone may send to these):");
+        for (address, source) in config.local_mailboxes() {
+            let why = match source {
+                MailboxSource::Postmaster => "postmaster",
+                MailboxSource::Configured => "relay.mailboxes",
+                MailboxSource::User => "user",
+            };
+            let _ = writeln!(out, "  {address} ({why})");
+        }
+        let mut routes: Vec<(String, RouteTarget)> = config.relay_domains().into_iter().collect();
+        routes.sort_by(|a, b| a.0.cmp(&b.0));
+        if !routes.is_empty() {
+            let _ = writeln!(out, "Relay domains (anyone may send to any address there):");
+            for (domain, target) in routes {
+                let _ = writeln!(out, "  {domain} -> {target}");
+            }
+        }
+    }
+
+    fn relaying(config: &Config, out: &mut String) {
+        let nets: Vec<&str> = config
+            .relay
+            .trusted_networks
+            .iter()
+            .map(Cidr::as_str)
+            .collect();
+        let nets = if nets.is_empty() {
+            "none".to_string()
+        } else {
+            nets.join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "Trusted networks (relay anywhere without AUTH): {nets}"
+        );
+        if config.users.is_empty() {
+            let _ = writeln!(out, "Users (relay anywhere after AUTH): none");
+        } else {
+            let _ = writeln!(out, "Users (relay anywhere after AUTH; may send as):");
+            for user in &config.users {
+                let _ = writeln!(
+                    out,
+                    "  {}: {}",
+                    user.login,
+                    user.effective_send_as().join(", ")
+                );
+            }
+        }
+        let proxies: Vec<&str> = config
+            .relay
+            .trusted_proxies
+            .iter()
+            .map(Cidr::as_str)
+            .collect();
+        if !proxies.is_empty() {
+            let _ = writeln!(out, "PROXY protocol accepted from: {}", proxies.join(", "));
+        }
+    }
+}
