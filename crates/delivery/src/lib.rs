@@ -9,6 +9,7 @@
 //! - [`admin`]: `relayward queue …` (list, show, retry, delete, hold, release).
 //! - [`config`]: [`DeliveryConfig`], which the server maps its TOML onto.
 
+pub mod admin;
 pub mod client;
 pub mod config;
 pub mod dsn;
