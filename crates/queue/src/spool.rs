@@ -138,6 +138,8 @@ struct Layout {
 struct Inner {
     layout: Layout,
     options: SpoolOptions,
+    /// Current `min_free_bytes`; atomic so a configuration reload can change it in place.
+    min_free_bytes: AtomicU64,
     notify: Notify,
     committed: AtomicU64,
     batches: AtomicU64,
@@ -175,6 +177,7 @@ impl Spool {
         let recovery = lock_and_recover(&lock, &layout).map_err(queue_error)?;
         let inner = Arc::new(Inner {
             layout,
+            min_free_bytes: AtomicU64::new(options.min_free_bytes),
             options,
             notify: Notify::new(),
             committed: AtomicU64::new(0),
@@ -208,6 +211,11 @@ impl Spool {
             batches: self.inner.batches.load(Ordering::Relaxed),
             dir_fsyncs: self.inner.dir_fsyncs.load(Ordering::Relaxed),
         }
+    }
+
+    /// Changes [`SpoolOptions::min_free_bytes`] while running (configuration reload).
+    pub fn set_min_free_bytes(&self, bytes: u64) {
+        self.inner.min_free_bytes.store(bytes, Ordering::Relaxed);
     }
 
     /// Stages the message in a blocking thread, hands it to the committer and waits for the
@@ -379,10 +387,11 @@ impl Inner {
 
     /// Refuses with `Full` when the message would leave less than `min_free_bytes` free.
     fn check_space(&self, size: u64) -> Result<(), QueueError> {
-        let needed = self.options.min_free_bytes.saturating_add(size);
-        if needed == 0 {
+        let min_free = self.min_free_bytes.load(Ordering::Relaxed);
+        if min_free == 0 {
             return Ok(());
         }
+        let needed = min_free.saturating_add(size);
         let available = available_bytes(&self.layout.root).map_err(queue_error)?;
         if available < needed {
             tracing::warn!(

@@ -1,0 +1,183 @@
+//! Crash safety: every enqueue that returned survives SIGKILL, whole.
+//!
+//! The test re-runs its own binary as a child (selected by an environment variable) that enqueues
+//! from several tasks in a loop and prints `ACK <id> <worker> <n>` only after `enqueue` returned.
+//! The parent kills it with SIGKILL at a random moment, reopens the spool and checks that every
+//! acknowledged id is present with exactly the content and envelope the child derived from
+//! `(worker, n)`, and that recovery found nothing half-written.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use relayward_queue::{MessageId, NewMessage, Queue, Spool, SpoolOptions};
+
+const CHILD_ENV: &str = "RELAYWARD_QUEUE_CRASH_CHILD";
+const WORKERS: u64 = 8;
+const ROUNDS: usize = 5;
+
+/// The message worker `worker` sends as its `n`-th; sizes vary so writes span several blocks.
+fn expected(worker: u64, n: u64) -> NewMessage {
+    let size = 64 + ((worker * 7_919 + n * 104_729) % 40_000) as usize;
+    let mut content = format!("Subject: {worker}/{n}\r\n\r\n").into_bytes();
+    content.extend((0..size).map(|i| b'a' + ((i as u64 + worker + n) % 26) as u8));
+    content.extend_from_slice(b"\r\n");
+    NewMessage {
+        sender: format!("w{worker}@sender.test"),
+        recipients: vec![format!("n{n}@example.test"), "x@example.test".to_owned()],
+        content,
+        client_ip: "192.0.2.1".to_owned(),
+        auth_login: None,
+    }
+}
+
+fn options() -> SpoolOptions {
+    SpoolOptions {
+        min_free_bytes: 0,
+        ..SpoolOptions::default()
+    }
+}
+
+/// The child's body; a no-op in a normal test run.
+#[test]
+fn crash_child() {
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(enqueue_forever(Path::new(&dir)));
+}
+
+async fn enqueue_forever(dir: &Path) {
+    let spool = Arc::new(Spool::open(dir, options()).unwrap());
+    let tasks: Vec<_> = (0..WORKERS)
+        .map(|worker| {
+            let spool = Arc::clone(&spool);
+            tokio::spawn(async move {
+                for n in 0.. {
+                    let id = spool.enqueue(expected(worker, n)).await.unwrap();
+                    println!("ACK {id} {worker} {n}");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+/// One acknowledged message as the child reported it.
+struct Ack {
+    id: MessageId,
+    worker: u64,
+    n: u64,
+}
+
+fn parse_ack(line: &str) -> Option<Ack> {
+    let mut parts = line.strip_prefix("ACK ")?.split(' ');
+    let id = MessageId::parse(parts.next()?).ok()?;
+    let worker = parts.next()?.parse().ok()?;
+    let n = parts.next()?.parse().ok()?;
+    Some(Ack { id, worker, n })
+}
+
+/// Runs the child until a random moment after its first acknowledgement, kills it, returns acks.
+fn run_and_kill(dir: &Path) -> Vec<Ack> {
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Command::new(exe)
+        .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (lines, received) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Wait for the first acknowledgement (libtest prints its own lines first), then a bit more.
+    let mut acks = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while acks.is_empty() && Instant::now() < deadline {
+        match received.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => acks.extend(parse_ack(&line)),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    std::thread::sleep(Duration::from_millis(rand::random_range(0..400)));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    reader.join().unwrap();
+    acks.extend(received.try_iter().filter_map(|line| parse_ack(&line)));
+    acks
+}
+
+/// Reopens the spool and checks every acknowledged message and the recovery report.
+async fn verify(dir: &Path, acks: &[Ack]) {
+    let spool = Spool::open(dir, options()).unwrap();
+    let report = spool.recovery_report().cloned().unwrap();
+    assert!(
+        report.quarantined.is_empty(),
+        "half-written entries: {report:?}"
+    );
+    assert!(std::fs::read_dir(dir.join("tmp")).unwrap().next().is_none());
+    for ack in acks {
+        let want = expected(ack.worker, ack.n);
+        let state = match spool.get(&ack.id).await {
+            Ok(state) => state,
+            Err(err) => panic!(
+                "acknowledged {} ({}/{}) lost: {err}",
+                ack.id, ack.worker, ack.n
+            ),
+        };
+        assert_eq!(state.sender, want.sender);
+        let addresses: Vec<String> = state.recipients.iter().map(|r| r.address.clone()).collect();
+        assert_eq!(addresses, want.recipients);
+        let content = spool.content(&ack.id).await.unwrap();
+        assert!(content == want.content, "content of {} differs", ack.id);
+    }
+}
+
+#[test]
+fn acknowledged_messages_survive_sigkill() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return;
+    }
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut all = Vec::new();
+    for round in 0..ROUNDS {
+        let acks = run_and_kill(dir.path());
+        assert!(
+            !acks.is_empty(),
+            "round {round}: the child acknowledged nothing"
+        );
+        eprintln!(
+            "round {round}: {} acks at {:?}",
+            acks.len(),
+            started.elapsed()
+        );
+        all.extend(acks);
+        runtime.block_on(verify(dir.path(), &all));
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "crash test too slow"
+        );
+    }
+}

@@ -1,0 +1,72 @@
+//! Local delivery into Maildir: one file in new/, nothing in tmp/, hostile names refused.
+
+use std::path::Path;
+
+use relayward_queue::deliver_to_maildir;
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn delivery_writes_one_file_in_new_and_nothing_in_tmp() {
+    let root = tempfile::tempdir().unwrap();
+    let content = b"Subject: hi\r\n\r\nbody\r\n";
+    let path = deliver_to_maildir(root.path(), "Example.TEST", "Alice", content).unwrap();
+
+    let maildir = root.path().join("example.test").join("Alice");
+    assert_eq!(path.parent(), Some(maildir.join("new").as_path()));
+    assert_eq!(names(&maildir), ["cur", "new", "tmp"]);
+    assert_eq!(names(&maildir.join("new")).len(), 1);
+    assert!(names(&maildir.join("tmp")).is_empty());
+    assert!(names(&maildir.join("cur")).is_empty());
+    assert_eq!(std::fs::read(&path).unwrap(), content);
+
+    let second = deliver_to_maildir(root.path(), "example.test", "Alice", b"two\r\n").unwrap();
+    assert_ne!(second, path);
+    assert_eq!(names(&maildir.join("new")).len(), 2);
+    assert!(names(&maildir.join("tmp")).is_empty());
+}
+
+#[test]
+fn traversal_names_are_refused_and_nothing_is_written() {
+    let base = tempfile::tempdir().unwrap();
+    let root = base.path().join("mail");
+    let bad = [
+        ("example.test", ".."),
+        ("example.test", "."),
+        ("example.test", "../../escape"),
+        ("example.test", "a/b"),
+        ("example.test", "a\0b"),
+        ("example.test", ""),
+        ("..", "alice"),
+        ("../..", "alice"),
+        ("exa/mple.test", "alice"),
+        ("example.test\0", "alice"),
+        ("", "alice"),
+        (".example.test", "alice"),
+    ];
+    for (domain, local) in bad {
+        let result = deliver_to_maildir(&root, domain, local, b"x");
+        assert!(
+            result.is_err(),
+            "accepted {domain:?} / {local:?}: {result:?}"
+        );
+        let err = result.unwrap_err();
+        assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::InvalidInput,
+            "{domain:?} / {local:?}"
+        );
+    }
+    assert_eq!(
+        names(base.path()),
+        Vec::<String>::new(),
+        "something was created"
+    );
+}

@@ -1,0 +1,494 @@
+//! Behaviour of the file spool through the `Queue` trait, as the session, runner and CLI use it.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use relayward_queue::{
+    MessageId, NewMessage, Queue, QueueError, QueuedMessage, RecipientStatus, RecipientUpdate,
+    Spool, SpoolOptions,
+};
+
+fn options() -> SpoolOptions {
+    SpoolOptions {
+        min_free_bytes: 0,
+        ..SpoolOptions::default()
+    }
+}
+
+fn open(dir: &Path) -> Spool {
+    match Spool::open(dir, options()) {
+        Ok(spool) => spool,
+        Err(err) => panic!("open {}: {err}", dir.display()),
+    }
+}
+
+fn message(recipients: &[&str], body: &str) -> NewMessage {
+    NewMessage {
+        sender: "alice@sender.test".to_owned(),
+        recipients: recipients.iter().map(|r| (*r).to_owned()).collect(),
+        content: format!("Subject: test\r\n\r\n{body}\r\n").into_bytes(),
+        client_ip: "192.0.2.7".to_owned(),
+        auth_login: Some("alice@sender.test".to_owned()),
+    }
+}
+
+fn pending(address: &str, error: &str, next_attempt: u64) -> RecipientUpdate {
+    RecipientUpdate {
+        address: address.to_owned(),
+        status: RecipientStatus::Pending,
+        last_error: Some(error.to_owned()),
+        next_attempt,
+    }
+}
+
+fn final_update(address: &str, status: RecipientStatus) -> RecipientUpdate {
+    RecipientUpdate {
+        address: address.to_owned(),
+        status,
+        last_error: None,
+        next_attempt: 0,
+    }
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn enqueue_then_list_get_content_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open(dir.path());
+    let new = message(&["bob@example.test", "carol@example.test"], "hello");
+    let id = spool.enqueue(new.clone()).await.unwrap();
+    assert!(id.is_valid(), "{id}");
+
+    let listed = spool.list().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    let got = spool.get(&id).await.unwrap();
+    assert_eq!(listed[0], got);
+    assert_eq!(got.id, id);
+    assert_eq!(got.sender, new.sender);
+    assert_eq!(got.client_ip, new.client_ip);
+    assert_eq!(got.auth_login, new.auth_login);
+    assert_eq!(got.size, new.content.len() as u64);
+    assert!(!got.held);
+    let addresses: Vec<&str> = got.recipients.iter().map(|r| r.address.as_str()).collect();
+    assert_eq!(addresses, ["bob@example.test", "carol@example.test"]);
+    assert!(
+        got.recipients
+            .iter()
+            .all(|r| r.status == RecipientStatus::Pending && r.attempts == 0)
+    );
+    assert_eq!(spool.content(&id).await.unwrap(), new.content);
+    assert!(files_in(&dir.path().join("tmp")).is_empty());
+}
+
+#[tokio::test]
+async fn list_is_oldest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open(dir.path());
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(
+            spool
+                .enqueue(message(&["bob@example.test"], &n.to_string()))
+                .await
+                .unwrap(),
+        );
+    }
+    let listed: Vec<MessageId> = spool
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(listed, ids);
+}
+
+#[tokio::test]
+async fn updates_are_recorded_and_final_recipients_remove_the_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open(dir.path());
+    let id = spool
+        .enqueue(message(&["bob@example.test", "carol@example.test"], "x"))
+        .await
+        .unwrap();
+
+    let updates = vec![
+        final_update("bob@example.test", RecipientStatus::Delivered),
+        pending("carol@example.test", "451 4.7.1 try later", 4_000_000_000),
+    ];
+    spool.update(&id, updates).await.unwrap();
+    let state = spool.get(&id).await.unwrap();
+    assert_eq!(state.recipients[0].status, RecipientStatus::Delivered);
+    assert_eq!(state.recipients[1].status, RecipientStatus::Pending);
+    assert_eq!(state.recipients[1].attempts, 1);
+    assert_eq!(state.recipients[1].next_attempt, 4_000_000_000);
+    assert_eq!(
+        state.recipients[1].last_error.as_deref(),
+        Some("451 4.7.1 try later")
+    );
+
+    // A late report cannot revive a delivered recipient.
+    spool
+        .update(&id, vec![pending("bob@example.test", "421", 1)])
+        .await
+        .unwrap();
+    assert_eq!(
+        spool.get(&id).await.unwrap().recipients[0].status,
+        RecipientStatus::Delivered
+    );
+
+    spool
+        .update(
+            &id,
+            vec![final_update("carol@example.test", RecipientStatus::Bounced)],
+        )
+        .await
+        .unwrap();
+    assert!(matches!(spool.get(&id).await, Err(QueueError::NotFound(_))));
+    assert!(matches!(
+        spool.content(&id).await,
+        Err(QueueError::NotFound(_))
+    ));
+    assert!(spool.list().await.unwrap().is_empty());
+    assert!(
+        files_in(&dir.path().join("msg")).is_empty(),
+        "content or state left behind"
+    );
+}
+
+#[tokio::test]
+async fn hold_release_retry_and_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open(dir.path());
+    let id = spool
+        .enqueue(message(&["bob@example.test"], "x"))
+        .await
+        .unwrap();
+    spool
+        .update(
+            &id,
+            vec![pending("bob@example.test", "451 later", 4_000_000_000)],
+        )
+        .await
+        .unwrap();
+
+    spool.set_held(&id, true).await.unwrap();
+    assert!(spool.get(&id).await.unwrap().held);
+    spool.set_held(&id, false).await.unwrap();
+    assert!(!spool.get(&id).await.unwrap().held);
+
+    let before = now();
+    spool.retry_now(&id).await.unwrap();
+    let state = spool.get(&id).await.unwrap();
+    assert!(
+        state.recipients[0].next_attempt >= before && state.recipients[0].next_attempt <= now()
+    );
+    assert_eq!(
+        state.recipients[0].attempts, 1,
+        "retry_now is not an attempt"
+    );
+
+    spool.delete(&id).await.unwrap();
+    assert!(matches!(spool.get(&id).await, Err(QueueError::NotFound(_))));
+    assert!(matches!(
+        spool.delete(&id).await,
+        Err(QueueError::NotFound(_))
+    ));
+    assert!(matches!(
+        spool.set_held(&id, true).await,
+        Err(QueueError::NotFound(_))
+    ));
+    assert!(matches!(
+        spool.retry_now(&id).await,
+        Err(QueueError::NotFound(_))
+    ));
+    assert!(matches!(
+        spool.update(&id, vec![]).await,
+        Err(QueueError::NotFound(_))
+    ));
+    assert!(files_in(&dir.path().join("msg")).is_empty());
+}
+
+#[tokio::test]
+async fn changed_wakes_on_enqueue_and_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Arc::new(open(dir.path()));
+    let id = spool
+        .enqueue(message(&["bob@example.test"], "x"))
+        .await
+        .unwrap();
+    // The enqueue above left a permit: the next wait returns at once.
+    wait_changed(&spool).await;
+
+    let waiter = {
+        let spool = Arc::clone(&spool);
+        tokio::spawn(async move { wait_changed(&spool).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    spool.retry_now(&id).await.unwrap();
+    waiter.await.unwrap();
+}
+
+async fn wait_changed(spool: &Spool) {
+    let woke = tokio::time::timeout(Duration::from_secs(5), spool.changed()).await;
+    assert!(woke.is_ok(), "changed() did not wake");
+}
+
+#[tokio::test]
+async fn ids_from_outside_cannot_reach_other_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("queue");
+    let spool = open(&spool_dir);
+    // A file a traversal through msg/ would reach: <dir>/secret.{json,eml}.
+    let evil = MessageId("../../secret".to_owned());
+    let fake = serde_json::json!({
+        "id": "../../secret", "sender": "", "recipients": [{"address": "x@y.test",
+        "status": "pending", "attempts": 0, "last_error": null, "next_attempt": 0}],
+        "arrived": 0, "client_ip": "", "auth_login": null, "size": 3, "held": false
+    });
+    std::fs::write(dir.path().join("secret.json"), fake.to_string()).unwrap();
+    std::fs::write(dir.path().join("secret.eml"), b"abc").unwrap();
+
+    assert!(matches!(
+        spool.get(&evil).await,
+        Err(QueueError::NotFound(_))
+    ));
+    assert!(matches!(
+        spool.content(&evil).await,
+        Err(QueueError::NotFound(_))
+    ));
+    assert!(matches!(
+        spool.delete(&evil).await,
+        Err(QueueError::NotFound(_))
+    ));
+    assert!(matches!(
+        spool.set_held(&evil, true).await,
+        Err(QueueError::NotFound(_))
+    ));
+    assert!(
+        dir.path().join("secret.eml").exists(),
+        "delete followed a traversal"
+    );
+    assert!(MessageId::parse("../../secret").is_err());
+    assert!(MessageId::parse("0123456789abcdef01234567").is_ok());
+}
+
+#[tokio::test]
+async fn a_message_without_recipients_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open(dir.path());
+    assert!(spool.enqueue(message(&[], "x")).await.is_err());
+    assert!(spool.list().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn open_recovers_temp_files_orphans_and_corrupt_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let (good, bad) = {
+        let spool = open(dir.path());
+        let good = spool
+            .enqueue(message(&["bob@example.test"], "good"))
+            .await
+            .unwrap();
+        let bad = spool
+            .enqueue(message(&["bob@example.test"], "bad"))
+            .await
+            .unwrap();
+        (good, bad)
+    };
+    let msg = dir.path().join("msg");
+    std::fs::write(msg.join(format!("{bad}.json")), b"{ not json").unwrap();
+    let orphan = "0000000000000100000000aa";
+    let lone_state = "0000000000000200000000bb";
+    std::fs::write(msg.join(format!("{orphan}.eml")), b"never committed").unwrap();
+    std::fs::write(msg.join(format!("{lone_state}.json")), b"{}").unwrap();
+    std::fs::write(msg.join("junk.txt"), b"?").unwrap();
+    std::fs::write(
+        dir.path().join("tmp").join(format!("{orphan}.json")),
+        b"half",
+    )
+    .unwrap();
+
+    let spool = open(dir.path());
+    let report = spool.recovery_report().cloned().unwrap();
+    assert_eq!(report.messages, 1);
+    assert_eq!(report.temp_removed, 1);
+    assert_eq!(report.orphans_removed, 1);
+    let mut quarantined = report.quarantined.clone();
+    quarantined.sort();
+    let mut expected = vec![
+        format!("{bad}.eml"),
+        format!("{bad}.json"),
+        format!("{lone_state}.json"),
+        "junk.txt".to_owned(),
+    ];
+    expected.sort();
+    assert_eq!(quarantined, expected);
+    assert_eq!(files_in(&dir.path().join("corrupt")), expected);
+    assert_eq!(
+        files_in(&msg),
+        [format!("{good}.eml"), format!("{good}.json")]
+    );
+    assert!(files_in(&dir.path().join("tmp")).is_empty());
+
+    let listed = spool.list().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, good);
+}
+
+#[tokio::test]
+async fn a_second_instance_skips_recovery_and_list_skips_corrupt_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = open(dir.path());
+    let id = server
+        .enqueue(message(&["bob@example.test"], "x"))
+        .await
+        .unwrap();
+    let other = "0000000000000300000000cc";
+    std::fs::write(
+        dir.path().join("msg").join(format!("{other}.json")),
+        b"garbage",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("msg").join(format!("{other}.eml")), b"x").unwrap();
+    let in_flight = dir.path().join("tmp").join("0000000000000400000000dd.eml");
+    std::fs::write(&in_flight, b"being written by the server").unwrap();
+
+    let cli = open(dir.path());
+    assert!(
+        cli.recovery_report().is_none(),
+        "recovered while another instance was open"
+    );
+    assert!(in_flight.exists(), "removed another process's temp file");
+    let listed = cli.list().await.unwrap();
+    assert_eq!(listed.iter().map(|m| &m.id).collect::<Vec<_>>(), [&id]);
+    assert!(matches!(
+        cli.get(&MessageId(other.to_owned())).await,
+        Err(QueueError::Corrupt { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_interleaving_updates_lose_nothing() {
+    const WRITERS: usize = 8;
+    const ROUNDS: u32 = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Arc::new(open(dir.path()));
+    let cli = Arc::new(open(dir.path()));
+    let recipients: Vec<String> = (0..WRITERS).map(|n| format!("r{n}@example.test")).collect();
+    let refs: Vec<&str> = recipients.iter().map(String::as_str).collect();
+    let id = server.enqueue(message(&refs, "x")).await.unwrap();
+
+    let mut tasks = Vec::new();
+    for (n, address) in recipients.iter().enumerate() {
+        let spool = Arc::clone(if n % 2 == 0 { &server } else { &cli });
+        let (id, address) = (id.clone(), address.clone());
+        tasks.push(tokio::spawn(async move {
+            for round in 0..ROUNDS {
+                let update = pending(&address, &format!("451 round {round}"), 4_000_000_000);
+                spool.update(&id, vec![update]).await.unwrap();
+                spool.set_held(&id, round % 2 == 0).await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let state: QueuedMessage = cli.get(&id).await.unwrap();
+    for recipient in &state.recipients {
+        assert_eq!(recipient.attempts, ROUNDS, "lost an update: {recipient:?}");
+        assert_eq!(
+            recipient.last_error.as_deref(),
+            Some(format!("451 round {}", ROUNDS - 1).as_str())
+        );
+    }
+    assert!(!state.held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_enqueues_share_directory_fsyncs() {
+    const MESSAGES: usize = 64;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Arc::new(open(dir.path()));
+    let tasks: Vec<_> = (0..MESSAGES)
+        .map(|n| {
+            let spool = Arc::clone(&spool);
+            tokio::spawn(async move {
+                spool
+                    .enqueue(message(&["bob@example.test"], &n.to_string()))
+                    .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let stats = spool.stats();
+    assert_eq!(stats.committed, MESSAGES as u64);
+    assert!(
+        stats.dir_fsyncs < MESSAGES as u64 && stats.batches < MESSAGES as u64,
+        "no group commit: {stats:?}"
+    );
+    assert_eq!(spool.list().await.unwrap().len(), MESSAGES);
+}
+
+#[tokio::test]
+async fn min_free_bytes_refuses_then_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(
+        dir.path(),
+        SpoolOptions {
+            min_free_bytes: u64::MAX / 2,
+            ..options()
+        },
+    )
+    .unwrap();
+    let refused = spool.enqueue(message(&["bob@example.test"], "x")).await;
+    assert!(matches!(refused, Err(QueueError::Full)), "{refused:?}");
+    assert!(spool.list().await.unwrap().is_empty());
+    assert!(files_in(&dir.path().join("tmp")).is_empty());
+
+    spool.set_min_free_bytes(1024 * 1024);
+    let id = spool
+        .enqueue(message(&["bob@example.test"], "x"))
+        .await
+        .unwrap();
+    assert_eq!(spool.list().await.unwrap()[0].id, id);
+}
+
+#[tokio::test]
+async fn an_unwritable_spool_fails_without_acknowledging() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open(dir.path());
+    let tmp = dir.path().join("tmp");
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o500)).unwrap();
+    // Root ignores directory permissions; only check the error path where they apply.
+    let probe = std::fs::write(tmp.join("probe"), b"");
+    let result = spool.enqueue(message(&["bob@example.test"], "x")).await;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700)).unwrap();
+    if probe.is_err() {
+        assert!(matches!(result, Err(QueueError::Io(_))), "{result:?}");
+        assert!(spool.list().await.unwrap().is_empty());
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
