@@ -1,0 +1,200 @@
+//! One SMTP client connection: bounded line reading, multi-line replies, a transcript.
+//!
+//! Everything a hostile server controls is bounded here: line length, lines per reply (via
+//! [`ReplyParser::MAX_LINES`]) and time (every read and write has a deadline), so a server that
+//! streams garbage or trickles one byte a minute costs at most one timeout.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use relayward_protocol::reply::{Reply, ReplyParser};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout_at};
+use tokio_rustls::client::TlsStream;
+
+use crate::transcript::Transcript;
+
+/// Longest reply line we read. RFC 5321 allows 512; real servers exceed it a little.
+pub const MAX_LINE: usize = 4096;
+
+/// Why a command got no usable reply. Any of these ends the connection.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("timed out")]
+    Timeout,
+    #[error("connection closed by server")]
+    Closed,
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+    #[error("reply line longer than {MAX_LINE} bytes")]
+    LineTooLong,
+    #[error("malformed reply: {0}")]
+    Malformed(String),
+}
+
+/// Plain or TLS; STARTTLS needs to take the plain stream back out.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, data),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A connection with its read buffer. Bytes the server sent ahead (pipelining, or garbage)
+/// stay in the buffer; after STARTTLS the buffer must be empty (RFC 3207 §4.2: anything sent
+/// before the handshake is an injection attempt), see [`Conn::take_plain`].
+pub struct Conn {
+    stream: Stream,
+    buf: Vec<u8>,
+    /// No read or write goes past this instant; the session sets it per test (the smaller of
+    /// the test's and the host's deadline).
+    pub deadline: Instant,
+}
+
+impl Conn {
+    pub fn new(stream: Stream, deadline: Instant) -> Self {
+        Self {
+            stream,
+            buf: Vec::new(),
+            deadline,
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self.stream, Stream::Tls(_))
+    }
+
+    pub fn tls(&self) -> Option<&TlsStream<TcpStream>> {
+        match &self.stream {
+            Stream::Tls(s) => Some(s),
+            Stream::Plain(_) => None,
+        }
+    }
+
+    /// Hands the plain stream over for a TLS handshake. Fails if the server already sent
+    /// bytes after its 220 to STARTTLS (response injection, CVE-2011-0411 style).
+    pub fn take_plain(self) -> Result<TcpStream, ConnError> {
+        if !self.buf.is_empty() {
+            return Err(ConnError::Malformed(
+                "data sent after the STARTTLS reply, before the handshake".into(),
+            ));
+        }
+        match self.stream {
+            Stream::Plain(s) => Ok(s),
+            Stream::Tls(_) => Err(ConnError::Malformed("STARTTLS inside TLS".into())),
+        }
+    }
+
+    /// Sends one command line (CRLF appended) and reads its reply.
+    pub async fn command(&mut self, line: &str, log: &mut Transcript) -> Result<Reply, ConnError> {
+        self.send_line(line, log).await?;
+        self.read_reply(log).await
+    }
+
+    /// Writes one line plus CRLF before the deadline.
+    pub async fn send_line(&mut self, line: &str, log: &mut Transcript) -> Result<(), ConnError> {
+        log.client(line);
+        let mut data = Vec::with_capacity(line.len() + 2);
+        data.extend_from_slice(line.as_bytes());
+        data.extend_from_slice(b"\r\n");
+        self.send_raw(&data).await
+    }
+
+    /// Writes bytes as they are (the DATA body in confirm mode).
+    pub async fn send_raw(&mut self, data: &[u8]) -> Result<(), ConnError> {
+        timeout_at(self.deadline, async {
+            self.stream.write_all(data).await?;
+            self.stream.flush().await
+        })
+        .await
+        .map_err(|_| ConnError::Timeout)??;
+        Ok(())
+    }
+
+    /// Reads one complete (possibly multi-line) reply before the deadline.
+    pub async fn read_reply(&mut self, log: &mut Transcript) -> Result<Reply, ConnError> {
+        let deadline = self.deadline;
+        let mut parser = ReplyParser::new();
+        loop {
+            let line = self.read_line(deadline).await?;
+            log.server(&line);
+            match parser.feed(&line) {
+                Ok(Some(reply)) => return Ok(reply),
+                Ok(None) => continue,
+                Err(e) => return Err(ConnError::Malformed(e.to_string())),
+            }
+        }
+    }
+
+    /// One line without its line ending. Accepts a bare LF (lenient: we are the client) and
+    /// replaces invalid UTF-8, since the text is only shown, never trusted.
+    async fn read_line(&mut self, deadline: Instant) -> Result<String, ConnError> {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+                let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                return Ok(String::from_utf8_lossy(&line).into_owned());
+            }
+            if self.buf.len() > MAX_LINE {
+                return Err(ConnError::LineTooLong);
+            }
+            let mut chunk = [0u8; 2048];
+            let n = timeout_at(deadline, self.stream.read(&mut chunk))
+                .await
+                .map_err(|_| ConnError::Timeout)??;
+            if n == 0 {
+                return Err(ConnError::Closed);
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Best-effort QUIT: short wait, errors ignored (we are leaving anyway).
+    pub async fn quit(mut self, log: &mut Transcript) {
+        self.deadline = self.deadline.min(Instant::now() + Duration::from_secs(2));
+        let _ = self.command("QUIT", log).await;
+        let _ = timeout_at(self.deadline, self.stream.shutdown()).await;
+    }
+}

@@ -1,0 +1,146 @@
+//! Rendering reports: the summary table, the findings line, the classic `-v` transcript, JSON.
+
+use std::fmt::Write as _;
+
+use crate::report::{Outcome, TargetReport, Verdict};
+
+const TARGET_WIDTH: usize = 26;
+const VERDICT_WIDTH: usize = 14;
+
+/// The table header, printed once before the first row.
+pub fn table_header() -> String {
+    format!(
+        "{:<TARGET_WIDTH$} {:<VERDICT_WIDTH$} {:>7}  REASON",
+        "TARGET", "VERDICT", "ACCEPT"
+    )
+}
+
+/// One table row: target, verdict, accepted/ran, reason; then the findings, indented.
+pub fn table_row(r: &TargetReport) -> String {
+    let ran = r
+        .tests
+        .iter()
+        .filter(|t| t.outcome != Outcome::Skipped)
+        .count();
+    let accepted = if ran == 0 {
+        "-".to_string()
+    } else {
+        format!("{}/{ran}", r.accepted.len())
+    };
+    let mut row = format!(
+        "{:<TARGET_WIDTH$} {:<VERDICT_WIDTH$} {:>7}  {}",
+        r.target,
+        r.verdict.as_str(),
+        accepted,
+        r.reason
+    );
+    let findings = findings_line(r);
+    if !findings.is_empty() {
+        let _ = write!(row, "\n{:<TARGET_WIDTH$} {findings}", "");
+    }
+    row
+}
+
+/// The extra findings in one line, e.g.
+/// `STARTTLS: TLSv1_3, cert "CN=mx" expires … | AUTH before TLS: PLAIN | VRFY answers`.
+pub fn findings_line(r: &TargetReport) -> String {
+    let f = &r.findings;
+    if f.banner.is_none() && f.dnsbl.is_empty() {
+        return String::new();
+    }
+    let mut parts = Vec::new();
+    match (&f.tls, f.starttls_offered) {
+        (Some(tls), _) => {
+            let mut s = format!("TLS: {}", tls.version);
+            if let Some(c) = &tls.certificate {
+                let _ = write!(s, ", cert \"{}\" until {}", c.subject, c.not_after);
+                if c.expired {
+                    s.push_str(" (EXPIRED)");
+                }
+                if c.self_signed {
+                    s.push_str(" (self-signed)");
+                }
+            }
+            parts.push(s);
+        }
+        (None, true) => parts.push("STARTTLS offered, not used".into()),
+        (None, false) => parts.push("no STARTTLS".into()),
+    }
+    if let Some(e) = &f.tls_error {
+        parts.push(format!("TLS error: {e}"));
+    }
+    if !f.auth_before_tls.is_empty() {
+        parts.push(format!("AUTH before TLS: {}", f.auth_before_tls.join(" ")));
+    }
+    if f.vrfy_answers {
+        parts.push("VRFY answers".into());
+    }
+    if f.expn_answers {
+        parts.push("EXPN answers".into());
+    }
+    let listed: Vec<&str> = f
+        .dnsbl
+        .iter()
+        .filter(|d| d.listed)
+        .map(|d| d.zone.as_str())
+        .collect();
+    if !f.dnsbl.is_empty() {
+        if listed.is_empty() {
+            parts.push("not in DNSBLs".into());
+        } else {
+            parts.push(format!("LISTED in {}", listed.join(", ")));
+        }
+    }
+    if f.reconnects > 0 {
+        parts.push(format!("{} reconnects", f.reconnects));
+    }
+    parts.join(" | ")
+}
+
+/// The `-v` block: the dialogue, then the classic closing lines.
+pub fn transcript_block(r: &TargetReport) -> String {
+    let mut out = format!("=== {} ===\n", r.target);
+    for line in r.transcript.iter().flatten() {
+        out.push_str(line);
+        out.push('\n');
+    }
+    if let Some(banner) = &r.findings.banner {
+        let _ = writeln!(out, "Tested host banner: {banner}");
+    }
+    let closing = match r.verdict {
+        Verdict::Closed | Verdict::AuthRequired => "System appeared to reject relay attempts",
+        Verdict::Open | Verdict::ConfirmedOpen => "System appeared to ACCEPT relay attempts",
+        Verdict::AcceptAll => "System accepted relay recipients, but accepts anything (unproven)",
+        Verdict::Unreachable | Verdict::Inconclusive => "System could not be tested",
+    };
+    let _ = writeln!(out, "{closing}");
+    let _ = writeln!(out, "Verdict: {} - {}", r.verdict.as_str(), r.reason);
+    out
+}
+
+/// One JSON object on one line (JSON Lines), so results stream.
+pub fn json_line(r: &TargetReport) -> String {
+    serde_json::to_string(r)
+        .unwrap_or_else(|e| format!("{{\"error\":\"cannot serialise report: {e}\"}}"))
+}
+
+/// Totals per verdict for the end of the table.
+pub fn totals(reports: &[TargetReport]) -> String {
+    let order = [
+        Verdict::ConfirmedOpen,
+        Verdict::Open,
+        Verdict::AcceptAll,
+        Verdict::AuthRequired,
+        Verdict::Closed,
+        Verdict::Inconclusive,
+        Verdict::Unreachable,
+    ];
+    let parts: Vec<String> = order
+        .iter()
+        .filter_map(|v| {
+            let n = reports.iter().filter(|r| r.verdict == *v).count();
+            (n > 0).then(|| format!("{n} {}", v.as_str()))
+        })
+        .collect();
+    format!("{} target(s): {}", reports.len(), parts.join(", "))
+}

@@ -1,0 +1,647 @@
+//! Probing one target: the battery over a careful dialogue, the accept-all calibration, the
+//! extra findings, proof of relay, the verdict.
+//!
+//! The dialogue follows research §8: one session with `RSET` between tests, but a dropped
+//! connection or a 421 only costs a reconnect and a retry of the test it interrupted, so a
+//! server that disconnects after N errors still gets every test (nmap's failure mode). A MAIL
+//! rejection never hides the RCPT test: RCPT is always sent, and retried behind a null sender
+//! when the rejected MAIL made the server answer "bad sequence".
+
+use std::sync::Arc;
+
+use rand::Rng;
+use relayward_protocol::battery::{self, CalibrationKind, RenderedTrick, TrickContext, TrickKind};
+use relayward_protocol::reply::Reply;
+use tokio::time::Instant;
+
+use crate::config::{ProbeConfig, Target};
+use crate::conn::Conn;
+use crate::report::{
+    ConfirmResult, Fallback, Findings, Outcome, ReplyInfo, TargetReport, TestResult, Verdict,
+};
+use crate::session::{self, Greeting, OpenError};
+use crate::transcript::Transcript;
+use crate::verdict::{self, AcceptAll};
+
+/// Consecutive failed (re)connects after which the rest of the battery is abandoned.
+const MAX_OPEN_FAILURES: u32 = 3;
+
+/// Probes one target. Never panics on what the server sends; every wait is bounded by the
+/// test and host timeouts.
+pub async fn probe_target(target: Target, cfg: Arc<ProbeConfig>) -> TargetReport {
+    let started = Instant::now();
+    let dnsbl = cfg.dnsbl.clone().map(|d| {
+        let ip = target.addr.ip();
+        tokio::spawn(async move { d.check(ip).await })
+    });
+    let mut runner = Runner::new(&target, &cfg, started + cfg.host_timeout);
+    let mut report = runner.execute().await;
+    if let Some(task) = dnsbl {
+        report.findings.dnsbl = task.await.unwrap_or_default();
+    }
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    report
+}
+
+/// The state of one target's run.
+struct Runner<'a> {
+    target: &'a Target,
+    cfg: &'a ProbeConfig,
+    host_deadline: Instant,
+    log: Transcript,
+    conn: Option<Conn>,
+    try_starttls: bool,
+    connections: u32,
+    open_failures: u32,
+    findings: Findings,
+}
+
+/// One MAIL/RCPT exchange as far as it got.
+#[derive(Default)]
+struct Exchange {
+    mail: Option<Reply>,
+    rcpt: Option<Reply>,
+    fallback: Option<Fallback>,
+    /// Set when the connection failed (drop, timeout, 421) before the exchange completed.
+    broken: Option<String>,
+}
+
+impl<'a> Runner<'a> {
+    fn new(target: &'a Target, cfg: &'a ProbeConfig, host_deadline: Instant) -> Self {
+        Self {
+            target,
+            cfg,
+            host_deadline,
+            log: Transcript::new(),
+            conn: None,
+            try_starttls: true,
+            connections: 0,
+            open_failures: 0,
+            findings: Findings::default(),
+        }
+    }
+
+    async fn execute(&mut self) -> TargetReport {
+        if let Err(e) = self.connect().await {
+            return self.unreachable(e);
+        }
+        let ctx = self.context();
+        let tests = self.run_battery(&ctx).await;
+        let nonce = nonce();
+        let calibrations = battery::calibration_probes(&ctx, &nonce);
+        let mut calib_results = Vec::new();
+        for c in &calibrations {
+            let r = self
+                .run_test(&c.probe, TrickKind::Sender, "accept-all check")
+                .await;
+            calib_results.push((c.kind, r));
+        }
+        self.extra_findings().await;
+        let confirm = self.confirm(&ctx, &tests).await;
+        if let Some(conn) = self.conn.take() {
+            conn.quit(&mut self.log).await;
+        }
+        let pairs: Vec<(CalibrationKind, &TestResult)> =
+            calib_results.iter().map(|(k, r)| (*k, r)).collect();
+        let accept_all = AcceptAll::from_results(&pairs);
+        let confirm_arg = self
+            .cfg
+            .confirm
+            .as_ref()
+            .map(|c| (confirm.as_slice(), c.wait));
+        let (verdict, reason) = verdict::decide(&tests, accept_all, confirm_arg);
+        self.report(verdict, reason, tests, calib_results, confirm)
+    }
+
+    fn report(
+        &mut self,
+        verdict: Verdict,
+        reason: String,
+        tests: Vec<TestResult>,
+        calibration: Vec<(CalibrationKind, TestResult)>,
+        confirm: Vec<ConfirmResult>,
+    ) -> TargetReport {
+        self.findings.reconnects = self.connections.saturating_sub(1);
+        let log = std::mem::take(&mut self.log);
+        TargetReport {
+            target: self.target.label.clone(),
+            ip: self.target.addr.ip().to_string(),
+            port: self.target.addr.port(),
+            verdict,
+            reason,
+            accepted: tests
+                .iter()
+                .filter(|t| t.outcome == Outcome::Accepted)
+                .map(|t| t.id.clone())
+                .collect(),
+            confirmed: confirm
+                .iter()
+                .filter(|c| c.arrived)
+                .map(|c| c.id.clone())
+                .collect(),
+            tests,
+            calibration: calibration.into_iter().map(|(_, r)| r).collect(),
+            confirm,
+            findings: std::mem::take(&mut self.findings),
+            duration_ms: 0,
+            transcript: self.cfg.keep_transcript.then(|| log.into_lines()),
+        }
+    }
+
+    /// The report when the very first session could not be opened.
+    fn unreachable(&mut self, e: OpenError) -> TargetReport {
+        let (verdict, reason) = match &e {
+            OpenError::Refused(r) if r.is_permanent() => (
+                Verdict::Closed,
+                format!("server refuses every session: {}", ReplyInfo::from(r)),
+            ),
+            OpenError::Refused(r) => (
+                Verdict::Inconclusive,
+                format!("session refused for now: {}", ReplyInfo::from(r)),
+            ),
+            OpenError::TlsRequired | OpenError::Tls(_) => (Verdict::Inconclusive, e.to_string()),
+            _ => (Verdict::Unreachable, e.to_string()),
+        };
+        self.report(verdict, reason, Vec::new(), Vec::new(), Vec::new())
+    }
+
+    /// Opens a session; in auto TLS mode a failed handshake is retried in cleartext.
+    async fn connect(&mut self) -> Result<(), OpenError> {
+        let result = match self.open_once().await {
+            Err(OpenError::Tls(msg)) if self.may_fall_back_to_cleartext() => {
+                self.try_starttls = false;
+                self.findings.tls_error = Some(format!("TLS handshake failed: {msg}"));
+                self.log
+                    .note(&format!("[TLS failed: {msg}; retrying in cleartext]"));
+                self.open_once().await
+            }
+            other => other,
+        };
+        match result {
+            Ok((conn, greeting)) => {
+                if self.connections == 0 {
+                    self.record_greeting(&conn, &greeting);
+                }
+                self.connections += 1;
+                self.open_failures = 0;
+                self.conn = Some(conn);
+                Ok(())
+            }
+            Err(e) => {
+                self.open_failures += 1;
+                Err(e)
+            }
+        }
+    }
+
+    fn may_fall_back_to_cleartext(&self) -> bool {
+        self.cfg.tls == crate::config::TlsMode::Auto
+            && self.try_starttls
+            && !self.cfg.implicit_tls
+            && self.target.addr.port() != 465
+    }
+
+    async fn open_once(&mut self) -> Result<(Conn, Greeting), OpenError> {
+        let deadline = self.deadline_in(self.cfg.test_timeout * 2);
+        session::open(
+            self.target,
+            self.cfg,
+            self.try_starttls,
+            deadline,
+            &mut self.log,
+        )
+        .await
+    }
+
+    fn deadline_in(&self, d: std::time::Duration) -> Instant {
+        (Instant::now() + d).min(self.host_deadline)
+    }
+
+    fn record_greeting(&mut self, conn: &Conn, g: &Greeting) {
+        let f = &mut self.findings;
+        f.banner = Some(g.banner.text());
+        f.ehlo_greeting = g.hello.lines.first().cloned();
+        f.esmtp = g.esmtp;
+        f.starttls_offered = g.starttls_offered;
+        f.tls = g.tls.clone();
+        if f.tls_error.is_none() {
+            f.tls_error = g.tls_error.clone();
+        }
+        let cleartext_hello = g
+            .hello_before_tls
+            .as_ref()
+            .or((!conn.is_tls()).then_some(&g.hello));
+        if let Some(h) = cleartext_hello {
+            f.auth_before_tls = session::keyword_args(h, "AUTH").unwrap_or_default();
+        }
+        if conn.is_tls() {
+            f.auth_after_tls = session::keyword_args(&g.hello, "AUTH").unwrap_or_default();
+        }
+        let names = [
+            session::host_name_from(&g.banner),
+            session::host_name_from(&g.hello),
+            self.target.host.clone().map(|h| h.to_ascii_lowercase()),
+        ];
+        for name in names.into_iter().flatten() {
+            if !f.host_names.contains(&name) {
+                f.host_names.push(name);
+            }
+        }
+    }
+
+    /// The trick context: host name from banner, then EHLO, then the command line; local
+    /// domain from the options or guessed by dropping the host name's first label.
+    fn context(&self) -> TrickContext {
+        let mut ctx = TrickContext::new(
+            &self.cfg.from_domain,
+            &self.cfg.to_domain,
+            self.target.addr.ip().to_canonical(),
+        );
+        ctx.target_host = self.findings.host_names.first().cloned();
+        ctx.local_domain = self
+            .cfg
+            .local_domain
+            .clone()
+            .or_else(|| guess_local_domain(ctx.target_host.as_deref()?));
+        ctx
+    }
+
+    async fn run_battery(&mut self, ctx: &TrickContext) -> Vec<TestResult> {
+        let mut results = Vec::new();
+        for trick in battery::battery() {
+            let result = match battery::render(trick, ctx) {
+                Some(r) => self.run_test(&r, trick.kind, trick.description).await,
+                None => skipped(
+                    trick.id,
+                    trick.kind,
+                    trick.description,
+                    "needs a host name or local domain the target did not give",
+                ),
+            };
+            results.push(result);
+        }
+        results
+    }
+
+    /// One test, retried once on a fresh connection if the server dropped or 421ed us.
+    async fn run_test(
+        &mut self,
+        r: &RenderedTrick,
+        kind: TrickKind,
+        description: &str,
+    ) -> TestResult {
+        let mut attempts = 0;
+        loop {
+            if Instant::now() >= self.host_deadline {
+                return skipped(r.id, kind, description, "host timeout reached");
+            }
+            if self.open_failures >= MAX_OPEN_FAILURES {
+                return skipped(
+                    r.id,
+                    kind,
+                    description,
+                    "server unreachable after repeated reconnects",
+                );
+            }
+            attempts += 1;
+            let ex = self.attempt(r, kind).await;
+            if ex.broken.is_none() || attempts >= 2 {
+                return finish(r, kind, description, ex, attempts);
+            }
+        }
+    }
+
+    /// MAIL, RCPT (and the fallback), then RSET. Marks the exchange broken on a connection
+    /// failure or a 421 and drops the connection so the next attempt reconnects.
+    async fn attempt(&mut self, r: &RenderedTrick, kind: TrickKind) -> Exchange {
+        let mut ex = Exchange::default();
+        if self.conn.is_none()
+            && let Err(e) = self.connect().await
+        {
+            ex.broken = Some(format!("reconnect failed: {e}"));
+            return ex;
+        }
+        self.log.heading(r.id);
+        let deadline = self.deadline_in(self.cfg.test_timeout);
+        let Some(mut conn) = self.conn.take() else {
+            ex.broken = Some("no connection".into());
+            return ex;
+        };
+        conn.deadline = deadline;
+        let keep = self.exchange(&mut conn, r, kind, &mut ex).await;
+        if keep {
+            self.conn = Some(conn);
+        }
+        ex
+    }
+
+    /// Returns whether the connection is still usable.
+    async fn exchange(
+        &mut self,
+        conn: &mut Conn,
+        r: &RenderedTrick,
+        kind: TrickKind,
+        ex: &mut Exchange,
+    ) -> bool {
+        let log = &mut self.log;
+        match conn.command(&r.mail_from, log).await {
+            Ok(reply) => ex.mail = Some(reply),
+            Err(e) => return broken(ex, e.to_string()),
+        }
+        if ex.mail.as_ref().is_some_and(|m| m.code == 421) {
+            return broken(ex, "server closed the session (421) at MAIL".into());
+        }
+        match conn.command(&r.rcpt_to, log).await {
+            Ok(reply) => ex.rcpt = Some(reply),
+            Err(e) => return broken(ex, e.to_string()),
+        }
+        if ex.rcpt.as_ref().is_some_and(|m| m.code == 421) {
+            return broken(ex, "server closed the session (421) at RCPT".into());
+        }
+        let mail_refused = ex.mail.as_ref().is_some_and(|m| m.code >= 400);
+        let bad_sequence = ex.rcpt.as_ref().is_some_and(|m| m.code == 503);
+        if kind != TrickKind::Sender
+            && mail_refused
+            && bad_sequence
+            && !self.fallback(conn, r, ex).await
+        {
+            return false;
+        }
+        rset(conn, &mut self.log).await
+    }
+
+    /// RSET, `MAIL FROM:<>`, the same RCPT: the recipient trick judged on its own.
+    async fn fallback(&mut self, conn: &mut Conn, r: &RenderedTrick, ex: &mut Exchange) -> bool {
+        if !rset(conn, &mut self.log).await {
+            ex.broken = Some("connection lost before the fallback".into());
+            return false;
+        }
+        let mail_from = "MAIL FROM:<>".to_string();
+        let mut fb = Fallback {
+            mail_from: mail_from.clone(),
+            mail_reply: None,
+            rcpt_reply: None,
+        };
+        let ok = match conn.command(&mail_from, &mut self.log).await {
+            Ok(m) if m.code == 421 => false,
+            Ok(m) => {
+                fb.mail_reply = Some(ReplyInfo::from(&m));
+                match conn.command(&r.rcpt_to, &mut self.log).await {
+                    Ok(rc) => {
+                        fb.rcpt_reply = Some(ReplyInfo::from(&rc));
+                        rc.code != 421
+                    }
+                    Err(_) => false,
+                }
+            }
+            Err(_) => false,
+        };
+        ex.fallback = Some(fb);
+        ok
+    }
+
+    /// VRFY/EXPN postmaster: does the server disclose addresses? Asked after the battery so
+    /// their errors cannot count against it.
+    async fn extra_findings(&mut self) {
+        for verb in ["VRFY", "EXPN"] {
+            if self.conn.is_none() && self.connect().await.is_err() {
+                return;
+            }
+            let Some(mut conn) = self.conn.take() else {
+                return;
+            };
+            conn.deadline = self.deadline_in(self.cfg.test_timeout);
+            let Ok(reply) = conn
+                .command(&format!("{verb} postmaster"), &mut self.log)
+                .await
+            else {
+                continue;
+            };
+            let answers = matches!(reply.code, 250 | 251);
+            let info = Some(ReplyInfo::from(&reply));
+            if verb == "VRFY" {
+                (self.findings.vrfy, self.findings.vrfy_answers) = (info, answers);
+            } else {
+                (self.findings.expn, self.findings.expn_answers) = (info, answers);
+            }
+            if reply.code != 421 {
+                self.conn = Some(conn);
+            }
+        }
+    }
+
+    /// Confirm mode: send a token through every accepted trick, then wait for the tokens.
+    async fn confirm(&mut self, ctx: &TrickContext, tests: &[TestResult]) -> Vec<ConfirmResult> {
+        let Some(settings) = self.cfg.confirm.clone() else {
+            return Vec::new();
+        };
+        let mut results = Vec::new();
+        for test in tests.iter().filter(|t| t.outcome == Outcome::Accepted) {
+            let Some(rendered) = battery::trick(&test.id).and_then(|t| battery::render(t, ctx))
+            else {
+                continue;
+            };
+            let token = format!("rw{}", nonce());
+            settings.server.expect(&token);
+            let result = self.send_token(&rendered, token).await;
+            results.push(result);
+        }
+        let tokens: Vec<String> = results
+            .iter()
+            .filter(|r| r.sent)
+            .map(|r| r.token.clone())
+            .collect();
+        if tokens.is_empty() {
+            return results;
+        }
+        self.log.note(&format!(
+            "[waiting up to {} for {} token(s)]",
+            humantime::format_duration(settings.wait),
+            tokens.len()
+        ));
+        let arrived = settings.server.wait_for(&tokens, settings.wait).await;
+        for r in &mut results {
+            r.arrived = arrived.contains(&r.token);
+        }
+        results
+    }
+
+    async fn send_token(&mut self, r: &RenderedTrick, token: String) -> ConfirmResult {
+        let mut result = ConfirmResult {
+            id: r.id.to_string(),
+            token,
+            sent: false,
+            data_reply: None,
+            arrived: false,
+            note: None,
+        };
+        if self.conn.is_none()
+            && let Err(e) = self.connect().await
+        {
+            result.note = Some(format!("reconnect failed: {e}"));
+            return result;
+        }
+        let Some(mut conn) = self.conn.take() else {
+            return result;
+        };
+        conn.deadline = self.deadline_in(self.cfg.test_timeout);
+        self.log.heading(&format!("{} (confirm)", r.id));
+        let message = confirm_message(&self.cfg.from_domain, self.target, r, &result.token);
+        match send_message(&mut conn, r, &message, &mut self.log).await {
+            Ok(reply) => {
+                result.sent = reply.is_positive_completion();
+                result.data_reply = Some(ReplyInfo::from(&reply));
+                if reply.code != 421 && rset(&mut conn, &mut self.log).await {
+                    self.conn = Some(conn);
+                }
+            }
+            Err(note) => result.note = Some(note),
+        }
+        result
+    }
+}
+
+/// MAIL, RCPT, DATA, the message, the final dot. `Err` with a note when a step was refused.
+async fn send_message(
+    conn: &mut Conn,
+    r: &RenderedTrick,
+    message: &str,
+    log: &mut Transcript,
+) -> Result<Reply, String> {
+    for (line, want) in [
+        (r.mail_from.as_str(), 2),
+        (r.rcpt_to.as_str(), 2),
+        ("DATA", 3),
+    ] {
+        let reply = conn.command(line, log).await.map_err(|e| e.to_string())?;
+        if reply.code / 100 != want {
+            return Err(format!("{line}: {}", ReplyInfo::from(&reply)));
+        }
+    }
+    for line in message.lines() {
+        log.client(line);
+    }
+    log.client(".");
+    let mut body = message.replace('\n', "\r\n");
+    body.push_str(".\r\n");
+    conn.send_raw(body.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    conn.read_reply(log).await.map_err(|e| e.to_string())
+}
+
+/// The proof message: the token in the subject and the body; no line starts with a dot.
+fn confirm_message(from_domain: &str, target: &Target, r: &RenderedTrick, token: &str) -> String {
+    format!(
+        "From: relayward probe <antispam@{from_domain}>\n\
+         To: relay test <relaytest@{from_domain}>\n\
+         Subject: relayward relay test {token}\n\
+         Message-ID: <{token}@{from_domain}>\n\
+         \n\
+         This message tests whether {} relays mail for anyone.\n\
+         If you received it, it did, through the trick \"{}\".\n\
+         Token: {token}\n",
+        target.label, r.id
+    )
+}
+
+/// RSET between tests; false when the connection is no longer usable.
+async fn rset(conn: &mut Conn, log: &mut Transcript) -> bool {
+    matches!(conn.command("RSET", log).await, Ok(reply) if reply.code == 250)
+}
+
+fn broken(ex: &mut Exchange, why: String) -> bool {
+    ex.broken = Some(why);
+    false
+}
+
+fn finish(
+    r: &RenderedTrick,
+    kind: TrickKind,
+    description: &str,
+    ex: Exchange,
+    attempts: u32,
+) -> TestResult {
+    let mail = ex.mail.as_ref().map(ReplyInfo::from);
+    let rcpt = ex.rcpt.as_ref().map(ReplyInfo::from);
+    let mut outcome = verdict::classify(mail.as_ref(), rcpt.as_ref());
+    if let Some(fb) = &ex.fallback
+        && outcome != Outcome::Accepted
+        && let Some(fb_rcpt) = &fb.rcpt_reply
+    {
+        outcome = verdict::classify(fb.mail_reply.as_ref(), Some(fb_rcpt));
+    }
+    if ex.broken.is_some() && outcome != Outcome::Accepted {
+        outcome = Outcome::Error;
+    }
+    TestResult {
+        id: r.id.to_string(),
+        kind: kind.as_str().to_string(),
+        description: description.to_string(),
+        mail_from: r.mail_from.clone(),
+        rcpt_to: r.rcpt_to.clone(),
+        mail_reply: mail,
+        rcpt_reply: rcpt,
+        fallback: ex.fallback,
+        outcome,
+        note: ex.broken,
+        attempts,
+    }
+}
+
+fn skipped(id: &str, kind: TrickKind, description: &str, why: &str) -> TestResult {
+    TestResult {
+        id: id.to_string(),
+        kind: kind.as_str().to_string(),
+        description: description.to_string(),
+        mail_from: String::new(),
+        rcpt_to: String::new(),
+        mail_reply: None,
+        rcpt_reply: None,
+        fallback: None,
+        outcome: Outcome::Skipped,
+        note: Some(why.to_string()),
+        attempts: 0,
+    }
+}
+
+/// `mx1.example.net` → `example.net`; a two-label name is not guessed from (it may be the
+/// host itself, and the host-name tricks already cover it).
+fn guess_local_domain(host: &str) -> Option<String> {
+    let (_, rest) = host.split_once('.')?;
+    rest.contains('.').then(|| rest.to_string())
+}
+
+/// 12 random lower-case letters and digits.
+fn nonce() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..12)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_domain_guess() {
+        assert_eq!(
+            guess_local_domain("mx1.example.net").as_deref(),
+            Some("example.net")
+        );
+        assert_eq!(guess_local_domain("example.net"), None);
+        assert_eq!(guess_local_domain("localhost"), None);
+    }
+
+    #[test]
+    fn nonces_are_lowercase_alnum() {
+        let n = nonce();
+        assert_eq!(n.len(), 12);
+        assert!(
+            n.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        );
+    }
+}

@@ -1,0 +1,201 @@
+//! What a probe finds about one target: the JSON schema of `--json` (documented in
+//! `docs/probe.md`; field names are a contract).
+
+use relayward_protocol::reply::Reply;
+use serde::Serialize;
+
+use crate::dnsbl::DnsblResult;
+use crate::tls::TlsInfo;
+
+/// Per test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// RCPT answered 2xx: the server took the relay recipient.
+    Accepted,
+    /// RCPT (or the MAIL that decides the sender tricks) answered 5xx.
+    Refused,
+    /// Answered 4xx: refused for now (greylisting, "relaying temporarily denied"); reported
+    /// apart because it proves less than a 5xx.
+    RefusedTemporary,
+    /// No usable answer: timeout, dropped connection, 421, garbage.
+    Error,
+    /// Not run: the context lacked a piece (no host name, no local domain) or time ran out.
+    Skipped,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "accepted",
+            Outcome::Refused => "refused",
+            Outcome::RefusedTemporary => "refused-temporary",
+            Outcome::Error => "error",
+            Outcome::Skipped => "skipped",
+        }
+    }
+}
+
+/// Per target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum Verdict {
+    #[serde(rename = "CLOSED")]
+    Closed,
+    #[serde(rename = "OPEN")]
+    Open,
+    #[serde(rename = "AUTH-REQUIRED")]
+    AuthRequired,
+    #[serde(rename = "ACCEPT-ALL")]
+    AcceptAll,
+    #[serde(rename = "UNREACHABLE")]
+    Unreachable,
+    #[serde(rename = "INCONCLUSIVE")]
+    Inconclusive,
+    #[serde(rename = "CONFIRMED-OPEN")]
+    ConfirmedOpen,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Closed => "CLOSED",
+            Verdict::Open => "OPEN",
+            Verdict::AuthRequired => "AUTH-REQUIRED",
+            Verdict::AcceptAll => "ACCEPT-ALL",
+            Verdict::Unreachable => "UNREACHABLE",
+            Verdict::Inconclusive => "INCONCLUSIVE",
+            Verdict::ConfirmedOpen => "CONFIRMED-OPEN",
+        }
+    }
+
+    /// Counts towards exit status 1. ACCEPT-ALL does: the server took relay recipients and
+    /// nothing shows it would not deliver them; `--confirm` settles it.
+    pub fn is_open(self) -> bool {
+        matches!(
+            self,
+            Verdict::Open | Verdict::ConfirmedOpen | Verdict::AcceptAll
+        )
+    }
+
+    /// The target could be tested (it answered the battery).
+    pub fn was_tested(self) -> bool {
+        !matches!(self, Verdict::Unreachable | Verdict::Inconclusive)
+    }
+}
+
+/// A reply as reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReplyInfo {
+    pub code: u16,
+    pub enhanced: Option<String>,
+    pub text: String,
+}
+
+impl From<&Reply> for ReplyInfo {
+    fn from(r: &Reply) -> Self {
+        let mut text = r.text();
+        text.truncate(text.floor_char_boundary(512));
+        Self {
+            code: r.code,
+            enhanced: r.enhanced.map(|e| e.to_string()),
+            text,
+        }
+    }
+}
+
+impl std::fmt::Display for ReplyInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.enhanced {
+            Some(e) => write!(f, "{} {} {}", self.code, e, self.text),
+            None => write!(f, "{} {}", self.code, self.text),
+        }
+    }
+}
+
+/// When a recipient trick's MAIL was refused and RCPT then got "bad sequence", the RCPT is
+/// retried behind a neutral sender so the MAIL rejection cannot hide the recipient bug.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fallback {
+    pub mail_from: String,
+    pub mail_reply: Option<ReplyInfo>,
+    pub rcpt_reply: Option<ReplyInfo>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TestResult {
+    pub id: String,
+    pub kind: String,
+    pub description: String,
+    pub mail_from: String,
+    pub rcpt_to: String,
+    pub mail_reply: Option<ReplyInfo>,
+    pub rcpt_reply: Option<ReplyInfo>,
+    pub fallback: Option<Fallback>,
+    pub outcome: Outcome,
+    /// Why an error or skip happened, in words.
+    pub note: Option<String>,
+    /// Connections this test needed (2 when the server dropped us mid-test).
+    pub attempts: u32,
+}
+
+/// Proof of relay for one accepted trick.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfirmResult {
+    pub id: String,
+    pub token: String,
+    /// The server answered 250 to the end of DATA.
+    pub sent: bool,
+    pub data_reply: Option<ReplyInfo>,
+    /// The token came back to the confirm listener within `--confirm-wait`.
+    pub arrived: bool,
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Findings {
+    /// The 220 greeting, lines joined.
+    pub banner: Option<String>,
+    /// The first line of the EHLO (or HELO) reply.
+    pub ehlo_greeting: Option<String>,
+    /// Host names the server gave (banner, EHLO), plus the one on the command line.
+    pub host_names: Vec<String>,
+    /// EHLO was accepted (else the session fell back to HELO).
+    pub esmtp: bool,
+    pub starttls_offered: bool,
+    /// Set when the battery ran over TLS (STARTTLS or implicit).
+    pub tls: Option<TlsInfo>,
+    pub tls_error: Option<String>,
+    /// AUTH mechanisms advertised on the cleartext connection (cleartext passwords).
+    pub auth_before_tls: Vec<String>,
+    pub auth_after_tls: Vec<String>,
+    pub vrfy: Option<ReplyInfo>,
+    /// `VRFY postmaster` answered 250/251: the server discloses addresses.
+    pub vrfy_answers: bool,
+    pub expn: Option<ReplyInfo>,
+    pub expn_answers: bool,
+    /// Connections opened after the first one (the server dropped or 421ed us).
+    pub reconnects: u32,
+    pub dnsbl: Vec<DnsblResult>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetReport {
+    /// As given (or expanded from a CIDR), e.g. `mx.example.net:25`, `127.0.1.7:25`.
+    pub target: String,
+    pub ip: String,
+    pub port: u16,
+    pub verdict: Verdict,
+    pub reason: String,
+    /// Ids of the accepted tests (calibration excluded).
+    pub accepted: Vec<String>,
+    /// Ids whose token came back (confirm mode).
+    pub confirmed: Vec<String>,
+    pub tests: Vec<TestResult>,
+    pub calibration: Vec<TestResult>,
+    pub confirm: Vec<ConfirmResult>,
+    pub findings: Findings,
+    pub duration_ms: u64,
+    /// The whole dialogue; only with `-v`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transcript: Option<Vec<String>>,
+}

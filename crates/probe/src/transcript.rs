@@ -1,0 +1,88 @@
+//! The dialogue as the classic relay-test printed it: `>>>` client, `<<<` server,
+//! `:Relay test: <id>` headings. Capped, so a chatty hostile server cannot exhaust memory.
+
+/// At most this many lines are kept per target; later ones are counted, not stored.
+pub const MAX_TRANSCRIPT_LINES: usize = 20_000;
+/// Longest line kept; the rest is cut (the full line is never needed to judge).
+const MAX_KEPT_LINE: usize = 512;
+
+#[derive(Debug, Default, Clone)]
+pub struct Transcript {
+    lines: Vec<String>,
+    dropped: usize,
+}
+
+impl Transcript {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn client(&mut self, line: &str) {
+        self.push(format!(">>> {}", printable(line)));
+    }
+
+    pub fn server(&mut self, line: &str) {
+        self.push(format!("<<< {}", printable(line)));
+    }
+
+    /// A heading or a note from the tester itself.
+    pub fn note(&mut self, text: &str) {
+        self.push(text.to_string());
+    }
+
+    pub fn heading(&mut self, test_id: &str) {
+        self.push(format!(":Relay test: {test_id}"));
+    }
+
+    fn push(&mut self, line: String) {
+        if self.lines.len() < MAX_TRANSCRIPT_LINES {
+            self.lines.push(line);
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    /// The kept lines, with a last line counting the dropped ones.
+    pub fn into_lines(mut self) -> Vec<String> {
+        if self.dropped > 0 {
+            self.lines
+                .push(format!("[{} more lines not kept]", self.dropped));
+        }
+        self.lines
+    }
+}
+
+/// Control characters (a server's ESC sequences) are shown escaped, never sent to the terminal.
+fn printable(line: &str) -> String {
+    let mut out = String::with_capacity(line.len().min(MAX_KEPT_LINE));
+    for (i, c) in line.chars().enumerate() {
+        if i >= MAX_KEPT_LINE {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_control_characters_and_caps() {
+        let mut t = Transcript::new();
+        t.server("220 \u{1b}[31mred");
+        assert_eq!(t.clone().into_lines(), ["<<< 220 \\u{1b}[31mred"]);
+        for _ in 0..MAX_TRANSCRIPT_LINES + 3 {
+            t.client("NOOP");
+        }
+        let lines = t.into_lines();
+        assert_eq!(lines.len(), MAX_TRANSCRIPT_LINES + 1);
+        assert_eq!(lines.last().unwrap(), "[4 more lines not kept]");
+    }
+}
