@@ -11,19 +11,22 @@ use std::path::Path;
 
 use crate::QueueError;
 
-/// Creates `path` (which must not exist), writes `bytes` and flushes data and size to disk.
-/// On failure the partial file is removed, so callers never leave half-written temp files.
-pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let result = write_synced_inner(path, bytes);
+/// Creates `path` (which must not exist), writes the `parts` one after the other and flushes
+/// data and size to disk. On failure the partial file is removed, so callers never leave
+/// half-written temp files.
+pub(crate) fn write_synced(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
+    let result = write_synced_inner(path, parts);
     if result.is_err() {
         let _ = std::fs::remove_file(path);
     }
     result
 }
 
-fn write_synced_inner(path: &Path, bytes: &[u8]) -> io::Result<()> {
+fn write_synced_inner(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
     let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
-    file.write_all(bytes)?;
+    for part in parts {
+        file.write_all(part)?;
+    }
     // fdatasync covers the data and the file size, which is all a reader of a new file needs.
     file.sync_data()
 }

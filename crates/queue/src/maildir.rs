@@ -43,7 +43,7 @@ pub fn deliver_to_maildir(
     let name = unique_name();
     let tmp = maildir.join("tmp").join(&name);
     let new = maildir.join("new").join(&name);
-    write_synced(&tmp, content)?;
+    write_synced(&tmp, &[content])?;
     if let Err(err) = fs::rename(&tmp, &new) {
         let _ = fs::remove_file(&tmp);
         return Err(err);

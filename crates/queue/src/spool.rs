@@ -4,57 +4,61 @@
 //!
 //! ```text
 //! lock               spool-wide lock file (see "Processes" below); never holds data
-//! tmp/               files being written; anything here was never acknowledged
-//! msg/<id>.eml       message content, written once, never changed
-//! msg/<id>.json      envelope and per-recipient state (a QueuedMessage as JSON), replaced whole
+//! tmp/               files being written; nothing here was ever acknowledged
+//! msg/<id>.eml       the message: one header line `relayward-queue-v1 <state JSON>` + content;
+//!                    written once, never changed; its presence is the message's existence
+//! msg/<id>.json      the current state (a QueuedMessage as JSON), from the first state change
+//!                    on; supersedes the header; replaced whole by rename
 //! corrupt/           entries that could not be read, moved aside at open for a person to inspect
 //! ```
 //!
-//! A message exists exactly when **both** `msg/<id>.eml` and `msg/<id>.json` exist. The state file
-//! is the commit marker: enqueue renames the content into place before the state, and removal
-//! unlinks the state before the content, so a reader never sees a state without its content.
-//!
 //! # Enqueue and group commit
 //!
-//! 1. In a blocking thread (many in parallel), `tmp/<id>.eml` and `tmp/<id>.json` are written and
-//!    `fdatasync`ed. Parallel threads let the device merge these flushes.
-//! 2. The staged id goes to one committer thread. It takes the first waiting message plus every
-//!    other one already waiting (up to [`SpoolOptions::max_batch`]), renames each pair into `msg/`
-//!    and then fsyncs `msg/` **once** for the whole batch.
+//! 1. In a blocking thread (many in parallel), `tmp/<id>.eml` is written and `fdatasync`ed.
+//!    Parallel threads let the filesystem merge these flushes into shared journal commits.
+//! 2. The id goes to one committer thread. It takes the first waiting message plus every other one
+//!    already waiting (up to [`SpoolOptions::max_batch`]), renames each into `msg/` and then
+//!    fsyncs `msg/` **once** for the whole batch.
 //! 3. Only after that fsync does each waiter get its answer; a failed fsync answers every waiter
 //!    of the batch with an error and removes their files (they were never acknowledged).
 //!
-//! While the committer is busy with one fsync the next batch accumulates, so the number of
-//! directory fsyncs falls as load rises, without a timer that would add latency at low load. A
-//! dedicated thread (not a tokio task) keeps `open` free of any runtime requirement. A renamed
-//! message may be seen by `list` a moment before its fsync completes; the runner may then deliver
-//! a message whose client receives an error instead of `250` and sends it again: a duplicate,
-//! never a loss.
+//! While the committer is busy with one fsync the next batch accumulates, so directory fsyncs per
+//! message fall as load rises, without a timer that would add latency at low load. A single file
+//! per message makes the rename atomic: after a crash a message is whole or absent. The per-file
+//! `fdatasync` stays per message (it must cover that file's data); only the directory fsync is
+//! shared. A dedicated thread (not a tokio task) keeps `open` free of any runtime requirement. A
+//! renamed message may be seen by `list` a moment before its fsync completes; if that fsync then
+//! fails, the client gets an error and may send again: a duplicate, never a loss.
 //!
 //! # State changes and processes
 //!
-//! `update`, `set_held`, `retry_now` and `delete` take an exclusive `flock` on the message's
-//! content file (`msg/<id>.eml`, which never changes for the message's lifetime), then read the
-//! state, change it, write `tmp/<id>.<random>.json`, `fdatasync`, rename it over `msg/<id>.json`
-//! and fsync `msg/`. Removal (delete, or every recipient final) unlinks state then content under
-//! the same lock. A second process (the `relayward queue` CLI) following this protocol serialises
-//! with the server per message, so neither loses the other's change; a waiter that gets the lock
-//! after a removal finds no state and reports [`QueueError::NotFound`]. Readers (`list`, `get`)
-//! take no lock: renames are atomic, so they see the old or the new state, never a mix.
+//! `update`, `set_held`, `retry_now` and `delete` open `msg/<id>.eml` and take an exclusive
+//! `flock` on it (the file never changes for the message's lifetime), check that it is still
+//! linked, read the state (`.json`, else the header), change it, write
+//! `tmp/<id>.<random>.json`, `fdatasync`, rename it over `msg/<id>.json` and fsync `msg/`.
+//! Removal (delete, or every recipient final) unlinks `.eml` (the message is gone) then `.json`,
+//! then fsyncs, under the same lock. A second process (the `relayward queue` CLI) following this
+//! protocol serialises with the server per message, so neither loses the other's change; a waiter
+//! that gets the lock after a removal finds the file unlinked and reports
+//! [`QueueError::NotFound`]. Readers (`list`, `get`, `content`) take no lock: every file is
+//! replaced by an atomic rename, so they see an old or a new state, never a mix.
 //!
 //! Every `Spool` holds a shared `flock` on `lock` for its lifetime. `open` first tries to take it
 //! exclusively without waiting: if that works no other process uses the spool, and recovery runs:
-//! `tmp/` is emptied, content files without a state are removed (an enqueue that never reached its
-//! commit, or the second half of a removal), and unreadable entries are moved to `corrupt/` with a
-//! log line. If another process holds the spool, recovery is skipped, because its temp files may
-//! belong to writes in progress; unreadable entries are then skipped by `list` with a log line.
+//! `tmp/` is emptied, `.json` files without a message are removed (a removal cut short), and
+//! unreadable entries are moved to `corrupt/` with a log line. If another process holds the
+//! spool, recovery is skipped, because its temp files may belong to writes in progress; `list`
+//! then skips unreadable entries with a log line.
 //!
 //! There is no in-memory index: the directory is the index, so a change made by another process
 //! is visible at the next `list`, and nothing needs rebuilding after a crash.
 
-use std::collections::BTreeMap;
+mod entry;
+mod recover;
+
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
@@ -62,12 +66,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{Notify, oneshot};
 
+use self::entry::{Change, apply_updates, encode_header, new_state, parse_state, read_header};
 use crate::fsutil::{
     available_bytes, flock, queue_error, shared_queue_error, sync_dir, write_synced,
 };
 use crate::{
-    BoxFuture, MessageId, NewMessage, Queue, QueueError, QueuedMessage, RecipientState,
-    RecipientStatus, RecipientUpdate, id,
+    BoxFuture, MessageId, NewMessage, Queue, QueueError, QueuedMessage, RecipientUpdate, id,
 };
 
 const CONTENT_EXT: &str = "eml";
@@ -152,13 +156,6 @@ struct Inner {
 struct Staged {
     id: MessageId,
     reply: oneshot::Sender<Result<(), QueueError>>,
-}
-
-/// What a state change decided.
-enum Change {
-    Keep,
-    Write,
-    Remove,
 }
 
 impl Spool {
@@ -317,11 +314,7 @@ impl Queue for Spool {
     fn retry_now<'a>(&'a self, id: &'a MessageId) -> BoxFuture<'a, Result<(), QueueError>> {
         let id = id.clone();
         self.run_and_notify(move |inner| {
-            inner.modify(&id, |state| {
-                let now = unix_now();
-                pending_mut(state).for_each(|r| r.next_attempt = now);
-                Ok(Change::Write)
-            })
+            inner.modify(&id, |state| Ok(entry::retry_all(state, unix_now())))
         })
     }
 
@@ -355,20 +348,19 @@ impl Layout {
         sync_dir(&self.root)
     }
 
-    fn content(&self, id: &MessageId) -> PathBuf {
+    /// The message file: header and content; its existence is the message's.
+    fn message(&self, id: &MessageId) -> PathBuf {
         self.msg.join(format!("{id}.{CONTENT_EXT}"))
     }
 
+    /// The current state, once the message has been changed.
     fn state(&self, id: &MessageId) -> PathBuf {
         self.msg.join(format!("{id}.{STATE_EXT}"))
     }
 
-    fn tmp_content(&self, id: &MessageId) -> PathBuf {
+    /// Where a new message is written before its commit.
+    fn tmp_message(&self, id: &MessageId) -> PathBuf {
         self.tmp.join(format!("{id}.{CONTENT_EXT}"))
-    }
-
-    fn tmp_state(&self, id: &MessageId) -> PathBuf {
-        self.tmp.join(format!("{id}.{STATE_EXT}"))
     }
 
     /// A temp name for a state rewrite; random so two processes never collide.
@@ -404,7 +396,7 @@ impl Inner {
         Ok(())
     }
 
-    /// Writes and syncs both temp files, then passes the message to the committer.
+    /// Writes and syncs the temp message file, then passes the message to the committer.
     fn stage_and_submit(
         &self,
         message: &NewMessage,
@@ -413,37 +405,24 @@ impl Inner {
     ) -> Result<(), QueueError> {
         let id = staged.id.clone();
         self.check_space(message.content.len() as u64)?;
-        let state = new_state(&id, message);
-        let json = serde_json::to_vec(&state).map_err(|e| QueueError::Io(io::Error::other(e)))?;
-        let tmp_content = self.layout.tmp_content(&id);
-        let tmp_state = self.layout.tmp_state(&id);
-        write_synced(&tmp_content, &message.content).map_err(queue_error)?;
-        if let Err(err) = write_synced(&tmp_state, &json) {
-            let _ = fs::remove_file(&tmp_content);
-            return Err(queue_error(err));
-        }
+        let header = encode_header(&new_state(&id, message, unix_now())).map_err(queue_error)?;
+        let tmp = self.layout.tmp_message(&id);
+        write_synced(&tmp, &[&header, &message.content]).map_err(queue_error)?;
         if committer.send(staged).is_err() {
-            let _ = fs::remove_file(&tmp_content);
-            let _ = fs::remove_file(&tmp_state);
+            let _ = fs::remove_file(&tmp);
             return Err(committer_gone());
         }
         Ok(())
     }
 
-    /// Renames one staged message into `msg/`: content first, then the state that commits it.
+    /// Renames one staged message into `msg/` (not yet durable: the batch fsync follows).
     fn place(&self, id: &MessageId) -> io::Result<()> {
-        let layout = &self.layout;
-        if let Err(err) = fs::rename(layout.tmp_content(id), layout.content(id)) {
-            let _ = fs::remove_file(layout.tmp_content(id));
-            let _ = fs::remove_file(layout.tmp_state(id));
-            return Err(err);
+        let tmp = self.layout.tmp_message(id);
+        let result = fs::rename(&tmp, self.layout.message(id));
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
         }
-        if let Err(err) = fs::rename(layout.tmp_state(id), layout.state(id)) {
-            let _ = fs::remove_file(layout.content(id));
-            let _ = fs::remove_file(layout.tmp_state(id));
-            return Err(err);
-        }
-        Ok(())
+        result
     }
 
     /// One group commit: place every message, one directory fsync, then answer everyone.
@@ -484,7 +463,7 @@ impl Inner {
         let mut messages = Vec::new();
         for entry in fs::read_dir(&self.layout.msg).map_err(queue_error)? {
             let entry = entry.map_err(queue_error)?;
-            let Some(id) = state_file_id(&entry.file_name()) else {
+            let Some(id) = message_file_id(&entry.file_name()) else {
                 continue;
             };
             match self.read_state(&id) {
@@ -498,17 +477,29 @@ impl Inner {
         Ok(messages)
     }
 
-    /// Reads and checks one state file.
+    /// The current state: the `.json` file if the message was changed, else its header.
     fn read_state(&self, id: &MessageId) -> Result<QueuedMessage, QueueError> {
         check_id(id)?;
-        let bytes = read_or_not_found(&self.layout.state(id), id)?;
-        parse_state(id, &bytes)
+        match fs::read(self.layout.state(id)) {
+            Ok(json) => return parse_state(id, &json),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => return Err(queue_error(err)),
+        }
+        match File::open(self.layout.message(id)) {
+            Ok(file) => read_header(id, &file).map(|(state, _)| state),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Err(not_found(id)),
+            Err(err) => Err(queue_error(err)),
+        }
     }
 
-    /// Reads one message's content.
+    /// One message's content (the message file without its header).
     fn read_content(&self, id: &MessageId) -> Result<Vec<u8>, QueueError> {
         check_id(id)?;
-        read_or_not_found(&self.layout.content(id), id)
+        match fs::read(self.layout.message(id)) {
+            Ok(file) => entry::strip_header(id, file),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Err(not_found(id)),
+            Err(err) => Err(queue_error(err)),
+        }
     }
 
     /// Read-modify-write of one message's state under its exclusive lock (see module docs).
@@ -517,14 +508,16 @@ impl Inner {
         F: FnOnce(&mut QueuedMessage) -> Result<Change, QueueError>,
     {
         check_id(id)?;
-        let lock = match File::open(self.layout.content(id)) {
+        let lock = match File::open(self.layout.message(id)) {
             Ok(file) => file,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                return Err(QueueError::NotFound(id.0.clone()));
-            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Err(not_found(id)),
             Err(err) => return Err(queue_error(err)),
         };
         flock(&lock, libc::LOCK_EX).map_err(queue_error)?;
+        // Removed by whoever held the lock before us: the message is gone.
+        if lock.metadata().map_err(queue_error)?.nlink() == 0 {
+            return Err(not_found(id));
+        }
         let mut state = self.read_state(id)?;
         match change(&mut state)? {
             Change::Keep => Ok(()),
@@ -534,11 +527,11 @@ impl Inner {
         // `lock` closes here, releasing the flock after the change is durable.
     }
 
-    /// Replaces a state file durably: temp file, fdatasync, rename, directory fsync.
+    /// Replaces the state file durably: temp file, fdatasync, rename, directory fsync.
     fn write_state(&self, state: &QueuedMessage) -> io::Result<()> {
         let json = serde_json::to_vec(state).map_err(io::Error::other)?;
         let tmp = self.layout.tmp_update(&state.id);
-        write_synced(&tmp, &json)?;
+        write_synced(&tmp, &[&json])?;
         if let Err(err) = fs::rename(&tmp, self.layout.state(&state.id)) {
             let _ = fs::remove_file(&tmp);
             return Err(err);
@@ -546,10 +539,11 @@ impl Inner {
         self.sync_msg_dir()
     }
 
-    /// Removes a message: state (the commit marker) first, then content, then one fsync.
+    /// Removes a message: the message file first (from then on it does not exist), then its
+    /// state, then one fsync. A crash in between leaves a lone `.json` that recovery removes.
     fn remove_files(&self, id: &MessageId) -> io::Result<()> {
+        remove_if_present(&self.layout.message(id))?;
         remove_if_present(&self.layout.state(id))?;
-        remove_if_present(&self.layout.content(id))?;
         self.sync_msg_dir()
     }
 }
@@ -558,7 +552,7 @@ impl Inner {
 fn lock_and_recover(lock: &File, layout: &Layout) -> io::Result<Option<RecoveryReport>> {
     match flock(lock, libc::LOCK_EX | libc::LOCK_NB) {
         Ok(()) => {
-            let report = recover(layout)?;
+            let report = recover::recover(layout)?;
             flock(lock, libc::LOCK_SH)?;
             Ok(Some(report))
         }
@@ -596,209 +590,18 @@ fn run_committer(inner: &Inner, receiver: &mpsc::Receiver<Staged>) {
     }
 }
 
-/// Files of one id found in `msg/`.
-#[derive(Default)]
-struct Found {
-    content: bool,
-    state: bool,
-}
-
-/// Exclusive-open recovery: empty `tmp/`, drop orphans, quarantine what cannot be read.
-fn recover(layout: &Layout) -> io::Result<RecoveryReport> {
-    let mut report = RecoveryReport {
-        temp_removed: clear_dir(&layout.tmp)?,
-        ..RecoveryReport::default()
-    };
-    let (entries, strays) = scan_msg_dir(layout)?;
-    for name in strays {
-        quarantine(layout, &name, "not a queue file", &mut report);
-    }
-    for (id, found) in entries {
-        recover_entry(layout, &id, &found, &mut report);
-    }
-    sync_dir(&layout.msg)?;
-    sync_dir(&layout.corrupt)?;
-    if report != RecoveryReport::default() {
-        tracing::info!(?report, "queue recovered");
-    }
-    Ok(report)
-}
-
-/// Decides the fate of one id's files during recovery.
-fn recover_entry(layout: &Layout, id: &MessageId, found: &Found, report: &mut RecoveryReport) {
-    let content_name = format!("{id}.{CONTENT_EXT}");
-    let state_name = format!("{id}.{STATE_EXT}");
-    match (found.content, found.state) {
-        (true, true) => match check_entry(layout, id) {
-            Ok(()) => report.messages += 1,
-            Err(reason) => {
-                quarantine(layout, &state_name, &reason, report);
-                quarantine(layout, &content_name, &reason, report);
-            }
-        },
-        (true, false) => match fs::remove_file(layout.content(id)) {
-            Ok(()) => report.orphans_removed += 1,
-            Err(err) => tracing::warn!(%id, error = %err, "cannot remove orphan queue content"),
-        },
-        (false, true) => quarantine(layout, &state_name, "state without content", report),
-        (false, false) => {}
-    }
-}
-
-/// Sorts the names in `msg/` into queue files (by id) and strays.
-fn scan_msg_dir(layout: &Layout) -> io::Result<(BTreeMap<MessageId, Found>, Vec<String>)> {
-    let mut entries: BTreeMap<MessageId, Found> = BTreeMap::new();
-    let mut strays = Vec::new();
-    for entry in fs::read_dir(&layout.msg)? {
-        let name = entry?.file_name();
-        let text = name.to_string_lossy().into_owned();
-        match split_queue_name(&text) {
-            Some((id, CONTENT_EXT)) => entries.entry(id).or_default().content = true,
-            Some((id, STATE_EXT)) => entries.entry(id).or_default().state = true,
-            _ => strays.push(text),
-        }
-    }
-    Ok((entries, strays))
-}
-
-/// Checks that a complete entry is readable and consistent; the reason if not.
-fn check_entry(layout: &Layout, id: &MessageId) -> Result<(), String> {
-    let bytes = fs::read(layout.state(id)).map_err(|e| format!("cannot read state: {e}"))?;
-    let state = parse_state(id, &bytes).map_err(|e| e.to_string())?;
-    let size = fs::metadata(layout.content(id))
-        .map_err(|e| format!("cannot read content: {e}"))?
-        .len();
-    if size != state.size {
-        return Err(format!(
-            "content has {size} octets, state says {}",
-            state.size
-        ));
-    }
-    Ok(())
-}
-
-/// Moves a file from `msg/` to `corrupt/`, logging why; never fails the open.
-fn quarantine(layout: &Layout, name: &str, reason: &str, report: &mut RecoveryReport) {
-    let from = layout.msg.join(name);
-    let mut to = layout.corrupt.join(name);
-    if to.exists() {
-        to = layout
-            .corrupt
-            .join(format!("{name}.{:016x}", rand::random::<u64>()));
-    }
-    tracing::warn!(file = %from.display(), reason, "quarantining corrupt queue entry");
-    match fs::rename(&from, &to) {
-        Ok(()) => report.quarantined.push(name.to_owned()),
-        Err(err) => tracing::warn!(file = %from.display(), error = %err, "cannot quarantine"),
-    }
-}
-
-/// Removes every entry of a directory (files only are expected there); returns how many.
-fn clear_dir(dir: &Path) -> io::Result<usize> {
-    let mut removed = 0;
-    for entry in fs::read_dir(dir)? {
-        let path = entry?.path();
-        let result = if path.is_dir() {
-            fs::remove_dir_all(&path)
-        } else {
-            fs::remove_file(&path)
-        };
-        match result {
-            Ok(()) => removed += 1,
-            Err(err) => tracing::warn!(file = %path.display(), error = %err, "cannot remove temp"),
-        }
-    }
-    Ok(removed)
-}
-
 /// `<id>.<ext>` → (id, ext) when the id is valid.
 fn split_queue_name(name: &str) -> Option<(MessageId, &str)> {
     let (stem, ext) = name.split_once('.')?;
     MessageId::parse(stem).ok().map(|id| (id, ext))
 }
 
-/// The id of a state file name, if it is one.
-fn state_file_id(name: &std::ffi::OsStr) -> Option<MessageId> {
+/// The id of a message file name, if it is one.
+fn message_file_id(name: &std::ffi::OsStr) -> Option<MessageId> {
     match split_queue_name(name.to_str()?) {
-        Some((id, STATE_EXT)) => Some(id),
+        Some((id, CONTENT_EXT)) => Some(id),
         _ => None,
     }
-}
-
-/// Parses a state file and checks that it describes the message it is named after.
-fn parse_state(id: &MessageId, bytes: &[u8]) -> Result<QueuedMessage, QueueError> {
-    let corrupt = |reason: String| QueueError::Corrupt {
-        id: id.0.clone(),
-        reason,
-    };
-    let state: QueuedMessage = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
-    if state.id != *id {
-        return Err(corrupt(format!("state names message {}", state.id)));
-    }
-    if state.recipients.is_empty() {
-        return Err(corrupt("no recipients".to_owned()));
-    }
-    Ok(state)
-}
-
-/// The initial state of a new message: every recipient pending and due now.
-fn new_state(id: &MessageId, message: &NewMessage) -> QueuedMessage {
-    let now = unix_now();
-    QueuedMessage {
-        id: id.clone(),
-        sender: message.sender.clone(),
-        recipients: message
-            .recipients
-            .iter()
-            .map(|address| RecipientState {
-                address: address.clone(),
-                status: RecipientStatus::Pending,
-                attempts: 0,
-                last_error: None,
-                next_attempt: now,
-            })
-            .collect(),
-        arrived: now,
-        client_ip: message.client_ip.clone(),
-        auth_login: message.auth_login.clone(),
-        size: message.content.len() as u64,
-        held: false,
-    }
-}
-
-/// Applies attempt results. Final statuses are sticky (a late or repeated report cannot revive
-/// a delivered recipient); unknown addresses are logged and ignored, so the rest still counts.
-fn apply_updates(state: &mut QueuedMessage, updates: Vec<RecipientUpdate>) -> Change {
-    for update in updates {
-        let mut matched = false;
-        for recipient in state
-            .recipients
-            .iter_mut()
-            .filter(|r| r.address == update.address)
-        {
-            matched = true;
-            if recipient.status.is_final() {
-                continue;
-            }
-            recipient.status = update.status;
-            recipient.last_error = update.last_error.clone();
-            recipient.next_attempt = update.next_attempt;
-            recipient.attempts = recipient.attempts.saturating_add(1);
-        }
-        if !matched {
-            tracing::warn!(id = %state.id, address = %update.address, "update for unknown recipient");
-        }
-    }
-    if state.recipients.iter().all(|r| r.status.is_final()) {
-        Change::Remove
-    } else {
-        Change::Write
-    }
-}
-
-/// The recipients still to be tried.
-fn pending_mut(state: &mut QueuedMessage) -> impl Iterator<Item = &mut RecipientState> {
-    state.recipients.iter_mut().filter(|r| !r.status.is_final())
 }
 
 /// Rejects ids that do not have the generated shape: they name no message, and must never
@@ -811,15 +614,8 @@ fn check_id(id: &MessageId) -> Result<(), QueueError> {
     }
 }
 
-/// Reads a whole file; a missing file means the message does not exist.
-fn read_or_not_found(path: &Path, id: &MessageId) -> Result<Vec<u8>, QueueError> {
-    match fs::read(path) {
-        Ok(bytes) => Ok(bytes),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {
-            Err(QueueError::NotFound(id.0.clone()))
-        }
-        Err(err) => Err(queue_error(err)),
-    }
+fn not_found(id: &MessageId) -> QueueError {
+    QueueError::NotFound(id.0.clone())
 }
 
 fn remove_if_present(path: &Path) -> io::Result<()> {

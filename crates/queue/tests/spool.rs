@@ -297,7 +297,7 @@ async fn a_message_without_recipients_is_refused() {
 #[tokio::test]
 async fn open_recovers_temp_files_orphans_and_corrupt_entries() {
     let dir = tempfile::tempdir().unwrap();
-    let (good, bad) = {
+    let (good, bad, bad_state) = {
         let spool = open(dir.path());
         let good = spool
             .enqueue(message(&["bob@example.test"], "good"))
@@ -307,24 +307,42 @@ async fn open_recovers_temp_files_orphans_and_corrupt_entries() {
             .enqueue(message(&["bob@example.test"], "bad"))
             .await
             .unwrap();
-        (good, bad)
+        let bad_state = spool
+            .enqueue(message(&["bob@example.test"], "state"))
+            .await
+            .unwrap();
+        spool
+            .update(&bad, vec![pending("bob@example.test", "451", 9)])
+            .await
+            .unwrap();
+        spool
+            .update(&bad_state, vec![pending("bob@example.test", "451", 9)])
+            .await
+            .unwrap();
+        (good, bad, bad_state)
     };
     let msg = dir.path().join("msg");
-    std::fs::write(msg.join(format!("{bad}.json")), b"{ not json").unwrap();
-    let orphan = "0000000000000100000000aa";
-    let lone_state = "0000000000000200000000bb";
-    std::fs::write(msg.join(format!("{orphan}.eml")), b"never committed").unwrap();
-    std::fs::write(msg.join(format!("{lone_state}.json")), b"{}").unwrap();
+    // A message file cut short: quarantined with its state.
+    let bad_file = msg.join(format!("{bad}.eml"));
+    let bytes = std::fs::read(&bad_file).unwrap();
+    std::fs::write(&bad_file, &bytes[..bytes.len() - 2]).unwrap();
+    // A damaged state file: only it goes; the message falls back to its header.
+    std::fs::write(msg.join(format!("{bad_state}.json")), b"{ not json").unwrap();
+    // A state without its message (a removal cut short): removed.
+    std::fs::write(msg.join("0000000000000100000000aa.json"), b"{}").unwrap();
+    // A message file without a header, and a stray name: quarantined.
+    std::fs::write(msg.join("0000000000000200000000bb.eml"), b"Subject: x\r\n").unwrap();
     std::fs::write(msg.join("junk.txt"), b"?").unwrap();
+    // A write that was never committed: removed.
     std::fs::write(
-        dir.path().join("tmp").join(format!("{orphan}.json")),
+        dir.path().join("tmp").join("0000000000000300000000cc.eml"),
         b"half",
     )
     .unwrap();
 
     let spool = open(dir.path());
     let report = spool.recovery_report().cloned().unwrap();
-    assert_eq!(report.messages, 1);
+    assert_eq!(report.messages, 2, "{report:?}");
     assert_eq!(report.temp_removed, 1);
     assert_eq!(report.orphans_removed, 1);
     let mut quarantined = report.quarantined.clone();
@@ -332,7 +350,8 @@ async fn open_recovers_temp_files_orphans_and_corrupt_entries() {
     let mut expected = vec![
         format!("{bad}.eml"),
         format!("{bad}.json"),
-        format!("{lone_state}.json"),
+        format!("{bad_state}.json"),
+        "0000000000000200000000bb.eml".to_owned(),
         "junk.txt".to_owned(),
     ];
     expected.sort();
@@ -340,13 +359,24 @@ async fn open_recovers_temp_files_orphans_and_corrupt_entries() {
     assert_eq!(files_in(&dir.path().join("corrupt")), expected);
     assert_eq!(
         files_in(&msg),
-        [format!("{good}.eml"), format!("{good}.json")]
+        [format!("{good}.eml"), format!("{bad_state}.eml")]
     );
     assert!(files_in(&dir.path().join("tmp")).is_empty());
 
-    let listed = spool.list().await.unwrap();
-    assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0].id, good);
+    let listed: Vec<MessageId> = spool
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(listed, [good.clone(), bad_state.clone()]);
+    let fallback = spool.get(&bad_state).await.unwrap();
+    assert_eq!(fallback.recipients[0].attempts, 0, "header state expected");
+    assert_eq!(
+        spool.content(&good).await.unwrap(),
+        message(&[], "good").content
+    );
 }
 
 #[tokio::test]

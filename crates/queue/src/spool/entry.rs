@@ -1,0 +1,201 @@
+//! The format of a queue entry and the pure rules for changing its state.
+//!
+//! `msg/<id>.eml` is written once: the line `relayward-queue-v1 <state JSON>\n`, then the content.
+//! Carrying the initial state in the content file makes an enqueue one file, one `fdatasync` and
+//! one rename. `msg/<id>.json` (the state JSON alone) appears at the first state change and from
+//! then on supersedes the header. Compact JSON never contains a raw newline, so the first `\n`
+//! ends the header.
+
+use std::io::{self, BufRead, BufReader, Read};
+
+use crate::{
+    MessageId, NewMessage, QueueError, QueuedMessage, RecipientState, RecipientStatus,
+    RecipientUpdate,
+};
+
+/// Marks (and versions) a message file.
+const MAGIC: &[u8] = b"relayward-queue-v1 ";
+/// Largest header accepted: 10,000 recipients with long errors fit; a runaway file does not.
+const MAX_HEADER: u64 = 16 * 1024 * 1024;
+
+/// What a state change decided.
+pub(super) enum Change {
+    Keep,
+    Write,
+    Remove,
+}
+
+/// The header line of a new message file.
+pub(super) fn encode_header(state: &QueuedMessage) -> io::Result<Vec<u8>> {
+    let mut header = MAGIC.to_vec();
+    serde_json::to_writer(&mut header, state).map_err(io::Error::other)?;
+    header.push(b'\n');
+    Ok(header)
+}
+
+/// Reads the header of a message file; returns the state and the header's length in octets.
+pub(super) fn read_header(
+    id: &MessageId,
+    reader: impl Read,
+) -> Result<(QueuedMessage, u64), QueueError> {
+    let mut line = Vec::new();
+    let mut limited = BufReader::new(reader.take(MAX_HEADER));
+    limited
+        .read_until(b'\n', &mut line)
+        .map_err(crate::fsutil::queue_error)?;
+    let Some(json) = line
+        .strip_prefix(MAGIC)
+        .and_then(|rest| rest.strip_suffix(b"\n"))
+    else {
+        return Err(corrupt(id, "message file has no valid header"));
+    };
+    let state = parse_state(id, json)?;
+    Ok((state, line.len() as u64))
+}
+
+/// Removes the header from a whole message file, leaving the content.
+pub(super) fn strip_header(id: &MessageId, mut file: Vec<u8>) -> Result<Vec<u8>, QueueError> {
+    let (state, header_len) = read_header(id, file.as_slice())?;
+    let header_len = usize::try_from(header_len).map_err(|_| corrupt(id, "header too long"))?;
+    if (file.len() - header_len) as u64 != state.size {
+        return Err(corrupt(id, "content length differs from the recorded size"));
+    }
+    file.drain(..header_len);
+    Ok(file)
+}
+
+/// Parses state JSON and checks that it describes the message it is stored for.
+pub(super) fn parse_state(id: &MessageId, json: &[u8]) -> Result<QueuedMessage, QueueError> {
+    let state: QueuedMessage =
+        serde_json::from_slice(json).map_err(|e| corrupt(id, &e.to_string()))?;
+    if state.id != *id {
+        return Err(corrupt(id, &format!("state names message {}", state.id)));
+    }
+    if state.recipients.is_empty() {
+        return Err(corrupt(id, "no recipients"));
+    }
+    Ok(state)
+}
+
+fn corrupt(id: &MessageId, reason: &str) -> QueueError {
+    QueueError::Corrupt {
+        id: id.0.clone(),
+        reason: reason.to_owned(),
+    }
+}
+
+/// The initial state of a new message: every recipient pending and due now.
+pub(super) fn new_state(id: &MessageId, message: &NewMessage, now: u64) -> QueuedMessage {
+    QueuedMessage {
+        id: id.clone(),
+        sender: message.sender.clone(),
+        recipients: message
+            .recipients
+            .iter()
+            .map(|address| RecipientState {
+                address: address.clone(),
+                status: RecipientStatus::Pending,
+                attempts: 0,
+                last_error: None,
+                next_attempt: now,
+            })
+            .collect(),
+        arrived: now,
+        client_ip: message.client_ip.clone(),
+        auth_login: message.auth_login.clone(),
+        size: message.content.len() as u64,
+        held: false,
+    }
+}
+
+/// Applies attempt results. Final statuses are sticky (a late or repeated report cannot revive
+/// a delivered recipient); unknown addresses are logged and ignored, so the rest still counts.
+pub(super) fn apply_updates(state: &mut QueuedMessage, updates: Vec<RecipientUpdate>) -> Change {
+    for update in updates {
+        let mut matched = false;
+        for recipient in state
+            .recipients
+            .iter_mut()
+            .filter(|r| r.address == update.address)
+        {
+            matched = true;
+            if recipient.status.is_final() {
+                continue;
+            }
+            recipient.status = update.status;
+            recipient.last_error = update.last_error.clone();
+            recipient.next_attempt = update.next_attempt;
+            recipient.attempts = recipient.attempts.saturating_add(1);
+        }
+        if !matched {
+            tracing::warn!(id = %state.id, address = %update.address, "update for unknown recipient");
+        }
+    }
+    if state.recipients.iter().all(|r| r.status.is_final()) {
+        Change::Remove
+    } else {
+        Change::Write
+    }
+}
+
+/// Makes every pending recipient due at `now`.
+pub(super) fn retry_all(state: &mut QueuedMessage, now: u64) -> Change {
+    state
+        .recipients
+        .iter_mut()
+        .filter(|r| !r.status.is_final())
+        .for_each(|r| r.next_attempt = now);
+    Change::Write
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> (MessageId, NewMessage) {
+        let id = MessageId("0123456789abcdef01234567".to_owned());
+        let message = NewMessage {
+            sender: "a@b.test".to_owned(),
+            recipients: vec!["c@d.test".to_owned()],
+            content: b"Subject: x\r\n\r\nline\nwith newlines\r\n".to_vec(),
+            client_ip: "192.0.2.1".to_owned(),
+            auth_login: None,
+        };
+        (id, message)
+    }
+
+    #[test]
+    fn header_round_trip() {
+        let (id, message) = sample();
+        let state = new_state(&id, &message, 42);
+        let mut file = encode_header(&state).unwrap();
+        let header_len = file.len() as u64;
+        file.extend_from_slice(&message.content);
+        let (parsed, len) = read_header(&id, file.as_slice()).unwrap();
+        assert_eq!((parsed, len), (state, header_len));
+        assert_eq!(strip_header(&id, file).unwrap(), message.content);
+    }
+
+    #[test]
+    fn damaged_files_are_corrupt_not_panics() {
+        let (id, message) = sample();
+        let mut file = encode_header(&new_state(&id, &message, 1)).unwrap();
+        file.extend_from_slice(&message.content);
+        let other = MessageId("0123456789abcdef01234568".to_owned());
+        let truncated = file[..file.len() - 3].to_vec();
+        for (which, bytes) in [
+            (&id, Vec::new()),
+            (&id, b"relayward-queue-v1 {".to_vec()),
+            (&id, b"garbage\n".to_vec()),
+            (&id, file[..10].to_vec()),
+            (&id, truncated),
+            (&other, file.clone()),
+        ] {
+            let result = strip_header(which, bytes);
+            assert!(
+                matches!(result, Err(QueueError::Corrupt { .. })),
+                "{result:?}"
+            );
+        }
+    }
+}
