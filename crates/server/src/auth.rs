@@ -616,3 +616,23 @@ fn ip_key(ip: IpAddr) -> IpAddr {
 fn login_key(login: &str) -> String {
     login.to_ascii_lowercase()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The dummy hash must be verifiable with the default parameters, or unknown logins would
+    /// answer faster than known ones.
+    #[test]
+    fn dummy_hash_costs_as_much_as_a_real_one() {
+        assert_eq!(check_password_hash(DUMMY_HASH), Ok(()));
+        let hash = PasswordHash::new(DUMMY_HASH).expect("parses");
+        let params = Params::try_from(&hash).expect("params");
+        let default = Params::default();
+        assert_eq!(
+            (params.m_cost(), params.t_cost(), params.p_cost()),
+            (default.m_cost(), default.t_cost(), default.p_cost())
+        );
+        assert_eq!(hash.algorithm.as_str(), "argon2id");
+    }
+}

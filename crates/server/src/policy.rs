@@ -22,7 +22,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use relayward_protocol::path::{Domain, ReversePath};
+use relayward_protocol::path::{Domain, ReversePath, quote_local_part};
 use relayward_protocol::reply::Reply;
 use relayward_protocol::resolve::{Resolved, Routing};
 
@@ -432,7 +432,7 @@ fn remote(
 ) -> Accepted {
     Accepted {
         reason,
-        address: format!("{}@{domain}", quote_local_part(&rcpt.local_part)),
+        address: format!("{}@{domain}", wire_local_part(&rcpt.local_part)),
         destination,
     }
 }
@@ -442,30 +442,15 @@ fn remote(
 fn display_address(rcpt: &Resolved) -> String {
     match &rcpt.domain {
         None => "Postmaster".to_string(),
-        Some(domain) => format!("{}@{domain}", quote_local_part(&rcpt.local_part)),
+        Some(domain) => format!("{}@{domain}", wire_local_part(&rcpt.local_part)),
     }
 }
 
-/// Writes a dequoted local part back in RFC 5321 form: as is when it is a dot-atom, otherwise
-/// as a quoted string with `"` and `\` escaped.
-fn quote_local_part(local: &str) -> String {
-    let atext =
-        |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii();
-    let dot_atom = !local.is_empty()
-        && local
-            .split('.')
-            .all(|a| !a.is_empty() && a.chars().all(atext));
-    if dot_atom {
-        return local.to_string();
+/// A dequoted local part in RFC 5321 form: as is when it is a dot-atom, quoted otherwise
+/// (an empty one as `""`, never as nothing, which would read as a source route downstream).
+fn wire_local_part(local: &str) -> String {
+    if local.is_empty() {
+        return "\"\"".to_string();
     }
-    let mut out = String::with_capacity(local.len() + 2);
-    out.push('"');
-    for c in local.chars() {
-        if c == '"' || c == '\\' {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('"');
-    out
+    quote_local_part(local).unwrap_or_else(|| local.to_string())
 }
