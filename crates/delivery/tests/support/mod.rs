@@ -148,6 +148,8 @@ pub struct Script {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// (user, password) accepted by AUTH PLAIN (offered only under TLS).
     pub auth: Option<(String, String)>,
+    /// Answer EHLO with 502 (an old server): the client must fall back to HELO.
+    pub no_ehlo: bool,
 }
 
 impl Default for Script {
@@ -161,6 +163,7 @@ impl Default for Script {
             size: None,
             tls: None,
             auth: None,
+            no_ehlo: false,
         }
     }
 }
@@ -277,7 +280,9 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         let line = line.trim_end().to_string();
         log.lock().expect("log").lines.push(line.clone());
         let upper = line.to_ascii_uppercase();
-        let reply = if upper.starts_with("EHLO") {
+        let reply = if upper.starts_with("EHLO") && script.no_ehlo {
+            "502 5.5.1 what is EHLO".into()
+        } else if upper.starts_with("EHLO") {
             ehlo(script, tls)
         } else if upper.starts_with("HELO") {
             "250 hello".into()
