@@ -287,3 +287,33 @@ async fn opportunistic_starttls_to_mx_hosts_without_verification() {
     assert_eq!(srv.messages().len(), 1);
     assert!(srv.messages()[0].tls, "STARTTLS used when offered");
 }
+
+#[tokio::test]
+async fn smarthost_auth_login_when_plain_is_not_offered() {
+    let pki = test_pki(&["127.26.0.2"]);
+    let script = Script {
+        tls: Some(pki.server.clone()),
+        auth: Some(("u@local.test".into(), "pw".into())),
+        auth_mechs: "LOGIN",
+        ..Script::default()
+    };
+    let srv = start_smtp(sock(ip(127, 26, 0, 2), 0), script).await;
+    let relay = Relay::new();
+    let ca = relay.dir.path().join("ca.pem");
+    let pw = relay.dir.path().join("pw");
+    write(&ca, &pki.ca_pem);
+    write(&pw, "pw");
+    let mut config = relay.config(None, 25);
+    config.smarthost = Some(format!("127.26.0.2:{}", srv.addr.port()));
+    config.smarthost_user = Some("u@local.test".into());
+    config.smarthost_password_file = Some(pw);
+    config.smarthost_ca_file = Some(ca);
+    relay
+        .enqueue("alice@local.test", &["bob@far.test"], "hi")
+        .await;
+    let runner = Runner::new(relay.dyn_queue(), config).expect("runner");
+    runner.run_once().await;
+    assert!(queue_is_empty(&relay).await);
+    assert_eq!(srv.messages()[0].auth.as_deref(), Some("u@local.test"));
+    assert!(srv.lines().iter().any(|l| l == "AUTH LOGIN"));
+}

@@ -148,6 +148,8 @@ pub struct Script {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// (user, password) accepted by AUTH PLAIN (offered only under TLS).
     pub auth: Option<(String, String)>,
+    /// The AUTH mechanisms announced (under TLS, when `auth` is set).
+    pub auth_mechs: &'static str,
     /// Answer EHLO with 502 (an old server): the client must fall back to HELO.
     pub no_ehlo: bool,
 }
@@ -164,6 +166,7 @@ impl Default for Script {
             tls: None,
             auth: None,
             no_ehlo: false,
+            auth_mechs: "PLAIN LOGIN",
         }
     }
 }
@@ -293,6 +296,10 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             let (reply, user) = check_plain(script, &line[11..], tls);
             auth = user.or(auth);
             reply
+        } else if upper == "AUTH LOGIN" && tls {
+            let (reply, user) = auth_login(io, script).await?;
+            auth = user.or(auth);
+            reply
         } else if upper.starts_with("MAIL FROM:") {
             txn = Txn {
                 from: Some(path(&line[10..])),
@@ -353,7 +360,7 @@ fn ehlo(script: &Script, tls: bool) -> String {
         lines.push("STARTTLS".into());
     }
     if script.auth.is_some() && tls {
-        lines.push("AUTH PLAIN LOGIN".into());
+        lines.push(format!("AUTH {}", script.auth_mechs));
     }
     let last = lines.len() - 1;
     lines
@@ -380,6 +387,30 @@ fn check_plain(script: &Script, token: &str, tls: bool) -> (String, Option<Strin
         ("235 2.7.0 ok".into(), Some(user.clone()))
     } else {
         ("535 5.7.8 bad credentials".into(), None)
+    }
+}
+
+/// The AUTH LOGIN exchange: two base64 challenges, user then password.
+async fn auth_login<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut BufReader<S>,
+    script: &Script,
+) -> std::io::Result<(String, Option<String>)> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut answers = Vec::new();
+    for challenge in ["334 VXNlcm5hbWU6\r\n", "334 UGFzc3dvcmQ6\r\n"] {
+        io.get_mut().write_all(challenge.as_bytes()).await?;
+        let mut line = String::new();
+        io.read_line(&mut line).await?;
+        answers.push(b64.decode(line.trim()).unwrap_or_default());
+    }
+    let Some((user, pass)) = &script.auth else {
+        return Ok(("535 5.7.8 no".into(), None));
+    };
+    if answers[0] == user.as_bytes() && answers[1] == pass.as_bytes() {
+        Ok(("235 2.7.0 ok".into(), Some(user.clone())))
+    } else {
+        Ok(("535 5.7.8 bad credentials".into(), None))
     }
 }
 
