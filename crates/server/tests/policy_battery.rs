@@ -43,15 +43,15 @@ fn no_trick_relays_for_an_untrusted_client() {
             continue;
         };
         decided += 1;
-        if let Ok(accepted) = policy.decide(&client, &resolve(&to)) {
-            if !matches!(accepted.destination(), Destination::LocalMailbox { .. }) {
-                relayed.push(format!(
-                    "{}: {} -> {:?}",
-                    trick.id,
-                    rendered.rcpt_to,
-                    accepted.destination()
-                ));
-            }
+        let Ok(accepted) = policy.decide(&client, &resolve(&to)) else {
+            continue;
+        };
+        if !matches!(accepted.destination(), Destination::LocalMailbox { .. }) {
+            let destination = accepted.destination();
+            relayed.push(format!(
+                "{}: {} -> {destination:?}",
+                trick.id, rendered.rcpt_to
+            ));
         }
     }
     assert!(decided > 10, "only {decided} tricks reached the policy");
