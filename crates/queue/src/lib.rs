@@ -7,6 +7,11 @@
 //! The session sees only the [`Queue`] trait, so another store (a shared PostgreSQL queue) can be
 //! added later without touching it. The delivery side (queue runner, `relayward queue …`) uses
 //! the richer methods of the same trait.
+//!
+//! The implementation here is [`Spool`], a directory of fsynced files (layout, group commit and
+//! the locking protocol shared with a second process are described in [`spool`]), and
+//! [`deliver_to_maildir`] for local mailboxes. IDs that come from outside (the CLI) go through
+//! [`MessageId::parse`]; every `Spool` method also refuses malformed ids with `NotFound`.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -233,10 +233,7 @@ impl Spool {
         // message is still committed or cleaned up, never left half in tmp/.
         blocking(move || inner.stage_and_submit(&message, staged, &committer)).await?;
         match answer.await {
-            Ok(Ok(())) => {
-                self.inner.notify.notify_one();
-                Ok(id)
-            }
+            Ok(Ok(())) => Ok(id),
             Ok(Err(err)) => Err(err),
             Err(_) => Err(committer_gone()),
         }
@@ -427,26 +424,20 @@ impl Inner {
 
     /// One group commit: place every message, one directory fsync, then answer everyone.
     fn commit_batch(&self, batch: Vec<Staged>) {
-        let mut placed = Vec::with_capacity(batch.len());
-        for staged in batch {
-            match self.place(&staged.id) {
-                Ok(()) => placed.push(staged),
-                Err(err) => {
-                    let _ = staged.reply.send(Err(queue_error(err)));
-                }
-            }
-        }
+        let placed = self.place_all(batch);
         if placed.is_empty() {
             return;
         }
         self.batches.fetch_add(1, Ordering::Relaxed);
         match self.sync_msg_dir() {
             Ok(()) => {
-                self.committed
-                    .fetch_add(placed.len() as u64, Ordering::Relaxed);
+                let count = placed.len() as u64;
+                self.committed.fetch_add(count, Ordering::Relaxed);
                 for staged in placed {
                     let _ = staged.reply.send(Ok(()));
                 }
+                // From the committer, so the runner wakes even if a waiter stopped listening.
+                self.notify.notify_one();
             }
             Err(err) => {
                 tracing::error!(error = %err, count = placed.len(), "queue directory fsync failed");
@@ -456,6 +447,20 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// Renames every staged message; those that failed are answered at once and dropped.
+    fn place_all(&self, batch: Vec<Staged>) -> Vec<Staged> {
+        let mut placed = Vec::with_capacity(batch.len());
+        for staged in batch {
+            match self.place(&staged.id) {
+                Ok(()) => placed.push(staged),
+                Err(err) => {
+                    let _ = staged.reply.send(Err(queue_error(err)));
+                }
+            }
+        }
+        placed
     }
 
     /// Every readable message, oldest first; unreadable ones are logged and skipped.

@@ -522,3 +522,46 @@ fn now() -> u64 {
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
+
+/// A real ENOSPC. Needs a small filesystem, so it runs only when `RELAYWARD_QUEUE_SMALL_FS`
+/// names a directory on one (e.g. `mount -t tmpfs -o size=256k tmpfs /tmp/small`).
+#[tokio::test]
+async fn a_full_disk_answers_full_and_recovers_when_space_returns() {
+    let Some(base) = std::env::var_os("RELAYWARD_QUEUE_SMALL_FS") else {
+        return;
+    };
+    let dir = tempfile::tempdir_in(base).unwrap();
+    let spool = open(dir.path());
+    let big = |n: usize| NewMessage {
+        content: vec![b'x'; 48 * 1024 + n],
+        ..message(&["bob@example.test"], "")
+    };
+    let mut accepted = Vec::new();
+    let refusal = loop {
+        match spool.enqueue(big(accepted.len())).await {
+            Ok(id) => accepted.push(id),
+            Err(err) => break err,
+        }
+        assert!(accepted.len() < 10_000, "the filesystem never filled up");
+    };
+    assert!(matches!(refusal, QueueError::Full), "{refusal:?}");
+    assert!(
+        files_in(&dir.path().join("tmp")).is_empty(),
+        "half-written temp file left"
+    );
+    let listed = spool.list().await.unwrap();
+    assert_eq!(listed.len(), accepted.len());
+    for id in &accepted {
+        assert_eq!(
+            spool.content(id).await.unwrap().len(),
+            48 * 1024 + accepted.iter().position(|a| a == id).unwrap()
+        );
+    }
+
+    spool.delete(&accepted[0]).await.unwrap();
+    spool.delete(&accepted[1]).await.unwrap();
+    assert!(
+        spool.enqueue(big(0)).await.is_ok(),
+        "did not recover after space returned"
+    );
+}
