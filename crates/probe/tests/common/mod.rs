@@ -1,0 +1,358 @@
+//! Scripted SMTP servers for the probe's tests: each falls for one class of relay trick, the
+//! way real MTAs did (the relay check looks at one form of the address, delivery at another).
+//!
+//! Names: host `mx.example.test`, local domain `example.test`, literal `[127.0.0.1]` (or the
+//! bound address); real local users `postmaster` and `user`.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use relayward_probe::config::ProbeConfig;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+pub const HOST: &str = "mx.example.test";
+pub const LOCAL: &str = "example.test";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Closed,
+    PercentHack,
+    BangPath,
+    QuotedAt,
+    SourceRoute,
+    ExtraAt,
+    IpLiteralSender,
+    LiteralRecipient,
+    NullSender,
+    LocalSender,
+    /// Relays anything to a domain that "resolves" (not `.invalid`).
+    PlainOpen,
+    /// Catch-all for local domains, no relay.
+    AcceptAllLocal,
+    /// Accepts every recipient and discards the mail (a sink).
+    AcceptEverything,
+    /// 530 to MAIL.
+    AuthRequired,
+}
+
+#[derive(Clone)]
+pub struct Spec {
+    pub kind: Kind,
+    /// 421 and close after this many error replies on one connection.
+    pub max_errors: Option<usize>,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub advertise_auth: bool,
+    /// Relayed mail is really forwarded here (an open relay that delivers).
+    pub forward_to: Option<SocketAddr>,
+}
+
+impl Spec {
+    pub fn new(kind: Kind) -> Self {
+        Self {
+            kind,
+            max_errors: None,
+            tls: None,
+            advertise_auth: false,
+            forward_to: None,
+        }
+    }
+}
+
+/// Starts a server on `bind` (port 0 = any); returns its address.
+pub async fn start(spec: Spec, bind: &str) -> SocketAddr {
+    let listener = TcpListener::bind(bind).await.expect("bind test server");
+    let addr = listener.local_addr().expect("local addr");
+    let spec = Arc::new(spec);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let spec = Arc::clone(&spec);
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(60), session(stream, spec, addr)).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A config with short timeouts for loopback tests.
+pub fn config() -> ProbeConfig {
+    let mut cfg = ProbeConfig::new("example.org", "to.test").expect("config");
+    cfg.test_timeout = Duration::from_secs(3);
+    cfg.host_timeout = Duration::from_secs(60);
+    cfg.keep_transcript = true;
+    cfg
+}
+
+pub fn target(addr: SocketAddr) -> relayward_probe::Target {
+    relayward_probe::Target {
+        addr,
+        host: None,
+        label: addr.to_string(),
+    }
+}
+
+async fn session(stream: TcpStream, spec: Arc<Spec>, addr: SocketAddr) -> std::io::Result<()> {
+    let mut plain = BufReader::new(stream);
+    plain
+        .get_mut()
+        .write_all(format!("220 {HOST} ESMTP scripted\r\n").as_bytes())
+        .await?;
+    let literal = format!("[{}]", addr.ip());
+    if dialogue(&mut plain, &spec, &literal, false).await? {
+        let Some(acceptor) = spec.tls.clone() else { return Ok(()) };
+        let tls = acceptor.accept(plain.into_inner()).await?;
+        let mut tls = BufReader::new(tls);
+        dialogue(&mut tls, &spec, &literal, true).await?;
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Txn {
+    mail: Option<String>,
+    relayed: Vec<String>,
+    accepted: usize,
+}
+
+/// Returns `true` when the client asked for STARTTLS and got 220.
+async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut BufReader<S>,
+    spec: &Spec,
+    literal: &str,
+    tls_active: bool,
+) -> std::io::Result<bool> {
+    let mut txn = Txn::default();
+    let mut errors = 0;
+    loop {
+        let mut raw = Vec::new();
+        let n = (&mut *io).take(2000).read_until(b'\n', &mut raw).await?;
+        if n == 0 {
+            return Ok(false);
+        }
+        let line = String::from_utf8_lossy(&raw).trim_end().to_string();
+        let upper = line.to_ascii_uppercase();
+        let reply = if upper.starts_with("EHLO") {
+            let mut r = format!("250-{HOST}\r\n250-PIPELINING\r\n");
+            if spec.tls.is_some() && !tls_active {
+                r.push_str("250-STARTTLS\r\n");
+            }
+            if spec.advertise_auth {
+                r.push_str("250-AUTH PLAIN LOGIN\r\n");
+            }
+            r.push_str("250 8BITMIME");
+            r
+        } else if upper.starts_with("HELO") {
+            format!("250 {HOST}")
+        } else if upper == "STARTTLS" && spec.tls.is_some() && !tls_active {
+            io.get_mut().write_all(b"220 2.0.0 go ahead\r\n").await?;
+            io.get_mut().flush().await?;
+            return Ok(true);
+        } else if upper.starts_with("MAIL FROM:") {
+            txn = Txn::default();
+            mail(spec, &line, &mut txn)
+        } else if upper.starts_with("RCPT TO:") {
+            rcpt(spec, &line, &mut txn, literal)
+        } else if upper == "DATA" {
+            if txn.accepted == 0 {
+                "554 5.5.1 no valid recipients".to_string()
+            } else {
+                io.get_mut().write_all(b"354 go on\r\n").await?;
+                let body = read_body(io).await?;
+                if let Some(to) = spec.forward_to {
+                    let _ = forward(to, txn.mail.as_deref().unwrap_or(""), &txn.relayed, &body).await;
+                }
+                txn = Txn::default();
+                "250 2.0.0 queued".to_string()
+            }
+        } else if upper == "RSET" || upper == "NOOP" {
+            txn = Txn::default();
+            "250 2.0.0 ok".to_string()
+        } else if upper.starts_with("VRFY") {
+            "252 2.0.0 cannot verify".to_string()
+        } else if upper == "QUIT" {
+            io.get_mut().write_all(b"221 2.0.0 bye\r\n").await?;
+            return Ok(false);
+        } else {
+            "502 5.5.1 not implemented".to_string()
+        };
+        if reply.starts_with('4') || reply.starts_with('5') {
+            errors += 1;
+            if spec.max_errors.is_some_and(|max| errors > max) {
+                io.get_mut().write_all(b"421 4.7.0 too many errors\r\n").await?;
+                return Ok(false);
+            }
+        }
+        io.get_mut().write_all(format!("{reply}\r\n").as_bytes()).await?;
+    }
+}
+
+fn path_of(line: &str) -> Option<String> {
+    let args = line.split_once(':')?.1.trim();
+    let start = args.find('<')?;
+    let end = args.rfind('>')?;
+    (end > start).then(|| args[start + 1..end].to_string())
+}
+
+fn mail(spec: &Spec, line: &str, txn: &mut Txn) -> String {
+    if spec.kind == Kind::AuthRequired {
+        return "530 5.7.0 Authentication required".into();
+    }
+    match path_of(line) {
+        Some(p) => {
+            txn.mail = Some(p);
+            "250 2.1.0 ok".into()
+        }
+        None => "501 5.5.4 syntax: MAIL FROM:<address>".into(),
+    }
+}
+
+/// Splits `local@domain` at the last `@` outside quotes. `None` domain = unqualified.
+fn split(addr: &str) -> Option<(String, bool, Option<String>)> {
+    if let Some(rest) = addr.strip_prefix('"') {
+        let close = rest.find('"')?;
+        let local = rest[..close].to_string();
+        let after = &rest[close + 1..];
+        return match after.strip_prefix('@') {
+            Some(d) => Some((local, true, Some(d.to_string()))),
+            None if after.is_empty() => Some((local, true, None)),
+            None => None,
+        };
+    }
+    match addr.rsplit_once('@') {
+        Some((l, d)) => Some((l.to_string(), false, Some(d.to_string()))),
+        None => Some((addr.to_string(), false, None)),
+    }
+}
+
+fn is_local(domain: &Option<String>, literal: &str) -> bool {
+    match domain {
+        None => true,
+        Some(d) => [LOCAL, HOST, literal].iter().any(|l| d.eq_ignore_ascii_case(l)),
+    }
+}
+
+fn domain_of(path: &str) -> String {
+    path.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default()
+}
+
+fn rcpt(spec: &Spec, line: &str, txn: &mut Txn, literal: &str) -> String {
+    let Some(mail) = txn.mail.clone() else {
+        return "503 5.5.1 need MAIL first".into();
+    };
+    let Some(path) = path_of(line) else {
+        return "501 5.5.4 syntax: RCPT TO:<address>".into();
+    };
+    let (route, addr) = match path.strip_prefix('@') {
+        Some(rest) => match rest.split_once(':') {
+            Some((hops, a)) => (Some(hops.split(',').next().unwrap_or("").trim_start_matches('@').to_string()), a.to_string()),
+            None => return "501 5.1.3 bad route".into(),
+        },
+        None => (None, path.clone()),
+    };
+    let Some((local, quoted, domain)) = split(&addr) else {
+        return "501 5.1.3 bad address".into();
+    };
+    if domain.as_deref() == Some("") {
+        return "501 5.1.3 empty domain".into();
+    }
+    let relay = |txn: &mut Txn, to: String| {
+        txn.accepted += 1;
+        txn.relayed.push(to);
+        "250 2.1.5 ok".to_string()
+    };
+    if spec.kind == Kind::SourceRoute && route.as_ref().is_some_and(|h| is_local(&Some(h.clone()), literal)) {
+        return relay(txn, addr);
+    }
+    if is_local(&domain, literal) {
+        let rewritten = match spec.kind {
+            Kind::PercentHack if !quoted && local.contains('%') => local.rsplit_once('%').map(|(u, d)| format!("{u}@{d}")),
+            Kind::BangPath if !quoted && local.contains('!') => local.rsplit_once('!').map(|(h, u)| format!("{u}@{h}")),
+            Kind::QuotedAt if quoted && local.contains('@') => Some(local.clone()),
+            Kind::ExtraAt if !quoted && local.contains('@') => Some(local.clone()),
+            _ => None,
+        };
+        if let Some(to) = rewritten {
+            return relay(txn, to);
+        }
+        let known = ["postmaster", "user"].iter().any(|u| local.eq_ignore_ascii_case(u));
+        if known || matches!(spec.kind, Kind::AcceptAllLocal | Kind::AcceptEverything) {
+            txn.accepted += 1;
+            return "250 2.1.5 ok".into();
+        }
+        return "550 5.1.1 unknown user".into();
+    }
+    let d = domain.unwrap_or_default().to_ascii_lowercase();
+    let relays = match spec.kind {
+        Kind::PlainOpen => !d.ends_with(".invalid"),
+        Kind::LiteralRecipient => d.starts_with('['),
+        Kind::NullSender => mail.is_empty(),
+        Kind::LocalSender => domain_of(&mail) == LOCAL,
+        Kind::IpLiteralSender => domain_of(&mail) == literal,
+        Kind::AcceptEverything => true,
+        _ => false,
+    };
+    if relays {
+        return relay(txn, addr);
+    }
+    "554 5.7.1 Relay access denied".into()
+}
+
+async fn read_body<S: AsyncRead + AsyncWrite + Unpin>(io: &mut BufReader<S>) -> std::io::Result<String> {
+    let mut body = String::new();
+    loop {
+        let mut raw = Vec::new();
+        let n = (&mut *io).take(2000).read_until(b'\n', &mut raw).await?;
+        if n == 0 {
+            return Err(std::io::Error::other("eof in DATA"));
+        }
+        let line = String::from_utf8_lossy(&raw).trim_end().to_string();
+        if line == "." {
+            return Ok(body);
+        }
+        body.push_str(&line);
+        body.push_str("\r\n");
+    }
+}
+
+/// The "open relay really delivers" part: a minimal SMTP client to the next hop.
+async fn forward(to: SocketAddr, from: &str, rcpts: &[String], body: &str) -> std::io::Result<()> {
+    let stream = TcpStream::connect(to).await?;
+    let mut io = BufReader::new(stream);
+    let mut line = String::new();
+    io.read_line(&mut line).await?;
+    let mut cmds = vec!["EHLO mx.example.test".to_string(), format!("MAIL FROM:<{from}>")];
+    cmds.extend(rcpts.iter().map(|r| format!("RCPT TO:<{r}>")));
+    cmds.push("DATA".into());
+    for cmd in cmds {
+        io.get_mut().write_all(format!("{cmd}\r\n").as_bytes()).await?;
+        loop {
+            line.clear();
+            io.read_line(&mut line).await?;
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                break;
+            }
+        }
+    }
+    io.get_mut().write_all(format!("Received: by mx.example.test\r\n{body}.\r\nQUIT\r\n").as_bytes()).await?;
+    line.clear();
+    io.read_line(&mut line).await?;
+    Ok(())
+}
+
+/// A TLS acceptor with a fresh self-signed certificate for `mx.example.test`.
+pub fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
+    let cert = rcgen::generate_simple_self_signed(vec![HOST.to_string()]).expect("cert");
+    let der = cert.cert.der().clone();
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![der], key)
+        .expect("server config");
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}

@@ -1,0 +1,343 @@
+//! The tester against real servers on loopback: scripted servers that each fall for one class
+//! of trick, a closed one, an error-limiting one, AUTH, nothing listening, a silent listener,
+//! a hostile one, STARTTLS, and the confirm-mode round trip.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Kind, Spec, config, start, target};
+use relayward_probe::report::Outcome;
+use relayward_probe::{TargetReport, Verdict, probe_target};
+
+async fn probe(kind: Kind) -> TargetReport {
+    let addr = start(Spec::new(kind), "127.0.0.1:0").await;
+    run(addr).await
+}
+
+async fn run(addr: std::net::SocketAddr) -> TargetReport {
+    tokio::time::timeout(Duration::from_secs(60), probe_target(target(addr), Arc::new(config())))
+        .await
+        .expect("probe finished in time")
+}
+
+fn dump(r: &TargetReport) -> String {
+    format!(
+        "{} {}: {:?}\n{}",
+        r.verdict.as_str(),
+        r.reason,
+        r.accepted,
+        r.transcript.clone().unwrap_or_default().join("\n")
+    )
+}
+
+/// The trick class is detected by exactly the expected ids (all of them, nothing else).
+async fn detects(kind: Kind, expected: &[&str]) {
+    let r = probe(kind).await;
+    assert_eq!(r.verdict, Verdict::Open, "{}", dump(&r));
+    let mut got = r.accepted.clone();
+    got.sort();
+    let mut want: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(got, want, "{:?}: {}", kind, r.reason);
+}
+
+#[tokio::test]
+async fn percent_hack() {
+    detects(
+        Kind::PercentHack,
+        &[
+            "percent-hack-ip-literal",
+            "percent-hack-host-name",
+            "percent-hack-local-domain",
+            "percent-hack-unqualified",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn bang_path() {
+    detects(
+        Kind::BangPath,
+        &[
+            "bang-path",
+            "bang-path-ip-literal",
+            "bang-path-host-name",
+            "bang-path-local-domain",
+            "bang-path-two-hops",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn quoted_at() {
+    detects(
+        Kind::QuotedAt,
+        &[
+            "quoted-at",
+            "quoted-at-ip-literal",
+            "quoted-at-host-name",
+            "quoted-at-local-domain",
+            "maps-quote-test",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn source_route() {
+    detects(
+        Kind::SourceRoute,
+        &[
+            "source-route-ip-literal",
+            "source-route-host-name",
+            "source-route-local-domain",
+            "source-route-two-literals",
+            "source-route-two-hops",
+            "source-route-three-hops",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn extra_at() {
+    detects(
+        Kind::ExtraAt,
+        &["double-at-ip-literal", "double-at-host-name", "double-at-local-domain"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn ip_literal_sender() {
+    detects(Kind::IpLiteralSender, &["ip-literal-sender"]).await;
+}
+
+#[tokio::test]
+async fn literal_recipient() {
+    // It relays to any address literal it does not recognise as its own, so the
+    // IPv6-literal spellings of its own address fall through to the relay path too.
+    detects(
+        Kind::LiteralRecipient,
+        &[
+            "ip-literal-external",
+            "percent-hack-ipv6-literal",
+            "double-at-ipv6-literal",
+            "quoted-at-ipv6-literal",
+            "bang-path-ipv6-literal",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn null_sender() {
+    detects(Kind::NullSender, &["null-sender"]).await;
+}
+
+#[tokio::test]
+async fn local_sender() {
+    detects(
+        Kind::LocalSender,
+        &[
+            "local-domain-sender",
+            "local-postmaster-sender",
+            "local-mailer-daemon-sender",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn plain_open_relay() {
+    let r = probe(Kind::PlainOpen).await;
+    assert_eq!(r.verdict, Verdict::Open, "{}", dump(&r));
+    for id in ["plain-external", "null-sender", "space-before-bracket", "lowercase-verbs", "bare-ip-external"] {
+        assert!(r.accepted.iter().any(|a| a == id), "{id} not accepted: {:?}", r.accepted);
+    }
+}
+
+#[tokio::test]
+async fn accept_all_local_is_accept_all() {
+    let r = probe(Kind::AcceptAllLocal).await;
+    assert_eq!(r.verdict, Verdict::AcceptAll, "{}", dump(&r));
+    assert!(!r.accepted.is_empty());
+    for id in &r.accepted {
+        let trick = relayward_protocol::battery::trick(id).expect("known id");
+        assert!(trick.looks_local, "{id} accepted by a mere catch-all");
+    }
+    let calib = r.calibration.iter().find(|c| c.id == "calib-random-local-user").expect("calibrated");
+    assert_eq!(calib.outcome, Outcome::Accepted);
+}
+
+#[tokio::test]
+async fn closed_server() {
+    let r = probe(Kind::Closed).await;
+    assert_eq!(r.verdict, Verdict::Closed, "{}", dump(&r));
+    assert!(r.accepted.is_empty());
+    let ran = r.tests.iter().filter(|t| t.outcome != Outcome::Skipped).count();
+    assert_eq!(ran, relayward_protocol::battery::battery().len(), "host and local domain known, nothing skipped");
+    assert_eq!(r.findings.host_names, ["mx.example.test"]);
+    let transcript = r.transcript.clone().unwrap_or_default();
+    assert!(transcript.iter().any(|l| l == ":Relay test: percent-hack-ip-literal"));
+    assert!(transcript.iter().any(|l| l == ">>> RCPT TO:<relaytest%to.test@[127.0.0.1]>"));
+    assert!(transcript.iter().any(|l| l == ">>> RSET"));
+    assert!(transcript.iter().any(|l| l == ">>> QUIT"));
+    assert!(!transcript.iter().any(|l| l == ">>> DATA"), "DATA only in confirm mode");
+    assert!(!transcript.iter().any(|l| l.contains("@ESMTP")), "never the word ESMTP as a host");
+}
+
+#[tokio::test]
+async fn error_limit_reconnects_and_runs_every_test() {
+    let mut spec = Spec::new(Kind::Closed);
+    spec.max_errors = Some(3);
+    let addr = start(spec, "127.0.0.1:0").await;
+    let r = run(addr).await;
+    assert_eq!(r.verdict, Verdict::Closed, "{}", dump(&r));
+    assert!(r.findings.reconnects >= 10, "reconnects: {}", r.findings.reconnects);
+    let not_run: Vec<&str> = r
+        .tests
+        .iter()
+        .filter(|t| matches!(t.outcome, Outcome::Error | Outcome::Skipped))
+        .map(|t| t.id.as_str())
+        .collect();
+    assert!(not_run.is_empty(), "not run: {not_run:?}");
+}
+
+#[tokio::test]
+async fn error_limit_does_not_hide_a_relay() {
+    let mut spec = Spec::new(Kind::PercentHack);
+    spec.max_errors = Some(2);
+    let addr = start(spec, "127.0.0.1:0").await;
+    let r = run(addr).await;
+    assert_eq!(r.verdict, Verdict::Open, "{}", dump(&r));
+    assert!(r.accepted.iter().any(|a| a == "percent-hack-local-domain"));
+}
+
+#[tokio::test]
+async fn auth_required() {
+    let r = probe(Kind::AuthRequired).await;
+    assert_eq!(r.verdict, Verdict::AuthRequired, "{}", dump(&r));
+    // The MAIL rejection did not hide the RCPT test: RCPT was sent and recorded.
+    let t = r.tests.iter().find(|t| t.id == "percent-hack-ip-literal").expect("test");
+    assert_eq!(t.mail_reply.as_ref().map(|m| m.code), Some(530));
+    assert!(t.rcpt_reply.is_some());
+}
+
+#[tokio::test]
+async fn nothing_listening_is_unreachable() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let r = run(addr).await;
+    assert_eq!(r.verdict, Verdict::Unreachable, "{}", r.reason);
+}
+
+#[tokio::test]
+async fn silent_listener_times_out() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let mut cfg = config();
+    cfg.test_timeout = Duration::from_millis(500);
+    let started = std::time::Instant::now();
+    let r = probe_target(target(addr), Arc::new(cfg)).await;
+    assert!(matches!(r.verdict, Verdict::Unreachable | Verdict::Inconclusive), "{}", r.reason);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn hostile_endless_reply_is_bounded() {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = s.write_all(b"220 hostile ready\r\n").await;
+                let line = vec![b'A'; 100_000];
+                for _ in 0..100 {
+                    if s.write_all(b"250-").await.is_err() || s.write_all(&line).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let r = run(addr).await;
+    assert!(matches!(r.verdict, Verdict::Unreachable | Verdict::Inconclusive), "{}", r.reason);
+}
+
+#[tokio::test]
+async fn starttls_and_auth_before_tls_are_findings() {
+    let mut spec = Spec::new(Kind::Closed);
+    spec.tls = Some(common::tls_acceptor());
+    spec.advertise_auth = true;
+    let addr = start(spec, "127.0.0.1:0").await;
+    let r = run(addr).await;
+    assert_eq!(r.verdict, Verdict::Closed, "{}", dump(&r));
+    assert!(r.findings.starttls_offered);
+    let tls = r.findings.tls.as_ref().expect("battery ran over TLS");
+    let cert = tls.certificate.as_ref().expect("certificate recorded");
+    assert!(!cert.expired);
+    assert!(cert.not_after_unix > 0);
+    assert_eq!(r.findings.auth_before_tls, ["PLAIN", "LOGIN"]);
+    let transcript = r.transcript.clone().unwrap_or_default();
+    assert!(transcript.iter().any(|l| l == ">>> STARTTLS"));
+}
+
+#[tokio::test]
+async fn tls_never_stays_in_cleartext() {
+    let mut spec = Spec::new(Kind::Closed);
+    spec.tls = Some(common::tls_acceptor());
+    let addr = start(spec, "127.0.0.1:0").await;
+    let mut cfg = config();
+    cfg.tls = relayward_probe::TlsMode::Never;
+    let r = probe_target(target(addr), Arc::new(cfg)).await;
+    assert_eq!(r.verdict, Verdict::Closed);
+    assert!(r.findings.starttls_offered && r.findings.tls.is_none());
+}
+
+#[tokio::test]
+async fn tls_require_without_starttls_is_inconclusive() {
+    let addr = start(Spec::new(Kind::PlainOpen), "127.0.0.1:0").await;
+    let mut cfg = config();
+    cfg.tls = relayward_probe::TlsMode::Require;
+    let r = probe_target(target(addr), Arc::new(cfg)).await;
+    assert_eq!(r.verdict, Verdict::Inconclusive, "{}", r.reason);
+}
+
+#[tokio::test]
+async fn json_report_has_the_documented_fields() {
+    let r = probe(Kind::PercentHack).await;
+    let line = relayward_probe::output::json_line(&r);
+    assert!(!line.contains('\n'));
+    let v: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
+    for field in [
+        "target", "ip", "port", "verdict", "reason", "accepted", "confirmed", "tests",
+        "calibration", "confirm", "findings", "duration_ms", "transcript",
+    ] {
+        assert!(v.get(field).is_some(), "missing {field}");
+    }
+    assert_eq!(v["verdict"], "OPEN");
+    let test = &v["tests"][0];
+    for field in ["id", "kind", "description", "mail_from", "rcpt_to", "mail_reply", "rcpt_reply", "outcome", "attempts"] {
+        assert!(test.get(field).is_some(), "test missing {field}");
+    }
+    assert_eq!(test["id"], "plain-external");
+    assert_eq!(test["outcome"], "refused");
+    assert_eq!(test["rcpt_reply"]["code"], 554);
+    assert_eq!(test["rcpt_reply"]["enhanced"], "5.7.1");
+    for field in ["banner", "host_names", "starttls_offered", "auth_before_tls", "vrfy", "dnsbl", "reconnects"] {
+        assert!(v["findings"].get(field).is_some(), "findings missing {field}");
+    }
+}
