@@ -17,9 +17,12 @@ async fn probe(kind: Kind) -> TargetReport {
 }
 
 async fn run(addr: std::net::SocketAddr) -> TargetReport {
-    tokio::time::timeout(Duration::from_secs(60), probe_target(target(addr), Arc::new(config())))
-        .await
-        .expect("probe finished in time")
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        probe_target(target(addr), Arc::new(config())),
+    )
+    .await
+    .expect("probe finished in time")
 }
 
 fn dump(r: &TargetReport) -> String {
@@ -107,7 +110,11 @@ async fn source_route() {
 async fn extra_at() {
     detects(
         Kind::ExtraAt,
-        &["double-at-ip-literal", "double-at-host-name", "double-at-local-domain"],
+        &[
+            "double-at-ip-literal",
+            "double-at-host-name",
+            "double-at-local-domain",
+        ],
     )
     .await;
 }
@@ -156,8 +163,18 @@ async fn local_sender() {
 async fn plain_open_relay() {
     let r = probe(Kind::PlainOpen).await;
     assert_eq!(r.verdict, Verdict::Open, "{}", dump(&r));
-    for id in ["plain-external", "null-sender", "space-before-bracket", "lowercase-verbs", "bare-ip-external"] {
-        assert!(r.accepted.iter().any(|a| a == id), "{id} not accepted: {:?}", r.accepted);
+    for id in [
+        "plain-external",
+        "null-sender",
+        "space-before-bracket",
+        "lowercase-verbs",
+        "bare-ip-external",
+    ] {
+        assert!(
+            r.accepted.iter().any(|a| a == id),
+            "{id} not accepted: {:?}",
+            r.accepted
+        );
     }
 }
 
@@ -170,7 +187,11 @@ async fn accept_all_local_is_accept_all() {
         let trick = relayward_protocol::battery::trick(id).expect("known id");
         assert!(trick.looks_local, "{id} accepted by a mere catch-all");
     }
-    let calib = r.calibration.iter().find(|c| c.id == "calib-random-local-user").expect("calibrated");
+    let calib = r
+        .calibration
+        .iter()
+        .find(|c| c.id == "calib-random-local-user")
+        .expect("calibrated");
     assert_eq!(calib.outcome, Outcome::Accepted);
 }
 
@@ -179,16 +200,38 @@ async fn closed_server() {
     let r = probe(Kind::Closed).await;
     assert_eq!(r.verdict, Verdict::Closed, "{}", dump(&r));
     assert!(r.accepted.is_empty());
-    let ran = r.tests.iter().filter(|t| t.outcome != Outcome::Skipped).count();
-    assert_eq!(ran, relayward_protocol::battery::battery().len(), "host and local domain known, nothing skipped");
+    let ran = r
+        .tests
+        .iter()
+        .filter(|t| t.outcome != Outcome::Skipped)
+        .count();
+    assert_eq!(
+        ran,
+        relayward_protocol::battery::battery().len(),
+        "host and local domain known, nothing skipped"
+    );
     assert_eq!(r.findings.host_names, ["mx.example.test"]);
     let transcript = r.transcript.clone().unwrap_or_default();
-    assert!(transcript.iter().any(|l| l == ":Relay test: percent-hack-ip-literal"));
-    assert!(transcript.iter().any(|l| l == ">>> RCPT TO:<relaytest%to.test@[127.0.0.1]>"));
+    assert!(
+        transcript
+            .iter()
+            .any(|l| l == ":Relay test: percent-hack-ip-literal")
+    );
+    assert!(
+        transcript
+            .iter()
+            .any(|l| l == ">>> RCPT TO:<relaytest%to.test@[127.0.0.1]>")
+    );
     assert!(transcript.iter().any(|l| l == ">>> RSET"));
     assert!(transcript.iter().any(|l| l == ">>> QUIT"));
-    assert!(!transcript.iter().any(|l| l == ">>> DATA"), "DATA only in confirm mode");
-    assert!(!transcript.iter().any(|l| l.contains("@ESMTP")), "never the word ESMTP as a host");
+    assert!(
+        !transcript.iter().any(|l| l == ">>> DATA"),
+        "DATA only in confirm mode"
+    );
+    assert!(
+        !transcript.iter().any(|l| l.contains("@ESMTP")),
+        "never the word ESMTP as a host"
+    );
 }
 
 #[tokio::test]
@@ -198,7 +241,11 @@ async fn error_limit_reconnects_and_runs_every_test() {
     let addr = start(spec, "127.0.0.1:0").await;
     let r = run(addr).await;
     assert_eq!(r.verdict, Verdict::Closed, "{}", dump(&r));
-    assert!(r.findings.reconnects >= 10, "reconnects: {}", r.findings.reconnects);
+    assert!(
+        r.findings.reconnects >= 10,
+        "reconnects: {}",
+        r.findings.reconnects
+    );
     let not_run: Vec<&str> = r
         .tests
         .iter()
@@ -223,7 +270,11 @@ async fn auth_required() {
     let r = probe(Kind::AuthRequired).await;
     assert_eq!(r.verdict, Verdict::AuthRequired, "{}", dump(&r));
     // The MAIL rejection did not hide the RCPT test: RCPT was sent and recorded.
-    let t = r.tests.iter().find(|t| t.id == "percent-hack-ip-literal").expect("test");
+    let t = r
+        .tests
+        .iter()
+        .find(|t| t.id == "percent-hack-ip-literal")
+        .expect("test");
     assert_eq!(t.mail_reply.as_ref().map(|m| m.code), Some(530));
     assert!(t.rcpt_reply.is_some());
 }
@@ -239,7 +290,9 @@ async fn nothing_listening_is_unreachable() {
 
 #[tokio::test]
 async fn silent_listener_times_out() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         let mut held = Vec::new();
@@ -251,14 +304,20 @@ async fn silent_listener_times_out() {
     cfg.test_timeout = Duration::from_millis(500);
     let started = std::time::Instant::now();
     let r = probe_target(target(addr), Arc::new(cfg)).await;
-    assert!(matches!(r.verdict, Verdict::Unreachable | Verdict::Inconclusive), "{}", r.reason);
+    assert!(
+        matches!(r.verdict, Verdict::Unreachable | Verdict::Inconclusive),
+        "{}",
+        r.reason
+    );
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
 #[tokio::test]
 async fn hostile_endless_reply_is_bounded() {
     use tokio::io::AsyncWriteExt;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
@@ -274,7 +333,11 @@ async fn hostile_endless_reply_is_bounded() {
         }
     });
     let r = run(addr).await;
-    assert!(matches!(r.verdict, Verdict::Unreachable | Verdict::Inconclusive), "{}", r.reason);
+    assert!(
+        matches!(r.verdict, Verdict::Unreachable | Verdict::Inconclusive),
+        "{}",
+        r.reason
+    );
 }
 
 #[tokio::test]
@@ -323,21 +386,53 @@ async fn json_report_has_the_documented_fields() {
     assert!(!line.contains('\n'));
     let v: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
     for field in [
-        "target", "ip", "port", "verdict", "reason", "accepted", "confirmed", "tests",
-        "calibration", "confirm", "findings", "duration_ms", "transcript",
+        "target",
+        "ip",
+        "port",
+        "verdict",
+        "reason",
+        "accepted",
+        "confirmed",
+        "tests",
+        "calibration",
+        "confirm",
+        "findings",
+        "duration_ms",
+        "transcript",
     ] {
         assert!(v.get(field).is_some(), "missing {field}");
     }
     assert_eq!(v["verdict"], "OPEN");
     let test = &v["tests"][0];
-    for field in ["id", "kind", "description", "mail_from", "rcpt_to", "mail_reply", "rcpt_reply", "outcome", "attempts"] {
+    for field in [
+        "id",
+        "kind",
+        "description",
+        "mail_from",
+        "rcpt_to",
+        "mail_reply",
+        "rcpt_reply",
+        "outcome",
+        "attempts",
+    ] {
         assert!(test.get(field).is_some(), "test missing {field}");
     }
     assert_eq!(test["id"], "plain-external");
     assert_eq!(test["outcome"], "refused");
     assert_eq!(test["rcpt_reply"]["code"], 554);
     assert_eq!(test["rcpt_reply"]["enhanced"], "5.7.1");
-    for field in ["banner", "host_names", "starttls_offered", "auth_before_tls", "vrfy", "dnsbl", "reconnects"] {
-        assert!(v["findings"].get(field).is_some(), "findings missing {field}");
+    for field in [
+        "banner",
+        "host_names",
+        "starttls_offered",
+        "auth_before_tls",
+        "vrfy",
+        "dnsbl",
+        "reconnects",
+    ] {
+        assert!(
+            v["findings"].get(field).is_some(),
+            "findings missing {field}"
+        );
     }
 }

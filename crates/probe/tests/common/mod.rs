@@ -70,7 +70,8 @@ pub async fn start(spec: Spec, bind: &str) -> SocketAddr {
         while let Ok((stream, _)) = listener.accept().await {
             let spec = Arc::clone(&spec);
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(60), session(stream, spec, addr)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(60), session(stream, spec, addr))
+                    .await;
             });
         }
     });
@@ -102,7 +103,9 @@ async fn session(stream: TcpStream, spec: Arc<Spec>, addr: SocketAddr) -> std::i
         .await?;
     let literal = format!("[{}]", addr.ip());
     if dialogue(&mut plain, &spec, &literal, false).await? {
-        let Some(acceptor) = spec.tls.clone() else { return Ok(()) };
+        let Some(acceptor) = spec.tls.clone() else {
+            return Ok(());
+        };
         let tls = acceptor.accept(plain.into_inner()).await?;
         let mut tls = BufReader::new(tls);
         dialogue(&mut tls, &spec, &literal, true).await?;
@@ -162,7 +165,8 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                 io.get_mut().write_all(b"354 go on\r\n").await?;
                 let body = read_body(io).await?;
                 if let Some(to) = spec.forward_to {
-                    let _ = forward(to, txn.mail.as_deref().unwrap_or(""), &txn.relayed, &body).await;
+                    let _ =
+                        forward(to, txn.mail.as_deref().unwrap_or(""), &txn.relayed, &body).await;
                 }
                 txn = Txn::default();
                 "250 2.0.0 queued".to_string()
@@ -181,11 +185,15 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
         if reply.starts_with('4') || reply.starts_with('5') {
             errors += 1;
             if spec.max_errors.is_some_and(|max| errors > max) {
-                io.get_mut().write_all(b"421 4.7.0 too many errors\r\n").await?;
+                io.get_mut()
+                    .write_all(b"421 4.7.0 too many errors\r\n")
+                    .await?;
                 return Ok(false);
             }
         }
-        io.get_mut().write_all(format!("{reply}\r\n").as_bytes()).await?;
+        io.get_mut()
+            .write_all(format!("{reply}\r\n").as_bytes())
+            .await?;
     }
 }
 
@@ -230,12 +238,16 @@ fn split(addr: &str) -> Option<(String, bool, Option<String>)> {
 fn is_local(domain: &Option<String>, literal: &str) -> bool {
     match domain {
         None => true,
-        Some(d) => [LOCAL, HOST, literal].iter().any(|l| d.eq_ignore_ascii_case(l)),
+        Some(d) => [LOCAL, HOST, literal]
+            .iter()
+            .any(|l| d.eq_ignore_ascii_case(l)),
     }
 }
 
 fn domain_of(path: &str) -> String {
-    path.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default()
+    path.rsplit_once('@')
+        .map(|(_, d)| d.to_ascii_lowercase())
+        .unwrap_or_default()
 }
 
 fn rcpt(spec: &Spec, line: &str, txn: &mut Txn, literal: &str) -> String {
@@ -247,7 +259,16 @@ fn rcpt(spec: &Spec, line: &str, txn: &mut Txn, literal: &str) -> String {
     };
     let (route, addr) = match path.strip_prefix('@') {
         Some(rest) => match rest.split_once(':') {
-            Some((hops, a)) => (Some(hops.split(',').next().unwrap_or("").trim_start_matches('@').to_string()), a.to_string()),
+            Some((hops, a)) => (
+                Some(
+                    hops.split(',')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start_matches('@')
+                        .to_string(),
+                ),
+                a.to_string(),
+            ),
             None => return "501 5.1.3 bad route".into(),
         },
         None => (None, path.clone()),
@@ -263,13 +284,21 @@ fn rcpt(spec: &Spec, line: &str, txn: &mut Txn, literal: &str) -> String {
         txn.relayed.push(to);
         "250 2.1.5 ok".to_string()
     };
-    if spec.kind == Kind::SourceRoute && route.as_ref().is_some_and(|h| is_local(&Some(h.clone()), literal)) {
+    if spec.kind == Kind::SourceRoute
+        && route
+            .as_ref()
+            .is_some_and(|h| is_local(&Some(h.clone()), literal))
+    {
         return relay(txn, addr);
     }
     if is_local(&domain, literal) {
         let rewritten = match spec.kind {
-            Kind::PercentHack if !quoted && local.contains('%') => local.rsplit_once('%').map(|(u, d)| format!("{u}@{d}")),
-            Kind::BangPath if !quoted && local.contains('!') => local.rsplit_once('!').map(|(h, u)| format!("{u}@{h}")),
+            Kind::PercentHack if !quoted && local.contains('%') => {
+                local.rsplit_once('%').map(|(u, d)| format!("{u}@{d}"))
+            }
+            Kind::BangPath if !quoted && local.contains('!') => {
+                local.rsplit_once('!').map(|(h, u)| format!("{u}@{h}"))
+            }
             Kind::QuotedAt if quoted && local.contains('@') => Some(local.clone()),
             Kind::ExtraAt if !quoted && local.contains('@') => Some(local.clone()),
             _ => None,
@@ -277,7 +306,9 @@ fn rcpt(spec: &Spec, line: &str, txn: &mut Txn, literal: &str) -> String {
         if let Some(to) = rewritten {
             return relay(txn, to);
         }
-        let known = ["postmaster", "user"].iter().any(|u| local.eq_ignore_ascii_case(u));
+        let known = ["postmaster", "user"]
+            .iter()
+            .any(|u| local.eq_ignore_ascii_case(u));
         if known || matches!(spec.kind, Kind::AcceptAllLocal | Kind::AcceptEverything) {
             txn.accepted += 1;
             return "250 2.1.5 ok".into();
@@ -300,7 +331,9 @@ fn rcpt(spec: &Spec, line: &str, txn: &mut Txn, literal: &str) -> String {
     "554 5.7.1 Relay access denied".into()
 }
 
-async fn read_body<S: AsyncRead + AsyncWrite + Unpin>(io: &mut BufReader<S>) -> std::io::Result<String> {
+async fn read_body<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut BufReader<S>,
+) -> std::io::Result<String> {
     let mut body = String::new();
     loop {
         let mut raw = Vec::new();
@@ -323,11 +356,16 @@ async fn forward(to: SocketAddr, from: &str, rcpts: &[String], body: &str) -> st
     let mut io = BufReader::new(stream);
     let mut line = String::new();
     io.read_line(&mut line).await?;
-    let mut cmds = vec!["EHLO mx.example.test".to_string(), format!("MAIL FROM:<{from}>")];
+    let mut cmds = vec![
+        "EHLO mx.example.test".to_string(),
+        format!("MAIL FROM:<{from}>"),
+    ];
     cmds.extend(rcpts.iter().map(|r| format!("RCPT TO:<{r}>")));
     cmds.push("DATA".into());
     for cmd in cmds {
-        io.get_mut().write_all(format!("{cmd}\r\n").as_bytes()).await?;
+        io.get_mut()
+            .write_all(format!("{cmd}\r\n").as_bytes())
+            .await?;
         loop {
             line.clear();
             io.read_line(&mut line).await?;
@@ -336,7 +374,9 @@ async fn forward(to: SocketAddr, from: &str, rcpts: &[String], body: &str) -> st
             }
         }
     }
-    io.get_mut().write_all(format!("Received: by mx.example.test\r\n{body}.\r\nQUIT\r\n").as_bytes()).await?;
+    io.get_mut()
+        .write_all(format!("Received: by mx.example.test\r\n{body}.\r\nQUIT\r\n").as_bytes())
+        .await?;
     line.clear();
     io.read_line(&mut line).await?;
     Ok(())

@@ -1,0 +1,348 @@
+//! Confirm mode, many hosts, DNSBL, Postfix's smtp-sink and the command line.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use common::{Kind, Spec, config, start, target};
+use relayward_probe::config::ConfirmSettings;
+use relayward_probe::confirm::ConfirmServer;
+use relayward_probe::dnsbl::Dnsbl;
+use relayward_probe::target::TargetInput;
+use relayward_probe::{ProbeArgs, Verdict, probe_target};
+
+async fn confirm_config(wait: Duration) -> (relayward_probe::ProbeConfig, SocketAddr) {
+    let server = ConfirmServer::bind("127.0.0.1:0".parse().unwrap(), "confirm.test")
+        .await
+        .expect("confirm listener");
+    let listen = server.local_addr();
+    let mut cfg = config();
+    cfg.to_domain = "confirm.test".into();
+    cfg.confirm = Some(ConfirmSettings { server, wait });
+    (cfg, listen)
+}
+
+#[tokio::test]
+async fn confirm_mode_proves_a_real_relay() {
+    let (cfg, listen) = confirm_config(Duration::from_secs(10)).await;
+    let mut spec = Spec::new(Kind::PlainOpen);
+    spec.forward_to = Some(listen);
+    let relay = start(spec, "127.0.0.1:0").await;
+    let r = probe_target(target(relay), Arc::new(cfg)).await;
+    assert_eq!(r.verdict, Verdict::ConfirmedOpen, "{}", r.reason);
+    assert!(
+        r.confirmed.iter().any(|id| id == "plain-external"),
+        "{:?}",
+        r.confirmed
+    );
+    let c = r
+        .confirm
+        .iter()
+        .find(|c| c.id == "plain-external")
+        .expect("confirm result");
+    assert!(c.sent && c.arrived && c.token.starts_with("rw"));
+    let transcript = r.transcript.unwrap_or_default();
+    assert!(transcript.iter().any(|l| l == ">>> DATA"));
+}
+
+#[tokio::test]
+async fn confirm_mode_does_not_confirm_a_sink() {
+    let (cfg, _) = confirm_config(Duration::from_millis(700)).await;
+    let sink = start(Spec::new(Kind::AcceptEverything), "127.0.0.1:0").await;
+    let r = probe_target(target(sink), Arc::new(cfg)).await;
+    assert_eq!(r.verdict, Verdict::AcceptAll, "{}", r.reason);
+    assert!(r.confirmed.is_empty());
+    assert!(r.confirm.iter().any(|c| c.sent && !c.arrived));
+    assert!(r.reason.contains("no token came back"), "{}", r.reason);
+}
+
+#[tokio::test]
+async fn scan_of_a_loopback_range() {
+    // Servers on a few 127.0.1.x addresses, all on one port; Linux routes 127/8 to lo.
+    let first = start(Spec::new(Kind::Closed), "127.0.1.10:0").await;
+    let port = first.port();
+    let open = start(Spec::new(Kind::PercentHack), &format!("127.0.1.20:{port}")).await;
+    let auth = start(Spec::new(Kind::AuthRequired), &format!("127.0.1.30:{port}")).await;
+    let all = start(
+        Spec::new(Kind::AcceptAllLocal),
+        &format!("127.0.1.40:{port}"),
+    )
+    .await;
+    let inputs =
+        relayward_probe::target::expand(&["127.0.1.0/24".to_string()], port).expect("expand");
+    assert_eq!(inputs.len(), 256);
+    let mut cfg = config();
+    cfg.test_timeout = Duration::from_secs(2);
+    cfg.keep_transcript = false;
+    let started = std::time::Instant::now();
+    let mut streamed = 0;
+    let summary = tokio::time::timeout(
+        Duration::from_secs(60),
+        relayward_probe::scan::scan(inputs, Arc::new(cfg), 64, std::future::pending(), |_| {
+            streamed += 1
+        }),
+    )
+    .await
+    .expect("scan finished in time");
+    assert_eq!(summary.reports.len(), 256);
+    assert_eq!(streamed, 256);
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let verdict = |addr: SocketAddr| {
+        summary
+            .reports
+            .iter()
+            .find(|r| r.target == addr.to_string())
+            .map(|r| r.verdict)
+    };
+    assert_eq!(verdict(first), Some(Verdict::Closed));
+    assert_eq!(verdict(open), Some(Verdict::Open));
+    assert_eq!(verdict(auth), Some(Verdict::AuthRequired));
+    assert_eq!(verdict(all), Some(Verdict::AcceptAll));
+    let unreachable = summary
+        .reports
+        .iter()
+        .filter(|r| r.verdict == Verdict::Unreachable)
+        .count();
+    assert_eq!(unreachable, 252);
+    assert_eq!(relayward_probe::scan::exit_code(&summary.reports), 1);
+}
+
+#[tokio::test]
+async fn stop_reports_what_is_done() {
+    let closed = start(Spec::new(Kind::Closed), "127.0.0.1:0").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let silent = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let inputs = vec![
+        TargetInput::Addr(target(closed)),
+        TargetInput::Addr(target(silent)),
+    ];
+    let mut cfg = config();
+    cfg.test_timeout = Duration::from_secs(30);
+    let summary = relayward_probe::scan::scan(
+        inputs,
+        Arc::new(cfg),
+        2,
+        tokio::time::sleep(Duration::from_secs(2)),
+        |_| {},
+    )
+    .await;
+    assert!(summary.interrupted);
+    assert_eq!(summary.reports.len(), 1);
+    assert_eq!(summary.reports[0].verdict, Verdict::Closed);
+}
+
+/// A tiny DNS responder: answers A 127.0.0.2 for names under `listed.test`, NXDOMAIN else.
+async fn dns_server() -> SocketAddr {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind udp");
+    let addr = socket.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        while let Ok((n, peer)) = socket.recv_from(&mut buf).await {
+            if let Some(reply) = dns_answer(&buf[..n]) {
+                let _ = socket.send_to(&reply, peer).await;
+            }
+        }
+    });
+    addr
+}
+
+fn dns_answer(query: &[u8]) -> Option<Vec<u8>> {
+    if query.len() < 12 {
+        return None;
+    }
+    // Question name: labels from offset 12 to the zero byte, then type and class.
+    let mut i = 12;
+    let mut labels = Vec::new();
+    while *query.get(i)? != 0 {
+        let len = query[i] as usize;
+        labels.push(String::from_utf8_lossy(query.get(i + 1..i + 1 + len)?).to_ascii_lowercase());
+        i += 1 + len;
+    }
+    let question_end = i + 5;
+    let qtype = u16::from_be_bytes([*query.get(i + 1)?, *query.get(i + 2)?]);
+    let name = labels.join(".");
+    let listed = name == "2.0.0.127.listed.test" && qtype == 1;
+    let mut out = query.get(..question_end)?.to_vec();
+    out[2] = 0x84 | (query[2] & 0x01); // QR, AA, RD copied
+    out[3] = if listed || name.ends_with("listed.test") {
+        0x00
+    } else {
+        0x03
+    }; // NOERROR / NXDOMAIN
+    out[6..12].copy_from_slice(&[0, u8::from(listed), 0, 0, 0, 0]);
+    if listed {
+        out.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 2]);
+    }
+    Some(out)
+}
+
+#[tokio::test]
+async fn dnsbl_lookups_against_a_local_dns_server() {
+    let ns = dns_server().await;
+    let zones = vec!["listed.test".to_string(), "clean.test".to_string()];
+    let dnsbl = Dnsbl::new(zones, &[ns], Duration::from_secs(2)).expect("resolver");
+    let listed = dnsbl.check("127.0.0.2".parse().unwrap()).await;
+    assert_eq!(listed.len(), 2);
+    assert!(listed[0].listed, "{listed:?}");
+    assert_eq!(listed[0].answers, ["127.0.0.2"]);
+    assert_eq!(listed[0].query, "2.0.0.127.listed.test.");
+    assert!(!listed[1].listed && listed[1].error.is_none(), "{listed:?}");
+    let clean = dnsbl.check("127.0.0.3".parse().unwrap()).await;
+    assert!(
+        clean.iter().all(|r| !r.listed && r.error.is_none()),
+        "{clean:?}"
+    );
+
+    // And as a finding of a probe.
+    let server = start(Spec::new(Kind::Closed), "127.0.0.2:0").await;
+    let mut cfg = config();
+    cfg.dnsbl = Some(Arc::new(dnsbl));
+    let r = probe_target(target(server), Arc::new(cfg)).await;
+    assert!(
+        r.findings
+            .dnsbl
+            .iter()
+            .any(|d| d.zone == "listed.test" && d.listed)
+    );
+    assert!(relayward_probe::output::findings_line(&r).contains("LISTED in listed.test"));
+}
+
+#[tokio::test]
+async fn postfix_smtp_sink_is_accept_all() {
+    let sink_bin = "/usr/sbin/smtp-sink";
+    if !std::path::Path::new(sink_bin).exists() {
+        eprintln!("SKIPPED: {sink_bin} missing (install the Debian package postfix)");
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let mut command = tokio::process::Command::new(sink_bin);
+    // smtp-sink refuses to run as root without a user to drop to.
+    if is_root() {
+        command.args(["-u", "nobody"]);
+    }
+    let mut child = command
+        .args(["-c", &format!("127.0.0.1:{port}"), "100"])
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start smtp-sink");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    for _ in 0..50 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = probe_target(target(addr), Arc::new(config())).await;
+    let _ = child.kill().await;
+    assert_eq!(r.verdict, Verdict::AcceptAll, "{}", r.reason);
+    assert!(r.accepted.iter().any(|a| a == "plain-external"));
+    let calib = r
+        .calibration
+        .iter()
+        .find(|c| c.id == "calib-invalid-domain")
+        .expect("calibrated");
+    assert_eq!(calib.outcome, relayward_probe::Outcome::Accepted);
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+#[derive(Parser)]
+struct Harness {
+    #[command(flatten)]
+    args: ProbeArgs,
+}
+
+fn args(list: &[&str]) -> ProbeArgs {
+    let mut argv = vec!["probe"];
+    argv.extend_from_slice(list);
+    Harness::try_parse_from(argv).expect("parse").args
+}
+
+#[tokio::test]
+async fn command_line_exit_codes() {
+    let closed = start(Spec::new(Kind::Closed), "127.0.0.1:0").await;
+    let open = start(Spec::new(Kind::BangPath), "127.0.0.1:0").await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let c = closed.to_string();
+    let o = open.to_string();
+    let d = dead.to_string();
+    let fast = ["--test-timeout", "3s", "--json"];
+    let with = |t: &[&str]| {
+        let mut v: Vec<&str> = fast.to_vec();
+        v.extend_from_slice(t);
+        args(&v)
+    };
+    assert_eq!(relayward_probe::run(with(&[&c])).await, 0);
+    assert_eq!(relayward_probe::run(with(&[&c, &d])).await, 0);
+    assert_eq!(relayward_probe::run(with(&[&c, &o])).await, 1);
+    assert_eq!(relayward_probe::run(with(&[&d])).await, 2);
+    assert_eq!(relayward_probe::run(with(&["not a target!"])).await, 2);
+    assert_eq!(
+        relayward_probe::run(with(&["--confirm", &c])).await,
+        2,
+        "--confirm needs --confirm-domain"
+    );
+    assert_eq!(relayward_probe::run(args(&[])).await, 2);
+    let file = tempfile::NamedTempFile::new().expect("tempfile");
+    std::fs::write(file.path(), format!("# targets\n{c}\n\n{o} # open\n")).expect("write");
+    let path = file.path().to_string_lossy().to_string();
+    assert_eq!(
+        relayward_probe::run(with(&["--targets-file", &path])).await,
+        1
+    );
+}
+
+#[test]
+fn defaults_are_the_documented_ones() {
+    let a = args(&["192.0.2.1"]);
+    assert_eq!(a.port, 25);
+    assert_eq!(a.concurrency, 64);
+    assert_eq!(a.from_domain, "example.org");
+    assert_eq!(a.to_domain, "example.net");
+    assert_eq!(a.tls, relayward_probe::TlsMode::Auto);
+    assert_eq!(a.confirm_wait, Duration::from_secs(60));
+    assert_eq!(a.test_timeout, Duration::from_secs(20));
+    assert_eq!(a.host_timeout, Duration::from_secs(600));
+    let b = args(&[
+        "-j",
+        "8",
+        "--rate",
+        "5",
+        "--dnsbl-zone",
+        "a.test,b.test",
+        "--nameserver",
+        "127.0.0.1:5353",
+        "-v",
+        "x",
+    ]);
+    assert_eq!(b.concurrency, 8);
+    assert_eq!(b.dnsbl_zones, ["a.test", "b.test"]);
+    assert!(b.verbose);
+}
