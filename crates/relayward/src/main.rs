@@ -1,1 +1,154 @@
-fn main() {}
+//! `relayward`: a mail relay that cannot be an open relay, and an open-relay tester.
+
+mod check_config;
+mod delivery;
+mod hash_password;
+mod queue_cmd;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit status for a configuration that is refused (sysexits' EX_CONFIG).
+pub const EXIT_CONFIG: u8 = 78;
+
+#[derive(Parser)]
+#[command(
+    name = "relayward",
+    version,
+    about = "A mail relay that cannot be an open relay, and an open-relay tester.",
+    long_about = "relayward accepts mail for its own domains from anyone, relays to other domains only for \
+authenticated users (AUTH over TLS) and explicitly trusted networks, queues every accepted message \
+durably and delivers it by MX lookup or through a smart host.\n\n\
+`relayward probe HOST` runs the full battery of known relay tricks against any SMTP server and says \
+whether it is an open relay."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Run the mail relay (listeners, queue, delivery).
+    ///
+    /// Without --config, runs the embedded default: 127.0.0.1:2525 (mx) and 127.0.0.1:2587
+    /// (submission), local domain `localhost`, data in ./relayward-data. Refuses to start with a
+    /// configuration that would relay for the world, and says what to write instead.
+    /// SIGTERM/SIGINT drain and stop; SIGHUP reloads users and limits.
+    Serve(serve::ServeArgs),
+
+    /// Check a configuration file: print the effective relay policy and replay the relay-trick
+    /// battery against it in-process, as an untrusted, unauthenticated client.
+    ///
+    /// Exits 0 when the configuration is valid and nothing would be relayed, 78 otherwise.
+    CheckConfig(check_config::CheckConfigArgs),
+
+    /// Read a password on stdin and print its argon2id hash for a `[[user]] password_hash`.
+    HashPassword,
+
+    /// Test SMTP servers for open relaying: every known trick, verdicts, proof of relay.
+    ///
+    /// Exit status: 0 = every target closed, 1 = some target relays (or may), 2 = usage error or
+    /// no target could be tested.
+    Probe(relayward_probe::cli::ProbeArgs),
+
+    /// Inspect and manage the mail queue (works while the server runs).
+    Queue(queue_cmd::QueueArgs),
+}
+
+/// `--config FILE`, shared by the commands that read the server configuration.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConfigArg {
+    /// Configuration file (TOML). Without it, the embedded default configuration is used.
+    #[arg(long, short = 'c', env = "RELAYWARD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("relayward: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Commands::Serve(args) => {
+            init_logging(args.log_json);
+            runtime.block_on(serve::run(args))
+        }
+        Commands::CheckConfig(args) => runtime.block_on(check_config::run(args)),
+        Commands::HashPassword => hash_password::run(),
+        Commands::Probe(args) => {
+            let code = runtime.block_on(relayward_probe::cli::run(args));
+            ExitCode::from(u8::try_from(code).unwrap_or(2))
+        }
+        Commands::Queue(args) => runtime.block_on(queue_cmd::run(args)),
+    }
+}
+
+/// Logs go to stderr; `RUST_LOG` filters (default `info`).
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Loads `--config FILE`, or the embedded default when no file is given.
+pub fn load_config(arg: &ConfigArg) -> Result<relayward_server::config::Config, String> {
+    use relayward_server::config::Config;
+    match &arg.config {
+        Some(path) => Config::load(path).map_err(|e| e.to_string()),
+        None => {
+            Config::embedded_default().map_err(|e| format!("embedded default configuration: {e}"))
+        }
+    }
+}
+
+/// Prints every configuration problem to stderr; returns false when any is an error.
+pub fn report_problems(config: &relayward_server::config::Config) -> bool {
+    match config.validate() {
+        Ok(warnings) => {
+            for warning in warnings {
+                eprintln!("relayward: {warning}");
+            }
+            true
+        }
+        Err(problems) => {
+            for problem in problems {
+                eprintln!("relayward: {problem}");
+            }
+            false
+        }
+    }
+}
+
+/// Opens the durable queue under `data_dir/queue`.
+pub fn open_queue(
+    config: &relayward_server::config::Config,
+) -> anyhow::Result<std::sync::Arc<dyn relayward_queue::Queue>> {
+    use anyhow::Context as _;
+    let options = relayward_queue::spool::SpoolOptions {
+        min_free_bytes: config.queue.min_free_bytes,
+        ..Default::default()
+    };
+    let dir = config.data_dir.join("queue");
+    let spool = relayward_queue::spool::Spool::open(&dir, options)
+        .with_context(|| format!("cannot open the queue in {}", dir.display()))?;
+    Ok(std::sync::Arc::new(spool))
+}

@@ -781,7 +781,8 @@ mod checks {
         }
         let mut seen = HashSet::new();
         for (i, listen) in config.listen.iter().enumerate() {
-            if !seen.insert(listen.address) {
+            // Port 0 asks the kernel for a free port each time, so it can repeat.
+            if listen.address.port() != 0 && !seen.insert(listen.address) {
                 f.error(
                     format!("listen[{i}].address"),
                     format!(

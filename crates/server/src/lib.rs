@@ -3,5 +3,9 @@
 
 pub mod auth;
 pub mod config;
+pub mod conn;
+pub mod listener;
 pub mod policy;
+pub mod session;
 pub mod tls;
+pub mod trace;

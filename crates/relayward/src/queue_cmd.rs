@@ -1,0 +1,146 @@
+//! `relayward queue …`: inspect and manage the queue of a server, also while it runs.
+//!
+//! The queue's files are the interface: every change is an atomic, locked update of one
+//! message's state, so these commands and a running server never lose each other's writes.
+//! A running server picks up changes on its next queue scan (within seconds).
+
+use std::process::ExitCode;
+
+use relayward_delivery::admin::{self, Render, RetryTarget};
+use relayward_queue::{MessageId, QueueError};
+
+use crate::ConfigArg;
+
+#[derive(clap::Args, Debug)]
+pub struct QueueArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+
+    /// Print JSON for scripts instead of a table (shapes documented in README.md).
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    action: QueueAction,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum QueueAction {
+    /// List queued messages: id, age, sender, recipients, next attempt, last error.
+    List,
+    /// Show one message: envelope, per-recipient status and headers.
+    Show { id: String },
+    /// Make a message (or --all messages) due for delivery now.
+    Retry {
+        /// Message id (from `queue list`).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Retry every message that is not held.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete a message without delivering or bouncing it.
+    Delete { id: String },
+    /// Hold a message: it is not delivered until released.
+    Hold { id: String },
+    /// Release a held message.
+    Release { id: String },
+}
+
+pub async fn run(args: QueueArgs) -> ExitCode {
+    let config = match crate::load_config(&args.config) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("relayward queue: {message}");
+            return ExitCode::from(crate::EXIT_CONFIG);
+        }
+    };
+    let queue = match crate::open_queue(&config) {
+        Ok(queue) => queue,
+        Err(e) => {
+            eprintln!("relayward queue: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = act(&*queue, args.action, args.json).await;
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            if !text.ends_with('\n') {
+                println!();
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("relayward queue: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn act(
+    queue: &dyn relayward_queue::Queue,
+    action: QueueAction,
+    json: bool,
+) -> Result<String, String> {
+    let render = |r: &dyn RenderBoth| if json { r.as_json() } else { r.as_table() };
+    let text = match action {
+        QueueAction::List => render(&admin::list(queue).await.map_err(describe)?),
+        QueueAction::Show { id } => render(
+            &admin::show(queue, &parse_id(&id)?)
+                .await
+                .map_err(describe)?,
+        ),
+        QueueAction::Retry { id, all } => {
+            let target = match (id, all) {
+                (_, true) => RetryTarget::All,
+                (Some(id), false) => RetryTarget::One(parse_id(&id)?),
+                (None, false) => return Err("give a message id or --all".into()),
+            };
+            render(&admin::retry(queue, target).await.map_err(describe)?)
+        }
+        QueueAction::Delete { id } => render(
+            &admin::delete(queue, &parse_id(&id)?)
+                .await
+                .map_err(describe)?,
+        ),
+        QueueAction::Hold { id } => render(
+            &admin::hold(queue, &parse_id(&id)?)
+                .await
+                .map_err(describe)?,
+        ),
+        QueueAction::Release { id } => render(
+            &admin::release(queue, &parse_id(&id)?)
+                .await
+                .map_err(describe)?,
+        ),
+    };
+    Ok(text)
+}
+
+/// Object-safe view of [`Render`] (which is generic over serde).
+trait RenderBoth {
+    fn as_table(&self) -> String;
+    fn as_json(&self) -> String;
+}
+
+impl<T: Render> RenderBoth for T {
+    fn as_table(&self) -> String {
+        self.table()
+    }
+    fn as_json(&self) -> String {
+        self.json()
+    }
+}
+
+fn parse_id(text: &str) -> Result<MessageId, String> {
+    MessageId::parse(text)
+        .map_err(|_| format!("{text:?} is not a message id (see `relayward queue list`)"))
+}
+
+fn describe(error: QueueError) -> String {
+    match error {
+        QueueError::NotFound(id) => format!("no message {id} in the queue"),
+        other => other.to_string(),
+    }
+}

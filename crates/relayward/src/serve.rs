@@ -1,0 +1,249 @@
+//! `relayward serve`: validate the configuration, open the queue, bind the listeners, run the
+//! delivery runner, and handle signals (TERM/INT drain and stop, HUP reloads users and limits).
+
+use std::process::ExitCode;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use relayward_server::config::Config;
+use relayward_server::listener::{self, AdmissionLimits, BoundListener, Gate, SharedContext};
+use relayward_server::session::SessionContext;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+use crate::{ConfigArg, EXIT_CONFIG};
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+
+    /// Write logs as JSON lines (for log shippers) instead of text.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+pub async fn run(args: ServeArgs) -> ExitCode {
+    let config = match crate::load_config(&args.config) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("relayward: {message}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if !crate::report_problems(&config) {
+        eprintln!(
+            "relayward: refusing to start: the configuration above would be unsafe or cannot work."
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    match serve(config, args.config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("relayward: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config, config_arg: ConfigArg) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    let tls = relayward_server::tls::server_tls(&config).context("TLS set-up failed")?;
+    tracing::info!("TLS certificate: {}", tls.certificate);
+    let queue = crate::open_queue(&config)?;
+    let context: SharedContext = Arc::new(RwLock::new(Arc::new(session_context(
+        &config,
+        &tls,
+        Arc::clone(&queue),
+    )?)));
+    let gate = Gate::new(admission_limits(&config));
+    let listeners = bind_all(&config).await?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let runner = crate::delivery::start(&config, Arc::clone(&queue), shutdown_rx.clone())?;
+    print_startup(&config, &listeners, &config_arg);
+
+    let server = tokio::spawn(listener::serve(
+        listeners,
+        Arc::clone(&context),
+        Arc::clone(&gate),
+        shutdown_rx,
+    ));
+    wait_for_signals(&config_arg, &context, &gate, &tls, &queue).await?;
+    tracing::info!("shutting down: finishing sessions in progress");
+    let _ = shutdown_tx.send(true);
+    let drain = config.limits.data_end_timeout + Duration::from_secs(5);
+    if tokio::time::timeout(drain, server).await.is_err() {
+        tracing::warn!("sessions still open after {drain:?}; exiting anyway");
+    }
+    runner.stop().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn session_context(
+    config: &Config,
+    tls: &relayward_server::tls::TlsSetup,
+    queue: Arc<dyn relayward_queue::Queue>,
+) -> anyhow::Result<SessionContext> {
+    let limits = &config.limits;
+    let policy = relayward_server::policy::Policy::from_config(config).map_err(|problems| {
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("configuration refused: {}", text.join("; "))
+    })?;
+    Ok(SessionContext {
+        hostname: config.hostname.clone(),
+        policy: Arc::new(policy),
+        users: Arc::new(relayward_server::auth::UserDb::from_config(config)),
+        auth_limiter: Arc::new(relayward_server::auth::AuthLimiter::new(
+            relayward_server::auth::AuthLimitSettings::from_limits(limits),
+        )),
+        tls: Some(tokio_rustls::TlsAcceptor::from(Arc::clone(
+            &tls.server_config,
+        ))),
+        queue,
+        limits: relayward_server::session::SessionLimits {
+            max_message_size: limits.max_message_size,
+            max_recipients: limits.max_recipients as usize,
+            max_errors: limits.max_errors,
+            greeting_timeout: limits.greeting_timeout,
+            command_timeout: limits.command_timeout,
+            data_timeout: limits.data_block_timeout,
+            session_timeout: limits.session_timeout,
+        },
+    })
+}
+
+fn admission_limits(config: &Config) -> AdmissionLimits {
+    AdmissionLimits {
+        max_connections: config.limits.max_connections as usize,
+        max_connections_per_ip: config.limits.max_connections_per_ip as usize,
+        connections_per_ip_per_minute: config.limits.connections_per_ip_per_minute,
+    }
+}
+
+async fn bind_all(config: &Config) -> anyhow::Result<Vec<BoundListener>> {
+    let mut bound = Vec::new();
+    for listen in &config.listen {
+        let listener = TcpListener::bind(listen.address)
+            .await
+            .with_context(|| format!("cannot listen on {} ({})", listen.address, listen.kind))?;
+        let address = listener.local_addr()?;
+        bound.push(BoundListener {
+            listener,
+            kind: listen.kind,
+            address,
+        });
+    }
+    Ok(bound)
+}
+
+fn print_startup(config: &Config, listeners: &[BoundListener], config_arg: &ConfigArg) {
+    for bound in listeners {
+        let role = match bound.kind {
+            relayward_server::config::ListenerKind::Mx => {
+                "mx: mail for local domains from anyone; relay only for trusted networks and authenticated users"
+            }
+            relayward_server::config::ListenerKind::Submission => {
+                "submission: STARTTLS, then AUTH, before any mail"
+            }
+            relayward_server::config::ListenerKind::Submissions => {
+                "submissions: implicit TLS, AUTH before any mail"
+            }
+        };
+        println!("relayward: listening on {} ({role})", bound.address);
+    }
+    println!(
+        "relayward: local domains: {}; data in {}",
+        config.relay.local_domains.join(", "),
+        config.data_dir.display()
+    );
+    if config.users.is_empty() {
+        let file = config_arg
+            .config
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| {
+                "relayward.toml (then run: relayward serve --config relayward.toml)".into()
+            });
+        println!("relayward: no users yet. To add one, hash a password:");
+        println!("    echo 'a long passphrase' | relayward hash-password");
+        println!("  and add to {file}:");
+        println!("    [[user]]");
+        println!(
+            "    login = \"alice@{}\"",
+            config
+                .relay
+                .local_domains
+                .first()
+                .map(String::as_str)
+                .unwrap_or("localhost")
+        );
+        println!("    password_hash = \"<the printed hash>\"");
+        println!(
+            "  (`relayward check-config FILE` shows the effective policy; the embedded default is printed by `relayward check-config --show-default`.)"
+        );
+    }
+    println!("relayward: ready");
+}
+
+/// Waits for SIGTERM/SIGINT (returns) while handling SIGHUP (reload) in between.
+async fn wait_for_signals(
+    config_arg: &ConfigArg,
+    context: &SharedContext,
+    gate: &Arc<Gate>,
+    tls: &relayward_server::tls::TlsSetup,
+    queue: &Arc<dyn relayward_queue::Queue>,
+) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => reload(config_arg, context, gate, tls, queue),
+        }
+    }
+}
+
+/// Reloads users, policy and limits for new sessions; live sessions keep their snapshot and
+/// no connection is dropped. Listeners and the data directory do not change on reload.
+fn reload(
+    config_arg: &ConfigArg,
+    context: &SharedContext,
+    gate: &Arc<Gate>,
+    tls: &relayward_server::tls::TlsSetup,
+    queue: &Arc<dyn relayward_queue::Queue>,
+) {
+    let config = match crate::load_config(config_arg) {
+        Ok(config) => config,
+        Err(message) => {
+            tracing::error!("reload failed, keeping the running configuration: {message}");
+            return;
+        }
+    };
+    if let Err(problems) = config.validate() {
+        for problem in problems {
+            tracing::error!("reload refused: {problem}");
+        }
+        return;
+    }
+    let fresh = match session_context(&config, tls, Arc::clone(queue)) {
+        Ok(fresh) => Arc::new(fresh),
+        Err(e) => {
+            tracing::error!("reload refused: {e:#}");
+            return;
+        }
+    };
+    if let Ok(mut current) = context.write() {
+        *current = fresh;
+    }
+    gate.set_limits(admission_limits(&config));
+    tracing::info!(
+        users = config.users.len(),
+        "configuration reloaded (users, policy, limits)"
+    );
+}

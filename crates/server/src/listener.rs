@@ -1,0 +1,284 @@
+//! Listening sockets and the admission of connections.
+//!
+//! Admission happens before a session exists: total and per-IP connection caps and a per-IP
+//! rate of new connections, so a flood from one address cannot starve everyone else (the
+//! incident this product grew out of). A refused client gets `421 4.7.0` and is closed.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use relayward_protocol::reply::Reply;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::ListenerKind;
+use crate::conn::Conn;
+use crate::session::{self, SessionContext};
+
+/// Admission limits, from `[limits]`.
+#[derive(Debug, Clone)]
+pub struct AdmissionLimits {
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub connections_per_ip_per_minute: u32,
+}
+
+/// Counts live connections and recent connection attempts.
+pub struct Gate {
+    limits: RwLock<AdmissionLimits>,
+    state: Mutex<GateState>,
+}
+
+#[derive(Default)]
+struct GateState {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+    /// Start of the current one-minute window and the connections seen in it, per IP.
+    rate: HashMap<IpAddr, (Instant, u32)>,
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    TooManyConnections,
+    TooManyFromYou,
+    TooFast,
+}
+
+/// Holds one admitted connection's place; releases it on drop.
+pub struct Admission {
+    gate: Arc<Gate>,
+    ip: IpAddr,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let Ok(mut state) = self.gate.state.lock() else {
+            return;
+        };
+        state.total = state.total.saturating_sub(1);
+        if let Some(count) = state.per_ip.get_mut(&self.ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                state.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Gate {
+    pub fn new(limits: AdmissionLimits) -> Arc<Self> {
+        Arc::new(Self {
+            limits: RwLock::new(limits),
+            state: Mutex::new(GateState::default()),
+        })
+    }
+
+    /// New limits for new connections (SIGHUP); live connections are not dropped.
+    pub fn set_limits(&self, limits: AdmissionLimits) {
+        if let Ok(mut current) = self.limits.write() {
+            *current = limits;
+        }
+    }
+
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<Admission, Refused> {
+        let limits = self
+            .limits
+            .read()
+            .map(|l| l.clone())
+            .map_err(|_| Refused::TooManyConnections)?;
+        let mut state = self.state.lock().map_err(|_| Refused::TooManyConnections)?;
+        if state.rate.len() > 100_000 {
+            state
+                .rate
+                .retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
+        }
+        let window = state.rate.entry(ip).or_insert((now, 0));
+        if now.duration_since(window.0) >= Duration::from_secs(60) {
+            *window = (now, 0);
+        }
+        window.1 += 1;
+        if window.1 > limits.connections_per_ip_per_minute {
+            return Err(Refused::TooFast);
+        }
+        if state.total >= limits.max_connections {
+            return Err(Refused::TooManyConnections);
+        }
+        let mine = state.per_ip.entry(ip).or_insert(0);
+        if *mine >= limits.max_connections_per_ip {
+            return Err(Refused::TooManyFromYou);
+        }
+        *mine += 1;
+        state.total += 1;
+        Ok(Admission {
+            gate: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+/// A bound listener and what it is for.
+pub struct BoundListener {
+    pub listener: TcpListener,
+    pub kind: ListenerKind,
+    pub address: SocketAddr,
+}
+
+/// The session context, swappable at run time (SIGHUP reloads users and limits).
+pub type SharedContext = Arc<RwLock<Arc<SessionContext>>>;
+
+/// Accepts connections on every listener until `shutdown` turns true, then waits for the
+/// sessions to drain (they answer `421` to new commands and finish DATA in progress).
+pub async fn serve(
+    listeners: Vec<BoundListener>,
+    context: SharedContext,
+    gate: Arc<Gate>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut accept_loops = JoinSet::new();
+    for bound in listeners {
+        accept_loops.spawn(accept_loop(
+            bound,
+            Arc::clone(&context),
+            Arc::clone(&gate),
+            shutdown.clone(),
+        ));
+    }
+    while accept_loops.join_next().await.is_some() {}
+}
+
+async fn accept_loop(
+    bound: BoundListener,
+    context: SharedContext,
+    gate: Arc<Gate>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut sessions = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = bound.listener.accept() => accepted,
+            () = crate::session::stopping(&mut shutdown) => break,
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(listener = %bound.address, "accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let ctx = match context.read() {
+            Ok(ctx) => Arc::clone(&ctx),
+            Err(_) => continue,
+        };
+        sessions.spawn(handle_connection(
+            tcp,
+            peer,
+            bound.kind,
+            ctx,
+            Arc::clone(&gate),
+            shutdown.clone(),
+        ));
+    }
+    while sessions.join_next().await.is_some() {}
+}
+
+async fn handle_connection(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    kind: ListenerKind,
+    ctx: Arc<SessionContext>,
+    gate: Arc<Gate>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let ip = peer.ip().to_canonical();
+    let _admission = match gate.admit(ip, Instant::now()) {
+        Ok(admission) => admission,
+        Err(refused) => {
+            tracing::warn!(client = %ip, ?refused, "connection refused");
+            let reply = refusal_reply(&ctx.hostname, refused);
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                tcp.write_all(reply.to_wire().as_bytes()),
+            )
+            .await;
+            return;
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let conn = match (kind, ctx.tls.as_ref()) {
+        (ListenerKind::Submissions, Some(acceptor)) => {
+            let handshake = Conn::accept_implicit(tcp, acceptor);
+            match tokio::time::timeout(ctx.limits.greeting_timeout, handshake).await {
+                Ok(Ok(conn)) => conn,
+                _ => {
+                    tracing::info!(client = %ip, "implicit TLS handshake failed");
+                    return;
+                }
+            }
+        }
+        (ListenerKind::Submissions, None) => return,
+        _ => Conn::Plain(tcp),
+    };
+    tracing::info!(client = %ip, ?kind, "connect");
+    let ending = session::run(ctx, kind, conn, peer, shutdown).await;
+    tracing::info!(client = %ip, ?ending, "disconnect");
+}
+
+fn refusal_reply(hostname: &str, refused: Refused) -> Reply {
+    let why = match refused {
+        Refused::TooManyConnections => "Too many connections",
+        Refused::TooManyFromYou => "Too many connections from your address",
+        Refused::TooFast => "Too many connections from your address in the last minute",
+    };
+    Reply::enh(421, (4, 7, 0), format!("{hostname} {why}; try again later"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate(total: usize, per_ip: usize, per_minute: u32) -> Arc<Gate> {
+        Gate::new(AdmissionLimits {
+            max_connections: total,
+            max_connections_per_ip: per_ip,
+            connections_per_ip_per_minute: per_minute,
+        })
+    }
+
+    #[test]
+    fn per_ip_cap_leaves_room_for_others() {
+        let gate = gate(10, 2, 100);
+        let now = Instant::now();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let first = gate.admit(a, now).unwrap();
+        let _second = gate.admit(a, now).unwrap();
+        assert_eq!(gate.admit(a, now).err(), Some(Refused::TooManyFromYou));
+        assert!(gate.admit(b, now).is_ok());
+        drop(first);
+        assert!(gate.admit(a, now).is_ok());
+    }
+
+    #[test]
+    fn total_cap_and_rate_window() {
+        let gate = gate(1, 5, 2);
+        let now = Instant::now();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let held = gate.admit(a, now).unwrap();
+        assert_eq!(
+            gate.admit("192.0.2.9".parse().unwrap(), now).err(),
+            Some(Refused::TooManyConnections)
+        );
+        drop(held);
+        assert!(gate.admit(a, now).is_ok());
+        assert_eq!(gate.admit(a, now).err(), Some(Refused::TooFast));
+        assert!(gate.admit(a, now + Duration::from_secs(61)).is_ok());
+    }
+}
