@@ -53,7 +53,7 @@ enum Commands {
     ///
     /// Exit status: 0 = every target closed, 1 = some target relays (or may), 2 = usage error or
     /// no target could be tested.
-    Probe(relayward_probe::cli::ProbeArgs),
+    Probe(Box<relayward_probe::cli::ProbeArgs>),
 
     /// Inspect and manage the mail queue (works while the server runs).
     Queue(queue_cmd::QueueArgs),
@@ -87,7 +87,7 @@ fn main() -> ExitCode {
         Commands::CheckConfig(args) => runtime.block_on(check_config::run(args)),
         Commands::HashPassword => hash_password::run(),
         Commands::Probe(args) => {
-            let code = runtime.block_on(relayward_probe::cli::run(args));
+            let code = runtime.block_on(relayward_probe::cli::run(*args));
             ExitCode::from(u8::try_from(code).unwrap_or(2))
         }
         Commands::Queue(args) => runtime.block_on(queue_cmd::run(args)),
