@@ -74,7 +74,11 @@ impl Reply {
     }
 
     /// A reply with an enhanced code, the common case: `Reply::enh(550, (5, 1, 1), "...")`.
-    pub fn enh(code: u16, (class, subject, detail): (u8, u16, u16), text: impl Into<String>) -> Self {
+    pub fn enh(
+        code: u16,
+        (class, subject, detail): (u8, u16, u16),
+        text: impl Into<String>,
+    ) -> Self {
         Self::new(code, Some(EnhancedCode::new(class, subject, detail)), text)
     }
 
@@ -258,9 +262,14 @@ mod tests {
     #[test]
     fn single_line_with_enhanced_code_round_trips() {
         let reply = Reply::enh(554, (5, 7, 1), "<a@b.test>: Relay access denied");
-        assert_eq!(reply.to_wire(), "554 5.7.1 <a@b.test>: Relay access denied\r\n");
+        assert_eq!(
+            reply.to_wire(),
+            "554 5.7.1 <a@b.test>: Relay access denied\r\n"
+        );
         let mut parser = ReplyParser::new();
-        let parsed = parser.feed("554 5.7.1 <a@b.test>: Relay access denied").unwrap();
+        let parsed = parser
+            .feed("554 5.7.1 <a@b.test>: Relay access denied")
+            .unwrap();
         assert_eq!(parsed, Some(reply));
     }
 
