@@ -10,12 +10,14 @@
 //! - [`reply`]: replies with RFC 3463 enhanced codes; building them and parsing them.
 //! - [`path`]: RFC 5321 paths: local parts, domains, address literals, source routes.
 //! - [`resolve`]: what an address *means* for routing: the single input of the relay decision.
+//! - [`date`]: RFC 5322 dates for trace and report headers.
 //! - [`data`]: the DATA receiver: dot-unstuffing, end only on CRLF.CRLF, no bare CR/LF.
 //! - [`battery`]: the relay-trick battery used by `relayward probe` and `relayward check-config`.
 
 pub mod battery;
 pub mod command;
 pub mod data;
+pub mod date;
 pub mod limits;
 pub mod line;
 pub mod path;
