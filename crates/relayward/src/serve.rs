@@ -6,8 +6,10 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use relayward_server::auth::{AuthLimitSettings, AuthLimiter};
 use relayward_server::config::Config;
 use relayward_server::listener::{self, AdmissionLimits, BoundListener, Gate, SharedContext};
+use relayward_server::ratelimit::{UserLimitSettings, UserRateLimiter};
 use relayward_server::session::SessionContext;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -54,10 +56,12 @@ async fn serve(config: Config, config_arg: ConfigArg) -> anyhow::Result<()> {
     let tls = relayward_server::tls::server_tls(&config).context("TLS set-up failed")?;
     tracing::info!("TLS certificate: {}", tls.certificate);
     let queue = crate::open_queue(&config)?;
+    let limiters = Limiters::new(&config);
     let context: SharedContext = Arc::new(RwLock::new(Arc::new(session_context(
         &config,
         &tls,
         Arc::clone(&queue),
+        &limiters,
     )?)));
     let gate = Gate::new(admission_limits(&config));
     let listeners = bind_all(&config).await?;
@@ -71,7 +75,16 @@ async fn serve(config: Config, config_arg: ConfigArg) -> anyhow::Result<()> {
         Arc::clone(&gate),
         shutdown_rx,
     ));
-    wait_for_signals(&config_arg, &context, &gate, &tls, &queue).await?;
+    let running = Running {
+        config_arg: &config_arg,
+        context: &context,
+        gate: &gate,
+        tls: &tls,
+        queue: &queue,
+        limiters: &limiters,
+        startup: &config,
+    };
+    wait_for_signals(&running).await?;
     tracing::info!("shutting down: finishing sessions in progress");
     let _ = shutdown_tx.send(true);
     let drain = config.limits.data_end_timeout + Duration::from_secs(5);
@@ -83,10 +96,56 @@ async fn serve(config: Config, config_arg: ConfigArg) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// State that outlives configuration reloads: counters of abuse. Rebuilding them on SIGHUP
+/// would let a reload unban a password guesser or refill a compromised account's budget.
+struct Limiters {
+    auth: Arc<AuthLimiter>,
+    users: Arc<UserRateLimiter>,
+}
+
+impl Limiters {
+    fn new(config: &Config) -> Self {
+        Self {
+            auth: Arc::new(AuthLimiter::new(AuthLimitSettings::from_limits(
+                &config.limits,
+            ))),
+            users: Arc::new(UserRateLimiter::new(UserLimitSettings::from_limits(
+                &config.limits,
+            ))),
+        }
+    }
+
+    /// Applies reloaded limits. The user budgets change in place; the AUTH limiter cannot
+    /// change its settings without losing its counters, so it keeps them until a restart.
+    fn reload(&self, config: &Config, startup: &Config) {
+        self.users
+            .set_settings(UserLimitSettings::from_limits(&config.limits));
+        let auth = |c: &Config| AuthLimitSettings::from_limits(&c.limits);
+        if auth(config) != auth(startup) {
+            tracing::warn!(
+                "AUTH failure limits changed; they take effect at the next restart (the running counters are kept)"
+            );
+        }
+    }
+}
+
+/// What the signal loop needs to reload.
+struct Running<'a> {
+    config_arg: &'a ConfigArg,
+    context: &'a SharedContext,
+    gate: &'a Arc<Gate>,
+    tls: &'a relayward_server::tls::TlsSetup,
+    queue: &'a Arc<dyn relayward_queue::Queue>,
+    limiters: &'a Limiters,
+    /// The configuration the AUTH limiter was built from.
+    startup: &'a Config,
+}
+
 fn session_context(
     config: &Config,
     tls: &relayward_server::tls::TlsSetup,
     queue: Arc<dyn relayward_queue::Queue>,
+    limiters: &Limiters,
 ) -> anyhow::Result<SessionContext> {
     let limits = &config.limits;
     let policy = relayward_server::policy::Policy::from_config(config).map_err(|problems| {
@@ -97,14 +156,20 @@ fn session_context(
         hostname: config.hostname.clone(),
         policy: Arc::new(policy),
         users: Arc::new(relayward_server::auth::UserDb::from_config(config)),
-        auth_limiter: Arc::new(relayward_server::auth::AuthLimiter::new(
-            relayward_server::auth::AuthLimitSettings::from_limits(limits),
-        )),
+        auth_limiter: Arc::clone(&limiters.auth),
+        user_limits: Arc::clone(&limiters.users),
+        trusted_proxies: config
+            .relay
+            .trusted_proxies
+            .iter()
+            .map(|cidr| cidr.net().trunc())
+            .collect(),
         tls: Some(tokio_rustls::TlsAcceptor::from(Arc::clone(
             &tls.server_config,
         ))),
         queue,
         limits: relayward_server::session::SessionLimits {
+            greet_pause: limits.greet_pause,
             max_message_size: limits.max_message_size,
             max_recipients: limits.max_recipients as usize,
             max_errors: limits.max_errors,
@@ -190,13 +255,7 @@ fn print_startup(config: &Config, listeners: &[BoundListener], config_arg: &Conf
 }
 
 /// Waits for SIGTERM/SIGINT (returns) while handling SIGHUP (reload) in between.
-async fn wait_for_signals(
-    config_arg: &ConfigArg,
-    context: &SharedContext,
-    gate: &Arc<Gate>,
-    tls: &relayward_server::tls::TlsSetup,
-    queue: &Arc<dyn relayward_queue::Queue>,
-) -> anyhow::Result<()> {
+async fn wait_for_signals(running: &Running<'_>) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -204,21 +263,16 @@ async fn wait_for_signals(
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
-            _ = hup.recv() => reload(config_arg, context, gate, tls, queue),
+            _ = hup.recv() => reload(running),
         }
     }
 }
 
 /// Reloads users, policy and limits for new sessions; live sessions keep their snapshot and
 /// no connection is dropped. Listeners and the data directory do not change on reload.
-fn reload(
-    config_arg: &ConfigArg,
-    context: &SharedContext,
-    gate: &Arc<Gate>,
-    tls: &relayward_server::tls::TlsSetup,
-    queue: &Arc<dyn relayward_queue::Queue>,
-) {
-    let config = match crate::load_config(config_arg) {
+/// Abuse counters (AUTH failures, user budgets) survive the reload.
+fn reload(running: &Running<'_>) {
+    let config = match crate::load_config(running.config_arg) {
         Ok(config) => config,
         Err(message) => {
             tracing::error!("reload failed, keeping the running configuration: {message}");
@@ -231,17 +285,23 @@ fn reload(
         }
         return;
     }
-    let fresh = match session_context(&config, tls, Arc::clone(queue)) {
+    let fresh = match session_context(
+        &config,
+        running.tls,
+        Arc::clone(running.queue),
+        running.limiters,
+    ) {
         Ok(fresh) => Arc::new(fresh),
         Err(e) => {
             tracing::error!("reload refused: {e:#}");
             return;
         }
     };
-    if let Ok(mut current) = context.write() {
+    if let Ok(mut current) = running.context.write() {
         *current = fresh;
     }
-    gate.set_limits(admission_limits(&config));
+    running.gate.set_limits(admission_limits(&config));
+    running.limiters.reload(&config, running.startup);
     tracing::info!(
         users = config.users.len(),
         "configuration reloaded (users, policy, limits)"

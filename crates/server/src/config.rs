@@ -459,7 +459,14 @@ pub struct Limits {
     /// How long an IP stays banned from AUTH, e.g. `"15m"`.
     #[serde(deserialize_with = "de_duration")]
     pub auth_ban: Duration,
-    /// Wait for the client's first command after our banner (RFC 5321 §4.5.3.2.1: 5 minutes).
+    /// How long an `mx` listener waits before its banner, listening: a client that talks
+    /// before the greeting is a spam robot (Postfix postscreen's pregreet test) and gets
+    /// `554 5.5.1`. Submission listeners never wait. `"0s"` turns the test off.
+    #[serde(deserialize_with = "de_duration")]
+    pub greet_pause: Duration,
+    /// Everything before the first command: reading a PROXY header (capped at 10 s), the TLS
+    /// handshake (implicit TLS and after STARTTLS), and the client's first command after our
+    /// banner (RFC 5321 §4.5.3.2.1: 5 minutes).
     #[serde(deserialize_with = "de_duration")]
     pub greeting_timeout: Duration,
     /// Wait for the next command (RFC 5321 §4.5.3.2.2–.3, 5 minutes).
@@ -496,6 +503,7 @@ impl Default for Limits {
             auth_failures_per_login: 10,
             auth_failure_window: minutes(60),
             auth_ban: minutes(15),
+            greet_pause: Duration::from_millis(300),
             greeting_timeout: minutes(5),
             command_timeout: minutes(5),
             data_block_timeout: minutes(3),

@@ -6,6 +6,8 @@ pub mod config;
 pub mod conn;
 pub mod listener;
 pub mod policy;
+pub mod proxy;
+pub mod ratelimit;
 pub mod session;
 pub mod tls;
 pub mod trace;

@@ -3,6 +3,10 @@
 //! Admission happens before a session exists: total and per-IP connection caps and a per-IP
 //! rate of new connections, so a flood from one address cannot starve everyone else (the
 //! incident this product grew out of). A refused client gets `421 4.7.0` and is closed.
+//!
+//! Behind a load balancer every connection comes from the balancer, so for peers in
+//! `[relay] trusted_proxies` the PROXY header is read first and the client it names is the one
+//! admitted, judged by the policy and written into `Received:` (see [`crate::proxy`]).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -17,6 +21,7 @@ use tokio::task::JoinSet;
 
 use crate::config::ListenerKind;
 use crate::conn::Conn;
+use crate::proxy;
 use crate::session::{self, SessionContext};
 
 /// Admission limits, from `[limits]`.
@@ -189,6 +194,10 @@ async fn accept_loop(
     while sessions.join_next().await.is_some() {}
 }
 
+/// Longest wait for a trusted proxy's header (further bounded by `greeting_timeout`): the proxy
+/// writes it together with the connection, so anything slower is broken.
+const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn handle_connection(
     mut tcp: TcpStream,
     peer: SocketAddr,
@@ -197,7 +206,11 @@ async fn handle_connection(
     gate: Arc<Gate>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let ip = peer.ip().to_canonical();
+    let deadline = tokio::time::Instant::now() + ctx.limits.session_timeout;
+    let Some(client) = real_client(&mut tcp, peer, &ctx).await else {
+        return;
+    };
+    let ip = client.ip().to_canonical();
     let _admission = match gate.admit(ip, Instant::now()) {
         Ok(admission) => admission,
         Err(refused) => {
@@ -215,10 +228,11 @@ async fn handle_connection(
     let conn = match (kind, ctx.tls.as_ref()) {
         (ListenerKind::Submissions, Some(acceptor)) => {
             let handshake = Conn::accept_implicit(tcp, acceptor);
-            match tokio::time::timeout(ctx.limits.greeting_timeout, handshake).await {
+            let limit = deadline.min(tokio::time::Instant::now() + ctx.limits.greeting_timeout);
+            match tokio::time::timeout_at(limit, handshake).await {
                 Ok(Ok(conn)) => conn,
                 _ => {
-                    tracing::info!(client = %ip, "implicit TLS handshake failed");
+                    tracing::info!(client = %ip, "implicit TLS handshake failed or timed out");
                     return;
                 }
             }
@@ -226,9 +240,41 @@ async fn handle_connection(
         (ListenerKind::Submissions, None) => return,
         _ => Conn::Plain(tcp),
     };
-    tracing::info!(client = %ip, ?kind, "connect");
-    let ending = session::run(ctx, kind, conn, peer, shutdown).await;
+    if client == peer {
+        tracing::info!(client = %ip, ?kind, "connect");
+    } else {
+        tracing::info!(client = %ip, proxy = %peer, ?kind, "connect");
+    }
+    let ending = session::run(ctx, kind, conn, client, shutdown, deadline).await;
     tracing::info!(client = %ip, ?ending, "disconnect");
+}
+
+/// The client this connection speaks for: the peer itself, or — only when the peer is a
+/// trusted proxy — the client named in its PROXY header (see [`crate::proxy`]). `None` when a
+/// trusted proxy sent no valid header in time: the connection is closed without a word, as
+/// the PROXY protocol asks.
+async fn real_client(
+    tcp: &mut TcpStream,
+    peer: SocketAddr,
+    ctx: &SessionContext,
+) -> Option<SocketAddr> {
+    let peer_ip = peer.ip().to_canonical();
+    if !ctx.trusted_proxies.iter().any(|net| net.contains(&peer_ip)) {
+        return Some(peer);
+    }
+    let limit = PROXY_HEADER_TIMEOUT.min(ctx.limits.greeting_timeout);
+    match tokio::time::timeout(limit, proxy::read_header(tcp)).await {
+        Ok(Ok(Some(client))) => Some(SocketAddr::new(client.ip().to_canonical(), client.port())),
+        Ok(Ok(None)) => Some(peer),
+        Ok(Err(e)) => {
+            tracing::warn!(proxy = %peer, "closing: {e}");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(proxy = %peer, "closing: no PROXY header within {limit:?}");
+            None
+        }
+    }
 }
 
 fn refusal_reply(hostname: &str, refused: Refused) -> Reply {

@@ -11,6 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use ipnet::IpNet;
 use relayward_protocol::command::{Command, CommandError, Param, parse_command};
 use relayward_protocol::data::{DataError, DataReceiver, DataStatus};
 use relayward_protocol::limits::{MAX_AUTH_LINE, MAX_COMMAND_LINE};
@@ -21,6 +22,7 @@ use relayward_protocol::resolve::resolve;
 use relayward_queue::{NewMessage, Queue, QueueError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
+use tokio::time::Instant as Deadline;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{
@@ -30,11 +32,14 @@ use crate::auth::{
 use crate::config::ListenerKind;
 use crate::conn::Conn;
 use crate::policy::{Accepted, ClientIdentity, Policy};
+use crate::ratelimit::UserRateLimiter;
 use crate::trace::{TraceFacts, received_header};
 
 /// Limits the session enforces; built from `[limits]`.
 #[derive(Debug, Clone)]
 pub struct SessionLimits {
+    /// Silence required before the banner on `mx` listeners (pregreet test); zero disables.
+    pub greet_pause: Duration,
     pub max_message_size: u64,
     pub max_recipients: usize,
     pub max_errors: u32,
@@ -50,7 +55,12 @@ pub struct SessionContext {
     pub hostname: String,
     pub policy: Arc<Policy>,
     pub users: Arc<UserDb>,
+    /// Shared across sessions and reloads: a SIGHUP must not forgive an attacker.
     pub auth_limiter: Arc<AuthLimiter>,
+    /// Per-login sending budgets; shared across sessions and reloads like `auth_limiter`.
+    pub user_limits: Arc<UserRateLimiter>,
+    /// Peers whose PROXY protocol header names the real client (see [`crate::proxy`]).
+    pub trusted_proxies: Vec<IpNet>,
     pub tls: Option<TlsAcceptor>,
     pub queue: Arc<dyn Queue>,
     pub limits: SessionLimits,
@@ -63,31 +73,47 @@ pub enum Ending {
     ClientClosed,
     Timeout,
     TooManyErrors,
+    /// Talked before the banner (pregreet).
+    Pregreet,
+    /// Pipelined commands without having seen PIPELINING.
+    ImproperPipelining,
     Protocol(&'static str),
     ShuttingDown,
 }
 
-/// Runs one session to its end. I/O errors end the session; they are not the client's fault to
-/// be told about.
+/// How long the last words of a session (a final reply, TLS close_notify, draining) may take:
+/// a client that does not read must not hold the connection past its limits.
+const FAREWELL: Duration = Duration::from_secs(2);
+/// Most octets read and dropped after we decided to close, so that a pipelining client's
+/// unread commands do not turn our close into a reset that destroys the final reply.
+const DRAIN_LIMIT: usize = 1024 * 1024;
+
+/// Runs one session to its end. `client` is the real client (the peer, or what a trusted
+/// proxy said); `deadline` ends the session whatever it is doing (`session_timeout`, counted
+/// from the accept, so PROXY and TLS handshakes are inside it). I/O errors end the session;
+/// they are not the client's fault to be told about.
 pub async fn run(
     ctx: Arc<SessionContext>,
     kind: ListenerKind,
     conn: Conn,
-    peer: SocketAddr,
+    client: SocketAddr,
     shutdown: watch::Receiver<bool>,
+    deadline: Deadline,
 ) -> Ending {
-    let total = ctx.limits.session_timeout;
-    let mut session = Session::new(ctx, kind, conn, peer, shutdown);
-    let ending = match tokio::time::timeout(total, session.serve()).await {
+    let mut session = Session::new(ctx, kind, conn, client, shutdown);
+    let ending = match tokio::time::timeout_at(deadline, session.serve()).await {
         Ok(Ok(ending)) => ending,
         Ok(Err(_)) => Ending::ClientClosed,
         Err(_) => {
             let reply = Reply::enh(421, (4, 4, 2), "Session time limit exceeded, closing");
-            let _ = session.send_now(&reply).await;
+            let _ = tokio::time::timeout(FAREWELL, session.send_now(&reply)).await;
             Ending::Timeout
         }
     };
-    let _ = session.conn.shutdown().await;
+    let _ = tokio::time::timeout(FAREWELL, session.conn.shutdown()).await;
+    if !matches!(ending, Ending::Quit | Ending::ClientClosed) {
+        let _ = tokio::time::timeout(FAREWELL, session.drain()).await;
+    }
     ending
 }
 
@@ -106,6 +132,12 @@ enum Flow {
     Close(Ending),
 }
 
+/// What waiting for the client produced.
+enum Input {
+    Event(LineEvent),
+    Gone(Ending),
+}
+
 struct Session {
     ctx: Arc<SessionContext>,
     kind: ListenerKind,
@@ -117,6 +149,8 @@ struct Session {
     login: Option<String>,
     txn: Option<Transaction>,
     errors: u32,
+    /// Whether the client has sent anything since the banner (greeting vs command timeout).
+    commands_seen: bool,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -127,14 +161,14 @@ impl Session {
         ctx: Arc<SessionContext>,
         kind: ListenerKind,
         conn: Conn,
-        peer: SocketAddr,
+        client: SocketAddr,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         Self {
             ctx,
             kind,
             conn,
-            client_ip: peer.ip().to_canonical(),
+            client_ip: client.ip().to_canonical(),
             // Long enough for an RFC 4954 AUTH response; command lines are held to 512 below.
             lines: LineBuffer::new(MAX_AUTH_LINE + 2),
             out: Vec::with_capacity(1024),
@@ -142,21 +176,45 @@ impl Session {
             login: None,
             txn: None,
             errors: 0,
+            commands_seen: false,
             shutdown,
         }
     }
 
     async fn serve(&mut self) -> io::Result<Ending> {
+        if self.pregreeted().await? {
+            tracing::warn!(client = %self.client_ip, "client talked before the greeting");
+            let reply = Reply::enh(
+                554,
+                (5, 5, 1),
+                format!(
+                    "{} Protocol error: data sent before greeting",
+                    self.ctx.hostname
+                ),
+            );
+            self.send_now(&reply).await?;
+            return Ok(Ending::Pregreet);
+        }
         self.queue_reply(&Reply::new(
             220,
             None,
             format!("{} ESMTP relayward", self.ctx.hostname),
         ));
         loop {
-            let Some(event) = self.next_event(self.ctx.limits.command_timeout).await? else {
-                return Ok(self.ending_for_silence());
+            let event = match self.next_event(self.command_timeout()).await? {
+                Input::Event(event) => event,
+                Input::Gone(ending) => return Ok(ending),
             };
+            self.commands_seen = true;
             let flow = match event {
+                LineEvent::Line(_) if self.improperly_pipelined() => self.close_with(
+                    Reply::enh(
+                        554,
+                        (5, 5, 1),
+                        "Improper use of SMTP command pipelining (send EHLO and wait for PIPELINING)",
+                    ),
+                    Ending::ImproperPipelining,
+                ),
                 LineEvent::Line(line) => self.on_line(&line).await?,
                 LineEvent::TooLong => self.client_error(Reply::enh(
                     500,
@@ -179,6 +237,56 @@ impl Session {
         }
     }
 
+    /// The pregreet test (`mx` listeners): listens for `greet_pause` before the banner. A
+    /// client that talks first is a robot that does not wait for replies; real MTAs wait.
+    async fn pregreeted(&mut self) -> io::Result<bool> {
+        let pause = match self.kind {
+            ListenerKind::Mx => self.ctx.limits.greet_pause,
+            ListenerKind::Submission | ListenerKind::Submissions => Duration::ZERO,
+        };
+        if pause.is_zero() {
+            return Ok(false);
+        }
+        let mut probe = [0u8; 512];
+        match tokio::time::timeout(pause, self.conn.read(&mut probe)).await {
+            Err(_) => Ok(false),
+            Ok(Ok(0)) => Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(e)) => Err(e),
+        }
+    }
+
+    /// RFC 5321 §4.5.3.2.1 gives the greeting its own timeout; after that, the command timeout.
+    fn command_timeout(&self) -> Duration {
+        if self.commands_seen {
+            self.ctx.limits.command_timeout
+        } else {
+            self.ctx.limits.greeting_timeout
+        }
+    }
+
+    /// True when the line just taken was followed by more input although the client has not
+    /// seen PIPELINING in an EHLO reply (RFC 2920 §3.1; a HELO session never gets it). Such a
+    /// client does not wait for replies: a robot, or an attempt to slip commands past a
+    /// decision (Postfix's reject_unauth_pipelining).
+    fn improperly_pipelined(&self) -> bool {
+        let pipelining_offered = self.helo.as_ref().is_some_and(|h| h.esmtp);
+        !pipelining_offered && self.lines.buffered() > 0
+    }
+
+    /// Reads and drops what the client still sends after we closed our side, up to a limit, so
+    /// the kernel does not answer its unread bytes with a reset that would destroy our last reply.
+    async fn drain(&mut self) {
+        let mut sink = [0u8; 16 * 1024];
+        let mut total = 0;
+        while total < DRAIN_LIMIT {
+            match self.conn.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => total += n,
+            }
+        }
+    }
+
     fn ending_for_silence(&self) -> Ending {
         if *self.shutdown.borrow() {
             Ending::ShuttingDown
@@ -188,12 +296,12 @@ impl Session {
     }
 
     /// The next line event. Flushes pending replies first, then waits for input with a timeout.
-    /// `None` means the client closed, went silent past the timeout, or the server is stopping
-    /// (the reason has already been told to the client).
-    async fn next_event(&mut self, timeout: Duration) -> io::Result<Option<LineEvent>> {
+    /// [`Input::Gone`] means the client closed, went silent past the timeout, or the server is
+    /// stopping (the reason has already been told to the client).
+    async fn next_event(&mut self, timeout: Duration) -> io::Result<Input> {
         loop {
             if let Some(event) = self.lines.next_event() {
-                return Ok(Some(event));
+                return Ok(Input::Event(event));
             }
             self.flush().await?;
             let mut buf = [0u8; 4096];
@@ -202,7 +310,7 @@ impl Session {
                 read = tokio::time::timeout(timeout, self.conn.read(&mut buf)) => read,
                 () = stopping(&mut shutdown) => {
                     self.send_now(&Reply::enh(421, (4, 3, 2), format!("{} Service shutting down", self.ctx.hostname))).await?;
-                    return Ok(None);
+                    return Ok(Input::Gone(Ending::ShuttingDown));
                 }
             };
             match read {
@@ -213,9 +321,9 @@ impl Session {
                         format!("{} Timeout, closing", self.ctx.hostname),
                     );
                     self.send_now(&reply).await?;
-                    return Ok(None);
+                    return Ok(Input::Gone(Ending::Timeout));
                 }
-                Ok(Ok(0)) => return Ok(None),
+                Ok(Ok(0)) => return Ok(Input::Gone(self.ending_for_silence())),
                 Ok(Ok(n)) => self.lines.extend(&buf[..n]),
                 Ok(Err(e)) => return Err(e),
             }
@@ -338,6 +446,9 @@ impl Session {
         {
             return self.client_error(refusal.reply());
         }
+        if let Err(reply) = self.spend_budget(Budget::Message) {
+            return self.client_error(reply);
+        }
         let sender = match &from {
             ReversePath::Null => String::new(),
             ReversePath::Path { mailbox, .. } => {
@@ -363,12 +474,17 @@ impl Session {
         let resolved = resolve(to);
         match self.ctx.policy.decide(&identity, &resolved) {
             Ok(accepted) => {
-                if !txn
+                let duplicate = txn
                     .recipients
                     .iter()
-                    .any(|r| r.address() == accepted.address())
-                {
-                    txn.recipients.push(accepted);
+                    .any(|r| r.address() == accepted.address());
+                if !duplicate {
+                    if let Err(reply) = self.spend_budget(Budget::Recipient) {
+                        return self.client_error(reply);
+                    }
+                    if let Some(txn) = self.txn.as_mut() {
+                        txn.recipients.push(accepted);
+                    }
                 }
                 self.reply(Reply::enh(250, (2, 1, 5), "Ok"))
             }
@@ -503,8 +619,10 @@ impl Session {
             tracing::warn!(client = %self.client_ip, octets = injected, "discarding plaintext pipelined after STARTTLS");
             self.lines.clear();
         }
+        // A client that asked for TLS and then sends no ClientHello is held no longer than one
+        // that never greets: the handshake is bounded like the greeting.
         let handshake = tokio::time::timeout(
-            self.ctx.limits.command_timeout,
+            self.ctx.limits.greeting_timeout,
             self.conn.upgrade(&acceptor),
         )
         .await;
@@ -628,7 +746,8 @@ impl Session {
                 SaslStep::Challenge(challenge) => challenge,
             };
             self.queue_reply(&Reply::new(334, None, challenge));
-            let Some(event) = self.next_event(self.ctx.limits.command_timeout).await? else {
+            let Input::Event(event) = self.next_event(self.ctx.limits.command_timeout).await?
+            else {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "client gone during AUTH",
@@ -649,6 +768,29 @@ impl Session {
                 Err(e) => return Ok(Err(e)),
             };
         }
+    }
+
+    /// Spends one message or recipient of the authenticated user's budget (see
+    /// [`crate::ratelimit`]); unauthenticated clients have no per-user budget. Over the limit:
+    /// `451 4.7.1`, and a warning naming the user, since it usually means a stolen password.
+    fn spend_budget(&self, budget: Budget) -> Result<(), Reply> {
+        let Some(login) = self.login.as_deref() else {
+            return Ok(());
+        };
+        let limiter = &self.ctx.user_limits;
+        let spent = match budget {
+            Budget::Message => limiter.try_message(login, Instant::now()),
+            Budget::Recipient => limiter.try_recipient(login, Instant::now()),
+        };
+        spent.map_err(|exceeded| {
+            tracing::warn!(
+                login = %login,
+                client = %self.client_ip,
+                limit = %exceeded,
+                "user sending limit reached (compromised account?)"
+            );
+            exceeded.reply()
+        })
     }
 
     fn identity(&self) -> ClientIdentity {
@@ -707,6 +849,12 @@ pub(crate) async fn stopping(shutdown: &mut watch::Receiver<bool>) {
     if shutdown.wait_for(|stopping| *stopping).await.is_err() {
         std::future::pending::<()>().await;
     }
+}
+
+#[derive(Clone, Copy)]
+enum Budget {
+    Message,
+    Recipient,
 }
 
 enum DataOutcome {

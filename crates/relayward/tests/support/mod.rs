@@ -551,3 +551,43 @@ pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> (Option<i32>, Str
     };
     (code, std::fs::read_to_string(&out_path).unwrap_or_default())
 }
+
+// ---- Additions for tests/hardening_session.rs: talking before the banner (pregreet, PROXY) ----
+
+impl Smtp {
+    /// Connects without reading the banner, so a test can send first (pregreet) or send a
+    /// PROXY header; read the banner with `.expect(220)`.
+    pub fn connect_silent(addr: SocketAddr) -> Smtp {
+        let tcp = TcpStream::connect_timeout(&addr, WAIT).expect("connect");
+        tcp.set_read_timeout(Some(WAIT)).expect("timeout");
+        tcp.set_write_timeout(Some(WAIT)).expect("timeout");
+        let stream: Box<dyn Stream> = Box::new(tcp.try_clone().expect("clone"));
+        Smtp {
+            stream: Some(stream),
+            tcp: Some(tcp),
+            buffer: Vec::new(),
+            transcript: Vec::new(),
+            last: None,
+            banner: (0, Vec::new()),
+        }
+    }
+
+    /// Connects, sends `preamble` in clear (a PROXY header), then starts implicit TLS trusting
+    /// `ca_pem` and reads the banner.
+    pub fn connect_tls_after(addr: SocketAddr, preamble: &[u8], ca_pem: &Path) -> Smtp {
+        let mut tcp = TcpStream::connect_timeout(&addr, WAIT).expect("connect");
+        tcp.set_read_timeout(Some(WAIT)).expect("timeout");
+        tcp.write_all(preamble).expect("write preamble");
+        let tls = tls_client(tcp, ca_pem);
+        let mut smtp = Smtp {
+            stream: Some(Box::new(tls)),
+            tcp: None,
+            buffer: Vec::new(),
+            transcript: vec![format!(">>> (raw) {:?}", String::from_utf8_lossy(preamble))],
+            last: None,
+            banner: (0, Vec::new()),
+        };
+        smtp.expect(220);
+        smtp
+    }
+}
