@@ -1,0 +1,1307 @@
+//! End-to-end delivery through the real binary (issue 3): `relayward serve` accepts mail on
+//! loopback and its queue runner sends it on — through another relayward's submission listener
+//! (STARTTLS + AUTH), through Postfix's `smtp-sink`, to MX hosts found by a test DNS server, and
+//! along a `[[route]]` — while `relayward queue …` watches and steers the live queue.
+//!
+//! The peers are real where it matters (a second relayward, smtp-sink, a DNS server speaking
+//! the wire protocol) and scripted where a test needs a chosen answer (250, 451, 550, a slow
+//! final reply). Everything listens on 127.0.0.0/8 (and `::1` when the host has it).
+
+#[path = "support/dns.rs"]
+mod dns;
+mod support;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dns::{DnsServer, Zone};
+use serde_json::Value;
+use support::{PASSWORD, TestServer, password_hash, standard_config};
+
+/// Bound on waits that include a queue rescan by the running server (every 5 s).
+const RESCAN_WAIT: Duration = Duration::from_secs(20);
+
+// ------------------------------------------------------------------ scripted receivers
+
+type RcptAnswer = Arc<dyn Fn(&str) -> String + Send + Sync>;
+
+/// How a scripted receiving server answers. It offers PIPELINING and 8BITMIME, no STARTTLS.
+#[derive(Clone)]
+struct Script {
+    /// Reply to `RCPT TO:<addr>`, by address.
+    rcpt: RcptAnswer,
+    /// Pause before the reply to the final dot (to catch the sender mid-transaction).
+    data_delay: Duration,
+}
+
+impl Script {
+    fn answering(reply: &'static str) -> Script {
+        Script {
+            rcpt: Arc::new(move |_| reply.to_string()),
+            data_delay: Duration::ZERO,
+        }
+    }
+
+    fn by(rcpt: impl Fn(&str) -> String + Send + Sync + 'static) -> Script {
+        Script {
+            rcpt: Arc::new(rcpt),
+            data_delay: Duration::ZERO,
+        }
+    }
+}
+
+/// A message a receiver took (final reply 250).
+#[derive(Debug, Clone)]
+struct Got {
+    from: String,
+    rcpts: Vec<String>,
+    data: String,
+}
+
+#[derive(Default)]
+struct Log {
+    connections: usize,
+    /// Every RCPT and the reply it got.
+    rcpts: Vec<(String, String)>,
+    /// Message contents read completely (whether or not the reply reached the client).
+    data_read: usize,
+    messages: Vec<Got>,
+}
+
+#[derive(Clone)]
+struct Receiver {
+    addr: SocketAddr,
+    log: Arc<Mutex<Log>>,
+}
+
+impl Receiver {
+    fn start(listener: TcpListener, script: Script) -> Receiver {
+        let addr = listener.local_addr().expect("receiver address");
+        let log = Arc::new(Mutex::new(Log::default()));
+        let shared = Arc::clone(&log);
+        let script = Arc::new(script);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                shared.lock().expect("log").connections += 1;
+                let (script, log) = (Arc::clone(&script), Arc::clone(&shared));
+                std::thread::spawn(move || {
+                    let _ = converse(stream, &script, &log);
+                });
+            }
+        });
+        Receiver { addr, log }
+    }
+
+    /// Listens on `127.0.0.1:0`.
+    fn loopback(script: Script) -> Receiver {
+        Receiver::start(
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind receiver"),
+            script,
+        )
+    }
+
+    fn messages(&self) -> Vec<Got> {
+        self.log.lock().expect("log").messages.clone()
+    }
+
+    fn rcpts(&self) -> Vec<(String, String)> {
+        self.log.lock().expect("log").rcpts.clone()
+    }
+
+    fn connections(&self) -> usize {
+        self.log.lock().expect("log").connections
+    }
+
+    fn data_read(&self) -> usize {
+        self.log.lock().expect("log").data_read
+    }
+
+    /// Waits (bounded) until `count` messages arrived; returns them.
+    #[track_caller]
+    fn wait_for_messages(&self, count: usize, limit: Duration, server: &TestServer) -> Vec<Got> {
+        let ok = eventually(limit, || self.messages().len() >= count);
+        assert!(
+            ok,
+            "receiver {} got {} messages, expected {count}; RCPTs seen: {:?}\nserver log:\n{}",
+            self.addr,
+            self.messages().len(),
+            self.rcpts(),
+            server.log()
+        );
+        self.messages()
+    }
+}
+
+/// One SMTP session, line by line (pipelined commands are answered in order).
+fn converse(stream: TcpStream, script: &Script, log: &Mutex<Log>) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut out = stream.try_clone()?;
+    let mut input = BufReader::new(stream);
+    out.write_all(b"220 receiver.test ESMTP scripted\r\n")?;
+    let (mut from, mut rcpts): (Option<String>, Vec<String>) = (None, Vec::new());
+    loop {
+        let mut line = String::new();
+        if input.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let line = line.trim_end().to_string();
+        let upper = line.to_ascii_uppercase();
+        let reply = if upper.starts_with("EHLO") {
+            "250-receiver.test\r\n250-PIPELINING\r\n250 8BITMIME".to_string()
+        } else if upper.starts_with("HELO") || upper == "NOOP" {
+            "250 ok".into()
+        } else if upper.starts_with("MAIL FROM:") {
+            (from, rcpts) = (Some(angle_path(&line[10..])), Vec::new());
+            "250 2.1.0 ok".into()
+        } else if upper.starts_with("RCPT TO:") {
+            let rcpt = angle_path(&line[8..]);
+            let reply = (script.rcpt)(&rcpt);
+            log.lock()
+                .expect("log")
+                .rcpts
+                .push((rcpt.clone(), reply.clone()));
+            if reply.starts_with('2') {
+                rcpts.push(rcpt);
+            }
+            reply
+        } else if upper == "DATA" && (from.is_none() || rcpts.is_empty()) {
+            "554 5.5.1 no valid recipients".into()
+        } else if upper == "DATA" {
+            out.write_all(b"354 end with <CRLF>.<CRLF>\r\n")?;
+            let data = read_data(&mut input)?;
+            log.lock().expect("log").data_read += 1;
+            std::thread::sleep(script.data_delay);
+            log.lock().expect("log").messages.push(Got {
+                from: from.take().unwrap_or_default(),
+                rcpts: std::mem::take(&mut rcpts),
+                data,
+            });
+            "250 2.0.0 accepted".into()
+        } else if upper == "RSET" {
+            (from, rcpts) = (None, Vec::new());
+            "250 2.0.0 ok".into()
+        } else if upper == "QUIT" {
+            out.write_all(b"221 2.0.0 bye\r\n")?;
+            return Ok(());
+        } else {
+            "502 5.5.2 not implemented".into()
+        };
+        out.write_all(format!("{reply}\r\n").as_bytes())?;
+    }
+}
+
+fn angle_path(arg: &str) -> String {
+    let arg = arg.trim().trim_start_matches('<');
+    arg.split('>').next().unwrap_or("").to_string()
+}
+
+fn read_data(input: &mut impl BufRead) -> std::io::Result<String> {
+    let mut data = Vec::new();
+    loop {
+        let mut line = Vec::new();
+        if input.read_until(b'\n', &mut line)? == 0 {
+            return Err(std::io::Error::other("connection closed in DATA"));
+        }
+        if line == b".\r\n" {
+            return Ok(String::from_utf8_lossy(&data).into_owned());
+        }
+        let start = usize::from(line.starts_with(b".."));
+        data.extend_from_slice(&line[start..]);
+    }
+}
+
+/// Listeners on one port shared by every address (MX hosts carry no port: `mx_port` is one
+/// number for all). All stay bound, so no other test can take the port in between.
+fn listeners_on_one_port(ips: &[IpAddr]) -> (u16, Vec<TcpListener>) {
+    'port: for _ in 0..100 {
+        let first = TcpListener::bind((ips[0], 0)).expect("bind");
+        let port = first.local_addr().expect("address").port();
+        let mut all = vec![first];
+        for ip in &ips[1..] {
+            match TcpListener::bind((*ip, port)) {
+                Ok(listener) => all.push(listener),
+                Err(_) => continue 'port,
+            }
+        }
+        return (port, all);
+    }
+    panic!("no port free on all of {ips:?}");
+}
+
+fn ipv6_loopback_works() -> bool {
+    TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).is_ok()
+}
+
+// ------------------------------------------------------------------ helpers
+
+fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    check()
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+fn ca(server: &TestServer) -> PathBuf {
+    server.data_dir().join("tls").join("cert.pem")
+}
+
+/// Test data that must outlive the servers using it (password files, smtp-sink dumps).
+fn scratch() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+/// A message's content: headers the tests look for, then a body.
+fn content(from: &str, rcpts: &[&str], subject: &str) -> String {
+    format!(
+        "From: <{from}>\r\nTo: {}\r\nSubject: {subject}\r\nMessage-ID: <{}@client.test>\r\n\r\nbody of {subject}\r\n.\r\n",
+        rcpts.join(", "),
+        subject.replace(' ', "-"),
+    )
+}
+
+/// Alice submits a message: submission listener, STARTTLS, AUTH PLAIN, one transaction.
+fn submit(server: &TestServer, rcpts: &[&str], subject: &str) {
+    let from = "alice@example.test";
+    let mut smtp = server.smtp("submission");
+    smtp.send("EHLO laptop.example.test")
+        .expect(250)
+        .starttls(&ca(server))
+        .send("EHLO laptop.example.test")
+        .expect(250)
+        .auth_plain(from, PASSWORD)
+        .expect(235)
+        .send(&format!("MAIL FROM:<{from}>"))
+        .expect(250);
+    for rcpt in rcpts {
+        smtp.send(&format!("RCPT TO:<{rcpt}>")).expect(250);
+    }
+    smtp.send("DATA")
+        .expect(354)
+        .raw(content(from, rcpts, subject).as_bytes())
+        .expect_text(250, "queued as")
+        .send("QUIT")
+        .expect(221);
+}
+
+/// Runs `relayward queue --config <server's file> ARGS…` (bounded); returns stdout.
+#[track_caller]
+fn queue_cmd(server: &TestServer, args: &[&str]) -> String {
+    let dir = scratch();
+    let (out_path, err_path) = (dir.path().join("out"), dir.path().join("err"));
+    let mut child = Command::new(support::binary())
+        .arg("queue")
+        .arg("--config")
+        .arg(&server.config_path)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).expect("out"))
+        .stderr(std::fs::File::create(&err_path).expect("err"))
+        .spawn()
+        .expect("run relayward queue");
+    let deadline = Instant::now() + support::WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("relayward queue {args:?} did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    assert!(
+        status.success(),
+        "relayward queue {args:?} failed ({status}):\n{stdout}\n{stderr}"
+    );
+    stdout
+}
+
+#[track_caller]
+fn queue_json(server: &TestServer, args: &[&str]) -> Value {
+    let mut args = args.to_vec();
+    args.push("--json");
+    let out = queue_cmd(server, &args);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("queue {args:?}: not JSON ({e}):\n{out}"))
+}
+
+fn queue_list(server: &TestServer) -> Vec<Value> {
+    match queue_json(server, &["list"]) {
+        Value::Array(entries) => entries,
+        other => panic!("queue list --json is not an array: {other}"),
+    }
+}
+
+/// Waits (bounded) until the server's queue is empty.
+#[track_caller]
+fn wait_queue_empty(server: &TestServer, limit: Duration) {
+    let mut last = Vec::new();
+    let empty = eventually(limit, || {
+        last = queue_list(server);
+        last.is_empty()
+    });
+    assert!(
+        empty,
+        "queue not empty: {last:#?}\nserver log:\n{}",
+        server.log()
+    );
+}
+
+/// Waits (bounded) until the queue holds one message whose recipients satisfy `check`.
+#[track_caller]
+fn wait_queue_entry(server: &TestServer, limit: Duration, check: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Vec::new();
+    let found = eventually(limit, || {
+        last = queue_list(server);
+        last.len() == 1 && check(&last[0])
+    });
+    assert!(
+        found,
+        "queue never reached the expected state: {last:#?}\nserver log:\n{}",
+        server.log()
+    );
+    last.remove(0)
+}
+
+fn str_field<'a>(value: &'a Value, key: &str) -> &'a str {
+    value[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("{key} is not a string in {value:#}"))
+}
+
+fn u64_field(value: &Value, key: &str) -> u64 {
+    value[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} is not a number in {value:#}"))
+}
+
+/// The header section of a message, unfolded, as (lower-case name, value) in order.
+fn headers(message: &str) -> Vec<(String, String)> {
+    let head = message.split("\r\n\r\n").next().unwrap_or("");
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in head.split("\r\n") {
+        if line.starts_with([' ', '\t']) {
+            if let Some(last) = out.last_mut() {
+                last.1.push(' ');
+                last.1.push_str(line.trim());
+            }
+        } else if let Some((name, value)) = line.split_once(':') {
+            out.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+        }
+    }
+    out
+}
+
+fn header<'a>(message_headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    message_headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+// ------------------------------------------------------------------ RFC 3464
+
+/// A parsed delivery status notification: per-recipient fields and the returned headers.
+#[derive(Debug)]
+struct Dsn {
+    /// Final-Recipient address → (Action, Status).
+    recipients: HashMap<String, (String, String)>,
+    per_message: Vec<(String, String)>,
+    returned_headers: String,
+}
+
+/// Checks the RFC 3464 / RFC 6522 structure of `message` and returns its contents: a
+/// multipart/report with report-type=delivery-status whose parts are a human-readable text,
+/// a message/delivery-status (per-message fields with Reporting-MTA, then one block per
+/// recipient with Final-Recipient, Action and a valid Status), and the original headers.
+#[track_caller]
+fn parse_dsn(message: &str) -> Dsn {
+    let top = headers(message);
+    let content_type = header(&top, "content-type").unwrap_or_else(|| panic!("{message}"));
+    let lower = content_type.to_ascii_lowercase();
+    assert!(lower.starts_with("multipart/report"), "{content_type}");
+    assert!(
+        lower.contains("report-type=delivery-status")
+            || lower.contains("report-type=\"delivery-status\""),
+        "{content_type}"
+    );
+    let boundary = content_type
+        .split(';')
+        .filter_map(|p| p.trim().strip_prefix("boundary="))
+        .next()
+        .unwrap_or_else(|| panic!("no boundary in {content_type}"))
+        .trim_matches('"')
+        .to_string();
+    assert!(
+        header(&top, "from").is_some_and(|f| f.to_ascii_lowercase().contains("mailer-daemon")),
+        "{top:?}"
+    );
+    let body = &message[message.find("\r\n\r\n").expect("body") + 4..];
+    let delimiter = format!("--{boundary}");
+    assert!(
+        body.contains(&format!("{delimiter}--")),
+        "no closing delimiter:\n{message}"
+    );
+    let parts: Vec<&str> = body
+        .split(&delimiter)
+        .skip(1)
+        .take_while(|p| !p.starts_with("--"))
+        .map(|p| p.trim_start_matches("\r\n"))
+        .collect();
+    assert_eq!(parts.len(), 3, "parts of the report:\n{message}");
+    let part_type = |part: &str| {
+        header(&headers(part), "content-type")
+            .unwrap_or("text/plain")
+            .to_ascii_lowercase()
+    };
+    assert!(
+        part_type(parts[0]).starts_with("text/plain"),
+        "{}",
+        parts[0]
+    );
+    assert!(
+        part_type(parts[1]).starts_with("message/delivery-status"),
+        "{}",
+        parts[1]
+    );
+    assert!(
+        part_type(parts[2]).starts_with("text/rfc822-headers")
+            || part_type(parts[2]).starts_with("message/rfc822"),
+        "{}",
+        parts[2]
+    );
+
+    // message/delivery-status: blocks of fields separated by blank lines.
+    let status_body = &parts[1][parts[1].find("\r\n\r\n").expect("status body") + 4..];
+    let blocks: Vec<Vec<(String, String)>> = status_body
+        .split("\r\n\r\n")
+        .map(headers_of_block)
+        .filter(|b| !b.is_empty())
+        .collect();
+    assert!(blocks.len() >= 2, "no per-recipient block:\n{}", parts[1]);
+    let per_message = blocks[0].clone();
+    assert!(
+        header(&per_message, "reporting-mta").is_some_and(|v| v.starts_with("dns;")),
+        "{per_message:?}"
+    );
+    let mut recipients = HashMap::new();
+    for block in &blocks[1..] {
+        let final_rcpt = header(block, "final-recipient").unwrap_or_else(|| panic!("{block:?}"));
+        let (kind, address) = final_rcpt.split_once(';').expect("type; address");
+        assert_eq!(kind.trim().to_ascii_lowercase(), "rfc822");
+        let action = header(block, "action").expect("Action").to_string();
+        let status = header(block, "status").expect("Status").to_string();
+        assert!(valid_status(&status), "Status {status:?}");
+        recipients.insert(address.trim().to_string(), (action, status));
+    }
+    let returned = &parts[2][parts[2].find("\r\n\r\n").map_or(0, |i| i + 4)..];
+    Dsn {
+        recipients,
+        per_message,
+        returned_headers: returned.to_string(),
+    }
+}
+
+fn headers_of_block(block: &str) -> Vec<(String, String)> {
+    headers(&format!("{block}\r\n\r\n"))
+}
+
+/// `class.subject.detail` with class 2, 4 or 5 (RFC 3463).
+fn valid_status(status: &str) -> bool {
+    let parts: Vec<&str> = status.split('.').collect();
+    parts.len() == 3
+        && ["2", "4", "5"].contains(&parts[0])
+        && parts[1..]
+            .iter()
+            .all(|p| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+// ------------------------------------------------------------------ 1. smart host: relayward
+
+/// Instance B: local domain `b.test`, a user `relay@a.test` that may send as Alice of A.
+fn smarthost_b() -> TestServer {
+    TestServer::start(&format!(
+        r#"hostname = "mx.b.test"
+data_dir = "DATA_DIR"
+
+[[listen]]
+address = "127.0.0.1:0"
+kind = "mx"
+
+[[listen]]
+address = "127.0.0.1:0"
+kind = "submission"
+
+[relay]
+local_domains = ["b.test"]
+mailboxes = ["someone@b.test"]
+trusted_networks = []
+
+[[user]]
+login = "relay@a.test"
+password_hash = "{hash}"
+send_as = ["alice@example.test"]
+"#,
+        hash = password_hash()
+    ))
+}
+
+/// Instance A: the standard configuration, relaying through B's submission listener with
+/// STARTTLS (trusting `ca_file`) and AUTH as `relay@a.test`.
+fn relaying_through(b: &TestServer, ca_file: &Path, secrets: &Path) -> TestServer {
+    let password_file = secrets.join("smarthost.secret");
+    std::fs::write(&password_file, format!("{PASSWORD}\n")).expect("password file");
+    TestServer::start(&standard_config(&format!(
+        r#"
+[delivery]
+smarthost = "127.0.0.1:{port}"
+smarthost_tls = "starttls"
+smarthost_user = "relay@a.test"
+smarthost_password_file = "{password}"
+ca_file = "{ca}"
+"#,
+        port = b.addr("submission").port(),
+        password = password_file.display(),
+        ca = ca_file.display(),
+    )))
+}
+
+/// Instance A relays through instance B's submission listener: STARTTLS verified against B's
+/// self-signed certificate (by IP address, 127.0.0.1), AUTH as B's user, and the message lands
+/// in B's Maildir with both trace headers.
+#[test]
+fn smarthost_is_another_relayward_submission_listener_with_starttls_and_auth() {
+    let b = smarthost_b();
+    let secrets = scratch();
+    let a = relaying_through(&b, &ca(&b), secrets.path());
+
+    submit(&a, &["someone@b.test"], "through the smart host");
+
+    let mail = b.wait_for_mail("b.test", "someone", 1);
+    let message = &mail[0];
+    let trace: Vec<String> = headers(message)
+        .into_iter()
+        .filter(|(n, _)| n == "received")
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(trace.len(), 2, "A's and B's Received headers:\n{message}");
+    // Newest first: B's, recording A's relay login over TLS; then A's, recording Alice's.
+    assert!(trace[0].contains("by mx.b.test"), "{}", trace[0]);
+    assert!(
+        trace[0].contains("authenticated as relay@a.test"),
+        "{}",
+        trace[0]
+    );
+    assert!(trace[0].contains("with ESMTPSA"), "{}", trace[0]);
+    assert!(trace[0].contains("TLS"), "{}", trace[0]);
+    assert!(
+        trace[1].contains("from laptop.example.test"),
+        "{}",
+        trace[1]
+    );
+    assert!(trace[1].contains("by mx.example.test"), "{}", trace[1]);
+    assert!(
+        trace[1].contains("authenticated as alice@example.test"),
+        "{}",
+        trace[1]
+    );
+    assert!(message.contains("\r\nSubject: through the smart host\r\n"));
+    assert!(message.contains("\r\nbody of through the smart host\r\n"));
+    assert!(
+        !message.contains(PASSWORD),
+        "a password leaked into the mail"
+    );
+    wait_queue_empty(&a, support::WAIT);
+    wait_queue_empty(&b, support::WAIT);
+}
+
+/// The same set-up trusting another certificate: A must not talk to B (the password would
+/// follow), so the message stays queued with a certificate error and B receives nothing.
+#[test]
+fn smarthost_with_an_untrusted_certificate_gets_neither_password_nor_mail() {
+    let b = smarthost_b();
+    let stranger = TestServer::start(&standard_config(""));
+    let secrets = scratch();
+    let a = relaying_through(&b, &ca(&stranger), secrets.path());
+
+    submit(&a, &["someone@b.test"], "must not leave");
+
+    let entry = wait_queue_entry(&a, support::WAIT, |e| {
+        e["recipients"][0]["attempts"].as_u64() == Some(1)
+    });
+    let rcpt = &entry["recipients"][0];
+    assert_eq!(
+        str_field(rcpt, "status"),
+        "pending",
+        "deferred, not bounced"
+    );
+    let error = str_field(rcpt, "last_error").to_ascii_lowercase();
+    assert!(
+        error.contains("certificate") || error.contains("tls"),
+        "{rcpt:#}"
+    );
+    assert!(b.maildir_new("b.test", "someone").is_empty());
+    assert!(
+        !b.log().contains("relay@a.test"),
+        "B saw a login:\n{}",
+        b.log()
+    );
+}
+
+// ------------------------------------------------------------------ 2. smart host: smtp-sink
+
+/// Kills a child process (one we started) when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn smarthost_is_postfix_smtp_sink_in_clear_on_loopback() {
+    let sink = Path::new("/usr/sbin/smtp-sink");
+    assert!(
+        sink.exists(),
+        "/usr/sbin/smtp-sink is missing: install the Debian package postfix (scripts/test does)"
+    );
+    let dumps = scratch();
+    let dump_dir = dumps.path().join("sink");
+    let port = {
+        let probe = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        probe.local_addr().expect("address").port()
+    };
+    let mut cmd = Command::new(sink);
+    // As root smtp-sink insists on a user to switch to after binding.
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        cmd.args(["-u", "root"]);
+    }
+    let _sink = KillOnDrop(
+        cmd.arg("-d")
+            .arg(format!("{}/%M.", dump_dir.display()))
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("10")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start smtp-sink"),
+    );
+    assert!(
+        eventually(support::WAIT, || TcpStream::connect(("127.0.0.1", port))
+            .is_ok()),
+        "smtp-sink did not listen on port {port}"
+    );
+
+    let a = TestServer::start(&standard_config(&format!(
+        r#"
+[delivery]
+smarthost = "127.0.0.1:{port}"
+smarthost_tls = "none"
+"#
+    )));
+    submit(&a, &["carol@far.test", "dave@far.test"], "into the sink");
+
+    let mut dumped = String::new();
+    let arrived = eventually(support::WAIT, || {
+        dumped = walk(&dump_dir)
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(f).ok())
+            .find(|text| text.contains("Subject: into the sink"))
+            .unwrap_or_default();
+        !dumped.is_empty()
+    });
+    assert!(
+        arrived,
+        "nothing reached smtp-sink\nserver log:\n{}",
+        a.log()
+    );
+    // smtp-sink's dump records the envelope it was given.
+    assert!(dumped.contains("alice@example.test"), "{dumped}");
+    assert!(dumped.contains("carol@far.test"), "{dumped}");
+    assert!(dumped.contains("dave@far.test"), "{dumped}");
+    wait_queue_empty(&a, support::WAIT);
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+// ------------------------------------------------------------------ 3. MX delivery
+
+fn mx_config(dns: &DnsServer, mx_port: u16) -> String {
+    standard_config(&format!(
+        r#"
+[delivery]
+mx_port = {mx_port}
+
+[dns]
+nameservers = ["{dns}"]
+"#,
+        dns = dns.addr
+    ))
+}
+
+fn v4(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+}
+
+fn rcpt_domains(got: &[Got]) -> Vec<String> {
+    let mut rcpts: Vec<String> = got.iter().flat_map(|g| g.rcpts.clone()).collect();
+    rcpts.sort();
+    rcpts
+}
+
+/// MX order (the lower preference wins, whatever order the records come in), the next MX
+/// after a 4xx from the first, implicit MX from an A record, and AAAA-only MX hosts.
+#[test]
+fn mx_delivery_follows_preference_falls_back_on_4xx_and_uses_implicit_mx() {
+    let with_v6 = ipv6_loopback_works();
+    let mut ips = vec![v4(2), v4(3), v4(4)];
+    if with_v6 {
+        ips.push(IpAddr::V6(Ipv6Addr::LOCALHOST));
+    } else {
+        eprintln!("NOTE: no IPv6 loopback here; the AAAA-only MX host is not tested");
+    }
+    let (port, mut listeners) = listeners_on_one_port(&ips);
+    let v6 = with_v6.then(|| {
+        Receiver::start(
+            listeners.pop().expect("::1"),
+            Script::answering("250 2.1.5 ok"),
+        )
+    });
+    let busy = Receiver::start(
+        listeners.pop().expect(".4"),
+        Script::answering("451 4.3.0 busy, try the next MX"),
+    );
+    let secondary = Receiver::start(
+        listeners.pop().expect(".3"),
+        Script::answering("250 2.1.5 ok"),
+    );
+    let primary = Receiver::start(
+        listeners.pop().expect(".2"),
+        Script::answering("250 2.1.5 ok"),
+    );
+
+    let mut zone = Zone::new()
+        // Listed worst first: the order must come from the preference, not the answer.
+        .mx("order.test", 20, "mx2.order.test")
+        .mx("order.test", 10, "mx1.order.test")
+        .a("mx2.order.test", Ipv4Addr::new(127, 0, 0, 3))
+        .a("mx1.order.test", Ipv4Addr::new(127, 0, 0, 2))
+        .mx("fallback.test", 10, "busy.fallback.test")
+        .mx("fallback.test", 20, "backup.fallback.test")
+        .a("busy.fallback.test", Ipv4Addr::new(127, 0, 0, 4))
+        .a("backup.fallback.test", Ipv4Addr::new(127, 0, 0, 3))
+        .a("implicit.test", Ipv4Addr::new(127, 0, 0, 3));
+    let mut rcpts = vec![
+        "user@order.test",
+        "user@fallback.test",
+        "user@implicit.test",
+    ];
+    if with_v6 {
+        zone = zone
+            .mx("v6.test", 10, "mx.v6.test")
+            .aaaa("mx.v6.test", Ipv6Addr::LOCALHOST);
+        rcpts.push("user@v6.test");
+    }
+    let dns = DnsServer::start(zone);
+    let server = TestServer::start(&mx_config(&dns, port));
+
+    submit(&server, &rcpts, "by MX");
+
+    let on_primary = primary.wait_for_messages(1, support::WAIT, &server);
+    assert_eq!(rcpt_domains(&on_primary), ["user@order.test"]);
+    let on_secondary = secondary.wait_for_messages(1, support::WAIT, &server);
+    eventually(support::WAIT, || {
+        rcpt_domains(&secondary.messages()).len() >= 2
+    });
+    assert_eq!(
+        rcpt_domains(&secondary.messages()),
+        ["user@fallback.test", "user@implicit.test"],
+        "the backup MX of fallback.test and the implicit MX of implicit.test: {on_secondary:?}"
+    );
+    assert!(
+        busy.rcpts()
+            .iter()
+            .any(|(r, reply)| r == "user@fallback.test" && reply.starts_with("451")),
+        "the preferred MX of fallback.test was tried first: {:?}",
+        busy.rcpts()
+    );
+    assert!(busy.messages().is_empty());
+    if let Some(v6) = &v6 {
+        let got = v6.wait_for_messages(1, support::WAIT, &server);
+        assert_eq!(rcpt_domains(&got), ["user@v6.test"]);
+    }
+    for got in primary.messages().iter().chain(&secondary.messages()) {
+        assert_eq!(got.from, "alice@example.test");
+        assert!(got.data.contains("\r\nSubject: by MX\r\n"), "{}", got.data);
+        assert!(
+            got.data.starts_with("Received: from laptop.example.test"),
+            "{}",
+            got.data
+        );
+    }
+    wait_queue_empty(&server, support::WAIT);
+    let asked = dns.queries();
+    assert!(asked.iter().any(|q| q == "order.test. MX"), "{asked:?}");
+    assert!(asked.iter().any(|q| q == "implicit.test. A"), "{asked:?}");
+}
+
+/// A 4xx from the only MX leaves the recipient pending with its error and a later attempt;
+/// `relayward queue retry --all` on the live server makes it due, and the next attempt
+/// delivers.
+#[test]
+fn mx_delivery_retries_after_4xx() {
+    let (port, mut listeners) = listeners_on_one_port(&[v4(2)]);
+    let open = Arc::new(AtomicBool::new(false));
+    let gate = Arc::clone(&open);
+    let mx = Receiver::start(
+        listeners.pop().expect("listener"),
+        Script::by(move |_| {
+            if gate.load(Ordering::SeqCst) {
+                "250 2.1.5 ok".into()
+            } else {
+                "451 4.3.0 greylisted, come back later".into()
+            }
+        }),
+    );
+    let dns = DnsServer::start(
+        Zone::new()
+            .mx("retry.test", 10, "mx.retry.test")
+            .a("mx.retry.test", Ipv4Addr::new(127, 0, 0, 2)),
+    );
+    let server = TestServer::start(&mx_config(&dns, port));
+
+    submit(&server, &["later@retry.test"], "retry me");
+
+    let entry = wait_queue_entry(&server, support::WAIT, |e| {
+        e["recipients"][0]["attempts"].as_u64() == Some(1)
+    });
+    let rcpt = &entry["recipients"][0];
+    assert_eq!(str_field(rcpt, "status"), "pending");
+    assert!(
+        str_field(rcpt, "last_error").starts_with("451 4.3.0 greylisted"),
+        "{rcpt:#}"
+    );
+    assert!(
+        u64_field(rcpt, "next_attempt") >= now() + 30,
+        "the first retry is about a minute away: {rcpt:#}"
+    );
+    assert!(mx.messages().is_empty());
+
+    open.store(true, Ordering::SeqCst);
+    let retried = queue_json(&server, &["retry", "--all"]);
+    assert_eq!(retried["action"], "retry");
+    assert_eq!(retried["ids"][0], entry["id"]);
+
+    let got = mx.wait_for_messages(1, RESCAN_WAIT, &server);
+    assert_eq!(got[0].rcpts, ["later@retry.test"]);
+    assert!(got[0].data.contains("Subject: retry me"));
+    assert_eq!(mx.rcpts().len(), 2, "one 451, one 250: {:?}", mx.rcpts());
+    wait_queue_empty(&server, support::WAIT);
+}
+
+/// A 550 from the MX and a null MX (RFC 7505) both bounce at once: the sender's local mailbox
+/// receives an RFC 3464 report for exactly the failed recipients, with the original headers;
+/// the recipient the MX took is delivered and not reported.
+#[test]
+fn mx_delivery_bounces_5xx_and_null_mx_into_the_senders_mailbox() {
+    let (port, mut listeners) = listeners_on_one_port(&[v4(2)]);
+    let mx = Receiver::start(
+        listeners.pop().expect("listener"),
+        Script::by(|rcpt| {
+            if rcpt.starts_with("nobody@") {
+                format!("550 5.1.1 <{rcpt}>: no such user")
+            } else {
+                "250 2.1.5 ok".into()
+            }
+        }),
+    );
+    let dns = DnsServer::start(
+        Zone::new()
+            .mx("reject.test", 10, "mx.reject.test")
+            .a("mx.reject.test", Ipv4Addr::new(127, 0, 0, 2))
+            .null_mx("nullmx.test"),
+    );
+    let server = TestServer::start(&mx_config(&dns, port));
+
+    submit(
+        &server,
+        &["nobody@reject.test", "ok@reject.test"],
+        "partly refused",
+    );
+    submit(&server, &["anyone@nullmx.test"], "to a null MX");
+
+    let got = mx.wait_for_messages(1, support::WAIT, &server);
+    assert_eq!(got[0].rcpts, ["ok@reject.test"]);
+    let bounces = server.wait_for_mail("example.test", "alice", 2);
+    let find = |subject: &str| {
+        bounces
+            .iter()
+            .find(|b| b.contains(&format!("Subject: {subject}\r\n")))
+            .unwrap_or_else(|| panic!("no bounce for {subject:?} in {bounces:#?}"))
+            .clone()
+    };
+
+    let refused = find("partly refused");
+    let dsn = parse_dsn(&refused);
+    assert_eq!(
+        dsn.recipients.len(),
+        1,
+        "only the refused recipient: {dsn:?}"
+    );
+    let (action, status) = &dsn.recipients["nobody@reject.test"];
+    assert_eq!(action, "failed");
+    assert_eq!(status, "5.1.1", "the status of the 550 reply");
+    assert!(
+        refused.contains("550 5.1.1 <nobody@reject.test>: no such user"),
+        "{refused}"
+    );
+    assert!(
+        dsn.returned_headers
+            .contains("Message-ID: <partly-refused@client.test>")
+    );
+    assert!(
+        !refused.contains("body of partly refused"),
+        "only headers come back"
+    );
+    assert!(
+        header(&dsn.per_message, "reporting-mta").is_some_and(|v| v.contains("mx.example.test")),
+        "{dsn:?}"
+    );
+
+    let null = find("to a null MX");
+    let dsn = parse_dsn(&null);
+    let (action, status) = &dsn.recipients["anyone@nullmx.test"];
+    assert_eq!(action, "failed");
+    assert!(status.starts_with("5."), "{status}");
+    assert!(dsn.returned_headers.contains("Subject: to a null MX"));
+
+    for bounce in &bounces {
+        // Sent with the null sender (it can never bounce in turn) to Alice.
+        let h = headers(bounce);
+        assert!(
+            header(&h, "to").is_some_and(|t| t.contains("alice@example.test")),
+            "{bounce}"
+        );
+        assert!(
+            header(&h, "auto-submitted").is_some_and(|v| v.starts_with("auto-replied")),
+            "{bounce}"
+        );
+    }
+    let asked = dns.queries();
+    assert!(
+        !asked
+            .iter()
+            .any(|q| q.starts_with("nullmx.test. A") || q.starts_with("nullmx.test. AAAA")),
+        "a null MX must not fall back to the address records: {asked:?}"
+    );
+    wait_queue_empty(&server, support::WAIT);
+}
+
+// ------------------------------------------------------------------ 4. route
+
+fn route_config(receiver: &Receiver) -> String {
+    standard_config(&format!(
+        r#"
+[[route]]
+domain = "corp.example.test"
+to = "smtp://127.0.0.1:{port}"
+"#,
+        port = receiver.addr.port()
+    ))
+}
+
+/// A `[[route]]` domain takes mail from strangers and forwards it to the internal server;
+/// recipients that hide another destination inside it are refused.
+#[test]
+fn route_forwards_its_domain_and_refuses_tricked_recipients() {
+    let internal = Receiver::loopback(Script::answering("250 2.1.5 ok"));
+    let server = TestServer::start(&route_config(&internal));
+
+    let mut smtp = server.smtp("mx");
+    smtp.send("EHLO stranger.outside.test")
+        .expect(250)
+        .send("MAIL FROM:<stranger@outside.test>")
+        .expect(250)
+        .send("RCPT TO:<victim%other.test@corp.example.test>")
+        .expect_text(554, "5.7.1")
+        .send("RCPT TO:<\"victim@other.test\"@corp.example.test>")
+        .expect_text(554, "5.7.1")
+        .send("RCPT TO:<other.test!victim@corp.example.test>")
+        .expect_text(554, "5.7.1")
+        .send("RCPT TO:<@corp.example.test:victim@other.test>")
+        .expect_text(554, "5.7.1")
+        .send("RCPT TO:<anyone@corp.example.test>")
+        .expect_text(250, "2.1.5")
+        .send("DATA")
+        .expect(354)
+        .raw(
+            content(
+                "stranger@outside.test",
+                &["anyone@corp.example.test"],
+                "for corp",
+            )
+            .as_bytes(),
+        )
+        .expect(250)
+        .send("QUIT")
+        .expect(221);
+
+    let got = internal.wait_for_messages(1, support::WAIT, &server);
+    assert_eq!(got[0].from, "stranger@outside.test");
+    assert_eq!(
+        got[0].rcpts,
+        ["anyone@corp.example.test"],
+        "no tricked recipient forwarded"
+    );
+    assert!(
+        got[0]
+            .data
+            .starts_with("Received: from stranger.outside.test ([127.0.0.1])")
+    );
+    assert!(got[0].data.contains("Subject: for corp"));
+    assert_eq!(
+        internal.rcpts().len(),
+        1,
+        "only the one recipient was offered: {:?}",
+        internal.rcpts()
+    );
+    wait_queue_empty(&server, support::WAIT);
+}
+
+// ------------------------------------------------------------------ 5. queue commands
+
+/// `relayward queue list/show/hold/release/retry/delete` against the queue of a running server
+/// whose only delivery path answers 451.
+#[test]
+fn queue_commands_work_on_a_live_queue() {
+    let internal = Receiver::loopback(Script::answering("451 4.7.1 not today"));
+    let server = TestServer::start(&route_config(&internal));
+    let started = now();
+
+    let mut smtp = server.smtp("mx");
+    smtp.send("EHLO stranger.outside.test")
+        .expect(250)
+        .send("MAIL FROM:<stranger@outside.test>")
+        .expect(250)
+        .send("RCPT TO:<stuck@corp.example.test>")
+        .expect(250)
+        .send("DATA")
+        .expect(354)
+        .raw(
+            content(
+                "stranger@outside.test",
+                &["stuck@corp.example.test"],
+                "stuck",
+            )
+            .as_bytes(),
+        )
+        .expect(250)
+        .send("QUIT")
+        .expect(221);
+
+    // The first attempt happens at once and is deferred.
+    let entry = wait_queue_entry(&server, support::WAIT, |e| {
+        e["recipients"][0]["attempts"].as_u64() == Some(1)
+    });
+    eprintln!(
+        "queue list --json:\n{}",
+        queue_cmd(&server, &["list", "--json"])
+    );
+    let id = str_field(&entry, "id").to_string();
+    assert!(!id.is_empty());
+    let arrived = u64_field(&entry, "arrived");
+    assert!((started..=now()).contains(&arrived), "arrived {arrived}");
+    assert!(u64_field(&entry, "age_seconds") <= now() - started + 1);
+    assert_eq!(str_field(&entry, "sender"), "stranger@outside.test");
+    assert!(
+        u64_field(&entry, "size") > 100,
+        "content with a Received header"
+    );
+    assert_eq!(entry["held"], false);
+    let rcpt = &entry["recipients"][0];
+    assert_eq!(str_field(rcpt, "address"), "stuck@corp.example.test");
+    assert_eq!(str_field(rcpt, "status"), "pending");
+    assert_eq!(u64_field(rcpt, "attempts"), 1);
+    assert!(
+        str_field(rcpt, "last_error").starts_with("451 4.7.1 not today"),
+        "{rcpt:#}"
+    );
+    let next = u64_field(rcpt, "next_attempt");
+    assert!(
+        next >= now() + 30,
+        "next attempt about a minute away: {rcpt:#}"
+    );
+    assert_eq!(entry["next_attempt"], rcpt["next_attempt"]);
+    assert_eq!(entry["last_error"], rcpt["last_error"]);
+
+    let table = queue_cmd(&server, &["list"]);
+    eprintln!("queue list:\n{table}");
+    assert!(table.contains(&id), "{table}");
+    assert!(table.contains("stuck@corp.example.test"), "{table}");
+    assert!(table.contains("451"), "{table}");
+
+    let detail = queue_json(&server, &["show", &id]);
+    eprintln!(
+        "queue show --json:\n{}",
+        queue_cmd(&server, &["show", &id, "--json"])
+    );
+    assert_eq!(detail["id"], entry["id"]);
+    assert_eq!(str_field(&detail, "client_ip"), "127.0.0.1");
+    assert_eq!(detail["auth_login"], Value::Null);
+    assert_eq!(detail["recipients"], entry["recipients"]);
+    let shown: Vec<(String, String)> = detail["headers"]
+        .as_array()
+        .expect("headers array")
+        .iter()
+        .map(|h| {
+            (
+                str_field(h, "name").to_string(),
+                str_field(h, "value").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(shown[0].0, "Received", "{shown:?}");
+    assert!(
+        shown.contains(&("Subject".into(), "stuck".into())),
+        "{shown:?}"
+    );
+    assert!(
+        shown.contains(&("Message-ID".into(), "<stuck@client.test>".into())),
+        "{shown:?}"
+    );
+    let table = queue_cmd(&server, &["show", &id]);
+    eprintln!("queue show:\n{table}");
+    assert!(
+        table.contains(&id) && table.contains("Subject: stuck"),
+        "{table}"
+    );
+
+    // Held: listed as held, skipped by `retry --all`, and not attempted even when due.
+    let held = queue_json(&server, &["hold", &id]);
+    eprintln!(
+        "queue hold --json:\n{}",
+        queue_cmd(&server, &["hold", &id, "--json"])
+    );
+    assert_eq!(held, serde_json::json!({"action": "hold", "ids": [id]}));
+    assert_eq!(queue_list(&server)[0]["held"], true);
+    let all = queue_json(&server, &["retry", "--all"]);
+    assert_eq!(all, serde_json::json!({"action": "retry", "ids": []}));
+    queue_json(&server, &["retry", &id]);
+    let offered = internal.rcpts().len();
+    std::thread::sleep(Duration::from_secs(7)); // longer than one rescan of the server
+    assert_eq!(
+        internal.rcpts().len(),
+        offered,
+        "a held message was attempted"
+    );
+    let listed = queue_list(&server);
+    assert_eq!(listed[0]["recipients"][0]["attempts"], 1);
+
+    // Released and retried: the running server attempts it again at its next scan.
+    let released = queue_json(&server, &["release", &id]);
+    assert_eq!(
+        released,
+        serde_json::json!({"action": "release", "ids": [id]})
+    );
+    let retried = queue_json(&server, &["retry", &id]);
+    assert_eq!(retried, serde_json::json!({"action": "retry", "ids": [id]}));
+    let entry = wait_queue_entry(&server, RESCAN_WAIT, |e| {
+        e["recipients"][0]["attempts"].as_u64() == Some(2)
+    });
+    assert_eq!(entry["held"], false);
+    assert_eq!(internal.rcpts().len(), 2, "{:?}", internal.rcpts());
+
+    let deleted = queue_json(&server, &["delete", &id]);
+    assert_eq!(
+        deleted,
+        serde_json::json!({"action": "delete", "ids": [id]})
+    );
+    assert_eq!(queue_list(&server), Vec::<Value>::new());
+    let table = queue_cmd(&server, &["list"]);
+    assert!(!table.contains(&id), "{table}");
+    assert!(internal.messages().is_empty());
+}
+
+// ------------------------------------------------------------------ crash during delivery
+
+/// `kill -9` while the receiving server holds the final reply: after a restart on the same data
+/// directory, every recipient is delivered (at least once) and the queue empties.
+#[test]
+fn kill_9_during_delivery_loses_no_recipient() {
+    let internal = Receiver::loopback(Script {
+        rcpt: Arc::new(|_| "250 2.1.5 ok".into()),
+        data_delay: Duration::from_secs(3),
+    });
+    let config = route_config(&internal);
+    let server = TestServer::start(&config);
+    let rcpts = ["one@corp.example.test", "two@corp.example.test"];
+    let mut smtp = server.smtp("mx");
+    smtp.send("EHLO stranger.outside.test")
+        .expect(250)
+        .send("MAIL FROM:<stranger@outside.test>")
+        .expect(250)
+        .send(&format!("RCPT TO:<{}>", rcpts[0]))
+        .expect(250)
+        .send(&format!("RCPT TO:<{}>", rcpts[1]))
+        .expect(250)
+        .send("DATA")
+        .expect(354)
+        .raw(content("stranger@outside.test", &rcpts, "crash").as_bytes())
+        .expect(250)
+        .send("QUIT")
+        .expect(221);
+    assert!(
+        eventually(support::WAIT, || internal.data_read() >= 1),
+        "delivery did not start\n{}",
+        server.log()
+    );
+    let dir = server.kill9();
+    let before = internal.connections();
+
+    let server = TestServer::start_in(dir, &config);
+    let got = internal.wait_for_messages(2, RESCAN_WAIT, &server);
+    assert!(
+        internal.connections() > before,
+        "the restarted server delivered again"
+    );
+    let last = got.last().expect("message");
+    let mut delivered = last.rcpts.clone();
+    delivered.sort();
+    assert_eq!(delivered, rcpts, "every recipient, in the redelivery");
+    wait_queue_empty(&server, RESCAN_WAIT);
+}

@@ -1,0 +1,160 @@
+//! A test DNS server on loopback (UDP) for the real binary's `[dns] nameservers`.
+//!
+//! Built on hickory-proto's message codec rather than hickory-server's authority API: a test
+//! wants a zone in a few lines and a record of what was asked, nothing more. It answers
+//! authoritatively from a [`Zone`]: the records asked for, NOERROR with no answers for a name
+//! that exists with other types, NXDOMAIN otherwise.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex};
+
+use hickory_proto::op::{Message, MessageType, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, MX, SOA};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+
+/// Records by (lower-case name with a final dot, type).
+#[derive(Default, Clone)]
+pub struct Zone {
+    records: HashMap<(String, RecordType), Vec<RData>>,
+}
+
+fn fqdn(name: &str) -> String {
+    format!("{}.", name.trim_end_matches('.').to_ascii_lowercase())
+}
+
+impl Zone {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `domain MX preference exchange`.
+    pub fn mx(mut self, domain: &str, preference: u16, exchange: &str) -> Self {
+        let exchange = Name::from_ascii(fqdn(exchange)).expect("exchange name");
+        self.add(
+            domain,
+            RecordType::MX,
+            RData::MX(MX::new(preference, exchange)),
+        );
+        self
+    }
+
+    /// RFC 7505 null MX: `domain MX 0 .`.
+    pub fn null_mx(mut self, domain: &str) -> Self {
+        self.add(domain, RecordType::MX, RData::MX(MX::new(0, Name::root())));
+        self
+    }
+
+    pub fn a(mut self, name: &str, ip: Ipv4Addr) -> Self {
+        self.add(name, RecordType::A, RData::A(A(ip)));
+        self
+    }
+
+    pub fn aaaa(mut self, name: &str, ip: Ipv6Addr) -> Self {
+        self.add(name, RecordType::AAAA, RData::AAAA(AAAA(ip)));
+        self
+    }
+
+    fn add(&mut self, name: &str, rtype: RecordType, data: RData) {
+        self.records
+            .entry((fqdn(name), rtype))
+            .or_default()
+            .push(data);
+    }
+
+    fn exists(&self, name: &str) -> bool {
+        self.records.keys().any(|(n, _)| n == name)
+    }
+}
+
+/// A running responder: its address and every question it was asked (`name TYPE`).
+#[derive(Clone)]
+pub struct DnsServer {
+    pub addr: SocketAddr,
+    queries: Arc<Mutex<Vec<String>>>,
+}
+
+impl DnsServer {
+    /// Binds `127.0.0.1:0` (UDP) and answers from `zone` on a thread until the test ends.
+    pub fn start(zone: Zone) -> DnsServer {
+        let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind test DNS");
+        let addr = socket.local_addr().expect("DNS address");
+        let queries = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&queries);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                let Ok((n, peer)) = socket.recv_from(&mut buf) else {
+                    return;
+                };
+                let Ok(query) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
+                if let Some(q) = query.queries.first() {
+                    seen.lock().expect("queries").push(format!(
+                        "{} {}",
+                        fqdn(&q.name().to_ascii()),
+                        q.query_type()
+                    ));
+                }
+                if let Some(bytes) = respond(&zone, &query) {
+                    let _ = socket.send_to(&bytes, peer);
+                }
+            }
+        });
+        DnsServer { addr, queries }
+    }
+
+    /// Questions asked so far, e.g. `"mx1.order.test. A"`.
+    pub fn queries(&self) -> Vec<String> {
+        self.queries.lock().expect("queries").clone()
+    }
+}
+
+fn respond(zone: &Zone, query: &Message) -> Option<Vec<u8>> {
+    let question = query.queries.first()?.clone();
+    let name = fqdn(&question.name().to_ascii());
+    let mut response = Message::response(query.metadata.id, query.metadata.op_code);
+    response.metadata.message_type = MessageType::Response;
+    response.metadata.authoritative = true;
+    response.metadata.recursion_desired = query.metadata.recursion_desired;
+    response.metadata.recursion_available = true;
+    response.add_query(question.clone());
+    match zone.records.get(&(name.clone(), question.query_type())) {
+        Some(list) => {
+            for data in list {
+                response.add_answer(Record::from_rdata(
+                    question.name().clone(),
+                    60,
+                    data.clone(),
+                ));
+            }
+        }
+        None => {
+            if !zone.exists(&name) {
+                response.metadata.response_code = ResponseCode::NXDomain;
+            }
+            // The SOA lets the resolver cache the negative answer properly (RFC 2308).
+            response.add_authority(soa());
+        }
+    }
+    response.to_vec().ok()
+}
+
+fn soa() -> Record {
+    let name = |s: &str| Name::from_ascii(s).expect("SOA name");
+    Record::from_rdata(
+        name("test."),
+        60,
+        RData::SOA(SOA::new(
+            name("ns.test."),
+            name("hostmaster.test."),
+            1,
+            60,
+            60,
+            600,
+            60,
+        )),
+    )
+}
