@@ -179,7 +179,7 @@ mod tests {
 
     fn policy(trusted: &str) -> (Config, Policy) {
         let text = format!(
-            "hostname = \"mx.example.test\"\ndata_dir = \"/tmp/x\"\n[relay]\nlocal_domains = [\"example.test\"]\ntrusted_networks = [{trusted}]\n"
+            "hostname = \"mx.example.test\"\ndata_dir = \"/tmp/x\"\n[[listen]]\naddress = \"127.0.0.1:25\"\nkind = \"mx\"\n[relay]\nlocal_domains = [\"example.test\"]\ntrusted_networks = [{trusted}]\n"
         );
         let config = Config::from_toml_str(&text, "test").expect("config");
         let policy = Policy::from_config(&config).expect("policy");
