@@ -14,6 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::config::{ConfirmSettings, ProbeConfig, RateLimiter, TlsMode};
 use crate::confirm::ConfirmServer;
 use crate::dnsbl::{DEFAULT_ZONES, Dnsbl};
+use crate::mx::MxResolver;
 use crate::output;
 use crate::report::TargetReport;
 use crate::scan;
@@ -26,9 +27,12 @@ pub const DEFAULT_TO_DOMAIN: &str = "example.net";
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ProbeArgs {
-    /// Targets: host, host:port, IP, IP:port, [v6]:port, CIDR (e.g. 192.0.2.0/28) or CIDR:port.
+    /// Targets: host, host:port, IP, IP:port, [v6]:port, CIDR (e.g. 192.0.2.0/28), CIDR:port, or mx:DOMAIN[:port] (every MX host of the domain).
     #[arg(value_name = "TARGET")]
     pub targets: Vec<String>,
+    /// Probe every MX host of this mail domain (repeatable; same as the target mx:DOMAIN).
+    #[arg(long = "mx", value_name = "DOMAIN")]
+    pub mx_domains: Vec<String>,
     /// Read more targets from a file, one per line (# comments).
     #[arg(long, value_name = "PATH")]
     pub targets_file: Option<PathBuf>,
@@ -71,7 +75,7 @@ pub struct ProbeArgs {
     /// DNSBL zone (repeatable or comma-separated); default: zen.spamhaus.org, bl.spamcop.net, b.barracudacentral.org.
     #[arg(long = "dnsbl-zone", value_delimiter = ',', value_name = "ZONE")]
     pub dnsbl_zones: Vec<String>,
-    /// DNS server for --dnsbl, IP or IP:port (repeatable); default: the system resolver.
+    /// DNS server for --dnsbl and MX lookups, IP or IP:port (repeatable); default: the system resolver.
     #[arg(long = "nameserver", value_name = "ADDR")]
     pub nameservers: Vec<String>,
     /// Print the whole dialogue of every target (relay-test style).
@@ -128,6 +132,7 @@ async fn prepare(args: &ProbeArgs) -> anyhow::Result<(ProbeConfig, Vec<TargetInp
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
         specs.extend(target::from_file_text(&text));
     }
+    specs.extend(args.mx_domains.iter().map(|d| format!("mx:{d}")));
     if specs.is_empty() {
         anyhow::bail!("no TARGET given (see --help)");
     }
@@ -169,7 +174,26 @@ async fn prepare(args: &ProbeArgs) -> anyhow::Result<(ProbeConfig, Vec<TargetInp
     if args.dnsbl {
         cfg.dnsbl = Some(Arc::new(dnsbl(args)?));
     }
+    if inputs.iter().any(|i| matches!(i, TargetInput::Mx { .. })) {
+        let servers = nameservers(args)?;
+        cfg.mx_resolver = Some(Arc::new(MxResolver::new(&servers, Duration::from_secs(5))?));
+    }
     Ok((cfg, inputs))
+}
+
+fn nameservers(args: &ProbeArgs) -> anyhow::Result<Vec<SocketAddr>> {
+    let mut servers = Vec::new();
+    for ns in &args.nameservers {
+        let addr = ns
+            .parse::<SocketAddr>()
+            .or_else(|_| {
+                ns.parse::<std::net::IpAddr>()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            })
+            .map_err(|_| anyhow::anyhow!("bad --nameserver {ns:?}"))?;
+        servers.push(addr);
+    }
+    Ok(servers)
 }
 
 fn dnsbl(args: &ProbeArgs) -> anyhow::Result<Dnsbl> {
@@ -184,18 +208,7 @@ fn dnsbl(args: &ProbeArgs) -> anyhow::Result<Dnsbl> {
     for zone in &zones {
         check_domain(zone)?;
     }
-    let mut servers = Vec::new();
-    for ns in &args.nameservers {
-        let addr = ns
-            .parse::<SocketAddr>()
-            .or_else(|_| {
-                ns.parse::<std::net::IpAddr>()
-                    .map(|ip| SocketAddr::new(ip, 53))
-            })
-            .map_err(|_| anyhow::anyhow!("bad --nameserver {ns:?}"))?;
-        servers.push(addr);
-    }
-    Dnsbl::new(zones, &servers, Duration::from_secs(5))
+    Dnsbl::new(zones, &nameservers(args)?, Duration::from_secs(5))
 }
 
 /// Domains go into command lines: letters, digits, dots and hyphens only.

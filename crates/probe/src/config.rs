@@ -30,6 +30,24 @@ pub struct Target {
     pub host: Option<String>,
     /// How the target is shown: `host:port` as given, or the address.
     pub label: String,
+    /// A domain this target is known to receive mail for (an MX target's domain); used for
+    /// the `{local}` tricks unless `--local-domain` is given.
+    pub local_domain: Option<String>,
+    /// Set when the target came from an MX lookup.
+    pub mx: Option<crate::report::MxInfo>,
+}
+
+impl Target {
+    /// A target given as an address or a host name, not from an MX lookup.
+    pub fn new(addr: SocketAddr, host: Option<String>, label: String) -> Self {
+        Self {
+            addr,
+            host,
+            label,
+            local_domain: None,
+            mx: None,
+        }
+    }
 }
 
 /// Confirm mode settings.
@@ -59,6 +77,9 @@ pub struct ProbeConfig {
     pub keep_transcript: bool,
     pub confirm: Option<ConfirmSettings>,
     pub dnsbl: Option<Arc<Dnsbl>>,
+    /// Resolver for `mx:DOMAIN` targets (`--nameserver`); `None` = the system resolver,
+    /// built when an MX target comes up.
+    pub mx_resolver: Option<Arc<crate::mx::MxResolver>>,
     pub rate: Option<Arc<RateLimiter>>,
     pub tls_connector: TlsConnector,
 }
@@ -78,6 +99,7 @@ impl ProbeConfig {
             keep_transcript: false,
             confirm: None,
             dnsbl: None,
+            mx_resolver: None,
             rate: None,
             tls_connector: crate::tls::connector()?,
         })

@@ -191,6 +191,26 @@ impl Conn {
         }
     }
 
+    /// Whether the server has sent (or sends within `wait`) bytes nobody asked for yet: an
+    /// answer to a line we did not expect to be answered (a PROXY header taken as a command),
+    /// or replies out of step. `Err` when the server closed the connection meanwhile.
+    pub async fn reply_pending(&mut self, wait: Duration) -> Result<bool, ConnError> {
+        if !self.buf.is_empty() {
+            return Ok(true);
+        }
+        let until = self.deadline.min(Instant::now() + wait);
+        let mut chunk = [0u8; 2048];
+        match timeout_at(until, self.stream.read(&mut chunk)).await {
+            Err(_) => Ok(false),
+            Ok(Ok(0)) => Err(ConnError::Closed),
+            Ok(Ok(n)) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Ok(true)
+            }
+            Ok(Err(e)) => Err(ConnError::Io(e)),
+        }
+    }
+
     /// Best-effort QUIT: short wait, errors ignored (we are leaving anyway).
     pub async fn quit(mut self, log: &mut Transcript) {
         self.deadline = self.deadline.min(Instant::now() + Duration::from_secs(2));

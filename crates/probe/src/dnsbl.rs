@@ -43,20 +43,9 @@ impl Dnsbl {
         nameservers: &[SocketAddr],
         timeout: Duration,
     ) -> anyhow::Result<Self> {
-        let provider = TokioRuntimeProvider::default();
-        let mut builder = if nameservers.is_empty() {
-            TokioResolver::builder(provider)?
-        } else {
-            let servers = nameservers.iter().map(|ns| name_server(*ns)).collect();
-            TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
-        };
-        let opts = builder.options_mut();
-        opts.timeout = timeout;
-        opts.attempts = 2;
-        opts.cache_size = 0;
         Ok(Self {
             zones,
-            resolver: builder.build()?,
+            resolver: resolver(nameservers, timeout)?,
         })
     }
 
@@ -73,6 +62,23 @@ impl Dnsbl {
         results.sort_by_key(|(i, _)| *i);
         results.into_iter().map(|(_, r)| r).collect()
     }
+}
+
+/// A resolver for `nameservers` (empty = the system resolver), without cache: blocklist
+/// answers and MX lookups must be fresh.
+pub fn resolver(nameservers: &[SocketAddr], timeout: Duration) -> anyhow::Result<TokioResolver> {
+    let provider = TokioRuntimeProvider::default();
+    let mut builder = if nameservers.is_empty() {
+        TokioResolver::builder(provider)?
+    } else {
+        let servers = nameservers.iter().map(|ns| name_server(*ns)).collect();
+        TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
+    };
+    let opts = builder.options_mut();
+    opts.timeout = timeout;
+    opts.attempts = 2;
+    opts.cache_size = 0;
+    Ok(builder.build()?)
 }
 
 async fn lookup(resolver: &TokioResolver, zone: &str, reversed: &str) -> DnsblResult {

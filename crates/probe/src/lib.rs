@@ -9,18 +9,23 @@
 //! - [`verdict`]: replies → outcomes → verdict, pure.
 //! - [`report`]: the report and its JSON schema; [`output`]: table, transcript, JSON lines.
 //! - [`conn`], [`session`], [`tls`]: the bounded client dialogue.
-//! - [`confirm`]: the proof-of-relay listener; [`dnsbl`]: blocklist lookups.
+//! - [`special`]: the session-level tricks (XCLIENT, PROXY, failed AUTH, pipelining, mixed
+//!   recipients) beside the MAIL/RCPT battery.
+//! - [`confirm`]: the proof-of-relay listener; [`dnsbl`]: blocklist lookups; [`mx`]: the MX
+//!   hosts of a mail domain as targets.
 
 pub mod cli;
 pub mod config;
 pub mod confirm;
 pub mod conn;
 pub mod dnsbl;
+pub mod mx;
 pub mod output;
 pub mod probe;
 pub mod report;
 pub mod scan;
 pub mod session;
+pub mod special;
 pub mod target;
 pub mod tls;
 pub mod transcript;

@@ -45,10 +45,17 @@ pub fn table_row(r: &TargetReport) -> String {
 /// `STARTTLS: TLSv1_3, cert "CN=mx" expires … | AUTH before TLS: PLAIN | VRFY answers`.
 pub fn findings_line(r: &TargetReport) -> String {
     let f = &r.findings;
+    let mx = r.mx.as_ref().map(|m| {
+        if m.implicit {
+            format!("implicit MX of {}", m.domain)
+        } else {
+            format!("MX {} of {}", m.preference, m.domain)
+        }
+    });
     if f.banner.is_none() && f.dnsbl.is_empty() {
-        return String::new();
+        return mx.unwrap_or_default();
     }
-    let mut parts = Vec::new();
+    let mut parts: Vec<String> = mx.into_iter().collect();
     match (&f.tls, f.starttls_offered) {
         (Some(tls), _) => {
             let mut s = format!("TLS: {}", tls.version);

@@ -15,11 +15,12 @@ use relayward_protocol::reply::Reply;
 use tokio::time::Instant;
 
 use crate::config::{ProbeConfig, Target};
-use crate::conn::Conn;
+use crate::conn::{Conn, ConnError};
 use crate::report::{
     ConfirmResult, Fallback, Findings, Outcome, ReplyInfo, TargetReport, TestResult, Verdict,
 };
 use crate::session::{self, Greeting, OpenError};
+use crate::special::{self, Run, SpecialTrick};
 use crate::transcript::Transcript;
 use crate::verdict::{self, AcceptAll};
 
@@ -54,6 +55,8 @@ struct Runner<'a> {
     connections: u32,
     open_failures: u32,
     findings: Findings,
+    /// The EHLO reply of the current shared connection (after STARTTLS): what it offers.
+    hello: Option<Reply>,
 }
 
 /// One MAIL/RCPT exchange as far as it got.
@@ -78,6 +81,7 @@ impl<'a> Runner<'a> {
             connections: 0,
             open_failures: 0,
             findings: Findings::default(),
+            hello: None,
         }
     }
 
@@ -86,7 +90,20 @@ impl<'a> Runner<'a> {
             return self.unreachable(e);
         }
         let ctx = self.context();
-        let tests = self.run_battery(&ctx).await;
+        let mut tests = self.run_battery(&ctx).await;
+        let plain_accepted = tests
+            .iter()
+            .any(|t| t.id == "plain-external" && t.outcome == Outcome::Accepted);
+        // Session-level tricks; failed AUTH last, after the calibration, because servers
+        // that ban after failed logins (fail2ban) would cut the rest short.
+        for id in [
+            special::PIPELINED_RELAY,
+            special::LOCAL_THEN_EXTERNAL,
+            special::XCLIENT_SPOOF,
+            special::PROXY_HEADER_SPOOF,
+        ] {
+            tests.push(self.run_special(id, &ctx, plain_accepted).await);
+        }
         let nonce = nonce();
         let calibrations = battery::calibration_probes(&ctx, &nonce);
         let mut calib_results = Vec::new();
@@ -97,6 +114,10 @@ impl<'a> Runner<'a> {
             calib_results.push((c.kind, r));
         }
         self.extra_findings().await;
+        tests.push(
+            self.run_special(special::FAILED_AUTH_THEN_RELAY, &ctx, plain_accepted)
+                .await,
+        );
         let confirm = self.confirm(&ctx, &tests).await;
         if let Some(conn) = self.conn.take() {
             conn.quit(&mut self.log).await;
@@ -143,6 +164,7 @@ impl<'a> Runner<'a> {
             calibration: calibration.into_iter().map(|(_, r)| r).collect(),
             confirm,
             findings: std::mem::take(&mut self.findings),
+            mx: self.target.mx.clone(),
             duration_ms: 0,
             transcript: self.cfg.keep_transcript.then(|| log.into_lines()),
         }
@@ -184,6 +206,7 @@ impl<'a> Runner<'a> {
                 }
                 self.connections += 1;
                 self.open_failures = 0;
+                self.hello = Some(greeting.hello);
                 self.conn = Some(conn);
                 Ok(())
             }
@@ -262,6 +285,7 @@ impl<'a> Runner<'a> {
             .cfg
             .local_domain
             .clone()
+            .or_else(|| self.target.local_domain.clone())
             .or_else(|| guess_local_domain(ctx.target_host.as_deref()?));
         ctx
     }
@@ -402,6 +426,257 @@ impl<'a> Runner<'a> {
 
     /// VRFY/EXPN postmaster: does the server disclose addresses? Asked after the battery so
     /// their errors cannot count against it.
+    /// One session-level trick, retried once on a fresh connection when the connection broke.
+    async fn run_special(
+        &mut self,
+        id: &str,
+        ctx: &TrickContext,
+        plain_accepted: bool,
+    ) -> TestResult {
+        let Some(trick) = special::special(id) else {
+            return skipped(id, TrickKind::Sender, "", "unknown session-level trick");
+        };
+        let mut attempts = 0;
+        loop {
+            if Instant::now() >= self.host_deadline {
+                return Run::skipped("host timeout reached").into_result(trick, attempts);
+            }
+            if self.open_failures >= MAX_OPEN_FAILURES {
+                return Run::skipped("server unreachable after repeated reconnects")
+                    .into_result(trick, attempts);
+            }
+            attempts += 1;
+            let run = self.special_attempt(trick, ctx, None).await;
+            let accepted = run.rcpt.as_ref().is_some_and(Reply::is_positive_completion);
+            if run.broken.is_none() || accepted || attempts >= 2 {
+                let mut result = run.into_result(trick, attempts);
+                if result.outcome == Outcome::Accepted && plain_accepted {
+                    let also = "plain-external was accepted too, so this shows no more than it";
+                    result.note = Some(match result.note.take() {
+                        Some(n) => format!("{n}; {also}"),
+                        None => also.to_string(),
+                    });
+                }
+                return result;
+            }
+        }
+    }
+
+    /// One run of a session-level trick; `message` (confirm mode) is sent with DATA after an
+    /// accepted RCPT.
+    async fn special_attempt(
+        &mut self,
+        trick: &SpecialTrick,
+        ctx: &TrickContext,
+        message: Option<&str>,
+    ) -> Run {
+        let Some(plain) = battery::trick("plain-external").and_then(|t| battery::render(t, ctx))
+        else {
+            return Run::skipped("the plain external relay cannot be rendered");
+        };
+        if trick.own_connection {
+            self.special_own_connection(trick, &plain, message).await
+        } else {
+            self.special_shared(trick, ctx, &plain, message).await
+        }
+    }
+
+    fn heading(&mut self, id: &str, confirm: bool) {
+        if confirm {
+            self.log.heading(&format!("{id} (confirm)"));
+        } else {
+            self.log.heading(id);
+        }
+    }
+
+    /// Pipelined and mixed-recipient tricks: on the shared connection, RSET afterwards.
+    async fn special_shared(
+        &mut self,
+        trick: &SpecialTrick,
+        ctx: &TrickContext,
+        plain: &RenderedTrick,
+        message: Option<&str>,
+    ) -> Run {
+        let mut run = Run::default();
+        if self.conn.is_none()
+            && let Err(e) = self.connect().await
+        {
+            run.broken = Some(format!("reconnect failed: {e}"));
+            return run;
+        }
+        let offers = |kw: &str| {
+            self.hello
+                .as_ref()
+                .is_some_and(|h| session::has_keyword(h, kw))
+        };
+        if trick.id == special::PIPELINED_RELAY && !offers("PIPELINING") {
+            return Run::skipped("PIPELINING not offered");
+        }
+        let Some(mut conn) = self.conn.take() else {
+            run.broken = Some("no connection".into());
+            return run;
+        };
+        self.heading(trick.id, message.is_some());
+        conn.deadline = self.deadline_in(self.cfg.test_timeout);
+        let usable = if trick.id == special::PIPELINED_RELAY {
+            special::pipelined(&mut conn, &mut self.log, &mut run, plain, message).await
+        } else {
+            let local = special::local_recipient(
+                ctx.local_domain.as_deref(),
+                ctx.target_host.as_deref(),
+                ctx.target_ip,
+            );
+            special::transaction(
+                &mut conn,
+                &mut self.log,
+                &mut run,
+                plain,
+                Some(&local),
+                message,
+            )
+            .await
+        };
+        if usable && rset(&mut conn, &mut self.log).await {
+            self.conn = Some(conn);
+        }
+        run
+    }
+
+    /// XCLIENT, PROXY and failed-AUTH tricks: a session of their own, closed afterwards, so
+    /// whatever trust they win cannot leak into other tests. Not counted as reconnects.
+    async fn special_own_connection(
+        &mut self,
+        trick: &SpecialTrick,
+        plain: &RenderedTrick,
+        message: Option<&str>,
+    ) -> Run {
+        let mut run = Run::default();
+        let shared_auth = self
+            .hello
+            .as_ref()
+            .and_then(|h| session::keyword_args(h, "AUTH"))
+            .unwrap_or_default();
+        if trick.id == special::FAILED_AUTH_THEN_RELAY && shared_auth.is_empty() {
+            return Run::skipped("AUTH not offered");
+        }
+        self.heading(trick.id, message.is_some());
+        let preamble = (trick.id == special::PROXY_HEADER_SPOOF)
+            .then(|| special::proxy_line(self.target.addr));
+        let deadline = self.deadline_in(self.cfg.test_timeout * 2);
+        let opened = session::open_with(
+            self.target,
+            self.cfg,
+            self.try_starttls,
+            deadline,
+            &mut self.log,
+            preamble.as_deref(),
+        )
+        .await;
+        let (mut conn, greeting) = match opened {
+            Ok(x) => x,
+            Err(e) => {
+                match (&preamble, e) {
+                    (Some(p), OpenError::Refused(r)) => {
+                        run.step(p, Some(&r));
+                        run.refused = Some(format!(
+                            "session refused after the PROXY header: {}",
+                            ReplyInfo::from(&r)
+                        ));
+                    }
+                    (Some(p), OpenError::Conn(ConnError::Closed)) => {
+                        run.step(p, None);
+                        run.refused =
+                            Some("server closed the connection after the PROXY header".into());
+                    }
+                    (_, e) => run.broken = Some(format!("connect failed: {e}")),
+                }
+                return run;
+            }
+        };
+        conn.deadline = self.deadline_in(self.cfg.test_timeout);
+        let log = &mut self.log;
+        let usable = match trick.id {
+            special::PROXY_HEADER_SPOOF => {
+                let line = preamble.unwrap_or_default();
+                run.step(&line, greeting.preamble_reply.as_ref());
+                match &greeting.preamble_reply {
+                    Some(r) => {
+                        run.refused = Some(format!(
+                            "the PROXY header was answered as a command ({}): not honoured",
+                            ReplyInfo::from(r)
+                        ));
+                        true
+                    }
+                    None => {
+                        special::transaction(&mut conn, log, &mut run, plain, None, message).await
+                    }
+                }
+            }
+            special::XCLIENT_SPOOF => {
+                let advertised = session::has_keyword(&greeting.hello, "XCLIENT");
+                special::xclient(
+                    &mut conn,
+                    log,
+                    &mut run,
+                    &self.cfg.helo,
+                    advertised,
+                    plain,
+                    message,
+                )
+                .await
+            }
+            _ => {
+                let mechanisms = session::keyword_args(&greeting.hello, "AUTH")
+                    .filter(|m| !m.is_empty())
+                    .unwrap_or(shared_auth);
+                special::failed_auth(
+                    &mut conn,
+                    log,
+                    &mut run,
+                    &mechanisms,
+                    &nonce(),
+                    plain,
+                    message,
+                )
+                .await
+            }
+        };
+        if usable {
+            conn.quit(&mut self.log).await;
+        }
+        run
+    }
+
+    /// Confirm mode for a session-level trick: the same dialogue with DATA after the RCPT.
+    async fn send_special_token(
+        &mut self,
+        trick: &SpecialTrick,
+        ctx: &TrickContext,
+        token: String,
+    ) -> ConfirmResult {
+        let message = confirm_message(&self.cfg.from_domain, self.target, trick.id, &token);
+        let run = self.special_attempt(trick, ctx, Some(&message)).await;
+        let note = run
+            .broken
+            .clone()
+            .or(run.refused.clone())
+            .or(run.skipped.clone())
+            .or_else(|| {
+                run.rcpt
+                    .as_ref()
+                    .filter(|r| !r.is_positive_completion())
+                    .map(|r| format!("RCPT: {}", ReplyInfo::from(r)))
+            });
+        ConfirmResult {
+            id: trick.id.to_string(),
+            token,
+            sent: run.data.as_ref().is_some_and(Reply::is_positive_completion),
+            data_reply: run.data.as_ref().map(ReplyInfo::from),
+            arrived: false,
+            note,
+        }
+    }
+
     async fn extra_findings(&mut self) {
         for verb in ["VRFY", "EXPN"] {
             if self.conn.is_none() && self.connect().await.is_err() {
@@ -437,6 +712,13 @@ impl<'a> Runner<'a> {
         };
         let mut results = Vec::new();
         for test in tests.iter().filter(|t| t.outcome == Outcome::Accepted) {
+            if let Some(trick) = special::special(&test.id) {
+                let token = format!("rw{}", nonce());
+                settings.server.expect(&token);
+                let result = self.send_special_token(trick, ctx, token).await;
+                results.push(result);
+                continue;
+            }
             let Some(rendered) = battery::trick(&test.id).and_then(|t| battery::render(t, ctx))
             else {
                 continue;
@@ -486,7 +768,7 @@ impl<'a> Runner<'a> {
         };
         conn.deadline = self.deadline_in(self.cfg.test_timeout);
         self.log.heading(&format!("{} (confirm)", r.id));
-        let message = confirm_message(&self.cfg.from_domain, self.target, r, &result.token);
+        let message = confirm_message(&self.cfg.from_domain, self.target, r.id, &result.token);
         match send_message(&mut conn, r, &message, &mut self.log).await {
             Ok(reply) => {
                 result.sent = reply.is_positive_completion();
@@ -508,30 +790,21 @@ async fn send_message(
     message: &str,
     log: &mut Transcript,
 ) -> Result<Reply, String> {
-    for (line, want) in [
-        (r.mail_from.as_str(), 2),
-        (r.rcpt_to.as_str(), 2),
-        ("DATA", 3),
-    ] {
+    for line in [r.mail_from.as_str(), r.rcpt_to.as_str()] {
         let reply = conn.command(line, log).await.map_err(|e| e.to_string())?;
-        if reply.code / 100 != want {
+        if reply.code / 100 != 2 {
             return Err(format!("{line}: {}", ReplyInfo::from(&reply)));
         }
     }
-    for line in message.lines() {
-        log.client(line);
+    match special::data(conn, message, log).await {
+        Ok((reply, true)) => Ok(reply),
+        Ok((reply, false)) => Err(format!("DATA: {}", ReplyInfo::from(&reply))),
+        Err(e) => Err(e.to_string()),
     }
-    log.client(".");
-    let mut body = message.replace('\n', "\r\n");
-    body.push_str(".\r\n");
-    conn.send_raw(body.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    conn.read_reply(log).await.map_err(|e| e.to_string())
 }
 
 /// The proof message: the token in the subject and the body; no line starts with a dot.
-fn confirm_message(from_domain: &str, target: &Target, r: &RenderedTrick, token: &str) -> String {
+fn confirm_message(from_domain: &str, target: &Target, id: &str, token: &str) -> String {
     format!(
         "From: relayward probe <antispam@{from_domain}>\n\
          To: relay test <relaytest@{from_domain}>\n\
@@ -541,7 +814,7 @@ fn confirm_message(from_domain: &str, target: &Target, r: &RenderedTrick, token:
          This message tests whether {} relays mail for anyone.\n\
          If you received it, it did, through the trick \"{}\".\n\
          Token: {token}\n",
-        target.label, r.id
+        target.label, id
     )
 }
 
@@ -586,6 +859,7 @@ fn finish(
         outcome,
         note: ex.broken,
         attempts,
+        setup: Vec::new(),
     }
 }
 
@@ -602,6 +876,7 @@ fn skipped(id: &str, kind: TrickKind, description: &str, why: &str) -> TestResul
         outcome: Outcome::Skipped,
         note: Some(why.to_string()),
         attempts: 0,
+        setup: Vec::new(),
     }
 }
 

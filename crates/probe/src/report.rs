@@ -121,6 +121,15 @@ pub struct Fallback {
     pub rcpt_reply: Option<ReplyInfo>,
 }
 
+/// A line a session-level trick sent before (or between) MAIL and RCPT — `XCLIENT …`, a PROXY
+/// header, `AUTH …`, a local `RCPT` — and the reply it got (`None`: no reply, e.g. a PROXY
+/// header the server consumed silently).
+#[derive(Debug, Clone, Serialize)]
+pub struct SetupStep {
+    pub sent: String,
+    pub reply: Option<ReplyInfo>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct TestResult {
     pub id: String,
@@ -136,6 +145,9 @@ pub struct TestResult {
     pub note: Option<String>,
     /// Connections this test needed (2 when the server dropped us mid-test).
     pub attempts: u32,
+    /// Session-level tricks (`kind` `session`): what was sent around MAIL/RCPT. Empty for the
+    /// MAIL/RCPT battery.
+    pub setup: Vec<SetupStep>,
 }
 
 /// Proof of relay for one accepted trick.
@@ -178,6 +190,18 @@ pub struct Findings {
     pub dnsbl: Vec<DnsblResult>,
 }
 
+/// How a target was found from a mail domain's MX records (`mx:DOMAIN`, `--mx DOMAIN`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MxInfo {
+    /// The mail domain whose MX this target is.
+    pub domain: String,
+    /// The MX host name (the domain itself for an implicit MX).
+    pub host: String,
+    pub preference: u16,
+    /// The domain has no MX records: its own address is the implicit MX (RFC 5321 §5.1).
+    pub implicit: bool,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct TargetReport {
     /// As given (or expanded from a CIDR), e.g. `mx.example.net:25`, `127.0.1.7:25`.
@@ -194,6 +218,8 @@ pub struct TargetReport {
     pub calibration: Vec<TestResult>,
     pub confirm: Vec<ConfirmResult>,
     pub findings: Findings,
+    /// Set when the target is an MX host of a domain given as `mx:DOMAIN`; else null.
+    pub mx: Option<MxInfo>,
     pub duration_ms: u64,
     /// The whole dialogue; only with `-v`.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 
 use crate::config::{ProbeConfig, Target};
+use crate::mx::MxResolver;
 use crate::probe::probe_target;
 use crate::report::{Findings, TargetReport, Verdict};
 use crate::target::{self, TargetInput};
@@ -65,19 +66,49 @@ pub async fn scan(
 /// One input: an address, or a host name resolved to all its addresses (probed one after
 /// another, so one name holds one concurrency slot).
 async fn probe_input(input: TargetInput, cfg: Arc<ProbeConfig>) -> Vec<TargetReport> {
+    let mut out = Vec::new();
     let targets: Vec<Target> = match input {
         TargetInput::Addr(t) => vec![t],
         TargetInput::Host { name, port } => match target::resolve(&name, port).await {
             Ok(ts) => ts,
             Err(e) => return vec![failed(&format!("{name}:{port}"), e)],
         },
+        TargetInput::Mx { domain, port } => {
+            let label = format!("mx:{domain}:{port}");
+            let resolver = match &cfg.mx_resolver {
+                Some(r) => Arc::clone(r),
+                None => match MxResolver::new(&[], MX_TIMEOUT) {
+                    Ok(r) => Arc::new(r),
+                    Err(e) => return vec![failed(&label, format!("no resolver: {e}"))],
+                },
+            };
+            match resolver.targets(&domain, port).await {
+                Ok(list) => {
+                    let mut targets = Vec::new();
+                    for item in list {
+                        match item {
+                            Ok(t) => targets.push(t),
+                            Err(f) => {
+                                let mut report = failed(&f.label, f.reason);
+                                report.mx = f.mx;
+                                out.push(report);
+                            }
+                        }
+                    }
+                    targets
+                }
+                Err(e) => return vec![failed(&label, e)],
+            }
+        }
     };
-    let mut out = Vec::new();
     for t in targets {
         out.push(probe_target(t, Arc::clone(&cfg)).await);
     }
     out
 }
+
+/// DNS timeout for MX lookups when no resolver was configured.
+const MX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The report of a target that could not even be addressed.
 fn failed(label: &str, reason: String) -> TargetReport {
@@ -93,6 +124,7 @@ fn failed(label: &str, reason: String) -> TargetReport {
         calibration: Vec::new(),
         confirm: Vec::new(),
         findings: Findings::default(),
+        mx: None,
         duration_ms: 0,
         transcript: None,
     }

@@ -1,6 +1,9 @@
 //! Opening an SMTP session: connect, banner, EHLO (fallback HELO), STARTTLS, EHLO again.
 
 use relayward_protocol::reply::Reply;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
 
@@ -22,6 +25,9 @@ pub struct Greeting {
     pub tls: Option<TlsInfo>,
     /// STARTTLS offered but refused or failed (auto mode then goes on in cleartext).
     pub tls_error: Option<String>,
+    /// With a preamble (a PROXY header): the reply the server gave to it, i.e. it took the
+    /// line as a command instead of honouring it. `None` = the line drew no reply.
+    pub preamble_reply: Option<Reply>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +55,20 @@ pub async fn open(
     deadline: Instant,
     log: &mut Transcript,
 ) -> Result<(Conn, Greeting), OpenError> {
+    open_with(target, cfg, try_starttls, deadline, log, None).await
+}
+
+/// [`open`], but writes `preamble` (one line, CRLF added) right after connecting, before the
+/// banner and before any TLS: a PROXY protocol v1 header. Whether the server answered it as
+/// a command is in [`Greeting::preamble_reply`].
+pub async fn open_with(
+    target: &Target,
+    cfg: &ProbeConfig,
+    try_starttls: bool,
+    deadline: Instant,
+    log: &mut Transcript,
+    preamble: Option<&str>,
+) -> Result<(Conn, Greeting), OpenError> {
     if let Some(rate) = &cfg.rate {
         rate.acquire().await;
     }
@@ -58,6 +78,15 @@ pub async fn open(
         .map_err(|_| OpenError::ConnectTimeout)?
         .map_err(OpenError::Connect)?;
     let _ = tcp.set_nodelay(true);
+    let mut tcp = tcp;
+    if let Some(line) = preamble {
+        log.client(line);
+        let data = format!("{line}\r\n");
+        timeout_at(deadline, tcp.write_all(data.as_bytes()))
+            .await
+            .map_err(|_| OpenError::Conn(ConnError::Timeout))?
+            .map_err(|e| OpenError::Conn(ConnError::Io(e)))?;
+    }
     let implicit = cfg.implicit_tls || target.addr.port() == 465;
     let (stream, mut tls_info) = if implicit {
         let s = handshake(target, cfg, tcp, deadline).await?;
@@ -71,7 +100,12 @@ pub async fn open(
     if banner.code != 220 {
         return Err(OpenError::Refused(banner));
     }
-    let (hello, esmtp) = hello(&mut conn, &cfg.helo, log).await?;
+    let (hello, esmtp, preamble_reply) = if preamble.is_some() {
+        hello_after_preamble(&mut conn, &cfg.helo, log).await?
+    } else {
+        let (hello, esmtp) = hello(&mut conn, &cfg.helo, log).await?;
+        (hello, esmtp, None)
+    };
     let starttls_offered = esmtp && has_keyword(&hello, "STARTTLS");
     let mut greeting = Greeting {
         banner,
@@ -81,6 +115,7 @@ pub async fn open(
         starttls_offered,
         tls: None,
         tls_error: None,
+        preamble_reply,
     };
     let want_tls = cfg.tls != TlsMode::Never && try_starttls && !conn.is_tls();
     if want_tls && starttls_offered {
@@ -134,12 +169,56 @@ async fn starttls(
 }
 
 /// EHLO, or HELO when EHLO is refused with 5xx (RFC 5321 §3.2).
-async fn hello(
+pub async fn hello(
     conn: &mut Conn,
     name: &str,
     log: &mut Transcript,
 ) -> Result<(Reply, bool), OpenError> {
     let reply = conn.command(&format!("EHLO {name}"), log).await?;
+    after_ehlo(conn, name, reply, log).await
+}
+
+/// How long to wait for a second reply after EHLO when a preamble preceded it: short when the
+/// first reply looks like EHLO's own (250), longer when it looks like a refusal of the preamble.
+const PREAMBLE_WAIT_OK: Duration = Duration::from_millis(500);
+const PREAMBLE_WAIT_ERR: Duration = Duration::from_secs(2);
+
+/// EHLO after a preamble line. A server that honours the preamble answers EHLO only; one that
+/// takes it for a command answers it too, so two replies arrive: the first belongs to the
+/// preamble. A server that closes the connection after answering the preamble refused it.
+async fn hello_after_preamble(
+    conn: &mut Conn,
+    name: &str,
+    log: &mut Transcript,
+) -> Result<(Reply, bool, Option<Reply>), OpenError> {
+    conn.send_line(&format!("EHLO {name}"), log).await?;
+    let first = conn.read_reply(log).await?;
+    let wait = if first.code == 250 {
+        PREAMBLE_WAIT_OK
+    } else {
+        PREAMBLE_WAIT_ERR
+    };
+    match conn.reply_pending(wait).await {
+        Ok(true) => {
+            let second = conn.read_reply(log).await?;
+            let (hello, esmtp) = after_ehlo(conn, name, second, log).await?;
+            Ok((hello, esmtp, Some(first)))
+        }
+        Ok(false) => {
+            let (hello, esmtp) = after_ehlo(conn, name, first, log).await?;
+            Ok((hello, esmtp, None))
+        }
+        Err(ConnError::Closed) => Err(OpenError::Refused(first)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn after_ehlo(
+    conn: &mut Conn,
+    name: &str,
+    reply: Reply,
+    log: &mut Transcript,
+) -> Result<(Reply, bool), OpenError> {
     if reply.code == 250 {
         return Ok((reply, true));
     }

@@ -20,6 +20,11 @@ pub enum TargetInput {
         name: String,
         port: u16,
     },
+    /// `mx:DOMAIN[:port]` / `--mx DOMAIN`: every MX host of the domain, every address of each.
+    Mx {
+        domain: String,
+        port: u16,
+    },
 }
 
 impl TargetInput {
@@ -27,6 +32,7 @@ impl TargetInput {
         match self {
             TargetInput::Addr(t) => t.label.clone(),
             TargetInput::Host { name, port } => format!("{name}:{port}"),
+            TargetInput::Mx { domain, port } => format!("mx:{domain}:{port}"),
         }
     }
 }
@@ -65,6 +71,20 @@ fn parse_one(spec: &str, default_port: u16, out: &mut Vec<TargetInput>) -> Resul
     if spec.is_empty() {
         return Err(bad("empty"));
     }
+    if let Some(rest) = strip_prefix_ci(spec, "mx:") {
+        let (domain, port) = match rest.rsplit_once(':') {
+            Some((d, p)) => (d, p.parse::<u16>().map_err(|_| bad("bad port"))?),
+            None => (rest, default_port),
+        };
+        if !is_host_name(domain) || !domain.contains('.') {
+            return Err(bad("mx: needs a mail domain"));
+        }
+        out.push(TargetInput::Mx {
+            domain: domain.trim_end_matches('.').to_ascii_lowercase(),
+            port,
+        });
+        return Ok(());
+    }
     if spec.contains('/') {
         return parse_cidr(spec, default_port, out);
     }
@@ -84,12 +104,7 @@ fn parse_one(spec: &str, default_port: u16, out: &mut Vec<TargetInput>) -> Resul
         Some((name, port)) => (name, port.parse::<u16>().map_err(|_| bad("bad port"))?),
         None => (spec, default_port),
     };
-    let valid = !name.is_empty()
-        && name.len() <= 253
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-    if !valid {
+    if !is_host_name(name) {
         return Err(bad("not a host name, address or CIDR range"));
     }
     out.push(TargetInput::Host {
@@ -97,6 +112,21 @@ fn parse_one(spec: &str, default_port: u16, out: &mut Vec<TargetInput>) -> Resul
         port,
     });
     Ok(())
+}
+
+fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = s.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
+}
+
+/// Letters, digits, dots and hyphens; at most 253 bytes.
+fn is_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 /// `10.0.0.0/30`, `10.0.0.0/30:2525`, `[2001:db8::/126]:25`: every address of the range,
@@ -160,11 +190,7 @@ fn u128_to_ip(n: u128, family: IpAddr) -> IpAddr {
 
 /// Addresses are always shown in the canonical `ip:port` / `[v6]:port` form.
 fn addr_target(addr: SocketAddr) -> TargetInput {
-    TargetInput::Addr(Target {
-        addr,
-        host: None,
-        label: addr.to_string(),
-    })
+    TargetInput::Addr(Target::new(addr, None, addr.to_string()))
 }
 
 /// Resolves a host name to every address (each is a target of its own).
@@ -175,11 +201,11 @@ pub async fn resolve(name: &str, port: u16) -> Result<Vec<Target>, String> {
     let mut out: Vec<Target> = Vec::new();
     for addr in addrs {
         if !out.iter().any(|t| t.addr == addr) {
-            out.push(Target {
+            out.push(Target::new(
                 addr,
-                host: Some(name.to_string()),
-                label: format!("{name}:{port}"),
-            });
+                Some(name.to_string()),
+                format!("{name}:{port}"),
+            ));
         }
     }
     if out.is_empty() {
@@ -210,6 +236,8 @@ mod tests {
         assert_eq!(addrs(&["[::1]"]), ["[::1]:25"]);
         assert_eq!(addrs(&["MX.Example.net"]), ["mx.example.net:25"]);
         assert_eq!(addrs(&["mx.example.net:587"]), ["mx.example.net:587"]);
+        assert_eq!(addrs(&["mx:Example.NET"]), ["mx:example.net:25"]);
+        assert_eq!(addrs(&["MX:example.net:2525"]), ["mx:example.net:2525"]);
     }
 
     #[test]
@@ -236,6 +264,9 @@ mod tests {
         assert!(matches!(e("bad host!"), TargetError::Bad(..)));
         assert!(matches!(e("10.0.0.0/33"), TargetError::Bad(..)));
         assert!(matches!(e(""), TargetError::Bad(..)));
+        assert!(matches!(e("mx:"), TargetError::Bad(..)));
+        assert!(matches!(e("mx:localhost"), TargetError::Bad(..)));
+        assert!(matches!(e("mx:a.example:x"), TargetError::Bad(..)));
     }
 
     #[test]

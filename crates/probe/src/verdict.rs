@@ -232,6 +232,7 @@ mod tests {
             fallback: None,
             note: None,
             attempts: 1,
+            setup: Vec::new(),
         }
     }
 

@@ -259,6 +259,23 @@ async fn postfix_smtp_sink_is_accept_all() {
         .find(|c| c.id == "calib-invalid-domain")
         .expect("calibrated");
     assert_eq!(calib.outcome, relayward_probe::Outcome::Accepted);
+    // A real implementation of the session-level dialogue: smtp-sink takes XCLIENT and any
+    // AUTH, and answers a PROXY header as an unknown command.
+    let outcome = |id: &str| r.tests.iter().find(|t| t.id == id).map(|t| t.outcome);
+    use relayward_probe::Outcome::{Accepted, Refused};
+    assert_eq!(outcome("xclient-spoof"), Some(Accepted));
+    assert_eq!(outcome("pipelined-relay"), Some(Accepted));
+    assert_eq!(outcome("proxy-header-spoof"), Some(Refused));
+    let auth = r
+        .tests
+        .iter()
+        .find(|t| t.id == "failed-auth-then-relay")
+        .expect("failed-auth");
+    assert!(
+        auth.note.as_deref().is_some_and(|n| n.contains("ACCEPTED")),
+        "{:?}",
+        auth.note
+    );
 }
 
 fn is_root() -> bool {

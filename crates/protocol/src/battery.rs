@@ -18,6 +18,11 @@
 //! target's address literal, `{lit6}` the same address written as an IPv6 literal (IPv4-mapped
 //! for an IPv4 target, uncompressed for an IPv6 one), `{xip}` / `{xlit}` an external address
 //! bare / as a literal.
+//!
+//! Tricks that are not a MAIL/RCPT pair — XCLIENT and PROXY-header spoofing, a failed AUTH,
+//! pipelined commands, a local recipient before the external one (research U43–U45, U52, U56)
+//! — are session-level and live in the probe crate (`relayward_probe::special`); their ids never
+//! collide with these.
 
 use std::net::{IpAddr, Ipv4Addr};
 

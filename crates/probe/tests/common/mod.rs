@@ -36,6 +36,18 @@ pub enum Kind {
     AcceptEverything,
     /// 530 to MAIL.
     AuthRequired,
+    /// Advertises and honours XCLIENT from anyone; a session claiming 127.0.0.1 is trusted.
+    XclientTrusting,
+    /// Honours a PROXY v1 header from anyone; a session claiming 127.0.0.1 is trusted.
+    ProxyTrusting,
+    /// Advertises AUTH; a failed or cancelled AUTH leaves the session trusted.
+    FailedAuthTrusting,
+    /// Skips the relay check when RCPT arrived in the same read as MAIL (pipelined).
+    PipelineBlind,
+    /// Decides relay per transaction: once a local recipient is accepted, any recipient is.
+    PerTransaction,
+    /// Closed, and hangs up on a PROXY header taken as a command.
+    ProxyHangup,
 }
 
 #[derive(Clone)]
@@ -88,27 +100,40 @@ pub fn config() -> ProbeConfig {
 }
 
 pub fn target(addr: SocketAddr) -> relayward_probe::Target {
-    relayward_probe::Target {
-        addr,
-        host: None,
-        label: addr.to_string(),
-    }
+    relayward_probe::Target::new(addr, None, addr.to_string())
 }
+
+/// The address a spoofing client claims and these servers trust (their "mynetworks").
+const TRUSTED: &str = "127.0.0.1";
 
 async fn session(stream: TcpStream, spec: Arc<Spec>, addr: SocketAddr) -> std::io::Result<()> {
     let mut plain = BufReader::new(stream);
+    let mut trusted = false;
+    if spec.kind == Kind::ProxyTrusting {
+        // A PROXY header comes before the banner; wait a moment for one.
+        let ready = tokio::time::timeout(Duration::from_millis(300), plain.fill_buf()).await;
+        if let Ok(Ok(buf)) = ready
+            && buf.starts_with(b"PROXY ")
+        {
+            let mut raw = Vec::new();
+            (&mut plain).take(200).read_until(b'\n', &mut raw).await?;
+            let line = String::from_utf8_lossy(&raw).trim_end().to_string();
+            let words: Vec<&str> = line.split(' ').collect();
+            trusted = words.len() == 6 && words[2] == TRUSTED;
+        }
+    }
     plain
         .get_mut()
         .write_all(format!("220 {HOST} ESMTP scripted\r\n").as_bytes())
         .await?;
     let literal = format!("[{}]", addr.ip());
-    if dialogue(&mut plain, &spec, &literal, false).await? {
+    if dialogue(&mut plain, &spec, &literal, false, &mut trusted).await? {
         let Some(acceptor) = spec.tls.clone() else {
             return Ok(());
         };
         let tls = acceptor.accept(plain.into_inner()).await?;
         let mut tls = BufReader::new(tls);
-        dialogue(&mut tls, &spec, &literal, true).await?;
+        dialogue(&mut tls, &spec, &literal, true, &mut trusted).await?;
     }
     Ok(())
 }
@@ -118,6 +143,10 @@ struct Txn {
     mail: Option<String>,
     relayed: Vec<String>,
     accepted: usize,
+    /// RCPT arrived in the same read as MAIL.
+    pipelined: bool,
+    /// The session is trusted (XCLIENT, PROXY, or the failed-AUTH bug).
+    trusted: bool,
 }
 
 /// Returns `true` when the client asked for STARTTLS and got 220.
@@ -126,6 +155,7 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
     spec: &Spec,
     literal: &str,
     tls_active: bool,
+    trusted: &mut bool,
 ) -> std::io::Result<bool> {
     let mut txn = Txn::default();
     let mut errors = 0;
@@ -137,13 +167,18 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
         }
         let line = String::from_utf8_lossy(&raw).trim_end().to_string();
         let upper = line.to_ascii_uppercase();
+        let more_buffered = !io.buffer().is_empty();
+        let auth = spec.advertise_auth || spec.kind == Kind::FailedAuthTrusting;
         let reply = if upper.starts_with("EHLO") {
             let mut r = format!("250-{HOST}\r\n250-PIPELINING\r\n");
             if spec.tls.is_some() && !tls_active {
                 r.push_str("250-STARTTLS\r\n");
             }
-            if spec.advertise_auth {
+            if auth {
                 r.push_str("250-AUTH PLAIN LOGIN\r\n");
+            }
+            if spec.kind == Kind::XclientTrusting {
+                r.push_str("250-XCLIENT ADDR NAME\r\n");
             }
             r.push_str("250 8BITMIME");
             r
@@ -153,8 +188,29 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
             io.get_mut().write_all(b"220 2.0.0 go ahead\r\n").await?;
             io.get_mut().flush().await?;
             return Ok(true);
+        } else if upper.starts_with("PROXY ") && spec.kind == Kind::ProxyHangup {
+            return Ok(false);
+        } else if upper.starts_with("XCLIENT ") && spec.kind == Kind::XclientTrusting {
+            *trusted = upper.split(' ').any(|w| w == format!("ADDR={TRUSTED}"));
+            format!("220 {HOST} ESMTP scripted")
+        } else if auth && upper.starts_with("AUTH ") {
+            let mut r = "535 5.7.8 authentication failed".to_string();
+            if upper.starts_with("AUTH LOGIN") {
+                io.get_mut().write_all(b"334 VXNlcm5hbWU6\r\n").await?;
+                let mut raw = Vec::new();
+                (&mut *io).take(2000).read_until(b'\n', &mut raw).await?;
+                if raw.starts_with(b"*") {
+                    r = "501 5.7.0 authentication cancelled".to_string();
+                }
+            }
+            if spec.kind == Kind::FailedAuthTrusting {
+                *trusted = true;
+            }
+            r
         } else if upper.starts_with("MAIL FROM:") {
             txn = Txn::default();
+            txn.pipelined = more_buffered && spec.kind == Kind::PipelineBlind;
+            txn.trusted = *trusted;
             mail(spec, &line, &mut txn)
         } else if upper.starts_with("RCPT TO:") {
             rcpt(spec, &line, &mut txn, literal)
@@ -325,6 +381,10 @@ fn rcpt(spec: &Spec, line: &str, txn: &mut Txn, literal: &str) -> String {
         Kind::AcceptEverything => true,
         _ => false,
     };
+    let relays = relays
+        || txn.trusted
+        || txn.pipelined
+        || (spec.kind == Kind::PerTransaction && txn.accepted > 0);
     if relays {
         return relay(txn, addr);
     }
