@@ -191,7 +191,44 @@ async fn accept_loop(
             shutdown.clone(),
         ));
     }
-    while sessions.join_next().await.is_some() {}
+    drain(&bound, sessions, &context).await;
+}
+
+/// While the sessions of a stopping server finish, new clients are told to come back
+/// (`421 4.3.2`) instead of being accepted into a session — or, as a closed-but-listening
+/// socket would do, left waiting for a banner that never comes.
+async fn drain(bound: &BoundListener, mut sessions: JoinSet<()>, context: &SharedContext) {
+    let hostname = context
+        .read()
+        .map(|ctx| ctx.hostname.clone())
+        .unwrap_or_default();
+    let mut turned_away = JoinSet::new();
+    loop {
+        tokio::select! {
+            joined = sessions.join_next() => if joined.is_none() { break },
+            accepted = bound.listener.accept() => match accepted {
+                Ok((tcp, _)) => {
+                    turned_away.spawn(turn_away(tcp, hostname.clone()));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            },
+            Some(_) = turned_away.join_next(), if !turned_away.is_empty() => {}
+        }
+    }
+    while turned_away.join_next().await.is_some() {}
+}
+
+async fn turn_away(mut tcp: TcpStream, hostname: String) {
+    let reply = Reply::enh(
+        421,
+        (4, 3, 2),
+        format!("{hostname} Service shutting down, try again later"),
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        tcp.write_all(reply.to_wire().as_bytes()).await?;
+        tcp.shutdown().await
+    })
+    .await;
 }
 
 /// Longest wait for a trusted proxy's header (further bounded by `greeting_timeout`): the proxy

@@ -111,7 +111,11 @@ pub async fn run(
         }
     };
     let _ = tokio::time::timeout(FAREWELL, session.conn.shutdown()).await;
-    if !matches!(ending, Ending::Quit | Ending::ClientClosed) {
+    // Not when stopping: an idle session has nothing to drain, and shutdown should be quick.
+    if !matches!(
+        ending,
+        Ending::Quit | Ending::ClientClosed | Ending::ShuttingDown
+    ) {
         let _ = tokio::time::timeout(FAREWELL, session.drain()).await;
     }
     ending
