@@ -152,8 +152,11 @@ pub struct Relay {
     /// exists (RFC 5321 §4.5.1).
     #[serde(default)]
     pub mailboxes: Vec<String>,
-    /// Peers allowed to send a PROXY protocol (v1/v2) header naming the real client. From anyone
-    /// else such a header is refused. Default: none.
+    /// Peers allowed to send a PROXY protocol (v1/v2) header naming the real client, on any
+    /// listener; that client then counts for policy, limits and `Received:`. These peers must
+    /// send the header before anything else (within `greeting_timeout`, at most 10 s), or the
+    /// connection is closed. From anyone else a PROXY line is an unknown command (`500 5.5.1`).
+    /// Default: none.
     #[serde(default)]
     pub trusted_proxies: Vec<Cidr>,
 }
@@ -438,13 +441,15 @@ pub struct Limits {
     pub max_recipients: u32,
     /// Failed commands per session before we answer 421 and disconnect.
     pub max_errors: u32,
-    /// Messages one authenticated user may send per hour (then `451 4.7.1`).
+    /// Messages one authenticated user may send per hour (then `451 4.7.1` at MAIL; every
+    /// accepted MAIL counts, see [`crate::ratelimit`]). The budget survives SIGHUP.
     pub messages_per_user_per_hour: u32,
-    /// Messages one authenticated user may send per day (then `451 4.7.1`).
+    /// Messages one authenticated user may send per day (then `451 4.7.1` at MAIL).
     pub messages_per_user_per_day: u32,
-    /// Recipients one authenticated user may address per hour (then `451 4.7.1`).
+    /// Recipients one authenticated user may address per hour (then `451 4.7.1` at RCPT; every
+    /// accepted, distinct RCPT counts).
     pub recipients_per_user_per_hour: u32,
-    /// Recipients one authenticated user may address per day (then `451 4.7.1`).
+    /// Recipients one authenticated user may address per day (then `451 4.7.1` at RCPT).
     pub recipients_per_user_per_day: u32,
     /// Failed AUTH attempts from one client IP (IPv6: /64) within `auth_failure_window` before
     /// that IP is banned from AUTH for `auth_ban` (`454 4.7.0`).
