@@ -239,7 +239,8 @@ fn user_budget_survives_sighup() {
 fn proxy_config(proxies: &str) -> String {
     config(
         &format!("trusted_networks = [\"127.0.0.2/32\"]\ntrusted_proxies = [{proxies}]"),
-        "",
+        // Long enough that a pregreeting test client is never too slow to be caught.
+        "[limits]\ngreet_pause = \"1s\"",
     )
 }
 
@@ -371,7 +372,8 @@ fn expect_refusals_until_closed(smtp: &mut Smtp) {
 
 #[test]
 fn client_talking_before_the_banner_is_refused() {
-    let server = TestServer::start(&stranger_config(""));
+    // Long enough that the test client is never too slow to talk first, even on a busy machine.
+    let server = TestServer::start(&stranger_config("[limits]\ngreet_pause = \"1s\""));
     Smtp::connect_silent(server.addr("mx"))
         .raw(b"EHLO impatient.robot.test\r\n")
         .expect_text(554, "5.5.1")
