@@ -378,8 +378,23 @@ fn client_talking_before_the_banner_is_refused() {
         .raw(b"EHLO impatient.robot.test\r\n")
         .expect_text(554, "5.5.1")
         .expect_closed();
-    // Waiting for the banner is all it takes.
-    server.smtp("mx").send("EHLO patient.mta.test").expect(250);
+    // Waiting for the banner is all it takes; it comes after the pause.
+    let start = Instant::now();
+    let mut patient = server.smtp("mx");
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        start.elapsed()
+    );
+    patient.send("EHLO patient.mta.test").expect(250);
+    // Submission clients are authenticated users' programs: no pause.
+    let start = Instant::now();
+    server.smtp("submission");
+    assert!(
+        start.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[test]
