@@ -1,0 +1,1000 @@
+//! Crash and fault safety of the real `relayward serve` (issue 5, item 5), end to end on
+//! loopback:
+//!
+//! - SIGKILL at random moments under concurrent load loses no acknowledged message;
+//! - a full data directory gets `452 4.3.1`, never `250`, and the server recovers when space
+//!   returns;
+//! - SIGTERM drains (DATA in progress finishes, idle sessions get `421`, exit 0);
+//! - SIGHUP reloads users without dropping connections, and a bad file changes nothing;
+//! - SIGKILL in the middle of a remote delivery loses no recipient.
+//!
+//! Every wait is bounded; the whole file runs in well under a minute.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use support::{PASSWORD, TestServer, standard_config};
+
+/// Limits raised so that the load generator is never mistaken for an abusive client.
+const GENEROUS_LIMITS: &str = r#"
+[limits]
+max_connections_per_ip = 1000
+connections_per_ip_per_minute = 100000
+"#;
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers
+// ---------------------------------------------------------------------------------------------
+
+/// A tiny xorshift generator: random kill moments without a dependency. The seed is printed
+/// so a failing run can be replayed (`RELAYWARD_CRASH_SEED`).
+struct Rng(u64);
+
+impl Rng {
+    fn from_env_or_clock() -> Rng {
+        let seed = std::env::var("RELAYWARD_CRASH_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(0x9e37_79b9_7f4a_7c15)
+            });
+        eprintln!("crash test seed: RELAYWARD_CRASH_SEED={seed}");
+        Rng(seed | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// Uniform-ish in `low..high` milliseconds.
+    fn millis(&mut self, low: u64, high: u64) -> Duration {
+        Duration::from_millis(low + self.next() % (high - low))
+    }
+}
+
+/// Polls `check` every 50 ms until it returns true or `limit` passes.
+fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits (bounded) until the server log contains `needle`.
+#[track_caller]
+fn wait_for_log(server: &TestServer, needle: &str) {
+    assert!(
+        wait_until(support::WAIT, || server.log().contains(needle)),
+        "server log never said {needle:?} (process state: {})\n{}",
+        process_state(server.pid()),
+        server.log()
+    );
+}
+
+/// The state letter of a process from /proc (`Z` = exited, not yet reaped), for diagnostics.
+fn process_state(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let after = stat.rsplit_once(") ")?.1;
+            after.split_whitespace().next().map(str::to_string)
+        })
+        .unwrap_or_else(|| "gone".into())
+}
+
+/// Sends `signal` (e.g. "TERM", "HUP") to the server once it has installed its handlers.
+///
+/// The server prints "ready" (and serves) before its signal loop registers the SIGTERM/SIGHUP
+/// handlers, so a signal sent in that window takes the default action and kills the process.
+/// Until that is fixed, wait for the handlers to show in `/proc/PID/status` (`SigCgt`).
+fn signal_when_handled(server: &TestServer, signal: &str) {
+    let number: u32 = match signal {
+        "HUP" => 1,
+        "INT" => 2,
+        "TERM" => 15,
+        other => panic!("unknown signal {other}"),
+    };
+    let caught = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).ok()?;
+        let mask = status.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
+        let mask = u64::from_str_radix(mask.trim(), 16).ok()?;
+        Some(mask & (1 << (number - 1)) != 0)
+    };
+    let handled = wait_until(support::WAIT, || caught().unwrap_or(true));
+    assert!(handled, "the server never installed a SIG{signal} handler");
+    server.signal(signal);
+}
+
+/// `relayward queue --config FILE list --json` for the server's configuration, parsed.
+fn queue_list(server: &TestServer) -> Vec<serde_json::Value> {
+    let (code, output) = support::run_with_timeout(
+        Command::new(support::binary())
+            .args(["queue", "--config"])
+            .arg(&server.config_path)
+            .args(["list", "--json"]),
+        support::WAIT,
+    );
+    assert_eq!(code, Some(0), "queue list failed: {output}");
+    let start = output.find('[').unwrap_or(0);
+    match serde_json::from_str::<serde_json::Value>(&output[start..]) {
+        Ok(serde_json::Value::Array(entries)) => entries,
+        other => panic!("queue list --json is not an array: {other:?}\n{output}"),
+    }
+}
+
+/// Message files (`*.eml`) in the spool.
+fn spooled_messages(data_dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(data_dir.join("queue").join("msg"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The `Token: …` line of a message, if any.
+fn token_of(text: &str) -> Option<String> {
+    let start = text.find("\r\nToken: ")? + "\r\nToken: ".len();
+    let rest = &text[start..];
+    let end = rest.find("\r\n").unwrap_or(rest.len());
+    Some(rest[..end].to_string())
+}
+
+/// Counts tokens over a set of files (each file holds one message).
+fn count_tokens(files: &[PathBuf]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for file in files {
+        // A file may vanish between listing and reading (the runner removes delivered ones).
+        let Ok(bytes) = std::fs::read(file) else {
+            continue;
+        };
+        if let Some(token) = token_of(&String::from_utf8_lossy(&bytes)) {
+            *counts.entry(token).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+fn ca(server: &TestServer) -> PathBuf {
+    server.data_dir().join("tls").join("cert.pem")
+}
+
+// ---------------------------------------------------------------------------------------------
+// A non-panicking SMTP client for the load generator: the server dies under it on purpose.
+// ---------------------------------------------------------------------------------------------
+
+struct LoadClient {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl LoadClient {
+    fn connect(addr: SocketAddr) -> io::Result<LoadClient> {
+        let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+        tcp.set_write_timeout(Some(Duration::from_secs(5)))?;
+        let mut client = LoadClient {
+            reader: BufReader::new(tcp.try_clone()?),
+            writer: tcp,
+        };
+        client.expect(220)?;
+        client.command("EHLO load.example.test", 250)?;
+        Ok(client)
+    }
+
+    /// Reads one (possibly multi-line) reply and returns its code.
+    fn reply(&mut self) -> io::Result<u16> {
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line)? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let code = line
+                .get(..3)
+                .and_then(|c| c.parse().ok())
+                .ok_or_else(|| io::Error::other(format!("bad reply {line:?}")))?;
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return Ok(code);
+            }
+        }
+    }
+
+    fn expect(&mut self, code: u16) -> io::Result<()> {
+        match self.reply()? {
+            got if got == code => Ok(()),
+            got => Err(io::Error::other(format!("expected {code}, got {got}"))),
+        }
+    }
+
+    fn command(&mut self, line: &str, code: u16) -> io::Result<()> {
+        self.writer.write_all(format!("{line}\r\n").as_bytes())?;
+        self.expect(code)
+    }
+
+    /// One transaction; `Ok(code)` is the reply to the final dot.
+    fn send_message(&mut self, token: &str) -> io::Result<u16> {
+        self.command("MAIL FROM:<load@other.test>", 250)?;
+        self.command("RCPT TO:<alice@example.test>", 250)?;
+        self.command("DATA", 354)?;
+        let body = format!(
+            "Subject: crash test {token}\r\n\r\nToken: {token}\r\n{}\r\n.\r\n",
+            "filler line to give the fsync something to write\r\n".repeat(20)
+        );
+        self.writer.write_all(body.as_bytes())?;
+        self.reply()
+    }
+}
+
+/// What the load generator learnt.
+#[derive(Default)]
+struct Ledger {
+    /// Tokens whose final dot was answered `250`: these must never be lost.
+    acked: BTreeSet<String>,
+    /// Tokens whose final dot was sent (acknowledged or not).
+    sent: BTreeSet<String>,
+    /// Final-dot replies other than 250 (e.g. 452 while recovering), by code.
+    refused: BTreeMap<u16, usize>,
+}
+
+/// Sends messages from `clients` threads until `stop`; each thread reconnects after errors.
+fn load(
+    addr: SocketAddr,
+    round: usize,
+    clients: usize,
+    stop: &Arc<AtomicBool>,
+    ledger: &Arc<Mutex<Ledger>>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    (0..clients)
+        .map(|thread| {
+            let stop = Arc::clone(stop);
+            let ledger = Arc::clone(ledger);
+            std::thread::spawn(move || {
+                let mut n = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(mut client) = LoadClient::connect(addr) else {
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    };
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        let token = format!("r{round}-c{thread}-m{n}");
+                        ledger.lock().expect("ledger").sent.insert(token.clone());
+                        match client.send_message(&token) {
+                            Ok(250) => {
+                                ledger.lock().expect("ledger").acked.insert(token);
+                            }
+                            Ok(code) => {
+                                *ledger
+                                    .lock()
+                                    .expect("ledger")
+                                    .refused
+                                    .entry(code)
+                                    .or_insert(0) += 1;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. SIGKILL under load
+// ---------------------------------------------------------------------------------------------
+
+/// 8 clients send to a local mailbox while the server is SIGKILLed at random moments, four
+/// times. After a final restart every token that got `250` must be delivered (or, bounded by
+/// the wait, still queued).
+///
+/// Duplicates: delivery is at-least-once. A message whose Maildir copy was fsynced but whose
+/// queue update was not when the kill came is delivered again after the restart. For the same
+/// message to be caught that way twice, two kills would have to hit its tiny
+/// delivered-but-not-recorded window in consecutive rounds, so the bound asserted is: no token
+/// is delivered more than twice, and all duplicates together are no more than the deliveries
+/// the four kills can catch in flight (`MAX_UNRECORDED_PER_KILL` each).
+#[test]
+fn sigkill_under_concurrent_load_loses_no_acknowledged_message() {
+    const ROUNDS: usize = 4;
+    const CLIENTS: usize = 8;
+    // Deliveries one kill can catch between "Maildir copy fsynced" and "queue updated": the
+    // runner's 20 connection slots (max_connections), with room for updates waiting on the
+    // group commit (the slot is released before the update). Observed: 0-13 over four kills.
+    const MAX_UNRECORDED_PER_KILL: usize = 25;
+    let config = standard_config(GENEROUS_LIMITS);
+    let mut rng = Rng::from_env_or_clock();
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let started = Instant::now();
+
+    let mut dir = None;
+    for round in 0..ROUNDS {
+        let server = match dir.take() {
+            None => TestServer::start(&config),
+            Some(dir) => TestServer::start_in(dir, &config),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = load(server.addr("mx"), round, CLIENTS, &stop, &ledger);
+        std::thread::sleep(rng.millis(400, 1600));
+        // SIGKILL while the clients are mid-transaction and the runner mid-delivery.
+        dir = Some(server.kill9());
+        stop.store(true, Ordering::Relaxed);
+        for thread in threads {
+            thread.join().expect("load thread");
+        }
+    }
+
+    // Final restart: the runner scans the queue at start and delivers what is left.
+    let server = TestServer::start_in(dir.take().expect("data dir"), &config);
+    let data_dir = server.data_dir();
+    let drained = wait_until(Duration::from_secs(15), || {
+        spooled_messages(&data_dir).is_empty()
+    });
+    let delivered = count_tokens(&server.maildir_new("example.test", "alice"));
+    let queued = count_tokens(&spooled_messages(&data_dir));
+    let ledger = ledger.lock().expect("ledger");
+    let twice_or_more: Vec<(&String, &usize)> = delivered.iter().filter(|(_, n)| **n > 1).collect();
+    let duplicates: usize = twice_or_more.iter().map(|(_, n)| **n - 1).sum();
+    eprintln!(
+        "crash test: {} sent, {} acknowledged, {} delivered ({duplicates} duplicates), \
+         {} still queued, final-dot refusals {:?}, {:?}",
+        ledger.sent.len(),
+        ledger.acked.len(),
+        delivered.len(),
+        queued.len(),
+        ledger.refused,
+        started.elapsed()
+    );
+
+    assert!(
+        ledger.acked.len() >= 20,
+        "too few messages acknowledged for the test to mean anything: {}\n{}",
+        ledger.acked.len(),
+        server.log()
+    );
+    let lost: Vec<&String> = ledger
+        .acked
+        .iter()
+        .filter(|t| !delivered.contains_key(*t) && !queued.contains_key(*t))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged messages are neither delivered nor queued: {:?}",
+        lost.len(),
+        lost.iter().take(20).collect::<Vec<_>>()
+    );
+    assert!(
+        drained,
+        "queue not drained after the final restart: {} messages left\n{}",
+        queued.len(),
+        server.log()
+    );
+    let phantom: Vec<&String> = delivered
+        .keys()
+        .filter(|t| !ledger.sent.contains(*t))
+        .collect();
+    assert!(phantom.is_empty(), "delivered but never sent: {phantom:?}");
+    let too_many: Vec<&(&String, &usize)> = twice_or_more.iter().filter(|(_, n)| **n > 2).collect();
+    assert!(
+        too_many.is_empty(),
+        "delivered more than twice: {too_many:?}"
+    );
+    assert!(
+        duplicates <= ROUNDS * MAX_UNRECORDED_PER_KILL,
+        "{duplicates} duplicate deliveries for {ROUNDS} kills: more than in-flight retries \
+         allow: {twice_or_more:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Disk full
+// ---------------------------------------------------------------------------------------------
+
+/// Sends one message to alice and returns the reply to the final dot (via the transcript
+/// client, which fails the test on anything unexpected before that).
+fn send_one(server: &TestServer, token: &str, body_size: usize) -> (u16, Vec<String>) {
+    let mut smtp = server.smtp("mx");
+    smtp.send("EHLO client.outside.test")
+        .expect(250)
+        .send("MAIL FROM:<friend@other.test>")
+        .expect(250)
+        .send("RCPT TO:<alice@example.test>")
+        .expect(250)
+        .send("DATA")
+        .expect(354);
+    let mut body = format!("Subject: {token}\r\n\r\nToken: {token}\r\n");
+    while body.len() < body_size {
+        body.push_str("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n");
+    }
+    body.push_str(".\r\n");
+    smtp.raw(body.as_bytes());
+    let reply = smtp
+        .read_reply()
+        .unwrap_or_else(|| panic!("no reply to the final dot\n{}", smtp.transcript()));
+    smtp.send("QUIT");
+    reply
+}
+
+#[track_caller]
+fn assert_452_431(reply: &(u16, Vec<String>)) {
+    assert!(
+        reply.0 == 452 && reply.1.iter().any(|l| l.contains("4.3.1")),
+        "expected 452 4.3.1 when the disk is full, got {reply:?}"
+    );
+}
+
+/// `min_free_bytes` above the free space of any disk: every message is refused with
+/// `452 4.3.1`, never `250`, and nothing reaches the queue.
+#[test]
+fn too_little_free_space_answers_452_and_queues_nothing() {
+    let server = TestServer::start(&standard_config(
+        "[queue]\nmin_free_bytes = 1000000000000000\n",
+    ));
+    for i in 0..3 {
+        let reply = send_one(&server, &format!("full-{i}"), 1000);
+        assert_452_431(&reply);
+    }
+    // The session survives the refusal: the client may try again later on the same connection.
+    server
+        .smtp("mx")
+        .send("EHLO client.outside.test")
+        .expect(250)
+        .send("MAIL FROM:<friend@other.test>")
+        .expect(250)
+        .send("RCPT TO:<alice@example.test>")
+        .expect(250)
+        .send("DATA")
+        .expect(354)
+        .raw(b"Subject: x\r\n\r\nx\r\n.\r\n")
+        .expect_text(452, "4.3.1")
+        .send("RSET")
+        .expect(250)
+        .send("QUIT")
+        .expect(221);
+    assert!(spooled_messages(&server.data_dir()).is_empty());
+    assert_eq!(queue_list(&server), Vec::<serde_json::Value>::new());
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(server.maildir_new("example.test", "alice").is_empty());
+}
+
+/// Lowering `min_free_bytes` and sending SIGHUP should let mail in again without a restart.
+#[test]
+#[ignore = "bug: SIGHUP does not apply [queue] min_free_bytes (serve.rs reload never calls Spool::set_min_free_bytes)"]
+fn sighup_applies_a_lower_min_free_bytes() {
+    let server = TestServer::start(&standard_config(
+        "[queue]\nmin_free_bytes = 1000000000000000\n",
+    ));
+    assert_452_431(&send_one(&server, "before-reload", 1000));
+    let config = std::fs::read_to_string(&server.config_path).expect("read config");
+    let lowered = config.replace("min_free_bytes = 1000000000000000", "min_free_bytes = 1");
+    assert_ne!(config, lowered);
+    std::fs::write(&server.config_path, lowered).expect("write config");
+    signal_when_handled(&server, "HUP");
+    wait_for_log(&server, "configuration reloaded");
+    let reply = send_one(&server, "after-reload", 1000);
+    assert_eq!(reply.0, 250, "{reply:?}\n{}", server.log());
+}
+
+/// A tmpfs mounted on the data directory; unmounted (lazily) on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).ok()?;
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .ok()?;
+        status.success().then(|| Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Writes `path` until the filesystem is full (ENOSPC).
+fn fill(path: &Path) {
+    let mut file = std::fs::File::create(path).expect("create filler");
+    let chunk = vec![0x5au8; 64 * 1024];
+    loop {
+        match file.write(&chunk) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+            Err(e) => panic!("filling the disk: {e}"),
+        }
+    }
+    // Top up the last partial page.
+    while matches!(file.write(&chunk[..512]), Ok(n) if n > 0) {}
+    let _ = file.sync_all();
+}
+
+/// A real ENOSPC: the data directory is a 4 MiB tmpfs, filled to the last page. DATA gets
+/// `452 4.3.1`, never `250`; after the filler is deleted the same running server accepts
+/// and delivers again. Needs `mount` (root); skipped with a note where it is not permitted.
+#[test]
+fn real_enospc_answers_452_and_recovers_when_space_returns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let Some(mount) = Tmpfs::mount(&data, "4m") else {
+        eprintln!(
+            "SKIPPED real_enospc_answers_452_and_recovers_when_space_returns: cannot mount a \
+             tmpfs here (needs root); the min_free_bytes variant still runs"
+        );
+        return;
+    };
+    // `min_free_bytes = 0`: no early refusal, so the write itself must hit ENOSPC.
+    let server = TestServer::start_in(dir, &standard_config("[queue]\nmin_free_bytes = 0\n"));
+    let reply = send_one(&server, "before-full", 1000);
+    assert_eq!(reply.0, 250, "{reply:?}");
+    server.wait_for_mail("example.test", "alice", 1);
+
+    let filler = server.data_dir().join("filler");
+    fill(&filler);
+    for i in 0..3 {
+        let reply = send_one(&server, &format!("while-full-{i}"), 32 * 1024);
+        assert_452_431(&reply);
+    }
+    assert!(
+        spooled_messages(&server.data_dir()).is_empty(),
+        "a refused message was left in the queue"
+    );
+
+    std::fs::remove_file(&filler).expect("remove filler");
+    let reply = send_one(&server, "after-space-returns", 32 * 1024);
+    assert_eq!(reply.0, 250, "no recovery: {reply:?}\n{}", server.log());
+    let mail = server.wait_for_mail("example.test", "alice", 2);
+    let tokens: BTreeSet<String> = mail.iter().filter_map(|m| token_of(m)).collect();
+    assert_eq!(
+        tokens,
+        BTreeSet::from(["before-full".to_string(), "after-space-returns".to_string()]),
+        "only acknowledged messages are delivered"
+    );
+    drop(server);
+    drop(mount);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. SIGTERM drains
+// ---------------------------------------------------------------------------------------------
+
+/// What a connection attempt to a stopping server got.
+#[derive(Debug, PartialEq)]
+enum NewConnection {
+    Refused,
+    Closed,
+    Reply(String),
+    Silent,
+}
+
+fn try_new_connection(addr: SocketAddr) -> NewConnection {
+    let Ok(mut tcp) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return NewConnection::Refused;
+    };
+    tcp.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let mut buf = [0u8; 512];
+    let result = match tcp.read(&mut buf) {
+        Ok(0) => NewConnection::Closed,
+        Ok(n) => NewConnection::Reply(String::from_utf8_lossy(&buf[..n]).into_owned()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            NewConnection::Silent
+        }
+        Err(_) => NewConnection::Closed,
+    };
+    let _ = tcp.shutdown(Shutdown::Both);
+    result
+}
+
+/// An idle session after SIGTERM: its next command gets `421 4.3.2`, then the connection
+/// closes. The "shutting down" log line comes just before the sessions are told, so a command
+/// racing that moment may still be served once (250); the one after it must get the 421.
+#[track_caller]
+fn expect_421_on_next_command(idle: &mut support::Smtp) {
+    idle.send("NOOP");
+    if let Some((250, _)) = idle.read_reply() {
+        std::thread::sleep(Duration::from_millis(100));
+        idle.send("NOOP");
+        idle.read_reply();
+    }
+    let last = idle.last.clone();
+    assert!(
+        matches!(&last, Some((421, lines)) if lines.iter().any(|l| l.contains("4.3.2"))),
+        "expected 421 4.3.2 after SIGTERM, got {last:?}\n{}",
+        idle.transcript()
+    );
+    idle.expect_closed();
+}
+
+#[test]
+fn sigterm_finishes_data_in_progress_and_turns_idle_sessions_away() {
+    let mut server = TestServer::start(&standard_config(""));
+    let mut busy = server.smtp("mx");
+    busy.send("EHLO busy.outside.test")
+        .expect(250)
+        .send("MAIL FROM:<friend@other.test>")
+        .expect(250)
+        .send("RCPT TO:<alice@example.test>")
+        .expect(250)
+        .send("DATA")
+        .expect(354)
+        .raw(b"Subject: drain\r\n\r\nToken: drained\r\nfirst half\r\n");
+    let mut idle = server.smtp("mx");
+    idle.send("EHLO idle.outside.test").expect(250);
+
+    let signalled = Instant::now();
+    signal_when_handled(&server, "TERM");
+    // The signal is handled asynchronously; a command sent before that is still served.
+    wait_for_log(&server, "shutting down");
+    // The idle session's next command is answered 421, then it is closed.
+    expect_421_on_next_command(&mut idle);
+
+    // The message in progress is finished and acknowledged.
+    busy.raw(b"second half\r\n.\r\n").expect_text(250, "2.0.0");
+    busy.send("QUIT");
+    match busy.read_reply() {
+        None => {}
+        Some((code, _)) => assert!(code == 221 || code == 421, "after QUIT: {code}"),
+    }
+
+    let code = server.wait_exit();
+    assert_eq!(code, Some(0), "exit status\n{}", server.log());
+    assert!(
+        signalled.elapsed() < Duration::from_secs(10),
+        "took {:?} to stop",
+        signalled.elapsed()
+    );
+
+    // Delivered before exit, or at the latest right after a restart.
+    let mail = if server.maildir_new("example.test", "alice").is_empty() {
+        let dir = server.kill9();
+        let server = TestServer::start_in(dir, &standard_config(""));
+        server.wait_for_mail("example.test", "alice", 1)
+    } else {
+        server.wait_for_mail("example.test", "alice", 1)
+    };
+    assert_eq!(mail.len(), 1);
+    assert!(
+        mail[0].contains("first half\r\nsecond half\r\n"),
+        "{}",
+        mail[0]
+    );
+}
+
+/// Once stopping, the server must not leave new clients hanging: their connection is refused
+/// (listener closed) or answered `421`. Today the listening socket stays open while sessions
+/// drain, so the kernel completes the handshake and the client waits for a banner that never
+/// comes (until it times out or the process exits).
+#[test]
+#[ignore = "bug: listener.rs accept_loop keeps the TcpListener open while draining; new clients hang without a banner"]
+fn sigterm_refuses_new_connections_while_draining() {
+    let server = TestServer::start(&standard_config(""));
+    let mx = server.addr("mx");
+    // A session mid-DATA keeps the process draining.
+    let mut busy = server.smtp("mx");
+    busy.send("EHLO busy.outside.test")
+        .expect(250)
+        .send("MAIL FROM:<friend@other.test>")
+        .expect(250)
+        .send("RCPT TO:<alice@example.test>")
+        .expect(250)
+        .send("DATA")
+        .expect(354)
+        .raw(b"Subject: drain\r\n\r\nstill typing\r\n");
+    let mut idle = server.smtp("mx");
+    idle.send("EHLO idle.outside.test").expect(250);
+    signal_when_handled(&server, "TERM");
+    // The signal is handled asynchronously; a command sent before that is still served.
+    wait_for_log(&server, "shutting down");
+    // Once the idle session has its 421, the server is certainly stopping.
+    expect_421_on_next_command(&mut idle);
+
+    let newcomer = try_new_connection(mx);
+    assert!(
+        match &newcomer {
+            NewConnection::Refused | NewConnection::Closed => true,
+            NewConnection::Reply(text) => text.starts_with("421"),
+            NewConnection::Silent => false,
+        },
+        "a new connection while draining got {newcomer:?} (expected refused or 421)"
+    );
+    busy.raw(b".\r\n").expect(250);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. SIGHUP reload
+// ---------------------------------------------------------------------------------------------
+
+/// A new session on the submission listener: STARTTLS, EHLO, AUTH PLAIN as `login`; returns
+/// the AUTH reply code.
+fn auth_code(server: &TestServer, login: &str) -> u16 {
+    let mut smtp = server.smtp("submission");
+    smtp.send("EHLO laptop.example.test")
+        .expect(250)
+        .starttls(&ca(server))
+        .send("EHLO laptop.example.test")
+        .expect(250)
+        .auth_plain(login, PASSWORD);
+    let code = smtp
+        .read_reply()
+        .map(|(code, _)| code)
+        .unwrap_or_else(|| panic!("no reply to AUTH\n{}", smtp.transcript()));
+    smtp.send("QUIT");
+    code
+}
+
+#[test]
+fn sighup_adds_a_user_without_dropping_connections_and_refuses_a_bad_file() {
+    let server = TestServer::start(&standard_config(""));
+    assert_eq!(
+        auth_code(&server, "carol@example.test"),
+        535,
+        "carol unknown"
+    );
+
+    // A session from before the reload, in the middle of a transaction.
+    let mut old = server.smtp("mx");
+    old.send("EHLO old.outside.test")
+        .expect(250)
+        .send("MAIL FROM:<friend@other.test>")
+        .expect(250)
+        .send("RCPT TO:<alice@example.test>")
+        .expect(250);
+
+    let original = std::fs::read_to_string(&server.config_path).expect("read config");
+    let with_carol = format!(
+        "{original}\n[[user]]\nlogin = \"carol@example.test\"\npassword_hash = \"{}\"\n",
+        support::password_hash()
+    );
+    std::fs::write(&server.config_path, &with_carol).expect("write config");
+    signal_when_handled(&server, "HUP");
+    wait_for_log(&server, "configuration reloaded");
+
+    assert_eq!(auth_code(&server, "carol@example.test"), 235, "new user");
+    assert_eq!(auth_code(&server, "alice@example.test"), 235, "old user");
+    // The old session was not dropped: it still answers and completes its message.
+    old.send("NOOP")
+        .expect(250)
+        .send("DATA")
+        .expect(354)
+        .raw(b"Subject: across a reload\r\n\r\nToken: reload\r\n.\r\n")
+        .expect(250)
+        .send("NOOP")
+        .expect(250);
+    server.wait_for_mail("example.test", "alice", 1);
+
+    // A file that does not parse: refused, the running configuration (with carol) stays.
+    std::fs::write(
+        &server.config_path,
+        format!("{with_carol}\nthis is not toml\n"),
+    )
+    .expect("write config");
+    signal_when_handled(&server, "HUP");
+    wait_for_log(&server, "reload failed");
+    assert_eq!(auth_code(&server, "carol@example.test"), 235);
+
+    // A file that parses but would make an open relay: refused, still no relaying.
+    let open = with_carol.replace(
+        "trusted_networks = []",
+        "trusted_networks = [\"0.0.0.0/0\"]",
+    );
+    assert_ne!(open, with_carol);
+    std::fs::write(&server.config_path, open).expect("write config");
+    signal_when_handled(&server, "HUP");
+    wait_for_log(&server, "reload refused");
+    server
+        .smtp("mx")
+        .send("EHLO probe.outside.test")
+        .expect(250)
+        .send("MAIL FROM:<spammer@other.test>")
+        .expect(250)
+        .send("RCPT TO:<victim@other.test>")
+        .expect_text(554, "5.7.1");
+    assert_eq!(auth_code(&server, "carol@example.test"), 235);
+    old.send("NOOP").expect(250).send("QUIT").expect(221);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. SIGKILL during a remote delivery
+// ---------------------------------------------------------------------------------------------
+
+/// Messages the next hop acknowledged: (RCPT lines, content).
+type Accepted = Arc<Mutex<Vec<(Vec<String>, String)>>>;
+
+/// A scripted next hop: accepts everything; while `stall` is set it never answers the final
+/// dot (the sender sits mid-delivery). Reports each final dot on `dots` and each message it
+/// acknowledged in `accepted`.
+struct NextHop {
+    addr: SocketAddr,
+    stall: Arc<AtomicBool>,
+    dots: mpsc::Receiver<()>,
+    accepted: Accepted,
+    connections: Arc<AtomicUsize>,
+}
+
+impl NextHop {
+    fn start() -> NextHop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind next hop");
+        let addr = listener.local_addr().expect("addr");
+        let stall = Arc::new(AtomicBool::new(true));
+        let accepted: Accepted = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (tx, dots) = mpsc::channel();
+        {
+            let stall = Arc::clone(&stall);
+            let accepted = Arc::clone(&accepted);
+            let connections = Arc::clone(&connections);
+            std::thread::spawn(move || {
+                for tcp in listener.incoming() {
+                    let Ok(tcp) = tcp else { continue };
+                    connections.fetch_add(1, Ordering::Relaxed);
+                    let stall = Arc::clone(&stall);
+                    let accepted = Arc::clone(&accepted);
+                    let tx = tx.clone();
+                    std::thread::spawn(move || {
+                        let _ = next_hop_session(tcp, &stall, &accepted, &tx);
+                    });
+                }
+            });
+        }
+        NextHop {
+            addr,
+            stall,
+            dots,
+            accepted,
+            connections,
+        }
+    }
+}
+
+fn next_hop_session(
+    tcp: TcpStream,
+    stall: &AtomicBool,
+    accepted: &Mutex<Vec<(Vec<String>, String)>>,
+    dots: &mpsc::Sender<()>,
+) -> io::Result<()> {
+    tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(tcp.try_clone()?);
+    let mut out = tcp;
+    out.write_all(b"220 hop.corp.example.test ESMTP scripted\r\n")?;
+    let mut rcpts = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let upper = line.to_ascii_uppercase();
+        if upper.starts_with("EHLO") {
+            out.write_all(b"250-hop.corp.example.test\r\n250 8BITMIME\r\n")?;
+        } else if upper.starts_with("RCPT TO:") {
+            rcpts.push(line.trim_end().to_string());
+            out.write_all(b"250 2.1.5 Ok\r\n")?;
+        } else if upper.starts_with("DATA") {
+            out.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")?;
+            let mut content = String::new();
+            loop {
+                let mut data = String::new();
+                if reader.read_line(&mut data)? == 0 {
+                    return Ok(());
+                }
+                if data == ".\r\n" {
+                    break;
+                }
+                content.push_str(&data);
+            }
+            let _ = dots.send(());
+            if stall.load(Ordering::Relaxed) {
+                // Mid-delivery: hold the reply until the sender goes away.
+                let mut rest = Vec::new();
+                let _ = reader.read_to_end(&mut rest);
+                return Ok(());
+            }
+            accepted
+                .lock()
+                .expect("accepted")
+                .push((std::mem::take(&mut rcpts), content));
+            out.write_all(b"250 2.0.0 Ok: accepted\r\n")?;
+        } else if upper.starts_with("QUIT") {
+            out.write_all(b"221 2.0.0 Bye\r\n")?;
+            return Ok(());
+        } else {
+            if upper.starts_with("RSET") || upper.starts_with("MAIL") {
+                rcpts.clear();
+            }
+            out.write_all(b"250 2.0.0 Ok\r\n")?;
+        }
+    }
+}
+
+#[test]
+fn sigkill_during_remote_delivery_loses_no_recipient() {
+    let hop = NextHop::start();
+    let config = standard_config(&format!(
+        "[[route]]\ndomain = \"corp.example.test\"\nto = \"smtp://{}\"\n",
+        hop.addr
+    ));
+    let server = TestServer::start(&config);
+    server
+        .smtp("mx")
+        .send("EHLO client.outside.test")
+        .expect(250)
+        .send("MAIL FROM:<friend@other.test>")
+        .expect(250)
+        .send("RCPT TO:<x@corp.example.test>")
+        .expect(250)
+        .send("DATA")
+        .expect(354)
+        .raw(b"Subject: routed\r\n\r\nToken: routed-through-a-crash\r\n.\r\n")
+        .expect_text(250, "2.0.0")
+        .send("QUIT")
+        .expect(221);
+
+    // The runner has sent the whole message and waits for our reply to the dot.
+    hop.dots
+        .recv_timeout(support::WAIT)
+        .unwrap_or_else(|_| panic!("the runner never delivered\n{}", server.log()));
+    let listed = queue_list(&server);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["recipients"][0]["address"], "x@corp.example.test");
+    assert_eq!(listed[0]["recipients"][0]["status"], "pending");
+
+    let dir = server.kill9();
+    hop.stall.store(false, Ordering::Relaxed);
+    let server = TestServer::start_in(dir, &config);
+    hop.dots
+        .recv_timeout(support::WAIT)
+        .unwrap_or_else(|_| panic!("no redelivery after the restart\n{}", server.log()));
+    assert!(
+        wait_until(support::WAIT, || queue_list(&server).is_empty()),
+        "queue not empty after the redelivery: {:?}\n{}",
+        queue_list(&server),
+        server.log()
+    );
+    let accepted = hop.accepted.lock().expect("accepted").clone();
+    assert!(!accepted.is_empty(), "nothing reached the next hop");
+    for (rcpts, content) in &accepted {
+        assert!(
+            rcpts.len() == 1 && rcpts[0].contains("<x@corp.example.test>"),
+            "{rcpts:?}"
+        );
+        assert_eq!(
+            token_of(content).as_deref(),
+            Some("routed-through-a-crash"),
+            "{content}"
+        );
+    }
+    assert!(hop.connections.load(Ordering::Relaxed) >= 2);
+}
