@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 
 use base64::Engine as _;
 
-use crate::limits::MAX_COMMAND_LINE;
+use crate::limits::command_line_limit;
 use crate::path::{Domain, ForwardPath, Mailbox, PathError, ReversePath};
 
 /// An ESMTP parameter such as `SIZE=1000` or `BODY=8BITMIME`. Keyword upper-cased.
@@ -96,7 +96,7 @@ pub fn parse_command(line: &[u8]) -> Result<Command, CommandError> {
     {
         return Err(CommandError::BadCharacter);
     }
-    if line.len() + 2 > MAX_COMMAND_LINE {
+    if line.len() + 2 > command_line_limit(line) {
         return Err(CommandError::Syntax("command line too long"));
     }
     // All octets are ASCII, so this cannot fail; the error arm only keeps the parser panic-free.

@@ -15,3 +15,27 @@ pub const MAX_REPLY_LINE: usize = 512;
 pub const MAX_TEXT_LINE: usize = 1000;
 /// Longest AUTH response line we read (RFC 4954 §4 allows 12288 octets).
 pub const MAX_AUTH_LINE: usize = 12288;
+
+/// The longest line allowed for this command, CRLF included: an `AUTH` command with an initial
+/// response may be as long as an AUTH response (RFC 4954 §4), every other command 512 octets.
+pub fn command_line_limit(line: &[u8]) -> usize {
+    let is_auth = line.len() > 5 && line[..5].eq_ignore_ascii_case(b"AUTH ");
+    if is_auth {
+        MAX_AUTH_LINE
+    } else {
+        MAX_COMMAND_LINE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_lines_may_be_longer() {
+        assert_eq!(command_line_limit(b"auth PLAIN AGFsaWNl"), MAX_AUTH_LINE);
+        assert_eq!(command_line_limit(b"AUTH"), MAX_COMMAND_LINE);
+        assert_eq!(command_line_limit(b"MAIL FROM:<a@b>"), MAX_COMMAND_LINE);
+        assert_eq!(command_line_limit(b"AUTHX PLAIN"), MAX_COMMAND_LINE);
+    }
+}

@@ -141,7 +141,7 @@ pub fn report_problems(config: &relayward_server::config::Config) -> bool {
 /// Opens the durable queue under `data_dir/queue`.
 pub fn open_queue(
     config: &relayward_server::config::Config,
-) -> anyhow::Result<std::sync::Arc<dyn relayward_queue::Queue>> {
+) -> anyhow::Result<std::sync::Arc<relayward_queue::Spool>> {
     use anyhow::Context as _;
     let options = relayward_queue::spool::SpoolOptions {
         min_free_bytes: config.queue.min_free_bytes,

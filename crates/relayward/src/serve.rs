@@ -55,7 +55,9 @@ async fn serve(config: Config, config_arg: ConfigArg) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let tls = relayward_server::tls::server_tls(&config).context("TLS set-up failed")?;
     tracing::info!("TLS certificate: {}", tls.certificate);
-    let queue = crate::open_queue(&config)?;
+    let spool = crate::open_queue(&config)?;
+    let queue: Arc<dyn relayward_queue::Queue> =
+        Arc::clone(&spool) as Arc<dyn relayward_queue::Queue>;
     let limiters = Limiters::new(&config);
     let context: SharedContext = Arc::new(RwLock::new(Arc::new(session_context(
         &config,
@@ -81,8 +83,8 @@ async fn serve(config: Config, config_arg: ConfigArg) -> anyhow::Result<()> {
         gate: &gate,
         tls: &tls,
         queue: &queue,
+        spool: &spool,
         limiters: &limiters,
-        startup: &config,
     };
     wait_for_signals(&running).await?;
     tracing::info!("shutting down: finishing sessions in progress");
@@ -115,17 +117,12 @@ impl Limiters {
         }
     }
 
-    /// Applies reloaded limits. The user budgets change in place; the AUTH limiter cannot
-    /// change its settings without losing its counters, so it keeps them until a restart.
-    fn reload(&self, config: &Config, startup: &Config) {
+    /// Applies reloaded limits in place; the counters are kept.
+    fn reload(&self, config: &Config) {
         self.users
             .set_settings(UserLimitSettings::from_limits(&config.limits));
-        let auth = |c: &Config| AuthLimitSettings::from_limits(&c.limits);
-        if auth(config) != auth(startup) {
-            tracing::warn!(
-                "AUTH failure limits changed; they take effect at the next restart (the running counters are kept)"
-            );
-        }
+        self.auth
+            .set_settings(AuthLimitSettings::from_limits(&config.limits));
     }
 }
 
@@ -136,9 +133,9 @@ struct Running<'a> {
     gate: &'a Arc<Gate>,
     tls: &'a relayward_server::tls::TlsSetup,
     queue: &'a Arc<dyn relayward_queue::Queue>,
+    /// The same queue, for settings only the spool has (`min_free_bytes`).
+    spool: &'a Arc<relayward_queue::Spool>,
     limiters: &'a Limiters,
-    /// The configuration the AUTH limiter was built from.
-    startup: &'a Config,
 }
 
 fn session_context(
@@ -301,7 +298,10 @@ fn reload(running: &Running<'_>) {
         *current = fresh;
     }
     running.gate.set_limits(admission_limits(&config));
-    running.limiters.reload(&config, running.startup);
+    running.limiters.reload(&config);
+    running
+        .spool
+        .set_min_free_bytes(config.queue.min_free_bytes);
     tracing::info!(
         users = config.users.len(),
         "configuration reloaded (users, policy, limits)"

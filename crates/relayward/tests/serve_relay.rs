@@ -383,3 +383,22 @@ fn commands_out_of_order_get_503() {
         .send("QUIT")
         .expect(221);
 }
+
+/// RFC 4954 §4 lets an AUTH command with its initial response run to 12,288 octets; a long
+/// password must be checked, not refused as an over-long command.
+#[test]
+fn auth_initial_response_may_exceed_512_octets() {
+    let server = server();
+    let long_password = "x".repeat(2000);
+    server
+        .smtp("submission")
+        .send("EHLO laptop.example.test")
+        .expect(250)
+        .starttls(&ca(&server))
+        .send("EHLO laptop.example.test")
+        .expect(250)
+        .auth_plain("alice@example.test", &long_password)
+        .expect_text(535, "5.7.8")
+        .send(&format!("MAIL FROM:<{}@example.test>", "a".repeat(600)))
+        .expect_text(500, "5.5.2");
+}

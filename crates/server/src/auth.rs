@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier};
@@ -471,16 +471,32 @@ struct LimiterState {
 /// Time is passed in (`now`), so tests drive the clock.
 #[derive(Debug)]
 pub struct AuthLimiter {
-    settings: AuthLimitSettings,
+    /// Behind a lock so a reload (SIGHUP) can change the limits without forgetting the counters.
+    settings: RwLock<AuthLimitSettings>,
     state: Mutex<LimiterState>,
 }
 
 impl AuthLimiter {
     pub fn new(settings: AuthLimitSettings) -> Self {
         Self {
-            settings,
+            settings: RwLock::new(settings),
             state: Mutex::new(LimiterState::default()),
         }
+    }
+
+    /// New limits for the next attempts; failures and bans already counted are kept.
+    pub fn set_settings(&self, settings: AuthLimitSettings) {
+        *self
+            .settings
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = settings;
+    }
+
+    fn settings(&self) -> AuthLimitSettings {
+        self.settings
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Whether `ip` may attempt AUTH now (`login`: when known, after decoding).
@@ -494,7 +510,7 @@ impl AuthLimiter {
         let login_failures = login
             .map(|l| self.live_failures(state.logins.get(&login_key(l)).copied(), now))
             .unwrap_or(0);
-        if ip_failures > 0 && login_failures >= self.settings.failures_per_login {
+        if ip_failures > 0 && login_failures >= self.settings().failures_per_login {
             return Err(AuthRefusal::LoginThrottled);
         }
         Ok(())
@@ -544,7 +560,7 @@ impl AuthLimiter {
 
     fn expired(&self, record: &FailureRecord, now: Instant) -> bool {
         let ban_over = record.banned_until.is_none_or(|until| until <= now);
-        ban_over && now.saturating_duration_since(record.last_failure) > self.settings.window
+        ban_over && now.saturating_duration_since(record.last_failure) > self.settings().window
     }
 
     /// Adds a failure to `key`'s record (resetting an expired one) and returns the new count.
@@ -566,8 +582,9 @@ impl AuthLimiter {
         }
         record.failures = record.failures.saturating_add(1);
         record.last_failure = now;
-        if ban && record.failures >= self.settings.failures_per_ip {
-            record.banned_until = Some(now + self.settings.ban);
+        let settings = self.settings();
+        if ban && record.failures >= settings.failures_per_ip {
+            record.banned_until = Some(now + settings.ban);
         }
         record.failures
     }
@@ -577,11 +594,12 @@ impl AuthLimiter {
         map: &mut HashMap<K, FailureRecord>,
         now: Instant,
     ) {
-        if map.len() < self.settings.max_entries {
+        let max_entries = self.settings().max_entries;
+        if map.len() < max_entries {
             return;
         }
         map.retain(|_, r| !self.expired(r, now));
-        while map.len() >= self.settings.max_entries {
+        while map.len() >= max_entries {
             let oldest = map
                 .iter()
                 .min_by_key(|(_, r)| r.last_failure)
@@ -595,10 +613,11 @@ impl AuthLimiter {
 
     fn delay_for(&self, failures: u32) -> Duration {
         let doublings = failures.saturating_sub(1).min(16);
-        self.settings
+        let settings = self.settings();
+        settings
             .base_delay
             .saturating_mul(1u32 << doublings)
-            .min(self.settings.max_delay)
+            .min(settings.max_delay)
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use ipnet::IpNet;
 use relayward_protocol::command::{Command, CommandError, Param, parse_command};
 use relayward_protocol::data::{DataError, DataReceiver, DataStatus};
-use relayward_protocol::limits::{MAX_AUTH_LINE, MAX_COMMAND_LINE};
+use relayward_protocol::limits::{MAX_AUTH_LINE, command_line_limit};
 use relayward_protocol::line::{LineBuffer, LineEvent};
 use relayward_protocol::path::{PathError, ReversePath};
 use relayward_protocol::reply::Reply;
@@ -335,7 +335,7 @@ impl Session {
     }
 
     async fn on_line(&mut self, line: &[u8]) -> Step {
-        if line.len() + 2 > MAX_COMMAND_LINE {
+        if line.len() + 2 > command_line_limit(line) {
             return Ok(self.client_error(Reply::enh(
                 500,
                 (5, 5, 2),
