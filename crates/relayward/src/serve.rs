@@ -12,7 +12,7 @@ use relayward_server::listener::{self, AdmissionLimits, BoundListener, Gate, Sha
 use relayward_server::ratelimit::{UserLimitSettings, UserRateLimiter};
 use relayward_server::session::SessionContext;
 use tokio::net::TcpListener;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 
 use crate::{ConfigArg, EXIT_CONFIG};
@@ -51,6 +51,7 @@ pub async fn run(args: ServeArgs) -> ExitCode {
 }
 
 async fn serve(config: Config, config_arg: ConfigArg) -> anyhow::Result<()> {
+    let mut signals = Signals::install()?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let tls = relayward_server::tls::server_tls(&config).context("TLS set-up failed")?;
@@ -86,7 +87,7 @@ async fn serve(config: Config, config_arg: ConfigArg) -> anyhow::Result<()> {
         spool: &spool,
         limiters: &limiters,
     };
-    wait_for_signals(&running).await?;
+    wait_for_signals(&mut signals, &running).await?;
     tracing::info!("shutting down: finishing sessions in progress");
     let _ = shutdown_tx.send(true);
     let drain = config.limits.data_end_timeout + Duration::from_secs(5);
@@ -252,10 +253,26 @@ fn print_startup(config: &Config, listeners: &[BoundListener], config_arg: &Conf
 }
 
 /// Waits for SIGTERM/SIGINT (returns) while handling SIGHUP (reload) in between.
-async fn wait_for_signals(running: &Running<'_>) -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
+/// The signals `serve` handles, installed before anything is announced: a TERM or HUP sent
+/// right after "ready" must drain or reload, not kill the process with the default action.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+async fn wait_for_signals(signals: &mut Signals, running: &Running<'_>) -> anyhow::Result<()> {
+    let Signals { term, int, hup } = signals;
     loop {
         tokio::select! {
             _ = term.recv() => return Ok(()),

@@ -482,7 +482,6 @@ fn too_little_free_space_answers_452_and_queues_nothing() {
 
 /// Lowering `min_free_bytes` and sending SIGHUP should let mail in again without a restart.
 #[test]
-#[ignore = "bug: SIGHUP does not apply [queue] min_free_bytes (serve.rs reload never calls Spool::set_min_free_bytes)"]
 fn sighup_applies_a_lower_min_free_bytes() {
     let server = TestServer::start(&standard_config(
         "[queue]\nmin_free_bytes = 1000000000000000\n",
@@ -699,7 +698,6 @@ fn sigterm_finishes_data_in_progress_and_turns_idle_sessions_away() {
 /// drain, so the kernel completes the handshake and the client waits for a banner that never
 /// comes (until it times out or the process exits).
 #[test]
-#[ignore = "bug: listener.rs accept_loop keeps the TcpListener open while draining; new clients hang without a banner"]
 fn sigterm_refuses_new_connections_while_draining() {
     let server = TestServer::start(&standard_config(""));
     let mx = server.addr("mx");

@@ -621,8 +621,10 @@ impl AuthLimiter {
     }
 }
 
-/// The limiter's key for an IP: IPv4 as is, IPv6 by its /64.
-fn ip_key(ip: IpAddr) -> IpAddr {
+/// The key under which a client address is counted by every limiter: IPv4 as is, IPv6 by its
+/// /64, since one host or home network usually owns a whole /64 and could otherwise rotate
+/// through 2^64 addresses to escape any per-address limit.
+pub fn ip_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let prefix = u128::from(v6) & !((1u128 << 64) - 1);

@@ -734,12 +734,34 @@ mod checks {
             &config.relay.trusted_proxies,
             &mut f,
         );
+        check_proxies_outside_trust(config, &mut f);
         check_mailboxes(config, &mut f);
         check_users(config, &mut f);
         check_routes(config, &mut f);
         check_delivery(&config.delivery, &mut f);
         check_limits(&config.limits, &mut f);
         f.0
+    }
+
+    /// A trusted proxy inside a trusted network: every connection the proxy makes for itself,
+    /// and every one it forwards as `UNKNOWN`/`LOCAL`, would be trusted to relay — the way
+    /// most real open relays behind load balancers happen (research: Mailu#1835).
+    fn check_proxies_outside_trust(config: &Config, f: &mut Findings) {
+        for (i, proxy) in config.relay.trusted_proxies.iter().enumerate() {
+            let inside = config
+                .relay
+                .trusted_networks
+                .iter()
+                .find(|net| net.contains(proxy.net().network()));
+            if let Some(net) = inside {
+                f.warn(
+                    format!("relay.trusted_proxies[{i}]"),
+                    format!(
+                        "proxy {proxy} is inside trusted network {net}: connections it makes or forwards without a client address would be allowed to relay; keep proxies out of trusted_networks"
+                    ),
+                );
+            }
+        }
     }
 
     /// A host name as we accept it in the file: ASCII letters, digits and hyphens in labels of

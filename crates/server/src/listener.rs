@@ -91,6 +91,7 @@ impl Gate {
     }
 
     pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<Admission, Refused> {
+        let ip = crate::auth::ip_key(ip);
         let limits = self
             .limits
             .read()
@@ -347,6 +348,18 @@ mod tests {
         assert!(gate.admit(b, now).is_ok());
         drop(first);
         assert!(gate.admit(a, now).is_ok());
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64() {
+        let gate = gate(10, 1, 100);
+        let now = Instant::now();
+        let _held = gate.admit("2001:db8:1:2::1".parse().unwrap(), now).unwrap();
+        assert_eq!(
+            gate.admit("2001:db8:1:2::ffff".parse().unwrap(), now).err(),
+            Some(Refused::TooManyFromYou)
+        );
+        assert!(gate.admit("2001:db8:1:3::1".parse().unwrap(), now).is_ok());
     }
 
     #[test]

@@ -40,7 +40,7 @@ fn full_example_parses_with_every_value() {
     );
     assert!(config.tls.is_some());
     assert_eq!(config.relay.trusted_networks.len(), 5);
-    assert_eq!(config.relay.trusted_proxies[0].as_str(), "192.0.2.10");
+    assert_eq!(config.relay.trusted_proxies[0].as_str(), "198.51.100.10");
     assert_eq!(
         config.users[1].effective_send_as(),
         vec!["bob@example.test".to_string()]

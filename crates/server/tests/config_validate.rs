@@ -240,11 +240,32 @@ fn summary_describes_the_effective_policy() {
         "alice@example.test: alice@example.test, sales@example.org",
         "bob@example.test: bob@example.test",
         "Relay access denied",
-        "PROXY protocol accepted from: 192.0.2.10",
+        "PROXY protocol accepted from: 198.51.100.10",
     ] {
         assert!(
             summary.contains(expected),
             "summary lacks {expected:?}:\n{summary}"
         );
     }
+}
+
+/// A proxy inside a trusted network makes everything it forwards without a client address
+/// trusted: warned, with the key named.
+#[test]
+fn proxy_inside_a_trusted_network_is_a_warning() {
+    let text = BASE.replace(
+        "trusted_networks = [\"127.0.0.1/32\", \"::1/128\"]",
+        "trusted_networks = [\"127.0.0.1/32\", \"::1/128\", \"192.0.2.0/24\"]\ntrusted_proxies = [\"192.0.2.10\"]",
+    );
+    let found = problems(&text);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].severity, Severity::Warning);
+    assert_eq!(found[0].key, "relay.trusted_proxies[0]");
+    assert!(
+        found[0].message.contains("192.0.2.0/24"),
+        "{}",
+        found[0].message
+    );
+    let outside = text.replace("\"192.0.2.10\"]", "\"198.51.100.10\"]");
+    assert_eq!(problems(&outside), vec![]);
 }
