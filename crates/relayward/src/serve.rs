@@ -88,8 +88,8 @@ async fn serve(config: Config, config_arg: ConfigArg) -> anyhow::Result<()> {
         limiters: &limiters,
     };
     wait_for_signals(&mut signals, &running).await?;
-    tracing::info!("shutting down: finishing sessions in progress");
     let _ = shutdown_tx.send(true);
+    tracing::info!("shutting down: finishing sessions in progress");
     let drain = config.limits.data_end_timeout + Duration::from_secs(5);
     if tokio::time::timeout(drain, server).await.is_err() {
         tracing::warn!("sessions still open after {drain:?}; exiting anyway");
