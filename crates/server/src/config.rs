@@ -862,7 +862,9 @@ mod checks {
     fn check_networks(key: &str, nets: &[Cidr], f: &mut Findings) {
         for (i, cidr) in nets.iter().enumerate() {
             let key = format!("{key}[{i}]");
-            if let Some(message) = network_width_problem(cidr) {
+            if let Some(message) =
+                network_width_problem(cidr).or_else(|| ipv4_embedding_problem(cidr))
+            {
                 f.error(key, message);
             } else if cidr.has_host_bits() {
                 f.error(key, host_bits_message(cidr));
@@ -894,6 +896,53 @@ mod checks {
             format!(
                 "{cidr} is wider than a /{min_prefix}: trusting that many hosts makes an open relay in all but name; {advice}"
             )
+        })
+    }
+
+    /// IPv6 prefixes in which every IPv4 host on the Internet has addresses of its own: the
+    /// prefix, its length, where the embedded IPv4 address starts, and a name for messages.
+    const IPV4_EMBEDDING: [(std::net::Ipv6Addr, u8, u8, &str); 3] = [
+        // 6to4 (RFC 3056): 2002:V4ADDR::/48 for every IPv4 host.
+        (
+            std::net::Ipv6Addr::new(0x2002, 0, 0, 0, 0, 0, 0, 0),
+            16,
+            16,
+            "6to4 (2002::/16)",
+        ),
+        // Teredo (RFC 4380): anyone can get one; the client's IPv4 is in the last 32 bits.
+        (
+            std::net::Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0),
+            32,
+            96,
+            "Teredo (2001::/32)",
+        ),
+        // NAT64 / SIIT well-known prefix (RFC 6052): IPv4 clients seen as 64:ff9b::V4ADDR.
+        (
+            std::net::Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0),
+            96,
+            96,
+            "NAT64 (64:ff9b::/96)",
+        ),
+    ];
+
+    /// An IPv6 network that overlaps a prefix embedding IPv4 addresses trusts, through it, as
+    /// many IPv4 hosts as its bits beyond the IPv4 offset allow: `2002::/16` is every IPv4 host
+    /// on the Internet, although as an IPv6 network it is no wider than a /16. Held to the same
+    /// /8 as IPv4 networks.
+    fn ipv4_embedding_problem(cidr: &Cidr) -> Option<String> {
+        let IpNet::V6(net) = cidr.net().trunc() else {
+            return None;
+        };
+        IPV4_EMBEDDING.iter().find_map(|&(prefix, len, offset, name)| {
+            let embedding = ipnet::Ipv6Net::new(prefix, len).ok()?;
+            let overlaps =
+                embedding.contains(&net.network()) || net.contains(&embedding.network());
+            let ipv4_bits = net.prefix_len().saturating_sub(offset);
+            (overlaps && ipv4_bits < 8).then(|| {
+                format!(
+                    "{cidr} covers {name} addresses, which stand for IPv4 hosts anywhere on the Internet (as wide as an IPv4 /{ipv4_bits}): that is an open relay; trust the IPv4 networks themselves instead"
+                )
+            })
         })
     }
 
@@ -931,6 +980,10 @@ mod checks {
                     key,
                     format!("{mailbox:?} is not in a local domain; add {domain:?} to relay.local_domains, or use a [[route]] for a domain you forward"),
                 ),
+                Some((local, _)) if !crate::policy::is_mailbox_name(local) => f.error(
+                    key,
+                    format!("{mailbox:?} cannot be a Maildir (its local part names a directory, so no \"/\"); every message to it would bounce"),
+                ),
                 _ => {}
             }
         }
@@ -941,6 +994,7 @@ mod checks {
         for (i, user) in config.users.iter().enumerate() {
             let key = format!("user[{i}]");
             check_login(&key, &user.login, f);
+            check_login_mailbox(config, &key, &user.login, f);
             if !logins.insert(user.login.to_ascii_lowercase()) {
                 f.error(
                     format!("{key}.login"),
@@ -965,6 +1019,24 @@ mod checks {
             f.error(
                 format!("{key}.login"),
                 format!("{login:?} is not a usable login: it must be 1–256 octets without spaces or control characters, e.g. \"alice@example.test\""),
+            );
+        }
+    }
+
+    /// A login in a local domain is also a mailbox (see [`Config::local_mailboxes`]), so it must
+    /// be one mail can be delivered to: a login like `../x@example.test` or `a/b@example.test`
+    /// would be accepted at RCPT from anyone, fail in delivery and bounce to a forged sender.
+    fn check_login_mailbox(config: &Config, key: &str, login: &str, f: &mut Findings) {
+        let Some((local, domain)) = login.rsplit_once('@') else {
+            return;
+        };
+        let is_local = config
+            .normalized_local_domains()
+            .contains(&domain.to_ascii_lowercase());
+        if is_local && (!valid_address(login) || !crate::policy::is_mailbox_name(local)) {
+            f.error(
+                format!("{key}.login"),
+                format!("{login:?} is in a local domain, so it is also a mailbox, but it cannot be one (write a dot-atom local part without \"/\", e.g. \"alice@{domain}\")"),
             );
         }
     }

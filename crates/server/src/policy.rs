@@ -10,7 +10,8 @@
 //! A recipient is accepted when, and only when, it carries no routing, is not an address
 //! literal, and:
 //! (a) its domain is local and it names an existing mailbox, or its domain is a `[[route]]`
-//!     relay domain (anyone may send there); or
+//!     relay domain (anyone may send there; for a Maildir route, only local parts that can
+//!     name a Maildir, see [`is_mailbox_name`]); or
 //! (b) the client authenticated (as a configured user); or
 //! (c) the client is in a trusted network.
 //!
@@ -22,7 +23,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use relayward_protocol::path::{Domain, ReversePath, quote_local_part};
+use relayward_protocol::path::{Domain, ReversePath, is_dot_atom, quote_local_part};
 use relayward_protocol::reply::Reply;
 use relayward_protocol::resolve::{Resolved, Routing};
 
@@ -361,6 +362,12 @@ impl Policy {
             return self.local_mailbox(rcpt, domain, address);
         }
         if let Some(target) = self.relay_domains.get(domain) {
+            // A Maildir route files mail under `<domain>/<local part>/`: a local part that can
+            // never name a Maildir would be accepted here, fail at delivery and bounce to
+            // whatever sender the client wrote (backscatter for anyone). Refuse it now.
+            if *target == RouteTarget::Maildir && !is_mailbox_name(&rcpt.local_part) {
+                return Err(Refusal::UnknownUser { address });
+            }
             let destination = Destination::Route {
                 domain: domain.to_string(),
                 target: target.clone(),
@@ -435,6 +442,12 @@ fn remote(
         address: format!("{}@{domain}", wire_local_part(&rcpt.local_part)),
         destination,
     }
+}
+
+/// Whether a dequoted local part can name a Maildir directory: a dot-atom (so no leading dot,
+/// no `..`, no quotes, spaces or backslashes) without `/`.
+pub fn is_mailbox_name(local: &str) -> bool {
+    is_dot_atom(local) && !local.contains('/')
 }
 
 /// The recipient as shown in replies: `local@domain`, the local part quoted when it is not a

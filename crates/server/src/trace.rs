@@ -30,13 +30,14 @@ fn protocol_name(facts: &TraceFacts<'_>) -> &'static str {
 }
 
 /// Builds the header, folded, CRLF-terminated. The HELO name comes from the client; the command
-/// parser already refused control characters in it, so it cannot break the header.
+/// parser already refused control characters in it, so it cannot break the header, and
+/// [`helo_for_trace`] keeps it from opening a comment that would hide the client's address.
 pub fn received_header(facts: &TraceFacts<'_>) -> String {
     let ip = match facts.client_ip {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => format!("IPv6:{v6}"),
     };
-    let mut header = format!("Received: from {} ([{ip}])\r\n", facts.helo);
+    let mut header = format!("Received: from {} ([{ip}])\r\n", helo_for_trace(facts.helo));
     let mut by = format!("\tby {} (relayward)", facts.hostname);
     if let Some(tls) = facts.tls {
         by.push_str(&format!(" ({} {})", tls.version, tls.cipher));
@@ -51,6 +52,23 @@ pub fn received_header(facts: &TraceFacts<'_>) -> String {
     }
     header.push_str(&format!("; {}\r\n", rfc5322_date(facts.now)));
     header
+}
+
+/// The HELO name as written into `Received:`: letters, digits, `.`, `-`, `_`, `:` and the
+/// brackets of an address literal pass; anything else becomes `?`. An address literal may
+/// legally hold `(`, `)`, `;` or `"` (RFC 5321 dcontent), and `EHLO [x(]` would otherwise open
+/// an RFC 5322 comment that swallows the `([client IP])` after it, so that header parsers (spam
+/// filters looking for the last external hop) no longer see who sent the message.
+fn helo_for_trace(helo: &str) -> String {
+    helo.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '[' | ']') {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
 }
 
 /// The RFC 5322 date of a point in time (UTC).

@@ -1,0 +1,630 @@
+//! Red-team tests: attacks on `relayward serve` by an untrusted, unauthenticated client (and by
+//! configurations that `serve` should refuse), end to end through the real binary.
+//!
+//! The first section holds the findings of the review, each a test that failed before its fix;
+//! the second pins down attacks that were already refused, where no other test covered them.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::{Smtp, TestServer, WAIT, standard_config};
+
+/// Many refusals in one session: keep the error limit out of the way.
+const LENIENT: &str = "[limits]\nmax_errors = 1000\n";
+
+fn ca(server: &TestServer) -> PathBuf {
+    server.data_dir().join("tls").join("cert.pem")
+}
+
+/// An mx session after EHLO with an open transaction from a stranger.
+fn stranger_transaction(server: &TestServer) -> Smtp {
+    let mut smtp = server.smtp("mx");
+    smtp.send("EHLO attacker.outside.test")
+        .expect(250)
+        .send("MAIL FROM:<victim@other.test>")
+        .expect(250);
+    smtp
+}
+
+/// `relayward queue list --json`, as text.
+fn queue_list(server: &TestServer) -> String {
+    let (code, output) = support::run_with_timeout(
+        Command::new(support::binary())
+            .args(["queue", "--config"])
+            .arg(&server.config_path)
+            .args(["list", "--json"]),
+        WAIT,
+    );
+    assert_eq!(code, Some(0), "queue list failed: {output}");
+    output
+}
+
+/// Waits (bounded) until the queue is empty; fails with the queue and the log otherwise.
+fn wait_queue_empty(server: &TestServer) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let list = queue_list(server);
+        let json = &list[list.find('[').unwrap_or(0)..];
+        if json.trim() == "[]" {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "queue never emptied:\n{list}\nlog:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Messages spooled right now (nothing acknowledged behind the test's back).
+fn spooled(server: &TestServer) -> usize {
+    std::fs::read_dir(server.data_dir().join("queue").join("msg"))
+        .map(|rd| rd.filter_map(Result::ok).count())
+        .unwrap_or(0)
+}
+
+/// Runs `relayward check-config` on `config` (with `DATA_DIR` filled in); exit code and output.
+fn check_config(config: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config.replace("DATA_DIR", &dir.path().join("data").display().to_string());
+    let path = dir.path().join("relayward.toml");
+    std::fs::write(&path, text).expect("write config");
+    support::run_with_timeout(
+        Command::new(support::binary())
+            .arg("check-config")
+            .arg(&path),
+        WAIT,
+    )
+}
+
+/// Runs `relayward serve` on `config` and expects it to refuse to start (exit status 78).
+fn serve_refuses(config: &str) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config.replace("DATA_DIR", &dir.path().join("data").display().to_string());
+    let path = dir.path().join("relayward.toml");
+    std::fs::write(&path, text).expect("write config");
+    let (code, output) = support::run_with_timeout(
+        Command::new(support::binary())
+            .args(["serve", "--config"])
+            .arg(&path),
+        WAIT,
+    );
+    assert_eq!(
+        code,
+        Some(78),
+        "serve did not refuse the configuration:\n{output}"
+    );
+    output
+}
+
+// ---------------------------------------------------------------------------------------------
+// Findings
+// ---------------------------------------------------------------------------------------------
+
+/// Finding 1 (medium): a `[[route]]` domain delivered to Maildirs took any local part from
+/// anyone, including ones that can never name a Maildir (`a/b`, `"a..b"`, `"../../x"`, `"x\\y"`).
+/// Delivery then failed permanently and the DSN went to whatever MAIL FROM the stranger wrote:
+/// relayward sent the attacker's headers to any address on the Internet (backscatter relay).
+/// They are refused at RCPT now, by the policy.
+#[test]
+fn maildir_route_refuses_local_parts_that_cannot_name_a_maildir() {
+    let server = TestServer::start(&standard_config(
+        "[[route]]\ndomain = \"box.example.net\"\nto = \"maildir\"\n",
+    ));
+    let mut smtp = stranger_transaction(&server);
+    for rcpt in [
+        "<a/b@box.example.net>",
+        "<../x@box.example.net>",
+        r#"<"a..b"@box.example.net>"#,
+        r#"<"../../../tmp/pwn"@box.example.net>"#,
+        r#"<"x\\y"@box.example.net>"#,
+        r#"<".hidden"@box.example.net>"#,
+        r#"<"john doe"@box.example.net>"#,
+    ] {
+        let line = format!("RCPT TO:{rcpt}");
+        smtp.send(&line);
+        // `../x` is not even a dot-atom: the parser refuses it before the policy.
+        if rcpt.starts_with("<../") {
+            smtp.expect_text(501, "5.1.3");
+        } else {
+            smtp.expect_text(550, "5.1.1");
+        }
+    }
+    smtp.send("DATA").expect_text(554, "5.5.1");
+    // A mailbox name still works (the route accepts any ordinary local part).
+    smtp.send(r#"RCPT TO:<"Ok.Name"@BOX.example.net>"#)
+        .expect(250)
+        .send("DATA")
+        .expect(354)
+        .raw(b"Subject: ok\r\n\r\nhello\r\n.\r\n")
+        .expect_text(250, "queued as")
+        .send("QUIT")
+        .expect(221);
+    server.wait_for_mail("box.example.net", "Ok.Name", 1);
+    wait_queue_empty(&server);
+    assert!(
+        !server.log().contains("bounce queued"),
+        "something bounced:\n{}",
+        server.log()
+    );
+}
+
+/// Finding 2 (medium, configuration): IPv6 networks that embed IPv4 addresses passed the
+/// "no wider than /16" rule although, through them, they trust the whole IPv4 Internet:
+/// `2002::/16` (6to4: every IPv4 host has 2002:V4ADDR::/48), `2001::/32` (Teredo: anyone can
+/// get one) and `64:ff9b::/96` (NAT64/SIIT: IPv4 clients of an IPv6-only server). `serve` and
+/// `check-config` accepted them and check-config said PASS. As trusted proxies they would let
+/// anyone name any client in a PROXY header.
+#[test]
+fn networks_embedding_the_ipv4_internet_are_refused() {
+    for (key, net) in [
+        ("trusted_networks", "2002::/16"),
+        ("trusted_networks", "2001::/32"),
+        ("trusted_networks", "2001::/16"),
+        ("trusted_networks", "2001:0:5ef5:79fd::/64"),
+        ("trusted_networks", "64:ff9b::/96"),
+        ("trusted_networks", "2002:c000::/23"),
+        ("trusted_proxies", "2002::/16"),
+    ] {
+        let relay = match key {
+            "trusted_networks" => format!("trusted_networks = [\"{net}\"]"),
+            _ => format!("trusted_networks = []\n{key} = [\"{net}\"]"),
+        };
+        let config = standard_config("").replace("trusted_networks = []", &relay);
+        let (code, output) = check_config(&config);
+        assert_eq!(
+            code,
+            Some(78),
+            "check-config accepted {key} {net}:\n{output}"
+        );
+        assert!(
+            output.contains("open relay") && output.contains(net),
+            "{key} {net}: {output}"
+        );
+    }
+    let open = standard_config("").replace(
+        "trusted_networks = []",
+        "trusted_networks = [\"2002::/16\"]",
+    );
+    let output = serve_refuses(&open);
+    assert!(output.contains("6to4"), "{output}");
+    // Narrow enough: one IPv4 host's 6to4 prefix, an IPv4 /24 seen through NAT64, and an
+    // ordinary IPv6 network are still fine.
+    for net in [
+        "2002:c000:204::/48",
+        "64:ff9b::c000:200/120",
+        "2001:db8::/32",
+    ] {
+        let config = standard_config("").replace(
+            "trusted_networks = []",
+            &format!("trusted_networks = [\"{net}\"]"),
+        );
+        let (code, output) = check_config(&config);
+        assert_eq!(code, Some(0), "check-config refused {net}:\n{output}");
+    }
+}
+
+/// Finding 3 (low): an address literal in EHLO may hold `(` (RFC 5321 dcontent), and it went
+/// into `Received: from <helo> ([ip])` as is, so `EHLO [a(]` opened an RFC 5322 comment that
+/// swallowed the client's address: header parsers (spam filters looking for the last external
+/// hop) no longer saw who sent the message.
+#[test]
+fn helo_literal_cannot_hide_the_client_address_in_received() {
+    let server = TestServer::start(&standard_config(""));
+    let mut smtp = server.smtp("mx");
+    smtp.send("EHLO [a(;\"x]")
+        .expect(250)
+        .send("MAIL FROM:<someone@other.test>")
+        .expect(250)
+        .send("RCPT TO:<alice@example.test>")
+        .expect(250)
+        .send("DATA")
+        .expect(354)
+        .raw(b"Subject: trace\r\n\r\nhello\r\n.\r\n")
+        .expect_text(250, "queued as")
+        .send("QUIT")
+        .expect(221);
+    let mail = server.wait_for_mail("example.test", "alice", 1);
+    let first = mail[0].lines().next().unwrap_or_default().to_string();
+    assert_eq!(first, "Received: from [a???x] ([127.0.0.1])", "{}", mail[0]);
+}
+
+/// Finding 4 (low, configuration): a mailbox (or a login in a local domain, which is also a
+/// mailbox) whose local part cannot name a Maildir, such as `sales/eu@example.test` or
+/// `../x@example.test`, was accepted by `check-config` and `serve`. Every message to it was
+/// accepted from anyone and then bounced to the forged sender.
+#[test]
+fn undeliverable_mailbox_names_in_the_configuration_are_refused() {
+    let mailbox = standard_config("").replace(
+        "trusted_networks = []",
+        "trusted_networks = []\nmailboxes = [\"sales/eu@example.test\"]",
+    );
+    let (code, output) = check_config(&mailbox);
+    assert_eq!(code, Some(78), "{output}");
+    assert!(output.contains("relay.mailboxes[0]"), "{output}");
+    for login in [
+        "../x@example.test",
+        "a/b@example.test",
+        "a\\\"b@example.test",
+    ] {
+        let config = standard_config("").replace(
+            "login = \"bob@example.test\"",
+            &format!("login = \"{login}\""),
+        );
+        let (code, output) = check_config(&config);
+        assert_eq!(code, Some(78), "login {login} accepted:\n{output}");
+        assert!(output.contains("user[1].login"), "{output}");
+    }
+    // A login outside the local domains is no mailbox, so it may be anything printable.
+    let config =
+        standard_config("").replace("login = \"bob@example.test\"", "login = \"relay/client\"");
+    let (code, output) = check_config(&config);
+    assert_eq!(code, Some(0), "{output}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attacks that held
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn postmaster_variants_relay_nothing() {
+    let server = TestServer::start(&standard_config(""));
+    let mut smtp = stranger_transaction(&server);
+    for (rcpt, code, enhanced) in [
+        ("<postmaster@other.test>", 554, "5.7.1"),
+        ("<Postmaster@[127.0.0.1]>", 554, "5.7.1"),
+        ("<postmaster@[IPv6:::1]>", 554, "5.7.1"),
+        ("<\"postmaster\">", 501, "5.1.3"),
+        ("<postmaster%other.test@example.test>", 554, "5.7.1"),
+        ("<\"postmaster@other.test\"@example.test>", 554, "5.7.1"),
+        ("<@example.test:postmaster@other.test>", 554, "5.7.1"),
+        ("<POSTMASTER>", 250, "2.1.5"),
+        ("<PostMaster@EXAMPLE.TEST>", 250, "2.1.5"),
+        ("<\"post\\master\"@example.test>", 250, "2.1.5"),
+    ] {
+        smtp.send(&format!("RCPT TO:{rcpt}"))
+            .expect_text(code, enhanced);
+    }
+}
+
+#[test]
+fn case_quoting_literals_and_routes_relay_nothing() {
+    let server = TestServer::start(&standard_config(LENIENT));
+    let mut smtp = stranger_transaction(&server);
+    for (rcpt, code, enhanced) in [
+        // Case tricks: the domain is folded, the result is still remote.
+        ("<victim@OTHER.TEST>", 554, "5.7.1"),
+        ("<victim@Example.Test.Other.Test>", 554, "5.7.1"),
+        ("<victim@sub.EXAMPLE.test>", 554, "5.7.1"),
+        ("<nobody@EXAMPLE.TEST>", 550, "5.1.1"),
+        ("<ALICE@EXAMPLE.TEST>", 250, "2.1.5"),
+        // Quoted local parts with escapes are looked into.
+        (r#"<"a\@other.test"@example.test>"#, 554, "5.7.1"),
+        (r#"<"a\"@other.test"@example.test>"#, 554, "5.7.1"),
+        (r#"<"a\%other.test"@example.test>"#, 554, "5.7.1"),
+        (r#"<"other.test\!a"@example.test>"#, 554, "5.7.1"),
+        (r#"<"al\ice"@example.test>"#, 250, "2.1.5"),
+        (r#"<"../../x"@example.test>"#, 550, "5.1.1"),
+        (r#"<"alice "@example.test>"#, 550, "5.1.1"),
+        // Address literals, general tags and odd-case IPv6 tags.
+        ("<victim@[IPv4:127.0.0.1]>", 554, "5.7.1"),
+        ("<victim@[x:y]>", 554, "5.7.1"),
+        ("<victim@[IPV6:::1]>", 554, "5.7.1"),
+        ("<victim@[ipv6:::ffff:127.0.0.1]>", 554, "5.7.1"),
+        ("<alice@[127.0.0.1]>", 554, "5.7.1"),
+        ("<victim@[127.0.0.01]>", 501, "5.1.3"),
+        // Source routes are stripped: only the last hop counts.
+        ("<@example.test:victim@other.test>", 554, "5.7.1"),
+        ("<@[127.0.0.1]:victim@other.test>", 554, "5.7.1"),
+        (
+            "<@other.test,@example.test:victim@other.test>",
+            554,
+            "5.7.1",
+        ),
+        ("<@other.test:alice@example.test>", 250, "2.1.5"),
+        // Malformed: refused by the parser.
+        ("<victim@other.test@example.test>", 501, "5.1.3"),
+        ("<alice@example.test.>", 501, "5.1.3"),
+        ("<victim@127.0.0.1>", 501, "5.1.3"),
+        ("<a.\"b@c\"@example.test>", 501, "5.1.3"),
+    ] {
+        smtp.send(&format!("RCPT TO:{rcpt}"))
+            .expect_text(code, enhanced);
+        if smtp.last.as_ref().is_some_and(|(c, _)| *c == 421) {
+            panic!("error limit reached");
+        }
+    }
+}
+
+#[test]
+fn length_edges_and_eight_bit_addresses() {
+    let server = TestServer::start(&standard_config(""));
+    let mut smtp = stranger_transaction(&server);
+    let l64 = "a".repeat(64);
+    let l65 = "a".repeat(65);
+    smtp.send(&format!("RCPT TO:<{l64}@example.test>"))
+        .expect_text(550, "5.1.1")
+        .send(&format!("RCPT TO:<{l65}@example.test>"))
+        .expect_text(501, "5.1.3")
+        .send(&format!("RCPT TO:<{l64}@other.test>"))
+        .expect_text(554, "5.7.1")
+        .send("RCPT TO:<j\u{fc}rgen@example.test>")
+        .expect_text(500, "5.5.2")
+        .send("RCPT TO:<victim@b\u{fc}cher.example>")
+        .expect_text(500, "5.5.2");
+    // A 256-octet path is the limit; one more is refused whatever the domain.
+    let label = "d".repeat(60);
+    let domain = format!("{label}.{label}.{label}.other.test");
+    let local = "v".repeat(256 - 2 - 1 - domain.len());
+    smtp.send(&format!("RCPT TO:<{local}@{domain}>"))
+        .expect_text(554, "5.7.1")
+        .send(&format!("RCPT TO:<{local}v@{domain}>"))
+        .expect_text(501, "5.1.3");
+}
+
+#[test]
+fn esmtp_parameters_cannot_smuggle_a_recipient() {
+    let server = TestServer::start(&standard_config(""));
+    let mut smtp = stranger_transaction(&server);
+    smtp.send("RCPT TO:<alice@example.test> NOTIFY=SUCCESS")
+        .expect_text(555, "5.5.4")
+        .send("RCPT TO:<alice@example.test> ORCPT=rfc822;victim@other.test")
+        .expect_text(555, "5.5.4")
+        .send("RCPT TO:<alice@example.test> <victim@other.test>")
+        .expect(501)
+        .send("RCPT TO:<\"a>b\"@example.test> x")
+        .expect(555)
+        .send("RCPT TO:<alice@example.test>,<victim@other.test>")
+        .expect(501)
+        .send("DATA")
+        .expect_text(554, "5.5.1");
+    drop(smtp);
+    let mut smtp = server.smtp("mx");
+    smtp.send("EHLO attacker.outside.test")
+        .expect(250)
+        .send("MAIL FROM:<a@other.test> RCPT=<victim@other.test>")
+        .expect_text(555, "5.5.4")
+        .send("MAIL FROM:<a@other.test> AUTH=alice@example.test")
+        .expect(250)
+        .send("RCPT TO:<victim@other.test>")
+        .expect_text(554, "5.7.1");
+    assert_eq!(spooled(&server), 0);
+}
+
+#[test]
+fn pipelined_bursts_rset_and_data_after_refusals_queue_nothing_remote() {
+    let server = TestServer::start(&standard_config(LENIENT));
+    let mut smtp = server.smtp("mx");
+    smtp.send("EHLO attacker.outside.test").expect(250);
+    // One burst: the refused recipient, DATA refused for want of recipients, then a body whose
+    // lines are read as commands and are refused in turn.
+    smtp.raw(
+        b"MAIL FROM:<a@other.test>\r\nRCPT TO:<victim@other.test>\r\nDATA\r\n\
+Subject: spam\r\nRCPT TO:<victim2@other.test>\r\n.\r\nRSET\r\n",
+    );
+    smtp.expect(250)
+        .expect_text(554, "5.7.1")
+        .expect_text(554, "5.5.1")
+        .expect(500)
+        .expect_text(554, "5.7.1")
+        .expect(500)
+        .expect(250);
+    // RSET between recipients forgets the transaction: no RCPT or DATA without a new MAIL.
+    smtp.raw(b"MAIL FROM:<a@other.test>\r\nRCPT TO:<alice@example.test>\r\nRSET\r\nRCPT TO:<victim@other.test>\r\nDATA\r\n");
+    smtp.expect(250)
+        .expect(250)
+        .expect(250)
+        .expect_text(503, "5.5.1")
+        .expect_text(503, "5.5.1");
+    // A second MAIL inside a transaction is refused and keeps the first one.
+    smtp.send("MAIL FROM:<a@other.test>")
+        .expect(250)
+        .send("RCPT TO:<alice@example.test>")
+        .expect(250)
+        .send("MAIL FROM:<b@other.test>")
+        .expect_text(503, "5.5.1")
+        .send("RCPT TO:<victim@other.test>")
+        .expect_text(554, "5.7.1")
+        .send("BDAT 10 LAST")
+        .expect(502)
+        .send("QUIT")
+        .expect(221);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(spooled(&server), 0);
+}
+
+#[test]
+fn smuggling_with_crlf_dot_lf_is_refused() {
+    let server = TestServer::start(&standard_config(""));
+    for vector in [&b"\r\n.\n"[..], b"\r\n.\r\r\n", b"\r\n\x00.\r\n"] {
+        let mut smtp = server.smtp("mx");
+        smtp.send("EHLO attacker.outside.test")
+            .expect(250)
+            .send("MAIL FROM:<a@other.test>")
+            .expect(250)
+            .send("RCPT TO:<alice@example.test>")
+            .expect(250)
+            .send("DATA")
+            .expect(354);
+        let mut content = b"Subject: innocent\r\n\r\nbody".to_vec();
+        content.extend_from_slice(vector);
+        content.extend_from_slice(
+            b"MAIL FROM:<a@other.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\nSubject: smuggled\r\n\r\n.\r\n",
+        );
+        smtp.raw(&content);
+        if vector.contains(&0) {
+            // NUL is content, not framing: the whole thing is one message, nothing smuggled.
+            smtp.expect_text(250, "queued as");
+            let mail = server.wait_for_mail("example.test", "alice", 1);
+            assert!(mail[0].contains("Subject: smuggled"), "{}", mail[0]);
+            assert!(server.maildir_new("example.test", "bob").is_empty());
+        } else {
+            smtp.expect_text(521, "5.5.2").expect_closed();
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(server.maildir_new("example.test", "bob").is_empty());
+}
+
+#[test]
+fn auth_edge_cases_grant_no_relay() {
+    let server = TestServer::start(&standard_config(""));
+    let ca = ca(&server);
+    // On mx: AUTH in clear is refused, and TLS starts the session over.
+    let mut smtp = server.smtp("mx");
+    smtp.send("EHLO attacker.outside.test")
+        .expect(250)
+        .send("AUTH PLAIN AGFsaWNlQGV4YW1wbGUudGVzdAB4")
+        .expect_text(538, "5.7.11")
+        .starttls(&ca)
+        .send("STARTTLS")
+        .expect(503)
+        .send("MAIL FROM:<a@other.test>")
+        .expect_text(503, "5.5.1")
+        .send("EHLO attacker.outside.test")
+        .expect(250)
+        // Cancelled exchanges and wrong passwords leave the client a stranger.
+        .send("AUTH LOGIN")
+        .expect(334)
+        .send("*")
+        .expect(501)
+        .send("AUTH PLAIN")
+        .expect(334)
+        .send("*")
+        .expect(501)
+        .auth_plain("alice@example.test", "wrong")
+        .expect_text(535, "5.7.8")
+        .send("MAIL FROM:<a@other.test>")
+        .expect(250)
+        .send("RCPT TO:<victim@other.test>")
+        .expect_text(554, "5.7.1");
+    // Submission without AUTH: no MAIL, hence no RCPT, not even to a local mailbox.
+    let mut smtp = server.smtp("submission");
+    smtp.send("EHLO attacker.outside.test")
+        .expect(250)
+        .starttls(&ca)
+        .send("EHLO attacker.outside.test")
+        .expect(250)
+        .send("MAIL FROM:<>")
+        .expect_text(530, "5.7.0")
+        .send("RCPT TO:<alice@example.test>")
+        .expect_text(503, "5.5.1")
+        .send("DATA")
+        .expect(503);
+    assert_eq!(spooled(&server), 0);
+}
+
+#[test]
+fn ipv4_mapped_trusted_networks_trust_nobody() {
+    use relayward_protocol::path::parse_forward_path;
+    use relayward_protocol::resolve::resolve;
+    use relayward_server::config::Config;
+    use relayward_server::policy::{ClientIdentity, Policy};
+
+    let text = standard_config("")
+        .replace(
+            "trusted_networks = []",
+            "trusted_networks = [\"::ffff:127.0.0.1/128\", \"::1/128\"]",
+        )
+        .replace("DATA_DIR", "/nonexistent");
+    let config = Config::from_toml_str(&text, "redteam").expect("parses");
+    let policy = Policy::from_config(&config).expect("valid (with a warning)");
+    let rcpt = resolve(&parse_forward_path("<victim@other.test>").expect("path"));
+    for client in [
+        "127.0.0.1",
+        "::ffff:127.0.0.1",
+        "::127.0.0.1",
+        "::ffff:127.0.0.2",
+    ] {
+        let identity = ClientIdentity::anonymous(client.parse().expect("ip"));
+        assert!(
+            policy.decide(&identity, &rcpt).is_err(),
+            "{client} was trusted"
+        );
+    }
+    let identity = ClientIdentity::anonymous("::1".parse().expect("ip"));
+    assert!(policy.decide(&identity, &rcpt).is_ok());
+}
+
+/// A tiny SMTP server standing in for an internal host behind a `[[route]]`: it refuses every
+/// recipient (550) and records each MAIL FROM it sees.
+fn rejecting_sink() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind sink");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            let record = Arc::clone(&record);
+            std::thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(WAIT));
+                let mut out = stream.try_clone().expect("clone");
+                let mut lines = BufReader::new(stream);
+                let _ = out.write_all(b"220 sink.corp.test\r\n");
+                let mut line = String::new();
+                while lines.read_line(&mut line).unwrap_or(0) > 0 {
+                    let upper = line.to_ascii_uppercase();
+                    let reply: &[u8] = if upper.starts_with("MAIL") {
+                        let path = line.split(['<', '>']).nth(1).unwrap_or("?");
+                        record.lock().expect("lock").push(format!("<{path}>"));
+                        b"250 ok\r\n"
+                    } else if upper.starts_with("RCPT") {
+                        b"550 5.1.1 no such user here\r\n"
+                    } else if upper.starts_with("QUIT") {
+                        let _ = out.write_all(b"221 bye\r\n");
+                        return;
+                    } else {
+                        b"250 sink\r\n"
+                    };
+                    if out.write_all(reply).is_err() {
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// Bounces go out with the null sender and are never bounced again: a message whose sender is
+/// itself in the rejecting route domain produces exactly one DSN, and a message from `<>`
+/// produces none.
+#[test]
+fn bounces_of_bounces_do_not_loop() {
+    let (sink, seen) = rejecting_sink();
+    let server = TestServer::start(&standard_config(&format!(
+        "[[route]]\ndomain = \"corp.example.net\"\nto = \"smtp://{sink}\"\n"
+    )));
+    let mut smtp = server.smtp("mx");
+    smtp.send("EHLO attacker.outside.test").expect(250);
+    for from in ["<loop@corp.example.net>", "<>"] {
+        smtp.send(&format!("MAIL FROM:{from}"))
+            .expect(250)
+            .send("RCPT TO:<nobody@corp.example.net>")
+            .expect(250)
+            .send("DATA")
+            .expect(354)
+            .raw(b"Subject: bounce me\r\n\r\nhello\r\n.\r\n")
+            .expect_text(250, "queued as");
+    }
+    smtp.send("QUIT").expect(221);
+    wait_queue_empty(&server);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut seen = seen.lock().expect("lock").clone();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec!["<>", "<>", "<loop@corp.example.net>"],
+        "log:\n{}",
+        server.log()
+    );
+    assert_eq!(server.log().matches("bounce queued").count(), 1);
+}
