@@ -7,6 +7,39 @@ use std::time::Duration;
 
 use crate::retry::RetrySchedule;
 
+/// The set of existing local mailboxes, replaceable while the runner runs.
+#[derive(Debug, Clone, Default)]
+pub struct MailboxList(std::sync::Arc<std::sync::RwLock<std::collections::HashSet<String>>>);
+
+impl MailboxList {
+    /// A list of `local@domain` addresses (compared case-insensitively).
+    pub fn new(addresses: impl IntoIterator<Item = String>) -> Self {
+        let list = Self::default();
+        list.replace(addresses);
+        list
+    }
+
+    /// Replaces the whole list (on reload).
+    pub fn replace(&self, addresses: impl IntoIterator<Item = String>) {
+        let fresh = addresses
+            .into_iter()
+            .map(|a| a.to_ascii_lowercase())
+            .collect();
+        match self.0.write() {
+            Ok(mut set) => *set = fresh,
+            Err(poisoned) => *poisoned.into_inner() = fresh,
+        }
+    }
+
+    pub fn contains(&self, address: &str) -> bool {
+        let address = address.to_ascii_lowercase();
+        match self.0.read() {
+            Ok(set) => set.contains(&address),
+            Err(poisoned) => poisoned.into_inner().contains(&address),
+        }
+    }
+}
+
 /// Everything the runner needs to know. Build it with [`DeliveryConfig::new`] and set fields.
 #[derive(Debug, Clone)]
 pub struct DeliveryConfig {
@@ -48,6 +81,12 @@ pub struct DeliveryConfig {
     pub connection_idle: Duration,
     /// How long `run` waits for in-flight deliveries after shutdown before aborting them.
     pub shutdown_grace: Duration,
+    /// The mailboxes that exist in `local_domains` (lower-case `local@domain`). When set, mail
+    /// for any other address there fails permanently instead of creating a Maildir: the
+    /// session already refuses unknown users, but a bounce addressed to a forged local sender
+    /// reaches the runner without passing a RCPT check. `None` accepts every name. Shared, so
+    /// a configuration reload (new users) reaches the running runner.
+    pub local_mailboxes: Option<MailboxList>,
 }
 
 impl DeliveryConfig {
@@ -75,6 +114,20 @@ impl DeliveryConfig {
             poll_interval: Duration::from_secs(60),
             connection_idle: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(20),
+            local_mailboxes: None,
+        }
+    }
+
+    /// Whether `local@domain` names a mailbox that exists (always, without a mailbox list, and
+    /// for `maildir` routes, whose local parts the relay policy vets).
+    pub fn mailbox_exists(&self, local: &str, domain: &str) -> bool {
+        let in_local_domains = self
+            .local_domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(domain));
+        match &self.local_mailboxes {
+            Some(known) if in_local_domains => known.contains(&format!("{local}@{domain}")),
+            _ => true,
         }
     }
 
@@ -326,5 +379,34 @@ mod tests {
         c.smarthost_user = Some("u".into());
         c.smarthost_password_file = Some("/p".into());
         assert!(c.validate().is_err());
+    }
+}
+
+#[cfg(test)]
+mod mailbox_tests {
+    use super::*;
+
+    #[test]
+    fn only_known_mailboxes_exist_in_local_domains() {
+        let mut config = DeliveryConfig::new("mx.example.test", "/tmp/mail");
+        config.local_domains = vec!["example.test".into()];
+        assert!(
+            config.mailbox_exists("Ghost", "example.test"),
+            "no list: anything"
+        );
+        let list = MailboxList::new(["alice@example.test".to_string()]);
+        config.local_mailboxes = Some(list.clone());
+        assert!(config.mailbox_exists("Alice", "EXAMPLE.test"));
+        assert!(!config.mailbox_exists("Ghost.Box", "example.test"));
+        assert!(
+            config.mailbox_exists("anyone", "other.test"),
+            "not a local domain"
+        );
+        list.replace(["ghost.box@example.test".to_string()]);
+        assert!(
+            config.mailbox_exists("Ghost.Box", "example.test"),
+            "reload reaches the runner"
+        );
+        assert!(!config.mailbox_exists("alice", "example.test"));
     }
 }

@@ -43,6 +43,6 @@ pub mod retry;
 pub mod runner;
 pub mod tls;
 
-pub use config::{DeliveryConfig, Route, RouteTarget, SmarthostTls, Timeouts};
+pub use config::{DeliveryConfig, MailboxList, Route, RouteTarget, SmarthostTls, Timeouts};
 pub use retry::RetrySchedule;
 pub use runner::Runner;

@@ -320,6 +320,13 @@ impl Runner {
                 Some((l, d)) => (l.to_string(), d.to_string()),
                 None => (rcpt.clone(), String::new()),
             };
+            if !self.shared.config.mailbox_exists(&local, &domain) {
+                outcomes.push(Outcome::Failed(Failure::local(
+                    "5.1.1",
+                    format!("no mailbox {rcpt} here"),
+                )));
+                continue;
+            }
             let root = self.shared.config.mail_root.clone();
             let data = content.to_vec();
             let result = tokio::task::spawn_blocking(move || {
@@ -344,6 +351,13 @@ impl Runner {
 
     async fn deliver_mx(&self, domain: &str, envelope: &Envelope<'_>) -> Vec<Outcome> {
         let n = envelope.recipients.len();
+        if domain.starts_with('[') {
+            // Address literals reach here only as bounce targets (the policy never relays to
+            // them): sending to a raw IP would let any client aim our bounces at any host,
+            // and retrying a DNS lookup of "[ip]" for days only clogs the queue.
+            let failure = Failure::local("5.1.2", "address literals are not routed by this server");
+            return vec![Outcome::Failed(failure); n];
+        }
         match self.shared.resolver.mx_hosts(domain).await {
             Ok(hosts) => {
                 let names: Vec<String> = hosts.into_iter().map(|h| h.name).collect();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use relayward_delivery::{DeliveryConfig, Route, RouteTarget, Runner, SmarthostTls};
+use relayward_delivery::{DeliveryConfig, MailboxList, Route, RouteTarget, Runner, SmarthostTls};
 use relayward_queue::Queue;
 use relayward_server::config::{self, Config};
 use tokio::sync::watch;
@@ -21,6 +21,8 @@ const QUEUE_SCAN_INTERVAL: Duration = Duration::from_secs(5);
 pub struct RunnerHandle {
     task: JoinHandle<()>,
     grace: Duration,
+    /// The runner's list of local mailboxes; `serve` replaces it on reload.
+    pub mailboxes: Option<MailboxList>,
 }
 
 impl RunnerHandle {
@@ -65,7 +67,17 @@ pub fn delivery_config(config: &Config) -> anyhow::Result<DeliveryConfig> {
     out.nameservers = config.dns.nameservers.clone();
     out.max_queue_lifetime = delivery.max_queue_lifetime;
     out.poll_interval = QUEUE_SCAN_INTERVAL;
+    out.local_mailboxes = Some(MailboxList::new(mailbox_addresses(config)));
     Ok(out)
+}
+
+/// The existing local mailboxes, for the runner's check of bounce targets.
+pub fn mailbox_addresses(config: &Config) -> Vec<String> {
+    config
+        .local_mailboxes()
+        .into_iter()
+        .map(|(address, _)| address)
+        .collect()
 }
 
 /// Starts the runner; it stops when `shutdown` turns true.
@@ -76,10 +88,15 @@ pub fn start(
 ) -> anyhow::Result<RunnerHandle> {
     let delivery = delivery_config(config)?;
     let grace = delivery.shutdown_grace;
+    let mailboxes = delivery.local_mailboxes.clone();
     let runner = Runner::new(queue, delivery).context("delivery configuration")?;
     let stopping = async move {
         let _ = shutdown.wait_for(|stopping| *stopping).await;
     };
     let task = tokio::spawn(runner.run(stopping));
-    Ok(RunnerHandle { task, grace })
+    Ok(RunnerHandle {
+        task,
+        grace,
+        mailboxes,
+    })
 }

@@ -85,6 +85,7 @@ async fn serve(config: Config, config_arg: ConfigArg) -> anyhow::Result<()> {
         tls: &tls,
         queue: &queue,
         spool: &spool,
+        mailboxes: runner.mailboxes.as_ref(),
         limiters: &limiters,
     };
     wait_for_signals(&mut signals, &running).await?;
@@ -136,6 +137,8 @@ struct Running<'a> {
     queue: &'a Arc<dyn relayward_queue::Queue>,
     /// The same queue, for settings only the spool has (`min_free_bytes`).
     spool: &'a Arc<relayward_queue::Spool>,
+    /// The delivery runner's list of local mailboxes (bounces to others fail).
+    mailboxes: Option<&'a relayward_delivery::MailboxList>,
     limiters: &'a Limiters,
 }
 
@@ -319,6 +322,9 @@ fn reload(running: &Running<'_>) {
     running
         .spool
         .set_min_free_bytes(config.queue.min_free_bytes);
+    if let Some(mailboxes) = running.mailboxes {
+        mailboxes.replace(crate::delivery::mailbox_addresses(&config));
+    }
     tracing::info!(
         users = config.users.len(),
         "configuration reloaded (users, policy, limits)"

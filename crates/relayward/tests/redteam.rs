@@ -628,3 +628,40 @@ fn bounces_of_bounces_do_not_loop() {
     );
     assert_eq!(server.log().matches("bounce queued").count(), 1);
 }
+
+/// Bounces reach the runner without a RCPT check, so the runner itself must refuse what the
+/// session would have: a forged local sender that names no mailbox gets no Maildir created,
+/// and a sender at an address literal fails at once instead of clogging the queue for days.
+#[test]
+fn bounces_to_forged_local_senders_and_literals_go_nowhere() {
+    let (sink, _seen) = rejecting_sink();
+    let server = TestServer::start(&standard_config(&format!(
+        "[[route]]\ndomain = \"corp.example.net\"\nto = \"smtp://{sink}\"\n"
+    )));
+    let mut smtp = server.smtp("mx");
+    smtp.send("EHLO attacker.outside.test").expect(250);
+    for from in [
+        "<Ghost.Box@example.test>",
+        "<x@[127.0.0.1]>",
+        "<alice@example.test>",
+    ] {
+        smtp.send(&format!("MAIL FROM:{from}"))
+            .expect(250)
+            .send("RCPT TO:<nobody@corp.example.net>")
+            .expect(250)
+            .send("DATA")
+            .expect(354)
+            .raw(b"Subject: bounce me\r\n\r\nhello\r\n.\r\n")
+            .expect_text(250, "queued as");
+    }
+    smtp.send("QUIT").expect(221);
+    wait_queue_empty(&server);
+    let mail = server.data_dir().join("mail").join("example.test");
+    assert!(
+        !mail.join("Ghost.Box").exists() && !mail.join("ghost.box").exists(),
+        "a bounce created a Maildir for a mailbox that does not exist"
+    );
+    // The real local sender still gets her bounce.
+    let bounces = server.wait_for_mail("example.test", "alice", 1);
+    assert!(bounces[0].contains("multipart/report"), "{}", bounces[0]);
+}
