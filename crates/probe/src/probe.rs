@@ -53,6 +53,11 @@ struct Runner<'a> {
     conn: Option<Conn>,
     try_starttls: bool,
     connections: u32,
+    /// Connections we closed ourselves to stay under the server's error limit; not reported
+    /// as reconnects (those mean the server dropped us).
+    planned_reconnects: u32,
+    /// Error replies (4xx/5xx) on the current connection.
+    errors_on_conn: u32,
     open_failures: u32,
     findings: Findings,
     /// The EHLO reply of the current shared connection (after STARTTLS): what it offers.
@@ -69,6 +74,29 @@ struct Exchange {
     broken: Option<String>,
 }
 
+/// Error replies we allow ourselves on one connection before starting a fresh one; below the
+/// smallest common server limit that slows or drops a client (Postfix's soft limit of 10).
+const ERROR_BUDGET: u32 = 6;
+
+impl Exchange {
+    /// How many 4xx/5xx replies this exchange drew (each counts toward the server's limit).
+    fn error_replies(&self) -> u32 {
+        let mut codes = vec![
+            self.mail.as_ref().map(|r| r.code),
+            self.rcpt.as_ref().map(|r| r.code),
+        ];
+        if let Some(fb) = &self.fallback {
+            codes.push(fb.mail_reply.as_ref().map(|r| r.code));
+            codes.push(fb.rcpt_reply.as_ref().map(|r| r.code));
+        }
+        codes
+            .into_iter()
+            .flatten()
+            .filter(|code| *code >= 400)
+            .count() as u32
+    }
+}
+
 impl<'a> Runner<'a> {
     fn new(target: &'a Target, cfg: &'a ProbeConfig, host_deadline: Instant) -> Self {
         Self {
@@ -79,6 +107,8 @@ impl<'a> Runner<'a> {
             conn: None,
             try_starttls: true,
             connections: 0,
+            planned_reconnects: 0,
+            errors_on_conn: 0,
             open_failures: 0,
             findings: Findings::default(),
             hello: None,
@@ -142,7 +172,10 @@ impl<'a> Runner<'a> {
         calibration: Vec<(CalibrationKind, TestResult)>,
         confirm: Vec<ConfirmResult>,
     ) -> TargetReport {
-        self.findings.reconnects = self.connections.saturating_sub(1);
+        self.findings.reconnects = self
+            .connections
+            .saturating_sub(1)
+            .saturating_sub(self.planned_reconnects);
         let log = std::mem::take(&mut self.log);
         TargetReport {
             target: self.target.label.clone(),
@@ -205,6 +238,7 @@ impl<'a> Runner<'a> {
                     self.record_greeting(&conn, &greeting);
                 }
                 self.connections += 1;
+                self.errors_on_conn = 0;
                 self.open_failures = 0;
                 self.hello = Some(greeting.hello);
                 self.conn = Some(conn);
@@ -353,7 +387,14 @@ impl<'a> Runner<'a> {
         };
         conn.deadline = deadline;
         let keep = self.exchange(&mut conn, r, kind, &mut ex).await;
-        if keep {
+        self.errors_on_conn += ex.error_replies();
+        if keep && self.errors_on_conn >= ERROR_BUDGET {
+            // Leave before the server's error limit: Postfix sleeps a second before every
+            // reply past 10 errors and drops at 20, relayward drops at 10, Exim sooner. A
+            // fresh connection costs a few round trips; being throttled costs seconds a test.
+            conn.quit(&mut self.log).await;
+            self.planned_reconnects += 1;
+        } else if keep {
             self.conn = Some(conn);
         }
         ex

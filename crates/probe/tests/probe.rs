@@ -258,6 +258,30 @@ async fn error_limit_reconnects_and_runs_every_test() {
     assert!(not_run.is_empty(), "not run: {not_run:?}");
 }
 
+/// A server that drops clients after 10 errors (relayward's default; Postfix slows down there)
+/// never gets to: the probe starts a fresh connection on its own before the limit.
+#[tokio::test]
+async fn probe_stays_under_a_ten_error_limit() {
+    let mut spec = Spec::new(Kind::Closed);
+    spec.max_errors = Some(10);
+    let addr = start(spec, "127.0.0.1:0").await;
+    let r = run(addr).await;
+    assert_eq!(r.verdict, Verdict::Closed, "{}", dump(&r));
+    assert_eq!(
+        r.findings.reconnects,
+        0,
+        "the server had to drop the probe: {}",
+        dump(&r)
+    );
+    let not_run = r
+        .tests
+        .iter()
+        .filter(|t| matches!(t.outcome, Outcome::Error | Outcome::Skipped))
+        .filter(|t| t.id != "failed-auth-then-relay")
+        .count();
+    assert_eq!(not_run, 0, "{}", dump(&r));
+}
+
 #[tokio::test]
 async fn error_limit_does_not_hide_a_relay() {
     let mut spec = Spec::new(Kind::PercentHack);
