@@ -397,6 +397,22 @@ fn client_talking_before_the_banner_is_refused() {
     );
 }
 
+/// Trusted networks are not put through the pregreet test: an application on the admin's own
+/// network that talks first still gets its banner and its mail through.
+#[test]
+fn trusted_clients_skip_the_pregreet_test() {
+    let server = TestServer::start(&config(
+        "trusted_networks = [\"127.0.0.1/32\"]",
+        "[limits]\ngreet_pause = \"1s\"",
+    ));
+    Smtp::connect_silent(server.addr("mx"))
+        .raw(b"EHLO app.internal.test\r\n")
+        .expect(220)
+        .expect(250)
+        .send("QUIT")
+        .expect(221);
+}
+
 #[test]
 fn pipelining_before_ehlo_is_refused() {
     let server = TestServer::start(&stranger_config(""));

@@ -466,7 +466,8 @@ pub struct Limits {
     pub auth_ban: Duration,
     /// How long an `mx` listener waits before its banner, listening: a client that talks
     /// before the greeting is a spam robot (Postfix postscreen's pregreet test) and gets
-    /// `554 5.5.1`. Submission listeners never wait. `"0s"` turns the test off.
+    /// `554 5.5.1`. Submission listeners and trusted networks never wait. `"0s"` turns the
+    /// test off.
     #[serde(deserialize_with = "de_duration")]
     pub greet_pause: Duration,
     /// Everything before the first command: reading a PROXY header (capped at 10 s), the TLS

@@ -243,10 +243,14 @@ impl Session {
 
     /// The pregreet test (`mx` listeners): listens for `greet_pause` before the banner. A
     /// client that talks first is a robot that does not wait for replies; real MTAs wait.
+    /// Trusted networks are not tested (like postscreen's mynetworks): the admin vouches for
+    /// them, and their applications should not pay the pause on every message.
     async fn pregreeted(&mut self) -> io::Result<bool> {
         let pause = match self.kind {
-            ListenerKind::Mx => self.ctx.limits.greet_pause,
-            ListenerKind::Submission | ListenerKind::Submissions => Duration::ZERO,
+            ListenerKind::Mx if !self.ctx.policy.is_trusted(self.client_ip) => {
+                self.ctx.limits.greet_pause
+            }
+            _ => Duration::ZERO,
         };
         if pause.is_zero() {
             return Ok(false);
