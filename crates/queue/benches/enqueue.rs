@@ -1,4 +1,4 @@
-//! Enqueue throughput at 1, 16 and 64 concurrent enqueuers (no criterion: plain timing).
+//! Enqueue throughput at 1, 16, 64 and 200 concurrent enqueuers (no criterion: plain timing).
 //!
 //! `cargo bench -p relayward-queue --bench enqueue`. Environment:
 //! `RELAYWARD_BENCH_DIR` (default: the system temp dir; use a real disk, tmpfs makes fsync free),
@@ -74,7 +74,7 @@ fn main() -> Result<(), String> {
         "enqueue benchmark: {size}-octet messages, {secs} s per level, in {}",
         base.display()
     );
-    for concurrency in [1usize, 16, 64] {
+    for concurrency in [1usize, 16, 64, 200] {
         let dir = tempfile::tempdir_in(&base).map_err(|e| e.to_string())?;
         let options = SpoolOptions {
             min_free_bytes: 0,
