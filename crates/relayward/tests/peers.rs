@@ -25,14 +25,21 @@ fn require(program: &str) {
     );
 }
 
+/// Runs swaks against `server` (a listener address) with `args`; (exit code, transcript).
+fn swaks(server: std::net::SocketAddr, args: &[&str]) -> (Option<i32>, String) {
+    require("swaks");
+    let server = server.to_string();
+    let mut command = Command::new("swaks");
+    command.args(["--server", &server]).args(args);
+    run_with_timeout(&mut command, Duration::from_secs(20))
+}
+
 #[test]
 fn swaks_delivers_to_a_local_mailbox() {
-    require("swaks");
     let server = TestServer::start(&standard_config(""));
-    let (code, out) = run_with_timeout(
-        Command::new("swaks").args([
-            "--server",
-            &server.addr("mx").to_string(),
+    let (code, out) = swaks(
+        server.addr("mx"),
+        &[
             "--from",
             "friend@other.test",
             "--to",
@@ -41,8 +48,7 @@ fn swaks_delivers_to_a_local_mailbox() {
             "swaks.other.test",
             "--header",
             "Subject: from swaks",
-        ]),
-        Duration::from_secs(20),
+        ],
     );
     assert_eq!(code, Some(0), "swaks failed:\n{out}");
     let mail = server.wait_for_mail("example.test", "alice", 1);
@@ -51,20 +57,17 @@ fn swaks_delivers_to_a_local_mailbox() {
 
 #[test]
 fn swaks_relay_attempt_from_a_stranger_is_refused() {
-    require("swaks");
     let server = TestServer::start(&standard_config(""));
-    let (code, out) = run_with_timeout(
-        Command::new("swaks").args([
-            "--server",
-            &server.addr("mx").to_string(),
+    let (code, out) = swaks(
+        server.addr("mx"),
+        &[
             "--from",
             "spammer@other.test",
             "--to",
             "victim@elsewhere.test",
             "--quit-after",
             "RCPT",
-        ]),
-        Duration::from_secs(20),
+        ],
     );
     // swaks exits 24 when the server refuses the recipient.
     assert_eq!(code, Some(24), "expected a refused RCPT:\n{out}");
@@ -76,12 +79,10 @@ fn swaks_relay_attempt_from_a_stranger_is_refused() {
 
 #[test]
 fn swaks_starttls_and_auth_relay_through_submission() {
-    require("swaks");
     let server = TestServer::start(&standard_config(""));
-    let (code, out) = run_with_timeout(
-        Command::new("swaks").args([
-            "--server",
-            &server.addr("submission").to_string(),
+    let (code, out) = swaks(
+        server.addr("submission"),
+        &[
             "--tls",
             "--auth",
             "PLAIN",
@@ -93,16 +94,20 @@ fn swaks_starttls_and_auth_relay_through_submission() {
             "alice@example.test",
             "--to",
             "friend@elsewhere.test",
-        ]),
-        Duration::from_secs(20),
+        ],
     );
     assert_eq!(code, Some(0), "swaks failed:\n{out}");
     assert!(out.contains("235 2.7.0 Authentication successful"), "{out}");
     assert!(out.contains("250 2.0.0 Ok: queued as"), "{out}");
+    // The EHLO reply before STARTTLS must not offer AUTH; the one after must.
+    let (before_tls, after_tls) = out
+        .split_once("-> STARTTLS")
+        .unwrap_or_else(|| panic!("swaks sent no STARTTLS:\n{out}"));
     assert!(
-        !out.contains("AUTH PLAIN LOGIN\n<-  250-STARTTLS"),
-        "AUTH must not precede TLS:\n{out}"
+        !before_tls.contains("AUTH"),
+        "AUTH offered in clear:\n{out}"
     );
+    assert!(after_tls.contains("AUTH PLAIN LOGIN"), "{out}");
 }
 
 /// Python's smtplib verifies the server's certificate against the pair relayward generated,
