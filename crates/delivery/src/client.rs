@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use relayward_protocol::data::dot_stuff;
 use relayward_protocol::reply::{Reply, ReplyParser};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
@@ -741,45 +742,9 @@ fn check_envelope(envelope: &Envelope<'_>) -> Option<Failure> {
     None
 }
 
-/// Dot-stuffs the content (RFC 5321 §4.5.2), turns bare LF into CRLF and appends the
-/// terminating `CRLF.CRLF`.
-pub fn dot_stuff(content: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(content.len() + content.len() / 64 + 5);
-    let mut at_line_start = true;
-    let mut prev = 0u8;
-    for &b in content {
-        if at_line_start && b == b'.' {
-            out.push(b'.');
-        }
-        if b == b'\n' && prev != b'\r' {
-            out.push(b'\r');
-        }
-        out.push(b);
-        at_line_start = b == b'\n';
-        prev = b;
-    }
-    if !out.is_empty() && !out.ends_with(b"\r\n") {
-        if out.ends_with(b"\r") {
-            out.push(b'\n');
-        } else {
-            out.extend_from_slice(b"\r\n");
-        }
-    }
-    out.extend_from_slice(b".\r\n");
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dot_stuffing_and_line_ends() {
-        assert_eq!(dot_stuff(b"a\r\n.b\r\n"), b"a\r\n..b\r\n.\r\n");
-        assert_eq!(dot_stuff(b".\nx"), b"..\r\nx\r\n.\r\n");
-        assert_eq!(dot_stuff(b""), b".\r\n");
-        assert_eq!(dot_stuff(b"x\r"), b"x\r\n.\r\n");
-    }
 
     #[test]
     fn extensions_from_ehlo() {

@@ -192,21 +192,39 @@ impl DataReceiver {
     }
 }
 
-/// Frames a message for sending after `354`: doubles each dot that opens a line, ends the
-/// content with CRLF if it does not already, and appends the terminating `.CRLF`.
+/// Frames a message for sending after `354`: doubles each dot that opens a line, writes
+/// every line end as CRLF, ends the content with CRLF if it does not already, and appends the
+/// terminating `.CRLF`.
 ///
-/// Lines count as opened after every LF, so even content holding a bare LF cannot end the data
-/// early at a lenient next hop. It does not repair bare CR or LF: content received through
-/// [`DataReceiver`] holds none.
+/// Whatever the input, the output is valid SMTP framing: a bare LF or bare CR becomes CRLF
+/// (so no next hop can read a different end of data than we meant: SMTP smuggling), and a
+/// dot after any of them is stuffed. Content received through [`DataReceiver`] holds no bare
+/// line ends, so for it this only stuffs dots.
 pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(message.len() + message.len() / 64 + 5);
-    for line in message.split_inclusive(|&b| b == LF) {
-        if line.first() == Some(&b'.') {
+    let mut rest = message;
+    loop {
+        if rest.first() == Some(&b'.') {
             out.push(b'.');
         }
-        out.extend_from_slice(line);
+        let Some(end) = memchr::memchr2(CR, LF, rest) else {
+            out.extend_from_slice(rest);
+            break;
+        };
+        out.extend_from_slice(&rest[..end]);
+        out.extend_from_slice(b"\r\n");
+        // CRLF, bare CR and bare LF each end one line.
+        let width = if rest[end] == CR && rest.get(end + 1) == Some(&LF) {
+            2
+        } else {
+            1
+        };
+        rest = &rest[end + width..];
+        if rest.is_empty() {
+            break;
+        }
     }
-    if !message.is_empty() && !message.ends_with(b"\r\n") {
+    if !out.is_empty() && !out.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b".\r\n");
@@ -221,6 +239,15 @@ mod tests {
     fn stuffing_doubles_leading_dots_only() {
         assert_eq!(dot_stuff(b""), b".\r\n");
         assert_eq!(dot_stuff(b"a.b\r\n.\r\n..x"), b"a.b\r\n..\r\n...x\r\n.\r\n");
+    }
+
+    #[test]
+    fn bare_line_ends_become_crlf_and_their_dots_are_stuffed() {
+        assert_eq!(dot_stuff(b".\nx"), b"..\r\nx\r\n.\r\n");
+        assert_eq!(dot_stuff(b"x\r"), b"x\r\n.\r\n");
+        assert_eq!(dot_stuff(b"a\n.\nb"), b"a\r\n..\r\nb\r\n.\r\n");
+        assert_eq!(dot_stuff(b"a\r.\r\nb"), b"a\r\n..\r\nb\r\n.\r\n");
+        assert_eq!(dot_stuff(b"\r\n"), b"\r\n.\r\n");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 use relayward_protocol::command::{Command, Param, parse_command};
-use relayward_protocol::data::{DataReceiver, DataStatus, dot_stuff};
+use relayward_protocol::data::{DataError, DataReceiver, DataStatus, dot_stuff};
 use relayward_protocol::line::{LineBuffer, LineEvent};
 use relayward_protocol::path::{parse_forward_path, parse_reverse_path};
 
@@ -235,5 +235,23 @@ proptest! {
         let ended_cleanly = matches!(last, Some(DataStatus::Done { error: None, .. }));
         prop_assert!(ended_cleanly, "last status {:?}", last);
         prop_assert_eq!(sink, text);
+    }
+
+    /// Whatever bytes go in, `dot_stuff` frames them so that a strict receiver (ours) ends the
+    /// data exactly at the terminator and never sees a bare CR or LF: what the delivery agent
+    /// sends can never be read as two messages by the next hop.
+    #[test]
+    fn dot_stuff_of_any_bytes_is_valid_framing(
+        input in prop::collection::vec(prop_oneof![Just(b'.'), Just(b'\r'), Just(b'\n'), any::<u8>()], 0..400),
+    ) {
+        let wire = dot_stuff(&input);
+        let mut rx = DataReceiver::new(u64::MAX);
+        let mut sink = Vec::new();
+        let status = rx.feed(&wire, &mut sink);
+        let consumed_all = matches!(
+            status,
+            DataStatus::Done { consumed, error: None | Some(DataError::LineTooLong) } if consumed == wire.len()
+        );
+        prop_assert!(consumed_all, "status {:?} for {:?}", status, input);
     }
 }
