@@ -402,3 +402,41 @@ fn auth_initial_response_may_exceed_512_octets() {
         .send(&format!("MAIL FROM:<{}@example.test>", "a".repeat(600)))
         .expect_text(500, "5.5.2");
 }
+
+/// A user added by SIGHUP is a mailbox for the session *and* for the delivery runner (which
+/// refuses unknown local mailboxes): mail to her is delivered, not bounced.
+#[test]
+fn mail_for_a_user_added_by_reload_is_delivered() {
+    let server = server();
+    let config = std::fs::read_to_string(&server.config_path).expect("config");
+    let carol = format!(
+        "{config}\n[[user]]\nlogin = \"carol@example.test\"\npassword_hash = \"{}\"\n",
+        support::password_hash()
+    );
+    server
+        .smtp("mx")
+        .send("EHLO client.outside.test")
+        .expect(250)
+        .send("MAIL FROM:<friend@other.test>")
+        .expect(250)
+        .send("RCPT TO:<carol@example.test>")
+        .expect_text(550, "5.1.1");
+    std::fs::write(&server.config_path, carol).expect("rewrite config");
+    server.signal("HUP");
+    server.wait_for_log("configuration reloaded");
+    server
+        .smtp("mx")
+        .send("EHLO client.outside.test")
+        .expect(250)
+        .send("MAIL FROM:<friend@other.test>")
+        .expect(250)
+        .send("RCPT TO:<carol@example.test>")
+        .expect(250)
+        .send("DATA")
+        .expect(354)
+        .raw(b"Subject: welcome\r\n\r\nhi carol\r\n.\r\n")
+        .expect(250);
+    let mail = server.wait_for_mail("example.test", "carol", 1);
+    assert!(mail[0].contains("hi carol"), "{}", mail[0]);
+    assert!(!server.log().contains("bounce queued"), "{}", server.log());
+}
