@@ -67,7 +67,7 @@ async fn serve(config: Config, config_arg: ConfigArg) -> anyhow::Result<()> {
         &limiters,
     )?)));
     let gate = Gate::new(admission_limits(&config));
-    let listeners = bind_all(&config).await?;
+    let listeners = bind_all(&config)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let runner = crate::delivery::start(&config, Arc::clone(&queue), shutdown_rx.clone())?;
     print_startup(&config, &listeners, &config_arg);
@@ -83,7 +83,6 @@ async fn serve(config: Config, config_arg: ConfigArg) -> anyhow::Result<()> {
         context: &context,
         gate: &gate,
         tls: &tls,
-        queue: &queue,
         spool: &spool,
         mailboxes: runner.mailboxes.as_ref(),
         limiters: &limiters,
@@ -134,8 +133,7 @@ struct Running<'a> {
     context: &'a SharedContext,
     gate: &'a Arc<Gate>,
     tls: &'a relayward_server::tls::TlsSetup,
-    queue: &'a Arc<dyn relayward_queue::Queue>,
-    /// The same queue, for settings only the spool has (`min_free_bytes`).
+    /// The queue; reload needs its spool-only setting (`min_free_bytes`).
     spool: &'a Arc<relayward_queue::Spool>,
     /// The delivery runner's list of local mailboxes (bounces to others fail).
     mailboxes: Option<&'a relayward_delivery::MailboxList>,
@@ -209,7 +207,7 @@ fn bind_one(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-async fn bind_all(config: &Config) -> anyhow::Result<Vec<BoundListener>> {
+fn bind_all(config: &Config) -> anyhow::Result<Vec<BoundListener>> {
     let mut bound = Vec::new();
     for listen in &config.listen {
         let listener = bind_one(listen.address)
@@ -323,7 +321,7 @@ fn reload(running: &Running<'_>) {
     let fresh = match session_context(
         &config,
         running.tls,
-        Arc::clone(running.queue),
+        Arc::clone(running.spool) as Arc<dyn relayward_queue::Queue>,
         running.limiters,
     ) {
         Ok(fresh) => Arc::new(fresh),
