@@ -13,6 +13,7 @@
 //! - [`date`]: RFC 5322 dates for trace and report headers.
 //! - [`data`]: the DATA receiver: dot-unstuffing, end only on CRLF.CRLF, no bare CR/LF.
 //! - [`battery`]: the relay-trick battery used by `relayward probe` and `relayward check-config`.
+//! - [`text`]: escaping text from the other side before it reaches a log, a table or a terminal.
 
 pub mod battery;
 pub mod command;
@@ -23,3 +24,4 @@ pub mod line;
 pub mod path;
 pub mod reply;
 pub mod resolve;
+pub mod text;
