@@ -1,4 +1,5 @@
-//! A client connection that can switch from plaintext to TLS in the middle (STARTTLS).
+//! A client connection that can switch from plaintext to TLS in the middle (STARTTLS), over
+//! any byte stream: a TCP socket in the server, an in-memory pipe in tests.
 
 use std::io;
 use std::pin::Pin;
@@ -6,7 +7,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
@@ -17,15 +17,20 @@ pub struct TlsFacts {
     pub cipher: String,
 }
 
+/// What a session can run over: a TCP socket, or `tokio::io::DuplexStream` in tests.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
+
 /// The client's byte stream, plaintext or TLS.
-pub enum Conn {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+pub enum Conn<S> {
+    Plain(S),
+    Tls(Box<TlsStream<S>>),
     /// Only during the STARTTLS switch; never read or written.
     Switching,
 }
 
-impl Conn {
+impl<S: Stream> Conn<S> {
     /// Runs the TLS handshake over the plaintext stream. Bytes the client sent before the
     /// handshake must already have been discarded by the caller (RFC 3207 §6).
     pub async fn upgrade(&mut self, acceptor: &TlsAcceptor) -> io::Result<()> {
@@ -37,9 +42,9 @@ impl Conn {
         Ok(())
     }
 
-    /// Wraps a fresh TCP stream in TLS at once (the `submissions` listener, RFC 8314).
-    pub async fn accept_implicit(tcp: TcpStream, acceptor: &TlsAcceptor) -> io::Result<Conn> {
-        Ok(Conn::Tls(Box::new(acceptor.accept(tcp).await?)))
+    /// Wraps a fresh stream in TLS at once (the `submissions` listener, RFC 8314).
+    pub async fn accept_implicit(stream: S, acceptor: &TlsAcceptor) -> io::Result<Conn<S>> {
+        Ok(Conn::Tls(Box::new(acceptor.accept(stream).await?)))
     }
 
     pub fn tls_facts(&self) -> Option<TlsFacts> {
@@ -75,7 +80,7 @@ fn switching() -> io::Error {
     )
 }
 
-impl AsyncRead for Conn {
+impl<S: Stream> AsyncRead for Conn<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -89,7 +94,7 @@ impl AsyncRead for Conn {
     }
 }
 
-impl AsyncWrite for Conn {
+impl<S: Stream> AsyncWrite for Conn<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

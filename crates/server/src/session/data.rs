@@ -1,0 +1,166 @@
+//! DATA: receiving the content (dot-unstuffing and the smuggling checks are the protocol
+//! crate's), adding the trace header, and the durable enqueue before the `250`.
+
+use std::io;
+use std::time::SystemTime;
+
+use relayward_protocol::data::{DataError, DataReceiver, DataStatus};
+use relayward_protocol::reply::Reply;
+use relayward_queue::{NewMessage, QueueError};
+use tokio::io::AsyncReadExt;
+
+use super::{Ending, Flow, Session, Step, Stream, Transaction};
+use crate::trace::{TraceFacts, received_header};
+
+impl<S: Stream> Session<S> {
+    pub(super) async fn on_data(&mut self) -> Step {
+        let Some(txn) = self.txn.as_ref() else {
+            return Ok(self.client_error(Reply::enh(503, (5, 5, 1), "Need MAIL command")));
+        };
+        if txn.recipients.is_empty() {
+            return Ok(self.client_error(Reply::enh(554, (5, 5, 1), "No valid recipients")));
+        }
+        self.queue_reply(&Reply::new(354, None, "End data with <CR><LF>.<CR><LF>"));
+        self.flush().await?;
+        let mut content = Vec::with_capacity(8192);
+        match self.receive_data(&mut content).await? {
+            DataOutcome::Complete => {}
+            DataOutcome::Refused(reply) => {
+                self.txn = None;
+                return Ok(self.client_error(reply));
+            }
+            DataOutcome::Fatal(reply, why) => {
+                self.txn = None;
+                return Ok(self.close_with(reply, Ending::Protocol(why)));
+            }
+            DataOutcome::Closed => return Ok(Flow::Close(Ending::ClientClosed)),
+        }
+        let Some(txn) = self.txn.take() else {
+            return Ok(Flow::Continue);
+        };
+        let reply = self.enqueue(txn, content).await;
+        Ok(self.reply(reply))
+    }
+
+    async fn receive_data(&mut self, content: &mut Vec<u8>) -> io::Result<DataOutcome> {
+        let mut receiver = DataReceiver::new(self.ctx.limits.max_message_size);
+        let mut pending = self.lines.take_buffered();
+        loop {
+            match receiver.feed(&pending, content) {
+                DataStatus::NeedMore => {}
+                DataStatus::Done { consumed, error } => {
+                    self.lines.extend(&pending[consumed..]);
+                    return Ok(match error {
+                        None => DataOutcome::Complete,
+                        Some(error) => DataOutcome::Refused(data_error_reply(error)),
+                    });
+                }
+                DataStatus::Fatal(error) => {
+                    return Ok(DataOutcome::Fatal(
+                        data_error_reply(error),
+                        "bare line ending in DATA",
+                    ));
+                }
+            }
+            pending.clear();
+            pending.resize(16 * 1024, 0);
+            let read =
+                tokio::time::timeout(self.ctx.limits.data_timeout, self.conn.read(&mut pending))
+                    .await;
+            match read {
+                Err(_) => {
+                    return Ok(DataOutcome::Fatal(
+                        Reply::enh(421, (4, 4, 2), "Timeout during DATA, closing"),
+                        "timeout in DATA",
+                    ));
+                }
+                Ok(Ok(0)) => return Ok(DataOutcome::Closed),
+                Ok(Ok(n)) => pending.truncate(n),
+                Ok(Err(e)) => return Err(e),
+            }
+        }
+    }
+
+    async fn enqueue(&mut self, txn: Transaction, body: Vec<u8>) -> Reply {
+        let recipients: Vec<String> = txn
+            .recipients
+            .iter()
+            .map(|r| r.address().to_string())
+            .collect();
+        let tls = self.conn.tls_facts();
+        let helo = self.helo.as_ref();
+        let header = received_header(&TraceFacts {
+            helo: helo.map(|h| h.name.as_str()).unwrap_or("unknown"),
+            client_ip: self.client_ip,
+            hostname: &self.ctx.hostname,
+            esmtp: helo.is_some_and(|h| h.esmtp),
+            tls: tls.as_ref(),
+            auth_login: self.login.as_deref(),
+            single_recipient: (recipients.len() == 1).then(|| recipients[0].as_str()),
+            now: SystemTime::now(),
+        });
+        let mut content = Vec::with_capacity(header.len() + body.len());
+        content.extend_from_slice(header.as_bytes());
+        content.extend_from_slice(&body);
+        let message = NewMessage {
+            sender: txn.sender,
+            recipients,
+            content,
+            client_ip: self.client_ip.to_string(),
+            auth_login: self.login.clone(),
+        };
+        match self.ctx.queue.enqueue(message).await {
+            Ok(id) => {
+                tracing::info!(client = %self.client_ip, %id, "message queued");
+                Reply::enh(250, (2, 0, 0), format!("Ok: queued as {id}"))
+            }
+            Err(error) => {
+                tracing::error!(client = %self.client_ip, "queue refused message: {error}");
+                queue_error_reply(&error)
+            }
+        }
+    }
+}
+
+enum DataOutcome {
+    Complete,
+    Refused(Reply),
+    Fatal(Reply, &'static str),
+    Closed,
+}
+
+fn data_error_reply(error: DataError) -> Reply {
+    match error {
+        DataError::BareCr => Reply::enh(
+            521,
+            (5, 5, 2),
+            "Bare CR received in DATA; message refused, closing (SMTP smuggling defence)",
+        ),
+        DataError::BareLf => Reply::enh(
+            521,
+            (5, 5, 2),
+            "Bare LF received in DATA; message refused, closing (SMTP smuggling defence)",
+        ),
+        DataError::LineTooLong => Reply::enh(
+            500,
+            (5, 5, 2),
+            "Message refused: line longer than 1000 octets (RFC 5321 §4.5.3.1.6)",
+        ),
+        DataError::TooBig => Reply::enh(
+            552,
+            (5, 3, 4),
+            "Message size exceeds fixed maximum message size",
+        ),
+    }
+}
+
+fn queue_error_reply(error: &QueueError) -> Reply {
+    match error {
+        QueueError::Full => Reply::enh(
+            452,
+            (4, 3, 1),
+            "Insufficient system storage; try again later",
+        ),
+        _ => Reply::enh(452, (4, 3, 1), "Temporary queue error; try again later"),
+    }
+}

@@ -1,0 +1,88 @@
+//! MAIL FROM: who may start a transaction, with which sender, within which budget.
+
+use std::time::Instant;
+
+use relayward_protocol::command::Param;
+use relayward_protocol::path::ReversePath;
+use relayward_protocol::reply::Reply;
+
+use super::{Flow, Session, Stream, Transaction};
+
+impl<S: Stream> Session<S> {
+    pub(super) fn on_mail(&mut self, wire: &str, from: ReversePath, params: &[Param]) -> Flow {
+        if self.helo.is_none() {
+            return self.client_error(Reply::enh(503, (5, 5, 1), "Send HELO/EHLO first"));
+        }
+        if self.txn.is_some() {
+            return self.client_error(Reply::enh(503, (5, 5, 1), "Nested MAIL command"));
+        }
+        if let Some(size) = declared_size(params)
+            && size > self.ctx.limits.max_message_size
+        {
+            return self.client_error(Reply::enh(
+                552,
+                (5, 3, 4),
+                "Message size exceeds fixed maximum message size",
+            ));
+        }
+        if let Err(refusal) = self
+            .ctx
+            .policy
+            .check_mail(self.kind, &self.identity(), &from)
+        {
+            return self.client_error(refusal.reply());
+        }
+        if let Err(reply) = self.spend_budget(Budget::Message) {
+            return self.client_error(reply);
+        }
+        let sender = match &from {
+            ReversePath::Null => String::new(),
+            ReversePath::Path { mailbox, .. } => {
+                relayward_protocol::resolve::resolve_mailbox(mailbox).address()
+            }
+        };
+        tracing::debug!(client = %self.client_ip, sender = wire, "MAIL accepted");
+        self.txn = Some(Transaction {
+            sender,
+            recipients: Vec::new(),
+        });
+        self.reply(Reply::enh(250, (2, 1, 0), "Ok"))
+    }
+
+    /// Spends one message or recipient of the authenticated user's budget (see
+    /// [`crate::ratelimit`]); unauthenticated clients have no per-user budget. Over the limit:
+    /// `451 4.7.1`, and a warning naming the user, since it usually means a stolen password.
+    pub(super) fn spend_budget(&self, budget: Budget) -> Result<(), Reply> {
+        let Some(login) = self.login.as_deref() else {
+            return Ok(());
+        };
+        let limiter = &self.ctx.user_limits;
+        let spent = match budget {
+            Budget::Message => limiter.try_message(login, Instant::now()),
+            Budget::Recipient => limiter.try_recipient(login, Instant::now()),
+        };
+        spent.map_err(|exceeded| {
+            tracing::warn!(
+                login = %login,
+                client = %self.client_ip,
+                limit = %exceeded,
+                "user sending limit reached (compromised account?)"
+            );
+            exceeded.reply()
+        })
+    }
+}
+
+#[derive(Clone, Copy)]
+pub(super) enum Budget {
+    Message,
+    Recipient,
+}
+
+fn declared_size(params: &[Param]) -> Option<u64> {
+    params
+        .iter()
+        .find(|p| p.keyword == "SIZE")
+        .and_then(|p| p.value.as_deref())
+        .and_then(|v| v.parse().ok())
+}
