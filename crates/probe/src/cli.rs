@@ -1,7 +1,8 @@
 //! `relayward probe [OPTIONS] TARGET...`: the command line of the tester.
 //!
 //! Exit status: 0 = every tested target CLOSED or AUTH-REQUIRED; 1 = some target OPEN,
-//! CONFIRMED-OPEN or ACCEPT-ALL; 2 = usage error, or no target could be tested.
+//! CONFIRMED-OPEN or ACCEPT-ALL; 2 = usage error, or no target could be tested; 3 = no target
+//! open, but some UNCONFIRMED (accepted at RCPT, `--confirm` found no token).
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;

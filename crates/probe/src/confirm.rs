@@ -2,31 +2,52 @@
 //! tokens the probe sent through the targets. A token arriving here is proof of relay; a 250
 //! at RCPT is not.
 //!
-//! It is a sink, not a relay: it accepts recipients at the confirm domain only, keeps nothing
-//! but the fact that a token arrived, and bounds everything a sender controls.
+//! It is a sink, not a relay: it accepts recipients at the confirm domain only, keeps per token
+//! only who delivered it and the message's `Received:` chain (the evidence a blocklist
+//! publishes: DSBL listed a host only when a test message really arrived), and bounds
+//! everything a sender controls: connections at once, commands, line length, message size,
+//! session time.
 
-use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use relayward_protocol::text::escape_control;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, timeout_at};
 
 const MAX_LINE: u64 = 1001;
-const MAX_MESSAGE: usize = 1 << 20;
+/// Largest message read; a longer one is refused with 552 and the session closed.
+pub const MAX_MESSAGE: usize = 1 << 20;
 const MAX_COMMANDS: usize = 200;
+/// Sessions served at once; more are answered 421 and closed. A relay delivers a handful of
+/// tokens; a flood of connections is someone else.
+pub const MAX_CONNECTIONS: usize = 64;
 const SESSION_TIME: Duration = Duration::from_secs(120);
+/// `Received:` headers kept per token, and the longest value kept.
+const MAX_RECEIVED: usize = 20;
+const MAX_RECEIVED_LEN: usize = 512;
+
+/// How one token arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Arrival {
+    /// The client that delivered the message to this listener.
+    pub delivered_by: IpAddr,
+    /// `Received:` values, newest first, escaped and capped.
+    pub received: Vec<String>,
+}
 
 pub struct ConfirmServer {
     domain: String,
     local_addr: SocketAddr,
     expected: Mutex<HashSet<String>>,
-    arrived: Mutex<HashSet<String>>,
+    arrived: Mutex<HashMap<String, Arrival>>,
     /// Bumped on every arrival; waiters watch it (no lost wake-ups).
     changed: watch::Sender<u64>,
+    sessions: Arc<Semaphore>,
 }
 
 impl ConfirmServer {
@@ -37,14 +58,26 @@ impl ConfirmServer {
             domain: domain.trim_end_matches('.').to_ascii_lowercase(),
             local_addr: listener.local_addr()?,
             expected: Mutex::new(HashSet::new()),
-            arrived: Mutex::new(HashSet::new()),
+            arrived: Mutex::new(HashMap::new()),
             changed: watch::channel(0).0,
+            sessions: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
         });
         let weak = Arc::downgrade(&server);
         tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
+            while let Ok((mut stream, peer)) = listener.accept().await {
                 let Some(server) = weak.upgrade() else { break };
-                tokio::spawn(async move { server.session(stream).await });
+                let Ok(permit) = Arc::clone(&server.sessions).try_acquire_owned() else {
+                    tokio::spawn(async move {
+                        let _ = stream
+                            .write_all(b"421 4.7.0 too many connections, try again later\r\n")
+                            .await;
+                    });
+                    continue;
+                };
+                tokio::spawn(async move {
+                    server.session(stream, peer.ip().to_canonical()).await;
+                    drop(permit);
+                });
             }
         });
         Ok(server)
@@ -65,8 +98,8 @@ impl ConfirmServer {
         }
     }
 
-    /// Waits until all `tokens` arrived or `wait` passed; returns those that arrived.
-    pub async fn wait_for(&self, tokens: &[String], wait: Duration) -> HashSet<String> {
+    /// Waits until all `tokens` arrived or `wait` passed; returns those that arrived, with how.
+    pub async fn wait_for(&self, tokens: &[String], wait: Duration) -> HashMap<String, Arrival> {
         let deadline = Instant::now() + wait;
         let mut rx = self.changed.subscribe();
         loop {
@@ -81,19 +114,19 @@ impl ConfirmServer {
         }
     }
 
-    fn arrived_of(&self, tokens: &[String]) -> HashSet<String> {
+    fn arrived_of(&self, tokens: &[String]) -> HashMap<String, Arrival> {
         let Ok(arrived) = self.arrived.lock() else {
-            return HashSet::new();
+            return HashMap::new();
         };
         tokens
             .iter()
-            .filter(|t| arrived.contains(*t))
-            .cloned()
+            .filter_map(|t| arrived.get(t).map(|a| (t.clone(), a.clone())))
             .collect()
     }
 
-    /// Marks every expected token found in `body`.
-    fn scan(&self, body: &str) {
+    /// Marks every expected token found in `body` as delivered by `peer`. The first arrival
+    /// of a token is kept.
+    fn scan(&self, body: &str, peer: IpAddr) {
         let found: Vec<String> = match self.expected.lock() {
             Ok(set) => set
                 .iter()
@@ -105,18 +138,24 @@ impl ConfirmServer {
         if found.is_empty() {
             return;
         }
+        let arrival = Arrival {
+            delivered_by: peer,
+            received: received_chain(body),
+        };
         if let Ok(mut arrived) = self.arrived.lock() {
-            arrived.extend(found);
+            for token in found {
+                arrived.entry(token).or_insert_with(|| arrival.clone());
+            }
         }
         self.changed.send_modify(|n| *n += 1);
     }
 
-    async fn session(&self, stream: TcpStream) {
+    async fn session(&self, stream: TcpStream, peer: IpAddr) {
         let deadline = Instant::now() + SESSION_TIME;
-        let _ = timeout_at(deadline, self.dialogue(stream)).await;
+        let _ = timeout_at(deadline, self.dialogue(stream, peer)).await;
     }
 
-    async fn dialogue(&self, stream: TcpStream) -> std::io::Result<()> {
+    async fn dialogue(&self, stream: TcpStream, peer: IpAddr) -> std::io::Result<()> {
         let (read, mut write) = stream.into_split();
         let mut read = BufReader::new(read);
         write
@@ -140,9 +179,18 @@ impl ConfirmServer {
                 "RCPT" => "550 5.7.1 not a confirm address".to_string(),
                 "DATA" => {
                     write.write_all(b"354 end with <CRLF>.<CRLF>\r\n").await?;
-                    let body = read_body(&mut read).await?;
-                    self.scan(&body);
-                    "250 2.0.0 received".to_string()
+                    match read_body(&mut read).await? {
+                        Some(body) => {
+                            self.scan(&body, peer);
+                            "250 2.0.0 received".to_string()
+                        }
+                        None => {
+                            write
+                                .write_all(b"552 5.3.4 message too big for a relay test\r\n")
+                                .await?;
+                            return Ok(());
+                        }
+                    }
                 }
                 "QUIT" => {
                     write.write_all(b"221 2.0.0 bye\r\n").await?;
@@ -172,6 +220,45 @@ impl ConfirmServer {
     }
 }
 
+/// The `Received:` header values of a message (header section only, folded lines joined),
+/// newest first as they stand, each escaped and cut to [`MAX_RECEIVED_LEN`].
+fn received_chain(message: &str) -> Vec<String> {
+    let mut headers: Vec<String> = Vec::new();
+    for line in message.lines() {
+        if line.is_empty() {
+            break;
+        }
+        if line.starts_with([' ', '\t']) {
+            if let Some(last) = headers.last_mut()
+                && last.len() < MAX_RECEIVED_LEN * 2
+            {
+                last.push(' ');
+                last.push_str(line.trim());
+            }
+            continue;
+        }
+        if headers.len() >= MAX_RECEIVED * 4 {
+            break;
+        }
+        headers.push(line.to_string());
+    }
+    headers
+        .iter()
+        .filter_map(|h| {
+            let (name, value) = h.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("received")
+                .then(|| value.trim())
+        })
+        .take(MAX_RECEIVED)
+        .map(|v| {
+            let mut v = escape_control(v).into_owned();
+            v.truncate(v.floor_char_boundary(MAX_RECEIVED_LEN));
+            v
+        })
+        .collect()
+}
+
 /// One line, without line ending; `None` at end of stream. Longer lines are an error.
 /// In DATA (`strict` false) an over-long line is returned in pieces instead: a relay may have
 /// re-encoded the message, and the token must still be found.
@@ -196,19 +283,41 @@ async fn read_line<R: AsyncRead + Unpin>(
     Ok(Some(String::from_utf8_lossy(&buf).into_owned()))
 }
 
-/// The message up to the lone dot, at most [`MAX_MESSAGE`] bytes kept.
-async fn read_body<R: AsyncRead + Unpin>(read: &mut BufReader<R>) -> std::io::Result<String> {
+/// The message up to the lone dot; `None` when it grows past [`MAX_MESSAGE`] (the caller
+/// answers 552 and hangs up rather than read on).
+async fn read_body<R: AsyncRead + Unpin>(
+    read: &mut BufReader<R>,
+) -> std::io::Result<Option<String>> {
     let mut body = String::new();
     loop {
         let Some(line) = read_line(read, false).await? else {
             return Err(std::io::Error::other("closed in DATA"));
         };
         if line == "." {
-            return Ok(body);
+            return Ok(Some(body));
         }
-        if body.len() < MAX_MESSAGE {
-            body.push_str(line.strip_prefix('.').unwrap_or(&line));
-            body.push('\n');
+        if body.len() + line.len() > MAX_MESSAGE {
+            return Ok(None);
         }
+        body.push_str(line.strip_prefix('.').unwrap_or(&line));
+        body.push('\n');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn received_chain_is_unfolded_escaped_and_stops_at_the_body() {
+        let msg = "Received: from a.example ([192.0.2.9])\n\tby b.example; Mon, 1 Dec 2026\n\
+                   Subject: x\nreceived: from evil\u{1b}[2J\n\nReceived: in the body\n";
+        assert_eq!(
+            received_chain(msg),
+            [
+                "from a.example ([192.0.2.9]) by b.example; Mon, 1 Dec 2026",
+                "from evil\\x1b[2J"
+            ]
+        );
     }
 }

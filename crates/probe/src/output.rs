@@ -118,6 +118,9 @@ pub fn transcript_block(r: &TargetReport) -> String {
         Verdict::Closed | Verdict::AuthRequired => "System appeared to reject relay attempts",
         Verdict::Open | Verdict::ConfirmedOpen => "System appeared to ACCEPT relay attempts",
         Verdict::AcceptAll => "System accepted relay recipients, but accepts anything (unproven)",
+        Verdict::Unconfirmed => {
+            "System accepted relay recipients at RCPT, but no test message came back (unproven)"
+        }
         Verdict::Unreachable | Verdict::Inconclusive => "System could not be tested",
     };
     let _ = writeln!(out, "{closing}");
@@ -137,6 +140,7 @@ pub fn totals(reports: &[TargetReport]) -> String {
         Verdict::ConfirmedOpen,
         Verdict::Open,
         Verdict::AcceptAll,
+        Verdict::Unconfirmed,
         Verdict::AuthRequired,
         Verdict::Closed,
         Verdict::Inconclusive,

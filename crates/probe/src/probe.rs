@@ -144,10 +144,18 @@ impl<'a> Runner<'a> {
             calib_results.push((c.kind, r));
         }
         self.extra_findings().await;
-        tests.push(
+        tests.push(if plain_accepted {
+            // It could show nothing plain-external did not, and a failed login counts against
+            // the prober's address (servers ban after a few; an admin probing her own server
+            // from a trusted network would lock her own users out).
+            special_skipped(
+                special::FAILED_AUTH_THEN_RELAY,
+                "plain-external was accepted, so a failed login could show nothing more",
+            )
+        } else {
             self.run_special(special::FAILED_AUTH_THEN_RELAY, &ctx, plain_accepted)
-                .await,
-        );
+                .await
+        });
         let confirm = self.confirm(&ctx, &tests).await;
         if let Some(conn) = self.conn.take() {
             conn.quit(&mut self.log).await;
@@ -155,12 +163,16 @@ impl<'a> Runner<'a> {
         let pairs: Vec<(CalibrationKind, &TestResult)> =
             calib_results.iter().map(|(k, r)| (*k, r)).collect();
         let accept_all = AcceptAll::from_results(&pairs);
-        let confirm_arg = self
-            .cfg
-            .confirm
-            .as_ref()
-            .map(|c| (confirm.as_slice(), c.wait));
-        let (verdict, reason) = verdict::decide(&tests, accept_all, confirm_arg);
+        let evidence = verdict::Evidence {
+            tests: &tests,
+            accept_all,
+            confirm: self.cfg.confirm.as_ref().map(|c| verdict::ConfirmEvidence {
+                results: &confirm,
+                wait: c.wait,
+            }),
+            target_ip: self.target.addr.ip(),
+        };
+        let (verdict, reason) = verdict::decide(&evidence);
         self.report(verdict, reason, tests, calib_results, confirm)
     }
 
@@ -715,6 +727,8 @@ impl<'a> Runner<'a> {
             data_reply: run.data.as_ref().map(ReplyInfo::from),
             arrived: false,
             note,
+            delivered_by: None,
+            received: Vec::new(),
         }
     }
 
@@ -764,6 +778,12 @@ impl<'a> Runner<'a> {
             else {
                 continue;
             };
+            if !names_domain(&rendered.rcpt_to, &ctx.to_domain) {
+                // `relaytest@[192.0.2.1]`: relayed, it goes to TEST-NET, never to the confirm
+                // listener; waiting for it would only cost --confirm-wait.
+                results.push(not_sendable(&test.id));
+                continue;
+            }
             let token = format!("rw{}", nonce());
             settings.server.expect(&token);
             let result = self.send_token(&rendered, token).await;
@@ -784,7 +804,11 @@ impl<'a> Runner<'a> {
         ));
         let arrived = settings.server.wait_for(&tokens, settings.wait).await;
         for r in &mut results {
-            r.arrived = arrived.contains(&r.token);
+            if let Some(a) = arrived.get(&r.token) {
+                r.arrived = true;
+                r.delivered_by = Some(a.delivered_by.to_string());
+                r.received = a.received.clone();
+            }
         }
         results
     }
@@ -797,6 +821,8 @@ impl<'a> Runner<'a> {
             data_reply: None,
             arrived: false,
             note: None,
+            delivered_by: None,
+            received: Vec::new(),
         };
         if self.conn.is_none()
             && let Err(e) = self.connect().await
@@ -918,6 +944,36 @@ fn skipped(id: &str, kind: TrickKind, description: &str, why: &str) -> TestResul
         note: Some(why.to_string()),
         attempts: 0,
         setup: Vec::new(),
+    }
+}
+
+/// Whether a RCPT line's address mentions `domain` (case-insensitive): a relayed token can
+/// only reach the confirm listener through a recipient at the confirm domain.
+fn names_domain(rcpt_line: &str, domain: &str) -> bool {
+    rcpt_line
+        .to_ascii_lowercase()
+        .contains(&domain.to_ascii_lowercase())
+}
+
+/// The confirm entry of an accepted trick whose recipient is not at the confirm domain.
+fn not_sendable(id: &str) -> ConfirmResult {
+    ConfirmResult {
+        id: id.to_string(),
+        token: String::new(),
+        sent: false,
+        data_reply: None,
+        arrived: false,
+        note: Some("its recipient is not at --confirm-domain, so no token can come back".into()),
+        delivered_by: None,
+        received: Vec::new(),
+    }
+}
+
+/// A session-level trick not run, with the reason.
+fn special_skipped(id: &str, why: &str) -> TestResult {
+    match special::special(id) {
+        Some(trick) => Run::skipped(why).into_result(trick, 0),
+        None => skipped(id, TrickKind::Sender, "", why),
     }
 }
 

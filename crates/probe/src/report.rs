@@ -53,6 +53,10 @@ pub enum Verdict {
     Inconclusive,
     #[serde(rename = "CONFIRMED-OPEN")]
     ConfirmedOpen,
+    /// `--confirm` was given, tricks were accepted at RCPT, and no token came back: accepted
+    /// at RCPT, not proven (exit status 3).
+    #[serde(rename = "UNCONFIRMED")]
+    Unconfirmed,
 }
 
 impl Verdict {
@@ -65,6 +69,7 @@ impl Verdict {
             Verdict::Unreachable => "UNREACHABLE",
             Verdict::Inconclusive => "INCONCLUSIVE",
             Verdict::ConfirmedOpen => "CONFIRMED-OPEN",
+            Verdict::Unconfirmed => "UNCONFIRMED",
         }
     }
 
@@ -161,6 +166,12 @@ pub struct ConfirmResult {
     /// The token came back to the confirm listener within `--confirm-wait`.
     pub arrived: bool,
     pub note: Option<String>,
+    /// The address that delivered the token to the confirm listener; differs from the
+    /// target's when the target relayed through another host (a smart host, a second MX).
+    pub delivered_by: Option<String>,
+    /// The `Received:` header values of the message that carried the token, top (newest)
+    /// first, control characters escaped, at most 20.
+    pub received: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

@@ -130,11 +130,14 @@ fn failed(label: &str, reason: String) -> TargetReport {
     }
 }
 
-/// Exit status: 1 if a target is OPEN, CONFIRMED-OPEN or ACCEPT-ALL; else 2 if no target
-/// could be tested; else 0.
+/// Exit status: 1 if a target is OPEN, CONFIRMED-OPEN or ACCEPT-ALL; else 3 if a target is
+/// UNCONFIRMED (accepted at RCPT, `--confirm` found no token); else 2 if no target could be
+/// tested; else 0.
 pub fn exit_code(reports: &[TargetReport]) -> i32 {
     if reports.iter().any(|r| r.verdict.is_open()) {
         1
+    } else if reports.iter().any(|r| r.verdict == Verdict::Unconfirmed) {
+        3
     } else if !reports.iter().any(|r| r.verdict.was_tested()) {
         2
     } else {

@@ -78,7 +78,7 @@ const SPECIALS: &[SpecialTrick] = &[
     },
     SpecialTrick {
         id: FAILED_AUTH_THEN_RELAY,
-        description: "AUTH PLAIN with invented credentials and AUTH LOGIN cancelled with *, then the plain external relay (only when AUTH is offered)",
+        description: "one failed AUTH (PLAIN with a login that cannot exist, else LOGIN cancelled with *), then the plain external relay (only when AUTH is offered and plain-external was refused)",
         targets: "a failed or cancelled AUTH leaves the session authenticated or trusted",
         research: "U45",
         own_connection: true,
@@ -117,9 +117,10 @@ pub fn proxy_line(target: SocketAddr) -> String {
     }
 }
 
-/// `AUTH PLAIN <base64("\0rw-probe-NONCE\0NONCE")>`: a user and password nobody has.
+/// `AUTH PLAIN <base64("\0rw-probe-NONCE@NONCE.invalid\0NONCE")>`: a login that cannot
+/// exist (`.invalid`, RFC 2606) and a random password, so no real user's failure count moves.
 pub fn auth_plain_line(nonce: &str) -> String {
-    let blob = format!("\0rw-probe-{nonce}\0{nonce}");
+    let blob = format!("\0rw-probe-{nonce}@{nonce}.invalid\0{nonce}");
     format!("AUTH PLAIN {}", base64(blob.as_bytes()))
 }
 
@@ -461,8 +462,11 @@ pub async fn xclient(
     transaction(conn, log, run, plain, None, message).await
 }
 
-/// U45: invented AUTH PLAIN credentials, AUTH LOGIN cancelled with `*` (or the first other
-/// mechanism cancelled), then the plain relay. `mechanisms` is the AUTH line of EHLO.
+/// U45: one failed login, then the plain relay. `mechanisms` is the AUTH line of EHLO. Exactly
+/// one attempt, with a login that cannot exist (at an invented `.invalid` domain): servers
+/// count failed logins per address and per login and ban after a few, so the trick must cost
+/// the target (and the prober's address) as little as it can. PLAIN when offered (a complete
+/// failed login); else LOGIN, or the first other mechanism, cancelled with `*` (RFC 4954 §4).
 pub async fn failed_auth(
     conn: &mut Conn,
     log: &mut Transcript,
@@ -473,43 +477,35 @@ pub async fn failed_auth(
     message: Option<&str>,
 ) -> bool {
     let offered = |m: &str| mechanisms.iter().any(|x| x == m);
-    let mut attempts: Vec<String> = Vec::new();
-    if offered("PLAIN") {
-        attempts.push(auth_plain_line(nonce));
-    }
-    if offered("LOGIN") {
-        attempts.push("AUTH LOGIN".into());
-    }
-    if attempts.is_empty()
-        && let Some(m) = mechanisms.iter().find(|m| is_mechanism(m))
-    {
-        attempts.push(format!("AUTH {m}"));
-    }
-    if attempts.is_empty() {
+    let line = if offered("PLAIN") {
+        auth_plain_line(nonce)
+    } else if offered("LOGIN") {
+        "AUTH LOGIN".to_string()
+    } else if let Some(m) = mechanisms.iter().find(|m| is_mechanism(m)) {
+        format!("AUTH {m}")
+    } else {
         run.skipped = Some("AUTH offers no mechanism the probe can fail".into());
         return true;
-    }
-    for line in attempts {
-        let Some(reply) = command(conn, &line, log, run).await else {
+    };
+    let Some(reply) = command(conn, &line, log, run).await else {
+        return false;
+    };
+    run.step(&line, Some(&reply));
+    let mut last = reply;
+    if last.code == 334 {
+        // A challenge: cancel the exchange.
+        let Some(reply) = command(conn, "*", log, run).await else {
             return false;
         };
-        run.step(&line, Some(&reply));
-        let mut last = reply;
-        if last.code == 334 {
-            // A challenge: cancel the exchange (RFC 4954 §4).
-            let Some(reply) = command(conn, "*", log, run).await else {
-                return false;
-            };
-            run.step("*", Some(&reply));
-            last = reply;
-        }
-        if last.is_positive_completion() {
-            run.notes.push(format!(
-                "{} with invented credentials was ACCEPTED ({}): AUTH lets anyone in",
-                line_without_secret(&line),
-                last.code
-            ));
-        }
+        run.step("*", Some(&reply));
+        last = reply;
+    }
+    if last.is_positive_completion() {
+        run.notes.push(format!(
+            "{} with invented credentials was ACCEPTED ({}): AUTH lets anyone in",
+            line_without_secret(&line),
+            last.code
+        ));
     }
     transaction(conn, log, run, plain, None, message).await
 }
@@ -543,7 +539,7 @@ mod tests {
         }
         assert_eq!(
             auth_plain_line("abc"),
-            "AUTH PLAIN AHJ3LXByb2JlLWFiYwBhYmM="
+            "AUTH PLAIN AHJ3LXByb2JlLWFiY0BhYmMuaW52YWxpZABhYmM="
         );
     }
 

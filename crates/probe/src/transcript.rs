@@ -1,6 +1,8 @@
 //! The dialogue as the classic relay-test printed it: `>>>` client, `<<<` server,
 //! `:Relay test: <id>` headings. Capped, so a chatty hostile server cannot exhaust memory.
 
+use relayward_protocol::text::escape_control;
+
 /// At most this many lines are kept per target; later ones are counted, not stored.
 pub const MAX_TRANSCRIPT_LINES: usize = 20_000;
 /// Longest line kept; the rest is cut (the full line is never needed to judge).
@@ -52,19 +54,13 @@ impl Transcript {
     }
 }
 
-/// Control characters (a server's ESC sequences) are shown escaped, never sent to the terminal.
+/// Control characters (a server's ESC sequences) are shown escaped by the project's one
+/// escaper, never sent to the terminal; the line is cut to [`MAX_KEPT_LINE`] characters.
 fn printable(line: &str) -> String {
-    let mut out = String::with_capacity(line.len().min(MAX_KEPT_LINE));
-    for (i, c) in line.chars().enumerate() {
-        if i >= MAX_KEPT_LINE {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
+    let mut out = escape_control(line).into_owned();
+    if let Some((cut, _)) = out.char_indices().nth(MAX_KEPT_LINE) {
+        out.truncate(cut);
+        out.push('…');
     }
     out
 }
@@ -77,7 +73,7 @@ mod tests {
     fn escapes_control_characters_and_caps() {
         let mut t = Transcript::new();
         t.server("220 \u{1b}[31mred");
-        assert_eq!(t.clone().into_lines(), ["<<< 220 \\u{1b}[31mred"]);
+        assert_eq!(t.clone().into_lines(), ["<<< 220 \\x1b[31mred"]);
         for _ in 0..MAX_TRANSCRIPT_LINES + 3 {
             t.client("NOOP");
         }

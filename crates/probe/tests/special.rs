@@ -94,15 +94,22 @@ async fn proxy_header_spoof() {
 async fn failed_auth_then_relay() {
     let r = detects(Kind::FailedAuthTrusting, special::FAILED_AUTH_THEN_RELAY).await;
     let t = test(&r, special::FAILED_AUTH_THEN_RELAY);
+    // Exactly one failed login (servers ban after a few), with a login that cannot exist.
     let sent: Vec<&str> = t.setup.iter().map(|s| s.sent.as_str()).collect();
+    assert_eq!(sent.len(), 1, "{sent:?}");
     assert!(sent[0].starts_with("AUTH PLAIN "), "{sent:?}");
-    assert_eq!(&sent[1..], ["AUTH LOGIN", "*"]);
     let codes: Vec<u16> = t
         .setup
         .iter()
         .filter_map(|s| s.reply.as_ref().map(|r| r.code))
         .collect();
-    assert_eq!(codes, [535, 334, 501]);
+    assert_eq!(codes, [535]);
+    let transcript = r.transcript.clone().unwrap_or_default();
+    let auth_lines = transcript
+        .iter()
+        .filter(|l| l.starts_with(">>> AUTH"))
+        .count();
+    assert_eq!(auth_lines, 1, "one AUTH per probe run");
     // Run last among the tests (servers may ban after failed logins).
     assert_eq!(
         r.tests.last().map(|t| t.id.as_str()),

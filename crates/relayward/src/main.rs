@@ -52,7 +52,8 @@ enum Commands {
     /// Test SMTP servers for open relaying: every known trick, verdicts, proof of relay.
     ///
     /// Exit status: 0 = every target closed, 1 = some target relays (or may), 2 = usage error or
-    /// no target could be tested.
+    /// no target could be tested, 3 = none relays but some accepted relay recipients that
+    /// --confirm could not prove (UNCONFIRMED).
     Probe(Box<relayward_probe::cli::ProbeArgs>),
 
     /// Inspect and manage the mail queue (works while the server runs).

@@ -48,6 +48,22 @@ pub enum Kind {
     PerTransaction,
     /// Closed, and hangs up on a PROXY header taken as a command.
     ProxyHangup,
+    /// Relays to any domain, `.invalid` included, and refuses invented local users: Postfix
+    /// with `mynetworks = 0.0.0.0/0` and its default `local_recipient_maps`.
+    OpenNoDomainCheck,
+    /// Catch-all for local users and a relay for every domain but `.invalid`.
+    CatchAllOpen,
+    /// Answers 530 at RCPT for external recipients; local ones as usual.
+    AuthAtRcpt,
+    /// 451 to every RCPT (greylisting).
+    Greylist,
+    /// 421 and hang up at every RCPT.
+    DropsAtRcpt,
+    /// Relays at RCPT like `PlainOpen`, then refuses every message after the final dot.
+    RefuseAtDataEnd,
+    /// Closed, but hands routed local parts (`"user@other"@local`, `user%other@local`) to a
+    /// local backend that takes them and delivers nowhere (the Haraka case).
+    LocalBackendRoutedParts,
 }
 
 #[derive(Clone)]
@@ -59,6 +75,10 @@ pub struct Spec {
     pub advertise_auth: bool,
     /// Relayed mail is really forwarded here (an open relay that delivers).
     pub forward_to: Option<SocketAddr>,
+    /// Forward from this source address (a relay that hands mail to a second hop).
+    pub forward_from: Option<std::net::IpAddr>,
+    /// Every reply line gets this text appended (a hostile server drawing on the terminal).
+    pub reply_suffix: Option<String>,
 }
 
 impl Spec {
@@ -69,6 +89,8 @@ impl Spec {
             tls: None,
             advertise_auth: false,
             forward_to: None,
+            forward_from: None,
+            reply_suffix: None,
         }
     }
 }
@@ -220,12 +242,19 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
             } else {
                 io.get_mut().write_all(b"354 go on\r\n").await?;
                 let body = read_body(io).await?;
-                if let Some(to) = spec.forward_to {
-                    let _ =
-                        forward(to, txn.mail.as_deref().unwrap_or(""), &txn.relayed, &body).await;
-                }
+                let relayed = std::mem::take(&mut txn.relayed);
+                let mail = txn.mail.take().unwrap_or_default();
                 txn = Txn::default();
-                "250 2.0.0 queued".to_string()
+                if spec.kind == Kind::RefuseAtDataEnd {
+                    "554 5.7.1 message refused".to_string()
+                } else {
+                    if let Some(to) = spec.forward_to
+                        && !relayed.is_empty()
+                    {
+                        let _ = forward(to, spec.forward_from, &mail, &relayed, &body).await;
+                    }
+                    "250 2.0.0 queued".to_string()
+                }
             }
         } else if upper == "RSET" || upper == "NOOP" {
             txn = Txn::default();
@@ -247,6 +276,10 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                 return Ok(false);
             }
         }
+        let reply = match &spec.reply_suffix {
+            Some(suffix) => reply.replace("\r\n", &format!("{suffix}\r\n")) + suffix,
+            None => reply,
+        };
         io.get_mut()
             .write_all(format!("{reply}\r\n").as_bytes())
             .await?;
@@ -310,6 +343,12 @@ fn rcpt(spec: &Spec, line: &str, txn: &mut Txn, literal: &str) -> String {
     let Some(mail) = txn.mail.clone() else {
         return "503 5.5.1 need MAIL first".into();
     };
+    match spec.kind {
+        Kind::Greylist => return "451 4.7.1 greylisted, try again later".into(),
+        Kind::DropsAtRcpt => return "421 4.3.2 going down".into(),
+        _ => {}
+    }
+
     let Some(path) = path_of(line) else {
         return "501 5.5.4 syntax: RCPT TO:<address>".into();
     };
@@ -362,10 +401,20 @@ fn rcpt(spec: &Spec, line: &str, txn: &mut Txn, literal: &str) -> String {
         if let Some(to) = rewritten {
             return relay(txn, to);
         }
+        if spec.kind == Kind::LocalBackendRoutedParts && local.contains(['@', '%', '!']) {
+            // Handed to the local backend as it is: accepted, delivered nowhere.
+            txn.accepted += 1;
+            return "250 2.1.5 ok".into();
+        }
         let known = ["postmaster", "user"]
             .iter()
             .any(|u| local.eq_ignore_ascii_case(u));
-        if known || matches!(spec.kind, Kind::AcceptAllLocal | Kind::AcceptEverything) {
+        if known
+            || matches!(
+                spec.kind,
+                Kind::AcceptAllLocal | Kind::AcceptEverything | Kind::CatchAllOpen
+            )
+        {
             txn.accepted += 1;
             return "250 2.1.5 ok".into();
         }
@@ -373,7 +422,8 @@ fn rcpt(spec: &Spec, line: &str, txn: &mut Txn, literal: &str) -> String {
     }
     let d = domain.unwrap_or_default().to_ascii_lowercase();
     let relays = match spec.kind {
-        Kind::PlainOpen => !d.ends_with(".invalid"),
+        Kind::PlainOpen | Kind::CatchAllOpen | Kind::RefuseAtDataEnd => !d.ends_with(".invalid"),
+        Kind::OpenNoDomainCheck => true,
         Kind::LiteralRecipient => d.starts_with('['),
         Kind::NullSender => mail.is_empty(),
         Kind::LocalSender => domain_of(&mail) == LOCAL,
@@ -387,6 +437,9 @@ fn rcpt(spec: &Spec, line: &str, txn: &mut Txn, literal: &str) -> String {
         || (spec.kind == Kind::PerTransaction && txn.accepted > 0);
     if relays {
         return relay(txn, addr);
+    }
+    if spec.kind == Kind::AuthAtRcpt {
+        return "530 5.7.0 Authentication required".into();
     }
     "554 5.7.1 Relay access denied".into()
 }
@@ -411,8 +464,18 @@ async fn read_body<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// The "open relay really delivers" part: a minimal SMTP client to the next hop.
-async fn forward(to: SocketAddr, from: &str, rcpts: &[String], body: &str) -> std::io::Result<()> {
-    let stream = TcpStream::connect(to).await?;
+async fn forward(
+    to: SocketAddr,
+    source: Option<std::net::IpAddr>,
+    from: &str,
+    rcpts: &[String],
+    body: &str,
+) -> std::io::Result<()> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    if let Some(ip) = source {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    let stream = socket.connect(to).await?;
     let mut io = BufReader::new(stream);
     let mut line = String::new();
     io.read_line(&mut line).await?;
