@@ -1,0 +1,336 @@
+//! `relayward probe` against a real Postfix started by the test: a private instance
+//! (`postfix -c DIR`, its own main.cf, master.cf, queue and data directories in a temporary
+//! directory) with two smtpd listeners on random loopback ports —
+//!
+//! - one with `mynetworks = 0.0.0.0/0` and Postfix's default `local_recipient_maps` (an open
+//!   relay that refuses invented local users with 550 5.1.1 and takes `x@<random>.invalid`),
+//! - one with Postfix's default relay restrictions (`permit_mynetworks,
+//!   permit_sasl_authenticated, defer_unauth_destination`) and a `mynetworks` the prober is
+//!   not in —
+//!
+//! relaying everything that is not local to `relayhost`, the probe's own confirm listener.
+//! The instance is stopped when the test ends, pass or fail (a Drop guard).
+
+mod support;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::{binary, run_with_timeout};
+
+const POSTFIX: &str = "/usr/sbin/postfix";
+
+/// A port nobody listens on right now (bound and released; the kernel does not hand it out
+/// again at once).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A private Postfix instance; stopped on drop.
+struct Postfix {
+    dir: tempfile::TempDir,
+    open_port: u16,
+    closed_port: u16,
+}
+
+impl Postfix {
+    fn etc(&self) -> PathBuf {
+        self.dir.path().join("etc")
+    }
+
+    /// Writes the configuration, checks it with `postfix check` and starts the master.
+    fn start(relayhost_port: u16) -> Postfix {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().to_path_buf();
+        let root = root.as_path();
+        // The daemons drop to mail_owner after changing into the queue directory; the path
+        // to it must be searchable for them.
+        set_mode(root, 0o755);
+        for sub in ["etc", "queue", "data"] {
+            std::fs::create_dir_all(root.join(sub)).expect("mkdir");
+        }
+        chown_postfix(&root.join("data"));
+        let pf = Postfix {
+            open_port: free_port(),
+            closed_port: free_port(),
+            dir,
+        };
+        std::fs::write(pf.etc().join("main.cf"), main_cf(root, relayhost_port)).expect("main.cf");
+        std::fs::write(
+            pf.etc().join("master.cf"),
+            master_cf(pf.open_port, pf.closed_port),
+        )
+        .expect("master.cf");
+        let check = Command::new(POSTFIX)
+            .arg("-c")
+            .arg(pf.etc())
+            .arg("check")
+            .output()
+            .expect("postfix check");
+        assert!(
+            check.status.success(),
+            "postfix check: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let start = Command::new(POSTFIX)
+            .arg("-c")
+            .arg(pf.etc())
+            .arg("start")
+            .output()
+            .expect("postfix start");
+        assert!(
+            start.status.success(),
+            "postfix start: {}\n{}",
+            String::from_utf8_lossy(&start.stderr),
+            pf.maillog()
+        );
+        for port in [pf.open_port, pf.closed_port] {
+            wait_listening(port, &pf);
+        }
+        pf
+    }
+
+    fn maillog(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
+    }
+
+    fn master_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.dir.path().join("queue/pid/master.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for Postfix {
+    /// `postfix stop`, then `abort` and a SIGKILL for a master that did not go: no instance
+    /// outlives its test.
+    fn drop(&mut self) {
+        let pid = self.master_pid();
+        let _ = Command::new(POSTFIX)
+            .arg("-c")
+            .arg(self.etc())
+            .arg("stop")
+            .output();
+        let Some(pid) = pid else { return };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if alive(pid) {
+            let _ = Command::new(POSTFIX)
+                .arg("-c")
+                .arg(self.etc())
+                .arg("abort")
+                .output();
+            // SAFETY: plain kill(2) on the pid of the master this test started.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Alive and not a zombie (the master's parent, postfix-script, exits at once, so a stopped
+/// master may linger as a zombie of this test process until reaped).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn wait_listening(port: u16, pf: &Postfix) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("Postfix smtpd not listening on {port}:\n{}", pf.maillog());
+}
+
+fn main_cf(root: &Path, relayhost_port: u16) -> String {
+    let d = root.display();
+    format!(
+        "compatibility_level = 3.6
+config_directory = {d}/etc
+queue_directory = {d}/queue
+data_directory = {d}/data
+command_directory = /usr/sbin
+daemon_directory = /usr/lib/postfix/sbin
+shlib_directory = /usr/lib/postfix
+meta_directory = /etc/postfix
+mail_owner = postfix
+setgid_group = postdrop
+maillog_file = {d}/maillog
+maillog_file_prefixes = {d}
+syslog_name = postfix-probe-test
+myhostname = mx.example.test
+mydomain = example.test
+mydestination = $myhostname, example.test, localhost
+inet_interfaces = loopback-only
+inet_protocols = ipv4
+# Nobody the prober is: the closed listener gets Postfix's default relay restrictions.
+mynetworks = 192.0.2.0/24
+# Everything not local goes to the probe's confirm listener, never out.
+relayhost = [127.0.0.1]:{relayhost_port}
+alias_maps =
+alias_database =
+biff = no
+smtpd_banner = $myhostname ESMTP
+smtp_tls_security_level = none
+smtpd_tls_security_level = none
+"
+    )
+}
+
+fn master_cf(open_port: u16, closed_port: u16) -> String {
+    format!(
+        "# service type private unpriv chroot wakeup maxproc command
+127.0.0.1:{open_port} inet n - n - - smtpd -o mynetworks=0.0.0.0/0
+127.0.0.1:{closed_port} inet n - n - - smtpd
+pickup    unix  n - n 60   1 pickup
+cleanup   unix  n - n -    0 cleanup
+qmgr      unix  n - n 300  1 qmgr
+rewrite   unix  - - n -    - trivial-rewrite
+bounce    unix  - - n -    0 bounce
+defer     unix  - - n -    0 bounce
+trace     unix  - - n -    0 bounce
+verify    unix  - - n -    1 verify
+flush     unix  n - n 1000? 0 flush
+proxymap  unix  - - n -    - proxymap
+smtp      unix  - - n -    - smtp
+relay     unix  - - n -    - smtp
+error     unix  - - n -    - error
+retry     unix  - - n -    - error
+discard   unix  - - n -    - discard
+local     unix  - n n -    - local
+anvil     unix  - - n -    1 anvil
+scache    unix  - - n -    1 scache
+postlog   unix-dgram n - n - 1 postlogd
+"
+    )
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+fn chown_postfix(path: &Path) {
+    let status = Command::new("chown")
+        .arg("postfix")
+        .arg(path)
+        .status()
+        .expect("chown");
+    assert!(status.success(), "chown postfix {}", path.display());
+}
+
+fn is_root() -> bool {
+    // SAFETY: getuid(2) has no preconditions.
+    unsafe { libc::getuid() == 0 }
+}
+
+/// `relayward probe --json ARGS…`: exit status, the report, and all output for messages.
+fn probe(args: &[&str]) -> (Option<i32>, serde_json::Value, String) {
+    let mut cmd = Command::new(binary());
+    cmd.args(["probe", "--json", "--test-timeout", "10s"])
+        .args(args);
+    let (code, out) = run_with_timeout(&mut cmd, Duration::from_secs(240));
+    let line = out
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON object in probe output:\n{out}"));
+    let json = serde_json::from_str(line).expect("probe JSON");
+    (code, json, out)
+}
+
+fn outcome<'a>(list: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    list.as_array()
+        .and_then(|a| a.iter().find(|t| t["id"] == id))
+        .map(|t| &t["outcome"])
+        .unwrap_or_else(|| panic!("no {id} in {list}"))
+}
+
+#[test]
+fn real_postfix_open_relay_is_open_confirmed_open_and_closed_when_closed() {
+    if !Path::new(POSTFIX).exists() || !is_root() {
+        eprintln!(
+            "SKIPPED: needs root and {POSTFIX} (scripts/test installs the Debian package postfix)"
+        );
+        return;
+    }
+    let confirm_port = free_port();
+    let pf = Postfix::start(confirm_port);
+    let open = format!("127.0.0.1:{}", pf.open_port);
+    let closed = format!("127.0.0.1:{}", pf.closed_port);
+
+    // Without --confirm: OPEN, though Postfix takes x@<random>.invalid (it does not look
+    // recipient domains up), because it refuses invented local users.
+    let (code, json, out) = probe(&[&open]);
+    assert_eq!(json["verdict"], "OPEN", "{out}\n{}", pf.maillog());
+    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(
+        outcome(&json["calibration"], "calib-random-local-user"),
+        "refused",
+        "{out}"
+    );
+    assert_eq!(
+        outcome(&json["calibration"], "calib-invalid-domain"),
+        "accepted",
+        "{out}"
+    );
+    assert_eq!(outcome(&json["tests"], "plain-external"), "accepted");
+    let reason = json["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("trusted networks"), "{reason}");
+
+    // With --confirm: the tokens come back through Postfix's queue and smtp client.
+    let listen = format!("127.0.0.1:{confirm_port}");
+    let (code, json, out) = probe(&[
+        "--confirm",
+        "--confirm-listen",
+        &listen,
+        "--confirm-domain",
+        "confirm.test",
+        "--confirm-wait",
+        "60s",
+        &open,
+    ]);
+    assert_eq!(json["verdict"], "CONFIRMED-OPEN", "{out}\n{}", pf.maillog());
+    assert_eq!(code, Some(1), "{out}");
+    let confirmed = json["confirmed"].as_array().map(Vec::len).unwrap_or(0);
+    assert!(confirmed > 0, "{out}");
+    let arrived = json["confirm"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["arrived"] == true))
+        .expect("an arrived token");
+    assert_eq!(arrived["delivered_by"], "127.0.0.1", "{arrived}");
+    let received = arrived["received"].as_array().expect("received chain");
+    assert!(
+        received.iter().any(|r| r
+            .as_str()
+            .unwrap_or_default()
+            .contains("by mx.example.test (Postfix)")),
+        "{arrived}"
+    );
+
+    // Default relay restrictions, prober not in mynetworks: CLOSED.
+    let (code, json, out) = probe(&[&closed]);
+    assert_eq!(json["verdict"], "CLOSED", "{out}\n{}", pf.maillog());
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        outcome(&json["tests"], "plain-external"),
+        "refused-temporary",
+        "defer_unauth_destination answers 454: {out}"
+    );
+}
