@@ -144,7 +144,7 @@ pub struct Relay {
     #[serde(default)]
     pub local_domains: Vec<String>,
     /// Clients in these networks may relay without AUTH. Keep it to networks you run: anything
-    /// wider than a /8 (IPv6: /16) is refused. Default: loopback only.
+    /// wider than a /8 (IPv6: /32) is refused. Default: loopback only.
     #[serde(default = "default_trusted_networks")]
     pub trusted_networks: Vec<Cidr>,
     /// Extra local mailboxes without a login, e.g. `info@example.test`. Every `[[user]]` whose
@@ -863,9 +863,12 @@ mod checks {
     fn check_networks(key: &str, nets: &[Cidr], f: &mut Findings) {
         for (i, cidr) in nets.iter().enumerate() {
             let key = format!("{key}[{i}]");
-            if let Some(message) =
-                network_width_problem(cidr).or_else(|| ipv4_embedding_problem(cidr))
-            {
+            // A network inside 6to4 or Teredo is best explained by naming that prefix; one
+            // wider than both is just too wide.
+            let problem = ipv4_embedding_problem(cidr, Overlap::Inside)
+                .or_else(|| network_width_problem(cidr))
+                .or_else(|| ipv4_embedding_problem(cidr, Overlap::Any));
+            if let Some(message) = problem {
                 f.error(key, message);
             } else if cidr.has_host_bits() {
                 f.error(key, host_bits_message(cidr));
@@ -880,14 +883,23 @@ mod checks {
         }
     }
 
-    /// `/0`, or wider than a /8 (IPv4) or /16 (IPv6): trusting that many hosts is an open relay.
+    /// `/0`, or wider than a /8 (IPv4) or /32 (IPv6): trusting that many hosts is an open relay.
+    /// The two limits compare: an IPv6 /32 is what a whole provider is allocated, as an IPv4 /8
+    /// once was; an IPv6 /16 holds tens of thousands of other organisations' networks.
     fn network_width_problem(cidr: &Cidr) -> Option<String> {
         let net = cidr.net();
-        let (min_prefix, family) = match net {
-            IpNet::V4(_) => (8, "IPv4"),
-            IpNet::V6(_) => (16, "IPv6"),
+        let (min_prefix, family, advice) = match net {
+            IpNet::V4(_) => (
+                8,
+                "IPv4",
+                "list only networks you operate, e.g. \"192.0.2.0/24\", and let remote users authenticate on a submission listener instead",
+            ),
+            IpNet::V6(_) => (
+                32,
+                "IPv6",
+                "an IPv6 /32 is a whole provider's allocation, as many hosts as an IPv4 /8; list only the networks you operate, e.g. \"2001:db8:1::/48\" for a site or \"2001:db8:1:2::/64\" for one LAN, and let remote users authenticate on a submission listener instead",
+            ),
         };
-        let advice = "list only networks you operate, e.g. \"192.0.2.0/24\" or \"2001:db8:1::/48\", and let remote users authenticate on a submission listener instead";
         if net.prefix_len() == 0 {
             return Some(format!(
                 "{cidr} trusts every {family} address on the Internet: that is an open relay; {advice}"
@@ -930,14 +942,17 @@ mod checks {
     /// many IPv4 hosts as its bits beyond the IPv4 offset allow: `2002::/16` is every IPv4 host
     /// on the Internet, although as an IPv6 network it is no wider than a /16. Held to the same
     /// /8 as IPv4 networks.
-    fn ipv4_embedding_problem(cidr: &Cidr) -> Option<String> {
+    fn ipv4_embedding_problem(cidr: &Cidr, overlap: Overlap) -> Option<String> {
         let IpNet::V6(net) = cidr.net().trunc() else {
             return None;
         };
         IPV4_EMBEDDING.iter().find_map(|&(prefix, len, offset, name)| {
             let embedding = ipnet::Ipv6Net::new(prefix, len).ok()?;
-            let overlaps =
-                embedding.contains(&net.network()) || net.contains(&embedding.network());
+            let inside = embedding.contains(&net.network()) && net.prefix_len() >= len;
+            let overlaps = match overlap {
+                Overlap::Inside => inside,
+                Overlap::Any => inside || net.contains(&embedding.network()),
+            };
             let ipv4_bits = net.prefix_len().saturating_sub(offset);
             (overlaps && ipv4_bits < 8).then(|| {
                 format!(
@@ -945,6 +960,15 @@ mod checks {
                 )
             })
         })
+    }
+
+    /// Which networks [`ipv4_embedding_problem`] looks at.
+    #[derive(Clone, Copy)]
+    enum Overlap {
+        /// Only networks inside an IPv4-embedding prefix.
+        Inside,
+        /// Any network that shares addresses with one.
+        Any,
     }
 
     fn host_bits_message(cidr: &Cidr) -> String {

@@ -60,12 +60,23 @@ fn open_relay_networks_are_refused() {
         (
             r#"["2000::/3"]"#,
             "relay.trusted_networks[0]",
-            &["wider than a /16"],
+            &["wider than a /32"],
         ),
         (
             r#"["2001::/15"]"#,
             "relay.trusted_networks[0]",
-            &["wider than a /16"],
+            &["wider than a /32"],
+        ),
+        // An IPv6 /16 is tens of thousands of providers' networks; /31 is still two providers.
+        (
+            r#"["2a01::/16"]"#,
+            "relay.trusted_networks[0]",
+            &["wider than a /32", "open relay", "2001:db8:1::/48", "/64"],
+        ),
+        (
+            r#"["2001:db8::/31"]"#,
+            "relay.trusted_networks[0]",
+            &["wider than a /32"],
         ),
         (
             r#"["10.1.2.3/8"]"#,
@@ -115,9 +126,8 @@ fn open_relay_networks_are_refused() {
 fn acceptable_networks_pass() {
     for nets in [
         r#"["10.0.0.0/8"]"#,
-        // Not 2001::/16: it holds Teredo (2001::/32), which anyone can get an address in.
-        r#"["2a01::/16"]"#,
         r#"["2001:db8::/32"]"#,
+        r#"["2a01:4f8::/32"]"#,
         r#"["192.0.2.7"]"#,
         r#"["2001:db8::7"]"#,
         r#"[]"#,
