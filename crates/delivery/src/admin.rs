@@ -12,7 +12,6 @@ use relayward_queue::{
 };
 use serde::Serialize;
 
-use crate::dsn::header_section;
 use crate::runner::unix_now;
 
 /// Output for people or scripts.
@@ -209,29 +208,13 @@ fn single(action: &'static str, id: &MessageId) -> ActionReport {
 
 /// Header fields of a message, unfolded. Lines that are not `name: value` are skipped.
 pub fn parse_headers(content: &[u8]) -> Vec<Header> {
-    let section = header_section(content);
-    let text = String::from_utf8_lossy(&section);
-    let mut headers: Vec<Header> = Vec::new();
-    for line in text.split('\n') {
-        let line = line.trim_end_matches('\r');
-        if line.is_empty() {
-            break;
-        }
-        if line.starts_with([' ', '\t']) {
-            if let Some(last) = headers.last_mut() {
-                last.value.push(' ');
-                last.value.push_str(line.trim());
-            }
-            continue;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            headers.push(Header {
-                name: name.trim().to_string(),
-                value: value.trim().to_string(),
-            });
-        }
-    }
-    headers
+    relayward_protocol::header::fields(content)
+        .into_iter()
+        .map(|f| Header {
+            name: f.name,
+            value: f.value,
+        })
+        .collect()
 }
 
 impl Render for QueueList {

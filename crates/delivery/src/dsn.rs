@@ -150,19 +150,11 @@ fn one_line(text: &str) -> String {
 
 /// The original message's header section (up to the first empty line), CRLF-terminated.
 pub fn header_section(content: &[u8]) -> Vec<u8> {
-    let end = find(content, b"\r\n\r\n")
-        .map(|i| i + 2)
-        .or_else(|| find(content, b"\n\n").map(|i| i + 1))
-        .unwrap_or(content.len());
-    let mut headers = content[..end].to_vec();
+    let mut headers = relayward_protocol::header::header_section(content).to_vec();
     if !headers.is_empty() && !headers.ends_with(b"\n") {
         headers.extend_from_slice(b"\r\n");
     }
     headers
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 pub use relayward_protocol::date::rfc5322_date;

@@ -2,7 +2,7 @@
 //!
 //! Feeds on raw bytes after `354`, writes the dot-unstuffed message to a sink, and ends only on
 //! `CRLF.CRLF`. A bare CR or bare LF anywhere in the content is fatal: the server must not guess
-//! where a message ends differently from the next hop (SMTP smuggling). Size and line-length
+//! where a message ends differently from the next hop (SMTP smuggling). Size, line-length and NUL
 //! violations are not fatal to framing: the receiver keeps reading to the real end so the session
 //! can answer and stay in sync.
 
@@ -26,6 +26,11 @@ pub enum DataError {
     /// Non-fatal: more than the size limit; reported at the end of data (`552 5.3.4`).
     #[error("message exceeds the size limit")]
     TooBig,
+    /// Non-fatal: a NUL octet in the content; reported at the end of data. RFC 5322 has no
+    /// place for NUL, and a next hop that strips it reads `CRLF NUL . CRLF` as the end of the
+    /// message and whatever follows as a second message from us (SMTP smuggling by removal).
+    #[error("NUL octet in message content")]
+    Nul,
 }
 
 impl DataError {
@@ -81,6 +86,7 @@ pub struct DataReceiver {
     line_len: usize,
     too_big: bool,
     line_too_long: bool,
+    nul: bool,
 }
 
 impl DataReceiver {
@@ -93,6 +99,7 @@ impl DataReceiver {
             line_len: 0,
             too_big: false,
             line_too_long: false,
+            nul: false,
         }
     }
 
@@ -129,6 +136,8 @@ impl DataReceiver {
     fn done(&self, consumed: usize) -> DataStatus {
         let error = if self.too_big {
             Some(DataError::TooBig)
+        } else if self.nul {
+            Some(DataError::Nul)
         } else if self.line_too_long {
             Some(DataError::LineTooLong)
         } else {
@@ -182,6 +191,9 @@ impl DataReceiver {
 
     /// Counts content and writes it to the sink while the message is within its size limit.
     fn append(&mut self, bytes: &[u8], sink: &mut Vec<u8>) {
+        if !self.nul && memchr::memchr(0, bytes).is_some() {
+            self.nul = true;
+        }
         self.size = self.size.saturating_add(bytes.len() as u64);
         if self.size > self.max_size {
             self.too_big = true;

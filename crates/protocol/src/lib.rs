@@ -12,6 +12,7 @@
 //! - [`resolve`]: what an address *means* for routing: the single input of the relay decision.
 //! - [`date`]: RFC 5322 dates for trace and report headers.
 //! - [`data`]: the DATA receiver: dot-unstuffing, end only on CRLF.CRLF, no bare CR/LF.
+//! - [`header`]: a message's header section: fields, `Received:` counts, automatic replies.
 //! - [`battery`]: the relay-trick battery used by `relayward probe` and `relayward check-config`.
 //! - [`text`]: escaping text from the other side before it reaches a log, a table or a terminal.
 
@@ -19,6 +20,7 @@ pub mod battery;
 pub mod command;
 pub mod data;
 pub mod date;
+pub mod header;
 pub mod limits;
 pub mod line;
 pub mod path;

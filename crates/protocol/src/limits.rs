@@ -15,6 +15,10 @@ pub const MAX_REPLY_LINE: usize = 512;
 pub const MAX_TEXT_LINE: usize = 1000;
 /// Longest AUTH response line we read (RFC 4954 §4 allows 12288 octets).
 pub const MAX_AUTH_LINE: usize = 12288;
+/// Most `Received:` fields a message may carry when it arrives; beyond them it is looping
+/// (RFC 5321 §6.3) and refused at the end of DATA with `554 5.4.6`. Postfix's
+/// `hopcount_limit` is 50 too: no honest path between two mailboxes is that long.
+pub const MAX_HOPS: usize = 50;
 
 /// The longest line allowed for this command, CRLF included: an `AUTH` command with an initial
 /// response may be as long as an AUTH response (RFC 4954 §4), every other command 512 octets.

@@ -106,6 +106,19 @@ fn too_big_wins_over_line_too_long() {
 }
 
 #[test]
+fn too_big_wins_over_nul_and_nul_over_line_too_long() {
+    let nul_and_long = [b"\0".to_vec(), vec![b'a'; 2000], b"\r\n.\r\n".to_vec()].concat();
+    assert_eq!(
+        receive(100, &nul_and_long).0,
+        done(nul_and_long.len(), Some(DataError::TooBig))
+    );
+    assert_eq!(
+        receive(1 << 20, &nul_and_long).0,
+        done(nul_and_long.len(), Some(DataError::Nul))
+    );
+}
+
+#[test]
 fn dot_stuff_frames_what_the_receiver_unframes() {
     assert_eq!(dot_stuff(b""), b".\r\n");
     assert_eq!(dot_stuff(b".\r\n"), b"..\r\n.\r\n");

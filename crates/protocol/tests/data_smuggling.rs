@@ -184,3 +184,48 @@ fn a_fatal_receiver_stays_fatal() {
     );
     assert!(DataError::BareLf.is_fatal() && DataError::BareCr.is_fatal());
 }
+
+/// `CRLF NUL . CRLF` (and a NUL anywhere else) is content to us, but a next hop that strips NUL
+/// would see the end of data there and the rest as a second message from our trusted address.
+/// The receiver reads on to the real end, whose verdict is the non-fatal [`DataError::Nul`]:
+/// the session refuses the message and stays in sync.
+#[test]
+fn nul_before_or_after_the_dot_is_content_then_refused_at_the_real_end() {
+    for fake_end in [&b"\r\n\0.\r\n"[..], b"\r\n.\0\r\n", b"\r\n\0.\0\r\n"] {
+        let input = [&vector(b"hello", fake_end)[..], b"QUIT\r\n"].concat();
+        assert_eq!(
+            outcome(&input),
+            Outcome::Done {
+                at: input.len() - 6,
+                error: Some(DataError::Nul)
+            },
+            "{:?}",
+            show(fake_end)
+        );
+    }
+}
+
+#[test]
+fn a_nul_anywhere_is_reported_and_framing_errors_still_win() {
+    for input in [
+        &b"\0\r\n.\r\n"[..],
+        b"Subject: x\0y\r\n\r\nbody\r\n.\r\n",
+        b"body\r\nlast\0\r\n.\r\n",
+        b"..\0\r\n.\r\n",
+    ] {
+        assert_eq!(
+            outcome(input),
+            Outcome::Done {
+                at: input.len(),
+                error: Some(DataError::Nul)
+            },
+            "{:?}",
+            show(input)
+        );
+    }
+    assert_eq!(
+        outcome(b"a\0\nb\r\n.\r\n"),
+        Outcome::Fatal(DataError::BareLf)
+    );
+    assert!(!DataError::Nul.is_fatal());
+}

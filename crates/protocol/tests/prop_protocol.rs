@@ -232,7 +232,9 @@ proptest! {
         }
         let last = statuses.pop();
         prop_assert!(statuses.iter().all(|s| *s == DataStatus::NeedMore));
-        let ended_cleanly = matches!(last, Some(DataStatus::Done { error: None, .. }));
+        // A NUL is content to the framing, refused only at the end (see DataError::Nul).
+        let verdict = text.contains(&0).then_some(DataError::Nul);
+        let ended_cleanly = matches!(last, Some(DataStatus::Done { error, .. }) if error == verdict);
         prop_assert!(ended_cleanly, "last status {:?}", last);
         prop_assert_eq!(sink, text);
     }
@@ -250,7 +252,7 @@ proptest! {
         let status = rx.feed(&wire, &mut sink);
         let consumed_all = matches!(
             status,
-            DataStatus::Done { consumed, error: None | Some(DataError::LineTooLong) } if consumed == wire.len()
+            DataStatus::Done { consumed, error: None | Some(DataError::LineTooLong | DataError::Nul) } if consumed == wire.len()
         );
         prop_assert!(consumed_all, "status {:?} for {:?}", status, input);
     }

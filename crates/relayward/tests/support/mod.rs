@@ -604,3 +604,117 @@ impl Smtp {
         smtp
     }
 }
+
+// ---- Shared by the red-team tests: the queue from outside, configurations, internal servers ----
+
+/// `relayward queue list --json`, as text.
+pub fn queue_list(server: &TestServer) -> String {
+    let (code, output) = run_with_timeout(
+        Command::new(binary())
+            .args(["queue", "--config"])
+            .arg(&server.config_path)
+            .args(["list", "--json"]),
+        WAIT,
+    );
+    assert_eq!(code, Some(0), "queue list failed: {output}");
+    output
+}
+
+/// Waits (bounded) until the queue is empty; fails with the queue and the log otherwise.
+pub fn wait_queue_empty(server: &TestServer) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let list = queue_list(server);
+        let json = &list[list.find('[').unwrap_or(0)..];
+        if json.trim() == "[]" {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "queue never emptied:\n{list}\nlog:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Messages spooled right now (nothing acknowledged behind the test's back).
+pub fn spooled(server: &TestServer) -> usize {
+    std::fs::read_dir(server.data_dir().join("queue").join("msg"))
+        .map(|rd| rd.filter_map(Result::ok).count())
+        .unwrap_or(0)
+}
+
+/// Runs `relayward check-config` on `config` (with `DATA_DIR` filled in); exit code and output.
+pub fn check_config(config: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config.replace("DATA_DIR", &dir.path().join("data").display().to_string());
+    let path = dir.path().join("relayward.toml");
+    std::fs::write(&path, text).expect("write config");
+    run_with_timeout(Command::new(binary()).arg("check-config").arg(&path), WAIT)
+}
+
+/// Runs `relayward serve` on `config` and expects it to refuse to start (exit status 78).
+pub fn serve_refuses(config: &str) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config.replace("DATA_DIR", &dir.path().join("data").display().to_string());
+    let path = dir.path().join("relayward.toml");
+    std::fs::write(&path, text).expect("write config");
+    let (code, output) = run_with_timeout(
+        Command::new(binary())
+            .args(["serve", "--config"])
+            .arg(&path),
+        WAIT,
+    );
+    assert_eq!(
+        code,
+        Some(78),
+        "serve did not refuse the configuration:\n{output}"
+    );
+    output
+}
+
+/// A tiny SMTP server standing in for an internal host behind a `[[route]]`, listening on `ip`
+/// (a loopback address): it refuses every recipient with `rcpt_reply` and records each MAIL
+/// FROM it sees.
+pub fn rejecting_sink(
+    ip: &str,
+    rcpt_reply: &'static str,
+) -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = std::net::TcpListener::bind((ip, 0)).expect("bind sink");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            let record = Arc::clone(&record);
+            std::thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(WAIT));
+                let mut out = stream.try_clone().expect("clone");
+                let mut lines = BufReader::new(stream);
+                let _ = out.write_all(b"220 sink.corp.test\r\n");
+                let mut line = String::new();
+                while lines.read_line(&mut line).unwrap_or(0) > 0 {
+                    let upper = line.to_ascii_uppercase();
+                    let reply = if upper.starts_with("MAIL") {
+                        let path = line.split(['<', '>']).nth(1).unwrap_or("?");
+                        record.lock().expect("lock").push(format!("<{path}>"));
+                        "250 ok\r\n".to_string()
+                    } else if upper.starts_with("RCPT") {
+                        format!("{rcpt_reply}\r\n")
+                    } else if upper.starts_with("QUIT") {
+                        let _ = out.write_all(b"221 bye\r\n");
+                        return;
+                    } else {
+                        "250 sink\r\n".to_string()
+                    };
+                    if out.write_all(reply.as_bytes()).is_err() {
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    (addr, seen)
+}

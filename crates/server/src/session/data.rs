@@ -5,6 +5,8 @@ use std::io;
 use std::time::SystemTime;
 
 use relayward_protocol::data::{DataError, DataReceiver, DataStatus};
+use relayward_protocol::header;
+use relayward_protocol::limits::MAX_HOPS;
 use relayward_protocol::reply::Reply;
 use relayward_queue::{NewMessage, QueueError};
 use tokio::io::AsyncReadExt;
@@ -38,6 +40,10 @@ impl<S: Stream> Session<S> {
         let Some(txn) = self.txn.take() else {
             return Ok(Flow::Continue);
         };
+        if let Some(reply) = too_many_hops(&content) {
+            tracing::warn!(client = %self.client_ip, "message refused: too many Received: fields (mail loop?)");
+            return Ok(self.client_error(reply));
+        }
         let reply = self.enqueue(txn, content).await;
         Ok(self.reply(reply))
     }
@@ -151,7 +157,27 @@ fn data_error_reply(error: DataError) -> Reply {
             (5, 3, 4),
             "Message size exceeds fixed maximum message size",
         ),
+        DataError::Nul => Reply::enh(
+            554,
+            (5, 6, 0),
+            "Message refused: NUL octet in content (not allowed in mail, RFC 5322)",
+        ),
     }
+}
+
+/// `554 5.4.6` for a message that already passed more than [`MAX_HOPS`] relays: it is
+/// looping (RFC 5321 §6.3), and queueing it would send it round once more.
+fn too_many_hops(content: &[u8]) -> Option<Reply> {
+    let hops = header::count(content, "Received");
+    (hops > MAX_HOPS).then(|| {
+        Reply::enh(
+            554,
+            (5, 4, 6),
+            format!(
+                "Too many hops: {hops} Received: header fields, at most {MAX_HOPS} (mail loop?)"
+            ),
+        )
+    })
 }
 
 fn queue_error_reply(error: &QueueError) -> Reply {
