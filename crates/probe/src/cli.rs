@@ -12,12 +12,14 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::config::{ConfirmSettings, ProbeConfig, RateLimiter, TlsMode};
+use crate::config::{ConfirmSettings, NetRateLimiter, ProbeConfig, RateLimiter, TlsMode};
 use crate::confirm::ConfirmServer;
 use crate::dnsbl::{DEFAULT_ZONES, Dnsbl};
+use crate::exclude::ExcludeList;
 use crate::mx::MxResolver;
 use crate::output;
 use crate::report::TargetReport;
+use crate::resume::{self, ResumeState};
 use crate::scan;
 use crate::target::{self, TargetInput};
 
@@ -28,7 +30,7 @@ pub const DEFAULT_TO_DOMAIN: &str = "example.net";
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ProbeArgs {
-    /// Targets: host, host:port, IP, IP:port, [v6]:port, CIDR (e.g. 192.0.2.0/28), CIDR:port, or mx:DOMAIN[:port] (every MX host of the domain).
+    /// Targets: host, host:port, IP, IP:port, [v6]:port, CIDR (e.g. 192.0.2.0/28), CIDR:port, mx:DOMAIN[:port] (every MX host of the domain), or - (read targets from stdin, one per line, e.g. from ZMap).
     #[arg(value_name = "TARGET")]
     pub targets: Vec<String>,
     /// Probe every MX host of this mail domain (repeatable; same as the target mx:DOMAIN).
@@ -40,6 +42,12 @@ pub struct ProbeArgs {
     /// Port for targets given without one. Port 465 means implicit TLS.
     #[arg(long, default_value_t = 25)]
     pub port: u16,
+    /// Probe every one of these ports of each target given without a port (e.g. 25,587,465; 465 = implicit TLS). Replaces --port.
+    #[arg(long, value_delimiter = ',', value_name = "PORTS")]
+    pub ports: Vec<u16>,
+    /// Never probe addresses in these ranges: one IP or CIDR per line, # comments. Checked before any connection or DNSBL lookup.
+    #[arg(long, value_name = "FILE")]
+    pub exclude_file: Option<PathBuf>,
     /// Domain of the external sender in the tests.
     #[arg(long, default_value = DEFAULT_FROM_DOMAIN, value_name = "DOMAIN")]
     pub from_domain: String,
@@ -91,6 +99,12 @@ pub struct ProbeArgs {
     /// At most this many new connections per second, in total.
     #[arg(long, value_name = "PER_SECOND")]
     pub rate: Option<f64>,
+    /// At most this many new connections per second per /24 (IPv4) or /64 (IPv6).
+    #[arg(long, value_name = "PER_SECOND")]
+    pub rate_per_net: Option<f64>,
+    /// State file of a resumable scan: finished targets are recorded as they finish; started again with the same arguments, the scan prints them again and probes only the rest.
+    #[arg(long, value_name = "FILE")]
+    pub resume: Option<PathBuf>,
     /// Time for one test (and for connecting and greeting).
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub test_timeout: Duration,
@@ -101,33 +115,113 @@ pub struct ProbeArgs {
 
 /// Runs the probe and returns the exit status.
 pub async fn run(args: ProbeArgs) -> i32 {
-    let (cfg, inputs) = match prepare(&args).await {
+    let (cfg, inputs, excluded) = match prepare(&args).await {
         Ok(x) => x,
         Err(e) => {
             eprintln!("relayward probe: {e:#}");
             return 2;
         }
     };
-    let total = inputs.len() as u64;
-    let progress = progress_bar(&args, total);
+    let mut resume = match open_resume(&args, &cfg, &inputs) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("relayward probe: {e:#}");
+            return 2;
+        }
+    };
+    let cfg = Arc::new(cfg);
+    let mut previous: Vec<TargetReport> = Vec::new();
+    let mut inputs = inputs;
+    if let Some(state) = &resume {
+        inputs.retain(|i| !state.is_done(&i.label()));
+        previous = state
+            .previous_reports()
+            .iter()
+            .filter_map(|v| serde_json::from_value(v.clone()).ok())
+            .collect();
+        eprintln!(
+            "relayward probe: resuming from {}: {} input(s) done, {} to go",
+            state.path().display(),
+            state.finished_inputs(),
+            inputs.len()
+        );
+    }
+    let total = (inputs.len() + previous.len()) as u64;
+    let progress = progress_bar(&args, total, &cfg);
     let mut printer = Printer::new(&args, progress.clone());
+    for r in &previous {
+        printer.report(r);
+    }
     let stop = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    let summary = scan::scan(inputs, Arc::new(cfg), args.concurrency, stop, |r| {
-        printer.report(r)
+    let mut state_error = None;
+    let mut summary = scan::scan_inputs(inputs, Arc::clone(&cfg), args.concurrency, stop, |done| {
+        // Recorded before printed: whatever a killed run printed, a resumed one skips.
+        if let Some(state) = &mut resume
+            && let Err(e) = state.record(done.input, done.reports)
+        {
+            state_error.get_or_insert(e);
+        }
+        for r in done.reports {
+            printer.report(r);
+        }
     })
     .await;
     if let Some(pb) = &progress {
         pb.finish_and_clear();
     }
-    printer.finish(&summary.reports, summary.interrupted, total);
-    scan::exit_code(&summary.reports)
+    if let Some(e) = state_error {
+        eprintln!("relayward probe: could not write the --resume file: {e}");
+    }
+    let excluded = excluded + summary.excluded;
+    if excluded > 0 {
+        eprintln!("relayward probe: {excluded} address(es) skipped by --exclude-file");
+    }
+    previous.append(&mut summary.reports);
+    printer.finish(&previous, summary.interrupted, total);
+    scan::exit_code(&previous)
 }
 
-/// Everything that can fail before the first connection: a usage error (exit 2).
-async fn prepare(args: &ProbeArgs) -> anyhow::Result<(ProbeConfig, Vec<TargetInput>)> {
-    let mut specs = args.targets.clone();
+/// The `--resume` state file of this run, named by the inputs and every option that changes
+/// what a probe does or reports.
+fn open_resume(
+    args: &ProbeArgs,
+    cfg: &ProbeConfig,
+    inputs: &[TargetInput],
+) -> anyhow::Result<Option<ResumeState>> {
+    let Some(path) = &args.resume else {
+        return Ok(None);
+    };
+    let mut parts: Vec<String> = inputs.iter().map(TargetInput::label).collect();
+    parts.push(format!(
+        "from={} to={} local={:?} helo={} tls={:?} implicit={} confirm={} dnsbl={:?} json={} verbose={}",
+        cfg.from_domain,
+        cfg.to_domain,
+        cfg.local_domain,
+        cfg.helo,
+        cfg.tls,
+        cfg.implicit_tls,
+        args.confirm,
+        args.dnsbl.then_some(&args.dnsbl_zones),
+        args.json,
+        args.verbose,
+    ));
+    let run = resume::fingerprint(&parts);
+    Ok(Some(ResumeState::open(path, &run, inputs.len())?))
+}
+
+/// Everything that can fail before the first connection: a usage error (exit 2). Also
+/// returns how many addresses `--exclude-file` removed from the list.
+async fn prepare(args: &ProbeArgs) -> anyhow::Result<(ProbeConfig, Vec<TargetInput>, usize)> {
+    let mut specs: Vec<String> = Vec::new();
+    for spec in &args.targets {
+        if spec == "-" {
+            specs.extend(stdin_targets()?);
+        } else {
+            specs.push(spec.clone());
+        }
+    }
     if let Some(path) = &args.targets_file {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
@@ -137,7 +231,34 @@ async fn prepare(args: &ProbeArgs) -> anyhow::Result<(ProbeConfig, Vec<TargetInp
     if specs.is_empty() {
         anyhow::bail!("no TARGET given (see --help)");
     }
-    let inputs = target::expand(&specs, args.port)?;
+    let ports = if args.ports.is_empty() {
+        vec![args.port]
+    } else {
+        args.ports.clone()
+    };
+    anyhow::ensure!(
+        !ports.contains(&0),
+        "--ports: port 0 is out of range (1-65535)"
+    );
+    let mut inputs = target::expand_ports(&specs, &ports)?;
+    let exclude = match &args.exclude_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+            let list = ExcludeList::parse(&text)
+                .map_err(|e| anyhow::anyhow!("--exclude-file {}: {e}", path.display()))?;
+            Some(Arc::new(list))
+        }
+        None => None,
+    };
+    let before = inputs.len();
+    if let Some(list) = &exclude {
+        inputs.retain(|i| match i {
+            TargetInput::Addr(t) => !list.contains(t.addr.ip()),
+            _ => true,
+        });
+    }
+    let excluded = before - inputs.len();
     for domain in [&args.from_domain, &args.to_domain] {
         check_domain(domain)?;
     }
@@ -157,6 +278,14 @@ async fn prepare(args: &ProbeArgs) -> anyhow::Result<(ProbeConfig, Vec<TargetInp
         anyhow::ensure!(rate > 0.0 && rate.is_finite(), "--rate must be positive");
         cfg.rate = Some(Arc::new(RateLimiter::new(rate)));
     }
+    if let Some(rate) = args.rate_per_net {
+        anyhow::ensure!(
+            rate > 0.0 && rate.is_finite(),
+            "--rate-per-net must be positive"
+        );
+        cfg.rate_per_net = Some(Arc::new(NetRateLimiter::new(rate)));
+    }
+    cfg.exclude = exclude;
     if args.confirm {
         let domain = args
             .confirm_domain
@@ -179,7 +308,15 @@ async fn prepare(args: &ProbeArgs) -> anyhow::Result<(ProbeConfig, Vec<TargetInp
         let servers = nameservers(args)?;
         cfg.mx_resolver = Some(Arc::new(MxResolver::new(&servers, Duration::from_secs(5))?));
     }
-    Ok((cfg, inputs))
+    Ok((cfg, inputs, excluded))
+}
+
+/// `TARGET` `-`: one target per line on standard input (`#` comments), as ZMap writes them.
+fn stdin_targets() -> anyhow::Result<Vec<String>> {
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut text)
+        .map_err(|e| anyhow::anyhow!("cannot read targets from stdin: {e}"))?;
+    Ok(target::from_file_text(&text))
 }
 
 fn nameservers(args: &ProbeArgs) -> anyhow::Result<Vec<SocketAddr>> {
@@ -223,17 +360,37 @@ fn check_domain(domain: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// On stderr, only for a terminal and never with --json.
-fn progress_bar(args: &ProbeArgs, total: u64) -> Option<ProgressBar> {
+/// On stderr, only for a terminal and never with --json. Redrawn on a timer (not only when a
+/// target finishes, which may take minutes), with the number of targets in flight.
+fn progress_bar(args: &ProbeArgs, total: u64, cfg: &ProbeConfig) -> Option<ProgressBar> {
     if args.json || !std::io::stderr().is_terminal() {
         return None;
     }
     let pb = ProgressBar::new(total);
-    if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} targets {elapsed}") {
+    if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} targets, {msg} {elapsed}")
+    {
         pb.set_style(style);
     }
+    pb.set_message("0 in flight");
+    pb.enable_steady_tick(PROGRESS_TICK);
+    let (weak, in_flight) = (pb.downgrade(), Arc::clone(&cfg.in_flight));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PROGRESS_TICK);
+        while let Some(pb) = weak.upgrade() {
+            if pb.is_finished() {
+                break;
+            }
+            let n = in_flight.load(std::sync::atomic::Ordering::Relaxed);
+            pb.set_message(format!("{n} in flight"));
+            drop(pb);
+            tick.tick().await;
+        }
+    });
     Some(pb)
 }
+
+/// How often the progress bar is redrawn.
+const PROGRESS_TICK: Duration = Duration::from_millis(250);
 
 /// Streams results to stdout as they finish.
 struct Printer {

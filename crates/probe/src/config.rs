@@ -1,7 +1,9 @@
 //! Settings shared by every target of a run, and the connection rate limiter.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use tokio::sync::Mutex;
@@ -10,6 +12,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::confirm::ConfirmServer;
 use crate::dnsbl::Dnsbl;
+use crate::exclude::ExcludeList;
 
 /// `--tls`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -81,6 +84,12 @@ pub struct ProbeConfig {
     /// built when an MX target comes up.
     pub mx_resolver: Option<Arc<crate::mx::MxResolver>>,
     pub rate: Option<Arc<RateLimiter>>,
+    /// `--rate-per-net`: new connections per second per /24 (IPv4) or /64 (IPv6).
+    pub rate_per_net: Option<Arc<NetRateLimiter>>,
+    /// `--exclude-file`: addresses never connected to (nor looked up in DNSBLs).
+    pub exclude: Option<Arc<ExcludeList>>,
+    /// Targets being probed right now (for the progress bar).
+    pub in_flight: Arc<AtomicUsize>,
     pub tls_connector: TlsConnector,
 }
 
@@ -101,6 +110,9 @@ impl ProbeConfig {
             dnsbl: None,
             mx_resolver: None,
             rate: None,
+            rate_per_net: None,
+            exclude: None,
+            in_flight: Arc::new(AtomicUsize::new(0)),
             tls_connector: crate::tls::connector()?,
         })
     }
@@ -134,9 +146,80 @@ impl RateLimiter {
     }
 }
 
+/// [`RateLimiter`] per network: at most `per_second` new connections per /24 (IPv4) or /64
+/// (IPv6), so a scan of many hosts of one provider does not hit that provider's connection
+/// limits (or look like an attack), while other networks go at full speed.
+#[derive(Debug)]
+pub struct NetRateLimiter {
+    interval: Duration,
+    next: Mutex<HashMap<IpAddr, Instant>>,
+}
+
+impl NetRateLimiter {
+    pub fn new(per_second: f64) -> Self {
+        let per_second = per_second.clamp(0.001, 1_000_000.0);
+        Self {
+            interval: Duration::from_secs_f64(1.0 / per_second),
+            next: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The network an address is counted in: its /24, or its /64 for IPv6.
+    pub fn network(ip: IpAddr) -> IpAddr {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => {
+                let [a, b, c, _] = v4.octets();
+                IpAddr::V4([a, b, c, 0].into())
+            }
+            IpAddr::V6(v6) => {
+                let s = v6.segments();
+                IpAddr::V6([s[0], s[1], s[2], s[3], 0, 0, 0, 0].into())
+            }
+        }
+    }
+
+    /// Waits for this connection's slot in `ip`'s network.
+    pub async fn acquire(&self, ip: IpAddr) {
+        let slot = {
+            let mut next = self.next.lock().await;
+            let now = Instant::now();
+            // Slots in the past free nothing: forget them so the map stays small.
+            next.retain(|_, t| *t > now);
+            let entry = next.entry(Self::network(ip)).or_insert(now);
+            let slot = (*entry).max(now);
+            *entry = slot + self.interval;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn net_rate_limiter_spaces_one_network_only() {
+        let limiter = NetRateLimiter::new(10.0);
+        let start = Instant::now();
+        for i in 0..4u8 {
+            limiter.acquire(IpAddr::V4([127, 0, 1, i].into())).await;
+        }
+        let same_net = start.elapsed();
+        assert!(same_net >= Duration::from_millis(290), "{same_net:?}");
+        let start = Instant::now();
+        for i in 0..4u8 {
+            limiter
+                .acquire(IpAddr::V4([127, 0, 10 + i, 1].into()))
+                .await;
+        }
+        let other_nets = start.elapsed();
+        assert!(other_nets < Duration::from_millis(90), "{other_nets:?}");
+        assert_eq!(
+            NetRateLimiter::network("2001:db8:1:2:3::9".parse().unwrap()),
+            "2001:db8:1:2::".parse::<IpAddr>().unwrap()
+        );
+    }
 
     #[tokio::test]
     async fn rate_limiter_spaces_connections() {

@@ -12,7 +12,7 @@ use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Zones queried when `--dnsbl` is given without `--dnsbl-zone`.
 pub const DEFAULT_ZONES: &[&str] = &[
@@ -21,7 +21,7 @@ pub const DEFAULT_ZONES: &[&str] = &[
     "b.barracudacentral.org",
 ];
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DnsblResult {
     pub zone: String,
     pub query: String,

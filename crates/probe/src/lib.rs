@@ -11,6 +11,7 @@
 //! - [`conn`], [`session`], [`tls`]: the bounded client dialogue.
 //! - [`special`]: the session-level tricks (XCLIENT, PROXY, failed AUTH, pipelining, mixed
 //!   recipients) beside the MAIL/RCPT battery.
+//! - [`exclude`], [`resume`]: scanning at scale (`--exclude-file`, `--resume`).
 //! - [`confirm`]: the proof-of-relay listener; [`dnsbl`]: blocklist lookups; [`mx`]: the MX
 //!   hosts of a mail domain as targets.
 
@@ -19,10 +20,12 @@ pub mod config;
 pub mod confirm;
 pub mod conn;
 pub mod dnsbl;
+pub mod exclude;
 pub mod mx;
 pub mod output;
 pub mod probe;
 pub mod report;
+pub mod resume;
 pub mod scan;
 pub mod session;
 pub mod special;

@@ -271,6 +271,7 @@ impl<'a> Runner<'a> {
     }
 
     async fn open_once(&mut self) -> Result<(Conn, Greeting), OpenError> {
+        session::wait_for_slot(self.target, self.cfg).await;
         let deadline = self.deadline_in(self.cfg.test_timeout * 2);
         session::open(
             self.target,
@@ -615,6 +616,7 @@ impl<'a> Runner<'a> {
         self.heading(trick.id, message.is_some());
         let preamble = (trick.id == special::PROXY_HEADER_SPOOF)
             .then(|| special::proxy_line(self.target.addr));
+        session::wait_for_slot(self.target, self.cfg).await;
         let deadline = self.deadline_in(self.cfg.test_timeout * 2);
         let opened = session::open_with(
             self.target,

@@ -2,13 +2,13 @@
 //! `docs/probe.md`; field names are a contract).
 
 use relayward_protocol::reply::Reply;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::dnsbl::DnsblResult;
 use crate::tls::TlsInfo;
 
 /// Per test.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Outcome {
     /// RCPT answered 2xx: the server took the relay recipient.
@@ -37,7 +37,7 @@ impl Outcome {
 }
 
 /// Per target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Verdict {
     #[serde(rename = "CLOSED")]
     Closed,
@@ -89,7 +89,7 @@ impl Verdict {
 }
 
 /// A reply as reported.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplyInfo {
     pub code: u16,
     pub enhanced: Option<String>,
@@ -119,7 +119,7 @@ impl std::fmt::Display for ReplyInfo {
 
 /// When a recipient trick's MAIL was refused and RCPT then got "bad sequence", the RCPT is
 /// retried behind a neutral sender so the MAIL rejection cannot hide the recipient bug.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Fallback {
     pub mail_from: String,
     pub mail_reply: Option<ReplyInfo>,
@@ -129,13 +129,13 @@ pub struct Fallback {
 /// A line a session-level trick sent before (or between) MAIL and RCPT — `XCLIENT …`, a PROXY
 /// header, `AUTH …`, a local `RCPT` — and the reply it got (`None`: no reply, e.g. a PROXY
 /// header the server consumed silently).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SetupStep {
     pub sent: String,
     pub reply: Option<ReplyInfo>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TestResult {
     pub id: String,
     pub kind: String,
@@ -156,7 +156,7 @@ pub struct TestResult {
 }
 
 /// Proof of relay for one accepted trick.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConfirmResult {
     pub id: String,
     pub token: String,
@@ -174,7 +174,7 @@ pub struct ConfirmResult {
     pub received: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Findings {
     /// The 220 greeting, lines joined.
     pub banner: Option<String>,
@@ -202,7 +202,7 @@ pub struct Findings {
 }
 
 /// How a target was found from a mail domain's MX records (`mx:DOMAIN`, `--mx DOMAIN`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MxInfo {
     /// The mail domain whose MX this target is.
     pub domain: String,
@@ -213,7 +213,7 @@ pub struct MxInfo {
     pub implicit: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TargetReport {
     /// As given (or expanded from a CIDR), e.g. `mx.example.net:25`, `127.0.1.7:25`.
     pub target: String,
@@ -233,6 +233,6 @@ pub struct TargetReport {
     pub mx: Option<MxInfo>,
     pub duration_ms: u64,
     /// The whole dialogue; only with `-v`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transcript: Option<Vec<String>>,
 }

@@ -1,8 +1,16 @@
 //! Many targets: bounded concurrency, results handed over as they finish, stop on request.
+//!
+//! An input (an address, a host name, `mx:DOMAIN`) is resolved in a task of its own; every
+//! address it yields is probed in parallel with the others, each probe holding one of the
+//! `concurrency` slots, so the MX hosts of one domain are probed at once while `-j` still
+//! bounds the connections in flight. Excluded addresses (`--exclude-file`) are dropped after
+//! resolution, before anything is sent to them.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::config::{ProbeConfig, Target};
@@ -17,6 +25,15 @@ pub struct ScanSummary {
     pub reports: Vec<TargetReport>,
     /// Stopped by the `stop` future (Ctrl-C) before every target was done.
     pub interrupted: bool,
+    /// Resolved addresses dropped by `--exclude-file`.
+    pub excluded: usize,
+}
+
+/// What one input produced.
+pub struct InputDone<'a> {
+    /// [`TargetInput::label`] of the input.
+    pub input: &'a str,
+    pub reports: &'a [TargetReport],
 }
 
 /// Probes every input with at most `concurrency` targets in flight, calling `on_report` for
@@ -29,30 +46,59 @@ pub async fn scan(
     stop: impl Future<Output = ()>,
     mut on_report: impl FnMut(&TargetReport),
 ) -> ScanSummary {
+    scan_inputs(inputs, cfg, concurrency, stop, |done| {
+        for r in done.reports {
+            on_report(r);
+        }
+    })
+    .await
+}
+
+/// [`scan`], reporting per input: `on_input` gets an input's reports together once all of
+/// its addresses are done (what `--resume` records).
+pub async fn scan_inputs(
+    inputs: Vec<TargetInput>,
+    cfg: Arc<ProbeConfig>,
+    concurrency: usize,
+    stop: impl Future<Output = ()>,
+    mut on_input: impl FnMut(InputDone<'_>),
+) -> ScanSummary {
     let concurrency = concurrency.max(1);
+    let slots = Arc::new(Semaphore::new(concurrency));
     let mut pending = inputs.into_iter();
-    let mut running: JoinSet<Vec<TargetReport>> = JoinSet::new();
+    let mut running: JoinSet<(String, Resolved)> = JoinSet::new();
     let mut summary = ScanSummary::default();
     tokio::pin!(stop);
     loop {
-        while running.len() < concurrency {
+        // Inputs waiting for a probe slot cost a task each, nothing more; a few ahead keep
+        // the slots busy while names resolve.
+        while running.len() < concurrency * 2 {
             let Some(input) = pending.next() else { break };
-            running.spawn(probe_input(input, Arc::clone(&cfg)));
+            let (cfg, slots) = (Arc::clone(&cfg), Arc::clone(&slots));
+            running.spawn(async move {
+                let label = input.label();
+                (label, probe_input(input, cfg, slots).await)
+            });
         }
         if running.is_empty() {
             return summary;
         }
         tokio::select! {
             joined = running.join_next() => {
-                let reports = match joined {
-                    Some(Ok(reports)) => reports,
-                    Some(Err(e)) => vec![failed("(unknown)", format!("probe task failed: {e}"))],
+                let (label, done) = match joined {
+                    Some(Ok(x)) => x,
+                    Some(Err(e)) => (
+                        "(unknown)".to_string(),
+                        Resolved {
+                            reports: vec![failed("(unknown)", format!("probe task failed: {e}"))],
+                            excluded: 0,
+                        },
+                    ),
                     None => continue,
                 };
-                for report in reports {
-                    on_report(&report);
-                    summary.reports.push(report);
-                }
+                summary.excluded += done.excluded;
+                on_input(InputDone { input: &label, reports: &done.reports });
+                summary.reports.extend(done.reports);
             }
             () = &mut stop => {
                 running.abort_all();
@@ -63,15 +109,51 @@ pub async fn scan(
     }
 }
 
-/// One input: an address, or a host name resolved to all its addresses (probed one after
-/// another, so one name holds one concurrency slot).
-async fn probe_input(input: TargetInput, cfg: Arc<ProbeConfig>) -> Vec<TargetReport> {
-    let mut out = Vec::new();
-    let targets: Vec<Target> = match input {
-        TargetInput::Addr(t) => vec![t],
+/// The reports of one input and how many of its addresses were excluded.
+struct Resolved {
+    reports: Vec<TargetReport>,
+    excluded: usize,
+}
+
+/// One input: resolved to its addresses, each probed in parallel under a slot.
+async fn probe_input(input: TargetInput, cfg: Arc<ProbeConfig>, slots: Arc<Semaphore>) -> Resolved {
+    let (targets, mut reports) = resolve_input(input, &cfg).await;
+    let before = targets.len();
+    let targets: Vec<Target> = targets
+        .into_iter()
+        .filter(|t| {
+            !cfg.exclude
+                .as_ref()
+                .is_some_and(|e| e.contains(t.addr.ip()))
+        })
+        .collect();
+    let excluded = before - targets.len();
+    let mut probes = JoinSet::new();
+    for (i, t) in targets.into_iter().enumerate() {
+        let (cfg, slots) = (Arc::clone(&cfg), Arc::clone(&slots));
+        probes.spawn(async move {
+            let _slot = slots.acquire_owned().await.ok();
+            cfg.in_flight.fetch_add(1, Ordering::Relaxed);
+            let report = probe_target(t, Arc::clone(&cfg)).await;
+            cfg.in_flight.fetch_sub(1, Ordering::Relaxed);
+            (i, report)
+        });
+    }
+    let mut done: Vec<(usize, TargetReport)> = probes.join_all().await;
+    // Reports of one input in MX / address order, whatever finished first.
+    done.sort_by_key(|(i, _)| *i);
+    reports.extend(done.into_iter().map(|(_, r)| r));
+    Resolved { reports, excluded }
+}
+
+/// The addresses of an input, and reports for the parts that could not even be addressed
+/// (a name that does not resolve, an MX host without address).
+async fn resolve_input(input: TargetInput, cfg: &ProbeConfig) -> (Vec<Target>, Vec<TargetReport>) {
+    match input {
+        TargetInput::Addr(t) => (vec![t], Vec::new()),
         TargetInput::Host { name, port } => match target::resolve(&name, port).await {
-            Ok(ts) => ts,
-            Err(e) => return vec![failed(&format!("{name}:{port}"), e)],
+            Ok(ts) => (ts, Vec::new()),
+            Err(e) => (Vec::new(), vec![failed(&format!("{name}:{port}"), e)]),
         },
         TargetInput::Mx { domain, port } => {
             let label = format!("mx:{domain}:{port}");
@@ -79,32 +161,34 @@ async fn probe_input(input: TargetInput, cfg: Arc<ProbeConfig>) -> Vec<TargetRep
                 Some(r) => Arc::clone(r),
                 None => match MxResolver::new(&[], MX_TIMEOUT) {
                     Ok(r) => Arc::new(r),
-                    Err(e) => return vec![failed(&label, format!("no resolver: {e}"))],
+                    Err(e) => {
+                        return (
+                            Vec::new(),
+                            vec![failed(&label, format!("no resolver: {e}"))],
+                        );
+                    }
                 },
             };
             match resolver.targets(&domain, port).await {
                 Ok(list) => {
                     let mut targets = Vec::new();
+                    let mut reports = Vec::new();
                     for item in list {
                         match item {
                             Ok(t) => targets.push(t),
                             Err(f) => {
                                 let mut report = failed(&f.label, f.reason);
                                 report.mx = f.mx;
-                                out.push(report);
+                                reports.push(report);
                             }
                         }
                     }
-                    targets
+                    (targets, reports)
                 }
-                Err(e) => return vec![failed(&label, e)],
+                Err(e) => (Vec::new(), vec![failed(&label, e)]),
             }
         }
-    };
-    for t in targets {
-        out.push(probe_target(t, Arc::clone(&cfg)).await);
     }
-    out
 }
 
 /// DNS timeout for MX lookups when no resolver was configured.

@@ -46,6 +46,18 @@ pub enum OpenError {
     TlsRequired,
 }
 
+/// Waits for this connection's turn under `--rate-per-net` and `--rate`. Called before the
+/// caller computes the connection's deadline, so time spent waiting for a slot never counts
+/// as the server's slowness.
+pub async fn wait_for_slot(target: &Target, cfg: &ProbeConfig) {
+    if let Some(per_net) = &cfg.rate_per_net {
+        per_net.acquire(target.addr.ip()).await;
+    }
+    if let Some(rate) = &cfg.rate {
+        rate.acquire().await;
+    }
+}
+
 /// Opens a session ready for MAIL. `try_starttls` is false after a failed handshake in auto
 /// mode, so reconnects go straight to cleartext.
 pub async fn open(
@@ -69,9 +81,6 @@ pub async fn open_with(
     log: &mut Transcript,
     preamble: Option<&str>,
 ) -> Result<(Conn, Greeting), OpenError> {
-    if let Some(rate) = &cfg.rate {
-        rate.acquire().await;
-    }
     log.note(&format!("Connecting to {} ...", target.addr));
     let tcp = timeout_at(deadline, TcpStream::connect(target.addr))
         .await

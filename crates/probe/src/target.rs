@@ -1,5 +1,10 @@
 //! TARGET syntax: `host`, `host:port`, `IP`, `IP:port`, `[v6]`, `[v6]:port`, bare `v6`,
 //! `CIDR` and `CIDR:port`. Host names are resolved when their turn comes, inside the scan.
+//!
+//! Everything that can be wrong with a target is found here, before any lookup or
+//! connection: `300.1.1.1` is no host name, port 0 and 70000 are no ports, and `::1:2525` (an
+//! IPv6 address that ends in something like a port) is refused with the bracketed forms to
+//! choose from.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -41,20 +46,68 @@ impl TargetInput {
 pub enum TargetError {
     #[error("bad target {0:?}: {1}")]
     Bad(String, &'static str),
+    #[error("bad target {0:?}: {1}")]
+    Explained(String, String),
     #[error("the targets expand to more than {MAX_TARGETS} addresses")]
     TooMany,
 }
 
 /// Parses every spec and expands CIDR ranges, in order.
 pub fn expand(specs: &[String], default_port: u16) -> Result<Vec<TargetInput>, TargetError> {
+    expand_ports(specs, &[default_port])
+}
+
+/// [`expand`] with several ports (`--ports 25,587,465`): a spec without a port of its own
+/// becomes one target per port, in the order given.
+pub fn expand_ports(
+    specs: &[String],
+    default_ports: &[u16],
+) -> Result<Vec<TargetInput>, TargetError> {
     let mut out = Vec::new();
     for spec in specs {
-        parse_one(spec.trim(), default_port, &mut out)?;
+        parse_one(spec.trim(), default_ports, &mut out)?;
         if out.len() > MAX_TARGETS {
             return Err(TargetError::TooMany);
         }
     }
     Ok(out)
+}
+
+/// A port as written after a `:`; 0 and anything above 65535 are refused.
+fn parse_port(spec: &str, text: &str) -> Result<u16, TargetError> {
+    match text.parse::<u32>() {
+        Ok(p @ 1..=65535) => Ok(p as u16),
+        Ok(p) => Err(TargetError::Explained(
+            spec.to_string(),
+            format!("port {p} is out of range (1-65535)"),
+        )),
+        Err(_) => Err(TargetError::Explained(
+            spec.to_string(),
+            format!("{text:?} is not a port number"),
+        )),
+    }
+}
+
+/// A bare IPv6 address whose last group could be a port (`::1:2525`, `2001:db8::1:25`) is
+/// ambiguous: refuse it and show both bracketed spellings.
+fn ambiguous_v6(spec: &str) -> Option<TargetError> {
+    let (head, last) = spec.rsplit_once(':')?;
+    let looks_like_port =
+        !last.is_empty() && last.len() <= 5 && last.bytes().all(|b| b.is_ascii_digit());
+    if !looks_like_port || head.parse::<std::net::Ipv6Addr>().is_err() {
+        return None;
+    }
+    Some(TargetError::Explained(
+        spec.to_string(),
+        format!(
+            "ambiguous IPv6 address; for port {last} of {head} write [{head}]:{last}, for the address itself [{spec}]"
+        ),
+    ))
+}
+
+/// Only digits and dots, yet not an IPv4 address (`300.1.1.1`, `1.2.3`): a typo, not a name.
+fn bad_dotted_quad(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit() || b == b'.')
 }
 
 /// Lines of a `--targets-file`: one target per line, `#` comments, blank lines ignored.
@@ -66,51 +119,81 @@ pub fn from_file_text(text: &str) -> Vec<String> {
         .collect()
 }
 
-fn parse_one(spec: &str, default_port: u16, out: &mut Vec<TargetInput>) -> Result<(), TargetError> {
+fn parse_one(
+    spec: &str,
+    default_ports: &[u16],
+    out: &mut Vec<TargetInput>,
+) -> Result<(), TargetError> {
     let bad = |why| TargetError::Bad(spec.to_string(), why);
     if spec.is_empty() {
         return Err(bad("empty"));
     }
     if let Some(rest) = strip_prefix_ci(spec, "mx:") {
-        let (domain, port) = match rest.rsplit_once(':') {
-            Some((d, p)) => (d, p.parse::<u16>().map_err(|_| bad("bad port"))?),
-            None => (rest, default_port),
+        let (domain, ports) = match rest.rsplit_once(':') {
+            Some((d, p)) => (d, vec![parse_port(spec, p)?]),
+            None => (rest, default_ports.to_vec()),
         };
-        if !is_host_name(domain) || !domain.contains('.') {
+        if !is_host_name(domain) || !domain.contains('.') || bad_dotted_quad(domain) {
             return Err(bad("mx: needs a mail domain"));
         }
-        out.push(TargetInput::Mx {
-            domain: domain.trim_end_matches('.').to_ascii_lowercase(),
-            port,
-        });
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        for port in ports {
+            out.push(TargetInput::Mx {
+                domain: domain.clone(),
+                port,
+            });
+        }
         return Ok(());
     }
     if spec.contains('/') {
-        return parse_cidr(spec, default_port, out);
+        return parse_cidr(spec, default_ports, out);
     }
     if let Ok(addr) = spec.parse::<SocketAddr>() {
         out.push(addr_target(addr));
         return Ok(());
+    }
+    if !spec.starts_with('[')
+        && let Some(e) = ambiguous_v6(spec)
+    {
+        return Err(e);
     }
     if let Ok(ip) = spec
         .trim_start_matches('[')
         .trim_end_matches(']')
         .parse::<IpAddr>()
     {
-        out.push(addr_target(SocketAddr::new(ip, default_port)));
+        for &port in default_ports {
+            out.push(addr_target(SocketAddr::new(ip, port)));
+        }
         return Ok(());
     }
-    let (name, port) = match spec.rsplit_once(':') {
-        Some((name, port)) => (name, port.parse::<u16>().map_err(|_| bad("bad port"))?),
-        None => (spec, default_port),
+    let (name, ports) = match spec.rsplit_once(':') {
+        Some((name, port)) => (name, vec![parse_port(spec, port)?]),
+        None => (spec, default_ports.to_vec()),
     };
+    if bad_dotted_quad(name) {
+        return Err(TargetError::Explained(
+            spec.to_string(),
+            format!("{name} is not an IPv4 address (four numbers 0-255) nor a host name"),
+        ));
+    }
+    if let Some(rest) = name.strip_prefix('[') {
+        let inner = rest.trim_end_matches(']');
+        return Err(TargetError::Explained(
+            spec.to_string(),
+            format!("{inner:?} is not an IPv6 address"),
+        ));
+    }
     if !is_host_name(name) {
         return Err(bad("not a host name, address or CIDR range"));
     }
-    out.push(TargetInput::Host {
-        name: name.trim_end_matches('.').to_ascii_lowercase(),
-        port,
-    });
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    for port in ports {
+        out.push(TargetInput::Host {
+            name: name.clone(),
+            port,
+        });
+    }
     Ok(())
 }
 
@@ -133,22 +216,27 @@ fn is_host_name(name: &str) -> bool {
 /// network and broadcast included (a loopback or lab range uses them all).
 fn parse_cidr(
     spec: &str,
-    default_port: u16,
+    default_ports: &[u16],
     out: &mut Vec<TargetInput>,
 ) -> Result<(), TargetError> {
     let bad = |why| TargetError::Bad(spec.to_string(), why);
     let (net_text, port) = split_cidr_port(spec).ok_or_else(|| bad("bad port"))?;
     let net: IpNet = net_text.parse().map_err(|_| bad("bad CIDR range"))?;
+    let ports = match port {
+        Some(0) => return Err(bad("port 0 is out of range (1-65535)")),
+        Some(p) => vec![p],
+        None => default_ports.to_vec(),
+    };
     let bits = net.max_prefix_len() - net.prefix_len();
-    if bits >= 17 || out.len() + (1usize << bits) > MAX_TARGETS {
+    if bits >= 17 || out.len() + (1usize << bits) * ports.len() > MAX_TARGETS {
         return Err(TargetError::TooMany);
     }
-    let port = port.unwrap_or(default_port);
     let first = ip_to_u128(net.network());
     for i in 0..(1u128 << bits) {
         let ip = u128_to_ip(first + i, net.network());
-        let addr = SocketAddr::new(ip, port);
-        out.push(addr_target(addr));
+        for &port in &ports {
+            out.push(addr_target(SocketAddr::new(ip, port)));
+        }
     }
     Ok(())
 }
@@ -260,13 +348,66 @@ mod tests {
     fn errors() {
         let e = |s: &str| expand(&[s.to_string()], 25).unwrap_err();
         assert_eq!(e("10.0.0.0/8"), TargetError::TooMany);
-        assert!(matches!(e("host:99999"), TargetError::Bad(..)));
+        assert!(matches!(e("host:99999"), TargetError::Explained(..)));
         assert!(matches!(e("bad host!"), TargetError::Bad(..)));
         assert!(matches!(e("10.0.0.0/33"), TargetError::Bad(..)));
         assert!(matches!(e(""), TargetError::Bad(..)));
         assert!(matches!(e("mx:"), TargetError::Bad(..)));
         assert!(matches!(e("mx:localhost"), TargetError::Bad(..)));
-        assert!(matches!(e("mx:a.example:x"), TargetError::Bad(..)));
+        assert!(matches!(e("mx:a.example:x"), TargetError::Explained(..)));
+    }
+
+    #[test]
+    fn typos_are_refused_before_any_lookup() {
+        let e = |s: &str| expand(&[s.to_string()], 25).unwrap_err().to_string();
+        assert!(
+            e("300.1.1.1").contains("not an IPv4 address"),
+            "{}",
+            e("300.1.1.1")
+        );
+        assert!(e("300.1.1.1:25").contains("not an IPv4 address"));
+        assert!(e("1.2.3").contains("not an IPv4 address"));
+        assert!(e("192.0.2.1:70000").contains("port 70000 is out of range"));
+        assert!(e("mx.example.net:0").contains("out of range"));
+        assert!(e("mx.example.net:smtp").contains("not a port number"));
+        let amb = e("::1:2525");
+        assert!(amb.contains("[::1]:2525"), "{amb}");
+        assert!(amb.contains("[::1:2525]"), "{amb}");
+        assert!(e("2001:db8::1:25").contains("[2001:db8::1]:25"));
+        // Unambiguous or bracketed IPv6 forms still parse.
+        assert_eq!(addrs(&["[::1:2525]"]), ["[::1:2525]:25"]);
+        assert_eq!(addrs(&["2001:db8::1"]), ["[2001:db8::1]:25"]);
+        assert_eq!(addrs(&["2001:db8::abcd"]), ["[2001:db8::abcd]:25"]);
+    }
+
+    #[test]
+    fn several_ports() {
+        let ports = |specs: &[&str]| -> Vec<String> {
+            let specs: Vec<String> = specs.iter().map(|s| s.to_string()).collect();
+            expand_ports(&specs, &[25, 587, 465])
+                .unwrap()
+                .iter()
+                .map(|t| t.label())
+                .collect()
+        };
+        assert_eq!(
+            ports(&["192.0.2.1", "192.0.2.2:2525"]),
+            [
+                "192.0.2.1:25",
+                "192.0.2.1:587",
+                "192.0.2.1:465",
+                "192.0.2.2:2525"
+            ]
+        );
+        assert_eq!(ports(&["10.0.0.0/31"]).len(), 6);
+        assert_eq!(
+            ports(&["mx.example.net"]),
+            [
+                "mx.example.net:25",
+                "mx.example.net:587",
+                "mx.example.net:465"
+            ]
+        );
     }
 
     #[test]

@@ -30,6 +30,10 @@ fn records(name: &str, qtype: u16) -> Option<Vec<Vec<u8>>> {
         ("mx2.example.test", a([127, 0, 3, 2])),
         ("nullmx.test", mx(0, "")),
         ("nomx.test", a([127, 0, 3, 3])),
+        ("pair.test", mx(10, "mxa.pair.test")),
+        ("pair.test", mx(20, "mxb.pair.test")),
+        ("mxa.pair.test", a([127, 0, 3, 11])),
+        ("mxb.pair.test", a([127, 0, 3, 12])),
     ];
     let known = all.iter().any(|(n, _)| *n == name);
     if !known {
@@ -179,6 +183,35 @@ async fn every_mx_is_probed_and_the_open_backup_found() {
     assert!(null.reason.contains("null MX"), "{}", null.reason);
     assert_eq!(summary.reports.len(), 4);
     assert_eq!(scan::exit_code(&summary.reports), 1);
+}
+
+/// The MX hosts of one domain are probed at the same time, not one after another: sessions
+/// to the two hosts overlap.
+#[tokio::test]
+async fn mx_hosts_of_a_domain_are_probed_in_parallel() {
+    let ns = dns_server().await;
+    let (a, b) = common::Overlap::pair();
+    let slow = |kind, overlap| {
+        let mut spec = Spec::new(kind);
+        spec.reply_delay = Some(Duration::from_millis(3));
+        spec.overlap = Some(overlap);
+        spec
+    };
+    let primary = start(slow(Kind::Closed, a), "127.0.3.11:0").await;
+    let port = primary.port();
+    start(slow(Kind::Closed, b.clone()), &format!("127.0.3.12:{port}")).await;
+    let mut cfg = config();
+    cfg.mx_resolver = Some(Arc::new(
+        MxResolver::new(&[ns], Duration::from_secs(2)).expect("resolver"),
+    ));
+    let inputs = target::expand(&[format!("mx:pair.test:{port}")], 25).expect("targets");
+    let summary = scan::scan(inputs, Arc::new(cfg), 4, std::future::pending(), |_| {}).await;
+    let verdicts: Vec<Verdict> = summary.reports.iter().map(|r| r.verdict).collect();
+    assert_eq!(verdicts, [Verdict::Closed, Verdict::Closed]);
+    assert!(
+        b.overlapped.load(std::sync::atomic::Ordering::SeqCst),
+        "the two MX hosts were probed one after the other"
+    );
 }
 
 #[derive(Parser)]

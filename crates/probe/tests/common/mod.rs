@@ -79,6 +79,31 @@ pub struct Spec {
     pub forward_from: Option<std::net::IpAddr>,
     /// Every reply line gets this text appended (a hostile server drawing on the terminal).
     pub reply_suffix: Option<String>,
+    /// Wait this long before every reply (a slow server).
+    pub reply_delay: Option<Duration>,
+    /// Sessions open right now on this server, and on another one: `overlapped` is set when a
+    /// session starts here while the other server has one open (the two were probed at once).
+    pub overlap: Option<Overlap>,
+}
+
+#[derive(Clone, Default)]
+pub struct Overlap {
+    pub mine: Arc<std::sync::atomic::AtomicUsize>,
+    pub other: Arc<std::sync::atomic::AtomicUsize>,
+    pub overlapped: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Overlap {
+    /// Two watchers for two servers, sharing one `overlapped` flag.
+    pub fn pair() -> (Overlap, Overlap) {
+        let a = Overlap::default();
+        let b = Overlap {
+            mine: Arc::clone(&a.other),
+            other: Arc::clone(&a.mine),
+            overlapped: Arc::clone(&a.overlapped),
+        };
+        (a, b)
+    }
 }
 
 impl Spec {
@@ -91,6 +116,8 @@ impl Spec {
             forward_to: None,
             forward_from: None,
             reply_suffix: None,
+            reply_delay: None,
+            overlap: None,
         }
     }
 }
@@ -104,8 +131,21 @@ pub async fn start(spec: Spec, bind: &str) -> SocketAddr {
         while let Ok((stream, _)) = listener.accept().await {
             let spec = Arc::clone(&spec);
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(60), session(stream, spec, addr))
-                    .await;
+                use std::sync::atomic::Ordering::SeqCst;
+                if let Some(o) = &spec.overlap {
+                    o.mine.fetch_add(1, SeqCst);
+                    if o.other.load(SeqCst) > 0 {
+                        o.overlapped.store(true, SeqCst);
+                    }
+                }
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(60),
+                    session(stream, Arc::clone(&spec), addr),
+                )
+                .await;
+                if let Some(o) = &spec.overlap {
+                    o.mine.fetch_sub(1, SeqCst);
+                }
             });
         }
     });
@@ -275,6 +315,9 @@ async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
                     .await?;
                 return Ok(false);
             }
+        }
+        if let Some(d) = spec.reply_delay {
+            tokio::time::sleep(d).await;
         }
         let reply = match &spec.reply_suffix {
             Some(suffix) => reply.replace("\r\n", &format!("{suffix}\r\n")) + suffix,
