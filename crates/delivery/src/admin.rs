@@ -5,8 +5,11 @@
 //! [`Render`]: `table()` for people, `json()` for scripts. The JSON shapes are documented on
 //! each type and are a contract: add fields, never rename or remove them.
 //!
-//! Times in JSON are Unix seconds (UTC); `null` means "none".
+//! Times in JSON are Unix seconds (UTC); `null` means "none". Tables show text from outside
+//! (addresses, header fields, remote replies) through [`escape_control`], so a header or a
+//! reply cannot move the operator's cursor or fake a row; JSON escapes it as JSON does.
 
+use relayward_protocol::text::escape_control;
 use relayward_queue::{
     MessageId, Queue, QueueError, QueuedMessage, RecipientState, RecipientStatus,
 };
@@ -244,7 +247,9 @@ impl Render for QueueList {
                 e.next_attempt
                     .map(|t| relative(t, now))
                     .unwrap_or_else(|| "-".into()),
-                e.last_error.clone().unwrap_or_else(|| "-".into()),
+                e.last_error
+                    .as_deref()
+                    .map_or_else(|| "-".into(), |error| escape_control(error).into_owned()),
             ]);
         }
         let mut out = columns(&rows);
@@ -262,10 +267,10 @@ impl Render for MessageDetail {
             crate::dsn::rfc5322_date(self.arrived),
             duration(self.age_seconds),
             display_sender(&self.sender),
-            self.client_ip,
+            escape_control(&self.client_ip),
             self.auth_login
                 .as_ref()
-                .map(|l| format!(" (authenticated as {l})"))
+                .map(|l| format!(" (authenticated as {})", escape_control(l)))
                 .unwrap_or_default(),
             self.size,
             if self.held { "yes" } else { "no" },
@@ -274,7 +279,7 @@ impl Render for MessageDetail {
             out.push_str(&format!(
                 "  {} {} (attempts: {}",
                 status(r.status),
-                r.address,
+                escape_control(&r.address),
                 r.attempts
             ));
             if r.status == RecipientStatus::Pending {
@@ -282,13 +287,14 @@ impl Render for MessageDetail {
             }
             out.push(')');
             if let Some(e) = &r.last_error {
-                out.push_str(&format!("\n      last error: {e}"));
+                out.push_str(&format!("\n      last error: {}", escape_control(e)));
             }
             out.push('\n');
         }
         out.push_str("\nHeaders:\n");
         for h in &self.headers {
-            out.push_str(&format!("  {}: {}\n", h.name, h.value));
+            let (name, value) = (escape_control(&h.name), escape_control(&h.value));
+            out.push_str(&format!("  {name}: {value}\n"));
         }
         out
     }
@@ -326,15 +332,15 @@ fn display_sender(sender: &str) -> String {
     if sender.is_empty() {
         "<>".into()
     } else {
-        sender.into()
+        escape_control(sender).into_owned()
     }
 }
 
 fn recipients_cell(recipients: &[RecipientState]) -> String {
-    let pending: Vec<&str> = recipients
+    let pending: Vec<std::borrow::Cow<'_, str>> = recipients
         .iter()
         .filter(|r| r.status == RecipientStatus::Pending)
-        .map(|r| r.address.as_str())
+        .map(|r| escape_control(&r.address))
         .collect();
     match pending.len() {
         0 => "-".into(),

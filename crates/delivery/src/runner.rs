@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use relayward_protocol::text::Escaped;
 use relayward_queue::{
     MessageId, NewMessage, Queue, QueuedMessage, RecipientStatus, RecipientUpdate,
 };
@@ -209,7 +210,7 @@ impl Runner {
         let content = match self.shared.queue.content(&message.id).await {
             Ok(content) => content,
             Err(e) => {
-                tracing::error!(id = %message.id, error = %e, "cannot read message content");
+                tracing::error!(id = %message.id, error = %Escaped(&e.to_string()), "cannot read message content");
                 self.defer_all(
                     &message,
                     Failure::local("4.3.0", format!("queue read error: {e}")),
@@ -488,7 +489,7 @@ impl Runner {
     async fn open(&self, params: &ConnectParams) -> Result<Connection, SessionError> {
         match client::connect(params).await {
             Err(e) if e.tls_handshake && matches!(params.tls, TlsPolicy::Opportunistic(_)) => {
-                tracing::info!(host = %params.host_name, error = %e, "TLS failed; retrying in clear");
+                tracing::info!(host = %Escaped(&params.host_name), error = %Escaped(&e.to_string()), "TLS failed; retrying in clear");
                 let mut clear = params.clone();
                 clear.tls = TlsPolicy::None;
                 client::connect(&clear).await
@@ -651,7 +652,7 @@ impl Runner {
                 auth_login: None,
             })
             .await?;
-        tracing::info!(id = %message.id, dsn = %id, to = %message.sender, "bounce queued");
+        tracing::info!(id = %message.id, dsn = %id, to = %Escaped(&message.sender), "bounce queued");
         Ok(id)
     }
 
@@ -778,9 +779,13 @@ fn domain_of(address: &str) -> String {
 
 fn log_outcome(id: &MessageId, rcpt: &str, outcome: &Outcome) {
     match outcome {
-        Outcome::Delivered => tracing::info!(%id, %rcpt, "delivered"),
-        Outcome::Deferred(f) => tracing::info!(%id, %rcpt, error = %f.text, "deferred"),
-        Outcome::Failed(f) => tracing::info!(%id, %rcpt, error = %f.text, "failed"),
+        Outcome::Delivered => tracing::info!(%id, rcpt = %Escaped(rcpt), "delivered"),
+        Outcome::Deferred(f) => {
+            tracing::info!(%id, rcpt = %Escaped(rcpt), error = %Escaped(&f.text), "deferred");
+        }
+        Outcome::Failed(f) => {
+            tracing::info!(%id, rcpt = %Escaped(rcpt), error = %Escaped(&f.text), "failed");
+        }
     }
 }
 

@@ -2,18 +2,26 @@
 //! fsync, `flock`, free-space checks and the mapping of "disk full" errors.
 
 use std::ffi::CString;
-use std::fs::{File, OpenOptions};
+use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
 use std::mem::MaybeUninit;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
 use crate::QueueError;
 
-/// Creates `path` (which must not exist), writes the `parts` one after the other and flushes
-/// data and size to disk. On failure the partial file is removed, so callers never leave
-/// half-written temp files.
+/// Mode of every file the queue and the Maildir writer create: mail is private to the server's
+/// user, whatever the umask of the process that writes it (the server, or a `relayward queue`
+/// command run from a shell).
+pub(crate) const PRIVATE_FILE: u32 = 0o600;
+/// Mode of every directory they create.
+pub(crate) const PRIVATE_DIR: u32 = 0o700;
+
+/// Creates `path` (which must not exist) with mode [`PRIVATE_FILE`], writes the `parts` one
+/// after the other and flushes data and size to disk. On failure the partial file is removed,
+/// so callers never leave half-written temp files.
 pub(crate) fn write_synced(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
     let result = write_synced_inner(path, parts);
     if result.is_err() {
@@ -23,12 +31,35 @@ pub(crate) fn write_synced(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
 }
 
 fn write_synced_inner(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
-    let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(PRIVATE_FILE)
+        .open(path)?;
     for part in parts {
         file.write_all(part)?;
     }
     // fdatasync covers the data and the file size, which is all a reader of a new file needs.
     file.sync_data()
+}
+
+/// Creates `dir` and its missing parents with mode [`PRIVATE_DIR`], and takes group and other
+/// permissions away from `dir` itself if it already existed with them (a spool made by an older
+/// version, or under a lax umask). Failing to tighten an existing directory we do not own is
+/// only logged: the queue still works, and the admin hears why it is readable.
+pub(crate) fn create_private_dir(dir: &Path) -> io::Result<()> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR)
+        .create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        let private = std::fs::Permissions::from_mode(mode & !0o077);
+        if let Err(err) = std::fs::set_permissions(dir, private) {
+            tracing::warn!(dir = %dir.display(), error = %err, "cannot make queue directory private");
+        }
+    }
+    Ok(())
 }
 
 /// Makes the directory entries of `dir` (creations, renames, removals) durable.

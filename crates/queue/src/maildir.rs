@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::fsutil::{sync_dir, write_synced};
+use crate::fsutil::{PRIVATE_DIR, sync_dir, write_synced};
 
 /// Longest local part (RFC 5321 §4.5.3.1.1).
 const MAX_LOCAL: usize = 64;
@@ -85,7 +85,10 @@ fn check_component(what: &str, name: &str, max_len: usize) -> io::Result<()> {
 /// entries changed, so a delivery is never acknowledged into a directory a crash can lose.
 fn ensure_maildir(mail_root: &Path, maildir: &Path) -> io::Result<()> {
     if !mail_root.is_dir() {
-        fs::create_dir_all(mail_root)?;
+        DirBuilder::new()
+            .recursive(true)
+            .mode(PRIVATE_DIR)
+            .create(mail_root)?;
     }
     let domain_dir = maildir.parent().unwrap_or(mail_root);
     create_synced(mail_root, domain_dir)?;
@@ -98,7 +101,7 @@ fn ensure_maildir(mail_root: &Path, maildir: &Path) -> io::Result<()> {
 
 /// Creates `dir` (mode 0700, mail is private) inside `parent` if missing, then fsyncs `parent`.
 fn create_synced(parent: &Path, dir: &Path) -> io::Result<()> {
-    match DirBuilder::new().mode(0o700).create(dir) {
+    match DirBuilder::new().mode(PRIVATE_DIR).create(dir) {
         Ok(()) => sync_dir(parent),
         Err(err) if err.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
         Err(err) => Err(err),

@@ -58,17 +58,19 @@ mod recover;
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use relayward_protocol::text::Escaped;
 use tokio::sync::{Notify, oneshot};
 
 use self::entry::{Change, apply_updates, encode_header, new_state, parse_state, read_header};
 use crate::fsutil::{
-    available_bytes, flock, queue_error, shared_queue_error, sync_dir, write_synced,
+    PRIVATE_FILE, available_bytes, create_private_dir, flock, queue_error, shared_queue_error,
+    sync_dir, write_synced,
 };
 use crate::{
     BoxFuture, MessageId, NewMessage, Queue, QueueError, QueuedMessage, RecipientUpdate, id,
@@ -169,6 +171,7 @@ impl Spool {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(PRIVATE_FILE)
             .open(layout.root.join("lock"))
             .map_err(queue_error)?;
         let recovery = lock_and_recover(&lock, &layout).map_err(queue_error)?;
@@ -337,10 +340,11 @@ impl Layout {
         }
     }
 
-    /// Creates the directories and makes their entries durable.
+    /// Creates the directories (private: they hold other people's mail) and makes their
+    /// entries durable.
     fn create(&self) -> io::Result<()> {
         for dir in [&self.root, &self.msg, &self.tmp, &self.corrupt] {
-            fs::create_dir_all(dir)?;
+            create_private_dir(dir)?;
         }
         sync_dir(&self.root)
     }
@@ -475,7 +479,10 @@ impl Inner {
                 Ok(message) => messages.push(message),
                 // Removed between read_dir and read: not an error.
                 Err(QueueError::NotFound(_)) => {}
-                Err(err) => tracing::warn!(%id, error = %err, "skipping unreadable queue entry"),
+                Err(err) => {
+                    let error = err.to_string();
+                    tracing::warn!(%id, error = %Escaped(&error), "skipping unreadable queue entry");
+                }
             }
         }
         messages.sort_by(|a, b| a.id.cmp(&b.id));

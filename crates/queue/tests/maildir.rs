@@ -70,3 +70,22 @@ fn traversal_names_are_refused_and_nothing_is_written() {
         "something was created"
     );
 }
+
+#[test]
+fn maildirs_and_messages_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let root = tempfile::tempdir().unwrap();
+    let mail = root.path().join("mail");
+    let path = deliver_to_maildir(&mail, "example.test", "alice", b"x\r\n").unwrap();
+    let maildir = mail.join("example.test").join("alice");
+    for dir in [
+        &mail,
+        &mail.join("example.test"),
+        &maildir,
+        &maildir.join("new"),
+    ] {
+        assert_eq!(mode(dir), 0o700, "{}", dir.display());
+    }
+    assert_eq!(mode(&path), 0o600);
+}

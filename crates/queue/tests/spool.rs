@@ -565,3 +565,39 @@ async fn a_full_disk_answers_full_and_recovers_when_space_returns() {
         "did not recover after space returned"
     );
 }
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
+        Ok(meta) => meta.permissions().mode() & 0o777,
+        Err(err) => panic!("{}: {err}", path.display()),
+    }
+}
+
+/// Queued mail is other people's mail: directories 0700 and files 0600 whatever the umask of
+/// the writing process, and a spool left readable by an older version is tightened at open.
+#[tokio::test]
+async fn queued_mail_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("queue");
+    std::fs::create_dir_all(root.join("msg")).expect("mkdir");
+    for old in [&root, &root.join("msg")] {
+        std::fs::set_permissions(old, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let spool = open(&root);
+    let id = spool
+        .enqueue(message(&["bob@rcpt.test"], "private"))
+        .await
+        .expect("enqueue");
+    spool
+        .update(&id, vec![pending("bob@rcpt.test", "451 later", 0)])
+        .await
+        .expect("update");
+    for sub in ["", "msg", "tmp", "corrupt"] {
+        assert_eq!(mode(&root.join(sub)), 0o700, "queue/{sub}");
+    }
+    for file in ["lock", &format!("msg/{id}.eml"), &format!("msg/{id}.json")] {
+        assert_eq!(mode(&root.join(file)), 0o600, "queue/{file}");
+    }
+}

@@ -51,6 +51,7 @@ pub async fn run(args: ServeArgs) -> ExitCode {
 }
 
 async fn serve(config: Config, config_arg: ConfigArg) -> anyhow::Result<()> {
+    private_umask();
     let mut signals = Signals::install()?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
@@ -97,6 +98,17 @@ async fn serve(config: Config, config_arg: ConfigArg) -> anyhow::Result<()> {
     runner.stop().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Everything the server writes is private to its user: queued mail, Maildirs, the TLS key,
+/// and whatever a library creates without asking. The queue and the Maildir writer also set
+/// their modes explicitly (0700 directories, 0600 files), so this is the second line.
+fn private_umask() {
+    // SAFETY: umask only replaces the process's file mode creation mask; it cannot fail and
+    // touches no memory.
+    unsafe {
+        libc::umask(0o077);
+    }
 }
 
 /// State that outlives configuration reloads: counters of abuse. Rebuilding them on SIGHUP

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dns::{DnsServer, Zone};
 use serde_json::Value;
-use support::{PASSWORD, TestServer, password_hash, standard_config};
+use support::{PASSWORD, TestServer, password_hash, queue_cmd, queue_json, standard_config};
 
 /// Bound on waits that include a queue rescan by the running server (every 5 s).
 const RESCAN_WAIT: Duration = Duration::from_secs(20);
@@ -299,50 +299,6 @@ fn submit(server: &TestServer, rcpts: &[&str], subject: &str) {
         .expect_text(250, "queued as")
         .send("QUIT")
         .expect(221);
-}
-
-/// Runs `relayward queue --config <server's file> ARGS…` (bounded); returns stdout.
-#[track_caller]
-fn queue_cmd(server: &TestServer, args: &[&str]) -> String {
-    let dir = scratch();
-    let (out_path, err_path) = (dir.path().join("out"), dir.path().join("err"));
-    let mut child = Command::new(support::binary())
-        .arg("queue")
-        .arg("--config")
-        .arg(&server.config_path)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).expect("out"))
-        .stderr(std::fs::File::create(&err_path).expect("err"))
-        .spawn()
-        .expect("run relayward queue");
-    let deadline = Instant::now() + support::WAIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("relayward queue {args:?} did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
-    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
-    assert!(
-        status.success(),
-        "relayward queue {args:?} failed ({status}):\n{stdout}\n{stderr}"
-    );
-    stdout
-}
-
-#[track_caller]
-fn queue_json(server: &TestServer, args: &[&str]) -> Value {
-    let mut args = args.to_vec();
-    args.push("--json");
-    let out = queue_cmd(server, &args);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("queue {args:?}: not JSON ({e}):\n{out}"))
 }
 
 fn queue_list(server: &TestServer) -> Vec<Value> {

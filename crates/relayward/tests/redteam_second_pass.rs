@@ -135,3 +135,209 @@ fn ipv6_trusted_networks_wider_than_a_32_are_refused() {
     let (code, output) = check_config(&config);
     assert_eq!(code, Some(0), "{output}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Finding 5: log injection
+// ---------------------------------------------------------------------------------------------
+
+/// An AUTH LOGIN user name is any bytes the client likes. Written raw into the text log, a
+/// newline in it forged a second log line ("authenticated client=10.9.9.9") and an ESC sent
+/// terminal escapes to whoever tails the log. Both arrive escaped now, on the one real line.
+#[test]
+fn auth_names_cannot_forge_log_lines_or_reach_the_terminal() {
+    let server = TestServer::start(&standard_config(""));
+    let forged = "bob\n2026-12-01T10:00:00.000000Z  INFO relayward_server::session: authenticated client=10.9.9.9 login=alice@example.test\u{1b}[2K\u{1b}[1A";
+    server
+        .smtp("mx")
+        .send("EHLO attacker.outside.test")
+        .expect(250)
+        .starttls(&ca(&server))
+        .send("EHLO attacker.outside.test")
+        .expect(250)
+        .send("AUTH LOGIN")
+        .expect(334)
+        .send(&support::base64_encode(forged.as_bytes()))
+        .expect(334)
+        .send(&support::base64_encode(b"wrong"))
+        .expect_text(535, "5.7.8");
+    server.wait_for_log("authentication failed");
+    let log = server.log();
+    assert!(!log.contains('\u{1b}'), "raw ESC in the log:\n{log}");
+    let mentions: Vec<&str> = log.lines().filter(|l| l.contains("10.9.9.9")).collect();
+    assert_eq!(mentions.len(), 1, "forged line in the log:\n{log}");
+    assert!(
+        mentions[0].contains("authentication failed") && mentions[0].contains(r"bob\n2026"),
+        "{}",
+        mentions[0]
+    );
+    assert!(mentions[0].contains(r"\x1b[2K"), "{}", mentions[0]);
+}
+
+fn ca(server: &TestServer) -> std::path::PathBuf {
+    server.data_dir().join("tls").join("cert.pem")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Finding 10: `queue list` / `queue show` print what strangers wrote
+// ---------------------------------------------------------------------------------------------
+
+/// Waits (bounded) until the queue holds a message whose first recipient has a last error;
+/// returns its `queue list --json` entry.
+fn wait_deferred(server: &TestServer) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + support::WAIT;
+    loop {
+        let list = support::queue_json(server, &["list"]);
+        if let Some(entry) = list
+            .as_array()
+            .and_then(|a| a.first())
+            .filter(|e| !e["last_error"].is_null())
+        {
+            return entry.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing deferred: {list}\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Header text comes from the client and reply text from the next hop; both may hold ESC
+/// and direction overrides. The tables show them escaped (the log too), the JSON keeps them
+/// exactly, escaped the JSON way.
+#[test]
+fn queue_tables_escape_header_and_reply_text() {
+    let (sink, _) = support::rejecting_sink(
+        "127.0.0.1",
+        "451 4.7.1 not \u{1b}[31mtoday\u{1b}[0m \u{202e}DESOLC",
+    );
+    let server = TestServer::start(&standard_config(&format!(
+        "[[route]]\ndomain = \"corp.example.net\"\nto = \"smtp://{sink}\"\n"
+    )));
+    let subject = "\u{1b}[2J\u{1b}[Hqueue is empty";
+    server
+        .smtp("mx")
+        .send("EHLO attacker.outside.test")
+        .expect(250)
+        .send("MAIL FROM:<someone@other.test>")
+        .expect(250)
+        .send("RCPT TO:<stuck@corp.example.net>")
+        .expect(250)
+        .send("DATA")
+        .expect(354)
+        .raw(
+            format!("Subject: {subject}\r\nX-Title: a\u{1b}]0;pwned\u{7}b\r\n\r\nbody\r\n.\r\n")
+                .as_bytes(),
+        )
+        .expect_text(250, "queued as")
+        .send("QUIT")
+        .expect(221);
+    let entry = wait_deferred(&server);
+    let id = entry["id"].as_str().expect("id").to_string();
+    let raw = |text: &str| text.contains(['\u{1b}', '\u{7}', '\u{202e}']);
+
+    let table = support::queue_cmd(&server, &["list"]);
+    assert!(!raw(&table), "raw control characters in:\n{table}");
+    assert!(table.contains(r"not \x1b[31mtoday"), "{table}");
+    let show = support::queue_cmd(&server, &["show", &id]);
+    assert!(!raw(&show), "raw control characters in:\n{show}");
+    assert!(
+        show.contains(r"Subject: \x1b[2J\x1b[Hqueue is empty"),
+        "{show}"
+    );
+    assert!(show.contains(r"X-Title: a\x1b]0;pwned\x07b"), "{show}");
+    assert!(show.contains(r"\u{202e}DESOLC"), "{show}");
+
+    // JSON escapes control characters (`\u001b`); U+202E is ordinary text to it.
+    let json = support::queue_cmd(&server, &["show", &id, "--json"]);
+    assert!(
+        !json.contains(['\u{1b}', '\u{7}']),
+        "raw control characters in:\n{json}"
+    );
+    let detail: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    let subject_field = detail["headers"]
+        .as_array()
+        .and_then(|h| h.iter().find(|h| h["name"] == "Subject"))
+        .expect("Subject");
+    assert_eq!(
+        subject_field["value"], subject,
+        "JSON keeps the text exactly"
+    );
+    assert!(!raw(&server.log()), "raw control characters in the log");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Finding 6: queued mail was world-readable
+// ---------------------------------------------------------------------------------------------
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
+        Ok(meta) => meta.permissions().mode() & 0o777,
+        Err(err) => panic!("{}: {err}", path.display()),
+    }
+}
+
+/// `queue/` and `msg/` were 0755 and message files 0644: every local user could read every
+/// queued message. Directories are 0700 and files 0600 now, also for state written by the
+/// `relayward queue` CLI; the TLS key stays 0600 and Maildirs 0700.
+#[test]
+fn queued_mail_keys_and_maildirs_are_private() {
+    let (sink, _) = support::rejecting_sink("127.0.0.1", "451 4.3.0 later");
+    let server = TestServer::start(&standard_config(&format!(
+        "[[route]]\ndomain = \"corp.example.net\"\nto = \"smtp://{sink}\"\n"
+    )));
+    let mut smtp = server.smtp("mx");
+    smtp.send("EHLO attacker.outside.test").expect(250);
+    for rcpt in ["<stuck@corp.example.net>", "<alice@example.test>"] {
+        smtp.send("MAIL FROM:<someone@other.test>")
+            .expect(250)
+            .send(&format!("RCPT TO:{rcpt}"))
+            .expect(250)
+            .send("DATA")
+            .expect(354)
+            .raw(b"Subject: private\r\n\r\nfor your eyes only\r\n.\r\n")
+            .expect_text(250, "queued as");
+    }
+    smtp.send("QUIT").expect(221);
+    let id = wait_deferred(&server)["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    support::queue_cmd(&server, &["hold", &id]);
+    let mail = server.wait_for_mail("example.test", "alice", 1);
+    assert!(mail[0].contains("for your eyes only"));
+
+    let data = server.data_dir();
+    let queue = data.join("queue");
+    for dir in [
+        data.clone(),
+        queue.clone(),
+        queue.join("msg"),
+        queue.join("tmp"),
+        queue.join("corrupt"),
+        data.join("tls"),
+        data.join("mail"),
+        data.join("mail")
+            .join("example.test")
+            .join("alice")
+            .join("new"),
+    ] {
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    }
+    let mut files = vec![queue.join("lock"), data.join("tls").join("key.pem")];
+    files.extend(server.maildir_new("example.test", "alice"));
+    for entry in std::fs::read_dir(queue.join("msg")).expect("msg/") {
+        files.push(entry.expect("entry").path());
+    }
+    assert!(
+        files
+            .iter()
+            .any(|f| f.extension().is_some_and(|e| e == "json")),
+        "no state file written: {files:?}"
+    );
+    for file in &files {
+        assert_eq!(mode(file), 0o600, "{}", file.display());
+    }
+}

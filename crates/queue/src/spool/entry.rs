@@ -8,6 +8,8 @@
 
 use std::io::{self, BufRead, BufReader, Read};
 
+use relayward_protocol::text::Escaped;
+
 use crate::{
     MessageId, NewMessage, QueueError, QueuedMessage, RecipientState, RecipientStatus,
     RecipientUpdate,
@@ -128,7 +130,7 @@ pub(super) fn apply_updates(state: &mut QueuedMessage, updates: Vec<RecipientUpd
             recipient.attempts = recipient.attempts.saturating_add(1);
         }
         if !matched {
-            tracing::warn!(id = %state.id, address = %update.address, "update for unknown recipient");
+            tracing::warn!(id = %state.id, address = %Escaped(&update.address), "update for unknown recipient");
         }
     }
     if state.recipients.iter().all(|r| r.status.is_final()) {

@@ -5,6 +5,8 @@ use std::fs::{self, File};
 use std::io;
 use std::path::Path;
 
+use relayward_protocol::text::Escaped;
+
 use super::entry::{parse_state, read_header};
 use super::{CONTENT_EXT, Layout, RecoveryReport, STATE_EXT};
 use crate::MessageId;
@@ -118,7 +120,7 @@ fn quarantine(layout: &Layout, name: &str, reason: &str, report: &mut RecoveryRe
             .corrupt
             .join(format!("{name}.{:016x}", rand::random::<u64>()));
     }
-    tracing::warn!(file = %from.display(), reason, "quarantining corrupt queue entry");
+    tracing::warn!(file = %from.display(), reason = %Escaped(reason), "quarantining corrupt queue entry");
     match fs::rename(&from, &to) {
         Ok(()) => report.quarantined.push(name.to_owned()),
         Err(err) => tracing::warn!(file = %from.display(), error = %err, "cannot quarantine"),

@@ -607,17 +607,53 @@ impl Smtp {
 
 // ---- Shared by the red-team tests: the queue from outside, configurations, internal servers ----
 
+/// Runs `relayward queue --config <server's file> ARGS…` (bounded); returns stdout.
+#[track_caller]
+pub fn queue_cmd(server: &TestServer, args: &[&str]) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (out_path, err_path) = (dir.path().join("out"), dir.path().join("err"));
+    let mut child = Command::new(binary())
+        .arg("queue")
+        .arg("--config")
+        .arg(&server.config_path)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).expect("out"))
+        .stderr(std::fs::File::create(&err_path).expect("err"))
+        .spawn()
+        .expect("run relayward queue");
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("relayward queue {args:?} did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    assert!(
+        status.success(),
+        "relayward queue {args:?} failed ({status}):\n{stdout}\n{stderr}"
+    );
+    stdout
+}
+
+#[track_caller]
+pub fn queue_json(server: &TestServer, args: &[&str]) -> serde_json::Value {
+    let mut args = args.to_vec();
+    args.push("--json");
+    let out = queue_cmd(server, &args);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("queue {args:?}: not JSON ({e}):\n{out}"))
+}
+
 /// `relayward queue list --json`, as text.
 pub fn queue_list(server: &TestServer) -> String {
-    let (code, output) = run_with_timeout(
-        Command::new(binary())
-            .args(["queue", "--config"])
-            .arg(&server.config_path)
-            .args(["list", "--json"]),
-        WAIT,
-    );
-    assert_eq!(code, Some(0), "queue list failed: {output}");
-    output
+    queue_cmd(server, &["list", "--json"])
 }
 
 /// Waits (bounded) until the queue is empty; fails with the queue and the log otherwise.

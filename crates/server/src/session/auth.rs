@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use relayward_protocol::line::LineEvent;
 use relayward_protocol::reply::Reply;
+use relayward_protocol::text::Escaped;
 
 use super::{Input, Session, Step, Stream};
 use crate::auth::{
@@ -66,7 +67,7 @@ impl<S: Stream> Session<S> {
                     Some(&credentials.login),
                     Instant::now(),
                 );
-                tracing::warn!(client = %self.client_ip, login = %credentials.login, "authentication failed");
+                tracing::warn!(client = %self.client_ip, login = %Escaped(&credentials.login), "authentication failed");
                 // The delay slows guessing; it is bounded by the limiter.
                 tokio::time::sleep(delay).await;
                 Ok(self.client_error(bad_credentials_reply()))

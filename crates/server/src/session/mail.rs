@@ -5,6 +5,7 @@ use std::time::Instant;
 use relayward_protocol::command::Param;
 use relayward_protocol::path::ReversePath;
 use relayward_protocol::reply::Reply;
+use relayward_protocol::text::Escaped;
 
 use super::{Flow, Session, Stream, Transaction};
 
@@ -41,7 +42,7 @@ impl<S: Stream> Session<S> {
                 relayward_protocol::resolve::resolve_mailbox(mailbox).address()
             }
         };
-        tracing::debug!(client = %self.client_ip, sender = wire, "MAIL accepted");
+        tracing::debug!(client = %self.client_ip, sender = %Escaped(wire), "MAIL accepted");
         self.txn = Some(Transaction {
             sender,
             recipients: Vec::new(),

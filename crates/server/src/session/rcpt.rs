@@ -4,6 +4,7 @@
 use relayward_protocol::path::ForwardPath;
 use relayward_protocol::reply::Reply;
 use relayward_protocol::resolve::resolve;
+use relayward_protocol::text::Escaped;
 
 use super::mail::Budget;
 use super::{Flow, Session, Stream};
@@ -35,8 +36,13 @@ impl<S: Stream> Session<S> {
                 self.reply(Reply::enh(250, (2, 1, 5), "Ok"))
             }
             Err(refusal) => {
-                tracing::info!(client = %self.client_ip, rcpt = wire, "recipient refused: {}", refusal.reply());
                 let reply = refusal.reply();
+                tracing::info!(
+                    client = %self.client_ip,
+                    rcpt = %Escaped(wire),
+                    reply = %Escaped(&reply.to_string()),
+                    "recipient refused"
+                );
                 self.client_error(reply)
             }
         }

@@ -2,6 +2,7 @@
 //! learned before the handshake is forgotten after it.
 
 use relayward_protocol::reply::Reply;
+use relayward_protocol::text::Escaped;
 
 use super::{Ending, Flow, Session, Step, Stream};
 
@@ -37,7 +38,7 @@ impl<S: Stream> Session<S> {
                 Ok(Flow::Continue)
             }
             Ok(Err(e)) => {
-                tracing::info!(client = %self.client_ip, "TLS handshake failed: {e}");
+                tracing::info!(client = %self.client_ip, error = %Escaped(&e.to_string()), "TLS handshake failed");
                 Ok(Flow::Close(Ending::Protocol("TLS handshake failed")))
             }
             Err(_) => Ok(Flow::Close(Ending::Timeout)),
