@@ -22,6 +22,7 @@ use crate::report::TargetReport;
 use crate::resume::{self, ResumeState};
 use crate::scan;
 use crate::target::{self, TargetInput};
+use crate::zone;
 
 /// Default external sender domain: reserved (RFC 2606), resolvable, never a real mailbox.
 pub const DEFAULT_FROM_DOMAIN: &str = "example.org";
@@ -102,6 +103,9 @@ pub struct ProbeArgs {
     /// At most this many new connections per second per /24 (IPv4) or /64 (IPv6).
     #[arg(long, value_name = "PER_SECOND")]
     pub rate_per_net: Option<f64>,
+    /// Write the CONFIRMED-OPEN addresses as an rbldnsd ip4set zone, one entry per address with a TXT reason (proven test ids, time, delivering address).
+    #[arg(long, value_name = "FILE")]
+    pub zone_out: Option<PathBuf>,
     /// State file of a resumable scan: finished targets are recorded as they finish; started again with the same arguments, the scan prints them again and probes only the rest.
     #[arg(long, value_name = "FILE")]
     pub resume: Option<PathBuf>,
@@ -180,6 +184,18 @@ pub async fn run(args: ProbeArgs) -> i32 {
     }
     previous.append(&mut summary.reports);
     printer.finish(&previous, summary.interrupted, total);
+    if let Some(path) = &args.zone_out {
+        match zone::write_zone(path, &previous) {
+            Ok(n) => eprintln!(
+                "relayward probe: {n} proven open relay(s) written to {}",
+                path.display()
+            ),
+            Err(e) => {
+                eprintln!("relayward probe: cannot write {}: {e}", path.display());
+                return 2;
+            }
+        }
+    }
     scan::exit_code(&previous)
 }
 

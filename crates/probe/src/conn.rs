@@ -17,6 +17,8 @@ use crate::transcript::Transcript;
 
 /// Longest reply line we read. RFC 5321 allows 512; real servers exceed it a little.
 pub const MAX_LINE: usize = 4096;
+/// Longest reply (all its lines) we read. A long EHLO reply is a few hundred bytes.
+pub const MAX_REPLY_BYTES: usize = 64 * 1024;
 
 /// Why a command got no usable reply. Any of these ends the connection.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +33,24 @@ pub enum ConnError {
     LineTooLong,
     #[error("malformed reply: {0}")]
     Malformed(String),
+    #[error("reply longer than {MAX_REPLY_BYTES} bytes")]
+    ReplyTooLong,
+    #[error(
+        "the server sent more than {} bytes of replies to this probe",
+        crate::transcript::MAX_TARGET_REPLY_BYTES
+    )]
+    Flood,
+}
+
+impl ConnError {
+    /// The server sends more than a probe reads: not a network problem, a hostile or broken
+    /// server (INCONCLUSIVE, not UNREACHABLE).
+    pub fn is_excess(&self) -> bool {
+        matches!(
+            self,
+            ConnError::ReplyTooLong | ConnError::Flood | ConnError::LineTooLong
+        )
+    }
 }
 
 pub use relayward_tls::ClientStream as Stream;
@@ -110,9 +130,17 @@ impl Conn {
     pub async fn read_reply(&mut self, log: &mut Transcript) -> Result<Reply, ConnError> {
         let deadline = self.deadline;
         let mut parser = ReplyParser::new();
+        let mut bytes = 0usize;
         loop {
+            if log.flooded() {
+                return Err(ConnError::Flood);
+            }
             let line = self.read_line(deadline).await?;
+            bytes += line.len() + 2;
             log.server(&line);
+            if bytes > MAX_REPLY_BYTES {
+                return Err(ConnError::ReplyTooLong);
+            }
             match parser.feed(&line) {
                 Ok(Some(reply)) => return Ok(reply),
                 Ok(None) => continue,

@@ -11,7 +11,8 @@
 //! - [`conn`], [`session`], [`tls`]: the bounded client dialogue.
 //! - [`special`]: the session-level tricks (XCLIENT, PROXY, failed AUTH, pipelining, mixed
 //!   recipients) beside the MAIL/RCPT battery.
-//! - [`exclude`], [`resume`]: scanning at scale (`--exclude-file`, `--resume`).
+//! - [`exclude`], [`resume`]: scanning at scale (`--exclude-file`, `--resume`); [`zone`]: the
+//!   proven relays as an rbldnsd zone (`--zone-out`).
 //! - [`confirm`]: the proof-of-relay listener; [`dnsbl`]: blocklist lookups; [`mx`]: the MX
 //!   hosts of a mail domain as targets.
 
@@ -33,6 +34,7 @@ pub mod target;
 pub mod tls;
 pub mod transcript;
 pub mod verdict;
+pub mod zone;
 
 pub use cli::{ProbeArgs, run};
 pub use config::{ProbeConfig, Target, TlsMode};

@@ -1,6 +1,13 @@
 //! Rendering reports: the summary table, the findings line, the classic `-v` transcript, JSON.
+//!
+//! Reasons, banners, certificate subjects and TLS errors carry text the server chose; in the
+//! table and the `-v` block it goes through [`escape_control`], so a hostile server cannot
+//! move the cursor and redraw its own OPEN row as CLOSED. JSON needs nothing more: its encoder
+//! escapes control characters itself.
 
 use std::fmt::Write as _;
+
+use relayward_protocol::text::escape_control;
 
 use crate::report::{Outcome, TargetReport, Verdict};
 
@@ -29,10 +36,10 @@ pub fn table_row(r: &TargetReport) -> String {
     };
     let mut row = format!(
         "{:<TARGET_WIDTH$} {:<VERDICT_WIDTH$} {:>7}  {}",
-        r.target,
+        escape_control(&r.target),
         r.verdict.as_str(),
         accepted,
-        r.reason
+        escape_control(&r.reason)
     );
     let findings = findings_line(r);
     if !findings.is_empty() {
@@ -42,8 +49,13 @@ pub fn table_row(r: &TargetReport) -> String {
 }
 
 /// The extra findings in one line, e.g.
-/// `STARTTLS: TLSv1_3, cert "CN=mx" expires … | AUTH before TLS: PLAIN | VRFY answers`.
+/// `STARTTLS: TLSv1_3, cert "CN=mx" expires … | AUTH before TLS: PLAIN | VRFY answers`,
+/// control characters escaped.
 pub fn findings_line(r: &TargetReport) -> String {
+    escape_control(&raw_findings_line(r)).into_owned()
+}
+
+fn raw_findings_line(r: &TargetReport) -> String {
     let f = &r.findings;
     let mx = r.mx.as_ref().map(|m| {
         if m.implicit {
@@ -106,13 +118,13 @@ pub fn findings_line(r: &TargetReport) -> String {
 
 /// The `-v` block: the dialogue, then the classic closing lines.
 pub fn transcript_block(r: &TargetReport) -> String {
-    let mut out = format!("=== {} ===\n", r.target);
+    let mut out = format!("=== {} ===\n", escape_control(&r.target));
     for line in r.transcript.iter().flatten() {
         out.push_str(line);
         out.push('\n');
     }
     if let Some(banner) = &r.findings.banner {
-        let _ = writeln!(out, "Tested host banner: {banner}");
+        let _ = writeln!(out, "Tested host banner: {}", escape_control(banner));
     }
     let closing = match r.verdict {
         Verdict::Closed | Verdict::AuthRequired => "System appeared to reject relay attempts",
@@ -124,7 +136,12 @@ pub fn transcript_block(r: &TargetReport) -> String {
         Verdict::Unreachable | Verdict::Inconclusive => "System could not be tested",
     };
     let _ = writeln!(out, "{closing}");
-    let _ = writeln!(out, "Verdict: {} - {}", r.verdict.as_str(), r.reason);
+    let _ = writeln!(
+        out,
+        "Verdict: {} - {}",
+        r.verdict.as_str(),
+        escape_control(&r.reason)
+    );
     out
 }
 

@@ -21,7 +21,7 @@ use crate::report::{
 };
 use crate::session::{self, Greeting, OpenError};
 use crate::special::{self, Run, SpecialTrick};
-use crate::transcript::Transcript;
+use crate::transcript::{MAX_TARGET_REPLY_BYTES, Transcript};
 use crate::verdict::{self, AcceptAll};
 
 /// Consecutive failed (re)connects after which the rest of the battery is abandoned.
@@ -41,6 +41,7 @@ pub async fn probe_target(target: Target, cfg: Arc<ProbeConfig>) -> TargetReport
         report.findings.dnsbl = task.await.unwrap_or_default();
     }
     report.duration_ms = started.elapsed().as_millis() as u64;
+    report.finished_unix = unix_now();
     report
 }
 
@@ -178,12 +179,20 @@ impl<'a> Runner<'a> {
 
     fn report(
         &mut self,
-        verdict: Verdict,
-        reason: String,
+        mut verdict: Verdict,
+        mut reason: String,
         tests: Vec<TestResult>,
         calibration: Vec<(CalibrationKind, TestResult)>,
         confirm: Vec<ConfirmResult>,
     ) -> TargetReport {
+        if self.log.flooded() {
+            // Whatever it answered before proves nothing; the tests after it were skipped.
+            verdict = Verdict::Inconclusive;
+            reason = format!(
+                "the server sent more than {} KiB of replies (hostile or broken); the probe stopped reading it",
+                MAX_TARGET_REPLY_BYTES / 1024
+            );
+        }
         self.findings.reconnects = self
             .connections
             .saturating_sub(1)
@@ -211,6 +220,7 @@ impl<'a> Runner<'a> {
             findings: std::mem::take(&mut self.findings),
             mx: self.target.mx.clone(),
             duration_ms: 0,
+            finished_unix: 0,
             transcript: self.cfg.keep_transcript.then(|| log.into_lines()),
         }
     }
@@ -227,6 +237,10 @@ impl<'a> Runner<'a> {
                 format!("session refused for now: {}", ReplyInfo::from(r)),
             ),
             OpenError::TlsRequired | OpenError::Tls(_) => (Verdict::Inconclusive, e.to_string()),
+            OpenError::Conn(c) if c.is_excess() => (
+                Verdict::Inconclusive,
+                format!("the server's replies exceed the probe's limits: {c}"),
+            ),
             _ => (Verdict::Unreachable, e.to_string()),
         };
         self.report(verdict, reason, Vec::new(), Vec::new(), Vec::new())
@@ -366,6 +380,9 @@ impl<'a> Runner<'a> {
             if Instant::now() >= self.host_deadline {
                 return skipped(r.id, kind, description, "host timeout reached");
             }
+            if self.log.flooded() {
+                return skipped(r.id, kind, description, "the server sent too much");
+            }
             if self.open_failures >= MAX_OPEN_FAILURES {
                 return skipped(
                     r.id,
@@ -494,6 +511,9 @@ impl<'a> Runner<'a> {
         loop {
             if Instant::now() >= self.host_deadline {
                 return Run::skipped("host timeout reached").into_result(trick, attempts);
+            }
+            if self.log.flooded() {
+                return Run::skipped("the server sent too much").into_result(trick, attempts);
             }
             if self.open_failures >= MAX_OPEN_FAILURES {
                 return Run::skipped("server unreachable after repeated reconnects")
@@ -969,6 +989,14 @@ fn not_sendable(id: &str) -> ConfirmResult {
         delivered_by: None,
         received: Vec::new(),
     }
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// A session-level trick not run, with the reason.

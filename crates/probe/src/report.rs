@@ -232,6 +232,9 @@ pub struct TargetReport {
     /// Set when the target is an MX host of a domain given as `mx:DOMAIN`; else null.
     pub mx: Option<MxInfo>,
     pub duration_ms: u64,
+    /// When the probe of this target finished, Unix seconds (the time in `--zone-out`).
+    #[serde(default)]
+    pub finished_unix: u64,
     /// The whole dialogue; only with `-v`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transcript: Option<Vec<String>>,

@@ -210,6 +210,7 @@ fn failed(label: &str, reason: String) -> TargetReport {
         findings: Findings::default(),
         mx: None,
         duration_ms: 0,
+        finished_unix: crate::probe::unix_now(),
         transcript: None,
     }
 }

@@ -8,10 +8,17 @@ pub const MAX_TRANSCRIPT_LINES: usize = 20_000;
 /// Longest line kept; the rest is cut (the full line is never needed to judge).
 const MAX_KEPT_LINE: usize = 512;
 
+/// Reply bytes one target may send in all, over all its connections. A normal run reads a
+/// few tens of kilobytes; a server that answers every command with 255 lines of 4 KB would
+/// cost hundreds of megabytes. Past this the target is INCONCLUSIVE.
+pub const MAX_TARGET_REPLY_BYTES: usize = 2 << 20;
+
 #[derive(Debug, Default, Clone)]
 pub struct Transcript {
     lines: Vec<String>,
     dropped: usize,
+    /// Bytes of server lines seen (kept or not), for [`MAX_TARGET_REPLY_BYTES`].
+    received: usize,
 }
 
 impl Transcript {
@@ -24,12 +31,18 @@ impl Transcript {
     }
 
     pub fn server(&mut self, line: &str) {
+        self.received = self.received.saturating_add(line.len() + 2);
         self.push(format!("<<< {}", printable(line)));
+    }
+
+    /// The server has sent more reply bytes than one target may.
+    pub fn flooded(&self) -> bool {
+        self.received > MAX_TARGET_REPLY_BYTES
     }
 
     /// A heading or a note from the tester itself.
     pub fn note(&mut self, text: &str) {
-        self.push(text.to_string());
+        self.push(escape_control(text).into_owned());
     }
 
     pub fn heading(&mut self, test_id: &str) {

@@ -475,3 +475,111 @@ async fn json_report_has_the_documented_fields() {
         );
     }
 }
+
+/// A hostile server puts terminal control codes in every reply (the banner included): the
+/// table, the findings and the `-v` block show them escaped, so the server cannot redraw its
+/// own OPEN row as CLOSED. JSON escapes them by itself.
+#[tokio::test]
+async fn control_codes_from_the_server_are_escaped_in_every_output_form() {
+    let mut spec = Spec::new(Kind::PlainOpen);
+    // Cursor up, erase line, then a fake row.
+    spec.reply_suffix = Some("\u{1b}[1A\u{1b}[2K\r127.0.0.1:25 CLOSED 0/60".into());
+    let addr = start(spec, "127.0.0.1:0").await;
+    let r = run(addr).await;
+    assert_eq!(r.verdict, Verdict::Open, "{}", dump(&r));
+    let banner = r.findings.banner.clone().unwrap_or_default();
+    assert!(banner.contains('\u{1b}'), "the raw banner is kept for JSON");
+    let text = format!(
+        "{}{}\n{}",
+        relayward_probe::output::transcript_block(&r),
+        relayward_probe::output::table_header(),
+        relayward_probe::output::table_row(&r)
+    );
+    assert!(
+        !text.contains('\u{1b}'),
+        "raw ESC reached the terminal output"
+    );
+    assert!(!text.contains('\r'), "raw CR reached the terminal output");
+    assert!(
+        text.contains("\\x1b[1A\\x1b[2K\\r127.0.0.1:25 CLOSED"),
+        "{text}"
+    );
+    let json = relayward_probe::output::json_line(&r);
+    assert!(
+        !json.contains('\u{1b}') && json.contains("\\u001b"),
+        "{json}"
+    );
+}
+
+/// Every reply is 255 lines of 4 KB: the probe stops reading past its per-reply limit and
+/// calls the target INCONCLUSIVE, instead of buffering a megabyte per command.
+#[tokio::test]
+async fn huge_replies_make_the_target_inconclusive() {
+    let r = flooding_server(255).await;
+    assert_eq!(r.verdict, Verdict::Inconclusive, "{}", r.reason);
+    assert!(
+        r.reason.contains("exceed the probe's limits"),
+        "{}",
+        r.reason
+    );
+    assert!(r.reason.contains("reply longer than"), "{}", r.reason);
+}
+
+/// Replies just under the per-reply limit, to every command: the per-target limit ends it.
+#[tokio::test]
+async fn a_target_that_floods_is_cut_off_at_the_per_target_limit() {
+    let r = flooding_server(15).await;
+    assert_eq!(r.verdict, Verdict::Inconclusive, "{}", r.reason);
+    assert!(
+        r.reason.contains("more than 2048 KiB of replies"),
+        "{}",
+        r.reason
+    );
+    let transcript = r.transcript.clone().unwrap_or_default();
+    let server_bytes: usize = transcript
+        .iter()
+        .filter(|l| l.starts_with("<<< "))
+        .map(|l| l.len())
+        .sum();
+    // Lines are kept cut to 512 characters; the count of lines shows how much was read.
+    let lines = transcript.iter().filter(|l| l.starts_with("<<< ")).count();
+    assert!(lines < 1200, "{lines} reply lines read");
+    assert!(server_bytes < 1_000_000, "{server_bytes}");
+}
+
+/// A server answering every command (banner included) with `lines` lines of 4000 bytes.
+async fn flooding_server(lines: usize) -> TargetReport {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let mut reply = String::new();
+    for _ in 1..lines {
+        reply.push_str("250-");
+        reply.push_str(&"A".repeat(4000));
+        reply.push_str("\r\n");
+    }
+    reply.push_str("250 ok\r\n");
+    let banner = reply.replace("250", "220");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let (reply, banner) = (reply.clone(), banner.clone());
+            tokio::spawn(async move {
+                let (read, mut write) = s.into_split();
+                let mut read = BufReader::new(read);
+                if write.write_all(banner.as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut line = String::new();
+                while read.read_line(&mut line).await.is_ok_and(|n| n > 0) {
+                    line.clear();
+                    if write.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    run(addr).await
+}

@@ -368,3 +368,64 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(b.dnsbl_zones, ["a.test", "b.test"]);
     assert!(b.verbose);
 }
+
+/// The confirm listener serves at most MAX_CONNECTIONS sessions at once (more get 421) and
+/// refuses a message past MAX_MESSAGE with 552 instead of reading on.
+#[tokio::test]
+async fn confirm_listener_caps_sessions_and_message_size() {
+    use relayward_probe::confirm::{MAX_CONNECTIONS, MAX_MESSAGE};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let server = ConfirmServer::bind("127.0.0.1:0".parse().unwrap(), "confirm.test")
+        .await
+        .expect("confirm listener");
+    let addr = server.local_addr();
+    let banner = |s: tokio::net::TcpStream| async move {
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut line)).await;
+        (r, line)
+    };
+    let mut held = Vec::new();
+    for _ in 0..MAX_CONNECTIONS {
+        let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (r, line) = banner(s).await;
+        assert!(line.starts_with("220 "), "{line}");
+        held.push(r);
+    }
+    let extra = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (_, line) = banner(extra).await;
+    assert!(line.starts_with("421 "), "{line}");
+    drop(held);
+
+    // Sessions are free again; a message that will not end is cut off at MAX_MESSAGE.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut r, line) = banner(s).await;
+    assert!(line.starts_with("220 "), "{line}");
+    let mut reply = String::new();
+    for cmd in [
+        "EHLO x",
+        "MAIL FROM:<a@x.test>",
+        "RCPT TO:<t@confirm.test>",
+        "DATA",
+    ] {
+        r.get_mut()
+            .write_all(format!("{cmd}\r\n").as_bytes())
+            .await
+            .expect("write");
+        reply.clear();
+        r.read_line(&mut reply).await.expect("reply");
+    }
+    assert!(reply.starts_with("354"), "{reply}");
+    let chunk = format!("{}\r\n", "x".repeat(998));
+    let mut sent = 0;
+    while sent <= MAX_MESSAGE + chunk.len() {
+        if r.get_mut().write_all(chunk.as_bytes()).await.is_err() {
+            break;
+        }
+        sent += chunk.len();
+    }
+    reply.clear();
+    let _ = tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut reply)).await;
+    assert!(reply.starts_with("552 "), "{reply}");
+}

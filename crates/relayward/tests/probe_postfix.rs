@@ -9,7 +9,8 @@
 //!   not in —
 //!
 //! relaying everything that is not local to `relayhost`, the probe's own confirm listener.
-//! The instance is stopped when the test ends, pass or fail (a Drop guard).
+//! The instance is stopped when the test ends, pass or fail (a Drop guard). The second test
+//! publishes the proven relay with `--zone-out` and serves the zone with the real `rbldnsd`.
 
 mod support;
 
@@ -89,9 +90,8 @@ impl Postfix {
             String::from_utf8_lossy(&start.stderr),
             pf.maillog()
         );
-        for port in [pf.open_port, pf.closed_port] {
-            wait_listening(port, &pf);
-        }
+        wait_listening("127.0.0.1", pf.open_port, &pf);
+        wait_listening("127.0.0.2", pf.closed_port, &pf);
         pf
     }
 
@@ -148,10 +148,10 @@ fn alive(pid: i32) -> bool {
     }
 }
 
-fn wait_listening(port: u16, pf: &Postfix) {
+fn wait_listening(ip: &str, port: u16, pf: &Postfix) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        if std::net::TcpStream::connect((ip, port)).is_ok() {
             return;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -198,7 +198,7 @@ fn master_cf(open_port: u16, closed_port: u16) -> String {
     format!(
         "# service type private unpriv chroot wakeup maxproc command
 127.0.0.1:{open_port} inet n - n - - smtpd -o mynetworks=0.0.0.0/0
-127.0.0.1:{closed_port} inet n - n - - smtpd
+127.0.0.2:{closed_port} inet n - n - - smtpd
 pickup    unix  n - n 60   1 pickup
 cleanup   unix  n - n -    0 cleanup
 qmgr      unix  n - n 300  1 qmgr
@@ -273,7 +273,7 @@ fn real_postfix_open_relay_is_open_confirmed_open_and_closed_when_closed() {
     let confirm_port = free_port();
     let pf = Postfix::start(confirm_port);
     let open = format!("127.0.0.1:{}", pf.open_port);
-    let closed = format!("127.0.0.1:{}", pf.closed_port);
+    let closed = format!("127.0.0.2:{}", pf.closed_port);
 
     // Without --confirm: OPEN, though Postfix takes x@<random>.invalid (it does not look
     // recipient domains up), because it refuses invented local users.
@@ -333,4 +333,134 @@ fn real_postfix_open_relay_is_open_confirmed_open_and_closed_when_closed() {
         "refused-temporary",
         "defer_unauth_destination answers 454: {out}"
     );
+}
+
+const RBLDNSD: &str = "/usr/sbin/rbldnsd";
+const DIG: &str = "/usr/bin/dig";
+
+/// A running rbldnsd; killed on drop.
+struct Rbldnsd {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Rbldnsd {
+    /// Serves `zone` (an ip4set file in `dir`) as `relays.test` on a random loopback port.
+    fn start(dir: &Path, zone_file: &str) -> Rbldnsd {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .map(|a| a.port())
+            .expect("free udp port");
+        let child = Command::new(RBLDNSD)
+            .arg("-n")
+            .arg("-b")
+            .arg(format!("127.0.0.1/{port}"))
+            .arg("-w")
+            .arg(dir)
+            .arg(format!("relays.test:ip4set:{zone_file}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start rbldnsd");
+        Rbldnsd { child, port }
+    }
+
+    /// `dig +short` for `name`/`rtype` through this server.
+    fn dig(&self, name: &str, rtype: &str) -> String {
+        let out = Command::new(DIG)
+            .args(["+short", "+time=1", "+tries=1", "-p"])
+            .arg(self.port.to_string())
+            .arg("@127.0.0.1")
+            .args([name, rtype])
+            .output()
+            .expect("dig");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for Rbldnsd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn zone_out_lists_the_proven_relay_and_rbldnsd_serves_it() {
+    let missing: Vec<&str> = [POSTFIX, RBLDNSD, DIG]
+        .into_iter()
+        .filter(|p| !Path::new(p).exists())
+        .collect();
+    if !missing.is_empty() || !is_root() {
+        eprintln!(
+            "SKIPPED: needs root and {missing:?} (scripts/test installs postfix, rbldnsd, dnsutils)"
+        );
+        return;
+    }
+    let confirm_port = free_port();
+    let pf = Postfix::start(confirm_port);
+    let open = format!("127.0.0.1:{}", pf.open_port);
+    let closed = format!("127.0.0.2:{}", pf.closed_port);
+    let dir = tempfile::tempdir().expect("tempdir");
+    // rbldnsd drops to its own user; it must be able to read the zone.
+    set_mode(dir.path(), 0o755);
+    let zone = dir.path().join("relays.zone");
+    let listen = format!("127.0.0.1:{confirm_port}");
+    let zone_arg = zone.display().to_string();
+    let mut cmd = Command::new(binary());
+    cmd.args([
+        "probe",
+        "--confirm",
+        "--confirm-listen",
+        &listen,
+        "--confirm-domain",
+        "confirm.test",
+        "--confirm-wait",
+        "60s",
+        "--test-timeout",
+        "10s",
+        "--zone-out",
+        &zone_arg,
+        &open,
+        &closed,
+    ]);
+    let (code, out) = run_with_timeout(&mut cmd, Duration::from_secs(240));
+    assert_eq!(code, Some(1), "{out}\n{}", pf.maillog());
+    assert!(out.contains("CONFIRMED-OPEN"), "{out}");
+    assert!(out.contains("1 proven open relay(s) written to"), "{out}");
+    let text = std::fs::read_to_string(&zone).expect("zone file");
+    let entries: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with(['#', ':']))
+        .collect();
+    assert_eq!(entries.len(), 1, "{text}");
+    assert!(
+        entries[0].starts_with("127.0.0.1 :127.0.0.2:open relay: tests plain-external"),
+        "{text}"
+    );
+    assert!(
+        entries[0].contains("token delivered by 127.0.0.1"),
+        "{text}"
+    );
+
+    let dns = Rbldnsd::start(dir.path(), "relays.zone");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut listed = String::new();
+    while Instant::now() < deadline {
+        listed = dns.dig("1.0.0.127.relays.test", "A");
+        if !listed.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        listed, "127.0.0.2",
+        "rbldnsd does not list the proven relay"
+    );
+    let txt = dns.dig("1.0.0.127.relays.test", "TXT");
+    assert!(txt.contains("open relay: tests plain-external"), "{txt}");
+    assert!(txt.contains("confirmed 20"), "{txt}");
+    // The closed Postfix (127.0.0.2) is not listed.
+    assert_eq!(dns.dig("2.0.0.127.relays.test", "A"), "");
+    assert_eq!(dns.dig("2.0.0.127.relays.test", "TXT"), "");
 }

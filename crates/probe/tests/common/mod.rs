@@ -184,9 +184,10 @@ async fn session(stream: TcpStream, spec: Arc<Spec>, addr: SocketAddr) -> std::i
             trusted = words.len() == 6 && words[2] == TRUSTED;
         }
     }
+    let suffix = spec.reply_suffix.clone().unwrap_or_default();
     plain
         .get_mut()
-        .write_all(format!("220 {HOST} ESMTP scripted\r\n").as_bytes())
+        .write_all(format!("220 {HOST} ESMTP scripted{suffix}\r\n").as_bytes())
         .await?;
     let literal = format!("[{}]", addr.ip());
     if dialogue(&mut plain, &spec, &literal, false, &mut trusted).await? {
