@@ -1,5 +1,5 @@
-//! A stand-alone `probe` for trying the tester before it is wired into the `relayward`
-//! binary: `cargo run -p relayward-probe --example probe -- [OPTIONS] TARGET...`.
+//! The tester without the rest of relayward: `cargo run -p relayward-probe --example probe --
+//! [OPTIONS] TARGET...` runs the same code as `relayward probe`.
 
 use clap::Parser;
 

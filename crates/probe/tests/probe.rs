@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Kind, Spec, config, start, target};
+use common::{Kind, Spec, config, dump, start, target};
 use relayward_probe::report::Outcome;
 use relayward_probe::{TargetReport, Verdict, probe_target};
 
@@ -17,22 +17,7 @@ async fn probe(kind: Kind) -> TargetReport {
 }
 
 async fn run(addr: std::net::SocketAddr) -> TargetReport {
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        probe_target(target(addr), Arc::new(config())),
-    )
-    .await
-    .expect("probe finished in time")
-}
-
-fn dump(r: &TargetReport) -> String {
-    format!(
-        "{} {}: {:?}\n{}",
-        r.verdict.as_str(),
-        r.reason,
-        r.accepted,
-        r.transcript.clone().unwrap_or_default().join("\n")
-    )
+    common::probe_addr(addr, config()).await
 }
 
 /// The trick class is detected by exactly the expected ids (all of them, nothing else).

@@ -7,23 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use common::{Kind, Spec, config, start, target};
-use relayward_probe::config::ConfirmSettings;
+use common::{Kind, Spec, config, confirm_config, start, target};
 use relayward_probe::confirm::ConfirmServer;
 use relayward_probe::dnsbl::Dnsbl;
 use relayward_probe::target::TargetInput;
 use relayward_probe::{ProbeArgs, Verdict, probe_target};
-
-async fn confirm_config(wait: Duration) -> (relayward_probe::ProbeConfig, SocketAddr) {
-    let server = ConfirmServer::bind("127.0.0.1:0".parse().unwrap(), "confirm.test")
-        .await
-        .expect("confirm listener");
-    let listen = server.local_addr();
-    let mut cfg = config();
-    cfg.to_domain = "confirm.test".into();
-    cfg.confirm = Some(ConfirmSettings { server, wait });
-    (cfg, listen)
-}
 
 #[tokio::test]
 async fn confirm_mode_proves_a_real_relay() {

@@ -4,35 +4,12 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Kind, Spec, config, start, target};
-use relayward_probe::config::ConfirmSettings;
-use relayward_probe::confirm::ConfirmServer;
+use common::{Kind, Spec, config, dump, probe_spec as run};
 use relayward_probe::report::{Outcome, TestResult};
 use relayward_probe::special;
-use relayward_probe::{ProbeConfig, TargetReport, Verdict, probe_target};
-
-async fn run(spec: Spec, cfg: ProbeConfig) -> TargetReport {
-    let addr = start(spec, "127.0.0.1:0").await;
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        probe_target(target(addr), Arc::new(cfg)),
-    )
-    .await
-    .expect("probe finished in time")
-}
-
-fn dump(r: &TargetReport) -> String {
-    format!(
-        "{} {}: {:?}\n{}",
-        r.verdict.as_str(),
-        r.reason,
-        r.accepted,
-        r.transcript.clone().unwrap_or_default().join("\n")
-    )
-}
+use relayward_probe::{TargetReport, Verdict};
 
 fn test<'a>(r: &'a TargetReport, id: &str) -> &'a TestResult {
     r.tests
@@ -203,16 +180,7 @@ async fn confirm_mode_proves_each_session_trick() {
         (Kind::PerTransaction, special::LOCAL_THEN_EXTERNAL),
     ];
     for (kind, id) in cases {
-        let server = ConfirmServer::bind("127.0.0.1:0".parse().unwrap(), "confirm.test")
-            .await
-            .expect("confirm listener");
-        let listen = server.local_addr();
-        let mut cfg = config();
-        cfg.to_domain = "confirm.test".into();
-        cfg.confirm = Some(ConfirmSettings {
-            server,
-            wait: Duration::from_secs(10),
-        });
+        let (cfg, listen) = common::confirm_config(Duration::from_secs(10)).await;
         let mut spec = Spec::new(kind);
         spec.forward_to = Some(listen);
         let r = run(spec, cfg).await;

@@ -3,35 +3,11 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Kind, Spec, config, start, target};
-use relayward_probe::config::ConfirmSettings;
-use relayward_probe::confirm::ConfirmServer;
+use common::{Kind, Spec, config, confirm_config, dump, probe_spec as probe};
 use relayward_probe::report::Outcome;
-use relayward_probe::{ProbeConfig, TargetReport, Verdict, probe_target};
-
-async fn probe(spec: Spec, cfg: ProbeConfig) -> TargetReport {
-    let addr = start(spec, "127.0.0.1:0").await;
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        probe_target(target(addr), Arc::new(cfg)),
-    )
-    .await
-    .expect("probe finished in time")
-}
-
-fn dump(r: &TargetReport) -> String {
-    format!(
-        "{} {}: {:?}\n{}",
-        r.verdict.as_str(),
-        r.reason,
-        r.accepted,
-        r.transcript.clone().unwrap_or_default().join("\n")
-    )
-}
+use relayward_probe::{TargetReport, Verdict};
 
 fn calibration(r: &TargetReport, id: &str) -> Outcome {
     r.calibration
@@ -39,17 +15,6 @@ fn calibration(r: &TargetReport, id: &str) -> Outcome {
         .find(|c| c.id == id)
         .map(|c| c.outcome)
         .unwrap_or_else(|| panic!("no calibration {id}"))
-}
-
-async fn confirm_config(wait: Duration) -> (ProbeConfig, SocketAddr) {
-    let server = ConfirmServer::bind("127.0.0.1:0".parse().unwrap(), "confirm.test")
-        .await
-        .expect("confirm listener");
-    let listen = server.local_addr();
-    let mut cfg = config();
-    cfg.to_domain = "confirm.test".into();
-    cfg.confirm = Some(ConfirmSettings { server, wait });
-    (cfg, listen)
 }
 
 /// Row 1: nothing accepted, refusals permanent.

@@ -67,23 +67,13 @@ impl Postfix {
             master_cf(pf.open_port, pf.closed_port),
         )
         .expect("master.cf");
-        let check = Command::new(POSTFIX)
-            .arg("-c")
-            .arg(pf.etc())
-            .arg("check")
-            .output()
-            .expect("postfix check");
+        let check = pf.postfix("check").expect("postfix check");
         assert!(
             check.status.success(),
             "postfix check: {}",
             String::from_utf8_lossy(&check.stderr)
         );
-        let start = Command::new(POSTFIX)
-            .arg("-c")
-            .arg(pf.etc())
-            .arg("start")
-            .output()
-            .expect("postfix start");
+        let start = pf.postfix("start").expect("postfix start");
         assert!(
             start.status.success(),
             "postfix start: {}\n{}",
@@ -93,6 +83,15 @@ impl Postfix {
         wait_listening("127.0.0.1", pf.open_port, &pf);
         wait_listening("127.0.0.2", pf.closed_port, &pf);
         pf
+    }
+
+    /// `postfix -c DIR VERB`.
+    fn postfix(&self, verb: &str) -> std::io::Result<std::process::Output> {
+        Command::new(POSTFIX)
+            .arg("-c")
+            .arg(self.etc())
+            .arg(verb)
+            .output()
     }
 
     fn maillog(&self) -> String {
@@ -113,22 +112,14 @@ impl Drop for Postfix {
     /// outlives its test.
     fn drop(&mut self) {
         let pid = self.master_pid();
-        let _ = Command::new(POSTFIX)
-            .arg("-c")
-            .arg(self.etc())
-            .arg("stop")
-            .output();
+        let _ = self.postfix("stop");
         let Some(pid) = pid else { return };
         let deadline = Instant::now() + Duration::from_secs(10);
         while alive(pid) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
         }
         if alive(pid) {
-            let _ = Command::new(POSTFIX)
-                .arg("-c")
-                .arg(self.etc())
-                .arg("abort")
-                .output();
+            let _ = self.postfix("abort");
             // SAFETY: plain kill(2) on the pid of the master this test started.
             unsafe {
                 libc::kill(pid, libc::SIGKILL);

@@ -165,6 +165,49 @@ pub fn target(addr: SocketAddr) -> relayward_probe::Target {
     relayward_probe::Target::new(addr, None, addr.to_string())
 }
 
+/// Starts a server for `spec` on 127.0.0.1 and probes it with `cfg`, within a minute.
+pub async fn probe_spec(spec: Spec, cfg: ProbeConfig) -> relayward_probe::TargetReport {
+    let addr = start(spec, "127.0.0.1:0").await;
+    probe_addr(addr, cfg).await
+}
+
+/// Probes `addr` with `cfg`, within a minute.
+pub async fn probe_addr(addr: SocketAddr, cfg: ProbeConfig) -> relayward_probe::TargetReport {
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        relayward_probe::probe_target(target(addr), Arc::new(cfg)),
+    )
+    .await
+    .expect("probe finished in time")
+}
+
+/// Verdict, reason, accepted ids and the dialogue, for assertion messages.
+pub fn dump(r: &relayward_probe::TargetReport) -> String {
+    format!(
+        "{} {}: {:?}\n{}",
+        r.verdict.as_str(),
+        r.reason,
+        r.accepted,
+        r.transcript.clone().unwrap_or_default().join("\n")
+    )
+}
+
+/// [`config`] in confirm mode: a confirm listener for `confirm.test` on 127.0.0.1; returns
+/// the config and the listener's address (for relays that forward there).
+pub async fn confirm_config(wait: Duration) -> (ProbeConfig, SocketAddr) {
+    let server = relayward_probe::confirm::ConfirmServer::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        "confirm.test",
+    )
+    .await
+    .expect("confirm listener");
+    let listen = server.local_addr();
+    let mut cfg = config();
+    cfg.to_domain = "confirm.test".into();
+    cfg.confirm = Some(relayward_probe::config::ConfirmSettings { server, wait });
+    (cfg, listen)
+}
+
 /// The address a spoofing client claims and these servers trust (their "mynetworks").
 const TRUSTED: &str = "127.0.0.1";
 
