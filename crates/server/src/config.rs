@@ -452,11 +452,16 @@ pub struct Limits {
     /// Recipients one authenticated user may address per day (then `451 4.7.1` at RCPT).
     pub recipients_per_user_per_day: u32,
     /// Failed AUTH attempts from one client IP (IPv6: /64) within `auth_failure_window` before
-    /// that IP is banned from AUTH for `auth_ban` (`454 4.7.0`).
+    /// that IP is banned from AUTH for `auth_ban` (`454 4.7.0`). An attempt counts as failed
+    /// from the moment it is admitted until its password proves right, so parallel guesses
+    /// count. Addresses in `trusted_networks` get the growing delay but are never banned: a
+    /// ban there (after a few `relayward probe` runs, say) would lock out every user behind
+    /// them.
     pub auth_failures_per_ip: u32,
     /// Failed AUTH attempts for one login within `auth_failure_window` after which that login
-    /// is refused (`454 4.7.0`) from IPs that have failed themselves. IPs without failures are
-    /// never refused, so an attacker cannot lock the real user out from her own address.
+    /// is refused (`454 4.7.0`) from IPs that have failed it more than once themselves. One
+    /// typo is forgiven and IPs without failures are never refused, so an attacker cannot lock
+    /// the real user out from her own address.
     pub auth_failures_per_login: u32,
     /// How long failures are remembered, e.g. `"1h"`.
     #[serde(deserialize_with = "de_duration")]

@@ -1,6 +1,8 @@
 //! Password hashing and the user database.
 
-use relayward_server::auth::{UserDb, check_password_hash, hash_password};
+use std::time::Duration;
+
+use relayward_server::auth::{PasswordChecks, UserDb, check_password_hash, hash_password};
 use relayward_server::config::Config;
 
 fn config_with_user(hash: &str) -> Config {
@@ -29,18 +31,57 @@ async fn hash_then_verify() {
     assert!(hash.starts_with("$argon2id$"), "{hash}");
     check_password_hash(&hash).expect("our own hash is valid");
     let db = UserDb::from_config(&config_with_user(&hash));
+    let checks = PasswordChecks::new(1);
+    let mut slot = checks.slot(Duration::from_secs(1)).await.expect("a slot");
 
-    let login = db.verify("alice@example.test", b"correct horse").await;
+    let login = db
+        .verify("alice@example.test", b"correct horse", &mut slot)
+        .await;
     assert_eq!(
         login.map(|l| l.to_string()).as_deref(),
         Some("Alice@Example.test")
     );
-    assert_eq!(db.verify("alice@example.test", b"wrong").await, None);
     assert_eq!(
-        db.verify("mallory@example.test", b"correct horse").await,
+        db.verify("alice@example.test", b"wrong", &mut slot).await,
         None
     );
-    assert_eq!(db.verify("", b"").await, None);
+    assert_eq!(
+        db.verify("mallory@example.test", b"correct horse", &mut slot)
+            .await,
+        None
+    );
+    assert_eq!(db.verify("", b"", &mut slot).await, None);
+}
+
+/// A slot's memory is reused from check to check, and grows when a hash asks for more: hashes
+/// of other argon2 variants and costs verify all the same, in any order.
+#[tokio::test]
+async fn hashes_of_any_argon2_variant_and_cost_verify_in_one_slot() {
+    use argon2::{Algorithm, Argon2, Params, PasswordHasher, Version};
+    let hashes: Vec<String> = [
+        (Algorithm::Argon2id, 8 * 1024, 1),
+        (Algorithm::Argon2i, 32 * 1024, 2),
+        (Algorithm::Argon2d, 4 * 1024, 3),
+        (Algorithm::Argon2id, 19 * 1024, 2),
+    ]
+    .into_iter()
+    .map(|(algorithm, m_cost, t_cost)| {
+        let params = Params::new(m_cost, t_cost, 1, None).expect("params");
+        Argon2::new(algorithm, Version::V0x13, params)
+            .hash_password(b"s3cret")
+            .expect("hash")
+            .to_string()
+    })
+    .collect();
+    let checks = PasswordChecks::new(1);
+    for hash in &hashes {
+        let db = UserDb::from_config(&config_with_user(hash));
+        let mut slot = checks.slot(Duration::from_secs(1)).await.expect("a slot");
+        let ok = db.verify("alice@example.test", b"s3cret", &mut slot).await;
+        assert!(ok.is_some(), "{hash} did not verify");
+        let wrong = db.verify("alice@example.test", b"s3cret!", &mut slot).await;
+        assert!(wrong.is_none(), "{hash} verified a wrong password");
+    }
 }
 
 #[test]

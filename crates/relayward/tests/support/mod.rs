@@ -336,6 +336,38 @@ impl Smtp {
         smtp
     }
 
+    /// Connects from `source` (another loopback address, e.g. `127.0.1.7`), so that one test
+    /// can be many clients, and reads the banner.
+    pub fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> Smtp {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let tcp = runtime
+            .block_on(async {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind(SocketAddr::new(source, 0))?;
+                tokio::time::timeout(WAIT, socket.connect(addr)).await?
+            })
+            .and_then(|tcp| tcp.into_std())
+            .expect("connect");
+        tcp.set_nonblocking(false).expect("blocking");
+        tcp.set_read_timeout(Some(WAIT)).expect("timeout");
+        tcp.set_write_timeout(Some(WAIT)).expect("timeout");
+        let mut smtp = Smtp::connect_silent_over(tcp);
+        smtp.expect(220);
+        smtp
+    }
+
+    /// How long a read may wait, on this connection, before the test fails (default [`WAIT`]).
+    /// Set it before STARTTLS: the TLS stream keeps the socket's timeout.
+    pub fn read_timeout(&mut self, limit: Duration) -> &mut Self {
+        if let Some(tcp) = &self.tcp {
+            tcp.set_read_timeout(Some(limit)).expect("timeout");
+        }
+        self
+    }
+
     /// Connects with implicit TLS (the `submissions` listener), trusting `ca_pem`.
     pub fn connect_tls(addr: SocketAddr, ca_pem: &Path) -> Smtp {
         let tcp = TcpStream::connect_timeout(&addr, WAIT).expect("connect");
@@ -574,6 +606,10 @@ impl Smtp {
         let tcp = TcpStream::connect_timeout(&addr, WAIT).expect("connect");
         tcp.set_read_timeout(Some(WAIT)).expect("timeout");
         tcp.set_write_timeout(Some(WAIT)).expect("timeout");
+        Smtp::connect_silent_over(tcp)
+    }
+
+    fn connect_silent_over(tcp: TcpStream) -> Smtp {
         let stream: Box<dyn Stream> = Box::new(tcp.try_clone().expect("clone"));
         Smtp {
             stream: Some(stream),

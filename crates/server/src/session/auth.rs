@@ -1,7 +1,9 @@
 //! AUTH (RFC 4954): only under TLS, once per session, never inside a transaction; every
-//! attempt passes the [`crate::auth::AuthLimiter`] before and after the password check.
+//! attempt is admitted and counted by the [`crate::auth::AuthLimiter`] before its password is
+//! checked, in one of the limiter's few check slots.
 
 use std::io;
+use std::sync::Arc;
 use std::time::Instant;
 
 use relayward_protocol::line::LineEvent;
@@ -10,7 +12,8 @@ use relayward_protocol::text::Escaped;
 
 use super::{Input, Session, Step, Stream};
 use crate::auth::{
-    Credentials, SaslError, SaslExchange, SaslMechanism, SaslStep, bad_credentials_reply,
+    AuthClient, Credentials, SaslError, SaslExchange, SaslMechanism, SaslStep,
+    bad_credentials_reply,
 };
 
 impl<S: Stream> Session<S> {
@@ -22,56 +25,59 @@ impl<S: Stream> Session<S> {
             Ok(mechanism) => mechanism,
             Err(e) => return Ok(self.client_error(e.reply())),
         };
-        if let Err(refusal) = self
-            .ctx
-            .auth_limiter
-            .check(self.client_ip, None, Instant::now())
-        {
+        let limiter = Arc::clone(&self.ctx.auth_limiter);
+        let client = self.auth_client();
+        if let Err(refusal) = limiter.check(client, Instant::now()) {
             return Ok(self.client_error(refusal.reply()));
         }
         let credentials = match self.run_sasl(mechanism, initial.as_deref()).await? {
             Ok(credentials) => credentials,
             Err(error) => {
                 if error.counts_as_failure() {
-                    self.ctx
-                        .auth_limiter
-                        .record_failure(self.client_ip, None, Instant::now());
+                    limiter.record_failure(client, Instant::now());
                 }
                 return Ok(self.client_error(error.reply()));
             }
         };
-        if let Err(refusal) =
-            self.ctx
-                .auth_limiter
-                .check(self.client_ip, Some(&credentials.login), Instant::now())
-        {
-            return Ok(self.client_error(refusal.reply()));
-        }
-        match self
-            .ctx
-            .users
-            .verify(&credentials.login, &credentials.password)
-            .await
-        {
-            Some(login) => {
+        let attempt = match limiter.begin(client, &credentials.login, Instant::now()) {
+            Ok(attempt) => attempt,
+            Err(refusal) => return Ok(self.client_error(refusal.reply())),
+        };
+        let verified = match limiter.verification_slot().await {
+            Ok(mut slot) => {
                 self.ctx
-                    .auth_limiter
-                    .record_success(self.client_ip, Instant::now());
+                    .users
+                    .verify(&credentials.login, &credentials.password, &mut slot)
+                    .await
+            }
+            Err(busy) => {
+                limiter.withdraw(attempt);
+                tracing::warn!(client = %self.client_ip, "every password check busy; AUTH refused");
+                return Ok(self.client_error(busy.reply()));
+            }
+        };
+        match verified {
+            Some(login) => {
+                limiter.succeeded(attempt, Instant::now());
                 tracing::info!(client = %self.client_ip, login = %login.as_str(), "authenticated");
                 self.login = Some(login.as_str().to_string());
                 Ok(self.reply(Reply::enh(235, (2, 7, 0), "Authentication successful")))
             }
             None => {
-                let delay = self.ctx.auth_limiter.record_failure(
-                    self.client_ip,
-                    Some(&credentials.login),
-                    Instant::now(),
-                );
+                let delay = limiter.failed(attempt, Instant::now());
                 tracing::warn!(client = %self.client_ip, login = %Escaped(&credentials.login), "authentication failed");
                 // The delay slows guessing; it is bounded by the limiter.
                 tokio::time::sleep(delay).await;
                 Ok(self.client_error(bad_credentials_reply()))
             }
+        }
+    }
+
+    /// The client as the AUTH limiter sees it: trusted networks are slowed, never banned.
+    fn auth_client(&self) -> AuthClient {
+        AuthClient {
+            ip: self.client_ip,
+            trusted: self.ctx.policy.is_trusted(self.client_ip),
         }
     }
 

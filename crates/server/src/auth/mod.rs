@@ -1,26 +1,34 @@
-//! Authentication: password hashes, the user database, SASL PLAIN/LOGIN decoding and the
-//! AUTH failure limiter.
+//! Authentication: password hashes, the user database, SASL PLAIN/LOGIN decoding, and (in
+//! [`limiter`]) the bounds on what guessing passwords can cost us.
 //!
 //! The session drives it in this order:
-//! 1. [`AuthLimiter::check`] with the client IP (banned → [`AuthRefusal::reply`], `454 4.7.0`);
+//! 1. [`AuthLimiter::check`] with the client address (banned → [`AuthRefusal::reply`],
+//!    `454 4.7.0`);
 //! 2. [`SaslExchange`] turns the AUTH line and the `334` responses into [`Credentials`];
-//! 3. [`AuthLimiter::check`] again, now with the login;
-//! 4. [`UserDb::verify`] (argon2 on a blocking thread) → `Some(Login)` or `None`;
-//! 5. on `None`: [`AuthLimiter::record_failure`], sleep the returned delay, answer
-//!    [`bad_credentials_reply`] (`535 5.7.8`); on success: [`AuthLimiter::record_success`].
+//! 3. [`AuthLimiter::begin`] with the login: refused, or admitted and counted as a failure
+//!    until the password proves otherwise, so parallel guesses count against each other;
+//! 4. [`AuthLimiter::verification_slot`]: one of the few password checks that may run at
+//!    once (none free in time → `454 4.7.0`, the attempt withdrawn);
+//! 5. [`UserDb::verify`] (argon2 on a blocking thread) → `Some(Login)` or `None`;
+//! 6. on `None`: [`AuthLimiter::failed`], sleep the returned delay, answer
+//!    [`bad_credentials_reply`] (`535 5.7.8`); on success: [`AuthLimiter::succeeded`].
+
+mod checks;
+mod limiter;
+
+pub use checks::{CheckSlot, PasswordChecks};
+pub use limiter::{Attempt, AuthClient, AuthLimitSettings, AuthLimiter, AuthRefusal, ip_key};
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::IpAddr;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
-use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier};
+use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher};
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use relayward_protocol::reply::Reply;
 
-use crate::config::{Config, Limits};
+use crate::config::Config;
 
 /// An authenticated identity, spelt as in the configuration (`[[user]] login`).
 ///
@@ -113,33 +121,20 @@ impl UserDb {
         self.users.is_empty()
     }
 
-    /// Checks a login (case-insensitive) and password. Runs argon2 on tokio's blocking pool, and
-    /// verifies against a dummy hash for unknown logins (same cost, same timing).
-    pub async fn verify(&self, login: &str, password: &[u8]) -> Option<Login> {
+    /// Checks a login (case-insensitive) and password in `slot` (a [`CheckSlot`]), against a
+    /// dummy hash for unknown logins (same cost, same timing).
+    pub async fn verify(
+        &self,
+        login: &str,
+        password: &[u8],
+        slot: &mut CheckSlot<'_>,
+    ) -> Option<Login> {
         let entry = self.users.get(&login.to_ascii_lowercase()).cloned();
         let hash = entry
             .as_ref()
             .map_or_else(|| DUMMY_HASH.to_string(), |(_, hash)| hash.clone());
-        let password = password.to_vec();
-        let matched = tokio::task::spawn_blocking(move || verify_blocking(&hash, &password)).await;
-        match matched {
-            Ok(true) => entry.map(|(login, _)| login),
-            Ok(false) => None,
-            Err(e) => {
-                tracing::error!("password verification task failed: {e}");
-                None
-            }
-        }
-    }
-}
-
-fn verify_blocking(phc: &str, password: &[u8]) -> bool {
-    match PasswordHash::new(phc) {
-        Ok(hash) => Argon2::default().verify_password(password, &hash).is_ok(),
-        Err(e) => {
-            tracing::warn!("unusable password hash in configuration: {e}");
-            false
-        }
+        let matched = slot.matches(hash, password.to_vec()).await;
+        entry.filter(|_| matched).map(|(login, _)| login)
     }
 }
 
@@ -379,263 +374,6 @@ fn login_username(decoded: Vec<u8>) -> Result<String, SaslError> {
         return Err(SaslError::Malformed("empty login"));
     }
     Ok(username)
-}
-
-/// Settings of the [`AuthLimiter`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuthLimitSettings {
-    /// Failures from one IP (IPv6: /64) within `window` that ban it for `ban`.
-    pub failures_per_ip: u32,
-    /// Failures for one login within `window` after which that login is refused from IPs that
-    /// failed themselves.
-    pub failures_per_login: u32,
-    /// How long a failure is remembered after the last one.
-    pub window: Duration,
-    /// Length of an IP ban.
-    pub ban: Duration,
-    /// Delay before answering the first failure; doubles with each further one.
-    pub base_delay: Duration,
-    /// Largest delay.
-    pub max_delay: Duration,
-    /// Most IPs and most logins tracked (each); the oldest are forgotten first.
-    pub max_entries: usize,
-}
-
-impl AuthLimitSettings {
-    /// From `[limits]`; delays 1 s doubling to 16 s, 65,536 entries per table.
-    pub fn from_limits(limits: &Limits) -> Self {
-        Self {
-            failures_per_ip: limits.auth_failures_per_ip.max(1),
-            failures_per_login: limits.auth_failures_per_login.max(1),
-            window: limits.auth_failure_window,
-            ban: limits.auth_ban,
-            base_delay: Duration::from_secs(1),
-            max_delay: Duration::from_secs(16),
-            max_entries: 65_536,
-        }
-    }
-}
-
-/// Why the limiter refuses an AUTH attempt before checking the password.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AuthRefusal {
-    /// This IP (or its /64) failed too often; banned until the given instant.
-    IpBanned { until: Instant },
-    /// This login failed too often, and this IP has failed too.
-    LoginThrottled,
-}
-
-impl AuthRefusal {
-    /// `454 4.7.0` (RFC 4954 §6: temporary authentication failure).
-    pub fn reply(&self) -> Reply {
-        let text = match self {
-            AuthRefusal::IpBanned { .. } => {
-                "Too many failed authentication attempts from your address, try again later"
-            }
-            AuthRefusal::LoginThrottled => {
-                "Too many failed authentication attempts, try again later"
-            }
-        };
-        Reply::enh(454, (4, 7, 0), text)
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct FailureRecord {
-    failures: u32,
-    last_failure: Instant,
-    banned_until: Option<Instant>,
-}
-
-#[derive(Debug, Default)]
-struct LimiterState {
-    ips: HashMap<IpAddr, FailureRecord>,
-    logins: HashMap<String, FailureRecord>,
-}
-
-/// Counts AUTH failures per client IP and per login; slows, then bans.
-///
-/// Design, so that an attacker cannot lock a real user out:
-/// - **Per IP** (IPv6 grouped by /64, since one host owns a /64): every failure doubles the
-///   delay before `535`; `failures_per_ip` failures ban the IP from AUTH for `ban` (`454`).
-/// - **Per login**: failures are counted across IPs, but they only act on IPs that have failed
-///   themselves: such an IP gets the larger delay, and once the login reached
-///   `failures_per_login` it is refused (`454`) for that login. An IP with no failure of its
-///   own — the real user at home — is never delayed or refused because of someone else's
-///   attack on her login. A botnet thus gets one undelayed guess per address; the argon2 cost
-///   and the per-IP ban bound the rest.
-/// - Failures are forgotten `window` after the last one; a success clears that IP's record.
-/// - Memory is bounded: at most `max_entries` IPs and logins each; expired entries go first,
-///   then the least recently failed.
-///
-/// Time is passed in (`now`), so tests drive the clock.
-#[derive(Debug)]
-pub struct AuthLimiter {
-    /// Behind a lock so a reload (SIGHUP) can change the limits without forgetting the counters.
-    settings: RwLock<AuthLimitSettings>,
-    state: Mutex<LimiterState>,
-}
-
-impl AuthLimiter {
-    pub fn new(settings: AuthLimitSettings) -> Self {
-        Self {
-            settings: RwLock::new(settings),
-            state: Mutex::new(LimiterState::default()),
-        }
-    }
-
-    /// New limits for the next attempts; failures and bans already counted are kept.
-    pub fn set_settings(&self, settings: AuthLimitSettings) {
-        *self
-            .settings
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = settings;
-    }
-
-    fn settings(&self) -> AuthLimitSettings {
-        self.settings
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Whether `ip` may attempt AUTH now (`login`: when known, after decoding).
-    pub fn check(&self, ip: IpAddr, login: Option<&str>, now: Instant) -> Result<(), AuthRefusal> {
-        let state = self.lock();
-        let ip_record = state.ips.get(&ip_key(ip)).copied();
-        if let Some(until) = ip_record.and_then(|r| r.banned_until).filter(|u| *u > now) {
-            return Err(AuthRefusal::IpBanned { until });
-        }
-        let ip_failures = self.live_failures(ip_record, now);
-        let login_failures = login
-            .map(|l| self.live_failures(state.logins.get(&login_key(l)).copied(), now))
-            .unwrap_or(0);
-        if ip_failures > 0 && login_failures >= self.settings().failures_per_login {
-            return Err(AuthRefusal::LoginThrottled);
-        }
-        Ok(())
-    }
-
-    /// Records a failed attempt; returns how long to wait before answering `535`.
-    pub fn record_failure(&self, ip: IpAddr, login: Option<&str>, now: Instant) -> Duration {
-        let mut state = self.lock();
-        let ip_failures = self.bump(&mut state.ips, ip_key(ip), now, true);
-        let login_failures = match login {
-            Some(l) => self.bump(&mut state.logins, login_key(l), now, false),
-            None => 0,
-        };
-        self.delay_for(ip_failures.max(login_failures))
-    }
-
-    /// Records a successful login: this IP's failures are forgotten.
-    pub fn record_success(&self, ip: IpAddr, now: Instant) {
-        let mut state = self.lock();
-        let key = ip_key(ip);
-        let banned = state
-            .ips
-            .get(&key)
-            .and_then(|r| r.banned_until)
-            .is_some_and(|until| until > now);
-        if !banned {
-            state.ips.remove(&key);
-        }
-    }
-
-    /// Number of IPs and logins currently tracked (for tests and metrics).
-    pub fn tracked_entries(&self) -> (usize, usize) {
-        let state = self.lock();
-        (state.ips.len(), state.logins.len())
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, LimiterState> {
-        // A panic elsewhere while holding the lock leaves counters that are still usable.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn live_failures(&self, record: Option<FailureRecord>, now: Instant) -> u32 {
-        record
-            .filter(|r| !self.expired(r, now))
-            .map_or(0, |r| r.failures)
-    }
-
-    fn expired(&self, record: &FailureRecord, now: Instant) -> bool {
-        let ban_over = record.banned_until.is_none_or(|until| until <= now);
-        ban_over && now.saturating_duration_since(record.last_failure) > self.settings().window
-    }
-
-    /// Adds a failure to `key`'s record (resetting an expired one) and returns the new count.
-    fn bump<K>(&self, map: &mut HashMap<K, FailureRecord>, key: K, now: Instant, ban: bool) -> u32
-    where
-        K: std::hash::Hash + Eq + Clone,
-    {
-        if !map.contains_key(&key) {
-            self.make_room(map, now);
-        }
-        let fresh = FailureRecord {
-            failures: 0,
-            last_failure: now,
-            banned_until: None,
-        };
-        let record = map.entry(key).or_insert(fresh);
-        if self.expired(record, now) {
-            *record = fresh;
-        }
-        record.failures = record.failures.saturating_add(1);
-        record.last_failure = now;
-        let settings = self.settings();
-        if ban && record.failures >= settings.failures_per_ip {
-            record.banned_until = Some(now + settings.ban);
-        }
-        record.failures
-    }
-
-    fn make_room<K: Clone + Eq + std::hash::Hash>(
-        &self,
-        map: &mut HashMap<K, FailureRecord>,
-        now: Instant,
-    ) {
-        let max_entries = self.settings().max_entries;
-        if map.len() < max_entries {
-            return;
-        }
-        map.retain(|_, r| !self.expired(r, now));
-        while map.len() >= max_entries {
-            let oldest = map
-                .iter()
-                .min_by_key(|(_, r)| r.last_failure)
-                .map(|(k, _)| k.clone());
-            match oldest {
-                Some(key) => map.remove(&key),
-                None => break,
-            };
-        }
-    }
-
-    fn delay_for(&self, failures: u32) -> Duration {
-        let doublings = failures.saturating_sub(1).min(16);
-        let settings = self.settings();
-        settings
-            .base_delay
-            .saturating_mul(1u32 << doublings)
-            .min(settings.max_delay)
-    }
-}
-
-/// The key under which a client address is counted by every limiter: IPv4 as is, IPv6 by its
-/// /64, since one host or home network usually owns a whole /64 and could otherwise rotate
-/// through 2^64 addresses to escape any per-address limit.
-pub fn ip_key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(prefix.into())
-        }
-        v4 => v4,
-    }
-}
-
-fn login_key(login: &str) -> String {
-    login.to_ascii_lowercase()
 }
 
 #[cfg(test)]
