@@ -10,6 +10,7 @@
 //! - [`reply`]: replies with RFC 3463 enhanced codes; building them and parsing them.
 //! - [`path`]: RFC 5321 paths: local parts, domains, address literals, source routes.
 //! - [`resolve`]: what an address *means* for routing: the single input of the relay decision.
+//! - [`route`]: where a resolved recipient goes (class and next hop): the one router.
 //! - [`date`]: RFC 5322 dates for trace and report headers.
 //! - [`data`]: the DATA receiver: dot-unstuffing, end only on CRLF.CRLF, no bare CR/LF.
 //! - [`header`]: a message's header section: fields, `Received:` counts, automatic replies.
@@ -26,4 +27,5 @@ pub mod line;
 pub mod path;
 pub mod reply;
 pub mod resolve;
+pub mod route;
 pub mod text;

@@ -369,6 +369,13 @@ fn parse_host_name(text: &str) -> Result<String, PathError> {
     Ok(text.to_ascii_lowercase())
 }
 
+/// Whether `text` is a host name as RFC 5321 paths allow it (see [`parse_domain`]'s rules: no
+/// trailing dot, LDH labels of 1–63 octets, not all-numeric at the end, at most 255 octets):
+/// the one domain grammar, also used for names in the configuration.
+pub fn is_host_name(text: &str) -> bool {
+    text.len() <= MAX_DOMAIN && parse_host_name(text).is_ok()
+}
+
 /// `sub-domain = Let-dig [Ldh-str]`, at most 63 octets.
 fn is_label(label: &str) -> bool {
     label.len() <= 63 && is_ldh_str(label)
