@@ -351,13 +351,25 @@ mod tests {
     fn host_port_forms() {
         let hp = |t: &str| split_host_port(t, 25);
         assert_eq!(hp("mx.example.test"), Some(("mx.example.test".into(), 25)));
-        assert_eq!(hp("MX.Example.test:2525"), Some(("mx.example.test".into(), 2525)));
+        assert_eq!(
+            hp("MX.Example.test:2525"),
+            Some(("mx.example.test".into(), 2525))
+        );
         assert_eq!(hp("10.0.0.5:587"), Some(("10.0.0.5".into(), 587)));
         assert_eq!(hp("[::1]:2525"), Some(("::1".into(), 2525)));
         assert_eq!(hp("[::1]"), Some(("::1".into(), 25)));
         for bad in [
-            "", ":25", "host:0", "host:65536", "host:+25", "::1:25", "host/x:25", "u@host:25",
-            "[::1]x", "host:", "-bad-:25",
+            "",
+            ":25",
+            "host:0",
+            "host:65536",
+            "host:+25",
+            "::1:25",
+            "host/x:25",
+            "u@host:25",
+            "[::1]x",
+            "host:",
+            "-bad-:25",
         ] {
             assert_eq!(hp(bad), None, "{bad:?}");
         }

@@ -11,8 +11,9 @@ use std::process::ExitCode;
 use relayward_protocol::battery::{self, RenderedTrick, TrickContext};
 use relayward_protocol::command::{Command, parse_command};
 use relayward_protocol::resolve::resolve;
+use relayward_protocol::route::RouteClass;
 use relayward_server::config::{Config, EMBEDDED_DEFAULT_TOML, ListenerKind};
-use relayward_server::policy::{AcceptReason, ClientIdentity, Destination, Policy};
+use relayward_server::policy::{AcceptReason, ClientIdentity, Policy};
 
 use crate::EXIT_CONFIG;
 
@@ -159,11 +160,11 @@ fn replay(policy: &Policy, client: &ClientIdentity, trick: &RenderedTrick) -> Ou
     };
     match policy.decide(client, &resolve(&to)) {
         Err(refusal) => Outcome::Refused(refusal.reply().to_string()),
-        Ok(accepted) => match (accepted.reason(), accepted.destination()) {
-            (AcceptReason::LocalMailbox, Destination::LocalMailbox { .. }) => {
+        Ok(accepted) => match (accepted.reason(), accepted.route().class) {
+            (AcceptReason::LocalMailbox, RouteClass::Local) => {
                 Outcome::AcceptedLocally(format!("local mailbox {}", accepted.address()))
             }
-            (AcceptReason::RelayDomain, Destination::Route { .. }) => {
+            (AcceptReason::RelayDomain, RouteClass::RelayDomain) => {
                 Outcome::AcceptedLocally(format!("relay domain {}", accepted.address()))
             }
             (reason, _) => {

@@ -2,7 +2,8 @@
 //! session. "Where is relay decided?" — in [`policy`], and only there.
 
 pub mod auth;
-pub mod config;
+/// The configuration file lives in its own crate (`relayward-config`), shared with delivery.
+pub use relayward_config as config;
 pub mod conn;
 pub mod listener;
 pub mod policy;

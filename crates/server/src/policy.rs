@@ -7,11 +7,12 @@
 //! cannot open the relay, because the session can queue a recipient only when it holds an
 //! [`Accepted`], and only [`Policy::decide`] can create one.
 //!
-//! A recipient is accepted when, and only when, it carries no routing, is not an address
-//! literal, and:
-//! (a) its domain is local and it names an existing mailbox, or its domain is a `[[route]]`
-//!     relay domain (anyone may send there; for a Maildir route, only local parts that can
-//!     name a Maildir, see [`is_mailbox_name`]); or
+//! Where a recipient goes is the [`Router`]'s answer (`relayward_protocol::route`), asked here
+//! and carried by the [`Accepted`] into the queue, so the delivery runner sends it exactly
+//! where this decision looked. The policy only judges whether *this client* may send there:
+//! a recipient is accepted when, and only when, the router found a route for it (no
+//! sender-specified routing, no address literal, an existing mailbox in a local domain) and:
+//! (a) its route is local or a `[[route]]` relay domain (anyone may send there); or
 //! (b) the client authenticated (as a configured user); or
 //! (c) the client is in a trusted network.
 //!
@@ -23,12 +24,13 @@ use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use relayward_protocol::path::{Domain, ReversePath, is_dot_atom, quote_local_part};
+use relayward_protocol::path::ReversePath;
 use relayward_protocol::reply::Reply;
 use relayward_protocol::resolve::{Resolved, Routing};
+use relayward_protocol::route::{Route, RouteClass, Router, Unroutable, wire_local_part};
 
 use crate::auth::Login;
-use crate::config::{Config, ConfigProblem, ListenerKind, RouteTarget};
+use crate::config::{Config, ConfigProblem, ListenerKind};
 
 /// Who is asking: the client's address and, after a successful AUTH, its login.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,25 +86,13 @@ pub enum AcceptReason {
     Authenticated(Login),
 }
 
-/// Where an accepted recipient's mail goes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Destination {
-    /// A local Maildir: `data_dir/mail/<domain>/<local_part>/`. Both are the configured
-    /// mailbox's lower-case spelling (safe as path components: validated dot-atoms).
-    LocalMailbox { local_part: String, domain: String },
-    /// A `[[route]]` domain, forwarded to its target.
-    Route { domain: String, target: RouteTarget },
-    /// Elsewhere: MX lookup or the smart host.
-    Remote { domain: String },
-}
-
 /// Proof that a recipient may be accepted. Only [`Policy::decide`] creates one (private fields,
 /// no `Clone`), so a session that queues a recipient must have asked the policy.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Accepted {
     reason: AcceptReason,
     address: String,
-    destination: Destination,
+    route: Route,
 }
 
 impl Accepted {
@@ -112,14 +102,14 @@ impl Accepted {
     }
 
     /// The recipient in canonical form for the queue: `local@domain`, domain lower-case, local
-    /// part lower-case for local mailboxes and as sent (quoted if needed) otherwise.
+    /// part lower-case for Maildir mailboxes and as sent (quoted if needed) otherwise.
     pub fn address(&self) -> &str {
         &self.address
     }
 
-    /// Where the mail goes.
-    pub fn destination(&self) -> &Destination {
-        &self.destination
+    /// Where the mail goes: the router's answer, stored with the recipient in the queue.
+    pub fn route(&self) -> &Route {
+        &self.route
     }
 }
 
@@ -205,11 +195,7 @@ impl SenderRefusal {
 /// The relay policy, built once from a validated configuration (and rebuilt on reload).
 #[derive(Debug, Clone)]
 pub struct Policy {
-    /// Lower-case, in file order; the first receives mail for a bare `<Postmaster>`.
-    local_domains: Vec<String>,
-    /// Lower-case `local@domain`.
-    mailboxes: HashSet<String>,
-    relay_domains: HashMap<String, RouteTarget>,
+    router: Router,
     trusted: Vec<IpNet>,
     /// Lower-case login → lower-case `send_as` addresses.
     users: HashMap<String, HashSet<String>>,
@@ -234,13 +220,7 @@ impl Policy {
             })
             .collect();
         Ok(Policy {
-            local_domains: config.normalized_local_domains(),
-            mailboxes: config
-                .local_mailboxes()
-                .into_iter()
-                .map(|(a, _)| a)
-                .collect(),
-            relay_domains: config.relay_domains(),
+            router: config.router(),
             trusted: config
                 .relay
                 .trusted_networks
@@ -249,6 +229,11 @@ impl Policy {
                 .collect(),
             users,
         })
+    }
+
+    /// The routing table the decisions use.
+    pub fn router(&self) -> &Router {
+        &self.router
     }
 
     /// Whether MAIL requires a prior AUTH on this kind of listener (submission and
@@ -265,26 +250,42 @@ impl Policy {
 
     /// Whether `domain` (any case) is one of ours.
     pub fn is_local_domain(&self, domain: &str) -> bool {
-        let domain = domain.to_ascii_lowercase();
-        self.local_domains.contains(&domain)
+        self.router.is_local_domain(domain)
     }
 
     /// Decides one recipient. The only constructor of [`Accepted`].
     pub fn decide(&self, client: &ClientIdentity, rcpt: &Resolved) -> Result<Accepted, Refusal> {
         let address = display_address(rcpt);
-        if rcpt.is_routed() {
-            return Err(Refusal::Routed {
-                address,
-                routing: rcpt.routing.clone(),
-            });
-        }
-        match &rcpt.domain {
-            None => self.bare_postmaster(address),
-            Some(Domain::Literal(_)) => Err(Refusal::AddressLiteral { address }),
-            Some(Domain::Name(name)) => {
-                self.decide_domain(client, rcpt, &name.to_ascii_lowercase(), address)
+        let routed = match self.router.route(rcpt) {
+            Ok(routed) => routed,
+            Err(Unroutable::SenderRouted(routing)) => {
+                return Err(Refusal::Routed { address, routing });
             }
+            Err(Unroutable::AddressLiteral) => return Err(Refusal::AddressLiteral { address }),
+            Err(Unroutable::NoSuchMailbox) => return Err(Refusal::UnknownUser { address }),
+        };
+        let reason = match routed.route.class {
+            RouteClass::Local => AcceptReason::LocalMailbox,
+            RouteClass::RelayDomain => AcceptReason::RelayDomain,
+            RouteClass::Remote => self
+                .relay_permission(client)
+                .ok_or(Refusal::RelayDenied { address })?,
+        };
+        Ok(Accepted {
+            reason,
+            address: routed.address,
+            route: routed.route,
+        })
+    }
+
+    /// Why this client may relay to remote domains, if it may: authenticated as a configured
+    /// user, or in a trusted network.
+    fn relay_permission(&self, client: &ClientIdentity) -> Option<AcceptReason> {
+        if let Some(login) = self.known_login(client) {
+            return Some(AcceptReason::Authenticated(login));
         }
+        self.is_trusted(client.ip())
+            .then_some(AcceptReason::TrustedNetwork)
     }
 
     /// MAIL FROM for a client on a listener: AUTH required first on submission listeners,
@@ -337,86 +338,6 @@ impl Policy {
         }
     }
 
-    fn bare_postmaster(&self, address: String) -> Result<Accepted, Refusal> {
-        let Some(domain) = self.local_domains.first() else {
-            return Err(Refusal::UnknownUser { address });
-        };
-        Ok(Accepted {
-            reason: AcceptReason::LocalMailbox,
-            address: format!("postmaster@{domain}"),
-            destination: Destination::LocalMailbox {
-                local_part: "postmaster".to_string(),
-                domain: domain.clone(),
-            },
-        })
-    }
-
-    fn decide_domain(
-        &self,
-        client: &ClientIdentity,
-        rcpt: &Resolved,
-        domain: &str,
-        address: String,
-    ) -> Result<Accepted, Refusal> {
-        if self.local_domains.iter().any(|d| d == domain) {
-            return self.local_mailbox(rcpt, domain, address);
-        }
-        if let Some(target) = self.relay_domains.get(domain) {
-            // A Maildir route files mail under `<domain>/<local part>/`: a local part that can
-            // never name a Maildir would be accepted here, fail at delivery and bounce to
-            // whatever sender the client wrote (backscatter for anyone). Refuse it now.
-            if *target == RouteTarget::Maildir && !is_mailbox_name(&rcpt.local_part) {
-                return Err(Refusal::UnknownUser { address });
-            }
-            let destination = Destination::Route {
-                domain: domain.to_string(),
-                target: target.clone(),
-            };
-            return Ok(remote(AcceptReason::RelayDomain, rcpt, domain, destination));
-        }
-        let destination = Destination::Remote {
-            domain: domain.to_string(),
-        };
-        if let Some(login) = self.known_login(client) {
-            return Ok(remote(
-                AcceptReason::Authenticated(login),
-                rcpt,
-                domain,
-                destination,
-            ));
-        }
-        if self.is_trusted(client.ip()) {
-            return Ok(remote(
-                AcceptReason::TrustedNetwork,
-                rcpt,
-                domain,
-                destination,
-            ));
-        }
-        Err(Refusal::RelayDenied { address })
-    }
-
-    fn local_mailbox(
-        &self,
-        rcpt: &Resolved,
-        domain: &str,
-        address: String,
-    ) -> Result<Accepted, Refusal> {
-        let local_part = rcpt.local_part.to_ascii_lowercase();
-        let canonical = format!("{local_part}@{domain}");
-        if !self.mailboxes.contains(&canonical) {
-            return Err(Refusal::UnknownUser { address });
-        }
-        Ok(Accepted {
-            reason: AcceptReason::LocalMailbox,
-            address: canonical,
-            destination: Destination::LocalMailbox {
-                local_part,
-                domain: domain.to_string(),
-            },
-        })
-    }
-
     /// The client's login, if it names a configured user. A login that is no longer configured
     /// (removed by a reload) grants nothing.
     fn known_login(&self, client: &ClientIdentity) -> Option<Login> {
@@ -431,25 +352,6 @@ impl Policy {
     }
 }
 
-fn remote(
-    reason: AcceptReason,
-    rcpt: &Resolved,
-    domain: &str,
-    destination: Destination,
-) -> Accepted {
-    Accepted {
-        reason,
-        address: format!("{}@{domain}", wire_local_part(&rcpt.local_part)),
-        destination,
-    }
-}
-
-/// Whether a dequoted local part can name a Maildir directory: a dot-atom (so no leading dot,
-/// no `..`, no quotes, spaces or backslashes) without `/`.
-pub fn is_mailbox_name(local: &str) -> bool {
-    is_dot_atom(local) && !local.contains('/')
-}
-
 /// The recipient as shown in replies: `local@domain`, the local part quoted when it is not a
 /// dot-atom; `Postmaster` for the bare form.
 fn display_address(rcpt: &Resolved) -> String {
@@ -457,13 +359,4 @@ fn display_address(rcpt: &Resolved) -> String {
         None => "Postmaster".to_string(),
         Some(domain) => format!("{}@{domain}", wire_local_part(&rcpt.local_part)),
     }
-}
-
-/// A dequoted local part in RFC 5321 form: as is when it is a dot-atom, quoted otherwise
-/// (an empty one as `""`, never as nothing, which would read as a source route downstream).
-fn wire_local_part(local: &str) -> String {
-    if local.is_empty() {
-        return "\"\"".to_string();
-    }
-    quote_local_part(local).unwrap_or_else(|| local.to_string())
 }

@@ -5,8 +5,9 @@
 use relayward_protocol::battery::{TrickContext, battery, render};
 use relayward_protocol::command::{Command, parse_command};
 use relayward_protocol::resolve::resolve;
+use relayward_protocol::route::RouteClass;
 use relayward_server::config::Config;
-use relayward_server::policy::{ClientIdentity, Destination, Policy};
+use relayward_server::policy::{ClientIdentity, Policy};
 
 const CONFIG: &str = r#"
 hostname = "mx.example.test"
@@ -46,12 +47,9 @@ fn no_trick_relays_for_an_untrusted_client() {
         let Ok(accepted) = policy.decide(&client, &resolve(&to)) else {
             continue;
         };
-        if !matches!(accepted.destination(), Destination::LocalMailbox { .. }) {
-            let destination = accepted.destination();
-            relayed.push(format!(
-                "{}: {} -> {destination:?}",
-                trick.id, rendered.rcpt_to
-            ));
+        if accepted.route().class != RouteClass::Local {
+            let route = accepted.route();
+            relayed.push(format!("{}: {} -> {route}", trick.id, rendered.rcpt_to));
         }
     }
     assert!(decided > 10, "only {decided} tricks reached the policy");

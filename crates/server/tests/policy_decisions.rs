@@ -7,9 +7,10 @@ use std::net::IpAddr;
 
 use relayward_protocol::path::{AddressLiteral, Domain, parse_forward_path, parse_reverse_path};
 use relayward_protocol::resolve::{Resolved, Routing, resolve};
+use relayward_protocol::route::NextHop;
 use relayward_server::auth::Login;
-use relayward_server::config::{Config, ListenerKind, RouteTarget};
-use relayward_server::policy::{AcceptReason, ClientIdentity, Destination, Policy};
+use relayward_server::config::{Config, ListenerKind};
+use relayward_server::policy::{AcceptReason, ClientIdentity, Policy};
 
 const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$hqKfq9Ye2JLRBt1U2nTDrA$vXlTuySI9ru3UbSMp1KYFwKBNvadHuSfxbm5/k7rT1Q";
 
@@ -298,44 +299,41 @@ fn reply_texts_follow_postfix() {
 }
 
 #[test]
-fn accepted_carries_canonical_address_and_destination() {
+fn accepted_carries_canonical_address_and_route() {
     let policy = policy();
-    let rows: Vec<(&str, &str, &str, Destination)> = vec![
+    let rows: Vec<(&str, &str, &str, NextHop)> = vec![
         (
             "untrusted",
             "<ALICE@Example.Test>",
             "alice@example.test",
-            Destination::LocalMailbox {
-                local_part: "alice".into(),
+            NextHop::Maildir {
                 domain: "example.test".into(),
+                mailbox: "alice".into(),
             },
         ),
         (
             "untrusted",
             "<Postmaster>",
             "postmaster@example.test",
-            Destination::LocalMailbox {
-                local_part: "postmaster".into(),
+            NextHop::Maildir {
                 domain: "example.test".into(),
+                mailbox: "postmaster".into(),
             },
         ),
         (
             "untrusted",
             "<Bob@Corp.Example.Test>",
             "Bob@corp.example.test",
-            Destination::Route {
-                domain: "corp.example.test".into(),
-                target: RouteTarget::Smtp {
-                    host: "10.0.0.5".into(),
-                    port: 25,
-                },
+            NextHop::Smtp {
+                host: "10.0.0.5".into(),
+                port: 25,
             },
         ),
         (
             "authenticated",
             "<Victim@Other.Test>",
             "Victim@other.test",
-            Destination::Remote {
+            NextHop::Mx {
                 domain: "other.test".into(),
             },
         ),
@@ -343,7 +341,7 @@ fn accepted_carries_canonical_address_and_destination() {
             "trusted",
             "<\"john doe\"@other.test>",
             "\"john doe\"@other.test",
-            Destination::Remote {
+            NextHop::Mx {
                 domain: "other.test".into(),
             },
         ),
@@ -351,17 +349,17 @@ fn accepted_carries_canonical_address_and_destination() {
             "trusted",
             "<@example.test:victim@other.test>",
             "victim@other.test",
-            Destination::Remote {
+            NextHop::Mx {
                 domain: "other.test".into(),
             },
         ),
     ];
-    for (who, path, address, destination) in rows {
+    for (who, path, address, next_hop) in rows {
         let accepted = policy
             .decide(&client(who), &rcpt(path))
             .unwrap_or_else(|r| panic!("{path}: {r}"));
         assert_eq!(accepted.address(), address, "{path}");
-        assert_eq!(accepted.destination(), &destination, "{path}");
+        assert_eq!(accepted.route().next_hop, next_hop, "{path}");
     }
     let accepted = policy
         .decide(&client("authenticated"), &rcpt("<v@other.test>"))

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher};
+use argon2::{Argon2, PasswordHasher};
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use relayward_protocol::reply::Reply;
@@ -68,20 +68,7 @@ pub fn hash_password(password: &[u8]) -> Result<String, HashError> {
         .map_err(|e| HashError(e.to_string()))
 }
 
-/// Checks that `phc` is an argon2 PHC string we can verify against (algorithm, version,
-/// parameters, salt and hash all present and valid). The error says what is wrong.
-pub fn check_password_hash(phc: &str) -> Result<(), String> {
-    let hash = PasswordHash::new(phc).map_err(|e| {
-        format!("not a PHC password hash ({e}); it looks like \"$argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>\"")
-    })?;
-    Algorithm::new(hash.algorithm.as_str())
-        .map_err(|_| format!("algorithm {:?} is not argon2", hash.algorithm.as_str()))?;
-    Params::try_from(&hash).map_err(|e| format!("invalid argon2 parameters: {e}"))?;
-    if hash.salt.is_none() || hash.hash.is_none() {
-        return Err("the hash has no salt or no hash value".to_string());
-    }
-    Ok(())
-}
+pub use relayward_config::check_password_hash;
 
 /// A hash of a random password with the default parameters, verified against when the login is
 /// unknown, so that an unknown login costs the same argon2 work as a known one and response
@@ -379,6 +366,7 @@ fn login_username(decoded: Vec<u8>) -> Result<String, SaslError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use argon2::{Params, PasswordHash};
 
     /// The dummy hash must be verifiable with the default parameters, or unknown logins would
     /// answer faster than known ones.

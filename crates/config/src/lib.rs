@@ -16,7 +16,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use ipnet::IpNet;
+pub use relayward_protocol::route::{RouteTarget, Router, split_host_port};
 use serde::{Deserialize, Deserializer};
+
+mod password;
+pub use password::check_password_hash;
 
 /// The configuration `relayward serve` runs with when given no file: loopback only, local domain
 /// `localhost`, no users. It is also the sample shown to admins, so it is written as a file and
@@ -55,10 +59,10 @@ pub struct Config {
     #[serde(default)]
     pub listen: Vec<Listen>,
     /// Certificate and key files. Without this table a self-signed pair is generated in
-    /// `data_dir/tls/` (see [`crate::tls`]).
+    /// `data_dir/tls/` (see `relayward_server::tls`).
     #[serde(default)]
     pub tls: Option<TlsFiles>,
-    /// Who may send what where: the input of [`crate::policy`].
+    /// Who may send what where: the input of the router and of `relayward_server::policy`.
     #[serde(default)]
     pub relay: Relay,
     /// Accounts that may authenticate (AUTH, only under TLS).
@@ -351,75 +355,14 @@ pub struct Route {
     /// The domain (not a local domain). Any recipient in it is accepted, unless routed.
     pub domain: String,
     /// `smtp://host[:port]` or `maildir`.
+    #[serde(deserialize_with = "de_route_target")]
     pub to: RouteTarget,
 }
 
-/// Where a `[[route]]` domain's mail goes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum RouteTarget {
-    /// Into `data_dir/mail/<domain>/<local-part>/` like a local domain.
-    Maildir,
-    /// To an SMTP server, e.g. an internal one; port 25 unless given.
-    Smtp { host: String, port: u16 },
-}
-
-impl FromStr for RouteTarget {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        if text == "maildir" {
-            return Ok(RouteTarget::Maildir);
-        }
-        let rest = text.strip_prefix("smtp://").ok_or_else(|| {
-            format!("{text:?} is not a route target; write \"smtp://host:port\" or \"maildir\"")
-        })?;
-        let (host, port) = split_host_port(rest, 25)
-            .ok_or_else(|| format!("{text:?}: expected \"smtp://host\" or \"smtp://host:port\""))?;
-        Ok(RouteTarget::Smtp { host, port })
-    }
-}
-
-impl<'de> Deserialize<'de> for RouteTarget {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        RouteTarget::from_str(&text).map_err(serde::de::Error::custom)
-    }
-}
-
-impl fmt::Display for RouteTarget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RouteTarget::Maildir => f.write_str("maildir"),
-            RouteTarget::Smtp { host, port } if host.contains(':') => {
-                write!(f, "smtp://[{host}]:{port}")
-            }
-            RouteTarget::Smtp { host, port } => write!(f, "smtp://{host}:{port}"),
-        }
-    }
-}
-
-/// Splits `host`, `host:port`, `[v6]` or `[v6]:port`. `None` on anything else (empty host,
-/// bad port, path or user info). The host is returned without brackets.
-pub fn split_host_port(text: &str, default_port: u16) -> Option<(String, u16)> {
-    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
-        let (host, after) = rest.split_once(']')?;
-        host.parse::<std::net::Ipv6Addr>().ok()?;
-        match after {
-            "" => (host, None),
-            _ => (host, Some(after.strip_prefix(':')?)),
-        }
-    } else {
-        match text.split_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (text, None),
-        }
-    };
-    let port = match port {
-        None => default_port,
-        Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0)?,
-    };
-    let plain_host = host.parse::<IpAddr>().is_ok() || checks::valid_domain(host);
-    plain_host.then(|| (host.to_string(), port))
+/// Reads a `[[route]]` `to` value (`"smtp://host:port"` or `"maildir"`).
+fn de_route_target<'de, D: Deserializer<'de>>(deserializer: D) -> Result<RouteTarget, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    RouteTarget::from_str(&text).map_err(serde::de::Error::custom)
 }
 
 /// `[limits]`: abuse limits and timeouts. Every field has a default; the defaults suit a small
@@ -442,7 +385,7 @@ pub struct Limits {
     /// Failed commands per session before we answer 421 and disconnect.
     pub max_errors: u32,
     /// Messages one authenticated user may send per hour (then `451 4.7.1` at MAIL; every
-    /// accepted MAIL counts, see [`crate::ratelimit`]). The budget survives SIGHUP.
+    /// accepted MAIL counts, see `relayward_server::ratelimit`). The budget survives SIGHUP.
     pub messages_per_user_per_hour: u32,
     /// Messages one authenticated user may send per day (then `451 4.7.1` at MAIL).
     pub messages_per_user_per_day: u32,
@@ -681,6 +624,20 @@ impl Config {
         out
     }
 
+    /// The routing table this configuration describes: local domains and their mailboxes,
+    /// `[[route]]` domains, and whether remote mail goes to the smart host. The one input of
+    /// "where does this recipient go?" (see [`relayward_protocol::route`]).
+    pub fn router(&self) -> Router {
+        Router::new(
+            self.normalized_local_domains(),
+            self.local_mailboxes()
+                .into_iter()
+                .map(|(address, _)| address),
+            self.relay_domains(),
+            self.delivery.smarthost.is_some(),
+        )
+    }
+
     /// `[[route]]` domains (lower-case) and their targets.
     pub fn relay_domains(&self) -> HashMap<String, RouteTarget> {
         self.routes
@@ -770,20 +727,10 @@ mod checks {
         }
     }
 
-    /// A host name as we accept it in the file: ASCII letters, digits and hyphens in labels of
-    /// 1–63 octets, at most 253 octets, no trailing dot. (IDNs must be written in A-label form.)
+    /// A host name as we accept it in the file: the protocol crate's grammar (LDH labels of
+    /// 1–63 octets, no trailing dot, not all-numeric at the end). IDNs are written as A-labels.
     pub(super) fn valid_domain(name: &str) -> bool {
-        !name.is_empty()
-            && name.len() <= 253
-            && name.split('.').all(|label| {
-                !label.is_empty()
-                    && label.len() <= 63
-                    && !label.starts_with('-')
-                    && !label.ends_with('-')
-                    && label
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            })
+        relayward_protocol::path::is_host_name(name)
     }
 
     /// `local@domain` with a dot-atom local part (RFC 5321 §4.1.2) of at most 64 octets.
@@ -1010,7 +957,7 @@ mod checks {
                     key,
                     format!("{mailbox:?} is not in a local domain; add {domain:?} to relay.local_domains, or use a [[route]] for a domain you forward"),
                 ),
-                Some((local, _)) if !crate::policy::is_mailbox_name(local) => f.error(
+                Some((local, _)) if !relayward_protocol::route::is_mailbox_name(local) => f.error(
                     key,
                     format!("{mailbox:?} cannot be a Maildir (its local part names a directory, so no \"/\"); every message to it would bounce"),
                 ),
@@ -1031,7 +978,7 @@ mod checks {
                     format!("login {:?} is configured twice (logins are case-insensitive); merge the entries", user.login),
                 );
             }
-            if let Err(why) = crate::auth::check_password_hash(&user.password_hash) {
+            if let Err(why) = crate::check_password_hash(&user.password_hash) {
                 f.error(
                     format!("{key}.password_hash"),
                     format!("{why}; generate one with `relayward hash-password` (reads the password on stdin)"),
@@ -1063,7 +1010,8 @@ mod checks {
         let is_local = config
             .normalized_local_domains()
             .contains(&domain.to_ascii_lowercase());
-        if is_local && (!valid_address(login) || !crate::policy::is_mailbox_name(local)) {
+        if is_local && (!valid_address(login) || !relayward_protocol::route::is_mailbox_name(local))
+        {
             f.error(
                 format!("{key}.login"),
                 format!("{login:?} is in a local domain, so it is also a mailbox, but it cannot be one (write a dot-atom local part without \"/\", e.g. \"alice@{domain}\")"),

@@ -1,0 +1,18 @@
+//! The one check of a configured password hash, shared by `check-config` and the user database.
+
+use argon2::{Algorithm, Params, PasswordHash};
+
+/// Checks that `phc` is an argon2 PHC string we can verify against (algorithm, version,
+/// parameters, salt and hash all present and valid). The error says what is wrong.
+pub fn check_password_hash(phc: &str) -> Result<(), String> {
+    let hash = PasswordHash::new(phc).map_err(|e| {
+        format!("not a PHC password hash ({e}); it looks like \"$argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>\"")
+    })?;
+    Algorithm::new(hash.algorithm.as_str())
+        .map_err(|_| format!("algorithm {:?} is not argon2", hash.algorithm.as_str()))?;
+    Params::try_from(&hash).map_err(|e| format!("invalid argon2 parameters: {e}"))?;
+    if hash.salt.is_none() || hash.hash.is_none() {
+        return Err("the hash has no salt or no hash value".to_string());
+    }
+    Ok(())
+}
