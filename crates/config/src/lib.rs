@@ -19,7 +19,9 @@ use ipnet::IpNet;
 pub use relayward_protocol::route::{RouteTarget, Router, split_host_port};
 use serde::{Deserialize, Deserializer};
 
+mod live;
 mod password;
+pub use live::Live;
 pub use password::check_password_hash;
 
 /// The configuration `relayward serve` runs with when given no file: loopback only, local domain

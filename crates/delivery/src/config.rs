@@ -1,52 +1,21 @@
-//! Delivery settings. The server crate maps its `[delivery]`, `[dns]` and `[[route]]` TOML
-//! sections onto these types, so this crate does not depend on the server's configuration.
+//! Delivery settings: the runner's view of `[delivery]`, `[dns]` and `hostname`, read from the
+//! configuration by [`DeliveryConfig::from_config`] (and settable field by field in tests).
+//! Where each recipient goes is not here: the queue stores the router's answer with it.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use relayward_config::Config;
+pub use relayward_config::SmarthostTls;
+
 use crate::retry::RetrySchedule;
-
-/// The set of existing local mailboxes, replaceable while the runner runs.
-#[derive(Debug, Clone, Default)]
-pub struct MailboxList(std::sync::Arc<std::sync::RwLock<std::collections::HashSet<String>>>);
-
-impl MailboxList {
-    /// A list of `local@domain` addresses (compared case-insensitively).
-    pub fn new(addresses: impl IntoIterator<Item = String>) -> Self {
-        let list = Self::default();
-        list.replace(addresses);
-        list
-    }
-
-    /// Replaces the whole list (on reload).
-    pub fn replace(&self, addresses: impl IntoIterator<Item = String>) {
-        let fresh = addresses
-            .into_iter()
-            .map(|a| a.to_ascii_lowercase())
-            .collect();
-        match self.0.write() {
-            Ok(mut set) => *set = fresh,
-            Err(poisoned) => *poisoned.into_inner() = fresh,
-        }
-    }
-
-    pub fn contains(&self, address: &str) -> bool {
-        let address = address.to_ascii_lowercase();
-        match self.0.read() {
-            Ok(set) => set.contains(&address),
-            Err(poisoned) => poisoned.into_inner().contains(&address),
-        }
-    }
-}
 
 /// Everything the runner needs to know. Build it with [`DeliveryConfig::new`] and set fields.
 #[derive(Debug, Clone)]
 pub struct DeliveryConfig {
     /// Our name: EHLO argument, `Reporting-MTA` of bounces, `MAILER-DAEMON@hostname`.
     pub hostname: String,
-    /// Domains delivered into Maildirs under `mail_root` (lower-case).
-    pub local_domains: Vec<String>,
     /// `data_dir/mail`: Maildirs live at `mail_root/<domain>/<local-part>/`.
     pub mail_root: PathBuf,
     /// `host:port` of the smart host; without it, mail goes to the recipients' MX hosts.
@@ -57,8 +26,6 @@ pub struct DeliveryConfig {
     /// Extra trust anchors (PEM) for the smart host, for private CAs and tests. The public
     /// webpki roots are always trusted as well.
     pub smarthost_ca_file: Option<PathBuf>,
-    /// `[[route]]` entries: checked before the smart host and MX.
-    pub routes: Vec<Route>,
     /// Port used for MX hosts (MX records carry no port); 25 in production.
     pub mx_port: u16,
     /// `[dns] nameservers`; empty means the system resolver configuration.
@@ -81,12 +48,6 @@ pub struct DeliveryConfig {
     pub connection_idle: Duration,
     /// How long `run` waits for in-flight deliveries after shutdown before aborting them.
     pub shutdown_grace: Duration,
-    /// The mailboxes that exist in `local_domains` (lower-case `local@domain`). When set, mail
-    /// for any other address there fails permanently instead of creating a Maildir: the
-    /// session already refuses unknown users, but a bounce addressed to a forged local sender
-    /// reaches the runner without passing a RCPT check. `None` accepts every name. Shared, so
-    /// a configuration reload (new users) reaches the running runner.
-    pub local_mailboxes: Option<MailboxList>,
 }
 
 impl DeliveryConfig {
@@ -94,14 +55,12 @@ impl DeliveryConfig {
     pub fn new(hostname: impl Into<String>, mail_root: impl Into<PathBuf>) -> Self {
         Self {
             hostname: hostname.into(),
-            local_domains: Vec::new(),
             mail_root: mail_root.into(),
             smarthost: None,
-            smarthost_tls: SmarthostTls::StartTls,
+            smarthost_tls: SmarthostTls::Starttls,
             smarthost_user: None,
             smarthost_password_file: None,
             smarthost_ca_file: None,
-            routes: Vec::new(),
             mx_port: 25,
             nameservers: Vec::new(),
             dns_cache_size: 1024,
@@ -114,27 +73,29 @@ impl DeliveryConfig {
             poll_interval: Duration::from_secs(60),
             connection_idle: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(20),
-            local_mailboxes: None,
         }
     }
 
-    /// Whether `local@domain` names a mailbox that exists (always, without a mailbox list, and
-    /// for `maildir` routes, whose local parts the relay policy vets).
-    pub fn mailbox_exists(&self, local: &str, domain: &str) -> bool {
-        let in_local_domains = self
-            .local_domains
-            .iter()
-            .any(|d| d.eq_ignore_ascii_case(domain));
-        match &self.local_mailboxes {
-            Some(known) if in_local_domains => known.contains(&format!("{local}@{domain}")),
-            _ => true,
-        }
+    /// The settings a configuration file gives (`hostname`, `data_dir`, `[delivery]`,
+    /// `[dns]`); everything the file does not set keeps the defaults of [`DeliveryConfig::new`].
+    pub fn from_config(config: &Config) -> DeliveryConfig {
+        let delivery = &config.delivery;
+        let mut out = DeliveryConfig::new(config.hostname.clone(), config.data_dir.join("mail"));
+        out.smarthost = delivery.smarthost.clone();
+        out.smarthost_tls = delivery.smarthost_tls;
+        out.smarthost_user = delivery.smarthost_user.clone();
+        out.smarthost_password_file = delivery.smarthost_password_file.clone();
+        out.smarthost_ca_file = delivery.ca_file.clone();
+        out.mx_port = delivery.mx_port;
+        out.nameservers = config.dns.nameservers.clone();
+        out.max_queue_lifetime = delivery.max_queue_lifetime;
+        out
     }
 
     /// Refuses settings that would send mail or passwords in clear to a remote host.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(host) = &self.smarthost {
-            let (name, _) = split_host_port(host)?;
+            let (name, _) = smarthost_address(host)?;
             if self.smarthost_tls == SmarthostTls::None {
                 if !is_loopback_name(&name) {
                     return Err(ConfigError::CleartextSmarthost(host.clone()));
@@ -151,85 +112,6 @@ impl DeliveryConfig {
             return Err(ConfigError::ZeroConcurrency);
         }
         Ok(())
-    }
-
-    /// Is `domain` delivered locally (a local domain, or a route to `maildir`)?
-    pub fn is_local(&self, domain: &str) -> bool {
-        self.local_domains
-            .iter()
-            .any(|d| d.eq_ignore_ascii_case(domain))
-            || self
-                .route_for(domain)
-                .is_some_and(|r| r.to == RouteTarget::Maildir)
-    }
-
-    /// The `[[route]]` for `domain`, if any (exact, case-insensitive match).
-    pub fn route_for(&self, domain: &str) -> Option<&Route> {
-        self.routes
-            .iter()
-            .find(|r| r.domain.eq_ignore_ascii_case(domain))
-    }
-}
-
-/// How to protect the smart-host connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SmarthostTls {
-    /// Plain connect, then STARTTLS is required, certificate verified (port 587).
-    #[serde(rename = "starttls")]
-    StartTls,
-    /// TLS from the first byte, certificate verified (port 465).
-    Implicit,
-    /// No TLS at all: only allowed to a loopback address.
-    None,
-}
-
-impl std::str::FromStr for SmarthostTls {
-    type Err = ConfigError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "starttls" => Ok(Self::StartTls),
-            "implicit" => Ok(Self::Implicit),
-            "none" => Ok(Self::None),
-            other => Err(ConfigError::BadTlsMode(other.to_string())),
-        }
-    }
-}
-
-/// A `[[route]]`: mail for `domain` goes to `to` instead of the smart host or MX.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
-    pub domain: String,
-    pub to: RouteTarget,
-}
-
-/// Where a route sends mail.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RouteTarget {
-    /// `smtp://host:port`: an internal server; opportunistic STARTTLS, no MX lookup.
-    Smtp { host: String, port: u16 },
-    /// `maildir`: local Maildirs under `mail_root`.
-    Maildir,
-}
-
-impl RouteTarget {
-    /// Parses the TOML `to` value: `smtp://host:port` (port defaults to 25) or `maildir`.
-    pub fn parse(value: &str) -> Result<Self, ConfigError> {
-        if value == "maildir" {
-            return Ok(Self::Maildir);
-        }
-        let rest = value
-            .strip_prefix("smtp://")
-            .ok_or_else(|| ConfigError::BadRoute(value.to_string()))?;
-        let rest = rest.strip_suffix('/').unwrap_or(rest);
-        if rest.is_empty() || rest.contains('/') {
-            return Err(ConfigError::BadRoute(value.to_string()));
-        }
-        let (host, port) = match split_host_port(rest) {
-            Ok(hp) => hp,
-            Err(_) => (rest.to_string(), 25),
-        };
-        Ok(Self::Smtp { host, port })
     }
 }
 
@@ -294,10 +176,6 @@ pub enum ConfigError {
     CleartextAuth,
     #[error("smarthost_user and smarthost_password_file go together; set both or neither")]
     IncompleteAuth,
-    #[error("smarthost_tls must be \"starttls\", \"implicit\" or \"none\", not {0:?}")]
-    BadTlsMode(String),
-    #[error("route target must be \"smtp://host:port\" or \"maildir\", not {0:?}")]
-    BadRoute(String),
     #[error("expected host:port, got {0:?}")]
     BadHostPort(String),
     #[error("concurrency limits must be at least 1")]
@@ -315,18 +193,11 @@ pub enum ConfigError {
     Resolver(String),
 }
 
-/// Splits `host:port`, `[v6]:port` or `v6-literal` with port. The port is mandatory.
-pub fn split_host_port(value: &str) -> Result<(String, u16), ConfigError> {
-    let bad = || ConfigError::BadHostPort(value.to_string());
-    if let Ok(addr) = value.parse::<SocketAddr>() {
-        return Ok((addr.ip().to_string(), addr.port()));
-    }
-    let (host, port) = value.rsplit_once(':').ok_or_else(bad)?;
-    if host.is_empty() || host.contains(':') {
-        return Err(bad());
-    }
-    let port: u16 = port.parse().map_err(|_| bad())?;
-    Ok((host.to_string(), port))
+/// The smart host's `host:port` (the port is required), by the one host:port parser.
+pub fn smarthost_address(value: &str) -> Result<(String, u16), ConfigError> {
+    relayward_protocol::route::split_host_port(value, 0)
+        .filter(|(_, port)| *port != 0)
+        .ok_or_else(|| ConfigError::BadHostPort(value.to_string()))
 }
 
 /// A name that can only mean this machine: a loopback IP literal or `localhost`.
@@ -343,30 +214,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn route_targets_parse() {
-        assert_eq!(
-            RouteTarget::parse("maildir").ok(),
-            Some(RouteTarget::Maildir)
-        );
-        assert_eq!(
-            RouteTarget::parse("smtp://10.0.0.5:25").ok(),
-            Some(RouteTarget::Smtp {
-                host: "10.0.0.5".into(),
-                port: 25
-            })
-        );
-        assert_eq!(
-            RouteTarget::parse("smtp://mail.corp.test").ok(),
-            Some(RouteTarget::Smtp {
-                host: "mail.corp.test".into(),
-                port: 25
-            })
-        );
-        assert!(RouteTarget::parse("http://x").is_err());
-        assert!(RouteTarget::parse("smtp://").is_err());
-    }
-
-    #[test]
     fn cleartext_smarthost_only_to_loopback() {
         let mut c = DeliveryConfig::new("mx.test", "/tmp/x");
         c.smarthost = Some("smtp.provider.test:25".into());
@@ -380,33 +227,14 @@ mod tests {
         c.smarthost_password_file = Some("/p".into());
         assert!(c.validate().is_err());
     }
-}
-
-#[cfg(test)]
-mod mailbox_tests {
-    use super::*;
 
     #[test]
-    fn only_known_mailboxes_exist_in_local_domains() {
-        let mut config = DeliveryConfig::new("mx.example.test", "/tmp/mail");
-        config.local_domains = vec!["example.test".into()];
-        assert!(
-            config.mailbox_exists("Ghost", "example.test"),
-            "no list: anything"
+    fn smarthost_needs_a_port() {
+        assert_eq!(
+            smarthost_address("smtp.provider.test:587").ok(),
+            Some(("smtp.provider.test".to_string(), 587))
         );
-        let list = MailboxList::new(["alice@example.test".to_string()]);
-        config.local_mailboxes = Some(list.clone());
-        assert!(config.mailbox_exists("Alice", "EXAMPLE.test"));
-        assert!(!config.mailbox_exists("Ghost.Box", "example.test"));
-        assert!(
-            config.mailbox_exists("anyone", "other.test"),
-            "not a local domain"
-        );
-        list.replace(["ghost.box@example.test".to_string()]);
-        assert!(
-            config.mailbox_exists("Ghost.Box", "example.test"),
-            "reload reaches the runner"
-        );
-        assert!(!config.mailbox_exists("alice", "example.test"));
+        assert!(smarthost_address("smtp.provider.test").is_err());
+        assert!(smarthost_address("::1:25").is_err());
     }
 }

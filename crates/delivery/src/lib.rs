@@ -7,21 +7,23 @@
 //! - [`tls`]: verifying (smart host) and opportunistic (MX) TLS client configurations.
 //! - [`retry`]: the backoff schedule. [`dsn`]: RFC 3464 bounces.
 //! - [`admin`]: `relayward queue …` (list, show, retry, delete, hold, release).
-//! - [`config`]: [`DeliveryConfig`], which the server maps its TOML onto.
+//! - [`config`]: [`DeliveryConfig`], the runner's settings from `[delivery]` and `[dns]`;
+//!   [`context`]: those settings checked and prepared, with the routing table.
 //!
-//! Starting the runner next to the SMTP listeners (same queue instance):
+//! Where each recipient goes was decided when it was accepted: the queue stores the router's
+//! [`Route`](relayward_protocol::route::Route) with it and the runner follows it. The runner
+//! reads everything else from the [`DeliveryContext`] of the configuration in force, which a
+//! reload replaces (`relayward serve` hands it a `Live` view of its snapshot):
 //!
 //! ```no_run
 //! # async fn demo(queue: std::sync::Arc<dyn relayward_queue::Queue>) -> anyhow::Result<()> {
-//! use relayward_delivery::{DeliveryConfig, Route, RouteTarget, Runner};
-//! let mut config = DeliveryConfig::new("mx.example.test", "/var/lib/relayward/mail");
-//! config.local_domains = vec!["example.test".into()];
-//! config.routes = vec![Route {
-//!     domain: "corp.example.test".into(),
-//!     to: RouteTarget::parse("smtp://10.0.0.5:25")?,
-//! }];
-//! config.max_queue_lifetime = humantime::parse_duration("5d")?;
-//! let runner = Runner::new(queue, config)?; // validates; reads the password and CA files
+//! use std::sync::Arc;
+//! use relayward_delivery::{DeliveryConfig, DeliveryContext, Runner};
+//! let config = relayward_config::Config::load("/etc/relayward/relayward.toml".as_ref())?;
+//! let settings = DeliveryConfig::from_config(&config);
+//! // Checks the settings; reads the password and CA files.
+//! let context = DeliveryContext::new(settings, Arc::new(config.router()))?;
+//! let runner = Runner::with_context(queue, context);
 //! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
 //! let task = tokio::spawn(runner.run(async move {
 //!     let _ = stopped.await;
@@ -36,6 +38,7 @@
 pub mod admin;
 pub mod client;
 pub mod config;
+pub mod context;
 pub mod dsn;
 pub mod mx;
 pub mod outcome;
@@ -43,6 +46,7 @@ pub mod retry;
 pub mod runner;
 pub mod tls;
 
-pub use config::{DeliveryConfig, MailboxList, Route, RouteTarget, SmarthostTls, Timeouts};
+pub use config::{DeliveryConfig, SmarthostTls, Timeouts};
+pub use context::DeliveryContext;
 pub use retry::RetrySchedule;
 pub use runner::Runner;

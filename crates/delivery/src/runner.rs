@@ -12,22 +12,21 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use relayward_config::Live;
+use relayward_protocol::route::{NextHop, Route, Routed, Unroutable};
 use relayward_protocol::text::Escaped;
 use relayward_queue::{
-    MessageId, NewMessage, Queue, QueuedMessage, RecipientStatus, RecipientUpdate,
+    MessageId, NewMessage, NewRecipient, Queue, QueuedMessage, RecipientState, RecipientStatus,
+    RecipientUpdate,
 };
-use rustls::ClientConfig;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::client::{
-    self, ConnectParams, Connection, Credentials, Envelope, SessionError, TlsPolicy,
-};
-use crate::config::{ConfigError, DeliveryConfig, RouteTarget, SmarthostTls, split_host_port};
+use crate::client::{self, ConnectParams, Connection, Envelope, SessionError, TlsPolicy};
+use crate::context::DeliveryContext;
 use crate::dsn::{self, FailedRecipient};
-use crate::mx::{DnsFailure, MxResolver};
+use crate::mx::DnsFailure;
 use crate::outcome::{Failure, Outcome};
-use crate::tls;
 
 /// Most MX hosts, and addresses per host, tried in one attempt.
 const MAX_HOSTS: usize = 10;
@@ -41,42 +40,85 @@ pub struct Runner {
 
 struct Shared {
     queue: Arc<dyn Queue>,
-    config: DeliveryConfig,
-    resolver: MxResolver,
-    opportunistic: Arc<ClientConfig>,
-    smarthost: Option<Smarthost>,
-    total: Arc<Semaphore>,
-    per_destination: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// The delivery side of the current configuration snapshot; taken once per message.
+    live: Live<DeliveryContext>,
+    total: Mutex<Limit>,
+    per_destination: Mutex<HashMap<String, Limit>>,
     pool: Mutex<HashMap<String, Vec<(Connection, Instant)>>>,
     in_flight: Mutex<HashSet<MessageId>>,
 }
 
-/// The smart host, ready to use: address, TLS policy, credentials.
-struct Smarthost {
-    host: String,
-    port: u16,
-    tls: TlsPolicy,
-    credentials: Option<Credentials>,
+/// A concurrency limit whose size a reload may change. A new size takes a new semaphore:
+/// deliveries holding permits of the old one finish under it, so for a moment both count.
+#[derive(Clone)]
+struct Limit {
+    size: usize,
+    semaphore: Arc<Semaphore>,
 }
 
-/// Where a group of recipients goes.
+impl Limit {
+    fn new(size: usize) -> Self {
+        Self {
+            size,
+            semaphore: Arc::new(Semaphore::new(size)),
+        }
+    }
+
+    /// The semaphore for `size` permits, replacing this one if the size changed.
+    fn resized(&mut self, size: usize) -> Arc<Semaphore> {
+        if self.size != size {
+            *self = Limit::new(size);
+        }
+        Arc::clone(&self.semaphore)
+    }
+}
+
+/// Where a group of recipients goes: their stored next hop, with every Maildir one handled
+/// by the same local group (each recipient still goes to its own Maildir).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Destination {
     Local,
     Smarthost,
-    Route { host: String, port: u16 },
+    Route {
+        host: String,
+        port: u16,
+    },
     Mx(String),
+    /// No route: an entry from an older spool whose address the current router cannot place.
+    Nowhere,
 }
 
 impl Destination {
+    fn of(next_hop: Option<&NextHop>) -> Destination {
+        let Some(next_hop) = next_hop else {
+            return Destination::Nowhere;
+        };
+        match next_hop {
+            NextHop::Maildir { .. } => Destination::Local,
+            NextHop::Smtp { host, port } => Destination::Route {
+                host: host.clone(),
+                port: *port,
+            },
+            NextHop::Smarthost => Destination::Smarthost,
+            NextHop::Mx { domain } => Destination::Mx(domain.clone()),
+        }
+    }
+
     fn key(&self) -> String {
         match self {
             Destination::Local => "local".into(),
             Destination::Smarthost => "smarthost".into(),
             Destination::Route { host, port } => format!("route:{host}:{port}"),
             Destination::Mx(domain) => format!("mx:{domain}"),
+            Destination::Nowhere => "nowhere".into(),
         }
     }
+}
+
+/// A due recipient and where it goes.
+struct Due {
+    address: String,
+    next_hop: Option<NextHop>,
 }
 
 /// Removes a message from the in-flight set even when its task is aborted.
@@ -94,31 +136,30 @@ impl Drop for InFlight {
 }
 
 impl Runner {
-    /// Checks the configuration, reads the smart-host password and CA file, builds the
-    /// resolver and TLS configurations. Fails (with a message for the admin) rather than
-    /// starting a runner that could not deliver or would deliver unsafely.
-    pub fn new(queue: Arc<dyn Queue>, config: DeliveryConfig) -> Result<Self, ConfigError> {
-        config.validate()?;
-        let resolver = MxResolver::new(
-            &config.nameservers,
-            config.dns_cache_size,
-            config.dns_timeout,
-        )?;
-        let smarthost = smarthost(&config)?;
+    /// A runner that delivers with whatever context `live` holds when it takes up a message
+    /// (see [`DeliveryContext`], already checked when it was built).
+    pub fn new(queue: Arc<dyn Queue>, live: Live<DeliveryContext>) -> Self {
+        let total = Mutex::new(Limit::new(live.current().settings.max_connections));
         let shared = Shared {
             queue,
-            resolver,
-            opportunistic: tls::opportunistic()?,
-            smarthost,
-            total: Arc::new(Semaphore::new(config.max_connections)),
+            live,
+            total,
             per_destination: Mutex::new(HashMap::new()),
             pool: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashSet::new()),
-            config,
         };
-        Ok(Self {
+        Self {
             shared: Arc::new(shared),
-        })
+        }
+    }
+
+    /// A runner for one fixed context (tests, one-shot commands).
+    pub fn with_context(queue: Arc<dyn Queue>, context: DeliveryContext) -> Self {
+        Self::new(queue, Live::fixed(Arc::new(context)))
+    }
+
+    fn context(&self) -> Arc<DeliveryContext> {
+        self.shared.live.current()
     }
 
     /// Runs until `shutdown` resolves. Wakes on `Queue::changed`, on its own timer (the
@@ -130,7 +171,7 @@ impl Runner {
         tokio::pin!(shutdown);
         loop {
             let next = self.dispatch(&mut tasks).await;
-            let sleep = next.min(self.shared.config.poll_interval);
+            let sleep = next.min(self.context().settings.poll_interval);
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = self.shared.queue.changed() => {}
@@ -138,7 +179,7 @@ impl Runner {
                 Some(_) = tasks.join_next() => {}
             }
         }
-        let grace = self.shared.config.shutdown_grace;
+        let grace = self.context().settings.shutdown_grace;
         let _ =
             tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
         tasks.shutdown().await;
@@ -207,11 +248,13 @@ impl Runner {
     /// Delivers the due recipients of one message, group by group, then bounces the failed
     /// ones in a single DSN.
     async fn deliver_message(&self, message: QueuedMessage) {
+        let ctx = self.context();
         let content = match self.shared.queue.content(&message.id).await {
             Ok(content) => content,
             Err(e) => {
                 tracing::error!(id = %message.id, error = %Escaped(&e.to_string()), "cannot read message content");
                 self.defer_all(
+                    &ctx,
                     &message,
                     Failure::local("4.3.0", format!("queue read error: {e}")),
                 )
@@ -220,11 +263,12 @@ impl Runner {
             }
         };
         let mut failed = Vec::new();
-        for (destination, recipients) in self.groups(&message) {
+        for (destination, due) in self.groups(&ctx, &message) {
             let outcomes = self
-                .deliver_group(&destination, &message, &content, &recipients)
+                .deliver_group(&ctx, &destination, &message, &content, &due)
                 .await;
-            let (updates, mut group_failed) = self.classify(&message, &recipients, outcomes);
+            let recipients: Vec<String> = due.into_iter().map(|d| d.address).collect();
+            let (updates, mut group_failed) = self.classify(&ctx, &message, &recipients, outcomes);
             if let Err(e) = self.shared.queue.update(&message.id, updates).await {
                 tracing::error!(id = %message.id, error = %e, "cannot record delivery results");
                 return;
@@ -232,69 +276,67 @@ impl Runner {
             failed.append(&mut group_failed);
         }
         if !failed.is_empty() {
-            self.bounce(&message, &content, failed).await;
+            self.bounce(&ctx, &message, &content, failed).await;
         }
     }
 
-    /// Due pending recipients, grouped by destination (one transaction per group).
-    fn groups(&self, message: &QueuedMessage) -> BTreeMap<Destination, Vec<String>> {
+    /// Due pending recipients, grouped by destination (one transaction per group), each going
+    /// where its stored route says.
+    fn groups(
+        &self,
+        ctx: &DeliveryContext,
+        message: &QueuedMessage,
+    ) -> BTreeMap<Destination, Vec<Due>> {
         let now = unix_now();
-        let mut groups: BTreeMap<Destination, Vec<String>> = BTreeMap::new();
+        let mut groups: BTreeMap<Destination, Vec<Due>> = BTreeMap::new();
         for r in &message.recipients {
             if r.status.is_final() || r.next_attempt > now {
                 continue;
             }
-            let domain = domain_of(&r.address);
+            let next_hop = stored_route(ctx, &message.id, r).map(|route| route.next_hop);
             groups
-                .entry(self.destination(&domain))
+                .entry(Destination::of(next_hop.as_ref()))
                 .or_default()
-                .push(r.address.clone());
+                .push(Due {
+                    address: r.address.clone(),
+                    next_hop,
+                });
         }
         groups
-    }
-
-    fn destination(&self, domain: &str) -> Destination {
-        let config = &self.shared.config;
-        if config.is_local(domain) {
-            return Destination::Local;
-        }
-        if let Some(route) = config.route_for(domain)
-            && let RouteTarget::Smtp { host, port } = &route.to
-        {
-            return Destination::Route {
-                host: host.clone(),
-                port: *port,
-            };
-        }
-        if self.shared.smarthost.is_some() {
-            return Destination::Smarthost;
-        }
-        Destination::Mx(domain.to_string())
     }
 
     /// One outcome per recipient, in order, within the concurrency limits.
     async fn deliver_group(
         &self,
+        ctx: &DeliveryContext,
         destination: &Destination,
         message: &QueuedMessage,
         content: &[u8],
-        recipients: &[String],
+        due: &[Due],
     ) -> Vec<Outcome> {
-        let _total = self.shared.total.clone().acquire_owned().await;
-        let _dest = self.destination_permit(destination).acquire_owned().await;
+        let _total = self.total_permit(ctx).acquire_owned().await;
+        let _dest = self
+            .destination_permit(ctx, destination)
+            .acquire_owned()
+            .await;
+        let recipients: Vec<String> = due.iter().map(|d| d.address.clone()).collect();
         let envelope = Envelope {
             sender: &message.sender,
-            recipients,
+            recipients: &recipients,
             content,
         };
         let outcomes = match destination {
-            Destination::Local => return self.deliver_local(recipients, content).await,
-            Destination::Smarthost => self.deliver_smarthost(&envelope).await,
+            Destination::Local => return self.deliver_local(ctx, due, content).await,
+            Destination::Nowhere => {
+                let failure = Failure::local("5.1.1", "no route to this recipient");
+                vec![Outcome::Failed(failure); due.len()]
+            }
+            Destination::Smarthost => self.deliver_smarthost(ctx, &envelope).await,
             Destination::Route { host, port } => {
                 let hosts = vec![host.clone()];
-                self.deliver_hosts(&hosts, *port, &envelope).await
+                self.deliver_hosts(ctx, &hosts, *port, &envelope).await
             }
-            Destination::Mx(domain) => self.deliver_mx(domain, &envelope).await,
+            Destination::Mx(domain) => self.deliver_mx(ctx, domain, &envelope).await,
         };
         for (rcpt, outcome) in recipients.iter().zip(&outcomes) {
             log_outcome(&message.id, rcpt, outcome);
@@ -302,36 +344,51 @@ impl Runner {
         outcomes
     }
 
-    fn destination_permit(&self, destination: &Destination) -> Arc<Semaphore> {
-        let limit = self.shared.config.max_per_destination;
-        match self.shared.per_destination.lock() {
-            Ok(mut map) => map
-                .entry(destination.key())
-                .or_insert_with(|| Arc::new(Semaphore::new(limit)))
-                .clone(),
-            Err(_) => Arc::new(Semaphore::new(limit)),
-        }
+    fn total_permit(&self, ctx: &DeliveryContext) -> Arc<Semaphore> {
+        self.shared
+            .total
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .resized(ctx.settings.max_connections)
     }
 
-    /// Writes each recipient's copy into its Maildir (blocking I/O off the async threads).
-    async fn deliver_local(&self, recipients: &[String], content: &[u8]) -> Vec<Outcome> {
-        let mut outcomes = Vec::with_capacity(recipients.len());
-        for rcpt in recipients {
-            let (local, domain) = match rcpt.rsplit_once('@') {
-                Some((l, d)) => (l.to_string(), d.to_string()),
-                None => (rcpt.clone(), String::new()),
-            };
-            if !self.shared.config.mailbox_exists(&local, &domain) {
-                outcomes.push(Outcome::Failed(Failure::local(
-                    "5.1.1",
-                    format!("no mailbox {rcpt} here"),
+    fn destination_permit(
+        &self,
+        ctx: &DeliveryContext,
+        destination: &Destination,
+    ) -> Arc<Semaphore> {
+        let size = ctx.settings.max_per_destination;
+        self.shared
+            .per_destination
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(destination.key())
+            .or_insert_with(|| Limit::new(size))
+            .resized(size)
+    }
+
+    /// Writes each recipient's copy into the Maildir its route names (blocking I/O off the
+    /// async threads).
+    async fn deliver_local(
+        &self,
+        ctx: &DeliveryContext,
+        due: &[Due],
+        content: &[u8],
+    ) -> Vec<Outcome> {
+        let mut outcomes = Vec::with_capacity(due.len());
+        for rcpt in due {
+            let Some(NextHop::Maildir { domain, mailbox }) = &rcpt.next_hop else {
+                outcomes.push(Outcome::Deferred(Failure::local(
+                    "4.3.0",
+                    "internal: non-local recipient in the local group",
                 )));
                 continue;
-            }
-            let root = self.shared.config.mail_root.clone();
+            };
+            let root = ctx.settings.mail_root.clone();
+            let (domain, mailbox) = (domain.clone(), mailbox.clone());
             let data = content.to_vec();
             let result = tokio::task::spawn_blocking(move || {
-                relayward_queue::maildir::deliver_to_maildir(&root, &domain, &local, &data)
+                relayward_queue::maildir::deliver_to_maildir(&root, &domain, &mailbox, &data)
             })
             .await;
             outcomes.push(match result {
@@ -350,19 +407,17 @@ impl Runner {
         outcomes
     }
 
-    async fn deliver_mx(&self, domain: &str, envelope: &Envelope<'_>) -> Vec<Outcome> {
+    async fn deliver_mx(
+        &self,
+        ctx: &DeliveryContext,
+        domain: &str,
+        envelope: &Envelope<'_>,
+    ) -> Vec<Outcome> {
         let n = envelope.recipients.len();
-        if domain.starts_with('[') {
-            // Address literals reach here only as bounce targets (the policy never relays to
-            // them): sending to a raw IP would let any client aim our bounces at any host,
-            // and retrying a DNS lookup of "[ip]" for days only clogs the queue.
-            let failure = Failure::local("5.1.2", "address literals are not routed by this server");
-            return vec![Outcome::Failed(failure); n];
-        }
-        match self.shared.resolver.mx_hosts(domain).await {
+        match ctx.resolver.mx_hosts(domain).await {
             Ok(hosts) => {
                 let names: Vec<String> = hosts.into_iter().map(|h| h.name).collect();
-                self.deliver_hosts(&names, self.shared.config.mx_port, envelope)
+                self.deliver_hosts(ctx, &names, ctx.settings.mx_port, envelope)
                     .await
             }
             Err(failure) => vec![dns_outcome(&failure); n],
@@ -373,6 +428,7 @@ impl Runner {
     /// tried on the next. Final outcomes (2xx, 5xx) stop there.
     async fn deliver_hosts(
         &self,
+        ctx: &DeliveryContext,
         hosts: &[String],
         port: u16,
         envelope: &Envelope<'_>,
@@ -381,7 +437,7 @@ impl Runner {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
         let mut last = Failure::local("4.4.4", "no mail exchanger could be tried");
         for host in hosts.iter().take(MAX_HOSTS) {
-            let addresses = match self.shared.resolver.addresses(host).await {
+            let addresses = match ctx.resolver.addresses(host).await {
                 Ok(a) => a,
                 Err(e) => {
                     last = dns_failure(&e);
@@ -402,7 +458,7 @@ impl Runner {
                     recipients: &rcpts,
                     content: envelope.content,
                 };
-                let params = self.mx_params(host, SocketAddr::new(ip, port));
+                let params = mx_params(ctx, host, SocketAddr::new(ip, port));
                 match self.attempt(params, &sub).await {
                     Ok(results) => {
                         for (&i, outcome) in open.iter().zip(results) {
@@ -416,23 +472,22 @@ impl Runner {
         settle(outcomes, &last)
     }
 
-    fn mx_params(&self, host: &str, addr: SocketAddr) -> ConnectParams {
-        ConnectParams {
-            addr,
-            host_name: host.to_string(),
-            helo: self.shared.config.hostname.clone(),
-            tls: TlsPolicy::Opportunistic(self.shared.opportunistic.clone()),
-            credentials: None,
-            timeouts: self.shared.config.timeouts,
-        }
-    }
-
-    async fn deliver_smarthost(&self, envelope: &Envelope<'_>) -> Vec<Outcome> {
+    async fn deliver_smarthost(
+        &self,
+        ctx: &DeliveryContext,
+        envelope: &Envelope<'_>,
+    ) -> Vec<Outcome> {
         let n = envelope.recipients.len();
-        let Some(smarthost) = &self.shared.smarthost else {
-            return vec![Outcome::Deferred(Failure::local("4.3.5", "no smart host configured")); n];
+        let Some(smarthost) = &ctx.smarthost else {
+            // Routed to the smart host when accepted, and the reloaded configuration has none:
+            // wait for the admin (set one again, or let the lifetime run out) rather than guess.
+            let failure = Failure::local(
+                "4.3.5",
+                "routed to the smart host, but [delivery] smarthost is no longer configured",
+            );
+            return vec![Outcome::Deferred(failure); n];
         };
-        let addresses = match self.shared.resolver.addresses(&smarthost.host).await {
+        let addresses = match ctx.resolver.addresses(&smarthost.host).await {
             Ok(a) => a,
             Err(e) => return vec![Outcome::Deferred(dns_failure(&e)); n],
         };
@@ -448,10 +503,10 @@ impl Runner {
             let params = ConnectParams {
                 addr: SocketAddr::new(ip, smarthost.port),
                 host_name: smarthost.host.clone(),
-                helo: self.shared.config.hostname.clone(),
+                helo: ctx.settings.hostname.clone(),
                 tls: smarthost.tls.clone(),
                 credentials: smarthost.credentials.clone(),
-                timeouts: self.shared.config.timeouts,
+                timeouts: ctx.settings.timeouts,
             };
             match self.attempt(params, envelope).await {
                 // The smart host decides for every recipient; a 4xx there is not improved
@@ -505,7 +560,8 @@ impl Runner {
                 pool.get_mut(key).and_then(Vec::pop)
             };
             let (mut conn, since) = candidate?;
-            if since.elapsed() < self.shared.config.connection_idle && conn.still_alive().await {
+            if since.elapsed() < self.context().settings.connection_idle && conn.still_alive().await
+            {
                 return Some(conn);
             }
         }
@@ -519,7 +575,7 @@ impl Runner {
 
     /// Drops idle connections past `connection_idle` (their servers will time them out).
     fn prune_pool(&self) {
-        let idle = self.shared.config.connection_idle;
+        let idle = self.context().settings.connection_idle;
         if let Ok(mut pool) = self.shared.pool.lock() {
             for conns in pool.values_mut() {
                 conns.retain(|(_, since)| since.elapsed() < idle);
@@ -542,6 +598,7 @@ impl Runner {
     /// now; failed and expired ones are returned, to be recorded after their bounce is queued.
     fn classify(
         &self,
+        ctx: &DeliveryContext,
         message: &QueuedMessage,
         recipients: &[String],
         outcomes: Vec<Outcome>,
@@ -549,7 +606,7 @@ impl Runner {
         let now = unix_now();
         let deadline = message
             .arrived
-            .saturating_add(self.shared.config.max_queue_lifetime.as_secs());
+            .saturating_add(ctx.settings.max_queue_lifetime.as_secs());
         let mut updates = Vec::new();
         let mut failed = Vec::new();
         for (address, outcome) in recipients.iter().zip(outcomes) {
@@ -572,7 +629,7 @@ impl Runner {
                 }),
                 Outcome::Deferred(failure) => {
                     let failures = attempts_of(message, address).saturating_add(1);
-                    let delay = self.shared.config.retry.delay(failures);
+                    let delay = ctx.settings.retry.delay(failures);
                     let next = now.saturating_add(delay.as_secs_f64().ceil().max(1.0) as u64);
                     updates.push(RecipientUpdate {
                         address: address.clone(),
@@ -588,13 +645,19 @@ impl Runner {
 
     /// Queues one DSN for all failed recipients (unless the sender is null), then marks them
     /// final. If the DSN cannot be queued they stay pending and fail again on the next try.
-    async fn bounce(&self, message: &QueuedMessage, content: &[u8], failed: Vec<FailedRecipient>) {
+    async fn bounce(
+        &self,
+        ctx: &DeliveryContext,
+        message: &QueuedMessage,
+        content: &[u8],
+        failed: Vec<FailedRecipient>,
+    ) {
         let now = unix_now();
         if message.sender.is_empty() {
             tracing::warn!(id = %message.id, "undeliverable message with null sender: not bounced");
-        } else if let Err(e) = self.queue_dsn(message, content, &failed, now).await {
+        } else if let Err(e) = self.queue_dsn(ctx, message, content, &failed, now).await {
             tracing::error!(id = %message.id, error = %e, "cannot queue the bounce; will retry");
-            let retry = now.saturating_add(self.shared.config.retry.delay(1).as_secs().max(1));
+            let retry = now.saturating_add(ctx.settings.retry.delay(1).as_secs().max(1));
             let updates = failed
                 .iter()
                 .map(|f| RecipientUpdate {
@@ -625,15 +688,22 @@ impl Runner {
         }
     }
 
+    /// Queues the DSN to the original sender, routed by the current routing table like any
+    /// recipient. A sender with no route (an unknown mailbox of a local domain, an address
+    /// literal, sender-specified routing) gets no bounce: that is `Ok(None)`.
     async fn queue_dsn(
         &self,
+        ctx: &DeliveryContext,
         message: &QueuedMessage,
         content: &[u8],
         failed: &[FailedRecipient],
         now: u64,
-    ) -> Result<MessageId, relayward_queue::QueueError> {
+    ) -> Result<Option<MessageId>, relayward_queue::QueueError> {
+        let Some(recipient) = bounce_recipient(ctx, message) else {
+            return Ok(None);
+        };
         let report = dsn::build(&dsn::Report {
-            reporting_mta: &self.shared.config.hostname,
+            reporting_mta: &ctx.settings.hostname,
             original_sender: &message.sender,
             original_id: &message.id.0,
             arrived: message.arrived,
@@ -646,18 +716,18 @@ impl Runner {
             .queue
             .enqueue(NewMessage {
                 sender: String::new(),
-                recipients: vec![message.sender.clone()],
+                recipients: vec![recipient],
                 content: report,
                 client_ip: "127.0.0.1".into(),
                 auth_login: None,
             })
             .await?;
         tracing::info!(id = %message.id, dsn = %id, to = %Escaped(&message.sender), "bounce queued");
-        Ok(id)
+        Ok(Some(id))
     }
 
     /// Defers every due recipient (used when the content cannot be read).
-    async fn defer_all(&self, message: &QueuedMessage, failure: Failure) {
+    async fn defer_all(&self, ctx: &DeliveryContext, message: &QueuedMessage, failure: Failure) {
         let recipients: Vec<String> = message
             .recipients
             .iter()
@@ -665,54 +735,56 @@ impl Runner {
             .map(|r| r.address.clone())
             .collect();
         let outcomes = vec![Outcome::Deferred(failure); recipients.len()];
-        let (updates, _) = self.classify(message, &recipients, outcomes);
+        let (updates, _) = self.classify(ctx, message, &recipients, outcomes);
         let _ = self.shared.queue.update(&message.id, updates).await;
     }
 }
 
-/// Builds the smart-host settings, reading the password file now so that a missing file is
-/// a start-up error, not a stream of deferrals.
-fn smarthost(config: &DeliveryConfig) -> Result<Option<Smarthost>, ConfigError> {
-    let Some(value) = &config.smarthost else {
-        return Ok(None);
-    };
-    let (host, port) = split_host_port(value)?;
-    let credentials = match (&config.smarthost_user, &config.smarthost_password_file) {
-        (Some(user), Some(path)) => Some(Credentials {
-            user: user.clone(),
-            password: read_password(path)?,
-        }),
-        _ => None,
-    };
-    let server_name = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let tls = match config.smarthost_tls {
-        SmarthostTls::None => TlsPolicy::None,
-        SmarthostTls::StartTls => TlsPolicy::Required {
-            config: tls::verifying(config.smarthost_ca_file.as_deref())?,
-            server_name,
-        },
-        SmarthostTls::Implicit => TlsPolicy::Implicit {
-            config: tls::verifying(config.smarthost_ca_file.as_deref())?,
-            server_name,
-        },
-    };
-    Ok(Some(Smarthost {
-        host,
-        port,
-        tls,
-        credentials,
-    }))
+fn mx_params(ctx: &DeliveryContext, host: &str, addr: SocketAddr) -> ConnectParams {
+    ConnectParams {
+        addr,
+        host_name: host.to_string(),
+        helo: ctx.settings.hostname.clone(),
+        tls: TlsPolicy::Opportunistic(ctx.opportunistic.clone()),
+        credentials: None,
+        timeouts: ctx.settings.timeouts,
+    }
 }
 
-fn read_password(path: &std::path::Path) -> Result<String, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    Ok(text.trim_end_matches(['\r', '\n']).to_string())
+/// The recipient's stored route; for an entry written before routes were stored, the current
+/// router's answer (once per attempt, logged). `None` when it has no route now.
+fn stored_route(ctx: &DeliveryContext, id: &MessageId, r: &RecipientState) -> Option<Route> {
+    if let Some(route) = &r.route {
+        return Some(route.clone());
+    }
+    match ctx.router.route_address(&r.address) {
+        Some(Ok(routed)) => {
+            tracing::info!(%id, rcpt = %Escaped(&r.address), route = %routed.route, "entry without a stored route (older spool): routed now");
+            Some(routed.route)
+        }
+        _ => None,
+    }
+}
+
+/// Where the bounce of `message` goes: its sender, routed like a RCPT. `None`, with a log
+/// line, when the sender has no route.
+fn bounce_recipient(ctx: &DeliveryContext, message: &QueuedMessage) -> Option<NewRecipient> {
+    match ctx.router.route_address(&message.sender) {
+        Some(Ok(Routed { address, route })) => Some(NewRecipient { address, route }),
+        Some(Err(why)) => {
+            let why = match why {
+                Unroutable::SenderRouted(_) => "sender-specified routing",
+                Unroutable::AddressLiteral => "an address literal",
+                Unroutable::NoSuchMailbox => "no such local mailbox",
+            };
+            tracing::warn!(id = %message.id, sender = %Escaped(&message.sender), "not bounced: the sender has no route ({why})");
+            None
+        }
+        None => {
+            tracing::warn!(id = %message.id, sender = %Escaped(&message.sender), "not bounced: the sender is not a valid address");
+            None
+        }
+    }
 }
 
 fn pool_key(params: &ConnectParams) -> String {
@@ -768,13 +840,6 @@ fn attempts_of(message: &QueuedMessage, address: &str) -> u32 {
         .find(|r| r.address == address)
         .map(|r| r.attempts)
         .unwrap_or(0)
-}
-
-fn domain_of(address: &str) -> String {
-    address
-        .rsplit_once('@')
-        .map(|(_, d)| d.to_ascii_lowercase())
-        .unwrap_or_default()
 }
 
 fn log_outcome(id: &MessageId, rcpt: &str, outcome: &Outcome) {

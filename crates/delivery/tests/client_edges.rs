@@ -6,7 +6,6 @@ mod support;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use relayward_delivery::Runner;
 use relayward_queue::{Queue, RecipientStatus};
 use support::*;
 use tokio::io::AsyncWriteExt;
@@ -28,8 +27,7 @@ async fn falls_back_to_helo_and_sends_without_pipelining() {
     relay
         .enqueue("alice@local.test", &["bob@far.test"], ".leading dot\r\n.")
         .await;
-    let runner =
-        Runner::new(relay.dyn_queue(), relay.config(Some(dns), srv.addr.port())).expect("runner");
+    let runner = relay.runner(relay.config(Some(dns), srv.addr.port()));
     runner.run_once().await;
     assert!(relay.queue.list().await.expect("list").is_empty());
     let lines = srv.lines();
@@ -62,8 +60,7 @@ async fn delivers_to_an_ipv6_loopback_mx() {
     relay
         .enqueue("alice@local.test", &["bob@v6.test"], "hi")
         .await;
-    let runner =
-        Runner::new(relay.dyn_queue(), relay.config(Some(dns), addr.port())).expect("runner");
+    let runner = relay.runner(relay.config(Some(dns), addr.port()));
     runner.run_once().await;
     assert_eq!(srv.messages().len(), 1, "implicit MX via AAAA on ::1");
 }
@@ -101,8 +98,7 @@ async fn deferred_by(
     let id = relay
         .enqueue("alice@local.test", &["bob@far.test"], "hi")
         .await;
-    let runner =
-        Runner::new(relay.dyn_queue(), relay.config(Some(dns), server.port())).expect("runner");
+    let runner = relay.runner(relay.config(Some(dns), server.port()));
     tokio::time::timeout(Duration::from_secs(20), runner.run_once())
         .await
         .expect("bounded");

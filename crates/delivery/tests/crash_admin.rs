@@ -5,7 +5,6 @@ mod support;
 
 use std::time::Duration;
 
-use relayward_delivery::Runner;
 use relayward_delivery::admin::{self, Render, RetryTarget};
 use relayward_queue::{Queue, RecipientStatus};
 use support::*;
@@ -34,7 +33,7 @@ async fn a_runner_aborted_mid_transaction_loses_no_recipient() {
         .await;
     let config = relay.config(Some(dns), srv.addr.port());
 
-    let runner = Runner::new(relay.dyn_queue(), config.clone()).expect("runner");
+    let runner = relay.runner(config.clone());
     let (_stop, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(runner.run(async move {
         let _ = rx.await;
@@ -67,7 +66,7 @@ async fn a_runner_aborted_mid_transaction_loses_no_recipient() {
     }
 
     // A new runner (after the "restart") delivers them: at least once.
-    let runner = Runner::new(relay.dyn_queue(), config).expect("runner");
+    let runner = relay.runner(config);
     runner.run_once().await;
     assert!(
         relay.queue.list().await.expect("list").is_empty(),
@@ -100,7 +99,7 @@ async fn admin_functions_on_a_live_queue() {
         .await;
     let mut config = relay.config(Some(dns), srv.addr.port());
     config.retry = relayward_delivery::RetrySchedule::new(vec![Duration::from_secs(3600)], 0.0);
-    let runner = Runner::new(relay.dyn_queue(), config).expect("runner");
+    let runner = relay.runner(config);
     runner.run_once().await;
     let queue: &dyn Queue = relay.queue.as_ref();
 

@@ -73,7 +73,7 @@ async fn mail_reaches_the_most_preferred_mx_and_reuses_the_connection() {
         .enqueue("alice@local.test", &["dave@far.test"], "two")
         .await;
 
-    let runner = Runner::new(relay.dyn_queue(), config).expect("runner");
+    let runner = relay.runner(config);
     runner.run_once().await;
 
     assert!(queue_is_empty(&relay).await, "everything delivered");
@@ -117,7 +117,7 @@ async fn falls_back_to_the_next_mx_on_refusal_and_4xx() {
         .enqueue("alice@local.test", &["bob@far.test"], "hi")
         .await;
 
-    let runner = Runner::new(relay.dyn_queue(), relay.config(Some(dns), port)).expect("runner");
+    let runner = relay.runner(relay.config(Some(dns), port));
     runner.run_once().await;
 
     assert!(queue_is_empty(&relay).await);
@@ -150,8 +150,7 @@ async fn retries_after_4xx_until_accepted() {
     let id = relay
         .enqueue("alice@local.test", &["bob@far.test"], "hi")
         .await;
-    let runner =
-        Runner::new(relay.dyn_queue(), relay.config(Some(dns), srv.addr.port())).expect("runner");
+    let runner = relay.runner(relay.config(Some(dns), srv.addr.port()));
 
     runner.run_once().await;
     let state = relay.queue.get(&id).await.expect("still queued");
@@ -205,8 +204,7 @@ async fn bounce_after_5xx_is_one_rfc3464_report_in_the_senders_maildir() {
             "hi",
         )
         .await;
-    let runner =
-        Runner::new(relay.dyn_queue(), relay.config(Some(dns), srv.addr.port())).expect("runner");
+    let runner = relay.runner(relay.config(Some(dns), srv.addr.port()));
     let (task, stop) = start(runner);
 
     assert!(eventually(WAIT, || !relay.maildir("local.test", "alice").is_empty()).await);
@@ -282,7 +280,7 @@ async fn null_mx_bounces_at_once_without_connecting() {
     relay
         .enqueue("alice@local.test", &["bob@nomail.test"], "hi")
         .await;
-    let runner = Runner::new(relay.dyn_queue(), relay.config(Some(dns), 25)).expect("runner");
+    let runner = relay.runner(relay.config(Some(dns), 25));
     runner.run_once().await; // original: bounced, DSN queued
     runner.run_once().await; // DSN: into alice's Maildir
     assert!(queue_is_empty(&relay).await);
@@ -304,8 +302,7 @@ async fn null_sender_is_never_bounced() {
     let dns = start_dns(ip(127, 15, 0, 1), zone).await;
     let relay = Relay::new();
     relay.enqueue("", &["bob@far.test"], "a bounce").await;
-    let runner =
-        Runner::new(relay.dyn_queue(), relay.config(Some(dns), srv.addr.port())).expect("runner");
+    let runner = relay.runner(relay.config(Some(dns), srv.addr.port()));
     runner.run_once().await;
     runner.run_once().await;
     assert!(queue_is_empty(&relay).await, "no DSN queued");
@@ -331,7 +328,7 @@ async fn nxdomain_bounces_and_servfail_defers() {
     let sf = relay
         .enqueue("alice@local.test", &["y@broken.test"], "hi")
         .await;
-    let runner = Runner::new(relay.dyn_queue(), relay.config(Some(dns), 25)).expect("runner");
+    let runner = relay.runner(relay.config(Some(dns), 25));
     runner.run_once().await;
     let left = relay.queue.list().await.expect("list");
     let ids: Vec<_> = left.iter().map(|m| m.id.clone()).collect();
@@ -364,8 +361,7 @@ async fn implicit_mx_when_there_is_no_mx_record() {
     relay
         .enqueue("alice@local.test", &["bob@plain.test"], "hi")
         .await;
-    let runner =
-        Runner::new(relay.dyn_queue(), relay.config(Some(dns), srv.addr.port())).expect("runner");
+    let runner = relay.runner(relay.config(Some(dns), srv.addr.port()));
     runner.run_once().await;
     assert!(queue_is_empty(&relay).await);
     assert_eq!(srv.messages().len(), 1);
@@ -389,7 +385,7 @@ async fn expired_messages_bounce_with_4_4_7() {
         .await;
     let mut config = relay.config(Some(dns), srv.addr.port());
     config.max_queue_lifetime = Duration::ZERO;
-    let runner = Runner::new(relay.dyn_queue(), config).expect("runner");
+    let runner = relay.runner(config);
     runner.run_once().await;
     runner.run_once().await;
     assert!(queue_is_empty(&relay).await);
@@ -417,8 +413,7 @@ async fn size_limit_is_checked_before_sending() {
     relay
         .enqueue("alice@local.test", &["bob@far.test"], &"x".repeat(200))
         .await;
-    let runner =
-        Runner::new(relay.dyn_queue(), relay.config(Some(dns), srv.addr.port())).expect("runner");
+    let runner = relay.runner(relay.config(Some(dns), srv.addr.port()));
     runner.run_once().await;
     runner.run_once().await;
     assert!(

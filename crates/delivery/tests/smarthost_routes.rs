@@ -7,7 +7,8 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use relayward_delivery::{Route, RouteTarget, Runner, SmarthostTls};
+use relayward_delivery::SmarthostTls;
+use relayward_protocol::route::RouteTarget;
 use relayward_queue::{Queue, RecipientStatus};
 use support::*;
 
@@ -33,14 +34,14 @@ async fn smarthost_starttls_auth_with_a_verified_private_ca() {
         ..Script::default()
     };
     let srv = start_smtp(sock(ip(127, 20, 0, 2), 0), script).await;
-    let relay = Relay::new();
+    let relay = Relay::via_smarthost();
     let ca = relay.dir.path().join("ca.pem");
     let pw = relay.dir.path().join("pw");
     write(&ca, &pki.ca_pem);
     write(&pw, "s3cret pw\n");
     let mut config = relay.config(None, 25);
     config.smarthost = Some(format!("127.20.0.2:{}", srv.addr.port()));
-    config.smarthost_tls = SmarthostTls::StartTls;
+    config.smarthost_tls = SmarthostTls::Starttls;
     config.smarthost_user = Some("relay@local.test".into());
     config.smarthost_password_file = Some(pw);
     config.smarthost_ca_file = Some(ca);
@@ -52,7 +53,7 @@ async fn smarthost_starttls_auth_with_a_verified_private_ca() {
         )
         .await;
 
-    let runner = Runner::new(relay.dyn_queue(), config).expect("runner");
+    let runner = relay.runner(config);
     runner.run_once().await;
 
     assert!(queue_is_empty(&relay).await);
@@ -77,7 +78,7 @@ async fn smarthost_with_an_untrusted_certificate_is_deferred_never_sent_in_clear
         ..Script::default()
     };
     let srv = start_smtp(sock(ip(127, 21, 0, 2), 0), script).await;
-    let relay = Relay::new();
+    let relay = Relay::via_smarthost();
     let ca = relay.dir.path().join("ca.pem");
     let pw = relay.dir.path().join("pw");
     write(&ca, &wrong.ca_pem);
@@ -91,7 +92,7 @@ async fn smarthost_with_an_untrusted_certificate_is_deferred_never_sent_in_clear
         .enqueue("alice@local.test", &["bob@far.test"], "hi")
         .await;
 
-    let runner = Runner::new(relay.dyn_queue(), config).expect("runner");
+    let runner = relay.runner(config);
     runner.run_once().await;
 
     let state = relay.queue.get(&id).await.expect("still queued");
@@ -112,13 +113,13 @@ async fn smarthost_with_an_untrusted_certificate_is_deferred_never_sent_in_clear
 #[tokio::test]
 async fn smarthost_without_starttls_is_deferred() {
     let srv = start_smtp(sock(ip(127, 22, 0, 2), 0), Script::default()).await;
-    let relay = Relay::new();
+    let relay = Relay::via_smarthost();
     let mut config = relay.config(None, 25);
     config.smarthost = Some(format!("127.22.0.2:{}", srv.addr.port()));
     let id = relay
         .enqueue("alice@local.test", &["bob@far.test"], "hi")
         .await;
-    let runner = Runner::new(relay.dyn_queue(), config).expect("runner");
+    let runner = relay.runner(config);
     runner.run_once().await;
     let state = relay.queue.get(&id).await.expect("still queued");
     assert!(
@@ -148,7 +149,7 @@ async fn postfix_smtp_sink_as_cleartext_smarthost_on_loopback() {
         eprintln!("SKIPPED: /usr/sbin/smtp-sink missing (Debian package postfix)");
         return;
     }
-    let relay = Relay::new();
+    let relay = Relay::via_smarthost();
     let dump_dir = relay.dir.path().join("sink");
     std::fs::create_dir_all(&dump_dir).expect("mkdir");
     set_mode(&dump_dir, 0o777);
@@ -187,7 +188,7 @@ async fn postfix_smtp_sink_as_cleartext_smarthost_on_loopback() {
             "second",
         )
         .await;
-    let runner = Runner::new(relay.dyn_queue(), config).expect("runner");
+    let runner = relay.runner(config);
     runner.run_once().await;
 
     assert!(
@@ -228,18 +229,14 @@ async fn route_forwards_its_domain_to_the_internal_server() {
         .mx("corp.test", 10, "mx.corp.test")
         .a("mx.corp.test", outside);
     let dns = start_dns(ip(127, 24, 0, 1), zone).await;
-    let relay = Relay::new();
-    let mut config = relay.config(Some(dns), internal.addr.port());
-    config.routes = vec![
-        Route {
-            domain: "corp.test".into(),
-            to: RouteTarget::parse(&format!("smtp://{}", internal.addr)).expect("route"),
-        },
-        Route {
-            domain: "box.test".into(),
-            to: RouteTarget::Maildir,
-        },
-    ];
+    let relay = Relay::with_routes(vec![
+        (
+            "corp.test",
+            format!("smtp://{}", internal.addr).parse().expect("route"),
+        ),
+        ("box.test", RouteTarget::Maildir),
+    ]);
+    let config = relay.config(Some(dns), internal.addr.port());
     relay
         .enqueue(
             "alice@local.test",
@@ -247,7 +244,7 @@ async fn route_forwards_its_domain_to_the_internal_server() {
             "hi",
         )
         .await;
-    let runner = Runner::new(relay.dyn_queue(), config).expect("runner");
+    let runner = relay.runner(config);
     runner.run_once().await;
 
     assert!(queue_is_empty(&relay).await);
@@ -280,8 +277,7 @@ async fn opportunistic_starttls_to_mx_hosts_without_verification() {
     relay
         .enqueue("alice@local.test", &["bob@far.test"], "hi")
         .await;
-    let runner =
-        Runner::new(relay.dyn_queue(), relay.config(Some(dns), srv.addr.port())).expect("runner");
+    let runner = relay.runner(relay.config(Some(dns), srv.addr.port()));
     runner.run_once().await;
     assert!(queue_is_empty(&relay).await);
     assert_eq!(srv.messages().len(), 1);
@@ -298,7 +294,7 @@ async fn smarthost_auth_login_when_plain_is_not_offered() {
         ..Script::default()
     };
     let srv = start_smtp(sock(ip(127, 26, 0, 2), 0), script).await;
-    let relay = Relay::new();
+    let relay = Relay::via_smarthost();
     let ca = relay.dir.path().join("ca.pem");
     let pw = relay.dir.path().join("pw");
     write(&ca, &pki.ca_pem);
@@ -311,7 +307,7 @@ async fn smarthost_auth_login_when_plain_is_not_offered() {
     relay
         .enqueue("alice@local.test", &["bob@far.test"], "hi")
         .await;
-    let runner = Runner::new(relay.dyn_queue(), config).expect("runner");
+    let runner = relay.runner(config);
     runner.run_once().await;
     assert!(queue_is_empty(&relay).await);
     assert_eq!(srv.messages()[0].auth.as_deref(), Some("u@local.test"));

@@ -23,6 +23,7 @@ pub mod spool;
 
 pub use id::InvalidMessageId;
 pub use maildir::deliver_to_maildir;
+pub use relayward_protocol::route::Route;
 pub use spool::{RecoveryReport, Spool, SpoolOptions, SpoolStats};
 
 /// A boxed future, so the trait stays object-safe (`Arc<dyn Queue>`).
@@ -33,13 +34,22 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub struct NewMessage {
     /// The reverse-path as `local@domain`, or empty for the null sender `<>`.
     pub sender: String,
-    /// Resolved recipients as `local@domain` (domain lower-case), in RCPT order, no duplicates.
-    pub recipients: Vec<String>,
+    /// Resolved recipients with their routes, in RCPT order, no duplicate addresses.
+    pub recipients: Vec<NewRecipient>,
     /// Full content as it will be delivered: trace header(s) first, CRLF line ends.
     pub content: Vec<u8>,
     /// Who gave us the message, for `queue show` and bounces: client IP and, if any, login.
     pub client_ip: String,
     pub auth_login: Option<String>,
+}
+
+/// One recipient of a new message: the address as the next hop will see it (`local@domain`,
+/// domain lower-case) and where it goes — the router's answer when the RCPT was accepted,
+/// which delivery follows without working it out again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRecipient {
+    pub address: String,
+    pub route: Route,
 }
 
 /// Queue identifier: unique, sortable by arrival, safe as a file name.
@@ -117,6 +127,10 @@ pub struct RecipientState {
     pub last_error: Option<String>,
     /// Unix seconds of the next attempt (meaningful while `Pending`).
     pub next_attempt: u64,
+    /// Where it goes, as decided at RCPT. `None` only in entries written before routes were
+    /// stored; the runner routes those once with the current configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<Route>,
 }
 
 /// A queued message's envelope and state (not its content).

@@ -12,7 +12,21 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
+use relayward_protocol::route::{NextHop, RouteClass};
 use relayward_queue::{MessageId, NewMessage, Queue, Spool, SpoolOptions};
+use relayward_queue::{NewRecipient, Route};
+
+/// A recipient routed by MX to its domain (the queue stores routes; it does not judge them).
+fn by_mx(address: &str) -> NewRecipient {
+    let domain = address.rsplit_once('@').map_or("", |(_, d)| d).to_owned();
+    NewRecipient {
+        address: address.to_owned(),
+        route: Route {
+            class: RouteClass::Remote,
+            next_hop: NextHop::Mx { domain },
+        },
+    }
+}
 
 const CHILD_ENV: &str = "RELAYWARD_QUEUE_CRASH_CHILD";
 const WORKERS: u64 = 8;
@@ -26,7 +40,10 @@ fn expected(worker: u64, n: u64) -> NewMessage {
     content.extend_from_slice(b"\r\n");
     NewMessage {
         sender: format!("w{worker}@sender.test"),
-        recipients: vec![format!("n{n}@example.test"), "x@example.test".to_owned()],
+        recipients: vec![
+            by_mx(&format!("n{n}@example.test")),
+            by_mx("x@example.test"),
+        ],
         content,
         client_ip: "192.0.2.1".to_owned(),
         auth_login: None,
@@ -143,8 +160,17 @@ async fn verify(dir: &Path, acks: &[Ack]) {
             ),
         };
         assert_eq!(state.sender, want.sender);
-        let addresses: Vec<String> = state.recipients.iter().map(|r| r.address.clone()).collect();
-        assert_eq!(addresses, want.recipients);
+        let stored: Vec<(String, Option<Route>)> = state
+            .recipients
+            .iter()
+            .map(|r| (r.address.clone(), r.route.clone()))
+            .collect();
+        let wanted: Vec<(String, Option<Route>)> = want
+            .recipients
+            .iter()
+            .map(|r| (r.address.clone(), Some(r.route.clone())))
+            .collect();
+        assert_eq!(stored, wanted, "envelope of {}", ack.id);
         let content = spool.content(&ack.id).await.unwrap();
         assert!(content == want.content, "content of {} differs", ack.id);
     }

@@ -4,10 +4,24 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use relayward_protocol::route::{NextHop, RouteClass};
 use relayward_queue::{
     MessageId, NewMessage, Queue, QueueError, QueuedMessage, RecipientStatus, RecipientUpdate,
     Spool, SpoolOptions,
 };
+use relayward_queue::{NewRecipient, Route};
+
+/// A recipient routed by MX to its domain (the queue stores routes; it does not judge them).
+fn by_mx(address: &str) -> NewRecipient {
+    let domain = address.rsplit_once('@').map_or("", |(_, d)| d).to_owned();
+    NewRecipient {
+        address: address.to_owned(),
+        route: Route {
+            class: RouteClass::Remote,
+            next_hop: NextHop::Mx { domain },
+        },
+    }
+}
 
 fn options() -> SpoolOptions {
     SpoolOptions {
@@ -26,7 +40,7 @@ fn open(dir: &Path) -> Spool {
 fn message(recipients: &[&str], body: &str) -> NewMessage {
     NewMessage {
         sender: "alice@sender.test".to_owned(),
-        recipients: recipients.iter().map(|r| (*r).to_owned()).collect(),
+        recipients: recipients.iter().map(|r| by_mx(r)).collect(),
         content: format!("Subject: test\r\n\r\n{body}\r\n").into_bytes(),
         client_ip: "192.0.2.7".to_owned(),
         auth_login: Some("alice@sender.test".to_owned()),

@@ -5,6 +5,7 @@ mod delivery;
 mod hash_password;
 mod queue_cmd;
 mod serve;
+mod snapshot;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

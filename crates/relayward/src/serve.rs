@@ -1,20 +1,20 @@
 //! `relayward serve`: validate the configuration, open the queue, bind the listeners, run the
-//! delivery runner, and handle signals (TERM/INT drain and stop, HUP reloads users and limits).
+//! delivery runner, and handle signals (TERM/INT drain and stop, HUP reloads everything the
+//! file says; see [`crate::snapshot`]).
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use relayward_server::auth::{AuthLimitSettings, AuthLimiter};
-use relayward_server::config::Config;
-use relayward_server::listener::{self, AdmissionLimits, BoundListener, Gate, SharedContext};
-use relayward_server::ratelimit::{UserLimitSettings, UserRateLimiter};
-use relayward_server::session::SessionContext;
+use relayward_server::config::{Config, Listen};
+use relayward_server::listener::{BoundListener, Gate, RunningListener};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 
+use crate::snapshot::{Current, Lasting, Origin, Snapshot};
 use crate::{ConfigArg, EXIT_CONFIG};
 
 #[derive(clap::Args, Debug)]
@@ -55,44 +55,52 @@ async fn serve(config: Config, config_arg: ConfigArg) -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
-    let tls = relayward_server::tls::server_tls(&config).context("TLS set-up failed")?;
-    tracing::info!("TLS certificate: {}", tls.certificate);
     let spool = crate::open_queue(&config)?;
-    let queue: Arc<dyn relayward_queue::Queue> =
-        Arc::clone(&spool) as Arc<dyn relayward_queue::Queue>;
-    let limiters = Limiters::new(&config);
-    let context: SharedContext = Arc::new(RwLock::new(Arc::new(session_context(
-        &config,
-        &tls,
-        Arc::clone(&queue),
-        &limiters,
-    )?)));
-    let gate = Gate::new(admission_limits(&config));
-    let listeners = bind_all(&config)?;
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let runner = crate::delivery::start(&config, Arc::clone(&queue), shutdown_rx.clone())?;
-    print_startup(&config, &listeners, &config_arg);
-
-    let server = tokio::spawn(listener::serve(
-        listeners,
-        Arc::clone(&context),
-        Arc::clone(&gate),
-        shutdown_rx,
-    ));
-    let running = Running {
-        config_arg: &config_arg,
-        context: &context,
-        gate: &gate,
-        tls: &tls,
-        spool: &spool,
-        mailboxes: runner.mailboxes.as_ref(),
-        limiters: &limiters,
+    let lasting = Lasting::new(&config, Arc::clone(&spool));
+    let origin = Origin {
+        file: config_arg.config.clone(),
     };
-    wait_for_signals(&mut signals, &running).await?;
+    let snapshot = Snapshot::build(config, origin, &lasting)?;
+    tracing::info!("TLS certificate: {}", snapshot.certificate);
+    let bound = bind_all(&snapshot.config)?;
+    let current = Current::new(snapshot);
+    let gate = Gate::live(current.admission());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let runner = crate::delivery::start(
+        Arc::clone(&spool) as Arc<dyn relayward_queue::Queue>,
+        current.delivery(),
+        shutdown_rx.clone(),
+    );
+    print_startup(&current.load().config, &bound, &config_arg);
+    let mut server = Server {
+        current,
+        lasting,
+        gate,
+        shutdown: shutdown_rx,
+        listeners: Vec::new(),
+    };
+    let configured: Vec<SocketAddr> = server
+        .current
+        .load()
+        .config
+        .listen
+        .iter()
+        .map(|l| l.address)
+        .collect();
+    for (address, listener) in configured.into_iter().zip(bound) {
+        server.start_listener(address, listener);
+    }
+    wait_for_signals(&mut signals, &mut server, &config_arg).await;
     let _ = shutdown_tx.send(true);
     tracing::info!("shutting down: finishing sessions in progress");
-    let drain = config.limits.data_end_timeout + Duration::from_secs(5);
-    if tokio::time::timeout(drain, server).await.is_err() {
+    let drain = server.current.load().config.limits.data_end_timeout + Duration::from_secs(5);
+    let listeners = std::mem::take(&mut server.listeners);
+    let joined = async {
+        for (_, listener) in listeners {
+            listener.join().await;
+        }
+    };
+    if tokio::time::timeout(drain, joined).await.is_err() {
         tracing::warn!("sessions still open after {drain:?}; exiting anyway");
     }
     runner.stop().await;
@@ -111,92 +119,96 @@ fn private_umask() {
     }
 }
 
-/// State that outlives configuration reloads: counters of abuse. Rebuilding them on SIGHUP
-/// would let a reload unban a password guesser or refill a compromised account's budget.
-struct Limiters {
-    auth: Arc<AuthLimiter>,
-    users: Arc<UserRateLimiter>,
+/// The running server: the snapshot in force, the state that outlives it, and the listeners.
+struct Server {
+    current: Current,
+    lasting: Lasting,
+    gate: Arc<Gate>,
+    shutdown: watch::Receiver<bool>,
+    /// Each listener with the address the file gives for it (port 0 binds a free port, so the
+    /// bound address may differ).
+    listeners: Vec<(SocketAddr, RunningListener)>,
 }
 
-impl Limiters {
-    fn new(config: &Config) -> Self {
-        Self {
-            auth: Arc::new(AuthLimiter::new(AuthLimitSettings::from_limits(
-                &config.limits,
-            ))),
-            users: Arc::new(UserRateLimiter::new(UserLimitSettings::from_limits(
-                &config.limits,
-            ))),
-        }
+impl Server {
+    fn start_listener(&mut self, configured: SocketAddr, bound: BoundListener) {
+        let running = RunningListener::spawn(
+            bound,
+            self.current.sessions(),
+            Arc::clone(&self.gate),
+            self.shutdown.clone(),
+        );
+        self.listeners.push((configured, running));
     }
 
-    /// Applies reloaded limits in place; the counters are kept.
-    fn reload(&self, config: &Config) {
-        self.users
-            .set_settings(UserLimitSettings::from_limits(&config.limits));
-        self.auth
-            .set_settings(AuthLimitSettings::from_limits(&config.limits));
-    }
-}
-
-/// What the signal loop needs to reload.
-struct Running<'a> {
-    config_arg: &'a ConfigArg,
-    context: &'a SharedContext,
-    gate: &'a Arc<Gate>,
-    tls: &'a relayward_server::tls::TlsSetup,
-    /// The queue; reload needs its spool-only setting (`min_free_bytes`).
-    spool: &'a Arc<relayward_queue::Spool>,
-    /// The delivery runner's list of local mailboxes (bounces to others fail).
-    mailboxes: Option<&'a relayward_delivery::MailboxList>,
-    limiters: &'a Limiters,
-}
-
-fn session_context(
-    config: &Config,
-    tls: &relayward_server::tls::TlsSetup,
-    queue: Arc<dyn relayward_queue::Queue>,
-    limiters: &Limiters,
-) -> anyhow::Result<SessionContext> {
-    let limits = &config.limits;
-    let policy = relayward_server::policy::Policy::from_config(config).map_err(|problems| {
-        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
-        anyhow::anyhow!("configuration refused: {}", text.join("; "))
-    })?;
-    Ok(SessionContext {
-        hostname: config.hostname.clone(),
-        policy: Arc::new(policy),
-        users: Arc::new(relayward_server::auth::UserDb::from_config(config)),
-        auth_limiter: Arc::clone(&limiters.auth),
-        user_limits: Arc::clone(&limiters.users),
-        trusted_proxies: config
-            .relay
-            .trusted_proxies
+    /// Reloads the configuration file: builds a new snapshot exactly as start-up does, binds
+    /// listeners the file added, then puts the snapshot in force for everything at once and
+    /// closes listeners the file removed. Live sessions keep the context they started with
+    /// and no connection is dropped; a file `serve` would refuse is refused, and the running
+    /// configuration stays. Settings that need a restart are named in the log.
+    async fn reload(&mut self, config_arg: &ConfigArg) {
+        let config = match crate::load_config(config_arg) {
+            Ok(config) => config,
+            Err(message) => {
+                tracing::error!("reload failed, keeping the running configuration: {message}");
+                return;
+            }
+        };
+        let running = self.current.load();
+        let restart = running.needs_restart(&config);
+        let origin = Origin {
+            file: config_arg.config.clone(),
+        };
+        let next = match Snapshot::build(config, origin, &self.lasting) {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::error!("reload refused, keeping the running configuration: {e:#}");
+                return;
+            }
+        };
+        let added: Vec<Listen> = next
+            .config
+            .listen
             .iter()
-            .map(|cidr| cidr.net().trunc())
-            .collect(),
-        tls: Some(tokio_rustls::TlsAcceptor::from(Arc::clone(
-            &tls.server_config,
-        ))),
-        queue,
-        limits: relayward_server::session::SessionLimits {
-            greet_pause: limits.greet_pause,
-            max_message_size: limits.max_message_size,
-            max_recipients: limits.max_recipients as usize,
-            max_errors: limits.max_errors,
-            greeting_timeout: limits.greeting_timeout,
-            command_timeout: limits.command_timeout,
-            data_timeout: limits.data_block_timeout,
-            session_timeout: limits.session_timeout,
-        },
-    })
-}
-
-fn admission_limits(config: &Config) -> AdmissionLimits {
-    AdmissionLimits {
-        max_connections: config.limits.max_connections as usize,
-        max_connections_per_ip: config.limits.max_connections_per_ip as usize,
-        connections_per_ip_per_minute: config.limits.connections_per_ip_per_minute,
+            .filter(|l| {
+                !self
+                    .listeners
+                    .iter()
+                    .any(|(address, _)| *address == l.address)
+            })
+            .cloned()
+            .collect();
+        let fresh = match bind_listeners(&added) {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                tracing::error!("reload refused, keeping the running configuration: {e:#}");
+                return;
+            }
+        };
+        let users = next.config.users.len();
+        let certificate = next.certificate.clone();
+        let keep: Vec<SocketAddr> = next.config.listen.iter().map(|l| l.address).collect();
+        self.current.install(next, &self.lasting);
+        for (listen, bound) in added.iter().zip(fresh) {
+            tracing::info!(listener = %bound.address, kind = %bound.kind, "listener added");
+            self.start_listener(listen.address, bound);
+        }
+        let (kept, removed): (Vec<_>, Vec<_>) = std::mem::take(&mut self.listeners)
+            .into_iter()
+            .partition(|(address, _)| keep.contains(address));
+        self.listeners = kept;
+        for (_, listener) in removed {
+            tokio::spawn(listener.close());
+        }
+        for setting in &restart {
+            tracing::warn!("reload: {setting} changed; this takes effect only after a restart");
+        }
+        tracing::info!(
+            users,
+            certificate = %certificate,
+            "configuration reloaded from {} (policy, routes, users, limits, TLS, delivery, listeners)",
+            self.current.load().origin.describe()
+        );
     }
 }
 
@@ -208,7 +220,7 @@ const LISTEN_BACKLOG: u32 = 1024;
 
 /// Binds one listener with [`LISTEN_BACKLOG`] (and SO_REUSEADDR, so a restart does not wait
 /// for old connections in TIME_WAIT).
-fn bind_one(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+fn bind_one(address: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if address.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -220,8 +232,14 @@ fn bind_one(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 fn bind_all(config: &Config) -> anyhow::Result<Vec<BoundListener>> {
+    bind_listeners(&config.listen)
+}
+
+/// Binds every listener or none: a reload that cannot bind one of its new addresses binds
+/// nothing and keeps the running configuration.
+fn bind_listeners(listen: &[Listen]) -> anyhow::Result<Vec<BoundListener>> {
     let mut bound = Vec::new();
-    for listen in &config.listen {
+    for listen in listen {
         let listener = bind_one(listen.address)
             .with_context(|| format!("cannot listen on {} ({})", listen.address, listen.kind))?;
         let address = listener.local_addr()?;
@@ -302,59 +320,13 @@ impl Signals {
     }
 }
 
-async fn wait_for_signals(signals: &mut Signals, running: &Running<'_>) -> anyhow::Result<()> {
+async fn wait_for_signals(signals: &mut Signals, server: &mut Server, config_arg: &ConfigArg) {
     let Signals { term, int, hup } = signals;
     loop {
         tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => reload(running),
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => server.reload(config_arg).await,
         }
     }
-}
-
-/// Reloads users, policy and limits for new sessions; live sessions keep their snapshot and
-/// no connection is dropped. Listeners and the data directory do not change on reload.
-/// Abuse counters (AUTH failures, user budgets) survive the reload.
-fn reload(running: &Running<'_>) {
-    let config = match crate::load_config(running.config_arg) {
-        Ok(config) => config,
-        Err(message) => {
-            tracing::error!("reload failed, keeping the running configuration: {message}");
-            return;
-        }
-    };
-    if let Err(problems) = config.validate() {
-        for problem in problems {
-            tracing::error!("reload refused: {problem}");
-        }
-        return;
-    }
-    let fresh = match session_context(
-        &config,
-        running.tls,
-        Arc::clone(running.spool) as Arc<dyn relayward_queue::Queue>,
-        running.limiters,
-    ) {
-        Ok(fresh) => Arc::new(fresh),
-        Err(e) => {
-            tracing::error!("reload refused: {e:#}");
-            return;
-        }
-    };
-    if let Ok(mut current) = running.context.write() {
-        *current = fresh;
-    }
-    running.gate.set_limits(admission_limits(&config));
-    running.limiters.reload(&config);
-    running
-        .spool
-        .set_min_free_bytes(config.queue.min_free_bytes);
-    if let Some(mailboxes) = running.mailboxes {
-        mailboxes.replace(crate::delivery::mailbox_addresses(&config));
-    }
-    tracing::info!(
-        users = config.users.len(),
-        "configuration reloaded (users, policy, limits)"
-    );
 }

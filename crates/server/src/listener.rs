@@ -10,14 +10,15 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use relayward_config::Live;
 use relayward_protocol::reply::Reply;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::sync::{oneshot, watch};
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::config::ListenerKind;
 use crate::conn::Conn;
@@ -32,9 +33,10 @@ pub struct AdmissionLimits {
     pub connections_per_ip_per_minute: u32,
 }
 
-/// Counts live connections and recent connection attempts.
+/// Counts live connections and recent connection attempts. The counts outlive reloads; the
+/// limits are read from the configuration in force at each admission.
 pub struct Gate {
-    limits: RwLock<AdmissionLimits>,
+    limits: Live<AdmissionLimits>,
     state: Mutex<GateState>,
 }
 
@@ -76,27 +78,23 @@ impl Drop for Admission {
 }
 
 impl Gate {
+    /// A gate with fixed limits.
     pub fn new(limits: AdmissionLimits) -> Arc<Self> {
+        Self::live(Live::fixed(Arc::new(limits)))
+    }
+
+    /// A gate whose limits follow the running configuration (a reload changes them for new
+    /// connections; live ones are not dropped).
+    pub fn live(limits: Live<AdmissionLimits>) -> Arc<Self> {
         Arc::new(Self {
-            limits: RwLock::new(limits),
+            limits,
             state: Mutex::new(GateState::default()),
         })
     }
 
-    /// New limits for new connections (SIGHUP); live connections are not dropped.
-    pub fn set_limits(&self, limits: AdmissionLimits) {
-        if let Ok(mut current) = self.limits.write() {
-            *current = limits;
-        }
-    }
-
     pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<Admission, Refused> {
         let ip = crate::auth::ip_key(ip);
-        let limits = self
-            .limits
-            .read()
-            .map(|l| l.clone())
-            .map_err(|_| Refused::TooManyConnections)?;
+        let limits = self.limits.current();
         let mut state = self.state.lock().map_err(|_| Refused::TooManyConnections)?;
         if state.rate.len() > 100_000 {
             state
@@ -134,41 +132,66 @@ pub struct BoundListener {
     pub address: SocketAddr,
 }
 
-/// The session context, swappable at run time (SIGHUP reloads users and limits).
-pub type SharedContext = Arc<RwLock<Arc<SessionContext>>>;
+/// One accepting listener. Closing it (a reload removed it from the file) stops accepting and
+/// leaves its sessions to finish on their own; the server's shutdown drains them instead.
+pub struct RunningListener {
+    pub address: SocketAddr,
+    pub kind: ListenerKind,
+    close: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
 
-/// Accepts connections on every listener until `shutdown` turns true, then waits for the
-/// sessions to drain (they answer `421` to new commands and finish DATA in progress).
-pub async fn serve(
-    listeners: Vec<BoundListener>,
-    context: SharedContext,
-    gate: Arc<Gate>,
-    shutdown: watch::Receiver<bool>,
-) {
-    let mut accept_loops = JoinSet::new();
-    for bound in listeners {
-        accept_loops.spawn(accept_loop(
-            bound,
-            Arc::clone(&context),
-            Arc::clone(&gate),
-            shutdown.clone(),
-        ));
+impl RunningListener {
+    /// Accepts connections on `bound` until closed or until `shutdown` turns true; each session
+    /// runs with the session context in force when its connection was accepted.
+    pub fn spawn(
+        bound: BoundListener,
+        sessions: Live<SessionContext>,
+        gate: Arc<Gate>,
+        shutdown: watch::Receiver<bool>,
+    ) -> RunningListener {
+        let (close, closed) = oneshot::channel();
+        let (address, kind) = (bound.address, bound.kind);
+        let task = tokio::spawn(accept_loop(bound, sessions, gate, shutdown, closed));
+        RunningListener {
+            address,
+            kind,
+            close,
+            task,
+        }
     }
-    while accept_loops.join_next().await.is_some() {}
+
+    /// Stops accepting; returns when the listening socket is closed and its sessions ended.
+    pub async fn close(self) {
+        let _ = self.close.send(());
+        let _ = self.task.await;
+    }
+
+    /// Waits until the listener stopped (after shutdown: when its sessions drained).
+    pub async fn join(self) {
+        let _ = self.task.await;
+    }
 }
 
 async fn accept_loop(
     bound: BoundListener,
-    context: SharedContext,
+    sessions: Live<SessionContext>,
     gate: Arc<Gate>,
     mut shutdown: watch::Receiver<bool>,
+    mut closed: oneshot::Receiver<()>,
 ) {
-    let mut sessions = JoinSet::new();
+    let mut running = JoinSet::new();
     loop {
         let accepted = tokio::select! {
             accepted = bound.listener.accept() => accepted,
             () = crate::session::stopping(&mut shutdown) => break,
-            Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
+            _ = &mut closed => {
+                tracing::info!(listener = %bound.address, kind = %bound.kind, "listener closed (removed from the configuration)");
+                drop(bound);
+                while running.join_next().await.is_some() {}
+                return;
+            }
+            Some(_) = running.join_next(), if !running.is_empty() => continue,
         };
         let (tcp, peer) = match accepted {
             Ok(pair) => pair,
@@ -179,30 +202,23 @@ async fn accept_loop(
                 continue;
             }
         };
-        let ctx = match context.read() {
-            Ok(ctx) => Arc::clone(&ctx),
-            Err(_) => continue,
-        };
-        sessions.spawn(handle_connection(
+        running.spawn(handle_connection(
             tcp,
             peer,
             bound.kind,
-            ctx,
+            sessions.current(),
             Arc::clone(&gate),
             shutdown.clone(),
         ));
     }
-    drain(&bound, sessions, &context).await;
+    drain(&bound, running, &sessions).await;
 }
 
 /// While the sessions of a stopping server finish, new clients are told to come back
 /// (`421 4.3.2`) instead of being accepted into a session — or, as a closed-but-listening
 /// socket would do, left waiting for a banner that never comes.
-async fn drain(bound: &BoundListener, mut sessions: JoinSet<()>, context: &SharedContext) {
-    let hostname = context
-        .read()
-        .map(|ctx| ctx.hostname.clone())
-        .unwrap_or_default();
+async fn drain(bound: &BoundListener, mut sessions: JoinSet<()>, context: &Live<SessionContext>) {
+    let hostname = context.current().hostname.clone();
     let mut turned_away = JoinSet::new();
     loop {
         tokio::select! {

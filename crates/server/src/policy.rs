@@ -22,6 +22,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use relayward_protocol::path::ReversePath;
@@ -195,7 +196,7 @@ impl SenderRefusal {
 /// The relay policy, built once from a validated configuration (and rebuilt on reload).
 #[derive(Debug, Clone)]
 pub struct Policy {
-    router: Router,
+    router: Arc<Router>,
     trusted: Vec<IpNet>,
     /// Lower-case login → lower-case `send_as` addresses.
     users: HashMap<String, HashSet<String>>,
@@ -220,7 +221,7 @@ impl Policy {
             })
             .collect();
         Ok(Policy {
-            router: config.router(),
+            router: Arc::new(config.router()),
             trusted: config
                 .relay
                 .trusted_networks
@@ -231,8 +232,8 @@ impl Policy {
         })
     }
 
-    /// The routing table the decisions use.
-    pub fn router(&self) -> &Router {
+    /// The routing table the decisions use; the delivery runner routes bounces by the same.
+    pub fn router(&self) -> &Arc<Router> {
         &self.router
     }
 

@@ -14,9 +14,10 @@ use std::time::Duration;
 use hickory_proto::op::{Message, MessageType, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, MX, SOA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use relayward_delivery::{DeliveryConfig, RetrySchedule, Timeouts};
+use relayward_delivery::{DeliveryConfig, DeliveryContext, RetrySchedule, Runner, Timeouts};
+use relayward_protocol::route::{RouteTarget, Router};
 use relayward_queue::spool::{Spool, SpoolOptions};
-use relayward_queue::{MessageId, NewMessage, Queue};
+use relayward_queue::{MessageId, NewMessage, NewRecipient, Queue};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
@@ -499,20 +500,60 @@ pub fn test_pki(names: &[&str]) -> TestPki {
 
 // ---------------------------------------------------------------- relay side
 
+/// The local mailboxes of the test relay's local domain `local.test`.
+const LOCAL_MAILBOXES: [&str; 6] = ["postmaster", "alice", "gina", "relay", "u", "x"];
+
 pub struct Relay {
     pub dir: tempfile::TempDir,
     pub queue: Arc<Spool>,
+    /// Where recipients go, as the session would have routed them at RCPT.
+    router: Mutex<Arc<Router>>,
 }
 
 impl Relay {
+    /// A relay for `local.test` that delivers remote mail by MX.
     pub fn new() -> Self {
+        Self::routed(Vec::new(), false)
+    }
+
+    /// A relay whose remote mail goes to the smart host.
+    pub fn via_smarthost() -> Self {
+        Self::routed(Vec::new(), true)
+    }
+
+    /// A relay with `[[route]]` domains.
+    pub fn with_routes(routes: Vec<(&str, RouteTarget)>) -> Self {
+        let routes = routes
+            .into_iter()
+            .map(|(d, t)| (d.to_string(), t))
+            .collect();
+        Self::routed(routes, false)
+    }
+
+    fn routed(routes: Vec<(String, RouteTarget)>, smarthost: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let options = SpoolOptions {
             min_free_bytes: 0,
             ..SpoolOptions::default()
         };
         let queue = Arc::new(Spool::open(dir.path().join("queue"), options).expect("spool"));
-        Self { dir, queue }
+        let mailboxes = LOCAL_MAILBOXES.iter().map(|m| format!("{m}@local.test"));
+        let router = Router::new(["local.test".to_string()], mailboxes, routes, smarthost);
+        Self {
+            dir,
+            queue,
+            router: Mutex::new(Arc::new(router)),
+        }
+    }
+
+    pub fn router(&self) -> Arc<Router> {
+        Arc::clone(&self.router.lock().expect("router"))
+    }
+
+    /// A runner with `config` and this relay's routing table.
+    pub fn runner(&self, config: DeliveryConfig) -> Runner {
+        let context = DeliveryContext::new(config, self.router()).expect("delivery context");
+        Runner::with_context(self.dyn_queue(), context)
     }
 
     pub fn mail_root(&self) -> PathBuf {
@@ -526,7 +567,6 @@ impl Relay {
     /// A configuration for tests: short timeouts and retries, the test DNS, no cache.
     pub fn config(&self, dns: Option<SocketAddr>, mx_port: u16) -> DeliveryConfig {
         let mut c = DeliveryConfig::new("relay.test", self.mail_root());
-        c.local_domains = vec!["local.test".into()];
         c.mx_port = mx_port;
         c.nameservers = dns.into_iter().collect();
         c.dns_cache_size = 0;
@@ -543,10 +583,24 @@ impl Relay {
             "From: <{sender}>\r\nTo: {}\r\nSubject: test message\r\nMessage-ID: <t@relay.test>\r\n\r\n{body}\r\n",
             rcpts.join(", ")
         );
+        let router = self.router();
+        let recipients = rcpts
+            .iter()
+            .map(|rcpt| {
+                let routed = router
+                    .route_address(rcpt)
+                    .expect("a test address")
+                    .expect("a routable test address");
+                NewRecipient {
+                    address: routed.address,
+                    route: routed.route,
+                }
+            })
+            .collect();
         self.queue
             .enqueue(NewMessage {
                 sender: sender.into(),
-                recipients: rcpts.iter().map(|s| s.to_string()).collect(),
+                recipients,
                 content: content.into_bytes(),
                 client_ip: "127.0.0.1".into(),
                 auth_login: None,

@@ -94,12 +94,13 @@ pub(super) fn new_state(id: &MessageId, message: &NewMessage, now: u64) -> Queue
         recipients: message
             .recipients
             .iter()
-            .map(|address| RecipientState {
-                address: address.clone(),
+            .map(|recipient| RecipientState {
+                address: recipient.address.clone(),
                 status: RecipientStatus::Pending,
                 attempts: 0,
                 last_error: None,
                 next_attempt: now,
+                route: Some(recipient.route.clone()),
             })
             .collect(),
         arrived: now,
@@ -153,12 +154,26 @@ pub(super) fn retry_all(state: &mut QueuedMessage, now: u64) -> Change {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{NewRecipient, Route};
+    use relayward_protocol::route::{NextHop, RouteClass};
+
+    /// A recipient routed by MX to its domain (the queue stores routes; it does not judge them).
+    fn by_mx(address: &str) -> NewRecipient {
+        let domain = address.rsplit_once('@').map_or("", |(_, d)| d).to_owned();
+        NewRecipient {
+            address: address.to_owned(),
+            route: Route {
+                class: RouteClass::Remote,
+                next_hop: NextHop::Mx { domain },
+            },
+        }
+    }
 
     fn sample() -> (MessageId, NewMessage) {
         let id = MessageId("0123456789abcdef01234567".to_owned());
         let message = NewMessage {
             sender: "a@b.test".to_owned(),
-            recipients: vec!["c@d.test".to_owned()],
+            recipients: vec![by_mx("c@d.test")],
             content: b"Subject: x\r\n\r\nline\nwith newlines\r\n".to_vec(),
             client_ip: "192.0.2.1".to_owned(),
             auth_login: None,

@@ -209,6 +209,43 @@ impl TestServer {
         }
     }
 
+    /// Waits (bounded) until the server's log contains `needle` at least `count` times.
+    pub fn wait_for_log_count(&self, needle: &str, count: usize) {
+        let deadline = Instant::now() + WAIT;
+        while self.log().matches(needle).count() < count {
+            assert!(
+                Instant::now() < deadline,
+                "log never said {needle:?} {count} times:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Rewrites the configuration file through `edit` and sends SIGHUP; waits until the
+    /// server has logged the outcome (`reloaded` or `refused`) once more than before.
+    pub fn reload_with(&self, edit: impl FnOnce(String) -> String) {
+        let before = self.log().matches("configuration reloaded").count()
+            + self.log().matches("reload refused").count();
+        let text = std::fs::read_to_string(&self.config_path).expect("read config");
+        std::fs::write(&self.config_path, edit(text)).expect("rewrite config");
+        self.signal("HUP");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let log = self.log();
+            let after = log.matches("configuration reloaded").count()
+                + log.matches("reload refused").count();
+            if after > before {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no reload outcome in the log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -8,7 +8,7 @@ use relayward_protocol::data::{DataError, DataReceiver, DataStatus};
 use relayward_protocol::header;
 use relayward_protocol::limits::MAX_HOPS;
 use relayward_protocol::reply::Reply;
-use relayward_queue::{NewMessage, QueueError};
+use relayward_queue::{NewMessage, NewRecipient, QueueError};
 use tokio::io::AsyncReadExt;
 
 use super::{Ending, Flow, Session, Step, Stream, Transaction};
@@ -110,7 +110,14 @@ impl<S: Stream> Session<S> {
         content.extend_from_slice(&body);
         let message = NewMessage {
             sender: txn.sender,
-            recipients,
+            recipients: txn
+                .recipients
+                .iter()
+                .map(|r| NewRecipient {
+                    address: r.address().to_string(),
+                    route: r.route().clone(),
+                })
+                .collect(),
             content,
             client_ip: self.client_ip.to_string(),
             auth_login: self.login.clone(),

@@ -1,0 +1,96 @@
+//! Everything the runner needs from one configuration, checked and prepared: the settings, the
+//! routing table (for bounces), the resolver, the TLS client configurations and the smart host
+//! with its password read from its file.
+//!
+//! Built once per configuration snapshot (at start and on every reload) and then immutable, so
+//! a missing password or CA file is a start-up or reload error with a message for the admin,
+//! not a stream of deferrals; the runner takes the current one for each message it delivers.
+
+use std::sync::Arc;
+
+use relayward_protocol::route::Router;
+use rustls::ClientConfig;
+
+use crate::client::{Credentials, TlsPolicy};
+use crate::config::{ConfigError, DeliveryConfig, SmarthostTls, smarthost_address};
+use crate::mx::MxResolver;
+use crate::tls;
+
+/// One configuration's delivery side. See the module documentation.
+pub struct DeliveryContext {
+    pub settings: DeliveryConfig,
+    /// The same routing table the sessions decide with: bounces are routed by it.
+    pub router: Arc<Router>,
+    pub(crate) resolver: MxResolver,
+    pub(crate) opportunistic: Arc<ClientConfig>,
+    pub(crate) smarthost: Option<Smarthost>,
+}
+
+/// The smart host, ready to use: address, TLS policy, credentials.
+pub(crate) struct Smarthost {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) tls: TlsPolicy,
+    pub(crate) credentials: Option<Credentials>,
+}
+
+impl DeliveryContext {
+    /// Checks the settings, reads the smart-host password and CA file, builds the resolver and
+    /// the TLS configurations. Fails rather than producing a runner that could not deliver or
+    /// would deliver unsafely.
+    pub fn new(settings: DeliveryConfig, router: Arc<Router>) -> Result<Self, ConfigError> {
+        settings.validate()?;
+        let resolver = MxResolver::new(
+            &settings.nameservers,
+            settings.dns_cache_size,
+            settings.dns_timeout,
+        )?;
+        let smarthost = smarthost(&settings)?;
+        Ok(Self {
+            router,
+            resolver,
+            opportunistic: tls::opportunistic()?,
+            smarthost,
+            settings,
+        })
+    }
+}
+
+fn smarthost(config: &DeliveryConfig) -> Result<Option<Smarthost>, ConfigError> {
+    let Some(value) = &config.smarthost else {
+        return Ok(None);
+    };
+    let (host, port) = smarthost_address(value)?;
+    let credentials = match (&config.smarthost_user, &config.smarthost_password_file) {
+        (Some(user), Some(path)) => Some(Credentials {
+            user: user.clone(),
+            password: read_password(path)?,
+        }),
+        _ => None,
+    };
+    let tls = match config.smarthost_tls {
+        SmarthostTls::None => TlsPolicy::None,
+        SmarthostTls::Starttls => TlsPolicy::Required {
+            config: tls::verifying(config.smarthost_ca_file.as_deref())?,
+            server_name: host.clone(),
+        },
+        SmarthostTls::Implicit => TlsPolicy::Implicit {
+            config: tls::verifying(config.smarthost_ca_file.as_deref())?,
+            server_name: host.clone(),
+        },
+    };
+    Ok(Some(Smarthost {
+        host,
+        port,
+        tls,
+        credentials,
+    }))
+}
+
+fn read_password(path: &std::path::Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(text.trim_end_matches(['\r', '\n']).to_string())
+}

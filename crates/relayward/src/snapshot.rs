@@ -1,0 +1,238 @@
+//! The running configuration: one immutable snapshot of everything built from the file —
+//! configuration, routing table, relay policy, users, TLS certificate, session and admission
+//! limits, the delivery side — swapped whole on SIGHUP.
+//!
+//! Start-up and reload build a snapshot the same way ([`Snapshot::build`]), so a reload is
+//! refused for exactly what would stop `serve` from starting, and the running snapshot stays.
+//! Listeners, new sessions and the delivery runner read their part through a
+//! [`Live`](relayward_config::Live) of the one [`Current`] snapshot, so a single swap reaches
+//! them all at once; a session keeps the context it started with until it ends.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use relayward_config::{Config, Live};
+use relayward_delivery::{DeliveryConfig, DeliveryContext};
+use relayward_queue::{Queue, Spool};
+use relayward_server::auth::{AuthLimitSettings, AuthLimiter, UserDb};
+use relayward_server::listener::AdmissionLimits;
+use relayward_server::policy::Policy;
+use relayward_server::ratelimit::{UserLimitSettings, UserRateLimiter};
+use relayward_server::session::{SessionContext, SessionLimits};
+
+/// How often the runner rescans the queue without being woken: changes made by another process
+/// (`relayward queue retry` while the server runs) take effect within this time.
+pub const QUEUE_SCAN_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Where the configuration came from, for the logs.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// The file, or `None` for the embedded default.
+    pub file: Option<PathBuf>,
+}
+
+impl Origin {
+    pub fn describe(&self) -> String {
+        match &self.file {
+            Some(path) => path.display().to_string(),
+            None => "the embedded default".to_string(),
+        }
+    }
+}
+
+/// What outlives snapshots: the queue and the abuse counters. Rebuilding the counters on
+/// SIGHUP would let a reload unban a password guesser or refill a compromised account's
+/// budget, so a reload only changes their settings.
+pub struct Lasting {
+    pub spool: Arc<Spool>,
+    pub auth: Arc<AuthLimiter>,
+    pub users: Arc<UserRateLimiter>,
+}
+
+impl Lasting {
+    pub fn new(config: &Config, spool: Arc<Spool>) -> Self {
+        Self {
+            spool,
+            auth: Arc::new(AuthLimiter::new(AuthLimitSettings::from_limits(
+                &config.limits,
+            ))),
+            users: Arc::new(UserRateLimiter::new(UserLimitSettings::from_limits(
+                &config.limits,
+            ))),
+        }
+    }
+
+    fn queue(&self) -> Arc<dyn Queue> {
+        Arc::clone(&self.spool) as Arc<dyn Queue>
+    }
+}
+
+/// Everything built from one configuration file. Immutable.
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub origin: Origin,
+    pub session: Arc<SessionContext>,
+    pub delivery: Arc<DeliveryContext>,
+    pub admission: Arc<AdmissionLimits>,
+    /// What the TLS certificate is, for the log ("generated self-signed …", "loaded from …").
+    pub certificate: String,
+}
+
+impl Snapshot {
+    /// Checks the configuration and builds every part of it: the same steps at start and on
+    /// reload. Fails with one message per problem (the configuration's errors, an unreadable
+    /// certificate, a smart-host password file that cannot be read, …).
+    pub fn build(config: Config, origin: Origin, lasting: &Lasting) -> anyhow::Result<Snapshot> {
+        if let Err(problems) = config.validate() {
+            let errors: Vec<String> = problems
+                .iter()
+                .filter(|p| p.severity == relayward_config::Severity::Error)
+                .map(ToString::to_string)
+                .collect();
+            anyhow::bail!("configuration refused: {}", errors.join("; "));
+        }
+        let tls = relayward_server::tls::server_tls(&config).context("TLS set-up failed")?;
+        let policy = Policy::from_config(&config).map_err(|problems| {
+            let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            anyhow::anyhow!("configuration refused: {}", text.join("; "))
+        })?;
+        let mut settings = DeliveryConfig::from_config(&config);
+        settings.poll_interval = QUEUE_SCAN_INTERVAL;
+        let delivery = DeliveryContext::new(settings, Arc::clone(policy.router()))
+            .context("delivery configuration")?;
+        let session = session_context(&config, &tls, policy, lasting);
+        Ok(Snapshot {
+            admission: Arc::new(admission_limits(&config)),
+            certificate: tls.certificate.to_string(),
+            session: Arc::new(session),
+            delivery: Arc::new(delivery),
+            config: Arc::new(config),
+            origin,
+        })
+    }
+
+    /// Settings that differ between `self` and `next` and take effect only after a restart.
+    pub fn needs_restart(&self, next: &Config) -> Vec<String> {
+        let old = &self.config;
+        let mut changed = Vec::new();
+        if old.data_dir != next.data_dir {
+            changed.push(format!(
+                "data_dir ({} -> {})",
+                old.data_dir.display(),
+                next.data_dir.display()
+            ));
+        }
+        for listen in &next.listen {
+            let kind_changed = old
+                .listen
+                .iter()
+                .any(|l| l.address == listen.address && l.kind != listen.kind);
+            if kind_changed {
+                changed.push(format!(
+                    "listen {} kind (now {})",
+                    listen.address, listen.kind
+                ));
+            }
+        }
+        changed
+    }
+}
+
+fn session_context(
+    config: &Config,
+    tls: &relayward_server::tls::TlsSetup,
+    policy: Policy,
+    lasting: &Lasting,
+) -> SessionContext {
+    let limits = &config.limits;
+    SessionContext {
+        hostname: config.hostname.clone(),
+        policy: Arc::new(policy),
+        users: Arc::new(UserDb::from_config(config)),
+        auth_limiter: Arc::clone(&lasting.auth),
+        user_limits: Arc::clone(&lasting.users),
+        trusted_proxies: config
+            .relay
+            .trusted_proxies
+            .iter()
+            .map(|cidr| cidr.net().trunc())
+            .collect(),
+        tls: Some(tokio_rustls::TlsAcceptor::from(Arc::clone(
+            &tls.server_config,
+        ))),
+        queue: lasting.queue(),
+        limits: SessionLimits {
+            greet_pause: limits.greet_pause,
+            max_message_size: limits.max_message_size,
+            max_recipients: limits.max_recipients as usize,
+            max_errors: limits.max_errors,
+            greeting_timeout: limits.greeting_timeout,
+            command_timeout: limits.command_timeout,
+            data_timeout: limits.data_block_timeout,
+            session_timeout: limits.session_timeout,
+        },
+    }
+}
+
+fn admission_limits(config: &Config) -> AdmissionLimits {
+    AdmissionLimits {
+        max_connections: config.limits.max_connections as usize,
+        max_connections_per_ip: config.limits.max_connections_per_ip as usize,
+        connections_per_ip_per_minute: config.limits.connections_per_ip_per_minute,
+    }
+}
+
+/// The snapshot in force. Cheap to clone; every clone sees the same swaps.
+#[derive(Clone)]
+pub struct Current {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+}
+
+impl Current {
+    pub fn new(snapshot: Snapshot) -> Self {
+        Self {
+            snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
+        }
+    }
+
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Puts `next` in force for everything that reads it, and applies the settings of the
+    /// state that outlives snapshots (limiter settings, the spool's free-space floor).
+    pub fn install(&self, next: Snapshot, lasting: &Lasting) {
+        let limits = &next.config.limits;
+        lasting
+            .users
+            .set_settings(UserLimitSettings::from_limits(limits));
+        lasting
+            .auth
+            .set_settings(AuthLimitSettings::from_limits(limits));
+        lasting
+            .spool
+            .set_min_free_bytes(next.config.queue.min_free_bytes);
+        self.snapshot.store(Arc::new(next));
+    }
+
+    /// The session side, for listeners (each new session takes the one in force).
+    pub fn sessions(&self) -> Live<SessionContext> {
+        let snapshot = Arc::clone(&self.snapshot);
+        Live::new(move || Arc::clone(&snapshot.load().session))
+    }
+
+    /// The delivery side, for the runner (each message takes the one in force).
+    pub fn delivery(&self) -> Live<DeliveryContext> {
+        let snapshot = Arc::clone(&self.snapshot);
+        Live::new(move || Arc::clone(&snapshot.load().delivery))
+    }
+
+    /// The admission limits, for the connection gate.
+    pub fn admission(&self) -> Live<AdmissionLimits> {
+        let snapshot = Arc::clone(&self.snapshot);
+        Live::new(move || Arc::clone(&snapshot.load().admission))
+    }
+}
