@@ -42,8 +42,9 @@ pub struct DeliveryConfig {
     pub max_connections: usize,
     /// Concurrent deliveries to one destination (a domain, a route target, the smart host).
     pub max_per_destination: usize,
-    /// Upper bound on the runner's sleep between queue scans; `changed()` wakes it earlier.
-    pub poll_interval: Duration,
+    /// How often the runner lists the whole queue although nothing asked it to: a safety net
+    /// under its due index, which the queue's change reports keep up to date.
+    pub rescan_interval: Duration,
     /// Idle connections are kept this long for reuse by the next message to the same host.
     pub connection_idle: Duration,
     /// How long `run` waits for in-flight deliveries after shutdown before aborting them.
@@ -70,7 +71,7 @@ impl DeliveryConfig {
             timeouts: Timeouts::default(),
             max_connections: 20,
             max_per_destination: 4,
-            poll_interval: Duration::from_secs(60),
+            rescan_interval: Duration::from_secs(3600),
             connection_idle: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(20),
         }

@@ -40,6 +40,7 @@ pub mod client;
 pub mod config;
 pub mod context;
 pub mod dsn;
+pub mod due;
 pub mod mx;
 pub mod outcome;
 pub mod retry;

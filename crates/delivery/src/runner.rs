@@ -16,8 +16,8 @@ use relayward_config::Live;
 use relayward_protocol::route::{NextHop, Route, Routed, Unroutable};
 use relayward_protocol::text::Escaped;
 use relayward_queue::{
-    MessageId, NewMessage, NewRecipient, Queue, QueuedMessage, RecipientState, RecipientStatus,
-    RecipientUpdate,
+    Changes, MessageId, NewMessage, NewRecipient, Queue, QueueError, QueuedMessage, RecipientState,
+    RecipientStatus, RecipientUpdate,
 };
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -25,8 +25,12 @@ use tokio::task::JoinSet;
 use crate::client::{self, ConnectParams, Connection, Envelope, SessionError, TlsPolicy};
 use crate::context::DeliveryContext;
 use crate::dsn::{self, FailedRecipient};
+use crate::due::{self, DueIndex};
 use crate::mx::DnsFailure;
 use crate::outcome::{Failure, Outcome};
+
+/// Seconds before a queue entry that could not be read is looked at again.
+const RETRY_READ_SECS: u64 = 5;
 
 /// Most MX hosts, and addresses per host, tried in one attempt.
 const MAX_HOSTS: usize = 10;
@@ -46,6 +50,10 @@ struct Shared {
     per_destination: Mutex<HashMap<String, Limit>>,
     pool: Mutex<HashMap<String, Vec<(Connection, Instant)>>>,
     in_flight: Mutex<HashSet<MessageId>>,
+    /// What is due when (see [`crate::due`]).
+    due: Mutex<DueIndex>,
+    /// When the queue was last listed whole.
+    listed: Mutex<Instant>,
 }
 
 /// A concurrency limit whose size a reload may change. A new size takes a new semaphore:
@@ -147,6 +155,8 @@ impl Runner {
             per_destination: Mutex::new(HashMap::new()),
             pool: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashSet::new()),
+            due: Mutex::new(DueIndex::default()),
+            listed: Mutex::new(Instant::now()),
         };
         Self {
             shared: Arc::new(shared),
@@ -162,20 +172,27 @@ impl Runner {
         self.shared.live.current()
     }
 
-    /// Runs until `shutdown` resolves. Wakes on `Queue::changed`, on its own timer (the
-    /// earliest `next_attempt`, at most `poll_interval` away) and when a delivery finishes.
-    /// After shutdown, in-flight deliveries get `shutdown_grace` to finish, then are aborted
-    /// (safe: their recipients are still pending in the queue).
+    /// Runs until `shutdown` resolves. Lists the queue once, then delivers from its due index,
+    /// woken by the queue's [`Changes`], by the next due time and when a delivery finishes; it
+    /// lists the whole queue again only when the queue asks for a rescan (an admin change) and
+    /// every `rescan_interval` as a safety net. After shutdown, in-flight deliveries get
+    /// `shutdown_grace` to finish, then are aborted (safe: their recipients are still pending).
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
         let mut tasks = JoinSet::new();
         tokio::pin!(shutdown);
+        self.rescan().await;
         loop {
-            let next = self.dispatch(&mut tasks).await;
-            let sleep = next.min(self.context().settings.poll_interval);
+            self.prune_pool();
+            let next_due = self.dispatch(&mut tasks).await;
+            let sleep = self.sleep_until_next(next_due);
             tokio::select! {
                 _ = &mut shutdown => break,
-                _ = self.shared.queue.changed() => {}
-                _ = tokio::time::sleep(sleep) => {}
+                changes = self.shared.queue.changes() => self.apply(changes).await,
+                _ = tokio::time::sleep(sleep) => {
+                    if self.rescan_is_due() {
+                        self.rescan().await;
+                    }
+                }
                 Some(_) = tasks.join_next() => {}
             }
         }
@@ -186,40 +203,121 @@ impl Runner {
         self.close_pool().await;
     }
 
-    /// One pass: delivers every due message and waits for all of them. For tests and for a
-    /// `queue flush`-style command; `run` is the normal entry point.
+    /// One pass: lists the queue, delivers every due message and waits for all of them. For
+    /// tests and for a `queue flush`-style command; `run` is the normal entry point.
     pub async fn run_once(&self) {
         let mut tasks = JoinSet::new();
+        self.rescan().await;
         self.dispatch(&mut tasks).await;
         while tasks.join_next().await.is_some() {}
     }
 
-    /// Spawns a task for every due, non-held message not already being delivered. Returns how
-    /// long until the next pending recipient becomes due.
-    async fn dispatch(&self, tasks: &mut JoinSet<()>) -> Duration {
-        self.prune_pool();
-        let messages = match self.shared.queue.list().await {
-            Ok(messages) => messages,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot list the queue");
-                return Duration::from_secs(5);
+    /// How many entries the due index holds (stale ones included); for tests and metrics.
+    pub fn due_entries(&self) -> usize {
+        self.due().len()
+    }
+
+    fn due(&self) -> std::sync::MutexGuard<'_, DueIndex> {
+        self.shared
+            .due
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Rebuilds the due index from a full listing of the queue.
+    async fn rescan(&self) {
+        match self.shared.queue.list().await {
+            Ok(messages) => {
+                self.due().rebuild(&messages);
+                tracing::debug!(messages = messages.len(), "queue listed");
             }
-        };
+            Err(e) => tracing::error!(error = %Escaped(&e.to_string()), "cannot list the queue"),
+        }
+        if let Ok(mut listed) = self.shared.listed.lock() {
+            *listed = Instant::now();
+        }
+    }
+
+    fn rescan_is_due(&self) -> bool {
+        let interval = self.context().settings.rescan_interval;
+        self.shared
+            .listed
+            .lock()
+            .map(|listed| listed.elapsed() >= interval)
+            .unwrap_or(true)
+    }
+
+    /// Until the next due entry or the next safety rescan, whichever is first.
+    fn sleep_until_next(&self, next_due: Option<u64>) -> Duration {
+        let interval = self.context().settings.rescan_interval;
+        let since = self
+            .shared
+            .listed
+            .lock()
+            .map(|listed| listed.elapsed())
+            .unwrap_or_default();
+        let until_rescan = interval.saturating_sub(since);
+        let until_due = next_due.map_or(Duration::MAX, |at| {
+            Duration::from_secs(at.saturating_sub(unix_now()))
+        });
+        until_due.min(until_rescan).max(Duration::from_millis(50))
+    }
+
+    /// Takes in what the queue reported: new messages are due now; anything else rescans.
+    async fn apply(&self, changes: Changes) {
+        if changes.rescan {
+            self.rescan().await;
+            return;
+        }
         let now = unix_now();
-        let mut next_due = u64::MAX;
-        for message in messages {
-            if message.held || self.is_in_flight(&message.id) {
+        let mut due = self.due();
+        for id in changes.enqueued {
+            due.push(now, id);
+        }
+    }
+
+    /// Starts a delivery for every message whose index entry is due, after reading its current
+    /// state (the entry may be stale). Returns when the next entry falls due.
+    async fn dispatch(&self, tasks: &mut JoinSet<()>) -> Option<u64> {
+        let now = unix_now();
+        let due = self.due().take_due(now);
+        for id in due {
+            if self.is_in_flight(&id) {
+                // Its task puts it back in the index when it finishes.
                 continue;
             }
-            let pending = message.recipients.iter().filter(|r| !r.status.is_final());
-            let earliest = pending.map(|r| r.next_attempt).min();
-            match earliest {
-                Some(t) if t <= now => self.spawn(tasks, message),
-                Some(t) => next_due = next_due.min(t),
-                None => {}
+            match self.shared.queue.get(&id).await {
+                Ok(message) => match due::next_attempt(&message) {
+                    Some(at) if at <= now => self.spawn(tasks, message),
+                    Some(at) => self.due().push(at, id),
+                    None => {}
+                },
+                Err(QueueError::NotFound(_)) => {}
+                Err(e) => {
+                    tracing::error!(%id, error = %Escaped(&e.to_string()), "cannot read queue entry; trying again later");
+                    self.due().push(now.saturating_add(RETRY_READ_SECS), id);
+                }
             }
         }
-        Duration::from_secs(next_due.saturating_sub(now)).max(Duration::from_millis(50))
+        self.due().next_at()
+    }
+
+    /// After a delivery: puts the message back in the index at its next attempt (not before
+    /// `not_before`), if it still has one.
+    async fn reindex(&self, id: &MessageId, not_before: u64) {
+        match self.shared.queue.get(id).await {
+            Ok(message) => {
+                if let Some(at) = due::next_attempt(&message) {
+                    self.due().push(at.max(not_before), id.clone());
+                }
+            }
+            Err(QueueError::NotFound(_)) => {}
+            // Not readable just now: look again soon rather than lose it from the index.
+            Err(_) => {
+                let later = unix_now().saturating_add(RETRY_READ_SECS);
+                self.due().push(later.max(not_before), id.clone());
+            }
+        }
     }
 
     fn is_in_flight(&self, id: &MessageId) -> bool {
@@ -240,26 +338,38 @@ impl Runner {
         };
         let runner = self.clone();
         tasks.spawn(async move {
-            let _guard = guard;
-            runner.deliver_message(message).await;
+            let id = message.id.clone();
+            let not_before = runner.deliver_message(message).await;
+            drop(guard);
+            runner.reindex(&id, not_before).await;
         });
     }
 
     /// Delivers the due recipients of one message, group by group, then bounces the failed
     /// ones in a single DSN.
-    async fn deliver_message(&self, message: QueuedMessage) {
+    ///
+    /// Returns a time before which the message must not be tried again although its stored
+    /// state may say otherwise (the state could not be written): every path that fails to
+    /// deliver moves the next attempt forward, in the queue or at least in the index.
+    async fn deliver_message(&self, message: QueuedMessage) -> u64 {
         let ctx = self.context();
         let content = match self.shared.queue.content(&message.id).await {
             Ok(content) => content,
+            Err(QueueError::NotFound(_)) => return 0,
+            Err(QueueError::Corrupt { reason, .. }) => {
+                // It will never read better: out of the queue, for a person to look at.
+                let why = format!("content unreadable: {reason}");
+                if let Err(e) = self.shared.queue.quarantine(&message.id, &why).await {
+                    tracing::error!(id = %message.id, error = %Escaped(&e.to_string()), "cannot move an unreadable message aside");
+                    return unix_now().saturating_add(RETRY_READ_SECS);
+                }
+                return 0;
+            }
             Err(e) => {
                 tracing::error!(id = %message.id, error = %Escaped(&e.to_string()), "cannot read message content");
-                self.defer_all(
-                    &ctx,
-                    &message,
-                    Failure::local("4.3.0", format!("queue read error: {e}")),
-                )
-                .await;
-                return;
+                let failure = Failure::local("4.3.0", format!("queue read error: {e}"));
+                self.defer_all(&ctx, &message, failure).await;
+                return unix_now().saturating_add(RETRY_READ_SECS);
             }
         };
         let mut failed = Vec::new();
@@ -270,14 +380,15 @@ impl Runner {
             let recipients: Vec<String> = due.into_iter().map(|d| d.address).collect();
             let (updates, mut group_failed) = self.classify(&ctx, &message, &recipients, outcomes);
             if let Err(e) = self.shared.queue.update(&message.id, updates).await {
-                tracing::error!(id = %message.id, error = %e, "cannot record delivery results");
-                return;
+                tracing::error!(id = %message.id, error = %Escaped(&e.to_string()), "cannot record delivery results");
+                return unix_now().saturating_add(RETRY_READ_SECS);
             }
             failed.append(&mut group_failed);
         }
         if !failed.is_empty() {
             self.bounce(&ctx, &message, &content, failed).await;
         }
+        0
     }
 
     /// Due pending recipients, grouped by destination (one transaction per group), each going
@@ -726,7 +837,8 @@ impl Runner {
         Ok(Some(id))
     }
 
-    /// Defers every due recipient (used when the content cannot be read).
+    /// Defers every pending recipient (the content could not be read this time); those past
+    /// the queue lifetime bounce, with what is known of the message, which is its envelope.
     async fn defer_all(&self, ctx: &DeliveryContext, message: &QueuedMessage, failure: Failure) {
         let recipients: Vec<String> = message
             .recipients
@@ -735,8 +847,14 @@ impl Runner {
             .map(|r| r.address.clone())
             .collect();
         let outcomes = vec![Outcome::Deferred(failure); recipients.len()];
-        let (updates, _) = self.classify(ctx, message, &recipients, outcomes);
-        let _ = self.shared.queue.update(&message.id, updates).await;
+        let (updates, failed) = self.classify(ctx, message, &recipients, outcomes);
+        if let Err(e) = self.shared.queue.update(&message.id, updates).await {
+            tracing::error!(id = %message.id, error = %Escaped(&e.to_string()), "cannot record the deferral");
+            return;
+        }
+        if !failed.is_empty() {
+            self.bounce(ctx, message, &[], failed).await;
+        }
     }
 }
 

@@ -82,6 +82,15 @@ impl std::fmt::Display for MessageId {
     }
 }
 
+/// What [`Queue::changes`] reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Messages enqueued through this handle since the last call, oldest first.
+    pub enqueued: Vec<MessageId>,
+    /// Something else changed (or too many enqueues to list): list the queue again.
+    pub rescan: bool,
+}
+
 /// Why the queue could not take or update a message. The session answers `452 4.3.1` to
 /// [`QueueError::Full`] and [`QueueError::Io`]: never `250`.
 #[derive(Debug, thiserror::Error)]
@@ -196,7 +205,19 @@ pub trait Queue: Send + Sync + 'static {
     /// Removes a message without delivering or bouncing it.
     fn delete<'a>(&'a self, id: &'a MessageId) -> BoxFuture<'a, Result<(), QueueError>>;
 
-    /// Resolves when something may have become due (a new message, a retry request); the
-    /// runner also wakes on its own timer, so a missed wake-up only delays, never loses.
-    fn changed(&self) -> BoxFuture<'_, ()>;
+    /// Moves a message whose entry cannot be used (content unreadable) out of the queue, to
+    /// a place a person can inspect; it is neither delivered nor bounced.
+    fn quarantine<'a>(
+        &'a self,
+        id: &'a MessageId,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<(), QueueError>>;
+
+    /// Waits until the store changed in a way the runner did not cause through `update`, and
+    /// says how: messages enqueued through this handle (their ids, due now), or anything else
+    /// (an admin command here or in another process: hold, release, retry, delete), which asks
+    /// for a rescan. Changes are buffered between calls, so none is lost; the runner keeps its
+    /// own index of what is due from these and from its updates, and lists the whole queue only
+    /// at start and on a rescan.
+    fn changes(&self) -> BoxFuture<'_, Changes>;
 }

@@ -61,8 +61,8 @@ use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use relayward_protocol::text::Escaped;
 use tokio::sync::{Notify, oneshot};
@@ -73,11 +73,19 @@ use crate::fsutil::{
     sync_dir, write_synced,
 };
 use crate::{
-    BoxFuture, MessageId, NewMessage, Queue, QueueError, QueuedMessage, RecipientUpdate, id,
+    BoxFuture, Changes, MessageId, NewMessage, Queue, QueueError, QueuedMessage, RecipientUpdate,
+    id,
 };
 
 const CONTENT_EXT: &str = "eml";
 const STATE_EXT: &str = "json";
+/// Touched by every admin change (hold, release, retry, delete), so the server's runner sees
+/// changes another process made without listing the queue.
+const MARKER: &str = "changed";
+/// How often [`Queue::changes`] looks at the marker for another process's changes.
+const MARKER_POLL: Duration = Duration::from_secs(1);
+/// Enqueued ids kept for the runner between two calls of `changes`; beyond, it rescans.
+const MAX_PENDING: usize = 100_000;
 
 /// Settings of a [`Spool`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +155,10 @@ struct Inner {
     /// Current `min_free_bytes`; atomic so a configuration reload can change it in place.
     min_free_bytes: AtomicU64,
     notify: Notify,
+    /// What `changes` will report next.
+    pending: Mutex<Changes>,
+    /// The marker's modification time as last seen (at open, then by `changes`).
+    marker_seen: Mutex<Option<SystemTime>>,
     committed: AtomicU64,
     batches: AtomicU64,
     dir_fsyncs: AtomicU64,
@@ -175,11 +187,14 @@ impl Spool {
             .open(layout.root.join("lock"))
             .map_err(queue_error)?;
         let recovery = lock_and_recover(&lock, &layout).map_err(queue_error)?;
+        let marker_seen = marker_time(&layout.root);
         let inner = Arc::new(Inner {
             layout,
             min_free_bytes: AtomicU64::new(options.min_free_bytes),
             options,
             notify: Notify::new(),
+            pending: Mutex::new(Changes::default()),
+            marker_seen: Mutex::new(marker_seen),
             committed: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             dir_fsyncs: AtomicU64::new(0),
@@ -252,17 +267,50 @@ impl Spool {
         Box::pin(blocking(move || f(&inner)))
     }
 
-    /// Like [`Spool::run`], then wakes the runner if the change succeeded.
-    fn run_and_notify<F>(&self, f: F) -> BoxFuture<'_, Result<(), QueueError>>
+    /// Like [`Spool::run`] for an admin change: afterwards the marker is touched (for a runner
+    /// in another process) and this instance's runner is asked to rescan.
+    fn run_admin<F>(&self, f: F) -> BoxFuture<'_, Result<(), QueueError>>
     where
         F: FnOnce(&Inner) -> Result<(), QueueError> + Send + 'static,
     {
-        let work = self.run(f);
+        let work = self.run(move |inner| {
+            f(inner)?;
+            inner.touch_marker();
+            Ok(())
+        });
         Box::pin(async move {
             work.await?;
-            self.inner.notify.notify_one();
+            self.inner.note_change(|pending| pending.rescan = true);
             Ok(())
         })
+    }
+
+    /// The next [`Changes`]: what is buffered, else the first of a local change or another
+    /// process touching the marker.
+    async fn next_changes(&self) -> Changes {
+        loop {
+            let taken = std::mem::take(&mut *self.inner.lock_pending());
+            if taken != Changes::default() {
+                return taken;
+            }
+            let inner = Arc::clone(&self.inner);
+            let marker_moved = async move {
+                loop {
+                    tokio::time::sleep(MARKER_POLL).await;
+                    let check = Arc::clone(&inner);
+                    if blocking(move || Ok(check.marker_moved()))
+                        .await
+                        .unwrap_or(false)
+                    {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                () = self.inner.notify.notified() => {}
+                () = marker_moved => return Changes { enqueued: Vec::new(), rescan: true },
+            }
+        }
     }
 }
 
@@ -300,7 +348,7 @@ impl Queue for Spool {
         held: bool,
     ) -> BoxFuture<'a, Result<(), QueueError>> {
         let id = id.clone();
-        self.run_and_notify(move |inner| {
+        self.run_admin(move |inner| {
             inner.modify(&id, |state| {
                 if state.held == held {
                     return Ok(Change::Keep);
@@ -313,20 +361,30 @@ impl Queue for Spool {
 
     fn retry_now<'a>(&'a self, id: &'a MessageId) -> BoxFuture<'a, Result<(), QueueError>> {
         let id = id.clone();
-        self.run_and_notify(move |inner| {
+        self.run_admin(move |inner| {
             inner.modify(&id, |state| Ok(entry::retry_all(state, unix_now())))
         })
     }
 
     fn delete<'a>(&'a self, id: &'a MessageId) -> BoxFuture<'a, Result<(), QueueError>> {
         let id = id.clone();
-        self.run(move |inner| inner.modify(&id, |_| Ok(Change::Remove)))
+        self.run_admin(move |inner| inner.modify(&id, |_| Ok(Change::Remove)))
     }
 
-    /// Uses `Notify::notify_one`, which stores a permit when nobody waits: a change made
-    /// between the runner's scan and its next call to `changed` is not lost.
-    fn changed(&self) -> BoxFuture<'_, ()> {
-        Box::pin(self.inner.notify.notified())
+    fn quarantine<'a>(
+        &'a self,
+        id: &'a MessageId,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        let id = id.clone();
+        let reason = reason.to_owned();
+        self.run(move |inner| inner.quarantine(&id, &reason))
+    }
+
+    /// Local changes wake the waiter through `Notify::notify_one`, which stores a permit when
+    /// nobody waits, and are buffered in `pending`: nothing between two calls is lost.
+    fn changes(&self) -> BoxFuture<'_, Changes> {
+        Box::pin(self.next_changes())
     }
 }
 
@@ -437,11 +495,21 @@ impl Inner {
             Ok(()) => {
                 let count = placed.len() as u64;
                 self.committed.fetch_add(count, Ordering::Relaxed);
+                // From the committer (so the runner hears of it even if a waiter stopped
+                // listening), and before the answers: the runner knows of a message no later
+                // than its client does.
+                let ids: Vec<MessageId> = placed.iter().map(|s| s.id.clone()).collect();
+                self.note_change(|pending| {
+                    if pending.enqueued.len() + ids.len() > MAX_PENDING {
+                        pending.enqueued.clear();
+                        pending.rescan = true;
+                    } else if !pending.rescan {
+                        pending.enqueued.extend(ids);
+                    }
+                });
                 for staged in placed {
                     let _ = staged.reply.send(Ok(()));
                 }
-                // From the committer, so the runner wakes even if a waiter stopped listening.
-                self.notify.notify_one();
             }
             Err(err) => {
                 tracing::error!(error = %err, count = placed.len(), "queue directory fsync failed");
@@ -465,6 +533,72 @@ impl Inner {
             }
         }
         placed
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Changes> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records a change for `changes` and wakes its waiter.
+    fn note_change(&self, record: impl FnOnce(&mut Changes)) {
+        record(&mut self.lock_pending());
+        self.notify.notify_one();
+    }
+
+    /// Tells runners in other processes that an admin change happened. Best effort: a runner
+    /// that misses it still sees the change at its next rescan.
+    fn touch_marker(&self) {
+        let path = self.layout.root.join(MARKER);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        if let Err(e) = write_synced(&path, &[nanos.to_string().as_bytes()]) {
+            tracing::warn!(error = %e, "cannot touch the queue's change marker");
+        }
+    }
+
+    /// Whether the marker changed since the last look.
+    fn marker_moved(&self) -> bool {
+        let modified = marker_time(&self.layout.root);
+        let mut seen = self
+            .marker_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let moved = *seen != modified;
+        *seen = modified;
+        moved
+    }
+
+    /// Moves the message's files to `corrupt/`, with a note of why, under the message lock.
+    fn quarantine(&self, id: &MessageId, reason: &str) -> Result<(), QueueError> {
+        check_id(id)?;
+        let content = self.layout.message(id);
+        let file = File::open(&content).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => not_found(id),
+            _ => queue_error(e),
+        })?;
+        flock(&file, libc::LOCK_EX).map_err(queue_error)?;
+        create_private_dir(&self.layout.corrupt).map_err(queue_error)?;
+        let note = self.layout.corrupt.join(format!("{id}.reason"));
+        write_synced(&note, &[reason.as_bytes(), b"\n"]).map_err(queue_error)?;
+        let state = self.layout.state(id);
+        if state.exists() {
+            fs::rename(
+                &state,
+                self.layout.corrupt.join(format!("{id}.{STATE_EXT}")),
+            )
+            .map_err(queue_error)?;
+        }
+        fs::rename(
+            &content,
+            self.layout.corrupt.join(format!("{id}.{CONTENT_EXT}")),
+        )
+        .map_err(queue_error)?;
+        sync_dir(&self.layout.corrupt).map_err(queue_error)?;
+        self.sync_msg_dir().map_err(queue_error)?;
+        tracing::error!(%id, reason = %Escaped(reason), "message moved to {}", self.layout.corrupt.display());
+        Ok(())
     }
 
     /// Every readable message, oldest first; unreadable ones are logged and skipped.
@@ -561,6 +695,13 @@ impl Inner {
 }
 
 /// Takes the spool lock; recovers when this is the only user (see module docs).
+/// The change marker's modification time; `None` while no admin change ever happened.
+fn marker_time(root: &Path) -> Option<SystemTime> {
+    fs::metadata(root.join(MARKER))
+        .and_then(|m| m.modified())
+        .ok()
+}
+
 fn lock_and_recover(lock: &File, layout: &Layout) -> io::Result<Option<RecoveryReport>> {
     match flock(lock, libc::LOCK_EX | libc::LOCK_NB) {
         Ok(()) => {

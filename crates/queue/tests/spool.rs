@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use relayward_protocol::route::{NextHop, RouteClass};
 use relayward_queue::{
-    MessageId, NewMessage, Queue, QueueError, QueuedMessage, RecipientStatus, RecipientUpdate,
-    Spool, SpoolOptions,
+    Changes, MessageId, NewMessage, Queue, QueueError, QueuedMessage, RecipientStatus,
+    RecipientUpdate, Spool, SpoolOptions,
 };
 use relayward_queue::{NewRecipient, Route};
 
@@ -237,28 +237,60 @@ async fn hold_release_retry_and_delete() {
 }
 
 #[tokio::test]
-async fn changed_wakes_on_enqueue_and_retry() {
+async fn changes_name_enqueued_messages_and_ask_for_a_rescan_after_admin_changes() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Arc::new(open(dir.path()));
-    let id = spool
-        .enqueue(message(&["bob@example.test"], "x"))
+    let first = spool
+        .enqueue(message(&["bob@example.test"], "1"))
         .await
         .unwrap();
-    // The enqueue above left a permit: the next wait returns at once.
-    wait_changed(&spool).await;
+    let second = spool
+        .enqueue(message(&["bob@example.test"], "2"))
+        .await
+        .unwrap();
+    // Buffered between calls: both ids, in order, and nothing else.
+    let changes = next_changes(&spool).await;
+    assert_eq!(changes.enqueued, [first.clone(), second]);
+    assert!(!changes.rescan);
 
     let waiter = {
         let spool = Arc::clone(&spool);
-        tokio::spawn(async move { wait_changed(&spool).await })
+        tokio::spawn(async move { next_changes(&spool).await })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
-    spool.retry_now(&id).await.unwrap();
-    waiter.await.unwrap();
+    spool.retry_now(&first).await.unwrap();
+    let changes = waiter.await.unwrap();
+    assert!(
+        changes.rescan,
+        "an admin change asks for a rescan: {changes:?}"
+    );
+    assert!(changes.enqueued.is_empty());
 }
 
-async fn wait_changed(spool: &Spool) {
-    let woke = tokio::time::timeout(Duration::from_secs(5), spool.changed()).await;
-    assert!(woke.is_ok(), "changed() did not wake");
+/// The CLI is another process with its own `Spool`: its admin changes reach the server's
+/// `changes` through the marker file, without the server listing the queue.
+#[tokio::test]
+async fn another_processs_admin_change_reaches_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Arc::new(open(dir.path()));
+    let id = server
+        .enqueue(message(&["bob@example.test"], "x"))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_changes(&server).await.enqueued,
+        std::slice::from_ref(&id)
+    );
+    let cli = open(dir.path());
+    cli.set_held(&id, true).await.unwrap();
+    let changes = next_changes(&server).await;
+    assert!(changes.rescan, "{changes:?}");
+}
+
+async fn next_changes(spool: &Spool) -> Changes {
+    tokio::time::timeout(Duration::from_secs(5), spool.changes())
+        .await
+        .expect("changes() did not report")
 }
 
 #[tokio::test]

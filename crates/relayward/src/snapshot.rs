@@ -10,7 +10,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
@@ -22,10 +21,6 @@ use relayward_server::listener::AdmissionLimits;
 use relayward_server::policy::Policy;
 use relayward_server::ratelimit::{UserLimitSettings, UserRateLimiter};
 use relayward_server::session::{SessionContext, SessionLimits};
-
-/// How often the runner rescans the queue without being woken: changes made by another process
-/// (`relayward queue retry` while the server runs) take effect within this time.
-pub const QUEUE_SCAN_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Where the configuration came from, for the logs.
 #[derive(Debug, Clone)]
@@ -99,8 +94,7 @@ impl Snapshot {
             let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
             anyhow::anyhow!("configuration refused: {}", text.join("; "))
         })?;
-        let mut settings = DeliveryConfig::from_config(&config);
-        settings.poll_interval = QUEUE_SCAN_INTERVAL;
+        let settings = DeliveryConfig::from_config(&config);
         let delivery = DeliveryContext::new(settings, Arc::clone(policy.router()))
             .context("delivery configuration")?;
         let session = session_context(&config, &tls, policy, lasting);

@@ -573,7 +573,6 @@ impl Relay {
         c.dns_timeout = Duration::from_secs(2);
         c.timeouts = Timeouts::uniform(Duration::from_secs(5));
         c.retry = RetrySchedule::new(vec![Duration::from_secs(1)], 0.0);
-        c.poll_interval = Duration::from_millis(200);
         c.shutdown_grace = Duration::from_millis(100);
         c
     }

@@ -1,0 +1,91 @@
+//! Red-team findings against the delivery side, end to end through the real binary: what a
+//! stranger's message can make the runner do after it was accepted.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{TestServer, spooled, standard_config, wait_queue_empty};
+
+/// A `[[route]]` to a port where nothing listens: every attempt defers.
+fn unreachable_route() -> String {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = closed.local_addr().expect("addr");
+    drop(closed);
+    format!("[[route]]\ndomain = \"corp.example.test\"\nto = \"smtp://{addr}\"\n")
+}
+
+fn queue_one_for_the_route(server: &TestServer) -> String {
+    let mut smtp = server.smtp("mx");
+    smtp.send("EHLO client.outside.test")
+        .expect(250)
+        .send("MAIL FROM:<friend@outside.test>")
+        .expect(250)
+        .send("RCPT TO:<eve@corp.example.test>")
+        .expect(250)
+        .send("DATA")
+        .expect(354)
+        .raw(b"Subject: stuck\r\n\r\nwaits for the route\r\n.\r\n")
+        .expect_text(250, "queued as");
+    let reply = smtp.last_lines().join(" ");
+    smtp.send("QUIT").expect(221);
+    reply
+        .rsplit(' ')
+        .next()
+        .expect("queue id in the reply")
+        .to_string()
+}
+
+/// Finding 7: a message past its lifetime whose content could not be read was tried about a
+/// thousand times a second, forever (the expired recipients were dropped from the update, so
+/// the next attempt never moved). It is moved aside now, with one log line.
+#[test]
+fn an_unreadable_message_is_moved_aside_not_retried_in_a_loop() {
+    let config = standard_config(&format!(
+        "{}\n[delivery]\nmax_queue_lifetime = \"3s\"\n",
+        unreachable_route()
+    ));
+    let server = TestServer::start(&config);
+    let id = queue_one_for_the_route(&server);
+    // Once the deferral is recorded, its file is damaged (as a disk error or a careless admin
+    // would) before the next attempt, which comes when the lifetime ends.
+    let msg = server.data_dir().join("queue").join("msg");
+    let recorded = Instant::now() + Duration::from_secs(10);
+    while !msg.join(format!("{id}.json")).exists() {
+        assert!(
+            Instant::now() < recorded,
+            "deferral not recorded:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let file = msg.join(format!("{id}.eml"));
+    let text = std::fs::read(&file).expect("queued file");
+    std::fs::write(&file, &text[..text.len() - 10]).expect("truncate");
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let corrupt = server.data_dir().join("queue").join("corrupt");
+    while !corrupt.join(format!("{id}.eml")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "not moved aside; log:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_queue_empty(&server);
+    assert_eq!(spooled(&server), 0);
+    std::thread::sleep(Duration::from_millis(500));
+    let log = server.log();
+    let reads = log.matches("cannot read message content").count()
+        + log.matches("message moved to").count();
+    assert!(
+        reads <= 2,
+        "{reads} attempts on an unreadable message:\n{log}"
+    );
+    assert!(
+        std::fs::read_to_string(corrupt.join(format!("{id}.reason")))
+            .expect("reason")
+            .contains("content"),
+    );
+}
