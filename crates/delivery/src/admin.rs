@@ -11,7 +11,7 @@
 
 use relayward_protocol::text::escape_control;
 use relayward_queue::{
-    MessageId, Queue, QueueError, QueuedMessage, RecipientState, RecipientStatus,
+    MessageId, Origin, Queue, QueueError, QueuedMessage, RecipientState, RecipientStatus,
 };
 use serde::Serialize;
 
@@ -65,14 +65,17 @@ pub struct ListEntry {
 /// ```json
 /// {
 ///   "id": "…", "arrived": 1767225600, "age_seconds": 93, "sender": "a@x.test",
-///   "client_ip": "192.0.2.7", "auth_login": "alice@x.test", "size": 1234, "held": false,
+///   "client_ip": "192.0.2.7", "auth_login": "alice@x.test", "origin": "authenticated",
+///   "size": 1234, "held": false,
 ///   "recipients": [ {"address": "…", "status": "pending", "attempts": 0,
 ///                    "last_error": null, "next_attempt": 1767225600} ],
 ///   "headers": [ {"name": "Subject", "value": "hello"} ]
 /// }
 /// ```
 /// `headers` are the message's header fields in order, unfolded (continuation lines joined
-/// with a space); `auth_login` is `null` for unauthenticated clients.
+/// with a space); `auth_login` is `null` for unauthenticated clients. `origin` is how the
+/// client stood: `stranger`, `trusted` (a trusted network), `authenticated`, or `local` (a
+/// bounce made here); a stranger's message gets a small bounce.
 #[derive(Debug, Clone, Serialize)]
 pub struct MessageDetail {
     pub id: MessageId,
@@ -81,6 +84,7 @@ pub struct MessageDetail {
     pub sender: String,
     pub client_ip: String,
     pub auth_login: Option<String>,
+    pub origin: Origin,
     pub size: u64,
     pub held: bool,
     pub recipients: Vec<RecipientState>,
@@ -156,6 +160,7 @@ pub async fn show(queue: &dyn Queue, id: &MessageId) -> Result<MessageDetail, Qu
         sender: message.sender,
         client_ip: message.client_ip,
         auth_login: message.auth_login,
+        origin: message.origin,
         size: message.size,
         held: message.held,
         recipients: message.recipients,
@@ -262,7 +267,7 @@ impl Render for MessageDetail {
     fn table(&self) -> String {
         let now = unix_now();
         let mut out = format!(
-            "ID:       {}\nArrived:  {} ({} ago)\nSender:   {}\nClient:   {}{}\nSize:     {} octets\nHeld:     {}\n\nRecipients:\n",
+            "ID:       {}\nArrived:  {} ({} ago)\nSender:   {}\nClient:   {}{}\nOrigin:   {}\nSize:     {} octets\nHeld:     {}\n\nRecipients:\n",
             self.id,
             crate::dsn::rfc5322_date(self.arrived),
             duration(self.age_seconds),
@@ -272,6 +277,7 @@ impl Render for MessageDetail {
                 .as_ref()
                 .map(|l| format!(" (authenticated as {})", escape_control(l)))
                 .unwrap_or_default(),
+            origin(self.origin),
             self.size,
             if self.held { "yes" } else { "no" },
         );
@@ -316,6 +322,15 @@ impl Render for ActionReport {
             .iter()
             .map(|id| format!("{id}: {verb}\n"))
             .collect()
+    }
+}
+
+fn origin(origin: Origin) -> &'static str {
+    match origin {
+        Origin::Stranger => "stranger (neither authenticated nor trusted: small bounces)",
+        Origin::Trusted => "trusted network",
+        Origin::Authenticated => "authenticated",
+        Origin::Local => "this server (a bounce)",
     }
 }
 

@@ -3,11 +3,25 @@
 //! One DSN per message and attempt batch lists every recipient that failed in it, so a
 //! message to fifty bad addresses produces one bounce, not fifty. The DSN is sent with the
 //! null reverse-path (RFC 5321 §4.5.5) so that it can never bounce in turn; the runner never
-//! bounces a message whose sender is null.
+//! bounces a message whose sender is null, nor one that is itself a report or auto-reply.
+//!
+//! Bounces are a last resort, and small when the sender may be forged. A message from a
+//! stranger (not authenticated, not in a trusted network) names a sender nobody checked: its
+//! bounce goes, as likely as not, to a third party. So that a stranger cannot use us to mail
+//! anyone his text ("backscatter"), its DSN carries only the first [`STRANGER_HEADER_CAP`]
+//! octets of the original header section (never the body, like every DSN here), and says why
+//! by status code only: no remote reply text and no remote host, which for a `[[route]]` is
+//! an internal server's name or address. Our own users get the whole report.
 
 use std::fmt::Write as _;
 
+use relayward_queue::Origin;
+
 use crate::outcome::Failure;
+
+/// Most octets of the original header section a bounce to a stranger's sender carries; cut
+/// at a field boundary.
+pub const STRANGER_HEADER_CAP: usize = 16 * 1024;
 
 /// Why a recipient ends up in a bounce.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +46,14 @@ pub struct Report<'a> {
     pub recipients: &'a [FailedRecipient],
     /// The original content; only its header section goes into the report.
     pub original: &'a [u8],
+    /// How the original arrived: a stranger's bounce is small (see the module docs).
+    pub origin: Origin,
+}
+
+impl Report<'_> {
+    fn for_stranger(&self) -> bool {
+        self.origin == Origin::Stranger
+    }
 }
 
 /// Builds the DSN message (CRLF line ends), ready to enqueue.
@@ -49,7 +71,12 @@ pub fn build(report: &Report<'_>) -> Vec<u8> {
     out.push_str("Content-Type: text/rfc822-headers\r\n");
     out.push_str("Content-Description: Undelivered Message Headers\r\n\r\n");
     let mut bytes = out.into_bytes();
-    bytes.extend_from_slice(&header_section(report.original));
+    let headers = header_section(report.original);
+    if report.for_stranger() {
+        bytes.extend_from_slice(capped_at_a_field(&headers, STRANGER_HEADER_CAP));
+    } else {
+        bytes.extend_from_slice(&headers);
+    }
     bytes.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     bytes
 }
@@ -88,17 +115,48 @@ fn human_part(out: &mut String, report: &Report<'_>) {
         rfc5322_date(report.arrived)
     );
     for r in report.recipients {
-        let why = if r.expired {
-            format!(
+        let why = match (r.expired, report.for_stranger()) {
+            (true, false) => format!(
                 "gave up after the maximum queue lifetime; last error: {}",
                 r.failure.text
-            )
-        } else {
-            r.failure.text.clone()
+            ),
+            (false, false) => r.failure.text.clone(),
+            (true, true) => format!(
+                "{}: gave up after the maximum queue lifetime",
+                final_status(r)
+            ),
+            (false, true) => format!("{}: {}", final_status(r), meaning(&r.failure.status)),
         };
         let _ = write!(out, "<{}>: {}\r\n", r.address, one_line(&why));
     }
+    if report.for_stranger() {
+        out.push_str(
+            "\r\nThe header fields of your message follow (at most the first 16 KiB).\r\n",
+        );
+    }
     out.push_str("\r\n");
+}
+
+/// What an RFC 3463 status means, by its subject: all a stranger's bounce says of the cause.
+fn meaning(status: &str) -> &'static str {
+    match status.split('.').nth(1) {
+        Some("1") => "the recipient address was not accepted",
+        Some("2") => "the recipient's mailbox cannot take the message",
+        Some("3") => "the receiving mail system cannot take the message",
+        Some("4") => "the message could not be routed or delivered",
+        Some("5") => "the receiving server refused the delivery",
+        Some("6") => "the message content was not accepted",
+        Some("7") => "the message was refused by policy",
+        _ => "the message could not be delivered",
+    }
+}
+
+fn final_status(r: &FailedRecipient) -> String {
+    if r.expired && !r.failure.status.starts_with('5') {
+        "4.4.7".to_string()
+    } else {
+        r.failure.status.clone()
+    }
 }
 
 fn status_part(out: &mut String, report: &Report<'_>) {
@@ -113,39 +171,74 @@ fn status_part(out: &mut String, report: &Report<'_>) {
     );
     for r in report.recipients {
         out.push_str("\r\n");
-        recipient_block(out, r, report.now);
+        recipient_block(out, r, report);
     }
     out.push_str("\r\n");
 }
 
-fn recipient_block(out: &mut String, r: &FailedRecipient, now: u64) {
-    let status = if r.expired && !r.failure.status.starts_with('5') {
-        "4.4.7".to_string()
-    } else {
-        r.failure.status.clone()
-    };
+fn recipient_block(out: &mut String, r: &FailedRecipient, report: &Report<'_>) {
+    let status = final_status(r);
     let _ = write!(
         out,
         "Final-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {}\r\n",
         r.address, status
     );
-    if let Some(mta) = &r.failure.remote_mta {
-        let host = mta.split('[').next().unwrap_or(mta);
-        let _ = write!(out, "Remote-MTA: dns; {host}\r\n");
+    if report.for_stranger() {
+        // The reply's code only: its text and the host that sent it stay ours.
+        if let Some(code) = r.failure.smtp_reply.as_deref().and_then(reply_code) {
+            let _ = write!(
+                out,
+                "Diagnostic-Code: smtp; {code} {}\r\n",
+                r.failure.status
+            );
+        }
+    } else {
+        if let Some(mta) = &r.failure.remote_mta {
+            let host = mta.split('[').next().unwrap_or(mta);
+            let _ = write!(out, "Remote-MTA: dns; {host}\r\n");
+        }
+        let diagnostic = match &r.failure.smtp_reply {
+            Some(reply) => format!("smtp; {}", one_line(reply)),
+            None => format!("X-Relayward; {}", one_line(&r.failure.text)),
+        };
+        let _ = write!(out, "Diagnostic-Code: {diagnostic}\r\n");
     }
-    let diagnostic = match &r.failure.smtp_reply {
-        Some(reply) => format!("smtp; {}", one_line(reply)),
-        None => format!("X-Relayward; {}", one_line(&r.failure.text)),
-    };
-    let _ = write!(
-        out,
-        "Diagnostic-Code: {diagnostic}\r\nLast-Attempt-Date: {}\r\n",
-        rfc5322_date(now)
-    );
+    let _ = write!(out, "Last-Attempt-Date: {}\r\n", rfc5322_date(report.now));
+}
+
+/// The three-digit code that opens an SMTP reply line.
+fn reply_code(reply: &str) -> Option<&str> {
+    reply
+        .get(..3)
+        .filter(|code| code.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn one_line(text: &str) -> String {
     text.replace(['\r', '\n'], " ")
+}
+
+/// The longest start of `headers` that is at most `cap` octets and ends where a header field
+/// ends (a field is never cut in the middle, continuation lines included).
+fn capped_at_a_field(headers: &[u8], cap: usize) -> &[u8] {
+    if headers.len() <= cap {
+        return headers;
+    }
+    let mut field_start = 0;
+    let mut pos = 0;
+    while pos < headers.len() {
+        let end = headers[pos..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(headers.len(), |i| pos + i + 1);
+        if !matches!(headers[pos], b' ' | b'\t') {
+            field_start = pos;
+        }
+        if end > cap {
+            break;
+        }
+        pos = end;
+    }
+    &headers[..field_start.min(pos)]
 }
 
 /// The original message's header section (up to the first empty line), CRLF-terminated.
@@ -189,6 +282,7 @@ mod tests {
             now: 60,
             recipients: &failed,
             original,
+            origin: Origin::Authenticated,
         });
         let text = String::from_utf8(dsn).unwrap();
         assert!(text.contains("report-type=delivery-status"));
@@ -199,5 +293,132 @@ mod tests {
         assert!(text.contains("Subject: hi\r\n"));
         assert!(!text.contains("body line"));
         assert!(text.ends_with("--\r\n"));
+    }
+
+    fn route_failure() -> Vec<FailedRecipient> {
+        let reply = relayward_protocol::reply::Reply::enh(
+            550,
+            (5, 1, 1),
+            "<nobody@corp.test>: unknown at inside.corp.internal",
+        );
+        vec![FailedRecipient {
+            address: "nobody@corp.test".into(),
+            failure: Failure::from_reply(&reply, "inside.corp.internal[10.0.0.5]:25", "RCPT TO"),
+            expired: false,
+        }]
+    }
+
+    fn report_for(origin: Origin, original: &[u8], failed: &[FailedRecipient]) -> String {
+        String::from_utf8(build(&Report {
+            reporting_mta: "mx.x.test",
+            original_sender: "victim@third.test",
+            original_id: "Q2",
+            arrived: 0,
+            now: 60,
+            recipients: failed,
+            original,
+            origin,
+        }))
+        .unwrap()
+    }
+
+    /// A stranger's bounce says why by status code only: the internal server's name, address
+    /// and reply text stay ours; our own users get all of it.
+    #[test]
+    fn a_strangers_bounce_names_no_remote_host_and_quotes_no_reply() {
+        let failed = route_failure();
+        let original = b"Subject: hi\r\n\r\nbody line\r\n";
+        let small = report_for(Origin::Stranger, original, &failed);
+        for secret in [
+            "inside.corp.internal",
+            "10.0.0.5",
+            "unknown at",
+            "Remote-MTA",
+        ] {
+            assert!(!small.contains(secret), "{secret} in:\n{small}");
+        }
+        assert!(small.contains("Status: 5.1.1\r\n"), "{small}");
+        assert!(
+            small.contains("Diagnostic-Code: smtp; 550 5.1.1\r\n"),
+            "{small}"
+        );
+        assert!(
+            small.contains("<nobody@corp.test>: 5.1.1: the recipient address was not accepted")
+        );
+        assert!(small.contains("Subject: hi\r\n") && !small.contains("body line"));
+        let full = report_for(Origin::Authenticated, original, &failed);
+        assert!(
+            full.contains("Remote-MTA: dns; inside.corp.internal\r\n"),
+            "{full}"
+        );
+        assert!(full.contains("unknown at inside.corp.internal"), "{full}");
+    }
+
+    #[test]
+    fn a_strangers_bounce_carries_at_most_16_kib_of_headers_cut_at_a_field() {
+        let mut original = Vec::new();
+        for n in 0..400 {
+            original.extend_from_slice(
+                format!(
+                    "X-Filler-{n}: {}\r\n\t{}\r\n",
+                    "a".repeat(40),
+                    "b".repeat(40)
+                )
+                .as_bytes(),
+            );
+        }
+        original.extend_from_slice(b"\r\nbody line\r\n");
+        let failed = route_failure();
+        let small = report_for(Origin::Stranger, &original, &failed);
+        let quoted = small
+            .split("Content-Description: Undelivered Message Headers\r\n\r\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\r\n--=_relayward_").next())
+            .expect("headers part");
+        assert!(
+            quoted.len() <= STRANGER_HEADER_CAP,
+            "{} octets",
+            quoted.len()
+        );
+        assert!(
+            quoted.len() > STRANGER_HEADER_CAP - 200,
+            "{} octets",
+            quoted.len()
+        );
+        assert!(
+            quoted.ends_with(&format!("\t{}\r\n", "b".repeat(40))),
+            "cut inside a field"
+        );
+        let full = report_for(Origin::Trusted, &original, &failed);
+        assert!(full.contains("X-Filler-399:"));
+        assert!(!full.contains("body line"));
+    }
+
+    /// The internal server stayed down past the queue lifetime: the last error names it, and
+    /// a stranger's bounce says only that we gave up.
+    #[test]
+    fn a_strangers_expiry_bounce_does_not_name_the_server_that_was_down() {
+        let failed = vec![FailedRecipient {
+            address: "nobody@corp.test".into(),
+            failure: Failure::local("4.4.1", "connection to 10.0.0.5:25 refused"),
+            expired: true,
+        }];
+        let small = report_for(Origin::Stranger, b"Subject: x\r\n\r\n", &failed);
+        assert!(!small.contains("10.0.0.5"), "{small}");
+        assert!(
+            small.contains("<nobody@corp.test>: 4.4.7: gave up after the maximum queue lifetime")
+        );
+        assert!(small.contains("Status: 4.4.7\r\n") && !small.contains("Diagnostic-Code"));
+        let full = report_for(Origin::Trusted, b"Subject: x\r\n\r\n", &failed);
+        assert!(full.contains("connection to 10.0.0.5:25 refused"), "{full}");
+    }
+
+    #[test]
+    fn capping_never_cuts_a_field() {
+        let headers = b"A: 1\r\nB: 2\r\n 3\r\nC: 4\r\n";
+        assert_eq!(capped_at_a_field(headers, 100), headers);
+        assert_eq!(capped_at_a_field(headers, 12), b"A: 1\r\n");
+        assert_eq!(capped_at_a_field(headers, 17), b"A: 1\r\nB: 2\r\n 3\r\n");
+        assert_eq!(capped_at_a_field(headers, 3), b"");
     }
 }

@@ -16,8 +16,8 @@ use relayward_config::Live;
 use relayward_protocol::route::{NextHop, Route, Routed, Unroutable};
 use relayward_protocol::text::Escaped;
 use relayward_queue::{
-    Changes, MessageId, NewMessage, NewRecipient, Queue, QueueError, QueuedMessage, RecipientState,
-    RecipientStatus, RecipientUpdate,
+    Changes, MessageId, NewMessage, NewRecipient, Origin, Queue, QueueError, QueuedMessage,
+    RecipientState, RecipientStatus, RecipientUpdate,
 };
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -766,6 +766,9 @@ impl Runner {
         let now = unix_now();
         if message.sender.is_empty() {
             tracing::warn!(id = %message.id, "undeliverable message with null sender: not bounced");
+        } else if relayward_protocol::header::is_automatic(content) {
+            // A report or auto-reply bounced back could be bounced again by the other side.
+            tracing::warn!(id = %message.id, "undeliverable automatic reply or report: not bounced");
         } else if let Err(e) = self.queue_dsn(ctx, message, content, &failed, now).await {
             tracing::error!(id = %message.id, error = %e, "cannot queue the bounce; will retry");
             let retry = now.saturating_add(ctx.settings.retry.delay(1).as_secs().max(1));
@@ -821,6 +824,7 @@ impl Runner {
             now,
             recipients: failed,
             original: content,
+            origin: message.origin,
         });
         let id = self
             .shared
@@ -831,6 +835,7 @@ impl Runner {
                 content: report,
                 client_ip: "127.0.0.1".into(),
                 auth_login: None,
+                origin: Origin::Local,
             })
             .await?;
         tracing::info!(id = %message.id, dsn = %id, to = %Escaped(&message.sender), "bounce queued");

@@ -146,6 +146,7 @@ async fn new_mail_is_delivered_from_the_index_without_listing_the_queue() {
                 content: b"Subject: new\r\n\r\nnew\r\n".to_vec(),
                 client_ip: "127.0.0.1".into(),
                 auth_login: None,
+                origin: relayward_queue::Origin::Trusted,
             })
             .await
             .expect("enqueue");

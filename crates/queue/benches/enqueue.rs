@@ -39,6 +39,7 @@ fn message(size: usize) -> NewMessage {
         content: vec![b'x'; size],
         client_ip: "192.0.2.1".to_owned(),
         auth_login: None,
+        origin: relayward_queue::Origin::Stranger,
     }
 }
 

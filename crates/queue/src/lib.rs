@@ -41,6 +41,26 @@ pub struct NewMessage {
     /// Who gave us the message, for `queue show` and bounces: client IP and, if any, login.
     pub client_ip: String,
     pub auth_login: Option<String>,
+    /// How the client stood when it gave us the message; decides what a bounce may carry.
+    pub origin: Origin,
+}
+
+/// How a message arrived: what the client was when the session accepted it. A bounce to a
+/// stranger's sender is small (the sender may be forged: the bounce then goes to a third
+/// party), while the server's own users get the whole report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// Neither authenticated nor in a trusted network: mail for our own domains from anyone.
+    /// Also what a spool entry from before origins were recorded reads as.
+    #[default]
+    Stranger,
+    /// From a client in `trusted_networks`.
+    Trusted,
+    /// From a client that authenticated (AUTH).
+    Authenticated,
+    /// Made by relayward itself: a bounce.
+    Local,
 }
 
 /// One recipient of a new message: the address as the next hop will see it (`local@domain`,
@@ -152,6 +172,9 @@ pub struct QueuedMessage {
     pub arrived: u64,
     pub client_ip: String,
     pub auth_login: Option<String>,
+    /// How the message arrived; [`Origin::Stranger`] for entries written before it was kept.
+    #[serde(default)]
+    pub origin: Origin,
     /// Size of the content in octets.
     pub size: u64,
     /// Held messages are never picked by the runner until released.

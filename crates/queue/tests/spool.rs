@@ -44,6 +44,7 @@ fn message(recipients: &[&str], body: &str) -> NewMessage {
         content: format!("Subject: test\r\n\r\n{body}\r\n").into_bytes(),
         client_ip: "192.0.2.7".to_owned(),
         auth_login: Some("alice@sender.test".to_owned()),
+        origin: relayward_queue::Origin::Authenticated,
     }
 }
 
@@ -94,6 +95,7 @@ async fn enqueue_then_list_get_content_round_trip() {
     assert_eq!(got.sender, new.sender);
     assert_eq!(got.client_ip, new.client_ip);
     assert_eq!(got.auth_login, new.auth_login);
+    assert_eq!(got.origin, new.origin);
     assert_eq!(got.size, new.content.len() as u64);
     assert!(!got.held);
     let addresses: Vec<&str> = got.recipients.iter().map(|r| r.address.as_str()).collect();

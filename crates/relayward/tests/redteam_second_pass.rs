@@ -565,3 +565,142 @@ fn probing_from_a_trusted_network_locks_nobody_out() {
     let (code, text) = log_in(&server, here, "alice@localhost");
     assert_eq!(code, 235, "{text:?}\n{}", server.log());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Bounces are a last resort, and small
+// ---------------------------------------------------------------------------------------------
+
+/// The internal server behind the route: its name and reply are its own business.
+const INTERNAL_REFUSAL: &str =
+    "550 5.1.1 <nobody@corp.example.net>: no such user at sink.corp.internal";
+
+/// A `[[route]]` to an internal server on 127.0.0.2 that refuses every recipient.
+fn routed_to_a_refusing_server() -> (TestServer, std::net::SocketAddr) {
+    let (sink, _) = support::rejecting_sink("127.0.0.2", INTERNAL_REFUSAL);
+    let server = TestServer::start(&standard_config(&format!(
+        "[[route]]\ndomain = \"corp.example.net\"\nto = \"smtp://{sink}\"\n"
+    )));
+    (server, sink)
+}
+
+/// A transaction from `smtp` (after EHLO) to the refusing route with `content`.
+fn send_to_route(smtp: &mut support::Smtp, from: &str, content: &[u8]) {
+    smtp.send(&format!("MAIL FROM:<{from}>"))
+        .expect(250)
+        .send("RCPT TO:<nobody@corp.example.net>")
+        .expect(250)
+        .send("DATA")
+        .expect(354)
+        .raw(content)
+        .expect_text(250, "queued as");
+}
+
+/// The `text/rfc822-headers` part of a DSN.
+fn quoted_headers(dsn: &str) -> &str {
+    dsn.split("Content-Description: Undelivered Message Headers\r\n\r\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\r\n--=_relayward_").next())
+        .unwrap_or_else(|| panic!("no headers part in:\n{dsn}"))
+}
+
+/// Finding 1's second door: a stranger's message to a route domain whose internal server
+/// refuses the recipient was bounced, with its whole header section (4.5 MB arrived intact),
+/// to whatever sender the stranger wrote. Now that bounce carries at most 16 KiB of headers,
+/// never the body, and neither the internal server's address, nor its name, nor its reply
+/// text. A user who authenticated still gets the whole report.
+#[test]
+fn a_strangers_bounce_is_small_and_names_no_internal_host() {
+    let (server, sink) = routed_to_a_refusing_server();
+    let mut content = Vec::new();
+    for n in 0..2000 {
+        content.extend_from_slice(format!("X-Payload-{n}: {}\r\n", "spam ".repeat(10)).as_bytes());
+    }
+    content.extend_from_slice(b"Subject: buy now\r\n\r\nBODY-MARKER visit our shop\r\n.\r\n");
+    // The victim: a forged sender whose mailbox the test can read.
+    let mut smtp = server.smtp("mx");
+    smtp.send("EHLO attacker.outside.test").expect(250);
+    send_to_route(&mut smtp, "alice@example.test", &content);
+    smtp.send("QUIT").expect(221);
+    let bounce = server.wait_for_mail("example.test", "alice", 1).remove(0);
+    assert!(bounce.contains("multipart/report"), "{bounce}");
+    let headers = quoted_headers(&bounce);
+    assert!(
+        headers.len() <= 16 * 1024,
+        "{} octets of headers",
+        headers.len()
+    );
+    assert!(headers.contains("X-Payload-0:"), "{headers}");
+    for secret in [
+        "BODY-MARKER",
+        "X-Payload-1999",
+        "127.0.0.2",
+        &sink.port().to_string(),
+        "sink.corp.internal",
+        "no such user",
+    ] {
+        assert!(
+            !bounce.contains(secret),
+            "{secret:?} in the bounce:\n{bounce}"
+        );
+    }
+    assert!(bounce.contains("Status: 5.1.1"), "{bounce}");
+
+    // The same failure for an authenticated user: the whole report, to her own address.
+    let mut smtp = server.smtp("submission");
+    smtp.send("EHLO laptop.example.test")
+        .expect(250)
+        .starttls(&ca(&server))
+        .send("EHLO laptop.example.test")
+        .expect(250)
+        .auth_plain("bob@example.test", support::PASSWORD)
+        .expect(235);
+    send_to_route(
+        &mut smtp,
+        "bob@example.test",
+        b"Subject: hello\r\n\r\nhi\r\n.\r\n",
+    );
+    let full = server.wait_for_mail("example.test", "bob", 1).remove(0);
+    assert!(
+        full.contains("no such user at sink.corp.internal"),
+        "{full}"
+    );
+}
+
+/// Never a bounce for a bounce: mail that is itself an automatic reply (`Auto-Submitted:`
+/// other than `no`) or a report (`multipart/report`) is not bounced, whoever sent it, so two
+/// mail systems cannot bounce notifications back and forth (the null sender was already
+/// covered).
+#[test]
+fn automatic_replies_and_reports_are_never_bounced() {
+    let (server, _) = routed_to_a_refusing_server();
+    let mut smtp = server.smtp("mx");
+    smtp.send("EHLO attacker.outside.test").expect(250);
+    for headers in [
+        "Auto-Submitted: auto-replied\r\nSubject: Out of office",
+        "Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"b\"",
+    ] {
+        let content = format!("{headers}\r\n\r\n--b\r\n\r\nreport\r\n--b--\r\n.\r\n");
+        send_to_route(&mut smtp, "alice@example.test", content.as_bytes());
+    }
+    // And a person's message, which is bounced.
+    send_to_route(
+        &mut smtp,
+        "alice@example.test",
+        b"Auto-Submitted: no\r\nSubject: me\r\n\r\nhi\r\n.\r\n",
+    );
+    smtp.send("QUIT").expect(221);
+    // Once the queue is empty every bounce there was to make has been delivered.
+    support::wait_queue_empty(&server);
+    let bounces = server.wait_for_mail("example.test", "alice", 1);
+    assert_eq!(bounces.len(), 1, "{bounces:#?}");
+    assert!(bounces[0].contains("Subject: me"), "{}", bounces[0]);
+    assert_eq!(
+        server
+            .log()
+            .matches("automatic reply or report: not bounced")
+            .count(),
+        2,
+        "{}",
+        server.log()
+    );
+}

@@ -603,6 +603,7 @@ impl Relay {
                 content: content.into_bytes(),
                 client_ip: "127.0.0.1".into(),
                 auth_login: None,
+                origin: relayward_queue::Origin::Trusted,
             })
             .await
             .expect("enqueue")

@@ -106,6 +106,7 @@ pub(super) fn new_state(id: &MessageId, message: &NewMessage, now: u64) -> Queue
         arrived: now,
         client_ip: message.client_ip.clone(),
         auth_login: message.auth_login.clone(),
+        origin: message.origin,
         size: message.content.len() as u64,
         held: false,
     }
@@ -177,6 +178,7 @@ mod tests {
             content: b"Subject: x\r\n\r\nline\nwith newlines\r\n".to_vec(),
             client_ip: "192.0.2.1".to_owned(),
             auth_login: None,
+            origin: crate::Origin::Trusted,
         };
         (id, message)
     }
@@ -191,6 +193,17 @@ mod tests {
         let (parsed, len) = read_header(&id, file.as_slice()).unwrap();
         assert_eq!((parsed, len), (state, header_len));
         assert_eq!(strip_header(&id, file).unwrap(), message.content);
+    }
+
+    /// Spool files written before the origin was recorded still parse, as strangers' mail
+    /// (the cautious reading: their bounces are small).
+    #[test]
+    fn entries_without_an_origin_are_strangers() {
+        let (id, message) = sample();
+        let mut json = serde_json::to_value(new_state(&id, &message, 7)).unwrap();
+        json.as_object_mut().unwrap().remove("origin");
+        let state = parse_state(&id, json.to_string().as_bytes()).unwrap();
+        assert_eq!(state.origin, crate::Origin::Stranger);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use relayward_protocol::data::{DataError, DataReceiver, DataStatus};
 use relayward_protocol::header;
 use relayward_protocol::limits::MAX_HOPS;
 use relayward_protocol::reply::Reply;
-use relayward_queue::{NewMessage, NewRecipient, QueueError};
+use relayward_queue::{NewMessage, NewRecipient, Origin, QueueError};
 use tokio::io::AsyncReadExt;
 
 use super::{Ending, Flow, Session, Step, Stream, Transaction};
@@ -87,6 +87,18 @@ impl<S: Stream> Session<S> {
         }
     }
 
+    /// How the client stands, recorded with the message: a bounce to a stranger's (possibly
+    /// forged) sender must stay small.
+    fn origin(&self) -> Origin {
+        if self.login.is_some() {
+            Origin::Authenticated
+        } else if self.ctx.policy.is_trusted(self.client_ip) {
+            Origin::Trusted
+        } else {
+            Origin::Stranger
+        }
+    }
+
     async fn enqueue(&mut self, txn: Transaction, body: Vec<u8>) -> Reply {
         let recipients: Vec<String> = txn
             .recipients
@@ -121,6 +133,7 @@ impl<S: Stream> Session<S> {
             content,
             client_ip: self.client_ip.to_string(),
             auth_login: self.login.clone(),
+            origin: self.origin(),
         };
         match self.ctx.queue.enqueue(message).await {
             Ok(id) => {
