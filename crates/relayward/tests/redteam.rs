@@ -104,11 +104,7 @@ fn networks_embedding_the_ipv4_internet_are_refused() {
         ("trusted_networks", "2002:c000::/23"),
         ("trusted_proxies", "2002::/16"),
     ] {
-        let relay = match key {
-            "trusted_networks" => format!("trusted_networks = [\"{net}\"]"),
-            _ => format!("trusted_networks = []\n{key} = [\"{net}\"]"),
-        };
-        let config = standard_config("").replace("trusted_networks = []", &relay);
+        let config = support::standard_config_with_network(key, net);
         let (code, output) = check_config(&config);
         assert_eq!(
             code,

@@ -111,11 +111,7 @@ fn ipv6_trusted_networks_wider_than_a_32_are_refused() {
         ("trusted_networks", "2001:db8::/31"),
         ("trusted_proxies", "2a01::/24"),
     ] {
-        let relay = match key {
-            "trusted_networks" => format!("trusted_networks = [\"{net}\"]"),
-            _ => format!("trusted_networks = []\n{key} = [\"{net}\"]"),
-        };
-        let config = standard_config("").replace("trusted_networks = []", &relay);
+        let config = support::standard_config_with_network(key, net);
         let (code, output) = check_config(&config);
         assert_eq!(
             code,

@@ -100,6 +100,16 @@ send_as = ["bob@example.test", "sales@example.test"]
     )
 }
 
+/// [`standard_config`] with one network in `[relay] trusted_networks` or (with `key` =
+/// `"trusted_proxies"`) in `trusted_proxies`.
+pub fn standard_config_with_network(key: &str, net: &str) -> String {
+    let relay = match key {
+        "trusted_networks" => format!("trusted_networks = [\"{net}\"]"),
+        _ => format!("trusted_networks = []\n{key} = [\"{net}\"]"),
+    };
+    standard_config("").replace("trusted_networks = []", &relay)
+}
+
 impl TestServer {
     /// Starts the server on `config` (the text `DATA_DIR` is replaced by a fresh directory) and
     /// waits until it has printed every listening address.
