@@ -22,7 +22,7 @@ use serde::{Deserialize, Deserializer};
 mod live;
 mod password;
 pub use live::Live;
-pub use password::check_password_hash;
+pub use password::{HashError, check_password_hash, hash_password};
 
 /// The configuration `relayward serve` runs with when given no file: loopback only, local domain
 /// `localhost`, no users. It is also the sample shown to admins, so it is written as a file and

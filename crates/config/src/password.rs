@@ -1,6 +1,21 @@
-//! The one check of a configured password hash, shared by `check-config` and the user database.
+//! Configured password hashes: the one way to make one (`relayward hash-password`, tests) and
+//! the one check of one, shared by `check-config` and the user database.
 
-use argon2::{Algorithm, Params, PasswordHash};
+use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher};
+
+/// Hashing failed (the system RNG failed, or argon2 refused the input).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot hash password: {0}")]
+pub struct HashError(String);
+
+/// Hashes a password with argon2id and its default parameters, as a PHC string for
+/// `[[user]] password_hash`. Takes tens of milliseconds of CPU: call it off the async runtime.
+pub fn hash_password(password: &[u8]) -> Result<String, HashError> {
+    Argon2::default()
+        .hash_password(password)
+        .map(|hash| hash.to_string())
+        .map_err(|e| HashError(e.to_string()))
+}
 
 /// Checks that `phc` is an argon2 PHC string we can verify against (algorithm, version,
 /// parameters, salt and hash all present and valid). The error says what is wrong.

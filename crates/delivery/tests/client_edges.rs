@@ -22,7 +22,7 @@ async fn falls_back_to_helo_and_sends_without_pipelining() {
     let zone = Zone::default()
         .mx("far.test", 10, "mx.far.test")
         .a("mx.far.test", mx);
-    let dns = start_dns(ip(127, 40, 0, 1), zone).await;
+    let dns = DnsServer::start_on(ip(127, 40, 0, 1), zone).addr;
     let relay = Relay::new();
     relay
         .enqueue("alice@local.test", &["bob@far.test"], ".leading dot\r\n.")
@@ -55,7 +55,7 @@ async fn delivers_to_an_ipv6_loopback_mx() {
     drop(listener);
     let srv = start_smtp(addr, Script::default()).await;
     let zone = Zone::default().aaaa("v6.test", Ipv6Addr::LOCALHOST);
-    let dns = start_dns(ip(127, 41, 0, 1), zone).await;
+    let dns = DnsServer::start_on(ip(127, 41, 0, 1), zone).addr;
     let relay = Relay::new();
     relay
         .enqueue("alice@local.test", &["bob@v6.test"], "hi")
@@ -93,7 +93,7 @@ async fn deferred_by(
     let zone = Zone::default()
         .mx("far.test", 10, "mx.far.test")
         .a("mx.far.test", mx);
-    let dns = start_dns(dns_ip, zone).await;
+    let dns = DnsServer::start_on(dns_ip, zone).addr;
     let relay = Relay::new();
     let id = relay
         .enqueue("alice@local.test", &["bob@far.test"], "hi")

@@ -22,7 +22,7 @@ async fn a_runner_aborted_mid_transaction_loses_no_recipient() {
     let zone = Zone::default()
         .mx("far.test", 10, "mx.far.test")
         .a("mx.far.test", mx);
-    let dns = start_dns(ip(127, 30, 0, 1), zone).await;
+    let dns = DnsServer::start_on(ip(127, 30, 0, 1), zone).addr;
     let relay = Relay::new();
     let id = relay
         .enqueue(
@@ -38,7 +38,7 @@ async fn a_runner_aborted_mid_transaction_loses_no_recipient() {
     let task = tokio::spawn(runner.run(async move {
         let _ = rx.await;
     }));
-    let in_data = eventually(Duration::from_secs(10), || {
+    let in_data = eventually_async(Duration::from_secs(10), || {
         srv.lines().iter().any(|l| l.starts_with("RCPT TO:<carol"))
     })
     .await;
@@ -89,7 +89,7 @@ async fn admin_functions_on_a_live_queue() {
     let zone = Zone::default()
         .mx("far.test", 10, "mx.far.test")
         .a("mx.far.test", mx);
-    let dns = start_dns(ip(127, 31, 0, 1), zone).await;
+    let dns = DnsServer::start_on(ip(127, 31, 0, 1), zone).addr;
     let relay = Relay::new();
     let first = relay
         .enqueue("alice@local.test", &["bob@far.test"], "one")

@@ -83,7 +83,7 @@ async fn new_mail_is_delivered_from_the_index_without_listing_the_queue() {
         .a("mx.far.test", good)
         .mx("slow.test", 10, "mx.slow.test")
         .a("mx.slow.test", ip(127, 31, 0, 3));
-    let dns = start_dns(ip(127, 31, 0, 1), zone).await;
+    let dns = DnsServer::start_on(ip(127, 31, 0, 1), zone).addr;
     let relay = Relay::new();
     // Deferred mail: slow.test's MX refuses connections, and the retry is a minute away.
     let mut deferred = Vec::new();
@@ -152,7 +152,7 @@ async fn new_mail_is_delivered_from_the_index_without_listing_the_queue() {
             .expect("enqueue");
         fresh.push(id);
     }
-    let delivered = eventually(Duration::from_secs(10), || srv.messages().len() >= 5).await;
+    let delivered = eventually_async(Duration::from_secs(10), || srv.messages().len() >= 5).await;
     assert!(
         delivered,
         "new mail not delivered: {}",

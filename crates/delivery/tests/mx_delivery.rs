@@ -50,7 +50,7 @@ fn text(bytes: &[u8]) -> String {
 #[tokio::test]
 async fn mail_reaches_the_most_preferred_mx_and_reuses_the_connection() {
     let (a, b) = (ip(127, 10, 0, 2), ip(127, 10, 0, 3));
-    let port = common_port(&[a, b]).await;
+    let port = common_port(&[a, b]);
     let best = start_smtp(sock(a, port), Script::default()).await;
     let other = start_smtp(sock(b, port), Script::default()).await;
     let zone = Zone::default()
@@ -58,7 +58,7 @@ async fn mail_reaches_the_most_preferred_mx_and_reuses_the_connection() {
         .mx("far.test", 10, "mx1.far.test")
         .a("mx1.far.test", a)
         .a("mx2.far.test", b);
-    let dns = start_dns(ip(127, 10, 0, 1), zone).await;
+    let dns = DnsServer::start_on(ip(127, 10, 0, 1), zone).addr;
     let relay = Relay::new();
     let mut config = relay.config(Some(dns), port);
     config.max_per_destination = 1;
@@ -97,7 +97,7 @@ async fn mail_reaches_the_most_preferred_mx_and_reuses_the_connection() {
 #[tokio::test]
 async fn falls_back_to_the_next_mx_on_refusal_and_4xx() {
     let (dead, busy, good) = (ip(127, 11, 0, 4), ip(127, 11, 0, 2), ip(127, 11, 0, 3));
-    let port = common_port(&[dead, busy, good]).await;
+    let port = common_port(&[dead, busy, good]);
     let busy_srv = start_smtp(
         sock(busy, port),
         Script::default().rcpt_reply("451 4.3.0 busy"),
@@ -111,7 +111,7 @@ async fn falls_back_to_the_next_mx_on_refusal_and_4xx() {
         .a("dead.far.test", dead)
         .a("busy.far.test", busy)
         .a("good.far.test", good);
-    let dns = start_dns(ip(127, 11, 0, 1), zone).await;
+    let dns = DnsServer::start_on(ip(127, 11, 0, 1), zone).addr;
     let relay = Relay::new();
     relay
         .enqueue("alice@local.test", &["bob@far.test"], "hi")
@@ -145,7 +145,7 @@ async fn retries_after_4xx_until_accepted() {
     let zone = Zone::default()
         .mx("far.test", 10, "mx.far.test")
         .a("mx.far.test", mx);
-    let dns = start_dns(ip(127, 12, 0, 1), zone).await;
+    let dns = DnsServer::start_on(ip(127, 12, 0, 1), zone).addr;
     let relay = Relay::new();
     let id = relay
         .enqueue("alice@local.test", &["bob@far.test"], "hi")
@@ -195,7 +195,7 @@ async fn bounce_after_5xx_is_one_rfc3464_report_in_the_senders_maildir() {
     let zone = Zone::default()
         .mx("far.test", 10, "mx.far.test")
         .a("mx.far.test", mx);
-    let dns = start_dns(ip(127, 13, 0, 1), zone).await;
+    let dns = DnsServer::start_on(ip(127, 13, 0, 1), zone).addr;
     let relay = Relay::new();
     relay
         .enqueue(
@@ -207,7 +207,7 @@ async fn bounce_after_5xx_is_one_rfc3464_report_in_the_senders_maildir() {
     let runner = relay.runner(relay.config(Some(dns), srv.addr.port()));
     let (task, stop) = start(runner);
 
-    assert!(eventually(WAIT, || !relay.maildir("local.test", "alice").is_empty()).await);
+    assert!(eventually_async(WAIT, || !relay.maildir("local.test", "alice").is_empty()).await);
     assert!(wait_empty(&relay).await, "original and DSN both done");
     drop(stop);
     let _ = task.await;
@@ -275,7 +275,7 @@ fn check_dsn(dsn: &str) {
 #[tokio::test]
 async fn null_mx_bounces_at_once_without_connecting() {
     let zone = Zone::default().null_mx("nomail.test");
-    let dns = start_dns(ip(127, 14, 0, 1), zone).await;
+    let dns = DnsServer::start_on(ip(127, 14, 0, 1), zone).addr;
     let relay = Relay::new();
     relay
         .enqueue("alice@local.test", &["bob@nomail.test"], "hi")
@@ -299,7 +299,7 @@ async fn null_sender_is_never_bounced() {
     let zone = Zone::default()
         .mx("far.test", 10, "mx.far.test")
         .a("mx.far.test", mx);
-    let dns = start_dns(ip(127, 15, 0, 1), zone).await;
+    let dns = DnsServer::start_on(ip(127, 15, 0, 1), zone).addr;
     let relay = Relay::new();
     relay.enqueue("", &["bob@far.test"], "a bounce").await;
     let runner = relay.runner(relay.config(Some(dns), srv.addr.port()));
@@ -320,7 +320,7 @@ async fn nxdomain_bounces_and_servfail_defers() {
     let zone = Zone::default()
         .servfail("broken.test")
         .a("other.test", ip(127, 16, 0, 9));
-    let dns = start_dns(ip(127, 16, 0, 1), zone).await;
+    let dns = DnsServer::start_on(ip(127, 16, 0, 1), zone).addr;
     let relay = Relay::new();
     relay
         .enqueue("alice@local.test", &["x@nowhere.test"], "hi")
@@ -356,7 +356,7 @@ async fn implicit_mx_when_there_is_no_mx_record() {
     let host = ip(127, 17, 0, 2);
     let srv = start_smtp(sock(host, 0), Script::default()).await;
     let zone = Zone::default().a("plain.test", host);
-    let dns = start_dns(ip(127, 17, 0, 1), zone).await;
+    let dns = DnsServer::start_on(ip(127, 17, 0, 1), zone).addr;
     let relay = Relay::new();
     relay
         .enqueue("alice@local.test", &["bob@plain.test"], "hi")
@@ -378,7 +378,7 @@ async fn expired_messages_bounce_with_4_4_7() {
     let zone = Zone::default()
         .mx("far.test", 10, "mx.far.test")
         .a("mx.far.test", mx);
-    let dns = start_dns(ip(127, 18, 0, 1), zone).await;
+    let dns = DnsServer::start_on(ip(127, 18, 0, 1), zone).addr;
     let relay = Relay::new();
     relay
         .enqueue("alice@local.test", &["bob@far.test"], "hi")
@@ -408,7 +408,7 @@ async fn size_limit_is_checked_before_sending() {
     let zone = Zone::default()
         .mx("far.test", 10, "mx.far.test")
         .a("mx.far.test", mx);
-    let dns = start_dns(ip(127, 19, 0, 1), zone).await;
+    let dns = DnsServer::start_on(ip(127, 19, 0, 1), zone).addr;
     let relay = Relay::new();
     relay
         .enqueue("alice@local.test", &["bob@far.test"], &"x".repeat(200))

@@ -155,7 +155,7 @@ async fn postfix_smtp_sink_as_cleartext_smarthost_on_loopback() {
     set_mode(&dump_dir, 0o777);
     let dump = dump_dir.join("dump");
     let addr = ip(127, 23, 0, 2);
-    let port = common_port(&[addr]).await;
+    let port = common_port(&[addr]);
     // Options before the address; as root, smtp-sink insists on dropping privileges.
     let mut cmd = tokio::process::Command::new(sink);
     if is_root() {
@@ -169,7 +169,7 @@ async fn postfix_smtp_sink_as_cleartext_smarthost_on_loopback() {
         .stderr(Stdio::null())
         .kill_on_drop(true);
     let mut child = cmd.spawn().expect("start smtp-sink");
-    let up = eventually(Duration::from_secs(5), || {
+    let up = eventually_async(Duration::from_secs(5), || {
         std::net::TcpStream::connect((addr, port)).is_ok()
     })
     .await;
@@ -195,7 +195,7 @@ async fn postfix_smtp_sink_as_cleartext_smarthost_on_loopback() {
         queue_is_empty(&relay).await,
         "smtp-sink accepted everything"
     );
-    let dumped = eventually(Duration::from_secs(5), || {
+    let dumped = eventually_async(Duration::from_secs(5), || {
         std::fs::read_to_string(&dump)
             .map(|d| d.contains("via smtp-sink") && d.contains("dave@far.test"))
             .unwrap_or(false)
@@ -228,7 +228,7 @@ async fn route_forwards_its_domain_to_the_internal_server() {
     let zone = Zone::default()
         .mx("corp.test", 10, "mx.corp.test")
         .a("mx.corp.test", outside);
-    let dns = start_dns(ip(127, 24, 0, 1), zone).await;
+    let dns = DnsServer::start_on(ip(127, 24, 0, 1), zone).addr;
     let relay = Relay::with_routes(vec![
         (
             "corp.test",
@@ -272,7 +272,7 @@ async fn opportunistic_starttls_to_mx_hosts_without_verification() {
     let zone = Zone::default()
         .mx("far.test", 10, "mx.far.test")
         .a("mx.far.test", mx);
-    let dns = start_dns(ip(127, 25, 0, 1), zone).await;
+    let dns = DnsServer::start_on(ip(127, 25, 0, 1), zone).addr;
     let relay = Relay::new();
     relay
         .enqueue("alice@local.test", &["bob@far.test"], "hi")

@@ -11,101 +11,32 @@ use clap::Parser;
 use common::{Kind, Spec, config, start};
 use relayward_probe::mx::MxResolver;
 use relayward_probe::{ProbeArgs, Verdict, scan, target};
+use relayward_testkit::dns::{DnsServer, Zone};
 
-/// The zone the responder serves.
-fn records(name: &str, qtype: u16) -> Option<Vec<Vec<u8>>> {
-    const A: u16 = 1;
-    const MX: u16 = 15;
-    let mx = |pref: u16, host: &str| {
-        let mut rdata = pref.to_be_bytes().to_vec();
-        rdata.extend(encode_name(host));
-        (MX, rdata)
-    };
-    let a = |ip: [u8; 4]| (A, ip.to_vec());
-    let all: Vec<(&str, (u16, Vec<u8>))> = vec![
-        ("example.test", mx(20, "mx2.example.test")),
-        ("example.test", mx(10, "mx1.example.test")),
-        ("example.test", mx(30, "gone.example.test")),
-        ("mx1.example.test", a([127, 0, 3, 1])),
-        ("mx2.example.test", a([127, 0, 3, 2])),
-        ("nullmx.test", mx(0, "")),
-        ("nomx.test", a([127, 0, 3, 3])),
-        ("pair.test", mx(10, "mxa.pair.test")),
-        ("pair.test", mx(20, "mxb.pair.test")),
-        ("mxa.pair.test", a([127, 0, 3, 11])),
-        ("mxb.pair.test", a([127, 0, 3, 12])),
-    ];
-    let known = all.iter().any(|(n, _)| *n == name);
-    if !known {
-        return None; // NXDOMAIN
-    }
-    Some(
-        all.into_iter()
-            .filter(|(n, (t, _))| *n == name && *t == qtype)
-            .map(|(_, (_, rdata))| rdata)
-            .collect(),
-    )
+/// The zone the test DNS server serves.
+fn zone() -> Zone {
+    let ip = |last: u8| Ipv4Addr::new(127, 0, 3, last);
+    Zone::new()
+        .mx("example.test", 20, "mx2.example.test")
+        .mx("example.test", 10, "mx1.example.test")
+        .mx("example.test", 30, "gone.example.test")
+        .a("mx1.example.test", ip(1))
+        .a("mx2.example.test", ip(2))
+        .null_mx("nullmx.test")
+        .a("nomx.test", ip(3))
+        .mx("pair.test", 10, "mxa.pair.test")
+        .mx("pair.test", 20, "mxb.pair.test")
+        .a("mxa.pair.test", ip(11))
+        .a("mxb.pair.test", ip(12))
 }
 
-fn encode_name(name: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    for label in name.split('.').filter(|l| !l.is_empty()) {
-        out.push(label.len() as u8);
-        out.extend_from_slice(label.as_bytes());
-    }
-    out.push(0);
-    out
-}
-
-fn answer(query: &[u8]) -> Option<Vec<u8>> {
-    if query.len() < 12 {
-        return None;
-    }
-    let mut i = 12;
-    let mut labels = Vec::new();
-    while *query.get(i)? != 0 {
-        let len = query[i] as usize;
-        labels.push(String::from_utf8_lossy(query.get(i + 1..i + 1 + len)?).to_ascii_lowercase());
-        i += 1 + len;
-    }
-    let qtype = u16::from_be_bytes([*query.get(i + 1)?, *query.get(i + 2)?]);
-    let question_end = i + 5;
-    let name = labels.join(".");
-    let mut out = query.get(..question_end)?.to_vec();
-    out[2] = 0x84 | (query[2] & 0x01);
-    let answers = records(&name, qtype);
-    out[3] = if answers.is_some() { 0 } else { 3 };
-    let answers = answers.unwrap_or_default();
-    out[6..12].copy_from_slice(&[0, answers.len() as u8, 0, 0, 0, 0]);
-    for rdata in answers {
-        out.extend_from_slice(&[0xc0, 0x0c]);
-        out.extend_from_slice(&qtype.to_be_bytes());
-        out.extend_from_slice(&[0, 1, 0, 0, 0, 60]);
-        out.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
-        out.extend_from_slice(&rdata);
-    }
-    Some(out)
-}
-
-async fn dns_server() -> SocketAddr {
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
-        .await
-        .expect("bind udp");
-    let addr = socket.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let mut buf = [0u8; 512];
-        while let Ok((n, peer)) = socket.recv_from(&mut buf).await {
-            if let Some(reply) = answer(&buf[..n]) {
-                let _ = socket.send_to(&reply, peer).await;
-            }
-        }
-    });
-    addr
+fn dns_server() -> SocketAddr {
+    DnsServer::start(zone()).addr
 }
 
 #[tokio::test]
 async fn mx_hosts_are_looked_up_in_order() {
-    let ns = dns_server().await;
+    let ns = dns_server();
     let r = MxResolver::new(&[ns], Duration::from_secs(2)).expect("resolver");
     let hosts = r.mx_hosts("example.test").await.expect("mx");
     let names: Vec<(&str, u16)> = hosts
@@ -134,7 +65,7 @@ async fn mx_hosts_are_looked_up_in_order() {
 
 #[tokio::test]
 async fn every_mx_is_probed_and_the_open_backup_found() {
-    let ns = dns_server().await;
+    let ns = dns_server();
     // Primary MX closed, backup MX an open relay, both on one port.
     let primary = start(Spec::new(Kind::Closed), "127.0.3.1:0").await;
     let port = primary.port();
@@ -189,7 +120,7 @@ async fn every_mx_is_probed_and_the_open_backup_found() {
 /// to the two hosts overlap.
 #[tokio::test]
 async fn mx_hosts_of_a_domain_are_probed_in_parallel() {
-    let ns = dns_server().await;
+    let ns = dns_server();
     let (a, b) = common::Overlap::pair();
     let slow = |kind, overlap| {
         let mut spec = Spec::new(kind);
@@ -222,7 +153,7 @@ struct Harness {
 
 #[tokio::test]
 async fn mx_flag_on_the_command_line() {
-    let ns = dns_server().await;
+    let ns = dns_server();
     // An address of its own, so the servers of the other test cannot answer here.
     let implicit = start(Spec::new(Kind::Closed), "127.0.3.3:0").await;
     let port = implicit.port().to_string();

@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use relayward_probe::confirm::ConfirmServer;
 use relayward_probe::dnsbl::Dnsbl;
 use relayward_probe::target::TargetInput;
 use relayward_probe::{ProbeArgs, Verdict, probe_target};
+use relayward_testkit::dns::{DnsServer, Zone};
 
 #[tokio::test]
 async fn confirm_mode_proves_a_real_relay() {
@@ -131,56 +132,15 @@ async fn stop_reports_what_is_done() {
     assert_eq!(summary.reports[0].verdict, Verdict::Closed);
 }
 
-/// A tiny DNS responder: answers A 127.0.0.2 for names under `listed.test`, NXDOMAIN else.
-async fn dns_server() -> SocketAddr {
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
-        .await
-        .expect("bind udp");
-    let addr = socket.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let mut buf = [0u8; 512];
-        while let Ok((n, peer)) = socket.recv_from(&mut buf).await {
-            if let Some(reply) = dns_answer(&buf[..n]) {
-                let _ = socket.send_to(&reply, peer).await;
-            }
-        }
-    });
-    addr
-}
-
-fn dns_answer(query: &[u8]) -> Option<Vec<u8>> {
-    if query.len() < 12 {
-        return None;
-    }
-    // Question name: labels from offset 12 to the zero byte, then type and class.
-    let mut i = 12;
-    let mut labels = Vec::new();
-    while *query.get(i)? != 0 {
-        let len = query[i] as usize;
-        labels.push(String::from_utf8_lossy(query.get(i + 1..i + 1 + len)?).to_ascii_lowercase());
-        i += 1 + len;
-    }
-    let question_end = i + 5;
-    let qtype = u16::from_be_bytes([*query.get(i + 1)?, *query.get(i + 2)?]);
-    let name = labels.join(".");
-    let listed = name == "2.0.0.127.listed.test" && qtype == 1;
-    let mut out = query.get(..question_end)?.to_vec();
-    out[2] = 0x84 | (query[2] & 0x01); // QR, AA, RD copied
-    out[3] = if listed || name.ends_with("listed.test") {
-        0x00
-    } else {
-        0x03
-    }; // NOERROR / NXDOMAIN
-    out[6..12].copy_from_slice(&[0, u8::from(listed), 0, 0, 0, 0]);
-    if listed {
-        out.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 2]);
-    }
-    Some(out)
+/// A DNS blocklist `listed.test` on which 127.0.0.2 is listed.
+fn dns_server() -> SocketAddr {
+    let zone = Zone::new().a("2.0.0.127.listed.test", Ipv4Addr::new(127, 0, 0, 2));
+    DnsServer::start(zone).addr
 }
 
 #[tokio::test]
 async fn dnsbl_lookups_against_a_local_dns_server() {
-    let ns = dns_server().await;
+    let ns = dns_server();
     let zones = vec!["listed.test".to_string(), "clean.test".to_string()];
     let dnsbl = Dnsbl::new(zones, &[ns], Duration::from_secs(2)).expect("resolver");
     let listed = dnsbl.check("127.0.0.2".parse().unwrap()).await;

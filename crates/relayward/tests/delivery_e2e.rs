@@ -7,249 +7,50 @@
 //! the wire protocol) and scripted where a test needs a chosen answer (250, 451, 550, a slow
 //! final reply). Everything listens on 127.0.0.0/8 (and `::1` when the host has it).
 
-#[path = "support/dns.rs"]
-mod dns;
 mod support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dns::{DnsServer, Zone};
+use relayward_testkit::dns::{DnsServer, Zone};
+use relayward_testkit::net::listeners_on_one_port;
+use relayward_testkit::smtp_server::{Received, Script, SmtpServer};
+use relayward_testkit::wait::eventually;
 use serde_json::Value;
 use support::{PASSWORD, TestServer, password_hash, queue_cmd, queue_json, standard_config};
 
 /// Bound on waits that include a queue rescan by the running server (every 5 s).
 const RESCAN_WAIT: Duration = Duration::from_secs(20);
 
-// ------------------------------------------------------------------ scripted receivers
+// ------------------------------------------------------------------ helpers
 
-type RcptAnswer = Arc<dyn Fn(&str) -> String + Send + Sync>;
-
-/// How a scripted receiving server answers. It offers PIPELINING and 8BITMIME, no STARTTLS.
-#[derive(Clone)]
-struct Script {
-    /// Reply to `RCPT TO:<addr>`, by address.
-    rcpt: RcptAnswer,
-    /// Pause before the reply to the final dot (to catch the sender mid-transaction).
-    data_delay: Duration,
-}
-
-impl Script {
-    fn answering(reply: &'static str) -> Script {
-        Script {
-            rcpt: Arc::new(move |_| reply.to_string()),
-            data_delay: Duration::ZERO,
-        }
-    }
-
-    fn by(rcpt: impl Fn(&str) -> String + Send + Sync + 'static) -> Script {
-        Script {
-            rcpt: Arc::new(rcpt),
-            data_delay: Duration::ZERO,
-        }
-    }
-}
-
-/// A message a receiver took (final reply 250).
-#[derive(Debug, Clone)]
-struct Got {
-    from: String,
-    rcpts: Vec<String>,
-    data: String,
-}
-
-#[derive(Default)]
-struct Log {
-    connections: usize,
-    /// Every RCPT and the reply it got.
-    rcpts: Vec<(String, String)>,
-    /// Message contents read completely (whether or not the reply reached the client).
-    data_read: usize,
-    messages: Vec<Got>,
-}
-
-#[derive(Clone)]
-struct Receiver {
-    addr: SocketAddr,
-    log: Arc<Mutex<Log>>,
-}
-
-impl Receiver {
-    fn start(listener: TcpListener, script: Script) -> Receiver {
-        let addr = listener.local_addr().expect("receiver address");
-        let log = Arc::new(Mutex::new(Log::default()));
-        let shared = Arc::clone(&log);
-        let script = Arc::new(script);
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                shared.lock().expect("log").connections += 1;
-                let (script, log) = (Arc::clone(&script), Arc::clone(&shared));
-                std::thread::spawn(move || {
-                    let _ = converse(stream, &script, &log);
-                });
-            }
-        });
-        Receiver { addr, log }
-    }
-
-    /// Listens on `127.0.0.1:0`.
-    fn loopback(script: Script) -> Receiver {
-        Receiver::start(
-            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind receiver"),
-            script,
-        )
-    }
-
-    fn messages(&self) -> Vec<Got> {
-        self.log.lock().expect("log").messages.clone()
-    }
-
-    fn rcpts(&self) -> Vec<(String, String)> {
-        self.log.lock().expect("log").rcpts.clone()
-    }
-
-    fn connections(&self) -> usize {
-        self.log.lock().expect("log").connections
-    }
-
-    fn data_read(&self) -> usize {
-        self.log.lock().expect("log").data_read
-    }
-
-    /// Waits (bounded) until `count` messages arrived; returns them.
-    #[track_caller]
-    fn wait_for_messages(&self, count: usize, limit: Duration, server: &TestServer) -> Vec<Got> {
-        let ok = eventually(limit, || self.messages().len() >= count);
-        assert!(
-            ok,
-            "receiver {} got {} messages, expected {count}; RCPTs seen: {:?}\nserver log:\n{}",
-            self.addr,
-            self.messages().len(),
-            self.rcpts(),
-            server.log()
-        );
-        self.messages()
-    }
-}
-
-/// One SMTP session, line by line (pipelined commands are answered in order).
-fn converse(stream: TcpStream, script: &Script, log: &Mutex<Log>) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut out = stream.try_clone()?;
-    let mut input = BufReader::new(stream);
-    out.write_all(b"220 receiver.test ESMTP scripted\r\n")?;
-    let (mut from, mut rcpts): (Option<String>, Vec<String>) = (None, Vec::new());
-    loop {
-        let mut line = String::new();
-        if input.read_line(&mut line)? == 0 {
-            return Ok(());
-        }
-        let line = line.trim_end().to_string();
-        let upper = line.to_ascii_uppercase();
-        let reply = if upper.starts_with("EHLO") {
-            "250-receiver.test\r\n250-PIPELINING\r\n250 8BITMIME".to_string()
-        } else if upper.starts_with("HELO") || upper == "NOOP" {
-            "250 ok".into()
-        } else if upper.starts_with("MAIL FROM:") {
-            (from, rcpts) = (Some(angle_path(&line[10..])), Vec::new());
-            "250 2.1.0 ok".into()
-        } else if upper.starts_with("RCPT TO:") {
-            let rcpt = angle_path(&line[8..]);
-            let reply = (script.rcpt)(&rcpt);
-            log.lock()
-                .expect("log")
-                .rcpts
-                .push((rcpt.clone(), reply.clone()));
-            if reply.starts_with('2') {
-                rcpts.push(rcpt);
-            }
-            reply
-        } else if upper == "DATA" && (from.is_none() || rcpts.is_empty()) {
-            "554 5.5.1 no valid recipients".into()
-        } else if upper == "DATA" {
-            out.write_all(b"354 end with <CRLF>.<CRLF>\r\n")?;
-            let data = read_data(&mut input)?;
-            log.lock().expect("log").data_read += 1;
-            std::thread::sleep(script.data_delay);
-            log.lock().expect("log").messages.push(Got {
-                from: from.take().unwrap_or_default(),
-                rcpts: std::mem::take(&mut rcpts),
-                data,
-            });
-            "250 2.0.0 accepted".into()
-        } else if upper == "RSET" {
-            (from, rcpts) = (None, Vec::new());
-            "250 2.0.0 ok".into()
-        } else if upper == "QUIT" {
-            out.write_all(b"221 2.0.0 bye\r\n")?;
-            return Ok(());
-        } else {
-            "502 5.5.2 not implemented".into()
-        };
-        out.write_all(format!("{reply}\r\n").as_bytes())?;
-    }
-}
-
-fn angle_path(arg: &str) -> String {
-    let arg = arg.trim().trim_start_matches('<');
-    arg.split('>').next().unwrap_or("").to_string()
-}
-
-fn read_data(input: &mut impl BufRead) -> std::io::Result<String> {
-    let mut data = Vec::new();
-    loop {
-        let mut line = Vec::new();
-        if input.read_until(b'\n', &mut line)? == 0 {
-            return Err(std::io::Error::other("connection closed in DATA"));
-        }
-        if line == b".\r\n" {
-            return Ok(String::from_utf8_lossy(&data).into_owned());
-        }
-        let start = usize::from(line.starts_with(b".."));
-        data.extend_from_slice(&line[start..]);
-    }
-}
-
-/// Listeners on one port shared by every address (MX hosts carry no port: `mx_port` is one
-/// number for all). All stay bound, so no other test can take the port in between.
-fn listeners_on_one_port(ips: &[IpAddr]) -> (u16, Vec<TcpListener>) {
-    'port: for _ in 0..100 {
-        let first = TcpListener::bind((ips[0], 0)).expect("bind");
-        let port = first.local_addr().expect("address").port();
-        let mut all = vec![first];
-        for ip in &ips[1..] {
-            match TcpListener::bind((*ip, port)) {
-                Ok(listener) => all.push(listener),
-                Err(_) => continue 'port,
-            }
-        }
-        return (port, all);
-    }
-    panic!("no port free on all of {ips:?}");
+/// Waits (bounded) until `receiver` took `count` messages; returns them.
+#[track_caller]
+fn wait_for_messages(
+    receiver: &SmtpServer,
+    count: usize,
+    limit: Duration,
+    server: &TestServer,
+) -> Vec<Received> {
+    let ok = eventually(limit, || receiver.messages().len() >= count);
+    assert!(
+        ok,
+        "receiver {} got {} messages, expected {count}; RCPTs seen: {:?}\nserver log:\n{}",
+        receiver.addr,
+        receiver.messages().len(),
+        receiver.rcpts(),
+        server.log()
+    );
+    receiver.messages()
 }
 
 fn ipv6_loopback_works() -> bool {
     TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).is_ok()
-}
-
-// ------------------------------------------------------------------ helpers
-
-fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    check()
 }
 
 fn now() -> u64 {
@@ -257,10 +58,6 @@ fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .expect("clock")
         .as_secs()
-}
-
-fn ca(server: &TestServer) -> PathBuf {
-    server.data_dir().join("tls").join("cert.pem")
 }
 
 /// Test data that must outlive the servers using it (password files, smtp-sink dumps).
@@ -283,7 +80,7 @@ fn submit(server: &TestServer, rcpts: &[&str], subject: &str) {
     let mut smtp = server.smtp("submission");
     smtp.send("EHLO laptop.example.test")
         .expect(250)
-        .starttls(&ca(server))
+        .starttls(server.ca())
         .send("EHLO laptop.example.test")
         .expect(250)
         .auth_plain(from, PASSWORD)
@@ -549,7 +346,7 @@ ca_file = "{ca}"
 fn smarthost_is_another_relayward_submission_listener_with_starttls_and_auth() {
     let b = smarthost_b();
     let secrets = scratch();
-    let a = relaying_through(&b, &ca(&b), secrets.path());
+    let a = relaying_through(&b, &b.ca(), secrets.path());
 
     submit(&a, &["someone@b.test"], "through the smart host");
 
@@ -598,7 +395,7 @@ fn smarthost_with_an_untrusted_certificate_gets_neither_password_nor_mail() {
     let b = smarthost_b();
     let stranger = TestServer::start(&standard_config(""));
     let secrets = scratch();
-    let a = relaying_through(&b, &ca(&stranger), secrets.path());
+    let a = relaying_through(&b, &stranger.ca(), secrets.path());
 
     submit(&a, &["someone@b.test"], "must not leave");
 
@@ -734,7 +531,7 @@ fn v4(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
 }
 
-fn rcpt_domains(got: &[Got]) -> Vec<String> {
+fn rcpt_domains(got: &[Received]) -> Vec<String> {
     let mut rcpts: Vec<String> = got.iter().flat_map(|g| g.rcpts.clone()).collect();
     rcpts.sort();
     rcpts
@@ -753,22 +550,22 @@ fn mx_delivery_follows_preference_falls_back_on_4xx_and_uses_implicit_mx() {
     }
     let (port, mut listeners) = listeners_on_one_port(&ips);
     let v6 = with_v6.then(|| {
-        Receiver::start(
+        SmtpServer::spawn(
             listeners.pop().expect("::1"),
-            Script::answering("250 2.1.5 ok"),
+            Script::default().rcpt_reply("250 2.1.5 ok"),
         )
     });
-    let busy = Receiver::start(
+    let busy = SmtpServer::spawn(
         listeners.pop().expect(".4"),
-        Script::answering("451 4.3.0 busy, try the next MX"),
+        Script::default().rcpt_reply("451 4.3.0 busy, try the next MX"),
     );
-    let secondary = Receiver::start(
+    let secondary = SmtpServer::spawn(
         listeners.pop().expect(".3"),
-        Script::answering("250 2.1.5 ok"),
+        Script::default().rcpt_reply("250 2.1.5 ok"),
     );
-    let primary = Receiver::start(
+    let primary = SmtpServer::spawn(
         listeners.pop().expect(".2"),
-        Script::answering("250 2.1.5 ok"),
+        Script::default().rcpt_reply("250 2.1.5 ok"),
     );
 
     let mut zone = Zone::new()
@@ -798,9 +595,9 @@ fn mx_delivery_follows_preference_falls_back_on_4xx_and_uses_implicit_mx() {
 
     submit(&server, &rcpts, "by MX");
 
-    let on_primary = primary.wait_for_messages(1, support::WAIT, &server);
+    let on_primary = wait_for_messages(&primary, 1, support::WAIT, &server);
     assert_eq!(rcpt_domains(&on_primary), ["user@order.test"]);
-    let on_secondary = secondary.wait_for_messages(1, support::WAIT, &server);
+    let on_secondary = wait_for_messages(&secondary, 1, support::WAIT, &server);
     eventually(support::WAIT, || {
         rcpt_domains(&secondary.messages()).len() >= 2
     });
@@ -818,16 +615,20 @@ fn mx_delivery_follows_preference_falls_back_on_4xx_and_uses_implicit_mx() {
     );
     assert!(busy.messages().is_empty());
     if let Some(v6) = &v6 {
-        let got = v6.wait_for_messages(1, support::WAIT, &server);
+        let got = wait_for_messages(v6, 1, support::WAIT, &server);
         assert_eq!(rcpt_domains(&got), ["user@v6.test"]);
     }
     for got in primary.messages().iter().chain(&secondary.messages()) {
         assert_eq!(got.from, "alice@example.test");
-        assert!(got.data.contains("\r\nSubject: by MX\r\n"), "{}", got.data);
         assert!(
-            got.data.starts_with("Received: from laptop.example.test"),
+            got.text().contains("\r\nSubject: by MX\r\n"),
             "{}",
-            got.data
+            got.text()
+        );
+        assert!(
+            got.text().starts_with("Received: from laptop.example.test"),
+            "{}",
+            got.text()
         );
     }
     wait_queue_empty(&server, support::WAIT);
@@ -844,9 +645,9 @@ fn mx_delivery_retries_after_4xx() {
     let (port, mut listeners) = listeners_on_one_port(&[v4(2)]);
     let open = Arc::new(AtomicBool::new(false));
     let gate = Arc::clone(&open);
-    let mx = Receiver::start(
+    let mx = SmtpServer::spawn(
         listeners.pop().expect("listener"),
-        Script::by(move |_| {
+        Script::default().rcpt_by(move |_| {
             if gate.load(Ordering::SeqCst) {
                 "250 2.1.5 ok".into()
             } else {
@@ -883,9 +684,9 @@ fn mx_delivery_retries_after_4xx() {
     assert_eq!(retried["action"], "retry");
     assert_eq!(retried["ids"][0], entry["id"]);
 
-    let got = mx.wait_for_messages(1, RESCAN_WAIT, &server);
+    let got = wait_for_messages(&mx, 1, RESCAN_WAIT, &server);
     assert_eq!(got[0].rcpts, ["later@retry.test"]);
-    assert!(got[0].data.contains("Subject: retry me"));
+    assert!(got[0].text().contains("Subject: retry me"));
     assert_eq!(mx.rcpts().len(), 2, "one 451, one 250: {:?}", mx.rcpts());
     wait_queue_empty(&server, support::WAIT);
 }
@@ -896,9 +697,9 @@ fn mx_delivery_retries_after_4xx() {
 #[test]
 fn mx_delivery_bounces_5xx_and_null_mx_into_the_senders_mailbox() {
     let (port, mut listeners) = listeners_on_one_port(&[v4(2)]);
-    let mx = Receiver::start(
+    let mx = SmtpServer::spawn(
         listeners.pop().expect("listener"),
-        Script::by(|rcpt| {
+        Script::default().rcpt_by(|rcpt| {
             if rcpt.starts_with("nobody@") {
                 format!("550 5.1.1 <{rcpt}>: no such user")
             } else {
@@ -921,7 +722,7 @@ fn mx_delivery_bounces_5xx_and_null_mx_into_the_senders_mailbox() {
     );
     submit(&server, &["anyone@nullmx.test"], "to a null MX");
 
-    let got = mx.wait_for_messages(1, support::WAIT, &server);
+    let got = wait_for_messages(&mx, 1, support::WAIT, &server);
     assert_eq!(got[0].rcpts, ["ok@reject.test"]);
     let bounces = server.wait_for_mail("example.test", "alice", 2);
     let find = |subject: &str| {
@@ -990,7 +791,7 @@ fn mx_delivery_bounces_5xx_and_null_mx_into_the_senders_mailbox() {
 
 // ------------------------------------------------------------------ 4. route
 
-fn route_config(receiver: &Receiver) -> String {
+fn route_config(receiver: &SmtpServer) -> String {
     standard_config(&format!(
         r#"
 [[route]]
@@ -1005,7 +806,7 @@ to = "smtp://127.0.0.1:{port}"
 /// recipients that hide another destination inside it are refused.
 #[test]
 fn route_forwards_its_domain_and_refuses_tricked_recipients() {
-    let internal = Receiver::loopback(Script::answering("250 2.1.5 ok"));
+    let internal = SmtpServer::bind("127.0.0.1:0", Script::default().rcpt_reply("250 2.1.5 ok"));
     let server = TestServer::start(&route_config(&internal));
 
     let mut smtp = server.smtp("mx");
@@ -1037,7 +838,7 @@ fn route_forwards_its_domain_and_refuses_tricked_recipients() {
         .send("QUIT")
         .expect(221);
 
-    let got = internal.wait_for_messages(1, support::WAIT, &server);
+    let got = wait_for_messages(&internal, 1, support::WAIT, &server);
     assert_eq!(got[0].from, "stranger@outside.test");
     assert_eq!(
         got[0].rcpts,
@@ -1046,10 +847,10 @@ fn route_forwards_its_domain_and_refuses_tricked_recipients() {
     );
     assert!(
         got[0]
-            .data
+            .text()
             .starts_with("Received: from stranger.outside.test ([127.0.0.1])")
     );
-    assert!(got[0].data.contains("Subject: for corp"));
+    assert!(got[0].text().contains("Subject: for corp"));
     assert_eq!(
         internal.rcpts().len(),
         1,
@@ -1065,7 +866,10 @@ fn route_forwards_its_domain_and_refuses_tricked_recipients() {
 /// whose only delivery path answers 451.
 #[test]
 fn queue_commands_work_on_a_live_queue() {
-    let internal = Receiver::loopback(Script::answering("451 4.7.1 not today"));
+    let internal = SmtpServer::bind(
+        "127.0.0.1:0",
+        Script::default().rcpt_reply("451 4.7.1 not today"),
+    );
     let server = TestServer::start(&route_config(&internal));
     let started = now();
 
@@ -1219,10 +1023,13 @@ fn queue_commands_work_on_a_live_queue() {
 /// directory, every recipient is delivered (at least once) and the queue empties.
 #[test]
 fn kill_9_during_delivery_loses_no_recipient() {
-    let internal = Receiver::loopback(Script {
-        rcpt: Arc::new(|_| "250 2.1.5 ok".into()),
-        data_delay: Duration::from_secs(3),
-    });
+    let internal = SmtpServer::bind(
+        "127.0.0.1:0",
+        Script {
+            data_delay: Duration::from_secs(3),
+            ..Script::default()
+        },
+    );
     let config = route_config(&internal);
     let server = TestServer::start(&config);
     let rcpts = ["one@corp.example.test", "two@corp.example.test"];
@@ -1250,7 +1057,7 @@ fn kill_9_during_delivery_loses_no_recipient() {
     let before = internal.connections();
 
     let server = TestServer::start_in(dir, &config);
-    let got = internal.wait_for_messages(2, RESCAN_WAIT, &server);
+    let got = wait_for_messages(&internal, 2, RESCAN_WAIT, &server);
     assert!(
         internal.connections() > before,
         "the restarted server delivered again"

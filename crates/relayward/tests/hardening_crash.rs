@@ -14,13 +14,15 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use relayward_testkit::smtp_server::{Script, SmtpServer};
+use relayward_testkit::wait::eventually;
 use support::{PASSWORD, TestServer, standard_config};
 
 /// Limits raised so that the load generator is never mistaken for an abusive client.
@@ -68,25 +70,11 @@ impl Rng {
     }
 }
 
-/// Polls `check` every 50 ms until it returns true or `limit` passes.
-fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Waits (bounded) until the server log contains `needle`.
 #[track_caller]
 fn wait_for_log(server: &TestServer, needle: &str) {
     assert!(
-        wait_until(support::WAIT, || server.log().contains(needle)),
+        eventually(support::WAIT, || server.log().contains(needle)),
         "server log never said {needle:?} (process state: {})\n{}",
         process_state(server.pid()),
         server.log()
@@ -122,7 +110,7 @@ fn signal_when_handled(server: &TestServer, signal: &str) {
         let mask = u64::from_str_radix(mask.trim(), 16).ok()?;
         Some(mask & (1 << (number - 1)) != 0)
     };
-    let handled = wait_until(support::WAIT, || caught().unwrap_or(true));
+    let handled = eventually(support::WAIT, || caught().unwrap_or(true));
     assert!(handled, "the server never installed a SIG{signal} handler");
     server.signal(signal);
 }
@@ -176,10 +164,6 @@ fn count_tokens(files: &[PathBuf]) -> BTreeMap<String, usize> {
         }
     }
     counts
-}
-
-fn ca(server: &TestServer) -> PathBuf {
-    server.data_dir().join("tls").join("cert.pem")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -350,7 +334,7 @@ fn sigkill_under_concurrent_load_loses_no_acknowledged_message() {
     // Final restart: the runner scans the queue at start and delivers what is left.
     let server = TestServer::start_in(dir.take().expect("data dir"), &config);
     let data_dir = server.data_dir();
-    let drained = wait_until(Duration::from_secs(15), || {
+    let drained = eventually(Duration::from_secs(15), || {
         spooled_messages(&data_dir).is_empty()
     });
     let delivered = count_tokens(&server.maildir_new("example.test", "alice"));
@@ -742,7 +726,7 @@ fn auth_code(server: &TestServer, login: &str) -> u16 {
     let mut smtp = server.smtp("submission");
     smtp.send("EHLO laptop.example.test")
         .expect(250)
-        .starttls(&ca(server))
+        .starttls(server.ca())
         .send("EHLO laptop.example.test")
         .expect(250)
         .auth_plain(login, PASSWORD);
@@ -829,117 +813,20 @@ fn sighup_adds_a_user_without_dropping_connections_and_refuses_a_bad_file() {
 // 5. SIGKILL during a remote delivery
 // ---------------------------------------------------------------------------------------------
 
-/// Messages the next hop acknowledged: (RCPT lines, content).
-type Accepted = Arc<Mutex<Vec<(Vec<String>, String)>>>;
-
-/// A scripted next hop: accepts everything; while `stall` is set it never answers the final
-/// dot (the sender sits mid-delivery). Reports each final dot on `dots` and each message it
-/// acknowledged in `accepted`.
-struct NextHop {
-    addr: SocketAddr,
-    stall: Arc<AtomicBool>,
-    dots: mpsc::Receiver<()>,
-    accepted: Accepted,
-    connections: Arc<AtomicUsize>,
-}
-
-impl NextHop {
-    fn start() -> NextHop {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind next hop");
-        let addr = listener.local_addr().expect("addr");
-        let stall = Arc::new(AtomicBool::new(true));
-        let accepted: Accepted = Arc::new(Mutex::new(Vec::new()));
-        let connections = Arc::new(AtomicUsize::new(0));
-        let (tx, dots) = mpsc::channel();
-        {
-            let stall = Arc::clone(&stall);
-            let accepted = Arc::clone(&accepted);
-            let connections = Arc::clone(&connections);
-            std::thread::spawn(move || {
-                for tcp in listener.incoming() {
-                    let Ok(tcp) = tcp else { continue };
-                    connections.fetch_add(1, Ordering::Relaxed);
-                    let stall = Arc::clone(&stall);
-                    let accepted = Arc::clone(&accepted);
-                    let tx = tx.clone();
-                    std::thread::spawn(move || {
-                        let _ = next_hop_session(tcp, &stall, &accepted, &tx);
-                    });
-                }
-            });
-        }
-        NextHop {
-            addr,
-            stall,
-            dots,
-            accepted,
-            connections,
-        }
-    }
-}
-
-fn next_hop_session(
-    tcp: TcpStream,
-    stall: &AtomicBool,
-    accepted: &Mutex<Vec<(Vec<String>, String)>>,
-    dots: &mpsc::Sender<()>,
-) -> io::Result<()> {
-    tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut reader = BufReader::new(tcp.try_clone()?);
-    let mut out = tcp;
-    out.write_all(b"220 hop.corp.example.test ESMTP scripted\r\n")?;
-    let mut rcpts = Vec::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            return Ok(());
-        }
-        let upper = line.to_ascii_uppercase();
-        if upper.starts_with("EHLO") {
-            out.write_all(b"250-hop.corp.example.test\r\n250 8BITMIME\r\n")?;
-        } else if upper.starts_with("RCPT TO:") {
-            rcpts.push(line.trim_end().to_string());
-            out.write_all(b"250 2.1.5 Ok\r\n")?;
-        } else if upper.starts_with("DATA") {
-            out.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")?;
-            let mut content = String::new();
-            loop {
-                let mut data = String::new();
-                if reader.read_line(&mut data)? == 0 {
-                    return Ok(());
-                }
-                if data == ".\r\n" {
-                    break;
-                }
-                content.push_str(&data);
-            }
-            let _ = dots.send(());
-            if stall.load(Ordering::Relaxed) {
-                // Mid-delivery: hold the reply until the sender goes away.
-                let mut rest = Vec::new();
-                let _ = reader.read_to_end(&mut rest);
-                return Ok(());
-            }
-            accepted
-                .lock()
-                .expect("accepted")
-                .push((std::mem::take(&mut rcpts), content));
-            out.write_all(b"250 2.0.0 Ok: accepted\r\n")?;
-        } else if upper.starts_with("QUIT") {
-            out.write_all(b"221 2.0.0 Bye\r\n")?;
-            return Ok(());
-        } else {
-            if upper.starts_with("RSET") || upper.starts_with("MAIL") {
-                rcpts.clear();
-            }
-            out.write_all(b"250 2.0.0 Ok\r\n")?;
-        }
-    }
+/// A scripted next hop that accepts everything; while `stall` is set it never answers the
+/// final dot (the sender sits mid-delivery).
+fn stalling_next_hop(stall: &Arc<AtomicBool>) -> SmtpServer {
+    let script = Script {
+        stall_final_dot: Some(Arc::clone(stall)),
+        ..Script::default()
+    };
+    SmtpServer::bind("127.0.0.1:0", script)
 }
 
 #[test]
 fn sigkill_during_remote_delivery_loses_no_recipient() {
-    let hop = NextHop::start();
+    let stall = Arc::new(AtomicBool::new(true));
+    let hop = stalling_next_hop(&stall);
     let config = standard_config(&format!(
         "[[route]]\ndomain = \"corp.example.test\"\nto = \"smtp://{}\"\n",
         hop.addr
@@ -961,38 +848,40 @@ fn sigkill_during_remote_delivery_loses_no_recipient() {
         .expect(221);
 
     // The runner has sent the whole message and waits for our reply to the dot.
-    hop.dots
-        .recv_timeout(support::WAIT)
-        .unwrap_or_else(|_| panic!("the runner never delivered\n{}", server.log()));
+    assert!(
+        eventually(support::WAIT, || hop.data_read() >= 1),
+        "the runner never delivered\n{}",
+        server.log()
+    );
     let listed = queue_list(&server);
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0]["recipients"][0]["address"], "x@corp.example.test");
     assert_eq!(listed[0]["recipients"][0]["status"], "pending");
 
     let dir = server.kill9();
-    hop.stall.store(false, Ordering::Relaxed);
+    stall.store(false, Ordering::SeqCst);
     let server = TestServer::start_in(dir, &config);
-    hop.dots
-        .recv_timeout(support::WAIT)
-        .unwrap_or_else(|_| panic!("no redelivery after the restart\n{}", server.log()));
     assert!(
-        wait_until(support::WAIT, || queue_list(&server).is_empty()),
+        eventually(support::WAIT, || hop.data_read() >= 2),
+        "no redelivery after the restart\n{}",
+        server.log()
+    );
+    assert!(
+        eventually(support::WAIT, || queue_list(&server).is_empty()),
         "queue not empty after the redelivery: {:?}\n{}",
         queue_list(&server),
         server.log()
     );
-    let accepted = hop.accepted.lock().expect("accepted").clone();
+    let accepted = hop.messages();
     assert!(!accepted.is_empty(), "nothing reached the next hop");
-    for (rcpts, content) in &accepted {
-        assert!(
-            rcpts.len() == 1 && rcpts[0].contains("<x@corp.example.test>"),
-            "{rcpts:?}"
-        );
+    for message in &accepted {
+        assert_eq!(message.rcpts, ["x@corp.example.test"]);
+        let content = message.text();
         assert_eq!(
-            token_of(content).as_deref(),
+            token_of(&content).as_deref(),
             Some("routed-through-a-crash"),
             "{content}"
         );
     }
-    assert!(hop.connections.load(Ordering::Relaxed) >= 2);
+    assert!(hop.connections() >= 2);
 }

@@ -8,61 +8,14 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{PASSWORD, Smtp, TestServer, WAIT, password_hash};
-
-/// A configuration like the standard one, but with the `[relay]` body and extra tables
-/// (`[limits]`) given by the test.
-fn config(relay: &str, extra: &str) -> String {
-    format!(
-        r#"hostname = "mx.example.test"
-data_dir = "DATA_DIR"
-
-[[listen]]
-address = "127.0.0.1:0"
-kind = "mx"
-
-[[listen]]
-address = "127.0.0.1:0"
-kind = "submission"
-
-[[listen]]
-address = "127.0.0.1:0"
-kind = "submissions"
-
-[relay]
-local_domains = ["example.test"]
-{relay}
-
-[[user]]
-login = "alice@example.test"
-password_hash = "{hash}"
-
-[[user]]
-login = "bob@example.test"
-password_hash = "{hash}"
-
-{extra}
-"#,
-        hash = password_hash()
-    )
-}
-
-/// The loopback client is a stranger.
-fn stranger_config(extra: &str) -> String {
-    config("trusted_networks = []", extra)
-}
-
-fn ca(server: &TestServer) -> PathBuf {
-    server.data_dir().join("tls").join("cert.pem")
-}
+use relayward_testkit::config::config_with_relay;
+use support::{PASSWORD, Smtp, TestServer, WAIT, queue_list, standard_config};
 
 /// An authenticated session on the implicit-TLS listener.
 fn submit_as(server: &TestServer, login: &str) -> Smtp {
-    let mut smtp = Smtp::connect_tls(server.addr("submissions"), &ca(server));
+    let mut smtp = Smtp::connect_tls(server.addr("submissions"), server.ca());
     smtp.send("EHLO laptop.example.test")
         .expect(250)
         .auth_plain(login, PASSWORD)
@@ -79,38 +32,6 @@ fn send_message(smtp: &mut Smtp, from: &str, to: &str) {
         .expect(354)
         .raw(b"Subject: hi\r\n\r\nhello\r\n.\r\n")
         .expect_text(250, "queued as");
-}
-
-fn wait_until(mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    false
-}
-
-fn wait_for_log(server: &TestServer, needle: &str, count: usize) {
-    assert!(
-        wait_until(|| server.log().matches(needle).count() >= count),
-        "server log never said {needle:?} {count} times:\n{}",
-        server.log()
-    );
-}
-
-/// `relayward queue list --json` on the server's configuration.
-fn queue_list(server: &TestServer) -> String {
-    let (code, output) = support::run_with_timeout(
-        Command::new(support::binary())
-            .args(["queue", "--config"])
-            .arg(&server.config_path)
-            .args(["list", "--json"]),
-        WAIT,
-    );
-    assert_eq!(code, Some(0), "queue list failed: {output}");
-    output
 }
 
 /// Nothing was acknowledged behind the test's back: the queue is empty, no message file is
@@ -140,7 +61,7 @@ fn assert_nothing_queued(server: &TestServer) {
 
 #[test]
 fn user_message_limit_answers_451_at_mail_and_names_the_user() {
-    let server = TestServer::start(&stranger_config("[limits]\nmessages_per_user_per_hour = 2"));
+    let server = TestServer::start(&standard_config("[limits]\nmessages_per_user_per_hour = 2"));
     let mut smtp = submit_as(&server, "alice@example.test");
     send_message(&mut smtp, "alice@example.test", "bob@example.test");
     send_message(&mut smtp, "alice@example.test", "friend@other.test");
@@ -155,7 +76,7 @@ fn user_message_limit_answers_451_at_mail_and_names_the_user() {
     // Other users are not affected.
     let mut bob = submit_as(&server, "bob@example.test");
     send_message(&mut bob, "bob@example.test", "alice@example.test");
-    wait_for_log(&server, "user sending limit reached", 2);
+    server.wait_for_log_count("user sending limit reached", 2);
     let log = server.log();
     let line = log
         .lines()
@@ -167,7 +88,7 @@ fn user_message_limit_answers_451_at_mail_and_names_the_user() {
 
 #[test]
 fn user_recipient_limit_answers_451_at_rcpt() {
-    let server = TestServer::start(&stranger_config(
+    let server = TestServer::start(&standard_config(
         "[limits]\nrecipients_per_user_per_hour = 3",
     ));
     let mut smtp = submit_as(&server, "bob@example.test");
@@ -191,15 +112,15 @@ fn user_recipient_limit_answers_451_at_rcpt() {
         .expect(250)
         .send("RCPT TO:<alice@example.test>")
         .expect_text(451, "4.7.1");
-    wait_for_log(&server, "user sending limit reached", 2);
+    server.wait_for_log_count("user sending limit reached", 2);
     assert!(server.log().contains("bob@example.test"));
 }
 
 #[test]
 fn auth_bans_survive_sighup() {
-    let server = TestServer::start(&stranger_config("[limits]\nauth_failures_per_ip = 1"));
+    let server = TestServer::start(&standard_config("[limits]\nauth_failures_per_ip = 1"));
     // One failure bans this IP from AUTH.
-    let mut guesser = Smtp::connect_tls(server.addr("submissions"), &ca(&server));
+    let mut guesser = Smtp::connect_tls(server.addr("submissions"), server.ca());
     guesser
         .send("EHLO guesser.test")
         .expect(250)
@@ -209,9 +130,9 @@ fn auth_bans_survive_sighup() {
         .expect_text(454, "4.7.0");
 
     server.signal("HUP");
-    wait_for_log(&server, "configuration reloaded", 1);
+    server.wait_for_log_count("configuration reloaded", 1);
 
-    Smtp::connect_tls(server.addr("submissions"), &ca(&server))
+    Smtp::connect_tls(server.addr("submissions"), server.ca())
         .send("EHLO guesser.test")
         .expect(250)
         .auth_plain("bob@example.test", PASSWORD)
@@ -220,12 +141,12 @@ fn auth_bans_survive_sighup() {
 
 #[test]
 fn user_budget_survives_sighup() {
-    let server = TestServer::start(&stranger_config("[limits]\nmessages_per_user_per_hour = 1"));
+    let server = TestServer::start(&standard_config("[limits]\nmessages_per_user_per_hour = 1"));
     let mut smtp = submit_as(&server, "alice@example.test");
     send_message(&mut smtp, "alice@example.test", "bob@example.test");
     smtp.send("QUIT").expect(221);
     server.signal("HUP");
-    wait_for_log(&server, "configuration reloaded", 1);
+    server.wait_for_log_count("configuration reloaded", 1);
     submit_as(&server, "alice@example.test")
         .send("MAIL FROM:<alice@example.test>")
         .expect_text(451, "4.7.1");
@@ -237,7 +158,7 @@ fn user_budget_survives_sighup() {
 
 /// Trusts 127.0.0.2 as a network (relay allowed), never the test client's 127.0.0.1.
 fn proxy_config(proxies: &str) -> String {
-    config(
+    config_with_relay(
         &format!("trusted_networks = [\"127.0.0.2/32\"]\ntrusted_proxies = [{proxies}]"),
         // Long enough that a pregreeting test client is never too slow to be caught.
         "[limits]\ngreet_pause = \"1s\"",
@@ -290,7 +211,7 @@ fn proxy_v2_is_honoured_before_implicit_tls() {
     let server = TestServer::start(&proxy_config("\"127.0.0.1/32\""));
     let addr = server.addr("submissions");
     let header = v2_header("127.0.0.2:40002".parse().unwrap(), addr);
-    let mut smtp = Smtp::connect_tls_after(addr, &header, &ca(&server));
+    let mut smtp = Smtp::connect_tls_after(addr, &header, server.ca());
     smtp.send("EHLO behind.proxy.test").expect(250);
     assert!(
         smtp.last_lines()[0].contains("[127.0.0.2]"),
@@ -373,7 +294,7 @@ fn expect_refusals_until_closed(smtp: &mut Smtp) {
 #[test]
 fn client_talking_before_the_banner_is_refused() {
     // Long enough that the test client is never too slow to talk first, even on a busy machine.
-    let server = TestServer::start(&stranger_config("[limits]\ngreet_pause = \"1s\""));
+    let server = TestServer::start(&standard_config("[limits]\ngreet_pause = \"1s\""));
     Smtp::connect_silent(server.addr("mx"))
         .raw(b"EHLO impatient.robot.test\r\n")
         .expect_text(554, "5.5.1")
@@ -401,7 +322,7 @@ fn client_talking_before_the_banner_is_refused() {
 /// network that talks first still gets its banner and its mail through.
 #[test]
 fn trusted_clients_skip_the_pregreet_test() {
-    let server = TestServer::start(&config(
+    let server = TestServer::start(&config_with_relay(
         "trusted_networks = [\"127.0.0.1/32\"]",
         "[limits]\ngreet_pause = \"1s\"",
     ));
@@ -415,7 +336,7 @@ fn trusted_clients_skip_the_pregreet_test() {
 
 #[test]
 fn pipelining_before_ehlo_is_refused() {
-    let server = TestServer::start(&stranger_config(""));
+    let server = TestServer::start(&standard_config(""));
     server
         .smtp("mx")
         .raw(b"HELO robot.test\r\nMAIL FROM:<a@other.test>\r\nRCPT TO:<alice@example.test>\r\n")
@@ -455,7 +376,7 @@ fn assert_nothing_queued_but(server: &TestServer, count: usize) {
 // ---------------------------------------------------------------------------------------------
 
 fn timeout_config() -> String {
-    stranger_config(
+    standard_config(
         "[limits]\ngreeting_timeout = \"1s\"\ncommand_timeout = \"1s\"\ndata_block_timeout = \"1s\"\nsession_timeout = \"3s\"",
     )
 }
@@ -601,7 +522,7 @@ fn open_transaction(server: &TestServer) -> Smtp {
 
 #[test]
 fn nul_bytes_and_invalid_utf8_in_commands_are_refused() {
-    let server = TestServer::start(&stranger_config(""));
+    let server = TestServer::start(&standard_config(""));
     let mut smtp = server.smtp("mx");
     smtp.raw(b"EHLO nul\0.test\r\n")
         .expect_text(500, "5.5.2")
@@ -626,7 +547,10 @@ fn nul_bytes_and_invalid_utf8_in_commands_are_refused() {
 #[test]
 fn ten_thousand_rcpts_hit_the_recipient_limit_then_the_error_limit() {
     // A trusted client may relay, so each RCPT is a new accepted recipient.
-    let server = TestServer::start(&config("trusted_networks = [\"127.0.0.1/32\"]", ""));
+    let server = TestServer::start(&config_with_relay(
+        "trusted_networks = [\"127.0.0.1/32\"]",
+        "",
+    ));
     let mut smtp = server.smtp("mx");
     smtp.send("EHLO bulk.test")
         .expect(250)
@@ -649,8 +573,8 @@ fn ten_thousand_rcpts_hit_the_recipient_limit_then_the_error_limit() {
 
 #[test]
 fn auth_with_garbage_base64_is_refused_and_the_session_goes_on() {
-    let server = TestServer::start(&stranger_config(""));
-    let mut smtp = Smtp::connect_tls(server.addr("submissions"), &ca(&server));
+    let server = TestServer::start(&standard_config(""));
+    let mut smtp = Smtp::connect_tls(server.addr("submissions"), server.ca());
     smtp.send("EHLO laptop.example.test")
         .expect(250)
         .send("AUTH PLAIN !!!not*base64")
@@ -671,8 +595,8 @@ fn auth_with_garbage_base64_is_refused_and_the_session_goes_on() {
 
 #[test]
 fn auth_response_over_12288_octets_is_refused_and_the_session_stays_in_sync() {
-    let server = TestServer::start(&stranger_config(""));
-    let mut smtp = Smtp::connect_tls(server.addr("submissions"), &ca(&server));
+    let server = TestServer::start(&standard_config(""));
+    let mut smtp = Smtp::connect_tls(server.addr("submissions"), server.ca());
     let huge = "QUFB".repeat(13_000 / 4);
     smtp.send("EHLO laptop.example.test")
         .expect(250)
@@ -685,7 +609,7 @@ fn auth_response_over_12288_octets_is_refused_and_the_session_stays_in_sync() {
         .auth_plain("alice@example.test", PASSWORD)
         .expect(235);
     // Just under the limit is an ordinary (bad) response, not an overflow.
-    let mut smtp = Smtp::connect_tls(server.addr("submissions"), &ca(&server));
+    let mut smtp = Smtp::connect_tls(server.addr("submissions"), server.ca());
     smtp.send("EHLO laptop.example.test")
         .expect(250)
         .send("AUTH LOGIN")
@@ -696,7 +620,7 @@ fn auth_response_over_12288_octets_is_refused_and_the_session_stays_in_sync() {
 
 #[test]
 fn client_dropping_mid_data_queues_nothing() {
-    let server = TestServer::start(&stranger_config(""));
+    let server = TestServer::start(&standard_config(""));
     let mut smtp = open_transaction(&server);
     smtp.send("DATA")
         .expect(354)
@@ -708,13 +632,13 @@ fn client_dropping_mid_data_queues_nothing() {
         .expect(354)
         .raw(b"Subject: x\r\n\r\nbody\r\n.");
     drop(smtp);
-    wait_for_log(&server, "disconnect", 2);
+    server.wait_for_log_count("disconnect", 2);
     assert_nothing_queued(&server);
 }
 
 #[test]
 fn smtp_smuggling_vectors_are_refused_and_nothing_is_queued() {
-    let server = TestServer::start(&stranger_config(""));
+    let server = TestServer::start(&standard_config(""));
     let smuggled = b"MAIL FROM:<evil@other.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nevil\r\n.\r\n";
     for vector in [
         &b"\n.\n"[..],
@@ -740,7 +664,7 @@ fn smtp_smuggling_vectors_are_refused_and_nothing_is_queued() {
 
 #[test]
 fn bare_cr_and_bare_lf_in_commands_close_the_session() {
-    let server = TestServer::start(&stranger_config(""));
+    let server = TestServer::start(&standard_config(""));
     for command in [
         &b"NOOP\rRCPT TO:<bob@example.test>\r\n"[..],
         b"NOOP\nRCPT TO:<bob@example.test>\r\n",
@@ -755,13 +679,13 @@ fn bare_cr_and_bare_lf_in_commands_close_the_session() {
 
 #[test]
 fn plaintext_mail_from_injected_after_starttls_is_discarded() {
-    let server = TestServer::start(&stranger_config(""));
+    let server = TestServer::start(&standard_config(""));
     let mut smtp = server.smtp("mx");
     smtp.send("EHLO client.outside.test")
         .expect(250)
         .raw(b"STARTTLS\r\nMAIL FROM:<evil@other.test>\r\nRCPT TO:<alice@example.test>\r\n")
         .expect(220)
-        .upgrade_without_command(&ca(&server))
+        .upgrade_without_command(server.ca())
         .send("EHLO client.outside.test")
         .expect(250)
         // Had the injected MAIL survived, this would be a nested MAIL (503).
@@ -776,7 +700,7 @@ fn plaintext_mail_from_injected_after_starttls_is_discarded() {
 
 #[test]
 fn too_many_errors_end_the_session_with_421() {
-    let server = TestServer::start(&stranger_config("[limits]\nmax_errors = 5"));
+    let server = TestServer::start(&standard_config("[limits]\nmax_errors = 5"));
     let mut smtp = server.smtp("mx");
     smtp.send("EHLO confused.test").expect(250);
     for _ in 0..4 {
@@ -790,7 +714,7 @@ fn too_many_errors_end_the_session_with_421() {
 
 #[test]
 fn message_size_is_advertised_and_enforced_at_mail_and_in_data() {
-    let server = TestServer::start(&stranger_config("[limits]\nmax_message_size = 10000"));
+    let server = TestServer::start(&standard_config("[limits]\nmax_message_size = 10000"));
     let mut smtp = server.smtp("mx");
     smtp.send("EHLO client.outside.test").expect(250);
     assert!(

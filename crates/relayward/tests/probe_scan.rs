@@ -7,73 +7,21 @@ mod support;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use relayward_testkit::smtp_server::{Script, SmtpServer};
 use support::{binary, run_with_timeout};
 
 /// A closed relay that answers every command after `delay` (so a scan takes long enough to be
 /// killed half way), and counts its connections.
-struct Responder {
-    addr: SocketAddr,
-    connections: Arc<AtomicUsize>,
-}
-
-impl Responder {
-    fn start(bind: &str, delay: Duration) -> Responder {
-        let listener = TcpListener::bind(bind).expect("bind responder");
-        let addr = listener.local_addr().expect("addr");
-        let connections = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&connections);
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                counter.fetch_add(1, Ordering::SeqCst);
-                std::thread::spawn(move || {
-                    let _ = session(stream, delay);
-                });
-            }
-        });
-        Responder { addr, connections }
-    }
-
-    fn connections(&self) -> usize {
-        self.connections.load(Ordering::SeqCst)
-    }
-}
-
-fn session(stream: TcpStream, delay: Duration) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut out = stream.try_clone()?;
-    let mut lines = BufReader::new(stream);
-    out.write_all(b"220 closed.example.test ESMTP test\r\n")?;
-    let mut line = String::new();
-    for _ in 0..500 {
-        line.clear();
-        if lines.read_line(&mut line)? == 0 {
-            return Ok(());
-        }
-        std::thread::sleep(delay);
-        let verb = line
-            .split_whitespace()
-            .next()
-            .unwrap_or("")
-            .to_ascii_uppercase();
-        let reply: &[u8] = match verb.as_str() {
-            "EHLO" | "HELO" => b"250 closed.example.test\r\n",
-            "MAIL" | "RSET" | "NOOP" => b"250 2.0.0 ok\r\n",
-            "RCPT" => b"554 5.7.1 Relay access denied\r\n",
-            "QUIT" => {
-                out.write_all(b"221 2.0.0 bye\r\n")?;
-                return Ok(());
-            }
-            _ => b"502 5.5.1 not implemented\r\n",
-        };
-        out.write_all(reply)?;
-    }
-    Ok(())
+fn responder(bind: &str, delay: Duration) -> SmtpServer {
+    let script = Script {
+        greeting: "220 closed.example.test ESMTP test".into(),
+        reply_delay: delay,
+        ..Script::default()
+    };
+    SmtpServer::bind(bind, script.rcpt_reply("554 5.7.1 Relay access denied"))
 }
 
 /// The JSON reports in a probe's stdout, by target.
@@ -99,11 +47,11 @@ fn count_by_target(reports: &[serde_json::Value]) -> HashMap<String, usize> {
 fn a_killed_scan_resumed_gives_every_target_exactly_one_result() {
     // Eight slow closed servers on 127.0.4.1-8, one port; the rest of 127.0.4.0/28 has none.
     let delay = Duration::from_millis(8);
-    let first = Responder::start("127.0.4.1:0", delay);
+    let first = responder("127.0.4.1:0", delay);
     let port = first.addr.port();
     let mut servers = vec![first];
     for i in 2..=8 {
-        servers.push(Responder::start(&format!("127.0.4.{i}:{port}"), delay));
+        servers.push(responder(&format!("127.0.4.{i}:{port}"), delay));
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("scan.state");
@@ -172,11 +120,11 @@ fn a_killed_scan_resumed_gives_every_target_exactly_one_result() {
     assert_eq!(state_lines(&state), 16);
 
     // A third run has nothing left to probe: every server keeps its count.
-    let before: Vec<usize> = servers.iter().map(Responder::connections).collect();
+    let before: Vec<usize> = servers.iter().map(SmtpServer::connections).collect();
     let (code, out) = run_with_timeout(&mut cmd, Duration::from_secs(60));
     assert_eq!(code, Some(0), "{out}");
     assert_eq!(count_by_target(&reports(&out)).len(), 16);
-    let after: Vec<usize> = servers.iter().map(Responder::connections).collect();
+    let after: Vec<usize> = servers.iter().map(SmtpServer::connections).collect();
     assert_eq!(before, after, "a finished target was probed again");
 
     // Other arguments with the same state file: refused, nothing probed.
@@ -206,11 +154,11 @@ fn state_lines(path: &std::path::Path) -> usize {
 #[test]
 fn targets_from_stdin_exclusions_and_several_ports() {
     let delay = Duration::from_millis(0);
-    let a = Responder::start("127.0.4.20:0", delay);
+    let a = responder("127.0.4.20:0", delay);
     let port = a.addr.port();
-    let excluded = Responder::start(&format!("127.0.4.21:{port}"), delay);
+    let excluded = responder(&format!("127.0.4.21:{port}"), delay);
     // A second port on the first address.
-    let a2 = Responder::start("127.0.4.20:0", delay);
+    let a2 = responder("127.0.4.20:0", delay);
     let dir = tempfile::tempdir().expect("tempdir");
     let exclude = dir.path().join("exclude.txt");
     std::fs::write(&exclude, "# never these\n127.0.4.21/32\n").expect("write");

@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use support::{
@@ -19,10 +18,6 @@ const NO_SUCH_USER: &str = "550 5.1.1 no such user here";
 
 /// Many refusals in one session: keep the error limit out of the way.
 const LENIENT: &str = "[limits]\nmax_errors = 1000\n";
-
-fn ca(server: &TestServer) -> PathBuf {
-    server.data_dir().join("tls").join("cert.pem")
-}
 
 /// An mx session after EHLO with an open transaction from a stranger.
 fn stranger_transaction(server: &TestServer) -> Smtp {
@@ -403,7 +398,7 @@ fn smuggling_with_crlf_dot_lf_is_refused() {
 #[test]
 fn auth_edge_cases_grant_no_relay() {
     let server = TestServer::start(&standard_config(""));
-    let ca = ca(&server);
+    let ca = server.ca();
     // On mx: AUTH in clear is refused, and TLS starts the session over.
     let mut smtp = server.smtp("mx");
     smtp.send("EHLO attacker.outside.test")
@@ -485,7 +480,8 @@ fn ipv4_mapped_trusted_networks_trust_nobody() {
 /// produces none.
 #[test]
 fn bounces_of_bounces_do_not_loop() {
-    let (sink, seen) = rejecting_sink("127.0.0.1", NO_SUCH_USER);
+    let internal = rejecting_sink("127.0.0.1", NO_SUCH_USER);
+    let sink = internal.addr;
     let server = TestServer::start(&standard_config(&format!(
         "[[route]]\ndomain = \"corp.example.net\"\nto = \"smtp://{sink}\"\n"
     )));
@@ -504,7 +500,11 @@ fn bounces_of_bounces_do_not_loop() {
     smtp.send("QUIT").expect(221);
     wait_queue_empty(&server);
     std::thread::sleep(Duration::from_millis(500));
-    let mut seen = seen.lock().expect("lock").clone();
+    let mut seen: Vec<String> = internal
+        .senders()
+        .iter()
+        .map(|s| format!("<{s}>"))
+        .collect();
     seen.sort();
     assert_eq!(
         seen,
@@ -520,7 +520,7 @@ fn bounces_of_bounces_do_not_loop() {
 /// and a sender at an address literal fails at once instead of clogging the queue for days.
 #[test]
 fn bounces_to_forged_local_senders_and_literals_go_nowhere() {
-    let (sink, _seen) = rejecting_sink("127.0.0.1", NO_SUCH_USER);
+    let sink = rejecting_sink("127.0.0.1", NO_SUCH_USER).addr;
     let server = TestServer::start(&standard_config(&format!(
         "[[route]]\ndomain = \"corp.example.net\"\nto = \"smtp://{sink}\"\n"
     )));

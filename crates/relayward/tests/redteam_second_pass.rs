@@ -147,14 +147,14 @@ fn auth_names_cannot_forge_log_lines_or_reach_the_terminal() {
         .smtp("mx")
         .send("EHLO attacker.outside.test")
         .expect(250)
-        .starttls(&ca(&server))
+        .starttls(server.ca())
         .send("EHLO attacker.outside.test")
         .expect(250)
         .send("AUTH LOGIN")
         .expect(334)
-        .send(&support::base64_encode(forged.as_bytes()))
+        .send(&support::base64(forged.as_bytes()))
         .expect(334)
-        .send(&support::base64_encode(b"wrong"))
+        .send(&support::base64(b"wrong"))
         .expect_text(535, "5.7.8");
     server.wait_for_log("authentication failed");
     let log = server.log();
@@ -167,10 +167,6 @@ fn auth_names_cannot_forge_log_lines_or_reach_the_terminal() {
         mentions[0]
     );
     assert!(mentions[0].contains(r"\x1b[2K"), "{}", mentions[0]);
-}
-
-fn ca(server: &TestServer) -> std::path::PathBuf {
-    server.data_dir().join("tls").join("cert.pem")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -204,10 +200,11 @@ fn wait_deferred(server: &TestServer) -> serde_json::Value {
 /// exactly, escaped the JSON way.
 #[test]
 fn queue_tables_escape_header_and_reply_text() {
-    let (sink, _) = support::rejecting_sink(
+    let sink = support::rejecting_sink(
         "127.0.0.1",
         "451 4.7.1 not \u{1b}[31mtoday\u{1b}[0m \u{202e}DESOLC",
-    );
+    )
+    .addr;
     let server = TestServer::start(&standard_config(&format!(
         "[[route]]\ndomain = \"corp.example.net\"\nto = \"smtp://{sink}\"\n"
     )));
@@ -280,7 +277,7 @@ fn mode(path: &std::path::Path) -> u32 {
 /// `relayward queue` CLI; the TLS key stays 0600 and Maildirs 0700.
 #[test]
 fn queued_mail_keys_and_maildirs_are_private() {
-    let (sink, _) = support::rejecting_sink("127.0.0.1", "451 4.3.0 later");
+    let sink = support::rejecting_sink("127.0.0.1", "451 4.3.0 later").addr;
     let server = TestServer::start(&standard_config(&format!(
         "[[route]]\ndomain = \"corp.example.net\"\nto = \"smtp://{sink}\"\n"
     )));
@@ -354,7 +351,7 @@ fn ready_for_auth(server: &TestServer, source: std::net::IpAddr) -> support::Smt
     smtp.read_timeout(Duration::from_secs(60))
         .send("EHLO client.outside.test")
         .expect(250)
-        .starttls(&ca(server))
+        .starttls(server.ca())
         .send("EHLO client.outside.test")
         .expect(250);
     smtp
@@ -572,7 +569,7 @@ const INTERNAL_REFUSAL: &str =
 
 /// A `[[route]]` to an internal server on 127.0.0.2 that refuses every recipient.
 fn routed_to_a_refusing_server() -> (TestServer, std::net::SocketAddr) {
-    let (sink, _) = support::rejecting_sink("127.0.0.2", INTERNAL_REFUSAL);
+    let sink = support::rejecting_sink("127.0.0.2", INTERNAL_REFUSAL).addr;
     let server = TestServer::start(&standard_config(&format!(
         "[[route]]\ndomain = \"corp.example.net\"\nto = \"smtp://{sink}\"\n"
     )));
@@ -645,7 +642,7 @@ fn a_strangers_bounce_is_small_and_names_no_internal_host() {
     let mut smtp = server.smtp("submission");
     smtp.send("EHLO laptop.example.test")
         .expect(250)
-        .starttls(&ca(&server))
+        .starttls(server.ca())
         .send("EHLO laptop.example.test")
         .expect(250)
         .auth_plain("bob@example.test", support::PASSWORD)

@@ -5,9 +5,11 @@
 
 mod support;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 
+use relayward_testkit::net::common_port;
+use relayward_testkit::pki::self_signed;
 use support::{Smtp, TestServer, standard_config};
 
 /// A stranger's transaction on the mx listener, up to MAIL.
@@ -81,13 +83,8 @@ fn a_route_and_a_local_domain_added_by_reload_get_mail_where_the_new_file_says()
 
 /// A self-signed certificate for `localhost` with its own name in the subject.
 fn certificate(common_name: &str) -> (String, String) {
-    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, common_name);
-    let key = rcgen::KeyPair::generate().expect("key");
-    let cert = params.self_signed(&key).expect("cert");
-    (cert.pem(), key.serialize_pem())
+    let pair = self_signed(&["localhost"], common_name);
+    (pair.cert_pem, pair.key_pem)
 }
 
 #[test]
@@ -134,11 +131,6 @@ fn a_certificate_renewed_on_disk_is_served_after_sighup() {
         .expect(221);
 }
 
-fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr")
-}
-
 fn connects(addr: SocketAddr) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
 }
@@ -146,7 +138,8 @@ fn connects(addr: SocketAddr) -> bool {
 #[test]
 fn listeners_added_and_removed_by_reload() {
     let server = TestServer::start(&standard_config(""));
-    let extra = free_port();
+    let loopback = IpAddr::from([127, 0, 0, 1]);
+    let extra = SocketAddr::new(loopback, common_port(&[loopback]));
     let listener = format!("\n[[listen]]\naddress = \"{extra}\"\nkind = \"mx\"\n");
     let insert_at = "[relay]";
     server.reload_with(|text| text.replacen(insert_at, &format!("{listener}\n{insert_at}"), 1));

@@ -11,10 +11,6 @@ fn server() -> TestServer {
     TestServer::start(&standard_config(""))
 }
 
-fn ca(server: &TestServer) -> std::path::PathBuf {
-    server.data_dir().join("tls").join("cert.pem")
-}
-
 /// Every relay trick named in the issue, from an untrusted, unauthenticated client: each must be
 /// refused with the reply shown.
 #[test]
@@ -196,7 +192,7 @@ fn submission_requires_auth_before_mail() {
         .expect(250)
         .send("MAIL FROM:<alice@example.test>")
         .expect_text(530, "5.7.0")
-        .starttls(&ca(&server))
+        .starttls(server.ca())
         .send("EHLO laptop.example.test")
         .expect(250);
     assert!(
@@ -230,7 +226,7 @@ fn authenticated_users_may_only_send_as_themselves() {
     let mut smtp = server.smtp("submission");
     smtp.send("EHLO laptop.example.test")
         .expect(250)
-        .starttls(&ca(&server))
+        .starttls(server.ca())
         .send("EHLO laptop.example.test")
         .expect(250)
         .auth_plain("bob@example.test", PASSWORD)
@@ -252,14 +248,14 @@ fn authenticated_users_may_only_send_as_themselves() {
 #[test]
 fn implicit_tls_submission_relays_for_authenticated_users() {
     let server = server();
-    let mut smtp = Smtp::connect_tls(server.addr("submissions"), &ca(&server));
+    let mut smtp = Smtp::connect_tls(server.addr("submissions"), server.ca());
     smtp.send("EHLO laptop.example.test").expect(250);
     assert!(!smtp.last_lines().iter().any(|k| k == "STARTTLS"));
     smtp.send("AUTH LOGIN")
         .expect(334)
-        .send(&support::base64_encode(b"alice@example.test"))
+        .send(&support::base64(b"alice@example.test"))
         .expect(334)
-        .send(&support::base64_encode(PASSWORD.as_bytes()))
+        .send(&support::base64(PASSWORD.as_bytes()))
         .expect(235)
         .send("MAIL FROM:<alice@example.test>")
         .expect(250)
@@ -294,7 +290,7 @@ fn plaintext_pipelined_after_starttls_is_discarded() {
         // The injected QUIT must die with the plaintext layer (RFC 3207 §6).
         .raw(b"STARTTLS\r\nQUIT\r\n")
         .expect(220);
-    let mut smtp = smtp_after_tls(smtp, &ca(&server));
+    let mut smtp = smtp_after_tls(smtp, &server.ca());
     smtp.send("EHLO client.outside.test")
         .expect(250)
         .send("NOOP")
@@ -316,7 +312,7 @@ fn auth_is_refused_inside_a_transaction() {
         .smtp("mx")
         .send("EHLO client.outside.test")
         .expect(250)
-        .starttls(&ca(&server))
+        .starttls(server.ca())
         .send("EHLO client.outside.test")
         .expect(250)
         .send("MAIL FROM:<alice@example.test>")
@@ -394,7 +390,7 @@ fn auth_initial_response_may_exceed_512_octets() {
         .smtp("submission")
         .send("EHLO laptop.example.test")
         .expect(250)
-        .starttls(&ca(&server))
+        .starttls(server.ca())
         .send("EHLO laptop.example.test")
         .expect(250)
         .auth_plain("alice@example.test", &long_password)

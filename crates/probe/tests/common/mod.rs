@@ -594,15 +594,5 @@ async fn forward(
 
 /// A TLS acceptor with a fresh self-signed certificate for `mx.example.test`.
 pub fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
-    let cert = rcgen::generate_simple_self_signed(vec![HOST.to_string()]).expect("cert");
-    let der = cert.cert.der().clone();
-    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(vec![der], key)
-        .expect("server config");
-    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    relayward_testkit::pki::self_signed(&[HOST], HOST).acceptor()
 }

@@ -1,56 +1,38 @@
-//! Test support: runs the real `relayward` binary on loopback and talks SMTP to it with a
-//! client whose calls read like a transcript:
+//! Test support: runs the real `relayward` binary on loopback, and talks SMTP to it with the
+//! testkit's transcript client:
 //!
 //! ```ignore
-//! server.smtp_mx()
+//! server.smtp("mx")
 //!     .send("EHLO probe.outside.test").expect(250)
 //!     .send("RCPT TO:<a@other.test>").expect_text(554, "5.7.1");
 //! ```
+//!
+//! What is not about the binary (the client, the configuration, peers, certificates) is in
+//! `relayward-testkit`.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// How long any single wait in a test may take before the test fails instead of hanging.
-pub const WAIT: Duration = Duration::from_secs(10);
+// Re-exported for the tests; each test binary uses some of them.
+#[allow(unused_imports)]
+pub use relayward_testkit::client::base64;
+#[allow(unused_imports)]
+pub use relayward_testkit::config::{PASSWORD, password_hash, standard_config};
+use relayward_testkit::smtp_server::{Script, SmtpServer};
+#[allow(unused_imports)]
+pub use relayward_testkit::wait::run_with_timeout;
+#[allow(unused_imports)]
+pub use relayward_testkit::{Smtp, WAIT};
 
 /// Path of the binary under test.
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_relayward"))
-}
-
-/// Password used for every test user; its argon2 hash is computed once per run.
-pub const PASSWORD: &str = "correct horse battery staple";
-
-/// Argon2 PHC hash of [`PASSWORD`], made by the binary itself (`relayward hash-password`).
-pub fn password_hash() -> String {
-    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    HASH.get_or_init(|| {
-        let mut child = Command::new(binary())
-            .arg("hash-password")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("run relayward hash-password");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(format!("{PASSWORD}\n").as_bytes())
-            .expect("write password");
-        let out = child.wait_with_output().expect("hash-password output");
-        assert!(out.status.success(), "hash-password failed");
-        String::from_utf8(out.stdout)
-            .expect("utf8")
-            .trim()
-            .to_string()
-    })
-    .clone()
 }
 
 /// A running `relayward serve` with its own data directory.
@@ -62,44 +44,6 @@ pub struct TestServer {
     stderr_lines: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
-/// The standard test configuration: local domain `example.test`, user alice, no trusted
-/// networks (so the loopback client is a stranger), three listeners on ephemeral ports.
-pub fn standard_config(extra: &str) -> String {
-    format!(
-        r#"hostname = "mx.example.test"
-data_dir = "DATA_DIR"
-
-[[listen]]
-address = "127.0.0.1:0"
-kind = "mx"
-
-[[listen]]
-address = "127.0.0.1:0"
-kind = "submission"
-
-[[listen]]
-address = "127.0.0.1:0"
-kind = "submissions"
-
-[relay]
-local_domains = ["example.test"]
-trusted_networks = []
-
-[[user]]
-login = "alice@example.test"
-password_hash = "{hash}"
-
-[[user]]
-login = "bob@example.test"
-password_hash = "{hash}"
-send_as = ["bob@example.test", "sales@example.test"]
-
-{extra}
-"#,
-        hash = password_hash()
-    )
-}
-
 /// [`standard_config`] with one network in `[relay] trusted_networks` or (with `key` =
 /// `"trusted_proxies"`) in `trusted_proxies`.
 pub fn standard_config_with_network(key: &str, net: &str) -> String {
@@ -107,7 +51,7 @@ pub fn standard_config_with_network(key: &str, net: &str) -> String {
         "trusted_networks" => format!("trusted_networks = [\"{net}\"]"),
         _ => format!("trusted_networks = []\n{key} = [\"{net}\"]"),
     };
-    standard_config("").replace("trusted_networks = []", &relay)
+    relayward_testkit::config::config_with_relay(&relay, "")
 }
 
 impl TestServer {
@@ -152,6 +96,11 @@ impl TestServer {
 
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// The server's generated self-signed certificate: the CA a client trusts to talk TLS to it.
+    pub fn ca(&self) -> PathBuf {
+        self.data_dir().join("tls").join("cert.pem")
     }
 
     pub fn addr(&self, kind: &str) -> SocketAddr {
@@ -348,346 +297,6 @@ fn parse_listening(line: &str) -> Option<(String, SocketAddr)> {
     Some((kind, addr.parse().ok()?))
 }
 
-trait Stream: Read + Write + Send {}
-impl<T: Read + Write + Send> Stream for T {}
-
-/// A blocking SMTP client for transcript tests. Every call records the dialogue, and a failed
-/// expectation prints the whole transcript.
-pub struct Smtp {
-    stream: Option<Box<dyn Stream>>,
-    tcp: Option<TcpStream>,
-    buffer: Vec<u8>,
-    transcript: Vec<String>,
-    pub last: Option<(u16, Vec<String>)>,
-    pub banner: (u16, Vec<String>),
-}
-
-impl Smtp {
-    /// Connects and reads the banner (which must be 220).
-    pub fn connect(addr: SocketAddr) -> Smtp {
-        let tcp = TcpStream::connect_timeout(&addr, WAIT).expect("connect");
-        tcp.set_read_timeout(Some(WAIT)).expect("timeout");
-        tcp.set_write_timeout(Some(WAIT)).expect("timeout");
-        let stream: Box<dyn Stream> = Box::new(tcp.try_clone().expect("clone"));
-        let mut smtp = Smtp {
-            stream: Some(stream),
-            tcp: Some(tcp),
-            buffer: Vec::new(),
-            transcript: Vec::new(),
-            last: None,
-            banner: (0, Vec::new()),
-        };
-        let banner = smtp.read_reply().unwrap_or_else(|| panic!("no banner"));
-        smtp.banner = banner.clone();
-        assert_eq!(banner.0, 220, "banner: {banner:?}");
-        smtp
-    }
-
-    /// Connects from `source` (another loopback address, e.g. `127.0.1.7`), so that one test
-    /// can be many clients, and reads the banner.
-    pub fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> Smtp {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let tcp = runtime
-            .block_on(async {
-                let socket = tokio::net::TcpSocket::new_v4()?;
-                socket.bind(SocketAddr::new(source, 0))?;
-                tokio::time::timeout(WAIT, socket.connect(addr)).await?
-            })
-            .and_then(|tcp| tcp.into_std())
-            .expect("connect");
-        tcp.set_nonblocking(false).expect("blocking");
-        tcp.set_read_timeout(Some(WAIT)).expect("timeout");
-        tcp.set_write_timeout(Some(WAIT)).expect("timeout");
-        let mut smtp = Smtp::connect_silent_over(tcp);
-        smtp.expect(220);
-        smtp
-    }
-
-    /// How long a read may wait, on this connection, before the test fails (default [`WAIT`]).
-    /// Set it before STARTTLS: the TLS stream keeps the socket's timeout.
-    pub fn read_timeout(&mut self, limit: Duration) -> &mut Self {
-        if let Some(tcp) = &self.tcp {
-            tcp.set_read_timeout(Some(limit)).expect("timeout");
-        }
-        self
-    }
-
-    /// Connects with implicit TLS (the `submissions` listener), trusting `ca_pem`.
-    pub fn connect_tls(addr: SocketAddr, ca_pem: &Path) -> Smtp {
-        let tcp = TcpStream::connect_timeout(&addr, WAIT).expect("connect");
-        tcp.set_read_timeout(Some(WAIT)).expect("timeout");
-        let tls = tls_client(tcp, ca_pem);
-        let mut smtp = Smtp {
-            stream: Some(Box::new(tls)),
-            tcp: None,
-            buffer: Vec::new(),
-            transcript: Vec::new(),
-            last: None,
-            banner: (0, Vec::new()),
-        };
-        let banner = smtp.read_reply().unwrap_or_else(|| panic!("no banner"));
-        smtp.banner = banner.clone();
-        assert_eq!(banner.0, 220);
-        smtp
-    }
-
-    /// Sends one command line (CRLF added).
-    pub fn send(&mut self, line: &str) -> &mut Self {
-        self.transcript.push(format!(">>> {line}"));
-        let mut bytes = line.as_bytes().to_vec();
-        bytes.extend_from_slice(b"\r\n");
-        self.write(&bytes);
-        self
-    }
-
-    /// Sends raw bytes exactly as given.
-    pub fn raw(&mut self, bytes: &[u8]) -> &mut Self {
-        self.transcript
-            .push(format!(">>> (raw) {:?}", String::from_utf8_lossy(bytes)));
-        self.write(bytes);
-        self
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let stream = self.stream.as_mut().expect("connected");
-        if let Err(e) = stream.write_all(bytes).and_then(|_| stream.flush()) {
-            self.transcript.push(format!("!!! write failed: {e}"));
-        }
-    }
-
-    /// Expects the next reply to have `code`.
-    #[track_caller]
-    pub fn expect(&mut self, code: u16) -> &mut Self {
-        let reply = self.read_reply();
-        match reply {
-            Some((got, _)) if got == code => self,
-            other => panic!(
-                "expected {code}, got {other:?}\ntranscript:\n{}",
-                self.transcript.join("\n")
-            ),
-        }
-    }
-
-    /// Expects `code` and a text containing `needle` (e.g. an enhanced code "5.7.1").
-    #[track_caller]
-    pub fn expect_text(&mut self, code: u16, needle: &str) -> &mut Self {
-        let reply = self.read_reply();
-        match &reply {
-            Some((got, lines)) if *got == code && lines.iter().any(|l| l.contains(needle)) => self,
-            other => panic!(
-                "expected {code} containing {needle:?}, got {other:?}\ntranscript:\n{}",
-                self.transcript.join("\n")
-            ),
-        }
-    }
-
-    /// Expects the server to close the connection (after any final reply).
-    #[track_caller]
-    pub fn expect_closed(&mut self) -> &mut Self {
-        if let Some(reply) = self.read_reply() {
-            panic!(
-                "expected the connection to close, got {reply:?}\ntranscript:\n{}",
-                self.transcript.join("\n")
-            );
-        }
-        self
-    }
-
-    /// The lines of the last reply (e.g. EHLO keywords).
-    pub fn last_lines(&self) -> Vec<String> {
-        self.last
-            .as_ref()
-            .map(|(_, l)| l.clone())
-            .unwrap_or_default()
-    }
-
-    /// STARTTLS: expects 220, then runs the TLS handshake trusting `ca_pem`.
-    #[track_caller]
-    pub fn starttls(&mut self, ca_pem: &Path) -> &mut Self {
-        self.send("STARTTLS").expect(220);
-        self.buffer.clear();
-        let tcp = self.tcp.take().expect("plain connection");
-        self.stream = Some(Box::new(tls_client(tcp, ca_pem)));
-        self.transcript.push("=== TLS established".to_string());
-        self
-    }
-
-    /// Switches to TLS after a `220` to STARTTLS that was already read (for tests that send
-    /// STARTTLS as raw bytes).
-    pub fn upgrade_without_command(&mut self, ca_pem: &Path) -> &mut Self {
-        self.buffer.clear();
-        let tcp = self.tcp.take().expect("plain connection");
-        self.stream = Some(Box::new(tls_client(tcp, ca_pem)));
-        self.transcript.push("=== TLS established".to_string());
-        self
-    }
-
-    /// `AUTH PLAIN` with an initial response.
-    pub fn auth_plain(&mut self, login: &str, password: &str) -> &mut Self {
-        let token = base64_encode(format!("\0{login}\0{password}").as_bytes());
-        self.send(&format!("AUTH PLAIN {token}"))
-    }
-
-    /// Reads one reply; `None` when the connection closed or timed out.
-    pub fn read_reply(&mut self) -> Option<(u16, Vec<String>)> {
-        let mut lines = Vec::new();
-        loop {
-            let line = self.read_line()?;
-            self.transcript.push(format!("<<< {line}"));
-            let code: u16 = line.get(..3)?.parse().ok()?;
-            lines.push(line.get(4..).unwrap_or("").to_string());
-            if line.as_bytes().get(3) != Some(&b'-') {
-                self.last = Some((code, lines.clone()));
-                return Some((code, lines));
-            }
-        }
-    }
-
-    fn read_line(&mut self) -> Option<String> {
-        loop {
-            if let Some(pos) = self.buffer.windows(2).position(|w| w == b"\r\n") {
-                let line: Vec<u8> = self.buffer.drain(..pos + 2).collect();
-                return Some(String::from_utf8_lossy(&line[..pos]).into_owned());
-            }
-            let mut chunk = [0u8; 4096];
-            let n = self.stream.as_mut()?.read(&mut chunk).ok()?;
-            if n == 0 {
-                self.transcript
-                    .push("=== connection closed by server".to_string());
-                return None;
-            }
-            self.buffer.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    pub fn transcript(&self) -> String {
-        self.transcript.join("\n")
-    }
-}
-
-fn tls_client(
-    tcp: TcpStream,
-    ca_pem: &Path,
-) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
-    use rustls_pki_types::pem::PemObject;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca_pem).expect("read CA") {
-        roots.add(cert.expect("CA cert")).expect("add CA");
-    }
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
-    let conn = rustls::ClientConnection::new(Arc::new(config), name).expect("TLS client");
-    let mut stream = rustls::StreamOwned::new(conn, tcp);
-    // Drive the handshake now so a failure shows here, not at the first command.
-    while stream.conn.is_handshaking() {
-        stream
-            .conn
-            .complete_io(&mut stream.sock)
-            .expect("TLS handshake");
-    }
-    stream
-}
-
-pub fn base64_encode(bytes: &[u8]) -> String {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(TABLE[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// Runs an external program with a time limit; returns (exit code, stdout+stderr).
-pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> (Option<i32>, String) {
-    let out_dir = tempfile::tempdir().expect("tempdir");
-    let out_path = out_dir.path().join("out");
-    let out = std::fs::File::create(&out_path).expect("out file");
-    let err = out.try_clone().expect("clone");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .expect("spawn");
-    let deadline = Instant::now() + limit;
-    let code = loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            break status.code();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    (code, std::fs::read_to_string(&out_path).unwrap_or_default())
-}
-
-// ---- Additions for tests/hardening_session.rs: talking before the banner (pregreet, PROXY) ----
-
-impl Smtp {
-    /// Connects without reading the banner, so a test can send first (pregreet) or send a
-    /// PROXY header; read the banner with `.expect(220)`.
-    pub fn connect_silent(addr: SocketAddr) -> Smtp {
-        let tcp = TcpStream::connect_timeout(&addr, WAIT).expect("connect");
-        tcp.set_read_timeout(Some(WAIT)).expect("timeout");
-        tcp.set_write_timeout(Some(WAIT)).expect("timeout");
-        Smtp::connect_silent_over(tcp)
-    }
-
-    fn connect_silent_over(tcp: TcpStream) -> Smtp {
-        let stream: Box<dyn Stream> = Box::new(tcp.try_clone().expect("clone"));
-        Smtp {
-            stream: Some(stream),
-            tcp: Some(tcp),
-            buffer: Vec::new(),
-            transcript: Vec::new(),
-            last: None,
-            banner: (0, Vec::new()),
-        }
-    }
-
-    /// Connects, sends `preamble` in clear (a PROXY header), then starts implicit TLS trusting
-    /// `ca_pem` and reads the banner.
-    pub fn connect_tls_after(addr: SocketAddr, preamble: &[u8], ca_pem: &Path) -> Smtp {
-        let mut tcp = TcpStream::connect_timeout(&addr, WAIT).expect("connect");
-        tcp.set_read_timeout(Some(WAIT)).expect("timeout");
-        tcp.write_all(preamble).expect("write preamble");
-        let tls = tls_client(tcp, ca_pem);
-        let mut smtp = Smtp {
-            stream: Some(Box::new(tls)),
-            tcp: None,
-            buffer: Vec::new(),
-            transcript: vec![format!(">>> (raw) {:?}", String::from_utf8_lossy(preamble))],
-            last: None,
-            banner: (0, Vec::new()),
-        };
-        smtp.expect(220);
-        smtp
-    }
-}
-
 // ---- Shared by the red-team tests: the queue from outside, configurations, internal servers ----
 
 /// Runs `relayward queue --config <server's file> ARGS…` (bounded); returns stdout.
@@ -793,47 +402,9 @@ pub fn serve_refuses(config: &str) -> String {
     output
 }
 
-/// A tiny SMTP server standing in for an internal host behind a `[[route]]`, listening on `ip`
-/// (a loopback address): it refuses every recipient with `rcpt_reply` and records each MAIL
-/// FROM it sees.
-pub fn rejecting_sink(
-    ip: &str,
-    rcpt_reply: &'static str,
-) -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
-    let listener = std::net::TcpListener::bind((ip, 0)).expect("bind sink");
-    let addr = listener.local_addr().expect("addr");
-    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let record = Arc::clone(&seen);
-    std::thread::spawn(move || {
-        for stream in listener.incoming().map_while(Result::ok) {
-            let record = Arc::clone(&record);
-            std::thread::spawn(move || {
-                let _ = stream.set_read_timeout(Some(WAIT));
-                let mut out = stream.try_clone().expect("clone");
-                let mut lines = BufReader::new(stream);
-                let _ = out.write_all(b"220 sink.corp.test\r\n");
-                let mut line = String::new();
-                while lines.read_line(&mut line).unwrap_or(0) > 0 {
-                    let upper = line.to_ascii_uppercase();
-                    let reply = if upper.starts_with("MAIL") {
-                        let path = line.split(['<', '>']).nth(1).unwrap_or("?");
-                        record.lock().expect("lock").push(format!("<{path}>"));
-                        "250 ok\r\n".to_string()
-                    } else if upper.starts_with("RCPT") {
-                        format!("{rcpt_reply}\r\n")
-                    } else if upper.starts_with("QUIT") {
-                        let _ = out.write_all(b"221 bye\r\n");
-                        return;
-                    } else {
-                        "250 sink\r\n".to_string()
-                    };
-                    if out.write_all(reply.as_bytes()).is_err() {
-                        return;
-                    }
-                    line.clear();
-                }
-            });
-        }
-    });
-    (addr, seen)
+/// A server standing in for an internal host behind a `[[route]]`, listening on `ip` (a
+/// loopback address): it refuses every recipient with `rcpt_reply` and records each MAIL FROM
+/// it sees ([`SmtpServer::senders`]).
+pub fn rejecting_sink(ip: &str, rcpt_reply: &str) -> SmtpServer {
+    SmtpServer::bind(&format!("{ip}:0"), Script::default().rcpt_reply(rcpt_reply))
 }

@@ -23,7 +23,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use argon2::{Argon2, PasswordHasher};
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use relayward_protocol::reply::Reply;
@@ -54,21 +53,7 @@ impl fmt::Display for Login {
     }
 }
 
-/// Hashing failed (the system RNG failed, or argon2 refused the input).
-#[derive(Debug, thiserror::Error)]
-#[error("cannot hash password: {0}")]
-pub struct HashError(String);
-
-/// Hashes a password with argon2id and its default parameters, as a PHC string for
-/// `[[user]] password_hash`. Takes tens of milliseconds of CPU: call it off the async runtime.
-pub fn hash_password(password: &[u8]) -> Result<String, HashError> {
-    Argon2::default()
-        .hash_password(password)
-        .map(|hash| hash.to_string())
-        .map_err(|e| HashError(e.to_string()))
-}
-
-pub use relayward_config::check_password_hash;
+pub use relayward_config::{HashError, check_password_hash, hash_password};
 
 /// A hash of a random password with the default parameters, verified against when the login is
 /// unknown, so that an unknown login costs the same argon2 work as a known one and response

@@ -1,27 +1,35 @@
-//! A test DNS server on loopback (UDP) for the real binary's `[dns] nameservers`.
+//! A test DNS server on loopback (UDP), authoritative for a [`Zone`] written in a few lines.
 //!
-//! Built on hickory-proto's message codec rather than hickory-server's authority API: a test
-//! wants a zone in a few lines and a record of what was asked, nothing more. It answers
-//! authoritatively from a [`Zone`]: the records asked for, NOERROR with no answers for a name
-//! that exists with other types, NXDOMAIN otherwise.
-#![allow(dead_code)]
+//! Built on hickory-proto's message codec rather than hickory-server's authority API: tests
+//! want answers an authoritative zone cannot give on demand (SERVFAIL for one name), a zone in
+//! a few lines, and a record of the questions asked. It answers the records asked for, NOERROR
+//! with no answers for a name that exists with other types, NXDOMAIN otherwise (with an SOA whose
+//! minimum is 0, so a resolver may not cache the negative answer, RFC 2308).
+//!
+//! The server runs on a thread of its own, so blocking and async tests use it alike; it lives
+//! until the test process ends.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
 
 use hickory_proto::op::{Message, MessageType, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, MX, SOA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
-/// Records by (lower-case name with a final dot, type).
+/// Records by (lower-case name with a final dot, type), and names that answer SERVFAIL.
 #[derive(Default, Clone)]
 pub struct Zone {
     records: HashMap<(String, RecordType), Vec<RData>>,
+    servfail: Vec<String>,
 }
 
 fn fqdn(name: &str) -> String {
     format!("{}.", name.trim_end_matches('.').to_ascii_lowercase())
+}
+
+fn name(text: &str) -> Name {
+    Name::from_ascii(fqdn(text)).expect("a test DNS name")
 }
 
 impl Zone {
@@ -31,12 +39,8 @@ impl Zone {
 
     /// `domain MX preference exchange`.
     pub fn mx(mut self, domain: &str, preference: u16, exchange: &str) -> Self {
-        let exchange = Name::from_ascii(fqdn(exchange)).expect("exchange name");
-        self.add(
-            domain,
-            RecordType::MX,
-            RData::MX(MX::new(preference, exchange)),
-        );
+        let mx = MX::new(preference, name(exchange));
+        self.add(domain, RecordType::MX, RData::MX(mx));
         self
     }
 
@@ -56,6 +60,12 @@ impl Zone {
         self
     }
 
+    /// Every question about `name` answers SERVFAIL (a temporary DNS failure).
+    pub fn servfail(mut self, name: &str) -> Self {
+        self.servfail.push(fqdn(name));
+        self
+    }
+
     fn add(&mut self, name: &str, rtype: RecordType, data: RData) {
         self.records
             .entry((fqdn(name), rtype))
@@ -68,7 +78,7 @@ impl Zone {
     }
 }
 
-/// A running responder: its address and every question it was asked (`name TYPE`).
+/// A running server: its address and every question it was asked (`name TYPE`).
 #[derive(Clone)]
 pub struct DnsServer {
     pub addr: SocketAddr,
@@ -76,9 +86,14 @@ pub struct DnsServer {
 }
 
 impl DnsServer {
-    /// Binds `127.0.0.1:0` (UDP) and answers from `zone` on a thread until the test ends.
+    /// Binds `127.0.0.1:0` (UDP) and answers from `zone`.
     pub fn start(zone: Zone) -> DnsServer {
-        let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind test DNS");
+        Self::start_on(IpAddr::V4(Ipv4Addr::LOCALHOST), zone)
+    }
+
+    /// Binds `ip:0` (a loopback address) and answers from `zone`.
+    pub fn start_on(ip: impl Into<IpAddr>, zone: Zone) -> DnsServer {
+        let socket = UdpSocket::bind((ip.into(), 0)).expect("bind test DNS");
         let addr = socket.local_addr().expect("DNS address");
         let queries = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::clone(&queries);
@@ -92,11 +107,8 @@ impl DnsServer {
                     continue;
                 };
                 if let Some(q) = query.queries.first() {
-                    seen.lock().expect("queries").push(format!(
-                        "{} {}",
-                        fqdn(&q.name().to_ascii()),
-                        q.query_type()
-                    ));
+                    let question = format!("{} {}", fqdn(&q.name().to_ascii()), q.query_type());
+                    seen.lock().expect("queries").push(question);
                 }
                 if let Some(bytes) = respond(&zone, &query) {
                     let _ = socket.send_to(&bytes, peer);
@@ -121,21 +133,21 @@ fn respond(zone: &Zone, query: &Message) -> Option<Vec<u8>> {
     response.metadata.recursion_desired = query.metadata.recursion_desired;
     response.metadata.recursion_available = true;
     response.add_query(question.clone());
+    if zone.servfail.contains(&name) {
+        response.metadata.response_code = ResponseCode::ServFail;
+        return response.to_vec().ok();
+    }
     match zone.records.get(&(name.clone(), question.query_type())) {
         Some(list) => {
             for data in list {
-                response.add_answer(Record::from_rdata(
-                    question.name().clone(),
-                    60,
-                    data.clone(),
-                ));
+                let record = Record::from_rdata(question.name().clone(), 60, data.clone());
+                response.add_answer(record);
             }
         }
         None => {
             if !zone.exists(&name) {
                 response.metadata.response_code = ResponseCode::NXDomain;
             }
-            // The SOA lets the resolver cache the negative answer properly (RFC 2308).
             response.add_authority(soa());
         }
     }
@@ -143,18 +155,6 @@ fn respond(zone: &Zone, query: &Message) -> Option<Vec<u8>> {
 }
 
 fn soa() -> Record {
-    let name = |s: &str| Name::from_ascii(s).expect("SOA name");
-    Record::from_rdata(
-        name("test."),
-        60,
-        RData::SOA(SOA::new(
-            name("ns.test."),
-            name("hostmaster.test."),
-            1,
-            60,
-            60,
-            600,
-            60,
-        )),
-    )
+    let soa = SOA::new(name("ns.test"), name("hostmaster.test"), 1, 60, 60, 600, 0);
+    Record::from_rdata(name("test"), 60, RData::SOA(soa))
 }
