@@ -16,11 +16,11 @@ use arc_swap::ArcSwap;
 use relayward_config::{Config, Live};
 use relayward_delivery::{DeliveryConfig, DeliveryContext};
 use relayward_queue::{Queue, Spool};
-use relayward_server::auth::{AuthLimitSettings, AuthLimiter, UserDb};
+use relayward_server::auth::{AuthLimitSettings, AuthLimiter};
 use relayward_server::listener::AdmissionLimits;
 use relayward_server::policy::Policy;
 use relayward_server::ratelimit::{UserLimitSettings, UserRateLimiter};
-use relayward_server::session::{SessionContext, SessionLimits};
+use relayward_server::session::SessionContext;
 
 /// Where the configuration came from, for the logs.
 #[derive(Debug, Clone)]
@@ -141,34 +141,15 @@ fn session_context(
     policy: Policy,
     lasting: &Lasting,
 ) -> SessionContext {
-    let limits = &config.limits;
-    SessionContext {
-        hostname: config.hostname.clone(),
-        policy: Arc::new(policy),
-        users: Arc::new(UserDb::from_config(config)),
-        auth_limiter: Arc::clone(&lasting.auth),
-        user_limits: Arc::clone(&lasting.users),
-        trusted_proxies: config
-            .relay
-            .trusted_proxies
-            .iter()
-            .map(|cidr| cidr.net().trunc())
-            .collect(),
-        tls: Some(tokio_rustls::TlsAcceptor::from(Arc::clone(
-            &tls.server_config,
-        ))),
-        queue: lasting.queue(),
-        limits: SessionLimits {
-            greet_pause: limits.greet_pause,
-            max_message_size: limits.max_message_size,
-            max_recipients: limits.max_recipients as usize,
-            max_errors: limits.max_errors,
-            greeting_timeout: limits.greeting_timeout,
-            command_timeout: limits.command_timeout,
-            data_timeout: limits.data_block_timeout,
-            session_timeout: limits.session_timeout,
-        },
-    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.server_config));
+    SessionContext::from_config(
+        config,
+        policy,
+        Some(acceptor),
+        lasting.queue(),
+        Arc::clone(&lasting.auth),
+        Arc::clone(&lasting.users),
+    )
 }
 
 fn admission_limits(config: &Config) -> AdmissionLimits {

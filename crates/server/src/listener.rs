@@ -23,7 +23,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::config::ListenerKind;
 use crate::conn::Conn;
 use crate::proxy;
-use crate::session::{self, SessionContext};
+use crate::session::{self, Ending, SessionContext, Stream};
 
 /// Admission limits, from `[limits]`.
 #[derive(Debug, Clone)]
@@ -279,28 +279,46 @@ async fn handle_connection(
         }
     };
     let _ = tcp.set_nodelay(true);
-    let conn = match (kind, ctx.tls.as_ref()) {
-        (ListenerKind::Submissions, Some(acceptor)) => {
-            let handshake = Conn::accept_implicit(tcp, acceptor);
-            let limit = deadline.min(tokio::time::Instant::now() + ctx.limits.greeting_timeout);
-            match tokio::time::timeout_at(limit, handshake).await {
-                Ok(Ok(conn)) => conn,
-                _ => {
-                    tracing::info!(client = %ip, "implicit TLS handshake failed or timed out");
-                    return;
-                }
-            }
-        }
-        (ListenerKind::Submissions, None) => return,
-        _ => Conn::Plain(tcp),
-    };
     if client == peer {
         tracing::info!(client = %ip, ?kind, "connect");
     } else {
         tracing::info!(client = %ip, proxy = %peer, ?kind, "connect");
     }
-    let ending = session::run(ctx, kind, conn, client, shutdown, deadline).await;
-    tracing::info!(client = %ip, ?ending, "disconnect");
+    if let Some(ending) = serve_connection(tcp, client, kind, ctx, shutdown, deadline).await {
+        tracing::info!(client = %ip, ?ending, "disconnect");
+    }
+}
+
+/// One admitted connection from `client`, over any byte stream: implicit TLS first on a
+/// `submissions` listener (its handshake bounded like the greeting), then the session, all
+/// before `deadline`. `None` when the TLS handshake failed or timed out (logged), or when a
+/// `submissions` listener has no TLS to offer. The listener calls it with a TCP socket after
+/// PROXY and admission; tests with an in-memory pipe.
+pub async fn serve_connection<S: Stream>(
+    stream: S,
+    client: SocketAddr,
+    kind: ListenerKind,
+    ctx: Arc<SessionContext>,
+    shutdown: watch::Receiver<bool>,
+    deadline: tokio::time::Instant,
+) -> Option<Ending> {
+    let ip = client.ip().to_canonical();
+    let conn = match (kind, ctx.tls.as_ref()) {
+        (ListenerKind::Submissions, Some(acceptor)) => {
+            let handshake = Conn::accept_implicit(stream, acceptor);
+            let limit = deadline.min(tokio::time::Instant::now() + ctx.limits.greeting_timeout);
+            match tokio::time::timeout_at(limit, handshake).await {
+                Ok(Ok(conn)) => conn,
+                _ => {
+                    tracing::info!(client = %ip, "implicit TLS handshake failed or timed out");
+                    return None;
+                }
+            }
+        }
+        (ListenerKind::Submissions, None) => return None,
+        _ => Conn::Plain(stream),
+    };
+    Some(session::run(ctx, kind, conn, client, shutdown, deadline).await)
 }
 
 /// The client this connection speaks for: the peer itself, or — only when the peer is a

@@ -49,6 +49,7 @@ pub struct Smtp {
     link: Box<dyn Link>,
     buffer: Vec<u8>,
     transcript: Vec<String>,
+    closed: bool,
     /// The last reply read: code and text lines.
     pub last: Option<(u16, Vec<String>)>,
     /// The banner, when the constructor read it.
@@ -62,6 +63,7 @@ impl Smtp {
             link: Box::new(link),
             buffer: Vec::new(),
             transcript: Vec::new(),
+            closed: false,
             last: None,
             banner: (0, Vec::new()),
         }
@@ -262,8 +264,11 @@ impl Smtp {
             let mut chunk = [0u8; 4096];
             match self.link.read(&mut chunk) {
                 Ok(0) => {
-                    self.transcript
-                        .push("=== connection closed by server".to_string());
+                    if !self.closed {
+                        self.transcript
+                            .push("=== connection closed by server".to_string());
+                    }
+                    self.closed = true;
                     return None;
                 }
                 Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
@@ -273,6 +278,12 @@ impl Smtp {
                 }
             }
         }
+    }
+
+    /// True once a read found the connection closed by the server (a timed-out read is not
+    /// a close).
+    pub fn closed(&self) -> bool {
+        self.closed
     }
 
     pub fn transcript(&self) -> String {
@@ -479,6 +490,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Link for PipeLink<S> {
     }
 
     fn idle(&mut self, limit: Duration) {
-        self.runtime.block_on(tokio::time::sleep(limit));
+        self.runtime
+            .block_on(async move { tokio::time::sleep(limit).await });
     }
 }

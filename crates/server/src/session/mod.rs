@@ -36,7 +36,7 @@ use tokio::time::Instant as Deadline;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{AuthLimiter, Login, UserDb};
-use crate::config::ListenerKind;
+use crate::config::{Config, Limits, ListenerKind};
 use crate::conn::Conn;
 pub use crate::conn::Stream;
 use crate::policy::{Accepted, ClientIdentity, Policy};
@@ -72,6 +72,52 @@ pub struct SessionContext {
     pub tls: Option<TlsAcceptor>,
     pub queue: Arc<dyn Queue>,
     pub limits: SessionLimits,
+}
+
+impl SessionLimits {
+    pub fn from_limits(limits: &Limits) -> Self {
+        SessionLimits {
+            greet_pause: limits.greet_pause,
+            max_message_size: limits.max_message_size,
+            max_recipients: limits.max_recipients as usize,
+            max_errors: limits.max_errors,
+            greeting_timeout: limits.greeting_timeout,
+            command_timeout: limits.command_timeout,
+            data_timeout: limits.data_block_timeout,
+            session_timeout: limits.session_timeout,
+        }
+    }
+}
+
+impl SessionContext {
+    /// The session side of one configuration: its policy, users, limits and proxies, with the
+    /// state that outlives a configuration (the queue and the abuse counters) passed in. The
+    /// server builds it at start and on every reload; tests build it from a TOML string.
+    pub fn from_config(
+        config: &Config,
+        policy: Policy,
+        tls: Option<TlsAcceptor>,
+        queue: Arc<dyn Queue>,
+        auth_limiter: Arc<AuthLimiter>,
+        user_limits: Arc<UserRateLimiter>,
+    ) -> SessionContext {
+        SessionContext {
+            hostname: config.hostname.clone(),
+            policy: Arc::new(policy),
+            users: Arc::new(UserDb::from_config(config)),
+            auth_limiter,
+            user_limits,
+            trusted_proxies: config
+                .relay
+                .trusted_proxies
+                .iter()
+                .map(|cidr| cidr.net().trunc())
+                .collect(),
+            tls,
+            queue,
+            limits: SessionLimits::from_limits(&config.limits),
+        }
+    }
 }
 
 /// Why the session ended; for the connection log line.

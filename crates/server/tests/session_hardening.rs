@@ -1,0 +1,480 @@
+//! The session's defences in-process: pregreet and unauthorised pipelining, timeouts in every
+//! state (before TLS too) and the session time limit, and hostile input — NUL and invalid
+//! UTF-8, recipient floods, garbage SASL, SMTP smuggling, bare CR/LF, STARTTLS injection, the
+//! error limit, message size. Each test fails when its defence is switched off, and checks
+//! that nothing was queued behind the client's back and how the session ended.
+//!
+//! The clock is paused (see `support`): the timeout tests measure exactly the configured time.
+//! Moved here from the end-to-end suite (`crates/relayward/tests/hardening_session.rs`), which
+//! keeps what needs real sockets or the binary: PROXY, per-user limits named in the log,
+//! state that must survive SIGHUP.
+
+mod support;
+
+use std::time::Duration;
+
+use relayward_server::session::Ending;
+use support::{PASSWORD, Server, Smtp, config_with_relay, standard_config};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// Nothing was acknowledged behind the test's back.
+#[track_caller]
+fn assert_nothing_queued(server: &Server) {
+    assert!(
+        server.queue.is_empty(),
+        "queued: {:?}",
+        server.queue.messages()
+    );
+}
+
+fn open_transaction(server: &Server) -> Smtp {
+    let mut smtp = server.smtp("mx");
+    smtp.send("EHLO client.outside.test")
+        .expect(250)
+        .send("MAIL FROM:<a@other.test>")
+        .expect(250)
+        .send("RCPT TO:<alice@example.test>")
+        .expect(250);
+    smtp
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pregreet and unauthorised pipelining
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn client_talking_before_the_banner_is_refused() {
+    let server = Server::start(&standard_config("[limits]\ngreet_pause = \"1s\""));
+    server
+        .connect_silent("mx")
+        .raw(b"EHLO impatient.robot.test\r\n")
+        .expect_text(554, "5.5.1")
+        .expect_closed();
+    // Waiting for the banner is all it takes; it comes after the pause.
+    let start = server.now();
+    let mut patient = server.smtp("mx");
+    let waited = server.now() - start;
+    assert_eq!(waited, Duration::from_secs(1));
+    patient.send("EHLO patient.mta.test").expect(250);
+    // Submission clients are authenticated users' programs: no pause.
+    let start = server.now();
+    server.smtp("submission");
+    assert_eq!(server.now() - start, Duration::ZERO);
+    assert_eq!(server.endings()[0], Some(Ending::Pregreet));
+}
+
+/// Trusted networks are not put through the pregreet test: an application on the admin's own
+/// network that talks first still gets its banner and its mail through.
+#[test]
+fn trusted_clients_skip_the_pregreet_test() {
+    let server = Server::start(&config_with_relay(
+        "trusted_networks = [\"127.0.0.1/32\"]",
+        "[limits]\ngreet_pause = \"1s\"",
+    ));
+    server
+        .connect_silent("mx")
+        .raw(b"EHLO app.internal.test\r\n")
+        .expect(220)
+        .expect(250)
+        .send("QUIT")
+        .expect(221);
+}
+
+#[test]
+fn pipelining_before_ehlo_is_refused() {
+    let server = Server::start(&standard_config(""));
+    server
+        .smtp("mx")
+        .raw(b"HELO robot.test\r\nMAIL FROM:<a@other.test>\r\nRCPT TO:<alice@example.test>\r\n")
+        .expect_text(554, "5.5.1")
+        .expect_closed();
+    // A HELO session never gets PIPELINING.
+    server
+        .smtp("mx")
+        .send("HELO old.mta.test")
+        .expect(250)
+        .raw(b"MAIL FROM:<a@other.test>\r\nRCPT TO:<alice@example.test>\r\n")
+        .expect_text(554, "5.5.1")
+        .expect_closed();
+    // After EHLO, pipelining is what it is for.
+    server
+        .smtp("mx")
+        .send("EHLO modern.mta.test")
+        .expect(250)
+        .raw(b"MAIL FROM:<a@other.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+        .expect(250)
+        .expect(250)
+        .expect(354)
+        .raw(b"Subject: pipelined\r\n\r\nok\r\n.\r\nQUIT\r\n")
+        .expect(250)
+        .expect(221);
+    let queued = server.queue.messages();
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    assert_eq!(queued[0].recipients(), ["alice@example.test"]);
+    let endings = server.endings();
+    assert_eq!(
+        endings[..2],
+        [
+            Some(Ending::ImproperPipelining),
+            Some(Ending::ImproperPipelining)
+        ]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timeouts in every state, before TLS too
+// ---------------------------------------------------------------------------------------------
+
+fn timeout_config() -> String {
+    standard_config(
+        "[limits]\ngreeting_timeout = \"1s\"\ncommand_timeout = \"1s\"\ndata_block_timeout = \"1s\"\nsession_timeout = \"3s\"",
+    )
+}
+
+/// Expects a `421 4.4.2` and the close, `limit` after `start` on the server's clock.
+#[track_caller]
+fn expect_421_after(
+    server: &Server,
+    smtp: &mut Smtp,
+    start: tokio::time::Instant,
+    limit: Duration,
+) {
+    smtp.expect_text(421, "4.4.2").expect_closed();
+    assert_eq!(server.now() - start, limit, "{}", smtp.transcript());
+}
+
+/// A connection to `kind` that sends EHLO, after its reply `after_ehlo` (pipelined
+/// commands), then `pattern` one octet every 500 ms until the server closes. The session
+/// limit (3 s from the connect) must end it with `421 4.4.2`, though no single wait is long.
+#[track_caller]
+fn slowloris(server: &Server, kind: &str, after_ehlo: &[u8], pattern: &[u8]) {
+    let start = server.now();
+    let mut smtp = server.smtp(kind);
+    smtp.send("EHLO slow.test").expect(250).raw(after_ehlo);
+    // Only what has arrived: the client is slow, not patient.
+    smtp.read_timeout(Duration::from_millis(1));
+    for &octet in pattern.iter().cycle().take(100) {
+        smtp.idle(Duration::from_millis(500));
+        while smtp.read_reply().is_some() {}
+        if smtp.closed() {
+            break;
+        }
+        smtp.raw(&[octet]);
+    }
+    assert!(smtp.closed(), "never cut off:\n{}", smtp.transcript());
+    assert!(
+        smtp.transcript().contains("<<< 421 4.4.2"),
+        "{}",
+        smtp.transcript()
+    );
+    let took = server.now() - start;
+    assert!(
+        took >= 3 * SECOND && took <= 3 * SECOND + Duration::from_millis(500),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn silent_clients_get_421_in_every_state() {
+    let server = Server::start(&timeout_config());
+    // Silent after the banner (greeting timeout).
+    let mut smtp = server.smtp("mx");
+    let start = server.now();
+    expect_421_after(&server, &mut smtp, start, SECOND);
+    // Silent after EHLO (command timeout).
+    let mut smtp = server.smtp("submission");
+    smtp.send("EHLO quiet.test").expect(250);
+    let start = server.now();
+    expect_421_after(&server, &mut smtp, start, SECOND);
+    // Silent inside DATA (data block timeout).
+    let mut smtp = server.smtp("mx");
+    smtp.send("EHLO quiet.test")
+        .expect(250)
+        .send("MAIL FROM:<a@other.test>")
+        .expect(250)
+        .send("RCPT TO:<alice@example.test>")
+        .expect(250)
+        .send("DATA")
+        .expect(354)
+        .raw(b"Subject: half a message\r\n");
+    let start = server.now();
+    expect_421_after(&server, &mut smtp, start, SECOND);
+    assert_nothing_queued(&server);
+    let data_timeout = Ending::Protocol("timeout in DATA");
+    assert_eq!(
+        server.endings(),
+        [
+            Some(Ending::Timeout),
+            Some(Ending::Timeout),
+            Some(data_timeout)
+        ]
+    );
+}
+
+#[test]
+fn silent_clients_before_tls_are_cut_off() {
+    let server = Server::start(&timeout_config());
+    // Implicit TLS: connected, no ClientHello. The greeting timeout bounds the handshake.
+    let start = server.now();
+    server.connect_silent("submissions").expect_closed();
+    assert_eq!(server.now() - start, SECOND);
+    // STARTTLS answered, then no ClientHello.
+    let mut smtp = server.smtp("mx");
+    smtp.send("EHLO quiet.test")
+        .expect(250)
+        .send("STARTTLS")
+        .expect(220);
+    let start = server.now();
+    smtp.expect_closed();
+    assert_eq!(server.now() - start, SECOND);
+    assert_eq!(server.endings(), [None, Some(Ending::Timeout)]);
+}
+
+#[test]
+fn slowloris_clients_are_cut_off_by_the_session_limit() {
+    let server = Server::start(&timeout_config());
+    // A command line that never ends, one octet at a time.
+    slowloris(&server, "submission", b"NOOP ", b"NOOP ");
+    // Complete commands, slowly: each arrives in time, the session still ends.
+    slowloris(&server, "mx", b"NOOP\r\n", b"NOOP\r\n");
+    // Message content, slowly.
+    let opening = b"MAIL FROM:<a@other.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n";
+    slowloris(&server, "mx", opening, b"x");
+    assert_nothing_queued(&server);
+    assert!(server.endings().iter().all(|e| *e == Some(Ending::Timeout)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile input
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn nul_bytes_and_invalid_utf8_in_commands_are_refused() {
+    let server = Server::start(&standard_config(""));
+    let mut smtp = server.smtp("mx");
+    smtp.raw(b"EHLO nul\0.test\r\n")
+        .expect_text(500, "5.5.2")
+        .send("EHLO client.outside.test")
+        .expect(250)
+        .raw(b"MAIL FROM:<\xff\xfe@other.test>\r\n")
+        .expect_text(500, "5.5.2")
+        .raw(b"MAIL FROM:<a@other.test>\0 SIZE=1\r\n")
+        .expect_text(500, "5.5.2")
+        .raw(b"RCPT TO:<alice@example.test>\r\n")
+        .expect_text(503, "5.5.1")
+        .raw(b"MAIL FROM:<a@other.test>\r\n")
+        .expect(250)
+        .raw(b"RCPT TO:<alice\0@example.test>\r\n")
+        .expect_text(500, "5.5.2")
+        .raw(b"RCPT TO:<alic\xc3\xa9@example.test>\r\n")
+        .expect_text(500, "5.5.2")
+        .send("NOOP")
+        .expect(250);
+}
+
+#[test]
+fn ten_thousand_rcpts_hit_the_recipient_limit_then_the_error_limit() {
+    // A trusted client may relay, so each RCPT is a new accepted recipient.
+    let server = Server::start(&config_with_relay(
+        "trusted_networks = [\"127.0.0.1/32\"]",
+        "",
+    ));
+    let mut smtp = server.smtp("mx");
+    smtp.send("EHLO bulk.test")
+        .expect(250)
+        .send("MAIL FROM:<bulk@example.test>")
+        .expect(250);
+    let mut all = Vec::new();
+    for i in 0..10_000 {
+        all.extend_from_slice(format!("RCPT TO:<rcpt{i}@other.test>\r\n").as_bytes());
+    }
+    smtp.raw(&all);
+    for _ in 0..100 {
+        smtp.expect_text(250, "2.1.5");
+    }
+    for _ in 0..10 {
+        smtp.expect_text(452, "4.5.3");
+    }
+    smtp.expect_text(421, "4.7.0").expect_closed();
+    assert_nothing_queued(&server);
+}
+
+#[test]
+fn auth_with_garbage_base64_is_refused_and_the_session_goes_on() {
+    let server = Server::start(&standard_config(""));
+    let mut smtp = server.smtp("submissions");
+    smtp.send("EHLO laptop.example.test")
+        .expect(250)
+        .send("AUTH PLAIN !!!not*base64")
+        .expect_text(501, "5.5.")
+        .send("AUTH PLAIN ====")
+        .expect_text(501, "5.5.")
+        .send("AUTH LOGIN")
+        .expect(334)
+        .raw(b"%%%\xff\r\n")
+        .expect_text(501, "5.5.2")
+        .send("AUTH LOGIN")
+        .expect(334)
+        .send("*")
+        .expect_text(501, "5.0.0")
+        .auth_plain("alice@example.test", PASSWORD)
+        .expect(235);
+}
+
+#[test]
+fn auth_response_over_12288_octets_is_refused_and_the_session_stays_in_sync() {
+    let server = Server::start(&standard_config(""));
+    let mut smtp = server.smtp("submissions");
+    let huge = "QUFB".repeat(13_000 / 4);
+    smtp.send("EHLO laptop.example.test")
+        .expect(250)
+        .send("AUTH LOGIN")
+        .expect(334)
+        .send(&huge)
+        .expect_text(500, "5.5.6")
+        .send("NOOP")
+        .expect(250)
+        .auth_plain("alice@example.test", PASSWORD)
+        .expect(235);
+    // Just under the limit is an ordinary (bad) response, not an overflow.
+    let mut smtp = server.smtp("submissions");
+    smtp.send("EHLO laptop.example.test")
+        .expect(250)
+        .send("AUTH LOGIN")
+        .expect(334)
+        .send(&"QUFB".repeat(12_000 / 4))
+        .expect(334);
+}
+
+#[test]
+fn client_dropping_mid_data_queues_nothing() {
+    let server = Server::start(&standard_config(""));
+    let mut smtp = open_transaction(&server);
+    smtp.send("DATA")
+        .expect(354)
+        .raw(b"Subject: cut short\r\n\r\nhalf a message\r\n");
+    drop(smtp);
+    // And once more, dropping right after a lone dot that is not the end.
+    let mut smtp = open_transaction(&server);
+    smtp.send("DATA")
+        .expect(354)
+        .raw(b"Subject: x\r\n\r\nbody\r\n.");
+    drop(smtp);
+    let endings = server.endings();
+    assert_eq!(
+        endings,
+        [Some(Ending::ClientClosed), Some(Ending::ClientClosed)]
+    );
+    assert_nothing_queued(&server);
+}
+
+#[test]
+fn smtp_smuggling_vectors_are_refused_and_nothing_is_queued() {
+    let server = Server::start(&standard_config(""));
+    let smuggled = b"MAIL FROM:<evil@other.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nevil\r\n.\r\n";
+    for vector in [
+        &b"\n.\n"[..],
+        b"\n.\r\n",
+        b"\r.\r\n",
+        b"\r\n.\r",
+        b"\r\n.\rX\r\n.\r\n",
+        b"\rbare CR inside a line\r\n",
+        b"\nbare LF inside a line\r\n",
+    ] {
+        let mut smtp = open_transaction(&server);
+        let mut content = b"Subject: innocent\r\n\r\nbody".to_vec();
+        content.extend_from_slice(vector);
+        content.extend_from_slice(smuggled);
+        smtp.send("DATA")
+            .expect(354)
+            .raw(&content)
+            .expect_text(521, "5.5.2")
+            .expect_closed();
+    }
+    assert_nothing_queued(&server);
+}
+
+#[test]
+fn bare_cr_and_bare_lf_in_commands_close_the_session() {
+    let server = Server::start(&standard_config(""));
+    for command in [
+        &b"NOOP\rRCPT TO:<bob@example.test>\r\n"[..],
+        b"NOOP\nRCPT TO:<bob@example.test>\r\n",
+        b"RCPT TO:<bob@example.test>\r",
+    ] {
+        let mut smtp = open_transaction(&server);
+        smtp.raw(command).raw(b"\r\nDATA\r\n");
+        smtp.expect_text(521, "5.5.2").expect_closed();
+    }
+    assert_nothing_queued(&server);
+}
+
+#[test]
+fn plaintext_mail_from_injected_after_starttls_is_discarded() {
+    let server = Server::start(&standard_config(""));
+    let mut smtp = server.smtp("mx");
+    smtp.send("EHLO client.outside.test")
+        .expect(250)
+        .raw(b"STARTTLS\r\nMAIL FROM:<evil@other.test>\r\nRCPT TO:<alice@example.test>\r\n")
+        .expect(220)
+        .upgrade_without_command(server.ca())
+        .send("EHLO client.outside.test")
+        .expect(250)
+        // Had the injected MAIL survived, this would be a nested MAIL (503).
+        .send("RCPT TO:<alice@example.test>")
+        .expect_text(503, "5.5.1")
+        .send("MAIL FROM:<friend@other.test>")
+        .expect(250)
+        .send("QUIT")
+        .expect(221);
+    assert_nothing_queued(&server);
+}
+
+#[test]
+fn too_many_errors_end_the_session_with_421() {
+    let server = Server::start(&standard_config("[limits]\nmax_errors = 5"));
+    let mut smtp = server.smtp("mx");
+    smtp.send("EHLO confused.test").expect(250);
+    for _ in 0..4 {
+        smtp.send("FOO").expect_text(500, "5.5.1");
+    }
+    smtp.send("RCPT TO:<alice@example.test>")
+        .expect_text(503, "5.5.1")
+        .expect_text(421, "4.7.0")
+        .expect_closed();
+    assert_eq!(server.endings(), [Some(Ending::TooManyErrors)]);
+}
+
+#[test]
+fn message_size_is_advertised_and_enforced_at_mail_and_in_data() {
+    let server = Server::start(&standard_config("[limits]\nmax_message_size = 10000"));
+    let mut smtp = server.smtp("mx");
+    smtp.send("EHLO client.outside.test").expect(250);
+    assert!(
+        smtp.last_lines().iter().any(|l| l == "SIZE 10000"),
+        "{:?}",
+        smtp.last_lines()
+    );
+    smtp.send("MAIL FROM:<a@other.test> SIZE=10001")
+        .expect_text(552, "5.3.4")
+        .send("MAIL FROM:<a@other.test> SIZE=5000")
+        .expect(250)
+        .send("RCPT TO:<alice@example.test>")
+        .expect(250)
+        .send("DATA")
+        .expect(354);
+    let mut big = b"Subject: too big\r\n\r\n".to_vec();
+    for _ in 0..200 {
+        big.extend_from_slice(&[b'x'; 98]);
+        big.extend_from_slice(b"\r\n");
+    }
+    big.extend_from_slice(b".\r\n");
+    smtp.raw(&big)
+        .expect_text(552, "5.3.4")
+        .send("NOOP")
+        .expect(250)
+        .send("QUIT")
+        .expect(221);
+    assert_nothing_queued(&server);
+}
