@@ -133,7 +133,7 @@ pub async fn run(args: ProbeArgs) -> i32 {
             return 2;
         }
     };
-    let cfg = Arc::new(cfg);
+    let mut cfg = cfg;
     let mut previous: Vec<TargetReport> = Vec::new();
     let mut inputs = inputs;
     if let Some(state) = &resume {
@@ -151,10 +151,19 @@ pub async fn run(args: ProbeArgs) -> i32 {
         );
     }
     let total = (inputs.len() + previous.len()) as u64;
-    let progress = progress_bar(&args, total, &cfg);
+    let live = streams_dialogue(&args, &inputs);
+    if live {
+        cfg.live_transcript = Some(print_live_lines());
+    }
+    let cfg = Arc::new(cfg);
+    let progress = if live {
+        None
+    } else {
+        progress_bar(&args, total, &cfg)
+    };
     let mut printer = Printer::new(&args, progress.clone());
     for r in &previous {
-        printer.report(r);
+        printer.report(r, false);
     }
     let stop = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -168,7 +177,7 @@ pub async fn run(args: ProbeArgs) -> i32 {
             state_error.get_or_insert(e);
         }
         for r in done.reports {
-            printer.report(r);
+            printer.report(r, live);
         }
     })
     .await;
@@ -376,6 +385,32 @@ fn check_domain(domain: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// With `-v`, the dialogue is printed as it happens when at most one target is probed at a
+/// time (`-j 1`, or a single address), like the old `telnet relay-test.mail-abuse.org`; with
+/// several in flight their lines would interleave, so each target's dialogue is printed whole
+/// when it finishes.
+fn streams_dialogue(args: &ProbeArgs, inputs: &[TargetInput]) -> bool {
+    let one_at_a_time = args.concurrency == 1 || matches!(inputs, [TargetInput::Addr(_)]);
+    args.verbose && !args.json && one_at_a_time
+}
+
+/// The live sink for [`streams_dialogue`]: each line to stdout as it is written, with the
+/// `=== target ===` heading when a new target's dialogue begins.
+fn print_live_lines() -> crate::transcript::LineSink {
+    let current = std::sync::Mutex::new(None::<SocketAddr>);
+    Arc::new(move |target: &crate::config::Target, line: &str| {
+        let mut out = std::io::stdout().lock();
+        if let Ok(mut current) = current.lock()
+            && *current != Some(target.addr)
+        {
+            *current = Some(target.addr);
+            let _ = writeln!(out, "{}", output::transcript_heading(&target.label));
+        }
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    })
+}
+
 /// On stderr, only for a terminal and never with --json. Redrawn on a timer (not only when a
 /// target finishes, which may take minutes), with the number of targets in flight.
 fn progress_bar(args: &ProbeArgs, total: u64, cfg: &ProbeConfig) -> Option<ProgressBar> {
@@ -426,12 +461,24 @@ impl Printer {
         }
     }
 
-    fn report(&mut self, r: &TargetReport) {
+    /// Prints one finished target. `dialogue_shown`: its lines were printed live already, so
+    /// only the closing lines follow.
+    fn report(&mut self, r: &TargetReport, dialogue_shown: bool) {
         let mut text = String::new();
         if self.json {
             text = output::json_line(r);
         } else {
-            if self.verbose {
+            if self.verbose && dialogue_shown {
+                if r.transcript.as_ref().is_none_or(Vec::is_empty) {
+                    // Never connected (the name did not resolve): no live line named it.
+                    text.push_str(&output::transcript_heading(&r.target));
+                    text.push('\n');
+                }
+                for line in output::closing_lines(r) {
+                    text.push_str(&line);
+                    text.push('\n');
+                }
+            } else if self.verbose {
                 text.push_str(&output::transcript_block(r));
             }
             if !self.header_done || self.verbose {

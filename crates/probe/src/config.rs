@@ -13,6 +13,7 @@ use tokio_rustls::TlsConnector;
 use crate::confirm::ConfirmServer;
 use crate::dnsbl::Dnsbl;
 use crate::exclude::ExcludeList;
+use crate::transcript::LineSink;
 
 /// `--tls`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -78,11 +79,19 @@ pub struct ProbeConfig {
     /// Time for one whole target; tests not run by then are skipped.
     pub host_timeout: Duration,
     pub keep_transcript: bool,
+    /// Hands every transcript line to this sink as it is written, labelled with its target
+    /// (the live dialogue; see [`crate::transcript::LineSink`]). Independent of
+    /// `keep_transcript`, which keeps the lines in the report.
+    pub live_transcript: Option<LineSink>,
     pub confirm: Option<ConfirmSettings>,
     pub dnsbl: Option<Arc<Dnsbl>>,
     /// Resolver for `mx:DOMAIN` targets (`--nameserver`); `None` = the system resolver,
     /// built when an MX target comes up.
     pub mx_resolver: Option<Arc<crate::mx::MxResolver>>,
+    /// Resolver for host-name targets; `None` = the system's (`getaddrinfo`: `/etc/hosts`,
+    /// then DNS), which is what `relayward probe` uses. A service that must check every
+    /// address before connecting and be tested against its own DNS server sets one.
+    pub name_resolver: Option<Arc<crate::mx::MxResolver>>,
     pub rate: Option<Arc<RateLimiter>>,
     /// `--rate-per-net`: new connections per second per /24 (IPv4) or /64 (IPv6).
     pub rate_per_net: Option<Arc<NetRateLimiter>>,
@@ -106,9 +115,11 @@ impl ProbeConfig {
             test_timeout: Duration::from_secs(20),
             host_timeout: Duration::from_secs(600),
             keep_transcript: false,
+            live_transcript: None,
             confirm: None,
             dnsbl: None,
             mx_resolver: None,
+            name_resolver: None,
             rate: None,
             rate_per_net: None,
             exclude: None,

@@ -114,6 +114,23 @@ impl MxResolver {
         Ok(out)
     }
 
+    /// The targets of a host name given by the user (`mail.example.net:25`): one per address,
+    /// labelled `name:port`, the name kept for SNI and as a host-name candidate; the DNS
+    /// counterpart of [`crate::target::resolve`].
+    pub async fn host_targets(&self, name: &str, port: u16) -> Result<Vec<Target>, String> {
+        let ips = self.addresses(name).await?;
+        Ok(ips
+            .into_iter()
+            .map(|ip| {
+                Target::new(
+                    SocketAddr::new(ip, port),
+                    Some(name.to_string()),
+                    format!("{name}:{port}"),
+                )
+            })
+            .collect())
+    }
+
     /// The targets of a domain, in MX order; an address shared by two MX hosts is probed once
     /// (under the better one). Hosts that do not resolve are returned as failures.
     pub async fn targets(

@@ -118,31 +118,54 @@ fn raw_findings_line(r: &TargetReport) -> String {
 
 /// The `-v` block: the dialogue, then the classic closing lines.
 pub fn transcript_block(r: &TargetReport) -> String {
-    let mut out = format!("=== {} ===\n", escape_control(&r.target));
+    let mut out = format!("{}\n", transcript_heading(&r.target));
     for line in r.transcript.iter().flatten() {
         out.push_str(line);
         out.push('\n');
     }
-    if let Some(banner) = &r.findings.banner {
-        let _ = writeln!(out, "Tested host banner: {}", escape_control(banner));
+    for line in closing_lines(r) {
+        out.push_str(&line);
+        out.push('\n');
     }
-    let closing = match r.verdict {
+    out
+}
+
+/// The line that opens a target's dialogue in `-v` output: `=== 192.0.2.7:25 ===`.
+pub fn transcript_heading(target: &str) -> String {
+    format!("=== {} ===", escape_control(target))
+}
+
+/// The classic relay-test ending of a dialogue, as the old `telnet relay-test.mail-abuse.org`
+/// printed it: the banner, the one-sentence result ([`closing_line`]), then the verdict and its
+/// reason. Server text escaped.
+pub fn closing_lines(r: &TargetReport) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let Some(banner) = &r.findings.banner {
+        lines.push(format!("Tested host banner: {}", escape_control(banner)));
+    }
+    lines.push(closing_line(r.verdict).to_string());
+    lines.push(format!(
+        "Verdict: {} - {}",
+        r.verdict.as_str(),
+        escape_control(&r.reason)
+    ));
+    lines
+}
+
+/// The one-sentence result after a dialogue ("System appeared to reject relay attempts").
+pub fn closing_line(verdict: Verdict) -> &'static str {
+    match verdict {
         Verdict::Closed | Verdict::AuthRequired => "System appeared to reject relay attempts",
-        Verdict::Open | Verdict::ConfirmedOpen => "System appeared to ACCEPT relay attempts",
+        Verdict::Open => "System accepted relay attempts: it is an open relay",
+        Verdict::ConfirmedOpen => {
+            "System accepted relay attempts: it is an open relay (proven: a test message came back)"
+        }
         Verdict::AcceptAll => "System accepted relay recipients, but accepts anything (unproven)",
         Verdict::Unconfirmed => {
             "System accepted relay recipients at RCPT, but no test message came back (unproven)"
         }
         Verdict::Unreachable | Verdict::Inconclusive => "System could not be tested",
-    };
-    let _ = writeln!(out, "{closing}");
-    let _ = writeln!(
-        out,
-        "Verdict: {} - {}",
-        r.verdict.as_str(),
-        escape_control(&r.reason)
-    );
-    out
+    }
 }
 
 /// One JSON object on one line (JSON Lines), so results stream.

@@ -104,7 +104,10 @@ impl<'a> Runner<'a> {
             target,
             cfg,
             host_deadline,
-            log: Transcript::new(),
+            log: match &cfg.live_transcript {
+                Some(sink) => Transcript::streaming(target, Arc::clone(sink)),
+                None => Transcript::new(),
+            },
             conn: None,
             try_starttls: true,
             connections: 0,

@@ -86,6 +86,32 @@ impl Verdict {
     pub fn was_tested(self) -> bool {
         !matches!(self, Verdict::Unreachable | Verdict::Inconclusive)
     }
+
+    /// The exit status of a run whose [`crate::scan::overall`] verdict this is: 1 = relays (or
+    /// may), 3 = accepted at RCPT but not proven, 0 = refused, 2 = could not be tested.
+    pub fn exit_status(self) -> i32 {
+        match self {
+            v if v.is_open() => 1,
+            Verdict::Unconfirmed => 3,
+            v if v.was_tested() => 0,
+            _ => 2,
+        }
+    }
+
+    /// Rank when several verdicts must be summed up in one (lower speaks first): the open
+    /// ones (proven first), then UNCONFIRMED, then the refusing ones, then the untested.
+    pub fn precedence(self) -> u8 {
+        match self {
+            Verdict::ConfirmedOpen => 0,
+            Verdict::Open => 1,
+            Verdict::AcceptAll => 2,
+            Verdict::Unconfirmed => 3,
+            Verdict::AuthRequired => 4,
+            Verdict::Closed => 5,
+            Verdict::Inconclusive => 6,
+            Verdict::Unreachable => 7,
+        }
+    }
 }
 
 /// A reply as reported.

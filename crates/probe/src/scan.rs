@@ -90,7 +90,7 @@ pub async fn scan_inputs(
                     Some(Err(e)) => (
                         "(unknown)".to_string(),
                         Resolved {
-                            reports: vec![failed("(unknown)", format!("probe task failed: {e}"))],
+                            reports: vec![unreachable("(unknown)", format!("probe task failed: {e}"))],
                             excluded: 0,
                         },
                     ),
@@ -117,7 +117,10 @@ struct Resolved {
 
 /// One input: resolved to its addresses, each probed in parallel under a slot.
 async fn probe_input(input: TargetInput, cfg: Arc<ProbeConfig>, slots: Arc<Semaphore>) -> Resolved {
-    let (targets, mut reports) = resolve_input(input, &cfg).await;
+    let Resolution {
+        targets,
+        mut unreachable,
+    } = resolve_input(input, &cfg).await;
     let before = targets.len();
     let targets: Vec<Target> = targets
         .into_iter()
@@ -142,60 +145,92 @@ async fn probe_input(input: TargetInput, cfg: Arc<ProbeConfig>, slots: Arc<Semap
     let mut done: Vec<(usize, TargetReport)> = probes.join_all().await;
     // Reports of one input in MX / address order, whatever finished first.
     done.sort_by_key(|(i, _)| *i);
-    reports.extend(done.into_iter().map(|(_, r)| r));
-    Resolved { reports, excluded }
+    unreachable.extend(done.into_iter().map(|(_, r)| r));
+    Resolved {
+        reports: unreachable,
+        excluded,
+    }
 }
 
-/// The addresses of an input, and reports for the parts that could not even be addressed
-/// (a name that does not resolve, an MX host without address).
-async fn resolve_input(input: TargetInput, cfg: &ProbeConfig) -> (Vec<Target>, Vec<TargetReport>) {
-    match input {
+/// What an input stands for once its names are looked up.
+#[derive(Debug, Default)]
+pub struct Resolution {
+    /// The addresses to probe, in MX / address order. Nothing has been sent to any of them:
+    /// a caller can still check each (`--exclude-file`, a service's private-range rule).
+    pub targets: Vec<Target>,
+    /// `UNREACHABLE` reports for the parts that could not even be addressed (a name that does
+    /// not resolve, an MX host without address, a null MX).
+    pub unreachable: Vec<TargetReport>,
+}
+
+/// Looks an input's names up, as a scan does before probing: a host name through
+/// [`ProbeConfig::name_resolver`] (else the system resolver), `mx:DOMAIN` through
+/// [`ProbeConfig::mx_resolver`] (else a system one). An address is returned as it is, without
+/// any lookup.
+pub async fn resolve_input(input: TargetInput, cfg: &ProbeConfig) -> Resolution {
+    let (targets, unreachable) = match input {
         TargetInput::Addr(t) => (vec![t], Vec::new()),
-        TargetInput::Host { name, port } => match target::resolve(&name, port).await {
-            Ok(ts) => (ts, Vec::new()),
-            Err(e) => (Vec::new(), vec![failed(&format!("{name}:{port}"), e)]),
-        },
-        TargetInput::Mx { domain, port } => {
-            let label = format!("mx:{domain}:{port}");
-            let resolver = match &cfg.mx_resolver {
-                Some(r) => Arc::clone(r),
-                None => match MxResolver::new(&[], MX_TIMEOUT) {
-                    Ok(r) => Arc::new(r),
-                    Err(e) => {
-                        return (
-                            Vec::new(),
-                            vec![failed(&label, format!("no resolver: {e}"))],
-                        );
-                    }
-                },
+        TargetInput::Host { name, port } => {
+            let found = match &cfg.name_resolver {
+                Some(resolver) => resolver.host_targets(&name, port).await,
+                None => target::resolve(&name, port).await,
             };
-            match resolver.targets(&domain, port).await {
-                Ok(list) => {
-                    let mut targets = Vec::new();
-                    let mut reports = Vec::new();
-                    for item in list {
-                        match item {
-                            Ok(t) => targets.push(t),
-                            Err(f) => {
-                                let mut report = failed(&f.label, f.reason);
-                                report.mx = f.mx;
-                                reports.push(report);
-                            }
-                        }
-                    }
-                    (targets, reports)
-                }
-                Err(e) => (Vec::new(), vec![failed(&label, e)]),
+            match found {
+                Ok(ts) => (ts, Vec::new()),
+                Err(e) => (Vec::new(), vec![unreachable(&format!("{name}:{port}"), e)]),
             }
         }
+        TargetInput::Mx { domain, port } => resolve_mx(&domain, port, cfg).await,
+    };
+    Resolution {
+        targets,
+        unreachable,
+    }
+}
+
+async fn resolve_mx(
+    domain: &str,
+    port: u16,
+    cfg: &ProbeConfig,
+) -> (Vec<Target>, Vec<TargetReport>) {
+    let label = format!("mx:{domain}:{port}");
+    let resolver = match &cfg.mx_resolver {
+        Some(r) => Arc::clone(r),
+        None => match MxResolver::new(&[], MX_TIMEOUT) {
+            Ok(r) => Arc::new(r),
+            Err(e) => {
+                return (
+                    Vec::new(),
+                    vec![unreachable(&label, format!("no resolver: {e}"))],
+                );
+            }
+        },
+    };
+    match resolver.targets(domain, port).await {
+        Ok(list) => {
+            let mut targets = Vec::new();
+            let mut reports = Vec::new();
+            for item in list {
+                match item {
+                    Ok(t) => targets.push(t),
+                    Err(f) => {
+                        let mut report = unreachable(&f.label, f.reason);
+                        report.mx = f.mx;
+                        reports.push(report);
+                    }
+                }
+            }
+            (targets, reports)
+        }
+        Err(e) => (Vec::new(), vec![unreachable(&label, e)]),
     }
 }
 
 /// DNS timeout for MX lookups when no resolver was configured.
 const MX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The report of a target that could not even be addressed.
-fn failed(label: &str, reason: String) -> TargetReport {
+/// The `UNREACHABLE` report of a target that could not even be addressed.
+pub fn unreachable(label: &str, reason: String) -> TargetReport {
     TargetReport {
         target: label.to_string(),
         ip: String::new(),
@@ -215,17 +250,20 @@ fn failed(label: &str, reason: String) -> TargetReport {
     }
 }
 
+/// The verdict that speaks for several reports (the addresses and ports of one input, or a
+/// whole run): the first in the order of [`Verdict::precedence`] — a relay anywhere outweighs
+/// "not proven", which outweighs closed servers, which outweigh targets that could not be
+/// tested. `None` for no report at all.
+pub fn overall(reports: &[TargetReport]) -> Option<Verdict> {
+    reports
+        .iter()
+        .map(|r| r.verdict)
+        .min_by_key(|v| v.precedence())
+}
+
 /// Exit status: 1 if a target is OPEN, CONFIRMED-OPEN or ACCEPT-ALL; else 3 if a target is
 /// UNCONFIRMED (accepted at RCPT, `--confirm` found no token); else 2 if no target could be
-/// tested; else 0.
+/// tested; else 0. The status of the [`overall`] verdict.
 pub fn exit_code(reports: &[TargetReport]) -> i32 {
-    if reports.iter().any(|r| r.verdict.is_open()) {
-        1
-    } else if reports.iter().any(|r| r.verdict == Verdict::Unconfirmed) {
-        3
-    } else if !reports.iter().any(|r| r.verdict.was_tested()) {
-        2
-    } else {
-        0
-    }
+    overall(reports).map_or(2, Verdict::exit_status)
 }

@@ -1,7 +1,22 @@
 //! The dialogue as the classic relay-test printed it: `>>>` client, `<<<` server,
 //! `:Relay test: <id>` headings. Capped, so a chatty hostile server cannot exhaust memory.
+//!
+//! A transcript can also hand every line to a [`LineSink`] the moment it is written: the live
+//! dialogue of `relayward probe-service` (telnet door, web page) and of `relayward probe -v`
+//! when one target is probed at a time. The sink sees exactly the kept lines (escaped and cut
+//! like them, and within the same cap), so a live reader can never get more from a hostile
+//! server than the report would hold.
+
+use std::sync::Arc;
 
 use relayward_protocol::text::escape_control;
+
+use crate::config::Target;
+
+/// Receives each transcript line as it is written, with the target it belongs to (two
+/// addresses of one host name share a label, not an address). Called on the probe's task, so
+/// it must be quick (push to a buffer, send on a channel), never block.
+pub type LineSink = Arc<dyn Fn(&Target, &str) + Send + Sync>;
 
 /// At most this many lines are kept per target; later ones are counted, not stored.
 pub const MAX_TRANSCRIPT_LINES: usize = 20_000;
@@ -13,17 +28,39 @@ const MAX_KEPT_LINE: usize = 512;
 /// cost hundreds of megabytes. Past this the target is INCONCLUSIVE.
 pub const MAX_TARGET_REPLY_BYTES: usize = 2 << 20;
 
-#[derive(Debug, Default, Clone)]
+#[derive(Default, Clone)]
 pub struct Transcript {
     lines: Vec<String>,
     dropped: usize,
     /// Bytes of server lines seen (kept or not), for [`MAX_TARGET_REPLY_BYTES`].
     received: usize,
+    /// Where lines go live, with the target they belong to.
+    live: Option<(Target, LineSink)>,
+}
+
+impl std::fmt::Debug for Transcript {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transcript")
+            .field("lines", &self.lines.len())
+            .field("dropped", &self.dropped)
+            .field("received", &self.received)
+            .field("live", &self.live.as_ref().map(|(t, _)| t.addr))
+            .finish()
+    }
 }
 
 impl Transcript {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A transcript that also hands each line of `target`'s dialogue to `sink` as it is
+    /// written.
+    pub fn streaming(target: &Target, sink: LineSink) -> Self {
+        Self {
+            live: Some((target.clone(), sink)),
+            ..Self::default()
+        }
     }
 
     pub fn client(&mut self, line: &str) {
@@ -51,8 +88,16 @@ impl Transcript {
 
     fn push(&mut self, line: String) {
         if self.lines.len() < MAX_TRANSCRIPT_LINES {
+            if let Some((target, sink)) = &self.live {
+                sink(target, &line);
+            }
             self.lines.push(line);
         } else {
+            if self.dropped == 0
+                && let Some((target, sink)) = &self.live
+            {
+                sink(target, "[further lines not kept]");
+            }
             self.dropped += 1;
         }
     }
@@ -93,5 +138,35 @@ mod tests {
         let lines = t.into_lines();
         assert_eq!(lines.len(), MAX_TRANSCRIPT_LINES + 1);
         assert_eq!(lines.last().unwrap(), "[4 more lines not kept]");
+    }
+
+    #[test]
+    fn a_streaming_transcript_hands_over_the_kept_lines_as_they_are_written() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let sink_seen = Arc::clone(&seen);
+        let sink: LineSink = Arc::new(move |target: &Target, line: &str| {
+            sink_seen
+                .lock()
+                .unwrap()
+                .push(format!("{}|{line}", target.addr));
+        });
+        let addr = "192.0.2.7:25".parse().unwrap();
+        let mut t = Transcript::streaming(&Target::new(addr, None, "mx:25".into()), sink);
+        t.note("Connecting to 192.0.2.7:25 ...");
+        assert_eq!(seen.lock().unwrap().len(), 1, "handed over at once");
+        t.server("220 \u{1b}[2Jmx");
+        t.client("EHLO example.org");
+        for _ in 0..MAX_TRANSCRIPT_LINES {
+            t.client("NOOP");
+        }
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen[1], "192.0.2.7:25|<<< 220 \\x1b[2Jmx");
+        assert_eq!(seen[2], "192.0.2.7:25|>>> EHLO example.org");
+        // The cap holds for the live reader too: kept lines, then one note.
+        assert_eq!(seen.len(), MAX_TRANSCRIPT_LINES + 1);
+        assert_eq!(
+            seen.last().unwrap(),
+            "192.0.2.7:25|[further lines not kept]"
+        );
     }
 }
