@@ -486,8 +486,9 @@ impl Default for QueueSettings {
     }
 }
 
-/// Reads a humantime string such as `"5d"`, `"90s"` or `"1h 30m"`.
-fn de_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+/// Reads a humantime string such as `"5d"`, `"90s"` or `"1h 30m"`; the error says how to
+/// write one. Public for other relayward configuration files (`relayward probe-service`).
+pub fn de_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
     humantime::parse_duration(&text).map_err(|e| {
         serde::de::Error::custom(format!(

@@ -24,7 +24,8 @@ pub const EXIT_CONFIG: u8 = 78;
 authenticated users (AUTH over TLS) and explicitly trusted networks, queues every accepted message \
 durably and delivers it by MX lookup or through a smart host.\n\n\
 `relayward probe HOST` runs the full battery of known relay tricks against any SMTP server and says \
-whether it is an open relay."
+whether it is an open relay; `relayward probe-service` offers the same test to anyone, by telnet \
+connect-back or on a web page."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -56,6 +57,30 @@ enum Commands {
     /// no target could be tested, 3 = none relays but some accepted relay recipients that
     /// --confirm could not prove (UNCONFIRMED).
     Probe(Box<relayward_probe::cli::ProbeArgs>),
+
+    /// Run the open-relay tester as a service: a telnet connect-back door and a web page.
+    ///
+    /// Whoever connects to `telnet_listen` is tested back on their own address (port
+    /// `connect_back_port`, or a port number they type first) and watches the relay test stream
+    /// by in the `>>>`/`<<<` style, ending with "System appeared to reject relay attempts" or
+    /// "System accepted relay attempts: it is an open relay", as `telnet
+    /// relay-test.mail-abuse.org` once did. The page at `http_listen` takes a host, an address
+    /// or a mail domain (its MX hosts are tested) and port(s), shows the transcript live (works
+    /// without JavaScript) and then the results at a permanent /tests/ID; scripts use `POST
+    /// /api/v1/tests {"target": "host[:port]"}` (or "mx:domain") and `GET /api/v1/tests/ID`.
+    ///
+    /// It is not an attack tool: loopback, private and reserved targets are refused unless
+    /// `allow_private_targets = true`; every client address and every target address has an
+    /// hourly budget (`tests_per_client_per_hour`, `tests_per_target_per_hour`; refusals say
+    /// when to retry); at most `max_concurrent_tests` run at once; `exclude` networks are never
+    /// touched. EHLO and the page name the service (`public_name`) and say how to opt out.
+    /// Results are stored under `data_dir/tests/`, the oldest removed past `max_stored_tests`.
+    /// One log line per test (client, target, verdict, duration). SIGTERM/SIGINT: no new
+    /// tests, running ones finish within `shutdown_grace`.
+    ///
+    /// The configuration is one `[probe_service]` table (`--show-default` prints a loopback
+    /// one); a bad key or value is refused (exit 78) with the key and what to write instead.
+    ProbeService(relayward_probe_service::ServiceArgs),
 
     /// Inspect and manage the mail queue (works while the server runs).
     Queue(queue_cmd::QueueArgs),
@@ -91,6 +116,10 @@ fn main() -> ExitCode {
         Commands::Probe(args) => {
             let code = runtime.block_on(relayward_probe::cli::run(*args));
             ExitCode::from(u8::try_from(code).unwrap_or(2))
+        }
+        Commands::ProbeService(args) => {
+            init_logging(false);
+            ExitCode::from(runtime.block_on(relayward_probe_service::run(args)))
         }
         Commands::Queue(args) => runtime.block_on(queue_cmd::run(args)),
     }

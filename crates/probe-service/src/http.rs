@@ -1,0 +1,352 @@
+//! The web door: the form, the test pages, the live transcript (server-sent events) and the
+//! JSON API.
+//!
+//! - `GET /` — the form; `POST /tests` — start a test from it (303 to its page);
+//! - `GET /tests/ID` — the test: live while it runs, the results when done;
+//! - `GET /tests/ID/events` — the transcript as SSE (`line` events, then one `done`), from
+//!   `?from=N` or the `Last-Event-ID` of a reconnecting `EventSource`;
+//! - `POST /api/v1/tests` `{"target": "host[:port]"}` (or `"mx:domain"`) — `201 {"id", "url"}`;
+//! - `GET /api/v1/tests/ID` — the test record ([`crate::record::TestRecord`]).
+//!
+//! Refusals are `4xx`/`503` with `{"error": …, "retry_after": seconds}` (JSON) or a page
+//! saying the same (form). Every response forbids framing and external content
+//! (`Content-Security-Policy`), so even a markup slip could not load anything foreign.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::rejection::{FormRejection, JsonRejection};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Form, Json, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use crate::admission::{self, Refusal, RefusalKind};
+use crate::live::{self, AsyncEmit};
+use crate::pages::{self, Site};
+use crate::record::Door;
+use crate::service::{Request, Service, TestLookup};
+
+/// Largest request body (a form or a JSON object naming one target).
+const MAX_BODY: usize = 8 * 1024;
+
+#[derive(Clone)]
+struct App {
+    service: Arc<Service>,
+    site: Arc<Site>,
+}
+
+/// The router of the web door.
+pub fn router(service: Arc<Service>) -> Router {
+    let cfg = &service.config;
+    let site = Site {
+        name: cfg.public_name.clone(),
+        opt_out: cfg.opt_out_text(),
+        telnet: cfg.telnet_listen.map(|a| match a.port() {
+            23 => format!("telnet {}", cfg.public_name),
+            port => format!("telnet {} {port}", cfg.public_name),
+        }),
+        max_per_hour: cfg.tests_per_client_per_hour,
+    };
+    let app = App {
+        service,
+        site: Arc::new(site),
+    };
+    Router::new()
+        .route("/", get(index))
+        .route("/tests", post(submit_form))
+        .route("/tests/{id}", get(test_page))
+        .route("/tests/{id}/events", get(events))
+        .route("/api/v1/tests", post(api_start))
+        .route("/api/v1/tests/{id}", get(api_get))
+        .route("/assets/style.css", get(style))
+        .route("/assets/live.js", get(script))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(app)
+}
+
+/// Serves the web door until `stop` turns true; then lets open requests (a live transcript
+/// following its test) finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    service: Arc<Service>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let app = router(service).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+}
+
+async fn security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; style-src 'self'; script-src 'self'; connect-src 'self'; img-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+        ),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+async fn index(State(app): State<App>) -> Html<String> {
+    Html(pages::render(pages::index(&app.site)))
+}
+
+async fn style() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        pages::STYLE_CSS,
+    )
+}
+
+async fn script() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        pages::LIVE_JS,
+    )
+}
+
+async fn not_found(State(app): State<App>) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Html(pages::render(pages::not_found(&app.site))),
+    )
+        .into_response()
+}
+
+/// The form's fields.
+#[derive(Debug, Deserialize)]
+struct FormInput {
+    target: String,
+    /// `server` (default) or `mx`: test the domain's MX hosts.
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    ports: Option<String>,
+}
+
+async fn submit_form(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    form: Result<Form<FormInput>, FormRejection>,
+) -> Response {
+    let request = form
+        .map_err(|e| Refusal::bad(format!("the form could not be read: {e}")))
+        .and_then(|Form(f)| form_request(f, peer));
+    let started = match request {
+        Ok(request) => app.service.start(request).await,
+        Err(refusal) => Err(refusal),
+    };
+    match started {
+        Ok(live) => Redirect::to(&format!("/tests/{}", live.id())).into_response(),
+        Err(refusal) => {
+            let page = pages::render(pages::refusal(&app.site, &refusal));
+            with_retry_after(status_of(&refusal), &refusal, Html(page))
+        }
+    }
+}
+
+fn form_request(form: FormInput, peer: SocketAddr) -> Result<Request, Refusal> {
+    let ports = admission::parse_ports(form.ports.as_deref().unwrap_or(""))?;
+    let target = form.target.trim();
+    let wants_mx = form.kind.as_deref() == Some("mx");
+    let text = if wants_mx && !target.to_ascii_lowercase().starts_with("mx:") {
+        format!("mx:{target}")
+    } else {
+        target.to_string()
+    };
+    let (label, inputs) = admission::parse_target(&text, &ports)?;
+    Ok(Request {
+        label,
+        inputs,
+        door: Door::Web,
+        client: peer.ip().to_canonical(),
+    })
+}
+
+async fn test_page(State(app): State<App>, Path(id): Path<String>) -> Response {
+    match app.service.get(&id).await {
+        Some(found) => {
+            Html(pages::render(pages::test_page(&app.site, &found.record()))).into_response()
+        }
+        None => not_found(State(app)).await,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    #[serde(default)]
+    from: Option<usize>,
+}
+
+/// The transcript as server-sent events: `line` events (id = the index of the next line, so a
+/// reconnecting `EventSource` resumes where it was), then `done` with the verdict.
+async fn events(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    Query(query): Query<EventsQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(found) = app.service.get(&id).await else {
+        return not_found(State(app)).await;
+    };
+    let from = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .or(query.from)
+        .unwrap_or(0);
+    let (tx, rx) = mpsc::channel::<Event>(64);
+    tokio::spawn(async move {
+        let mut out = SseLines { tx, next: from };
+        let record = match &found {
+            TestLookup::Live(test) => {
+                live::follow(test, from, &mut out).await;
+                test.snapshot()
+            }
+            TestLookup::Stored(record) => {
+                for line in record.transcript.iter().skip(from) {
+                    if !out.emit(line).await {
+                        return;
+                    }
+                }
+                (**record).clone()
+            }
+        };
+        let _ = out
+            .tx
+            .send(Event::default().event("done").data(record.verdict))
+            .await;
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|event| (Ok::<_, Infallible>(event), rx))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// Transcript lines into an SSE channel.
+struct SseLines {
+    tx: mpsc::Sender<Event>,
+    next: usize,
+}
+
+impl AsyncEmit for SseLines {
+    async fn emit(&mut self, line: &str) -> bool {
+        self.next += 1;
+        // The probe escapes control characters; a CR or LF would still end an SSE field.
+        let line = line.replace(['\r', '\n'], " ");
+        let event = Event::default()
+            .event("line")
+            .id(self.next.to_string())
+            .data(line);
+        self.tx.send(event).await.is_ok()
+    }
+}
+
+/// `POST /api/v1/tests`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiRequest {
+    /// `host`, `host:port`, `192.0.2.7:25`, `[2001:db8::7]:25`, `mx:example.com[:port]`.
+    target: String,
+    /// Ports for a target given without one (default `[25]`).
+    #[serde(default)]
+    ports: Vec<u16>,
+}
+
+async fn api_start(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Result<Json<ApiRequest>, JsonRejection>,
+) -> Response {
+    let request = body
+        .map_err(|e| {
+            Refusal::bad(format!(
+                "the body must be a JSON object like {{\"target\": \"mail.example.com:25\"}}: {}",
+                e.body_text()
+            ))
+        })
+        .and_then(|Json(body)| {
+            let (label, inputs) = admission::parse_target(&body.target, &body.ports)?;
+            Ok(Request {
+                label,
+                inputs,
+                door: Door::Api,
+                client: peer.ip().to_canonical(),
+            })
+        });
+    let started = match request {
+        Ok(request) => app.service.start(request).await,
+        Err(refusal) => Err(refusal),
+    };
+    match started {
+        Ok(live) => {
+            let id = live.id();
+            let url = format!("/tests/{id}");
+            (
+                StatusCode::CREATED,
+                [(header::LOCATION, format!("/api/v1/tests/{id}"))],
+                Json(serde_json::json!({ "id": id, "url": url })),
+            )
+                .into_response()
+        }
+        Err(refusal) => api_refusal(&refusal),
+    }
+}
+
+async fn api_get(State(app): State<App>, Path(id): Path<String>) -> Response {
+    match app.service.get(&id).await {
+        Some(found) => Json(found.record()).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": format!("no test with id {:?}", relayward_protocol::text::escape_control(&id)) })),
+        )
+            .into_response(),
+    }
+}
+
+fn api_refusal(refusal: &Refusal) -> Response {
+    let mut body = serde_json::json!({ "error": refusal.message });
+    if let Some(seconds) = refusal.retry_after {
+        body["retry_after"] = seconds.into();
+    }
+    with_retry_after(status_of(refusal), refusal, Json(body))
+}
+
+fn with_retry_after(status: StatusCode, refusal: &Refusal, body: impl IntoResponse) -> Response {
+    let mut response = (status, body).into_response();
+    if let Some(seconds) = refusal.retry_after
+        && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+fn status_of(refusal: &Refusal) -> StatusCode {
+    match refusal.kind {
+        RefusalKind::BadRequest => StatusCode::BAD_REQUEST,
+        RefusalKind::Private | RefusalKind::Excluded => StatusCode::FORBIDDEN,
+        RefusalKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        RefusalKind::Busy | RefusalKind::Stopping => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}

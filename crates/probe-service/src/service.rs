@@ -1,0 +1,438 @@
+//! The service's core, shared by both doors: admitting a test (checks, budgets, lookups),
+//! running it on the probe's engine while its transcript streams, storing the result, one log
+//! line per test, and stopping.
+//!
+//! The relay test itself is `relayward_probe::probe_target`, the same code as `relayward
+//! probe`: this module only chooses what it may be run against and where its lines go.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use relayward_probe::config::{ConfirmSettings, ProbeConfig, Target, TlsMode};
+use relayward_probe::confirm::ConfirmServer;
+use relayward_probe::dnsbl::Dnsbl;
+use relayward_probe::mx::MxResolver;
+use relayward_probe::report::{TargetReport, Verdict};
+use relayward_probe::target::TargetInput;
+use relayward_probe::{output, probe_target, scan};
+use relayward_protocol::text::Escaped;
+
+use crate::admission::{self, MAX_ADDRESSES, Refusal, RefusalKind};
+use crate::config::ServiceConfig;
+use crate::limits::{Denied, Limits, Slot, retry_seconds};
+use crate::live::LiveTest;
+use crate::record::{Door, NotProbed, RUNNING, TestRecord};
+use crate::store::{self, Store};
+
+/// How long the lookups of one request may take in all (MX records and every host's
+/// addresses) before the test is given up as UNREACHABLE.
+const LOOKUP_TIME: Duration = Duration::from_secs(20);
+/// What a busy service tells callers to wait: about one test's length.
+const BUSY_RETRY: u64 = 60;
+
+/// A test as a door asks for it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The target as shown (`host:25`, `mx:example.com:25`).
+    pub label: String,
+    pub inputs: Vec<TargetInput>,
+    pub door: Door,
+    /// Who asked (the telnet caller is also the target).
+    pub client: IpAddr,
+}
+
+pub struct Service {
+    pub config: ServiceConfig,
+    /// The probe's settings every test starts from.
+    engine: ProbeConfig,
+    limits: Limits,
+    store: Store,
+    running: Mutex<HashMap<String, Arc<LiveTest>>>,
+    stopping: AtomicBool,
+}
+
+impl Service {
+    /// Builds the engine settings (and the confirm listener) and opens the store.
+    pub async fn new(config: ServiceConfig) -> anyhow::Result<Arc<Service>> {
+        use anyhow::Context as _;
+        let engine = engine_settings(&config).await?;
+        let store = Store::open(&config.data_dir, config.max_stored_tests).with_context(|| {
+            format!(
+                "cannot open the result store in {}",
+                config.data_dir.join("tests").display()
+            )
+        })?;
+        let limits = Limits::new(
+            config.max_concurrent_tests,
+            config.tests_per_client_per_hour,
+            config.tests_per_target_per_hour,
+        );
+        Ok(Arc::new(Service {
+            config,
+            engine,
+            limits,
+            store,
+            running: Mutex::new(HashMap::new()),
+            stopping: AtomicBool::new(false),
+        }))
+    }
+
+    /// The confirm listener's address, when proof of relay is on.
+    pub fn confirm_addr(&self) -> Option<std::net::SocketAddr> {
+        self.engine.confirm.as_ref().map(|c| c.server.local_addr())
+    }
+
+    /// Admits and starts a test, or says why not. Nothing is sent to any address that has not
+    /// passed [`admission::address_refusal`].
+    pub async fn start(self: &Arc<Self>, request: Request) -> Result<Arc<LiveTest>, Refusal> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(Refusal::new(
+                RefusalKind::Stopping,
+                "the service is restarting; try again in a minute",
+            )
+            .retry_after(BUSY_RETRY));
+        }
+        for input in &request.inputs {
+            if let TargetInput::Addr(t) = input
+                && let Some(refusal) = admission::literal_refusal(t.addr.ip(), &self.config)
+            {
+                return Err(refusal);
+            }
+        }
+        self.limits
+            .check_client(request.client)
+            .map_err(|d| denied(&d))?;
+        let slot = self.limits.slot().ok_or_else(|| {
+            Refusal::new(
+                RefusalKind::Busy,
+                format!(
+                    "{} tests are running, the most this service runs at once; try again in a minute",
+                    self.config.max_concurrent_tests
+                ),
+            )
+            .retry_after(BUSY_RETRY)
+        })?;
+        let plan = self.resolve(&request).await;
+        if plan.targets.is_empty() && plan.unreachable.is_empty() {
+            return Err(plan.refusal());
+        }
+        let ips: Vec<IpAddr> = plan.targets.iter().map(|t| t.addr.ip()).collect();
+        self.limits
+            .charge(request.client, &ips)
+            .map_err(|d| denied(&d))?;
+        let live = Arc::new(LiveTest::new(TestRecord {
+            id: store::new_id(),
+            url: String::new(),
+            target: request.label.clone(),
+            door: request.door,
+            verdict: RUNNING.to_string(),
+            reason: "the test is running".to_string(),
+            started_unix: unix_now(),
+            finished_unix: None,
+            duration_ms: None,
+            not_probed: plan.not_probed.clone(),
+            reports: Vec::new(),
+            transcript: Vec::new(),
+        }));
+        let id = live.id();
+        live.update(|r| r.url = format!("/tests/{id}"));
+        for n in &plan.not_probed {
+            live.push_line(&format!("Not probed: {}: {}", n.address, n.reason));
+        }
+        self.lock_running().insert(id, Arc::clone(&live));
+        tokio::spawn(Arc::clone(self).run(Arc::clone(&live), plan, request, slot));
+        Ok(live)
+    }
+
+    /// A test by id: running (in memory) or stored.
+    pub async fn get(&self, id: &str) -> Option<TestLookup> {
+        if !store::valid_id(id) {
+            return None;
+        }
+        if let Some(live) = self.lock_running().get(id) {
+            return Some(TestLookup::Live(Arc::clone(live)));
+        }
+        match self.store.load(id) {
+            Ok(record) => record.map(|r| TestLookup::Stored(Box::new(r))),
+            Err(e) => {
+                tracing::error!(test = id, error = %e, "cannot read a stored test");
+                None
+            }
+        }
+    }
+
+    /// SIGTERM: no new tests; running ones may finish until `grace` is over, then those still
+    /// running are stored as INCONCLUSIVE. Returns how many had to be cut short.
+    pub async fn shutdown(&self, grace: Duration) -> usize {
+        self.stopping.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + grace;
+        if self.limits.wait_idle(deadline).await {
+            return 0;
+        }
+        let unfinished: Vec<Arc<LiveTest>> = self.lock_running().values().cloned().collect();
+        for live in &unfinished {
+            live.push_line("[the service stopped before this test finished]");
+            live.update(|r| {
+                r.conclude((
+                    Verdict::Inconclusive,
+                    "the service stopped before the test finished".to_string(),
+                ));
+                r.finished_unix = Some(unix_now());
+            });
+            self.save(&live.snapshot());
+        }
+        unfinished.len()
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Looks the inputs' names up and sorts their addresses into probed and not probed.
+    async fn resolve(&self, request: &Request) -> Plan {
+        let mut plan = Plan::default();
+        for input in &request.inputs {
+            let label = input.label();
+            let resolution = match tokio::time::timeout(
+                LOOKUP_TIME,
+                scan::resolve_input(input.clone(), &self.engine),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => scan::Resolution {
+                    targets: Vec::new(),
+                    unreachable: vec![scan::unreachable(
+                        &label,
+                        format!(
+                            "looking {label} up took more than {}s",
+                            LOOKUP_TIME.as_secs()
+                        ),
+                    )],
+                },
+            };
+            plan.unreachable.extend(resolution.unreachable);
+            for target in resolution.targets {
+                self.admit(target, &mut plan);
+            }
+        }
+        plan
+    }
+
+    /// Adds one resolved address to the plan, or to its "not probed" list with the reason.
+    fn admit(&self, target: Target, plan: &mut Plan) {
+        let ip = target.addr.ip();
+        let shown = if target.label == target.addr.to_string() {
+            target.label.clone()
+        } else {
+            format!("{} ({ip})", target.label)
+        };
+        if let Some((kind, why)) = admission::address_refusal(ip, &self.config) {
+            plan.refused_kind.get_or_insert(kind);
+            let why = match &target.host {
+                Some(host) => format!("{host} resolves to {ip}, which is {why}"),
+                None => format!("{ip} is {why}"),
+            };
+            plan.not_probed.push(NotProbed {
+                address: shown,
+                reason: why,
+            });
+        } else if plan.targets.iter().any(|t| t.addr == target.addr) {
+            // One address under two MX names is probed once.
+        } else if plan.targets.len() >= MAX_ADDRESSES {
+            plan.not_probed.push(NotProbed {
+                address: shown,
+                reason: format!("one test probes at most {MAX_ADDRESSES} addresses"),
+            });
+        } else {
+            plan.targets.push(target);
+        }
+    }
+
+    /// Runs an admitted test to its end: each address in turn, its lines streamed, then the
+    /// record stored and logged.
+    async fn run(self: Arc<Self>, live: Arc<LiveTest>, plan: Plan, request: Request, slot: Slot) {
+        let started = Instant::now();
+        let mut reports: Vec<TargetReport> = Vec::new();
+        for report in plan.unreachable {
+            live.push_line(&output::transcript_heading(&report.target));
+            push_closing(&live, &report);
+            reports.push(report);
+        }
+        let several = plan.targets.len() > 1 || !reports.is_empty();
+        for target in plan.targets {
+            if several {
+                let shown = match &target.host {
+                    Some(_) => format!("{} ({})", target.label, target.addr.ip()),
+                    None => target.label.clone(),
+                };
+                live.push_line(&output::transcript_heading(&shown));
+            }
+            let report = probe_target(target, Arc::new(self.engine_for(&live))).await;
+            push_closing(&live, &report);
+            reports.push(report);
+        }
+        let duration_ms = started.elapsed().as_millis() as u64;
+        live.update(|r| {
+            r.reports = reports;
+            r.conclude((Verdict::Unreachable, "nothing could be tested".to_string()));
+            r.finished_unix = Some(unix_now());
+            r.duration_ms = Some(duration_ms);
+        });
+        let record = live.snapshot();
+        tracing::info!(
+            test = %record.id,
+            door = record.door.as_str(),
+            client = %request.client,
+            target = %Escaped(&record.target),
+            verdict = %record.verdict,
+            duration_ms,
+            "probe test finished"
+        );
+        self.save(&record);
+        self.lock_running().remove(&record.id);
+        drop(slot);
+    }
+
+    /// The engine settings for one test: the service's, with the transcript going to `live`.
+    fn engine_for(&self, live: &Arc<LiveTest>) -> ProbeConfig {
+        let mut cfg = self.engine.clone();
+        let live = Arc::clone(live);
+        cfg.live_transcript = Some(Arc::new(move |_target: &Target, line: &str| {
+            live.push_line(line)
+        }));
+        cfg
+    }
+
+    fn save(&self, record: &TestRecord) {
+        if let Err(e) = self.store.save(record) {
+            tracing::error!(test = %record.id, error = %e, "cannot store the test result");
+        }
+    }
+
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<LiveTest>>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A test found by id.
+pub enum TestLookup {
+    Live(Arc<LiveTest>),
+    Stored(Box<TestRecord>),
+}
+
+impl TestLookup {
+    pub fn record(&self) -> TestRecord {
+        match self {
+            TestLookup::Live(live) => live.snapshot(),
+            TestLookup::Stored(record) => (**record).clone(),
+        }
+    }
+}
+
+/// What a request resolved to.
+#[derive(Debug, Default)]
+struct Plan {
+    targets: Vec<Target>,
+    unreachable: Vec<TargetReport>,
+    not_probed: Vec<NotProbed>,
+    /// The kind of the first address refusal, for a request with nothing left to probe.
+    refused_kind: Option<RefusalKind>,
+}
+
+impl Plan {
+    /// The refusal of a request whose every address was refused.
+    fn refusal(&self) -> Refusal {
+        let reasons: Vec<String> = self.not_probed.iter().map(|n| n.reason.clone()).collect();
+        Refusal::new(
+            self.refused_kind.unwrap_or(RefusalKind::BadRequest),
+            if reasons.is_empty() {
+                "nothing to test".to_string()
+            } else {
+                reasons.join("; ")
+            },
+        )
+    }
+}
+
+fn push_closing(live: &LiveTest, report: &TargetReport) {
+    for line in output::closing_lines(report) {
+        live.push_line(&line);
+    }
+}
+
+/// A budget refusal in words, with when to retry.
+fn denied(d: &Denied) -> Refusal {
+    let (message, wait) = match d {
+        Denied::Client { retry_after } => (
+            "you have started as many tests as one address may in an hour".to_string(),
+            *retry_after,
+        ),
+        Denied::Target { ip, retry_after } => (
+            format!("{ip} has been tested as many times as one address may be in an hour"),
+            *retry_after,
+        ),
+    };
+    let seconds = retry_seconds(wait);
+    Refusal::new(
+        RefusalKind::RateLimited,
+        format!("{message}; try again in {}", in_words(seconds)),
+    )
+    .retry_after(seconds)
+}
+
+/// `3599` → "60 minutes", `40` → "40 seconds".
+pub fn in_words(seconds: u64) -> String {
+    if seconds >= 120 {
+        format!("{} minutes", seconds.div_ceil(60))
+    } else {
+        format!("{seconds} seconds")
+    }
+}
+
+/// The probe's settings for this service: EHLO and sender name the service, proof of relay
+/// and DNSBLs as configured, names resolved through the configured DNS servers.
+async fn engine_settings(config: &ServiceConfig) -> anyhow::Result<ProbeConfig> {
+    use anyhow::Context as _;
+    let mut cfg = ProbeConfig::new(&config.public_name, relayward_probe::cli::DEFAULT_TO_DOMAIN)?;
+    cfg.helo = config.public_name.clone();
+    cfg.tls = TlsMode::Auto;
+    cfg.test_timeout = config.test_timeout;
+    cfg.host_timeout = config.host_timeout;
+    let resolver = Arc::new(MxResolver::new(
+        &config.nameservers,
+        Duration::from_secs(5),
+    )?);
+    cfg.mx_resolver = Some(Arc::clone(&resolver));
+    cfg.name_resolver = Some(resolver);
+    if !config.dnsbl_zones.is_empty() {
+        let zones = config
+            .dnsbl_zones
+            .iter()
+            .map(|z| z.trim_end_matches('.').to_string())
+            .collect();
+        cfg.dnsbl = Some(Arc::new(Dnsbl::new(
+            zones,
+            &config.nameservers,
+            Duration::from_secs(5),
+        )?));
+    }
+    if let (Some(listen), Some(domain)) = (config.confirm_listen, &config.confirm_domain) {
+        let server = ConfirmServer::bind(listen, domain)
+            .await
+            .with_context(|| format!("cannot listen on {listen} (confirm_listen)"))?;
+        cfg.to_domain = domain.clone();
+        cfg.confirm = Some(ConfirmSettings {
+            server,
+            wait: config.confirm_wait,
+        });
+    }
+    Ok(cfg)
+}
+
+fn unix_now() -> u64 {
+    relayward_probe::probe::unix_now()
+}
