@@ -108,6 +108,11 @@ pub struct ServiceConfig {
     /// DNS blocklists every tested address is looked up in; empty = no DNSBL lookups.
     #[serde(default)]
     pub dnsbl_zones: Vec<String>,
+    /// Reverse proxies in front of `http_listen` (a TLS terminator): from these peers the
+    /// client is the last `X-Forwarded-For` address that is not itself a trusted proxy, so
+    /// budgets count people, not the proxy. From anyone else the header is ignored.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 fn default_connect_back_port() -> u16 {
@@ -328,11 +333,21 @@ impl ServiceConfig {
     }
 
     fn check_exclude(&self, f: &mut Findings) {
-        for (i, cidr) in self.exclude.iter().enumerate() {
+        let lists = [
+            ("exclude", &self.exclude),
+            ("trusted_proxies", &self.trusted_proxies),
+        ];
+        for (key, list) in lists {
+            Self::check_networks(key, list, f);
+        }
+    }
+
+    fn check_networks(key: &str, list: &[Cidr], f: &mut Findings) {
+        for (i, cidr) in list.iter().enumerate() {
             if cidr.has_host_bits() {
                 let net = cidr.net();
                 f.error(
-                    format!("probe_service.exclude[{i}]"),
+                    format!("probe_service.{key}[{i}]"),
                     format!(
                         "{cidr} has host bits set after the /{}: did you mean {}? (for the single host, write {})",
                         net.prefix_len(),
@@ -344,10 +359,10 @@ impl ServiceConfig {
         }
     }
 
-    /// Whether `ip` lies in an `exclude` network.
-    pub fn is_excluded(&self, ip: IpAddr) -> bool {
+    /// Whether `ip` is one of `trusted_proxies`.
+    pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
-        self.exclude.iter().any(|net| net.contains(ip))
+        self.trusted_proxies.iter().any(|net| net.contains(ip))
     }
 }
 

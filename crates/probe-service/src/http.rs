@@ -13,7 +13,7 @@
 //! (`Content-Security-Policy`), so even a markup slip could not load anything foreign.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Router;
@@ -27,6 +27,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use crate::admission::{self, Refusal, RefusalKind};
+use crate::config::ServiceConfig;
 use crate::live::{self, AsyncEmit};
 use crate::pages::{self, Site};
 use crate::record::Door;
@@ -143,11 +144,13 @@ struct FormInput {
 async fn submit_form(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     form: Result<Form<FormInput>, FormRejection>,
 ) -> Response {
+    let client = client_ip(&app.service.config, peer, &headers);
     let request = form
         .map_err(|e| Refusal::bad(format!("the form could not be read: {e}")))
-        .and_then(|Form(f)| form_request(f, peer));
+        .and_then(|Form(f)| form_request(f, client));
     let started = match request {
         Ok(request) => app.service.start(request).await,
         Err(refusal) => Err(refusal),
@@ -161,7 +164,7 @@ async fn submit_form(
     }
 }
 
-fn form_request(form: FormInput, peer: SocketAddr) -> Result<Request, Refusal> {
+fn form_request(form: FormInput, client: IpAddr) -> Result<Request, Refusal> {
     let ports = admission::parse_ports(form.ports.as_deref().unwrap_or(""))?;
     let target = form.target.trim();
     let wants_mx = form.kind.as_deref() == Some("mx");
@@ -175,8 +178,31 @@ fn form_request(form: FormInput, peer: SocketAddr) -> Result<Request, Refusal> {
         label,
         inputs,
         door: Door::Web,
-        client: peer.ip().to_canonical(),
+        client,
     })
+}
+
+/// Who is asking: the peer, or behind a trusted proxy the last `X-Forwarded-For` address that
+/// is not a trusted proxy itself (the entries before it are the client's own word).
+fn client_ip(cfg: &ServiceConfig, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+    let mut client = peer.ip().to_canonical();
+    if !cfg.is_trusted_proxy(client) {
+        return client;
+    }
+    let forwarded: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+        .collect();
+    for ip in forwarded.into_iter().rev() {
+        client = ip.to_canonical();
+        if !cfg.is_trusted_proxy(client) {
+            break;
+        }
+    }
+    client
 }
 
 async fn test_page(State(app): State<App>, Path(id): Path<String>) -> Response {
@@ -276,8 +302,10 @@ struct ApiRequest {
 async fn api_start(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     body: Result<Json<ApiRequest>, JsonRejection>,
 ) -> Response {
+    let client = client_ip(&app.service.config, peer, &headers);
     let request = body
         .map_err(|e| {
             Refusal::bad(format!(
@@ -291,7 +319,7 @@ async fn api_start(
                 label,
                 inputs,
                 door: Door::Api,
-                client: peer.ip().to_canonical(),
+                client,
             })
         });
     let started = match request {
@@ -348,5 +376,65 @@ fn status_of(refusal: &Refusal) -> StatusCode {
         RefusalKind::Private | RefusalKind::Excluded => StatusCode::FORBIDDEN,
         RefusalKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         RefusalKind::Busy | RefusalKind::Stopping => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(extra: &str) -> ServiceConfig {
+        ServiceConfig::from_toml_str(
+            &format!("[probe_service]\nhttp_listen = \"127.0.0.1:0\"\npublic_name = \"t.example\"\ndata_dir = \"x\"\n{extra}"),
+            "t",
+        )
+        .expect("config")
+    }
+
+    #[test]
+    fn the_form_tests_a_domain_s_mx_hosts_on_the_ports_given() {
+        let form = FormInput {
+            target: " Example.com ".into(),
+            kind: Some("mx".into()),
+            ports: Some("25, 587".into()),
+        };
+        let request = form_request(form, "192.0.2.1".parse().unwrap()).expect("request");
+        assert_eq!(request.label, "mx:example.com:25, mx:example.com:587");
+        assert_eq!(request.door, Door::Web);
+        let form = FormInput {
+            target: "mail.example.com".into(),
+            kind: None,
+            ports: Some("".into()),
+        };
+        assert_eq!(
+            form_request(form, "192.0.2.1".parse().unwrap())
+                .unwrap()
+                .label,
+            "mail.example.com:25"
+        );
+    }
+
+    #[test]
+    fn forwarded_for_counts_only_from_a_trusted_proxy() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("203.0.113.9, 198.51.100.7, 10.0.0.2"),
+        );
+        let peer: SocketAddr = "10.0.0.1:4000".parse().unwrap();
+        let proxied = cfg("trusted_proxies = [\"10.0.0.0/24\"]");
+        assert_eq!(
+            client_ip(&proxied, peer, &headers),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        let direct = cfg("");
+        assert_eq!(
+            client_ip(&direct, peer, &headers),
+            "10.0.0.1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip(&proxied, peer, &HeaderMap::new()),
+            "10.0.0.1".parse::<IpAddr>().unwrap()
+        );
     }
 }

@@ -120,6 +120,7 @@ fn running(record: &TestRecord) -> Markup {
         h1 { "Testing " (record.target) }
         p.verdict.verdict-running #verdict { "RUNNING" }
         p { "The dialogue grows below as the test runs; the results follow when it is done." }
+        noscript { p #noscript-note { "This page reloads itself every " (REFRESH_SECONDS) " seconds until the test is done." } }
         pre #transcript data-events=(events) {
             @for line in &record.transcript { (line) "\n" }
         }

@@ -276,13 +276,11 @@ impl Service {
             reports.push(report);
         }
         let duration_ms = started.elapsed().as_millis() as u64;
-        live.update(|r| {
-            r.reports = reports;
-            r.conclude((Verdict::Unreachable, "nothing could be tested".to_string()));
-            r.finished_unix = Some(unix_now());
-            r.duration_ms = Some(duration_ms);
-        });
-        let record = live.snapshot();
+        let mut record = live.snapshot();
+        record.reports = reports;
+        record.conclude((Verdict::Unreachable, "nothing could be tested".to_string()));
+        record.finished_unix = Some(unix_now());
+        record.duration_ms = Some(duration_ms);
         tracing::info!(
             test = %record.id,
             door = record.door.as_str(),
@@ -292,8 +290,11 @@ impl Service {
             duration_ms,
             "probe test finished"
         );
+        // Stored before anyone is told it is done: a finished test is always on disk.
         self.save(&record);
-        self.lock_running().remove(&record.id);
+        let id = record.id.clone();
+        live.update(|r| *r = record);
+        self.lock_running().remove(&id);
         drop(slot);
     }
 

@@ -140,3 +140,76 @@ fn failed_auth_trick_is_one_attempt_with_an_impossible_login() {
     assert_eq!(auth.len(), 1, "{auth:?}\n{out}");
     assert!(auth[0].starts_with(">>> AUTH PLAIN "), "{auth:?}");
 }
+
+/// `-v` on one target prints the dialogue as it happens, like the old telnet relay test. The
+/// target greets and then stalls until the test has read the banner line from the probe's
+/// stdout: a probe that printed the dialogue only at the end could not show it in time.
+#[test]
+fn verbose_probe_of_one_target_streams_the_dialogue_as_it_happens() {
+    use std::io::{BufRead, Write};
+    use std::sync::mpsc;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let target = listener.local_addr().expect("addr").to_string();
+    let (release, released) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept");
+        drop(listener);
+        stream
+            .write_all(b"220 stall.example.test ESMTP\r\n")
+            .expect("banner");
+        // Held here until the test has seen the banner line; then the server hangs up.
+        let _ = released.recv_timeout(Duration::from_secs(30));
+    });
+    let mut child = Command::new(binary())
+        .args(["probe", "-v", "--test-timeout", "20s"])
+        .arg(&target)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn probe");
+    let stdout = child.stdout.take().expect("stdout");
+    let (line_tx, lines) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut next = || lines.recv_timeout(Duration::from_secs(10)).ok();
+    assert_eq!(
+        next().as_deref(),
+        Some(format!("=== {target} ===").as_str())
+    );
+    assert_eq!(
+        next().as_deref(),
+        Some(format!("Connecting to {target} ...").as_str())
+    );
+    assert_eq!(
+        next().as_deref(),
+        Some("<<< 220 stall.example.test ESMTP"),
+        "the banner line must be printed while the server still holds the session"
+    );
+    assert_eq!(next().as_deref(), Some(">>> EHLO example.org"));
+    release.send(()).expect("release the server");
+    let rest: Vec<String> = std::iter::from_fn(&mut next).collect();
+    assert_eq!(child.wait().expect("exit").code(), Some(2), "{rest:?}");
+    let closing = rest
+        .iter()
+        .position(|l| l == "System could not be tested")
+        .unwrap_or_else(|| panic!("no closing line:\n{}", rest.join("\n")));
+    assert!(
+        rest[closing + 1].starts_with("Verdict: UNREACHABLE - "),
+        "{rest:?}"
+    );
+    assert!(rest[closing + 2].starts_with("TARGET "), "{rest:?}");
+    assert_eq!(
+        rest.iter().filter(|l| l.starts_with("=== ")).count(),
+        0,
+        "one heading"
+    );
+}

@@ -13,6 +13,9 @@
 //!   run in-process.
 //! - [`net`]: one port free on several loopback addresses (MX hosts share `mx_port`).
 //! - [`wait`]: bounded waits, and external programs run with a time limit.
+//! - [`http`]: a blocking HTTP/1.1 client from a chosen loopback source address, and
+//!   [`http::bound_connect`] for any TCP client that must come from one (the probe service's
+//!   connect-back door probes the caller's address).
 //!
 //! It depends on the protocol, configuration and queue crates only, never on the server,
 //! delivery or probe crates, so that any of those may use it in its own tests.
@@ -20,6 +23,7 @@
 pub mod client;
 pub mod config;
 pub mod dns;
+pub mod http;
 pub mod net;
 pub mod pki;
 pub mod queue;

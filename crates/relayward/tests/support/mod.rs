@@ -63,18 +63,39 @@ impl TestServer {
     }
 
     pub fn start_in(dir: tempfile::TempDir, config: &str) -> TestServer {
+        Self::spawn("serve", dir, config)
+    }
+
+    /// Starts `relayward probe-service` on `config` (`DATA_DIR` replaced as for `serve`); its
+    /// doors are `addr("telnet")`, `addr("http")`, `addr("confirm")`.
+    pub fn start_probe_service(config: &str) -> TestServer {
+        Self::spawn(
+            "probe-service",
+            tempfile::tempdir().expect("tempdir"),
+            config,
+        )
+    }
+
+    /// [`TestServer::start_probe_service`] again on the data directory of a stopped one.
+    pub fn restart_probe_service(dir: tempfile::TempDir, config: &str) -> TestServer {
+        Self::spawn("probe-service", dir, config)
+    }
+
+    /// Runs `relayward SUBCOMMAND --config FILE` and waits for its listening lines and
+    /// `ready`.
+    fn spawn(subcommand: &str, dir: tempfile::TempDir, config: &str) -> TestServer {
         let data_dir = dir.path().join("data");
         let config = config.replace("DATA_DIR", &data_dir.display().to_string());
         let config_path = dir.path().join("relayward.toml");
         std::fs::write(&config_path, &config).expect("write config");
         let mut child = Command::new(binary())
-            .args(["serve", "--config"])
+            .args([subcommand, "--config"])
             .arg(&config_path)
             .env("RUST_LOG", "relayward=debug,info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("start relayward serve");
+            .unwrap_or_else(|e| panic!("start relayward {subcommand}: {e}"));
         let stdout = child.stdout.take().expect("stdout");
         let stderr = child.stderr.take().expect("stderr");
         let stderr_lines = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -231,6 +252,15 @@ impl TestServer {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Sends SIGTERM, waits for the exit and returns the exit code and the directory (for a
+    /// restart on the same data).
+    pub fn terminate(mut self) -> (Option<i32>, tempfile::TempDir) {
+        self.signal("TERM");
+        let code = self.wait_exit();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+        (code, dir)
     }
 
     /// Kills the server hard (SIGKILL) and returns its data directory for a restart.

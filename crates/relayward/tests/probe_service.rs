@@ -1,0 +1,930 @@
+//! `relayward probe-service` end to end: the real binary, its telnet door and its JSON API,
+//! probing real `relayward serve` instances and scripted servers on loopback.
+//!
+//! Callers bind 127.0.0.3 (and 127.0.0.4–6) as their source address, so the connect-back door
+//! probes exactly that address; every port is chosen by the system. The "deliberately open
+//! test relay" is a `relayward serve` whose `trusted_networks` (127.0.0.0/8) covers the
+//! prober's loopback source address.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use relayward_testkit::dns;
+use relayward_testkit::http::{Http, bound_connect};
+use relayward_testkit::net::common_port;
+use support::TestServer;
+
+/// A relayward mx listener on `ip` for `example.test`; `trusted` is the `trusted_networks` list.
+fn relay_config(ip: &str, trusted: &str) -> String {
+    format!(
+        r#"hostname = "mx.example.test"
+data_dir = "DATA_DIR"
+
+[[listen]]
+address = "{ip}:0"
+kind = "mx"
+
+[relay]
+local_domains = ["example.test"]
+trusted_networks = [{trusted}]
+"#
+    )
+}
+
+/// A closed relay (trusts nobody) on `ip`.
+fn closed_relay(ip: &str) -> TestServer {
+    TestServer::start(&relay_config(ip, ""))
+}
+
+/// A relay that relays for the prober (it trusts all of 127.0.0.0/8): OPEN.
+fn open_relay(ip: &str) -> TestServer {
+    TestServer::start(&relay_config(ip, "\"127.0.0.0/8\""))
+}
+
+/// The service on loopback ports, plus `extra` keys (a 5 s `test_timeout` unless given).
+fn service_config(extra: &str) -> String {
+    let timeout = if extra.contains("test_timeout") {
+        ""
+    } else {
+        "test_timeout = \"5s\""
+    };
+    format!(
+        r#"[probe_service]
+telnet_listen = "127.0.0.1:0"
+http_listen = "127.0.0.1:0"
+public_name = "relay-test.example.org"
+data_dir = "DATA_DIR"
+{timeout}
+{extra}
+"#
+    )
+}
+
+/// A port on `ip` where nothing listens.
+fn unused_port(ip: &str) -> u16 {
+    common_port(&[ip.parse::<std::net::IpAddr>().expect("ip")])
+}
+
+/// A listener on `ip` that only counts the connections it gets: proof that nothing was sent.
+fn counting_listener(ip: &str) -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind((ip, 0)).expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&count);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            if stream.is_ok() {
+                seen.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    (port, count)
+}
+
+/// A telnet caller from a chosen loopback address.
+struct Telnet {
+    reader: BufReader<TcpStream>,
+    seen: Vec<String>,
+}
+
+impl Telnet {
+    fn call(door: SocketAddr, from: &str) -> Telnet {
+        let stream = bound_connect(from.parse().expect("ip"), door);
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("timeout");
+        Telnet {
+            reader: BufReader::new(stream),
+            seen: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, text: &str) {
+        self.reader
+            .get_mut()
+            .write_all(text.as_bytes())
+            .expect("type");
+    }
+
+    /// The next line, without CRLF; `None` when the service hung up.
+    fn line(&mut self) -> Option<String> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => None,
+            Ok(_) => {
+                assert!(line.ends_with("\r\n"), "telnet lines end in CRLF: {line:?}");
+                let line = line.trim_end_matches("\r\n").to_string();
+                self.seen.push(line.clone());
+                Some(line)
+            }
+            Err(e) => panic!("read: {e}\nso far:\n{}", self.seen.join("\n")),
+        }
+    }
+
+    /// Lines up to and including the first that `stop` accepts.
+    fn until(&mut self, stop: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut lines = Vec::new();
+        loop {
+            let Some(line) = self.line() else {
+                panic!(
+                    "hung up before the expected line:\n{}",
+                    self.seen.join("\n")
+                );
+            };
+            let done = stop(&line);
+            lines.push(line);
+            if done {
+                return lines;
+            }
+        }
+    }
+
+    /// Every line until the service hangs up.
+    fn to_end(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        while let Some(line) = self.line() {
+            lines.push(line);
+        }
+        lines
+    }
+}
+
+/// `Test ID; results at URL` → ID.
+fn test_id(lines: &[String]) -> String {
+    let line = lines
+        .iter()
+        .find(|l| l.starts_with("Test "))
+        .unwrap_or_else(|| panic!("no test id in:\n{}", lines.join("\n")));
+    line["Test ".len()..]
+        .split(';')
+        .next()
+        .expect("id")
+        .to_string()
+}
+
+/// Polls the API until the test is done; returns its record.
+fn wait_done(api: &Http, id: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let response = api.get(&format!("/api/v1/tests/{id}"));
+        assert_eq!(response.status, 200, "{}", response.body);
+        let record = response.json();
+        if record["verdict"] != "RUNNING" {
+            return record;
+        }
+        assert!(Instant::now() < deadline, "test {id} never finished");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `POST /api/v1/tests` → the new id (asserting 201).
+fn start_test(api: &Http, target: &str) -> String {
+    let response = api.post_json("/api/v1/tests", &format!(r#"{{"target": "{target}"}}"#));
+    assert_eq!(response.status, 201, "{}", response.body);
+    response.json()["id"].as_str().expect("id").to_string()
+}
+
+fn position(lines: &[String], needle: &str) -> usize {
+    lines
+        .iter()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no line with {needle:?} in:\n{}", lines.join("\n")))
+}
+
+#[test]
+fn a_telnet_caller_running_relayward_serve_watches_the_closed_transcript_as_it_happens() {
+    let relay = closed_relay("127.0.0.3");
+    let port = relay.addr("mx").port();
+    let service = TestServer::start_probe_service(&service_config(&format!(
+        "connect_back_port = {port}\nallow_private_targets = true"
+    )));
+    let api = Http::new(service.addr("http"));
+    let mut caller = Telnet::call(service.addr("telnet"), "127.0.0.3");
+    let greeting = caller.until(|l| l.starts_with("Network owners"));
+    assert_eq!(
+        greeting[0],
+        "relayward probe-service at relay-test.example.org: the open relay test."
+    );
+    assert_eq!(
+        greeting[1],
+        format!(
+            "Connecting back to 127.0.0.3 (the address you came from) to test the mail server on port {port}."
+        )
+    );
+    caller.send("\r\n");
+    let head = caller.until(|l| l.starts_with(">>> EHLO"));
+    let id = test_id(&head);
+    // The dialogue is on the caller's screen while the test is still running.
+    let during = api.get(&format!("/api/v1/tests/{id}")).json();
+    assert_eq!(during["verdict"], "RUNNING", "{head:?}");
+    assert!(
+        head.contains(&format!("Connecting to 127.0.0.3:{port} ...")),
+        "{head:?}"
+    );
+    assert!(
+        head.contains(&"<<< 220 mx.example.test ESMTP relayward".to_string()),
+        "{head:?}"
+    );
+    assert_eq!(
+        head.last().map(String::as_str),
+        Some(">>> EHLO relay-test.example.org")
+    );
+
+    let rest = caller.to_end();
+    let test = position(&rest, ":Relay test: plain-external");
+    assert_eq!(
+        rest[test + 1],
+        ">>> MAIL FROM:<antispam@relay-test.example.org>"
+    );
+    assert_eq!(rest[test + 3], ">>> RCPT TO:<relaytest@example.net>");
+    assert_eq!(
+        rest[test + 4],
+        "<<< 554 5.7.1 <relaytest@example.net>: Relay access denied"
+    );
+    let end = rest.len();
+    assert_eq!(
+        rest[end - 4],
+        "Tested host banner: mx.example.test ESMTP relayward"
+    );
+    assert_eq!(rest[end - 3], "System appeared to reject relay attempts");
+    assert_eq!(
+        rest[end - 2],
+        "Verdict: CLOSED - all 60 relay tricks refused"
+    );
+    assert_eq!(
+        rest[end - 1],
+        format!(
+            "Results: http://relay-test.example.org:{}/tests/{id}",
+            service.addr("http").port()
+        )
+    );
+    let record = wait_done(&api, &id);
+    assert_eq!(record["verdict"], "CLOSED");
+    assert_eq!(record["door"], "telnet");
+    assert_eq!(record["target"], format!("127.0.0.3:{port}"));
+    // One log line per test: client, target, verdict, duration.
+    service.wait_for_log("probe test finished");
+    let log = service.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("probe test finished"))
+        .expect("log line");
+    for needle in [
+        &format!("test={id}"),
+        "door=\"telnet\"",
+        "client=127.0.0.3",
+        &format!("target=127.0.0.3:{port}"),
+        "verdict=CLOSED",
+        "duration_ms=",
+    ] {
+        assert!(line.contains(needle), "{needle} missing from {line}");
+    }
+}
+
+#[test]
+fn a_telnet_caller_may_type_a_port_and_hears_its_open_relay_is_one() {
+    let relay = open_relay("127.0.0.3");
+    let open_port = relay.addr("mx").port();
+    // The default port has nothing listening: only the typed port can give this result.
+    let default_port = unused_port("127.0.0.3");
+    let service = TestServer::start_probe_service(&service_config(&format!(
+        "connect_back_port = {default_port}\nallow_private_targets = true"
+    )));
+    let api = Http::new(service.addr("http"));
+    let mut caller = Telnet::call(service.addr("telnet"), "127.0.0.3");
+    caller.until(|l| l.starts_with("Network owners"));
+    caller.send(&format!("{open_port}\r\n"));
+    let head = caller.until(|l| l.starts_with("<<< 220"));
+    let id = test_id(&head);
+    assert_eq!(
+        api.get(&format!("/api/v1/tests/{id}")).json()["verdict"],
+        "RUNNING"
+    );
+    assert!(
+        head.contains(&format!("Connecting to 127.0.0.3:{open_port} ...")),
+        "{head:?}"
+    );
+    let rest = caller.to_end();
+    let test = position(&rest, ":Relay test: plain-external");
+    assert_eq!(rest[test + 3], ">>> RCPT TO:<relaytest@example.net>");
+    assert!(rest[test + 4].starts_with("<<< 250"), "{}", rest[test + 4]);
+    let end = rest.len();
+    assert_eq!(
+        rest[end - 3],
+        "System accepted relay attempts: it is an open relay"
+    );
+    assert!(
+        rest[end - 2].starts_with("Verdict: OPEN - "),
+        "{}",
+        rest[end - 2]
+    );
+    assert!(
+        rest[end - 2].contains("trusted networks"),
+        "{}",
+        rest[end - 2]
+    );
+    assert_eq!(wait_done(&api, &id)["verdict"], "OPEN");
+}
+
+#[test]
+fn the_telnet_door_probes_only_the_callers_address_and_refuses_a_private_one() {
+    let (port, connections) = counting_listener("127.0.0.3");
+    let service =
+        TestServer::start_probe_service(&service_config(&format!("connect_back_port = {port}")));
+    // Anything but a port number is refused: the door tests no other address.
+    let mut other = Telnet::call(service.addr("telnet"), "127.0.0.3");
+    other.until(|l| l.starts_with("Network owners"));
+    other.send("192.0.2.1:25\r\n");
+    let answer = other.to_end();
+    assert!(
+        answer[0].starts_with("Only a port number (1-65535) can be typed here: this door tests the address you came from and nothing else."),
+        "{answer:?}"
+    );
+    // With allow_private_targets = false a loopback caller is refused before any connection.
+    let mut caller = Telnet::call(service.addr("telnet"), "127.0.0.3");
+    caller.until(|l| l.starts_with("Network owners"));
+    caller.send("\r\n");
+    assert_eq!(
+        caller.to_end(),
+        [
+            "Refused: 127.0.0.3 is a loopback address (RFC 1122): this service tests mail servers on the public Internet only"
+        ]
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(connections.load(Ordering::SeqCst), 0, "nothing may be sent");
+    assert!(!service.log().contains("probe test finished"));
+}
+
+#[test]
+fn the_api_starts_a_test_and_serves_its_json_twin() {
+    let relay = closed_relay("127.0.0.3");
+    let target = relay.addr("mx").to_string();
+    // A blocklist that lists the target, served on loopback: the page and the JSON show it.
+    let dns = dns::DnsServer::start(
+        dns::Zone::new().a("3.0.0.127.bl.test", "127.0.0.2".parse().unwrap()),
+    );
+    let service = TestServer::start_probe_service(&service_config(&format!(
+        "allow_private_targets = true\nnameservers = [\"{}\"]\ndnsbl_zones = [\"bl.test\"]",
+        dns.addr
+    )));
+    let api = Http::new(service.addr("http"));
+    let created = api.post_json("/api/v1/tests", &format!(r#"{{"target": "{target}"}}"#));
+    assert_eq!(created.status, 201, "{}", created.body);
+    let body = created.json();
+    let id = body["id"].as_str().expect("id").to_string();
+    assert_eq!(body["url"], format!("/tests/{id}"));
+    assert_eq!(
+        created.header("location"),
+        Some(format!("/api/v1/tests/{id}").as_str())
+    );
+    let record = wait_done(&api, &id);
+    assert_eq!(record["id"], id.as_str());
+    assert_eq!(record["target"], target.as_str());
+    assert_eq!(record["verdict"], "CLOSED");
+    assert_eq!(record["door"], "api");
+    assert_eq!(record["reason"], "all 60 relay tricks refused");
+    // The probe's --json report for the tested address, as `relayward probe --json` has it.
+    let report = &record["reports"][0];
+    assert_eq!(report["target"], target.as_str());
+    assert_eq!(report["verdict"], "CLOSED");
+    assert_eq!(report["findings"]["starttls_offered"], true);
+    assert_eq!(
+        report["findings"]["tls"]["certificate"]["subject"],
+        "CN=mx.example.test"
+    );
+    let tests = report["tests"].as_array().expect("tests");
+    assert_eq!(tests[0]["id"], "plain-external");
+    assert_eq!(tests[0]["rcpt_to"], "RCPT TO:<relaytest@example.net>");
+    assert_eq!(tests[0]["rcpt_reply"]["code"], 554);
+    assert_eq!(tests[0]["outcome"], "refused");
+    assert_eq!(report["findings"]["dnsbl"][0]["zone"], "bl.test");
+    assert_eq!(report["findings"]["dnsbl"][0]["listed"], true);
+    assert!(record["transcript"].as_array().expect("transcript").len() > 100);
+    // Its page is permanent and says the same.
+    let page = api.get(&format!("/tests/{id}"));
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains(">CLOSED</p>"), "{}", page.body);
+    assert!(
+        page.body
+            .contains("data-id=\"plain-external\" data-outcome=\"refused\"")
+    );
+    assert!(
+        page.header("content-security-policy")
+            .is_some_and(|c| c.contains("default-src 'none'"))
+    );
+    // Unknown ids and malformed requests get JSON errors.
+    let missing = api.get("/api/v1/tests/0000000000000nosuch");
+    assert_eq!(missing.status, 404);
+    assert!(missing.json()["error"].as_str().is_some());
+    for (body, needle) in [
+        ("{\"targt\": \"x\"}", "unknown field `targt`"),
+        ("not json", "JSON object like"),
+        ("{\"target\": \"192.0.2.0/24\"}", "one server at a time"),
+        ("{\"target\": \"300.1.1.1\"}", "not an IPv4 address"),
+    ] {
+        let refused = api.post_json("/api/v1/tests", body);
+        assert_eq!(refused.status, 400, "{body}: {}", refused.body);
+        let error = refused.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(error.contains(needle), "{body}: {error}");
+    }
+}
+
+#[test]
+fn private_targets_are_refused_with_no_connection_and_no_lookup() {
+    let (port, connections) = counting_listener("127.0.0.5");
+    let dns = dns::DnsServer::start(
+        dns::Zone::new()
+            .a("loop.test", "127.0.0.5".parse().unwrap())
+            .a("lan.test", "10.1.2.3".parse().unwrap())
+            .mx("corp.test", 10, "mail.corp.test")
+            .a("mail.corp.test", "192.168.1.1".parse().unwrap()),
+    );
+    let service = TestServer::start_probe_service(&service_config(&format!(
+        "nameservers = [\"{}\"]\ndnsbl_zones = [\"bl.test\"]",
+        dns.addr
+    )));
+    let api = Http::new(service.addr("http"));
+    for (target, why) in [
+        (format!("127.0.0.5:{port}"), "a loopback address (RFC 1122)"),
+        (
+            format!("[::ffff:127.0.0.5]:{port}"),
+            "a loopback address (RFC 1122)",
+        ),
+        (format!("[::1]:{port}"), "a loopback address (RFC 4291)"),
+        ("0.0.0.0".to_string(), "\\\"this network\\\""),
+        ("10.0.0.1".to_string(), "a private address (RFC 1918)"),
+        ("172.16.5.4".to_string(), "a private address (RFC 1918)"),
+        ("192.168.0.1".to_string(), "a private address (RFC 1918)"),
+        ("100.64.0.1".to_string(), "carrier-grade NAT"),
+        ("169.254.169.254".to_string(), "a link-local address"),
+        ("192.0.2.1".to_string(), "TEST-NET-1"),
+        ("198.51.100.1".to_string(), "TEST-NET-2"),
+        ("203.0.113.1".to_string(), "TEST-NET-3"),
+        ("198.18.0.1".to_string(), "benchmarking"),
+        ("224.0.0.1".to_string(), "a multicast address"),
+        ("240.0.0.1".to_string(), "a reserved address"),
+        ("255.255.255.255".to_string(), "broadcast"),
+        ("[fe80::1]:25".to_string(), "a link-local address"),
+        ("[fc00::1]:25".to_string(), "a unique local address"),
+        ("[2001:db8::1]:25".to_string(), "a documentation address"),
+        ("[ff02::1]:25".to_string(), "a multicast address"),
+        (
+            "[64:ff9b::7f00:5]:25".to_string(),
+            "standing for the IPv4 address 127.0.0.5",
+        ),
+    ] {
+        let refused = api.post_json("/api/v1/tests", &format!(r#"{{"target": "{target}"}}"#));
+        assert_eq!(refused.status, 403, "{target}: {}", refused.body);
+        assert!(
+            refused.body.contains(why) && refused.body.contains("public Internet only"),
+            "{target}: {}",
+            refused.body
+        );
+        assert!(
+            refused.json().get("retry_after").is_none(),
+            "{}",
+            refused.body
+        );
+    }
+    assert_eq!(
+        dns.queries(),
+        Vec::<String>::new(),
+        "literal addresses need no lookup"
+    );
+    // The form answers the same, as a page.
+    let page = api.post_form("/tests", "target=10.0.0.1&kind=server&ports=25");
+    assert_eq!(page.status, 403);
+    assert!(
+        page.body
+            .contains("10.0.0.1 is a private address (RFC 1918)"),
+        "{}",
+        page.body
+    );
+
+    // A name is looked up, and its private address refused before any connection.
+    let refused = api.post_json(
+        "/api/v1/tests",
+        &format!(r#"{{"target": "loop.test:{port}"}}"#),
+    );
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert_eq!(
+        refused.json()["error"],
+        "loop.test resolves to 127.0.0.5, which is a loopback address (RFC 1122): this service tests mail servers on the public Internet only"
+    );
+    let refused = api.post_json("/api/v1/tests", r#"{"target": "mx:corp.test"}"#);
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(
+        refused
+            .body
+            .contains("mail.corp.test resolves to 192.168.1.1, which is a private address"),
+        "{}",
+        refused.body
+    );
+    let page = api.post_form("/tests", "target=lan.test&kind=server&ports=");
+    assert_eq!(page.status, 403);
+    assert!(
+        page.body.contains("lan.test resolves to 10.1.2.3"),
+        "{}",
+        page.body
+    );
+    let queries = dns.queries();
+    assert!(queries.contains(&"loop.test. A".to_string()), "{queries:?}");
+    assert!(
+        queries.contains(&"corp.test. MX".to_string()),
+        "{queries:?}"
+    );
+    assert!(
+        !queries.iter().any(|q| q.contains("bl.test")),
+        "no DNSBL lookup: {queries:?}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(connections.load(Ordering::SeqCst), 0, "nothing may be sent");
+    assert!(!service.log().contains("probe test finished"));
+}
+
+#[test]
+fn excluded_networks_are_never_touched_even_when_private_targets_are_allowed() {
+    let (port, connections) = counting_listener("127.0.0.6");
+    let dns = dns::DnsServer::start(dns::Zone::new().a("ex.test", "127.0.0.6".parse().unwrap()));
+    let service = TestServer::start_probe_service(&service_config(&format!(
+        "allow_private_targets = true\nexclude = [\"127.0.0.6/32\"]\nconnect_back_port = {port}\nnameservers = [\"{}\"]",
+        dns.addr
+    )));
+    let api = Http::new(service.addr("http"));
+    let refused = api.post_json(
+        "/api/v1/tests",
+        &format!(r#"{{"target": "127.0.0.6:{port}"}}"#),
+    );
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert_eq!(
+        refused.json()["error"],
+        "127.0.0.6 is in 127.0.0.6/32, a network whose owner asked never to be probed by this service"
+    );
+    assert_eq!(dns.queries(), Vec::<String>::new());
+    let refused = api.post_json(
+        "/api/v1/tests",
+        &format!(r#"{{"target": "ex.test:{port}"}}"#),
+    );
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(
+        refused
+            .body
+            .contains("ex.test resolves to 127.0.0.6, which is in 127.0.0.6/32")
+    );
+    let mut caller = Telnet::call(service.addr("telnet"), "127.0.0.6");
+    caller.until(|l| l.starts_with("Network owners"));
+    caller.send("\r\n");
+    let answer = caller.to_end();
+    assert!(
+        answer[0].starts_with("Refused: 127.0.0.6 is in 127.0.0.6/32"),
+        "{answer:?}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(connections.load(Ordering::SeqCst), 0, "nothing may be sent");
+}
+
+#[test]
+fn budgets_answer_429_with_when_to_retry() {
+    let service = TestServer::start_probe_service(&service_config(
+        "allow_private_targets = true\ntests_per_client_per_hour = 1\ntests_per_target_per_hour = 1",
+    ));
+    let api = Http::new(service.addr("http"));
+    // Nothing listens there: the test is quick (UNREACHABLE), and it still counts.
+    let first = format!("127.0.0.3:{}", unused_port("127.0.0.3"));
+    let id = start_test(&api.from("127.0.0.4"), &first);
+    assert_eq!(wait_done(&api, &id)["verdict"], "UNREACHABLE");
+    let again = api
+        .from("127.0.0.4")
+        .post_json("/api/v1/tests", r#"{"target": "127.0.0.9:25"}"#);
+    assert_eq!(again.status, 429, "{}", again.body);
+    let body = again.json();
+    assert_eq!(
+        body["error"],
+        "you have started as many tests as one address may in an hour; try again in 60 minutes"
+    );
+    let retry = body["retry_after"].as_u64().expect("retry_after");
+    assert!((3500..=3600).contains(&retry), "{retry}");
+    assert_eq!(
+        again.header("retry-after"),
+        Some(retry.to_string().as_str())
+    );
+    // Another client may test, but not the same address again within the hour.
+    let target_again = api.from("127.0.0.5").post_json(
+        "/api/v1/tests",
+        &format!(r#"{{"target": "127.0.0.3:{}"}}"#, unused_port("127.0.0.3")),
+    );
+    assert_eq!(target_again.status, 429, "{}", target_again.body);
+    assert!(
+        target_again.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with(
+                "127.0.0.3 has been tested as many times as one address may be in an hour"
+            ),
+        "{}",
+        target_again.body
+    );
+    // A refusal costs nothing: that client still has its test.
+    let other = format!("127.0.0.8:{}", unused_port("127.0.0.8"));
+    let id = start_test(&api.from("127.0.0.5"), &other);
+    assert_eq!(wait_done(&api, &id)["verdict"], "UNREACHABLE");
+}
+
+/// Accepts connections and never says a word: a test against it runs until its timeouts.
+fn silent_server(ip: &str) -> u16 {
+    let listener = TcpListener::bind((ip, 0)).expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    port
+}
+
+#[test]
+fn a_full_service_answers_503_and_results_are_bounded_and_outlive_a_restart() {
+    let config = service_config(
+        "allow_private_targets = true\nmax_concurrent_tests = 1\nmax_stored_tests = 2\ntest_timeout = \"2s\"",
+    );
+    let service = TestServer::start_probe_service(&config);
+    let api = Http::new(service.addr("http"));
+    let slow = start_test(&api, &format!("127.0.0.3:{}", silent_server("127.0.0.3")));
+    let busy = api.post_json("/api/v1/tests", r#"{"target": "127.0.0.4:25"}"#);
+    assert_eq!(busy.status, 503, "{}", busy.body);
+    assert!(
+        busy.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("1 tests are running")
+    );
+    assert_eq!(busy.json()["retry_after"], 60);
+    assert_eq!(wait_done(&api, &slow)["verdict"], "UNREACHABLE");
+    let mut ids = vec![slow];
+    for ip in ["127.0.0.4", "127.0.0.5"] {
+        let id = start_test(&api, &format!("{ip}:{}", unused_port(ip)));
+        wait_done(&api, &id);
+        ids.push(id);
+    }
+    // max_stored_tests = 2: the oldest is gone, the newer two stay, also after a restart.
+    assert_eq!(api.get(&format!("/api/v1/tests/{}", ids[0])).status, 404);
+    assert_eq!(api.get(&format!("/tests/{}", ids[0])).status, 404);
+    let (code, dir) = service.terminate();
+    assert_eq!(code, Some(0));
+    let stored = std::fs::read_dir(dir.path().join("data/tests"))
+        .expect("store")
+        .count();
+    assert_eq!(stored, 2);
+    let service = TestServer::restart_probe_service(dir, &config);
+    let api = Http::new(service.addr("http"));
+    for id in &ids[1..] {
+        let record = api.get(&format!("/api/v1/tests/{id}")).json();
+        assert_eq!(record["verdict"], "UNREACHABLE", "{record}");
+        assert_eq!(record["id"], id.as_str());
+    }
+}
+
+#[test]
+fn sigterm_lets_a_running_test_finish_and_stores_it() {
+    let relay = closed_relay("127.0.0.3");
+    let target = relay.addr("mx").to_string();
+    let config = service_config("allow_private_targets = true");
+    let service = TestServer::start_probe_service(&config);
+    let api = Http::new(service.addr("http"));
+    let id = start_test(&api, &target);
+    // Wait until it is talking to the relay, then stop the service.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while api.get(&format!("/api/v1/tests/{id}")).json()["transcript"]
+        .as_array()
+        .is_none_or(|t| t.len() < 5)
+    {
+        assert!(Instant::now() < deadline, "the test never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    service.signal("TERM");
+    std::thread::sleep(Duration::from_millis(200));
+    // No new tests while it stops: the doors are closed.
+    assert!(
+        TcpStream::connect(service.addr("http")).is_err(),
+        "the web door still accepts"
+    );
+    let (code, dir) = service.terminate();
+    assert_eq!(code, Some(0));
+    let service = TestServer::restart_probe_service(dir, &config);
+    let record = Http::new(service.addr("http"))
+        .get(&format!("/api/v1/tests/{id}"))
+        .json();
+    assert_eq!(
+        record["verdict"], "CLOSED",
+        "the test ran to its end: {record}"
+    );
+    assert_eq!(
+        record["reports"][0]["tests"].as_array().map(Vec::len),
+        Some(61)
+    );
+}
+
+#[test]
+fn sigterm_stores_a_test_that_outlives_the_grace_period_as_inconclusive() {
+    let config = service_config(
+        "allow_private_targets = true\nshutdown_grace = \"1s\"\ntest_timeout = \"20s\"",
+    );
+    let service = TestServer::start_probe_service(&config);
+    let api = Http::new(service.addr("http"));
+    let id = start_test(&api, &format!("127.0.0.3:{}", silent_server("127.0.0.3")));
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let (code, dir) = service.terminate();
+    assert_eq!(code, Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    let service = TestServer::restart_probe_service(dir, &config);
+    let record = Http::new(service.addr("http"))
+        .get(&format!("/api/v1/tests/{id}"))
+        .json();
+    assert_eq!(record["verdict"], "INCONCLUSIVE", "{record}");
+    assert_eq!(
+        record["reason"],
+        "the service stopped before the test finished"
+    );
+}
+
+/// An SMTP server whose every word is markup and terminal codes; it refuses relaying.
+fn hostile_server(ip: &str) -> u16 {
+    let listener = TcpListener::bind((ip, 0)).expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || hostile_session(stream));
+        }
+    });
+    port
+}
+
+fn hostile_session(mut stream: TcpStream) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let _ = stream.write_all(b"220 mx.evil.test ESMTP <script>alert(1)</script>\x1b[2J\r\n");
+    let mut line = String::new();
+    while reader.read_line(&mut line).unwrap_or(0) > 0 {
+        let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+        let reply: &[u8] = match verb.as_str() {
+            "EHLO" | "HELO" => b"250 mx.evil.test <b>hello</b>\r\n",
+            "MAIL" | "RSET" => b"250 ok <i>fine</i>\r\n",
+            "RCPT" => b"554 5.7.1 <script>alert(2)</script>\x1b[1A\rrelaying denied\r\n",
+            "QUIT" => {
+                let _ = stream.write_all(b"221 bye\r\n");
+                return;
+            }
+            _ => b"502 5.5.1 <img src=x onerror=alert(3)>\r\n",
+        };
+        if stream.write_all(reply).is_err() {
+            return;
+        }
+        line.clear();
+    }
+    let mut rest = Vec::new();
+    let _ = reader.read_to_end(&mut rest);
+}
+
+#[test]
+fn server_text_is_escaped_on_the_page_in_the_live_stream_and_on_the_telnet_door() {
+    let port = hostile_server("127.0.0.3");
+    let service = TestServer::start_probe_service(&service_config(&format!(
+        "allow_private_targets = true\nconnect_back_port = {port}"
+    )));
+    let api = Http::new(service.addr("http"));
+    let id = start_test(&api, &format!("127.0.0.3:{port}"));
+    let record = wait_done(&api, &id);
+    assert_eq!(record["verdict"], "CLOSED", "{record}");
+    // JSON keeps the text and escapes it the JSON way.
+    let json = api.get(&format!("/api/v1/tests/{id}")).body;
+    assert!(json.contains("\\u001b[1A\\rrelaying denied"), "{json}");
+    let page = api.get(&format!("/tests/{id}")).body;
+    for raw in ["<script>alert", "<b>hello", "<img src=x", "\u{1b}", "\r"] {
+        assert!(!page.contains(raw), "raw {raw:?} on the page");
+    }
+    assert!(
+        page.contains("&lt;script&gt;alert(1)&lt;/script&gt;\\x1b[2J"),
+        "banner not shown escaped"
+    );
+    assert!(
+        page.contains("554 5.7.1 &lt;script&gt;alert(2)&lt;/script&gt;\\x1b[1A\\rrelaying denied")
+    );
+    // The live stream of a finished test replays the escaped lines, then `done`.
+    let mut events = api.stream(&format!("/tests/{id}/events"), "");
+    let mut sse = String::new();
+    events.read_to_string(&mut sse).expect("SSE");
+    assert!(sse.contains("event: done\ndata: CLOSED"), "{sse}");
+    assert!(
+        sse.contains("data: <<< 554 5.7.1 <script>alert(2)</script>\\x1b[1A\\rrelaying denied")
+    );
+    assert!(!sse.contains('\u{1b}'));
+    // A reconnecting EventSource resumes after the last line it saw.
+    let mut resumed = api.stream(&format!("/tests/{id}/events"), "Last-Event-ID: 3\r\n");
+    let mut tail = String::new();
+    resumed.read_to_string(&mut tail).expect("SSE");
+    assert!(
+        tail.contains("id: 4\n") && !tail.contains("id: 3\n"),
+        "{tail}"
+    );
+    // The telnet caller sees the same escaped text.
+    let mut caller = Telnet::call(service.addr("telnet"), "127.0.0.3");
+    caller.until(|l| l.starts_with("Network owners"));
+    caller.send("\r\n");
+    let lines = caller.to_end().join("\n");
+    assert!(
+        lines.contains("<<< 220 mx.evil.test ESMTP <script>alert(1)</script>\\x1b[2J"),
+        "{lines}"
+    );
+    assert!(!lines.contains('\u{1b}'));
+}
+
+#[test]
+fn a_bad_configuration_is_refused_with_the_key_and_what_to_write() {
+    for (config, needle) in [
+        (
+            service_config("tests_per_client_per_hours = 3"),
+            "unknown field `tests_per_client_per_hours`",
+        ),
+        (
+            service_config("exclude = [\"10.1.2.3/8\"]"),
+            "error: probe_service.exclude[0]: 10.1.2.3/8 has host bits set after the /8: did you mean 10.0.0.0/8?",
+        ),
+        (
+            service_config("confirm_domain = \"confirm.example.org\""),
+            "error: probe_service.confirm_listen: confirm_domain is set but confirm_listen is not",
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("svc.toml");
+        std::fs::write(
+            &path,
+            config.replace("DATA_DIR", &dir.path().display().to_string()),
+        )
+        .expect("write");
+        let (code, out) = support::run_with_timeout(
+            std::process::Command::new(support::binary())
+                .args(["probe-service", "--config"])
+                .arg(&path),
+            Duration::from_secs(20),
+        );
+        assert_eq!(code, Some(78), "{out}");
+        assert!(out.contains(needle), "{needle:?} not in:\n{out}");
+    }
+}
+
+#[test]
+fn with_a_confirm_listener_a_relayed_token_makes_it_confirmed_open() {
+    // The confirm domain's MX is the service's own listener (a DNS server on loopback says so);
+    // the open relay delivers the proof messages there.
+    let dns = dns::DnsServer::start(
+        dns::Zone::new()
+            .mx("confirm.test", 10, "sink.confirm.test")
+            .a("sink.confirm.test", "127.0.0.1".parse().unwrap()),
+    );
+    let service = TestServer::start_probe_service(&service_config(
+        "allow_private_targets = true\nconfirm_listen = \"127.0.0.1:0\"\nconfirm_domain = \"confirm.test\"\nconfirm_wait = \"20s\"",
+    ));
+    let confirm_port = service.addr("confirm").port();
+    let relay = TestServer::start(&format!(
+        "{}\n[delivery]\nmx_port = {confirm_port}\n\n[dns]\nnameservers = [\"{}\"]\n",
+        relay_config("127.0.0.3", "\"127.0.0.0/8\""),
+        dns.addr
+    ));
+    let api = Http::new(service.addr("http"));
+    let id = start_test(&api, &relay.addr("mx").to_string());
+    let record = wait_done(&api, &id);
+    assert_eq!(record["verdict"], "CONFIRMED-OPEN", "{}", record["reason"]);
+    let report = &record["reports"][0];
+    let confirmed = report["confirmed"].as_array().expect("confirmed");
+    assert!(
+        confirmed.iter().any(|c| c == "plain-external"),
+        "{confirmed:?}"
+    );
+    let proof = report["confirm"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["id"] == "plain-external"))
+        .expect("the proof of plain-external");
+    assert_eq!(proof["arrived"], true);
+    assert_eq!(proof["delivered_by"], "127.0.0.1");
+    let page = api.get(&format!("/tests/{id}")).body;
+    assert!(page.contains("data-id=\"plain-external\" data-outcome=\"confirmed\""));
+    assert!(
+        page.contains(
+            "Proven open relay: a test message sent through it came back to this service."
+        )
+    );
+}
