@@ -661,13 +661,16 @@ pub enum MailboxSource {
     User,
 }
 
+pub use checks::Findings;
+
 /// The checks behind [`Config::validate`], one function per section.
 mod checks {
     use super::*;
 
-    /// Collects problems with their keys.
-    #[derive(Default)]
-    struct Findings(Vec<ConfigProblem>);
+    /// Collects problems with their keys. Public so other relayward configuration files
+    /// (`relayward probe-service`) report theirs the same way.
+    #[derive(Debug, Default)]
+    pub struct Findings(Vec<ConfigProblem>);
 
     impl Findings {
         fn push(&mut self, severity: Severity, key: impl Into<String>, message: impl Into<String>) {
@@ -677,11 +680,18 @@ mod checks {
                 message: message.into(),
             });
         }
-        fn error(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        /// A problem that stops the program from starting.
+        pub fn error(&mut self, key: impl Into<String>, message: impl Into<String>) {
             self.push(Severity::Error, key, message);
         }
-        fn warn(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        /// A problem worth saying that does not stop it.
+        pub fn warn(&mut self, key: impl Into<String>, message: impl Into<String>) {
             self.push(Severity::Warning, key, message);
+        }
+        /// Every problem, errors first.
+        pub fn into_problems(mut self) -> Vec<ConfigProblem> {
+            self.0.sort_by_key(|p| p.severity);
+            self.0
         }
     }
 

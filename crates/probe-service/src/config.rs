@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use relayward_config::{Cidr, ConfigError, ConfigProblem, Severity, de_duration};
+use relayward_config::{Cidr, ConfigError, ConfigProblem, Findings, de_duration};
 use relayward_protocol::path::is_host_name;
 use serde::Deserialize;
 
@@ -177,8 +177,7 @@ impl ServiceConfig {
         self.check_names(&mut f);
         self.check_numbers(&mut f);
         self.check_exclude(&mut f);
-        f.0.sort_by_key(|p| p.severity);
-        f.0
+        f.into_problems()
     }
 
     /// The opt-out sentence shown on the page and in the telnet greeting.
@@ -363,26 +362,6 @@ impl ServiceConfig {
     pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         self.trusted_proxies.iter().any(|net| net.contains(ip))
-    }
-}
-
-/// Problems with their keys, as `relayward serve` reports them.
-#[derive(Default)]
-struct Findings(Vec<ConfigProblem>);
-
-impl Findings {
-    fn push(&mut self, severity: Severity, key: impl Into<String>, message: impl Into<String>) {
-        self.0.push(ConfigProblem {
-            severity,
-            key: key.into(),
-            message: message.into(),
-        });
-    }
-    fn error(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.push(Severity::Error, key, message);
-    }
-    fn warn(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.push(Severity::Warning, key, message);
     }
 }
 

@@ -49,7 +49,8 @@ pub struct Service {
     /// The probe's settings every test starts from.
     engine: ProbeConfig,
     limits: Limits,
-    store: Store,
+    /// Disk I/O (fsync) runs on the blocking pool, never on a runtime worker.
+    store: Arc<Store>,
     running: Mutex<HashMap<String, Arc<LiveTest>>>,
     stopping: AtomicBool,
 }
@@ -74,7 +75,7 @@ impl Service {
             config,
             engine,
             limits,
-            store,
+            store: Arc::new(store),
             running: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
         }))
@@ -155,10 +156,15 @@ impl Service {
         if let Some(live) = self.lock_running().get(id) {
             return Some(TestLookup::Live(Arc::clone(live)));
         }
-        match self.store.load(id) {
-            Ok(record) => record.map(|r| TestLookup::Stored(Box::new(r))),
-            Err(e) => {
+        let (store, key) = (Arc::clone(&self.store), id.to_string());
+        match tokio::task::spawn_blocking(move || store.load(&key)).await {
+            Ok(Ok(record)) => record.map(|r| TestLookup::Stored(Box::new(r))),
+            Ok(Err(e)) => {
                 tracing::error!(test = id, error = %e, "cannot read a stored test");
+                None
+            }
+            Err(e) => {
+                tracing::error!(test = id, error = %e, "reading a stored test failed");
                 None
             }
         }
@@ -182,7 +188,7 @@ impl Service {
                 ));
                 r.finished_unix = Some(unix_now());
             });
-            self.save(&live.snapshot());
+            self.save(live.snapshot()).await;
         }
         unfinished.len()
     }
@@ -291,8 +297,8 @@ impl Service {
             "probe test finished"
         );
         // Stored before anyone is told it is done: a finished test is always on disk.
-        self.save(&record);
         let id = record.id.clone();
+        self.save(record.clone()).await;
         live.update(|r| *r = record);
         self.lock_running().remove(&id);
         drop(slot);
@@ -308,9 +314,13 @@ impl Service {
         cfg
     }
 
-    fn save(&self, record: &TestRecord) {
-        if let Err(e) = self.store.save(record) {
-            tracing::error!(test = %record.id, error = %e, "cannot store the test result");
+    async fn save(&self, record: TestRecord) {
+        let store = Arc::clone(&self.store);
+        let id = record.id.clone();
+        match tokio::task::spawn_blocking(move || store.save(&record)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(test = %id, error = %e, "cannot store the test result"),
+            Err(e) => tracing::error!(test = %id, error = %e, "storing the test result failed"),
         }
     }
 

@@ -56,9 +56,26 @@ pub async fn serve(listener: TcpListener, service: Arc<Service>, mut stop: watch
 /// One caller, from greeting to the last line of the verdict.
 async fn session(stream: TcpStream, peer: SocketAddr, service: &Arc<Service>) {
     let _ = stream.set_nodelay(true);
-    let client = peer.ip().to_canonical();
     let (mut read, write) = stream.into_split();
     let mut out = Lines(write);
+    converse(&mut read, &mut out, peer, service).await;
+    // A clean end: FIN after the last line, and whatever the client still sends (telnet
+    // negotiation) read away, so the close is no reset that could eat the last line.
+    let _ = out.0.shutdown().await;
+    let mut sink = [0u8; 256];
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while matches!(read.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
+async fn converse(
+    read: &mut tokio::net::tcp::OwnedReadHalf,
+    out: &mut Lines,
+    peer: SocketAddr,
+    service: &Arc<Service>,
+) {
+    let client = peer.ip().to_canonical();
     let cfg = &service.config;
     let default_port = cfg.connect_back_port;
     let greeting = [
@@ -84,7 +101,7 @@ async fn session(stream: TcpStream, peer: SocketAddr, service: &Arc<Service>) {
             return;
         }
     }
-    let port = match read_port(&mut read, default_port).await {
+    let port = match read_port(read, default_port).await {
         Ok(port) => port,
         Err(why) => {
             let _ = out.emit(&why).await;
@@ -117,9 +134,8 @@ async fn session(stream: TcpStream, peer: SocketAddr, service: &Arc<Service>) {
         return;
     }
     // The test goes on (and is stored) even if the caller hangs up now.
-    live::follow(&live, 0, &mut out).await;
+    live::follow(&live, 0, out).await;
     let _ = out.emit(&format!("Results: {url}")).await;
-    let _ = out.0.shutdown().await;
 }
 
 /// Reads what the caller typed within [`PORT_PROMPT`]: nothing or an empty line is the

@@ -145,7 +145,7 @@ impl Telnet {
     }
 
     /// Every line until the service hangs up.
-    fn to_end(&mut self) -> Vec<String> {
+    fn rest_of_session(&mut self) -> Vec<String> {
         let mut lines = Vec::new();
         while let Some(line) = self.line() {
             lines.push(line);
@@ -235,7 +235,7 @@ fn a_telnet_caller_running_relayward_serve_watches_the_closed_transcript_as_it_h
         Some(">>> EHLO relay-test.example.org")
     );
 
-    let rest = caller.to_end();
+    let rest = caller.rest_of_session();
     let test = position(&rest, ":Relay test: plain-external");
     assert_eq!(
         rest[test + 1],
@@ -309,7 +309,7 @@ fn a_telnet_caller_may_type_a_port_and_hears_its_open_relay_is_one() {
         head.contains(&format!("Connecting to 127.0.0.3:{open_port} ...")),
         "{head:?}"
     );
-    let rest = caller.to_end();
+    let rest = caller.rest_of_session();
     let test = position(&rest, ":Relay test: plain-external");
     assert_eq!(rest[test + 3], ">>> RCPT TO:<relaytest@example.net>");
     assert!(rest[test + 4].starts_with("<<< 250"), "{}", rest[test + 4]);
@@ -340,7 +340,7 @@ fn the_telnet_door_probes_only_the_callers_address_and_refuses_a_private_one() {
     let mut other = Telnet::call(service.addr("telnet"), "127.0.0.3");
     other.until(|l| l.starts_with("Network owners"));
     other.send("192.0.2.1:25\r\n");
-    let answer = other.to_end();
+    let answer = other.rest_of_session();
     assert!(
         answer[0].starts_with("Only a port number (1-65535) can be typed here: this door tests the address you came from and nothing else."),
         "{answer:?}"
@@ -350,7 +350,7 @@ fn the_telnet_door_probes_only_the_callers_address_and_refuses_a_private_one() {
     caller.until(|l| l.starts_with("Network owners"));
     caller.send("\r\n");
     assert_eq!(
-        caller.to_end(),
+        caller.rest_of_session(),
         [
             "Refused: 127.0.0.3 is a loopback address (RFC 1122): this service tests mail servers on the public Internet only"
         ]
@@ -582,7 +582,7 @@ fn excluded_networks_are_never_touched_even_when_private_targets_are_allowed() {
     let mut caller = Telnet::call(service.addr("telnet"), "127.0.0.6");
     caller.until(|l| l.starts_with("Network owners"));
     caller.send("\r\n");
-    let answer = caller.to_end();
+    let answer = caller.rest_of_session();
     assert!(
         answer[0].starts_with("Refused: 127.0.0.6 is in 127.0.0.6/32"),
         "{answer:?}"
@@ -844,7 +844,7 @@ fn server_text_is_escaped_on_the_page_in_the_live_stream_and_on_the_telnet_door(
     let mut caller = Telnet::call(service.addr("telnet"), "127.0.0.3");
     caller.until(|l| l.starts_with("Network owners"));
     caller.send("\r\n");
-    let lines = caller.to_end().join("\n");
+    let lines = caller.rest_of_session().join("\n");
     assert!(
         lines.contains("<<< 220 mx.evil.test ESMTP <script>alert(1)</script>\\x1b[2J"),
         "{lines}"
