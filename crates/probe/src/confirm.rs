@@ -98,6 +98,29 @@ impl ConfirmServer {
         }
     }
 
+    /// Stops watching for `tokens` (their target's proof is over): a listener that serves many
+    /// probes, as the probe service's does, would otherwise keep every token it ever expected.
+    /// A token that arrives later is no longer recorded.
+    pub fn forget(&self, tokens: &[String]) {
+        if let Ok(mut set) = self.expected.lock() {
+            for token in tokens {
+                set.remove(token);
+            }
+        }
+        if let Ok(mut arrived) = self.arrived.lock() {
+            for token in tokens {
+                arrived.remove(token);
+            }
+        }
+    }
+
+    /// Tokens expected or arrived and not yet forgotten.
+    pub fn tracked_tokens(&self) -> usize {
+        let expected = self.expected.lock().map(|s| s.len()).unwrap_or(0);
+        let arrived = self.arrived.lock().map(|a| a.len()).unwrap_or(0);
+        expected + arrived
+    }
+
     /// Waits until all `tokens` arrived or `wait` passed; returns those that arrived, with how.
     pub async fn wait_for(&self, tokens: &[String], wait: Duration) -> HashMap<String, Arrival> {
         let deadline = Instant::now() + wait;

@@ -814,12 +814,18 @@ impl<'a> Runner<'a> {
             let result = self.send_token(&rendered, token).await;
             results.push(result);
         }
+        let registered: Vec<String> = results
+            .iter()
+            .filter(|r| !r.token.is_empty())
+            .map(|r| r.token.clone())
+            .collect();
         let tokens: Vec<String> = results
             .iter()
             .filter(|r| r.sent)
             .map(|r| r.token.clone())
             .collect();
         if tokens.is_empty() {
+            settings.server.forget(&registered);
             return results;
         }
         self.log.note(&format!(
@@ -828,6 +834,7 @@ impl<'a> Runner<'a> {
             tokens.len()
         ));
         let arrived = settings.server.wait_for(&tokens, settings.wait).await;
+        settings.server.forget(&registered);
         for r in &mut results {
             if let Some(a) = arrived.get(&r.token) {
                 r.arrived = true;

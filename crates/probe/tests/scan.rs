@@ -17,11 +17,19 @@ use relayward_testkit::dns::{DnsServer, Zone};
 #[tokio::test]
 async fn confirm_mode_proves_a_real_relay() {
     let (cfg, listen) = confirm_config(Duration::from_secs(10)).await;
+    let server = cfg
+        .confirm
+        .as_ref()
+        .map(|c| Arc::clone(&c.server))
+        .expect("confirm");
     let mut spec = Spec::new(Kind::PlainOpen);
     spec.forward_to = Some(listen);
     let relay = start(spec, "127.0.0.1:0").await;
     let r = probe_target(target(relay), Arc::new(cfg)).await;
     assert_eq!(r.verdict, Verdict::ConfirmedOpen, "{}", r.reason);
+    // The listener forgets a target's tokens once its proof is over (a service's listener
+    // serves probes for months).
+    assert_eq!(server.tracked_tokens(), 0);
     assert!(
         r.confirmed.iter().any(|id| id == "plain-external"),
         "{:?}",
@@ -40,8 +48,18 @@ async fn confirm_mode_proves_a_real_relay() {
 #[tokio::test]
 async fn confirm_mode_does_not_confirm_a_sink() {
     let (cfg, _) = confirm_config(Duration::from_millis(700)).await;
+    let server = cfg
+        .confirm
+        .as_ref()
+        .map(|c| Arc::clone(&c.server))
+        .expect("confirm");
     let sink = start(Spec::new(Kind::AcceptEverything), "127.0.0.1:0").await;
     let r = probe_target(target(sink), Arc::new(cfg)).await;
+    assert_eq!(
+        server.tracked_tokens(),
+        0,
+        "tokens that never came are forgotten too"
+    );
     // Accepted at RCPT, taken at the end of DATA, never delivered: not proven.
     assert_eq!(r.verdict, Verdict::Unconfirmed, "{}", r.reason);
     assert!(r.confirmed.is_empty());
