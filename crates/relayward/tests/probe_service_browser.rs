@@ -14,6 +14,7 @@
 mod support;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -43,8 +44,11 @@ impl ChromeDriver {
             let probe = TcpListener::bind("127.0.0.1:0").expect("bind");
             probe.local_addr().expect("addr").port()
         };
+        // A process group of its own: the browsers it starts join it, and Drop ends them all,
+        // also when an assertion fails before a session could be closed.
         let child = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -84,6 +88,8 @@ impl ChromeDriver {
                 "--disable-extensions",
                 "--disable-default-apps",
                 "--no-default-browser-check",
+                "--disable-crash-reporter",
+                "--disable-breakpad",
                 format!("--user-data-dir={}", profile.display()),
                 "--window-size=1100,1500",
                 "--hide-scrollbars",
@@ -105,6 +111,10 @@ impl ChromeDriver {
 
 impl Drop for ChromeDriver {
     fn drop(&mut self) {
+        // chromedriver's group: chromedriver and every browser it started, by the group's id.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
