@@ -19,7 +19,8 @@ use crate::EXIT_CONFIG;
 
 #[derive(clap::Args, Debug)]
 pub struct CheckConfigArgs {
-    /// Configuration file to check. Without it, the embedded default is checked.
+    /// Configuration file to check (the same as --config FILE). Without either, the embedded
+    /// default is checked.
     #[arg(value_name = "FILE")]
     file: Option<PathBuf>,
 
@@ -39,12 +40,18 @@ enum Outcome {
     Relayed(String),
 }
 
-pub async fn run(args: CheckConfigArgs) -> ExitCode {
+pub async fn run(args: CheckConfigArgs, config_arg: crate::ConfigArg, _json: bool) -> ExitCode {
     if args.show_default {
         print!("{EMBEDDED_DEFAULT_TOML}");
         return ExitCode::SUCCESS;
     }
-    let arg = crate::ConfigArg { config: args.file };
+    let arg = match file_to_check(args.file, config_arg) {
+        Ok(arg) => arg,
+        Err(message) => {
+            eprintln!("relayward check-config: {message}");
+            return ExitCode::from(crate::EXIT_USAGE);
+        }
+    };
     let config = match crate::load_config(&arg) {
         Ok(config) => config,
         Err(message) => {
@@ -79,6 +86,23 @@ pub async fn run(args: CheckConfigArgs) -> ExitCode {
     } else {
         println!("FAIL: {relayed} relay trick(s) would be relayed for a stranger.");
         ExitCode::from(EXIT_CONFIG)
+    }
+}
+
+/// The file named as the argument or by `--config` (both are accepted, as README and
+/// `serve` use `--config`); naming two different files is a mistake worth stopping for.
+fn file_to_check(
+    positional: Option<PathBuf>,
+    config_arg: crate::ConfigArg,
+) -> Result<crate::ConfigArg, String> {
+    match (positional, config_arg.config) {
+        (Some(file), Some(other)) if file != other => Err(format!(
+            "two files given: {} and --config {}; name one",
+            file.display(),
+            other.display()
+        )),
+        (Some(file), _) => Ok(crate::ConfigArg { config: Some(file) }),
+        (None, config) => Ok(crate::ConfigArg { config }),
     }
 }
 

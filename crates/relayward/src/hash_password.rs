@@ -5,7 +5,8 @@
 use std::io::BufRead;
 use std::process::ExitCode;
 
-pub fn run() -> ExitCode {
+/// Prints the hash alone, or with `--json` as `{"password_hash": "…"}`.
+pub fn run(json: bool) -> ExitCode {
     let mut line = String::new();
     if let Err(e) = std::io::stdin().lock().read_line(&mut line) {
         eprintln!("relayward hash-password: cannot read stdin: {e}");
@@ -17,6 +18,10 @@ pub fn run() -> ExitCode {
         return ExitCode::FAILURE;
     }
     match relayward_server::auth::hash_password(password.as_bytes()) {
+        Ok(hash) if json => {
+            println!("{}", serde_json::json!({ "password_hash": hash }));
+            ExitCode::SUCCESS
+        }
         Ok(hash) => {
             println!("{hash}");
             ExitCode::SUCCESS

@@ -3,6 +3,7 @@
 mod check_config;
 mod delivery;
 mod hash_password;
+mod manual;
 mod queue_cmd;
 mod serve;
 mod snapshot;
@@ -10,10 +11,13 @@ mod snapshot;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 /// Exit status for a configuration that is refused (sysexits' EX_CONFIG).
 pub const EXIT_CONFIG: u8 = 78;
+/// Exit status for a command line that cannot be carried out as given: 2, as for the usage
+/// errors clap reports itself.
+pub const EXIT_USAGE: u8 = 2;
 
 #[derive(Parser)]
 #[command(
@@ -27,10 +31,25 @@ durably and delivers it by MX lookup or through a smart host.\n\n\
 whether it is an open relay; `relayward probe-service` offers the same test to anyone, by telnet \
 connect-back or on a web page."
 )]
-struct Cli {
+pub struct Cli {
+    #[command(flatten)]
+    pub config: ConfigArg,
+
+    /// Print JSON for scripts instead of tables and text, for every subcommand that prints
+    /// results (shapes documented in README.md). For `serve`: logs as JSON lines, like
+    /// --log-json.
+    #[arg(long, global = true)]
+    pub json: bool,
+
     #[command(subcommand)]
     command: Commands,
 }
+
+/// The environment variables every subcommand reads, shown under `--help`.
+const ENVIRONMENT_HELP: &str = "Environment:
+  RELAYWARD_CONFIG  configuration file when --config is not given
+  RUST_LOG          which log lines `serve` writes to stderr, e.g. `info` (the default),
+                    `relayward=debug,info`, `warn`; see the tracing-subscriber EnvFilter syntax";
 
 #[derive(Subcommand)]
 enum Commands {
@@ -39,13 +58,16 @@ enum Commands {
     /// Without --config, runs the embedded default: 127.0.0.1:2525 (mx) and 127.0.0.1:2587
     /// (submission), local domain `localhost`, data in ./relayward-data. Refuses to start with a
     /// configuration that would relay for the world, and says what to write instead.
-    /// SIGTERM/SIGINT drain and stop; SIGHUP reloads users and limits.
+    /// SIGTERM/SIGINT drain and stop; SIGHUP reloads the configuration file.
+    /// The start-up report (listening addresses, "ready") goes to stdout; the log goes to
+    /// stderr, filtered by RUST_LOG (default `info`).
     Serve(serve::ServeArgs),
 
     /// Check a configuration file: print the effective relay policy and replay the relay-trick
     /// battery against it in-process, as an untrusted, unauthenticated client.
     ///
-    /// Exits 0 when the configuration is valid and nothing would be relayed, 78 otherwise.
+    /// The file is given as an argument or with --config (either works). Exits 0 when the
+    /// configuration is valid and nothing would be relayed, 78 otherwise.
     CheckConfig(check_config::CheckConfigArgs),
 
     /// Read a password on stdin and print its argon2id hash for a `[[user]] password_hash`.
@@ -84,18 +106,49 @@ enum Commands {
 
     /// Inspect and manage the mail queue (works while the server runs).
     Queue(queue_cmd::QueueArgs),
+
+    /// Print a shell completion script, e.g. `relayward completions bash > /etc/bash_completion.d/relayward`.
+    Completions(manual::CompletionsArgs),
+
+    /// Print the manual page (roff), e.g. `relayward man | man -l -`; with --out-dir, write one
+    /// page per subcommand there.
+    Man(manual::ManArgs),
 }
 
-/// `--config FILE`, shared by the commands that read the server configuration.
-#[derive(clap::Args, Debug, Clone)]
+/// `--config FILE`, accepted before or after any subcommand.
+#[derive(clap::Args, Debug, Clone, Default)]
 pub struct ConfigArg {
     /// Configuration file (TOML). Without it, the embedded default configuration is used.
-    #[arg(long, short = 'c', env = "RELAYWARD_CONFIG", value_name = "FILE")]
+    #[arg(
+        long,
+        short = 'c',
+        env = "RELAYWARD_CONFIG",
+        value_name = "FILE",
+        global = true
+    )]
     pub config: Option<PathBuf>,
 }
 
+/// The command line as clap sees it, with the environment note under every subcommand's
+/// `--help` too (clap shows `after_help` only where it is set). Parsing, completions and
+/// manual pages all start from here.
+pub fn command() -> clap::Command {
+    fn with_environment(command: clap::Command) -> clap::Command {
+        command
+            .after_help(ENVIRONMENT_HELP)
+            .mut_subcommands(with_environment)
+    }
+    with_environment(Cli::command())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = command().get_matches();
+    let config_on_command_line =
+        matches.value_source("config") == Some(clap::parser::ValueSource::CommandLine);
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -106,22 +159,36 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match cli.command {
+    let Cli {
+        config,
+        json,
+        command,
+    } = cli;
+    match command {
         Commands::Serve(args) => {
-            init_logging(args.log_json);
-            runtime.block_on(serve::run(args))
+            let log_json = args.log_json || json;
+            init_logging(log_json);
+            runtime.block_on(serve::run(args, config))
         }
-        Commands::CheckConfig(args) => runtime.block_on(check_config::run(args)),
-        Commands::HashPassword => hash_password::run(),
-        Commands::Probe(args) => {
+        Commands::CheckConfig(args) => runtime.block_on(check_config::run(args, config, json)),
+        Commands::HashPassword => hash_password::run(json),
+        Commands::Probe(mut args) => {
+            args.json |= json;
             let code = runtime.block_on(relayward_probe::cli::run(*args));
             ExitCode::from(u8::try_from(code).unwrap_or(2))
         }
-        Commands::ProbeService(args) => {
-            init_logging(false);
+        Commands::ProbeService(mut args) => {
+            // Its own --config names a [probe_service] file; one given before the subcommand
+            // counts too, but not RELAYWARD_CONFIG, which names the relay's file.
+            if args.config.is_none() && config_on_command_line {
+                args.config = config.config;
+            }
+            init_logging(json);
             ExitCode::from(runtime.block_on(relayward_probe_service::run(args)))
         }
-        Commands::Queue(args) => runtime.block_on(queue_cmd::run(args)),
+        Commands::Queue(args) => runtime.block_on(queue_cmd::run(args, config, json)),
+        Commands::Completions(args) => manual::completions(&args),
+        Commands::Man(args) => manual::man(&args),
     }
 }
 
@@ -182,4 +249,32 @@ pub fn open_queue(
     let spool = relayward_queue::spool::Spool::open(&dir, options)
         .with_context(|| format!("cannot open the queue in {}", dir.display()))?;
     Ok(std::sync::Arc::new(spool))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        command().debug_assert();
+    }
+
+    /// Every positional argument of every subcommand says what it is in `--help`.
+    #[test]
+    fn every_positional_argument_is_described() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_positionals() {
+                if arg.get_help().is_none() {
+                    missing.push(format!("{path} <{}>", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&command(), "relayward", &mut missing);
+        assert!(missing.is_empty(), "undescribed: {missing:?}");
+    }
 }

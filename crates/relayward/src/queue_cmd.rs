@@ -13,13 +13,6 @@ use crate::ConfigArg;
 
 #[derive(clap::Args, Debug)]
 pub struct QueueArgs {
-    #[command(flatten)]
-    config: ConfigArg,
-
-    /// Print JSON for scripts instead of a table (shapes documented in README.md).
-    #[arg(long, global = true)]
-    json: bool,
-
     #[command(subcommand)]
     action: QueueAction,
 }
@@ -29,7 +22,10 @@ enum QueueAction {
     /// List queued messages: id, age, sender, recipients, next attempt, last error.
     List,
     /// Show one message: envelope, per-recipient status and headers.
-    Show { id: String },
+    Show {
+        /// Message id (from `queue list`).
+        id: String,
+    },
     /// Make a message (or --all messages) due for delivery now.
     Retry {
         /// Message id (from `queue list`).
@@ -40,15 +36,24 @@ enum QueueAction {
         all: bool,
     },
     /// Delete a message without delivering or bouncing it.
-    Delete { id: String },
+    Delete {
+        /// Message id (from `queue list`).
+        id: String,
+    },
     /// Hold a message: it is not delivered until released.
-    Hold { id: String },
+    Hold {
+        /// Message id (from `queue list`).
+        id: String,
+    },
     /// Release a held message.
-    Release { id: String },
+    Release {
+        /// Message id (from `queue list`).
+        id: String,
+    },
 }
 
-pub async fn run(args: QueueArgs) -> ExitCode {
-    let config = match crate::load_config(&args.config) {
+pub async fn run(args: QueueArgs, config_arg: ConfigArg, json: bool) -> ExitCode {
+    let config = match crate::load_config(&config_arg) {
         Ok(config) => config,
         Err(message) => {
             eprintln!("relayward queue: {message}");
@@ -62,7 +67,7 @@ pub async fn run(args: QueueArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = act(&*queue, args.action, args.json).await;
+    let result = act(&*queue, args.action, json).await;
     match result {
         Ok(text) => {
             print!("{text}");

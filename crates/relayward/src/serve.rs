@@ -19,16 +19,13 @@ use crate::{ConfigArg, EXIT_CONFIG};
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
-    #[command(flatten)]
-    pub config: ConfigArg,
-
     /// Write logs as JSON lines (for log shippers) instead of text.
     #[arg(long)]
     pub log_json: bool,
 }
 
-pub async fn run(args: ServeArgs) -> ExitCode {
-    let config = match crate::load_config(&args.config) {
+pub async fn run(_args: ServeArgs, config_arg: ConfigArg) -> ExitCode {
+    let config = match crate::load_config(&config_arg) {
         Ok(config) => config,
         Err(message) => {
             eprintln!("relayward: {message}");
@@ -41,7 +38,7 @@ pub async fn run(args: ServeArgs) -> ExitCode {
         );
         return ExitCode::from(EXIT_CONFIG);
     }
-    match serve(config, args.config).await {
+    match serve(config, config_arg).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("relayward: {e:#}");
