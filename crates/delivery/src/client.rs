@@ -676,13 +676,11 @@ fn tls_name(params: &ConnectParams) -> String {
     }
 }
 
-/// Refuses addresses that could inject commands (CR, LF, brackets, controls) or are too long.
+/// Refuses addresses that could inject commands (CR, LF, brackets, controls) or are too long:
+/// the protocol crate's one rule, which the session already applied at MAIL and RCPT, so this
+/// catches only entries that came from elsewhere (an older spool, a hand-edited file).
 fn check_envelope(envelope: &Envelope<'_>) -> Option<Failure> {
-    let bad = |a: &str| {
-        a.len() > 256
-            || a.bytes()
-                .any(|b| b < 0x20 || b == 0x7f || b == b'<' || b == b'>')
-    };
+    let bad = |a: &str| !relayward_protocol::route::is_sendable_address(a);
     if bad(envelope.sender) {
         return Some(Failure::local(
             "5.1.7",

@@ -899,6 +899,7 @@ fn bounce_recipient(ctx: &DeliveryContext, message: &QueuedMessage) -> Option<Ne
                 Unroutable::SenderRouted(_) => "sender-specified routing",
                 Unroutable::AddressLiteral => "an address literal",
                 Unroutable::NoSuchMailbox => "no such local mailbox",
+                Unroutable::Unsendable => "not an address this server passes on",
             };
             tracing::warn!(id = %message.id, sender = %Escaped(&message.sender), "not bounced: the sender has no route ({why})");
             None

@@ -107,6 +107,9 @@ pub enum Unroutable {
     /// A local domain (or a Maildir route) without such a mailbox — or a local part that can
     /// never name one.
     NoSuchMailbox,
+    /// Valid RFC 5321, but not an address relayward's SMTP client sends on (see
+    /// [`is_sendable_address`]): accepting it would only end in a bounce.
+    Unsendable,
 }
 
 /// Where a `[[route]]` domain's mail goes: its `to` key.
@@ -286,7 +289,7 @@ impl Router {
                 &local_part.to_ascii_lowercase(),
             )),
             Some(RouteTarget::Smtp { host, port }) => Ok(Routed {
-                address: wire_address(local_part, &domain),
+                address: sendable(wire_address(local_part, &domain))?,
                 route: Route {
                     class: RouteClass::RelayDomain,
                     next_hop: NextHop::Smtp {
@@ -296,7 +299,7 @@ impl Router {
                 },
             }),
             None => Ok(Routed {
-                address: wire_address(local_part, &domain),
+                address: sendable(wire_address(local_part, &domain))?,
                 route: Route {
                     class: RouteClass::Remote,
                     next_hop: if self.smarthost {
@@ -307,6 +310,14 @@ impl Router {
                 },
             }),
         }
+    }
+}
+
+fn sendable(address: String) -> Result<String, Unroutable> {
+    if is_sendable_address(&address) {
+        Ok(address)
+    } else {
+        Err(Unroutable::Unsendable)
     }
 }
 
@@ -321,6 +332,19 @@ fn maildir(class: RouteClass, domain: &str, mailbox: &str) -> Routed {
             },
         },
     }
+}
+
+/// Whether relayward's SMTP client sends `address` (`local@domain` as queued, the local part
+/// quoted where needed) to a next hop: at most 256 octets (the RFC 5321 §4.5.3.1.3 path
+/// limit, brackets included), no control characters, and no `<` or `>` even inside a quoted
+/// local part. Those are valid RFC 5321, but they are what naive parsers on the way split
+/// paths on. The one rule for the session (RCPT and MAIL) and the delivery client, so nothing
+/// is accepted that delivery would refuse and bounce.
+pub fn is_sendable_address(address: &str) -> bool {
+    address.len() + 2 <= crate::limits::MAX_PATH
+        && !address
+            .chars()
+            .any(|c| c.is_control() || c == '<' || c == '>')
 }
 
 /// Whether a dequoted local part can name a Maildir directory: a dot-atom (so no leading dot,

@@ -56,6 +56,7 @@ fn render(router: &Router, input: &str) -> String {
                 Unroutable::SenderRouted(_) => "SenderRouted",
                 Unroutable::AddressLiteral => "AddressLiteral",
                 Unroutable::NoSuchMailbox => "NoSuchMailbox",
+                Unroutable::Unsendable => "Unsendable",
             }
         ),
     }

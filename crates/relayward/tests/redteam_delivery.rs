@@ -89,3 +89,28 @@ fn an_unreadable_message_is_moved_aside_not_retried_in_a_loop() {
             .contains("content"),
     );
 }
+
+/// Finding 1, first half: `"a>b"@corp.example.test` is valid RFC 5321, so a `[[route]]` took
+/// it from a stranger; the delivery client then refused `<`/`>` as a permanent 5.1.3 and the
+/// bounce went to the stranger's forged sender. One rule now decides both: refused at RCPT.
+/// The same holds for senders (MAIL), whose every relayed copy would fail the same way.
+#[test]
+fn addresses_the_client_would_refuse_are_refused_at_rcpt_and_mail() {
+    let server = TestServer::start(&standard_config(&unreachable_route()));
+    let mut smtp = server.smtp("mx");
+    smtp.send("EHLO attacker.outside.test")
+        .expect(250)
+        .send("MAIL FROM:<\"v>w\"@third.test>")
+        .expect_text(553, "5.1.7")
+        .send("MAIL FROM:<victim@third.test>")
+        .expect(250)
+        .send("RCPT TO:<\"a>b\"@corp.example.test>")
+        .expect_text(553, "5.1.3")
+        .send("RCPT TO:<\"<x>\"@corp.example.test>")
+        .expect_text(553, "5.1.3")
+        .send("DATA")
+        .expect_text(554, "5.5.1")
+        .send("QUIT")
+        .expect(221);
+    assert_eq!(spooled(&server), 0);
+}

@@ -27,8 +27,10 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use relayward_protocol::path::ReversePath;
 use relayward_protocol::reply::Reply;
-use relayward_protocol::resolve::{Resolved, Routing};
-use relayward_protocol::route::{Route, RouteClass, Router, Unroutable, wire_local_part};
+use relayward_protocol::resolve::{Resolved, Routing, resolve_mailbox};
+use relayward_protocol::route::{
+    Route, RouteClass, Router, Unroutable, is_sendable_address, wire_local_part,
+};
 
 use crate::auth::Login;
 use crate::config::{Config, ConfigProblem, ListenerKind};
@@ -129,6 +131,9 @@ pub enum Refusal {
     },
     /// `user@[192.0.2.1]`: never local, and not relayed for anyone.
     AddressLiteral { address: String },
+    /// Valid, but not an address the delivery client passes on (`<`, `>`, controls, length):
+    /// accepting it would end in a bounce to whatever sender the client wrote.
+    Unsendable { address: String },
 }
 
 impl Refusal {
@@ -142,6 +147,13 @@ impl Refusal {
                 550,
                 (5, 1, 1),
                 format!("<{address}>: Recipient address rejected: User unknown"),
+            ),
+            Refusal::Unsendable { address } => Reply::enh(
+                553,
+                (5, 1, 3),
+                format!(
+                    "<{address}>: Recipient address rejected: not passed on by this server (\"<\", \">\" or control characters)"
+                ),
             ),
             Refusal::Routed { address, .. } => Reply::enh(
                 554,
@@ -159,7 +171,8 @@ impl Refusal {
             Refusal::RelayDenied { address }
             | Refusal::UnknownUser { address }
             | Refusal::Routed { address, .. }
-            | Refusal::AddressLiteral { address } => address,
+            | Refusal::AddressLiteral { address }
+            | Refusal::Unsendable { address } => address,
         }
     }
 }
@@ -177,6 +190,8 @@ pub enum SenderRefusal {
     AuthRequired,
     /// An authenticated user used an address outside their `send_as`.
     NotOwned { address: String, login: Login },
+    /// A sender the delivery client would not pass on: every copy relayed would fail.
+    Unsendable { address: String },
 }
 
 impl SenderRefusal {
@@ -188,6 +203,13 @@ impl SenderRefusal {
                 553,
                 (5, 7, 1),
                 format!("<{address}>: Sender address rejected: not owned by user {login}"),
+            ),
+            SenderRefusal::Unsendable { address } => Reply::enh(
+                553,
+                (5, 1, 7),
+                format!(
+                    "<{address}>: Sender address rejected: not passed on by this server (\"<\", \">\" or control characters)"
+                ),
             ),
         }
     }
@@ -264,6 +286,7 @@ impl Policy {
             }
             Err(Unroutable::AddressLiteral) => return Err(Refusal::AddressLiteral { address }),
             Err(Unroutable::NoSuchMailbox) => return Err(Refusal::UnknownUser { address }),
+            Err(Unroutable::Unsendable) => return Err(Refusal::Unsendable { address }),
         };
         let reason = match routed.route.class {
             RouteClass::Local => AcceptReason::LocalMailbox,
@@ -299,6 +322,12 @@ impl Policy {
     ) -> Result<(), SenderRefusal> {
         if Self::mail_requires_auth(kind) && client.login().is_none() {
             return Err(SenderRefusal::AuthRequired);
+        }
+        if let ReversePath::Path { mailbox, .. } = from {
+            let address = resolve_mailbox(mailbox).address();
+            if !is_sendable_address(&address) {
+                return Err(SenderRefusal::Unsendable { address });
+            }
         }
         self.check_sender(client, from)
     }
