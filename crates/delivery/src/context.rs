@@ -13,6 +13,7 @@ use rustls::ClientConfig;
 
 use crate::client::{Credentials, TlsPolicy};
 use crate::config::{ConfigError, DeliveryConfig, SmarthostTls, smarthost_address};
+use crate::loops::OwnListeners;
 use crate::mx::MxResolver;
 use crate::tls;
 
@@ -24,6 +25,8 @@ pub struct DeliveryContext {
     pub(crate) resolver: MxResolver,
     pub(crate) opportunistic: Arc<ClientConfig>,
     pub(crate) smarthost: Option<Smarthost>,
+    /// Our own listeners: never a next hop (see [`crate::loops`]).
+    pub(crate) own: OwnListeners,
 }
 
 /// The smart host, ready to use: address, TLS policy, credentials.
@@ -52,7 +55,14 @@ impl DeliveryContext {
             opportunistic: tls::opportunistic()?,
             smarthost,
             settings,
+            own: OwnListeners::default(),
         })
+    }
+
+    /// The addresses of this server's listeners, which the runner never connects to.
+    pub fn with_own_listeners(mut self, own: OwnListeners) -> Self {
+        self.own = own;
+        self
     }
 }
 

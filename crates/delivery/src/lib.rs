@@ -41,6 +41,7 @@ pub mod config;
 pub mod context;
 pub mod dsn;
 pub mod due;
+pub mod loops;
 pub mod mx;
 pub mod outcome;
 pub mod retry;
@@ -49,5 +50,6 @@ pub mod tls;
 
 pub use config::{DeliveryConfig, SmarthostTls, Timeouts};
 pub use context::DeliveryContext;
+pub use loops::OwnListeners;
 pub use retry::RetrySchedule;
 pub use runner::Runner;

@@ -445,7 +445,8 @@ impl Runner {
             Destination::Smarthost => self.deliver_smarthost(ctx, &envelope).await,
             Destination::Route { host, port } => {
                 let hosts = vec![host.clone()];
-                self.deliver_hosts(ctx, &hosts, *port, &envelope).await
+                self.deliver_hosts(ctx, host, &hosts, *port, &envelope)
+                    .await
             }
             Destination::Mx(domain) => self.deliver_mx(ctx, domain, &envelope).await,
         };
@@ -528,7 +529,7 @@ impl Runner {
         match ctx.resolver.mx_hosts(domain).await {
             Ok(hosts) => {
                 let names: Vec<String> = hosts.into_iter().map(|h| h.name).collect();
-                self.deliver_hosts(ctx, &names, ctx.settings.mx_port, envelope)
+                self.deliver_hosts(ctx, domain, &names, ctx.settings.mx_port, envelope)
                     .await
             }
             Err(failure) => vec![dns_outcome(&failure); n],
@@ -537,9 +538,13 @@ impl Runner {
 
     /// Tries hosts in order; recipients deferred by one host (4xx, connection failure) are
     /// tried on the next. Final outcomes (2xx, 5xx) stop there.
+    ///
+    /// Addresses of our own listeners are skipped; when they are all there was, the mail for
+    /// `destination` "loops back to myself" (5.4.6, as Postfix says) and bounces.
     async fn deliver_hosts(
         &self,
         ctx: &DeliveryContext,
+        destination: &str,
         hosts: &[String],
         port: u16,
         envelope: &Envelope<'_>,
@@ -547,6 +552,7 @@ impl Runner {
         let n = envelope.recipients.len();
         let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
         let mut last = Failure::local("4.4.4", "no mail exchanger could be tried");
+        let (mut looped, mut tried) = (false, false);
         for host in hosts.iter().take(MAX_HOSTS) {
             let addresses = match ctx.resolver.addresses(host).await {
                 Ok(a) => a,
@@ -569,7 +575,14 @@ impl Runner {
                     recipients: &rcpts,
                     content: envelope.content,
                 };
-                let params = mx_params(ctx, host, SocketAddr::new(ip, port));
+                let addr = SocketAddr::new(ip, port);
+                if ctx.own.contains(addr) {
+                    tracing::warn!(destination = %Escaped(destination), host = %Escaped(host), %addr, "next hop is this server's own listener; skipped");
+                    looped = true;
+                    continue;
+                }
+                tried = true;
+                let params = mx_params(ctx, host, addr);
                 match self.attempt(params, &sub).await {
                     Ok(results) => {
                         for (&i, outcome) in open.iter().zip(results) {
@@ -579,6 +592,12 @@ impl Runner {
                     Err(e) => last = e.failure,
                 }
             }
+        }
+        if looped && !tried {
+            last = Failure::local(
+                "5.4.6",
+                format!("mail for {destination} loops back to myself"),
+            );
         }
         settle(outcomes, &last)
     }
@@ -604,6 +623,16 @@ impl Runner {
         };
         let mut last = Failure::local("4.4.1", "smart host has no usable address");
         for ip in addresses.into_iter().take(MAX_ADDRESSES_PER_HOST) {
+            if ctx.own.contains(SocketAddr::new(ip, smarthost.port)) {
+                last = Failure::local(
+                    "4.4.6",
+                    format!(
+                        "the smart host {} is this server itself: mail loops back to myself",
+                        smarthost.host
+                    ),
+                );
+                continue;
+            }
             if matches!(smarthost.tls, TlsPolicy::None) && !ip.to_canonical().is_loopback() {
                 last = Failure::local(
                     "4.7.0",

@@ -60,6 +60,10 @@ async fn serve(config: Config, config_arg: ConfigArg) -> anyhow::Result<()> {
     let snapshot = Snapshot::build(config, origin, &lasting)?;
     tracing::info!("TLS certificate: {}", snapshot.certificate);
     let bound = bind_all(&snapshot.config)?;
+    // Before the runner starts: mail already queued must not be delivered to ourselves.
+    lasting
+        .own_listeners
+        .set(bound.iter().map(|b| b.address).collect());
     let current = Current::new(snapshot);
     let gate = Gate::live(current.admission());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -128,6 +132,12 @@ struct Server {
 }
 
 impl Server {
+    /// Tells the delivery runner where this server listens, so it never delivers to itself.
+    fn publish_listeners(&self) {
+        let bound = self.listeners.iter().map(|(_, l)| l.address).collect();
+        self.lasting.own_listeners.set(bound);
+    }
+
     fn start_listener(&mut self, configured: SocketAddr, bound: BoundListener) {
         let running = RunningListener::spawn(
             bound,
@@ -197,6 +207,7 @@ impl Server {
         for (_, listener) in removed {
             tokio::spawn(listener.close());
         }
+        self.publish_listeners();
         for setting in &restart {
             tracing::warn!("reload: {setting} changed; this takes effect only after a restart");
         }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use relayward_config::{Config, Live};
-use relayward_delivery::{DeliveryConfig, DeliveryContext};
+use relayward_delivery::{DeliveryConfig, DeliveryContext, OwnListeners};
 use relayward_queue::{Queue, Spool};
 use relayward_server::auth::{AuthLimitSettings, AuthLimiter};
 use relayward_server::listener::AdmissionLimits;
@@ -43,6 +43,8 @@ impl Origin {
 /// budget, so a reload only changes their settings.
 pub struct Lasting {
     pub spool: Arc<Spool>,
+    /// The addresses the listeners are bound to, for the runner's loop check.
+    pub own_listeners: OwnListeners,
     pub auth: Arc<AuthLimiter>,
     pub users: Arc<UserRateLimiter>,
 }
@@ -51,6 +53,7 @@ impl Lasting {
     pub fn new(config: &Config, spool: Arc<Spool>) -> Self {
         Self {
             spool,
+            own_listeners: OwnListeners::default(),
             auth: Arc::new(AuthLimiter::new(AuthLimitSettings::from_limits(
                 &config.limits,
             ))),
@@ -96,7 +99,8 @@ impl Snapshot {
         })?;
         let settings = DeliveryConfig::from_config(&config);
         let delivery = DeliveryContext::new(settings, Arc::clone(policy.router()))
-            .context("delivery configuration")?;
+            .context("delivery configuration")?
+            .with_own_listeners(lasting.own_listeners.clone());
         let session = session_context(&config, &tls, policy, lasting);
         Ok(Snapshot {
             admission: Arc::new(admission_limits(&config)),

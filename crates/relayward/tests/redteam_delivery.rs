@@ -1,10 +1,13 @@
 //! Red-team findings against the delivery side, end to end through the real binary: what a
 //! stranger's message can make the runner do after it was accepted.
 
+#[path = "support/dns.rs"]
+mod dns;
 mod support;
 
 use std::time::{Duration, Instant};
 
+use dns::{DnsServer, Zone};
 use support::{TestServer, spooled, standard_config, wait_queue_empty};
 
 /// A `[[route]]` to a port where nothing listens: every attempt defers.
@@ -113,4 +116,56 @@ fn addresses_the_client_would_refuse_are_refused_at_rcpt_and_mail() {
         .send("QUIT")
         .expect(221);
     assert_eq!(spooled(&server), 0);
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// Finding 2: nothing stopped a message from going round. With loopback trusted (the
+/// embedded default), mail for a domain whose MX is this very server was delivered to its own
+/// listener, which queued it again — 2,493 times in 12 seconds. The runner now skips its own
+/// listeners as next hops, and when nothing else is left the mail "loops back to myself" and
+/// bounces; the session accepted it exactly once.
+#[test]
+fn an_mx_pointing_back_to_this_server_bounces_instead_of_looping() {
+    let port = free_port();
+    let dns = DnsServer::start(
+        Zone::new()
+            .mx("loop.test", 10, "mx.loop.test")
+            .a("mx.loop.test", std::net::Ipv4Addr::LOCALHOST),
+    );
+    let config = standard_config(&format!(
+        "[delivery]\nmx_port = {port}\n\n[dns]\nnameservers = [\"{}\"]\n",
+        dns.addr
+    ))
+    .replacen(
+        "address = \"127.0.0.1:0\"",
+        &format!("address = \"127.0.0.1:{port}\""),
+        1,
+    )
+    .replace(
+        "trusted_networks = []",
+        "trusted_networks = [\"127.0.0.1/32\"]",
+    );
+    let server = TestServer::start(&config);
+    let mut smtp = server.smtp("mx");
+    smtp.send("EHLO app.example.test")
+        .expect(250)
+        .send("MAIL FROM:<alice@example.test>")
+        .expect(250)
+        .send("RCPT TO:<someone@loop.test>")
+        .expect(250)
+        .send("DATA")
+        .expect(354)
+        .raw(b"Subject: round and round\r\n\r\nhello\r\n.\r\n")
+        .expect_text(250, "queued as")
+        .send("QUIT")
+        .expect(221);
+    let bounce = server.wait_for_mail("example.test", "alice", 1);
+    assert!(bounce[0].contains("loops back to myself"), "{}", bounce[0]);
+    wait_queue_empty(&server);
+    let accepted = server.log().matches("message queued").count();
+    assert_eq!(accepted, 1, "accepted {accepted} times:\n{}", server.log());
 }
