@@ -16,7 +16,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use ipnet::IpNet;
-pub use relayward_protocol::route::{RouteTarget, Router, split_host_port};
+pub use relayward_protocol::route::{RelayDomain, RouteTarget, Router, split_host_port};
 use serde::{Deserialize, Deserializer};
 
 mod live;
@@ -354,11 +354,33 @@ pub struct Dns {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
-    /// The domain (not a local domain). Any recipient in it is accepted, unless routed.
+    /// The domain (not a local domain). Its recipients are accepted from anyone — only those
+    /// that exist there (see `recipients` and `verify_recipients`).
     pub domain: String,
     /// `smtp://host[:port]` or `maildir`.
     #[serde(deserialize_with = "de_route_target")]
     pub to: RouteTarget,
+    /// The addresses that exist in the domain (like Postfix's `relay_recipient_maps`): only
+    /// these are accepted, and nothing is asked of the internal server at RCPT time.
+    #[serde(default)]
+    pub recipients: Option<Vec<String>>,
+    /// For an `smtp://` route without `recipients`: ask the internal server at RCPT time
+    /// whether it takes the recipient (a short MAIL FROM:<> / RCPT probe, cached), so a
+    /// stranger's mail for a user who does not exist is refused at once instead of bouncing
+    /// to a forged sender later. Default `true`; `false` accepts every local part (and
+    /// `check-config` warns that strangers can then cause backscatter).
+    #[serde(default)]
+    pub verify_recipients: Option<bool>,
+}
+
+impl Route {
+    /// Whether RCPT must be confirmed by the internal server (the default for SMTP routes
+    /// without a recipient list).
+    pub fn verifies_recipients(&self) -> bool {
+        matches!(self.to, RouteTarget::Smtp { .. })
+            && self.recipients.is_none()
+            && self.verify_recipients.unwrap_or(true)
+    }
 }
 
 /// Reads a `[[route]]` `to` value (`"smtp://host:port"` or `"maildir"`).
@@ -631,12 +653,20 @@ impl Config {
     /// `[[route]]` domains, and whether remote mail goes to the smart host. The one input of
     /// "where does this recipient go?" (see [`relayward_protocol::route`]).
     pub fn router(&self) -> Router {
+        let relay_domains = self.routes.iter().map(|route| {
+            let domain = RelayDomain {
+                target: route.to.clone(),
+                recipients: route.recipients.clone(),
+                verify: route.verifies_recipients(),
+            };
+            (route.domain.to_ascii_lowercase(), domain)
+        });
         Router::new(
             self.normalized_local_domains(),
             self.local_mailboxes()
                 .into_iter()
                 .map(|(address, _)| address),
-            self.relay_domains(),
+            relay_domains,
             self.delivery.smarthost.is_some(),
         )
     }
@@ -1083,6 +1113,38 @@ mod checks {
                     format!("{domain:?} has two [[route]] entries; keep one"),
                 );
             }
+            check_route_recipients(i, route, &domain, f);
+        }
+    }
+
+    /// `recipients` must name addresses of the route's own domain; an SMTP route that neither
+    /// lists nor verifies its recipients accepts any local part from anyone.
+    fn check_route_recipients(i: usize, route: &Route, domain: &str, f: &mut Findings) {
+        for (j, address) in route.recipients.iter().flatten().enumerate() {
+            let in_domain = address
+                .rsplit_once('@')
+                .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain));
+            if !valid_address(address) || !in_domain {
+                f.error(
+                    format!("route[{i}].recipients[{j}]"),
+                    format!(
+                        "{address:?} is not an address in {domain}; write e.g. \"alice@{domain}\""
+                    ),
+                );
+            }
+        }
+        let smtp = matches!(route.to, RouteTarget::Smtp { .. });
+        if !smtp && route.verify_recipients.is_some() {
+            f.warn(
+                format!("route[{i}].verify_recipients"),
+                "applies only to smtp:// routes (a maildir route accepts only mailbox names); remove it",
+            );
+        }
+        if smtp && route.recipients.is_none() && route.verify_recipients == Some(false) {
+            f.warn(
+                format!("route[{i}].verify_recipients"),
+                format!("false: any local part at {domain} is accepted from anyone, and when the internal server refuses it, the bounce goes to whatever sender a stranger wrote (backscatter); list them in recipients = [...] or leave verify_recipients at its default (true)"),
+            );
         }
     }
 
@@ -1275,12 +1337,28 @@ mod summary {
             };
             let _ = writeln!(out, "  {address} ({why})");
         }
-        let mut routes: Vec<(String, RouteTarget)> = config.relay_domains().into_iter().collect();
-        routes.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut routes: Vec<&Route> = config.routes.iter().collect();
+        routes.sort_by_key(|r| r.domain.to_ascii_lowercase());
         if !routes.is_empty() {
-            let _ = writeln!(out, "Relay domains (anyone may send to any address there):");
-            for (domain, target) in routes {
-                let _ = writeln!(out, "  {domain} -> {target}");
+            let _ = writeln!(
+                out,
+                "Relay domains (anyone may send to the addresses that exist there):"
+            );
+            for route in routes {
+                let known = match (&route.recipients, &route.to) {
+                    (Some(list), _) => format!("{} listed recipient(s)", list.len()),
+                    (None, RouteTarget::Maildir) => "any mailbox name".to_string(),
+                    (None, _) if route.verifies_recipients() => {
+                        "recipients verified with the internal server at RCPT".to_string()
+                    }
+                    (None, _) => "ANY local part, unverified (backscatter risk)".to_string(),
+                };
+                let _ = writeln!(
+                    out,
+                    "  {} -> {} ({known})",
+                    route.domain.to_ascii_lowercase(),
+                    route.to
+                );
             }
         }
     }

@@ -538,6 +538,23 @@ impl Connection {
     }
 
     /// Ends the session politely; errors do not matter any more.
+    /// Asks whether the server takes `address` as a recipient: `MAIL FROM:<>`, `RCPT TO:`,
+    /// then `RSET`, and no message. Returns the RCPT reply; an error when the server would not
+    /// even start the transaction or the connection failed.
+    pub async fn probe_recipient(&mut self, address: &str) -> Result<Reply, SessionError> {
+        let mail = self.command("MAIL FROM:<>", self.timeouts.command).await?;
+        if !mail.is_positive_completion() {
+            return Err(self.reply_error(&mail, "MAIL FROM:<> (recipient check)"));
+        }
+        let rcpt = self
+            .command(&format!("RCPT TO:<{address}>"), self.timeouts.rcpt)
+            .await?;
+        if self.command("RSET", self.timeouts.command).await.is_err() {
+            self.broken = true;
+        }
+        Ok(rcpt)
+    }
+
     pub async fn quit(mut self) {
         if self.broken {
             return;

@@ -47,9 +47,11 @@ pub mod outcome;
 pub mod retry;
 pub mod runner;
 pub mod tls;
+pub mod verify;
 
 pub use config::{DeliveryConfig, SmarthostTls, Timeouts};
 pub use context::DeliveryContext;
 pub use loops::OwnListeners;
 pub use retry::RetrySchedule;
 pub use runner::Runner;
+pub use verify::{RecipientVerifier, VerifyCache};

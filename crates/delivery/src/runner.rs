@@ -922,7 +922,7 @@ fn stored_route(ctx: &DeliveryContext, id: &MessageId, r: &RecipientState) -> Op
 /// line, when the sender has no route.
 fn bounce_recipient(ctx: &DeliveryContext, message: &QueuedMessage) -> Option<NewRecipient> {
     match ctx.router.route_address(&message.sender) {
-        Some(Ok(Routed { address, route })) => Some(NewRecipient { address, route }),
+        Some(Ok(Routed { address, route, .. })) => Some(NewRecipient { address, route }),
         Some(Err(why)) => {
             let why = match why {
                 Unroutable::SenderRouted(_) => "sender-specified routing",

@@ -94,6 +94,42 @@ pub struct Routed {
     /// `""`, never as nothing, which would read as a source route downstream).
     pub address: String,
     pub route: Route,
+    /// The next hop (an internal server behind a `[[route]]`) must confirm at RCPT time that
+    /// it takes this recipient before we accept it.
+    pub verify: bool,
+}
+
+/// A `[[route]]` domain: where its mail goes, and how its recipients are known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayDomain {
+    pub target: RouteTarget,
+    /// The addresses that exist there, when the configuration lists them; others have no route.
+    pub recipients: Option<Vec<String>>,
+    /// Recipients must be confirmed by the internal server (see [`Routed::verify`]).
+    pub verify: bool,
+}
+
+impl RelayDomain {
+    /// A relay domain that takes every local part, without asking anyone.
+    pub fn to(target: RouteTarget) -> RelayDomain {
+        RelayDomain {
+            target,
+            recipients: None,
+            verify: false,
+        }
+    }
+}
+
+/// What a next hop said when asked whether it takes a recipient (recipient verification of
+/// `[[route]]` domains: the session asks, the delivery side speaks SMTP to find out).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verification {
+    /// It accepts the recipient.
+    Exists,
+    /// It refused the recipient permanently (its reply, for the log).
+    Refused(crate::reply::Reply),
+    /// It could not be asked, or answered with a temporary error (why, for the log).
+    Unavailable(String),
 }
 
 /// Why an address has no route. The policy refuses each of these for every client.
@@ -194,8 +230,8 @@ pub struct Router {
     local_domains: Vec<String>,
     /// Lower-case `local@domain` of every mailbox in a local domain.
     mailboxes: HashSet<String>,
-    /// `[[route]]` domains (lower-case) and their targets.
-    relay_domains: HashMap<String, RouteTarget>,
+    /// `[[route]]` domains (lower-case); recipient lists lower-case.
+    relay_domains: HashMap<String, RelayDomain>,
     /// Whether remote mail goes to the smart host instead of the MX hosts.
     smarthost: bool,
 }
@@ -205,7 +241,7 @@ impl Router {
     pub fn new(
         local_domains: impl IntoIterator<Item = String>,
         mailboxes: impl IntoIterator<Item = String>,
-        relay_domains: impl IntoIterator<Item = (String, RouteTarget)>,
+        relay_domains: impl IntoIterator<Item = (String, RelayDomain)>,
         smarthost: bool,
     ) -> Router {
         let mut domains: Vec<String> = Vec::new();
@@ -223,7 +259,12 @@ impl Router {
                 .collect(),
             relay_domains: relay_domains
                 .into_iter()
-                .map(|(d, t)| (d.to_ascii_lowercase(), t))
+                .map(|(d, mut relay)| {
+                    if let Some(list) = &mut relay.recipients {
+                        list.iter_mut().for_each(|a| *a = a.to_ascii_lowercase());
+                    }
+                    (d.to_ascii_lowercase(), relay)
+                })
                 .collect(),
             smarthost,
         }
@@ -276,19 +317,26 @@ impl Router {
             }
             return Ok(maildir(RouteClass::Local, &domain, &mailbox));
         }
-        match self.relay_domains.get(&domain) {
+        let Some(relay) = self.relay_domains.get(&domain) else {
+            return self.remote(local_part, domain);
+        };
+        if let Some(list) = &relay.recipients {
+            let address = format!("{}@{domain}", local_part.to_ascii_lowercase());
+            if !list.contains(&address) {
+                return Err(Unroutable::NoSuchMailbox);
+            }
+        }
+        match &relay.target {
             // A Maildir route files mail under `<domain>/<local part>/`: a local part that can
             // never name a Maildir would be accepted, fail at delivery and bounce to whatever
             // sender the client wrote (backscatter for anyone). It has no route.
-            Some(RouteTarget::Maildir) if !is_mailbox_name(local_part) => {
-                Err(Unroutable::NoSuchMailbox)
-            }
-            Some(RouteTarget::Maildir) => Ok(maildir(
+            RouteTarget::Maildir if !is_mailbox_name(local_part) => Err(Unroutable::NoSuchMailbox),
+            RouteTarget::Maildir => Ok(maildir(
                 RouteClass::RelayDomain,
                 &domain,
                 &local_part.to_ascii_lowercase(),
             )),
-            Some(RouteTarget::Smtp { host, port }) => Ok(Routed {
+            RouteTarget::Smtp { host, port } => Ok(Routed {
                 address: sendable(wire_address(local_part, &domain))?,
                 route: Route {
                     class: RouteClass::RelayDomain,
@@ -297,19 +345,24 @@ impl Router {
                         port: *port,
                     },
                 },
-            }),
-            None => Ok(Routed {
-                address: sendable(wire_address(local_part, &domain))?,
-                route: Route {
-                    class: RouteClass::Remote,
-                    next_hop: if self.smarthost {
-                        NextHop::Smarthost
-                    } else {
-                        NextHop::Mx { domain }
-                    },
-                },
+                verify: relay.verify,
             }),
         }
+    }
+
+    fn remote(&self, local_part: &str, domain: String) -> Result<Routed, Unroutable> {
+        Ok(Routed {
+            address: sendable(wire_address(local_part, &domain))?,
+            route: Route {
+                class: RouteClass::Remote,
+                next_hop: if self.smarthost {
+                    NextHop::Smarthost
+                } else {
+                    NextHop::Mx { domain }
+                },
+            },
+            verify: false,
+        })
     }
 }
 
@@ -331,6 +384,7 @@ fn maildir(class: RouteClass, domain: &str, mailbox: &str) -> Routed {
                 mailbox: mailbox.to_string(),
             },
         },
+        verify: false,
     }
 }
 

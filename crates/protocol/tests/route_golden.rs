@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use relayward_protocol::path::parse_forward_path;
 use relayward_protocol::resolve::resolve;
-use relayward_protocol::route::{RouteTarget, Router, Unroutable};
+use relayward_protocol::route::{RelayDomain, RouteTarget, Router, Unroutable};
 
 const TABLE: &str = include_str!("data/route.table");
 
@@ -27,8 +27,19 @@ fn field<'a>(column: &'a str, name: &str) -> &'a str {
 fn router(columns: &[&str]) -> Router {
     let routes = list(field(columns[3], "routes")).into_iter().map(|entry| {
         let (domain, target) = entry.split_once('=').expect("DOMAIN=TARGET");
-        let target: RouteTarget = target.parse().expect("route target");
-        (domain.to_string(), target)
+        // `TARGET{a+b}`: the route lists its recipients (local parts, joined by +).
+        let (target, listed) = match target.split_once('{') {
+            Some((target, rest)) => (target, Some(rest.trim_end_matches('}'))),
+            None => (target, None),
+        };
+        let mut relay = RelayDomain::to(target.parse::<RouteTarget>().expect("route target"));
+        relay.recipients = listed.map(|locals| {
+            locals
+                .split('+')
+                .map(|local| format!("{local}@{domain}"))
+                .collect()
+        });
+        (domain.to_string(), relay)
     });
     Router::new(
         list(field(columns[1], "local")),

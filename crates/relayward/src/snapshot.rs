@@ -14,13 +14,18 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use relayward_config::{Config, Live};
-use relayward_delivery::{DeliveryConfig, DeliveryContext, OwnListeners};
+use relayward_delivery::{
+    DeliveryConfig, DeliveryContext, OwnListeners, RecipientVerifier, VerifyCache,
+};
 use relayward_queue::{Queue, Spool};
 use relayward_server::auth::{AuthLimitSettings, AuthLimiter};
 use relayward_server::listener::AdmissionLimits;
 use relayward_server::policy::Policy;
 use relayward_server::ratelimit::{UserLimitSettings, UserRateLimiter};
 use relayward_server::session::SessionContext;
+use relayward_server::verify::{Verification, VerifyRecipients};
+use std::future::Future;
+use std::pin::Pin;
 
 /// Where the configuration came from, for the logs.
 #[derive(Debug, Clone)]
@@ -45,6 +50,8 @@ pub struct Lasting {
     pub spool: Arc<Spool>,
     /// The addresses the listeners are bound to, for the runner's loop check.
     pub own_listeners: OwnListeners,
+    /// What internal servers said about recipients (see `relayward_delivery::verify`).
+    pub verify_cache: VerifyCache,
     pub auth: Arc<AuthLimiter>,
     pub users: Arc<UserRateLimiter>,
 }
@@ -54,6 +61,7 @@ impl Lasting {
         Self {
             spool,
             own_listeners: OwnListeners::default(),
+            verify_cache: VerifyCache::default(),
             auth: Arc::new(AuthLimiter::new(AuthLimitSettings::from_limits(
                 &config.limits,
             ))),
@@ -101,12 +109,18 @@ impl Snapshot {
         let delivery = DeliveryContext::new(settings, Arc::clone(policy.router()))
             .context("delivery configuration")?
             .with_own_listeners(lasting.own_listeners.clone());
-        let session = session_context(&config, &tls, policy, lasting);
+        let delivery = Arc::new(delivery);
+        let verifier = Verifier(RecipientVerifier::new(
+            Arc::clone(&delivery),
+            lasting.verify_cache.clone(),
+        ));
+        let mut session = session_context(&config, &tls, policy, lasting);
+        session.verifier = Some(Arc::new(verifier));
         Ok(Snapshot {
             admission: Arc::new(admission_limits(&config)),
             certificate: tls.certificate.to_string(),
             session: Arc::new(session),
-            delivery: Arc::new(delivery),
+            delivery,
             config: Arc::new(config),
             origin,
         })
@@ -161,6 +175,21 @@ fn admission_limits(config: &Config) -> AdmissionLimits {
         max_connections: config.limits.max_connections as usize,
         max_connections_per_ip: config.limits.max_connections_per_ip as usize,
         connections_per_ip_per_minute: config.limits.connections_per_ip_per_minute,
+    }
+}
+
+/// The delivery crate's recipient verifier, as the session's [`VerifyRecipients`] (the server
+/// crate does not depend on the delivery crate).
+struct Verifier(RecipientVerifier);
+
+impl VerifyRecipients for Verifier {
+    fn verify<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+        address: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Verification> + Send + 'a>> {
+        Box::pin(self.0.verify(host, port, address))
     }
 }
 

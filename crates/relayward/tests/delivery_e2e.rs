@@ -791,12 +791,16 @@ fn mx_delivery_bounces_5xx_and_null_mx_into_the_senders_mailbox() {
 
 // ------------------------------------------------------------------ 4. route
 
+/// A route that takes any local part without asking the internal server at RCPT time
+/// (`verify_recipients = false`), so these tests see only what delivery sends;
+/// tests/redteam_delivery.rs covers recipient verification.
 fn route_config(receiver: &SmtpServer) -> String {
     standard_config(&format!(
         r#"
 [[route]]
 domain = "corp.example.test"
 to = "smtp://127.0.0.1:{port}"
+verify_recipients = false
 "#,
         port = receiver.addr.port()
     ))

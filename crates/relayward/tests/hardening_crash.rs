@@ -828,7 +828,7 @@ fn sigkill_during_remote_delivery_loses_no_recipient() {
     let stall = Arc::new(AtomicBool::new(true));
     let hop = stalling_next_hop(&stall);
     let config = standard_config(&format!(
-        "[[route]]\ndomain = \"corp.example.test\"\nto = \"smtp://{}\"\n",
+        "[[route]]\ndomain = \"corp.example.test\"\nto = \"smtp://{}\"\nverify_recipients = false\n",
         hop.addr
     ));
     let server = TestServer::start(&config);

@@ -1,21 +1,25 @@
 //! Red-team findings against the delivery side, end to end through the real binary: what a
 //! stranger's message can make the runner do after it was accepted.
 
-#[path = "support/dns.rs"]
-mod dns;
 mod support;
 
 use std::time::{Duration, Instant};
 
-use dns::{DnsServer, Zone};
+use relayward_testkit::dns::{DnsServer, Zone};
 use support::{TestServer, spooled, standard_config, wait_queue_empty};
 
-/// A `[[route]]` to a port where nothing listens: every attempt defers.
+/// A `[[route]]` to a port where nothing listens: every attempt (and every recipient check)
+/// fails to connect.
 fn unreachable_route() -> String {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = closed.local_addr().expect("addr");
     drop(closed);
     format!("[[route]]\ndomain = \"corp.example.test\"\nto = \"smtp://{addr}\"\n")
+}
+
+/// The same, taking any local part without asking (so mail is queued and then defers).
+fn unreachable_route_unverified() -> String {
+    unreachable_route() + "verify_recipients = false\n"
 }
 
 fn queue_one_for_the_route(server: &TestServer) -> String {
@@ -46,7 +50,7 @@ fn queue_one_for_the_route(server: &TestServer) -> String {
 fn an_unreadable_message_is_moved_aside_not_retried_in_a_loop() {
     let config = standard_config(&format!(
         "{}\n[delivery]\nmax_queue_lifetime = \"3s\"\n",
-        unreachable_route()
+        unreachable_route_unverified()
     ));
     let server = TestServer::start(&config);
     let id = queue_one_for_the_route(&server);
@@ -168,4 +172,123 @@ fn an_mx_pointing_back_to_this_server_bounces_instead_of_looping() {
     wait_queue_empty(&server);
     let accepted = server.log().matches("message queued").count();
     assert_eq!(accepted, 1, "accepted {accepted} times:\n{}", server.log());
+}
+
+/// The internal server behind a `[[route]]`: a second relayward for `corp.example.test`
+/// with the single mailbox eve, which refuses every other local part (550 5.1.1).
+fn internal_server() -> TestServer {
+    TestServer::start(
+        &standard_config("")
+            .replace("mx.example.test", "internal.corp.example.test")
+            .replace(
+                "local_domains = [\"example.test\"]",
+                "local_domains = [\"corp.example.test\"]\nmailboxes = [\"eve@corp.example.test\"]",
+            ),
+    )
+}
+
+fn route_to(addr: std::net::SocketAddr, extra: &str) -> String {
+    format!("[[route]]\ndomain = \"corp.example.test\"\nto = \"smtp://{addr}\"\n{extra}")
+}
+
+/// Finding 1, second half: a route took any local part from anyone, and when the internal
+/// server refused it later the stranger's forged sender got the bounce. Now, by default, the
+/// internal server is asked at RCPT time: a user it does not have is refused right there, and
+/// no DSN with the stranger's content goes anywhere.
+#[test]
+fn a_route_refuses_at_rcpt_the_users_its_internal_server_does_not_have() {
+    let internal = internal_server();
+    let server = TestServer::start(&standard_config(&route_to(internal.addr("mx"), "")));
+    let mut smtp = server.smtp("mx");
+    smtp.send("EHLO attacker.outside.test")
+        .expect(250)
+        .send("MAIL FROM:<victim@third.test>")
+        .expect(250)
+        .send("RCPT TO:<nobody@corp.example.test>")
+        .expect_text(550, "5.1.1")
+        .send("RCPT TO:<NOBODY@corp.example.test>")
+        .expect_text(550, "5.1.1")
+        .send("RCPT TO:<eve@corp.example.test>")
+        .expect(250)
+        .send("DATA")
+        .expect(354)
+        .raw(b"Subject: for eve\r\n\r\nonly eve exists\r\n.\r\n")
+        .expect_text(250, "queued as")
+        .send("QUIT")
+        .expect(221);
+    let mail = internal.wait_for_mail("corp.example.test", "eve", 1);
+    assert!(mail[0].contains("only eve exists"), "{}", mail[0]);
+    wait_queue_empty(&server);
+    assert!(!server.log().contains("bounce queued"), "{}", server.log());
+    // The second spelling of nobody was answered from the cache: one question each.
+    let asked = internal.log().matches("RCPT").count();
+    assert!(asked <= 4, "asked {asked} times:\n{}", internal.log());
+}
+
+/// With the internal server down the answer is "try again later", never an unverified 250.
+#[test]
+fn a_route_whose_internal_server_is_down_defers_at_rcpt() {
+    let server = TestServer::start(&standard_config(&unreachable_route()));
+    let mut smtp = server.smtp("mx");
+    smtp.send("EHLO client.outside.test")
+        .expect(250)
+        .send("MAIL FROM:<friend@outside.test>")
+        .expect(250)
+        .send("RCPT TO:<eve@corp.example.test>")
+        .expect_text(451, "4.4.1")
+        .send("DATA")
+        .expect_text(554, "5.5.1")
+        .send("QUIT")
+        .expect(221);
+    assert_eq!(spooled(&server), 0);
+}
+
+/// `recipients = [...]` lists the addresses that exist: only those are accepted, and nothing
+/// is asked of the internal server at RCPT time.
+#[test]
+fn a_route_with_a_recipient_list_asks_nobody() {
+    let sink = support::rejecting_sink("127.0.0.1", "250 ok");
+    let server = TestServer::start(&standard_config(&route_to(
+        sink.addr,
+        "recipients = [\"eve@corp.example.test\"]\n",
+    )));
+    let mut smtp = server.smtp("mx");
+    smtp.send("EHLO client.outside.test")
+        .expect(250)
+        .send("MAIL FROM:<friend@outside.test>")
+        .expect(250)
+        .send("RCPT TO:<mallory@corp.example.test>")
+        .expect_text(550, "5.1.1")
+        .send("RCPT TO:<Eve@corp.example.test>")
+        .expect(250)
+        .send("QUIT")
+        .expect(221);
+    assert_eq!(
+        sink.connections(),
+        0,
+        "the sink was asked: {:?}",
+        sink.lines()
+    );
+}
+
+/// `verify_recipients = false` takes any local part again, and check-config says what that
+/// costs.
+#[test]
+fn verify_recipients_false_accepts_anything_and_check_config_warns() {
+    let sink = support::rejecting_sink("127.0.0.1", "550 5.1.1 no such user here");
+    let route = route_to(sink.addr, "verify_recipients = false\n");
+    let (code, out) = support::check_config(&standard_config(&route));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("backscatter"), "{out}");
+    let server = TestServer::start(&standard_config(&route));
+    server
+        .smtp("mx")
+        .send("EHLO client.outside.test")
+        .expect(250)
+        .send("MAIL FROM:<friend@outside.test>")
+        .expect(250)
+        .send("RCPT TO:<anyone@corp.example.test>")
+        .expect(250)
+        .send("QUIT")
+        .expect(221);
 }

@@ -206,7 +206,7 @@ fn queue_tables_escape_header_and_reply_text() {
     )
     .addr;
     let server = TestServer::start(&standard_config(&format!(
-        "[[route]]\ndomain = \"corp.example.net\"\nto = \"smtp://{sink}\"\n"
+        "[[route]]\ndomain = \"corp.example.net\"\nto = \"smtp://{sink}\"\nverify_recipients = false\n"
     )));
     let subject = "\u{1b}[2J\u{1b}[Hqueue is empty";
     server
@@ -279,7 +279,7 @@ fn mode(path: &std::path::Path) -> u32 {
 fn queued_mail_keys_and_maildirs_are_private() {
     let sink = support::rejecting_sink("127.0.0.1", "451 4.3.0 later").addr;
     let server = TestServer::start(&standard_config(&format!(
-        "[[route]]\ndomain = \"corp.example.net\"\nto = \"smtp://{sink}\"\n"
+        "[[route]]\ndomain = \"corp.example.net\"\nto = \"smtp://{sink}\"\nverify_recipients = false\n"
     )));
     let mut smtp = server.smtp("mx");
     smtp.send("EHLO attacker.outside.test").expect(250);
@@ -571,7 +571,7 @@ const INTERNAL_REFUSAL: &str =
 fn routed_to_a_refusing_server() -> (TestServer, std::net::SocketAddr) {
     let sink = support::rejecting_sink("127.0.0.2", INTERNAL_REFUSAL).addr;
     let server = TestServer::start(&standard_config(&format!(
-        "[[route]]\ndomain = \"corp.example.net\"\nto = \"smtp://{sink}\"\n"
+        "[[route]]\ndomain = \"corp.example.net\"\nto = \"smtp://{sink}\"\nverify_recipients = false\n"
     )));
     (server, sink)
 }

@@ -12,3 +12,4 @@ pub mod ratelimit;
 pub mod session;
 pub mod tls;
 pub mod trace;
+pub mod verify;

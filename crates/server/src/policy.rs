@@ -96,6 +96,7 @@ pub struct Accepted {
     reason: AcceptReason,
     address: String,
     route: Route,
+    verify: bool,
 }
 
 impl Accepted {
@@ -113,6 +114,12 @@ impl Accepted {
     /// Where the mail goes: the router's answer, stored with the recipient in the queue.
     pub fn route(&self) -> &Route {
         &self.route
+    }
+
+    /// Whether the next hop must confirm the recipient before the session accepts it (see
+    /// [`crate::verify`]).
+    pub fn needs_verification(&self) -> bool {
+        self.verify
     }
 }
 
@@ -299,6 +306,7 @@ impl Policy {
             reason,
             address: routed.address,
             route: routed.route,
+            verify: routed.verify,
         })
     }
 

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use relayward_delivery::{DeliveryConfig, DeliveryContext, RetrySchedule, Runner, Timeouts};
-use relayward_protocol::route::{RouteTarget, Router};
+use relayward_protocol::route::{RelayDomain, RouteTarget, Router};
 use relayward_queue::spool::{Spool, SpoolOptions};
 use relayward_queue::{MessageId, NewMessage, NewRecipient, Queue};
 // Each test binary uses some of these.
@@ -50,12 +50,12 @@ impl Relay {
     pub fn with_routes(routes: Vec<(&str, RouteTarget)>) -> Self {
         let routes = routes
             .into_iter()
-            .map(|(d, t)| (d.to_string(), t))
+            .map(|(d, t)| (d.to_string(), RelayDomain::to(t)))
             .collect();
         Self::routed(routes, false)
     }
 
-    fn routed(routes: Vec<(String, RouteTarget)>, smarthost: bool) -> Self {
+    fn routed(routes: Vec<(String, RelayDomain)>, smarthost: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let options = SpoolOptions {
             min_free_bytes: 0,

@@ -72,6 +72,9 @@ pub struct SessionContext {
     pub tls: Option<TlsAcceptor>,
     pub queue: Arc<dyn Queue>,
     pub limits: SessionLimits,
+    /// Asks internal servers about recipients of `[[route]]` domains that verify them; without
+    /// it such recipients get `451` (never an unverified `250`).
+    pub verifier: Option<Arc<dyn crate::verify::VerifyRecipients>>,
 }
 
 impl SessionLimits {
@@ -116,6 +119,7 @@ impl SessionContext {
             tls,
             queue,
             limits: SessionLimits::from_limits(&config.limits),
+            verifier: None,
         }
     }
 }
@@ -411,7 +415,7 @@ impl<S: Stream> Session<S> {
             Command::Ehlo(name) => Ok(self.on_hello(name, true)),
             Command::Helo(name) => Ok(self.on_hello(name, false)),
             Command::Mail { wire, from, params } => Ok(self.on_mail(&wire, from, &params)),
-            Command::Rcpt { wire, to, .. } => Ok(self.on_rcpt(&wire, &to)),
+            Command::Rcpt { wire, to, .. } => Ok(self.on_rcpt(&wire, &to).await),
             Command::Data => self.on_data().await,
             Command::Bdat { .. } => {
                 Ok(self.client_error(Reply::enh(502, (5, 5, 1), "BDAT not implemented; use DATA")))

@@ -1,16 +1,21 @@
 //! RCPT TO: every recipient goes through [`crate::policy::Policy::decide`], and only an
-//! [`crate::policy::Accepted`] it returns is kept for the transaction.
+//! [`crate::policy::Accepted`] it returns is kept for the transaction — after the internal
+//! server confirmed it, for `[[route]]` domains that verify their recipients.
 
 use relayward_protocol::path::ForwardPath;
 use relayward_protocol::reply::Reply;
 use relayward_protocol::resolve::resolve;
 use relayward_protocol::text::Escaped;
 
+use relayward_protocol::route::NextHop;
+
 use super::mail::Budget;
 use super::{Flow, Session, Stream};
+use crate::policy::Accepted;
+use crate::verify::Verification;
 
 impl<S: Stream> Session<S> {
-    pub(super) fn on_rcpt(&mut self, wire: &str, to: &ForwardPath) -> Flow {
+    pub(super) async fn on_rcpt(&mut self, wire: &str, to: &ForwardPath) -> Flow {
         let identity = self.identity();
         let Some(txn) = self.txn.as_mut() else {
             return self.client_error(Reply::enh(503, (5, 5, 1), "Need MAIL before RCPT"));
@@ -26,6 +31,9 @@ impl<S: Stream> Session<S> {
                     .iter()
                     .any(|r| r.address() == accepted.address());
                 if !duplicate {
+                    if let Err(reply) = self.verified(wire, &accepted).await {
+                        return self.client_error(reply);
+                    }
                     if let Err(reply) = self.spend_budget(Budget::Recipient) {
                         return self.client_error(reply);
                     }
@@ -44,6 +52,43 @@ impl<S: Stream> Session<S> {
                     "recipient refused"
                 );
                 self.client_error(reply)
+            }
+        }
+    }
+
+    /// For a recipient the next hop must confirm: asks it (see [`crate::verify`]); the reply
+    /// to give the client when it did not confirm.
+    async fn verified(&self, wire: &str, accepted: &Accepted) -> Result<(), Reply> {
+        if !accepted.needs_verification() {
+            return Ok(());
+        }
+        let address = accepted.address();
+        let unavailable = || {
+            Reply::enh(
+                451,
+                (4, 4, 1),
+                format!("<{address}>: Recipient address verification failed; try again later"),
+            )
+        };
+        let NextHop::Smtp { host, port } = &accepted.route().next_hop else {
+            return Ok(());
+        };
+        let Some(verifier) = &self.ctx.verifier else {
+            return Err(unavailable());
+        };
+        match verifier.verify(host, *port, address).await {
+            Verification::Exists => Ok(()),
+            Verification::Refused(said) => {
+                tracing::info!(client = %self.client_ip, rcpt = %Escaped(wire), internal = %Escaped(&said.to_string()), "recipient refused by the internal server");
+                Err(Reply::enh(
+                    550,
+                    (5, 1, 1),
+                    format!("<{address}>: Recipient address rejected: User unknown"),
+                ))
+            }
+            Verification::Unavailable(why) => {
+                tracing::warn!(client = %self.client_ip, rcpt = %Escaped(wire), why = %Escaped(&why), "recipient not verified");
+                Err(unavailable())
             }
         }
     }
