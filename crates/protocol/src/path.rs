@@ -2,12 +2,20 @@
 //!
 //! A path is what sits between the angle brackets of `MAIL FROM:<…>` / `RCPT TO:<…>`. The parser
 //! accepts exactly the RFC 5321 grammar (dot-atom or quoted-string local part, domain or address
-//! literal, optional source route) within the §4.5.3.1 length limits, and refuses everything else
-//! with a [`PathError`] that says what was wrong. It does not decide what an address *means*:
-//! that is [`crate::resolve`].
+//! literal, optional source route) within the §4.5.3.1 length limits, extended by RFC 6531
+//! (SMTPUTF8): local parts may hold UTF-8, and domains may be U-labels. It refuses everything
+//! else with a [`PathError`] that says what was wrong. It does not decide what an address
+//! *means*: that is [`crate::resolve`].
+//!
+//! Every host name is stored in its canonical A-label form ([`crate::idn::to_ascii`]):
+//! `exämple.test`, `EXÄMPLE.test` and `xn--exmple-cua.test` parse to the same [`Domain`], so no
+//! later comparison can tell them apart. UTF-8 is only accepted as such: whether the client
+//! may use it (it must have sent `SMTPUTF8` on MAIL) is the session's question, answered with
+//! [`ForwardPath::is_ascii`] and friends. Lengths are counted in octets, as RFC 6531 §3.3 says.
 //!
 //! When several things are wrong, the first check that fails names the error, in this order:
-//! angle brackets, characters (printable ASCII only), source route, local part (length, then
+//! angle brackets, characters (printable ASCII, space and UTF-8 letters; no control or
+//! invisible formatting characters), source route, local part (length, then
 //! syntax), presence of a domain, an extra `@`, domain (length, then syntax), and last the
 //! whole path's length, so that a too-long part is reported as such. Two choices stricter than
 //! the RFC, both deliberate: an extra `@` outside quotes and literals (`a@b@c`) is
@@ -18,7 +26,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::limits::{MAX_DOMAIN, MAX_LOCAL_PART, MAX_PATH};
 
-/// A domain: a host name (stored lower-case, ASCII, no trailing dot) or an address literal.
+/// A domain: a host name (stored in canonical A-label form: ASCII, lower-case, `xn--` labels
+/// for internationalised ones, no trailing dot) or an address literal.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Domain {
     Name(String),
@@ -146,7 +155,7 @@ pub fn parse_domain(input: &str) -> Result<Domain, PathError> {
 
 /// Strips the angle brackets and refuses octets that can never appear in a path.
 ///
-/// The character check runs first, so 8-bit (SMTPUTF8) and control bytes are reported as
+/// The character check runs first, so control and invisible characters are reported as
 /// [`PathError::BadCharacter`] whatever else is wrong.
 fn unbracket(input: &str) -> Result<&str, PathError> {
     let inner = input
@@ -157,14 +166,32 @@ fn unbracket(input: &str) -> Result<&str, PathError> {
     Ok(inner)
 }
 
-/// Only printable US-ASCII and space (space is legal inside quoted strings only; the grammar
-/// below rejects it elsewhere).
+/// Printable US-ASCII, space (legal inside quoted strings only; the grammar below rejects it
+/// elsewhere) and non-ASCII characters (RFC 6531 `UTF8-non-ascii`) that are neither controls
+/// nor invisible: a zero-width or bidirectional-override character in an address only serves
+/// to make two different mailboxes look alike in a log or a Maildir name.
 fn check_characters(text: &str) -> Result<(), PathError> {
-    if text.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+    let visible = |c: char| match c {
+        ' '..='~' => true,
+        c if c.is_ascii() => false,
+        c => !c.is_control() && !is_invisible(c),
+    };
+    if text.chars().all(visible) {
         Ok(())
     } else {
         Err(PathError::BadCharacter)
     }
+}
+
+/// Format and filler characters that render as nothing (Unicode `Cf`, `Zl`, `Zp`, variation
+/// selectors and the Hangul fillers): refused in addresses.
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+        | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
+        | '\u{2060}'..='\u{206F}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}'
+        | '\u{FFA0}' | '\u{FFF0}'..='\u{FFFB}' | '\u{1D173}'..='\u{1D17A}'
+        | '\u{E0000}'..='\u{E0FFF}')
 }
 
 /// The §4.5.3.1.3 limit, brackets included. Checked after the parts, so a too-long local part
@@ -217,8 +244,8 @@ fn hop_end(text: &str) -> Option<usize> {
     text[start..].find([',', ':']).map(|offset| start + offset)
 }
 
-/// `Mailbox = Local-part "@" ( Domain / address-literal )`, on text already known to be
-/// printable ASCII.
+/// `Mailbox = Local-part "@" ( Domain / address-literal )`, on text whose characters were
+/// checked.
 fn parse_mailbox_checked(text: &str) -> Result<Mailbox, PathError> {
     let (local_text, domain_text) = split_mailbox(text)?;
     let local = parse_local_part(local_text)?;
@@ -320,9 +347,16 @@ fn dequote(text: &str) -> Result<String, PathError> {
     Ok(value)
 }
 
-/// qtextSMTP: `%d32-33 / %d35-91 / %d93-126` (printable ASCII and space but `"` and `\`).
+/// qtextSMTP: `%d32-33 / %d35-91 / %d93-126` (printable ASCII and space but `"` and `\`),
+/// and `UTF8-non-ascii` (RFC 6531 §3.3).
 fn is_qtext(c: char) -> bool {
-    matches!(c, ' '..='~') && c != '"' && c != '\\'
+    (matches!(c, ' '..='~') && c != '"' && c != '\\') || is_utf8_letter(c)
+}
+
+/// A non-ASCII character allowed in an address (RFC 6531 `UTF8-non-ascii`, minus controls and
+/// invisible characters).
+fn is_utf8_letter(c: char) -> bool {
+    !c.is_ascii() && !c.is_control() && !is_invisible(c)
 }
 
 /// The octet after `\` in quoted-pairSMTP: `%d32-126`.
@@ -330,9 +364,9 @@ fn is_quoted_pair_char(c: char) -> bool {
     matches!(c, ' '..='~')
 }
 
-/// RFC 5322 atext.
+/// RFC 5322 atext, extended by RFC 6532 §3.2 with `UTF8-non-ascii`.
 fn is_atext(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c)
+    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || is_utf8_letter(c)
 }
 
 /// `Dot-string = Atom *("." Atom)`: no empty atom, hence no leading, trailing or double dot.
@@ -353,20 +387,23 @@ fn parse_domain_checked(text: &str) -> Result<Domain, PathError> {
     }
 }
 
-/// `Domain = sub-domain *("." sub-domain)`, stored lower-case.
+/// `Domain = sub-domain *("." sub-domain)` (RFC 6531: a sub-domain may be a U-label),
+/// stored in canonical A-label form.
 ///
 /// Refused: empty names, a trailing dot, labels over 63 octets, `_`, leading or trailing `-`,
 /// and names whose last label is all digits: `user@203.0.113.5` is an IP address written
-/// without brackets, not a host name, and some MTAs "helpfully" resolve it.
+/// without brackets, not a host name, and some MTAs "helpfully" resolve it. Internationalised
+/// names must pass UTS 46 ([`crate::idn::to_ascii`]) and then the same ASCII rules.
 fn parse_host_name(text: &str) -> Result<String, PathError> {
-    let labels: Vec<&str> = text.split('.').collect();
+    let ascii = crate::idn::to_ascii(text).map_err(|_| PathError::BadDomain)?;
+    let labels: Vec<&str> = ascii.split('.').collect();
     let last_is_numeric = labels
         .last()
         .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
     if last_is_numeric || !labels.iter().all(|l| is_label(l)) {
         return Err(PathError::BadDomain);
     }
-    Ok(text.to_ascii_lowercase())
+    Ok(ascii)
 }
 
 /// Whether `text` is a host name as RFC 5321 paths allow it (see [`parse_domain`]'s rules: no
@@ -440,14 +477,15 @@ fn parse_general_literal(tag: &str, content: &str) -> Option<AddressLiteral> {
 /// Renders a dequoted local-part value in its shortest valid wire form: as is when it is a
 /// dot-atom, else as a quoted string with `"` and `\` escaped (`john doe` → `"john doe"`).
 ///
-/// `None` when the value cannot be written in RFC 5321 at all (empty, or octets outside
-/// printable ASCII and space). The result can still exceed 64 octets; [`LocalPart::from_value`]
+/// `None` when the value cannot be written in RFC 5321/6531 at all (empty, or control or
+/// invisible characters). The result can still exceed 64 octets; [`LocalPart::from_value`]
 /// checks that.
 pub fn quote_local_part(value: &str) -> Option<String> {
     if is_dot_atom(value) {
         return Some(value.to_owned());
     }
-    if value.is_empty() || !value.chars().all(is_quoted_pair_char) {
+    let writable = |c: char| is_quoted_pair_char(c) || is_utf8_letter(c);
+    if value.is_empty() || !value.chars().all(writable) {
         return None;
     }
     let mut wire = String::with_capacity(value.len() + 2);
@@ -638,7 +676,12 @@ mod tests {
             Some("plain.atom")
         );
         assert_eq!(quote_local_part(""), None);
-        assert_eq!(quote_local_part("jürgen"), None);
+        assert_eq!(quote_local_part("jürgen").as_deref(), Some("jürgen"));
+        assert_eq!(
+            quote_local_part("jürgen müller").as_deref(),
+            Some("\"jürgen müller\"")
+        );
+        assert_eq!(quote_local_part("a\u{200b}b"), None);
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //! `L` is the canonical local part (re-quoted when needed), `D` the domain (`-` for a bare
 //! postmaster), `R` the routing names in order (`percent`, `bang`, `quoted-at`) or `-`, `H` the
 //! stripped source route (`@a,@b`) or `-`. In every column `{TEXT*N}` stands for `TEXT` repeated
-//! N times, and `{HT}`, `{CR}`, `{LF}`, `{NUL}`, `{DEL}` for those control octets.
+//! N times, and `{HT}`, `{CR}`, `{LF}`, `{NUL}`, `{DEL}` for those control octets, `{ZWSP}`,
+//! `{RLO}`, `{SHY}` for zero width space, right-to-left override and soft hyphen, `{C1}` for
+//! the C1 control U+0085.
 
 use relayward_protocol::path::{Domain, parse_forward_path, quote_local_part};
 use relayward_protocol::resolve::{Resolved, resolve};
@@ -49,6 +51,10 @@ fn token(inner: &str) -> Option<String> {
         "LF" => Some("\n"),
         "NUL" => Some("\0"),
         "DEL" => Some("\x7f"),
+        "ZWSP" => Some("\u{200b}"),
+        "RLO" => Some("\u{202e}"),
+        "SHY" => Some("\u{ad}"),
+        "C1" => Some("\u{85}"),
         _ => None,
     };
     if let Some(named) = named {
