@@ -1,14 +1,19 @@
 //! The SMTP command parser (RFC 5321 §4.1, RFC 3207 STARTTLS, RFC 4954 AUTH, RFC 1870 SIZE,
-//! RFC 6152 8BITMIME, RFC 3030 BDAT).
+//! RFC 6152 8BITMIME, RFC 3030 BDAT, RFC 3461 DSN, RFC 6531 SMTPUTF8).
 //!
 //! Input is one command line *without* its CRLF (see [`crate::line`]). Verbs are
 //! case-insensitive; paths are parsed by [`crate::path`] and kept with their wire form so replies
 //! can quote exactly what the client sent.
+//!
+//! Octets outside printable ASCII are refused, except well-formed UTF-8 (no controls) in `MAIL`
+//! and `RCPT`, where RFC 6531 allows it in addresses. Whether the client may use it — it must
+//! have put `SMTPUTF8` on its `MAIL` — is the session's check ([`needs_smtputf8`]).
 
 use std::fmt::Write as _;
 
 use base64::Engine as _;
 
+use crate::dsn::{MailDsn, Notify, Orcpt, RcptDsn, Ret, is_xtext, parse_envid};
 use crate::limits::command_line_limit;
 use crate::path::{Domain, ForwardPath, Mailbox, PathError, ReversePath};
 
@@ -90,23 +95,40 @@ const BLANK: [char; 2] = [' ', '\t'];
 /// The checks run cheapest first: octets, length, verb, then parameters, and the path last,
 /// so a line with several faults reports the most basic one.
 pub fn parse_command(line: &[u8]) -> Result<Command, CommandError> {
-    if !line
-        .iter()
-        .all(|&b| b == b' ' || b == b'\t' || (0x21..0x7f).contains(&b))
-    {
-        return Err(CommandError::BadCharacter);
-    }
-    if line.len() + 2 > command_line_limit(line) {
+    let line = checked_text(line)?;
+    if line.len() + 2 > command_line_limit(line.as_bytes()) {
         return Err(CommandError::Syntax("command line too long"));
     }
-    // All octets are ASCII, so this cannot fail; the error arm only keeps the parser panic-free.
-    let line = std::str::from_utf8(line).map_err(|_| CommandError::BadCharacter)?;
     let line = line.trim_end_matches(BLANK);
     let (verb, args) = match line.split_once(BLANK) {
         Some((verb, args)) => (verb, args.trim_start_matches(BLANK)),
         None => (line, ""),
     };
     parse_verb(&verb.to_ascii_uppercase(), args)
+}
+
+/// The line as text: printable ASCII, space and tab; UTF-8 (without controls) only in `MAIL`
+/// and `RCPT` lines.
+fn checked_text(line: &[u8]) -> Result<&str, CommandError> {
+    let ascii_ok = |b: u8| b == b' ' || b == b'\t' || (0x21..0x7f).contains(&b);
+    if line.iter().all(|&b| ascii_ok(b)) {
+        return std::str::from_utf8(line).map_err(|_| CommandError::BadCharacter);
+    }
+    let may_hold_utf8 = line.len() > 5
+        && (line[..5].eq_ignore_ascii_case(b"MAIL ") || line[..5].eq_ignore_ascii_case(b"RCPT "));
+    let text = std::str::from_utf8(line).map_err(|_| CommandError::BadCharacter)?;
+    let chars_ok = text.chars().all(|c| {
+        if c.is_ascii() {
+            ascii_ok(c as u8)
+        } else {
+            !c.is_control()
+        }
+    });
+    if may_hold_utf8 && chars_ok {
+        Ok(text)
+    } else {
+        Err(CommandError::BadCharacter)
+    }
 }
 
 fn parse_verb(verb: &str, args: &str) -> Result<Command, CommandError> {
@@ -192,9 +214,7 @@ fn parse_mail(args: &str) -> Result<Command, CommandError> {
 
 fn parse_rcpt(args: &str) -> Result<Command, CommandError> {
     let (wire, rest) = split_path(args, "TO:")?;
-    let params = parse_params(rest, |param| {
-        Err(CommandError::BadParam(param.keyword.clone()))
-    })?;
+    let params = parse_params(rest, check_rcpt_param)?;
     let to = crate::path::parse_forward_path(wire).map_err(CommandError::BadPath)?;
     Ok(Command::Rcpt {
         wire: wire.to_owned(),
@@ -298,6 +318,24 @@ fn check_mail_param(param: &mut Param) -> Result<(), CommandError> {
             ok
         }
         "AUTH" => value == "<>" || is_xtext(value),
+        "SMTPUTF8" => param.value.is_none(),
+        "RET" => Ret::parse(value).is_some(),
+        "ENVID" => parse_envid(value).is_some(),
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(CommandError::BadParam(param.keyword.clone()))
+    }
+}
+
+/// RCPT parameters: RFC 3461 `NOTIFY` and `ORCPT`.
+fn check_rcpt_param(param: &mut Param) -> Result<(), CommandError> {
+    let value = param.value.as_deref().unwrap_or("");
+    let ok = match param.keyword.as_str() {
+        "NOTIFY" => Notify::parse(value).is_some(),
+        "ORCPT" => Orcpt::parse(value).is_some(),
         _ => false,
     };
     if ok {
@@ -311,26 +349,38 @@ fn is_digits(text: &str) -> bool {
     text.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// RFC 3461 §4 `xtext`, as RFC 4954 §5 requires for `AUTH=`. Non-empty; hex digits accepted in
-/// either case, as senders differ.
-fn is_xtext(text: &str) -> bool {
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => {
-                let hex = bytes.get(i + 1..i + 3);
-                if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
-                    return false;
-                }
-                i += 3;
-            }
-            b'=' => return false,
-            33..=126 => i += 1,
-            _ => return false,
-        }
+fn param_value<'a>(params: &'a [Param], keyword: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|p| p.keyword == keyword)
+        .and_then(|p| p.value.as_deref())
+}
+
+/// The RFC 3461 parameters of a parsed `MAIL` (`RET`, `ENVID`).
+pub fn mail_dsn(params: &[Param]) -> MailDsn {
+    MailDsn {
+        ret: param_value(params, "RET").and_then(Ret::parse),
+        envid: param_value(params, "ENVID").and_then(parse_envid),
     }
-    !bytes.is_empty()
+}
+
+/// The RFC 3461 parameters of a parsed `RCPT` (`NOTIFY`, `ORCPT`).
+pub fn rcpt_dsn(params: &[Param]) -> RcptDsn {
+    RcptDsn {
+        notify: param_value(params, "NOTIFY").and_then(Notify::parse),
+        orcpt: param_value(params, "ORCPT").and_then(Orcpt::parse),
+    }
+}
+
+/// Whether a `MAIL` carried the RFC 6531 `SMTPUTF8` parameter.
+pub fn has_smtputf8(params: &[Param]) -> bool {
+    params.iter().any(|p| p.keyword == "SMTPUTF8")
+}
+
+/// Whether a path as written needs SMTPUTF8: it holds UTF-8 (a local part or a U-label).
+/// Without `SMTPUTF8` on MAIL such a path is refused (RFC 6531 §3.5: `553 5.6.7`).
+pub fn needs_smtputf8(wire: &str) -> bool {
+    !wire.is_ascii()
 }
 
 fn parse_bdat(args: &str) -> Result<Command, CommandError> {
@@ -540,6 +590,26 @@ mod tests {
         assert!(!is_xtext("a+4"));
         assert!(!is_xtext("a+ZZ"));
         assert!(!is_xtext(""));
+    }
+
+    #[test]
+    fn dsn_parameters_are_read_back() {
+        let Ok(Command::Rcpt { params, .. }) =
+            parse_command(b"RCPT TO:<b@x.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b+2Bt@x.test")
+        else {
+            panic!("refused");
+        };
+        let dsn = rcpt_dsn(&params);
+        assert!(dsn.effective_notify().success);
+        assert_eq!(dsn.orcpt.map(|o| o.address).as_deref(), Some("b+t@x.test"));
+        let Ok(Command::Mail { params, .. }) =
+            parse_command(b"MAIL FROM:<a@x.test> RET=HDRS ENVID=Q+2B1 SMTPUTF8")
+        else {
+            panic!("refused");
+        };
+        assert_eq!(mail_dsn(&params).ret, Some(Ret::Hdrs));
+        assert_eq!(mail_dsn(&params).envid.as_deref(), Some("Q+1"));
+        assert!(has_smtputf8(&params));
     }
 
     #[test]

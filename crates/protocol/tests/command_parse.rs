@@ -64,7 +64,36 @@ const ACCEPTED: &[(&str, &str)] = &[
         "MAIL FROM:<a@example.test> SIZE=99999999999999999999",
         "MAIL FROM:<a@example.test> SIZE=99999999999999999999",
     ),
+    (
+        "MAIL FROM:<a@example.test> smtputf8",
+        "MAIL FROM:<a@example.test> SMTPUTF8",
+    ),
+    (
+        "MAIL FROM:<jürgen@exämple.test> SMTPUTF8",
+        "MAIL FROM:<jürgen@exämple.test> SMTPUTF8",
+    ),
+    (
+        "MAIL FROM:<a@example.test> RET=HDRS ENVID=QQ+2B123",
+        "MAIL FROM:<a@example.test> RET=HDRS ENVID=QQ+2B123",
+    ),
+    (
+        "MAIL FROM:<a@example.test> ret=full",
+        "MAIL FROM:<a@example.test> RET=full",
+    ),
     ("RCPT TO:<b@example.test>", "RCPT TO:<b@example.test>"),
+    ("RCPT TO:<bøb@example.test>", "RCPT TO:<bøb@example.test>"),
+    (
+        r#"RCPT TO:<"a b>c"@x.test> NOTIFY=NEVER"#,
+        r#"RCPT TO:<"a b>c"@x.test> NOTIFY=NEVER"#,
+    ),
+    (
+        "RCPT TO:<b@example.test> NOTIFY=success,failure,delay ORCPT=rfc822;b+2Bx@example.test",
+        "RCPT TO:<b@example.test> NOTIFY=success,failure,delay ORCPT=rfc822;b+2Bx@example.test",
+    ),
+    (
+        "RCPT TO:<bøb@example.test> ORCPT=utf-8;b\\x{F8}b@example.test",
+        "RCPT TO:<bøb@example.test> ORCPT=utf-8;b\\x{F8}b@example.test",
+    ),
     ("rcpt to: <b@example.test>", "RCPT TO:<b@example.test>"),
     ("RCPT TO:<Postmaster>", "RCPT TO:<Postmaster>"),
     (
@@ -139,21 +168,47 @@ const REFUSED: &[(&str, &str)] = &[
     ("MAIL FROM:<a@example.test> AUTH=", "BadParam(AUTH)"),
     ("MAIL FROM:<a@example.test> AUTH=a+4", "BadParam(AUTH)"),
     ("MAIL FROM:<a@example.test> AUTH=a=b", "BadParam(AUTH)"),
-    ("MAIL FROM:<a@example.test> SMTPUTF8", "BadParam(SMTPUTF8)"),
-    ("MAIL FROM:<a@example.test> RET=HDRS", "BadParam(RET)"),
+    (
+        "MAIL FROM:<a@example.test> SMTPUTF8=yes",
+        "BadParam(SMTPUTF8)",
+    ),
+    ("MAIL FROM:<a@example.test> RET=ALL", "BadParam(RET)"),
+    ("MAIL FROM:<a@example.test> RET", "BadParam(RET)"),
+    ("MAIL FROM:<a@example.test> ENVID=a+4", "BadParam(ENVID)"),
+    (
+        "MAIL FROM:<a@example.test> NOTIFY=NEVER",
+        "BadParam(NOTIFY)",
+    ),
+    (
+        "MAIL FROM:<a@example.test> BODY=8BITMIME BODY=7BIT",
+        "BadParam(BODY)",
+    ),
+    ("MAIL FROM:<jürgen@exämple.test> BODY=ü", "BadParam(BODY)"),
+    (
+        "MAIL FROM:<a@xn--example-.test> SMTPUTF8",
+        "BadPath(BadDomain)",
+    ),
     ("MAIL FROM:<a@example.test> -X=1", "Syntax"),
     ("MAIL FROM:<a@example.test> X_Y=1", "Syntax"),
     ("RCPT TO:b@example.test", "BadPath(MissingBrackets)"),
     ("RCPT TO:", "Syntax"),
     ("RCPT FROM:<b@example.test>", "Syntax"),
     (
-        r#"RCPT TO:<"a b>c"@x.test> NOTIFY=NEVER"#,
+        "RCPT TO:<b@example.test> NOTIFY=NEVER,SUCCESS",
+        "BadParam(NOTIFY)",
+    ),
+    ("RCPT TO:<b@example.test> NOTIFY=", "BadParam(NOTIFY)"),
+    (
+        "RCPT TO:<b@example.test> NOTIFY=SOMETIMES",
         "BadParam(NOTIFY)",
     ),
     (
-        "RCPT TO:<b@example.test> ORCPT=rfc822;b@example.test",
+        "RCPT TO:<b@example.test> ORCPT=b@example.test",
         "BadParam(ORCPT)",
     ),
+    ("RCPT TO:<b@example.test> ORCPT=rfc822;", "BadParam(ORCPT)"),
+    ("RCPT TO:<b@example.test> RET=FULL", "BadParam(RET)"),
+    ("RCPT TO:<b@example.test> SMTPUTF8", "BadParam(SMTPUTF8)"),
     ("DATA now", "Syntax"),
     ("RSET all", "Syntax"),
     ("QUIT now", "Syntax"),
@@ -199,7 +254,11 @@ fn forbidden_octets_are_bad_characters() {
         &b"NOOP\0"[..],
         b"MAIL FROM:<a\0@example.test>",
         b"EHLO caf\xc3\xa9.test",
+        b"VRFY j\xc3\xbcrgen",
+        b"NOOP \xc3\xbc",
         b"RCPT TO:<\xff@example.test>",
+        b"MAIL FROM:<a\xc2\x85@example.test>",
+        b"RCPT TO:<j\xc3\xbcrgen@example.test\x00>",
         b"NOOP\x1b[31m",
         b"NOOP\x7f",
         b"QUIT\r",
@@ -213,6 +272,18 @@ fn forbidden_octets_are_bad_characters() {
         );
     }
     assert_eq!(parse_command(b"NOOP\tx"), Ok(Command::Noop));
+}
+
+#[test]
+fn mail_and_rcpt_lines_may_carry_their_extensions() {
+    let orcpt = format!(
+        "RCPT TO:<b@example.test> NOTIFY=SUCCESS,FAILURE,DELAY ORCPT=rfc822;{}",
+        "b".repeat(480)
+    );
+    assert!(orcpt.len() > 512);
+    assert!(parse(&orcpt).is_ok(), "{}", orcpt.len());
+    let too_long = format!("RCPT TO:<b@example.test> {}", "X".repeat(1100));
+    assert!(matches!(parse(&too_long), Err(CommandError::Syntax(_))));
 }
 
 #[test]
@@ -299,7 +370,7 @@ fn a_malformed_path_is_reported_by_the_path_parser() {
 #[test]
 fn parameters_are_checked_before_the_path() {
     assert_eq!(
-        parse("RCPT TO:<a b> NOTIFY=NEVER"),
+        parse("RCPT TO:<a b> NOTIFY=SOMETIMES"),
         Err(CommandError::BadParam("NOTIFY".into()))
     );
 }

@@ -5,6 +5,7 @@ pub mod auth;
 /// The configuration file lives in its own crate (`relayward-config`), shared with delivery.
 pub use relayward_config as config;
 pub mod conn;
+pub mod extensions;
 pub mod listener;
 pub mod policy;
 pub mod proxy;
