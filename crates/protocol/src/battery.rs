@@ -19,6 +19,13 @@
 //! for an IPv4 target, uncompressed for an IPv6 one), `{xip}` / `{xlit}` an external address
 //! bare / as a literal.
 //!
+//! Internationalised spellings (RFC 6531 SMTPUTF8 tricks, sent with `MAIL … SMTPUTF8`):
+//! `{tdw}` / `{localw}` the to-domain / local domain in fullwidth letters (the *same* domain
+//! under UTS 46), `{localc}` a look-alike of the local domain with one letter replaced by its
+//! Cyrillic twin and `{localca}` that look-alike as an A-label (both *other* domains),
+//! `{localu}` the local domain with an accent added (another domain). A server whose relay
+//! check compares one spelling while its router uses another relays through these.
+//!
 //! Tricks that are not a MAIL/RCPT pair — XCLIENT and PROXY-header spoofing, a failed AUTH,
 //! pipelined commands, a local recipient before the external one (research U43–U45, U52, U56)
 //! — are session-level and live in the probe crate (`relayward_probe::special`); their ids never
@@ -122,6 +129,8 @@ pub struct RenderedTrick {
 }
 
 const EXT_MAIL: &str = "MAIL FROM:<{su}@{fd}>";
+/// The external sender, declaring SMTPUTF8 so that UTF-8 recipients are legal (RFC 6531).
+const UTF8_MAIL: &str = "MAIL FROM:<{su}@{fd}> SMTPUTF8";
 const EXT_RCPT: &str = "RCPT TO:<{ru}@{td}>";
 
 /// Shorthand constructor so the table below stays one line of meaning per trick.
@@ -153,6 +162,8 @@ const DOUBLE_AT: &str = "last-@ parsing: the part before the final @ is re-resol
 const QUOTED: &str = "quoted local part dequoted after the relay check (resolve_dequoted_address)";
 const ROUTE: &str = "RFC 821 source route honoured: mail forwarded to the last hop";
 const BANG: &str = "UUCP bang path swapped to domain form after the relay check";
+const CONFUSABLE: &str = "domains compared after a lossy fold (look-alike letters or accents \
+dropped): the relay check sees a local domain, delivery another";
 
 /// The battery, in the order it is run: senders first (the classic order), then recipients,
 /// then syntax variants.
@@ -295,6 +306,20 @@ static BATTERY: &[Trick] = &[
     t("maps-quote-test", X, "mail from: <{su}@{host}>", "rcpt to: <\"{ru}@{td}\">", true,
       "the mail-abuse.org \"Quote test\" verbatim: own-host sender, quoted recipient",
       "quoted recipient plus local-looking sender on the lenient syntax path"),
+    // --- internationalised spellings (SMTPUTF8, IDN) ---
+    t("idn-fullwidth-external", R, UTF8_MAIL, "RCPT TO:<{ru}@{tdw}>", false,
+      "external recipient with its domain in fullwidth letters (the same domain under UTS 46)",
+      "relay check on the raw text while delivery maps the name with UTS 46"),
+    t("idn-confusable-local-domain", R, UTF8_MAIL, "RCPT TO:<{ru}@{localc}>", false,
+      "recipient at a look-alike of a local domain (one letter Cyrillic)", CONFUSABLE),
+    t("idn-confusable-a-label", R, EXT_MAIL, "RCPT TO:<{ru}@{localca}>", false,
+      "the look-alike of a local domain written as an A-label (xn--)", CONFUSABLE),
+    t("idn-diacritic-local-domain", R, UTF8_MAIL, "RCPT TO:<{ru}@{localu}>", false,
+      "recipient at a local domain with an accent added", CONFUSABLE),
+    t("idn-percent-hack-fullwidth-local", R, UTF8_MAIL, "RCPT TO:<{ru}%{td}@{localw}>", true,
+      "percent hack at a local domain written in fullwidth letters", PERCENT),
+    t("idn-quoted-at-fullwidth-local", R, UTF8_MAIL, "RCPT TO:<\"{ru}@{tdw}\"@{localw}>", true,
+      "quoted external address (fullwidth domain) at a local domain in fullwidth letters", QUOTED),
 ];
 
 /// The whole battery, in run order.
@@ -419,6 +444,102 @@ fn safe(value: &str) -> bool {
             .all(|b| b.is_ascii_graphic() && !matches!(b, b'<' | b'>' | b'{' | b'}'))
 }
 
+/// A value with non-ASCII letters safe to paste into a command line: what [`safe`] allows,
+/// plus non-ASCII characters that are not controls or blanks.
+fn safe_utf8(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 255
+        && value.chars().all(|c| {
+            if c.is_ascii() {
+                c.is_ascii_graphic() && !matches!(c, '<' | '>' | '{' | '}')
+            } else {
+                !c.is_control() && !c.is_whitespace()
+            }
+        })
+}
+
+/// The internationalised spellings; `None` for other names, `Some(None)` when the base value
+/// is missing or unsafe.
+fn idn_placeholder(name: &str, ctx: &TrickContext) -> Option<Option<String>> {
+    let base = |value: Option<&String>| value.filter(|v| safe(v)).cloned();
+    let local = || base(ctx.local_domain.as_ref());
+    Some(match name {
+        "tdw" => base(Some(&ctx.to_domain)).map(|d| fullwidth(&d)),
+        "localw" => local().map(|d| fullwidth(&d)),
+        "localc" => local().map(|d| look_alike(&d)),
+        "localca" => local()
+            .map(|d| look_alike(&d))
+            .and_then(|d| crate::idn::to_ascii(&d).ok()),
+        "localu" => local().map(|d| accented(&d)),
+        _ => return None,
+    })
+}
+
+/// Every ASCII letter, digit, `-` and `.` as its fullwidth form (U+FF01…U+FF5E), which UTS 46
+/// maps back: the same domain in another spelling.
+fn fullwidth(domain: &str) -> String {
+    domain
+        .chars()
+        .map(|c| match c {
+            '!'..='~' => char::from_u32(u32::from(c) + 0xFEE0).unwrap_or(c),
+            c => c,
+        })
+        .collect()
+}
+
+/// The first letter of the first label that has a Cyrillic twin, replaced by it (`e` → `е`):
+/// looks the same, is another domain. Falls back to [`accented`] for names without such a
+/// letter.
+fn look_alike(domain: &str) -> String {
+    const TWINS: &[(char, char)] = &[
+        ('a', 'а'),
+        ('c', 'с'),
+        ('e', 'е'),
+        ('i', 'і'),
+        ('j', 'ј'),
+        ('o', 'о'),
+        ('p', 'р'),
+        ('s', 'ѕ'),
+        ('x', 'х'),
+        ('y', 'у'),
+    ];
+    replace_first_in_first_label(domain, TWINS).unwrap_or_else(|| accented(domain))
+}
+
+/// The first vowel (or `c`, `n`) of the first label with an accent (`e` → `ë`); a name without
+/// one gets `ä` in front of its first label.
+fn accented(domain: &str) -> String {
+    const ACCENTS: &[(char, char)] = &[
+        ('a', 'ä'),
+        ('e', 'ë'),
+        ('i', 'ï'),
+        ('o', 'ö'),
+        ('u', 'ü'),
+        ('y', 'ÿ'),
+        ('c', 'ç'),
+        ('n', 'ñ'),
+    ];
+    replace_first_in_first_label(domain, ACCENTS).unwrap_or_else(|| format!("ä{domain}"))
+}
+
+fn replace_first_in_first_label(domain: &str, pairs: &[(char, char)]) -> Option<String> {
+    let first_label_end = domain.find('.').unwrap_or(domain.len());
+    let (at, twin) = domain[..first_label_end]
+        .char_indices()
+        .find_map(|(i, c)| {
+            let lower = c.to_ascii_lowercase();
+            pairs
+                .iter()
+                .find(|(from, _)| *from == lower)
+                .map(|&(_, to)| (i, to))
+        })?;
+    let mut out = String::with_capacity(domain.len() + 2);
+    out.push_str(&domain[..at]);
+    out.push(twin);
+    out.push_str(&domain[at + 1..]);
+    Some(out)
+}
+
 fn fill(template: &str, ctx: &TrickContext) -> Option<String> {
     let mut out = String::with_capacity(template.len() + 64);
     let mut rest = template;
@@ -433,6 +554,9 @@ fn fill(template: &str, ctx: &TrickContext) -> Option<String> {
 }
 
 fn placeholder(name: &str, ctx: &TrickContext) -> Option<String> {
+    if let Some(value) = idn_placeholder(name, ctx) {
+        return value.filter(|v| safe_utf8(v));
+    }
     let value = match name {
         "su" => ctx.sender_user.clone(),
         "fd" => ctx.from_domain.clone(),
@@ -500,6 +624,9 @@ mod tests {
             "bang-path-local-domain", "bang-path-two-hops", "ip-literal-external",
             "bare-ip-external", "no-angle-brackets", "rcpt-no-angle-brackets",
             "space-before-bracket", "lowercase-verbs", "maps-quote-test",
+            "idn-fullwidth-external", "idn-confusable-local-domain", "idn-confusable-a-label",
+            "idn-diacritic-local-domain", "idn-percent-hack-fullwidth-local",
+            "idn-quoted-at-fullwidth-local",
         ];
         assert_eq!(ids, expected);
     }
@@ -599,7 +726,7 @@ mod tests {
         for id in &skipped {
             let t = trick(id).unwrap();
             let both = format!("{}{}", t.mail_from, t.rcpt_to);
-            assert!(both.contains("{host}") || both.contains("{local}"), "{id}");
+            assert!(both.contains("{host}") || both.contains("{local"), "{id}");
         }
         assert!(render(trick("plain-external").unwrap(), &ctx).is_some());
         assert!(skipped.contains(&"percent-hack-host-name"));
@@ -612,6 +739,40 @@ mod tests {
         assert!(render(trick("host-name-sender").unwrap(), &ctx).is_none());
         assert!(render(trick("plain-external").unwrap(), &ctx).is_some());
         assert!(calibration_probes(&ctx, "NOT valid").is_empty());
+    }
+
+    #[test]
+    fn idn_spellings_are_the_same_or_another_domain_as_documented() {
+        let ctx = full_ctx();
+        let rcpt = |id: &str| render(trick(id).unwrap(), &ctx).unwrap().rcpt_to;
+        assert_eq!(
+            rcpt("idn-fullwidth-external"),
+            "RCPT TO:<relaytest@ｔｏ．ｔｅｓｔ>"
+        );
+        assert_eq!(
+            rcpt("idn-confusable-local-domain"),
+            "RCPT TO:<relaytest@еxample.test>"
+        );
+        assert_eq!(
+            rcpt("idn-diacritic-local-domain"),
+            "RCPT TO:<relaytest@ëxample.test>"
+        );
+        let same = |a: &str, b: &str| crate::idn::same_domain(a, b);
+        assert!(same("ｔｏ．ｔｅｓｔ", "to.test"));
+        assert!(!same("еxample.test", "example.test"));
+        assert!(!same("ëxample.test", "example.test"));
+        let a_label = rcpt("idn-confusable-a-label");
+        assert!(
+            a_label.starts_with("RCPT TO:<relaytest@xn--") && a_label.is_ascii(),
+            "{a_label}"
+        );
+        assert!(
+            render(trick("idn-confusable-local-domain").unwrap(), &ctx)
+                .unwrap()
+                .mail_from
+                .ends_with(" SMTPUTF8")
+        );
+        assert_eq!(look_alike("qqq.test"), "äqqq.test");
     }
 
     #[test]

@@ -4,9 +4,13 @@
 //! `CRLF.CRLF`. A bare CR or bare LF anywhere in the content is fatal: the server must not guess
 //! where a message ends differently from the next hop (SMTP smuggling). Size, line-length and NUL
 //! violations are not fatal to framing: the receiver keeps reading to the real end so the session
-//! can answer and stay in sync.
+//! stays in sync — but it reports them the moment they happen ([`DataStatus::Refused`]), so the
+//! session can answer at once instead of after a message it will throw away.
+//!
+//! Lines may be up to [`MAX_ACCEPTED_TEXT_LINE`] octets, more than RFC 5321's 1000: relayward
+//! takes what other MTAs take and folds or wraps it on the way out ([`crate::wrap`]).
 
-use crate::limits::MAX_TEXT_LINE;
+use crate::limits::MAX_ACCEPTED_TEXT_LINE;
 
 const CR: u8 = b'\r';
 const LF: u8 = b'\n';
@@ -20,10 +24,11 @@ pub enum DataError {
     /// Fatal: an LF not preceded by CR.
     #[error("bare LF in message content")]
     BareLf,
-    /// Non-fatal: a line over 1000 octets; reported at the end of data.
-    #[error("line longer than 1000 octets")]
+    /// Non-fatal: a line over [`MAX_ACCEPTED_TEXT_LINE`] octets; reported when it crosses the
+    /// limit.
+    #[error("line longer than 65536 octets")]
     LineTooLong,
-    /// Non-fatal: more than the size limit; reported at the end of data (`552 5.3.4`).
+    /// Non-fatal: more than the size limit (`552 5.3.4`); reported when it crosses the limit.
     #[error("message exceeds the size limit")]
     TooBig,
     /// Non-fatal: a NUL octet in the content; reported at the end of data. RFC 5322 has no
@@ -45,6 +50,10 @@ impl DataError {
 pub enum DataStatus {
     /// All input consumed; more is needed.
     NeedMore,
+    /// A limit was crossed just now, after `consumed` octets of this input: answer now. The
+    /// message is lost; keep feeding the rest (from `consumed` on) until [`DataStatus::Done`],
+    /// which repeats the error and needs no second reply. Reported once per message.
+    Refused { consumed: usize, error: DataError },
     /// End of data seen after `consumed` octets of this input; the rest belongs to the next
     /// command (pipelining). `error` is a non-fatal violation found along the way.
     Done {
@@ -87,6 +96,8 @@ pub struct DataReceiver {
     too_big: bool,
     line_too_long: bool,
     nul: bool,
+    /// A limit crossing was already reported through [`DataStatus::Refused`].
+    refused: bool,
 }
 
 impl DataReceiver {
@@ -100,6 +111,7 @@ impl DataReceiver {
             too_big: false,
             line_too_long: false,
             nul: false,
+            refused: false,
         }
     }
 
@@ -120,6 +132,12 @@ impl DataReceiver {
                     pos += 1;
                 }
             }
+            if let Some(error) = self.newly_refused() {
+                return DataStatus::Refused {
+                    consumed: pos,
+                    error,
+                };
+            }
         }
         match self.state {
             State::Ended => self.done(pos),
@@ -138,20 +156,51 @@ impl DataReceiver {
             Some(DataError::TooBig)
         } else if self.nul {
             Some(DataError::Nul)
+        } else {
+            self.limit_error()
+        };
+        DataStatus::Done { consumed, error }
+    }
+
+    /// The crossed limit reported at once: too big wins over a long line. (A NUL is reported
+    /// at the end of data.)
+    fn limit_error(&self) -> Option<DataError> {
+        if self.too_big {
+            Some(DataError::TooBig)
         } else if self.line_too_long {
             Some(DataError::LineTooLong)
         } else {
             None
-        };
-        DataStatus::Done { consumed, error }
+        }
+    }
+
+    /// The limit error, the first time it is asked for after a limit was crossed.
+    fn newly_refused(&mut self) -> Option<DataError> {
+        if self.refused {
+            return None;
+        }
+        let error = self.limit_error()?;
+        self.refused = true;
+        Some(error)
     }
 
     /// Copies the run of ordinary bytes starting at `pos` in one go; returns where it stopped.
     fn text(&mut self, input: &[u8], pos: usize, sink: &mut Vec<u8>) -> usize {
         let rest = &input[pos..];
         let run = memchr::memchr2(CR, LF, rest).unwrap_or(rest.len());
+        // Stop exactly where a limit is crossed, so the refusal is reported at the same octet
+        // however the input was split.
+        if let Some(room) = self.room_before_limit()
+            && room < run
+        {
+            self.append(&rest[..room], sink);
+            self.line_len = self.line_len.saturating_add(room);
+            self.check_line_length();
+            return pos + room;
+        }
         self.append(&rest[..run], sink);
         self.line_len = self.line_len.saturating_add(run);
+        self.check_line_length();
         if let Some(&byte) = rest.get(run) {
             self.step(byte, sink);
             return pos + run + 1;
@@ -176,20 +225,41 @@ impl DataReceiver {
                 // Covers the stuffed dot too: the `.` that led to `Dot` is dropped here.
                 self.append(&[other], sink);
                 self.line_len += 1;
+                self.check_line_length();
                 State::Text
             }
         };
     }
 
     fn end_line(&mut self, sink: &mut Vec<u8>) {
-        if self.line_len.saturating_add(2) > MAX_TEXT_LINE {
-            self.line_too_long = true;
-        }
         self.line_len = 0;
         self.append(b"\r\n", sink);
     }
 
-    /// Counts content and writes it to the sink while the message is within its size limit.
+    /// How many more content octets cross the first limit (size or line length), while no
+    /// refusal has been reported yet.
+    fn room_before_limit(&self) -> Option<usize> {
+        if self.refused {
+            return None;
+        }
+        let size_room = self.max_size.saturating_sub(self.size).saturating_add(1);
+        let size_room = usize::try_from(size_room).unwrap_or(usize::MAX);
+        let line_room = (MAX_ACCEPTED_TEXT_LINE - 2)
+            .saturating_sub(self.line_len)
+            .saturating_add(1);
+        Some(size_room.min(line_room))
+    }
+
+    /// Flags the current line once it cannot end within the limit (its CRLF counts): known as
+    /// soon as the octet past the limit arrives, not when the line ends.
+    fn check_line_length(&mut self) {
+        if self.line_len.saturating_add(2) > MAX_ACCEPTED_TEXT_LINE {
+            self.line_too_long = true;
+        }
+    }
+
+    /// Counts content and writes it to the sink while the message is still wanted (within its
+    /// size limit, no over-long line).
     fn append(&mut self, bytes: &[u8], sink: &mut Vec<u8>) {
         if !self.nul && memchr::memchr(0, bytes).is_some() {
             self.nul = true;
@@ -198,7 +268,7 @@ impl DataReceiver {
         if self.size > self.max_size {
             self.too_big = true;
         }
-        if !self.too_big {
+        if !self.too_big && !self.line_too_long {
             sink.extend_from_slice(bytes);
         }
     }
@@ -266,11 +336,19 @@ mod tests {
     fn size_counts_past_the_limit() {
         let mut rx = DataReceiver::new(4);
         let mut sink = Vec::new();
-        let status = rx.feed(b"abcdefgh\r\n.\r\n", &mut sink);
+        let input = b"abcdefgh\r\n.\r\n";
+        let status = rx.feed(input, &mut sink);
         assert_eq!(
             status,
+            DataStatus::Refused {
+                consumed: 5,
+                error: DataError::TooBig
+            }
+        );
+        assert_eq!(
+            rx.feed(&input[5..], &mut sink),
             DataStatus::Done {
-                consumed: 13,
+                consumed: 8,
                 error: Some(DataError::TooBig)
             }
         );

@@ -12,16 +12,23 @@
 //! - [`resolve`]: what an address *means* for routing: the single input of the relay decision.
 //! - [`route`]: where a resolved recipient goes (class and next hop): the one router.
 //! - [`date`]: RFC 5322 dates for trace and report headers.
+//! - [`dsn`]: RFC 3461 DSN parameters (NOTIFY, RET, ENVID, ORCPT) and xtext.
+//! - [`idn`]: internationalised domain names in one canonical (A-label) form.
 //! - [`data`]: the DATA receiver: dot-unstuffing, end only on CRLF.CRLF, no bare CR/LF.
 //! - [`header`]: a message's header section: fields, `Received:` counts, automatic replies.
+//! - [`bdat`]: the BDAT (CHUNKING) receiver, with the same content rules as DATA.
 //! - [`battery`]: the relay-trick battery used by `relayward probe` and `relayward check-config`.
+//! - [`wrap`]: folding and wrapping lines to 998 octets on the way out.
 //! - [`text`]: escaping text from the other side before it reaches a log, a table or a terminal.
 
 pub mod battery;
+pub mod bdat;
 pub mod command;
 pub mod data;
 pub mod date;
+pub mod dsn;
 pub mod header;
+pub mod idn;
 pub mod limits;
 pub mod line;
 pub mod path;
@@ -29,3 +36,4 @@ pub mod reply;
 pub mod resolve;
 pub mod route;
 pub mod text;
+pub mod wrap;

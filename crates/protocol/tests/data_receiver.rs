@@ -1,12 +1,23 @@
 //! The DATA receiver on well-formed and oversized input: unstuffing, pipelining, limits.
 
 use relayward_protocol::data::{DataError, DataReceiver, DataStatus, dot_stuff};
+use relayward_protocol::limits::MAX_ACCEPTED_TEXT_LINE;
 
+/// Feeds `input` as the session does (going on after a refusal) and returns the final status,
+/// with `consumed` counted from the start of `input`, and the sink.
 fn receive(max_size: u64, input: &[u8]) -> (DataStatus, Vec<u8>) {
     let mut rx = DataReceiver::new(max_size);
     let mut sink = Vec::new();
-    let status = rx.feed(input, &mut sink);
-    (status, sink)
+    let mut offset = 0;
+    loop {
+        match rx.feed(&input[offset..], &mut sink) {
+            DataStatus::Refused { consumed, .. } => offset += consumed,
+            DataStatus::Done { consumed, error } => {
+                return (done(offset + consumed, error), sink);
+            }
+            other => return (other, sink),
+        }
+    }
 }
 
 fn done(consumed: usize, error: Option<DataError>) -> DataStatus {
@@ -78,30 +89,113 @@ fn too_big_keeps_reading_to_the_real_end_and_stops_filling_the_sink() {
     assert!(sink.len() <= 1000, "sink grew to {}", sink.len());
 }
 
+/// Feeds all of `input`, going on after a [`DataStatus::Refused`] as the session does; returns
+/// every status seen.
+fn receive_all(max_size: u64, input: &[u8]) -> Vec<DataStatus> {
+    let mut rx = DataReceiver::new(max_size);
+    let mut sink = Vec::new();
+    let mut statuses = Vec::new();
+    let mut rest = input;
+    loop {
+        let status = rx.feed(rest, &mut sink);
+        statuses.push(status);
+        match status {
+            DataStatus::Refused { consumed, .. } => rest = &rest[consumed..],
+            _ => return statuses,
+        }
+    }
+}
+
 #[test]
-fn line_of_1000_octets_with_crlf_is_fine_1001_is_too_long() {
-    let ok = [vec![b'a'; 998], b"\r\n.\r\n".to_vec()].concat();
-    assert_eq!(receive(1 << 20, &ok).0, done(ok.len(), None));
-    let long = [vec![b'a'; 999], b"\r\n.\r\n".to_vec()].concat();
+fn lines_longer_than_rfc_5321_allows_are_accepted_up_to_the_documented_limit() {
+    let rfc_limit = [vec![b'a'; 998], b"\r\n.\r\n".to_vec()].concat();
+    assert_eq!(receive(1 << 20, &rfc_limit).0, done(rfc_limit.len(), None));
+    let longer = [vec![b'a'; 1500], b"\r\n.\r\n".to_vec()].concat();
+    let (status, sink) = receive(1 << 20, &longer);
+    assert_eq!(status, done(longer.len(), None));
+    assert_eq!(sink.len(), 1502);
+    let at_limit = [
+        vec![b'a'; MAX_ACCEPTED_TEXT_LINE - 2],
+        b"\r\n.\r\n".to_vec(),
+    ]
+    .concat();
+    assert_eq!(receive(1 << 20, &at_limit).0, done(at_limit.len(), None));
+}
+
+#[test]
+fn a_line_over_the_limit_is_reported_the_moment_it_crosses_it() {
+    // The line never ends in this input: the refusal must not wait for its CRLF, nor for the
+    // end of the data.
+    let endless = vec![b'a'; MAX_ACCEPTED_TEXT_LINE + 5000];
+    let statuses = receive_all(1 << 30, &endless);
     assert_eq!(
-        receive(1 << 20, &long).0,
-        done(long.len(), Some(DataError::LineTooLong))
+        statuses,
+        [
+            DataStatus::Refused {
+                consumed: MAX_ACCEPTED_TEXT_LINE - 1,
+                error: DataError::LineTooLong
+            },
+            DataStatus::NeedMore
+        ]
     );
     assert!(!DataError::LineTooLong.is_fatal());
+    // Fed on to its end, the message ends where it really ends, with the same error.
+    let whole = [endless, b"\r\n.\r\nQUIT\r\n".to_vec()].concat();
+    assert_eq!(receive_all(1 << 30, &whole).len(), 2);
+    assert_eq!(
+        receive(1 << 30, &whole).0,
+        done(whole.len() - 6, Some(DataError::LineTooLong))
+    );
+}
+
+#[test]
+fn a_refused_message_leaves_nothing_in_the_sink_past_the_refusal() {
+    let input = [
+        vec![b'a'; MAX_ACCEPTED_TEXT_LINE + 10],
+        b"\r\nmore\r\n.\r\n".to_vec(),
+    ]
+    .concat();
+    let mut rx = DataReceiver::new(1 << 30);
+    let mut sink = Vec::new();
+    let DataStatus::Refused { consumed, .. } = rx.feed(&input, &mut sink) else {
+        panic!("not refused");
+    };
+    let held = sink.len();
+    assert!(matches!(
+        rx.feed(&input[consumed..], &mut sink),
+        DataStatus::Done { .. }
+    ));
+    assert_eq!(sink.len(), held, "content after the refusal was kept");
 }
 
 #[test]
 fn the_stuffed_dot_does_not_count_towards_line_length() {
-    let input = [b".".to_vec(), vec![b'.'; 998], b"\r\n.\r\n".to_vec()].concat();
+    let input = [
+        b".".to_vec(),
+        vec![b'.'; MAX_ACCEPTED_TEXT_LINE - 2],
+        b"\r\n.\r\n".to_vec(),
+    ]
+    .concat();
     assert_eq!(receive(1 << 20, &input).0, done(input.len(), None));
 }
 
 #[test]
-fn too_big_wins_over_line_too_long() {
-    let input = [vec![b'a'; 2000], b"\r\n.\r\n".to_vec()].concat();
+fn too_big_is_reported_at_once_and_wins_over_line_too_long() {
+    let input = [
+        vec![b'a'; MAX_ACCEPTED_TEXT_LINE + 10],
+        b"\r\n.\r\n".to_vec(),
+    ]
+    .concat();
+    let statuses = receive_all(100, &input);
     assert_eq!(
-        receive(100, &input).0,
-        done(input.len(), Some(DataError::TooBig))
+        statuses,
+        [
+            DataStatus::Refused {
+                consumed: 101,
+                error: DataError::TooBig
+            },
+            done(input.len() - 101, Some(DataError::TooBig))
+        ]
     );
 }
 

@@ -21,8 +21,17 @@ fn run(chunks: &[&[u8]]) -> (Outcome, Vec<u8>) {
     let mut sink = Vec::new();
     let mut offset = 0;
     for chunk in chunks {
-        match rx.feed(chunk, &mut sink) {
-            DataStatus::NeedMore => offset += chunk.len(),
+        let mut rest: &[u8] = chunk;
+        let mut status = rx.feed(rest, &mut sink);
+        // A limit crossing is answered at once; the rest of the input is still fed.
+        while let DataStatus::Refused { consumed, .. } = status {
+            offset += consumed;
+            rest = &rest[consumed..];
+            status = rx.feed(rest, &mut sink);
+        }
+        match status {
+            DataStatus::NeedMore => offset += rest.len(),
+            DataStatus::Refused { .. } => unreachable!("handled above"),
             DataStatus::Done { consumed, error } => {
                 return (
                     Outcome::Done {

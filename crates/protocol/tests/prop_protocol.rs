@@ -47,16 +47,34 @@ fn data_outcome(chunks: &[Vec<u8>]) -> (String, Vec<u8>) {
     let mut rx = DataReceiver::new(300);
     let mut sink = Vec::new();
     let mut offset = 0;
+    let mut refused = String::new();
     for chunk in chunks {
-        match rx.feed(chunk, &mut sink) {
-            DataStatus::NeedMore => offset += chunk.len(),
-            DataStatus::Done { consumed, error } => {
-                return (format!("done at {} {error:?}", offset + consumed), sink);
+        let mut rest: &[u8] = chunk;
+        loop {
+            match rx.feed(rest, &mut sink) {
+                DataStatus::NeedMore => {
+                    offset += rest.len();
+                    break;
+                }
+                // Where the refusal comes must not depend on how the input was split.
+                DataStatus::Refused { consumed, error } => {
+                    offset += consumed;
+                    rest = &rest[consumed..];
+                    refused = format!("refused at {offset} {error:?}, ");
+                }
+                DataStatus::Done { consumed, error } => {
+                    return (
+                        format!("{refused}done at {} {error:?}", offset + consumed),
+                        sink,
+                    );
+                }
+                DataStatus::Fatal(error) => {
+                    return (format!("{refused}fatal {error:?}"), Vec::new());
+                }
             }
-            DataStatus::Fatal(error) => return (format!("fatal {error:?}"), Vec::new()),
         }
     }
-    ("need more".into(), sink)
+    (format!("{refused}need more"), sink)
 }
 
 /// Dot-stuffing written out independently of `dot_stuff`, so the two check each other.

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use relayward_protocol::data::{DataError, DataReceiver, DataStatus};
 use relayward_protocol::header;
-use relayward_protocol::limits::MAX_HOPS;
+use relayward_protocol::limits::{MAX_ACCEPTED_TEXT_LINE, MAX_HOPS};
 use relayward_protocol::reply::Reply;
 use relayward_queue::{NewMessage, NewRecipient, Origin, QueueError};
 use tokio::io::AsyncReadExt;
@@ -31,6 +31,10 @@ impl<S: Stream> Session<S> {
                 self.txn = None;
                 return Ok(self.client_error(reply));
             }
+            DataOutcome::Answered => {
+                self.txn = None;
+                return Ok(Flow::Continue);
+            }
             DataOutcome::Fatal(reply, why) => {
                 self.txn = None;
                 return Ok(self.close_with(reply, Ending::Protocol(why)));
@@ -51,21 +55,33 @@ impl<S: Stream> Session<S> {
     async fn receive_data(&mut self, content: &mut Vec<u8>) -> io::Result<DataOutcome> {
         let mut receiver = DataReceiver::new(self.ctx.limits.max_message_size);
         let mut pending = self.lines.take_buffered();
+        let mut answered = false;
         loop {
-            match receiver.feed(&pending, content) {
-                DataStatus::NeedMore => {}
-                DataStatus::Done { consumed, error } => {
-                    self.lines.extend(&pending[consumed..]);
-                    return Ok(match error {
-                        None => DataOutcome::Complete,
-                        Some(error) => DataOutcome::Refused(data_error_reply(error)),
-                    });
-                }
-                DataStatus::Fatal(error) => {
-                    return Ok(DataOutcome::Fatal(
-                        data_error_reply(error),
-                        "bare line ending in DATA",
-                    ));
+            let mut offset = 0;
+            loop {
+                match receiver.feed(&pending[offset..], content) {
+                    DataStatus::NeedMore => break,
+                    // Answer the moment a limit is crossed; the rest is read and dropped up to
+                    // the end of data, so the dialogue stays in step.
+                    DataStatus::Refused { consumed, error } => {
+                        offset += consumed;
+                        self.send_now(&data_error_reply(error)).await?;
+                        answered = true;
+                    }
+                    DataStatus::Done { consumed, error } => {
+                        self.lines.extend(&pending[offset + consumed..]);
+                        return Ok(match error {
+                            None => DataOutcome::Complete,
+                            Some(_) if answered => DataOutcome::Answered,
+                            Some(error) => DataOutcome::Refused(data_error_reply(error)),
+                        });
+                    }
+                    DataStatus::Fatal(error) => {
+                        return Ok(DataOutcome::Fatal(
+                            data_error_reply(error),
+                            "bare line ending in DATA",
+                        ));
+                    }
                 }
             }
             pending.clear();
@@ -151,6 +167,8 @@ impl<S: Stream> Session<S> {
 enum DataOutcome {
     Complete,
     Refused(Reply),
+    /// Refused, and the reply was sent when the limit was crossed.
+    Answered,
     Fatal(Reply, &'static str),
     Closed,
 }
@@ -170,7 +188,7 @@ fn data_error_reply(error: DataError) -> Reply {
         DataError::LineTooLong => Reply::enh(
             500,
             (5, 5, 2),
-            "Message refused: line longer than 1000 octets (RFC 5321 §4.5.3.1.6)",
+            format!("Message refused: a line is longer than {MAX_ACCEPTED_TEXT_LINE} octets"),
         ),
         DataError::TooBig => Reply::enh(
             552,

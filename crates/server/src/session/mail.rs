@@ -2,12 +2,13 @@
 
 use std::time::Instant;
 
-use relayward_protocol::command::Param;
+use relayward_protocol::command::{self, Param};
 use relayward_protocol::path::ReversePath;
 use relayward_protocol::reply::Reply;
 use relayward_protocol::text::Escaped;
 
 use super::{Flow, Session, Stream, Transaction};
+use crate::extensions;
 
 impl<S: Stream> Session<S> {
     pub(super) fn on_mail(&mut self, wire: &str, from: ReversePath, params: &[Param]) -> Flow {
@@ -16,6 +17,11 @@ impl<S: Stream> Session<S> {
         }
         if self.txn.is_some() {
             return self.client_error(Reply::enh(503, (5, 5, 1), "Nested MAIL command"));
+        }
+        if let Err(reply) = extensions::check_mail_params(params, self.offered())
+            .and_then(|()| extensions::check_utf8_path(wire, command::has_smtputf8(params)))
+        {
+            return self.client_error(reply);
         }
         if let Some(size) = declared_size(params)
             && size > self.ctx.limits.max_message_size
@@ -46,8 +52,14 @@ impl<S: Stream> Session<S> {
         self.txn = Some(Transaction {
             sender,
             recipients: Vec::new(),
+            smtputf8: command::has_smtputf8(params),
         });
         self.reply(Reply::enh(250, (2, 1, 0), "Ok"))
+    }
+
+    /// The MAIL/RCPT extensions this session offers (see [`crate::extensions`]).
+    pub(super) fn offered(&self) -> extensions::Offered {
+        extensions::Offered::default()
     }
 
     /// Spends one message or recipient of the authenticated user's budget (see

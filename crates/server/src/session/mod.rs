@@ -187,6 +187,8 @@ struct Helo {
 struct Transaction {
     sender: String,
     recipients: Vec<Accepted>,
+    /// `MAIL … SMTPUTF8`: UTF-8 addresses (and headers) are allowed.
+    smtputf8: bool,
 }
 
 enum Flow {
@@ -415,7 +417,7 @@ impl<S: Stream> Session<S> {
             Command::Ehlo(name) => Ok(self.on_hello(name, true)),
             Command::Helo(name) => Ok(self.on_hello(name, false)),
             Command::Mail { wire, from, params } => Ok(self.on_mail(&wire, from, &params)),
-            Command::Rcpt { wire, to, .. } => Ok(self.on_rcpt(&wire, &to).await),
+            Command::Rcpt { wire, to, params } => Ok(self.on_rcpt(&wire, &to, &params).await),
             Command::Data => self.on_data().await,
             Command::Bdat { .. } => {
                 Ok(self.client_error(Reply::enh(502, (5, 5, 1), "BDAT not implemented; use DATA")))

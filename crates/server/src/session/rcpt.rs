@@ -2,6 +2,7 @@
 //! [`crate::policy::Accepted`] it returns is kept for the transaction — after the internal
 //! server confirmed it, for `[[route]]` domains that verify their recipients.
 
+use relayward_protocol::command::Param;
 use relayward_protocol::path::ForwardPath;
 use relayward_protocol::reply::Reply;
 use relayward_protocol::resolve::resolve;
@@ -11,15 +12,22 @@ use relayward_protocol::route::NextHop;
 
 use super::mail::Budget;
 use super::{Flow, Session, Stream};
+use crate::extensions;
 use crate::policy::Accepted;
 use crate::verify::Verification;
 
 impl<S: Stream> Session<S> {
-    pub(super) async fn on_rcpt(&mut self, wire: &str, to: &ForwardPath) -> Flow {
+    pub(super) async fn on_rcpt(&mut self, wire: &str, to: &ForwardPath, params: &[Param]) -> Flow {
         let identity = self.identity();
+        let offered = self.offered();
         let Some(txn) = self.txn.as_mut() else {
             return self.client_error(Reply::enh(503, (5, 5, 1), "Need MAIL before RCPT"));
         };
+        if let Err(reply) = extensions::check_rcpt_params(params, offered)
+            .and_then(|()| extensions::check_utf8_path(wire, txn.smtputf8))
+        {
+            return self.client_error(reply);
+        }
         if txn.recipients.len() >= self.ctx.limits.max_recipients {
             return self.client_error(Reply::enh(452, (4, 5, 3), "Too many recipients"));
         }
