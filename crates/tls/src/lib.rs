@@ -6,7 +6,8 @@
 //! certificates) need encryption without certificate authentication. That one decision lives
 //! here, once: the chain is accepted whatever it is, but the handshake signatures are still
 //! verified against the presented certificate, so the handshake itself is sound. Anything that
-//! needs authentication (the smart host) builds a verifying configuration instead.
+//! needs authentication (the smart host) uses [`pinned::verifying_config`] instead: public
+//! roots, a private CA file, and pinned certificates.
 
 use std::io;
 use std::pin::Pin;
@@ -20,6 +21,8 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
+
+pub mod pinned;
 
 /// The crypto provider of every relayward TLS configuration: ring, named explicitly so no
 /// second provider can be picked up by accident.
