@@ -6,6 +6,7 @@
 //! - [`client`]: the SMTP client (EHLO, STARTTLS, AUTH, PIPELINING, SIZE, 8BITMIME).
 //! - [`tls`]: verifying (smart host) and opportunistic (MX) TLS client configurations.
 //! - [`retry`]: the backoff schedule. [`dsn`]: RFC 3464 bounces.
+//! - [`downgrade`]: 8-bit MIME made 7-bit clean for peers without 8BITMIME (RFC 6152 §3).
 //! - [`admin`]: `relayward queue …` (list, show, retry, delete, hold, release).
 //! - [`config`]: [`DeliveryConfig`], the runner's settings from `[delivery]` and `[dns]`;
 //!   [`context`]: those settings checked and prepared, with the routing table.
@@ -39,6 +40,7 @@ pub mod admin;
 pub mod client;
 pub mod config;
 pub mod context;
+pub mod downgrade;
 pub mod dsn;
 pub mod due;
 pub mod loops;
