@@ -782,12 +782,10 @@ mod checks {
         let Some((local, domain)) = address.rsplit_once('@') else {
             return false;
         };
-        let atext = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&b);
+        // A dot-atom, UTF-8 letters allowed (RFC 6531): `jürgen@example.test` is a mailbox.
         !local.is_empty()
             && local.len() <= 64
-            && local
-                .split('.')
-                .all(|a| !a.is_empty() && a.bytes().all(atext))
+            && relayward_protocol::path::is_dot_atom(local)
             && valid_domain(domain)
     }
 

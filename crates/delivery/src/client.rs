@@ -22,6 +22,8 @@ use tokio_rustls::client::TlsStream;
 
 use crate::config::Timeouts;
 use crate::outcome::{Failure, Outcome};
+use crate::prepare::{Prepared, prepare};
+use relayward_protocol::dsn::{MailDsn, RcptDsn};
 
 /// Longest reply line we buffer (RFC 5321 allows 512; real servers send a little more).
 pub const MAX_REPLY_LINE: usize = 4096;
@@ -100,6 +102,12 @@ pub struct Extensions {
     pub starttls: bool,
     /// AUTH mechanisms, upper-case.
     pub auth: Vec<String>,
+    /// RFC 6531: UTF-8 addresses and header fields.
+    pub smtputf8: bool,
+    /// RFC 3461: NOTIFY, RET, ENVID, ORCPT are passed on.
+    pub dsn: bool,
+    /// RFC 3030 BDAT.
+    pub chunking: bool,
 }
 
 impl Extensions {
@@ -115,6 +123,9 @@ impl Extensions {
                 "PIPELINING" => ext.pipelining = true,
                 "8BITMIME" => ext.eight_bit_mime = true,
                 "STARTTLS" => ext.starttls = true,
+                "SMTPUTF8" => ext.smtputf8 = true,
+                "DSN" => ext.dsn = true,
+                "CHUNKING" => ext.chunking = true,
                 "SIZE" => ext.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
                 "AUTH" => ext.auth = words.map(|m| m.to_ascii_uppercase()).collect(),
                 _ => {}
@@ -133,6 +144,18 @@ pub struct Envelope<'a> {
     pub recipients: &'a [String],
     /// Content with CRLF line ends (bare LF is converted), not yet dot-stuffed.
     pub content: &'a [u8],
+    /// SMTPUTF8 and DSN as the original client asked for them.
+    pub options: EnvelopeOptions<'a>,
+}
+
+/// What the original client asked for beyond the envelope; the default is a plain message.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EnvelopeOptions<'a> {
+    /// The client sent `SMTPUTF8`: addresses and header fields may be UTF-8.
+    pub smtputf8: bool,
+    pub dsn: Option<&'a MailDsn>,
+    /// `NOTIFY=` / `ORCPT=` per recipient, in the order of `recipients` (may be shorter).
+    pub recipient_dsn: &'a [RcptDsn],
 }
 
 /// An open SMTP session, ready for `MAIL`.
@@ -374,20 +397,24 @@ impl Connection {
         if let Some(bad) = check_envelope(envelope) {
             return vec![bad.into_outcome(); n];
         }
+        let prepared = match prepare(envelope, &self.extensions, &self.remote) {
+            Ok(prepared) => prepared,
+            Err(failure) => return vec![failure.into_outcome(); n],
+        };
         if let Some(limit) = self.extensions.size.filter(|&l| l > 0)
-            && envelope.content.len() as u64 > limit
+            && prepared.content.len() as u64 > limit
         {
             let f = Failure::local(
                 "5.3.4",
                 format!(
                     "message size {} exceeds the limit of {limit} announced by {}",
-                    envelope.content.len(),
+                    prepared.content.len(),
                     self.remote
                 ),
             );
             return vec![f.into_outcome(); n];
         }
-        match self.transaction(envelope).await {
+        match self.transaction(&prepared).await {
             Ok(outcomes) => outcomes,
             Err(error) => {
                 self.broken = true;
@@ -396,7 +423,7 @@ impl Connection {
         }
     }
 
-    async fn transaction(&mut self, envelope: &Envelope<'_>) -> Result<Vec<Outcome>, SessionError> {
+    async fn transaction(&mut self, envelope: &Prepared<'_>) -> Result<Vec<Outcome>, SessionError> {
         if self.dirty {
             let reply = self.command("RSET", self.timeouts.command).await?;
             if !reply.is_positive_completion() {
@@ -404,12 +431,8 @@ impl Connection {
             }
         }
         self.dirty = true;
-        let mail = self.mail_line(envelope);
-        let rcpts: Vec<String> = envelope
-            .recipients
-            .iter()
-            .map(|r| format!("RCPT TO:<{r}>"))
-            .collect();
+        let mail = envelope.mail_line.clone();
+        let rcpts = envelope.rcpt_lines.clone();
         let (mail_reply, rcpt_replies, data_reply) = if self.extensions.pipelining {
             self.pipelined(&mail, &rcpts).await?
         } else {
@@ -421,7 +444,7 @@ impl Connection {
 
     async fn finish(
         &mut self,
-        envelope: &Envelope<'_>,
+        envelope: &Prepared<'_>,
         mail_reply: Reply,
         rcpt_replies: Vec<Option<Reply>>,
         data_reply: Option<Reply>,
@@ -429,7 +452,7 @@ impl Connection {
         if !mail_reply.is_positive_completion() {
             self.abandon_data(data_reply.as_ref()).await?;
             let outcome = self.reply_outcome(&mail_reply, "MAIL FROM");
-            return Ok(vec![outcome; envelope.recipients.len()]);
+            return Ok(vec![outcome; envelope.rcpt_lines.len()]);
         }
         let mut outcomes: Vec<Option<Outcome>> = rcpt_replies
             .iter()
@@ -448,7 +471,7 @@ impl Connection {
             None => self.command("DATA", self.timeouts.data_init).await?,
         };
         let final_outcome = if data_reply.code == 354 {
-            let reply = self.send_content(envelope.content).await?;
+            let reply = self.send_content(&envelope.content).await?;
             if reply.is_positive_completion() {
                 self.dirty = false;
                 Outcome::Delivered
@@ -472,17 +495,6 @@ impl Connection {
             self.read_reply(self.timeouts.data_term).await?;
         }
         Ok(())
-    }
-
-    fn mail_line(&self, envelope: &Envelope<'_>) -> String {
-        let mut line = format!("MAIL FROM:<{}>", envelope.sender);
-        if self.extensions.size.is_some() {
-            line.push_str(&format!(" SIZE={}", envelope.content.len()));
-        }
-        if self.extensions.eight_bit_mime && envelope.content.iter().any(|&b| b >= 0x80) {
-            line.push_str(" BODY=8BITMIME");
-        }
-        line
     }
 
     /// MAIL, every RCPT and DATA in one write, then the replies in order (RFC 2920).
@@ -745,6 +757,7 @@ mod tests {
             sender: "s@x.test",
             recipients: &rcpts,
             content: b"",
+            options: EnvelopeOptions::default(),
         };
         assert!(check_envelope(&env).is_some());
     }

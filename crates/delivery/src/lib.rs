@@ -6,6 +6,8 @@
 //! - [`client`]: the SMTP client (EHLO, STARTTLS, AUTH, PIPELINING, SIZE, 8BITMIME).
 //! - [`tls`]: verifying (smart host) and opportunistic (MX) TLS client configurations.
 //! - [`retry`]: the backoff schedule. [`dsn`]: RFC 3464 bounces.
+//! - [`notice`]: RFC 3461 success notices for mail delivered into a Maildir.
+//! - [`prepare`]: fitting a message to a peer (SMTPUTF8, 8BITMIME, long lines, DSN).
 //! - [`downgrade`]: 8-bit MIME made 7-bit clean for peers without 8BITMIME (RFC 6152 §3).
 //! - [`admin`]: `relayward queue …` (list, show, retry, delete, hold, release).
 //! - [`config`]: [`DeliveryConfig`], the runner's settings from `[delivery]` and `[dns]`;
@@ -45,7 +47,9 @@ pub mod dsn;
 pub mod due;
 pub mod loops;
 pub mod mx;
+pub mod notice;
 pub mod outcome;
+pub mod prepare;
 pub mod retry;
 pub mod runner;
 pub mod tls;

@@ -17,16 +17,19 @@ use relayward_protocol::route::{NextHop, Route, Routed, Unroutable};
 use relayward_protocol::text::Escaped;
 use relayward_queue::{
     Changes, MessageId, NewMessage, NewRecipient, Origin, Queue, QueueError, QueuedMessage,
-    RecipientState, RecipientStatus, RecipientUpdate,
+    RcptDsn, RecipientState, RecipientStatus, RecipientUpdate,
 };
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::client::{self, ConnectParams, Connection, Envelope, SessionError, TlsPolicy};
+use crate::client::{
+    self, ConnectParams, Connection, Envelope, EnvelopeOptions, SessionError, TlsPolicy,
+};
 use crate::context::DeliveryContext;
 use crate::dsn::{self, FailedRecipient};
 use crate::due::{self, DueIndex};
 use crate::mx::DnsFailure;
+use crate::notice::{Delivered, SuccessReport, build_success};
 use crate::outcome::{Failure, Outcome};
 
 /// Seconds before a queue entry that could not be read is looked at again.
@@ -373,17 +376,29 @@ impl Runner {
             }
         };
         let mut failed = Vec::new();
+        let mut delivered_here = Vec::new();
         for (destination, due) in self.groups(&ctx, &message) {
             let outcomes = self
                 .deliver_group(&ctx, &destination, &message, &content, &due)
                 .await;
             let recipients: Vec<String> = due.into_iter().map(|d| d.address).collect();
+            if destination == Destination::Local {
+                delivered_here.extend(delivered_asking_for_success(
+                    &message,
+                    &recipients,
+                    &outcomes,
+                ));
+            }
             let (updates, mut group_failed) = self.classify(&ctx, &message, &recipients, outcomes);
             if let Err(e) = self.shared.queue.update(&message.id, updates).await {
                 tracing::error!(id = %message.id, error = %Escaped(&e.to_string()), "cannot record delivery results");
                 return unix_now().saturating_add(RETRY_READ_SECS);
             }
             failed.append(&mut group_failed);
+        }
+        if !delivered_here.is_empty() {
+            self.notify_success(&ctx, &message, &content, &delivered_here)
+                .await;
         }
         if !failed.is_empty() {
             self.bounce(&ctx, &message, &content, failed).await;
@@ -431,10 +446,19 @@ impl Runner {
             .acquire_owned()
             .await;
         let recipients: Vec<String> = due.iter().map(|d| d.address.clone()).collect();
+        let recipient_dsn: Vec<RcptDsn> = recipients
+            .iter()
+            .map(|address| recipient_dsn(message, address))
+            .collect();
         let envelope = Envelope {
             sender: &message.sender,
             recipients: &recipients,
             content,
+            options: EnvelopeOptions {
+                smtputf8: message.options.smtputf8,
+                dsn: Some(&message.options.dsn),
+                recipient_dsn: &recipient_dsn,
+            },
         };
         let outcomes = match destination {
             Destination::Local => return self.deliver_local(ctx, due, content).await,
@@ -570,10 +594,25 @@ impl Runner {
                     .iter()
                     .map(|&i| envelope.recipients[i].clone())
                     .collect();
+                let sub_dsn: Vec<RcptDsn> = open
+                    .iter()
+                    .map(|&i| {
+                        envelope
+                            .options
+                            .recipient_dsn
+                            .get(i)
+                            .cloned()
+                            .unwrap_or_default()
+                    })
+                    .collect();
                 let sub = Envelope {
                     sender: envelope.sender,
                     recipients: &rcpts,
                     content: envelope.content,
+                    options: EnvelopeOptions {
+                        recipient_dsn: &sub_dsn,
+                        ..envelope.options
+                    },
                 };
                 let addr = SocketAddr::new(ip, port);
                 if ctx.own.contains(addr) {
@@ -793,12 +832,24 @@ impl Runner {
         failed: Vec<FailedRecipient>,
     ) {
         let now = unix_now();
+        // RFC 3461: NOTIFY without FAILURE (NEVER, or SUCCESS/DELAY only) means no bounce.
+        let wanted: Vec<FailedRecipient> = failed
+            .iter()
+            .filter(|f| {
+                recipient_dsn(message, &f.address)
+                    .effective_notify()
+                    .failure
+            })
+            .cloned()
+            .collect();
         if message.sender.is_empty() {
             tracing::warn!(id = %message.id, "undeliverable message with null sender: not bounced");
         } else if relayward_protocol::header::is_automatic(content) {
             // A report or auto-reply bounced back could be bounced again by the other side.
             tracing::warn!(id = %message.id, "undeliverable automatic reply or report: not bounced");
-        } else if let Err(e) = self.queue_dsn(ctx, message, content, &failed, now).await {
+        } else if wanted.is_empty() {
+            tracing::info!(id = %message.id, "undeliverable, but the sender asked for no failure notice (NOTIFY): not bounced");
+        } else if let Err(e) = self.queue_dsn(ctx, message, content, &wanted, now).await {
             tracing::error!(id = %message.id, error = %e, "cannot queue the bounce; will retry");
             let retry = now.saturating_add(ctx.settings.retry.delay(1).as_secs().max(1));
             let updates = failed
@@ -865,10 +916,61 @@ impl Runner {
                 client_ip: "127.0.0.1".into(),
                 auth_login: None,
                 origin: Origin::Local,
+                esmtp: Default::default(),
             })
             .await?;
         tracing::info!(id = %message.id, dsn = %id, to = %Escaped(&message.sender), "bounce queued");
         Ok(Some(id))
+    }
+
+    /// Queues one success notice (RFC 3461 `NOTIFY=SUCCESS`) for recipients delivered into a
+    /// Maildir. Only for authenticated senders (see [`crate::notice`]); routed like a bounce;
+    /// a notice that cannot be queued is logged and dropped: the mail itself was delivered.
+    async fn notify_success(
+        &self,
+        ctx: &DeliveryContext,
+        message: &QueuedMessage,
+        content: &[u8],
+        delivered: &[Delivered],
+    ) {
+        if message.sender.is_empty() || message.auth_login.is_none() {
+            tracing::info!(id = %message.id, "success notice not sent: sender not authenticated");
+            return;
+        }
+        let Some(recipient) = bounce_recipient(ctx, message) else {
+            return;
+        };
+        let notice = build_success(&SuccessReport {
+            reporting_mta: &ctx.settings.hostname,
+            original_sender: &message.sender,
+            original_id: &message.id.0,
+            envid: message.options.dsn.envid.as_deref(),
+            arrived: message.arrived,
+            now: unix_now(),
+            recipients: delivered,
+            original: content,
+        });
+        let queued = self
+            .shared
+            .queue
+            .enqueue(NewMessage {
+                sender: String::new(),
+                recipients: vec![recipient],
+                content: notice,
+                client_ip: "127.0.0.1".into(),
+                auth_login: None,
+                origin: Origin::Local,
+                esmtp: Default::default(),
+            })
+            .await;
+        match queued {
+            Ok(id) => {
+                tracing::info!(id = %message.id, notice = %id, to = %Escaped(&message.sender), "success notice queued")
+            }
+            Err(e) => {
+                tracing::error!(id = %message.id, error = %e, "cannot queue the success notice")
+            }
+        }
     }
 
     /// Defers every pending recipient (the content could not be read this time); those past
@@ -920,6 +1022,36 @@ fn stored_route(ctx: &DeliveryContext, id: &MessageId, r: &RecipientState) -> Op
 
 /// Where the bounce of `message` goes: its sender, routed like a RCPT. `None`, with a log
 /// line, when the sender has no route.
+/// The recipients of a local group that were delivered and asked for a success notice.
+fn delivered_asking_for_success(
+    message: &QueuedMessage,
+    recipients: &[String],
+    outcomes: &[Outcome],
+) -> Vec<Delivered> {
+    recipients
+        .iter()
+        .zip(outcomes)
+        .filter(|(_, outcome)| outcome.is_delivered())
+        .filter_map(|(address, _)| {
+            let dsn = recipient_dsn(message, address);
+            dsn.effective_notify().success.then(|| Delivered {
+                address: address.clone(),
+                orcpt: dsn.orcpt,
+            })
+        })
+        .collect()
+}
+
+/// The recipient's `NOTIFY=` / `ORCPT=` as stored.
+fn recipient_dsn(message: &QueuedMessage, address: &str) -> RcptDsn {
+    message
+        .recipients
+        .iter()
+        .find(|r| r.address == address)
+        .map(|r| r.dsn.clone())
+        .unwrap_or_default()
+}
+
 fn bounce_recipient(ctx: &DeliveryContext, message: &QueuedMessage) -> Option<NewRecipient> {
     match ctx.router.route_address(&message.sender) {
         Some(Ok(Routed { address, route, .. })) => Some(NewRecipient { address, route }),

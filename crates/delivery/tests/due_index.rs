@@ -147,6 +147,7 @@ async fn new_mail_is_delivered_from_the_index_without_listing_the_queue() {
                 client_ip: "127.0.0.1".into(),
                 auth_login: None,
                 origin: relayward_queue::Origin::Trusted,
+                esmtp: Default::default(),
             })
             .await
             .expect("enqueue");

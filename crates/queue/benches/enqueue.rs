@@ -40,6 +40,7 @@ fn message(size: usize) -> NewMessage {
         client_ip: "192.0.2.1".to_owned(),
         auth_login: None,
         origin: relayward_queue::Origin::Stranger,
+        esmtp: Default::default(),
     }
 }
 

@@ -16,6 +16,8 @@
 use std::future::Future;
 use std::pin::Pin;
 
+pub use relayward_protocol::dsn::{MailDsn, RcptDsn};
+
 mod fsutil;
 mod id;
 pub mod maildir;
@@ -43,6 +45,8 @@ pub struct NewMessage {
     pub auth_login: Option<String>,
     /// How the client stood when it gave us the message; decides what a bounce may carry.
     pub origin: Origin,
+    /// What the client asked of delivery beyond the envelope (SMTPUTF8, DSN).
+    pub esmtp: Esmtp,
 }
 
 /// How a message arrived: what the client was when the session accepted it. A bounce to a
@@ -61,6 +65,33 @@ pub enum Origin {
     Authenticated,
     /// Made by relayward itself: a bounce.
     Local,
+}
+
+/// What a client asked of delivery beyond the envelope: RFC 6531 SMTPUTF8 and the RFC 3461
+/// DSN parameters, kept so that delivery can pass them on and honour them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Esmtp {
+    /// `MAIL … SMTPUTF8`: the message may hold UTF-8 addresses and header fields.
+    pub smtputf8: bool,
+    /// `RET=` and `ENVID=`.
+    pub dsn: MailDsn,
+    /// `NOTIFY=` and `ORCPT=` per recipient, in the order of `recipients` (missing = none).
+    pub recipients: Vec<RcptDsn>,
+}
+
+/// The message-level ESMTP options as stored (absent from the state file when plain).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MessageOptions {
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub smtputf8: bool,
+    #[serde(default, skip_serializing_if = "MailDsn::is_empty")]
+    pub dsn: MailDsn,
+}
+
+impl MessageOptions {
+    pub fn is_plain(&self) -> bool {
+        !self.smtputf8 && self.dsn.is_empty()
+    }
 }
 
 /// One recipient of a new message: the address as the next hop will see it (`local@domain`,
@@ -160,6 +191,9 @@ pub struct RecipientState {
     /// stored; the runner routes those once with the current configuration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<Route>,
+    /// `NOTIFY=` / `ORCPT=` as the client gave them (RFC 3461).
+    #[serde(default, skip_serializing_if = "RcptDsn::is_empty")]
+    pub dsn: RcptDsn,
 }
 
 /// A queued message's envelope and state (not its content).
@@ -179,6 +213,9 @@ pub struct QueuedMessage {
     pub size: u64,
     /// Held messages are never picked by the runner until released.
     pub held: bool,
+    /// SMTPUTF8 and `RET=` / `ENVID=`; absent from older state files (plain).
+    #[serde(default, skip_serializing_if = "MessageOptions::is_plain")]
+    pub options: MessageOptions,
 }
 
 /// What a delivery attempt learned about one recipient.

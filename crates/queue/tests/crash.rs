@@ -48,6 +48,7 @@ fn expected(worker: u64, n: u64) -> NewMessage {
         client_ip: "192.0.2.1".to_owned(),
         auth_login: None,
         origin: relayward_queue::Origin::Stranger,
+        esmtp: Default::default(),
     }
 }
 

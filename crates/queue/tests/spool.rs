@@ -45,6 +45,7 @@ fn message(recipients: &[&str], body: &str) -> NewMessage {
         client_ip: "192.0.2.7".to_owned(),
         auth_login: Some("alice@sender.test".to_owned()),
         origin: relayward_queue::Origin::Authenticated,
+        esmtp: Default::default(),
     }
 }
 

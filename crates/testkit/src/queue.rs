@@ -125,13 +125,15 @@ impl MemoryQueue {
             recipients: message
                 .recipients
                 .iter()
-                .map(|r| RecipientState {
+                .enumerate()
+                .map(|(i, r)| RecipientState {
                     address: r.address.clone(),
                     status: RecipientStatus::Pending,
                     attempts: 0,
                     last_error: None,
                     next_attempt: now,
                     route: Some(r.route.clone()),
+                    dsn: message.esmtp.recipients.get(i).cloned().unwrap_or_default(),
                 })
                 .collect(),
             arrived: now,
@@ -140,6 +142,10 @@ impl MemoryQueue {
             origin: message.origin,
             size: message.content.len() as u64,
             held: false,
+            options: relayward_queue::MessageOptions {
+                smtputf8: message.esmtp.smtputf8,
+                dsn: message.esmtp.dsn.clone(),
+            },
         };
         self.lock().push(Stored {
             id: id.clone(),

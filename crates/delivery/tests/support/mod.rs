@@ -129,6 +129,7 @@ impl Relay {
                 client_ip: "127.0.0.1".into(),
                 auth_login: None,
                 origin: relayward_queue::Origin::Trusted,
+                esmtp: Default::default(),
             })
             .await
             .expect("enqueue")

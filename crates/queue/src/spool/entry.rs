@@ -11,8 +11,8 @@ use std::io::{self, BufRead, BufReader, Read};
 use relayward_protocol::text::Escaped;
 
 use crate::{
-    MessageId, NewMessage, QueueError, QueuedMessage, RecipientState, RecipientStatus,
-    RecipientUpdate,
+    MessageId, MessageOptions, NewMessage, QueueError, QueuedMessage, RecipientState,
+    RecipientStatus, RecipientUpdate,
 };
 
 /// Marks (and versions) a message file.
@@ -94,13 +94,15 @@ pub(super) fn new_state(id: &MessageId, message: &NewMessage, now: u64) -> Queue
         recipients: message
             .recipients
             .iter()
-            .map(|recipient| RecipientState {
+            .enumerate()
+            .map(|(i, recipient)| RecipientState {
                 address: recipient.address.clone(),
                 status: RecipientStatus::Pending,
                 attempts: 0,
                 last_error: None,
                 next_attempt: now,
                 route: Some(recipient.route.clone()),
+                dsn: message.esmtp.recipients.get(i).cloned().unwrap_or_default(),
             })
             .collect(),
         arrived: now,
@@ -109,6 +111,10 @@ pub(super) fn new_state(id: &MessageId, message: &NewMessage, now: u64) -> Queue
         origin: message.origin,
         size: message.content.len() as u64,
         held: false,
+        options: MessageOptions {
+            smtputf8: message.esmtp.smtputf8,
+            dsn: message.esmtp.dsn.clone(),
+        },
     }
 }
 
@@ -179,6 +185,7 @@ mod tests {
             client_ip: "192.0.2.1".to_owned(),
             auth_login: None,
             origin: crate::Origin::Trusted,
+            esmtp: Default::default(),
         };
         (id, message)
     }

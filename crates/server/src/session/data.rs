@@ -8,7 +8,7 @@ use relayward_protocol::data::{DataError, DataReceiver, DataStatus};
 use relayward_protocol::header;
 use relayward_protocol::limits::{MAX_ACCEPTED_TEXT_LINE, MAX_HOPS};
 use relayward_protocol::reply::Reply;
-use relayward_queue::{NewMessage, NewRecipient, Origin, QueueError};
+use relayward_queue::{Esmtp, NewMessage, NewRecipient, Origin, QueueError};
 use tokio::io::AsyncReadExt;
 
 use super::{Ending, Flow, Session, Step, Stream, Transaction};
@@ -21,6 +21,13 @@ impl<S: Stream> Session<S> {
         };
         if txn.recipients.is_empty() {
             return Ok(self.client_error(Reply::enh(554, (5, 5, 1), "No valid recipients")));
+        }
+        if txn.chunks.is_some() {
+            return Ok(self.client_error(Reply::enh(
+                503,
+                (5, 5, 1),
+                "DATA after BDAT: finish with BDAT ... LAST or RSET",
+            )));
         }
         self.queue_reply(&Reply::new(354, None, "End data with <CR><LF>.<CR><LF>"));
         self.flush().await?;
@@ -115,7 +122,7 @@ impl<S: Stream> Session<S> {
         }
     }
 
-    async fn enqueue(&mut self, txn: Transaction, body: Vec<u8>) -> Reply {
+    pub(super) async fn enqueue(&mut self, txn: Transaction, body: Vec<u8>) -> Reply {
         let recipients: Vec<String> = txn
             .recipients
             .iter()
@@ -150,6 +157,11 @@ impl<S: Stream> Session<S> {
             client_ip: self.client_ip.to_string(),
             auth_login: self.login.clone(),
             origin: self.origin(),
+            esmtp: Esmtp {
+                smtputf8: txn.smtputf8,
+                dsn: txn.dsn,
+                recipients: txn.rcpt_dsn,
+            },
         };
         match self.ctx.queue.enqueue(message).await {
             Ok(id) => {
@@ -173,7 +185,7 @@ enum DataOutcome {
     Closed,
 }
 
-fn data_error_reply(error: DataError) -> Reply {
+pub(super) fn data_error_reply(error: DataError) -> Reply {
     match error {
         DataError::BareCr => Reply::enh(
             521,
@@ -205,7 +217,7 @@ fn data_error_reply(error: DataError) -> Reply {
 
 /// `554 5.4.6` for a message that already passed more than [`MAX_HOPS`] relays: it is
 /// looping (RFC 5321 §6.3), and queueing it would send it round once more.
-fn too_many_hops(content: &[u8]) -> Option<Reply> {
+pub(super) fn too_many_hops(content: &[u8]) -> Option<Reply> {
     let hops = header::count(content, "Received");
     (hops > MAX_HOPS).then(|| {
         Reply::enh(

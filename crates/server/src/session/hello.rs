@@ -23,7 +23,15 @@ impl<S: Stream> Session<S> {
             format!("SIZE {}", self.ctx.limits.max_message_size),
             "8BITMIME".to_string(),
             "ENHANCEDSTATUSCODES".to_string(),
+            "CHUNKING".to_string(),
         ];
+        let offered = self.offered();
+        if offered.smtputf8 {
+            lines.push("SMTPUTF8".to_string());
+        }
+        if offered.dsn {
+            lines.push("DSN".to_string());
+        }
         if self.ctx.tls.is_some() && !self.conn.is_tls() {
             lines.push("STARTTLS".to_string());
         }

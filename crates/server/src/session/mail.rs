@@ -53,13 +53,19 @@ impl<S: Stream> Session<S> {
             sender,
             recipients: Vec::new(),
             smtputf8: command::has_smtputf8(params),
+            dsn: command::mail_dsn(params),
+            rcpt_dsn: Vec::new(),
+            chunks: None,
         });
         self.reply(Reply::enh(250, (2, 1, 0), "Ok"))
     }
 
     /// The MAIL/RCPT extensions this session offers (see [`crate::extensions`]).
     pub(super) fn offered(&self) -> extensions::Offered {
-        extensions::Offered::default()
+        extensions::Offered {
+            smtputf8: true,
+            dsn: true,
+        }
     }
 
     /// Spends one message or recipient of the authenticated user's budget (see

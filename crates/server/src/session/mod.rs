@@ -9,9 +9,10 @@
 //! The session is generic over its byte stream ([`Stream`]): the listener gives it a TCP
 //! socket, tests an in-memory pipe (`tokio::io::duplex`), so whole dialogues run in-process.
 //! This file holds the state, the read loop and the reply plumbing; each verb has its own
-//! file: [`hello`] (EHLO/HELO), [`mail`], [`rcpt`], [`data`], [`starttls`], [`auth`].
+//! file: [`hello`] (EHLO/HELO), [`mail`], [`rcpt`], [`data`], [`bdat`], [`starttls`], [`auth`].
 
 mod auth;
+mod bdat;
 mod data;
 mod hello;
 mod mail;
@@ -26,6 +27,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use relayward_protocol::command::{Command, parse_command};
+use relayward_protocol::dsn::{MailDsn, RcptDsn};
 use relayward_protocol::limits::{MAX_AUTH_LINE, command_line_limit};
 use relayward_protocol::line::{LineBuffer, LineEvent};
 use relayward_protocol::reply::Reply;
@@ -189,6 +191,12 @@ struct Transaction {
     recipients: Vec<Accepted>,
     /// `MAIL … SMTPUTF8`: UTF-8 addresses (and headers) are allowed.
     smtputf8: bool,
+    /// `RET=` / `ENVID=` of MAIL.
+    dsn: MailDsn,
+    /// `NOTIFY=` / `ORCPT=` of each accepted recipient, in the order of `recipients`.
+    rcpt_dsn: Vec<RcptDsn>,
+    /// The chunks received so far when the content comes by BDAT (then DATA is refused).
+    chunks: Option<Box<bdat::Chunks>>,
 }
 
 enum Flow {
@@ -419,9 +427,7 @@ impl<S: Stream> Session<S> {
             Command::Mail { wire, from, params } => Ok(self.on_mail(&wire, from, &params)),
             Command::Rcpt { wire, to, params } => Ok(self.on_rcpt(&wire, &to, &params).await),
             Command::Data => self.on_data().await,
-            Command::Bdat { .. } => {
-                Ok(self.client_error(Reply::enh(502, (5, 5, 1), "BDAT not implemented; use DATA")))
-            }
+            Command::Bdat { size, last } => self.on_bdat(size, last).await,
             Command::Rset => {
                 self.txn = None;
                 Ok(self.reply(Reply::enh(250, (2, 0, 0), "Ok")))

@@ -2,7 +2,7 @@
 //! [`crate::policy::Accepted`] it returns is kept for the transaction — after the internal
 //! server confirmed it, for `[[route]]` domains that verify their recipients.
 
-use relayward_protocol::command::Param;
+use relayward_protocol::command::{self, Param};
 use relayward_protocol::path::ForwardPath;
 use relayward_protocol::reply::Reply;
 use relayward_protocol::resolve::resolve;
@@ -47,6 +47,7 @@ impl<S: Stream> Session<S> {
                     }
                     if let Some(txn) = self.txn.as_mut() {
                         txn.recipients.push(accepted);
+                        txn.rcpt_dsn.push(command::rcpt_dsn(params));
                     }
                 }
                 self.reply(Reply::enh(250, (2, 1, 5), "Ok"))

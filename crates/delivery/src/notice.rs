@@ -1,0 +1,151 @@
+//! RFC 3461 success notices: "your message was delivered", for recipients whose sender asked
+//! with `NOTIFY=SUCCESS` and whose mail relayward itself delivered into a Maildir.
+//!
+//! Mail relayed to a next hop that offers DSN carries the `NOTIFY` on, and that hop answers
+//! for it. Notices go only to senders who authenticated: an unauthenticated client can put
+//! anyone's address in `MAIL FROM`, and a notice to that address would carry the client's
+//! headers to a third party (backscatter). Like bounces, notices use the null reverse-path,
+//! so they are never answered in turn.
+
+use std::fmt::Write as _;
+
+use relayward_protocol::dsn::Orcpt;
+
+use crate::dsn::{header_section, rfc5322_date};
+
+/// One delivered recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    pub address: String,
+    /// `ORCPT=` as the client gave it (`Original-Recipient:`).
+    pub orcpt: Option<Orcpt>,
+}
+
+/// What the notice is about.
+pub struct SuccessReport<'a> {
+    pub reporting_mta: &'a str,
+    pub original_sender: &'a str,
+    pub original_id: &'a str,
+    /// `ENVID=` as the client gave it (`Original-Envelope-Id:`).
+    pub envid: Option<&'a str>,
+    pub arrived: u64,
+    pub now: u64,
+    pub recipients: &'a [Delivered],
+    /// The original content; only its header section is returned.
+    pub original: &'a [u8],
+}
+
+/// Builds the notice (CRLF line ends), ready to enqueue with the null sender.
+pub fn build_success(report: &SuccessReport<'_>) -> Vec<u8> {
+    let boundary = format!(
+        "=_relayward_ok_{}/{}",
+        report.original_id, report.reporting_mta
+    )
+    .replace(['"', '\\'], "");
+    let host = report.reporting_mta;
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "From: Mail Delivery System <MAILER-DAEMON@{host}>\r\n\
+         To: <{to}>\r\n\
+         Subject: Successful Mail Delivery Report\r\n\
+         Date: {date}\r\n\
+         Message-ID: <{id}.ok.{now}@{host}>\r\n\
+         Auto-Submitted: auto-replied\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=delivery-status;\r\n\
+         \tboundary=\"{boundary}\"\r\n\
+         \r\n\
+         This is a MIME-encapsulated delivery status notification.\r\n\r\n\
+         --{boundary}\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\
+         Content-Description: Notification\r\n\r\n\
+         This is the mail system at {host}.\r\n\r\n\
+         Your message was delivered to the following recipients, as you asked:\r\n\r\n",
+        to = report.original_sender,
+        date = rfc5322_date(report.now),
+        id = report.original_id,
+        now = report.now,
+    );
+    for r in report.recipients {
+        let _ = write!(out, "<{}>: delivered to mailbox\r\n", r.address);
+    }
+    let _ = write!(
+        out,
+        "\r\n--{boundary}\r\n\
+         Content-Type: message/delivery-status\r\n\
+         Content-Description: Delivery report\r\n\r\n"
+    );
+    if let Some(envid) = report.envid {
+        let _ = write!(out, "Original-Envelope-Id: {}\r\n", one_line(envid));
+    }
+    let _ = write!(
+        out,
+        "Reporting-MTA: dns; {host}\r\nX-Relayward-Queue-ID: {}\r\nArrival-Date: {}\r\n",
+        report.original_id,
+        rfc5322_date(report.arrived)
+    );
+    for r in report.recipients {
+        out.push_str("\r\n");
+        if let Some(orcpt) = &r.orcpt {
+            let _ = write!(
+                out,
+                "Original-Recipient: {}; {}\r\n",
+                orcpt.addr_type,
+                one_line(&orcpt.address)
+            );
+        }
+        let _ = write!(
+            out,
+            "Final-Recipient: rfc822; {}\r\nAction: delivered\r\nStatus: 2.0.0\r\nLast-Attempt-Date: {}\r\n",
+            r.address,
+            rfc5322_date(report.now)
+        );
+    }
+    let _ = write!(
+        out,
+        "\r\n--{boundary}\r\n\
+         Content-Type: text/rfc822-headers\r\n\
+         Content-Description: Delivered Message Headers\r\n\r\n"
+    );
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(&header_section(report.original));
+    bytes.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    bytes
+}
+
+fn one_line(text: &str) -> String {
+    text.replace(['\r', '\n'], " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_success_notice_names_the_recipient_and_the_original_ids() {
+        let delivered = [Delivered {
+            address: "carol@example.test".into(),
+            orcpt: Some(Orcpt {
+                addr_type: "rfc822".into(),
+                address: "Carol@Example.test".into(),
+            }),
+        }];
+        let notice = build_success(&SuccessReport {
+            reporting_mta: "mx.example.test",
+            original_sender: "alice@example.test",
+            original_id: "Q1",
+            envid: Some("ENV-1"),
+            arrived: 0,
+            now: 60,
+            recipients: &delivered,
+            original: b"Subject: hi\r\n\r\nbody\r\n",
+        });
+        let text = String::from_utf8(notice).unwrap();
+        assert!(text.contains("Original-Envelope-Id: ENV-1\r\n"));
+        assert!(text.contains(
+            "Original-Recipient: rfc822; Carol@Example.test\r\nFinal-Recipient: rfc822; carol@example.test\r\nAction: delivered\r\nStatus: 2.0.0\r\n"
+        ));
+        assert!(text.contains("Subject: hi\r\n") && !text.contains("body"));
+    }
+}

@@ -1,0 +1,698 @@
+//! ESMTP completeness against real peers: SMTPUTF8 and BDAT from Python's smtplib, SMTPUTF8
+//! mail relayed by a real Postfix through relayward's submission listener, the 8BITMIME
+//! downgrade and long-line folding seen by Postfix's `smtp-sink`, BDAT smuggling and
+//! immediate long-line refusals in transcripts, and a smart host whose self-signed CA:TRUE
+//! certificate is pinned by `ca_file`.
+
+#[path = "support/postfix.rs"]
+mod postfix;
+mod support;
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{PASSWORD, TestServer, WAIT, password_hash, run_with_timeout, standard_config};
+
+/// The standard configuration plus an IDN local domain and UTF-8 mailboxes, and `extra`.
+fn utf8_config(extra: &str) -> String {
+    standard_config(extra).replace(
+        r#"local_domains = ["example.test"]"#,
+        r#"local_domains = ["example.test", "xn--exmple-cua.test"]
+mailboxes = ["jürgen@example.test", "bøb@xn--exmple-cua.test", "carol@example.test"]"#,
+    )
+}
+
+fn python(script: &str, args: &[String]) -> String {
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(script).args(args);
+    let (code, out) = run_with_timeout(&mut cmd, Duration::from_secs(60));
+    assert_eq!(code, Some(0), "python3 failed:\n{out}");
+    out
+}
+
+fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+// ------------------------------------------------------------------ SMTPUTF8 and BDAT: smtplib
+
+const SMTPLIB_UTF8: &str = r#"
+import smtplib, sys
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=10)
+s.ehlo("client.outside.test")
+assert s.has_extn("smtputf8") and s.has_extn("chunking") and s.has_extn("dsn"), s.esmtp_features
+msg = ("From: Ålice <ålice@outside.test>\r\nTo: Bøb <bøb@exämple.test>\r\n"
+       "Subject: Grüße aus Köln\r\n\r\nHallo Bøb, 你好 ✓\r\n").encode("utf-8")
+refused = s.sendmail("ålice@outside.test", ["bøb@exämple.test", "jürgen@EXAMPLE.test"], msg,
+                     mail_options=["SMTPUTF8"])
+assert refused == {}, refused
+s.quit()
+print("sent")
+"#;
+
+/// smtplib sends a message with UTF-8 addresses and headers (SMTPUTF8): a U-label domain and
+/// its A-label form are one local domain, and the message lands intact in Maildirs named by
+/// the UTF-8 local parts.
+#[test]
+fn smtplib_sends_smtputf8_mail_that_lands_intact_in_utf8_maildirs() {
+    let server = TestServer::start(&utf8_config(""));
+    let port = server.addr("mx").port().to_string();
+    python(SMTPLIB_UTF8, &[port]);
+    for (domain, local) in [("xn--exmple-cua.test", "bøb"), ("example.test", "jürgen")] {
+        let mail = server.wait_for_mail(domain, local, 1);
+        assert!(
+            mail[0].contains("\r\nSubject: Grüße aus Köln\r\n"),
+            "{}",
+            mail[0]
+        );
+        assert!(
+            mail[0].contains("\r\n\r\nHallo Bøb, 你好 ✓\r\n"),
+            "{}",
+            mail[0]
+        );
+        assert!(
+            mail[0].contains("To: Bøb <bøb@exämple.test>"),
+            "{}",
+            mail[0]
+        );
+    }
+}
+
+const SMTPLIB_BDAT: &str = r#"
+import smtplib, sys
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=10)
+s.ehlo("client.outside.test")
+assert s.has_extn("chunking"), s.esmtp_features
+assert s.mail("sender@outside.test")[0] == 250
+assert s.rcpt("carol@example.test")[0] == 250
+one = b"Subject: in chunks\r\n\r\nfirst "
+two = b"second\r\n.\r\nRSET\r\nMAIL FROM:<x@evil.test>\r\n"
+# Both chunks in one write (pipelined), then the two replies.
+s.send(b"BDAT %d\r\n" % len(one) + one + b"BDAT %d LAST\r\n" % len(two) + two)
+first, second = s.getreply(), s.getreply()
+print(first[0], first[1].decode())
+print(second[0], second[1].decode())
+assert first[0] == 250 and second[0] == 250 and b"queued as" in second[1], (first, second)
+assert s.noop()[0] == 250
+s.quit()
+"#;
+
+/// smtplib sends two pipelined BDAT chunks: each is answered, the message is queued at LAST,
+/// and a DATA terminator and commands inside a chunk are only content.
+#[test]
+fn smtplib_sends_pipelined_bdat_chunks() {
+    let server = TestServer::start(&utf8_config(""));
+    let out = python(SMTPLIB_BDAT, &[server.addr("mx").port().to_string()]);
+    assert!(out.contains("250 2.0.0 28 octets received"), "{out}");
+    let mail = server.wait_for_mail("example.test", "carol", 1);
+    assert!(
+        mail[0].ends_with("\r\n\r\nfirst second\r\n.\r\nRSET\r\nMAIL FROM:<x@evil.test>\r\n"),
+        "{}",
+        mail[0]
+    );
+}
+
+// ------------------------------------------------------------------ transcripts
+
+/// The octets of a BDAT without a transaction are skipped, not read as commands; a chunk
+/// larger than the message limit closes the session; a bare LF in a chunk is smuggling.
+#[test]
+fn bdat_octets_are_never_read_as_commands() {
+    let server = TestServer::start(&utf8_config(""));
+    let smuggled = "RSET\r\nQUIT\r\nNOOP\r\n";
+    server
+        .smtp("mx")
+        .send("EHLO client.outside.test")
+        .expect(250)
+        .raw(format!("BDAT {} LAST\r\n{smuggled}", smuggled.len()).as_bytes())
+        .expect_text(503, "5.5.1")
+        .send("NOOP")
+        .expect(250)
+        .send("MAIL FROM:<a@outside.test>")
+        .expect(250)
+        .send("RCPT TO:<carol@example.test>")
+        .expect(250)
+        .send("BDAT 5")
+        .raw(b"ab\ncd")
+        .expect_text(521, "5.5.2")
+        .expect_closed();
+    server
+        .smtp("mx")
+        .send("EHLO client.outside.test")
+        .expect(250)
+        .send("MAIL FROM:<a@outside.test>")
+        .expect(250)
+        .send("RCPT TO:<carol@example.test>")
+        .expect(250)
+        .send("BDAT 99999999999 LAST")
+        .expect_text(552, "5.3.4")
+        .expect_closed();
+}
+
+/// UTF-8 addresses need SMTPUTF8 on MAIL; the DSN parameters are taken.
+#[test]
+fn utf8_addresses_need_smtputf8_and_dsn_parameters_are_accepted() {
+    let server = TestServer::start(&utf8_config(""));
+    server
+        .smtp("mx")
+        .send("EHLO client.outside.test")
+        .expect(250)
+        .send("MAIL FROM:<ålice@outside.test>")
+        .expect_text(553, "5.6.7")
+        .send("MAIL FROM:<alice@outside.test> RET=HDRS ENVID=Q+2B1")
+        .expect(250)
+        .send("RCPT TO:<bøb@exämple.test>")
+        .expect_text(553, "5.6.7")
+        .send("RCPT TO:<carol@example.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;carol@example.test")
+        .expect(250)
+        .send("RSET")
+        .expect(250)
+        .send("MAIL FROM:<ålice@outside.test> SMTPUTF8")
+        .expect(250)
+        .send("RCPT TO:<bøb@EXÄMPLE.test>")
+        .expect(250)
+        .send("RCPT TO:<relaytest@еxample.test>")
+        .expect_text(554, "5.7.1");
+}
+
+/// A line longer than RFC 5321's 1000 octets is taken; one past relayward's limit is refused
+/// the moment it crosses it — the reply arrives before the client has finished the line —
+/// and the rest of the message is read and dropped, so the dialogue stays in step.
+#[test]
+fn long_lines_are_taken_and_an_endless_one_is_refused_at_once() {
+    let server = TestServer::start(&utf8_config(""));
+    let long_header = format!("X-Long: {}", "y".repeat(1500));
+    let mut smtp = server.smtp("mx");
+    smtp.send("EHLO client.outside.test")
+        .expect(250)
+        .send("MAIL FROM:<a@outside.test>")
+        .expect(250)
+        .send("RCPT TO:<carol@example.test>")
+        .expect(250)
+        .send("DATA")
+        .expect(354)
+        .raw(format!("{long_header}\r\n\r\n{}\r\n.\r\n", "z".repeat(3000)).as_bytes())
+        .expect_text(250, "queued as");
+    let mail = server.wait_for_mail("example.test", "carol", 1);
+    assert!(mail[0].contains(&format!("\r\n{long_header}\r\n")));
+    smtp.send("MAIL FROM:<a@outside.test>")
+        .expect(250)
+        .send("RCPT TO:<carol@example.test>")
+        .expect(250)
+        .send("DATA")
+        .expect(354)
+        // 70,000 octets and no line end yet: the refusal must not wait for one.
+        .raw("x".repeat(70_000).as_bytes())
+        .expect_text(500, "5.5.2")
+        .raw(b"\r\nmore\r\n.\r\n")
+        .send("NOOP")
+        .expect(250);
+}
+
+// ------------------------------------------------------------------ smtp-sink
+
+/// Postfix's smtp-sink on a random loopback port, dumping each message to a file; killed on
+/// drop.
+struct Sink {
+    child: Child,
+    port: u16,
+    dumps: tempfile::TempDir,
+}
+
+impl Sink {
+    fn start(options: &[&str]) -> Sink {
+        let sink = Path::new("/usr/sbin/smtp-sink");
+        assert!(
+            sink.exists(),
+            "/usr/sbin/smtp-sink is missing: install the Debian package postfix (scripts/test does)"
+        );
+        let dumps = tempfile::tempdir().expect("tempdir");
+        let port = postfix::free_port();
+        let mut cmd = Command::new(sink);
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            cmd.args(["-u", "root"]);
+        }
+        let child = cmd
+            .args(options)
+            .arg("-d")
+            .arg(format!("{}/%M.", dumps.path().display()))
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("10")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start smtp-sink");
+        let sink = Sink { child, port, dumps };
+        assert!(
+            wait_until(WAIT, || TcpStream::connect(("127.0.0.1", port)).is_ok()),
+            "smtp-sink did not listen on port {port}"
+        );
+        sink
+    }
+
+    /// The first dumped transaction containing `needle`, waiting (bounded) for it.
+    fn wait_for(&self, needle: &str, server: &TestServer) -> Vec<u8> {
+        let mut found = Vec::new();
+        let arrived = wait_until(WAIT, || {
+            found = files(self.dumps.path())
+                .iter()
+                .filter_map(|f| std::fs::read(f).ok())
+                .find(|dump| contains(dump, needle.as_bytes()))
+                .unwrap_or_default();
+            !found.is_empty()
+        });
+        assert!(
+            arrived,
+            "nothing with {needle:?} reached smtp-sink\n{}",
+            server.log()
+        );
+        found
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The message part of an smtp-sink dump (after its own `X-…` envelope headers, the
+/// message follows; the dump uses LF line ends).
+fn dumped_message(dump: &[u8], first_header: &str) -> Vec<u8> {
+    let start = dump
+        .windows(first_header.len())
+        .position(|w| w == first_header.as_bytes())
+        .expect("message in dump");
+    dump[start..].to_vec()
+}
+
+/// relayward with a `[[route]]` to the sink (any client may send to a route domain).
+fn routed_to(sink: &Sink, domain: &str) -> TestServer {
+    TestServer::start(&utf8_config(&format!(
+        "[[route]]\ndomain = \"{domain}\"\nto = \"smtp://127.0.0.1:{}\"\n",
+        sink.port
+    )))
+}
+
+fn send_data(server: &TestServer, mail_from: &str, rcpt: &str, content: &[u8]) {
+    server
+        .smtp("mx")
+        .send("EHLO client.outside.test")
+        .expect(250)
+        .send(mail_from)
+        .expect(250)
+        .send(rcpt)
+        .expect(250)
+        .send("DATA")
+        .expect(354)
+        .raw(content)
+        .raw(b"\r\n.\r\n")
+        .expect_text(250, "queued as")
+        .send("QUIT")
+        .expect(221);
+}
+
+/// 8-bit mail to an smtp-sink that does not announce 8BITMIME arrives 7-bit clean, and
+/// decodes to the original text and attachment.
+#[test]
+fn eight_bit_mail_to_a_peer_without_8bitmime_arrives_7bit_and_decodes_to_the_original() {
+    let sink = Sink::start(&["-8"]);
+    let server = routed_to(&sink, "sink.test");
+    let text = "Grüße aus Köln — ½ € ✓";
+    let original = format!(
+        "From: a@outside.test\r\nSubject: downgrade\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\n\
+Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{text}\r\n--b\r\n\
+Content-Type: application/octet-stream\r\n\r\nbytes: \u{00ff}\u{00fe}\r\n--b--"
+    );
+    send_data(
+        &server,
+        "MAIL FROM:<a@outside.test> BODY=8BITMIME",
+        "RCPT TO:<rcpt@sink.test>",
+        original.as_bytes(),
+    );
+    let dump = sink.wait_for("Subject: downgrade", &server);
+    let message = dumped_message(&dump, "From: a@outside.test");
+    assert!(
+        message.is_ascii(),
+        "not 7-bit clean:\n{}",
+        String::from_utf8_lossy(&message)
+    );
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&message)
+        .expect("parses");
+    let decoded_text = parsed.body_text(0).unwrap_or_default().to_string();
+    assert!(decoded_text.starts_with(text), "{decoded_text:?}");
+    let attachment = parsed.attachment(0).expect("attachment");
+    assert_eq!(attachment.contents(), "bytes: \u{00ff}\u{00fe}".as_bytes());
+}
+
+/// A 1500-octet header reaches smtp-sink folded into lines of at most 998 octets, and
+/// unfolds to the original field.
+#[test]
+fn a_1500_octet_header_arrives_folded() {
+    let sink = Sink::start(&[]);
+    let server = routed_to(&sink, "sink.test");
+    let ids: Vec<String> = (0..70)
+        .map(|i| format!("<msg{i:04}@outside.test>"))
+        .collect();
+    let references = format!("References: {}", ids.join(" "));
+    assert!(references.len() >= 1500, "{}", references.len());
+    let original =
+        format!("From: a@outside.test\r\nSubject: folded\r\n{references}\r\n\r\nbody\r\n");
+    send_data(
+        &server,
+        "MAIL FROM:<a@outside.test>",
+        "RCPT TO:<rcpt@sink.test>",
+        original.as_bytes(),
+    );
+    let dump = sink.wait_for("Subject: folded", &server);
+    let message = String::from_utf8(dumped_message(&dump, "From: a@outside.test")).expect("text");
+    assert!(
+        message
+            .lines()
+            .all(|l| l.trim_end_matches('\r').len() <= 998),
+        "a line over 998 octets:\n{message}"
+    );
+    let header = message
+        .split("\n\n")
+        .next()
+        .unwrap_or_default()
+        .replace('\r', "");
+    assert!(
+        header.contains("\nReferences: <msg0000@outside.test>"),
+        "{header}"
+    );
+    assert!(header.contains("\n <msg"), "not folded:\n{header}");
+    let unfolded = header.replace("\n ", " ");
+    assert!(unfolded.contains(&references), "{unfolded}");
+}
+
+/// A peer without SMTPUTF8: a U-label domain alone goes as its A-label; a UTF-8 local part
+/// cannot, and bounces with 5.6.7 to the sender.
+#[test]
+fn smtputf8_to_a_peer_without_it_goes_as_a_labels_or_bounces() {
+    let sink = Sink::start(&[]);
+    let server = routed_to(&sink, "xn--snk-zma.test");
+    send_data(
+        &server,
+        "MAIL FROM:<carol@example.test> SMTPUTF8",
+        "RCPT TO:<rcpt@sïnk.test>",
+        b"From: carol@example.test\r\nSubject: a-label only\r\n\r\nplain\r\n",
+    );
+    let dump = sink.wait_for("Subject: a-label only", &server);
+    assert!(
+        contains(&dump, b"rcpt@xn--snk-zma.test"),
+        "{}",
+        String::from_utf8_lossy(&dump)
+    );
+    send_data(
+        &server,
+        "MAIL FROM:<carol@example.test> SMTPUTF8",
+        "RCPT TO:<bøb@sïnk.test>",
+        b"From: carol@example.test\r\nSubject: needs utf8\r\n\r\nplain\r\n",
+    );
+    let bounce = server.wait_for_mail("example.test", "carol", 1);
+    assert!(bounce[0].contains("Status: 5.6.7"), "{}", bounce[0]);
+    assert!(
+        bounce[0].contains("SMTPUTF8 is required, but was not offered by host"),
+        "{}",
+        bounce[0]
+    );
+}
+
+// ------------------------------------------------------------------ pinned smart host
+
+/// A smart host (a second relayward) whose certificate is a self-signed CA:TRUE certificate,
+/// as `openssl req -x509` makes, given to the sender as `ca_file`: the mail arrives.
+#[test]
+fn a_smart_host_with_a_pinned_self_signed_ca_true_certificate_receives_mail() {
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "mx.b.test");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("cert");
+    let cert_path = secrets.path().join("b-cert.pem");
+    let key_path = secrets.path().join("b-key.pem");
+    std::fs::write(&cert_path, cert.pem()).expect("cert");
+    std::fs::write(&key_path, key.serialize_pem()).expect("key");
+    let b = TestServer::start(&format!(
+        r#"hostname = "mx.b.test"
+data_dir = "DATA_DIR"
+
+[[listen]]
+address = "127.0.0.1:0"
+kind = "submission"
+
+[tls]
+cert = "{cert}"
+key = "{key}"
+
+[relay]
+local_domains = ["b.test"]
+trusted_networks = []
+mailboxes = ["someone@b.test"]
+
+[[user]]
+login = "relay@a.test"
+password_hash = "{hash}"
+send_as = ["alice@example.test"]
+"#,
+        cert = cert_path.display(),
+        key = key_path.display(),
+        hash = password_hash()
+    ));
+    let password_file = secrets.path().join("smarthost.secret");
+    std::fs::write(&password_file, format!("{PASSWORD}\n")).expect("password file");
+    let a = TestServer::start(&standard_config(&format!(
+        "[delivery]\nsmarthost = \"127.0.0.1:{port}\"\nsmarthost_tls = \"starttls\"\nsmarthost_user = \"relay@a.test\"\nsmarthost_password_file = \"{password}\"\nca_file = \"{ca}\"\n",
+        port = b.addr("submission").port(),
+        password = password_file.display(),
+        ca = cert_path.display(),
+    )));
+    submit_as_alice(&a, "someone@b.test", "pinned");
+    let mail = b.wait_for_mail("b.test", "someone", 1);
+    assert!(mail[0].contains("\r\nSubject: pinned\r\n"), "{}", mail[0]);
+}
+
+fn submit_as_alice(server: &TestServer, rcpt: &str, subject: &str) {
+    let ca = server.data_dir().join("tls").join("cert.pem");
+    server
+        .smtp("submission")
+        .send("EHLO laptop.example.test")
+        .expect(250)
+        .starttls(&ca)
+        .send("EHLO laptop.example.test")
+        .expect(250)
+        .auth_plain("alice@example.test", PASSWORD)
+        .expect(235)
+        .send("MAIL FROM:<alice@example.test>")
+        .expect(250)
+        .send(&format!("RCPT TO:<{rcpt}>"))
+        .expect(250)
+        .send("DATA")
+        .expect(354)
+        .raw(
+            format!("From: alice@example.test\r\nSubject: {subject}\r\n\r\nbody\r\n.\r\n")
+                .as_bytes(),
+        )
+        .expect_text(250, "queued as")
+        .send("QUIT")
+        .expect(221);
+}
+
+// ------------------------------------------------------------------ Postfix relays SMTPUTF8
+
+const SMTPLIB_TO_POSTFIX: &str = r#"
+import smtplib, sys
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=20)
+s.ehlo("laptop.example.test")
+assert s.has_extn("smtputf8"), s.esmtp_features
+msg = ("From: Alice <alice@example.test>\r\nTo: Bøb <bøb@exämple.test>\r\n"
+       "Subject: Über Postfix → relayward ✓\r\nMessage-ID: <pf1@example.test>\r\n\r\n"
+       "Grüße, 你好, ½ €\r\n").encode("utf-8")
+refused = s.sendmail("alice@example.test", ["bøb@exämple.test"], msg, mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+assert refused == {}, refused
+s.quit()
+"#;
+
+/// A real Postfix (private instance) relays SMTPUTF8 mail through relayward's submission
+/// listener — STARTTLS, AUTH PLAIN, SMTPUTF8 — and it arrives intact in the UTF-8 Maildir.
+#[test]
+fn postfix_relays_smtputf8_mail_through_the_submission_port_intact() {
+    if !postfix::available() {
+        eprintln!(
+            "SKIPPED: needs root and {} (scripts/test installs postfix)",
+            postfix::POSTFIX
+        );
+        return;
+    }
+    let server = TestServer::start(&utf8_config(""));
+    let submission = server.addr("submission").port();
+    let ca = server.data_dir().join("tls").join("cert.pem");
+    let pf = postfix::Postfix::start(
+        &format!(
+            "myhostname = postfix.example.test
+mydestination =
+mynetworks = 127.0.0.0/8
+smtputf8_enable = yes
+relayhost = [127.0.0.1]:{submission}
+smtp_sasl_auth_enable = yes
+smtp_sasl_password_maps = texthash:{{dir}}/etc/sasl_passwd
+smtp_sasl_security_options = noanonymous
+smtp_tls_security_level = encrypt
+smtp_tls_CAfile = {ca}
+smtpd_tls_security_level = none",
+            ca = ca.display()
+        ),
+        &[""],
+    );
+    std::fs::write(
+        pf.etc().join("sasl_passwd"),
+        format!("[127.0.0.1]:{submission} alice@example.test:{PASSWORD}\n"),
+    )
+    .expect("sasl_passwd");
+    python(SMTPLIB_TO_POSTFIX, &[pf.ports[0].to_string()]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mail = loop {
+        let files = server.maildir_new("xn--exmple-cua.test", "bøb");
+        if let Some(file) = files.first() {
+            break std::fs::read_to_string(file).expect("read");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing arrived through Postfix\nPostfix log:\n{}\nrelayward log:\n{}",
+            pf.maillog(),
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        mail.contains("\r\nSubject: Über Postfix → relayward ✓\r\n"),
+        "{mail}"
+    );
+    assert!(
+        mail.contains("\r\nTo: Bøb <bøb@exämple.test>\r\n"),
+        "{mail}"
+    );
+    assert!(mail.contains("\r\n\r\nGrüße, 你好, ½ €\r\n"), "{mail}");
+    assert!(mail.contains("by postfix.example.test (Postfix)"), "{mail}");
+    assert!(
+        mail.contains("authenticated as alice@example.test"),
+        "{mail}"
+    );
+}
+
+// ------------------------------------------------------------------ DSN
+
+/// Alice submits one message with the MAIL and RCPT lines given (DSN parameters and all).
+fn submit_with(server: &TestServer, mail_from: &str, rcpt: &str, subject: &str) {
+    let ca = server.data_dir().join("tls").join("cert.pem");
+    server
+        .smtp("submission")
+        .send("EHLO laptop.example.test")
+        .expect(250)
+        .starttls(&ca)
+        .send("EHLO laptop.example.test")
+        .expect_text(250, "DSN")
+        .auth_plain("alice@example.test", PASSWORD)
+        .expect(235)
+        .send(mail_from)
+        .expect(250)
+        .send(rcpt)
+        .expect(250)
+        .send("DATA")
+        .expect(354)
+        .raw(
+            format!("From: alice@example.test\r\nSubject: {subject}\r\n\r\nbody\r\n.\r\n")
+                .as_bytes(),
+        )
+        .expect_text(250, "queued as")
+        .send("QUIT")
+        .expect(221);
+}
+
+/// `NOTIFY=SUCCESS` for a recipient delivered into a Maildir: a success notice (RFC 3464,
+/// Action: delivered) comes back to the sender, with her ENVID and ORCPT.
+#[test]
+fn notify_success_produces_a_success_notice() {
+    let server = TestServer::start(&utf8_config(""));
+    submit_with(
+        &server,
+        "MAIL FROM:<alice@example.test> ENVID=env+2B42",
+        "RCPT TO:<carol@example.test> NOTIFY=SUCCESS ORCPT=rfc822;Carol@example.test",
+        "please confirm",
+    );
+    server.wait_for_mail("example.test", "carol", 1);
+    let notice = server.wait_for_mail("example.test", "alice", 1);
+    let notice = &notice[0];
+    assert!(
+        notice.contains("Subject: Successful Mail Delivery Report"),
+        "{notice}"
+    );
+    assert!(
+        notice.contains("Original-Envelope-Id: env+42\r\n"),
+        "{notice}"
+    );
+    assert!(
+        notice.contains("Original-Recipient: rfc822; Carol@example.test\r\nFinal-Recipient: rfc822; carol@example.test\r\nAction: delivered\r\nStatus: 2.0.0\r\n"),
+        "{notice}"
+    );
+    assert!(notice.contains("Subject: please confirm\r\n"), "{notice}");
+}
+
+/// `NOTIFY=NEVER`: a recipient the next hop refuses is not bounced; without it, it is.
+#[test]
+fn notify_never_suppresses_the_bounce() {
+    let sink = support::rejecting_sink("127.0.0.1", "550 5.1.1 no such user");
+    let server = TestServer::start(&utf8_config(&format!(
+        "[[route]]\ndomain = \"corp.test\"\nto = \"smtp://127.0.0.1:{}\"\n",
+        sink.addr.port()
+    )));
+    submit_with(
+        &server,
+        "MAIL FROM:<alice@example.test>",
+        "RCPT TO:<gone@corp.test> NOTIFY=NEVER",
+        "no news wanted",
+    );
+    submit_with(
+        &server,
+        "MAIL FROM:<alice@example.test>",
+        "RCPT TO:<gone@corp.test>",
+        "news wanted",
+    );
+    let bounces = server.wait_for_mail("example.test", "alice", 1);
+    assert!(
+        bounces[0].contains("Subject: news wanted"),
+        "{}",
+        bounces[0]
+    );
+    support::wait_queue_empty(&server);
+    let all = server.maildir_new("example.test", "alice");
+    assert_eq!(all.len(), 1, "a bounce for NOTIFY=NEVER arrived");
+}

@@ -1,0 +1,230 @@
+//! A private Postfix instance for a test (`postfix -c DIR`: its own main.cf, master.cf, queue
+//! and data directories in a temporary directory), started with the settings and smtpd
+//! listeners a test gives, and stopped when the guard is dropped, pass or fail.
+//!
+//! Include with `#[path = "support/postfix.rs"] mod postfix;`. Needs root (the daemons drop to
+//! `mail_owner = postfix`) and the Debian package postfix.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub const POSTFIX: &str = "/usr/sbin/postfix";
+
+/// Whether this machine can run a private Postfix (root and the binary); tests skip otherwise.
+pub fn available() -> bool {
+    // SAFETY: getuid(2) has no preconditions.
+    Path::new(POSTFIX).exists() && unsafe { libc::getuid() == 0 }
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub struct Postfix {
+    pub dir: tempfile::TempDir,
+    /// The smtpd listeners, in the order given to [`Postfix::start`].
+    pub ports: Vec<u16>,
+}
+
+impl Postfix {
+    /// Starts an instance with `main_extra` appended to a minimal main.cf (loopback only,
+    /// logging to a file in the directory) and one smtpd listener per entry of `listeners`
+    /// (each entry: extra `-o name=value` options for that smtpd). `{dir}` in `main_extra` is
+    /// the instance's directory.
+    pub fn start(main_extra: &str, listeners: &[&str]) -> Postfix {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().to_path_buf();
+        set_mode(&root, 0o755);
+        for sub in ["etc", "queue", "data"] {
+            std::fs::create_dir_all(root.join(sub)).expect("mkdir");
+        }
+        chown_postfix(&root.join("data"));
+        let ports: Vec<u16> = listeners.iter().map(|_| free_port()).collect();
+        let pf = Postfix { dir, ports };
+        let main = format!(
+            "{}\n{}\n",
+            base_main_cf(&root),
+            main_extra.replace("{dir}", &root.display().to_string())
+        );
+        std::fs::write(pf.etc().join("main.cf"), main).expect("main.cf");
+        std::fs::write(pf.etc().join("master.cf"), master_cf(&pf.ports, listeners))
+            .expect("master.cf");
+        pf.run("check");
+        pf.run("start");
+        for &port in &pf.ports {
+            pf.wait_listening(port);
+        }
+        pf
+    }
+
+    pub fn etc(&self) -> PathBuf {
+        self.dir.path().join("etc")
+    }
+
+    fn run(&self, verb: &str) {
+        let out = Command::new(POSTFIX)
+            .arg("-c")
+            .arg(self.etc())
+            .arg(verb)
+            .output()
+            .expect("postfix");
+        assert!(
+            out.status.success(),
+            "postfix {verb}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.maillog()
+        );
+    }
+
+    pub fn maillog(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
+    }
+
+    /// Waits (bounded) until the mail log contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.maillog().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    fn master_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.dir.path().join("queue/pid/master.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    fn wait_listening(&self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("Postfix smtpd not listening on {port}:\n{}", self.maillog());
+    }
+}
+
+impl Drop for Postfix {
+    /// `postfix stop`, then `abort` and a SIGKILL for a master that did not go.
+    fn drop(&mut self) {
+        let pid = self.master_pid();
+        let _ = Command::new(POSTFIX)
+            .arg("-c")
+            .arg(self.etc())
+            .arg("stop")
+            .output();
+        let Some(pid) = pid else { return };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if alive(pid) {
+            let _ = Command::new(POSTFIX)
+                .arg("-c")
+                .arg(self.etc())
+                .arg("abort")
+                .output();
+            // SAFETY: plain kill(2) on the pid of the master this test started.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Alive and not a zombie.
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn base_main_cf(root: &Path) -> String {
+    let d = root.display();
+    format!(
+        "compatibility_level = 3.6
+config_directory = {d}/etc
+queue_directory = {d}/queue
+data_directory = {d}/data
+command_directory = /usr/sbin
+daemon_directory = /usr/lib/postfix/sbin
+shlib_directory = /usr/lib/postfix
+meta_directory = /etc/postfix
+mail_owner = postfix
+setgid_group = postdrop
+maillog_file = {d}/maillog
+maillog_file_prefixes = {d}
+syslog_name = postfix-test
+inet_interfaces = loopback-only
+inet_protocols = ipv4
+alias_maps =
+alias_database =
+biff = no
+smtpd_banner = $myhostname ESMTP"
+    )
+}
+
+fn master_cf(ports: &[u16], listeners: &[&str]) -> String {
+    let mut out = String::from("# service type private unpriv chroot wakeup maxproc command\n");
+    for (port, options) in ports.iter().zip(listeners) {
+        out.push_str(&format!(
+            "127.0.0.1:{port} inet n - n - - smtpd {options}\n"
+        ));
+    }
+    out.push_str(
+        "pickup    unix  n - n 60   1 pickup
+cleanup   unix  n - n -    0 cleanup
+qmgr      unix  n - n 300  1 qmgr
+tlsmgr    unix  - - n 1000? 1 tlsmgr
+rewrite   unix  - - n -    - trivial-rewrite
+bounce    unix  - - n -    0 bounce
+defer     unix  - - n -    0 bounce
+trace     unix  - - n -    0 bounce
+verify    unix  - - n -    1 verify
+flush     unix  n - n 1000? 0 flush
+proxymap  unix  - - n -    - proxymap
+smtp      unix  - - n -    - smtp
+relay     unix  - - n -    - smtp
+error     unix  - - n -    - error
+retry     unix  - - n -    - error
+discard   unix  - - n -    - discard
+local     unix  - n n -    - local
+anvil     unix  - - n -    1 anvil
+scache    unix  - - n -    1 scache
+postlog   unix-dgram n - n - 1 postlogd
+",
+    );
+    out
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+fn chown_postfix(path: &Path) {
+    let status = Command::new("chown")
+        .arg("postfix")
+        .arg(path)
+        .status()
+        .expect("chown");
+    assert!(status.success(), "chown postfix {}", path.display());
+}
