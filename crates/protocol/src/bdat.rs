@@ -9,8 +9,10 @@
 //! BDAT can be relayed by DATA (or the other way) without any next hop reading it differently:
 //! a bare CR or bare LF is fatal (SMTP smuggling), lines may be up to
 //! [`MAX_ACCEPTED_TEXT_LINE`] octets, the message up to its size limit, and a crossed limit is
-//! reported the moment it is crossed. A CR at the end of one chunk may be followed by its LF at
-//! the start of the next. BINARYMIME is not offered, so binary content is not allowed either.
+//! reported the moment it is crossed, and a NUL octet refuses the message at `LAST` (a next hop
+//! that strips NUL could read `CRLF NUL . CRLF` as an end of data). A CR at the end of one
+//! chunk may be followed by its LF at the start of the next. BINARYMIME is not offered, so
+//! binary content is not allowed either.
 //!
 //! A chunk announced larger than what the message may still hold is refused before any octet
 //! is read ([`BdatReceiver::start_chunk`]): the session answers and closes, since skipping
@@ -55,6 +57,8 @@ pub struct BdatReceiver {
     error: Option<DataError>,
     refused: bool,
     fatal: Option<DataError>,
+    /// A NUL octet was seen: the message is refused at `LAST`.
+    nul: bool,
 }
 
 impl BdatReceiver {
@@ -70,6 +74,7 @@ impl BdatReceiver {
             error: None,
             refused: false,
             fatal: None,
+            nul: false,
         }
     }
 
@@ -144,6 +149,9 @@ impl BdatReceiver {
                 self.fatal = Some(DataError::BareCr);
                 return ChunkStatus::Fatal(DataError::BareCr);
             }
+            if self.nul && self.error.is_none() {
+                self.error = Some(DataError::Nul);
+            }
             self.finish_message(sink);
         }
         ChunkStatus::ChunkDone {
@@ -156,6 +164,7 @@ impl BdatReceiver {
     /// limit); returns how many were taken.
     fn scan(&mut self, bytes: &[u8], sink: &mut Vec<u8>) -> Result<usize, DataError> {
         for (i, &byte) in bytes.iter().enumerate() {
+            self.nul |= byte == 0;
             match (self.after_cr, byte) {
                 (true, LF) => {
                     self.after_cr = false;

@@ -181,3 +181,14 @@ fn the_empty_last_chunk_ends_the_message() {
     assert_eq!(got.message, b"a\r\n");
     assert_eq!(got.left_over, b"NOOP\r\n");
 }
+
+#[test]
+fn a_nul_anywhere_refuses_the_message_at_last_as_in_data() {
+    let got = outcome(
+        100,
+        &[(b"a\r\n\x00.\r\n", false), (b"b\r\n", true)],
+        b"QUIT\r\n",
+    );
+    assert_eq!(got.events, events(&["done None", "done Some(Nul)"]));
+    assert_eq!(got.left_over, b"QUIT\r\n");
+}

@@ -570,7 +570,7 @@ smtp_tls_CAfile = {ca}
 smtpd_tls_security_level = none",
             ca = ca.display()
         ),
-        &[""],
+        &[("127.0.0.1", "")],
     );
     std::fs::write(
         pf.etc().join("sasl_passwd"),

@@ -12,224 +12,51 @@
 //! The instance is stopped when the test ends, pass or fail (a Drop guard). The second test
 //! publishes the proven relay with `--zone-out` and serves the zone with the real `rbldnsd`.
 
+#[path = "support/postfix.rs"]
+mod postfix;
 mod support;
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use postfix::{POSTFIX, free_port, set_mode};
 use support::{binary, run_with_timeout};
 
-const POSTFIX: &str = "/usr/sbin/postfix";
-
-/// A port nobody listens on right now (bound and released; the kernel does not hand it out
-/// again at once).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// A private Postfix instance; stopped on drop.
+/// The private Postfix: an open listener and one with default relay restrictions,
+/// relaying everything not local to `relayhost_port` (the probe's confirm listener).
 struct Postfix {
-    dir: tempfile::TempDir,
+    instance: postfix::Postfix,
     open_port: u16,
     closed_port: u16,
 }
 
 impl Postfix {
-    fn etc(&self) -> PathBuf {
-        self.dir.path().join("etc")
-    }
-
-    /// Writes the configuration, checks it with `postfix check` and starts the master.
     fn start(relayhost_port: u16) -> Postfix {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path().to_path_buf();
-        let root = root.as_path();
-        // The daemons drop to mail_owner after changing into the queue directory; the path
-        // to it must be searchable for them.
-        set_mode(root, 0o755);
-        for sub in ["etc", "queue", "data"] {
-            std::fs::create_dir_all(root.join(sub)).expect("mkdir");
-        }
-        chown_postfix(&root.join("data"));
-        let pf = Postfix {
-            open_port: free_port(),
-            closed_port: free_port(),
-            dir,
-        };
-        std::fs::write(pf.etc().join("main.cf"), main_cf(root, relayhost_port)).expect("main.cf");
-        std::fs::write(
-            pf.etc().join("master.cf"),
-            master_cf(pf.open_port, pf.closed_port),
-        )
-        .expect("master.cf");
-        let check = pf.postfix("check").expect("postfix check");
-        assert!(
-            check.status.success(),
-            "postfix check: {}",
-            String::from_utf8_lossy(&check.stderr)
-        );
-        let start = pf.postfix("start").expect("postfix start");
-        assert!(
-            start.status.success(),
-            "postfix start: {}\n{}",
-            String::from_utf8_lossy(&start.stderr),
-            pf.maillog()
-        );
-        wait_listening("127.0.0.1", pf.open_port, &pf);
-        wait_listening("127.0.0.2", pf.closed_port, &pf);
-        pf
-    }
-
-    /// `postfix -c DIR VERB`.
-    fn postfix(&self, verb: &str) -> std::io::Result<std::process::Output> {
-        Command::new(POSTFIX)
-            .arg("-c")
-            .arg(self.etc())
-            .arg(verb)
-            .output()
-    }
-
-    fn maillog(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
-    }
-
-    fn master_pid(&self) -> Option<i32> {
-        std::fs::read_to_string(self.dir.path().join("queue/pid/master.pid"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    }
-}
-
-impl Drop for Postfix {
-    /// `postfix stop`, then `abort` and a SIGKILL for a master that did not go: no instance
-    /// outlives its test.
-    fn drop(&mut self) {
-        let pid = self.master_pid();
-        let _ = self.postfix("stop");
-        let Some(pid) = pid else { return };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while alive(pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        if alive(pid) {
-            let _ = self.postfix("abort");
-            // SAFETY: plain kill(2) on the pid of the master this test started.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-        }
-    }
-}
-
-/// Alive and not a zombie (the master's parent, postfix-script, exits at once, so a stopped
-/// master may linger as a zombie of this test process until reaped).
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
-fn wait_listening(ip: &str, port: u16, pf: &Postfix) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect((ip, port)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("Postfix smtpd not listening on {port}:\n{}", pf.maillog());
-}
-
-fn main_cf(root: &Path, relayhost_port: u16) -> String {
-    let d = root.display();
-    format!(
-        "compatibility_level = 3.6
-config_directory = {d}/etc
-queue_directory = {d}/queue
-data_directory = {d}/data
-command_directory = /usr/sbin
-daemon_directory = /usr/lib/postfix/sbin
-shlib_directory = /usr/lib/postfix
-meta_directory = /etc/postfix
-mail_owner = postfix
-setgid_group = postdrop
-maillog_file = {d}/maillog
-maillog_file_prefixes = {d}
-syslog_name = postfix-probe-test
-myhostname = mx.example.test
+        let instance = postfix::Postfix::start(
+            &format!(
+                "myhostname = mx.example.test
 mydomain = example.test
 mydestination = $myhostname, example.test, localhost
-inet_interfaces = loopback-only
-inet_protocols = ipv4
 # Nobody the prober is: the closed listener gets Postfix's default relay restrictions.
 mynetworks = 192.0.2.0/24
 # Everything not local goes to the probe's confirm listener, never out.
 relayhost = [127.0.0.1]:{relayhost_port}
-alias_maps =
-alias_database =
-biff = no
-smtpd_banner = $myhostname ESMTP
 smtp_tls_security_level = none
-smtpd_tls_security_level = none
-"
-    )
-}
+smtpd_tls_security_level = none"
+            ),
+            &[("127.0.0.1", "-o mynetworks=0.0.0.0/0"), ("127.0.0.2", "")],
+        );
+        Postfix {
+            open_port: instance.ports[0],
+            closed_port: instance.ports[1],
+            instance,
+        }
+    }
 
-fn master_cf(open_port: u16, closed_port: u16) -> String {
-    format!(
-        "# service type private unpriv chroot wakeup maxproc command
-127.0.0.1:{open_port} inet n - n - - smtpd -o mynetworks=0.0.0.0/0
-127.0.0.2:{closed_port} inet n - n - - smtpd
-pickup    unix  n - n 60   1 pickup
-cleanup   unix  n - n -    0 cleanup
-qmgr      unix  n - n 300  1 qmgr
-rewrite   unix  - - n -    - trivial-rewrite
-bounce    unix  - - n -    0 bounce
-defer     unix  - - n -    0 bounce
-trace     unix  - - n -    0 bounce
-verify    unix  - - n -    1 verify
-flush     unix  n - n 1000? 0 flush
-proxymap  unix  - - n -    - proxymap
-smtp      unix  - - n -    - smtp
-relay     unix  - - n -    - smtp
-error     unix  - - n -    - error
-retry     unix  - - n -    - error
-discard   unix  - - n -    - discard
-local     unix  - n n -    - local
-anvil     unix  - - n -    1 anvil
-scache    unix  - - n -    1 scache
-postlog   unix-dgram n - n - 1 postlogd
-"
-    )
-}
-
-fn set_mode(path: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
-}
-
-fn chown_postfix(path: &Path) {
-    let status = Command::new("chown")
-        .arg("postfix")
-        .arg(path)
-        .status()
-        .expect("chown");
-    assert!(status.success(), "chown postfix {}", path.display());
-}
-
-fn is_root() -> bool {
-    // SAFETY: getuid(2) has no preconditions.
-    unsafe { libc::getuid() == 0 }
+    fn maillog(&self) -> String {
+        self.instance.maillog()
+    }
 }
 
 /// `relayward probe --json ARGS…`: exit status, the report, and all output for messages.
@@ -255,13 +82,14 @@ fn outcome<'a>(list: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
 
 #[test]
 fn real_postfix_open_relay_is_open_confirmed_open_and_closed_when_closed() {
-    if !Path::new(POSTFIX).exists() || !is_root() {
+    if !postfix::available() {
         eprintln!(
-            "SKIPPED: needs root and {POSTFIX} (scripts/test installs the Debian package postfix)"
+            "SKIPPED: needs root and {} (scripts/test installs the Debian package postfix)",
+            postfix::POSTFIX
         );
         return;
     }
-    let confirm_port = free_port();
+    let confirm_port = postfix::free_port();
     let pf = Postfix::start(confirm_port);
     let open = format!("127.0.0.1:{}", pf.open_port);
     let closed = format!("127.0.0.2:{}", pf.closed_port);
@@ -382,7 +210,7 @@ fn zone_out_lists_the_proven_relay_and_rbldnsd_serves_it() {
         .into_iter()
         .filter(|p| !Path::new(p).exists())
         .collect();
-    if !missing.is_empty() || !is_root() {
+    if !missing.is_empty() || !postfix::available() {
         eprintln!(
             "SKIPPED: needs root and {missing:?} (scripts/test installs postfix, rbldnsd, dnsutils)"
         );

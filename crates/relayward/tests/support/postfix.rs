@@ -35,10 +35,10 @@ pub struct Postfix {
 
 impl Postfix {
     /// Starts an instance with `main_extra` appended to a minimal main.cf (loopback only,
-    /// logging to a file in the directory) and one smtpd listener per entry of `listeners`
-    /// (each entry: extra `-o name=value` options for that smtpd). `{dir}` in `main_extra` is
-    /// the instance's directory.
-    pub fn start(main_extra: &str, listeners: &[&str]) -> Postfix {
+    /// logging to a file in the directory) and one smtpd listener per entry of `listeners`:
+    /// a loopback address to listen on and extra `-o name=value` options for that smtpd.
+    /// `{dir}` in `main_extra` is the instance's directory.
+    pub fn start(main_extra: &str, listeners: &[(&str, &str)]) -> Postfix {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().to_path_buf();
         set_mode(&root, 0o755);
@@ -58,8 +58,8 @@ impl Postfix {
             .expect("master.cf");
         pf.run("check");
         pf.run("start");
-        for &port in &pf.ports {
-            pf.wait_listening(port);
+        for (&port, (ip, _)) in pf.ports.iter().zip(listeners) {
+            pf.wait_listening(ip, port);
         }
         pf
     }
@@ -107,10 +107,10 @@ impl Postfix {
             .ok()
     }
 
-    fn wait_listening(&self, port: u16) {
+    fn wait_listening(&self, ip: &str, port: u16) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            if std::net::TcpStream::connect((ip, port)).is_ok() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -182,12 +182,10 @@ smtpd_banner = $myhostname ESMTP"
     )
 }
 
-fn master_cf(ports: &[u16], listeners: &[&str]) -> String {
+fn master_cf(ports: &[u16], listeners: &[(&str, &str)]) -> String {
     let mut out = String::from("# service type private unpriv chroot wakeup maxproc command\n");
-    for (port, options) in ports.iter().zip(listeners) {
-        out.push_str(&format!(
-            "127.0.0.1:{port} inet n - n - - smtpd {options}\n"
-        ));
+    for (port, (ip, options)) in ports.iter().zip(listeners) {
+        out.push_str(&format!("{ip}:{port} inet n - n - - smtpd {options}\n"));
     }
     out.push_str(
         "pickup    unix  n - n 60   1 pickup
@@ -215,12 +213,12 @@ postlog   unix-dgram n - n - 1 postlogd
     out
 }
 
-fn set_mode(path: &Path, mode: u32) {
+pub fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
 }
 
-fn chown_postfix(path: &Path) {
+pub fn chown_postfix(path: &Path) {
     let status = Command::new("chown")
         .arg("postfix")
         .arg(path)
