@@ -267,8 +267,9 @@ fn nul_bytes_and_invalid_utf8_in_commands_are_refused() {
         .expect(250)
         .raw(b"RCPT TO:<alice\0@example.test>\r\n")
         .expect_text(500, "5.5.2")
+        // Well-formed UTF-8 is an SMTPUTF8 address: refused without SMTPUTF8 on MAIL.
         .raw(b"RCPT TO:<alic\xc3\xa9@example.test>\r\n")
-        .expect_text(500, "5.5.2")
+        .expect_text(553, "5.6.7")
         .send("NOOP")
         .expect(250);
 }
