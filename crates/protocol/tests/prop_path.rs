@@ -44,7 +44,12 @@ fn quote(value: &str, escape_more: &[bool]) -> String {
 }
 
 fn host_name() -> impl Strategy<Value = String> {
-    let label = "[a-zA-Z0-9]([a-zA-Z0-9-]{0,8}[a-zA-Z0-9])?";
+    // Labels with `--` in the third and fourth place are IDNA's (`xn--…`): valid only when
+    // they decode, which random text does not, so they are left to the IDN tests.
+    let label = "[a-zA-Z0-9]([a-zA-Z0-9-]{0,8}[a-zA-Z0-9])?"
+        .prop_filter("reserved IDNA label", |label: &String| {
+            label.get(2..4) != Some("--")
+        });
     let last = "[a-zA-Z][a-zA-Z0-9]{0,5}";
     (prop::collection::vec(label, 0..4), last).prop_map(|(mut labels, last)| {
         labels.push(last);

@@ -674,7 +674,7 @@ fn notify_success_produces_a_success_notice() {
 fn notify_never_suppresses_the_bounce() {
     let sink = support::rejecting_sink("127.0.0.1", "550 5.1.1 no such user");
     let server = TestServer::start(&utf8_config(&format!(
-        "[[route]]\ndomain = \"corp.test\"\nto = \"smtp://127.0.0.1:{}\"\n",
+        "[[route]]\ndomain = \"corp.test\"\nto = \"smtp://127.0.0.1:{}\"\nverify_recipients = false\n",
         sink.addr.port()
     )));
     submit_with(

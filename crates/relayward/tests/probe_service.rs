@@ -254,7 +254,7 @@ fn a_telnet_caller_running_relayward_serve_watches_the_closed_transcript_as_it_h
     assert_eq!(rest[end - 3], "System appeared to reject relay attempts");
     assert_eq!(
         rest[end - 2],
-        "Verdict: CLOSED - all 60 relay tricks refused"
+        "Verdict: CLOSED - all 66 relay tricks refused"
     );
     assert_eq!(
         rest[end - 1],
@@ -387,7 +387,7 @@ fn the_api_starts_a_test_and_serves_its_json_twin() {
     assert_eq!(record["target"], target.as_str());
     assert_eq!(record["verdict"], "CLOSED");
     assert_eq!(record["door"], "api");
-    assert_eq!(record["reason"], "all 60 relay tricks refused");
+    assert_eq!(record["reason"], "all 66 relay tricks refused");
     // The probe's --json report for the tested address, as `relayward probe --json` has it.
     let report = &record["reports"][0];
     assert_eq!(report["target"], target.as_str());
@@ -729,7 +729,7 @@ fn sigterm_lets_a_running_test_finish_and_stores_it() {
     );
     assert_eq!(
         record["reports"][0]["tests"].as_array().map(Vec::len),
-        Some(61)
+        Some(67)
     );
 }
 
