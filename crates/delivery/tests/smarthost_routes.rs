@@ -10,6 +10,7 @@ use std::time::Duration;
 use relayward_delivery::SmarthostTls;
 use relayward_protocol::route::RouteTarget;
 use relayward_queue::{Queue, RecipientStatus};
+use relayward_testkit::os::is_root;
 use support::*;
 
 async fn queue_is_empty(relay: &Relay) -> bool {
@@ -203,12 +204,6 @@ async fn postfix_smtp_sink_as_cleartext_smarthost_on_loopback() {
     .await;
     let _ = child.kill().await;
     assert!(dumped, "messages in smtp-sink's dump file");
-}
-
-fn is_root() -> bool {
-    std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false)
 }
 
 fn set_mode(path: &Path, mode: u32) {

@@ -13,6 +13,7 @@ use relayward_probe::dnsbl::Dnsbl;
 use relayward_probe::target::TargetInput;
 use relayward_probe::{ProbeArgs, Verdict, probe_target};
 use relayward_testkit::dns::{DnsServer, Zone};
+use relayward_testkit::os::is_root;
 
 #[tokio::test]
 async fn confirm_mode_proves_a_real_relay() {
@@ -247,15 +248,6 @@ async fn postfix_smtp_sink_is_accept_all() {
         "{:?}",
         auth.note
     );
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
 }
 
 #[derive(Parser)]

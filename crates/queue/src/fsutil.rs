@@ -1,13 +1,9 @@
 //! Small filesystem helpers shared by the spool and Maildir code: durable writes, directory
-//! fsync, `flock`, free-space checks and the mapping of "disk full" errors.
+//! fsync, file locks, free-space checks and the mapping of "disk full" errors.
 
-use std::ffi::CString;
-use std::fs::{DirBuilder, File, OpenOptions};
+use std::fs::{DirBuilder, File, OpenOptions, TryLockError};
 use std::io::{self, Write};
-use std::mem::MaybeUninit;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
 use crate::QueueError;
@@ -67,43 +63,54 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Takes an advisory `flock` (`libc::LOCK_EX`, `LOCK_SH`, optionally `| LOCK_NB`), retrying on
-/// EINTR. The lock belongs to the open file description and ends when `file` is closed.
-pub(crate) fn flock(file: &File, operation: libc::c_int) -> io::Result<()> {
+/// Takes the exclusive advisory lock on `file` (`flock(2)` on Linux, which is what
+/// `File::lock` uses, so a second process following the same protocol serialises with us),
+/// waiting for it and retrying when a signal interrupts the wait. The lock belongs to the
+/// open file description and ends when `file` is closed.
+pub(crate) fn lock_exclusive(file: &File) -> io::Result<()> {
+    retry_interrupted(|| file.lock())
+}
+
+/// The shared lock; on a file that holds the exclusive one, `flock(2)` converts it in place,
+/// with no moment unlocked in between.
+pub(crate) fn lock_shared(file: &File) -> io::Result<()> {
+    retry_interrupted(|| file.lock_shared())
+}
+
+/// The exclusive lock if nobody holds any lock on the file; `Ok(false)` when someone does.
+pub(crate) fn try_lock_exclusive(file: &File) -> io::Result<bool> {
     loop {
-        // SAFETY: flock only reads the descriptor number, which `file` keeps open for the call.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), operation) };
-        if rc == 0 {
-            return Ok(());
+        match file.try_lock() {
+            Ok(()) => return Ok(true),
+            Err(TryLockError::WouldBlock) => return Ok(false),
+            Err(TryLockError::Error(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(TryLockError::Error(e)) => return Err(e),
         }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
+    }
+}
+
+fn retry_interrupted(mut lock: impl FnMut() -> io::Result<()>) -> io::Result<()> {
+    loop {
+        match lock() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            result => return result,
         }
     }
 }
 
 /// Bytes available to an unprivileged writer on the filesystem holding `path` (statvfs f_bavail).
 pub(crate) fn available_bytes(path: &Path) -> io::Result<u64> {
-    let c_path = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
-    let mut stat = MaybeUninit::<libc::statvfs>::zeroed();
-    // SAFETY: c_path is a valid NUL-terminated string and stat points to writable memory of the
-    // right type; statvfs fills it completely when it returns 0.
-    let rc = unsafe { libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: rc == 0, so statvfs initialised the structure.
-    let stat = unsafe { stat.assume_init() };
-    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
-    let bytes = u64::from(stat.f_bavail).saturating_mul(stat.f_frsize as u64);
-    Ok(bytes)
+    let stat = rustix::fs::statvfs(path)?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 /// True for the errors that mean "no room": the session answers them like a full queue.
 pub(crate) fn is_full(err: &io::Error) -> bool {
-    matches!(err.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+    // ENOSPC and EDQUOT.
+    matches!(
+        err.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
 }
 
 /// Converts an I/O error: no space or quota → [`QueueError::Full`], anything else (EROFS, EACCES,
@@ -134,12 +141,13 @@ mod tests {
 
     #[test]
     fn full_errors_map_to_full() {
-        for code in [libc::ENOSPC, libc::EDQUOT] {
+        use rustix::io::Errno;
+        for code in [Errno::NOSPC, Errno::DQUOT].map(Errno::raw_os_error) {
             let err = io::Error::from_raw_os_error(code);
             assert!(matches!(shared_queue_error(&err), QueueError::Full));
             assert!(matches!(queue_error(err), QueueError::Full));
         }
-        for code in [libc::EROFS, libc::EACCES, libc::EIO] {
+        for code in [Errno::ROFS, Errno::ACCESS, Errno::IO].map(Errno::raw_os_error) {
             let err = io::Error::from_raw_os_error(code);
             assert!(matches!(queue_error(err), QueueError::Io(_)));
         }

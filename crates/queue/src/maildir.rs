@@ -128,15 +128,10 @@ fn unique_name() -> String {
 
 /// The host name with `/` and `:` encoded as the Maildir convention asks; `localhost` if unknown.
 fn host_name() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: buf is writable for its full length, which is what we pass.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    let raw = if rc == 0 {
-        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-        String::from_utf8_lossy(&buf[..end]).into_owned()
-    } else {
-        String::new()
-    };
+    let raw = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
     let safe: String = raw
         .chars()
         .map(|c| match c {

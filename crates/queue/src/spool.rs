@@ -69,8 +69,8 @@ use tokio::sync::{Notify, oneshot};
 
 use self::entry::{Change, apply_updates, encode_header, new_state, parse_state, read_header};
 use crate::fsutil::{
-    PRIVATE_FILE, available_bytes, create_private_dir, flock, queue_error, shared_queue_error,
-    sync_dir, write_synced,
+    PRIVATE_FILE, available_bytes, create_private_dir, lock_exclusive, lock_shared, queue_error,
+    shared_queue_error, sync_dir, try_lock_exclusive, write_synced,
 };
 use crate::{
     BoxFuture, Changes, MessageId, NewMessage, Queue, QueueError, QueuedMessage, RecipientUpdate,
@@ -578,7 +578,7 @@ impl Inner {
             io::ErrorKind::NotFound => not_found(id),
             _ => queue_error(e),
         })?;
-        flock(&file, libc::LOCK_EX).map_err(queue_error)?;
+        lock_exclusive(&file).map_err(queue_error)?;
         create_private_dir(&self.layout.corrupt).map_err(queue_error)?;
         let note = self.layout.corrupt.join(format!("{id}.reason"));
         write_synced(&note, &[reason.as_bytes(), b"\n"]).map_err(queue_error)?;
@@ -659,7 +659,7 @@ impl Inner {
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Err(not_found(id)),
             Err(err) => return Err(queue_error(err)),
         };
-        flock(&lock, libc::LOCK_EX).map_err(queue_error)?;
+        lock_exclusive(&lock).map_err(queue_error)?;
         // Removed by whoever held the lock before us: the message is gone.
         if lock.metadata().map_err(queue_error)?.nlink() == 0 {
             return Err(not_found(id));
@@ -703,17 +703,13 @@ fn marker_time(root: &Path) -> Option<SystemTime> {
 }
 
 fn lock_and_recover(lock: &File, layout: &Layout) -> io::Result<Option<RecoveryReport>> {
-    match flock(lock, libc::LOCK_EX | libc::LOCK_NB) {
-        Ok(()) => {
-            let report = recover::recover(layout)?;
-            flock(lock, libc::LOCK_SH)?;
-            Ok(Some(report))
-        }
-        Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-            flock(lock, libc::LOCK_SH)?;
-            Ok(None)
-        }
-        Err(err) => Err(err),
+    if try_lock_exclusive(lock)? {
+        let report = recover::recover(layout)?;
+        lock_shared(lock)?;
+        Ok(Some(report))
+    } else {
+        lock_shared(lock)?;
+        Ok(None)
     }
 }
 

@@ -113,11 +113,7 @@ async fn serve(config: Config, config_arg: ConfigArg) -> anyhow::Result<()> {
 /// and whatever a library creates without asking. The queue and the Maildir writer also set
 /// their modes explicitly (0700 directories, 0600 files), so this is the second line.
 fn private_umask() {
-    // SAFETY: umask only replaces the process's file mode creation mask; it cannot fail and
-    // touches no memory.
-    unsafe {
-        libc::umask(0o077);
-    }
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
 }
 
 /// The running server: the snapshot in force, the state that outlives it, and the listeners.

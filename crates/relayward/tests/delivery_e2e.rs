@@ -448,8 +448,7 @@ fn smarthost_is_postfix_smtp_sink_in_clear_on_loopback() {
     };
     let mut cmd = Command::new(sink);
     // As root smtp-sink insists on a user to switch to after binding.
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    if relayward_testkit::os::is_root() {
         cmd.args(["-u", "root"]);
     }
     let _sink = KillOnDrop(

@@ -238,8 +238,7 @@ impl Sink {
         let dumps = tempfile::tempdir().expect("tempdir");
         let port = postfix::free_port();
         let mut cmd = Command::new(sink);
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        if unsafe { libc::geteuid() } == 0 {
+        if relayward_testkit::os::is_root() {
             cmd.args(["-u", "root"]);
         }
         let child = cmd

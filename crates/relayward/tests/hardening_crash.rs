@@ -511,7 +511,7 @@ fn fill(path: &Path) {
         match file.write(&chunk) {
             Ok(0) => break,
             Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+            Err(e) if e.kind() == io::ErrorKind::StorageFull => break,
             Err(e) => panic!("filling the disk: {e}"),
         }
     }

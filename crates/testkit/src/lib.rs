@@ -12,6 +12,7 @@
 //! - [`queue`]: [`queue::MemoryQueue`], a [`relayward_queue::Queue`] in memory, for sessions
 //!   run in-process.
 //! - [`net`]: one port free on several loopback addresses (MX hosts share `mx_port`).
+//! - [`os`]: whether the tests run as root, and SIGKILL for a child they started.
 //! - [`wait`]: bounded waits, and external programs run with a time limit.
 //! - [`http`]: a blocking HTTP/1.1 client from a chosen loopback source address, and
 //!   [`http::bound_connect`] for any TCP client that must come from one (the probe service's
@@ -25,6 +26,7 @@ pub mod config;
 pub mod dns;
 pub mod http;
 pub mod net;
+pub mod os;
 pub mod pki;
 pub mod queue;
 pub mod smtp_server;

@@ -15,8 +15,7 @@ pub const POSTFIX: &str = "/usr/sbin/postfix";
 
 /// Whether this machine can run a private Postfix (root and the binary); tests skip otherwise.
 pub fn available() -> bool {
-    // SAFETY: getuid(2) has no preconditions.
-    Path::new(POSTFIX).exists() && unsafe { libc::getuid() == 0 }
+    Path::new(POSTFIX).exists() && relayward_testkit::os::is_root()
 }
 
 /// A port nobody listens on right now.
@@ -139,10 +138,7 @@ impl Drop for Postfix {
                 .arg(self.etc())
                 .arg("abort")
                 .output();
-            // SAFETY: plain kill(2) on the pid of the master this test started.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
+            relayward_testkit::os::kill(pid);
         }
     }
 }
