@@ -12,7 +12,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use relayward_protocol::data::dot_stuff;
-use relayward_protocol::reply::{Reply, ReplyParser};
+use relayward_protocol::reply::{EnhancedCode, Reply, ReplyParser};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -84,7 +84,7 @@ pub struct SessionError {
 }
 
 impl SessionError {
-    fn local(status: &str, text: impl Into<String>) -> Self {
+    fn local(status: impl Into<EnhancedCode>, text: impl Into<String>) -> Self {
         Self {
             failure: Failure::local(status, text),
             tls_handshake: false,
@@ -183,7 +183,7 @@ pub async fn connect(params: &ConnectParams) -> Result<Connection, SessionError>
     );
     let tcp = with_timeout(params.timeouts.connect, TcpStream::connect(params.addr))
         .await
-        .map_err(|e| SessionError::local("4.4.1", format!("connect to {remote}: {e}")))?;
+        .map_err(|e| SessionError::local((4, 4, 1), format!("connect to {remote}: {e}")))?;
     let _ = tcp.set_nodelay(true);
     let stream = match &params.tls {
         TlsPolicy::Implicit {
@@ -220,7 +220,7 @@ async fn handshake(
 ) -> Result<TlsStream<TcpStream>, SessionError> {
     let name = ServerName::try_from(server_name.to_string()).map_err(|_| {
         SessionError::local(
-            "4.7.5",
+            (4, 7, 5),
             format!("{server_name:?} is not a valid TLS server name"),
         )
     })?;
@@ -229,7 +229,7 @@ async fn handshake(
         Ok(tls) => Ok(tls),
         Err(e) => Err(SessionError {
             failure: Failure::local(
-                "4.7.5",
+                (4, 7, 5),
                 format!("TLS handshake with {}: {e}", params.host_name),
             ),
             tls_handshake: true,
@@ -299,7 +299,7 @@ impl Connection {
             if required {
                 self.broken = true;
                 return Err(SessionError::local(
-                    "4.7.4",
+                    (4, 7, 4),
                     format!("{} does not offer STARTTLS, which is required", self.remote),
                 ));
             }
@@ -328,12 +328,15 @@ impl Connection {
         self.broken = true;
         if !self.buf.is_empty() {
             return Err(SessionError::local(
-                "4.7.0",
+                (4, 7, 0),
                 format!("{} sent data after its STARTTLS reply", self.remote),
             ));
         }
         let Some(Stream::Plain(tcp)) = self.stream.take() else {
-            return Err(SessionError::local("4.7.0", "STARTTLS on a TLS connection"));
+            return Err(SessionError::local(
+                (4, 7, 0),
+                "STARTTLS on a TLS connection",
+            ));
         };
         let tls = handshake(params, config, server_name, tcp).await?;
         self.stream = Some(Stream::Tls(Box::new(tls)));
@@ -347,7 +350,7 @@ impl Connection {
         if !self.tls {
             self.broken = true;
             return Err(SessionError::local(
-                "4.7.0",
+                (4, 7, 0),
                 "refusing to send the smart-host password without TLS",
             ));
         }
@@ -361,7 +364,7 @@ impl Connection {
         } else {
             self.broken = true;
             return Err(SessionError::local(
-                "4.7.0",
+                (4, 7, 0),
                 format!("{} offers neither AUTH PLAIN nor AUTH LOGIN", self.remote),
             ));
         };
@@ -372,7 +375,7 @@ impl Connection {
         // An authentication failure is a configuration problem on our side: defer, so that
         // the admin can fix the password before the messages expire.
         let mut error = self.reply_error(&reply, "AUTH");
-        error.failure.status = "4.7.8".into();
+        error.failure.status = EnhancedCode::new(4, 7, 8);
         Err(error)
     }
 
@@ -405,7 +408,7 @@ impl Connection {
             && prepared.content.len() as u64 > limit
         {
             let f = Failure::local(
-                "5.3.4",
+                (5, 3, 4),
                 format!(
                     "message size {} exceeds the limit of {limit} announced by {}",
                     prepared.content.len(),
@@ -459,7 +462,10 @@ impl Connection {
             .map(|r| match r {
                 Some(r) if r.is_positive_completion() => None,
                 Some(r) => Some(self.reply_outcome(r, "RCPT TO")),
-                None => Some(Outcome::Deferred(Failure::local("4.5.3", "RCPT not sent"))),
+                None => Some(Outcome::Deferred(Failure::local(
+                    (4, 5, 3),
+                    "RCPT not sent",
+                ))),
             })
             .collect();
         if outcomes.iter().all(Option::is_some) {
@@ -616,7 +622,7 @@ impl Connection {
 
     async fn write(&mut self, bytes: &[u8], limit: Duration) -> Result<(), SessionError> {
         let Some(stream) = self.stream.as_mut() else {
-            return Err(SessionError::local("4.4.2", "connection already closed"));
+            return Err(SessionError::local((4, 4, 2), "connection already closed"));
         };
         let result = tokio::time::timeout(limit, async {
             stream.write_all(bytes).await?;
@@ -663,7 +669,7 @@ impl Connection {
                 return Err(self.io_error("read", "reply line too long"));
             }
             let Some(stream) = self.stream.as_mut() else {
-                return Err(SessionError::local("4.4.2", "connection already closed"));
+                return Err(SessionError::local((4, 4, 2), "connection already closed"));
             };
             let mut chunk = [0u8; 4096];
             match stream.read(&mut chunk).await {
@@ -676,7 +682,7 @@ impl Connection {
 
     fn io_error(&mut self, what: &str, detail: &str) -> SessionError {
         self.broken = true;
-        SessionError::local("4.4.2", format!("{what} {}: {detail}", self.remote))
+        SessionError::local((4, 4, 2), format!("{what} {}: {detail}", self.remote))
     }
 
     fn closing(&mut self, reply: &Reply, context: &str) -> SessionError {
@@ -712,14 +718,14 @@ fn check_envelope(envelope: &Envelope<'_>) -> Option<Failure> {
     let bad = |a: &str| !relayward_protocol::route::is_sendable_address(a);
     if bad(envelope.sender) {
         return Some(Failure::local(
-            "5.1.7",
+            (5, 1, 7),
             "unusable sender address in the queue",
         ));
     }
     if envelope.recipients.is_empty() || envelope.recipients.iter().any(|r| bad(r) || r.is_empty())
     {
         return Some(Failure::local(
-            "5.1.3",
+            (5, 1, 3),
             "unusable recipient address in the queue",
         ));
     }

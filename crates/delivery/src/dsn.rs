@@ -15,6 +15,7 @@
 
 use std::fmt::Write as _;
 
+use relayward_protocol::reply::EnhancedCode;
 use relayward_queue::Origin;
 
 use crate::outcome::Failure;
@@ -125,7 +126,7 @@ fn human_part(out: &mut String, report: &Report<'_>) {
                 "{}: gave up after the maximum queue lifetime",
                 final_status(r)
             ),
-            (false, true) => format!("{}: {}", final_status(r), meaning(&r.failure.status)),
+            (false, true) => format!("{}: {}", final_status(r), meaning(r.failure.status)),
         };
         let _ = write!(out, "<{}>: {}\r\n", r.address, one_line(&why));
     }
@@ -138,24 +139,26 @@ fn human_part(out: &mut String, report: &Report<'_>) {
 }
 
 /// What an RFC 3463 status means, by its subject: all a stranger's bounce says of the cause.
-fn meaning(status: &str) -> &'static str {
-    match status.split('.').nth(1) {
-        Some("1") => "the recipient address was not accepted",
-        Some("2") => "the recipient's mailbox cannot take the message",
-        Some("3") => "the receiving mail system cannot take the message",
-        Some("4") => "the message could not be routed or delivered",
-        Some("5") => "the receiving server refused the delivery",
-        Some("6") => "the message content was not accepted",
-        Some("7") => "the message was refused by policy",
+fn meaning(status: EnhancedCode) -> &'static str {
+    match status.subject {
+        1 => "the recipient address was not accepted",
+        2 => "the recipient's mailbox cannot take the message",
+        3 => "the receiving mail system cannot take the message",
+        4 => "the message could not be routed or delivered",
+        5 => "the receiving server refused the delivery",
+        6 => "the message content was not accepted",
+        7 => "the message was refused by policy",
         _ => "the message could not be delivered",
     }
 }
 
-fn final_status(r: &FailedRecipient) -> String {
-    if r.expired && !r.failure.status.starts_with('5') {
-        "4.4.7".to_string()
+/// The status to report: what the last attempt said, or `4.4.7` (delivery time expired) for a
+/// recipient given up on while it was only deferred.
+fn final_status(r: &FailedRecipient) -> EnhancedCode {
+    if r.expired && !r.failure.status.is_permanent() {
+        EnhancedCode::new(4, 4, 7)
     } else {
-        r.failure.status.clone()
+        r.failure.status
     }
 }
 
@@ -270,7 +273,7 @@ mod tests {
     fn report_has_the_three_parts() {
         let failed = vec![FailedRecipient {
             address: "bob@far.test".into(),
-            failure: Failure::local("5.1.10", "far.test does not accept mail (null MX)"),
+            failure: Failure::local((5, 1, 10), "far.test does not accept mail (null MX)"),
             expired: false,
         }];
         let original = b"Subject: hi\r\nFrom: a@x.test\r\n\r\nbody line\r\n";
@@ -400,7 +403,7 @@ mod tests {
     fn a_strangers_expiry_bounce_does_not_name_the_server_that_was_down() {
         let failed = vec![FailedRecipient {
             address: "nobody@corp.test".into(),
-            failure: Failure::local("4.4.1", "connection to 10.0.0.5:25 refused"),
+            failure: Failure::local((4, 4, 1), "connection to 10.0.0.5:25 refused"),
             expired: true,
         }];
         let small = report_for(Origin::Stranger, b"Subject: x\r\n\r\n", &failed);

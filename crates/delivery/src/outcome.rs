@@ -1,6 +1,6 @@
 //! What happened to one recipient in one attempt, in the shape bounces and the queue need.
 
-use relayward_protocol::reply::Reply;
+use relayward_protocol::reply::{EnhancedCode, Reply};
 
 /// The result of one delivery attempt for one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,8 +22,9 @@ impl Outcome {
 /// Why a recipient was not delivered: the pieces of an RFC 3464 per-recipient block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
-    /// RFC 3463 status, e.g. `5.1.1` (the `Status:` field).
-    pub status: String,
+    /// RFC 3463 status, e.g. `5.1.1` (the `Status:` field); its class decides between
+    /// deferral and bounce.
+    pub status: EnhancedCode,
     /// The remote reply (`Diagnostic-Code: smtp; …`), when one was received.
     pub smtp_reply: Option<String>,
     /// The host that answered (`Remote-MTA: dns; …`), when one did.
@@ -35,11 +36,9 @@ pub struct Failure {
 impl Failure {
     /// A failure from a remote reply; the status is its enhanced code or `class.0.0`.
     pub fn from_reply(reply: &Reply, remote: &str, context: &str) -> Self {
-        let class = reply.code / 100;
-        let status = reply
-            .enhanced
-            .map(|e| e.to_string())
-            .unwrap_or_else(|| format!("{class}.0.0"));
+        // A reply code is 2xx to 5xx, so its class fits a u8.
+        let class = u8::try_from(reply.code / 100).unwrap_or(4);
+        let status = reply.enhanced.unwrap_or(EnhancedCode::new(class, 0, 0));
         let line = reply.to_string();
         Self {
             status,
@@ -50,21 +49,64 @@ impl Failure {
     }
 
     /// A failure found locally (DNS, connection, TLS, policy).
-    pub fn local(status: &str, text: impl Into<String>) -> Self {
+    pub fn local(status: impl Into<EnhancedCode>, text: impl Into<String>) -> Self {
         Self {
-            status: status.to_string(),
+            status: status.into(),
             smtp_reply: None,
             remote_mta: None,
             text: text.into(),
         }
     }
 
+    /// The same failure as a temporary one (`5.y.z` becomes `4.y.z`): for a next hop whose
+    /// refusal is never the recipient's fault, such as the smart host.
+    pub fn as_transient(self) -> Self {
+        Self {
+            status: self.status.as_transient(),
+            ..self
+        }
+    }
+
     /// The outcome for a failure: permanent when its status class is 5.
     pub fn into_outcome(self) -> Outcome {
-        if self.status.starts_with('5') {
+        if self.status.is_permanent() {
             Outcome::Failed(self)
         } else {
             Outcome::Deferred(self)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relayward_protocol::reply::ReplyParser;
+
+    fn reply(line: &str) -> Reply {
+        ReplyParser::new().feed(line).unwrap().unwrap()
+    }
+
+    #[test]
+    fn the_status_is_the_reply_s_enhanced_code_or_its_class() {
+        let with =
+            Failure::from_reply(&reply("550 5.1.1 no such user"), "mx[192.0.2.1]:25", "RCPT");
+        assert_eq!(with.status, EnhancedCode::new(5, 1, 1));
+        assert!(matches!(with.into_outcome(), Outcome::Failed(_)));
+        let without = Failure::from_reply(&reply("451 try later"), "mx[192.0.2.1]:25", "RCPT");
+        assert_eq!(without.status, EnhancedCode::new(4, 0, 0));
+        assert!(matches!(without.into_outcome(), Outcome::Deferred(_)));
+    }
+
+    #[test]
+    fn a_transient_failure_keeps_the_reply_and_defers() {
+        let refused = Failure::from_reply(
+            &reply("554 5.7.1 relay denied"),
+            "smart[192.0.2.2]:587",
+            "RCPT",
+        );
+        let deferred = refused.clone().as_transient();
+        assert_eq!(deferred.status, EnhancedCode::new(4, 7, 1));
+        assert_eq!(deferred.smtp_reply, refused.smtp_reply);
+        assert!(matches!(deferred.into_outcome(), Outcome::Deferred(_)));
     }
 }

@@ -40,7 +40,7 @@ pub fn prepare<'a>(
     let utf8 = envelope.options.smtputf8 && peer.smtputf8;
     if envelope.options.smtputf8 && !peer.smtputf8 && needs_smtputf8(envelope) {
         return Err(Failure::local(
-            "5.6.7",
+            (5, 6, 7),
             format!("SMTPUTF8 is required, but was not offered by host {remote}"),
         ));
     }
@@ -50,7 +50,7 @@ pub fn prepare<'a>(
             Ok(converted) => converted,
             Err(error) => {
                 return Err(Failure::local(
-                    "5.6.3",
+                    (5, 6, 3),
                     format!("{error}, and host {remote} does not offer 8BITMIME"),
                 ));
             }
@@ -185,7 +185,7 @@ mod tests {
         assert_eq!(prepared.rcpt_lines, ["RCPT TO:<bøb@exämple.test>"]);
         let refused = prepare(&envelope, &peer(false, true, false), "mx[127.0.0.1]:25");
         let failure = refused.err().expect("bounced");
-        assert_eq!(failure.status, "5.6.7");
+        assert_eq!(failure.status.to_string(), "5.6.7");
         assert!(
             failure
                 .text
@@ -268,6 +268,6 @@ mod tests {
         let failure = prepare(&headers, &peer(false, false, false), "mx")
             .err()
             .expect("bounce");
-        assert_eq!(failure.status, "5.6.3");
+        assert_eq!(failure.status.to_string(), "5.6.3");
     }
 }

@@ -370,7 +370,7 @@ impl Runner {
             }
             Err(e) => {
                 tracing::error!(id = %message.id, error = %Escaped(&e.to_string()), "cannot read message content");
-                let failure = Failure::local("4.3.0", format!("queue read error: {e}"));
+                let failure = Failure::local((4, 3, 0), format!("queue read error: {e}"));
                 self.defer_all(&ctx, &message, failure).await;
                 return unix_now().saturating_add(RETRY_READ_SECS);
             }
@@ -463,7 +463,7 @@ impl Runner {
         let outcomes = match destination {
             Destination::Local => return self.deliver_local(ctx, due, content).await,
             Destination::Nowhere => {
-                let failure = Failure::local("5.1.1", "no route to this recipient");
+                let failure = Failure::local((5, 1, 1), "no route to this recipient");
                 vec![Outcome::Failed(failure); due.len()]
             }
             Destination::Smarthost => self.deliver_smarthost(ctx, &envelope).await,
@@ -515,7 +515,7 @@ impl Runner {
         for rcpt in due {
             let Some(NextHop::Maildir { domain, mailbox }) = &rcpt.next_hop else {
                 outcomes.push(Outcome::Deferred(Failure::local(
-                    "4.3.0",
+                    (4, 3, 0),
                     "internal: non-local recipient in the local group",
                 )));
                 continue;
@@ -530,14 +530,15 @@ impl Runner {
             outcomes.push(match result {
                 Ok(Ok(_)) => Outcome::Delivered,
                 Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidInput => {
-                    Outcome::Failed(Failure::local("5.1.3", format!("local delivery: {e}")))
+                    Outcome::Failed(Failure::local((5, 1, 3), format!("local delivery: {e}")))
                 }
                 Ok(Err(e)) => {
-                    Outcome::Deferred(Failure::local("4.3.0", format!("local delivery: {e}")))
+                    Outcome::Deferred(Failure::local((4, 3, 0), format!("local delivery: {e}")))
                 }
-                Err(e) => {
-                    Outcome::Deferred(Failure::local("4.3.0", format!("local delivery task: {e}")))
-                }
+                Err(e) => Outcome::Deferred(Failure::local(
+                    (4, 3, 0),
+                    format!("local delivery task: {e}"),
+                )),
             });
         }
         outcomes
@@ -575,7 +576,7 @@ impl Runner {
     ) -> Vec<Outcome> {
         let n = envelope.recipients.len();
         let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
-        let mut last = Failure::local("4.4.4", "no mail exchanger could be tried");
+        let mut last = Failure::local((4, 4, 4), "no mail exchanger could be tried");
         let (mut looped, mut tried) = (false, false);
         for host in hosts.iter().take(MAX_HOSTS) {
             let addresses = match ctx.resolver.addresses(host).await {
@@ -634,7 +635,7 @@ impl Runner {
         }
         if looped && !tried {
             last = Failure::local(
-                "5.4.6",
+                (5, 4, 6),
                 format!("mail for {destination} loops back to myself"),
             );
         }
@@ -651,7 +652,7 @@ impl Runner {
             // Routed to the smart host when accepted, and the reloaded configuration has none:
             // wait for the admin (set one again, or let the lifetime run out) rather than guess.
             let failure = Failure::local(
-                "4.3.5",
+                (4, 3, 5),
                 "routed to the smart host, but [delivery] smarthost is no longer configured",
             );
             return vec![Outcome::Deferred(failure); n];
@@ -660,11 +661,11 @@ impl Runner {
             Ok(a) => a,
             Err(e) => return vec![Outcome::Deferred(dns_failure(&e)); n],
         };
-        let mut last = Failure::local("4.4.1", "smart host has no usable address");
+        let mut last = Failure::local((4, 4, 1), "smart host has no usable address");
         for ip in addresses.into_iter().take(MAX_ADDRESSES_PER_HOST) {
             if ctx.own.contains(SocketAddr::new(ip, smarthost.port)) {
                 last = Failure::local(
-                    "4.4.6",
+                    (4, 4, 6),
                     format!(
                         "the smart host {} is this server itself: mail loops back to myself",
                         smarthost.host
@@ -674,7 +675,7 @@ impl Runner {
             }
             if matches!(smarthost.tls, TlsPolicy::None) && !ip.to_canonical().is_loopback() {
                 last = Failure::local(
-                    "4.7.0",
+                    (4, 7, 0),
                     format!("refusing clear text to the non-loopback smart host address {ip}"),
                 );
                 continue;
@@ -695,7 +696,7 @@ impl Runner {
             }
         }
         // A smart host's problems are never the recipient's fault: always retry.
-        vec![Outcome::Deferred(as_temporary(last)); n]
+        vec![Outcome::Deferred(last.as_transient()); n]
     }
 
     /// One transaction on a pooled or new connection to `params.addr`.
@@ -1101,21 +1102,14 @@ fn settle(outcomes: Vec<Option<Outcome>>, last: &Failure) -> Vec<Outcome> {
 
 fn dns_failure(failure: &DnsFailure) -> Failure {
     match failure {
-        DnsFailure::Temporary { .. } => Failure::local("4.4.3", failure.to_string()),
-        DnsFailure::NotFound { .. } => Failure::local("5.1.2", failure.to_string()),
-        DnsFailure::NullMx(_) => Failure::local("5.1.10", failure.to_string()),
+        DnsFailure::Temporary { .. } => Failure::local((4, 4, 3), failure.to_string()),
+        DnsFailure::NotFound { .. } => Failure::local((5, 1, 2), failure.to_string()),
+        DnsFailure::NullMx(_) => Failure::local((5, 1, 10), failure.to_string()),
     }
 }
 
 fn dns_outcome(failure: &DnsFailure) -> Outcome {
     dns_failure(failure).into_outcome()
-}
-
-fn as_temporary(mut failure: Failure) -> Failure {
-    if failure.status.starts_with('5') {
-        failure.status.replace_range(0..1, "4");
-    }
-    failure
 }
 
 fn attempts_of(message: &QueuedMessage, address: &str) -> u32 {

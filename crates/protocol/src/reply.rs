@@ -23,6 +23,21 @@ impl EnhancedCode {
         }
     }
 
+    /// Permanent (class 5): the same attempt will never succeed.
+    pub fn is_permanent(self) -> bool {
+        self.class == 5
+    }
+
+    /// The same condition, reported as temporary: `5.y.z` becomes `4.y.z` (RFC 3463 §2: the
+    /// subject and detail keep their meaning across classes). Anything else is unchanged.
+    pub fn as_transient(self) -> Self {
+        if self.is_permanent() {
+            Self { class: 4, ..self }
+        } else {
+            self
+        }
+    }
+
     /// Parses `2.1.5` at the start of a reply text. Returns the code and the rest of the text.
     pub fn parse_prefix(text: &str) -> Option<(EnhancedCode, &str)> {
         let (token, rest) = match text.find(' ') {
@@ -45,6 +60,13 @@ fn parse_digits<T: std::str::FromStr>(s: &str, max_len: usize) -> Option<T> {
         return None;
     }
     s.parse().ok()
+}
+
+/// `(class, subject, detail)`, as `Reply::enh` takes it: `Failure::local((4, 4, 2), …)`.
+impl From<(u8, u16, u16)> for EnhancedCode {
+    fn from((class, subject, detail): (u8, u16, u16)) -> Self {
+        Self::new(class, subject, detail)
+    }
 }
 
 impl fmt::Display for EnhancedCode {
@@ -313,6 +335,24 @@ mod tests {
         let reply = parser.feed("250 5.7.1 odd").unwrap().unwrap();
         assert_eq!(reply.enhanced, None);
         assert_eq!(reply.text(), "5.7.1 odd");
+    }
+
+    #[test]
+    fn a_permanent_code_reported_as_transient_keeps_its_meaning() {
+        assert_eq!(
+            EnhancedCode::new(5, 7, 8).as_transient(),
+            EnhancedCode::new(4, 7, 8)
+        );
+        assert_eq!(
+            EnhancedCode::new(4, 4, 1).as_transient(),
+            EnhancedCode::new(4, 4, 1)
+        );
+        assert_eq!(
+            EnhancedCode::new(2, 0, 0).as_transient(),
+            EnhancedCode::new(2, 0, 0)
+        );
+        assert!(EnhancedCode::from((5, 1, 10)).is_permanent());
+        assert_eq!(EnhancedCode::from((5, 1, 10)).to_string(), "5.1.10");
     }
 
     #[test]
