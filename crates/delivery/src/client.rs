@@ -12,6 +12,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use relayward_protocol::data::dot_stuff;
+use relayward_protocol::ehlo::EhloKeywords;
 use relayward_protocol::reply::{EnhancedCode, Reply, ReplyParser};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
@@ -113,25 +114,19 @@ pub struct Extensions {
 impl Extensions {
     /// Reads the EHLO reply's keyword lines (the first line is the greeting text).
     pub fn parse(reply: &Reply) -> Self {
-        let mut ext = Self::default();
-        for line in reply.lines.iter().skip(1) {
-            let mut words = line.split_ascii_whitespace();
-            let Some(keyword) = words.next() else {
-                continue;
-            };
-            match keyword.to_ascii_uppercase().as_str() {
-                "PIPELINING" => ext.pipelining = true,
-                "8BITMIME" => ext.eight_bit_mime = true,
-                "STARTTLS" => ext.starttls = true,
-                "SMTPUTF8" => ext.smtputf8 = true,
-                "DSN" => ext.dsn = true,
-                "CHUNKING" => ext.chunking = true,
-                "SIZE" => ext.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
-                "AUTH" => ext.auth = words.map(|m| m.to_ascii_uppercase()).collect(),
-                _ => {}
-            }
+        let keywords = EhloKeywords::parse(reply);
+        Self {
+            pipelining: keywords.has("PIPELINING"),
+            size: keywords
+                .args("SIZE")
+                .map(|args| args.first().and_then(|n| n.parse().ok()).unwrap_or(0)),
+            eight_bit_mime: keywords.has("8BITMIME"),
+            starttls: keywords.has("STARTTLS"),
+            smtputf8: keywords.has("SMTPUTF8"),
+            dsn: keywords.has("DSN"),
+            chunking: keywords.has("CHUNKING"),
+            auth: keywords.args("AUTH").unwrap_or_default().to_vec(),
         }
-        ext
     }
 }
 

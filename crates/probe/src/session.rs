@@ -1,5 +1,6 @@
 //! Opening an SMTP session: connect, banner, EHLO (fallback HELO), STARTTLS, EHLO again.
 
+use relayward_protocol::ehlo::EhloKeywords;
 use relayward_protocol::reply::Reply;
 use std::time::Duration;
 
@@ -248,20 +249,9 @@ pub fn has_keyword(ehlo: &Reply, keyword: &str) -> bool {
 
 /// The arguments of an EHLO keyword line, e.g. the mechanisms of `AUTH`.
 pub fn keyword_args(ehlo: &Reply, keyword: &str) -> Option<Vec<String>> {
-    ehlo.lines.iter().skip(1).find_map(|line| {
-        let mut words = line.split_whitespace();
-        let first = words.next()?;
-        // `AUTH=PLAIN` is the old Netscape spelling of the same line.
-        let (kw, rest) = first.split_once('=').unwrap_or((first, ""));
-        if !kw.eq_ignore_ascii_case(keyword) {
-            return None;
-        }
-        let mut args: Vec<String> = words.map(|w| w.to_ascii_uppercase()).collect();
-        if !rest.is_empty() {
-            args.insert(0, rest.to_ascii_uppercase());
-        }
-        Some(args)
-    })
+    EhloKeywords::parse(ehlo)
+        .args(keyword)
+        .map(<[String]>::to_vec)
 }
 
 /// The name a server gives in a banner or EHLO reply: the first word, only if it looks like a

@@ -7,6 +7,7 @@
 //! - [`limits`]: the RFC 5321 §4.5.3 size limits.
 //! - [`line`]: splitting a byte stream into CRLF-terminated command lines, strictly.
 //! - [`command`]: the command parser (EHLO … AUTH, ESMTP parameters).
+//! - [`ehlo`]: the service extensions of an EHLO reply, for the clients.
 //! - [`reply`]: replies with RFC 3463 enhanced codes; building them and parsing them.
 //! - [`path`]: RFC 5321 paths: local parts, domains, address literals, source routes.
 //! - [`resolve`]: what an address *means* for routing: the single input of the relay decision.
@@ -27,6 +28,7 @@ pub mod command;
 pub mod data;
 pub mod date;
 pub mod dsn;
+pub mod ehlo;
 pub mod header;
 pub mod idn;
 pub mod limits;
