@@ -304,6 +304,13 @@ pub struct Delivery {
     /// How long a message may wait for delivery before it bounces, e.g. `"5d"`.
     #[serde(default = "default_queue_lifetime", deserialize_with = "de_duration")]
     pub max_queue_lifetime: Duration,
+    /// How long a message may wait before each recipient that asked (`NOTIFY=DELAY`, or our
+    /// own users by default) gets one delay notice, e.g. `"4h"`; `"off"` or `"0"`: never.
+    #[serde(
+        default = "default_delay_notice_after",
+        deserialize_with = "de_duration_or_off"
+    )]
+    pub delay_notice_after: Option<Duration>,
 }
 
 impl Default for Delivery {
@@ -316,6 +323,7 @@ impl Default for Delivery {
             ca_file: None,
             mx_port: default_mx_port(),
             max_queue_lifetime: default_queue_lifetime(),
+            delay_notice_after: default_delay_notice_after(),
         }
     }
 }
@@ -326,6 +334,12 @@ fn default_mx_port() -> u16 {
 
 fn default_queue_lifetime() -> Duration {
     Duration::from_secs(5 * 24 * 3600)
+}
+
+/// Four hours, as sendmail's `Timeout.queuewarn` (Postfix's `delay_warning_time` is off by
+/// default, which leaves a sender guessing for the whole queue lifetime).
+fn default_delay_notice_after() -> Option<Duration> {
+    Some(Duration::from_secs(4 * 3600))
 }
 
 /// TLS mode towards the smart host.
@@ -517,6 +531,22 @@ pub fn de_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duratio
             "{text:?} is not a duration ({e}); write e.g. \"90s\", \"5m\", \"2h\" or \"5d\""
         ))
     })
+}
+
+/// A duration as [`de_duration`] reads it, or `"off"` / `"0"` for none.
+pub fn de_duration_or_off<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    if text.trim().eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let duration = humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not a duration ({e}); write e.g. \"30m\", \"4h\" or \"1d\", or \"off\""
+        ))
+    })?;
+    Ok((!duration.is_zero()).then_some(duration))
 }
 
 /// Why a configuration could not be read.
@@ -1163,6 +1193,14 @@ mod checks {
         }
         if delivery.max_queue_lifetime.is_zero() {
             f.error("delivery.max_queue_lifetime", "zero would bounce every message that is not delivered at the first try; write e.g. \"5d\"");
+        }
+        if let Some(after) = delivery.delay_notice_after
+            && after >= delivery.max_queue_lifetime
+        {
+            f.warn(
+                "delivery.delay_notice_after",
+                format!("{} is not shorter than max_queue_lifetime ({}), so no delay notice is ever sent (the message bounces first); write a shorter time, or \"off\"", humantime::format_duration(after), humantime::format_duration(delivery.max_queue_lifetime)),
+            );
         }
     }
 

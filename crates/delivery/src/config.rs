@@ -36,6 +36,9 @@ pub struct DeliveryConfig {
     pub dns_timeout: Duration,
     /// A recipient still pending this long after arrival is expired and bounced.
     pub max_queue_lifetime: Duration,
+    /// A recipient still pending this long after arrival gets one delay notice, if it asked
+    /// (see [`crate::runner`]); `None`: never.
+    pub delay_notice_after: Option<Duration>,
     pub retry: RetrySchedule,
     pub timeouts: Timeouts,
     /// Concurrent SMTP/Maildir deliveries in total.
@@ -67,6 +70,7 @@ impl DeliveryConfig {
             dns_cache_size: 1024,
             dns_timeout: Duration::from_secs(5),
             max_queue_lifetime: Duration::from_secs(5 * 24 * 3600),
+            delay_notice_after: Some(Duration::from_secs(4 * 3600)),
             retry: RetrySchedule::default(),
             timeouts: Timeouts::default(),
             max_connections: 20,
@@ -90,6 +94,7 @@ impl DeliveryConfig {
         out.mx_port = delivery.mx_port;
         out.nameservers = config.dns.nameservers.clone();
         out.max_queue_lifetime = delivery.max_queue_lifetime;
+        out.delay_notice_after = delivery.delay_notice_after;
         out
     }
 

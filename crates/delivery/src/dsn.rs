@@ -1,59 +1,94 @@
-//! RFC 3464 delivery status notifications (bounces).
+//! RFC 3464 delivery status notifications: bounces (`Action: failed`) and delay notices
+//! (`Action: delayed`).
 //!
-//! One DSN per message and attempt batch lists every recipient that failed in it, so a
-//! message to fifty bad addresses produces one bounce, not fifty. The DSN is sent with the
-//! null reverse-path (RFC 5321 §4.5.5) so that it can never bounce in turn; the runner never
-//! bounces a message whose sender is null, nor one that is itself a report or auto-reply.
+//! One report per message and attempt batch lists every recipient it is about, so a message
+//! to fifty bad addresses produces one bounce, not fifty. Reports are sent with the null
+//! reverse-path (RFC 5321 §4.5.5) so that they can never bounce in turn; the runner never
+//! reports on a message whose sender is null, nor on one that is itself a report or
+//! auto-reply. Each carries what RFC 3461 asks a DSN to give back: the client's `ENVID` as
+//! `Original-Envelope-Id:` and each recipient's `ORCPT` as `Original-Recipient:`.
 //!
-//! Bounces are a last resort, and small when the sender may be forged. A message from a
+//! A bounce returns the original's header section, or with `RET=FULL` the whole message
+//! (RFC 3461 §4.3); a delay notice always returns the header section only, since the message
+//! is still on its way. Reports are small when the sender may be forged. A message from a
 //! stranger (not authenticated, not in a trusted network) names a sender nobody checked: its
-//! bounce goes, as likely as not, to a third party. So that a stranger cannot use us to mail
-//! anyone his text ("backscatter"), its DSN carries only the first [`STRANGER_HEADER_CAP`]
-//! octets of the original header section (never the body, like every DSN here), and says why
-//! by status code only: no remote reply text and no remote host, which for a `[[route]]` is
-//! an internal server's name or address. Our own users get the whole report.
+//! report goes, as likely as not, to a third party. So that a stranger cannot use us to mail
+//! anyone his text ("backscatter"), such a report carries at most [`STRANGER_HEADER_CAP`]
+//! octets of the original — the whole message for `RET=FULL` only when it fits, otherwise
+//! the first octets of its header section, cut at a field boundary — and says why by status
+//! code only: no remote reply text and no remote host, which for a `[[route]]` is an internal
+//! server's name or address. Our own users get the whole report.
 
 use std::fmt::Write as _;
 
+use relayward_protocol::dsn::{Orcpt, Ret};
 use relayward_protocol::reply::EnhancedCode;
 use relayward_queue::Origin;
 
 use crate::outcome::Failure;
 
-/// Most octets of the original header section a bounce to a stranger's sender carries; cut
-/// at a field boundary.
+/// Most octets of the original a report to a stranger's sender carries: the whole message
+/// when it fits (`RET=FULL`), otherwise its header section cut at a field boundary.
 pub const STRANGER_HEADER_CAP: usize = 16 * 1024;
 
-/// Why a recipient ends up in a bounce.
+/// A recipient a report is about: why it failed, or (a delay notice) why it is still waiting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailedRecipient {
     pub address: String,
     pub failure: Failure,
     /// Still pending when the queue lifetime ran out (Status 4.4.7 context).
     pub expired: bool,
+    /// `ORCPT=` as the client gave it (`Original-Recipient:`).
+    pub orcpt: Option<Orcpt>,
+}
+
+/// Which report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A bounce: nothing more will be tried for these recipients.
+    Failure,
+    /// A delay notice: still being retried, until `will_retry_until` (Unix seconds).
+    Delay { will_retry_until: u64 },
 }
 
 /// What the report is about.
 pub struct Report<'a> {
+    pub kind: Kind,
     /// Our host name (`Reporting-MTA`, `MAILER-DAEMON@…`).
     pub reporting_mta: &'a str,
     /// The envelope sender of the original message: the DSN's only recipient.
     pub original_sender: &'a str,
     pub original_id: &'a str,
+    /// `ENVID=` as the client gave it (`Original-Envelope-Id:`).
+    pub envid: Option<&'a str>,
+    /// `RET=` as the client gave it: how much of the original a bounce returns.
+    pub ret: Option<Ret>,
     /// Unix seconds of arrival (`Arrival-Date`).
     pub arrived: u64,
     /// Unix seconds now (`Date`, `Last-Attempt-Date`).
     pub now: u64,
     pub recipients: &'a [FailedRecipient],
-    /// The original content; only its header section goes into the report.
+    /// The original content.
     pub original: &'a [u8],
-    /// How the original arrived: a stranger's bounce is small (see the module docs).
+    /// How the original arrived: a stranger's report is small (see the module docs).
     pub origin: Origin,
 }
 
 impl Report<'_> {
     fn for_stranger(&self) -> bool {
         self.origin == Origin::Stranger
+    }
+
+    fn is_delay(&self) -> bool {
+        matches!(self.kind, Kind::Delay { .. })
+    }
+
+    /// Whether the whole original goes back: a bounce with `RET=FULL`, and for a stranger
+    /// only a message that fits the cap.
+    fn returns_full_message(&self) -> bool {
+        self.kind == Kind::Failure
+            && self.ret == Some(Ret::Full)
+            && (!self.for_stranger() || self.original.len() <= STRANGER_HEADER_CAP)
     }
 }
 
@@ -69,28 +104,58 @@ pub fn build(report: &Report<'_>) -> Vec<u8> {
     out.push_str(&format!("--{boundary}\r\n"));
     status_part(&mut out, report);
     out.push_str(&format!("--{boundary}\r\n"));
-    out.push_str("Content-Type: text/rfc822-headers\r\n");
-    out.push_str("Content-Description: Undelivered Message Headers\r\n\r\n");
-    let mut bytes = out.into_bytes();
-    let headers = header_section(report.original);
-    if report.for_stranger() {
-        bytes.extend_from_slice(capped_at_a_field(&headers, STRANGER_HEADER_CAP));
+    let mut bytes = if report.returns_full_message() {
+        out.push_str("Content-Type: message/rfc822\r\n");
+        out.push_str(&format!(
+            "Content-Description: {}\r\n\r\n",
+            what_returned(report)
+        ));
+        let mut bytes = out.into_bytes();
+        bytes.extend_from_slice(report.original);
+        if !report.original.ends_with(b"\n") {
+            bytes.extend_from_slice(b"\r\n");
+        }
+        bytes
     } else {
-        bytes.extend_from_slice(&headers);
-    }
+        out.push_str("Content-Type: text/rfc822-headers\r\n");
+        out.push_str(&format!(
+            "Content-Description: {} Headers\r\n\r\n",
+            what_returned(report)
+        ));
+        let mut bytes = out.into_bytes();
+        let headers = header_section(report.original);
+        if report.for_stranger() {
+            bytes.extend_from_slice(capped_at_a_field(&headers, STRANGER_HEADER_CAP));
+        } else {
+            bytes.extend_from_slice(&headers);
+        }
+        bytes
+    };
     bytes.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     bytes
 }
 
+fn what_returned(report: &Report<'_>) -> &'static str {
+    if report.is_delay() {
+        "Delayed Message"
+    } else {
+        "Undelivered Message"
+    }
+}
+
 fn top_headers(out: &mut String, report: &Report<'_>, boundary: &str) {
     let host = report.reporting_mta;
+    let (subject, tag) = match report.kind {
+        Kind::Failure => ("Undelivered Mail Returned to Sender", "dsn"),
+        Kind::Delay { .. } => ("Delayed Mail (still being retried)", "delay"),
+    };
     let _ = write!(
         out,
         "From: Mail Delivery System <MAILER-DAEMON@{host}>\r\n\
          To: <{to}>\r\n\
-         Subject: Undelivered Mail Returned to Sender\r\n\
+         Subject: {subject}\r\n\
          Date: {date}\r\n\
-         Message-ID: <{id}.dsn.{now}@{host}>\r\n\
+         Message-ID: <{id}.{tag}.{now}@{host}>\r\n\
          Auto-Submitted: auto-replied\r\n\
          MIME-Version: 1.0\r\n\
          Content-Type: multipart/report; report-type=delivery-status;\r\n\
@@ -109,28 +174,35 @@ fn human_part(out: &mut String, report: &Report<'_>) {
     out.push_str("Content-Description: Notification\r\n\r\n");
     let _ = write!(
         out,
-        "This is the mail system at {}.\r\n\r\n\
-         Your message could not be delivered to one or more recipients.\r\n\
-         It was accepted on {}. The details follow.\r\n\r\n",
-        report.reporting_mta,
-        rfc5322_date(report.arrived)
+        "This is the mail system at {}.\r\n\r\n",
+        report.reporting_mta
     );
-    for r in report.recipients {
-        let why = match (r.expired, report.for_stranger()) {
-            (true, false) => format!(
-                "gave up after the maximum queue lifetime; last error: {}",
-                r.failure.text
-            ),
-            (false, false) => r.failure.text.clone(),
-            (true, true) => format!(
-                "{}: gave up after the maximum queue lifetime",
-                final_status(r)
-            ),
-            (false, true) => format!("{}: {}", final_status(r), meaning(r.failure.status)),
-        };
-        let _ = write!(out, "<{}>: {}\r\n", r.address, one_line(&why));
+    match report.kind {
+        Kind::Failure => {
+            let _ = write!(
+                out,
+                "Your message could not be delivered to one or more recipients.\r\n\
+                 It was accepted on {}. The details follow.\r\n\r\n",
+                rfc5322_date(report.arrived)
+            );
+        }
+        Kind::Delay { will_retry_until } => {
+            let _ = write!(
+                out,
+                "Your message could not be delivered yet to one or more recipients.\r\n\
+                 It was accepted on {}. The mail system will keep trying until\r\n\
+                 {}; you need not send it again. The details follow.\r\n\r\n",
+                rfc5322_date(report.arrived),
+                rfc5322_date(will_retry_until)
+            );
+        }
     }
-    if report.for_stranger() {
+    for r in report.recipients {
+        let _ = write!(out, "<{}>: {}\r\n", r.address, one_line(&why(r, report)));
+    }
+    if report.returns_full_message() {
+        out.push_str("\r\nYour message follows.\r\n");
+    } else if report.for_stranger() {
         out.push_str(
             "\r\nThe header fields of your message follow (at most the first 16 KiB).\r\n",
         );
@@ -138,7 +210,29 @@ fn human_part(out: &mut String, report: &Report<'_>) {
     out.push_str("\r\n");
 }
 
-/// What an RFC 3463 status means, by its subject: all a stranger's bounce says of the cause.
+/// One recipient's line in the human-readable part.
+fn why(r: &FailedRecipient, report: &Report<'_>) -> String {
+    match (report.is_delay(), r.expired, report.for_stranger()) {
+        (true, _, false) => format!("still trying; last error: {}", r.failure.text),
+        (true, _, true) => format!(
+            "{}: still trying: {}",
+            delay_status(r),
+            meaning(r.failure.status)
+        ),
+        (false, true, false) => format!(
+            "gave up after the maximum queue lifetime; last error: {}",
+            r.failure.text
+        ),
+        (false, false, false) => r.failure.text.clone(),
+        (false, true, true) => format!(
+            "{}: gave up after the maximum queue lifetime",
+            final_status(r)
+        ),
+        (false, false, true) => format!("{}: {}", final_status(r), meaning(r.failure.status)),
+    }
+}
+
+/// What an RFC 3463 status means, by its subject: all a stranger's report says of the cause.
 fn meaning(status: EnhancedCode) -> &'static str {
     match status.subject {
         1 => "the recipient address was not accepted",
@@ -162,9 +256,17 @@ fn final_status(r: &FailedRecipient) -> EnhancedCode {
     }
 }
 
+/// A delayed recipient's status is transient (class 4) whatever the last error said.
+fn delay_status(r: &FailedRecipient) -> EnhancedCode {
+    r.failure.status.as_transient()
+}
+
 fn status_part(out: &mut String, report: &Report<'_>) {
     out.push_str("Content-Type: message/delivery-status\r\n");
     out.push_str("Content-Description: Delivery report\r\n\r\n");
+    if let Some(envid) = report.envid {
+        let _ = write!(out, "Original-Envelope-Id: {}\r\n", one_line(envid));
+    }
     let _ = write!(
         out,
         "Reporting-MTA: dns; {}\r\nX-Relayward-Queue-ID: {}\r\nArrival-Date: {}\r\n",
@@ -180,11 +282,22 @@ fn status_part(out: &mut String, report: &Report<'_>) {
 }
 
 fn recipient_block(out: &mut String, r: &FailedRecipient, report: &Report<'_>) {
-    let status = final_status(r);
+    if let Some(orcpt) = &r.orcpt {
+        let _ = write!(
+            out,
+            "Original-Recipient: {}; {}\r\n",
+            orcpt.addr_type,
+            one_line(&orcpt.address)
+        );
+    }
+    let (action, status) = match report.kind {
+        Kind::Failure => ("failed", final_status(r)),
+        Kind::Delay { .. } => ("delayed", delay_status(r)),
+    };
     let _ = write!(
         out,
-        "Final-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {}\r\n",
-        r.address, status
+        "Final-Recipient: rfc822; {}\r\nAction: {action}\r\nStatus: {status}\r\n",
+        r.address
     );
     if report.for_stranger() {
         // The reply's code only: its text and the host that sent it stay ours.
@@ -207,6 +320,13 @@ fn recipient_block(out: &mut String, r: &FailedRecipient, report: &Report<'_>) {
         let _ = write!(out, "Diagnostic-Code: {diagnostic}\r\n");
     }
     let _ = write!(out, "Last-Attempt-Date: {}\r\n", rfc5322_date(report.now));
+    if let Kind::Delay { will_retry_until } = report.kind {
+        let _ = write!(
+            out,
+            "Will-Retry-Until: {}\r\n",
+            rfc5322_date(will_retry_until)
+        );
+    }
 }
 
 /// The three-digit code that opens an SMTP reply line.
@@ -275,9 +395,13 @@ mod tests {
             address: "bob@far.test".into(),
             failure: Failure::local((5, 1, 10), "far.test does not accept mail (null MX)"),
             expired: false,
+            orcpt: None,
         }];
         let original = b"Subject: hi\r\nFrom: a@x.test\r\n\r\nbody line\r\n";
         let dsn = build(&Report {
+            kind: Kind::Failure,
+            envid: None,
+            ret: None,
             reporting_mta: "mx.x.test",
             original_sender: "a@x.test",
             original_id: "Q1",
@@ -308,11 +432,25 @@ mod tests {
             address: "nobody@corp.test".into(),
             failure: Failure::from_reply(&reply, "inside.corp.internal[10.0.0.5]:25", "RCPT TO"),
             expired: false,
+            orcpt: None,
         }]
     }
 
     fn report_for(origin: Origin, original: &[u8], failed: &[FailedRecipient]) -> String {
+        report_with(Kind::Failure, None, origin, original, failed)
+    }
+
+    fn report_with(
+        kind: Kind,
+        ret: Option<Ret>,
+        origin: Origin,
+        original: &[u8],
+        failed: &[FailedRecipient],
+    ) -> String {
         String::from_utf8(build(&Report {
+            kind,
+            envid: Some("ENV 1"),
+            ret,
             reporting_mta: "mx.x.test",
             original_sender: "victim@third.test",
             original_id: "Q2",
@@ -405,6 +543,7 @@ mod tests {
             address: "nobody@corp.test".into(),
             failure: Failure::local((4, 4, 1), "connection to 10.0.0.5:25 refused"),
             expired: true,
+            orcpt: None,
         }];
         let small = report_for(Origin::Stranger, b"Subject: x\r\n\r\n", &failed);
         assert!(!small.contains("10.0.0.5"), "{small}");
@@ -414,6 +553,191 @@ mod tests {
         assert!(small.contains("Status: 4.4.7\r\n") && !small.contains("Diagnostic-Code"));
         let full = report_for(Origin::Trusted, b"Subject: x\r\n\r\n", &failed);
         assert!(full.contains("connection to 10.0.0.5:25 refused"), "{full}");
+    }
+
+    /// The part after the status part: what of the original a report returns.
+    fn returned_part(report: &str) -> &str {
+        report
+            .rsplit("\r\n--=_relayward_")
+            .nth(1)
+            .expect("a returned part")
+    }
+
+    /// RFC 3461 §4.3: `RET=FULL` returns the whole message, `RET=HDRS` (and no RET) its
+    /// header section; a stranger's bounce returns the whole message only when it fits the
+    /// cap, and a delay notice never does.
+    #[test]
+    fn ret_full_returns_the_message_ret_hdrs_its_headers_and_strangers_only_what_fits() {
+        let failed = route_failure();
+        let small = b"Subject: hi\r\n\r\nbody line\r\n";
+        let full = report_with(
+            Kind::Failure,
+            Some(Ret::Full),
+            Origin::Authenticated,
+            small,
+            &failed,
+        );
+        let part = returned_part(&full);
+        assert!(part.contains("Content-Type: message/rfc822\r\n"), "{full}");
+        assert!(
+            part.ends_with("\r\n\r\nSubject: hi\r\n\r\nbody line\r\n"),
+            "{full}"
+        );
+        for ret in [Some(Ret::Hdrs), None] {
+            let hdrs = report_with(Kind::Failure, ret, Origin::Authenticated, small, &failed);
+            let part = returned_part(&hdrs);
+            assert!(
+                part.contains("Content-Type: text/rfc822-headers\r\n"),
+                "{hdrs}"
+            );
+            assert!(
+                part.contains("Subject: hi\r\n") && !hdrs.contains("body line"),
+                "{hdrs}"
+            );
+        }
+        let stranger_small = report_with(
+            Kind::Failure,
+            Some(Ret::Full),
+            Origin::Stranger,
+            small,
+            &failed,
+        );
+        assert!(stranger_small.contains("body line"), "{stranger_small}");
+
+        let mut big = b"Subject: big\r\n\r\n".to_vec();
+        big.extend(std::iter::repeat_n(b'x', STRANGER_HEADER_CAP));
+        big.extend_from_slice(b"\r\n");
+        let stranger_big = report_with(
+            Kind::Failure,
+            Some(Ret::Full),
+            Origin::Stranger,
+            &big,
+            &failed,
+        );
+        assert!(
+            stranger_big.len() < 2 * STRANGER_HEADER_CAP / 3,
+            "{} octets",
+            stranger_big.len()
+        );
+        assert!(returned_part(&stranger_big).contains("Content-Type: text/rfc822-headers\r\n"));
+        assert!(stranger_big.contains("Subject: big\r\n"));
+        let own_big = report_with(
+            Kind::Failure,
+            Some(Ret::Full),
+            Origin::Trusted,
+            &big,
+            &failed,
+        );
+        assert!(
+            own_big.len() > big.len(),
+            "the whole message for our own users"
+        );
+
+        let delay = Kind::Delay {
+            will_retry_until: 3600,
+        };
+        let delayed = report_with(
+            delay,
+            Some(Ret::Full),
+            Origin::Authenticated,
+            small,
+            &failed,
+        );
+        assert!(returned_part(&delayed).contains("Content-Type: text/rfc822-headers\r\n"));
+        assert!(!delayed.contains("body line"), "{delayed}");
+    }
+
+    /// RFC 3464 §2.2.1 and §2.3.1: the client's ENVID and ORCPT come back in a bounce.
+    #[test]
+    fn a_bounce_carries_the_envelope_id_and_the_original_recipient() {
+        let mut failed = route_failure();
+        failed[0].orcpt = Some(Orcpt {
+            addr_type: "rfc822".into(),
+            address: "Nobody@Corp.test".into(),
+        });
+        for origin in [Origin::Stranger, Origin::Authenticated] {
+            let text = report_for(origin, b"Subject: x\r\n\r\n", &failed);
+            assert!(
+                text.contains("Content-Description: Delivery report\r\n\r\nOriginal-Envelope-Id: ENV 1\r\nReporting-MTA: dns; mx.x.test\r\n"),
+                "{text}"
+            );
+            assert!(
+                text.contains("\r\n\r\nOriginal-Recipient: rfc822; Nobody@Corp.test\r\nFinal-Recipient: rfc822; nobody@corp.test\r\nAction: failed\r\n"),
+                "{text}"
+            );
+        }
+    }
+
+    /// A delay notice (RFC 3464 `Action: delayed`): a transient status, when the retries end
+    /// (`Will-Retry-Until`), and for a stranger no remote text or host, as in a bounce.
+    #[test]
+    fn a_delay_notice_says_delayed_and_until_when_it_is_retried() {
+        let failed = vec![FailedRecipient {
+            address: "nobody@corp.test".into(),
+            failure: Failure::from_reply(
+                &relayward_protocol::reply::Reply::enh(
+                    451,
+                    (4, 7, 1),
+                    "not today at inside.corp.internal",
+                ),
+                "inside.corp.internal[10.0.0.5]:25",
+                "RCPT TO",
+            ),
+            expired: false,
+            orcpt: None,
+        }];
+        let delay = Kind::Delay {
+            will_retry_until: 432_000,
+        };
+        let own = report_with(
+            delay,
+            None,
+            Origin::Authenticated,
+            b"Subject: x\r\n\r\n",
+            &failed,
+        );
+        assert!(
+            own.contains("Subject: Delayed Mail (still being retried)\r\n"),
+            "{own}"
+        );
+        assert!(
+            own.contains("Final-Recipient: rfc822; nobody@corp.test\r\nAction: delayed\r\nStatus: 4.7.1\r\nRemote-MTA: dns; inside.corp.internal\r\nDiagnostic-Code: smtp; 451 4.7.1 not today at inside.corp.internal\r\n"),
+            "{own}"
+        );
+        assert!(
+            own.contains("Last-Attempt-Date: Thu, 01 Jan 1970 00:01:00 +0000\r\nWill-Retry-Until: Tue, 06 Jan 1970 00:00:00 +0000\r\n"),
+            "{own}"
+        );
+        assert!(
+            own.contains("keep trying until\r\nTue, 06 Jan 1970 00:00:00 +0000"),
+            "{own}"
+        );
+        assert!(
+            own.contains("<nobody@corp.test>: still trying; last error: 451 4.7.1 not today"),
+            "{own}"
+        );
+        let stranger = report_with(
+            delay,
+            None,
+            Origin::Stranger,
+            b"Subject: x\r\n\r\n",
+            &failed,
+        );
+        for secret in [
+            "inside.corp.internal",
+            "10.0.0.5",
+            "not today",
+            "Remote-MTA",
+        ] {
+            assert!(!stranger.contains(secret), "{secret} in:\n{stranger}");
+        }
+        assert!(
+            stranger.contains(
+                "Action: delayed\r\nStatus: 4.7.1\r\nDiagnostic-Code: smtp; 451 4.7.1\r\n"
+            ),
+            "{stranger}"
+        );
+        assert!(stranger.contains("Will-Retry-Until: "), "{stranger}");
     }
 
     #[test]

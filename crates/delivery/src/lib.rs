@@ -5,7 +5,8 @@
 //! - [`mx`]: MX resolution with the RFC 5321 §5.1 / RFC 7505 rules (hickory-resolver).
 //! - [`client`]: the SMTP client (EHLO, STARTTLS, AUTH, PIPELINING, SIZE, 8BITMIME).
 //! - [`tls`]: verifying (smart host) and opportunistic (MX) TLS client configurations.
-//! - [`retry`]: the backoff schedule. [`dsn`]: RFC 3464 bounces.
+//! - [`retry`]: the backoff schedule. [`dsn`]: RFC 3464 bounces and delay notices.
+//! - [`delay`]: who is owed a delay notice, and from when (RFC 3461 `NOTIFY=DELAY`).
 //! - [`notice`]: RFC 3461 success notices for mail delivered into a Maildir.
 //! - [`prepare`]: fitting a message to a peer (SMTPUTF8, 8BITMIME, long lines, DSN).
 //! - [`downgrade`]: 8-bit MIME made 7-bit clean for peers without 8BITMIME (RFC 6152 §3).
@@ -42,6 +43,7 @@ pub mod admin;
 pub mod client;
 pub mod config;
 pub mod context;
+pub mod delay;
 pub mod downgrade;
 pub mod dsn;
 pub mod due;

@@ -26,6 +26,7 @@ use crate::client::{
     self, ConnectParams, Connection, Envelope, EnvelopeOptions, SessionError, TlsPolicy,
 };
 use crate::context::DeliveryContext;
+use crate::delay;
 use crate::dsn::{self, FailedRecipient};
 use crate::due::{self, DueIndex};
 use crate::mx::DnsFailure;
@@ -124,6 +125,23 @@ impl Destination {
             Destination::Nowhere => "nowhere".into(),
         }
     }
+}
+
+/// What one group's outcomes mean for the queue (see [`Runner::classify`]).
+#[derive(Default)]
+struct Classified {
+    /// To record now.
+    updates: Vec<RecipientUpdate>,
+    /// To bounce, then record as final.
+    failed: Vec<FailedRecipient>,
+    /// Deferred and owed a delay notice: recorded once the notice is queued.
+    delayed: Vec<Delayed>,
+}
+
+/// A deferred recipient owed a delay notice: its deferral, and what the notice says of it.
+struct Delayed {
+    update: RecipientUpdate,
+    report: FailedRecipient,
 }
 
 /// A due recipient and where it goes.
@@ -349,7 +367,8 @@ impl Runner {
     }
 
     /// Delivers the due recipients of one message, group by group, then bounces the failed
-    /// ones in a single DSN.
+    /// ones in a single DSN and sends one delay notice for those that are owed one (see
+    /// [`crate::delay`]).
     ///
     /// Returns a time before which the message must not be tried again although its stored
     /// state may say otherwise (the state could not be written): every path that fails to
@@ -377,6 +396,8 @@ impl Runner {
         };
         let mut failed = Vec::new();
         let mut delivered_here = Vec::new();
+        let mut delayed = Vec::new();
+        let notices_from = delay::notices_from(&ctx.settings, &message, &content);
         for (destination, due) in self.groups(&ctx, &message) {
             let outcomes = self
                 .deliver_group(&ctx, &destination, &message, &content, &due)
@@ -389,12 +410,18 @@ impl Runner {
                     &outcomes,
                 ));
             }
-            let (updates, mut group_failed) = self.classify(&ctx, &message, &recipients, outcomes);
-            if let Err(e) = self.shared.queue.update(&message.id, updates).await {
+            let mut classified = self.classify(&ctx, &message, &recipients, outcomes, notices_from);
+            if let Err(e) = self
+                .shared
+                .queue
+                .update(&message.id, classified.updates)
+                .await
+            {
                 tracing::error!(id = %message.id, error = %Escaped(&e.to_string()), "cannot record delivery results");
                 return unix_now().saturating_add(RETRY_READ_SECS);
             }
-            failed.append(&mut group_failed);
+            failed.append(&mut classified.failed);
+            delayed.append(&mut classified.delayed);
         }
         if !delivered_here.is_empty() {
             self.notify_success(&ctx, &message, &content, &delivered_here)
@@ -402,6 +429,9 @@ impl Runner {
         }
         if !failed.is_empty() {
             self.bounce(&ctx, &message, &content, failed).await;
+        }
+        if !delayed.is_empty() {
+            self.notify_delay(&ctx, &message, &content, delayed).await;
         }
         0
     }
@@ -775,52 +805,82 @@ impl Runner {
     }
 
     /// Turns outcomes into queue updates. Delivered and deferred recipients are recorded
-    /// now; failed and expired ones are returned, to be recorded after their bounce is queued.
+    /// now; failed and expired ones are returned, to be recorded after their bounce is queued;
+    /// deferred ones owed a delay notice (from `notices_from` on, see [`crate::delay`]) are
+    /// returned with their update, to be recorded once the notice is queued. A recipient
+    /// whose notice falls due before its next retry is tried again then, so that the notice
+    /// is on time and says how the latest attempt went.
     fn classify(
         &self,
         ctx: &DeliveryContext,
         message: &QueuedMessage,
         recipients: &[String],
         outcomes: Vec<Outcome>,
-    ) -> (Vec<RecipientUpdate>, Vec<FailedRecipient>) {
+        notices_from: Option<u64>,
+    ) -> Classified {
         let now = unix_now();
         let deadline = message
             .arrived
             .saturating_add(ctx.settings.max_queue_lifetime.as_secs());
-        let mut updates = Vec::new();
-        let mut failed = Vec::new();
+        let mut classified = Classified::default();
         for (address, outcome) in recipients.iter().zip(outcomes) {
+            let state = message.recipients.iter().find(|r| &r.address == address);
+            let orcpt = state.and_then(|r| r.dsn.orcpt.clone());
             match outcome {
-                Outcome::Delivered => updates.push(RecipientUpdate {
+                Outcome::Delivered => classified.updates.push(RecipientUpdate {
                     address: address.clone(),
                     status: RecipientStatus::Delivered,
                     last_error: None,
                     next_attempt: 0,
+                    delay_notified: false,
                 }),
-                Outcome::Failed(failure) => failed.push(FailedRecipient {
+                Outcome::Failed(failure) => classified.failed.push(FailedRecipient {
                     address: address.clone(),
                     failure,
                     expired: false,
+                    orcpt,
                 }),
-                Outcome::Deferred(failure) if now >= deadline => failed.push(FailedRecipient {
-                    address: address.clone(),
-                    failure,
-                    expired: true,
-                }),
+                Outcome::Deferred(failure) if now >= deadline => {
+                    classified.failed.push(FailedRecipient {
+                        address: address.clone(),
+                        failure,
+                        expired: true,
+                        orcpt,
+                    })
+                }
                 Outcome::Deferred(failure) => {
                     let failures = attempts_of(message, address).saturating_add(1);
                     let delay = ctx.settings.retry.delay(failures);
-                    let next = now.saturating_add(delay.as_secs_f64().ceil().max(1.0) as u64);
-                    updates.push(RecipientUpdate {
+                    let mut next = now.saturating_add(delay.as_secs_f64().ceil().max(1.0) as u64);
+                    let owed_from = notices_from
+                        .filter(|_| state.is_some_and(|r| delay::wants_notice(message, r)));
+                    if let Some(at) = owed_from.filter(|&at| at > now) {
+                        next = next.min(at);
+                    }
+                    let update = RecipientUpdate {
                         address: address.clone(),
                         status: RecipientStatus::Pending,
-                        last_error: Some(failure.text),
+                        last_error: Some(failure.text.clone()),
                         next_attempt: next.min(deadline.max(now + 1)),
-                    });
+                        delay_notified: false,
+                    };
+                    if owed_from.is_some_and(|at| at <= now) {
+                        classified.delayed.push(Delayed {
+                            update,
+                            report: FailedRecipient {
+                                address: address.clone(),
+                                failure,
+                                expired: false,
+                                orcpt,
+                            },
+                        });
+                    } else {
+                        classified.updates.push(update);
+                    }
                 }
             }
         }
-        (updates, failed)
+        classified
     }
 
     /// Queues one DSN for all failed recipients (unless the sender is null), then marks them
@@ -860,6 +920,7 @@ impl Runner {
                     status: RecipientStatus::Pending,
                     last_error: Some(format!("{} (bounce not queued: {e})", f.failure.text)),
                     next_attempt: retry,
+                    delay_notified: false,
                 })
                 .collect();
             let _ = self.shared.queue.update(&message.id, updates).await;
@@ -876,6 +937,7 @@ impl Runner {
                 },
                 last_error: Some(f.failure.text),
                 next_attempt: 0,
+                delay_notified: false,
             })
             .collect();
         if let Err(e) = self.shared.queue.update(&message.id, updates).await {
@@ -898,6 +960,9 @@ impl Runner {
             return Ok(None);
         };
         let report = dsn::build(&dsn::Report {
+            kind: dsn::Kind::Failure,
+            envid: message.options.dsn.envid.as_deref(),
+            ret: message.options.dsn.ret,
             reporting_mta: &ctx.settings.hostname,
             original_sender: &message.sender,
             original_id: &message.id.0,
@@ -907,19 +972,7 @@ impl Runner {
             original: content,
             origin: message.origin,
         });
-        let id = self
-            .shared
-            .queue
-            .enqueue(NewMessage {
-                sender: String::new(),
-                recipients: vec![recipient],
-                content: report,
-                client_ip: "127.0.0.1".into(),
-                auth_login: None,
-                origin: Origin::Local,
-                esmtp: Default::default(),
-            })
-            .await?;
+        let id = self.enqueue_notice(recipient, report).await?;
         tracing::info!(id = %message.id, dsn = %id, to = %Escaped(&message.sender), "bounce queued");
         Ok(Some(id))
     }
@@ -951,19 +1004,7 @@ impl Runner {
             recipients: delivered,
             original: content,
         });
-        let queued = self
-            .shared
-            .queue
-            .enqueue(NewMessage {
-                sender: String::new(),
-                recipients: vec![recipient],
-                content: notice,
-                client_ip: "127.0.0.1".into(),
-                auth_login: None,
-                origin: Origin::Local,
-                esmtp: Default::default(),
-            })
-            .await;
+        let queued = self.enqueue_notice(recipient, notice).await;
         match queued {
             Ok(id) => {
                 tracing::info!(id = %message.id, notice = %id, to = %Escaped(&message.sender), "success notice queued")
@@ -972,6 +1013,78 @@ impl Runner {
                 tracing::error!(id = %message.id, error = %e, "cannot queue the success notice")
             }
         }
+    }
+
+    /// Queues one delay notice (RFC 3464 `Action: delayed`) for the deferred recipients owed
+    /// one, then records their deferral with `delay_notified`. A notice that cannot be queued
+    /// is logged and tried again at the next deferral; a sender without a route never gets
+    /// one, so the recipients are recorded as notified (nothing to try again).
+    async fn notify_delay(
+        &self,
+        ctx: &DeliveryContext,
+        message: &QueuedMessage,
+        content: &[u8],
+        delayed: Vec<Delayed>,
+    ) {
+        let (mut updates, reported): (Vec<RecipientUpdate>, Vec<FailedRecipient>) =
+            delayed.into_iter().map(|d| (d.update, d.report)).unzip();
+        let notified = match bounce_recipient(ctx, message) {
+            None => true,
+            Some(recipient) => {
+                let will_retry_until = message
+                    .arrived
+                    .saturating_add(ctx.settings.max_queue_lifetime.as_secs());
+                let notice = dsn::build(&dsn::Report {
+                    kind: dsn::Kind::Delay { will_retry_until },
+                    envid: message.options.dsn.envid.as_deref(),
+                    ret: message.options.dsn.ret,
+                    reporting_mta: &ctx.settings.hostname,
+                    original_sender: &message.sender,
+                    original_id: &message.id.0,
+                    arrived: message.arrived,
+                    now: unix_now(),
+                    recipients: &reported,
+                    original: content,
+                    origin: message.origin,
+                });
+                match self.enqueue_notice(recipient, notice).await {
+                    Ok(id) => {
+                        tracing::info!(id = %message.id, notice = %id, to = %Escaped(&message.sender), recipients = reported.len(), "delay notice queued");
+                        true
+                    }
+                    Err(e) => {
+                        tracing::error!(id = %message.id, error = %e, "cannot queue the delay notice; will try at the next deferral");
+                        false
+                    }
+                }
+            }
+        };
+        for update in &mut updates {
+            update.delay_notified = notified;
+        }
+        if let Err(e) = self.shared.queue.update(&message.id, updates).await {
+            tracing::error!(id = %message.id, error = %Escaped(&e.to_string()), "cannot record delivery results");
+        }
+    }
+
+    /// Queues a report made here (bounce, notice): from the null sender, to one recipient.
+    async fn enqueue_notice(
+        &self,
+        recipient: NewRecipient,
+        content: Vec<u8>,
+    ) -> Result<MessageId, QueueError> {
+        self.shared
+            .queue
+            .enqueue(NewMessage {
+                sender: String::new(),
+                recipients: vec![recipient],
+                content,
+                client_ip: "127.0.0.1".into(),
+                auth_login: None,
+                origin: Origin::Local,
+                esmtp: Default::default(),
+            })
+            .await
     }
 
     /// Defers every pending recipient (the content could not be read this time); those past
@@ -984,7 +1097,10 @@ impl Runner {
             .map(|r| r.address.clone())
             .collect();
         let outcomes = vec![Outcome::Deferred(failure); recipients.len()];
-        let (updates, failed) = self.classify(ctx, message, &recipients, outcomes);
+        // Without the content there is no notice to write: delay notices wait.
+        let Classified {
+            updates, failed, ..
+        } = self.classify(ctx, message, &recipients, outcomes, None);
         if let Err(e) = self.shared.queue.update(&message.id, updates).await {
             tracing::error!(id = %message.id, error = %Escaped(&e.to_string()), "cannot record the deferral");
             return;

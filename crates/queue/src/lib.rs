@@ -194,6 +194,10 @@ pub struct RecipientState {
     /// `NOTIFY=` / `ORCPT=` as the client gave them (RFC 3461).
     #[serde(default, skip_serializing_if = "RcptDsn::is_empty")]
     pub dsn: RcptDsn,
+    /// A delay notice (RFC 3464 `Action: delayed`) was queued for this recipient: each
+    /// recipient gets at most one. Absent from state files when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delay_notified: bool,
 }
 
 /// A queued message's envelope and state (not its content).
@@ -226,6 +230,9 @@ pub struct RecipientUpdate {
     pub last_error: Option<String>,
     /// Unix seconds of the next attempt, when still `Pending`.
     pub next_attempt: u64,
+    /// A delay notice was queued for this recipient in this attempt. Sticky in the store:
+    /// `false` never clears an earlier `true`, so at most one notice goes out per recipient.
+    pub delay_notified: bool,
 }
 
 /// The queue interface. See the crate documentation.

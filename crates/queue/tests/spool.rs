@@ -55,6 +55,7 @@ fn pending(address: &str, error: &str, next_attempt: u64) -> RecipientUpdate {
         status: RecipientStatus::Pending,
         last_error: Some(error.to_owned()),
         next_attempt,
+        delay_notified: false,
     }
 }
 
@@ -64,6 +65,7 @@ fn final_update(address: &str, status: RecipientStatus) -> RecipientUpdate {
         status,
         last_error: None,
         next_attempt: 0,
+        delay_notified: false,
     }
 }
 
@@ -183,6 +185,54 @@ async fn updates_are_recorded_and_final_recipients_remove_the_message() {
     assert!(
         files_in(&dir.path().join("msg")).is_empty(),
         "content or state left behind"
+    );
+}
+
+/// A recipient's delay notice is recorded once and stays recorded: a later update without it,
+/// and reopening the spool, keep it, so the runner never sends a second one.
+#[tokio::test]
+async fn a_delay_notice_once_recorded_stays_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open(dir.path());
+    let id = spool
+        .enqueue(message(&["bob@example.test", "carol@example.test"], "x"))
+        .await
+        .unwrap();
+    let mut notified = pending("bob@example.test", "451 4.7.1 try later", 4_000_000_000);
+    notified.delay_notified = true;
+    spool
+        .update(
+            &id,
+            vec![
+                notified,
+                pending("carol@example.test", "451 4.7.1 try later", 4_000_000_000),
+            ],
+        )
+        .await
+        .unwrap();
+    spool
+        .update(
+            &id,
+            vec![pending(
+                "bob@example.test",
+                "451 4.7.1 again",
+                4_000_000_100,
+            )],
+        )
+        .await
+        .unwrap();
+    drop(spool);
+    let state = open(dir.path()).get(&id).await.unwrap();
+    assert!(
+        state.recipients[0].delay_notified,
+        "{:?}",
+        state.recipients[0]
+    );
+    assert_eq!(state.recipients[0].attempts, 2);
+    assert!(
+        !state.recipients[1].delay_notified,
+        "{:?}",
+        state.recipients[1]
     );
 }
 

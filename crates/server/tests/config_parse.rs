@@ -204,6 +204,10 @@ fn bad_values_are_errors_naming_the_problem() {
             "[[route]]\ndomain = \"c.test\"\nto = \"smtp://c.test:99999\"\n[relay]",
         ),
         ("[relay]", "[delivery]\nsmarthost_tls = \"ssl\"\n[relay]"),
+        (
+            "[relay]",
+            "[delivery]\ndelay_notice_after = \"never\"\n[relay]",
+        ),
     ];
     for (from, to) in rows {
         let text = MINIMAL.replacen(from, to, 1);
@@ -255,4 +259,30 @@ fn route_targets_parse() {
     for (text, expected) in rows {
         assert_eq!(text.parse::<RouteTarget>().ok(), *expected, "{text}");
     }
+}
+
+/// `[delivery] delay_notice_after`: 4 hours by default, any duration, `"off"` or `"0"` for
+/// none.
+#[test]
+fn delay_notice_after_defaults_to_four_hours_and_can_be_off() {
+    let with = |value: &str| {
+        parse(&MINIMAL.replacen(
+            "[relay]",
+            &format!("[delivery]\ndelay_notice_after = {value}\n[relay]"),
+            1,
+        ))
+        .map(|c| c.delivery.delay_notice_after)
+    };
+    assert_eq!(
+        parse(MINIMAL).unwrap().delivery.delay_notice_after,
+        Some(Duration::from_secs(4 * 3600))
+    );
+    assert_eq!(with("\"30m\""), Ok(Some(Duration::from_secs(1800))));
+    assert_eq!(with("\"off\""), Ok(None));
+    assert_eq!(with("\"0\""), Ok(None));
+    let err = with("\"soon\"").expect_err("not a duration");
+    assert!(
+        err.contains("delay_notice_after") && err.contains("\"off\""),
+        "{err}"
+    );
 }

@@ -170,6 +170,7 @@ fn other_problems_are_reported() {
         ("[relay]", "[delivery]\nsmarthost = \"smtp.provider.example:587\"\nsmarthost_user = \"u\"\n[relay]".into(), "delivery.smarthost_user", Severity::Error, "set both"),
         ("[relay]", "[delivery]\nsmarthost_user = \"u\"\n[relay]".into(), "delivery.smarthost_user", Severity::Warning, "unused"),
         ("[relay]", "[delivery]\nmx_port = 0\n[relay]".into(), "delivery.mx_port", Severity::Error, "port 0"),
+        ("[relay]", "[delivery]\nmax_queue_lifetime = \"4h\"\n[relay]".into(), "delivery.delay_notice_after", Severity::Warning, "no delay notice"),
         ("[relay]", "[limits]\nmax_recipients = 0\n[relay]".into(), "limits.max_recipients", Severity::Error, "at least 1"),
         ("[relay]", "[limits]\nmax_recipients = 50\n[relay]".into(), "limits.max_recipients", Severity::Warning, "100"),
         ("[relay]", "[limits]\ncommand_timeout = \"0s\"\n[relay]".into(), "limits.command_timeout", Severity::Error, "zero"),

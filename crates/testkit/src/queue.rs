@@ -134,6 +134,7 @@ impl MemoryQueue {
                     next_attempt: now,
                     route: Some(r.route.clone()),
                     dsn: message.esmtp.recipients.get(i).cloned().unwrap_or_default(),
+                    delay_notified: false,
                 })
                 .collect(),
             arrived: now,
@@ -206,6 +207,7 @@ impl Queue for MemoryQueue {
                 r.attempts += 1;
                 r.last_error = update.last_error;
                 r.next_attempt = update.next_attempt;
+                r.delay_notified |= update.delay_notified;
             }
             false
         });

@@ -103,6 +103,7 @@ pub(super) fn new_state(id: &MessageId, message: &NewMessage, now: u64) -> Queue
                 next_attempt: now,
                 route: Some(recipient.route.clone()),
                 dsn: message.esmtp.recipients.get(i).cloned().unwrap_or_default(),
+                delay_notified: false,
             })
             .collect(),
         arrived: now,
@@ -135,6 +136,7 @@ pub(super) fn apply_updates(state: &mut QueuedMessage, updates: Vec<RecipientUpd
             recipient.status = update.status;
             recipient.last_error = update.last_error.clone();
             recipient.next_attempt = update.next_attempt;
+            recipient.delay_notified |= update.delay_notified;
             recipient.attempts = recipient.attempts.saturating_add(1);
         }
         if !matched {
