@@ -1,24 +1,5 @@
-//! Any byte stream: no panic, and the same lines however reads split it.
+//! The line buffer: the same lines however reads split the stream.
+//! The body and its checks: `relayward_fuzz::line` (crates/fuzz).
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use relayward_protocol::line::{LineBuffer, LineEvent};
-
-fuzz_target!(|input: &[u8]| {
-    let Some((&cut, stream)) = input.split_first() else {
-        return;
-    };
-    let whole = events(&[stream]);
-    let (head, tail) = stream.split_at(usize::from(cut).min(stream.len()));
-    assert_eq!(events(&[head, tail]), whole);
-});
-
-fn events(chunks: &[&[u8]]) -> Vec<LineEvent> {
-    let mut buffer = LineBuffer::new(64);
-    let mut out = Vec::new();
-    for chunk in chunks {
-        buffer.extend(chunk);
-        out.extend(std::iter::from_fn(|| buffer.next_event()));
-    }
-    out
-}
+libfuzzer_sys::fuzz_target!(|input: &[u8]| relayward_fuzz::line::run(input));

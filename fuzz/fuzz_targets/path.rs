@@ -1,12 +1,5 @@
-//! Any path text: the path parsers must refuse, never panic.
+//! The RFC 5321 path parsers: refuse, never panic.
+//! The body and its checks: `relayward_fuzz::path` (crates/fuzz).
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use relayward_protocol::path::{parse_forward_path, parse_reverse_path};
-
-fuzz_target!(|input: &[u8]| {
-    if let Ok(text) = std::str::from_utf8(input) {
-        let _ = parse_forward_path(text);
-        let _ = parse_reverse_path(text);
-    }
-});
+libfuzzer_sys::fuzz_target!(|input: &[u8]| relayward_fuzz::path::run(input));
