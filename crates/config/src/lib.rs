@@ -19,6 +19,7 @@ use ipnet::IpNet;
 pub use relayward_protocol::route::{RelayDomain, RouteTarget, Router, split_host_port};
 use serde::{Deserialize, Deserializer};
 
+pub mod dkim;
 mod live;
 mod password;
 pub use live::Live;
@@ -85,6 +86,9 @@ pub struct Config {
     /// Queue storage settings.
     #[serde(default)]
     pub queue: QueueSettings,
+    /// DKIM keys for signing mail relayed for users and trusted networks.
+    #[serde(default, rename = "dkim")]
+    pub dkim: Vec<dkim::DkimKey>,
 }
 
 /// One `[[listen]]` socket.
@@ -776,6 +780,7 @@ mod checks {
         check_routes(config, &mut f);
         check_delivery(&config.delivery, &mut f);
         check_limits(&config.limits, &mut f);
+        crate::dkim::check(&config.dkim, &mut f);
         f.0
     }
 
@@ -802,7 +807,7 @@ mod checks {
 
     /// A host name as we accept it in the file: the protocol crate's grammar (LDH labels of
     /// 1–63 octets, no trailing dot, not all-numeric at the end). IDNs are written as A-labels.
-    pub(super) fn valid_domain(name: &str) -> bool {
+    pub(crate) fn valid_domain(name: &str) -> bool {
         relayward_protocol::path::is_host_name(name)
     }
 

@@ -44,6 +44,7 @@ pub mod client;
 pub mod config;
 pub mod context;
 pub mod delay;
+pub mod dkim;
 pub mod downgrade;
 pub mod dsn;
 pub mod due;

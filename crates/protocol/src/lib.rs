@@ -37,5 +37,6 @@ pub mod path;
 pub mod reply;
 pub mod resolve;
 pub mod route;
+pub mod signing;
 pub mod text;
 pub mod wrap;

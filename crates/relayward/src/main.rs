@@ -2,6 +2,7 @@
 
 mod check_config;
 mod delivery;
+mod dkim_cmd;
 mod hash_password;
 mod manual;
 mod queue_cmd;
@@ -107,6 +108,10 @@ enum Commands {
     /// Inspect and manage the mail queue (works while the server runs).
     Queue(queue_cmd::QueueArgs),
 
+    /// DKIM keys: `relayward dkim keygen --domain D --selector S --out FILE` writes a private
+    /// key and prints the DNS record for it. Signing itself is configured with `[[dkim]]`.
+    Dkim(dkim_cmd::DkimArgs),
+
     /// Print a shell completion script, e.g. `relayward completions bash > /etc/bash_completion.d/relayward`.
     Completions(manual::CompletionsArgs),
 
@@ -187,6 +192,7 @@ fn main() -> ExitCode {
             ExitCode::from(runtime.block_on(relayward_probe_service::run(args)))
         }
         Commands::Queue(args) => runtime.block_on(queue_cmd::run(args, config, json)),
+        Commands::Dkim(args) => dkim_cmd::run(args, json),
         Commands::Completions(args) => manual::completions(&args),
         Commands::Man(args) => manual::man(&args),
     }

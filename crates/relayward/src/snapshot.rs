@@ -14,6 +14,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use relayward_config::{Config, Live};
+use relayward_delivery::dkim::DkimSigners;
 use relayward_delivery::{
     DeliveryConfig, DeliveryContext, OwnListeners, RecipientVerifier, VerifyCache,
 };
@@ -23,6 +24,7 @@ use relayward_server::listener::AdmissionLimits;
 use relayward_server::policy::Policy;
 use relayward_server::ratelimit::{UserLimitSettings, UserRateLimiter};
 use relayward_server::session::SessionContext;
+use relayward_server::sign::{AllowedFrom, SignOutbound, Signing};
 use relayward_server::verify::{Verification, VerifyRecipients};
 use std::future::Future;
 use std::pin::Pin;
@@ -114,8 +116,12 @@ impl Snapshot {
             Arc::clone(&delivery),
             lasting.verify_cache.clone(),
         ));
+        // Keys are read at every build, so a rotated key is used after SIGHUP.
+        let signer = DkimSigners::load(&config.dkim)
+            .map_err(|e| anyhow::anyhow!("DKIM key refused: {e}"))?;
         let mut session = session_context(&config, &tls, policy, lasting);
         session.verifier = Some(Arc::new(verifier));
+        session.signer = signer.map(|keys| Arc::new(Signer(keys)) as Arc<dyn SignOutbound>);
         Ok(Snapshot {
             admission: Arc::new(admission_limits(&config)),
             certificate: tls.certificate.to_string(),
@@ -190,6 +196,15 @@ impl VerifyRecipients for Verifier {
         address: &'a str,
     ) -> Pin<Box<dyn Future<Output = Verification> + Send + 'a>> {
         Box::pin(self.0.verify(host, port, address))
+    }
+}
+
+/// The delivery crate's DKIM signer, as the session's [`SignOutbound`].
+struct Signer(DkimSigners);
+
+impl SignOutbound for Signer {
+    fn sign(&self, content: &[u8], allowed: &AllowedFrom) -> Signing {
+        self.0.sign(content, allowed)
     }
 }
 

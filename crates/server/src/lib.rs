@@ -11,6 +11,7 @@ pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
 pub mod session;
+pub mod sign;
 pub mod tls;
 pub mod trace;
 pub mod verify;

@@ -340,6 +340,14 @@ impl Policy {
         self.check_sender(client, from)
     }
 
+    /// The addresses `login` may send as (lower-case; empty for an unknown login).
+    pub fn send_as(&self, login: &str) -> Vec<String> {
+        self.users
+            .get(&login.to_ascii_lowercase())
+            .map(|send_as| send_as.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Whether the client may use this envelope sender.
     ///
     /// - Authenticated users may use only their `send_as` addresses (case-insensitive), so a

@@ -222,3 +222,100 @@ pub fn chown_postfix(path: &Path) {
         .expect("chown");
     assert!(status.success(), "chown postfix {}", path.display());
 }
+
+/// Postfix's `smtp-sink` on a random loopback port, dumping each message it receives to a
+/// file (`-d`); killed on drop. `options` are extra smtp-sink flags (e.g. `-8` hides
+/// 8BITMIME).
+pub struct SmtpSink {
+    child: std::process::Child,
+    pub port: u16,
+    dumps: tempfile::TempDir,
+}
+
+impl SmtpSink {
+    pub fn start(options: &[&str]) -> SmtpSink {
+        let sink = Path::new("/usr/sbin/smtp-sink");
+        assert!(
+            sink.exists(),
+            "/usr/sbin/smtp-sink is missing: install the Debian package postfix (scripts/test does)"
+        );
+        let dumps = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let mut cmd = Command::new(sink);
+        if relayward_testkit::os::is_root() {
+            // As root smtp-sink insists on a user to switch to after binding.
+            cmd.args(["-u", "root"]);
+        }
+        let child = cmd
+            .args(options)
+            .arg("-d")
+            .arg(format!("{}/%M.", dumps.path().display()))
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("10")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start smtp-sink");
+        let sink = SmtpSink { child, port, dumps };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "smtp-sink did not listen on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        sink
+    }
+
+    /// Every dump so far.
+    pub fn dumps(&self) -> Vec<Vec<u8>> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dumps.path())
+            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.sort();
+        files.iter().filter_map(|f| std::fs::read(f).ok()).collect()
+    }
+
+    /// The first dump containing `needle`, waiting up to `limit` for it.
+    pub fn wait_for(&self, needle: &str, limit: Duration) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let found = self
+                .dumps()
+                .into_iter()
+                .find(|dump| dump.windows(needle.len()).any(|w| w == needle.as_bytes()));
+            if found.is_some() || Instant::now() > deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The message in an smtp-sink dump, as it was on the wire (after smtp-sink's own
+/// `Received:` field): the dump starts with smtp-sink's envelope lines (`X-Client-Addr:`,
+/// `X-Mail-Args:`, …) and stores lines with LF alone, so those are dropped and CRLF put back.
+pub fn dumped_message(dump: &[u8]) -> Vec<u8> {
+    const ENVELOPE: &[&str] = &[
+        "X-Client-Addr:",
+        "X-Client-Proto:",
+        "X-Helo-Args:",
+        "X-Mail-Args:",
+        "X-Rcpt-Args:",
+    ];
+    let text = String::from_utf8_lossy(dump);
+    let message: Vec<&str> = text
+        .split('\n')
+        .skip_while(|line| ENVELOPE.iter().any(|field| line.starts_with(field)))
+        .collect();
+    message.join("\r\n").into_bytes()
+}

@@ -12,7 +12,9 @@ use relayward_queue::{Esmtp, NewMessage, NewRecipient, Origin, QueueError};
 use tokio::io::AsyncReadExt;
 
 use super::{Ending, Flow, Session, Step, Stream, Transaction};
+use crate::sign::{Signing, Submitter, allowed_from};
 use crate::trace::{TraceFacts, received_header};
+use relayward_protocol::text::escape_control;
 
 impl<S: Stream> Session<S> {
     pub(super) async fn on_data(&mut self) -> Step {
@@ -122,6 +124,60 @@ impl<S: Stream> Session<S> {
         }
     }
 
+    /// The content DKIM-signed when this message qualifies (see [`crate::sign`]), else as
+    /// it came. Signing never refuses mail: a message that cannot be signed goes unsigned.
+    /// `Err` only when the runtime is shutting down under the signing thread.
+    async fn sign(&self, txn: &Transaction, body: Vec<u8>) -> Result<Vec<u8>, Reply> {
+        let Some(signer) = self.ctx.signer.clone() else {
+            return Ok(body);
+        };
+        let submitter = match (&self.login, self.origin()) {
+            (Some(login), _) => Submitter::User(self.ctx.policy.send_as(login)),
+            (None, Origin::Trusted) => Submitter::TrustedNetwork {
+                sender: &txn.sender,
+            },
+            _ => Submitter::Stranger,
+        };
+        let classes = txn.recipients.iter().map(|r| &r.route().class);
+        let Some(allowed) = allowed_from(submitter, classes) else {
+            return Ok(body);
+        };
+        let signed = tokio::task::spawn_blocking(move || {
+            let signing = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                signer.sign(&body, &allowed)
+            }))
+            .unwrap_or_else(|_| Signing::Unsigned {
+                reason: "the signer failed (panic)".to_owned(),
+            });
+            (body, signing)
+        })
+        .await;
+        match signed {
+            Ok((
+                _,
+                Signing::Signed {
+                    content,
+                    signatures,
+                },
+            )) => {
+                tracing::info!(client = %self.client_ip, signatures = %signatures.join(", "), "message DKIM-signed");
+                Ok(content)
+            }
+            Ok((body, Signing::Unsigned { reason })) => {
+                tracing::info!(client = %self.client_ip, "message not DKIM-signed: {}", escape_control(&reason));
+                Ok(body)
+            }
+            Err(error) => {
+                tracing::error!(client = %self.client_ip, "DKIM signing interrupted: {error}");
+                Err(Reply::enh(
+                    451,
+                    (4, 3, 0),
+                    "Temporary failure while signing; try again later",
+                ))
+            }
+        }
+    }
+
     pub(super) async fn enqueue(&mut self, txn: Transaction, body: Vec<u8>) -> Reply {
         let recipients: Vec<String> = txn
             .recipients
@@ -140,6 +196,10 @@ impl<S: Stream> Session<S> {
             single_recipient: (recipients.len() == 1).then(|| recipients[0].as_str()),
             now: SystemTime::now(),
         });
+        let body = match self.sign(&txn, body).await {
+            Ok(body) => body,
+            Err(reply) => return reply,
+        };
         let mut content = Vec::with_capacity(header.len() + body.len());
         content.extend_from_slice(header.as_bytes());
         content.extend_from_slice(&body);

@@ -77,6 +77,8 @@ pub struct SessionContext {
     /// Asks internal servers about recipients of `[[route]]` domains that verify them; without
     /// it such recipients get `451` (never an unverified `250`).
     pub verifier: Option<Arc<dyn crate::verify::VerifyRecipients>>,
+    /// DKIM-signs relayed mail (see [`crate::sign`]); `None` when no `[[dkim]]` key is set.
+    pub signer: Option<Arc<dyn crate::sign::SignOutbound>>,
 }
 
 impl SessionLimits {
@@ -122,6 +124,7 @@ impl SessionContext {
             queue,
             limits: SessionLimits::from_limits(&config.limits),
             verifier: None,
+            signer: None,
         }
     }
 }
