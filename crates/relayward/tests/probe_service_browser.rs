@@ -133,6 +133,19 @@ async fn text(browser: &Client, css: &str) -> String {
     }
 }
 
+/// The page's `h1` once it reads `expected`, or whatever it reads after 30 s: a click on
+/// submit returns before the browser has loaded the answer.
+async fn wait_for_h1(browser: &Client, expected: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let h1 = text(browser, "h1").await;
+        if h1 == expected || Instant::now() > deadline {
+            return h1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Fills the form on `/` and submits it.
 async fn submit(browser: &Client, base: &str, target: &str, ports: &str) {
     browser.goto(&format!("{base}/")).await.expect("load /");
@@ -284,7 +297,7 @@ async fn the_web_page_tests_a_server_in_a_real_browser_with_and_without_javascri
         &closed.addr("mx").port().to_string(),
     )
     .await;
-    assert_eq!(text(&browser, "h1").await, "Not tested");
+    assert_eq!(wait_for_h1(&browser, "Not tested").await, "Not tested");
     let refusal = text(&browser, "#refusal").await;
     assert!(
         refusal.starts_with(
