@@ -513,17 +513,75 @@ impl Default for Limits {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueSettings {
+    /// Where the queue lives: `file` (the default: a spool under `data_dir/queue`) or
+    /// `postgres` (one queue shared by every node that names the same database).
+    pub backend: QueueBackend,
     /// Free space (octets) the data directory must keep; below it new mail gets `452 4.3.1`
-    /// instead of filling the disk. Default 100 MiB.
+    /// instead of filling the disk. Default 100 MiB. (File spool only.)
     pub min_free_bytes: u64,
+    /// `postgres://user@host:port/database` (also `?host=/run/postgresql` for a Unix socket).
+    /// Without a password: that comes from `postgres_password_file`.
+    pub postgres_url: Option<String>,
+    /// File whose first line is the database password, so it stays out of this file.
+    pub postgres_password_file: Option<PathBuf>,
+    /// TLS to the database: `disable` (the default; for a Unix socket or a private link) or
+    /// `require` (encrypted, and the server's certificate verified, like libpq's
+    /// `verify-full`).
+    pub postgres_tls: PostgresTls,
+    /// PEM CA bundle to verify the database server with (a private CA). Default: the public
+    /// web PKI roots.
+    pub postgres_ca_file: Option<PathBuf>,
+    /// How long a node's claim on due mail holds without its heartbeat: after this, a node
+    /// that died is taken over by the others. Default `"2m"`.
+    #[serde(deserialize_with = "de_duration")]
+    pub lease_timeout: Duration,
+    /// This node's name in the shared queue (who accepted what, who holds which lease).
+    /// Default: `hostname`.
+    pub node_name: Option<String>,
 }
 
 impl Default for QueueSettings {
     fn default() -> Self {
         Self {
+            backend: QueueBackend::File,
             min_free_bytes: 100 * 1024 * 1024,
+            postgres_url: None,
+            postgres_password_file: None,
+            postgres_tls: PostgresTls::Disable,
+            postgres_ca_file: None,
+            lease_timeout: Duration::from_secs(120),
+            node_name: None,
         }
     }
+}
+
+/// `[queue] backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueBackend {
+    /// Fsynced files under `data_dir/queue`, for one node.
+    #[default]
+    File,
+    /// A PostgreSQL database shared by several nodes.
+    Postgres,
+}
+
+impl QueueBackend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueBackend::File => "file",
+            QueueBackend::Postgres => "postgres",
+        }
+    }
+}
+
+/// `[queue] postgres_tls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PostgresTls {
+    #[default]
+    Disable,
+    Require,
 }
 
 /// Reads a humantime string such as `"5d"`, `"90s"` or `"1h 30m"`; the error says how to
@@ -781,7 +839,53 @@ mod checks {
         check_delivery(&config.delivery, &mut f);
         check_limits(&config.limits, &mut f);
         crate::dkim::check(&config.dkim, &mut f);
+        check_queue(&config.queue, &mut f);
         f.0
+    }
+
+    /// The PostgreSQL settings: a URL when the backend needs one, never a password in it, and
+    /// a warning for settings the chosen backend ignores.
+    fn check_queue(queue: &QueueSettings, f: &mut Findings) {
+        let postgres_keys = [
+            ("queue.postgres_url", queue.postgres_url.is_some()),
+            (
+                "queue.postgres_password_file",
+                queue.postgres_password_file.is_some(),
+            ),
+            ("queue.postgres_ca_file", queue.postgres_ca_file.is_some()),
+            (
+                "queue.postgres_tls",
+                queue.postgres_tls != PostgresTls::Disable,
+            ),
+        ];
+        if queue.backend == QueueBackend::File {
+            for (key, set) in postgres_keys {
+                if set {
+                    f.warn(key, "ignored: [queue] backend is \"file\" (write backend = \"postgres\" to use the database)");
+                }
+            }
+            return;
+        }
+        if queue.lease_timeout < Duration::from_secs(1) {
+            f.error("queue.lease_timeout", "must be at least 1s: a shorter lease would be taken over while its delivery runs; write e.g. \"2m\"");
+        }
+        let Some(url) = &queue.postgres_url else {
+            f.error("queue.postgres_url", "backend = \"postgres\" needs the database, e.g. postgres_url = \"postgres://relayward@db.example.test/relayward\"");
+            return;
+        };
+        let Some(rest) = url
+            .strip_prefix("postgres://")
+            .or_else(|| url.strip_prefix("postgresql://"))
+        else {
+            f.error("queue.postgres_url", format!("{url:?} is not a postgres:// URL; write e.g. \"postgres://relayward@db.example.test/relayward\""));
+            return;
+        };
+        let authority = rest.split(['/', '?']).next().unwrap_or("");
+        if let Some((userinfo, _)) = authority.rsplit_once('@')
+            && userinfo.contains(':')
+        {
+            f.error("queue.postgres_url", "holds a password; remove it from the URL and put it in postgres_password_file (this file is often world-readable, the password file need not be)");
+        }
     }
 
     /// A trusted proxy inside a trusted network: every connection the proxy makes for itself,

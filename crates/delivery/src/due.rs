@@ -64,18 +64,9 @@ impl DueIndex {
     }
 }
 
-/// When a message wants its next attempt: the earliest pending recipient's, unless the
-/// message is held (a release asks the runner for a rescan) or has nothing pending.
+/// When a message wants its next attempt ([`QueuedMessage::next_attempt`]).
 pub fn next_attempt(message: &QueuedMessage) -> Option<u64> {
-    if message.held {
-        return None;
-    }
-    message
-        .recipients
-        .iter()
-        .filter(|r| !r.status.is_final())
-        .map(|r| r.next_attempt)
-        .min()
+    message.next_attempt()
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use relayward_config::Live;
 use relayward_protocol::route::{NextHop, Route, Routed, Unroutable};
 use relayward_protocol::text::Escaped;
 use relayward_queue::{
-    Changes, MessageId, NewMessage, NewRecipient, Origin, Queue, QueueError, QueuedMessage,
+    Changes, Claim, MessageId, NewMessage, NewRecipient, Origin, Queue, QueueError, QueuedMessage,
     RcptDsn, RecipientState, RecipientStatus, RecipientUpdate,
 };
 use tokio::sync::Semaphore;
@@ -35,6 +35,9 @@ use crate::outcome::{Failure, Outcome};
 
 /// Seconds before a queue entry that could not be read is looked at again.
 const RETRY_READ_SECS: u64 = 5;
+
+/// Most messages claimed in one call of [`Queue::claim`] (one round trip to a shared store).
+const CLAIM_BATCH: usize = 256;
 
 /// Most MX hosts, and addresses per host, tried in one attempt.
 const MAX_HOSTS: usize = 10;
@@ -252,7 +255,7 @@ impl Runner {
                 self.due().rebuild(&messages);
                 tracing::debug!(messages = messages.len(), "queue listed");
             }
-            Err(e) => tracing::error!(error = %Escaped(&e.to_string()), "cannot list the queue"),
+            Err(e) => log_queue_error(None, "cannot list the queue", &e),
         }
         if let Ok(mut listed) = self.shared.listed.lock() {
             *listed = Instant::now();
@@ -284,7 +287,8 @@ impl Runner {
         until_due.min(until_rescan).max(Duration::from_millis(50))
     }
 
-    /// Takes in what the queue reported: new messages are due now; anything else rescans.
+    /// Takes in what the queue reported: new messages, and those it says are due, are due
+    /// now; anything else rescans.
     async fn apply(&self, changes: Changes) {
         if changes.rescan {
             self.rescan().await;
@@ -292,31 +296,46 @@ impl Runner {
         }
         let now = unix_now();
         let mut due = self.due();
-        for id in changes.enqueued {
+        for id in changes.enqueued.into_iter().chain(changes.due) {
             due.push(now, id);
         }
     }
 
-    /// Starts a delivery for every message whose index entry is due, after reading its current
-    /// state (the entry may be stale). Returns when the next entry falls due.
+    /// Starts a delivery for every message whose index entry is due and that the queue lets
+    /// this runner claim (the entry may be stale, and in a shared queue another node may hold
+    /// it: the claim answers with the current state or when to look again). Returns when the
+    /// next entry falls due.
     async fn dispatch(&self, tasks: &mut JoinSet<()>) -> Option<u64> {
         let now = unix_now();
-        let due = self.due().take_due(now);
-        for id in due {
-            if self.is_in_flight(&id) {
-                // Its task puts it back in the index when it finishes.
-                continue;
-            }
-            match self.shared.queue.get(&id).await {
-                Ok(message) => match due::next_attempt(&message) {
-                    Some(at) if at <= now => self.spawn(tasks, message),
-                    Some(at) => self.due().push(at, id),
-                    None => {}
-                },
-                Err(QueueError::NotFound(_)) => {}
+        // A message in flight is skipped: its task puts it back in the index when it ends.
+        let due: Vec<MessageId> = self
+            .due()
+            .take_due(now)
+            .into_iter()
+            .filter(|id| !self.is_in_flight(id))
+            .collect();
+        for batch in due.chunks(CLAIM_BATCH) {
+            match self.shared.queue.claim(batch, now).await {
+                Ok(claims) => {
+                    for claim in claims {
+                        match claim {
+                            Claim::Taken(message) => self.spawn(tasks, message),
+                            // Never earlier than the next second: a clock that differs from
+                            // the store's must not make the runner spin.
+                            Claim::Later { id, at: Some(at) } => {
+                                self.due().push(at.max(now + 1), id);
+                            }
+                            Claim::Later { at: None, .. } => {}
+                        }
+                    }
+                }
                 Err(e) => {
-                    tracing::error!(%id, error = %Escaped(&e.to_string()), "cannot read queue entry; trying again later");
-                    self.due().push(now.saturating_add(RETRY_READ_SECS), id);
+                    log_queue_error(None, "cannot claim due messages; trying again later", &e);
+                    let later = now.saturating_add(RETRY_READ_SECS);
+                    let mut index = self.due();
+                    for id in batch {
+                        index.push(later, id.clone());
+                    }
                 }
             }
         }
@@ -361,6 +380,9 @@ impl Runner {
         tasks.spawn(async move {
             let id = message.id.clone();
             let not_before = runner.deliver_message(message).await;
+            // Before the message leaves the in-flight set: once it has, `dispatch` may claim it
+            // again, and a release after that would give up the new claim.
+            runner.shared.queue.release(&id).await;
             drop(guard);
             runner.reindex(&id, not_before).await;
         });
@@ -387,6 +409,9 @@ impl Runner {
                 }
                 return 0;
             }
+            // The store is away (it said so in the log): try again when it is back, without
+            // counting an attempt against the message.
+            Err(e) if e.is_unavailable() => return unix_now().saturating_add(RETRY_READ_SECS),
             Err(e) => {
                 tracing::error!(id = %message.id, error = %Escaped(&e.to_string()), "cannot read message content");
                 let failure = Failure::local((4, 3, 0), format!("queue read error: {e}"));
@@ -417,7 +442,7 @@ impl Runner {
                 .update(&message.id, classified.updates)
                 .await
             {
-                tracing::error!(id = %message.id, error = %Escaped(&e.to_string()), "cannot record delivery results");
+                log_queue_error(Some(&message.id), "cannot record delivery results", &e);
                 return unix_now().saturating_add(RETRY_READ_SECS);
             }
             failed.append(&mut classified.failed);
@@ -1108,6 +1133,20 @@ impl Runner {
         if !failed.is_empty() {
             self.bounce(ctx, message, &[], failed).await;
         }
+    }
+}
+
+/// Logs a queue failure; when the store is unavailable it has logged that once itself, so each
+/// message's failure is only a debug line (no flood of errors while a database is down).
+fn log_queue_error(id: Option<&MessageId>, what: &str, error: &QueueError) {
+    let unavailable = error.is_unavailable();
+    let text = error.to_string();
+    let error = Escaped(&text);
+    match (id, unavailable) {
+        (Some(id), true) => tracing::debug!(%id, %error, "{what}"),
+        (None, true) => tracing::debug!(%error, "{what}"),
+        (Some(id), false) => tracing::error!(%id, %error, "{what}"),
+        (None, false) => tracing::error!(%error, "{what}"),
     }
 }
 

@@ -4,9 +4,11 @@
 //! that returns: by then envelope and content are on disk and fsynced (file and directory), so
 //! the message survives `kill -9` and power loss. Concurrent sessions share fsyncs (group commit).
 //!
-//! The session sees only the [`Queue`] trait, so another store (a shared PostgreSQL queue) can be
-//! added later without touching it. The delivery side (queue runner, `relayward queue …`) uses
-//! the richer methods of the same trait.
+//! The session sees only the [`Queue`] trait, so another store (the shared PostgreSQL queue of
+//! `relayward-queue-postgres`) plugs in without touching it. The delivery side (queue runner,
+//! `relayward queue …`) uses the richer methods of the same trait; [`Queue::claim`] is how the
+//! runner takes due work, so that nodes sharing one store never deliver a recipient twice at
+//! once, while a store of one process takes it without leases.
 //!
 //! The implementation here is [`Spool`], a directory of fsynced files (layout, group commit and
 //! the locking protocol shared with a second process are described in [`spool`]), and
@@ -138,12 +140,24 @@ impl std::fmt::Display for MessageId {
 pub struct Changes {
     /// Messages enqueued through this handle since the last call, oldest first.
     pub enqueued: Vec<MessageId>,
+    /// Messages due now that this handle did not enqueue: in a store shared by several nodes,
+    /// another node's mail nobody has claimed, a dead node's work whose lease ran out, or a
+    /// message an admin made due. The runner tries to [`Queue::claim`] them like its own.
+    pub due: Vec<MessageId>,
     /// Something else changed (or too many enqueues to list): list the queue again.
     pub rescan: bool,
 }
 
+impl Changes {
+    /// Nothing to report.
+    pub fn is_empty(&self) -> bool {
+        self.enqueued.is_empty() && self.due.is_empty() && !self.rescan
+    }
+}
+
 /// Why the queue could not take or update a message. The session answers `452 4.3.1` to
-/// [`QueueError::Full`] and [`QueueError::Io`]: never `250`.
+/// [`QueueError::Full`] and [`QueueError::Io`], `451 4.3.0` to [`QueueError::Unavailable`]:
+/// never `250`.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error("queue storage is full")]
@@ -154,6 +168,29 @@ pub enum QueueError {
     NotFound(String),
     #[error("corrupt queue entry {id}: {reason}")]
     Corrupt { id: String, reason: String },
+    /// The store cannot be reached (a database that is down or cut off). Temporary: the store
+    /// logs when it goes and when it comes back, so callers need not log each failure.
+    #[error("queue storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl QueueError {
+    /// True for [`QueueError::Unavailable`]: the store itself is away, not this message.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, QueueError::Unavailable(_))
+    }
+}
+
+/// What [`Queue::claim`] answers for one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This handle may deliver it now: its current state. In a shared store, its due pending
+    /// recipients are leased to this node until they are updated or [`Queue::release`]d;
+    /// pending recipients leased to another node show that lease's end as their next attempt.
+    Taken(QueuedMessage),
+    /// Not to be delivered now: look again at `at` (Unix seconds: its next attempt, or when
+    /// another node's lease ends), or never (`None`: gone, held, or nothing pending).
+    Later { id: MessageId, at: Option<u64> },
 }
 
 /// Where one recipient stands.
@@ -222,6 +259,21 @@ pub struct QueuedMessage {
     pub options: MessageOptions,
 }
 
+impl QueuedMessage {
+    /// When the message wants its next attempt: the earliest pending recipient's, unless it is
+    /// held (a release makes it due again) or has nothing pending.
+    pub fn next_attempt(&self) -> Option<u64> {
+        if self.held {
+            return None;
+        }
+        self.recipients
+            .iter()
+            .filter(|r| !r.status.is_final())
+            .map(|r| r.next_attempt)
+            .min()
+    }
+}
+
 /// What a delivery attempt learned about one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecipientUpdate {
@@ -287,4 +339,44 @@ pub trait Queue: Send + Sync + 'static {
     /// own index of what is due from these and from its updates, and lists the whole queue only
     /// at start and on a rescan.
     fn changes(&self) -> BoxFuture<'_, Changes>;
+
+    /// Takes the delivery of these messages for this handle, each if it is due at `now` (Unix
+    /// seconds). The runner calls this for every message its due index offers, before
+    /// delivering it, with one batch per pass.
+    ///
+    /// A store shared by several nodes leases the due recipients to this node (and answers
+    /// [`Claim::Later`] for what another node holds), so that two nodes never deliver the same
+    /// recipient at once. A store used by one process needs no lease (the runner never takes a
+    /// message twice itself): the default reads each message and looks at its next attempt.
+    fn claim<'a>(
+        &'a self,
+        ids: &'a [MessageId],
+        now: u64,
+    ) -> BoxFuture<'a, Result<Vec<Claim>, QueueError>> {
+        Box::pin(async move {
+            let mut claims = Vec::with_capacity(ids.len());
+            for id in ids {
+                claims.push(match self.get(id).await {
+                    Ok(message) => match message.next_attempt() {
+                        Some(at) if at <= now => Claim::Taken(message),
+                        at => Claim::Later { id: id.clone(), at },
+                    },
+                    Err(QueueError::NotFound(_)) => Claim::Later {
+                        id: id.clone(),
+                        at: None,
+                    },
+                    Err(err) => return Err(err),
+                });
+            }
+            Ok(claims)
+        })
+    }
+
+    /// Gives up whatever this handle still holds of a claimed message (its delivery ended
+    /// without an update for some recipient), so another node need not wait for the lease to
+    /// run out. Nothing to do for a store without leases.
+    fn release<'a>(&'a self, id: &'a MessageId) -> BoxFuture<'a, ()> {
+        let _ = id;
+        Box::pin(async {})
+    }
 }

@@ -308,7 +308,7 @@ impl Spool {
             };
             tokio::select! {
                 () = self.inner.notify.notified() => {}
-                () = marker_moved => return Changes { enqueued: Vec::new(), rescan: true },
+                () = marker_moved => return Changes { rescan: true, ..Changes::default() },
             }
         }
     }

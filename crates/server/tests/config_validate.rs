@@ -281,3 +281,56 @@ fn proxy_inside_a_trusted_network_is_a_warning() {
     let outside = text.replace("\"192.0.2.10\"]", "\"198.51.100.10\"]");
     assert_eq!(problems(&outside), vec![]);
 }
+
+/// `[queue]` for the shared PostgreSQL queue: (table, key, severity, words the message holds).
+#[test]
+fn postgres_queue_settings_are_checked() {
+    let rows: &[(&str, &str, Severity, &[&str])] = &[
+        (
+            "backend = \"postgres\"",
+            "queue.postgres_url",
+            Severity::Error,
+            &["needs the database", "postgres://"],
+        ),
+        (
+            "backend = \"postgres\"\npostgres_url = \"mysql://db/relayward\"",
+            "queue.postgres_url",
+            Severity::Error,
+            &["not a postgres:// URL"],
+        ),
+        (
+            "backend = \"postgres\"\npostgres_url = \"postgres://relayward:secret@db.example.test/relayward\"",
+            "queue.postgres_url",
+            Severity::Error,
+            &["password", "postgres_password_file"],
+        ),
+        (
+            "backend = \"postgres\"\npostgres_url = \"postgres://relayward@db.example.test/q\"\nlease_timeout = \"500ms\"",
+            "queue.lease_timeout",
+            Severity::Error,
+            &["at least 1s"],
+        ),
+        (
+            "postgres_url = \"postgres://relayward@db.example.test/q\"",
+            "queue.postgres_url",
+            Severity::Warning,
+            &["ignored", "backend = \"postgres\""],
+        ),
+    ];
+    for (table, key, severity, words) in rows {
+        let found = problems(&format!("{BASE}\n[queue]\n{table}\n"));
+        let problem = found
+            .iter()
+            .find(|p| p.key == *key)
+            .unwrap_or_else(|| panic!("no problem for {key} with\n{table}\ngot {found:?}"));
+        assert_eq!(problem.severity, *severity, "{problem:?}");
+        for word in *words {
+            assert!(
+                problem.message.contains(word),
+                "{word:?} not in {problem:?}"
+            );
+        }
+    }
+    let good = "backend = \"postgres\"\npostgres_url = \"postgres://relayward@db.example.test:5432/relayward?host=/run/postgresql\"\npostgres_password_file = \"/etc/relayward/db.secret\"\npostgres_tls = \"require\"\nlease_timeout = \"2m\"\nnode_name = \"mx1\"";
+    assert_eq!(problems(&format!("{BASE}\n[queue]\n{good}\n")), vec![]);
+}

@@ -1,5 +1,6 @@
-//! TLS client pieces shared by relayward's SMTP clients: the encrypt-only configuration and
-//! the plain-or-TLS stream a STARTTLS client switches between.
+//! TLS client pieces shared by relayward's clients: the encrypt-only configuration, the
+//! verifying one (smart host, queue database), and the plain-or-TLS stream a STARTTLS client
+//! switches between.
 //!
 //! Both the delivery agent (opportunistic STARTTLS to MX hosts, RFC 3207 / RFC 7435) and the
 //! open-relay tester (which must talk to servers with self-signed, expired or misnamed
@@ -28,6 +29,74 @@ pub mod pinned;
 /// second provider can be picked up by accident.
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Why a verifying configuration could not be built.
+#[derive(Debug)]
+pub enum VerifyingError {
+    /// The CA file could not be read.
+    Read {
+        path: std::path::PathBuf,
+        source: io::Error,
+    },
+    /// The CA file holds no usable certificate.
+    BadCaFile(std::path::PathBuf),
+    /// rustls refused the configuration.
+    Tls(rustls::Error),
+}
+
+impl std::fmt::Display for VerifyingError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VerifyingError::Read { path, source } => {
+                write!(f, "cannot read {}: {source}", path.display())
+            }
+            VerifyingError::BadCaFile(path) => {
+                write!(f, "no usable certificate in {}", path.display())
+            }
+            VerifyingError::Tls(e) => write!(f, "TLS setup: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for VerifyingError {}
+
+/// A verifying client configuration: the public web PKI roots plus the PEM certificates in
+/// `ca_file` (a private CA), each of which is also accepted as a pin (the peer's own
+/// self-signed certificate, CA:TRUE or not; see [`pinned`]); the certificate must match the
+/// host name either way. For peers we send a password to, or our mail: the smart host, the
+/// queue database.
+pub fn verifying(ca_file: Option<&std::path::Path>) -> Result<Arc<ClientConfig>, VerifyingError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let pins = match ca_file {
+        Some(path) => add_ca_file(&mut roots, path)?,
+        None => Vec::new(),
+    };
+    pinned::verifying_config(roots, pins).map_err(VerifyingError::Tls)
+}
+
+/// Adds the file's certificates to `roots` (those that can be trust anchors) and returns all
+/// of them as pins. A file without any certificate is an error.
+fn add_ca_file(
+    roots: &mut rustls::RootCertStore,
+    path: &std::path::Path,
+) -> Result<Vec<CertificateDer<'static>>, VerifyingError> {
+    use rustls_pki_types::pem::PemObject as _;
+    let pem = std::fs::read(path).map_err(|source| VerifyingError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut pins = Vec::new();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|_| VerifyingError::BadCaFile(path.to_path_buf()))?;
+        let _ = roots.add(cert.clone());
+        pins.push(cert);
+    }
+    if pins.is_empty() {
+        return Err(VerifyingError::BadCaFile(path.to_path_buf()));
+    }
+    Ok(pins)
 }
 
 /// An encrypt-only client configuration: any certificate chain, verified signatures.

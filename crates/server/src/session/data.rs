@@ -290,6 +290,8 @@ pub(super) fn too_many_hops(content: &[u8]) -> Option<Reply> {
     })
 }
 
+/// Never `250`: a full disk is `452 4.3.1`; a queue database that cannot be reached is
+/// `451 4.3.0` (a system problem, not storage: RFC 3463); anything else `452 4.3.1`.
 fn queue_error_reply(error: &QueueError) -> Reply {
     match error {
         QueueError::Full => Reply::enh(
@@ -297,6 +299,31 @@ fn queue_error_reply(error: &QueueError) -> Reply {
             (4, 3, 1),
             "Insufficient system storage; try again later",
         ),
+        QueueError::Unavailable(_) => Reply::enh(
+            451,
+            (4, 3, 0),
+            "Queue temporarily unavailable; try again later",
+        ),
         _ => Reply::enh(452, (4, 3, 1), "Temporary queue error; try again later"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_queue_database_is_451_4_3_0() {
+        let reply = queue_error_reply(&QueueError::Unavailable("connection refused".into()));
+        assert_eq!(reply.code, 451);
+        assert_eq!(
+            reply.enhanced.map(|e| e.to_string()).as_deref(),
+            Some("4.3.0")
+        );
+        let full = queue_error_reply(&QueueError::Full);
+        assert_eq!(
+            (full.code, full.enhanced.map(|e| e.to_string())),
+            (452, Some("4.3.1".into()))
+        );
     }
 }
