@@ -123,6 +123,12 @@ impl MessageId {
         }
     }
 
+    /// A fresh identifier, later than every one generated before in this process (for other
+    /// stores, such as the PostgreSQL queue, that name messages the same way).
+    pub fn generate() -> MessageId {
+        id::generate()
+    }
+
     /// True when the identifier has the generated shape (24 lower-case hex digits).
     pub fn is_valid(&self) -> bool {
         id::is_valid(&self.0)

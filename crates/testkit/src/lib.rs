@@ -11,6 +11,8 @@
 //! - [`config`]: the standard test configuration and the test users' password hash.
 //! - [`queue`]: [`queue::MemoryQueue`], a [`relayward_queue::Queue`] in memory, for sessions
 //!   run in-process.
+//! - [`postgres`]: a throw-away PostgreSQL cluster (initdb, pg_ctl on a loopback port), one
+//!   database per test.
 //! - [`net`]: one port free on several loopback addresses (MX hosts share `mx_port`).
 //! - [`os`]: whether the tests run as root, and SIGKILL for a child they started.
 //! - [`wait`]: bounded waits, and external programs run with a time limit.
@@ -28,6 +30,7 @@ pub mod http;
 pub mod net;
 pub mod os;
 pub mod pki;
+pub mod postgres;
 pub mod queue;
 pub mod smtp_server;
 pub mod wait;

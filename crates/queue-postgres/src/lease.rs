@@ -1,0 +1,199 @@
+//! Leases: which node delivers which recipient now.
+//!
+//! - [`claim`]: one `UPDATE … FROM (SELECT … FOR UPDATE SKIP LOCKED)` takes every due, pending,
+//!   unleased (or expired) recipient of a batch of messages for this node, for
+//!   `lease_timeout`; rows another node is claiming at the same moment are skipped, not
+//!   waited for. Then one snapshot read gives the runner the messages' states.
+//! - [`due`]: what the runner's own index cannot know: due work nobody holds (another node's
+//!   mail, a dead node's expired leases, an admin's retry), from the partial index on
+//!   pending recipients' due time.
+//! - [`heartbeat`]: every quarter lease the node's row in `relayward_nodes` is touched and
+//!   the leases of messages still in delivery here that are past half their time are
+//!   extended. A node that dies stops both: its leases run out within `lease_timeout` and
+//!   the next [`due`] of another node finds them.
+//! - [`release_all`]: on shutdown the node gives back what it holds and removes its row.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use relayward_queue::{Claim, MessageId, QueuedMessage};
+use tokio_postgres::types::ToSql;
+
+use crate::rows::{self, Loaded, Which, signed};
+use crate::{Inner, OpError};
+
+/// Most ids one [`due`] look returns.
+const DUE_LIMIT: i64 = 1000;
+
+/// Claims the due recipients of `ids` for this node; see the module documentation.
+pub async fn claim(inner: &Inner, ids: &[MessageId], now: u64) -> Result<Vec<Claim>, OpError> {
+    let ids: Vec<String> = ids
+        .iter()
+        .filter(|id| id.is_valid())
+        .map(|id| id.0.clone())
+        .collect();
+    let mut client = inner.pool.get().await?;
+    let statement = client
+        .prepare_cached(
+            "UPDATE relayward_recipients r
+             SET lease_owner = $3, lease_expires = now() + make_interval(secs => $4::float8)
+             FROM (SELECT r2.message_id, r2.position
+                   FROM relayward_recipients r2
+                   JOIN relayward_messages m ON m.id = r2.message_id
+                   WHERE r2.message_id = ANY($1) AND r2.status = 'pending'
+                     AND r2.next_attempt <= $2 AND NOT m.held
+                     AND (r2.lease_owner IS NULL OR r2.lease_owner = $3 OR r2.lease_expires < now())
+                   ORDER BY r2.message_id, r2.position
+                   FOR UPDATE OF r2 SKIP LOCKED) due
+             WHERE r.message_id = due.message_id AND r.position = due.position
+             RETURNING r.message_id, r.address",
+        )
+        .await?;
+    let params: [&(dyn ToSql + Sync); 4] = [&ids, &signed(now), &inner.owner, &inner.lease_secs];
+    let taken = client.query(&statement, &params).await?;
+    let mut claimed: HashSet<String> = HashSet::new();
+    for row in &taken {
+        let id: String = row.get(0);
+        let address: String = row.get(1);
+        inner.lease_taken(&id, address);
+        claimed.insert(id);
+    }
+    let loaded = rows::load(&mut client, Which::Ids(&ids)).await?;
+    let mut claims = Vec::with_capacity(ids.len());
+    let mut found: HashSet<String> = HashSet::new();
+    for Loaded { message, leases } in loaded {
+        found.insert(message.id.0.clone());
+        let message = for_this_node(message, &leases, &inner.owner);
+        if claimed.contains(&message.id.0) {
+            claims.push(Claim::Taken(message));
+        } else {
+            let id = message.id.clone();
+            claims.push(Claim::Later {
+                at: message.next_attempt(),
+                id,
+            });
+        }
+    }
+    for id in &ids {
+        if !found.contains(id) {
+            // Claimed a moment ago and deleted since, or never there.
+            inner.leases_dropped(id);
+            claims.push(Claim::Later {
+                id: MessageId(id.clone()),
+                at: None,
+            });
+        }
+    }
+    Ok(claims)
+}
+
+/// The message as this node should see it: a pending recipient another node holds is due
+/// when that lease ends, not before.
+fn for_this_node(
+    mut message: QueuedMessage,
+    leases: &[Option<rows::Lease>],
+    owner: &str,
+) -> QueuedMessage {
+    for (recipient, lease) in message.recipients.iter_mut().zip(leases) {
+        if let Some(lease) = lease
+            && lease.owner != owner
+            && !recipient.status.is_final()
+        {
+            recipient.next_attempt = recipient.next_attempt.max(lease.expires);
+        }
+    }
+    message
+}
+
+/// Gives up this node's leases on one message.
+pub async fn release(inner: &Inner, id: &str) -> Result<(), OpError> {
+    let client = inner.pool.get().await?;
+    let statement = client
+        .prepare_cached(
+            "UPDATE relayward_recipients SET lease_owner = NULL, lease_expires = NULL
+             WHERE message_id = $1 AND lease_owner = $2",
+        )
+        .await?;
+    client.execute(&statement, &[&id, &inner.owner]).await?;
+    Ok(())
+}
+
+/// Due messages that nobody holds, oldest due first.
+pub async fn due(inner: &Inner, now: u64) -> Result<Vec<MessageId>, OpError> {
+    let client = inner.pool.get().await?;
+    let statement = client
+        .prepare_cached(
+            "SELECT r.message_id FROM relayward_recipients r
+             JOIN relayward_messages m ON m.id = r.message_id
+             WHERE r.status = 'pending' AND r.next_attempt <= $1 AND NOT m.held
+               AND (r.lease_owner IS NULL OR r.lease_expires < now())
+             GROUP BY r.message_id
+             ORDER BY min(r.next_attempt)
+             LIMIT $2",
+        )
+        .await?;
+    let rows = client
+        .query(&statement, &[&signed(now), &DUE_LIMIT])
+        .await?;
+    Ok(rows.iter().map(|row| MessageId(row.get(0))).collect())
+}
+
+/// One heartbeat: the node's row, and the leases of its messages in delivery that are past
+/// half their time.
+pub async fn heartbeat(inner: &Inner) -> Result<(), OpError> {
+    let client = inner.pool.get().await?;
+    let touch = client
+        .prepare_cached(
+            "INSERT INTO relayward_nodes (owner, name) VALUES ($1, $2)
+             ON CONFLICT (owner) DO UPDATE SET heartbeat = now()",
+        )
+        .await?;
+    client.execute(&touch, &[&inner.owner, &inner.node]).await?;
+    let held = inner.held_messages();
+    if !held.is_empty() {
+        let renew = client
+            .prepare_cached(
+                "UPDATE relayward_recipients
+                 SET lease_expires = now() + make_interval(secs => $3::float8)
+                 WHERE message_id = ANY($1) AND lease_owner = $2
+                   AND lease_expires < now() + make_interval(secs => $3::float8 / 2)",
+            )
+            .await?;
+        client
+            .execute(&renew, &[&held, &inner.owner, &inner.lease_secs])
+            .await?;
+    }
+    // Rows of nodes gone for a long time (killed, never shut down) are only history.
+    let forget = client
+        .prepare_cached(
+            "DELETE FROM relayward_nodes WHERE heartbeat < now() - make_interval(secs => $1::float8 * 100)",
+        )
+        .await?;
+    client.execute(&forget, &[&inner.lease_secs]).await?;
+    Ok(())
+}
+
+/// Gives back every lease of this node and removes its row (orderly shutdown).
+pub async fn release_all(inner: &Inner) -> Result<(), OpError> {
+    let client = inner.pool.get().await?;
+    let held = inner.held_messages();
+    client
+        .execute(
+            "UPDATE relayward_recipients SET lease_owner = NULL, lease_expires = NULL
+             WHERE message_id = ANY($1) AND lease_owner = $2",
+            &[&held, &inner.owner],
+        )
+        .await?;
+    client
+        .execute(
+            "DELETE FROM relayward_nodes WHERE owner = $1",
+            &[&inner.owner],
+        )
+        .await?;
+    Ok(())
+}
+
+/// How often the heartbeat runs: a quarter of the lease, between 250 ms and 30 s.
+pub fn heartbeat_interval(lease_timeout: Duration) -> Duration {
+    (lease_timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(30))
+}

@@ -1,0 +1,465 @@
+//! The PostgreSQL queue against a real server: a throw-away cluster (initdb, pg_ctl on a
+//! loopback port) shared by this binary, one database per test; tests that stop the server
+//! start a cluster of their own.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use relayward_protocol::dsn::{Notify, Orcpt, Ret};
+use relayward_protocol::route::{NextHop, RouteClass};
+use relayward_queue::{
+    Claim, Esmtp, MailDsn, MessageId, NewMessage, NewRecipient, Origin, Queue, QueueError, RcptDsn,
+    RecipientStatus, RecipientUpdate, Route,
+};
+use relayward_queue_postgres::{PgOptions, PgQueue};
+use relayward_testkit::postgres::{Cluster, Database};
+
+fn options(db: &Database, node: &str) -> PgOptions {
+    let mut options = PgOptions::new(&db.url, node);
+    options.password = Some(relayward_testkit::postgres::PASSWORD.into());
+    options.lease_timeout = Duration::from_secs(2);
+    options
+}
+
+async fn open(db: &Database, node: &str) -> PgQueue {
+    PgQueue::open(options(db, node))
+        .await
+        .unwrap_or_else(|e| panic!("open {node}: {e}"))
+}
+
+fn recipient(address: &str) -> NewRecipient {
+    let domain = address.rsplit_once('@').map_or("", |(_, d)| d).to_owned();
+    NewRecipient {
+        address: address.to_owned(),
+        route: Route {
+            class: RouteClass::Remote,
+            next_hop: NextHop::Mx { domain },
+        },
+    }
+}
+
+fn message(token: &str, recipients: &[&str]) -> NewMessage {
+    NewMessage {
+        sender: "sender@example.test".into(),
+        recipients: recipients.iter().map(|r| recipient(r)).collect(),
+        content: format!("Subject: {token}\r\n\r\nToken: {token}\r\n").into_bytes(),
+        client_ip: "192.0.2.7".into(),
+        auth_login: Some("alice@example.test".into()),
+        origin: Origin::Authenticated,
+        esmtp: Esmtp::default(),
+    }
+}
+
+/// SMTPUTF8, `RET=HDRS ENVID=…`, and `NOTIFY=SUCCESS,FAILURE ORCPT=…` on the second recipient.
+fn esmtp_options() -> Esmtp {
+    Esmtp {
+        smtputf8: true,
+        dsn: MailDsn {
+            ret: Some(Ret::Hdrs),
+            envid: Some("env-42".into()),
+        },
+        recipients: vec![
+            RcptDsn::default(),
+            RcptDsn {
+                notify: Some(Notify {
+                    success: true,
+                    failure: true,
+                    delay: false,
+                }),
+                orcpt: Some(Orcpt {
+                    addr_type: "utf-8".into(),
+                    address: "c\u{e9}@z.test".into(),
+                }),
+            },
+        ],
+    }
+}
+
+fn delivered(address: &str) -> RecipientUpdate {
+    RecipientUpdate {
+        address: address.into(),
+        status: RecipientStatus::Delivered,
+        last_error: None,
+        next_attempt: 0,
+        delay_notified: false,
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_round_trips_with_envelope_routes_and_content() {
+    let db = Cluster::shared().database();
+    let queue = open(&db, "mx1").await;
+    let mut new = message("round-trip", &["b@y.test", "c@z.test"]);
+    new.esmtp = esmtp_options();
+    let id = queue.enqueue(new).await.expect("enqueue");
+    let state = queue.get(&id).await.expect("get");
+    assert_eq!(state.sender, "sender@example.test");
+    assert_eq!(state.origin, Origin::Authenticated);
+    assert_eq!(state.auth_login.as_deref(), Some("alice@example.test"));
+    assert_eq!(state.recipients.len(), 2);
+    assert_eq!(state.recipients[1].address, "c@z.test");
+    assert!(state.options.smtputf8);
+    assert_eq!(state.options.dsn, esmtp_options().dsn);
+    assert_eq!(state.recipients[0].dsn, RcptDsn::default());
+    assert_eq!(state.recipients[1].dsn, esmtp_options().recipients[1]);
+    assert_eq!(
+        state.recipients[1].route.as_ref().map(|r| &r.next_hop),
+        Some(&NextHop::Mx {
+            domain: "z.test".into()
+        })
+    );
+    assert!(
+        state
+            .recipients
+            .iter()
+            .all(|r| r.status == RecipientStatus::Pending)
+    );
+    let content = queue.content(&id).await.expect("content");
+    assert_eq!(content, message("round-trip", &[]).content);
+    assert_eq!(state.size, content.len() as u64);
+    let list = queue.list().await.expect("list");
+    assert_eq!(list.iter().map(|m| &m.id).collect::<Vec<_>>(), vec![&id]);
+
+    // One recipient delivered, one deferred (a delay notice sent) with an error holding a NUL
+    // (text from outside).
+    queue
+        .update(
+            &id,
+            vec![
+                delivered("b@y.test"),
+                RecipientUpdate {
+                    address: "c@z.test".into(),
+                    status: RecipientStatus::Pending,
+                    last_error: Some("451 4.7.1 not\0today".into()),
+                    next_attempt: now() + 60,
+                    delay_notified: true,
+                },
+            ],
+        )
+        .await
+        .expect("update");
+    let state = queue.get(&id).await.expect("get after update");
+    assert_eq!(state.recipients[0].status, RecipientStatus::Delivered);
+    assert!(!state.recipients[0].delay_notified);
+    assert_eq!(state.recipients[1].attempts, 1);
+    assert!(state.recipients[1].delay_notified);
+    assert_eq!(
+        state.recipients[1].last_error.as_deref(),
+        Some("451 4.7.1 not\u{fffd}today")
+    );
+    // The delay notice is sticky: a later deferral without one does not clear it.
+    queue
+        .update(
+            &id,
+            vec![RecipientUpdate {
+                address: "c@z.test".into(),
+                status: RecipientStatus::Pending,
+                last_error: Some("451 4.7.1 still not".into()),
+                next_attempt: now() + 60,
+                delay_notified: false,
+            }],
+        )
+        .await
+        .expect("second deferral");
+    let state = queue.get(&id).await.expect("get after the second deferral");
+    assert_eq!(state.recipients[1].attempts, 2);
+    assert!(state.recipients[1].delay_notified);
+    // A late report cannot revive a delivered recipient.
+    queue
+        .update(
+            &id,
+            vec![RecipientUpdate {
+                address: "b@y.test".into(),
+                status: RecipientStatus::Pending,
+                last_error: Some("late".into()),
+                next_attempt: 1,
+                delay_notified: false,
+            }],
+        )
+        .await
+        .expect("late update");
+    assert_eq!(
+        queue.get(&id).await.expect("get").recipients[0].status,
+        RecipientStatus::Delivered
+    );
+    // The last final status removes the message.
+    queue
+        .update(&id, vec![delivered("c@z.test")])
+        .await
+        .expect("final");
+    assert!(matches!(queue.get(&id).await, Err(QueueError::NotFound(_))));
+    assert!(matches!(
+        queue.update(&id, vec![delivered("c@z.test")]).await,
+        Err(QueueError::NotFound(_))
+    ));
+    assert!(matches!(
+        queue.get(&MessageId("../etc/passwd".into())).await,
+        Err(QueueError::NotFound(_))
+    ));
+    queue.shutdown().await;
+}
+
+/// 100 sessions enqueue at once: every one is acknowledged, and they share commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_enqueues_share_commits() {
+    let db = Cluster::shared().database();
+    let queue = Arc::new(open(&db, "mx1").await);
+    let mut tasks = Vec::new();
+    for n in 0..100 {
+        let queue = Arc::clone(&queue);
+        tasks.push(tokio::spawn(async move {
+            queue
+                .enqueue(message(&format!("m{n}"), &["b@y.test"]))
+                .await
+        }));
+    }
+    for task in tasks {
+        task.await.expect("join").expect("enqueue");
+    }
+    let stats = queue.stats();
+    assert_eq!(stats.committed, 100);
+    assert!(
+        stats.batches < 100,
+        "no commit was shared: {} batches for 100 messages",
+        stats.batches
+    );
+    assert_eq!(queue.list().await.expect("list").len(), 100);
+    eprintln!("100 enqueues in {} commits", stats.batches);
+}
+
+/// Two nodes claim the same due message at the same moment: exactly one gets it; the other
+/// hears when the lease ends. After the winner records its result, nothing is left to claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_never_hold_the_same_recipient() {
+    let db = Cluster::shared().database();
+    let a = open(&db, "mx1").await;
+    let b = open(&db, "mx2").await;
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        ids.push(
+            a.enqueue(message(&format!("c{n}"), &["b@y.test"]))
+                .await
+                .expect("enqueue"),
+        );
+    }
+    let t = now();
+    let (from_a, from_b) = tokio::join!(a.claim(&ids, t), b.claim(&ids, t));
+    let (from_a, from_b) = (from_a.expect("claim a"), from_b.expect("claim b"));
+    let taken = |claims: &[Claim]| -> Vec<MessageId> {
+        claims
+            .iter()
+            .filter_map(|c| match c {
+                Claim::Taken(m) => Some(m.id.clone()),
+                Claim::Later { .. } => None,
+            })
+            .collect()
+    };
+    let (ta, tb) = (taken(&from_a), taken(&from_b));
+    assert_eq!(ta.len() + tb.len(), 20, "a took {ta:?}, b took {tb:?}");
+    assert!(ta.iter().all(|id| !tb.contains(id)), "both took one");
+    // Each loser's answer says when to look again: the winner's lease end, or (when the
+    // winner had not committed its claim yet as the loser read) the message's own due time;
+    // never "never", and never later than the lease.
+    for claims in [&from_a, &from_b] {
+        for claim in claims {
+            if let Claim::Later { at, .. } = claim {
+                let at = at.expect("a leased message is due later, not never");
+                assert!(at <= t + 5, "look again at {at}, now {t}, lease 2 s");
+            }
+        }
+    }
+    for (queue, ids) in [(&a, &ta), (&b, &tb)] {
+        for id in ids {
+            queue
+                .update(id, vec![delivered("b@y.test")])
+                .await
+                .expect("update");
+        }
+    }
+    assert!(a.list().await.expect("list").is_empty());
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// A node that dies holding leases (no shutdown, no more heartbeats) is taken over after
+/// `lease_timeout`: the other node's `changes` reports the message due and its claim wins.
+/// While the holder lives, its heartbeat keeps the lease past `lease_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_leases_are_taken_over_after_lease_timeout() {
+    let db = Cluster::shared().database();
+    let a = open(&db, "mx1").await;
+    let b = open(&db, "mx2").await;
+    let id = a
+        .enqueue(message("takeover", &["b@y.test"]))
+        .await
+        .expect("enqueue");
+    let claims = a
+        .claim(std::slice::from_ref(&id), now())
+        .await
+        .expect("claim");
+    assert!(matches!(claims[0], Claim::Taken(_)));
+
+    // Alive: 3 s (longer than the 2 s lease) and b still cannot take it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let claims = b
+        .claim(std::slice::from_ref(&id), now())
+        .await
+        .expect("claim");
+    assert!(
+        matches!(claims[0], Claim::Later { at: Some(_), .. }),
+        "the heartbeat did not keep the lease: {claims:?}"
+    );
+
+    // Dead: dropped without shutdown, as by kill -9.
+    let died = Instant::now();
+    drop(a);
+    let due = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let changes = b.changes().await;
+            if changes.due.contains(&id) {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(due.is_ok(), "b never saw the dead node's message due");
+    let claims = b
+        .claim(std::slice::from_ref(&id), now())
+        .await
+        .expect("claim");
+    assert!(
+        matches!(claims[0], Claim::Taken(_)),
+        "not taken over: {claims:?}"
+    );
+    eprintln!("taken over {:?} after the holder died", died.elapsed());
+    b.shutdown().await;
+}
+
+/// Held messages are never claimed; a release makes them due again at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_messages_are_not_claimed() {
+    let db = Cluster::shared().database();
+    let queue = open(&db, "mx1").await;
+    let id = queue
+        .enqueue(message("held", &["b@y.test"]))
+        .await
+        .expect("enqueue");
+    queue.set_held(&id, true).await.expect("hold");
+    let claims = queue
+        .claim(std::slice::from_ref(&id), now())
+        .await
+        .expect("claim");
+    assert_eq!(
+        claims,
+        vec![Claim::Later {
+            id: id.clone(),
+            at: None
+        }]
+    );
+    queue.set_held(&id, false).await.expect("release");
+    let claims = queue
+        .claim(std::slice::from_ref(&id), now())
+        .await
+        .expect("claim");
+    assert!(matches!(claims[0], Claim::Taken(_)), "{claims:?}");
+    assert!(matches!(
+        queue.set_held(&MessageId("0".repeat(24)), true).await,
+        Err(QueueError::NotFound(_))
+    ));
+    queue.delete(&id).await.expect("delete");
+    assert!(matches!(
+        queue.delete(&id).await,
+        Err(QueueError::NotFound(_))
+    ));
+}
+
+/// A database migrated by a newer relayward is refused with a message that says what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_schema_is_refused() {
+    let cluster = Cluster::shared();
+    let db = cluster.database();
+    open(&db, "mx1").await.shutdown().await;
+    cluster.psql(&db.name, "UPDATE relayward_schema SET version = 99");
+    let error = match PgQueue::open(options(&db, "mx1")).await {
+        Ok(_) => panic!("a newer schema was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        error.contains("schema version 99") && error.contains("upgrade this node"),
+        "{error}"
+    );
+}
+
+/// TLS to the database: verified against the configured CA (and refused with another).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_database_is_verified() {
+    let db = Cluster::shared().database();
+    let mut tls = options(&db, "mx1");
+    tls.tls = Some(relayward_tls::verifying(Some(&db.ca_file)).expect("TLS config"));
+    let queue = PgQueue::open(tls).await.expect("open over TLS");
+    queue
+        .enqueue(message("tls", &["b@y.test"]))
+        .await
+        .expect("enqueue over TLS");
+    queue.shutdown().await;
+
+    let mut untrusted = options(&db, "mx1");
+    untrusted.tls = Some(relayward_tls::verifying(None).expect("TLS config"));
+    let error = match PgQueue::open(untrusted).await {
+        Ok(_) => panic!("a certificate from an unknown CA was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(error.contains("cannot connect"), "{error}");
+}
+
+/// The database stops: new mail is `Unavailable` (the session's 451 4.3.0), never accepted;
+/// when it is back, mail is accepted again without reopening the queue, and nothing
+/// acknowledged before the stop is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_refuses_mail_and_recovers() {
+    let cluster = Cluster::start();
+    let db = cluster.database();
+    let queue = open(&db, "mx1").await;
+    let before = queue
+        .enqueue(message("before", &["b@y.test"]))
+        .await
+        .expect("enqueue");
+    cluster.stop_immediately();
+    let refused = queue.enqueue(message("during", &["b@y.test"])).await;
+    assert!(
+        matches!(refused, Err(QueueError::Unavailable(_))),
+        "{refused:?}"
+    );
+    assert!(matches!(
+        queue.claim(std::slice::from_ref(&before), now()).await,
+        Err(QueueError::Unavailable(_))
+    ));
+    cluster.start_again();
+    let mut accepted = None;
+    for _ in 0..50 {
+        match queue.enqueue(message("after", &["b@y.test"])).await {
+            Ok(id) => {
+                accepted = Some(id);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    let after = accepted.expect("mail accepted again after the database came back");
+    let ids: Vec<MessageId> = queue
+        .list()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(ids, vec![before, after]);
+    queue.shutdown().await;
+}
