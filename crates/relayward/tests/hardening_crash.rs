@@ -13,7 +13,7 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use relayward_testkit::load::{Envelope, Ledger, load, token_of};
 use relayward_testkit::smtp_server::{Script, SmtpServer};
 use relayward_testkit::wait::eventually;
 use support::{PASSWORD, TestServer, standard_config};
@@ -143,14 +144,6 @@ fn spooled_messages(data_dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-/// The `Token: …` line of a message, if any.
-fn token_of(text: &str) -> Option<String> {
-    let start = text.find("\r\nToken: ")? + "\r\nToken: ".len();
-    let rest = &text[start..];
-    let end = rest.find("\r\n").unwrap_or(rest.len());
-    Some(rest[..end].to_string())
-}
-
 /// Counts tokens over a set of files (each file holds one message).
 fn count_tokens(files: &[PathBuf]) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
@@ -164,127 +157,6 @@ fn count_tokens(files: &[PathBuf]) -> BTreeMap<String, usize> {
         }
     }
     counts
-}
-
-// ---------------------------------------------------------------------------------------------
-// A non-panicking SMTP client for the load generator: the server dies under it on purpose.
-// ---------------------------------------------------------------------------------------------
-
-struct LoadClient {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl LoadClient {
-    fn connect(addr: SocketAddr) -> io::Result<LoadClient> {
-        let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
-        tcp.set_write_timeout(Some(Duration::from_secs(5)))?;
-        let mut client = LoadClient {
-            reader: BufReader::new(tcp.try_clone()?),
-            writer: tcp,
-        };
-        client.expect(220)?;
-        client.command("EHLO load.example.test", 250)?;
-        Ok(client)
-    }
-
-    /// Reads one (possibly multi-line) reply and returns its code.
-    fn reply(&mut self) -> io::Result<u16> {
-        loop {
-            let mut line = String::new();
-            if self.reader.read_line(&mut line)? == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-            let code = line
-                .get(..3)
-                .and_then(|c| c.parse().ok())
-                .ok_or_else(|| io::Error::other(format!("bad reply {line:?}")))?;
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return Ok(code);
-            }
-        }
-    }
-
-    fn expect(&mut self, code: u16) -> io::Result<()> {
-        match self.reply()? {
-            got if got == code => Ok(()),
-            got => Err(io::Error::other(format!("expected {code}, got {got}"))),
-        }
-    }
-
-    fn command(&mut self, line: &str, code: u16) -> io::Result<()> {
-        self.writer.write_all(format!("{line}\r\n").as_bytes())?;
-        self.expect(code)
-    }
-
-    /// One transaction; `Ok(code)` is the reply to the final dot.
-    fn send_message(&mut self, token: &str) -> io::Result<u16> {
-        self.command("MAIL FROM:<load@other.test>", 250)?;
-        self.command("RCPT TO:<alice@example.test>", 250)?;
-        self.command("DATA", 354)?;
-        let body = format!(
-            "Subject: crash test {token}\r\n\r\nToken: {token}\r\n{}\r\n.\r\n",
-            "filler line to give the fsync something to write\r\n".repeat(20)
-        );
-        self.writer.write_all(body.as_bytes())?;
-        self.reply()
-    }
-}
-
-/// What the load generator learnt.
-#[derive(Default)]
-struct Ledger {
-    /// Tokens whose final dot was answered `250`: these must never be lost.
-    acked: BTreeSet<String>,
-    /// Tokens whose final dot was sent (acknowledged or not).
-    sent: BTreeSet<String>,
-    /// Final-dot replies other than 250 (e.g. 452 while recovering), by code.
-    refused: BTreeMap<u16, usize>,
-}
-
-/// Sends messages from `clients` threads until `stop`; each thread reconnects after errors.
-fn load(
-    addr: SocketAddr,
-    round: usize,
-    clients: usize,
-    stop: &Arc<AtomicBool>,
-    ledger: &Arc<Mutex<Ledger>>,
-) -> Vec<std::thread::JoinHandle<()>> {
-    (0..clients)
-        .map(|thread| {
-            let stop = Arc::clone(stop);
-            let ledger = Arc::clone(ledger);
-            std::thread::spawn(move || {
-                let mut n = 0usize;
-                while !stop.load(Ordering::Relaxed) {
-                    let Ok(mut client) = LoadClient::connect(addr) else {
-                        std::thread::sleep(Duration::from_millis(20));
-                        continue;
-                    };
-                    while !stop.load(Ordering::Relaxed) {
-                        n += 1;
-                        let token = format!("r{round}-c{thread}-m{n}");
-                        ledger.lock().expect("ledger").sent.insert(token.clone());
-                        match client.send_message(&token) {
-                            Ok(250) => {
-                                ledger.lock().expect("ledger").acked.insert(token);
-                            }
-                            Ok(code) => {
-                                *ledger
-                                    .lock()
-                                    .expect("ledger")
-                                    .refused
-                                    .entry(code)
-                                    .or_insert(0) += 1;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                }
-            })
-        })
-        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -321,7 +193,14 @@ fn sigkill_under_concurrent_load_loses_no_acknowledged_message() {
             Some(dir) => TestServer::start_in(dir, &config),
         };
         let stop = Arc::new(AtomicBool::new(false));
-        let threads = load(server.addr("mx"), round, CLIENTS, &stop, &ledger);
+        let threads = load(
+            server.addr("mx"),
+            &Envelope::default(),
+            round,
+            CLIENTS,
+            &stop,
+            &ledger,
+        );
         std::thread::sleep(rng.millis(400, 1600));
         // SIGKILL while the clients are mid-transaction and the runner mid-delivery.
         dir = Some(server.kill9());

@@ -13,6 +13,7 @@
 //!   run in-process.
 //! - [`postgres`]: a throw-away PostgreSQL cluster (initdb, pg_ctl on a loopback port), one
 //!   database per test.
+//! - [`load`]: load-generator threads for crash and outage tests, and their ledger.
 //! - [`net`]: one port free on several loopback addresses (MX hosts share `mx_port`).
 //! - [`os`]: whether the tests run as root, and SIGKILL for a child they started.
 //! - [`wait`]: bounded waits, and external programs run with a time limit.
@@ -27,6 +28,7 @@ pub mod client;
 pub mod config;
 pub mod dns;
 pub mod http;
+pub mod load;
 pub mod net;
 pub mod os;
 pub mod pki;
