@@ -23,7 +23,7 @@ pub mod dkim;
 mod live;
 mod password;
 pub use live::Live;
-pub use password::{HashError, check_password_hash, hash_password};
+pub use password::{HashError, check_password_hash, hash_password, read_secret_file};
 
 /// The configuration `relayward serve` runs with when given no file: loopback only, local domain
 /// `localhost`, no users. It is also the sample shown to admins, so it is written as a file and

@@ -31,3 +31,10 @@ pub fn check_password_hash(phc: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Reads a secret kept out of the configuration file (`smarthost_password_file`,
+/// `postgres_password_file`): the whole file without its line end.
+pub fn read_secret_file(path: &std::path::Path) -> std::io::Result<String> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text.trim_end_matches(['\r', '\n']).to_string())
+}

@@ -98,9 +98,8 @@ fn smarthost(config: &DeliveryConfig) -> Result<Option<Smarthost>, ConfigError> 
 }
 
 fn read_password(path: &std::path::Path) -> Result<String, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    relayward_config::read_secret_file(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
-    })?;
-    Ok(text.trim_end_matches(['\r', '\n']).to_string())
+    })
 }
