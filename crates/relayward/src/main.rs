@@ -5,6 +5,7 @@ mod delivery;
 mod dkim_cmd;
 mod hash_password;
 mod manual;
+mod queue_backend;
 mod queue_cmd;
 mod serve;
 mod snapshot;
@@ -240,21 +241,6 @@ pub fn report_problems(config: &relayward_server::config::Config) -> bool {
             false
         }
     }
-}
-
-/// Opens the durable queue under `data_dir/queue`.
-pub fn open_queue(
-    config: &relayward_server::config::Config,
-) -> anyhow::Result<std::sync::Arc<relayward_queue::Spool>> {
-    use anyhow::Context as _;
-    let options = relayward_queue::spool::SpoolOptions {
-        min_free_bytes: config.queue.min_free_bytes,
-        ..Default::default()
-    };
-    let dir = config.data_dir.join("queue");
-    let spool = relayward_queue::spool::Spool::open(&dir, options)
-        .with_context(|| format!("cannot open the queue in {}", dir.display()))?;
-    Ok(std::sync::Arc::new(spool))
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! `relayward queue …`: inspect and manage the queue of a server, also while it runs.
 //!
-//! The queue's files are the interface: every change is an atomic, locked update of one
-//! message's state, so these commands and a running server never lose each other's writes.
-//! A running server picks up changes on its next queue scan (within seconds).
+//! The queue is the interface: with the file spool every change is an atomic, locked update of
+//! one message's state; with the PostgreSQL queue it is one statement in the shared database,
+//! seen by every node. These commands and running servers never lose each other's writes, and
+//! a running server picks changes up within seconds.
 
 use std::process::ExitCode;
 
@@ -60,14 +61,15 @@ pub async fn run(args: QueueArgs, config_arg: ConfigArg, json: bool) -> ExitCode
             return ExitCode::from(crate::EXIT_CONFIG);
         }
     };
-    let queue = match crate::open_queue(&config) {
+    let queue = match crate::queue_backend::OpenQueue::open(&config).await {
         Ok(queue) => queue,
         Err(e) => {
             eprintln!("relayward queue: {e:#}");
             return ExitCode::FAILURE;
         }
     };
-    let result = act(&*queue, args.action, json).await;
+    let result = act(&*queue.queue(), args.action, json).await;
+    queue.shutdown().await;
     match result {
         Ok(text) => {
             print!("{text}");

@@ -52,8 +52,8 @@ async fn serve(config: Config, config_arg: ConfigArg) -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
-    let spool = crate::open_queue(&config)?;
-    let lasting = Lasting::new(&config, Arc::clone(&spool));
+    let queue = crate::queue_backend::OpenQueue::open(&config).await?;
+    let lasting = Lasting::new(&config, queue.clone());
     let origin = Origin {
         file: config_arg.config.clone(),
     };
@@ -67,11 +67,7 @@ async fn serve(config: Config, config_arg: ConfigArg) -> anyhow::Result<()> {
     let current = Current::new(snapshot);
     let gate = Gate::live(current.admission());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let runner = crate::delivery::start(
-        Arc::clone(&spool) as Arc<dyn relayward_queue::Queue>,
-        current.delivery(),
-        shutdown_rx.clone(),
-    );
+    let runner = crate::delivery::start(queue.queue(), current.delivery(), shutdown_rx.clone());
     print_startup(&current.load().config, &bound, &config_arg);
     let mut server = Server {
         current,
@@ -105,6 +101,7 @@ async fn serve(config: Config, config_arg: ConfigArg) -> anyhow::Result<()> {
         tracing::warn!("sessions still open after {drain:?}; exiting anyway");
     }
     runner.stop().await;
+    queue.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }

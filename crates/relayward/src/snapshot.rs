@@ -11,6 +11,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::queue_backend::OpenQueue;
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use relayward_config::{Config, Live};
@@ -18,7 +19,7 @@ use relayward_delivery::dkim::DkimSigners;
 use relayward_delivery::{
     DeliveryConfig, DeliveryContext, OwnListeners, RecipientVerifier, VerifyCache,
 };
-use relayward_queue::{Queue, Spool};
+use relayward_queue::Queue;
 use relayward_server::auth::{AuthLimitSettings, AuthLimiter};
 use relayward_server::listener::AdmissionLimits;
 use relayward_server::policy::Policy;
@@ -49,7 +50,7 @@ impl Origin {
 /// SIGHUP would let a reload unban a password guesser or refill a compromised account's
 /// budget, so a reload only changes their settings.
 pub struct Lasting {
-    pub spool: Arc<Spool>,
+    pub queue: OpenQueue,
     /// The addresses the listeners are bound to, for the runner's loop check.
     pub own_listeners: OwnListeners,
     /// What internal servers said about recipients (see `relayward_delivery::verify`).
@@ -59,9 +60,9 @@ pub struct Lasting {
 }
 
 impl Lasting {
-    pub fn new(config: &Config, spool: Arc<Spool>) -> Self {
+    pub fn new(config: &Config, queue: OpenQueue) -> Self {
         Self {
-            spool,
+            queue,
             own_listeners: OwnListeners::default(),
             verify_cache: VerifyCache::default(),
             auth: Arc::new(AuthLimiter::new(AuthLimitSettings::from_limits(
@@ -74,7 +75,7 @@ impl Lasting {
     }
 
     fn queue(&self) -> Arc<dyn Queue> {
-        Arc::clone(&self.spool) as Arc<dyn Queue>
+        self.queue.queue()
     }
 }
 
@@ -141,6 +142,25 @@ impl Snapshot {
                 "data_dir ({} -> {})",
                 old.data_dir.display(),
                 next.data_dir.display()
+            ));
+        }
+        let (oq, nq) = (&old.queue, &next.queue);
+        let queue_store = |q: &relayward_config::QueueSettings| {
+            (
+                q.backend,
+                q.postgres_url.clone(),
+                q.postgres_password_file.clone(),
+                q.postgres_tls,
+                q.postgres_ca_file.clone(),
+                q.lease_timeout,
+                q.node_name.clone(),
+            )
+        };
+        if queue_store(oq) != queue_store(nq) {
+            changed.push(format!(
+                "[queue] backend or database settings (backend {} -> {})",
+                oq.backend.as_str(),
+                nq.backend.as_str()
             ));
         }
         for listen in &next.listen {
@@ -235,9 +255,7 @@ impl Current {
         lasting
             .auth
             .set_settings(AuthLimitSettings::from_limits(limits));
-        lasting
-            .spool
-            .set_min_free_bytes(next.config.queue.min_free_bytes);
+        lasting.queue.apply(&next.config.queue);
         self.snapshot.store(Arc::new(next));
     }
 
