@@ -287,3 +287,55 @@ fn postgres_restarted_under_load_loses_nothing_and_never_says_250_while_down() {
     wait_queue_empty(&node);
     let _ = queue_cmd(&node, &["list"]);
 }
+
+/// SIGHUP on a node of the shared queue: what a reload may change takes effect (a recipient
+/// added to the route's list is accepted and delivered through the database), and a change to
+/// `[queue]` is named as needing a restart while the node keeps the database it has.
+#[test]
+fn sighup_on_a_node_reloads_and_keeps_its_database() {
+    let db = Cluster::shared().database();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind sink");
+    let port = listener.local_addr().expect("addr").port();
+    let sink = SmtpServer::spawn(listener, Script::default());
+    let node = TestServer::start(&node_config(&db, "node-a", port));
+    let mut smtp = node.smtp("mx");
+    smtp.send("EHLO client.outside.test")
+        .expect(250)
+        .send("MAIL FROM:<friend@other.test>")
+        .expect(250)
+        .send("RCPT TO:<new@sink.test>")
+        .expect_text(550, "5.1.1")
+        .send("QUIT")
+        .expect(221);
+
+    node.reload_with(|text| {
+        text.replace(
+            r#"recipients = ["rcpt@sink.test"]"#,
+            r#"recipients = ["rcpt@sink.test", "new@sink.test"]"#,
+        )
+        .replace(r#"node_name = "node-a""#, r#"node_name = "node-renamed""#)
+    });
+    node.wait_for_log("[queue] backend or database settings");
+    node.wait_for_log("takes effect only after a restart");
+
+    let mut smtp = node.smtp("mx");
+    smtp.send("EHLO client.outside.test")
+        .expect(250)
+        .send("MAIL FROM:<friend@other.test>")
+        .expect(250)
+        .send("RCPT TO:<new@sink.test>")
+        .expect(250)
+        .send("DATA")
+        .expect(354)
+        .send("Subject: after the reload\r\n\r\nToken: after-the-reload\r\n.")
+        .expect(250)
+        .send("QUIT")
+        .expect(221);
+    let delivered = eventually(support::WAIT, || {
+        received_tokens(&sink).contains_key("after-the-reload")
+    });
+    assert!(delivered, "not delivered after the reload:\n{}", node.log());
+    // Still the node that opened the database: its name changes only with a restart.
+    let owners = Cluster::shared().psql(&db.name, "SELECT name FROM relayward_nodes");
+    assert_eq!(owners, "node-a");
+}
