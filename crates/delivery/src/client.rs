@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use relayward_protocol::data::dot_stuff;
+use relayward_protocol::data::{crlf_line_ends, dot_stuff};
 use relayward_protocol::ehlo::EhloKeywords;
 use relayward_protocol::reply::{EnhancedCode, Reply, ReplyParser};
 use rustls::ClientConfig;
@@ -432,7 +432,10 @@ impl Connection {
         let mail = envelope.mail_line.clone();
         let rcpts = envelope.rcpt_lines.clone();
         let (mail_reply, rcpt_replies, data_reply) = if self.extensions.pipelining {
-            self.pipelined(&mail, &rcpts).await?
+            // With CHUNKING the content goes as BDAT once a recipient is accepted: the same
+            // two round trips as a pipelined DATA, without its 354.
+            let with_data = !self.extensions.chunking;
+            self.pipelined(&mail, &rcpts, with_data).await?
         } else {
             self.lockstep(&mail, &rcpts).await?
         };
@@ -467,25 +470,36 @@ impl Connection {
             self.abandon_data(data_reply.as_ref()).await?;
             return Ok(outcomes.into_iter().flatten().collect());
         }
-        let data_reply = match data_reply {
-            Some(reply) => reply,
-            None => self.command("DATA", self.timeouts.data_init).await?,
-        };
-        let final_outcome = if data_reply.code == 354 {
-            let reply = self.send_content(&envelope.content).await?;
-            if reply.is_positive_completion() {
-                self.dirty = false;
-                Outcome::Delivered
-            } else {
-                self.reply_outcome(&reply, "end of DATA")
-            }
+        let final_outcome = if self.extensions.chunking {
+            let reply = self.send_bdat(&envelope.content).await?;
+            self.final_outcome(&reply, "BDAT LAST")
         } else {
-            self.reply_outcome(&data_reply, "DATA")
+            let data_reply = match data_reply {
+                Some(reply) => reply,
+                None => self.command("DATA", self.timeouts.data_init).await?,
+            };
+            if data_reply.code == 354 {
+                let reply = self.send_content(&envelope.content).await?;
+                self.final_outcome(&reply, "end of DATA")
+            } else {
+                self.reply_outcome(&data_reply, "DATA")
+            }
         };
         for slot in outcomes.iter_mut().filter(|o| o.is_none()) {
             *slot = Some(final_outcome.clone());
         }
         Ok(outcomes.into_iter().flatten().collect())
+    }
+
+    /// The outcome of the reply to the end of the content; a delivered message leaves the
+    /// connection clean for the next one.
+    fn final_outcome(&mut self, reply: &Reply, context: &str) -> Outcome {
+        if reply.is_positive_completion() {
+            self.dirty = false;
+            Outcome::Delivered
+        } else {
+            self.reply_outcome(reply, context)
+        }
     }
 
     /// After a pipelined DATA got `354` although no recipient was accepted, RFC 2920 §3.1
@@ -498,23 +512,30 @@ impl Connection {
         Ok(())
     }
 
-    /// MAIL, every RCPT and DATA in one write, then the replies in order (RFC 2920).
+    /// MAIL, every RCPT and (`with_data`) DATA in one write, then the replies in order
+    /// (RFC 2920).
     async fn pipelined(
         &mut self,
         mail: &str,
         rcpts: &[String],
+        with_data: bool,
     ) -> Result<(Reply, Vec<Option<Reply>>, Option<Reply>), SessionError> {
         let mut batch = format!("{mail}\r\n");
         for rcpt in rcpts {
             batch.push_str(rcpt);
             batch.push_str("\r\n");
         }
-        batch.push_str("DATA\r\n");
+        if with_data {
+            batch.push_str("DATA\r\n");
+        }
         self.write(batch.as_bytes(), self.timeouts.command).await?;
         let mail_reply = self.read_reply(self.timeouts.command).await?;
         let mut rcpt_replies = Vec::with_capacity(rcpts.len());
         for _ in rcpts {
             rcpt_replies.push(Some(self.read_reply(self.timeouts.rcpt).await?));
+        }
+        if !with_data {
+            return Ok((mail_reply, rcpt_replies, None));
         }
         let data_reply = self.read_reply(self.timeouts.data_init).await?;
         Ok((mail_reply, rcpt_replies, Some(data_reply)))
@@ -550,7 +571,22 @@ impl Connection {
         self.read_reply(self.timeouts.data_term).await
     }
 
-    /// Ends the session politely; errors do not matter any more.
+    /// RFC 3030: the whole message as one `BDAT n LAST` chunk, its octets as they are (no
+    /// dot-stuffing, no end marker; line ends CRLF as for DATA); returns the reply.
+    async fn send_bdat(&mut self, content: &[u8]) -> Result<Reply, SessionError> {
+        const PIECE: usize = 64 * 1024;
+        let chunk = crlf_line_ends(content);
+        // The command and the first piece in one write: one segment for a small message.
+        let (first, rest) = chunk.split_at(chunk.len().min(PIECE));
+        let mut head = format!("BDAT {} LAST\r\n", chunk.len()).into_bytes();
+        head.extend_from_slice(first);
+        self.write(&head, self.timeouts.data_block).await?;
+        for piece in rest.chunks(PIECE) {
+            self.write(piece, self.timeouts.data_block).await?;
+        }
+        self.read_reply(self.timeouts.data_term).await
+    }
+
     /// Asks whether the server takes `address` as a recipient: `MAIL FROM:<>`, `RCPT TO:`,
     /// then `RSET`, and no message. Returns the RCPT reply; an error when the server would not
     /// even start the transaction or the connection failed.
@@ -568,6 +604,7 @@ impl Connection {
         Ok(rcpt)
     }
 
+    /// Ends the session politely; errors do not matter any more.
     pub async fn quit(mut self) {
         if self.broken {
             return;

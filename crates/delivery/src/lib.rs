@@ -3,7 +3,7 @@
 //! - [`runner`]: picks due messages from the [`Queue`](relayward_queue::Queue), groups
 //!   recipients per destination, delivers, records each outcome durably, bounces.
 //! - [`mx`]: MX resolution with the RFC 5321 §5.1 / RFC 7505 rules (hickory-resolver).
-//! - [`client`]: the SMTP client (EHLO, STARTTLS, AUTH, PIPELINING, SIZE, 8BITMIME).
+//! - [`client`]: the SMTP client (EHLO, STARTTLS, AUTH, PIPELINING, SIZE, 8BITMIME, CHUNKING).
 //! - [`tls`]: verifying (smart host) and opportunistic (MX) TLS client configurations.
 //! - [`retry`]: the backoff schedule. [`dsn`]: RFC 3464 bounces and delay notices.
 //! - [`delay`]: who is owed a delay notice, and from when (RFC 3461 `NOTIFY=DELAY`).

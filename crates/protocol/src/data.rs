@@ -10,6 +10,8 @@
 //! Lines may be up to [`MAX_ACCEPTED_TEXT_LINE`] octets, more than RFC 5321's 1000: relayward
 //! takes what other MTAs take and folds or wraps it on the way out ([`crate::wrap`]).
 
+use std::borrow::Cow;
+
 use crate::limits::MAX_ACCEPTED_TEXT_LINE;
 
 const CR: u8 = b'\r';
@@ -284,9 +286,43 @@ impl DataReceiver {
 /// line ends, so for it this only stuffs dots.
 pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(message.len() + message.len() / 64 + 5);
+    write_lines(message, &mut out, true);
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+/// The octets of a message as a `BDAT` chunk (RFC 3030) carries them: every line end written
+/// as CRLF and a final CRLF, as [`dot_stuff`] writes them, but no dot doubled and no end
+/// marker (a chunk's length ends it). Borrows the message when it is already so, which is
+/// every message the session received and every report relayward writes.
+pub fn crlf_line_ends(message: &[u8]) -> Cow<'_, [u8]> {
+    if has_only_crlf_line_ends(message) {
+        return Cow::Borrowed(message);
+    }
+    let mut out = Vec::with_capacity(message.len() + message.len() / 64 + 2);
+    write_lines(message, &mut out, false);
+    Cow::Owned(out)
+}
+
+/// Every CR and LF is part of a CRLF, and the message is empty or ends with one.
+fn has_only_crlf_line_ends(message: &[u8]) -> bool {
+    let mut from = 0;
+    while let Some(i) = memchr::memchr2(CR, LF, &message[from..]) {
+        let at = from + i;
+        if message[at] != CR || message.get(at + 1) != Some(&LF) {
+            return false;
+        }
+        from = at + 2;
+    }
+    message.is_empty() || message.ends_with(b"\r\n")
+}
+
+/// Writes `message` to `out` with CRLF line ends (a bare CR or bare LF each ends one line)
+/// and a final CRLF; with `stuff_dots`, a dot that opens a line is doubled.
+fn write_lines(message: &[u8], out: &mut Vec<u8>, stuff_dots: bool) {
     let mut rest = message;
     loop {
-        if rest.first() == Some(&b'.') {
+        if stuff_dots && rest.first() == Some(&b'.') {
             out.push(b'.');
         }
         let Some(end) = memchr::memchr2(CR, LF, rest) else {
@@ -309,8 +345,6 @@ pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
     if !out.is_empty() && !out.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b".\r\n");
-    out
 }
 
 #[cfg(test)]

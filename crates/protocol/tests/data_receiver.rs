@@ -1,6 +1,6 @@
 //! The DATA receiver on well-formed and oversized input: unstuffing, pipelining, limits.
 
-use relayward_protocol::data::{DataError, DataReceiver, DataStatus, dot_stuff};
+use relayward_protocol::data::{DataError, DataReceiver, DataStatus, crlf_line_ends, dot_stuff};
 use relayward_protocol::limits::MAX_ACCEPTED_TEXT_LINE;
 
 /// Feeds `input` as the session does (going on after a refusal) and returns the final status,
@@ -210,6 +210,22 @@ fn too_big_wins_over_nul_and_nul_over_line_too_long() {
         receive(1 << 20, &nul_and_long).0,
         done(nul_and_long.len(), Some(DataError::Nul))
     );
+}
+
+/// A BDAT chunk's octets: CRLF line ends and a final CRLF, dots left alone; a message that is
+/// already so is not copied.
+#[test]
+fn crlf_line_ends_for_bdat_keep_dots_and_borrow_clean_messages() {
+    let clean = b"Subject: x\r\n\r\n.\r\n..b\r\n";
+    assert!(matches!(
+        crlf_line_ends(clean),
+        std::borrow::Cow::Borrowed(_)
+    ));
+    assert_eq!(&*crlf_line_ends(clean), clean);
+    assert_eq!(&*crlf_line_ends(b""), b"");
+    assert_eq!(&*crlf_line_ends(b"no newline"), b"no newline\r\n");
+    assert_eq!(&*crlf_line_ends(b"a\nb\rc\r\n.d"), b"a\r\nb\r\nc\r\n.d\r\n");
+    assert_eq!(&*crlf_line_ends(b"\r\r\n\n"), b"\r\n\r\n\r\n");
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 use relayward_protocol::command::{Command, Param, parse_command};
-use relayward_protocol::data::{DataError, DataReceiver, DataStatus, dot_stuff};
+use relayward_protocol::data::{DataError, DataReceiver, DataStatus, crlf_line_ends, dot_stuff};
 use relayward_protocol::line::{LineBuffer, LineEvent};
 use relayward_protocol::path::{parse_forward_path, parse_reverse_path};
 
@@ -274,4 +274,34 @@ proptest! {
         );
         prop_assert!(consumed_all, "status {:?} for {:?}", status, input);
     }
+
+    /// What `BDAT` sends of any bytes is what `DATA` sends once the receiver has undone its
+    /// framing, and a strict BDAT receiver (ours) finds no bare CR or LF in it.
+    #[test]
+    fn crlf_line_ends_is_dot_stuffs_content_and_valid_bdat(
+        input in prop::collection::vec(prop_oneof![Just(b'.'), Just(b'\r'), Just(b'\n'), any::<u8>()], 0..400),
+    ) {
+        let chunk = crlf_line_ends(&input);
+        let mut rx = DataReceiver::new(u64::MAX);
+        let mut unframed = Vec::new();
+        rx.feed(&dot_stuff(&input), &mut unframed);
+        if rx_kept_everything(&input) {
+            prop_assert_eq!(&unframed, &*chunk);
+        }
+        let mut bdat = relayward_protocol::bdat::BdatReceiver::new(u64::MAX);
+        prop_assert!(bdat.start_chunk(chunk.len() as u64, true).is_ok());
+        let mut sink = Vec::new();
+        let status = bdat.feed(&chunk, &mut sink);
+        let accepted = matches!(
+            status,
+            relayward_protocol::bdat::ChunkStatus::ChunkDone { consumed, .. } if consumed == chunk.len()
+        ) || (chunk.is_empty() && status == relayward_protocol::bdat::ChunkStatus::NeedMore);
+        prop_assert!(accepted, "status {:?} for {:?}", status, input);
+    }
+}
+
+/// The DATA receiver stops keeping content after a NUL or an over-long line; only inputs
+/// without either are compared octet for octet.
+fn rx_kept_everything(input: &[u8]) -> bool {
+    !input.contains(&0) && input.len() < relayward_protocol::limits::MAX_ACCEPTED_TEXT_LINE
 }

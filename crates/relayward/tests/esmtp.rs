@@ -982,3 +982,72 @@ fn bounces_carry_envid_and_orcpt_and_honour_ret() {
     assert!(small.contains("\r\n\r\na small body\r\n"), "{small}");
     assert!(!small.contains("no such user"), "{small}");
 }
+
+// ------------------------------------------------------------------ CHUNKING on the way out
+
+/// relayward relays to a real Postfix smtpd, which offers CHUNKING: the message goes as BDAT
+/// (Postfix counts `bdat=1` and no `data` for the session) and arrives intact, a line that
+/// opens with a dot included (BDAT is not dot-stuffed).
+#[test]
+fn a_postfix_next_hop_offering_chunking_gets_bdat_and_the_message_intact() {
+    if !postfix::available() {
+        eprintln!(
+            "SKIPPED: needs root and {} (scripts/test installs postfix)",
+            postfix::POSTFIX
+        );
+        return;
+    }
+    let sink = relayward_testkit::smtp_server::SmtpServer::bind(
+        "127.0.0.1:0",
+        relayward_testkit::smtp_server::Script::default(),
+    );
+    let pf = postfix::Postfix::start(
+        &format!(
+            "myhostname = postfix.example.test
+mydestination =
+mynetworks = 127.0.0.0/8
+relayhost = [127.0.0.1]:{}
+smtp_tls_security_level = none
+smtpd_tls_security_level = none",
+            sink.addr.port()
+        ),
+        &[("127.0.0.1", "")],
+    );
+    let server = TestServer::start(&utf8_config(&format!(
+        "[[route]]\ndomain = \"corp.test\"\nto = \"smtp://127.0.0.1:{}\"\nverify_recipients = false\n",
+        pf.ports[0]
+    )));
+    send_data(
+        &server,
+        "MAIL FROM:<sender@outside.test>",
+        "RCPT TO:<eve@corp.test>",
+        // Dot-stuffed for DATA: relayward queues ".a line with a dot" and "..and two".
+        b"Subject: in one chunk\r\n\r\n..a line with a dot\r\n...and two\r\nend",
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || !sink.messages().is_empty()),
+        "nothing came through Postfix\nPostfix log:\n{}\nrelayward log:\n{}",
+        pf.maillog(),
+        server.log()
+    );
+    let text = sink.messages()[0].text();
+    assert!(
+        text.contains("\r\nSubject: in one chunk\r\n")
+            && text.ends_with("\r\n\r\n.a line with a dot\r\n..and two\r\nend\r\n"),
+        "{text}"
+    );
+    // Postfix logs the session's command counts when relayward hangs up: on shutdown, which
+    // closes the pooled connection with QUIT.
+    let (code, _dir) = server.terminate();
+    assert_eq!(code, Some(0));
+    pf.wait_for_log(" mail=1 ", Duration::from_secs(30));
+    let log = pf.maillog();
+    let session = log
+        .lines()
+        .find(|l| l.contains("disconnect from") && l.contains(" mail=1 "))
+        .unwrap_or_else(|| panic!("no disconnect line for relayward's session:\n{log}"));
+    assert!(
+        session.contains(" bdat=1 ") && !session.contains(" data="),
+        "{session}"
+    );
+}

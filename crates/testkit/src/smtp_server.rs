@@ -2,8 +2,8 @@
 //! test needs, answering what the [`Script`] says and recording what it got in a [`Log`].
 //!
 //! It speaks enough SMTP for a sending client: EHLO/HELO (PIPELINING, SIZE, 8BITMIME,
-//! STARTTLS, AUTH as scripted), STARTTLS, AUTH PLAIN and LOGIN (under TLS only), MAIL, RCPT,
-//! DATA (dot-unstuffed), RSET, NOOP, QUIT. Commands are answered one by one in order, so
+//! STARTTLS, AUTH, CHUNKING as scripted), STARTTLS, AUTH PLAIN and LOGIN (under TLS only), MAIL,
+//! RCPT, DATA (dot-unstuffed), BDAT (RFC 3030 chunks, taken as they are), RSET, NOOP, QUIT. Commands are answered one by one in order, so
 //! pipelined commands work.
 //!
 //! Async tests start it on their runtime ([`start_smtp`]); blocking tests on a thread of its
@@ -46,6 +46,8 @@ pub struct Script {
     pub auth_mechs: &'static str,
     /// Answer EHLO with 502 (an old server): the client must fall back to HELO.
     pub no_ehlo: bool,
+    /// Announce CHUNKING (RFC 3030): `BDAT` is taken either way.
+    pub chunking: bool,
 }
 
 impl Default for Script {
@@ -63,6 +65,7 @@ impl Default for Script {
             auth: None,
             auth_mechs: "PLAIN LOGIN",
             no_ehlo: false,
+            chunking: false,
         }
     }
 }
@@ -250,6 +253,32 @@ async fn serve(tcp: TcpStream, script: Arc<Script>, log: Arc<Mutex<Log>>) -> std
 struct Txn {
     from: Option<String>,
     rcpts: Vec<String>,
+    /// BDAT chunks so far.
+    chunks: Vec<u8>,
+}
+
+impl Txn {
+    /// The message is complete: kept when the script accepts it; the transaction ends.
+    fn finish(
+        &mut self,
+        data: Vec<u8>,
+        script: &Script,
+        log: &Mutex<Log>,
+        tls: bool,
+        auth: &Option<String>,
+    ) -> String {
+        if script.data_final.starts_with('2') {
+            log.lock().expect("log").messages.push(Received {
+                from: self.from.take().unwrap_or_default(),
+                rcpts: std::mem::take(&mut self.rcpts),
+                data,
+                tls,
+                auth: auth.clone(),
+            });
+        }
+        *self = Txn::default();
+        script.data_final.clone()
+    }
 }
 
 /// Runs commands until QUIT/EOF (returns false) or an accepted STARTTLS (returns true).
@@ -292,7 +321,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             log.lock().expect("log").senders.push(from.clone());
             txn = Txn {
                 from: Some(from),
-                rcpts: vec![],
+                ..Txn::default()
             };
             "250 2.1.0 ok".into()
         } else if upper.starts_with("RCPT TO:") {
@@ -324,17 +353,25 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                     return Ok(false);
                 }
                 tokio::time::sleep(script.data_delay).await;
-                if script.data_final.starts_with('2') {
-                    log.lock().expect("log").messages.push(Received {
-                        from: txn.from.take().unwrap_or_default(),
-                        rcpts: std::mem::take(&mut txn.rcpts),
-                        data,
-                        tls,
-                        auth: auth.clone(),
-                    });
-                }
-                txn = Txn::default();
-                script.data_final.clone()
+                txn.finish(data, script, log, tls, &auth)
+            }
+        } else if let Some(args) = upper.strip_prefix("BDAT ") {
+            let mut words = args.split_ascii_whitespace();
+            let size: usize = words.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            let last = words.next() == Some("LAST");
+            let mut chunk = vec![0; size];
+            tokio::io::AsyncReadExt::read_exact(io, &mut chunk).await?;
+            if txn.from.is_none() || txn.rcpts.is_empty() {
+                "554 5.5.1 no valid recipients".into()
+            } else if last {
+                txn.chunks.extend_from_slice(&chunk);
+                log.lock().expect("log").data_read += 1;
+                tokio::time::sleep(script.data_delay).await;
+                let data = std::mem::take(&mut txn.chunks);
+                txn.finish(data, script, log, tls, &auth)
+            } else {
+                txn.chunks.extend_from_slice(&chunk);
+                format!("250 2.0.0 {size} octets")
             }
         } else if upper == "RSET" {
             txn = Txn::default();
@@ -362,6 +399,9 @@ fn ehlo(script: &Script, tls: bool) -> String {
         lines.push(format!("SIZE {size}"));
     }
     lines.push("8BITMIME".into());
+    if script.chunking {
+        lines.push("CHUNKING".into());
+    }
     if script.tls.is_some() && !tls {
         lines.push("STARTTLS".into());
     }
