@@ -22,6 +22,7 @@ use serde::{Deserialize, Deserializer};
 pub mod dkim;
 mod live;
 mod password;
+pub mod tls_policy;
 pub use live::Live;
 pub use password::{HashError, check_password_hash, hash_password, read_secret_file};
 
@@ -89,6 +90,9 @@ pub struct Config {
     /// DKIM keys for signing mail relayed for users and trusted networks.
     #[serde(default, rename = "dkim")]
     pub dkim: Vec<dkim::DkimKey>,
+    /// `[[tls_policy]]`: per-domain overrides of `[delivery] tls_policy`.
+    #[serde(default, rename = "tls_policy")]
+    pub tls_policies: Vec<tls_policy::DomainTlsPolicy>,
 }
 
 /// One `[[listen]]` socket.
@@ -315,6 +319,19 @@ pub struct Delivery {
         deserialize_with = "de_duration_or_off"
     )]
     pub delay_notice_after: Option<Duration>,
+    /// What recipient domains may demand of our TLS on MX delivery: `"mta-sts-dane"` (MTA-STS
+    /// and DANE honoured) or `"opportunistic"`. Per-domain overrides: `[[tls_policy]]`.
+    #[serde(default)]
+    pub tls_policy: tls_policy::TlsPolicyMode,
+    /// PEM trust anchors added to the public web PKI roots wherever the TLS policy verifies
+    /// a certificate: MTA-STS policy hosts (HTTPS) and MX hosts under MTA-STS or
+    /// `require-verified`. For private CAs and tests.
+    #[serde(default)]
+    pub tls_policy_ca_file: Option<PathBuf>,
+    /// Port of the HTTPS server `mta-sts.DOMAIN` MTA-STS policies are fetched from: 443
+    /// except in tests (as `mx_port`).
+    #[serde(default = "default_mta_sts_port")]
+    pub mta_sts_port: u16,
 }
 
 impl Default for Delivery {
@@ -328,12 +345,19 @@ impl Default for Delivery {
             mx_port: default_mx_port(),
             max_queue_lifetime: default_queue_lifetime(),
             delay_notice_after: default_delay_notice_after(),
+            tls_policy: tls_policy::TlsPolicyMode::default(),
+            tls_policy_ca_file: None,
+            mta_sts_port: default_mta_sts_port(),
         }
     }
 }
 
 fn default_mx_port() -> u16 {
     25
+}
+
+fn default_mta_sts_port() -> u16 {
+    443
 }
 
 fn default_queue_lifetime() -> Duration {
@@ -840,6 +864,7 @@ mod checks {
         check_limits(&config.limits, &mut f);
         crate::dkim::check(&config.dkim, &mut f);
         check_queue(&config.queue, &mut f);
+        crate::tls_policy::check(&config.tls_policies, &mut f);
         f.0
     }
 
@@ -1311,6 +1336,12 @@ mod checks {
                 format!("{} is not shorter than max_queue_lifetime ({}), so no delay notice is ever sent (the message bounces first); write a shorter time, or \"off\"", humantime::format_duration(after), humantime::format_duration(delivery.max_queue_lifetime)),
             );
         }
+        if delivery.mta_sts_port == 0 {
+            f.error(
+                "delivery.mta_sts_port",
+                "port 0 cannot be connected to; use 443",
+            );
+        }
     }
 
     fn check_smarthost(delivery: &Delivery, smarthost: &str, f: &mut Findings) {
@@ -1437,6 +1468,7 @@ mod summary {
         listeners(config, &mut out);
         local(config, &mut out);
         relaying(config, &mut out);
+        outbound_tls(config, &mut out);
         let _ = writeln!(
             out,
             "Everyone else: only local mailboxes and relay domains; any other recipient gets 554 5.7.1 Relay access denied.\n\
@@ -1545,6 +1577,44 @@ mod summary {
             .collect();
         if !proxies.is_empty() {
             let _ = writeln!(out, "PROXY protocol accepted from: {}", proxies.join(", "));
+        }
+    }
+
+    /// What MX delivery demands of TLS, and the admin's per-domain rules.
+    fn outbound_tls(config: &Config, out: &mut String) {
+        let what = match config.delivery.tls_policy {
+            tls_policy::TlsPolicyMode::MtaStsDane => {
+                "MTA-STS and DANE honoured (verified TLS or the mail waits), opportunistic STARTTLS otherwise"
+            }
+            tls_policy::TlsPolicyMode::Opportunistic => {
+                "opportunistic STARTTLS only (MTA-STS and DANE not looked up)"
+            }
+        };
+        let scope = if config.delivery.smarthost.is_some() {
+            " (applies to MX delivery; the smart host is verified per smarthost_tls)"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "Outbound TLS (tls_policy = \"{}\"): {what}{scope}",
+            config.delivery.tls_policy
+        );
+        for policy in &config.tls_policies {
+            let what = match policy.mode {
+                tls_policy::DomainTlsMode::RequireVerified => {
+                    "verified TLS required (DANE or certificate for the MX name), never clear text"
+                }
+                tls_policy::DomainTlsMode::None => {
+                    "opportunistic STARTTLS, published policies ignored"
+                }
+            };
+            let _ = writeln!(
+                out,
+                "  {} (mode = \"{}\"): {what}",
+                policy.domain.to_ascii_lowercase(),
+                policy.mode
+            );
         }
     }
 }

@@ -82,6 +82,9 @@ pub struct SessionError {
     pub failure: Failure,
     /// A TLS handshake failed during opportunistic STARTTLS: retrying in clear may work.
     pub tls_handshake: bool,
+    /// The host could not give the TLS the policy asked for (not offered, refused, handshake
+    /// or certificate failure), as an RFC 8460 result type; `None` for any other failure.
+    pub tls_fault: Option<&'static str>,
 }
 
 impl SessionError {
@@ -89,7 +92,32 @@ impl SessionError {
         Self {
             failure: Failure::local(status, text),
             tls_handshake: false,
+            tls_fault: None,
         }
+    }
+
+    fn tls(mut self, result_type: &'static str) -> Self {
+        self.tls_fault = Some(result_type);
+        self
+    }
+}
+
+/// The RFC 8460 §4.3 result type of a failed handshake: what the certificate check said.
+fn handshake_result_type(error: &std::io::Error) -> &'static str {
+    use rustls::CertificateError as C;
+    let Some(rustls::Error::InvalidCertificate(cert)) = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
+        return "validation-failure";
+    };
+    match cert {
+        C::NotValidForName | C::NotValidForNameContext { .. } => "certificate-host-mismatch",
+        C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. } => {
+            "certificate-expired"
+        }
+        C::UnknownIssuer | C::BadSignature => "certificate-not-trusted",
+        _ => "validation-failure",
     }
 }
 
@@ -220,16 +248,23 @@ async fn handshake(
         )
     })?;
     let connector = TlsConnector::from(config.clone());
-    match with_timeout(params.timeouts.command, connector.connect(name, tcp)).await {
-        Ok(tls) => Ok(tls),
-        Err(e) => Err(SessionError {
-            failure: Failure::local(
-                (4, 7, 5),
-                format!("TLS handshake with {}: {e}", params.host_name),
-            ),
-            tls_handshake: true,
-        }),
-    }
+    let handshake = connector.connect(name, tcp);
+    let fault = match tokio::time::timeout(params.timeouts.command, handshake).await {
+        Ok(Ok(tls)) => return Ok(tls),
+        Ok(Err(e)) => (e.to_string(), handshake_result_type(&e)),
+        Err(_) => (
+            format!("timed out after {}s", params.timeouts.command.as_secs_f64()),
+            "validation-failure",
+        ),
+    };
+    Err(SessionError {
+        failure: Failure::local(
+            (4, 7, 5),
+            format!("TLS handshake with {}: {}", params.host_name, fault.0),
+        ),
+        tls_handshake: true,
+        tls_fault: Some(fault.1),
+    })
 }
 
 async fn with_timeout<T, E: std::fmt::Display>(
@@ -296,7 +331,8 @@ impl Connection {
                 return Err(SessionError::local(
                     (4, 7, 4),
                     format!("{} does not offer STARTTLS, which is required", self.remote),
-                ));
+                )
+                .tls("starttls-not-supported"));
             }
             return Ok(());
         }
@@ -304,7 +340,9 @@ impl Connection {
         if reply.code != 220 {
             if required || reply.code == 421 {
                 self.broken = true;
-                return Err(self.reply_error(&reply, "STARTTLS"));
+                return Err(self
+                    .reply_error(&reply, "STARTTLS")
+                    .tls("starttls-not-supported"));
             }
             return Ok(());
         }
@@ -726,6 +764,7 @@ impl Connection {
         SessionError {
             failure: Failure::from_reply(reply, &self.remote, context),
             tls_handshake: false,
+            tls_fault: None,
         }
     }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use relayward_config::Config;
 pub use relayward_config::SmarthostTls;
+pub use relayward_config::tls_policy::{DomainTlsMode, DomainTlsPolicy, TlsPolicyMode};
 
 use crate::retry::RetrySchedule;
 
@@ -28,6 +29,15 @@ pub struct DeliveryConfig {
     pub smarthost_ca_file: Option<PathBuf>,
     /// Port used for MX hosts (MX records carry no port); 25 in production.
     pub mx_port: u16,
+    /// `[delivery] tls_policy`: whether MTA-STS and DANE are honoured on MX delivery.
+    pub tls_policy: TlsPolicyMode,
+    /// `[[tls_policy]]`: the admin's per-domain overrides.
+    pub tls_policies: Vec<DomainTlsPolicy>,
+    /// Extra trust anchors (PEM) wherever the TLS policy verifies a certificate (MTA-STS
+    /// policy hosts, MX hosts under MTA-STS or `require-verified`).
+    pub tls_policy_ca_file: Option<PathBuf>,
+    /// Port of the MTA-STS policy servers (`mta-sts.DOMAIN`); 443 in production.
+    pub mta_sts_port: u16,
     /// `[dns] nameservers`; empty means the system resolver configuration.
     pub nameservers: Vec<SocketAddr>,
     /// Resolver cache size in responses; tests use 0 so every lookup hits their DNS server.
@@ -66,6 +76,10 @@ impl DeliveryConfig {
             smarthost_password_file: None,
             smarthost_ca_file: None,
             mx_port: 25,
+            tls_policy: TlsPolicyMode::default(),
+            tls_policies: Vec::new(),
+            tls_policy_ca_file: None,
+            mta_sts_port: 443,
             nameservers: Vec::new(),
             dns_cache_size: 1024,
             dns_timeout: Duration::from_secs(5),
@@ -92,6 +106,10 @@ impl DeliveryConfig {
         out.smarthost_password_file = delivery.smarthost_password_file.clone();
         out.smarthost_ca_file = delivery.ca_file.clone();
         out.mx_port = delivery.mx_port;
+        out.tls_policy = delivery.tls_policy;
+        out.tls_policies = config.tls_policies.clone();
+        out.tls_policy_ca_file = delivery.tls_policy_ca_file.clone();
+        out.mta_sts_port = delivery.mta_sts_port;
         out.nameservers = config.dns.nameservers.clone();
         out.max_queue_lifetime = delivery.max_queue_lifetime;
         out.delay_notice_after = delivery.delay_notice_after;

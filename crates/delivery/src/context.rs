@@ -14,6 +14,7 @@ use rustls::ClientConfig;
 use crate::client::{Credentials, TlsPolicy};
 use crate::config::{ConfigError, DeliveryConfig, SmarthostTls, smarthost_address};
 use crate::loops::OwnListeners;
+use crate::mta_sts::Fetcher;
 use crate::mx::MxResolver;
 use crate::tls;
 
@@ -24,6 +25,11 @@ pub struct DeliveryContext {
     pub router: Arc<Router>,
     pub(crate) resolver: MxResolver,
     pub(crate) opportunistic: Arc<ClientConfig>,
+    /// Verifying configuration for MX hosts under a TLS policy and MTA-STS policy servers:
+    /// web PKI roots plus `tls_policy_ca_file`.
+    pub(crate) verified: Arc<ClientConfig>,
+    /// Where MTA-STS policies come from (resolver, verified HTTPS, port).
+    pub(crate) sts_fetcher: Fetcher,
     pub(crate) smarthost: Option<Smarthost>,
     /// Our own listeners: never a next hop (see [`crate::loops`]).
     pub(crate) own: OwnListeners,
@@ -49,10 +55,19 @@ impl DeliveryContext {
             settings.dns_timeout,
         )?;
         let smarthost = smarthost(&settings)?;
+        let verified = tls::verifying(settings.tls_policy_ca_file.as_deref())?;
+        let sts_fetcher = Fetcher {
+            resolver: resolver.clone(),
+            tls: Arc::clone(&verified),
+            port: settings.mta_sts_port,
+            timeout: settings.timeouts.connect,
+        };
         Ok(Self {
             router,
             resolver,
             opportunistic: tls::opportunistic()?,
+            verified,
+            sts_fetcher,
             smarthost,
             settings,
             own: OwnListeners::default(),

@@ -5,6 +5,8 @@
 //! - [`mx`]: MX resolution with the RFC 5321 §5.1 / RFC 7505 rules (hickory-resolver).
 //! - [`client`]: the SMTP client (EHLO, STARTTLS, AUTH, PIPELINING, SIZE, 8BITMIME, CHUNKING).
 //! - [`tls`]: verifying (smart host) and opportunistic (MX) TLS client configurations.
+//! - [`tls_policy`]: which TLS each MX host gets (MTA-STS, `[[tls_policy]]`), with
+//!   [`mta_sts`] (RFC 8461 discovery, fetch, cache) and [`tls_report`] (outcomes kept).
 //! - [`retry`]: the backoff schedule. [`dsn`]: RFC 3464 bounces and delay notices.
 //! - [`delay`]: who is owed a delay notice, and from when (RFC 3461 `NOTIFY=DELAY`).
 //! - [`notice`]: RFC 3461 success notices for mail delivered into a Maildir.
@@ -49,6 +51,7 @@ pub mod downgrade;
 pub mod dsn;
 pub mod due;
 pub mod loops;
+pub mod mta_sts;
 pub mod mx;
 pub mod notice;
 pub mod outcome;
@@ -56,6 +59,8 @@ pub mod prepare;
 pub mod retry;
 pub mod runner;
 pub mod tls;
+pub mod tls_policy;
+pub mod tls_report;
 pub mod verify;
 
 pub use config::{DeliveryConfig, SmarthostTls, Timeouts};

@@ -94,6 +94,24 @@ impl MxResolver {
         }
     }
 
+    /// The TXT records at `name`, each one's strings joined (RFC 7208 §3.3 style); none for a
+    /// name that does not exist or has no TXT record. `Err` only for a temporary failure.
+    pub async fn txt(&self, name: &str) -> Result<Vec<Vec<u8>>, DnsFailure> {
+        let fqdn = absolute(name);
+        match self.inner.lookup(fqdn.as_str(), RecordType::TXT).await {
+            Ok(lookup) => Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::TXT(txt) => Some(txt.txt_data.iter().flatten().copied().collect()),
+                    _ => None,
+                })
+                .collect()),
+            Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(Vec::new()),
+            Err(e) => Err(temporary(name, &e)),
+        }
+    }
+
     /// The addresses of one host (A and AAAA). An IP literal is returned as is.
     pub async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DnsFailure> {
         let literal = host.trim_start_matches('[').trim_end_matches(']');

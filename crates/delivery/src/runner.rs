@@ -25,13 +25,17 @@ use tokio::task::JoinSet;
 use crate::client::{
     self, ConnectParams, Connection, Envelope, EnvelopeOptions, SessionError, TlsPolicy,
 };
+use crate::config::{DomainTlsMode, TlsPolicyMode};
 use crate::context::DeliveryContext;
 use crate::delay;
 use crate::dsn::{self, FailedRecipient};
 use crate::due::{self, DueIndex};
+use crate::mta_sts::StsCache;
 use crate::mx::DnsFailure;
 use crate::notice::{Delivered, SuccessReport, build_success};
 use crate::outcome::{Failure, Outcome};
+use crate::tls_policy::{DomainTls, HostPlan, PolicyKind, TlsOutcome, TlsResult};
+use crate::tls_report::TlsLog;
 
 /// Seconds before a queue entry that could not be read is looked at again.
 const RETRY_READ_SECS: u64 = 5;
@@ -61,6 +65,10 @@ struct Shared {
     due: Mutex<DueIndex>,
     /// When the queue was last listed whole.
     listed: Mutex<Instant>,
+    /// MTA-STS policies by domain; outlives reloads.
+    sts_cache: StsCache,
+    /// TLS outcomes of MX connections (see [`crate::tls_report`]).
+    tls_log: TlsLog,
 }
 
 /// A concurrency limit whose size a reload may change. A new size takes a new semaphore:
@@ -181,6 +189,8 @@ impl Runner {
             in_flight: Mutex::new(HashSet::new()),
             due: Mutex::new(DueIndex::default()),
             listed: Mutex::new(Instant::now()),
+            sts_cache: StsCache::default(),
+            tls_log: TlsLog::default(),
         };
         Self {
             shared: Arc::new(shared),
@@ -234,6 +244,17 @@ impl Runner {
         self.rescan().await;
         self.dispatch(&mut tasks).await;
         while tasks.join_next().await.is_some() {}
+    }
+
+    /// The TLS outcomes of MX connections so far (the most recent ones; see
+    /// [`crate::tls_report`]).
+    pub fn tls_outcomes(&self) -> Vec<TlsOutcome> {
+        self.shared.tls_log.recent()
+    }
+
+    /// Connections per (policy, result) since start: `relayward_tls_policy_total`.
+    pub fn tls_counts(&self) -> Vec<((PolicyKind, TlsResult), u64)> {
+        self.shared.tls_log.counts()
     }
 
     /// How many entries the due index holds (stale ones included); for tests and metrics.
@@ -523,8 +544,11 @@ impl Runner {
             }
             Destination::Smarthost => self.deliver_smarthost(ctx, &envelope).await,
             Destination::Route { host, port } => {
+                // A route's target is the admin's, not the recipient domain's: no published
+                // policy applies to it.
                 let hosts = vec![host.clone()];
-                self.deliver_hosts(ctx, host, &hosts, *port, &envelope)
+                let tls = DomainTls::Opportunistic;
+                self.deliver_hosts(ctx, host, &hosts, *port, &tls, &envelope)
                     .await
             }
             Destination::Mx(domain) => self.deliver_mx(ctx, domain, &envelope).await,
@@ -609,11 +633,39 @@ impl Runner {
         match ctx.resolver.mx_hosts(domain).await {
             Ok(hosts) => {
                 let names: Vec<String> = hosts.into_iter().map(|h| h.name).collect();
-                self.deliver_hosts(ctx, domain, &names, ctx.settings.mx_port, envelope)
+                let tls = self.domain_tls(ctx, domain).await;
+                self.deliver_hosts(ctx, domain, &names, ctx.settings.mx_port, &tls, envelope)
                     .await
             }
             Err(failure) => vec![dns_outcome(&failure); n],
         }
+    }
+
+    /// The TLS policy of `domain` for this attempt: the admin's `[[tls_policy]]`, else (with
+    /// `tls_policy = "mta-sts-dane"`) its published MTA-STS policy.
+    async fn domain_tls(&self, ctx: &DeliveryContext, domain: &str) -> DomainTls {
+        let settings = &ctx.settings;
+        match relayward_config::tls_policy::override_for(&settings.tls_policies, domain) {
+            Some(DomainTlsMode::RequireVerified) => return DomainTls::RequireVerified,
+            Some(DomainTlsMode::None) => return DomainTls::Opportunistic,
+            None => {}
+        }
+        if settings.tls_policy == TlsPolicyMode::Opportunistic {
+            return DomainTls::Opportunistic;
+        }
+        let found = self
+            .shared
+            .sts_cache
+            .discover(&ctx.sts_fetcher, domain, unix_now())
+            .await;
+        if let Some(error) = &found.error {
+            tracing::warn!(domain = %Escaped(domain), error = %Escaped(&error.to_string()), cached = found.policy.is_some(), "MTA-STS policy not fetched");
+            self.shared.tls_log.policy_error(domain, error);
+        }
+        if let Some(policy) = &found.policy {
+            tracing::debug!(domain = %Escaped(domain), mode = policy.mode.as_str(), "MTA-STS policy in force");
+        }
+        DomainTls::from_sts(found.policy)
     }
 
     /// Tries hosts in order; recipients deferred by one host (4xx, connection failure) are
@@ -627,6 +679,7 @@ impl Runner {
         destination: &str,
         hosts: &[String],
         port: u16,
+        tls: &DomainTls,
         envelope: &Envelope<'_>,
     ) -> Vec<Outcome> {
         let n = envelope.recipients.len();
@@ -634,6 +687,14 @@ impl Runner {
         let mut last = Failure::local((4, 4, 4), "no mail exchanger could be tried");
         let (mut looped, mut tried) = (false, false);
         for host in hosts.iter().take(MAX_HOSTS) {
+            let plan = match tls.plan(destination, host) {
+                HostPlan::Refused { failure, outcome } => {
+                    self.record_tls(outcome);
+                    last = failure;
+                    continue;
+                }
+                plan => plan,
+            };
             let addresses = match ctx.resolver.addresses(host).await {
                 Ok(a) => a,
                 Err(e) => {
@@ -677,8 +738,10 @@ impl Runner {
                     continue;
                 }
                 tried = true;
-                let params = mx_params(ctx, host, addr);
-                match self.attempt(params, &sub).await {
+                match self
+                    .attempt_under_policy(ctx, destination, host, addr, &plan, tls, &sub)
+                    .await
+                {
                     Ok(results) => {
                         for (&i, outcome) in open.iter().zip(results) {
                             outcomes[i] = Some(outcome);
@@ -746,7 +809,7 @@ impl Runner {
             match self.attempt(params, envelope).await {
                 // The smart host decides for every recipient; a 4xx there is not improved
                 // by another address of the same service.
-                Ok(outcomes) => return outcomes,
+                Ok((outcomes, _)) => return outcomes,
                 Err(e) => last = e.failure,
             }
         }
@@ -754,24 +817,113 @@ impl Runner {
         vec![Outcome::Deferred(last.as_transient()); n]
     }
 
-    /// One transaction on a pooled or new connection to `params.addr`.
+    /// One transaction with one MX address, with the TLS its host's plan demands; every
+    /// connection's TLS outcome is recorded. Under MTA-STS `testing` a failed verification is
+    /// recorded and the host used opportunistically.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt_under_policy(
+        &self,
+        ctx: &DeliveryContext,
+        domain: &str,
+        host: &str,
+        addr: SocketAddr,
+        plan: &HostPlan,
+        tls: &DomainTls,
+        envelope: &Envelope<'_>,
+    ) -> Result<Vec<Outcome>, SessionError> {
+        let outcome = |policy, result, fault: Option<(&'static str, String)>| {
+            let (result_type, detail) = fault.unzip();
+            TlsOutcome {
+                domain: domain.to_string(),
+                host: host.to_string(),
+                policy,
+                result,
+                result_type,
+                detail,
+            }
+        };
+        let kind = match plan {
+            HostPlan::Verified(kind) => Some((*kind, true)),
+            HostPlan::VerifiedOrReport(kind) if !tls.testing_mismatch(host) => Some((*kind, false)),
+            HostPlan::VerifiedOrReport(kind) => {
+                let detail = format!(
+                    "MX host {host} is not named by the MTA-STS policy of {domain} (mode testing: delivered anyway)"
+                );
+                self.record_tls(outcome(
+                    *kind,
+                    TlsResult::Failed,
+                    Some(("validation-failure", detail)),
+                ));
+                None
+            }
+            _ => None,
+        };
+        if let Some((kind, enforced)) = kind {
+            let params = verified_params(ctx, host, addr);
+            match self.attempt(params, envelope).await {
+                Ok((results, _)) => {
+                    self.record_tls(outcome(kind, TlsResult::Verified, None));
+                    return Ok(results);
+                }
+                Err(e) => {
+                    let Some(result_type) = e.tls_fault else {
+                        return Err(e);
+                    };
+                    self.record_tls(outcome(
+                        kind,
+                        TlsResult::Failed,
+                        Some((result_type, e.failure.text.clone())),
+                    ));
+                    if enforced {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        let (results, encrypted) = self.attempt(mx_params(ctx, host, addr), envelope).await?;
+        let result = if encrypted {
+            TlsResult::Encrypted
+        } else {
+            TlsResult::Cleartext
+        };
+        // Under MTA-STS testing the failure is what was recorded.
+        if *plan == HostPlan::Opportunistic {
+            self.record_tls(outcome(PolicyKind::Opportunistic, result, None));
+        }
+        Ok(results)
+    }
+
+    /// Logs, counts and keeps one TLS outcome.
+    fn record_tls(&self, outcome: TlsOutcome) {
+        let detail = outcome.detail.as_deref().unwrap_or("");
+        if outcome.result == TlsResult::Failed {
+            tracing::warn!(domain = %Escaped(&outcome.domain), host = %Escaped(&outcome.host), policy = outcome.policy.as_str(), result = outcome.result.as_str(), result_type = outcome.result_type.unwrap_or(""), detail = %Escaped(detail), "TLS policy not met");
+        } else {
+            tracing::info!(domain = %Escaped(&outcome.domain), host = %Escaped(&outcome.host), policy = outcome.policy.as_str(), result = outcome.result.as_str(), "TLS");
+        }
+        self.shared.tls_log.record(outcome);
+    }
+
+    /// One transaction on a pooled or new connection to `params.addr`; with the outcomes,
+    /// whether the connection was encrypted.
     async fn attempt(
         &self,
         params: ConnectParams,
         envelope: &Envelope<'_>,
-    ) -> Result<Vec<Outcome>, SessionError> {
+    ) -> Result<(Vec<Outcome>, bool), SessionError> {
         let key = pool_key(&params);
         let mut conn = match self.take_pooled(&key).await {
             Some(conn) => conn,
             None => self.open(&params).await?,
         };
         let outcomes = conn.send(envelope).await;
+        let encrypted = conn.tls;
         if conn.reusable() {
             self.put_pooled(key, conn);
         } else {
             conn.quit().await;
         }
-        Ok(outcomes)
+        Ok((outcomes, encrypted))
     }
 
     /// Connects; an opportunistic TLS handshake failure is retried once in clear text, as
@@ -1147,6 +1299,17 @@ fn log_queue_error(id: Option<&MessageId>, what: &str, error: &QueueError) {
         (None, true) => tracing::debug!(%error, "{what}"),
         (Some(id), false) => tracing::error!(%id, %error, "{what}"),
         (None, false) => tracing::error!(%error, "{what}"),
+    }
+}
+
+/// STARTTLS required, certificate verified for the MX host name (a TLS policy's demand).
+fn verified_params(ctx: &DeliveryContext, host: &str, addr: SocketAddr) -> ConnectParams {
+    ConnectParams {
+        tls: TlsPolicy::Required {
+            config: ctx.verified.clone(),
+            server_name: host.to_string(),
+        },
+        ..mx_params(ctx, host, addr)
     }
 }
 

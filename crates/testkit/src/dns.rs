@@ -14,7 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
 
 use hickory_proto::op::{Message, MessageType, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, MX, SOA};
+use hickory_proto::rr::rdata::{A, AAAA, MX, SOA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 /// Records by (lower-case name with a final dot, type), and names that answer SERVFAIL.
@@ -57,6 +57,17 @@ impl Zone {
 
     pub fn aaaa(mut self, name: &str, ip: Ipv6Addr) -> Self {
         self.add(name, RecordType::AAAA, RData::AAAA(AAAA(ip)));
+        self
+    }
+
+    /// `name TXT "text"` (one string; long texts are split into 255-octet strings).
+    pub fn txt(mut self, name: &str, text: &str) -> Self {
+        let strings: Vec<String> = text
+            .as_bytes()
+            .chunks(255)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect();
+        self.add(name, RecordType::TXT, RData::TXT(TXT::new(strings)));
         self
     }
 

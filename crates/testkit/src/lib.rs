@@ -7,7 +7,8 @@
 //!   records what it got; async, or on a thread of its own for blocking tests.
 //! - [`client`]: [`client::Smtp`], the transcript client (`.send("EHLO x").expect(250)`), over
 //!   TCP or over an in-memory pipe to an in-process session.
-//! - [`pki`]: a test CA and a server certificate it signed.
+//! - [`pki`]: a test CA and a server certificate it signed; [`pki::TestCa`] for several.
+//! - [`https`]: an HTTPS server serving fixed pages by host (MTA-STS policy servers).
 //! - [`config`]: the standard test configuration and the test users' password hash.
 //! - [`queue`]: [`queue::MemoryQueue`], a [`relayward_queue::Queue`] in memory, for sessions
 //!   run in-process.
@@ -29,6 +30,7 @@ pub mod config;
 pub mod dns;
 pub mod http;
 pub mod load;
+pub mod https;
 pub mod net;
 pub mod os;
 pub mod pki;

@@ -23,26 +23,73 @@ pub struct TestPki {
 
 /// A fresh CA ("relayward test CA") and a leaf for `names` (DNS names or IP addresses).
 pub fn test_pki(names: &[&str]) -> TestPki {
-    let ca_key = KeyPair::generate().expect("CA key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "relayward test CA");
-    let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf_key = KeyPair::generate().expect("leaf key");
-    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-    let leaf = CertificateParams::new(names)
-        .expect("leaf params")
-        .signed_by(&leaf_key, &issuer)
-        .expect("leaf certificate");
-    let key_der = PrivateKeyDer::try_from(leaf_key.serialize_der()).expect("key DER");
+    let ca = TestCa::new();
+    let leaf = ca.leaf(names);
     TestPki {
-        ca_pem: ca_cert.pem(),
-        cert_pem: leaf.pem(),
-        key_pem: leaf_key.serialize_pem(),
-        server: server_config(vec![leaf.der().clone()], key_der),
+        ca_pem: ca.ca_pem.clone(),
+        cert_pem: leaf.cert_pem,
+        key_pem: leaf.key_pem,
+        server: leaf.server,
+    }
+}
+
+/// A test CA that signs as many leaves as a test needs (MX hosts and an HTTPS server that
+/// all chain to one CA file).
+pub struct TestCa {
+    /// The CA certificate, for clients that verify.
+    pub ca_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+/// A certificate signed by a [`TestCa`], its key, and a server configuration serving it.
+pub struct Leaf {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub cert_der: CertificateDer<'static>,
+    pub server: Arc<ServerConfig>,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "relayward test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
+        TestCa {
+            ca_pem: ca_cert.pem(),
+            issuer: Issuer::new(ca_params, ca_key),
+        }
+    }
+
+    /// A leaf for `names` (DNS names or IP addresses).
+    pub fn leaf(&self, names: &[&str]) -> Leaf {
+        let leaf_key = KeyPair::generate().expect("leaf key");
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let leaf = CertificateParams::new(names)
+            .expect("leaf params")
+            .signed_by(&leaf_key, &self.issuer)
+            .expect("leaf certificate");
+        let key_der = PrivateKeyDer::try_from(leaf_key.serialize_der()).expect("key DER");
+        Leaf {
+            cert_pem: leaf.pem(),
+            key_pem: leaf_key.serialize_pem(),
+            cert_der: leaf.der().clone(),
+            server: server_config(vec![leaf.der().clone()], key_der),
+        }
+    }
+
+    /// Writes the CA certificate to `path` (a `ca_file` for the software under test).
+    pub fn write(&self, path: &Path) {
+        std::fs::write(path, &self.ca_pem).expect("write CA file");
+    }
+}
+
+impl Default for TestCa {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -1,0 +1,122 @@
+//! A test HTTPS server on loopback that serves fixed pages by `Host` header: MTA-STS policy
+//! servers (`mta-sts.DOMAIN`, RFC 8461 §3.3) for the delivery tests. One request per
+//! connection; it records every request (`host path`). Runs on a thread of its own until the
+//! test process ends.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls::{ServerConfig, ServerConnection, StreamOwned};
+
+/// One page: status, `Content-Type`, body.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub status: u16,
+    pub content_type: String,
+    pub body: String,
+}
+
+impl Page {
+    /// `200`, `text/plain`: an MTA-STS policy as a domain publishes it.
+    pub fn policy(body: &str) -> Page {
+        Page {
+            status: 200,
+            content_type: "text/plain".into(),
+            body: body.into(),
+        }
+    }
+}
+
+/// A running server.
+#[derive(Clone)]
+pub struct HttpsServer {
+    pub addr: SocketAddr,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl HttpsServer {
+    /// Serves `pages` (by lower-case host name; any path gives the host's page, except that
+    /// a path other than `/.well-known/mta-sts.txt` is 404) on `listener` with `tls`.
+    pub fn spawn(
+        listener: TcpListener,
+        tls: Arc<ServerConfig>,
+        pages: HashMap<String, Page>,
+    ) -> HttpsServer {
+        let addr = listener.local_addr().expect("server address");
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&requests);
+        let pages = Arc::new(pages);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let (tls, pages, seen) = (Arc::clone(&tls), Arc::clone(&pages), Arc::clone(&seen));
+                std::thread::spawn(move || {
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                    let Ok(connection) = ServerConnection::new(tls) else {
+                        return;
+                    };
+                    let mut stream = StreamOwned::new(connection, stream);
+                    let _ = serve_one(&mut stream, &pages, &seen);
+                });
+            }
+        });
+        HttpsServer { addr, requests }
+    }
+
+    /// Requests so far, e.g. `"mta-sts.good.test /.well-known/mta-sts.txt"`.
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().expect("requests").clone()
+    }
+}
+
+fn serve_one(
+    stream: &mut StreamOwned<ServerConnection, std::net::TcpStream>,
+    pages: &HashMap<String, Page>,
+    seen: &Mutex<Vec<String>>,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(&mut *stream);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    let path = request_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("")
+        .to_string();
+    let mut host = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("host")
+        {
+            host = value.trim().to_ascii_lowercase();
+        }
+    }
+    seen.lock()
+        .expect("requests")
+        .push(format!("{host} {path}"));
+    let not_found = Page {
+        status: 404,
+        content_type: "text/plain".into(),
+        body: "not found\n".into(),
+    };
+    let page = match pages.get(&host) {
+        Some(page) if path == "/.well-known/mta-sts.txt" => page,
+        _ => &not_found,
+    };
+    let response = format!(
+        "HTTP/1.1 {} X\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        page.status,
+        page.content_type,
+        page.body.len(),
+        page.body
+    );
+    stream.write_all(response.as_bytes())?;
+    stream.conn.send_close_notify();
+    stream.flush()
+}
