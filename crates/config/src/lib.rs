@@ -1584,7 +1584,7 @@ mod summary {
     fn outbound_tls(config: &Config, out: &mut String) {
         let what = match config.delivery.tls_policy {
             tls_policy::TlsPolicyMode::MtaStsDane => {
-                "MTA-STS and DANE honoured (verified TLS or the mail waits), opportunistic STARTTLS otherwise"
+                "MTA-STS honoured (verified TLS or the mail waits), opportunistic STARTTLS otherwise"
             }
             tls_policy::TlsPolicyMode::Opportunistic => {
                 "opportunistic STARTTLS only (MTA-STS and DANE not looked up)"
@@ -1603,7 +1603,7 @@ mod summary {
         for policy in &config.tls_policies {
             let what = match policy.mode {
                 tls_policy::DomainTlsMode::RequireVerified => {
-                    "verified TLS required (DANE or certificate for the MX name), never clear text"
+                    "verified TLS required (certificate for the MX name), never clear text"
                 }
                 tls_policy::DomainTlsMode::None => {
                     "opportunistic STARTTLS, published policies ignored"

@@ -126,3 +126,44 @@ fn hash_password_reads_stdin_and_prints_argon2id() {
     assert!(hash.starts_with("$argon2id$"), "{hash}");
     assert!(!hash.contains(support::PASSWORD));
 }
+
+#[test]
+fn check_config_shows_the_outbound_tls_policy_and_its_overrides() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay =
+        "[relay]\nlocal_domains = [\"example.test\"]\ntrusted_networks = [\"127.0.0.1/32\"]\n";
+    let config = write_config(
+        &dir,
+        &format!(
+            "{relay}\n[[tls_policy]]\ndomain = \"bank.example\"\nmode = \"require-verified\"\n\n[[tls_policy]]\ndomain = \"Broken.example\"\nmode = \"none\"\n"
+        ),
+    );
+    let (code, out) = relayward(&["check-config"], &config);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("Outbound TLS (tls_policy = \"mta-sts-dane\"): MTA-STS honoured"),
+        "the default is shown:\n{out}"
+    );
+    assert!(
+        out.contains("  bank.example (mode = \"require-verified\"): verified TLS required"),
+        "{out}"
+    );
+    assert!(
+        out.contains("  broken.example (mode = \"none\"): opportunistic STARTTLS"),
+        "{out}"
+    );
+
+    let config = write_config(
+        &dir,
+        &format!(
+            "{relay}\n[delivery]\ntls_policy = \"opportunistic\"\n\n[[tls_policy]]\ndomain = \"a.example\"\nmode = \"none\"\n\n[[tls_policy]]\ndomain = \"A.example\"\nmode = \"none\"\n"
+        ),
+    );
+    let (code, out) = relayward(&["check-config"], &config);
+    assert_eq!(code, Some(78), "a domain named twice is an error:\n{out}");
+    assert!(out.contains("tls_policy[1].domain"), "{out}");
+    assert!(
+        out.contains("Outbound TLS (tls_policy = \"opportunistic\"): opportunistic STARTTLS only"),
+        "{out}"
+    );
+}

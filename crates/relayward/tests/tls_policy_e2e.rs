@@ -1,0 +1,175 @@
+//! The outbound TLS policy through the real binary (issue 18): `relayward serve` relays mail to
+//! MX hosts of domains that publish MTA-STS policies (a test DNS server with the `_mta-sts`
+//! TXT records, an HTTPS server with a private CA serving the policies), and the mail log
+//! and `relayward queue show` say what the policy did.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+use relayward_testkit::dns::{DnsServer, Zone};
+use relayward_testkit::https::{HttpsServer, Page};
+use relayward_testkit::net::listeners_on_one_port;
+use relayward_testkit::pki::{TestCa, self_signed};
+use relayward_testkit::smtp_server::{Script, SmtpServer};
+use relayward_testkit::wait::eventually;
+use support::{PASSWORD, TestServer, queue_cmd, standard_config};
+
+fn ip(last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 60, 0, last)
+}
+
+/// Alice submits one message to `rcpt` (submission, STARTTLS, AUTH).
+fn submit(server: &TestServer, rcpt: &str, subject: &str) {
+    let from = "alice@example.test";
+    server
+        .smtp("submission")
+        .send("EHLO laptop.example.test")
+        .expect(250)
+        .starttls(server.ca())
+        .send("EHLO laptop.example.test")
+        .expect(250)
+        .auth_plain(from, PASSWORD)
+        .expect(235)
+        .send(&format!("MAIL FROM:<{from}>"))
+        .expect(250)
+        .send(&format!("RCPT TO:<{rcpt}>"))
+        .expect(250)
+        .send("DATA")
+        .expect(354)
+        .raw(
+            format!("From: <{from}>\r\nTo: <{rcpt}>\r\nSubject: {subject}\r\n\r\nhi\r\n.\r\n")
+                .as_bytes(),
+        )
+        .expect_text(250, "queued as")
+        .send("QUIT")
+        .expect(221);
+}
+
+/// `strict.test` publishes `enforce` for `mx.strict.test` (a certificate from the private CA),
+/// `trial.test` publishes `testing` for `mx.trial.test` (a self-signed certificate), and
+/// `hijacked.test` publishes `enforce` for `mx.hijacked.test` while its MX record names
+/// `mx.trial.test`.
+#[test]
+fn policies_are_enforced_tested_and_logged_by_the_running_server() {
+    let ca = TestCa::new();
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let ca_file = scratch.path().join("policy-ca.pem");
+    ca.write(&ca_file);
+
+    let (https_port, mut https_listeners) = listeners_on_one_port(&[ip(4)]);
+    let enforce =
+        |mx: &str| format!("version: STSv1\r\nmode: enforce\r\nmx: {mx}\r\nmax_age: 86400\r\n");
+    let pages = HashMap::from([
+        (
+            "mta-sts.strict.test".to_string(),
+            Page::policy(&enforce("mx.strict.test")),
+        ),
+        (
+            "mta-sts.hijacked.test".to_string(),
+            Page::policy(&enforce("mx.hijacked.test")),
+        ),
+        (
+            "mta-sts.trial.test".to_string(),
+            Page::policy(
+                "version: STSv1\r\nmode: testing\r\nmx: mx.trial.test\r\nmax_age: 86400\r\n",
+            ),
+        ),
+    ]);
+    let policy_names = [
+        "mta-sts.strict.test",
+        "mta-sts.trial.test",
+        "mta-sts.hijacked.test",
+    ];
+    let https = HttpsServer::spawn(
+        https_listeners.remove(0),
+        ca.leaf(&policy_names).server,
+        pages,
+    );
+
+    let (mx_port, mut listeners) = listeners_on_one_port(&[ip(2), ip(3)]);
+    let trial_cert = self_signed(&["mx.trial.test"], "self-signed trial").acceptor();
+    let trial = SmtpServer::spawn(
+        listeners.pop().expect(".3"),
+        Script {
+            tls: Some(trial_cert.config().clone()),
+            ..Script::default()
+        },
+    );
+    let strict = SmtpServer::spawn(
+        listeners.pop().expect(".2"),
+        Script {
+            tls: Some(ca.leaf(&["mx.strict.test"]).server),
+            ..Script::default()
+        },
+    );
+    let mut zone = Zone::new()
+        .mx("strict.test", 10, "mx.strict.test")
+        .a("mx.strict.test", ip(2))
+        .mx("trial.test", 10, "mx.trial.test")
+        .mx("hijacked.test", 10, "mx.trial.test")
+        .a("mx.trial.test", ip(3));
+    for domain in ["strict.test", "trial.test", "hijacked.test"] {
+        zone = zone
+            .txt(&format!("_mta-sts.{domain}"), "v=STSv1; id=20261201;")
+            .a(&format!("mta-sts.{domain}"), ip(4));
+    }
+    let dns = DnsServer::start_on(ip(1), zone);
+    let server = TestServer::start(&standard_config(&format!(
+        "[delivery]\nmx_port = {mx_port}\nmta_sts_port = {https_port}\ntls_policy_ca_file = \"{}\"\n\n[dns]\nnameservers = [\"{}\"]\n",
+        ca_file.display(),
+        dns.addr
+    )));
+
+    submit(&server, "bob@strict.test", "enforced");
+    submit(&server, "carol@trial.test", "tested");
+    submit(&server, "dave@hijacked.test", "refused");
+
+    assert!(
+        eventually(support::WAIT, || strict.messages().len() == 1
+            && trial.messages().len() == 1),
+        "strict got {}, trial got {}\n{}",
+        strict.messages().len(),
+        trial.messages().len(),
+        server.log()
+    );
+    assert!(strict.messages()[0].tls && trial.messages()[0].tls);
+    assert_eq!(
+        trial.messages()[0].rcpts,
+        ["carol@trial.test"],
+        "hijacked.test's mail never went there"
+    );
+    server.wait_for_log("not named by the MTA-STS policy of hijacked.test");
+    let log = server.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("TLS") || l.contains("MTA-STS"))
+        .collect();
+    // Printed for the README's samples (cargo test -- --nocapture).
+    println!("{}", lines.join("\n"));
+    assert!(
+        lines.iter().any(|l| l.contains("domain=strict.test")
+            && l.contains("policy=\"mta-sts\"")
+            && l.contains("result=\"verified\"")),
+        "{log}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("domain=trial.test")
+            && l.contains("policy=\"mta-sts-testing\"")
+            && l.contains("result_type=\"certificate-not-trusted\"")),
+        "{log}"
+    );
+    let listing = queue_cmd(&server, &["list"]);
+    assert!(listing.contains("dave@hijacked.test"), "{listing}");
+    assert!(
+        listing.contains("not named by the MTA-STS policy of hijacked.test"),
+        "the deferral says why:\n{listing}"
+    );
+    assert_eq!(
+        https.requests().len(),
+        3,
+        "one fetch per domain: {:?}",
+        https.requests()
+    );
+}
