@@ -147,13 +147,11 @@ mod tests {
     #[test]
     fn unknown_modes_are_refused_with_the_key() {
         let error = parse("[delivery]\ntls_policy = \"dane-only\"\n")
-            .err()
-            .expect("refused")
+            .expect_err("refused")
             .to_string();
         assert!(error.contains("tls_policy"), "{error}");
         let error = parse("[[tls_policy]]\ndomain = \"a.example\"\nmode = \"verify\"\n")
-            .err()
-            .expect("refused")
+            .expect_err("refused")
             .to_string();
         assert!(error.contains("require-verified"), "{error}");
     }
