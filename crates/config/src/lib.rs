@@ -484,6 +484,11 @@ pub struct Limits {
     /// test off.
     #[serde(deserialize_with = "de_duration")]
     pub greet_pause: Duration,
+    /// How long a client that waited for the banner is remembered and greeted without the
+    /// pause (per IPv4 address / IPv6 /64; postscreen's `postscreen_greet_ttl`), e.g. `"1d"`.
+    /// `"0s"` makes every connection wait.
+    #[serde(deserialize_with = "de_duration")]
+    pub greet_pause_ttl: Duration,
     /// Everything before the first command: reading a PROXY header (capped at 10 s), the TLS
     /// handshake (implicit TLS and after STARTTLS), and the client's first command after our
     /// banner (RFC 5321 §4.5.3.2.1: 5 minutes).
@@ -524,6 +529,7 @@ impl Default for Limits {
             auth_failure_window: minutes(60),
             auth_ban: minutes(15),
             greet_pause: Duration::from_millis(300),
+            greet_pause_ttl: Duration::from_secs(86_400),
             greeting_timeout: minutes(5),
             command_timeout: minutes(5),
             data_block_timeout: minutes(3),

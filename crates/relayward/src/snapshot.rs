@@ -23,6 +23,7 @@ use relayward_queue::Queue;
 use relayward_server::auth::{AuthLimitSettings, AuthLimiter};
 use relayward_server::listener::AdmissionLimits;
 use relayward_server::policy::Policy;
+use relayward_server::pregreet::PregreetCache;
 use relayward_server::ratelimit::{UserLimitSettings, UserRateLimiter};
 use relayward_server::session::SessionContext;
 use relayward_server::sign::{AllowedFrom, SignOutbound, Signing};
@@ -57,6 +58,8 @@ pub struct Lasting {
     pub verify_cache: VerifyCache,
     pub auth: Arc<AuthLimiter>,
     pub users: Arc<UserRateLimiter>,
+    /// Clients that passed the pregreet test: a reload must not make them all wait again.
+    pub pregreet: Arc<PregreetCache>,
 }
 
 impl Lasting {
@@ -71,6 +74,7 @@ impl Lasting {
             users: Arc::new(UserRateLimiter::new(UserLimitSettings::from_limits(
                 &config.limits,
             ))),
+            pregreet: Arc::default(),
         }
     }
 
@@ -122,6 +126,7 @@ impl Snapshot {
             .map_err(|e| anyhow::anyhow!("DKIM key refused: {e}"))?;
         let mut session = session_context(&config, &tls, policy, lasting);
         session.verifier = Some(Arc::new(verifier));
+        session.pregreet = Arc::clone(&lasting.pregreet);
         session.signer = signer.map(|keys| Arc::new(Signer(keys)) as Arc<dyn SignOutbound>);
         Ok(Snapshot {
             admission: Arc::new(admission_limits(&config)),

@@ -250,12 +250,17 @@ fn proxy_and_xclient_from_an_untrusted_peer_are_unknown_commands() {
         .expect(250)
         .send("RCPT TO:<victim@other.test>")
         .expect_text(554, "5.7.1");
-    // Before the banner it is pregreeting; on the submission listener (no greet pause) it
-    // is read as a command. Neither makes the client trusted.
-    Smtp::connect_silent(server.addr("mx"))
-        .raw(b"PROXY TCP4 127.0.0.2 127.0.0.1 40001 25\r\n")
-        .expect_text(554, "5.5.1")
-        .expect_closed();
+    // Before the banner it is pregreeting (from a client not yet seen: 127.0.0.1 passed the
+    // test above and is remembered); on the submission listener (no greet pause) it is read
+    // as a command. Neither makes the client trusted.
+    let fresh: std::net::IpAddr = "127.0.0.4".parse().expect("ip");
+    Smtp::over(relayward_testkit::client::TcpLink::connect_from(
+        server.addr("mx"),
+        fresh,
+    ))
+    .raw(b"PROXY TCP4 127.0.0.2 127.0.0.1 40001 25\r\n")
+    .expect_text(554, "5.5.1")
+    .expect_closed();
     let mut smtp = Smtp::connect_silent(server.addr("submission"));
     smtp.raw(b"PROXY TCP4 127.0.0.2 127.0.0.1 40001 25\r\n")
         .expect(220)

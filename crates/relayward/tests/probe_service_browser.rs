@@ -202,7 +202,12 @@ async fn trick_rows(browser: &Client) -> Vec<(String, String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_web_page_tests_a_server_in_a_real_browser_with_and_without_javascript() {
-    let closed = TestServer::start(&relay_config("127.0.0.3", ""));
+    // Every probe connection waits out the greet pause (no pregreet memory), so the test
+    // lasts long enough for the page to be seen growing while it runs.
+    let closed = TestServer::start(&format!(
+        "{}\n[limits]\ngreet_pause_ttl = \"0s\"\n",
+        relay_config("127.0.0.3", "")
+    ));
     let open = TestServer::start(&relay_config("127.0.0.4", "\"127.0.0.0/8\""));
     let service = TestServer::start_probe_service(
         "[probe_service]\nhttp_listen = \"127.0.0.1:0\"\npublic_name = \"relay-test.example.org\"\ndata_dir = \"DATA_DIR\"\nallow_private_targets = true\ntests_per_target_per_hour = 1\ntest_timeout = \"5s\"\n",

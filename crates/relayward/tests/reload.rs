@@ -182,3 +182,27 @@ fn a_refused_reload_keeps_the_running_configuration_and_restart_settings_are_nam
     server.wait_for_log("data_dir (");
     server.wait_for_log("takes effect only after a restart");
 }
+
+/// The pregreet memory outlives a reload: a client that waited for the banner before the
+/// SIGHUP is still greeted without the test after it (here: it talks first and is answered,
+/// where a client never seen is refused `554 5.5.1`).
+#[test]
+fn clients_that_passed_the_pregreet_test_are_remembered_across_sighup() {
+    let server = TestServer::start(&standard_config("[limits]\ngreet_pause = \"1s\""));
+    let mx = server.addr("mx");
+    Smtp::connect(mx).send("QUIT").expect(221);
+    server.reload_with(|text| text);
+    server.wait_for_log("configuration reloaded");
+    Smtp::connect_silent(mx)
+        .raw(b"EHLO busy.mta.test\r\n")
+        .expect(220)
+        .expect(250)
+        .send("QUIT")
+        .expect(221);
+    let stranger: IpAddr = "127.0.0.9".parse().expect("ip");
+    Smtp::over(relayward_testkit::client::TcpLink::connect_from(
+        mx, stranger,
+    ))
+    .raw(b"EHLO impatient.robot.test\r\n")
+    .expect_text(554, "5.5.1");
+}

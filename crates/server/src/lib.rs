@@ -8,6 +8,7 @@ pub mod conn;
 pub mod extensions;
 pub mod listener;
 pub mod policy;
+pub mod pregreet;
 pub mod proxy;
 pub mod ratelimit;
 pub mod session;

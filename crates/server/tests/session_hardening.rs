@@ -64,6 +64,68 @@ fn client_talking_before_the_banner_is_refused() {
     assert_eq!(server.endings()[0], Some(Ending::Pregreet));
 }
 
+/// A client that waited for the banner once is greeted at once for `greet_pause_ttl`
+/// (postscreen's cache), per IPv4 address and IPv6 /64; a robot that talks early is refused
+/// every time and never remembered; a remembered client that pipelines without permission is
+/// tested again.
+#[test]
+fn a_client_that_waited_once_is_greeted_at_once_until_the_ttl_ends() {
+    let server = Server::start(&standard_config(
+        "[limits]\ngreet_pause = \"1s\"\ngreet_pause_ttl = \"1h\"",
+    ));
+    let banner_wait = |ip: &str| {
+        let start = server.now();
+        server.smtp_from("mx", ip).send("QUIT").expect(221);
+        server.now() - start
+    };
+    assert_eq!(banner_wait("192.0.2.7"), Duration::from_secs(1));
+    assert_eq!(banner_wait("192.0.2.7"), Duration::ZERO);
+    assert_eq!(banner_wait("192.0.2.8"), Duration::from_secs(1));
+    assert_eq!(banner_wait("2001:db8:1:2::25"), Duration::from_secs(1));
+    assert_eq!(banner_wait("2001:db8:1:2::99"), Duration::ZERO);
+
+    // Early talkers: refused each time, whatever their neighbours did.
+    for _ in 0..2 {
+        server
+            .connect_silent_from("mx", "198.51.100.9")
+            .raw(b"EHLO impatient.robot.test\r\n")
+            .expect_text(554, "5.5.1")
+            .expect_closed();
+    }
+    // A remembered client is not tested before the banner...
+    server
+        .connect_silent_from("mx", "192.0.2.7")
+        .raw(b"EHLO busy.mta.test\r\n")
+        .expect(220)
+        .expect(250)
+        .raw(b"QUIT\r\n")
+        .expect(221);
+    // ...but pipelining before EHLO makes it a robot again.
+    server
+        .smtp_from("mx", "192.0.2.7")
+        .raw(b"HELO robot.test\r\nMAIL FROM:<a@other.test>\r\n")
+        .expect_text(554, "5.5.1")
+        .expect_closed();
+    assert_eq!(banner_wait("192.0.2.7"), Duration::from_secs(1));
+
+    // After the TTL everybody waits again.
+    server.advance(Duration::from_secs(3600));
+    assert_eq!(banner_wait("2001:db8:1:2::25"), Duration::from_secs(1));
+}
+
+/// `greet_pause_ttl = "0s"`: no memory, every connection waits.
+#[test]
+fn a_zero_ttl_makes_every_connection_wait() {
+    let server = Server::start(&standard_config(
+        "[limits]\ngreet_pause = \"1s\"\ngreet_pause_ttl = \"0s\"",
+    ));
+    for _ in 0..2 {
+        let start = server.now();
+        server.smtp_from("mx", "192.0.2.7").send("QUIT").expect(221);
+        assert_eq!(server.now() - start, Duration::from_secs(1));
+    }
+}
+
 /// Trusted networks are not put through the pregreet test: an application on the admin's own
 /// network that talks first still gets its banner and its mail through.
 #[test]

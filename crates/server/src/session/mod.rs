@@ -50,6 +50,7 @@ use replies::command_error_reply;
 pub struct SessionLimits {
     /// Silence required before the banner on `mx` listeners (pregreet test); zero disables.
     pub greet_pause: Duration,
+    pub greet_pause_ttl: Duration,
     pub max_message_size: u64,
     pub max_recipients: usize,
     pub max_errors: u32,
@@ -77,6 +78,8 @@ pub struct SessionContext {
     /// Asks internal servers about recipients of `[[route]]` domains that verify them; without
     /// it such recipients get `451` (never an unverified `250`).
     pub verifier: Option<Arc<dyn crate::verify::VerifyRecipients>>,
+    /// Clients that passed the pregreet test; shared across sessions and reloads.
+    pub pregreet: Arc<crate::pregreet::PregreetCache>,
     /// DKIM-signs relayed mail (see [`crate::sign`]); `None` when no `[[dkim]]` key is set.
     pub signer: Option<Arc<dyn crate::sign::SignOutbound>>,
 }
@@ -85,6 +88,7 @@ impl SessionLimits {
     pub fn from_limits(limits: &Limits) -> Self {
         SessionLimits {
             greet_pause: limits.greet_pause,
+            greet_pause_ttl: limits.greet_pause_ttl,
             max_message_size: limits.max_message_size,
             max_recipients: limits.max_recipients as usize,
             max_errors: limits.max_errors,
@@ -124,6 +128,7 @@ impl SessionContext {
             queue,
             limits: SessionLimits::from_limits(&config.limits),
             verifier: None,
+            pregreet: Arc::default(),
             signer: None,
         }
     }
@@ -282,14 +287,18 @@ impl<S: Stream> Session<S> {
             };
             self.commands_seen = true;
             let flow = match event {
-                LineEvent::Line(_) if self.improperly_pipelined() => self.close_with(
+                LineEvent::Line(_) if self.improperly_pipelined() => {
+                    // A robot after all: it must pass the pregreet test again.
+                    self.ctx.pregreet.forget(self.client_ip);
+                    self.close_with(
                     Reply::enh(
                         554,
                         (5, 5, 1),
                         "Improper use of SMTP command pipelining (send EHLO and wait for PIPELINING)",
                     ),
                     Ending::ImproperPipelining,
-                ),
+                )
+                }
                 LineEvent::Line(line) => self.on_line(&line).await?,
                 LineEvent::TooLong => self.client_error(Reply::enh(
                     500,
@@ -313,7 +322,8 @@ impl<S: Stream> Session<S> {
     }
 
     /// The pregreet test (`mx` listeners): listens for `greet_pause` before the banner. A
-    /// client that talks first is a robot that does not wait for replies; real MTAs wait.
+    /// client that talks first is a robot that does not wait for replies; real MTAs wait, and
+    /// one that waited is remembered for `greet_pause_ttl` ([`crate::pregreet`]).
     /// Trusted networks are not tested (like postscreen's mynetworks): the admin vouches for
     /// them, and their applications should not pay the pause on every message.
     async fn pregreeted(&mut self) -> io::Result<bool> {
@@ -323,14 +333,21 @@ impl<S: Stream> Session<S> {
             }
             _ => Duration::ZERO,
         };
-        if pause.is_zero() {
+        let ttl = self.ctx.limits.greet_pause_ttl;
+        if pause.is_zero() || self.ctx.pregreet.has_passed(self.client_ip, ttl) {
             return Ok(false);
         }
         let mut probe = [0u8; 512];
         match tokio::time::timeout(pause, self.conn.read(&mut probe)).await {
-            Err(_) => Ok(false),
+            Err(_) => {
+                self.ctx.pregreet.record_pass(self.client_ip, ttl);
+                Ok(false)
+            }
             Ok(Ok(0)) => Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(Ok(_)) => Ok(true),
+            Ok(Ok(_)) => {
+                self.ctx.pregreet.forget(self.client_ip);
+                Ok(true)
+            }
             Ok(Err(e)) => Err(e),
         }
     }

@@ -150,6 +150,11 @@ impl Server {
         self.runtime.block_on(async { tokio::time::Instant::now() })
     }
 
+    /// Moves the paused clock forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        self.runtime.block_on(tokio::time::advance(by));
+    }
+
     /// Waits for every session started so far to end; how each ended (`None`: the implicit
     /// TLS handshake failed). Drop the clients first, or make the server close them.
     pub fn endings(&self) -> Vec<Option<Ending>> {
