@@ -339,3 +339,68 @@ fn sighup_on_a_node_reloads_and_keeps_its_database() {
     let owners = Cluster::shared().psql(&db.name, "SELECT name FROM relayward_nodes");
     assert_eq!(owners, "node-a");
 }
+
+/// `relayward queue` through one node's configuration steers the mail of another, running,
+/// node: a message A accepted is held and another deleted through B's configuration; a retry
+/// of everything (through A's) leaves both alone while the sink is up; a release through A's
+/// and a retry through B's then get the held one delivered, once.
+#[test]
+fn queue_commands_through_one_node_steer_the_mail_another_node_holds() {
+    let db = Cluster::shared().database();
+    let port = relayward_testkit::net::common_port(&[Ipv4Addr::LOCALHOST]);
+    let a = TestServer::start(&node_config(&db, "node-a", port));
+    let b = TestServer::start(&node_config(&db, "node-b", port));
+    assert_eq!(send_token(&a, "to-hold"), 250);
+    assert_eq!(send_token(&a, "to-delete"), 250);
+    let tried = eventually(support::WAIT, || {
+        let list = queue_json(&b, &["list"]);
+        list.as_array()
+            .is_some_and(|l| l.len() == 2 && l.iter().all(|m| m["recipients"][0]["attempts"] == 1))
+    });
+    assert!(tried, "the messages were never tried:\n{}", a.log());
+    // Oldest first: the first message sent is the first listed.
+    let list = queue_json(&a, &["list"]);
+    let (to_hold, to_delete) = (
+        list[0]["id"].as_str().expect("id").to_string(),
+        list[1]["id"].as_str().expect("id").to_string(),
+    );
+
+    assert_eq!(
+        queue_json(&b, &["hold", &to_hold])["ids"][0],
+        to_hold.as_str()
+    );
+    assert_eq!(
+        queue_json(&b, &["delete", &to_delete])["ids"][0],
+        to_delete.as_str()
+    );
+    let sink = SmtpServer::bind(&format!("127.0.0.1:{port}"), Script::default());
+    let retried = queue_json(&a, &["retry", "--all"]);
+    assert_eq!(retried["ids"], serde_json::json!([]), "{retried}");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        received_tokens(&sink).is_empty(),
+        "a held or deleted message went out: {:?}",
+        received_tokens(&sink)
+    );
+    let list = queue_json(&a, &["list"]);
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!(queue_json(&b, &["show", &to_hold])["held"], true);
+
+    queue_json(&a, &["release", &to_hold]);
+    queue_json(&b, &["retry", &to_hold]);
+    let delivered = eventually(support::WAIT, || {
+        received_tokens(&sink).contains_key("to-hold")
+    });
+    assert!(
+        delivered,
+        "released message not delivered:\n{}\n{}",
+        a.log(),
+        b.log()
+    );
+    wait_queue_empty(&a);
+    assert_eq!(
+        received_tokens(&sink),
+        BTreeMap::from([("to-hold".to_string(), 1)]),
+        "delivered once, and nothing else"
+    );
+}
