@@ -98,6 +98,10 @@ pub enum SchemaError {
 /// Brings the database to [`LATEST`], or refuses a newer one. Returns the version found.
 pub async fn migrate(client: &mut Client, node: &str) -> Result<i32, SchemaError> {
     let tx = client.transaction().await?;
+    // `CREATE TABLE IF NOT EXISTS` on an existing table sends a NOTICE, which the client
+    // would log at every start of every node.
+    tx.batch_execute("SET LOCAL client_min_messages = warning")
+        .await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
     tx.batch_execute(
