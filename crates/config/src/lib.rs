@@ -912,9 +912,15 @@ mod checks {
             return;
         };
         let authority = rest.split(['/', '?']).next().unwrap_or("");
-        if let Some((userinfo, _)) = authority.rsplit_once('@')
-            && userinfo.contains(':')
-        {
+        let in_userinfo = authority
+            .rsplit_once('@')
+            .is_some_and(|(userinfo, _)| userinfo.contains(':'));
+        let in_query = rest.split_once('?').is_some_and(|(_, query)| {
+            query
+                .split('&')
+                .any(|pair| pair.to_ascii_lowercase().starts_with("password="))
+        });
+        if in_userinfo || in_query {
             f.error("queue.postgres_url", "holds a password; remove it from the URL and put it in postgres_password_file (this file is often world-readable, the password file need not be)");
         }
     }

@@ -305,6 +305,12 @@ fn postgres_queue_settings_are_checked() {
             &["password", "postgres_password_file"],
         ),
         (
+            "backend = \"postgres\"\npostgres_url = \"postgres://relayward@db.example.test/q?sslmode=disable&password=secret\"",
+            "queue.postgres_url",
+            Severity::Error,
+            &["password", "postgres_password_file"],
+        ),
+        (
             "backend = \"postgres\"\npostgres_url = \"postgres://relayward@db.example.test/q\"\nlease_timeout = \"500ms\"",
             "queue.lease_timeout",
             Severity::Error,
@@ -333,4 +339,7 @@ fn postgres_queue_settings_are_checked() {
     }
     let good = "backend = \"postgres\"\npostgres_url = \"postgres://relayward@db.example.test:5432/relayward?host=/run/postgresql\"\npostgres_password_file = \"/etc/relayward/db.secret\"\npostgres_tls = \"require\"\nlease_timeout = \"2m\"\nnode_name = \"mx1\"";
     assert_eq!(problems(&format!("{BASE}\n[queue]\n{good}\n")), vec![]);
+    // A primary and its standby: connections go to whichever accepts writes.
+    let failover = "backend = \"postgres\"\npostgres_url = \"postgres://relayward@db1.example.test,db2.example.test/relayward?target_session_attrs=read-write\"";
+    assert_eq!(problems(&format!("{BASE}\n[queue]\n{failover}\n")), vec![]);
 }
