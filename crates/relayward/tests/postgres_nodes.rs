@@ -406,3 +406,82 @@ fn queue_commands_through_one_node_steer_the_mail_another_node_holds() {
         "delivered once, and nothing else"
     );
 }
+
+/// Database failover: the primary dies under load and its synchronous streaming replica is
+/// promoted. The node names both (`target_session_attrs=read-write`): while neither accepts
+/// writes it answers 451 (never 250); once the replica is promoted it accepts and delivers
+/// there; everything acknowledged before, during and after is delivered.
+#[test]
+fn failover_to_a_promoted_synchronous_replica_loses_no_acknowledged_message() {
+    let primary = Cluster::start();
+    let mut db = primary.database();
+    let standby = primary.start_standby(true);
+    db.url = format!(
+        "postgres://relayward@127.0.0.1:{},127.0.0.1:{}/{}?target_session_attrs=read-write",
+        primary.port(),
+        standby.port(),
+        db.name
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind sink");
+    let port = listener.local_addr().expect("addr").port();
+    let sink = SmtpServer::spawn(listener, Script::default());
+    let node = TestServer::start(&node_config(&db, "node-a", port));
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads = load(node.addr("mx"), &sink_envelope(), 0, 4, &stop, &ledger);
+    std::thread::sleep(Duration::from_millis(1000));
+    primary.stop_immediately();
+    let down = Instant::now();
+    std::thread::sleep(Duration::from_millis(1000));
+    let promoting = Instant::now();
+    standby.promote();
+    std::thread::sleep(Duration::from_millis(2000));
+    stop.store(true, Ordering::Relaxed);
+    for thread in threads {
+        thread.join().expect("load thread");
+    }
+    let all_delivered = eventually(Duration::from_secs(30), || {
+        missing(&ledger.lock().expect("ledger"), &received_tokens(&sink)).is_empty()
+    });
+    let ledger = ledger.lock().expect("ledger");
+    let received = received_tokens(&sink);
+    let while_down = ledger
+        .replies
+        .iter()
+        .filter(|(at, code)| {
+            *code == 250 && *at > down + Duration::from_millis(500) && *at < promoting
+        })
+        .count();
+    let after = ledger
+        .replies
+        .iter()
+        .filter(|(at, code)| *code == 250 && *at > promoting)
+        .count();
+    eprintln!(
+        "failover test: {} sent, {} acknowledged ({after} after the promotion), refusals {:?}, {} delivered",
+        ledger.sent.len(),
+        ledger.acked.len(),
+        ledger.refused,
+        received.len()
+    );
+    assert_eq!(while_down, 0, "250 while no database accepted writes");
+    assert!(
+        ledger.refused.get(&451).copied().unwrap_or(0) > 0,
+        "the outage never reached a client: {:?}",
+        ledger.refused
+    );
+    assert!(
+        after > 0,
+        "nothing accepted on the promoted replica:\n{}",
+        node.log()
+    );
+    let lost = missing(&ledger, &received);
+    assert!(
+        all_delivered && lost.is_empty(),
+        "{} acknowledged messages lost: {:?}\n{}",
+        lost.len(),
+        lost.iter().take(10).collect::<Vec<_>>(),
+        node.log()
+    );
+    wait_queue_empty(&node);
+}

@@ -174,6 +174,85 @@ impl Cluster {
         assert!(started, "PostgreSQL did not start again:\n{}", self.log());
     }
 
+    /// A streaming replica of this cluster (`pg_basebackup -R` over the socket, its own temp
+    /// dir and loopback port), running as a hot standby until [`Cluster::promote`]. With
+    /// `synchronous`, the primary's commits wait for the standby to flush them
+    /// (`synchronous_standby_names = '*'`), so what was acknowledged survives a failover.
+    pub fn start_standby(&self, synchronous: bool) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("relayward-pg-standby.")
+            .tempdir()
+            .expect("temp dir for the standby");
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown temp dir");
+        }
+        let mut standby = Cluster {
+            dir,
+            port: 0,
+            bin: self.bin.clone(),
+            owner: self.owner,
+            ca_pem: self.ca_pem.clone(),
+            watchdog: None,
+        };
+        let status = standby
+            .as_owner(Command::new(self.bin.join("pg_basebackup")))
+            .arg("-h")
+            .arg(self.socket_dir())
+            .args(["-p", &self.port.to_string(), "-U", "postgres", "-D"])
+            .arg(standby.data_dir())
+            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run pg_basebackup");
+        assert!(status.success(), "pg_basebackup failed ({status})");
+        // Its own socket directory; the primary's settings otherwise (TLS, fsync, ...).
+        let conf = standby.data_dir().join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).expect("standby conf");
+        text.push_str(&format!(
+            "\nunix_socket_directories = '{}'\nhot_standby = on\n",
+            standby.socket_dir().display()
+        ));
+        std::fs::write(&conf, text).expect("standby conf");
+        standby.watchdog = Some(standby.spawn_watchdog());
+        standby.start_on_free_port();
+        if synchronous {
+            self.psql(
+                "postgres",
+                "ALTER SYSTEM SET synchronous_standby_names = '*'",
+            );
+            self.psql("postgres", "SELECT pg_reload_conf()");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while self.psql(
+                "postgres",
+                "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'",
+            ) != "1"
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the standby never became synchronous:\n{}",
+                    standby.log()
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+        standby
+    }
+
+    /// Promotes a standby to primary (`pg_ctl promote`, waiting until it accepts writes). It
+    /// was copied before its primary named it synchronous, so it commits without waiting for
+    /// a standby of its own.
+    pub fn promote(&self) {
+        self.pg_ctl(&["promote", "-w", "-t", "30"]);
+        assert_eq!(
+            self.psql("postgres", "SELECT pg_is_in_recovery()"),
+            "f",
+            "the standby was not promoted:\n{}",
+            self.log()
+        );
+    }
+
     fn initdb(&self, pki: &crate::pki::TestPki) {
         let status = self
             .as_owner(Command::new(self.bin.join("initdb")))
@@ -203,7 +282,7 @@ impl Cluster {
         self.chown(&data.join("server.key"));
         // Superuser over the socket without a password (the test helper); the relayward role
         // over TCP with SCRAM, as in production.
-        let hba = "local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n";
+        let hba = "local all all trust\nlocal replication postgres trust\nhost all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n";
         std::fs::write(data.join("pg_hba.conf"), hba).expect("pg_hba.conf");
         let conf = format!(
             "\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nssl = on\nmax_connections = 300\nshared_buffers = 32MB\nfsync = on\nsynchronous_commit = on\nlogging_collector = off\n",
