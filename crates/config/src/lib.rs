@@ -390,6 +390,10 @@ pub struct Dns {
     /// Nameservers (`ip:port`) to ask instead of the system resolver.
     #[serde(default)]
     pub nameservers: Vec<SocketAddr>,
+    /// DNSSEC trust anchors for DANE (zone-file DNSKEY lines, `. IN DNSKEY 257 3 8 …`);
+    /// default: the IANA root zone keys. Tests name their test zone's key here.
+    #[serde(default)]
+    pub trust_anchor: Option<PathBuf>,
 }
 
 /// One `[[route]]`: a domain we relay for, and where its mail goes.
@@ -1596,7 +1600,7 @@ mod summary {
     fn outbound_tls(config: &Config, out: &mut String) {
         let what = match config.delivery.tls_policy {
             tls_policy::TlsPolicyMode::MtaStsDane => {
-                "MTA-STS honoured (verified TLS or the mail waits), opportunistic STARTTLS otherwise"
+                "MTA-STS and DANE honoured (verified TLS or the mail waits), opportunistic STARTTLS otherwise"
             }
             tls_policy::TlsPolicyMode::Opportunistic => {
                 "opportunistic STARTTLS only (MTA-STS and DANE not looked up)"
@@ -1615,7 +1619,7 @@ mod summary {
         for policy in &config.tls_policies {
             let what = match policy.mode {
                 tls_policy::DomainTlsMode::RequireVerified => {
-                    "verified TLS required (certificate for the MX name), never clear text"
+                    "verified TLS required (DANE or certificate for the MX name), never clear text"
                 }
                 tls_policy::DomainTlsMode::None => {
                     "opportunistic STARTTLS, published policies ignored"

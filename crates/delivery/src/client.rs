@@ -102,6 +102,20 @@ impl SessionError {
     }
 }
 
+/// A failed handshake in words; a verifier's own reason (DANE's) is shown as its text, not
+/// as rustls's debug form of it.
+fn handshake_error_text(error: &std::io::Error) -> String {
+    match error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) => {
+            format!("invalid peer certificate: {}", other.0)
+        }
+        _ => error.to_string(),
+    }
+}
+
 /// The RFC 8460 §4.3 result type of a failed handshake: what the certificate check said.
 fn handshake_result_type(error: &std::io::Error) -> &'static str {
     use rustls::CertificateError as C;
@@ -251,7 +265,7 @@ async fn handshake(
     let handshake = connector.connect(name, tcp);
     let fault = match tokio::time::timeout(params.timeouts.command, handshake).await {
         Ok(Ok(tls)) => return Ok(tls),
-        Ok(Err(e)) => (e.to_string(), handshake_result_type(&e)),
+        Ok(Err(e)) => (handshake_error_text(&e), handshake_result_type(&e)),
         Err(_) => (
             format!("timed out after {}s", params.timeouts.command.as_secs_f64()),
             "validation-failure",

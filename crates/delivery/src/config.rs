@@ -40,6 +40,8 @@ pub struct DeliveryConfig {
     pub mta_sts_port: u16,
     /// `[dns] nameservers`; empty means the system resolver configuration.
     pub nameservers: Vec<SocketAddr>,
+    /// `[dns] trust_anchor`: DNSSEC trust anchors for DANE; `None`: the IANA root keys.
+    pub trust_anchor: Option<PathBuf>,
     /// Resolver cache size in responses; tests use 0 so every lookup hits their DNS server.
     pub dns_cache_size: u64,
     /// Per-query DNS timeout.
@@ -81,6 +83,7 @@ impl DeliveryConfig {
             tls_policy_ca_file: None,
             mta_sts_port: 443,
             nameservers: Vec::new(),
+            trust_anchor: None,
             dns_cache_size: 1024,
             dns_timeout: Duration::from_secs(5),
             max_queue_lifetime: Duration::from_secs(5 * 24 * 3600),
@@ -111,6 +114,7 @@ impl DeliveryConfig {
         out.tls_policy_ca_file = delivery.tls_policy_ca_file.clone();
         out.mta_sts_port = delivery.mta_sts_port;
         out.nameservers = config.dns.nameservers.clone();
+        out.trust_anchor = config.dns.trust_anchor.clone();
         out.max_queue_lifetime = delivery.max_queue_lifetime;
         out.delay_notice_after = delivery.delay_notice_after;
         out
@@ -215,6 +219,8 @@ pub enum ConfigError {
     Tls(String),
     #[error("DNS resolver: {0}")]
     Resolver(String),
+    #[error("[dns] trust_anchor: {0}")]
+    TrustAnchor(String),
 }
 
 /// The smart host's `host:port` (the port is required), by the one host:port parser.

@@ -13,6 +13,7 @@ use rustls::ClientConfig;
 
 use crate::client::{Credentials, TlsPolicy};
 use crate::config::{ConfigError, DeliveryConfig, SmarthostTls, smarthost_address};
+use crate::dane::DaneResolver;
 use crate::loops::OwnListeners;
 use crate::mta_sts::Fetcher;
 use crate::mx::MxResolver;
@@ -24,6 +25,8 @@ pub struct DeliveryContext {
     /// The same routing table the sessions decide with: bounces are routed by it.
     pub router: Arc<Router>,
     pub(crate) resolver: MxResolver,
+    /// TLSA lookups with DNSSEC validation.
+    pub(crate) dane: DaneResolver,
     pub(crate) opportunistic: Arc<ClientConfig>,
     /// Verifying configuration for MX hosts under a TLS policy and MTA-STS policy servers:
     /// web PKI roots plus `tls_policy_ca_file`.
@@ -55,6 +58,12 @@ impl DeliveryContext {
             settings.dns_timeout,
         )?;
         let smarthost = smarthost(&settings)?;
+        let dane = DaneResolver::new(
+            &settings.nameservers,
+            settings.dns_cache_size,
+            settings.dns_timeout,
+            settings.trust_anchor.as_deref(),
+        )?;
         let verified = tls::verifying(settings.tls_policy_ca_file.as_deref())?;
         let sts_fetcher = Fetcher {
             resolver: resolver.clone(),
@@ -65,6 +74,7 @@ impl DeliveryContext {
         Ok(Self {
             router,
             resolver,
+            dane,
             opportunistic: tls::opportunistic()?,
             verified,
             sts_fetcher,

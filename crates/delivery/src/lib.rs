@@ -6,7 +6,8 @@
 //! - [`client`]: the SMTP client (EHLO, STARTTLS, AUTH, PIPELINING, SIZE, 8BITMIME, CHUNKING).
 //! - [`tls`]: verifying (smart host) and opportunistic (MX) TLS client configurations.
 //! - [`tls_policy`]: which TLS each MX host gets (MTA-STS, `[[tls_policy]]`), with
-//!   [`mta_sts`] (RFC 8461 discovery, fetch, cache) and [`tls_report`] (outcomes kept).
+//!   [`mta_sts`] (RFC 8461 discovery, fetch, cache), [`dane`] (RFC 7672 TLSA with DNSSEC)
+//!   and [`tls_report`] (outcomes kept).
 //! - [`retry`]: the backoff schedule. [`dsn`]: RFC 3464 bounces and delay notices.
 //! - [`delay`]: who is owed a delay notice, and from when (RFC 3461 `NOTIFY=DELAY`).
 //! - [`notice`]: RFC 3461 success notices for mail delivered into a Maildir.
@@ -45,6 +46,7 @@ pub mod admin;
 pub mod client;
 pub mod config;
 pub mod context;
+pub mod dane;
 pub mod delay;
 pub mod dkim;
 pub mod downgrade;

@@ -8,11 +8,11 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{RData, RecordType};
+use hickory_resolver::{ResolverBuilder, TokioResolver};
 use rand::seq::SliceRandom;
 
 use crate::config::ConfigError;
@@ -53,15 +53,7 @@ impl MxResolver {
         cache_size: u64,
         timeout: Duration,
     ) -> Result<Self, ConfigError> {
-        let provider = TokioRuntimeProvider::default();
-        let mut builder = if nameservers.is_empty() {
-            TokioResolver::builder(provider).map_err(|e| ConfigError::Resolver(e.to_string()))?
-        } else {
-            let servers = nameservers.iter().map(nameserver).collect();
-            TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
-        };
-        tune(builder.options_mut(), cache_size, timeout);
-        let inner = builder
+        let inner = resolver_builder(nameservers, cache_size, timeout)?
             .build()
             .map_err(|e| ConfigError::Resolver(e.to_string()))?;
         Ok(Self { inner })
@@ -134,6 +126,24 @@ impl MxResolver {
             Err(e) => Err(temporary(host, &e)),
         }
     }
+}
+
+/// A resolver builder for `nameservers` (or the system configuration), tuned: the one place
+/// both the MX resolver and the validating DANE resolver ([`crate::dane`]) start from.
+pub(crate) fn resolver_builder(
+    nameservers: &[SocketAddr],
+    cache_size: u64,
+    timeout: Duration,
+) -> Result<ResolverBuilder<TokioRuntimeProvider>, ConfigError> {
+    let provider = TokioRuntimeProvider::default();
+    let mut builder = if nameservers.is_empty() {
+        TokioResolver::builder(provider).map_err(|e| ConfigError::Resolver(e.to_string()))?
+    } else {
+        let servers = nameservers.iter().map(nameserver).collect();
+        TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
+    };
+    tune(builder.options_mut(), cache_size, timeout);
+    Ok(builder)
 }
 
 fn nameserver(addr: &SocketAddr) -> NameServerConfig {

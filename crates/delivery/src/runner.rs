@@ -548,7 +548,7 @@ impl Runner {
                 // policy applies to it.
                 let hosts = vec![host.clone()];
                 let tls = DomainTls::Opportunistic;
-                self.deliver_hosts(ctx, host, &hosts, *port, &tls, &envelope)
+                self.deliver_hosts(ctx, host, &hosts, *port, &tls, false, &envelope)
                     .await
             }
             Destination::Mx(domain) => self.deliver_mx(ctx, domain, &envelope).await,
@@ -634,7 +634,9 @@ impl Runner {
             Ok(hosts) => {
                 let names: Vec<String> = hosts.into_iter().map(|h| h.name).collect();
                 let tls = self.domain_tls(ctx, domain).await;
-                self.deliver_hosts(ctx, domain, &names, ctx.settings.mx_port, &tls, envelope)
+                let dane = dane_applies(ctx, domain);
+                let port = ctx.settings.mx_port;
+                self.deliver_hosts(ctx, domain, &names, port, &tls, dane, envelope)
                     .await
             }
             Err(failure) => vec![dns_outcome(&failure); n],
@@ -673,6 +675,9 @@ impl Runner {
     ///
     /// Addresses of our own listeners are skipped; when they are all there was, the mail for
     /// `destination` "loops back to myself" (5.4.6, as Postfix says) and bounces.
+    ///
+    /// Each host is used as `tls` plans it, after its TLSA lookup when `dane` applies.
+    #[allow(clippy::too_many_arguments)]
     async fn deliver_hosts(
         &self,
         ctx: &DeliveryContext,
@@ -680,6 +685,7 @@ impl Runner {
         hosts: &[String],
         port: u16,
         tls: &DomainTls,
+        dane: bool,
         envelope: &Envelope<'_>,
     ) -> Vec<Outcome> {
         let n = envelope.recipients.len();
@@ -687,7 +693,12 @@ impl Runner {
         let mut last = Failure::local((4, 4, 4), "no mail exchanger could be tried");
         let (mut looped, mut tried) = (false, false);
         for host in hosts.iter().take(MAX_HOSTS) {
-            let plan = match tls.plan(destination, host) {
+            let mut plan = tls.plan(destination, host);
+            if dane {
+                let answer = ctx.dane.tlsa(host, port).await;
+                plan = HostPlan::with_dane(answer, destination, host, plan);
+            }
+            let plan = match plan {
                 HostPlan::Refused { failure, outcome } => {
                     self.record_tls(outcome);
                     last = failure;
@@ -842,9 +853,20 @@ impl Runner {
                 detail,
             }
         };
-        let kind = match plan {
-            HostPlan::Verified(kind) => Some((*kind, true)),
-            HostPlan::VerifiedOrReport(kind) if !tls.testing_mismatch(host) => Some((*kind, false)),
+        // (connection parameters, policy, result on success, whether a failure stops here)
+        let strict = match plan {
+            HostPlan::Verified(kind) => Some((
+                verified_params(ctx, host, addr),
+                *kind,
+                TlsResult::Verified,
+                true,
+            )),
+            HostPlan::VerifiedOrReport(kind) if !tls.testing_mismatch(host) => Some((
+                verified_params(ctx, host, addr),
+                *kind,
+                TlsResult::Verified,
+                false,
+            )),
             HostPlan::VerifiedOrReport(kind) => {
                 let detail = format!(
                     "MX host {host} is not named by the MTA-STS policy of {domain} (mode testing: delivered anyway)"
@@ -856,13 +878,24 @@ impl Runner {
                 ));
                 None
             }
-            _ => None,
+            HostPlan::Dane(records) => Some((
+                dane_params(ctx, host, addr, records)?,
+                PolicyKind::Dane,
+                TlsResult::Verified,
+                true,
+            )),
+            HostPlan::EncryptedOnly => Some((
+                encrypted_params(ctx, host, addr),
+                PolicyKind::Dane,
+                TlsResult::Encrypted,
+                true,
+            )),
+            HostPlan::Opportunistic | HostPlan::Refused { .. } => None,
         };
-        if let Some((kind, enforced)) = kind {
-            let params = verified_params(ctx, host, addr);
+        if let Some((params, kind, success, enforced)) = strict {
             match self.attempt(params, envelope).await {
                 Ok((results, _)) => {
-                    self.record_tls(outcome(kind, TlsResult::Verified, None));
+                    self.record_tls(outcome(kind, success, None));
                     return Ok(results);
                 }
                 Err(e) => {
@@ -1300,6 +1333,47 @@ fn log_queue_error(id: Option<&MessageId>, what: &str, error: &QueueError) {
         (Some(id), false) => tracing::error!(%id, %error, "{what}"),
         (None, false) => tracing::error!(%error, "{what}"),
     }
+}
+
+/// STARTTLS required, certificate checked against the host's TLSA records (DANE).
+fn dane_params(
+    ctx: &DeliveryContext,
+    host: &str,
+    addr: SocketAddr,
+    records: &Arc<Vec<crate::dane::TlsaRecord>>,
+) -> Result<ConnectParams, SessionError> {
+    let config = crate::dane::client_config(Arc::clone(records)).map_err(|e| SessionError {
+        failure: Failure::local((4, 7, 5), format!("DANE TLS setup: {e}")),
+        tls_handshake: false,
+        tls_fault: Some("validation-failure"),
+    })?;
+    Ok(ConnectParams {
+        tls: TlsPolicy::Required {
+            config,
+            server_name: host.to_string(),
+        },
+        ..mx_params(ctx, host, addr)
+    })
+}
+
+/// STARTTLS required, certificate not checked (DANE records that are all unusable).
+fn encrypted_params(ctx: &DeliveryContext, host: &str, addr: SocketAddr) -> ConnectParams {
+    ConnectParams {
+        tls: TlsPolicy::Required {
+            config: ctx.opportunistic.clone(),
+            server_name: host.to_string(),
+        },
+        ..mx_params(ctx, host, addr)
+    }
+}
+
+/// Whether TLSA records are looked up for `domain`'s MX hosts: with `tls_policy =
+/// "mta-sts-dane"` unless a `[[tls_policy]]` says `none`.
+fn dane_applies(ctx: &DeliveryContext, domain: &str) -> bool {
+    let settings = &ctx.settings;
+    settings.tls_policy == TlsPolicyMode::MtaStsDane
+        && relayward_config::tls_policy::override_for(&settings.tls_policies, domain)
+            != Some(DomainTlsMode::None)
 }
 
 /// STARTTLS required, certificate verified for the MX host name (a TLS policy's demand).

@@ -10,6 +10,7 @@
 //! | MTA-STS `enforce`                | named by the policy          | verified, else wait      |
 //! | MTA-STS `enforce`                | not named                    | not used                 |
 //! | MTA-STS `testing`                | any                          | verified, else report and go on opportunistically |
+//! | any but `none` / `opportunistic` | authenticated TLSA records   | DANE, else wait          |
 //!
 //! "Verified" is STARTTLS with a certificate for the MX host name under the web PKI roots plus
 //! `tls_policy_ca_file`; a host that cannot give it is skipped like an unreachable one, and
@@ -20,6 +21,7 @@
 
 use std::sync::Arc;
 
+use crate::dane::{TlsaAnswer, TlsaRecord};
 use crate::mta_sts::{StsMode, StsPolicy};
 use crate::outcome::Failure;
 
@@ -132,11 +134,50 @@ pub enum HostPlan {
     /// Verified if possible; a failure is reported and the host used opportunistically
     /// (MTA-STS `testing`).
     VerifiedOrReport(PolicyKind),
-    /// Not to be used at all (MTA-STS `enforce` does not name it).
+    /// Not to be used at all (MTA-STS `enforce` does not name it, its TLSA lookup failed).
     Refused {
         failure: Failure,
         outcome: TlsOutcome,
     },
+    /// DANE: STARTTLS with a certificate the host's authenticated TLSA records describe, or
+    /// the host is not used.
+    Dane(Arc<Vec<TlsaRecord>>),
+    /// DANE records exist but none is usable: STARTTLS required, certificate not checked.
+    EncryptedOnly,
+}
+
+impl HostPlan {
+    /// The plan for a host after its TLSA lookup: DANE when it has authenticated records
+    /// (RFC 7672 takes precedence over MTA-STS and `require-verified`, which it satisfies),
+    /// `otherwise` when it has none.
+    pub fn with_dane(
+        answer: TlsaAnswer,
+        domain: &str,
+        host: &str,
+        otherwise: HostPlan,
+    ) -> HostPlan {
+        match answer {
+            TlsaAnswer::None => otherwise,
+            TlsaAnswer::Usable(records) => HostPlan::Dane(records),
+            TlsaAnswer::Unusable => HostPlan::EncryptedOnly,
+            TlsaAnswer::Failed(why) => {
+                let detail = format!(
+                    "DANE: {why}; {host} is not used until its TLSA records can be validated"
+                );
+                HostPlan::Refused {
+                    failure: Failure::local((4, 7, 5), detail.clone()),
+                    outcome: TlsOutcome {
+                        domain: domain.to_string(),
+                        host: host.to_string(),
+                        policy: PolicyKind::Dane,
+                        result: TlsResult::Failed,
+                        result_type: Some("dnssec-invalid"),
+                        detail: Some(detail),
+                    },
+                }
+            }
+        }
+    }
 }
 
 impl DomainTls {

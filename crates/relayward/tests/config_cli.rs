@@ -141,7 +141,7 @@ fn check_config_shows_the_outbound_tls_policy_and_its_overrides() {
     let (code, out) = relayward(&["check-config"], &config);
     assert_eq!(code, Some(0), "{out}");
     assert!(
-        out.contains("Outbound TLS (tls_policy = \"mta-sts-dane\"): MTA-STS honoured"),
+        out.contains("Outbound TLS (tls_policy = \"mta-sts-dane\"): MTA-STS and DANE honoured"),
         "the default is shown:\n{out}"
     );
     assert!(

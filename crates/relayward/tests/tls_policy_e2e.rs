@@ -141,6 +141,11 @@ fn policies_are_enforced_tested_and_logged_by_the_running_server() {
         "hijacked.test's mail never went there"
     );
     server.wait_for_log("not named by the MTA-STS policy of hijacked.test");
+    // Outcomes are logged just after the transactions the receivers saw.
+    server.wait_for_log(
+        "domain=strict.test host=mx.strict.test policy=\"mta-sts\" result=\"verified\"",
+    );
+    server.wait_for_log("domain=trial.test host=mx.trial.test policy=\"mta-sts-testing\"");
     let log = server.log();
     let lines: Vec<&str> = log
         .lines()
@@ -172,4 +177,103 @@ fn policies_are_enforced_tested_and_logged_by_the_running_server() {
         "one fetch per domain: {:?}",
         https.requests()
     );
+}
+
+/// DANE through the binary: a DNSSEC-signed test zone (its key is the relay's `[dns]
+/// trust_anchor`) with TLSA records for two MX hosts, one matching its certificate, one not.
+#[test]
+fn dane_verifies_by_tlsa_and_defers_on_a_mismatch() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let key = relayward_testkit::dns::DnssecKey::generate();
+    let anchor = scratch.path().join("trust-anchor");
+    std::fs::write(&anchor, key.trust_anchor()).expect("write trust anchor");
+    let ip = |last| Ipv4Addr::new(127, 61, 0, last);
+    let (mx_port, mut listeners) = listeners_on_one_port(&[ip(2), ip(3)]);
+    let published = TestCa::new().leaf(&["mx.wrong.test"]);
+    let wrong = SmtpServer::spawn(
+        listeners.pop().expect(".3"),
+        Script {
+            tls: Some(TestCa::new().leaf(&["mx.wrong.test"]).server),
+            ..Script::default()
+        },
+    );
+    let good_leaf = TestCa::new().leaf(&["mx.signed.test"]);
+    let good_spki = good_leaf.spki_der.clone();
+    let good = SmtpServer::spawn(
+        listeners.pop().expect(".2"),
+        Script {
+            tls: Some(good_leaf.server),
+            ..Script::default()
+        },
+    );
+    let sha256 = |b: &[u8]| {
+        ring::digest::digest(&ring::digest::SHA256, b)
+            .as_ref()
+            .to_vec()
+    };
+    let zone = Zone::new()
+        .mx("signed.test", 10, "mx.signed.test")
+        .a("mx.signed.test", ip(2))
+        .tlsa(
+            &format!("_{mx_port}._tcp.mx.signed.test"),
+            3,
+            1,
+            1,
+            sha256(&good_spki),
+        )
+        .mx("wrong.test", 10, "mx.wrong.test")
+        .a("mx.wrong.test", ip(3))
+        .tlsa(
+            &format!("_{mx_port}._tcp.mx.wrong.test"),
+            3,
+            1,
+            1,
+            sha256(&published.spki_der),
+        )
+        .signed_by(&key);
+    let dns = DnsServer::start_on(ip(1), zone);
+    let server = TestServer::start(&standard_config(&format!(
+        "[delivery]\nmx_port = {mx_port}\n\n[dns]\nnameservers = [\"{}\"]\ntrust_anchor = \"{}\"\n",
+        dns.addr,
+        anchor.display()
+    )));
+
+    submit(&server, "bob@signed.test", "dane");
+    submit(&server, "carol@wrong.test", "dane mismatch");
+
+    assert!(
+        eventually(support::WAIT, || good.messages().len() == 1),
+        "{}",
+        server.log()
+    );
+    assert!(good.messages()[0].tls);
+    server.wait_for_log("rcpt=carol@wrong.test");
+    // The outcome is logged just after the transaction the receiver saw.
+    server
+        .wait_for_log("domain=signed.test host=mx.signed.test policy=\"dane\" result=\"verified\"");
+    assert!(
+        wrong.messages().is_empty(),
+        "nothing for the mismatching host"
+    );
+    assert!(!wrong.lines().iter().any(|l| l.starts_with("MAIL")));
+    let log = server.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("TLS") || l.contains("DANE") || l.contains("deferred"))
+        .collect();
+    println!("{}", lines.join("\n"));
+    assert!(
+        lines.iter().any(|l| l.contains("domain=signed.test")
+            && l.contains("policy=\"dane\"")
+            && l.contains("result=\"verified\"")),
+        "{log}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("domain=wrong.test")
+            && l.contains("policy=\"dane\"")
+            && l.contains("result=\"failed\"")),
+        "{log}"
+    );
+    let listing = queue_cmd(&server, &["list"]);
+    assert!(listing.contains("carol@wrong.test"), "{listing}");
 }

@@ -2,7 +2,8 @@
 //! transcript, and the fixtures they need. A dev-dependency only (`publish = false`).
 //!
 //! - [`dns`]: an authoritative DNS server on `127.0.0.1:0` serving a [`dns::Zone`] built in a
-//!   few lines, recording the questions it was asked.
+//!   few lines, recording the questions it was asked; DNSSEC-signed on the fly with a test key
+//!   ([`dns::DnssecKey`]) for the DANE tests.
 //! - [`smtp_server`]: a scripted receiving SMTP server (STARTTLS, AUTH, chosen replies) that
 //!   records what it got; async, or on a thread of its own for blocking tests.
 //! - [`client`]: [`client::Smtp`], the transcript client (`.send("EHLO x").expect(250)`), over

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, PublicKeyData};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -38,6 +38,7 @@ pub fn test_pki(names: &[&str]) -> TestPki {
 pub struct TestCa {
     /// The CA certificate, for clients that verify.
     pub ca_pem: String,
+    pub ca_der: CertificateDer<'static>,
     issuer: Issuer<'static, KeyPair>,
 }
 
@@ -46,7 +47,12 @@ pub struct Leaf {
     pub cert_pem: String,
     pub key_pem: String,
     pub cert_der: CertificateDer<'static>,
+    /// The DER SubjectPublicKeyInfo (what a TLSA record with selector 1 describes).
+    pub spki_der: Vec<u8>,
     pub server: Arc<ServerConfig>,
+    /// A server configuration that sends the CA certificate after the leaf (for DANE-TA,
+    /// whose trust anchor must be in the chain the server presents).
+    pub chained: Arc<ServerConfig>,
 }
 
 impl TestCa {
@@ -60,6 +66,7 @@ impl TestCa {
         let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
         TestCa {
             ca_pem: ca_cert.pem(),
+            ca_der: ca_cert.der().clone(),
             issuer: Issuer::new(ca_params, ca_key),
         }
     }
@@ -72,12 +79,14 @@ impl TestCa {
             .expect("leaf params")
             .signed_by(&leaf_key, &self.issuer)
             .expect("leaf certificate");
-        let key_der = PrivateKeyDer::try_from(leaf_key.serialize_der()).expect("key DER");
+        let key_der = || PrivateKeyDer::try_from(leaf_key.serialize_der()).expect("key DER");
         Leaf {
             cert_pem: leaf.pem(),
             key_pem: leaf_key.serialize_pem(),
             cert_der: leaf.der().clone(),
-            server: server_config(vec![leaf.der().clone()], key_der),
+            spki_der: leaf_key.subject_public_key_info(),
+            server: server_config(vec![leaf.der().clone()], key_der()),
+            chained: server_config(vec![leaf.der().clone(), self.ca_der.clone()], key_der()),
         }
     }
 
