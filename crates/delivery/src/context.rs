@@ -52,11 +52,9 @@ impl DeliveryContext {
     /// would deliver unsafely.
     pub fn new(settings: DeliveryConfig, router: Arc<Router>) -> Result<Self, ConfigError> {
         settings.validate()?;
-        let resolver = MxResolver::new(
-            &settings.nameservers,
-            settings.dns_cache_size,
-            settings.dns_timeout,
-        )?;
+        let options = crate::mx::options(settings.dns_cache_size, settings.dns_timeout);
+        let resolver = MxResolver::new(&settings.nameservers, options)
+            .map_err(|e| ConfigError::Resolver(e.to_string()))?;
         let smarthost = smarthost(&settings)?;
         let dane = DaneResolver::new(
             &settings.nameservers,

@@ -9,8 +9,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use serde::{Deserialize, Serialize};
 
@@ -67,18 +65,16 @@ impl Dnsbl {
 /// A resolver for `nameservers` (empty = the system resolver), without cache: blocklist
 /// answers and MX lookups must be fresh.
 pub fn resolver(nameservers: &[SocketAddr], timeout: Duration) -> anyhow::Result<TokioResolver> {
-    let provider = TokioRuntimeProvider::default();
-    let mut builder = if nameservers.is_empty() {
-        TokioResolver::builder(provider)?
-    } else {
-        let servers = nameservers.iter().map(|ns| name_server(*ns)).collect();
-        TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
-    };
-    let opts = builder.options_mut();
-    opts.timeout = timeout;
-    opts.attempts = 2;
-    opts.cache_size = 0;
-    Ok(builder.build()?)
+    Ok(relayward_dns::resolver(nameservers, options(timeout))?)
+}
+
+/// The tester's resolver options: no cache, a second try (it asks once per target).
+pub fn options(timeout: Duration) -> relayward_dns::Options {
+    relayward_dns::Options {
+        timeout,
+        attempts: 2,
+        cache_size: 0,
+    }
 }
 
 async fn lookup(resolver: &TokioResolver, zone: &str, reversed: &str) -> DnsblResult {
@@ -115,14 +111,6 @@ fn judge(result: &mut DnsblResult, addrs: &[Ipv4Addr]) {
     } else {
         result.listed = addrs.iter().any(|a| a.octets()[0] == 127);
     }
-}
-
-fn name_server(addr: SocketAddr) -> NameServerConfig {
-    let mut udp = ConnectionConfig::udp();
-    udp.port = addr.port();
-    let mut tcp = ConnectionConfig::tcp();
-    tcp.port = addr.port();
-    NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
 }
 
 /// `192.0.2.7` → `7.2.0.192`; IPv6 → 32 reversed nibbles (RFC 5782 §2.4).

@@ -10,8 +10,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use hickory_resolver::TokioResolver;
-use hickory_resolver::proto::rr::RData;
+use relayward_dns::DnsFailure;
 
 use crate::config::Target;
 use crate::report::MxInfo;
@@ -20,9 +19,10 @@ use crate::report::MxInfo;
 pub const MAX_MX_HOSTS: usize = 32;
 pub const MAX_ADDRESSES_PER_HOST: usize = 16;
 
-/// Resolves MX hosts and their addresses.
+/// Resolves MX hosts and their addresses: relayward's one MX resolver ([`relayward_dns`], the
+/// delivery agent's), with the tester's order and limits.
 pub struct MxResolver {
-    resolver: TokioResolver,
+    resolver: relayward_dns::MxResolver,
 }
 
 /// One MX host that could not be turned into a target (its name does not resolve).
@@ -34,60 +34,29 @@ pub struct MxFailure {
 }
 
 impl MxResolver {
-    /// `nameservers` empty = the system resolver.
+    /// `nameservers` empty = the system resolver. No cache: every answer is fresh.
     pub fn new(nameservers: &[SocketAddr], timeout: Duration) -> anyhow::Result<Self> {
         Ok(Self {
-            resolver: crate::dnsbl::resolver(nameservers, timeout)?,
+            resolver: relayward_dns::MxResolver::new(nameservers, crate::dnsbl::options(timeout))?,
         })
     }
 
-    /// The MX hosts of `domain`, best preference first.
+    /// The MX hosts of `domain`, best preference first, equal ones by name (a report lists
+    /// them in the same order every time).
     pub async fn mx_hosts(&self, domain: &str) -> Result<Vec<MxInfo>, String> {
-        let fqdn = format!("{}.", domain.trim_end_matches('.'));
-        let lookup = match self.resolver.mx_lookup(fqdn.as_str()).await {
-            Ok(l) => l,
-            Err(e) if e.is_nx_domain() => {
-                return Err(format!("{domain} does not exist (NXDOMAIN)"));
-            }
-            Err(e) if e.is_no_records_found() => {
-                return Ok(vec![MxInfo {
-                    domain: domain.to_string(),
-                    host: domain.to_string(),
-                    preference: 0,
-                    implicit: true,
-                }]);
-            }
-            Err(e) => return Err(format!("MX lookup for {domain} failed: {e}")),
-        };
-        let mut hosts: Vec<MxInfo> = Vec::new();
-        let mut null_mx = false;
-        for record in lookup.answers() {
-            let RData::MX(mx) = &record.data else {
-                continue;
-            };
-            let host = mx.exchange.to_ascii();
-            let host = host.trim_end_matches('.').to_ascii_lowercase();
-            if host.is_empty() {
-                null_mx = true;
-                continue;
-            }
-            if !is_host_name(&host) || hosts.iter().any(|h| h.host == host) {
-                continue;
-            }
-            hosts.push(MxInfo {
+        let mut hosts: Vec<MxInfo> = self
+            .resolver
+            .mx_hosts(domain)
+            .await
+            .map_err(|e| explain(&e))?
+            .into_iter()
+            .map(|mx| MxInfo {
                 domain: domain.to_string(),
-                host,
+                host: mx.name,
                 preference: mx.preference,
-                implicit: false,
-            });
-        }
-        if hosts.is_empty() {
-            return Err(if null_mx {
-                format!("{domain} has a null MX (RFC 7505): it accepts no mail")
-            } else {
-                format!("{domain} has no usable MX record")
-            });
-        }
+                implicit: mx.implicit,
+            })
+            .collect();
         hosts.sort_by(|a, b| (a.preference, &a.host).cmp(&(b.preference, &b.host)));
         hosts.truncate(MAX_MX_HOSTS);
         Ok(hosts)
@@ -95,22 +64,12 @@ impl MxResolver {
 
     /// Every address of one host (A and AAAA).
     pub async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, String> {
-        let fqdn = format!("{host}.");
-        let lookup = self
+        let mut out = self
             .resolver
-            .lookup_ip(fqdn.as_str())
+            .addresses(host)
             .await
-            .map_err(|e| format!("cannot resolve {host}: {e}"))?;
-        let mut out: Vec<IpAddr> = Vec::new();
-        for ip in lookup.iter() {
-            if !out.contains(&ip) {
-                out.push(ip);
-            }
-        }
+            .map_err(|e| explain(&e))?;
         out.truncate(MAX_ADDRESSES_PER_HOST);
-        if out.is_empty() {
-            return Err(format!("{host} has no address"));
-        }
         Ok(out)
     }
 
@@ -168,25 +127,14 @@ impl MxResolver {
     }
 }
 
-fn is_host_name(name: &str) -> bool {
-    name.len() <= 253
-        && name.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_names_from_dns_are_checked() {
-        assert!(is_host_name("mx1.example.net"));
-        assert!(!is_host_name("mx1..example.net"));
-        assert!(!is_host_name("evil host"));
-        assert!(!is_host_name("x>y.example"));
+/// A DNS failure as the report says it.
+fn explain(failure: &DnsFailure) -> String {
+    match failure {
+        DnsFailure::NullMx(domain) => {
+            format!("{domain} has a null MX (RFC 7505): it accepts no mail")
+        }
+        DnsFailure::NotFound { name, reason } | DnsFailure::Temporary { name, reason } => {
+            format!("{name}: {reason}")
+        }
     }
 }
