@@ -9,6 +9,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
+use relayward_protocol::path::{Domain, parse_domain};
 
 use crate::config::Target;
 
@@ -133,10 +134,10 @@ fn parse_one(
             Some((d, p)) => (d, vec![parse_port(spec, p)?]),
             None => (rest, default_ports.to_vec()),
         };
-        if !is_host_name(domain) || !domain.contains('.') || bad_dotted_quad(domain) {
+        let Some(domain) = host_name(domain).filter(|d| d.contains('.') && !bad_dotted_quad(d))
+        else {
             return Err(bad("mx: needs a mail domain"));
-        }
-        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        };
         for port in ports {
             out.push(TargetInput::Mx {
                 domain: domain.clone(),
@@ -184,10 +185,9 @@ fn parse_one(
             format!("{inner:?} is not an IPv6 address"),
         ));
     }
-    if !is_host_name(name) {
+    let Some(name) = host_name(name) else {
         return Err(bad("not a host name, address or CIDR range"));
-    }
-    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    };
     for port in ports {
         out.push(TargetInput::Host {
             name: name.clone(),
@@ -203,13 +203,13 @@ fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
         .then(|| &s[prefix.len()..])
 }
 
-/// Letters, digits, dots and hyphens; at most 253 bytes.
-fn is_host_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+/// `name` by the protocol crate's one domain grammar (a trailing dot allowed, as DNS writes
+/// it), in its canonical form: lower-case, internationalised names as A-labels.
+fn host_name(name: &str) -> Option<String> {
+    match parse_domain(name.strip_suffix('.').unwrap_or(name)) {
+        Ok(Domain::Name(name)) => Some(name),
+        _ => None,
+    }
 }
 
 /// `10.0.0.0/30`, `10.0.0.0/30:2525`, `[2001:db8::/126]:25`: every address of the range,
@@ -378,6 +378,28 @@ mod tests {
         assert_eq!(addrs(&["[::1:2525]"]), ["[::1:2525]:25"]);
         assert_eq!(addrs(&["2001:db8::1"]), ["[2001:db8::1]:25"]);
         assert_eq!(addrs(&["2001:db8::abcd"]), ["[2001:db8::abcd]:25"]);
+    }
+
+    /// Names follow the protocol crate's one domain grammar: LDH labels, no empty label, no
+    /// `_`; a trailing dot as DNS writes it; internationalised names as their A-labels.
+    #[test]
+    fn host_names_follow_the_one_domain_grammar() {
+        let e = |s: &str| expand(&[s.to_string()], 25).unwrap_err();
+        assert_eq!(addrs(&["Mail.Example.NET."]), ["mail.example.net:25"]);
+        assert_eq!(addrs(&["mx:bücher.test"]), ["mx:xn--bcher-kva.test:25"]);
+        assert_eq!(addrs(&["bücher.test:2525"]), ["xn--bcher-kva.test:2525"]);
+        for bad in [
+            "under_score.example",
+            "-lead.example",
+            "a..b.example",
+            "mx:a..b.example",
+        ] {
+            assert!(
+                matches!(e(bad), TargetError::Bad(..)),
+                "{bad}: {:?}",
+                e(bad)
+            );
+        }
     }
 
     #[test]
