@@ -278,6 +278,68 @@ impl QueuedMessage {
             .map(|r| r.next_attempt)
             .min()
     }
+
+    /// The state of a message just accepted: every recipient pending and due at `now`, with
+    /// the route it was accepted for. Every [`Queue`] starts a message from this.
+    pub fn accepted(id: MessageId, message: &NewMessage, now: u64) -> QueuedMessage {
+        QueuedMessage {
+            id,
+            sender: message.sender.clone(),
+            recipients: message
+                .recipients
+                .iter()
+                .enumerate()
+                .map(|(i, recipient)| RecipientState {
+                    address: recipient.address.clone(),
+                    status: RecipientStatus::Pending,
+                    attempts: 0,
+                    last_error: None,
+                    next_attempt: now,
+                    route: Some(recipient.route.clone()),
+                    dsn: message.esmtp.recipients.get(i).cloned().unwrap_or_default(),
+                    delay_notified: false,
+                })
+                .collect(),
+            arrived: now,
+            client_ip: message.client_ip.clone(),
+            auth_login: message.auth_login.clone(),
+            origin: message.origin,
+            size: message.content.len() as u64,
+            held: false,
+            options: MessageOptions {
+                smtputf8: message.esmtp.smtputf8,
+                dsn: message.esmtp.dsn.clone(),
+            },
+        }
+    }
+
+    /// Applies attempt results. Final statuses are sticky (a late or repeated report cannot
+    /// revive a delivered recipient); unknown addresses are logged and ignored, so the rest
+    /// still counts. True when every recipient is now final: the message is done.
+    pub fn apply(&mut self, updates: Vec<RecipientUpdate>) -> bool {
+        for update in updates {
+            let mut matched = false;
+            for recipient in self
+                .recipients
+                .iter_mut()
+                .filter(|r| r.address == update.address)
+            {
+                matched = true;
+                if recipient.status.is_final() {
+                    continue;
+                }
+                recipient.status = update.status;
+                recipient.last_error = update.last_error.clone();
+                recipient.next_attempt = update.next_attempt;
+                recipient.delay_notified |= update.delay_notified;
+                recipient.attempts = recipient.attempts.saturating_add(1);
+            }
+            if !matched {
+                tracing::warn!(id = %self.id, address = %relayward_protocol::text::Escaped(&update.address), "update for unknown recipient");
+            }
+        }
+        self.recipients.iter().all(|r| r.status.is_final())
+    }
 }
 
 /// What a delivery attempt learned about one recipient.

@@ -67,7 +67,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use relayward_protocol::text::Escaped;
 use tokio::sync::{Notify, oneshot};
 
-use self::entry::{Change, apply_updates, encode_header, new_state, parse_state, read_header};
+use self::entry::{Change, apply_updates, encode_header, parse_state, read_header};
 use crate::fsutil::{
     PRIVATE_FILE, available_bytes, create_private_dir, lock_exclusive, lock_shared, queue_error,
     shared_queue_error, sync_dir, try_lock_exclusive, write_synced,
@@ -464,7 +464,8 @@ impl Inner {
     ) -> Result<(), QueueError> {
         let id = staged.id.clone();
         self.check_space(message.content.len() as u64)?;
-        let header = encode_header(&new_state(&id, message, unix_now())).map_err(queue_error)?;
+        let header = encode_header(&QueuedMessage::accepted(id.clone(), message, unix_now()))
+            .map_err(queue_error)?;
         let tmp = self.layout.tmp_message(&id);
         write_synced(&tmp, &[&header, &message.content]).map_err(queue_error)?;
         if committer.send(staged).is_err() {

@@ -7,8 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use relayward_queue::{
-    BoxFuture, Changes, MessageId, NewMessage, Queue, QueueError, QueuedMessage, RecipientState,
-    RecipientStatus, RecipientUpdate,
+    BoxFuture, Changes, MessageId, NewMessage, Queue, QueueError, QueuedMessage, RecipientUpdate,
 };
 use tokio::sync::Notify;
 
@@ -119,35 +118,7 @@ impl MemoryQueue {
         let n = self.next_id.fetch_add(1, Ordering::SeqCst) + 1;
         let id = MessageId(format!("{n:024x}"));
         let now = unix_now();
-        let state = QueuedMessage {
-            id: id.clone(),
-            sender: message.sender.clone(),
-            recipients: message
-                .recipients
-                .iter()
-                .enumerate()
-                .map(|(i, r)| RecipientState {
-                    address: r.address.clone(),
-                    status: RecipientStatus::Pending,
-                    attempts: 0,
-                    last_error: None,
-                    next_attempt: now,
-                    route: Some(r.route.clone()),
-                    dsn: message.esmtp.recipients.get(i).cloned().unwrap_or_default(),
-                    delay_notified: false,
-                })
-                .collect(),
-            arrived: now,
-            client_ip: message.client_ip.clone(),
-            auth_login: message.auth_login.clone(),
-            origin: message.origin,
-            size: message.content.len() as u64,
-            held: false,
-            options: relayward_queue::MessageOptions {
-                smtputf8: message.esmtp.smtputf8,
-                dsn: message.esmtp.dsn.clone(),
-            },
-        };
+        let state = QueuedMessage::accepted(id.clone(), &message, now);
         self.lock().push(Stored {
             id: id.clone(),
             message,
@@ -194,23 +165,7 @@ impl Queue for MemoryQueue {
         id: &'a MessageId,
         updates: Vec<RecipientUpdate>,
     ) -> BoxFuture<'a, Result<(), QueueError>> {
-        let result = self.modify(id, |state| {
-            for update in updates {
-                let Some(r) = state
-                    .recipients
-                    .iter_mut()
-                    .find(|r| r.address == update.address && !r.status.is_final())
-                else {
-                    continue;
-                };
-                r.status = update.status;
-                r.attempts += 1;
-                r.last_error = update.last_error;
-                r.next_attempt = update.next_attempt;
-                r.delay_notified |= update.delay_notified;
-            }
-            false
-        });
+        let result = self.modify(id, |state| state.apply(updates));
         Box::pin(async move { result })
     }
 

@@ -8,12 +8,7 @@
 
 use std::io::{self, BufRead, BufReader, Read};
 
-use relayward_protocol::text::Escaped;
-
-use crate::{
-    MessageId, MessageOptions, NewMessage, QueueError, QueuedMessage, RecipientState,
-    RecipientStatus, RecipientUpdate,
-};
+use crate::{MessageId, QueueError, QueuedMessage, RecipientUpdate};
 
 /// Marks (and versions) a message file.
 const MAGIC: &[u8] = b"relayward-queue-v1 ";
@@ -86,64 +81,10 @@ fn corrupt(id: &MessageId, reason: &str) -> QueueError {
     }
 }
 
-/// The initial state of a new message: every recipient pending and due now.
-pub(super) fn new_state(id: &MessageId, message: &NewMessage, now: u64) -> QueuedMessage {
-    QueuedMessage {
-        id: id.clone(),
-        sender: message.sender.clone(),
-        recipients: message
-            .recipients
-            .iter()
-            .enumerate()
-            .map(|(i, recipient)| RecipientState {
-                address: recipient.address.clone(),
-                status: RecipientStatus::Pending,
-                attempts: 0,
-                last_error: None,
-                next_attempt: now,
-                route: Some(recipient.route.clone()),
-                dsn: message.esmtp.recipients.get(i).cloned().unwrap_or_default(),
-                delay_notified: false,
-            })
-            .collect(),
-        arrived: now,
-        client_ip: message.client_ip.clone(),
-        auth_login: message.auth_login.clone(),
-        origin: message.origin,
-        size: message.content.len() as u64,
-        held: false,
-        options: MessageOptions {
-            smtputf8: message.esmtp.smtputf8,
-            dsn: message.esmtp.dsn.clone(),
-        },
-    }
-}
-
-/// Applies attempt results. Final statuses are sticky (a late or repeated report cannot revive
-/// a delivered recipient); unknown addresses are logged and ignored, so the rest still counts.
+/// Applies attempt results ([`QueuedMessage::apply`]); a message whose recipients are all
+/// final is removed.
 pub(super) fn apply_updates(state: &mut QueuedMessage, updates: Vec<RecipientUpdate>) -> Change {
-    for update in updates {
-        let mut matched = false;
-        for recipient in state
-            .recipients
-            .iter_mut()
-            .filter(|r| r.address == update.address)
-        {
-            matched = true;
-            if recipient.status.is_final() {
-                continue;
-            }
-            recipient.status = update.status;
-            recipient.last_error = update.last_error.clone();
-            recipient.next_attempt = update.next_attempt;
-            recipient.delay_notified |= update.delay_notified;
-            recipient.attempts = recipient.attempts.saturating_add(1);
-        }
-        if !matched {
-            tracing::warn!(id = %state.id, address = %Escaped(&update.address), "update for unknown recipient");
-        }
-    }
-    if state.recipients.iter().all(|r| r.status.is_final()) {
+    if state.apply(updates) {
         Change::Remove
     } else {
         Change::Write
@@ -163,7 +104,7 @@ pub(super) fn retry_all(state: &mut QueuedMessage, now: u64) -> Change {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{NewRecipient, Route};
+    use crate::{NewMessage, NewRecipient, Route};
     use relayward_protocol::route::{NextHop, RouteClass};
 
     /// A recipient routed by MX to its domain (the queue stores routes; it does not judge them).
@@ -195,7 +136,7 @@ mod tests {
     #[test]
     fn header_round_trip() {
         let (id, message) = sample();
-        let state = new_state(&id, &message, 42);
+        let state = QueuedMessage::accepted(id.clone(), &message, 42);
         let mut file = encode_header(&state).unwrap();
         let header_len = file.len() as u64;
         file.extend_from_slice(&message.content);
@@ -209,7 +150,8 @@ mod tests {
     #[test]
     fn entries_without_an_origin_are_strangers() {
         let (id, message) = sample();
-        let mut json = serde_json::to_value(new_state(&id, &message, 7)).unwrap();
+        let mut json =
+            serde_json::to_value(QueuedMessage::accepted(id.clone(), &message, 7)).unwrap();
         json.as_object_mut().unwrap().remove("origin");
         let state = parse_state(&id, json.to_string().as_bytes()).unwrap();
         assert_eq!(state.origin, crate::Origin::Stranger);
@@ -218,7 +160,7 @@ mod tests {
     #[test]
     fn damaged_files_are_corrupt_not_panics() {
         let (id, message) = sample();
-        let mut file = encode_header(&new_state(&id, &message, 1)).unwrap();
+        let mut file = encode_header(&QueuedMessage::accepted(id.clone(), &message, 1)).unwrap();
         file.extend_from_slice(&message.content);
         let other = MessageId("0123456789abcdef01234568".to_owned());
         let truncated = file[..file.len() - 3].to_vec();
