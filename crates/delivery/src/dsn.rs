@@ -144,28 +144,63 @@ fn what_returned(report: &Report<'_>) -> &'static str {
 }
 
 fn top_headers(out: &mut String, report: &Report<'_>, boundary: &str) {
-    let host = report.reporting_mta;
-    let (subject, tag) = match report.kind {
+    let (subject, kind) = match report.kind {
         Kind::Failure => ("Undelivered Mail Returned to Sender", "dsn"),
         Kind::Delay { .. } => ("Delayed Mail (still being retried)", "delay"),
     };
+    notification_header(
+        out,
+        &NotificationHeader {
+            host: report.reporting_mta,
+            to: report.original_sender,
+            subject,
+            kind,
+            original_id: report.original_id,
+            now: report.now,
+            boundary,
+        },
+    );
+}
+
+/// What the top of a delivery status notification says (RFC 3464 §2, `multipart/report`).
+pub(crate) struct NotificationHeader<'a> {
+    /// This server (`MAILER-DAEMON@host`, the Message-ID's domain).
+    pub host: &'a str,
+    /// The original sender, to whom the notification goes.
+    pub to: &'a str,
+    pub subject: &'a str,
+    /// In the Message-ID: `dsn` for a bounce, `delay` for a delay notice, `ok` for a success
+    /// notice.
+    pub kind: &'a str,
+    pub original_id: &'a str,
+    pub now: u64,
+    pub boundary: &'a str,
+}
+
+/// The header section and MIME preamble of every notification (bounce, delay, success): from
+/// the mailer-daemon, `Auto-Submitted: auto-replied` (never answered in turn, RFC 3834).
+pub(crate) fn notification_header(out: &mut String, h: &NotificationHeader<'_>) {
     let _ = write!(
         out,
         "From: Mail Delivery System <MAILER-DAEMON@{host}>\r\n\
          To: <{to}>\r\n\
          Subject: {subject}\r\n\
          Date: {date}\r\n\
-         Message-ID: <{id}.{tag}.{now}@{host}>\r\n\
+         Message-ID: <{id}.{kind}.{now}@{host}>\r\n\
          Auto-Submitted: auto-replied\r\n\
          MIME-Version: 1.0\r\n\
          Content-Type: multipart/report; report-type=delivery-status;\r\n\
          \tboundary=\"{boundary}\"\r\n\
          \r\n\
          This is a MIME-encapsulated delivery status notification.\r\n\r\n",
-        to = report.original_sender,
-        date = rfc5322_date(report.now),
-        id = report.original_id,
-        now = report.now,
+        host = h.host,
+        to = h.to,
+        subject = h.subject,
+        date = rfc5322_date(h.now),
+        id = h.original_id,
+        kind = h.kind,
+        now = h.now,
+        boundary = h.boundary,
     );
 }
 
@@ -261,18 +296,34 @@ fn delay_status(r: &FailedRecipient) -> EnhancedCode {
     r.failure.status.as_transient()
 }
 
-fn status_part(out: &mut String, report: &Report<'_>) {
+/// The start of the `message/delivery-status` part (RFC 3464 §2.2): its part header and the
+/// per-message fields, the same in bounces, delay notices and success notices.
+pub(crate) fn per_message_fields(
+    out: &mut String,
+    envid: Option<&str>,
+    reporting_mta: &str,
+    queue_id: &str,
+    arrived: u64,
+) {
     out.push_str("Content-Type: message/delivery-status\r\n");
     out.push_str("Content-Description: Delivery report\r\n\r\n");
-    if let Some(envid) = report.envid {
+    if let Some(envid) = envid {
         let _ = write!(out, "Original-Envelope-Id: {}\r\n", one_line(envid));
     }
     let _ = write!(
         out,
-        "Reporting-MTA: dns; {}\r\nX-Relayward-Queue-ID: {}\r\nArrival-Date: {}\r\n",
+        "Reporting-MTA: dns; {reporting_mta}\r\nX-Relayward-Queue-ID: {queue_id}\r\nArrival-Date: {}\r\n",
+        rfc5322_date(arrived)
+    );
+}
+
+fn status_part(out: &mut String, report: &Report<'_>) {
+    per_message_fields(
+        out,
+        report.envid,
         report.reporting_mta,
         report.original_id,
-        rfc5322_date(report.arrived)
+        report.arrived,
     );
     for r in report.recipients {
         out.push_str("\r\n");
@@ -282,14 +333,7 @@ fn status_part(out: &mut String, report: &Report<'_>) {
 }
 
 fn recipient_block(out: &mut String, r: &FailedRecipient, report: &Report<'_>) {
-    if let Some(orcpt) = &r.orcpt {
-        let _ = write!(
-            out,
-            "Original-Recipient: {}; {}\r\n",
-            orcpt.addr_type,
-            one_line(&orcpt.address)
-        );
-    }
+    original_recipient(out, r.orcpt.as_ref());
     let (action, status) = match report.kind {
         Kind::Failure => ("failed", final_status(r)),
         Kind::Delay { .. } => ("delayed", delay_status(r)),
@@ -336,7 +380,20 @@ fn reply_code(reply: &str) -> Option<&str> {
         .filter(|code| code.bytes().all(|b| b.is_ascii_digit()))
 }
 
-fn one_line(text: &str) -> String {
+/// `Original-Recipient:` (RFC 3464 §2.3.1) when the client gave `ORCPT=`.
+pub(crate) fn original_recipient(out: &mut String, orcpt: Option<&Orcpt>) {
+    if let Some(orcpt) = orcpt {
+        let _ = write!(
+            out,
+            "Original-Recipient: {}; {}\r\n",
+            orcpt.addr_type,
+            one_line(&orcpt.address)
+        );
+    }
+}
+
+/// Text from elsewhere on one line of a report field.
+pub(crate) fn one_line(text: &str) -> String {
     text.replace(['\r', '\n'], " ")
 }
 

@@ -11,7 +11,10 @@ use std::fmt::Write as _;
 
 use relayward_protocol::dsn::Orcpt;
 
-use crate::dsn::{header_section, rfc5322_date};
+use crate::dsn::{
+    NotificationHeader, header_section, notification_header, original_recipient,
+    per_message_fields, rfc5322_date,
+};
 
 /// One delivered recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,57 +47,40 @@ pub fn build_success(report: &SuccessReport<'_>) -> Vec<u8> {
     .replace(['"', '\\'], "");
     let host = report.reporting_mta;
     let mut out = String::new();
+    notification_header(
+        &mut out,
+        &NotificationHeader {
+            host,
+            to: report.original_sender,
+            subject: "Successful Mail Delivery Report",
+            kind: "ok",
+            original_id: report.original_id,
+            now: report.now,
+            boundary: &boundary,
+        },
+    );
     let _ = write!(
         out,
-        "From: Mail Delivery System <MAILER-DAEMON@{host}>\r\n\
-         To: <{to}>\r\n\
-         Subject: Successful Mail Delivery Report\r\n\
-         Date: {date}\r\n\
-         Message-ID: <{id}.ok.{now}@{host}>\r\n\
-         Auto-Submitted: auto-replied\r\n\
-         MIME-Version: 1.0\r\n\
-         Content-Type: multipart/report; report-type=delivery-status;\r\n\
-         \tboundary=\"{boundary}\"\r\n\
-         \r\n\
-         This is a MIME-encapsulated delivery status notification.\r\n\r\n\
-         --{boundary}\r\n\
+        "--{boundary}\r\n\
          Content-Type: text/plain; charset=utf-8\r\n\
          Content-Description: Notification\r\n\r\n\
          This is the mail system at {host}.\r\n\r\n\
-         Your message was delivered to the following recipients, as you asked:\r\n\r\n",
-        to = report.original_sender,
-        date = rfc5322_date(report.now),
-        id = report.original_id,
-        now = report.now,
+         Your message was delivered to the following recipients, as you asked:\r\n\r\n"
     );
     for r in report.recipients {
         let _ = write!(out, "<{}>: delivered to mailbox\r\n", r.address);
     }
-    let _ = write!(
-        out,
-        "\r\n--{boundary}\r\n\
-         Content-Type: message/delivery-status\r\n\
-         Content-Description: Delivery report\r\n\r\n"
-    );
-    if let Some(envid) = report.envid {
-        let _ = write!(out, "Original-Envelope-Id: {}\r\n", one_line(envid));
-    }
-    let _ = write!(
-        out,
-        "Reporting-MTA: dns; {host}\r\nX-Relayward-Queue-ID: {}\r\nArrival-Date: {}\r\n",
+    let _ = write!(out, "\r\n--{boundary}\r\n");
+    per_message_fields(
+        &mut out,
+        report.envid,
+        host,
         report.original_id,
-        rfc5322_date(report.arrived)
+        report.arrived,
     );
     for r in report.recipients {
         out.push_str("\r\n");
-        if let Some(orcpt) = &r.orcpt {
-            let _ = write!(
-                out,
-                "Original-Recipient: {}; {}\r\n",
-                orcpt.addr_type,
-                one_line(&orcpt.address)
-            );
-        }
+        original_recipient(&mut out, r.orcpt.as_ref());
         let _ = write!(
             out,
             "Final-Recipient: rfc822; {}\r\nAction: delivered\r\nStatus: 2.0.0\r\nLast-Attempt-Date: {}\r\n",
@@ -112,10 +98,6 @@ pub fn build_success(report: &SuccessReport<'_>) -> Vec<u8> {
     bytes.extend_from_slice(&header_section(report.original));
     bytes.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     bytes
-}
-
-fn one_line(text: &str) -> String {
-    text.replace(['\r', '\n'], " ")
 }
 
 #[cfg(test)]
