@@ -1,7 +1,8 @@
 //! The SMTP client: one connection to one next-hop address, several transactions on it.
 //!
-//! Replies are parsed by the protocol crate's [`ReplyParser`]; lines are bounded in length
-//! and number so a hostile server cannot make us buffer without end. Every read and write
+//! Replies are read by the one reader both SMTP clients use
+//! ([`relayward_tls::reply::ReplyReader`], over the protocol crate's `ReplyParser`); lines are
+//! bounded in length and number so a hostile server cannot make us buffer without end. Every read and write
 //! has an RFC 5321 §4.5.3.2 timeout. No error path panics: a misbehaving server costs at most
 //! a deferral.
 
@@ -13,10 +14,11 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use relayward_protocol::data::{crlf_line_ends, dot_stuff};
 use relayward_protocol::ehlo::EhloKeywords;
-use relayward_protocol::reply::{EnhancedCode, Reply, ReplyParser};
+use relayward_protocol::reply::{EnhancedCode, Reply};
+use relayward_tls::reply::{ReadError, ReplyReader};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -198,7 +200,7 @@ pub struct EnvelopeOptions<'a> {
 /// An open SMTP session, ready for `MAIL`.
 pub struct Connection {
     stream: Option<Stream>,
-    buf: Vec<u8>,
+    reader: ReplyReader,
     /// `name[ip]:port`, for logs and `Remote-MTA`.
     pub remote: String,
     pub extensions: Extensions,
@@ -232,7 +234,7 @@ pub async fn connect(params: &ConnectParams) -> Result<Connection, SessionError>
     let implicit = matches!(params.tls, TlsPolicy::Implicit { .. });
     let mut conn = Connection {
         stream: Some(stream),
-        buf: Vec::new(),
+        reader: ReplyReader::new(MAX_REPLY_LINE),
         remote,
         extensions: Extensions::default(),
         tls: implicit,
@@ -373,7 +375,7 @@ impl Connection {
         server_name: &str,
     ) -> Result<(), SessionError> {
         self.broken = true;
-        if !self.buf.is_empty() {
+        if self.reader.has_buffered() {
             return Err(SessionError::local(
                 (4, 7, 0),
                 format!("{} sent data after its STARTTLS reply", self.remote),
@@ -731,37 +733,19 @@ impl Connection {
     }
 
     async fn read_reply_inner(&mut self) -> Result<Reply, SessionError> {
-        let mut parser = ReplyParser::new();
-        loop {
-            let line = self.read_line().await?;
-            match parser.feed(&line) {
-                Ok(Some(reply)) => return Ok(reply),
-                Ok(None) => continue,
-                Err(e) => return Err(self.io_error("read", &format!("bad reply: {e}"))),
-            }
-        }
-    }
-
-    /// One line without its line end; at most [`MAX_REPLY_LINE`] octets.
-    async fn read_line(&mut self) -> Result<String, SessionError> {
-        loop {
-            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=pos).collect();
-                return Ok(String::from_utf8_lossy(&line).into_owned());
-            }
-            if self.buf.len() > MAX_REPLY_LINE {
-                return Err(self.io_error("read", "reply line too long"));
-            }
-            let Some(stream) = self.stream.as_mut() else {
-                return Err(SessionError::local((4, 4, 2), "connection already closed"));
-            };
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) => return Err(self.io_error("read", "connection closed by server")),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) => return Err(self.io_error("read", &e.to_string())),
-            }
-        }
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(SessionError::local((4, 4, 2), "connection already closed"));
+        };
+        let read = self
+            .reader
+            .read_reply(stream, |_| Ok::<(), ReadError>(()))
+            .await;
+        read.map_err(|e| match e {
+            ReadError::Malformed(e) => self.io_error("read", &format!("bad reply: {e}")),
+            ReadError::LineTooLong(_) => self.io_error("read", "reply line too long"),
+            ReadError::Closed => self.io_error("read", "connection closed by server"),
+            ReadError::Io(e) => self.io_error("read", &e.to_string()),
+        })
     }
 
     fn io_error(&mut self, what: &str, detail: &str) -> SessionError {

@@ -1,13 +1,16 @@
-//! One SMTP client connection: bounded line reading, multi-line replies, a transcript.
+//! One SMTP client connection: replies read by the clients' one reader
+//! ([`relayward_tls::reply::ReplyReader`]), a transcript, deadlines.
 //!
 //! Everything a hostile server controls is bounded here: line length, lines per reply (via
-//! [`ReplyParser::MAX_LINES`]) and time (every read and write has a deadline), so a server that
-//! streams garbage or trickles one byte a minute costs at most one timeout.
+//! [`relayward_protocol::reply::ReplyParser::MAX_LINES`]), bytes per reply and per target, and
+//! time (every read and write has a deadline), so a server that streams garbage or trickles one
+//! byte a minute costs at most one timeout.
 
 use std::io;
 use std::time::Duration;
 
-use relayward_protocol::reply::{Reply, ReplyParser};
+use relayward_protocol::reply::Reply;
+use relayward_tls::reply::{ReadError, ReplyReader};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
@@ -42,6 +45,17 @@ pub enum ConnError {
     Flood,
 }
 
+impl From<ReadError> for ConnError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Closed => ConnError::Closed,
+            ReadError::Io(e) => ConnError::Io(e),
+            ReadError::LineTooLong(_) => ConnError::LineTooLong,
+            ReadError::Malformed(e) => ConnError::Malformed(e.to_string()),
+        }
+    }
+}
+
 impl ConnError {
     /// The server sends more than a probe reads: not a network problem, a hostile or broken
     /// server (INCONCLUSIVE, not UNREACHABLE).
@@ -60,7 +74,7 @@ pub use relayward_tls::ClientStream as Stream;
 /// before the handshake is an injection attempt), see [`Conn::take_plain`].
 pub struct Conn {
     stream: Stream,
-    buf: Vec<u8>,
+    reader: ReplyReader,
     /// No read or write goes past this instant; the session sets it per test (the smaller of
     /// the test's and the host's deadline).
     pub deadline: Instant,
@@ -70,7 +84,7 @@ impl Conn {
     pub fn new(stream: Stream, deadline: Instant) -> Self {
         Self {
             stream,
-            buf: Vec::new(),
+            reader: ReplyReader::new(MAX_LINE),
             deadline,
         }
     }
@@ -89,7 +103,7 @@ impl Conn {
     /// Hands the plain stream over for a TLS handshake. Fails if the server already sent
     /// bytes after its 220 to STARTTLS (response injection, CVE-2011-0411 style).
     pub fn take_plain(self) -> Result<TcpStream, ConnError> {
-        if !self.buf.is_empty() {
+        if self.reader.has_buffered() {
             return Err(ConnError::Malformed(
                 "data sent after the STARTTLS reply, before the handshake".into(),
             ));
@@ -126,60 +140,34 @@ impl Conn {
         Ok(())
     }
 
-    /// Reads one complete (possibly multi-line) reply before the deadline.
+    /// Reads one complete (possibly multi-line) reply before the deadline, each line into
+    /// the transcript, within the reply and per-target byte budgets.
     pub async fn read_reply(&mut self, log: &mut Transcript) -> Result<Reply, ConnError> {
-        let deadline = self.deadline;
-        let mut parser = ReplyParser::new();
+        if log.flooded() {
+            return Err(ConnError::Flood);
+        }
         let mut bytes = 0usize;
-        loop {
+        let read = self.reader.read_reply(&mut self.stream, |line| {
             if log.flooded() {
                 return Err(ConnError::Flood);
             }
-            let line = self.read_line(deadline).await?;
             bytes += line.len() + 2;
-            log.server(&line);
+            log.server(line);
             if bytes > MAX_REPLY_BYTES {
                 return Err(ConnError::ReplyTooLong);
             }
-            match parser.feed(&line) {
-                Ok(Some(reply)) => return Ok(reply),
-                Ok(None) => continue,
-                Err(e) => return Err(ConnError::Malformed(e.to_string())),
-            }
-        }
-    }
-
-    /// One line without its line ending. Accepts a bare LF (lenient: we are the client) and
-    /// replaces invalid UTF-8, since the text is only shown, never trusted.
-    async fn read_line(&mut self, deadline: Instant) -> Result<String, ConnError> {
-        loop {
-            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
-                let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
-                line.pop();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                return Ok(String::from_utf8_lossy(&line).into_owned());
-            }
-            if self.buf.len() > MAX_LINE {
-                return Err(ConnError::LineTooLong);
-            }
-            let mut chunk = [0u8; 2048];
-            let n = timeout_at(deadline, self.stream.read(&mut chunk))
-                .await
-                .map_err(|_| ConnError::Timeout)??;
-            if n == 0 {
-                return Err(ConnError::Closed);
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
+            Ok(())
+        });
+        timeout_at(self.deadline, read)
+            .await
+            .map_err(|_| ConnError::Timeout)?
     }
 
     /// Whether the server has sent (or sends within `wait`) bytes nobody asked for yet: an
     /// answer to a line we did not expect to be answered (a PROXY header taken as a command),
     /// or replies out of step. `Err` when the server closed the connection meanwhile.
     pub async fn reply_pending(&mut self, wait: Duration) -> Result<bool, ConnError> {
-        if !self.buf.is_empty() {
+        if self.reader.has_buffered() {
             return Ok(true);
         }
         let until = self.deadline.min(Instant::now() + wait);
@@ -188,7 +176,7 @@ impl Conn {
             Err(_) => Ok(false),
             Ok(Ok(0)) => Err(ConnError::Closed),
             Ok(Ok(n)) => {
-                self.buf.extend_from_slice(&chunk[..n]);
+                self.reader.push(&chunk[..n]);
                 Ok(true)
             }
             Ok(Err(e)) => Err(ConnError::Io(e)),

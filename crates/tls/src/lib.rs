@@ -9,6 +9,9 @@
 //! verified against the presented certificate, so the handshake itself is sound. Anything that
 //! needs authentication (the smart host) uses [`pinned::verifying_config`] instead: public
 //! roots, a private CA file, and pinned certificates.
+//!
+//! [`reply::ReplyReader`] is how both clients read a server's replies: bounded lines, one
+//! parser.
 
 use std::io;
 use std::pin::Pin;
@@ -24,6 +27,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 pub mod pinned;
+pub mod reply;
 
 /// The crypto provider of every relayward TLS configuration: ring, named explicitly so no
 /// second provider can be picked up by accident.
