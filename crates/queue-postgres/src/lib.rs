@@ -303,7 +303,7 @@ impl PgQueue {
         id: &MessageId,
         updates: Vec<RecipientUpdate>,
     ) -> Result<(), QueueError> {
-        check_id(id)?;
+        id.check()?;
         let (reply, answer) = oneshot::channel();
         let op = Op::Update {
             id: id.clone(),
@@ -470,7 +470,7 @@ impl Queue for PgQueue {
 
     fn get<'a>(&'a self, id: &'a MessageId) -> BoxFuture<'a, Result<QueuedMessage, QueueError>> {
         Box::pin(self.simple(async move {
-            check_id(id).map_err(OpError::Queue)?;
+            id.check().map_err(OpError::Queue)?;
             let mut client = self.inner.pool.get().await?;
             let ids = [id.0.clone()];
             let loaded = rows::load(&mut client, Which::Ids(&ids)).await?;
@@ -478,20 +478,20 @@ impl Queue for PgQueue {
                 .into_iter()
                 .next()
                 .map(|l| l.message)
-                .ok_or_else(|| OpError::Queue(not_found(id)))
+                .ok_or_else(|| OpError::Queue(QueueError::not_found(id)))
         }))
     }
 
     fn content<'a>(&'a self, id: &'a MessageId) -> BoxFuture<'a, Result<Vec<u8>, QueueError>> {
         Box::pin(self.simple(async move {
-            check_id(id).map_err(OpError::Queue)?;
+            id.check().map_err(OpError::Queue)?;
             let client = self.inner.pool.get().await?;
             let statement = client
                 .prepare_cached("SELECT content FROM relayward_messages WHERE id = $1")
                 .await?;
             let row = client.query_opt(&statement, &[&id.0]).await?;
             row.map(|r| r.get::<_, Vec<u8>>(0))
-                .ok_or_else(|| OpError::Queue(not_found(id)))
+                .ok_or_else(|| OpError::Queue(QueueError::not_found(id)))
         }))
     }
 
@@ -524,7 +524,7 @@ impl Queue for PgQueue {
     fn retry_now<'a>(&'a self, id: &'a MessageId) -> BoxFuture<'a, Result<(), QueueError>> {
         Box::pin(async move {
             self.simple(async move {
-                check_id(id).map_err(OpError::Queue)?;
+                id.check().map_err(OpError::Queue)?;
                 let client = self.inner.pool.get().await?;
                 let changed = client
                     .execute(
@@ -538,7 +538,7 @@ impl Queue for PgQueue {
                         .query_opt("SELECT 1 FROM relayward_messages WHERE id = $1", &[&id.0])
                         .await?;
                     if exists.is_none() {
-                        return Err(OpError::Queue(not_found(id)));
+                        return Err(OpError::Queue(QueueError::not_found(id)));
                     }
                 }
                 Ok(())
@@ -569,7 +569,7 @@ impl Queue for PgQueue {
         reason: &'a str,
     ) -> BoxFuture<'a, Result<(), QueueError>> {
         Box::pin(self.simple(async move {
-            check_id(id).map_err(OpError::Queue)?;
+            id.check().map_err(OpError::Queue)?;
             let mut client = self.inner.pool.get().await?;
             let tx = client.transaction().await?;
             let moved = tx
@@ -592,7 +592,7 @@ impl Queue for PgQueue {
                 )
                 .await?;
             if moved == 0 {
-                return Err(OpError::Queue(not_found(id)));
+                return Err(OpError::Queue(QueueError::not_found(id)));
             }
             tx.execute("DELETE FROM relayward_messages WHERE id = $1", &[&id.0])
                 .await?;
@@ -632,14 +632,14 @@ async fn admin_write(
     sql: &str,
     value: Option<bool>,
 ) -> Result<(), OpError> {
-    check_id(id).map_err(OpError::Queue)?;
+    id.check().map_err(OpError::Queue)?;
     let client = inner.pool.get().await?;
     let changed = match value {
         Some(value) => client.execute(sql, &[&id.0, &value]).await?,
         None => client.execute(sql, &[&id.0]).await?,
     };
     if changed == 0 {
-        return Err(OpError::Queue(not_found(id)));
+        return Err(OpError::Queue(QueueError::not_found(id)));
     }
     Ok(())
 }
@@ -683,19 +683,6 @@ fn failure_text(failure: Failure) -> String {
     match failure {
         Failure::Unavailable(t) | Failure::Other(t) => t,
     }
-}
-
-/// Ids that do not have the generated shape name no message.
-fn check_id(id: &MessageId) -> Result<(), QueueError> {
-    if id.is_valid() {
-        Ok(())
-    } else {
-        Err(QueueError::NotFound(id.0.chars().take(64).collect()))
-    }
-}
-
-fn not_found(id: &MessageId) -> QueueError {
-    QueueError::NotFound(id.0.clone())
 }
 
 fn unix_now() -> u64 {

@@ -133,6 +133,17 @@ impl MessageId {
     pub fn is_valid(&self) -> bool {
         id::is_valid(&self.0)
     }
+
+    /// `Ok` for an id of the generated shape. Any other id names no message
+    /// ([`QueueError::NotFound`], the id cut to 64 characters) and must never reach a path or a
+    /// query: every queue checks ids from outside with this.
+    pub fn check(&self) -> Result<(), QueueError> {
+        if self.is_valid() {
+            Ok(())
+        } else {
+            Err(QueueError::NotFound(self.0.chars().take(64).collect()))
+        }
+    }
 }
 
 impl std::fmt::Display for MessageId {
@@ -181,6 +192,11 @@ pub enum QueueError {
 }
 
 impl QueueError {
+    /// No message `id` in the queue.
+    pub fn not_found(id: &MessageId) -> Self {
+        QueueError::NotFound(id.0.clone())
+    }
+
     /// True for [`QueueError::Unavailable`]: the store itself is away, not this message.
     pub fn is_unavailable(&self) -> bool {
         matches!(self, QueueError::Unavailable(_))

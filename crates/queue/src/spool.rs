@@ -573,10 +573,10 @@ impl Inner {
 
     /// Moves the message's files to `corrupt/`, with a note of why, under the message lock.
     fn quarantine(&self, id: &MessageId, reason: &str) -> Result<(), QueueError> {
-        check_id(id)?;
+        id.check()?;
         let content = self.layout.message(id);
         let file = File::open(&content).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => not_found(id),
+            io::ErrorKind::NotFound => QueueError::not_found(id),
             _ => queue_error(e),
         })?;
         lock_exclusive(&file).map_err(queue_error)?;
@@ -626,7 +626,7 @@ impl Inner {
 
     /// The current state: the `.json` file if the message was changed, else its header.
     fn read_state(&self, id: &MessageId) -> Result<QueuedMessage, QueueError> {
-        check_id(id)?;
+        id.check()?;
         match fs::read(self.layout.state(id)) {
             Ok(json) => return parse_state(id, &json),
             Err(err) if err.kind() == io::ErrorKind::NotFound => {}
@@ -634,17 +634,17 @@ impl Inner {
         }
         match File::open(self.layout.message(id)) {
             Ok(file) => read_header(id, &file).map(|(state, _)| state),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Err(not_found(id)),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Err(QueueError::not_found(id)),
             Err(err) => Err(queue_error(err)),
         }
     }
 
     /// One message's content (the message file without its header).
     fn read_content(&self, id: &MessageId) -> Result<Vec<u8>, QueueError> {
-        check_id(id)?;
+        id.check()?;
         match fs::read(self.layout.message(id)) {
             Ok(file) => entry::strip_header(id, file),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Err(not_found(id)),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Err(QueueError::not_found(id)),
             Err(err) => Err(queue_error(err)),
         }
     }
@@ -654,16 +654,18 @@ impl Inner {
     where
         F: FnOnce(&mut QueuedMessage) -> Result<Change, QueueError>,
     {
-        check_id(id)?;
+        id.check()?;
         let lock = match File::open(self.layout.message(id)) {
             Ok(file) => file,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Err(not_found(id)),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                return Err(QueueError::not_found(id));
+            }
             Err(err) => return Err(queue_error(err)),
         };
         lock_exclusive(&lock).map_err(queue_error)?;
         // Removed by whoever held the lock before us: the message is gone.
         if lock.metadata().map_err(queue_error)?.nlink() == 0 {
-            return Err(not_found(id));
+            return Err(QueueError::not_found(id));
         }
         let mut state = self.read_state(id)?;
         match change(&mut state)? {
@@ -752,20 +754,6 @@ fn message_file_id(name: &std::ffi::OsStr) -> Option<MessageId> {
         Some((id, CONTENT_EXT)) => Some(id),
         _ => None,
     }
-}
-
-/// Rejects ids that do not have the generated shape: they name no message, and must never
-/// reach a path.
-fn check_id(id: &MessageId) -> Result<(), QueueError> {
-    if id.is_valid() {
-        Ok(())
-    } else {
-        Err(QueueError::NotFound(id.0.chars().take(64).collect()))
-    }
-}
-
-fn not_found(id: &MessageId) -> QueueError {
-    QueueError::NotFound(id.0.clone())
 }
 
 fn remove_if_present(path: &Path) -> io::Result<()> {
