@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::Findings;
 
@@ -39,7 +39,7 @@ pub const DEFAULT_SIGNED_HEADERS: &[&str] = &[
 /// One `[[dkim]]` key. Two entries for one domain (say one `rsa-sha256` and one
 /// `ed25519-sha256`) both sign: dual signatures, as RFC 8463 §4 suggests while receivers
 /// learn Ed25519.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DkimKey {
     /// The signing domain (`d=`); mail whose `From:` is in this domain is signed with it.
@@ -71,7 +71,7 @@ impl DkimKey {
 
 /// `algorithm`: the signature's `a=`. RSA is the default because every receiver verifies
 /// it; Ed25519 (RFC 8463) is short and fast but not yet verified everywhere.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub enum DkimAlgorithm {
     #[default]
     #[serde(rename = "rsa-sha256")]

@@ -17,48 +17,148 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 pub use relayward_protocol::route::{RelayDomain, RouteTarget, Router, split_host_port};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub mod dkim;
+mod effective;
 mod live;
+mod locate;
 mod password;
 pub mod tls_policy;
+pub use effective::Setting;
 pub use live::Live;
+pub use locate::line_of;
 pub use password::{HashError, check_password_hash, hash_password, read_secret_file};
 
 /// The configuration `relayward serve` runs with when given no file: loopback only, local domain
 /// `localhost`, no users. It is also the sample shown to admins, so it is written as a file and
 /// parsed, never built in code.
 pub const EMBEDDED_DEFAULT_TOML: &str = r#"# relayward's embedded default: loopback only, mail for @localhost, no users.
-hostname = "localhost"
-data_dir = "./relayward-data"
+# `relayward serve` runs with exactly this when given no --config. Every other setting is
+# listed below, commented out, at its default: uncomment and change what you need, then check
+# with `relayward check-config --config FILE` (add --effective to see every value in force).
+# Durations are written like "90s", "5m", "2h", "5d".
+
+hostname = "localhost"            # banner, EHLO, Received:, the generated certificate
+data_dir = "./relayward-data"     # queue/, mail/ (Maildirs), tls/ (generated pair), admin.sock
+# run_as = "relayward"            # started as root: bind the listeners, then run as this user
+# run_as_group = "relayward"      # default: run_as's primary group
 
 [[listen]]
 address = "127.0.0.1:2525"
-kind = "mx"
+kind = "mx"                       # mx | submission | submissions
 
 [[listen]]
 address = "127.0.0.1:2587"
 kind = "submission"
 
+# [tls]                           # without it a self-signed pair is made in data_dir/tls
+# cert = "/etc/relayward/cert.pem"
+# key = "/etc/relayward/key.pem"
+
 [relay]
 local_domains = ["localhost"]
 trusted_networks = ["127.0.0.1/32", "::1/128"]
+# mailboxes = []                  # local mailboxes without a login; postmaster@ always exists
+# trusted_proxies = []            # peers whose PROXY protocol header is honoured
 
 # Add users with a hash from `relayward hash-password` (reads the password on stdin):
 # [[user]]
 # login = "alice@localhost"
 # password_hash = "$argon2id$v=19$m=19456,t=2,p=1$..."
+# send_as = ["alice@localhost"]   # default: [login]
+
+# [delivery]
+# smarthost = "smtp.provider.example:587"   # without it: MX delivery
+# smarthost_tls = "starttls"                # starttls | implicit | none (none only to loopback)
+# smarthost_user = "relay@example.test"
+# smarthost_password_file = "/etc/relayward/smarthost.secret"
+# ca_file = "/etc/relayward/private-ca.pem" # extra trust anchors for the smart host
+# mx_port = 25
+# max_queue_lifetime = "5d"
+# delay_notice_after = "4h"                 # one delay notice to senders that asked; "off": never
+# tls_policy = "mta-sts-dane"              # honour MTA-STS and DANE | "opportunistic"
+# tls_policy_ca_file = "/etc/relayward/extra-roots.pem"   # extra roots where TLS is verified
+# mta_sts_port = 443                        # HTTPS port of mta-sts.DOMAIN (tests only)
+# connections_per_destination = 20          # deliveries at once to one destination
+# max_connections = 100                     # deliveries at once in total
+# retry_schedule = ["1m", "5m", "15m", "30m", "1h", "2h", "4h"]   # the last one repeats
+# connect_timeout = "30s"
+# command_timeout = "5m"                    # greeting and each reply before DATA
+# data_timeout = "10m"                      # each write of the content, and the final reply
+
+# [dns]
+# nameservers = []                          # e.g. ["127.0.0.1:5353"]; default: the system resolver
+
+# [[tls_policy]]                            # the admin's rule for one recipient domain
+# domain = "bank.example"
+# mode = "require-verified"                 # require-verified | none (opportunistic)
+
+# [[route]]                                 # a domain relayward fronts: accept, forward
+# domain = "corp.example.test"
+# to = "smtp://10.0.0.5:25"                 # or "maildir"
+# recipients = ["info@corp.example.test"]   # only these exist (default: ask the server)
+# verify_recipients = true                  # smtp:// without recipients: RCPT probe first
+
+# [[dkim]]                                  # sign mail relayed for users / trusted networks
+# domain = "example.test"                   # d=: mail whose From: is in this domain
+# selector = "rw2026"                       # s=: record at rw2026._domainkey.example.test
+# private_key_file = "/etc/relayward/dkim-rw2026.pem"   # from `relayward dkim keygen`
+# algorithm = "rsa-sha256"                  # rsa-sha256 (default) | ed25519-sha256
+# headers = ["From", "Subject", "Date"]     # default: the usual fields, oversigned
+
+# [queue]
+# backend = "file"                          # file (data_dir/queue) | postgres (shared by nodes)
+# min_free_bytes = 104857600                # refuse new mail (452 4.3.1) below this free space
+# postgres_url = "postgres://relayward@db.example.test/relayward"   # no password in it
+# postgres_password_file = "/etc/relayward/postgres.secret"
+# postgres_tls = "disable"                  # disable | require (verified, like verify-full)
+# postgres_ca_file = "/etc/relayward/db-ca.pem"
+# lease_timeout = "2m"                      # a dead node's claims are taken over after this
+# node_name = "mx1"                         # default: hostname
+
+# [metrics]
+# listen = "127.0.0.1:9425"                 # /metrics (Prometheus) and /healthz; no authentication
+
+# [limits]
+# max_connections = 1000
+# max_connections_per_ip = 20
+# connections_per_ip_per_minute = 60
+# max_message_size = 26214400               # advertised in SIZE; 552 5.3.4 beyond
+# max_recipients = 100                      # 452 4.5.3 beyond
+# max_errors = 10                           # then 421 and disconnect
+# greet_pause = "300ms"                     # mx listeners: talking before the banner: 554
+# greet_pause_ttl = "1d"                   # a client that waited once is not paused again for this long
+# messages_per_user_per_hour = 200          # 451 4.7.1 beyond (compromised accounts)
+# messages_per_user_per_day = 1000
+# recipients_per_user_per_hour = 1000
+# recipients_per_user_per_day = 5000
+# auth_failures_per_ip = 5                  # then AUTH is refused from that IP (454 4.7.0)
+# auth_failures_per_login = 10
+# auth_failure_window = "1h"
+# auth_ban = "15m"
+# greeting_timeout = "5m"
+# command_timeout = "5m"
+# data_block_timeout = "3m"
+# data_end_timeout = "10m"
+# session_timeout = "30m"
 "#;
 
 /// The whole configuration file.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Our name in the banner, EHLO reply, `Received:` headers and the self-signed certificate.
     pub hostname: String,
     /// Where the queue, Maildirs and the generated TLS pair live.
     pub data_dir: PathBuf,
+    /// The user to run as after binding the listeners, when started as root (e.g.
+    /// `"relayward"`). The data directory must be writable by that user.
+    #[serde(default)]
+    pub run_as: Option<String>,
+    /// The group to run as with `run_as`; default: that user's primary group.
+    #[serde(default)]
+    pub run_as_group: Option<String>,
     /// Listening sockets; at least one is required.
     #[serde(default)]
     pub listen: Vec<Listen>,
@@ -93,10 +193,23 @@ pub struct Config {
     /// `[[tls_policy]]`: per-domain overrides of `[delivery] tls_policy`.
     #[serde(default, rename = "tls_policy")]
     pub tls_policies: Vec<tls_policy::DomainTlsPolicy>,
+    /// The Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsSettings,
+}
+
+/// `[metrics]`: where `/metrics` and `/healthz` are served over HTTP.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// `ip:port` of the HTTP endpoint, e.g. `"127.0.0.1:9425"`. Without it, no endpoint. It
+    /// has no authentication: keep it on loopback or a management network.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
 }
 
 /// One `[[listen]]` socket.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Listen {
     /// `ip:port` to bind, e.g. `0.0.0.0:25` or `[::]:587`.
@@ -106,7 +219,7 @@ pub struct Listen {
 }
 
 /// The role of a listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ListenerKind {
     /// Port 25 role: mail for local domains from anyone; relay only for trusted networks or
@@ -141,7 +254,7 @@ impl fmt::Display for ListenerKind {
 }
 
 /// `[tls]`: a certificate chain and its private key, both PEM.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     /// PEM certificate chain, leaf first.
@@ -151,7 +264,7 @@ pub struct TlsFiles {
 }
 
 /// `[relay]`: the relay policy's inputs.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Relay {
     /// Domains whose mailboxes live here (Maildir). Must not be empty.
@@ -255,6 +368,12 @@ impl<'de> Deserialize<'de> for Cidr {
     }
 }
 
+impl Serialize for Cidr {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.text)
+    }
+}
+
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
@@ -262,7 +381,7 @@ impl fmt::Display for Cidr {
 }
 
 /// One `[[user]]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct User {
     /// The AUTH login; compared case-insensitively. When it is an address in a local domain it
@@ -287,7 +406,7 @@ impl User {
 }
 
 /// `[delivery]`: how queued mail leaves.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Delivery {
     /// `host:port` of a smart host that takes all non-local mail. Without it: MX delivery.
@@ -310,13 +429,18 @@ pub struct Delivery {
     #[serde(default = "default_mx_port")]
     pub mx_port: u16,
     /// How long a message may wait for delivery before it bounces, e.g. `"5d"`.
-    #[serde(default = "default_queue_lifetime", deserialize_with = "de_duration")]
+    #[serde(
+        default = "default_queue_lifetime",
+        deserialize_with = "de_duration",
+        serialize_with = "ser_duration"
+    )]
     pub max_queue_lifetime: Duration,
     /// How long a message may wait before each recipient that asked (`NOTIFY=DELAY`, or our
     /// own users by default) gets one delay notice, e.g. `"4h"`; `"off"` or `"0"`: never.
     #[serde(
         default = "default_delay_notice_after",
-        deserialize_with = "de_duration_or_off"
+        deserialize_with = "de_duration_or_off",
+        serialize_with = "ser_duration_or_off"
     )]
     pub delay_notice_after: Option<Duration>,
     /// What recipient domains may demand of our TLS on MX delivery: `"mta-sts-dane"` (MTA-STS
@@ -332,6 +456,45 @@ pub struct Delivery {
     /// except in tests (as `mx_port`).
     #[serde(default = "default_mta_sts_port")]
     pub mta_sts_port: u16,
+    /// Deliveries running at once to one destination (a recipient domain's MX hosts, a
+    /// `[[route]]` host, the smart host); Postfix's `default_destination_concurrency_limit`.
+    #[serde(default = "default_connections_per_destination")]
+    pub connections_per_destination: u32,
+    /// Deliveries running at once in total (Postfix's `default_process_limit`).
+    #[serde(default = "default_delivery_connections")]
+    pub max_connections: u32,
+    /// Waits between attempts for a deferred recipient, e.g. `["1m", "5m", "1h"]`; the last
+    /// one repeats until `max_queue_lifetime`. Each wait varies by ±10 % so that deferred mail
+    /// does not return all at once.
+    #[serde(
+        default = "default_retry_schedule",
+        deserialize_with = "de_durations",
+        serialize_with = "ser_durations"
+    )]
+    pub retry_schedule: Vec<Duration>,
+    /// Time to open the TCP connection to a next hop.
+    #[serde(
+        default = "default_connect_timeout",
+        deserialize_with = "de_duration",
+        serialize_with = "ser_duration"
+    )]
+    pub connect_timeout: Duration,
+    /// Time for the next hop's greeting and each reply before DATA (RFC 5321 §4.5.3.2: at
+    /// least 5 minutes).
+    #[serde(
+        default = "default_command_timeout",
+        deserialize_with = "de_duration",
+        serialize_with = "ser_duration"
+    )]
+    pub command_timeout: Duration,
+    /// Time for each write of the content and for the reply to the final dot (RFC 5321
+    /// §4.5.3.2.6: 10 minutes).
+    #[serde(
+        default = "default_data_timeout",
+        deserialize_with = "de_duration",
+        serialize_with = "ser_duration"
+    )]
+    pub data_timeout: Duration,
 }
 
 impl Default for Delivery {
@@ -348,8 +511,41 @@ impl Default for Delivery {
             tls_policy: tls_policy::TlsPolicyMode::default(),
             tls_policy_ca_file: None,
             mta_sts_port: default_mta_sts_port(),
+            connections_per_destination: default_connections_per_destination(),
+            max_connections: default_delivery_connections(),
+            retry_schedule: default_retry_schedule(),
+            connect_timeout: default_connect_timeout(),
+            command_timeout: default_command_timeout(),
+            data_timeout: default_data_timeout(),
         }
     }
+}
+
+fn default_connections_per_destination() -> u32 {
+    20
+}
+
+fn default_delivery_connections() -> u32 {
+    100
+}
+
+fn default_retry_schedule() -> Vec<Duration> {
+    [1, 5, 15, 30, 60, 120, 240]
+        .iter()
+        .map(|minutes| Duration::from_secs(minutes * 60))
+        .collect()
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_command_timeout() -> Duration {
+    Duration::from_secs(5 * 60)
+}
+
+fn default_data_timeout() -> Duration {
+    Duration::from_secs(10 * 60)
 }
 
 fn default_mx_port() -> u16 {
@@ -371,7 +567,7 @@ fn default_delay_notice_after() -> Option<Duration> {
 }
 
 /// TLS mode towards the smart host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SmarthostTls {
     /// Plain connect, then STARTTLS (required, verified). Port 587 style.
@@ -384,7 +580,7 @@ pub enum SmarthostTls {
 }
 
 /// `[dns]`: resolver settings.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Dns {
     /// Nameservers (`ip:port`) to ask instead of the system resolver.
@@ -397,14 +593,14 @@ pub struct Dns {
 }
 
 /// One `[[route]]`: a domain we relay for, and where its mail goes.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     /// The domain (not a local domain). Its recipients are accepted from anyone — only those
     /// that exist there (see `recipients` and `verify_recipients`).
     pub domain: String,
     /// `smtp://host[:port]` or `maildir`.
-    #[serde(deserialize_with = "de_route_target")]
+    #[serde(deserialize_with = "de_route_target", serialize_with = "ser_display")]
     pub to: RouteTarget,
     /// The addresses that exist in the domain (like Postfix's `relay_recipient_maps`): only
     /// these are accepted, and nothing is asked of the internal server at RCPT time.
@@ -437,7 +633,7 @@ fn de_route_target<'de, D: Deserializer<'de>>(deserializer: D) -> Result<RouteTa
 
 /// `[limits]`: abuse limits and timeouts. Every field has a default; the defaults suit a small
 /// organisation's relay and stop the "compromised account sends 300,000 messages" incident.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Concurrent connections in total; beyond it new ones get `421 4.7.0`.
@@ -477,40 +673,40 @@ pub struct Limits {
     /// the real user out from her own address.
     pub auth_failures_per_login: u32,
     /// How long failures are remembered, e.g. `"1h"`.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub auth_failure_window: Duration,
     /// How long an IP stays banned from AUTH, e.g. `"15m"`.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub auth_ban: Duration,
     /// How long an `mx` listener waits before its banner, listening: a client that talks
     /// before the greeting is a spam robot (Postfix postscreen's pregreet test) and gets
     /// `554 5.5.1`. Submission listeners and trusted networks never wait. `"0s"` turns the
     /// test off.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub greet_pause: Duration,
     /// How long a client that waited for the banner is remembered and greeted without the
     /// pause (per IPv4 address / IPv6 /64; postscreen's `postscreen_greet_ttl`), e.g. `"1d"`.
     /// `"0s"` makes every connection wait.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub greet_pause_ttl: Duration,
     /// Everything before the first command: reading a PROXY header (capped at 10 s), the TLS
     /// handshake (implicit TLS and after STARTTLS), and the client's first command after our
     /// banner (RFC 5321 §4.5.3.2.1: 5 minutes).
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub greeting_timeout: Duration,
     /// Wait for the next command (RFC 5321 §4.5.3.2.2–.3, 5 minutes).
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub command_timeout: Duration,
     /// Wait for each chunk of DATA content (RFC 5321 §4.5.3.2.5, 3 minutes).
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub data_block_timeout: Duration,
     /// Time we may take after the final dot before answering, a bound on our own queue write
     /// (RFC 5321 §4.5.3.2.6 gives the client 10 minutes).
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub data_end_timeout: Duration,
     /// Total lifetime of one connection, whatever it does: slowloris clients that send a byte
     /// just before each timeout are still cut off. Applies before TLS too.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub session_timeout: Duration,
 }
 
@@ -544,7 +740,7 @@ impl Default for Limits {
 }
 
 /// `[queue]`: queue storage.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueSettings {
     /// Where the queue lives: `file` (the default: a spool under `data_dir/queue`) or
@@ -567,7 +763,7 @@ pub struct QueueSettings {
     pub postgres_ca_file: Option<PathBuf>,
     /// How long a node's claim on due mail holds without its heartbeat: after this, a node
     /// that died is taken over by the others. Default `"2m"`.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub lease_timeout: Duration,
     /// This node's name in the shared queue (who accepted what, who holds which lease).
     /// Default: `hostname`.
@@ -590,7 +786,7 @@ impl Default for QueueSettings {
 }
 
 /// `[queue] backend`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum QueueBackend {
     /// Fsynced files under `data_dir/queue`, for one node.
@@ -610,7 +806,7 @@ impl QueueBackend {
 }
 
 /// `[queue] postgres_tls`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PostgresTls {
     #[default]
@@ -643,6 +839,51 @@ pub fn de_duration_or_off<'de, D: Deserializer<'de>>(
         ))
     })?;
     Ok((!duration.is_zero()).then_some(duration))
+}
+
+fn de_durations<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Duration>, D::Error> {
+    let texts = Vec::<String>::deserialize(deserializer)?;
+    texts
+        .iter()
+        .map(|text| {
+            humantime::parse_duration(text).map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "{text:?} is not a duration ({e}); write a list like [\"1m\", \"5m\", \"1h\"]"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Writes a duration the way the file reads it (`"5m"`, `"1h 30m"`).
+fn ser_duration<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&humantime::format_duration(*duration).to_string())
+}
+
+/// [`ser_duration`], or `"off"` for none (as [`de_duration_or_off`] reads it).
+fn ser_duration_or_off<S: Serializer>(
+    duration: &Option<Duration>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match duration {
+        Some(duration) => ser_duration(duration, serializer),
+        None => serializer.serialize_str("off"),
+    }
+}
+
+fn ser_durations<S: Serializer>(durations: &[Duration], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(
+        durations
+            .iter()
+            .map(|d| humantime::format_duration(*d).to_string()),
+    )
+}
+
+fn ser_display<S: Serializer, T: fmt::Display>(
+    value: &T,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
 }
 
 /// Why a configuration could not be read.
@@ -871,10 +1112,13 @@ mod checks {
         check_users(config, &mut f);
         check_routes(config, &mut f);
         check_delivery(&config.delivery, &mut f);
+        check_delivery_concurrency(&config.delivery, &mut f);
         check_limits(&config.limits, &mut f);
         crate::dkim::check(&config.dkim, &mut f);
         check_queue(&config.queue, &mut f);
         crate::tls_policy::check(&config.tls_policies, &mut f);
+        check_run_as(config, &mut f);
+        check_metrics(config, &mut f);
         f.0
     }
 
@@ -926,6 +1170,124 @@ mod checks {
         });
         if in_userinfo || in_query {
             f.error("queue.postgres_url", "holds a password; remove it from the URL and put it in postgres_password_file (this file is often world-readable, the password file need not be)");
+        }
+    }
+
+    fn check_delivery_concurrency(delivery: &Delivery, f: &mut Findings) {
+        for (name, value) in [
+            (
+                "connections_per_destination",
+                delivery.connections_per_destination,
+            ),
+            ("max_connections", delivery.max_connections),
+        ] {
+            if value == 0 {
+                f.error(
+                    format!("delivery.{name}"),
+                    "0 would deliver nothing; it must be at least 1 (remove the key for the default)",
+                );
+            }
+        }
+        if delivery.connections_per_destination > delivery.max_connections {
+            f.warn(
+                "delivery.connections_per_destination",
+                format!(
+                    "larger than delivery.max_connections ({}), so it never applies",
+                    delivery.max_connections
+                ),
+            );
+        }
+        if delivery.retry_schedule.is_empty() {
+            f.error(
+                "delivery.retry_schedule",
+                "empty: write at least one wait, e.g. [\"5m\", \"1h\"] (remove the key for the default)",
+            );
+        }
+        for (i, step) in delivery.retry_schedule.iter().enumerate() {
+            if step.is_zero() {
+                f.error(
+                    format!("delivery.retry_schedule[{i}]"),
+                    "a zero wait would retry a deferred recipient in a tight loop; write e.g. \"1m\"",
+                );
+            }
+        }
+        let timeouts = [
+            ("connect_timeout", delivery.connect_timeout, None),
+            (
+                "command_timeout",
+                delivery.command_timeout,
+                Some(Duration::from_secs(5 * 60)),
+            ),
+            (
+                "data_timeout",
+                delivery.data_timeout,
+                Some(Duration::from_secs(10 * 60)),
+            ),
+        ];
+        for (name, value, rfc_minimum) in timeouts {
+            if value.is_zero() {
+                f.error(
+                    format!("delivery.{name}"),
+                    "a zero timeout would fail every delivery; remove the key for the default",
+                );
+            } else if rfc_minimum.is_some_and(|minimum| value < minimum) {
+                f.warn(
+                    format!("delivery.{name}"),
+                    format!(
+                        "shorter than RFC 5321 §4.5.3.2 asks ({}): slow but working servers will see their mail deferred",
+                        humantime::format_duration(rfc_minimum.unwrap_or_default())
+                    ),
+                );
+            }
+        }
+    }
+
+    /// A user or group name as `getpwnam`/`getgrnam` take it: whether it exists is checked
+    /// when `serve` starts (and by `check-config`), not here.
+    fn check_run_as(config: &Config, f: &mut Findings) {
+        let names = [
+            ("run_as", config.run_as.as_deref()),
+            ("run_as_group", config.run_as_group.as_deref()),
+        ];
+        for (key, name) in names {
+            let Some(name) = name else { continue };
+            let usable = !name.is_empty()
+                && name.len() <= 32
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+            if !usable {
+                f.error(
+                    key,
+                    format!("{name:?} is not a user or group name; write the name of a system account, e.g. \"relayward\""),
+                );
+            } else if key == "run_as" && name == "root" {
+                f.warn(key, "running as root gives a mail server more power than it needs; create a dedicated user (e.g. `useradd --system relayward`)");
+            }
+        }
+        if config.run_as_group.is_some() && config.run_as.is_none() {
+            f.error(
+                "run_as_group",
+                "run_as_group needs run_as: set the user to run as, or remove run_as_group",
+            );
+        }
+    }
+
+    fn check_metrics(config: &Config, f: &mut Findings) {
+        let Some(address) = config.metrics.listen else {
+            return;
+        };
+        if address.port() != 0 && config.listen.iter().any(|l| l.address == address) {
+            f.error(
+                "metrics.listen",
+                format!("{address} is also a [[listen]] address; give the metrics endpoint its own port, e.g. 127.0.0.1:9425"),
+            );
+        }
+        if !address.ip().is_loopback() {
+            f.warn(
+                "metrics.listen",
+                format!("{address} is not a loopback address and /metrics has no authentication; make sure only your monitoring can reach it"),
+            );
         }
     }
 

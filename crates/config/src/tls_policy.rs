@@ -9,12 +9,12 @@
 use std::collections::HashSet;
 use std::fmt;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::Findings;
 
 /// `[delivery] tls_policy`: what the recipient domain may demand of our TLS.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub enum TlsPolicyMode {
     /// STARTTLS when offered, any certificate, clear text otherwise (RFC 3207, RFC 7435);
     /// MTA-STS and DANE are not looked up.
@@ -44,7 +44,7 @@ impl fmt::Display for TlsPolicyMode {
 
 /// One `[[tls_policy]]`: the admin's own rule for a recipient domain, which wins over what
 /// the domain publishes.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DomainTlsPolicy {
     /// The recipient domain (exact match, as an A-label), e.g. `"bank.example"`.
@@ -53,7 +53,7 @@ pub struct DomainTlsPolicy {
 }
 
 /// `mode` of a `[[tls_policy]]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum DomainTlsMode {
     /// Every MX host must offer STARTTLS with a certificate verified for its MX name (by DANE
     /// where the host has authenticated TLSA records, by the web PKI roots plus

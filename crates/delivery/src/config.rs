@@ -117,6 +117,14 @@ impl DeliveryConfig {
         out.trust_anchor = config.dns.trust_anchor.clone();
         out.max_queue_lifetime = delivery.max_queue_lifetime;
         out.delay_notice_after = delivery.delay_notice_after;
+        out.max_connections = delivery.max_connections as usize;
+        out.max_per_destination = delivery.connections_per_destination as usize;
+        out.retry = RetrySchedule::new(delivery.retry_schedule.clone(), RetrySchedule::JITTER);
+        out.timeouts = Timeouts::from_settings(
+            delivery.connect_timeout,
+            delivery.command_timeout,
+            delivery.data_timeout,
+        );
         out
     }
 
@@ -177,6 +185,21 @@ impl Default for Timeouts {
 }
 
 impl Timeouts {
+    /// From `[delivery]`: `connect` for the TCP connect, `command` for the greeting and every
+    /// reply before the content (EHLO … RCPT, DATA's 354), `data` for each write of the
+    /// content and the reply to the final dot.
+    pub fn from_settings(connect: Duration, command: Duration, data: Duration) -> Self {
+        Self {
+            connect,
+            greeting: command,
+            command,
+            rcpt: command,
+            data_init: command,
+            data_block: data,
+            data_term: data,
+        }
+    }
+
     /// The same timeout everywhere (tests use a few seconds).
     pub fn uniform(timeout: Duration) -> Self {
         Self {

@@ -23,12 +23,15 @@ impl Default for RetrySchedule {
                 .iter()
                 .map(|m| Duration::from_secs(m * 60))
                 .collect(),
-            jitter: 0.1,
+            jitter: Self::JITTER,
         }
     }
 }
 
 impl RetrySchedule {
+    /// The jitter of the default schedule and of `[delivery] retry_schedule`: ±10 %.
+    pub const JITTER: f64 = 0.1;
+
     /// A custom schedule. An empty list means "retry after one minute".
     pub fn new(steps: Vec<Duration>, jitter: f64) -> Self {
         let steps = if steps.is_empty() {
