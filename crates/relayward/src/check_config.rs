@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use relayward_config::{ConfigProblem, Severity};
 use relayward_protocol::battery::{self, RenderedTrick, TrickContext};
 use relayward_protocol::command::{Command, parse_command};
 use relayward_protocol::resolve::resolve;
@@ -24,9 +25,15 @@ pub struct CheckConfigArgs {
     #[arg(value_name = "FILE")]
     file: Option<PathBuf>,
 
-    /// Print the embedded default configuration (a commented starting point) and exit.
-    #[arg(long)]
+    /// Print the embedded default configuration and exit: the complete commented file, every
+    /// section and key at its default, a starting point for your own.
+    #[arg(long, conflicts_with = "effective")]
     show_default: bool,
+
+    /// Print every setting with the value in force and whether it is the default (like
+    /// `postconf`), the delivery mode, then the configuration's problems; no relay battery.
+    #[arg(long)]
+    effective: bool,
 }
 
 /// What one replayed trick came to.
@@ -40,7 +47,29 @@ enum Outcome {
     Relayed(String),
 }
 
-pub async fn run(args: CheckConfigArgs, config_arg: crate::ConfigArg, _json: bool) -> ExitCode {
+impl Outcome {
+    fn word(&self) -> &'static str {
+        match self {
+            Outcome::Refused(_) => "refused",
+            Outcome::AcceptedLocally(_) => "local",
+            Outcome::Relayed(_) => "RELAYED",
+        }
+    }
+
+    fn detail(&self) -> &str {
+        match self {
+            Outcome::Refused(d) | Outcome::AcceptedLocally(d) | Outcome::Relayed(d) => d,
+        }
+    }
+}
+
+/// One trick replayed for one local domain.
+struct Replayed {
+    rendered: RenderedTrick,
+    outcome: Outcome,
+}
+
+pub async fn run(args: CheckConfigArgs, config_arg: crate::ConfigArg, json: bool) -> ExitCode {
     if args.show_default {
         print!("{EMBEDDED_DEFAULT_TOML}");
         return ExitCode::SUCCESS;
@@ -59,33 +88,196 @@ pub async fn run(args: CheckConfigArgs, config_arg: crate::ConfigArg, _json: boo
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    println!("{}", config.effective_policy_summary());
-    if !crate::report_problems(&config) {
-        println!("FAIL: the configuration has errors (above); relayward serve would refuse it.");
-        return ExitCode::from(EXIT_CONFIG);
+    let mut problems = config.problems();
+    problems.extend(crate::preflight::check(&config).0);
+    problems.sort_by_key(|p| p.severity);
+    let valid = !problems.iter().any(|p| p.severity == Severity::Error);
+    if args.effective {
+        print_effective(&config, &arg, json);
+        crate::print_problems(&problems, &arg);
+        return exit(valid);
     }
-    let policy = match Policy::from_config(&config) {
-        Ok(policy) => policy,
-        Err(problems) => {
-            for problem in problems {
-                eprintln!("relayward check-config: {problem}");
-            }
-            return ExitCode::from(EXIT_CONFIG);
-        }
+    if !json {
+        println!("{}", config.effective_policy_summary());
+    }
+    crate::print_problems(&problems, &arg);
+    let report = if valid {
+        battery_report(&config)
+    } else {
+        Err("invalid".into())
     };
-    let Some(client) = untrusted_address(&policy) else {
-        println!(
-            "FAIL: every test address is in a trusted network; the trusted networks are far too wide."
-        );
-        return ExitCode::from(EXIT_CONFIG);
-    };
-    let relayed = replay_battery(&config, &policy, client);
-    if relayed == 0 {
-        println!("PASS: no relay trick was relayed.");
+    if json {
+        print_json(&arg, &problems, &report);
+    } else {
+        print_text(&report);
+    }
+    exit(valid && report.as_ref().is_ok_and(|r| r.relayed() == 0))
+}
+
+fn exit(ok: bool) -> ExitCode {
+    if ok {
         ExitCode::SUCCESS
     } else {
-        println!("FAIL: {relayed} relay trick(s) would be relayed for a stranger.");
         ExitCode::from(EXIT_CONFIG)
+    }
+}
+
+/// The battery's outcome: the client it played and every trick, or why it could not run.
+struct BatteryReport {
+    client: IpAddr,
+    replayed: Vec<Replayed>,
+}
+
+impl BatteryReport {
+    fn relayed(&self) -> usize {
+        self.replayed
+            .iter()
+            .filter(|r| matches!(r.outcome, Outcome::Relayed(_)))
+            .count()
+    }
+}
+
+/// Replays the battery, unless the policy cannot be built or no test address is untrusted.
+fn battery_report(config: &Config) -> Result<BatteryReport, String> {
+    let policy = Policy::from_config(config).map_err(|problems| {
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        text.join("; ")
+    })?;
+    let client = untrusted_address(&policy).ok_or_else(|| {
+        "every test address is in a trusted network; the trusted networks are far too wide."
+            .to_string()
+    })?;
+    Ok(BatteryReport {
+        client,
+        replayed: replay_battery(config, &policy, client),
+    })
+}
+
+fn print_text(report: &Result<BatteryReport, String>) {
+    let report = match report {
+        Ok(report) => report,
+        Err(why) if why == "invalid" => {
+            println!(
+                "FAIL: the configuration has errors (above); relayward serve would refuse it."
+            );
+            return;
+        }
+        Err(why) => {
+            println!("FAIL: {why}");
+            return;
+        }
+    };
+    println!();
+    println!(
+        "Relay-trick battery, as client {} (not trusted, not authenticated):",
+        report.client
+    );
+    for r in &report.replayed {
+        println!(
+            "  {:<8} {:<34} {} / {}  ->  {}",
+            r.outcome.word(),
+            r.rendered.id,
+            r.rendered.mail_from,
+            r.rendered.rcpt_to,
+            r.outcome.detail()
+        );
+    }
+    let relayed = report.relayed();
+    println!(
+        "{} tricks replayed, {relayed} relayed.",
+        report.replayed.len()
+    );
+    if relayed == 0 {
+        println!("PASS: no relay trick was relayed.");
+    } else {
+        println!("FAIL: {relayed} relay trick(s) would be relayed for a stranger.");
+    }
+}
+
+/// `check-config --json`: one object. `result` is `pass` or `fail`; `problems` carry the line
+/// of their key when the file has it; `battery` is `null` when the configuration has errors.
+fn print_json(
+    arg: &crate::ConfigArg,
+    problems: &[ConfigProblem],
+    report: &Result<BatteryReport, String>,
+) {
+    let text = arg
+        .config
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok());
+    let problems: Vec<serde_json::Value> = problems
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "severity": match p.severity { Severity::Error => "error", Severity::Warning => "warning" },
+                "key": p.key,
+                "line": text.as_deref().and_then(|t| relayward_config::line_of(t, &p.key)),
+                "message": p.message,
+            })
+        })
+        .collect();
+    let (battery, pass) = match report {
+        Ok(report) => (
+            serde_json::json!({
+                "client": report.client.to_string(),
+                "replayed": report.replayed.len(),
+                "relayed": report.relayed(),
+                "tricks": report.replayed.iter().map(|r| serde_json::json!({
+                    "id": r.rendered.id,
+                    "mail_from": r.rendered.mail_from,
+                    "rcpt_to": r.rendered.rcpt_to,
+                    "outcome": r.outcome.word().to_ascii_lowercase(),
+                    "detail": r.outcome.detail(),
+                })).collect::<Vec<_>>(),
+            }),
+            report.relayed() == 0,
+        ),
+        Err(why) if why == "invalid" => (serde_json::Value::Null, false),
+        Err(why) => (serde_json::json!({ "error": why }), false),
+    };
+    let out = serde_json::json!({
+        "file": arg.config.as_ref().map(|p| p.display().to_string()),
+        "result": if pass { "pass" } else { "fail" },
+        "problems": problems,
+        "battery": battery,
+    });
+    println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+}
+
+/// `--effective`: `key = value` lines, defaults marked; `--json`: the same as objects.
+fn print_effective(config: &Config, arg: &crate::ConfigArg, json: bool) {
+    let settings = config.effective_settings();
+    let origin = arg
+        .config
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "the embedded default".into());
+    if json {
+        let out = serde_json::json!({
+            "file": arg.config.as_ref().map(|p| p.display().to_string()),
+            "delivery_mode": config.delivery_mode(),
+            "settings": settings,
+        });
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        return;
+    }
+    println!(
+        "# Effective configuration of {origin}: every setting, \"# default\" where the file leaves it"
+    );
+    println!("# Delivery: {}", config.delivery_mode());
+    let width = settings
+        .iter()
+        .map(|s| s.key.len() + 3 + s.toml_value().len())
+        .max()
+        .unwrap_or(0)
+        .min(72);
+    for setting in &settings {
+        let line = format!("{} = {}", setting.key, setting.toml_value());
+        if setting.default {
+            println!("{line:<width$}  # default");
+        } else {
+            println!("{line}");
+        }
     }
 }
 
@@ -119,38 +311,21 @@ fn untrusted_address(policy: &Policy) -> Option<IpAddr> {
     .find(|ip| !policy.is_trusted(*ip))
 }
 
-/// Replays every trick for every local domain; prints one line per trick and domain, returns
-/// how many were relayed.
-fn replay_battery(config: &Config, policy: &Policy, client: IpAddr) -> usize {
+/// Replays every trick for every local domain, as a stranger at `client`.
+fn replay_battery(config: &Config, policy: &Policy, client: IpAddr) -> Vec<Replayed> {
     let identity = ClientIdentity::anonymous(client);
-    let mut relayed = 0;
-    let mut replayed = 0;
-    println!();
-    println!("Relay-trick battery, as client {client} (not trusted, not authenticated):");
+    let mut replayed = Vec::new();
     for domain in config.normalized_local_domains() {
         let ctx = trick_context(config, &domain);
         for trick in battery::battery() {
             let Some(rendered) = battery::render(trick, &ctx) else {
                 continue;
             };
-            replayed += 1;
             let outcome = replay(policy, &identity, &rendered);
-            let (word, detail) = match &outcome {
-                Outcome::Refused(reply) => ("refused ", reply),
-                Outcome::AcceptedLocally(why) => ("local   ", why),
-                Outcome::Relayed(why) => {
-                    relayed += 1;
-                    ("RELAYED ", why)
-                }
-            };
-            println!(
-                "  {word} {:<34} {} / {}  ->  {detail}",
-                rendered.id, rendered.mail_from, rendered.rcpt_to
-            );
+            replayed.push(Replayed { rendered, outcome });
         }
     }
-    println!("{replayed} tricks replayed, {relayed} relayed.");
-    relayed
+    replayed
 }
 
 fn trick_context(config: &Config, local_domain: &str) -> TrickContext {
@@ -215,7 +390,13 @@ mod tests {
     fn the_battery_relays_nothing_for_a_stranger() {
         let (config, policy) = policy("\"127.0.0.1/32\"");
         let client = untrusted_address(&policy).expect("an untrusted address");
-        assert_eq!(replay_battery(&config, &policy, client), 0);
+        let replayed = replay_battery(&config, &policy, client);
+        assert!(!replayed.is_empty());
+        assert!(
+            replayed
+                .iter()
+                .all(|r| !matches!(r.outcome, Outcome::Relayed(_)))
+        );
     }
 
     #[test]

@@ -6,6 +6,8 @@ mod dkim_cmd;
 mod hash_password;
 mod manual;
 mod queue_backend;
+mod preflight;
+mod privilege;
 mod queue_cmd;
 mod serve;
 mod snapshot;
@@ -226,20 +228,40 @@ pub fn load_config(arg: &ConfigArg) -> Result<relayward_server::config::Config, 
 }
 
 /// Prints every configuration problem to stderr; returns false when any is an error.
-pub fn report_problems(config: &relayward_server::config::Config) -> bool {
-    match config.validate() {
-        Ok(warnings) => {
-            for warning in warnings {
-                eprintln!("relayward: {warning}");
-            }
-            true
-        }
-        Err(problems) => {
-            for problem in problems {
-                eprintln!("relayward: {problem}");
-            }
-            false
-        }
+pub fn report_problems(config: &relayward_server::config::Config, arg: &ConfigArg) -> bool {
+    let problems = match config.validate() {
+        Ok(warnings) => warnings,
+        Err(problems) => problems,
+    };
+    print_problems(&problems, arg);
+    !problems
+        .iter()
+        .any(|p| p.severity == relayward_config::Severity::Error)
+}
+
+/// One line per problem: `error: FILE:LINE: key: message` (the line of the key, or of its
+/// table when the file does not write the key; no file and line for the embedded default).
+pub fn print_problems(problems: &[relayward_config::ConfigProblem], arg: &ConfigArg) {
+    let text = arg
+        .config
+        .as_ref()
+        .and_then(|path| std::fs::read_to_string(path).ok());
+    for problem in problems {
+        let place = match (&arg.config, &text) {
+            (Some(path), Some(text)) => match relayward_config::line_of(text, &problem.key) {
+                Some(line) => format!("{}:{line}: ", path.display()),
+                None => format!("{}: ", path.display()),
+            },
+            _ => String::new(),
+        };
+        let level = match problem.severity {
+            relayward_config::Severity::Error => "error",
+            relayward_config::Severity::Warning => "warning",
+        };
+        eprintln!(
+            "relayward: {level}: {place}{}: {}",
+            problem.key, problem.message
+        );
     }
 }
 

@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 
+use crate::privilege::Switch;
 use crate::snapshot::{Current, Lasting, Origin, Snapshot};
 use crate::{ConfigArg, EXIT_CONFIG};
 
@@ -32,13 +33,24 @@ pub async fn run(_args: ServeArgs, config_arg: ConfigArg) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if !crate::report_problems(&config) {
+    if !crate::report_problems(&config, &config_arg) {
         eprintln!(
             "relayward: refusing to start: the configuration above would be unsafe or cannot work."
         );
         return ExitCode::from(EXIT_CONFIG);
     }
-    match serve(config, config_arg).await {
+    let (problems, switch) = crate::preflight::check(&config);
+    crate::print_problems(&problems, &config_arg);
+    let refused = problems
+        .iter()
+        .any(|p| p.severity == relayward_config::Severity::Error);
+    let Some(switch) = switch.filter(|_| !refused) else {
+        eprintln!(
+            "relayward: refusing to start: fix the problems above (`relayward check-config` finds them too)."
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    match serve(config, config_arg, switch).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("relayward: {e:#}");
@@ -47,9 +59,17 @@ pub async fn run(_args: ServeArgs, config_arg: ConfigArg) -> ExitCode {
     }
 }
 
-async fn serve(config: Config, config_arg: ConfigArg) -> anyhow::Result<()> {
+async fn serve(config: Config, config_arg: ConfigArg, switch: Switch) -> anyhow::Result<()> {
     private_umask();
     let mut signals = Signals::install()?;
+    // As whoever started us (root, with run_as): the sockets and the configured key files.
+    let bound = bind_all(&config)?;
+    let configured_tls = match &config.tls {
+        Some(_) => Some(relayward_server::tls::server_tls(&config).context("TLS set-up failed")?),
+        None => None,
+    };
+    become_account(&switch)?;
+    // From here on as the account: what is created belongs to it, so it can go on writing.
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let queue = crate::queue_backend::OpenQueue::open(&config).await?;
@@ -57,9 +77,8 @@ async fn serve(config: Config, config_arg: ConfigArg) -> anyhow::Result<()> {
     let origin = Origin {
         file: config_arg.config.clone(),
     };
-    let snapshot = Snapshot::build(config, origin, &lasting)?;
+    let snapshot = Snapshot::build_with_tls(config, origin, &lasting, configured_tls)?;
     tracing::info!("TLS certificate: {}", snapshot.certificate);
-    let bound = bind_all(&snapshot.config)?;
     // Before the runner starts: mail already queued must not be delivered to ourselves.
     lasting
         .own_listeners
@@ -111,6 +130,30 @@ async fn serve(config: Config, config_arg: ConfigArg) -> anyhow::Result<()> {
 /// their modes explicitly (0700 directories, 0600 files), so this is the second line.
 fn private_umask() {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+}
+
+/// Switches to the `run_as` account (see [`crate::privilege`]) and says so in the log.
+fn become_account(switch: &Switch) -> anyhow::Result<()> {
+    match switch {
+        Switch::To(account) => {
+            account
+                .become_it()
+                .with_context(|| format!("cannot switch to user {}", account.name))?;
+            tracing::info!(
+                user = %account.name,
+                uid = %account.uid,
+                group = %account.group,
+                gid = %account.gid,
+                "listeners bound; now running as {}",
+                account.name
+            );
+        }
+        Switch::AlreadyThere(account) => {
+            tracing::info!(user = %account.name, "already running as the run_as user");
+        }
+        Switch::Stay(_) => {}
+    }
+    Ok(())
 }
 
 /// The running server: the snapshot in force, the state that outlives it, and the listeners.

@@ -99,6 +99,17 @@ impl Snapshot {
     /// reload. Fails with one message per problem (the configuration's errors, an unreadable
     /// certificate, a smart-host password file that cannot be read, …).
     pub fn build(config: Config, origin: Origin, lasting: &Lasting) -> anyhow::Result<Snapshot> {
+        Self::build_with_tls(config, origin, lasting, None)
+    }
+
+    /// [`Snapshot::build`] with the TLS pair already loaded: at start, `serve` reads the
+    /// `[tls]` files before it leaves root (see [`crate::privilege`]).
+    pub fn build_with_tls(
+        config: Config,
+        origin: Origin,
+        lasting: &Lasting,
+        tls: Option<relayward_server::tls::TlsSetup>,
+    ) -> anyhow::Result<Snapshot> {
         if let Err(problems) = config.validate() {
             let errors: Vec<String> = problems
                 .iter()
@@ -107,7 +118,10 @@ impl Snapshot {
                 .collect();
             anyhow::bail!("configuration refused: {}", errors.join("; "));
         }
-        let tls = relayward_server::tls::server_tls(&config).context("TLS set-up failed")?;
+        let tls = match tls {
+            Some(tls) => tls,
+            None => relayward_server::tls::server_tls(&config).context("TLS set-up failed")?,
+        };
         let policy = Policy::from_config(&config).map_err(|problems| {
             let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
             anyhow::anyhow!("configuration refused: {}", text.join("; "))
@@ -167,6 +181,12 @@ impl Snapshot {
                 oq.backend.as_str(),
                 nq.backend.as_str()
             ));
+        }
+        if (&old.run_as, &old.run_as_group) != (&next.run_as, &next.run_as_group) {
+            changed.push("run_as / run_as_group".to_string());
+        }
+        if old.metrics.listen != next.metrics.listen {
+            changed.push("metrics.listen".to_string());
         }
         for listen in &next.listen {
             let kind_changed = old

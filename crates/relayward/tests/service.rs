@@ -1,0 +1,108 @@
+//! Running as a service (issue 14, item 3): started as root with `run_as`, `serve` binds its
+//! listeners, then works as that user, and mail still lands.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+
+use support::{TestServer, standard_config};
+
+fn is_root() -> bool {
+    uid_of("self").is_some_and(|uid| uid == 0)
+}
+
+/// The effective uid of a process, from `/proc/PID/status` (`Uid: real effective saved fs`).
+fn uid_of(pid: &str) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
+fn all_uids_of(pid: u32) -> Vec<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .filter_map(|u| u.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn started_as_root_with_run_as_it_serves_as_that_user_and_mail_lands() {
+    if !is_root() {
+        eprintln!("skipped: run_as needs the test to run as root");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    // nobody must reach and own its data directory, as an admin (or systemd's
+    // StateDirectory=) would arrange.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).expect("mkdir data");
+    std::os::unix::fs::chown(&data, Some(65534), Some(65534)).expect("chown data to nobody");
+    let config = format!("run_as = \"nobody\"\n{}", standard_config(""));
+    let server = TestServer::start_in(dir, &config);
+
+    assert_eq!(
+        all_uids_of(server.pid()),
+        vec![65534, 65534, 65534, 65534],
+        "real, effective, saved and filesystem uid are nobody's\n{}",
+        server.log()
+    );
+    assert!(
+        server.log().contains("now running as nobody"),
+        "{}",
+        server.log()
+    );
+    server
+        .smtp("mx")
+        .send("EHLO client.outside.test")
+        .expect(250)
+        .send("MAIL FROM:<someone@outside.test>")
+        .expect(250)
+        .send("RCPT TO:<postmaster@example.test>")
+        .expect(250)
+        .send("DATA")
+        .expect(354)
+        .raw(b"Subject: as nobody\r\n\r\nhello\r\n.\r\n")
+        .expect_text(250, "queued as")
+        .send("QUIT")
+        .expect(221);
+    let mail = server.wait_for_mail("example.test", "postmaster", 1);
+    assert!(mail[0].contains("Subject: as nobody"));
+    let delivered = &server.maildir_new("example.test", "postmaster")[0];
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(delivered).expect("stat"));
+    assert_eq!(owner, 65534, "the Maildir file belongs to nobody");
+}
+
+#[test]
+fn run_as_without_root_is_refused_with_a_clear_message() {
+    if !is_root() {
+        eprintln!("skipped: needs root to start a child as another user");
+        return;
+    }
+    // Started as nobody, asked to become "daemon": it cannot, and says why (exit 78).
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let config = format!("run_as = \"daemon\"\n{}", standard_config(""))
+        .replace("DATA_DIR", &dir.path().join("data").display().to_string());
+    let file = dir.path().join("relayward.toml");
+    std::fs::write(&file, config).expect("write config");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let mut command = std::process::Command::new(support::binary());
+    command.args(["serve", "--config"]).arg(&file);
+    std::os::unix::process::CommandExt::uid(&mut command, 65534);
+    std::os::unix::process::CommandExt::gid(&mut command, 65534);
+    let (code, out) = support::run_with_timeout(&mut command, support::WAIT);
+    assert_eq!(code, Some(78), "{out}");
+    assert!(out.contains("run_as"), "{out}");
+    assert!(
+        out.contains("needs relayward serve to be started as root"),
+        "{out}"
+    );
+}
