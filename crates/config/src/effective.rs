@@ -229,6 +229,8 @@ mod tests {
                     && !l.starts_with("# send_as")
                     && !l.starts_with("# domain")
                     && !l.starts_with("# to ")
+                    && !l.starts_with("# recipients")
+                    && !l.starts_with("# verify_recipients")
                     && !l.starts_with("# run_as")
                     && !l.starts_with("# selector")
                     && !l.starts_with("# private_key_file")

@@ -300,7 +300,7 @@ fn retry_schedule_is_reloadable() {
     let internal = rejecting_sink("127.0.0.1", "451 4.7.1 not today");
     let sink = internal.addr;
     let server = TestServer::start(&standard_config(&format!(
-        "[[route]]\ndomain = \"corp.example.test\"\nto = \"smtp://{sink}\"\n\n[delivery]\nretry_schedule = [\"1h\"]\n"
+        "[[route]]\ndomain = \"corp.example.test\"\nto = \"smtp://{sink}\"\nrecipients = [\"stuck@corp.example.test\"]\n\n[delivery]\nretry_schedule = [\"1h\"]\n"
     )));
     server
         .smtp("mx")
