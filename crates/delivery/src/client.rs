@@ -210,16 +210,13 @@ pub struct Connection {
     dirty: bool,
     /// The connection is unusable (I/O error, timeout, 421).
     broken: bool,
+    /// The last reply read, for the delivery log (after a transaction: the reply to its end).
+    last_reply: Option<Reply>,
 }
 
 /// Opens a session: connect, greeting, EHLO (or HELO), STARTTLS and AUTH as the policy says.
 pub async fn connect(params: &ConnectParams) -> Result<Connection, SessionError> {
-    let remote = format!(
-        "{}[{}]:{}",
-        params.host_name,
-        params.addr.ip(),
-        params.addr.port()
-    );
+    let remote = params.remote();
     let tcp = with_timeout(params.timeouts.connect, TcpStream::connect(params.addr))
         .await
         .map_err(|e| SessionError::local((4, 4, 1), format!("connect to {remote}: {e}")))?;
@@ -241,6 +238,7 @@ pub async fn connect(params: &ConnectParams) -> Result<Connection, SessionError>
         timeouts: params.timeouts,
         dirty: false,
         broken: false,
+        last_reply: None,
     };
     conn.greeting().await?;
     conn.hello(&params.helo).await?;
@@ -294,7 +292,32 @@ async fn with_timeout<T, E: std::fmt::Display>(
     }
 }
 
+impl ConnectParams {
+    /// `name[ip]:port`: how logs, `Remote-MTA` and the delivery log name the next hop.
+    pub fn remote(&self) -> String {
+        format!(
+            "{}[{}]:{}",
+            self.host_name,
+            self.addr.ip(),
+            self.addr.port()
+        )
+    }
+}
+
 impl Connection {
+    /// The last reply the next hop sent (after `send`: its answer to the transaction).
+    pub fn last_reply(&self) -> Option<&Reply> {
+        self.last_reply.as_ref()
+    }
+
+    /// The TLS version in use (`TLSv1_3`, as rustls names it), or `None` in clear text.
+    pub fn tls_version(&self) -> Option<&'static str> {
+        let Some(Stream::Tls(tls)) = &self.stream else {
+            return None;
+        };
+        tls.get_ref().1.protocol_version().and_then(|v| v.as_str())
+    }
+
     /// Whether the connection may carry another message.
     pub fn reusable(&self) -> bool {
         !self.broken && self.stream.is_some()
@@ -740,12 +763,14 @@ impl Connection {
             .reader
             .read_reply(stream, |_| Ok::<(), ReadError>(()))
             .await;
-        read.map_err(|e| match e {
+        let reply = read.map_err(|e| match e {
             ReadError::Malformed(e) => self.io_error("read", &format!("bad reply: {e}")),
             ReadError::LineTooLong(_) => self.io_error("read", "reply line too long"),
             ReadError::Closed => self.io_error("read", "connection closed by server"),
             ReadError::Io(e) => self.io_error("read", &e.to_string()),
-        })
+        })?;
+        self.last_reply = Some(reply.clone());
+        Ok(reply)
     }
 
     fn io_error(&mut self, what: &str, detail: &str) -> SessionError {

@@ -52,6 +52,7 @@ pub mod dkim;
 pub mod downgrade;
 pub mod dsn;
 pub mod due;
+mod journal;
 pub mod loops;
 pub mod mta_sts;
 pub mod mx;

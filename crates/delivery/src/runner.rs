@@ -30,6 +30,7 @@ use crate::context::DeliveryContext;
 use crate::delay;
 use crate::dsn::{self, FailedRecipient};
 use crate::due::{self, DueIndex};
+use crate::journal::{self, Journal};
 use crate::mta_sts::StsCache;
 use crate::mx::DnsFailure;
 use crate::notice::{Delivered, SuccessReport, build_success};
@@ -159,6 +160,8 @@ struct Delayed {
 struct Due {
     address: String,
     next_hop: Option<NextHop>,
+    /// The whole route (class and next hop), for the delivery log and metrics.
+    route: Option<Route>,
 }
 
 /// Removes a message from the in-flight set even when its task is aborted.
@@ -255,6 +258,15 @@ impl Runner {
     /// Connections per (policy, result) since start: `relayward_tls_policy_total`.
     pub fn tls_counts(&self) -> Vec<((PolicyKind, TlsResult), u64)> {
         self.shared.tls_log.counts()
+    }
+
+    /// The messages being delivered right now (`relayward_queue_messages{state="active"}`).
+    pub fn in_flight(&self) -> Vec<MessageId> {
+        self.shared
+            .in_flight
+            .lock()
+            .map(|set| set.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// How many entries the due index holds (stale ones included); for tests and metrics.
@@ -495,13 +507,15 @@ impl Runner {
             if r.status.is_final() || r.next_attempt > now {
                 continue;
             }
-            let next_hop = stored_route(ctx, &message.id, r).map(|route| route.next_hop);
+            let route = stored_route(ctx, &message.id, r);
+            let next_hop = route.as_ref().map(|route| route.next_hop.clone());
             groups
                 .entry(Destination::of(next_hop.as_ref()))
                 .or_default()
                 .push(Due {
                     address: r.address.clone(),
                     next_hop,
+                    route,
                 });
         }
         groups
@@ -536,26 +550,37 @@ impl Runner {
                 recipient_dsn: &recipient_dsn,
             },
         };
+        let attempt = journal::Attempt {
+            id: &message.id,
+            arrived: message.arrived,
+            started: Instant::now(),
+        };
+        let journal = Journal::default();
         let outcomes = match destination {
-            Destination::Local => return self.deliver_local(ctx, due, content).await,
+            Destination::Local => self.deliver_local(ctx, due, content).await,
             Destination::Nowhere => {
                 let failure = Failure::local((5, 1, 1), "no route to this recipient");
                 vec![Outcome::Failed(failure); due.len()]
             }
-            Destination::Smarthost => self.deliver_smarthost(ctx, &envelope).await,
+            Destination::Smarthost => self.deliver_smarthost(ctx, &envelope, &journal).await,
             Destination::Route { host, port } => {
                 // A route's target is the admin's, not the recipient domain's: no published
                 // policy applies to it.
                 let hosts = vec![host.clone()];
                 let tls = DomainTls::Opportunistic;
-                self.deliver_hosts(ctx, host, &hosts, *port, &tls, false, &envelope)
+                self.deliver_hosts(ctx, host, &hosts, *port, &tls, false, &envelope, &journal)
                     .await
             }
-            Destination::Mx(domain) => self.deliver_mx(ctx, domain, &envelope).await,
+            Destination::Mx(domain) => self.deliver_mx(ctx, domain, &envelope, &journal).await,
         };
-        for (rcpt, outcome) in recipients.iter().zip(&outcomes) {
-            log_outcome(&message.id, rcpt, outcome);
-        }
+        let logged: Vec<journal::Recipient<'_>> = due
+            .iter()
+            .map(|d| journal::Recipient {
+                address: &d.address,
+                route: d.route.as_ref(),
+            })
+            .collect();
+        attempt.finish(&journal, &logged, &outcomes);
         outcomes
     }
 
@@ -628,6 +653,7 @@ impl Runner {
         ctx: &DeliveryContext,
         domain: &str,
         envelope: &Envelope<'_>,
+        journal: &Journal,
     ) -> Vec<Outcome> {
         let n = envelope.recipients.len();
         match ctx.resolver.mx_hosts(domain).await {
@@ -636,7 +662,7 @@ impl Runner {
                 let tls = self.domain_tls(ctx, domain).await;
                 let dane = dane_applies(ctx, domain);
                 let port = ctx.settings.mx_port;
-                self.deliver_hosts(ctx, domain, &names, port, &tls, dane, envelope)
+                self.deliver_hosts(ctx, domain, &names, port, &tls, dane, envelope, journal)
                     .await
             }
             Err(failure) => vec![dns_outcome(&failure); n],
@@ -687,6 +713,7 @@ impl Runner {
         tls: &DomainTls,
         dane: bool,
         envelope: &Envelope<'_>,
+        journal: &Journal,
     ) -> Vec<Outcome> {
         let n = envelope.recipients.len();
         let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
@@ -750,7 +777,7 @@ impl Runner {
                 }
                 tried = true;
                 match self
-                    .attempt_under_policy(ctx, destination, host, addr, &plan, tls, &sub)
+                    .attempt_under_policy(ctx, destination, host, addr, &plan, tls, &sub, journal)
                     .await
                 {
                     Ok(results) => {
@@ -775,6 +802,7 @@ impl Runner {
         &self,
         ctx: &DeliveryContext,
         envelope: &Envelope<'_>,
+        journal: &Journal,
     ) -> Vec<Outcome> {
         let n = envelope.recipients.len();
         let Some(smarthost) = &ctx.smarthost else {
@@ -817,7 +845,7 @@ impl Runner {
                 credentials: smarthost.credentials.clone(),
                 timeouts: ctx.settings.timeouts,
             };
-            match self.attempt(params, envelope).await {
+            match self.attempt(params, envelope, journal).await {
                 // The smart host decides for every recipient; a 4xx there is not improved
                 // by another address of the same service.
                 Ok((outcomes, _)) => return outcomes,
@@ -841,6 +869,7 @@ impl Runner {
         plan: &HostPlan,
         tls: &DomainTls,
         envelope: &Envelope<'_>,
+        journal: &Journal,
     ) -> Result<Vec<Outcome>, SessionError> {
         let outcome = |policy, result, fault: Option<(&'static str, String)>| {
             let (result_type, detail) = fault.unzip();
@@ -893,7 +922,7 @@ impl Runner {
             HostPlan::Opportunistic | HostPlan::Refused { .. } => None,
         };
         if let Some((params, kind, success, enforced)) = strict {
-            match self.attempt(params, envelope).await {
+            match self.attempt(params, envelope, journal).await {
                 Ok((results, _)) => {
                     self.record_tls(outcome(kind, success, None));
                     return Ok(results);
@@ -913,7 +942,9 @@ impl Runner {
                 }
             }
         }
-        let (results, encrypted) = self.attempt(mx_params(ctx, host, addr), envelope).await?;
+        let (results, encrypted) = self
+            .attempt(mx_params(ctx, host, addr), envelope, journal)
+            .await?;
         let result = if encrypted {
             TlsResult::Encrypted
         } else {
@@ -938,19 +969,32 @@ impl Runner {
     }
 
     /// One transaction on a pooled or new connection to `params.addr`; with the outcomes,
-    /// whether the connection was encrypted.
+    /// whether the connection was encrypted. The journal learns which relay answered (or was
+    /// tried) for its recipients.
     async fn attempt(
         &self,
         params: ConnectParams,
         envelope: &Envelope<'_>,
+        journal: &Journal,
     ) -> Result<(Vec<Outcome>, bool), SessionError> {
         let key = pool_key(&params);
         let mut conn = match self.take_pooled(&key).await {
             Some(conn) => conn,
-            None => self.open(&params).await?,
+            None => match self.open(&params).await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    journal.tried(envelope.recipients, &params.remote());
+                    return Err(e);
+                }
+            },
         };
         let outcomes = conn.send(envelope).await;
         let encrypted = conn.tls;
+        journal.answered(
+            envelope.recipients,
+            &conn.remote,
+            conn.last_reply().map(ToString::to_string),
+        );
         if conn.reusable() {
             self.put_pooled(key, conn);
         } else {
@@ -962,6 +1006,16 @@ impl Runner {
     /// Connects; an opportunistic TLS handshake failure is retried once in clear text, as
     /// RFC 7435 suggests (MX hosts only: `Required` and `Implicit` never fall back).
     async fn open(&self, params: &ConnectParams) -> Result<Connection, SessionError> {
+        let opened = self.connect_or_clear(params).await;
+        if let Ok(conn) = &opened
+            && let Some(version) = conn.tls_version()
+        {
+            relayward_metrics::global().tls_session("outbound", version);
+        }
+        opened
+    }
+
+    async fn connect_or_clear(&self, params: &ConnectParams) -> Result<Connection, SessionError> {
         match client::connect(params).await {
             Err(e) if e.tls_handshake && matches!(params.tls, TlsPolicy::Opportunistic(_)) => {
                 tracing::info!(host = %Escaped(&params.host_name), error = %Escaped(&e.to_string()), "TLS failed; retrying in clear");
@@ -1511,18 +1565,6 @@ fn attempts_of(message: &QueuedMessage, address: &str) -> u32 {
         .find(|r| r.address == address)
         .map(|r| r.attempts)
         .unwrap_or(0)
-}
-
-fn log_outcome(id: &MessageId, rcpt: &str, outcome: &Outcome) {
-    match outcome {
-        Outcome::Delivered => tracing::info!(%id, rcpt = %Escaped(rcpt), "delivered"),
-        Outcome::Deferred(f) => {
-            tracing::info!(%id, rcpt = %Escaped(rcpt), error = %Escaped(&f.text), "deferred");
-        }
-        Outcome::Failed(f) => {
-            tracing::info!(%id, rcpt = %Escaped(rcpt), error = %Escaped(&f.text), "failed");
-        }
-    }
 }
 
 /// Seconds since the Unix epoch.

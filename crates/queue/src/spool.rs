@@ -228,6 +228,13 @@ impl Spool {
         }
     }
 
+    /// Another process changed the queue and says so (the admin socket: `relayward queue …`
+    /// after a hold, release, retry or delete): the runner rescans now instead of at the
+    /// next look at the marker.
+    pub fn external_change(&self) {
+        self.inner.note_change(|pending| pending.rescan = true);
+    }
+
     /// Changes [`SpoolOptions::min_free_bytes`] while running (configuration reload).
     pub fn set_min_free_bytes(&self, bytes: u64) {
         self.inner.min_free_bytes.store(bytes, Ordering::Relaxed);

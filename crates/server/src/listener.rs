@@ -99,10 +99,10 @@ impl Gate {
         if state.rate.len() > 100_000 {
             state
                 .rate
-                .retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
+                .retain(|_, (start, _)| now.duration_since(*start) < RATE_WINDOW);
         }
         let window = state.rate.entry(ip).or_insert((now, 0));
-        if now.duration_since(window.0) >= Duration::from_secs(60) {
+        if now.duration_since(window.0) >= RATE_WINDOW {
             *window = (now, 0);
         }
         window.1 += 1;
@@ -125,6 +125,108 @@ impl Gate {
     }
 }
 
+/// An address refused new connections for connecting too often (more than
+/// `connections_per_ip_per_minute`), until its one-minute window ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Throttled {
+    /// The address as it is counted (IPv6: its /64).
+    pub address: IpAddr,
+    pub connections: u32,
+    pub remaining: Duration,
+}
+
+impl Gate {
+    /// Connections admitted and not yet closed (each is one SMTP session).
+    pub fn connections(&self) -> usize {
+        self.state.lock().map(|s| s.total).unwrap_or(0)
+    }
+
+    /// The addresses refused right now for connecting too fast.
+    pub fn throttled(&self, now: Instant) -> Vec<Throttled> {
+        let limit = self.limits.current().connections_per_ip_per_minute;
+        let Ok(state) = self.state.lock() else {
+            return Vec::new();
+        };
+        let mut out: Vec<Throttled> = state
+            .rate
+            .iter()
+            .filter_map(|(ip, (start, count))| {
+                let elapsed = now.saturating_duration_since(*start);
+                (*count > limit && elapsed < RATE_WINDOW).then(|| Throttled {
+                    address: *ip,
+                    connections: *count,
+                    remaining: RATE_WINDOW - elapsed,
+                })
+            })
+            .collect();
+        out.sort_by_key(|t| t.address);
+        out
+    }
+
+    /// Forgets `ip`'s recent connections (the admin lifted its ban); true when it was refused.
+    pub fn forgive(&self, ip: IpAddr) -> bool {
+        let ip = crate::auth::ip_key(ip);
+        let limit = self.limits.current().connections_per_ip_per_minute;
+        let Ok(mut state) = self.state.lock() else {
+            return false;
+        };
+        state
+            .rate
+            .remove(&ip)
+            .is_some_and(|(_, count)| count > limit)
+    }
+
+    /// Forgets every address's recent connections; returns how many were refused.
+    pub fn forgive_all(&self) -> usize {
+        let limit = self.limits.current().connections_per_ip_per_minute;
+        let Ok(mut state) = self.state.lock() else {
+            return 0;
+        };
+        let refused = state.rate.values().filter(|(_, c)| *c > limit).count();
+        state.rate.clear();
+        refused
+    }
+}
+
+/// The window of `connections_per_ip_per_minute`.
+const RATE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Whether a listener takes connections, for `/healthz` and `relayward status`: not once its
+/// accept loop ended, nor while `accept` fails (out of file descriptors, say).
+#[derive(Debug, Clone, Default)]
+pub struct AcceptHealth {
+    state: Arc<std::sync::atomic::AtomicU8>,
+}
+
+const ACCEPTING: u8 = 0;
+const FAILING: u8 = 1;
+const STOPPED: u8 = 2;
+
+impl AcceptHealth {
+    /// `Ok` while accepting; otherwise why not.
+    pub fn check(&self) -> Result<(), &'static str> {
+        match self.state.load(std::sync::atomic::Ordering::Relaxed) {
+            ACCEPTING => Ok(()),
+            FAILING => Err("accept() fails (see the log)"),
+            _ => Err("the listener has stopped"),
+        }
+    }
+
+    fn set(&self, state: u8) {
+        self.state
+            .store(state, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Marks the listener stopped however its accept loop ends.
+struct StoppedOnDrop(AcceptHealth);
+
+impl Drop for StoppedOnDrop {
+    fn drop(&mut self) {
+        self.0.set(STOPPED);
+    }
+}
+
 /// A bound listener and what it is for.
 pub struct BoundListener {
     pub listener: TcpListener,
@@ -137,6 +239,7 @@ pub struct BoundListener {
 pub struct RunningListener {
     pub address: SocketAddr,
     pub kind: ListenerKind,
+    pub health: AcceptHealth,
     close: oneshot::Sender<()>,
     task: JoinHandle<()>,
 }
@@ -152,10 +255,16 @@ impl RunningListener {
     ) -> RunningListener {
         let (close, closed) = oneshot::channel();
         let (address, kind) = (bound.address, bound.kind);
-        let task = tokio::spawn(accept_loop(bound, sessions, gate, shutdown, closed));
+        let health = AcceptHealth::default();
+        let stopped = StoppedOnDrop(health.clone());
+        let task = tokio::spawn(async move {
+            accept_loop(bound, sessions, gate, shutdown, closed, &stopped.0).await;
+            drop(stopped);
+        });
         RunningListener {
             address,
             kind,
+            health,
             close,
             task,
         }
@@ -179,6 +288,7 @@ async fn accept_loop(
     gate: Arc<Gate>,
     mut shutdown: watch::Receiver<bool>,
     mut closed: oneshot::Receiver<()>,
+    health: &AcceptHealth,
 ) {
     let mut running = JoinSet::new();
     loop {
@@ -194,8 +304,12 @@ async fn accept_loop(
             Some(_) = running.join_next(), if !running.is_empty() => continue,
         };
         let (tcp, peer) = match accepted {
-            Ok(pair) => pair,
+            Ok(pair) => {
+                health.set(ACCEPTING);
+                pair
+            }
             Err(e) => {
+                health.set(FAILING);
                 // EMFILE and friends: back off instead of spinning.
                 tracing::warn!(listener = %bound.address, "accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -261,14 +375,17 @@ async fn handle_connection(
     shutdown: watch::Receiver<bool>,
 ) {
     let deadline = tokio::time::Instant::now() + ctx.limits.session_timeout;
+    let metrics = relayward_metrics::global();
     let Some(client) = real_client(&mut tcp, peer, &ctx).await else {
+        metrics.connection(kind.as_str(), "proxy_header_failed");
         return;
     };
     let ip = client.ip().to_canonical();
     let _admission = match gate.admit(ip, Instant::now()) {
         Ok(admission) => admission,
         Err(refused) => {
-            tracing::warn!(client = %ip, ?refused, "connection refused");
+            metrics.connection(kind.as_str(), refused.metric_word());
+            tracing::warn!(client = %ip, listener = %kind, reason = %refused.metric_word(), "connection refused");
             let reply = refusal_reply(&ctx.hostname, refused);
             let _ = tokio::time::timeout(
                 Duration::from_secs(5),
@@ -280,12 +397,14 @@ async fn handle_connection(
     };
     let _ = tcp.set_nodelay(true);
     if client == peer {
-        tracing::info!(client = %ip, ?kind, "connect");
+        tracing::info!(client = %ip, port = client.port(), listener = %kind, "connect");
     } else {
-        tracing::info!(client = %ip, proxy = %peer, ?kind, "connect");
+        tracing::info!(client = %ip, port = client.port(), proxy = %peer, listener = %kind, "connect");
     }
+    let started = Instant::now();
     if let Some(ending) = serve_connection(tcp, client, kind, ctx, shutdown, deadline).await {
-        tracing::info!(client = %ip, ?ending, "disconnect");
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(client = %ip, listener = %kind, ?ending, duration = %format_args!("{seconds:.3}s"), "disconnect");
     }
 }
 
@@ -303,21 +422,33 @@ pub async fn serve_connection<S: Stream>(
     deadline: tokio::time::Instant,
 ) -> Option<Ending> {
     let ip = client.ip().to_canonical();
+    let metrics = relayward_metrics::global();
     let conn = match (kind, ctx.tls.as_ref()) {
         (ListenerKind::Submissions, Some(acceptor)) => {
             let handshake = Conn::accept_implicit(stream, acceptor);
             let limit = deadline.min(tokio::time::Instant::now() + ctx.limits.greeting_timeout);
             match tokio::time::timeout_at(limit, handshake).await {
-                Ok(Ok(conn)) => conn,
+                Ok(Ok(conn)) => {
+                    if let Some(tls) = conn.tls_facts() {
+                        metrics.tls_session("inbound", &tls.version);
+                    }
+                    conn
+                }
                 _ => {
+                    metrics.connection(kind.as_str(), "tls_handshake_failed");
                     tracing::info!(client = %ip, "implicit TLS handshake failed or timed out");
                     return None;
                 }
             }
         }
-        (ListenerKind::Submissions, None) => return None,
+        (ListenerKind::Submissions, None) => {
+            metrics.connection(kind.as_str(), "tls_handshake_failed");
+            return None;
+        }
         _ => Conn::Plain(stream),
     };
+    metrics.connection(kind.as_str(), "accepted");
+    let _counted = metrics.session(kind.as_str());
     Some(session::run(ctx, kind, conn, client, shutdown, deadline).await)
 }
 
@@ -345,6 +476,17 @@ async fn real_client(
         Err(_) => {
             tracing::warn!(proxy = %peer, "closing: no PROXY header within {limit:?}");
             None
+        }
+    }
+}
+
+impl Refused {
+    /// The `result` label of `relayward_connections_total`.
+    pub fn metric_word(self) -> &'static str {
+        match self {
+            Refused::TooManyConnections => "too_many_connections",
+            Refused::TooManyFromYou => "too_many_from_address",
+            Refused::TooFast => "too_fast",
         }
     }
 }

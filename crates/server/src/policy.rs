@@ -172,6 +172,17 @@ impl Refusal {
         }
     }
 
+    /// The `reason` label of `relayward_recipients_refused_total`.
+    pub fn metric_word(&self) -> &'static str {
+        match self {
+            Refusal::RelayDenied { .. } => "relay_denied",
+            Refusal::UnknownUser { .. } => "unknown_user",
+            Refusal::Routed { .. } => "sender_routing",
+            Refusal::AddressLiteral { .. } => "address_literal",
+            Refusal::Unsendable { .. } => "unsendable",
+        }
+    }
+
     /// The refused address as shown in the reply.
     pub fn address(&self) -> &str {
         match self {

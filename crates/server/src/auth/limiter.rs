@@ -149,6 +149,15 @@ struct LimiterState {
     pairs: HashMap<Pair, FailureRecord>,
 }
 
+/// One address banned from AUTH, as `relayward bans list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthBan {
+    /// The address as counted (IPv6: its /64).
+    pub address: IpAddr,
+    pub failures: u32,
+    pub remaining: Duration,
+}
+
 /// Failures of an address for a login that still let it in while the login is under attack.
 const OWN_FAILURES_FORGIVEN: u32 = 1;
 
@@ -258,6 +267,53 @@ impl AuthLimiter {
     pub async fn verification_slot(&self) -> Result<CheckSlot<'_>, AuthRefusal> {
         let wait = self.settings().verification_wait;
         self.checks.slot(wait).await.ok_or(AuthRefusal::Busy)
+    }
+
+    /// The addresses banned from AUTH right now (IPv6: their /64), soonest-ending first.
+    pub fn bans(&self, now: Instant) -> Vec<AuthBan> {
+        let state = self.lock();
+        let mut bans: Vec<AuthBan> = state
+            .ips
+            .iter()
+            .filter_map(|(ip, record)| {
+                let until = record.banned_until.filter(|until| *until > now)?;
+                Some(AuthBan {
+                    address: *ip,
+                    failures: record.failures,
+                    remaining: until.saturating_duration_since(now),
+                })
+            })
+            .collect();
+        bans.sort_by_key(|b| (b.remaining, b.address));
+        bans
+    }
+
+    /// Lifts `ip`'s ban (the admin says so) and forgets its failures, for every login it
+    /// tried; true when it was banned.
+    pub fn lift(&self, ip: IpAddr, now: Instant) -> bool {
+        let key = ip_key(ip);
+        let mut state = self.lock();
+        let was_banned = state
+            .ips
+            .remove(&key)
+            .and_then(|r| r.banned_until)
+            .is_some_and(|until| until > now);
+        state.pairs.retain(|(pair_ip, _), _| *pair_ip != key);
+        was_banned
+    }
+
+    /// Lifts every ban and forgets every failure; returns how many addresses were banned.
+    pub fn lift_all(&self, now: Instant) -> usize {
+        let mut state = self.lock();
+        let banned = state
+            .ips
+            .values()
+            .filter(|r| r.banned_until.is_some_and(|until| until > now))
+            .count();
+        state.ips.clear();
+        state.logins.clear();
+        state.pairs.clear();
+        banned
     }
 
     /// Number of addresses and logins currently tracked (for tests and metrics).

@@ -17,7 +17,9 @@ mod checks;
 mod limiter;
 
 pub use checks::{CheckSlot, PasswordChecks};
-pub use limiter::{Attempt, AuthClient, AuthLimitSettings, AuthLimiter, AuthRefusal, ip_key};
+pub use limiter::{
+    Attempt, AuthBan, AuthClient, AuthLimitSettings, AuthLimiter, AuthRefusal, ip_key,
+};
 
 use std::collections::HashMap;
 use std::fmt;

@@ -28,12 +28,15 @@ impl<S: Stream> Session<S> {
         let limiter = Arc::clone(&self.ctx.auth_limiter);
         let client = self.auth_client();
         if let Err(refusal) = limiter.check(client, Instant::now()) {
+            relayward_metrics::global().auth_failure();
+            tracing::info!(client = %self.client_ip, "AUTH refused: address banned");
             return Ok(self.client_error(refusal.reply()));
         }
         let credentials = match self.run_sasl(mechanism, initial.as_deref()).await? {
             Ok(credentials) => credentials,
             Err(error) => {
                 if error.counts_as_failure() {
+                    relayward_metrics::global().auth_failure();
                     limiter.record_failure(client, Instant::now());
                 }
                 return Ok(self.client_error(error.reply()));
@@ -41,7 +44,11 @@ impl<S: Stream> Session<S> {
         };
         let attempt = match limiter.begin(client, &credentials.login, Instant::now()) {
             Ok(attempt) => attempt,
-            Err(refusal) => return Ok(self.client_error(refusal.reply())),
+            Err(refusal) => {
+                relayward_metrics::global().auth_failure();
+                tracing::info!(client = %self.client_ip, login = %Escaped(&credentials.login), "AUTH refused: banned or throttled");
+                return Ok(self.client_error(refusal.reply()));
+            }
         };
         let verified = match limiter.verification_slot().await {
             Ok(mut slot) => {
@@ -52,6 +59,7 @@ impl<S: Stream> Session<S> {
             }
             Err(busy) => {
                 limiter.withdraw(attempt);
+                relayward_metrics::global().auth_failure();
                 tracing::warn!(client = %self.client_ip, "every password check busy; AUTH refused");
                 return Ok(self.client_error(busy.reply()));
             }
@@ -64,6 +72,7 @@ impl<S: Stream> Session<S> {
                 Ok(self.reply(Reply::enh(235, (2, 7, 0), "Authentication successful")))
             }
             None => {
+                relayward_metrics::global().auth_failure();
                 let delay = limiter.failed(attempt, Instant::now());
                 tracing::warn!(client = %self.client_ip, login = %Escaped(&credentials.login), "authentication failed");
                 // The delay slows guessing; it is bounded by the limiter.

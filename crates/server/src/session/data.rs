@@ -8,6 +8,7 @@ use relayward_protocol::data::{DataError, DataReceiver, DataStatus};
 use relayward_protocol::header;
 use relayward_protocol::limits::{MAX_ACCEPTED_TEXT_LINE, MAX_HOPS};
 use relayward_protocol::reply::Reply;
+use relayward_protocol::text::Escaped;
 use relayward_queue::{Esmtp, NewMessage, NewRecipient, Origin, QueueError};
 use tokio::io::AsyncReadExt;
 
@@ -223,9 +224,26 @@ impl<S: Stream> Session<S> {
                 recipients: txn.rcpt_dsn,
             },
         };
-        match self.ctx.queue.enqueue(message).await {
+        let sender = message.sender.clone();
+        let size = message.content.len();
+        let started = std::time::Instant::now();
+        let queued = self.ctx.queue.enqueue(message).await;
+        let metrics = relayward_metrics::global();
+        metrics.spool_commit(started.elapsed().as_secs_f64());
+        match queued {
             Ok(id) => {
-                tracing::info!(client = %self.client_ip, %id, "message queued");
+                metrics.message_accepted(self.kind.as_str());
+                // The mail log's line for an accepted message (after its fsync).
+                tracing::info!(
+                    client = %self.client_ip,
+                    %id,
+                    from = %Escaped(&sender),
+                    recipients = recipients.len(),
+                    size,
+                    tls = %tls.as_ref().map_or("none", |t| t.version.as_str()),
+                    login = %Escaped(self.login.as_deref().unwrap_or("none")),
+                    "message queued"
+                );
                 Reply::enh(250, (2, 0, 0), format!("Ok: queued as {id}"))
             }
             Err(error) => {

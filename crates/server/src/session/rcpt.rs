@@ -26,10 +26,11 @@ impl<S: Stream> Session<S> {
         if let Err(reply) = extensions::check_rcpt_params(params, offered)
             .and_then(|()| extensions::check_utf8_path(wire, txn.smtputf8))
         {
-            return self.client_error(reply);
+            return self.refuse_rcpt(wire, "bad_parameters", reply);
         }
         if txn.recipients.len() >= self.ctx.limits.max_recipients {
-            return self.client_error(Reply::enh(452, (4, 5, 3), "Too many recipients"));
+            let reply = Reply::enh(452, (4, 5, 3), "Too many recipients");
+            return self.refuse_rcpt(wire, "too_many_recipients", reply);
         }
         let resolved = resolve(to);
         match self.ctx.policy.decide(&identity, &resolved) {
@@ -39,11 +40,11 @@ impl<S: Stream> Session<S> {
                     .iter()
                     .any(|r| r.address() == accepted.address());
                 if !duplicate {
-                    if let Err(reply) = self.verified(wire, &accepted).await {
-                        return self.client_error(reply);
+                    if let Err((reason, reply)) = self.verified(wire, &accepted).await {
+                        return self.refuse_rcpt(wire, reason, reply);
                     }
                     if let Err(reply) = self.spend_budget(Budget::Recipient) {
-                        return self.client_error(reply);
+                        return self.refuse_rcpt(wire, "rate_limit", reply);
                     }
                     if let Some(txn) = self.txn.as_mut() {
                         txn.recipients.push(accepted);
@@ -52,32 +53,38 @@ impl<S: Stream> Session<S> {
                 }
                 self.reply(Reply::enh(250, (2, 1, 5), "Ok"))
             }
-            Err(refusal) => {
-                let reply = refusal.reply();
-                tracing::info!(
-                    client = %self.client_ip,
-                    rcpt = %Escaped(wire),
-                    reply = %Escaped(&reply.to_string()),
-                    "recipient refused"
-                );
-                self.client_error(reply)
-            }
+            Err(refusal) => self.refuse_rcpt(wire, refusal.metric_word(), refusal.reply()),
         }
     }
 
+    /// Refuses one RCPT: the mail log line (client, recipient, reason, reply), the
+    /// `relayward_recipients_refused_total{reason}` count, and the reply.
+    fn refuse_rcpt(&mut self, wire: &str, reason: &'static str, reply: Reply) -> Flow {
+        relayward_metrics::global().recipient_refused(reason);
+        tracing::info!(
+            client = %self.client_ip,
+            rcpt = %Escaped(wire),
+            reason = %reason,
+            reply = %Escaped(&reply.to_string()),
+            "recipient refused"
+        );
+        self.client_error(reply)
+    }
+
     /// For a recipient the next hop must confirm: asks it (see [`crate::verify`]); the reply
-    /// to give the client when it did not confirm.
-    async fn verified(&self, wire: &str, accepted: &Accepted) -> Result<(), Reply> {
+    /// to give the client when it did not confirm, with the reason for the metrics.
+    async fn verified(&self, wire: &str, accepted: &Accepted) -> Result<(), (&'static str, Reply)> {
         if !accepted.needs_verification() {
             return Ok(());
         }
         let address = accepted.address();
         let unavailable = || {
-            Reply::enh(
+            let reply = Reply::enh(
                 451,
                 (4, 4, 1),
                 format!("<{address}>: Recipient address verification failed; try again later"),
-            )
+            );
+            ("verification_unavailable", reply)
         };
         let NextHop::Smtp { host, port } = &accepted.route().next_hop else {
             return Ok(());
@@ -89,11 +96,12 @@ impl<S: Stream> Session<S> {
             Verification::Exists => Ok(()),
             Verification::Refused(said) => {
                 tracing::info!(client = %self.client_ip, rcpt = %Escaped(wire), internal = %Escaped(&said.to_string()), "recipient refused by the internal server");
-                Err(Reply::enh(
+                let reply = Reply::enh(
                     550,
                     (5, 1, 1),
                     format!("<{address}>: Recipient address rejected: User unknown"),
-                ))
+                );
+                Err(("unknown_user", reply))
             }
             Verification::Unavailable(why) => {
                 tracing::warn!(client = %self.client_ip, rcpt = %Escaped(wire), why = %Escaped(&why), "recipient not verified");

@@ -31,6 +31,9 @@ impl<S: Stream> Session<S> {
         .await;
         match handshake {
             Ok(Ok(())) => {
+                if let Some(tls) = self.conn.tls_facts() {
+                    relayward_metrics::global().tls_session("inbound", &tls.version);
+                }
                 // RFC 3207 §4.2: forget everything learned before TLS.
                 self.helo = None;
                 self.txn = None;
