@@ -14,9 +14,15 @@ use tokio::task::JoinHandle;
 pub struct RunnerHandle {
     task: JoinHandle<()>,
     live: Live<DeliveryContext>,
+    runner: Runner,
 }
 
 impl RunnerHandle {
+    /// The runner, to ask what it is delivering.
+    pub fn runner(&self) -> Runner {
+        self.runner.clone()
+    }
+
     /// Waits for the runner to stop after the shutdown signal (in-flight deliveries get their
     /// grace period; anything cut short stays pending in the queue).
     pub async fn stop(self) {
@@ -38,7 +44,8 @@ pub fn start(
         let _ = shutdown.wait_for(|stopping| *stopping).await;
     };
     RunnerHandle {
-        task: tokio::spawn(runner.run(stopping)),
+        task: tokio::spawn(runner.clone().run(stopping)),
         live,
+        runner,
     }
 }

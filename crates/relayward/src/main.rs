@@ -1,16 +1,20 @@
 //! `relayward`: a mail relay that cannot be an open relay, and an open-relay tester.
 
+mod admin;
+mod admin_cmd;
 mod check_config;
 mod delivery;
 mod dkim_cmd;
 mod hash_password;
 mod manual;
+mod metrics_http;
 mod preflight;
 mod privilege;
 mod queue_backend;
 mod queue_cmd;
 mod serve;
 mod snapshot;
+mod view;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -115,6 +119,15 @@ enum Commands {
     /// key and prints the DNS record for it. Signing itself is configured with `[[dkim]]`.
     Dkim(dkim_cmd::DkimArgs),
 
+    /// Show the running server: listeners, sessions, queue counts, and the configuration
+    /// file in force with the time it was loaded. Asks the server over its admin socket
+    /// (`data_dir/admin.sock`), so run it as the server's user or root.
+    Status,
+
+    /// List or lift the bans of the running server: AUTH bans (repeated failed logins) and
+    /// connection bans (too many connections per minute), over its admin socket.
+    Bans(admin_cmd::BansArgs),
+
     /// Print a shell completion script, e.g. `relayward completions bash > /etc/bash_completion.d/relayward`.
     Completions(manual::CompletionsArgs),
 
@@ -196,13 +209,30 @@ fn main() -> ExitCode {
         }
         Commands::Queue(args) => runtime.block_on(queue_cmd::run(args, config, json)),
         Commands::Dkim(args) => dkim_cmd::run(args, json),
+        Commands::Status => runtime.block_on(admin_cmd::status(config, json)),
+        Commands::Bans(args) => runtime.block_on(admin_cmd::bans(args, config, json)),
         Commands::Completions(args) => manual::completions(&args),
         Commands::Man(args) => manual::man(&args),
     }
 }
 
+/// Whether the log on stderr is JSON lines (`serve --log-json`): then every message `serve`
+/// writes to stderr goes through the log, so the stream stays JSON only.
+static LOG_JSON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Writes one message for the operator to stderr: a plain `relayward: …` line, or an error
+/// event in the JSON log under `--log-json`.
+pub fn complain(text: &str) {
+    if LOG_JSON.get().copied().unwrap_or(false) {
+        tracing::error!("{text}");
+    } else {
+        eprintln!("relayward: {text}");
+    }
+}
+
 /// Logs go to stderr; `RUST_LOG` filters (default `info`).
 fn init_logging(json: bool) {
+    let _ = LOG_JSON.set(json);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -258,10 +288,22 @@ pub fn print_problems(problems: &[relayward_config::ConfigProblem], arg: &Config
             relayward_config::Severity::Error => "error",
             relayward_config::Severity::Warning => "warning",
         };
-        eprintln!(
-            "relayward: {level}: {place}{}: {}",
-            problem.key, problem.message
-        );
+        if LOG_JSON.get().copied().unwrap_or(false) {
+            let place = place.trim_end_matches(": ");
+            match problem.severity {
+                relayward_config::Severity::Error => {
+                    tracing::error!(place, key = %problem.key, "{}", problem.message);
+                }
+                relayward_config::Severity::Warning => {
+                    tracing::warn!(place, key = %problem.key, "{}", problem.message);
+                }
+            }
+        } else {
+            eprintln!(
+                "relayward: {level}: {place}{}: {}",
+                problem.key, problem.message
+            );
+        }
     }
 }
 

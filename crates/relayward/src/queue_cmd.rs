@@ -2,8 +2,10 @@
 //!
 //! The queue is the interface: with the file spool every change is an atomic, locked update of
 //! one message's state; with the PostgreSQL queue it is one statement in the shared database,
-//! seen by every node. These commands and running servers never lose each other's writes, and
-//! a running server picks changes up within seconds.
+//! seen by every node. These commands and running servers never lose each other's writes.
+//! After a change, the command tells the server running on this data directory over its admin
+//! socket, so its runner looks at once; without the socket (another user, no server here) a
+//! running server notices within seconds.
 
 use std::process::ExitCode;
 
@@ -68,8 +70,12 @@ pub async fn run(args: QueueArgs, config_arg: ConfigArg, json: bool) -> ExitCode
             return ExitCode::FAILURE;
         }
     };
+    let changes = args.action.changes_queue();
     let result = act(&*queue.queue(), args.action, json).await;
     queue.shutdown().await;
+    if changes && result.is_ok() {
+        tell_server(&config.data_dir).await;
+    }
     match result {
         Ok(text) => {
             print!("{text}");
@@ -82,6 +88,23 @@ pub async fn run(args: QueueArgs, config_arg: ConfigArg, json: bool) -> ExitCode
             eprintln!("relayward queue: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+impl QueueAction {
+    /// Whether the action changes the queue (a running server should look again).
+    fn changes_queue(&self) -> bool {
+        !matches!(self, QueueAction::List | QueueAction::Show { .. })
+    }
+}
+
+/// Asks a running server to rescan its queue now; silent when none runs.
+async fn tell_server(data_dir: &std::path::Path) {
+    let request = serde_json::json!({ "command": "queue-changed" });
+    if let Err(e) = crate::admin::request(data_dir, &request).await {
+        eprintln!(
+            "relayward queue: note: could not tell the running server ({e}); it sees the change within a second"
+        );
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use relayward_server::config::{Config, Listen};
+use relayward_server::config::{Config, Listen, ListenerKind};
 use relayward_server::listener::{BoundListener, Gate, RunningListener};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::privilege::Switch;
 use crate::snapshot::{Current, Lasting, Origin, Snapshot};
+use crate::view::{ListenerView, ServerView};
 use crate::{ConfigArg, EXIT_CONFIG};
 
 #[derive(clap::Args, Debug)]
@@ -29,13 +30,13 @@ pub async fn run(_args: ServeArgs, config_arg: ConfigArg) -> ExitCode {
     let config = match crate::load_config(&config_arg) {
         Ok(config) => config,
         Err(message) => {
-            eprintln!("relayward: {message}");
+            crate::complain(&message);
             return ExitCode::from(EXIT_CONFIG);
         }
     };
     if !crate::report_problems(&config, &config_arg) {
-        eprintln!(
-            "relayward: refusing to start: the configuration above would be unsafe or cannot work."
+        crate::complain(
+            "refusing to start: the configuration above would be unsafe or cannot work.",
         );
         return ExitCode::from(EXIT_CONFIG);
     }
@@ -45,15 +46,15 @@ pub async fn run(_args: ServeArgs, config_arg: ConfigArg) -> ExitCode {
         .iter()
         .any(|p| p.severity == relayward_config::Severity::Error);
     let Some(switch) = switch.filter(|_| !refused) else {
-        eprintln!(
-            "relayward: refusing to start: fix the problems above (`relayward check-config` finds them too)."
+        crate::complain(
+            "refusing to start: fix the problems above (`relayward check-config` finds them too).",
         );
         return ExitCode::from(EXIT_CONFIG);
     };
     match serve(config, config_arg, switch).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("relayward: {e:#}");
+            crate::complain(&format!("{e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -64,6 +65,13 @@ async fn serve(config: Config, config_arg: ConfigArg, switch: Switch) -> anyhow:
     let mut signals = Signals::install()?;
     // As whoever started us (root, with run_as): the sockets and the configured key files.
     let bound = bind_all(&config)?;
+    let metrics_listener = match config.metrics.listen {
+        Some(address) => Some(
+            bind_one(address)
+                .with_context(|| format!("cannot listen on {address} (metrics.listen)"))?,
+        ),
+        None => None,
+    };
     let configured_tls = match &config.tls {
         Some(_) => Some(relayward_server::tls::server_tls(&config).context("TLS set-up failed")?),
         None => None,
@@ -74,9 +82,8 @@ async fn serve(config: Config, config_arg: ConfigArg, switch: Switch) -> anyhow:
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let queue = crate::queue_backend::OpenQueue::open(&config).await?;
     let lasting = Lasting::new(&config, queue.clone());
-    let origin = Origin {
-        file: config_arg.config.clone(),
-    };
+    let origin = Origin::now(config_arg.config.clone());
+    let data_dir = config.data_dir.clone();
     let snapshot = Snapshot::build_with_tls(config, origin, &lasting, configured_tls)?;
     tracing::info!("TLS certificate: {}", snapshot.certificate);
     // Before the runner starts: mail already queued must not be delivered to ourselves.
@@ -87,11 +94,30 @@ async fn serve(config: Config, config_arg: ConfigArg, switch: Switch) -> anyhow:
     let gate = Gate::live(current.admission());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let runner = crate::delivery::start(queue.queue(), current.delivery(), shutdown_rx.clone());
-    print_startup(&current.load().config, &bound, &config_arg);
+    let view = Arc::new(ServerView::new(
+        current.clone(),
+        queue.clone(),
+        Arc::clone(&lasting.auth),
+        Arc::clone(&gate),
+        runner.runner(),
+    ));
+    let admin_socket = crate::admin::bind(&data_dir)?;
+    let admin = crate::admin::spawn(
+        admin_socket,
+        crate::admin::socket_path(&data_dir),
+        Arc::clone(&view),
+        shutdown_rx.clone(),
+    );
+    let metrics_address = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let metrics = metrics_listener.map(|listener| {
+        crate::metrics_http::spawn(listener, Arc::clone(&view), shutdown_rx.clone())
+    });
+    let startup = (Arc::clone(&current.load().config), bound_addresses(&bound));
     let mut server = Server {
         current,
         lasting,
         gate,
+        view,
         shutdown: shutdown_rx,
         listeners: Vec::new(),
     };
@@ -106,7 +132,14 @@ async fn serve(config: Config, config_arg: ConfigArg, switch: Switch) -> anyhow:
     for (address, listener) in configured.into_iter().zip(bound) {
         server.start_listener(address, listener);
     }
+    server.publish_listeners();
+    if let Some(address) = metrics_address {
+        println!("relayward: listening on {address} (metrics: /metrics and /healthz over HTTP)");
+    }
+    print_startup(&startup.0, &startup.1, &config_arg);
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
     wait_for_signals(&mut signals, &mut server, &config_arg).await;
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
     let _ = shutdown_tx.send(true);
     tracing::info!("shutting down: finishing sessions in progress");
     let drain = server.current.load().config.limits.data_end_timeout + Duration::from_secs(5);
@@ -120,9 +153,21 @@ async fn serve(config: Config, config_arg: ConfigArg, switch: Switch) -> anyhow:
         tracing::warn!("sessions still open after {drain:?}; exiting anyway");
     }
     runner.stop().await;
+    let _ = admin.await;
+    if let Some(metrics) = metrics {
+        let _ = tokio::time::timeout(Duration::from_secs(5), metrics).await;
+    }
     queue.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Tells systemd (`Type=notify`, `$NOTIFY_SOCKET`) how the service stands; nothing when not
+/// started by systemd.
+fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!("cannot notify systemd: {e}");
+    }
 }
 
 /// Everything the server writes is private to its user: queued mail, Maildirs, the TLS key,
@@ -161,6 +206,8 @@ struct Server {
     current: Current,
     lasting: Lasting,
     gate: Arc<Gate>,
+    /// What `/healthz`, `/metrics` and `relayward status` read.
+    view: Arc<ServerView>,
     shutdown: watch::Receiver<bool>,
     /// Each listener with the address the file gives for it (port 0 binds a free port, so the
     /// bound address may differ).
@@ -172,6 +219,16 @@ impl Server {
     fn publish_listeners(&self) {
         let bound = self.listeners.iter().map(|(_, l)| l.address).collect();
         self.lasting.own_listeners.set(bound);
+        let views = self
+            .listeners
+            .iter()
+            .map(|(_, l)| ListenerView {
+                address: l.address,
+                kind: l.kind,
+                health: l.health.clone(),
+            })
+            .collect();
+        self.view.set_listeners(views);
     }
 
     fn start_listener(&mut self, configured: SocketAddr, bound: BoundListener) {
@@ -199,9 +256,7 @@ impl Server {
         };
         let running = self.current.load();
         let restart = running.needs_restart(&config);
-        let origin = Origin {
-            file: config_arg.config.clone(),
-        };
+        let origin = Origin::now(config_arg.config.clone());
         let next = match Snapshot::build(config, origin, &self.lasting) {
             Ok(next) => next,
             Err(e) => {
@@ -296,20 +351,25 @@ fn bind_listeners(listen: &[Listen]) -> anyhow::Result<Vec<BoundListener>> {
     Ok(bound)
 }
 
-fn print_startup(config: &Config, listeners: &[BoundListener], config_arg: &ConfigArg) {
-    for bound in listeners {
-        let role = match bound.kind {
-            relayward_server::config::ListenerKind::Mx => {
+/// Each bound listener's address and kind, for the start-up report.
+fn bound_addresses(bound: &[BoundListener]) -> Vec<(SocketAddr, ListenerKind)> {
+    bound.iter().map(|b| (b.address, b.kind)).collect()
+}
+
+fn print_startup(
+    config: &Config,
+    listeners: &[(SocketAddr, ListenerKind)],
+    config_arg: &ConfigArg,
+) {
+    for (address, kind) in listeners {
+        let role = match kind {
+            ListenerKind::Mx => {
                 "mx: mail for local domains from anyone; relay only for trusted networks and authenticated users"
             }
-            relayward_server::config::ListenerKind::Submission => {
-                "submission: STARTTLS, then AUTH, before any mail"
-            }
-            relayward_server::config::ListenerKind::Submissions => {
-                "submissions: implicit TLS, AUTH before any mail"
-            }
+            ListenerKind::Submission => "submission: STARTTLS, then AUTH, before any mail",
+            ListenerKind::Submissions => "submissions: implicit TLS, AUTH before any mail",
         };
-        println!("relayward: listening on {} ({role})", bound.address);
+        println!("relayward: listening on {address} ({role})");
     }
     println!(
         "relayward: local domains: {}; data in {}",
@@ -370,7 +430,11 @@ async fn wait_for_signals(signals: &mut Signals, server: &mut Server, config_arg
         tokio::select! {
             _ = term.recv() => return,
             _ = int.recv() => return,
-            _ = hup.recv() => server.reload(config_arg).await,
+            _ = hup.recv() => {
+                notify_systemd(&[sd_notify::NotifyState::Reloading]);
+                server.reload(config_arg).await;
+                notify_systemd(&[sd_notify::NotifyState::Ready]);
+            }
         }
     }
 }

@@ -31,14 +31,23 @@ use relayward_server::verify::{Verification, VerifyRecipients};
 use std::future::Future;
 use std::pin::Pin;
 
-/// Where the configuration came from, for the logs.
+/// Where the configuration came from and when it was read, for the logs and `status`.
 #[derive(Debug, Clone)]
 pub struct Origin {
     /// The file, or `None` for the embedded default.
     pub file: Option<PathBuf>,
+    pub loaded: std::time::SystemTime,
 }
 
 impl Origin {
+    /// `file`, read just now.
+    pub fn now(file: Option<PathBuf>) -> Self {
+        Self {
+            file,
+            loaded: std::time::SystemTime::now(),
+        }
+    }
+
     pub fn describe(&self) -> String {
         match &self.file {
             Some(path) => path.display().to_string(),

@@ -106,3 +106,77 @@ fn run_as_without_root_is_refused_with_a_clear_message() {
         "{out}"
     );
 }
+
+/// `Type=notify`: READY=1 reaches `$NOTIFY_SOCKET` once the listeners are bound, so systemd
+/// orders dependants after a server that really accepts; a session works at that moment.
+#[test]
+fn ready_is_sent_to_systemd_after_the_listeners_are_bound() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("bind notify socket");
+    socket
+        .set_read_timeout(Some(support::WAIT))
+        .expect("timeout");
+    let server = TestServer::start_with(&standard_config(""), |command| {
+        command.env("NOTIFY_SOCKET", &socket_path);
+    });
+    let mut buffer = [0u8; 256];
+    let n = socket.recv(&mut buffer).expect("a notification");
+    let message = String::from_utf8_lossy(&buffer[..n]).to_string();
+    assert!(message.contains("READY=1"), "{message}");
+    server.smtp("mx").send("QUIT").expect(221);
+    // A reload is announced and ends ready again.
+    server.signal("HUP");
+    let n = socket.recv(&mut buffer).expect("RELOADING=1");
+    assert!(String::from_utf8_lossy(&buffer[..n]).contains("RELOADING=1"));
+    let n = socket.recv(&mut buffer).expect("READY=1 again");
+    assert!(String::from_utf8_lossy(&buffer[..n]).contains("READY=1"));
+}
+
+/// `contrib/relayward.service` is what README's "Running as a service" installs: it has the
+/// settings issue 14 names, and `systemd-analyze verify` accepts it (with the binary path
+/// pointed at the one under test, since verify checks that ExecStart exists).
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    let unit_path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contrib/relayward.service");
+    let unit = std::fs::read_to_string(&unit_path).expect("contrib/relayward.service");
+    for line in [
+        "Type=notify",
+        "User=relayward",
+        "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+        "ProtectSystem=strict",
+        "ReadWritePaths=/var/lib/relayward",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "ExecStart=/usr/local/bin/relayward serve --config /etc/relayward/relayward.toml",
+    ] {
+        assert!(
+            unit.lines().any(|l| l == line),
+            "{line} missing from the unit"
+        );
+    }
+    let analyze = ["/usr/bin/systemd-analyze", "/bin/systemd-analyze"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    let Some(analyze) = analyze else {
+        eprintln!("skipped: systemd-analyze is not installed (Debian package systemd)");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let copy = dir.path().join("relayward.service");
+    let binary = support::binary();
+    std::fs::write(
+        &copy,
+        unit.replace("/usr/local/bin/relayward", &binary.display().to_string()),
+    )
+    .expect("write unit");
+    let (code, out) = support::run_with_timeout(
+        std::process::Command::new(analyze).arg("verify").arg(&copy),
+        support::WAIT,
+    );
+    assert_eq!(code, Some(0), "systemd-analyze verify:\n{out}");
+    assert!(
+        !out.contains("relayward.service"),
+        "systemd-analyze has remarks about the unit:\n{out}"
+    );
+}

@@ -66,6 +66,12 @@ impl TestServer {
         Self::spawn("serve", dir, config)
     }
 
+    /// [`TestServer::start`] with the command adjusted first (more arguments, environment).
+    pub fn start_with(config: &str, adjust: impl FnOnce(&mut Command)) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::spawn_adjusted("serve", dir, config, adjust)
+    }
+
     /// Starts `relayward probe-service` on `config` (`DATA_DIR` replaced as for `serve`); its
     /// doors are `addr("telnet")`, `addr("http")`, `addr("confirm")`.
     pub fn start_probe_service(config: &str) -> TestServer {
@@ -84,16 +90,28 @@ impl TestServer {
     /// Runs `relayward SUBCOMMAND --config FILE` and waits for its listening lines and
     /// `ready`.
     fn spawn(subcommand: &str, dir: tempfile::TempDir, config: &str) -> TestServer {
+        Self::spawn_adjusted(subcommand, dir, config, |_| {})
+    }
+
+    fn spawn_adjusted(
+        subcommand: &str,
+        dir: tempfile::TempDir,
+        config: &str,
+        adjust: impl FnOnce(&mut Command),
+    ) -> TestServer {
         let data_dir = dir.path().join("data");
         let config = config.replace("DATA_DIR", &data_dir.display().to_string());
         let config_path = dir.path().join("relayward.toml");
         std::fs::write(&config_path, &config).expect("write config");
-        let mut child = Command::new(binary())
+        let mut command = Command::new(binary());
+        command
             .args([subcommand, "--config"])
             .arg(&config_path)
             .env("RUST_LOG", "relayward=debug,info")
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::piped());
+        adjust(&mut command);
+        let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("start relayward {subcommand}: {e}"));
         let stdout = child.stdout.take().expect("stdout");
@@ -328,6 +346,18 @@ fn parse_listening(line: &str) -> Option<(String, SocketAddr)> {
 }
 
 // ---- Shared by the red-team tests: the queue from outside, configurations, internal servers ----
+
+/// Runs `relayward ARGS… --config <server's file>` (bounded); returns the exit code and
+/// stdout with stderr.
+pub fn relayward_cmd(server: &TestServer, args: &[&str]) -> (Option<i32>, String) {
+    run_with_timeout(
+        Command::new(binary())
+            .args(args)
+            .arg("--config")
+            .arg(&server.config_path),
+        WAIT,
+    )
+}
 
 /// Runs `relayward queue --config <server's file> ARGS…` (bounded); returns stdout.
 #[track_caller]
