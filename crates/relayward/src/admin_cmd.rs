@@ -121,8 +121,8 @@ fn bans_table(reply: &Value) -> String {
     for ban in bans {
         out.push_str(&format!(
             "{:<40} {:<10} {:>8} {:>8}s\n",
-            Escaped(ban["address"].as_str().unwrap_or("?")),
-            Escaped(ban["kind"].as_str().unwrap_or("?")),
+            Escaped(ban["address"].as_str().unwrap_or("?")).to_string(),
+            Escaped(ban["kind"].as_str().unwrap_or("?")).to_string(),
             ban["failures"].as_u64().unwrap_or(0),
             ban["remaining_seconds"].as_u64().unwrap_or(0),
         ));

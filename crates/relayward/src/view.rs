@@ -225,7 +225,9 @@ fn queue_writable(root: &Path, min_free: u64) -> Result<(), String> {
     let _ = std::fs::remove_file(&probe);
     let stats = nix::sys::statvfs::statvfs(root)
         .map_err(|e| format!("cannot read free space of {}: {e}", root.display()))?;
-    let free = stats.blocks_available().saturating_mul(stats.fragment_size());
+    let free = stats
+        .blocks_available()
+        .saturating_mul(stats.fragment_size());
     if free < min_free {
         return Err(format!(
             "queue filesystem has {free} octets free, below [queue] min_free_bytes = {min_free}: new mail is refused with 452 4.3.1"
