@@ -119,11 +119,152 @@ pub struct ActionReport {
 
 /// Lists the queue, oldest first.
 pub async fn list(queue: &dyn Queue) -> Result<QueueList, QueueError> {
+    list_matching(queue, &ListFilter::default()).await
+}
+
+/// Lists the messages `filter` selects, oldest first.
+pub async fn list_matching(
+    queue: &dyn Queue,
+    filter: &ListFilter,
+) -> Result<QueueList, QueueError> {
     let now = unix_now();
     let messages = queue.list().await?;
     Ok(QueueList(
-        messages.into_iter().map(|m| entry(m, now)).collect(),
+        messages
+            .into_iter()
+            .filter(|m| filter.matches(m, now))
+            .map(|m| entry(m, now))
+            .collect(),
     ))
+}
+
+/// Where a queued message stands, as `queue list --state` and the
+/// `relayward_queue_messages{state}` metric name it. `active` (being delivered) only the
+/// running server knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageState {
+    /// Held by an admin.
+    Held,
+    /// Some pending recipient's next attempt is due.
+    Due,
+    /// Every pending recipient waits for a later retry.
+    Deferred,
+}
+
+impl MessageState {
+    pub fn of(message: &QueuedMessage, now: u64) -> MessageState {
+        if message.held {
+            MessageState::Held
+        } else if message
+            .recipients
+            .iter()
+            .any(|r| !r.status.is_final() && r.next_attempt <= now)
+        {
+            MessageState::Due
+        } else {
+            MessageState::Deferred
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<MessageState> {
+        match text {
+            "held" => Some(MessageState::Held),
+            "due" => Some(MessageState::Due),
+            "deferred" => Some(MessageState::Deferred),
+            _ => None,
+        }
+    }
+}
+
+/// What `queue list --from/--to/--older-than/--state` selects; every given criterion must
+/// hold. Addresses match case-insensitively as substrings (`--from example.test` finds every
+/// sender in that domain; `--from '<>'` the null sender).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListFilter {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    /// At least this many seconds in the queue.
+    pub older_than: Option<u64>,
+    pub state: Option<MessageState>,
+}
+
+impl ListFilter {
+    pub fn matches(&self, message: &QueuedMessage, now: u64) -> bool {
+        let contains = |haystack: &str, needle: &str| {
+            haystack
+                .to_ascii_lowercase()
+                .contains(&needle.to_ascii_lowercase())
+        };
+        let from_ok = self.from.as_deref().is_none_or(|from| {
+            if from == "<>" {
+                message.sender.is_empty()
+            } else {
+                contains(&message.sender, from)
+            }
+        });
+        let to_ok = self
+            .to
+            .as_deref()
+            .is_none_or(|to| message.recipients.iter().any(|r| contains(&r.address, to)));
+        let age_ok = self
+            .older_than
+            .is_none_or(|secs| now.saturating_sub(message.arrived) >= secs);
+        let state_ok = self
+            .state
+            .is_none_or(|state| MessageState::of(message, now) == state);
+        from_ok && to_ok && age_ok && state_ok
+    }
+}
+
+/// `queue cat ID`: the message as stored, trace header first. JSON:
+/// ```json
+/// {"id": "…", "size": 1234, "content": "Received: …\r\n…"}
+/// ```
+/// (`content` is the octets as UTF-8, invalid sequences replaced by U+FFFD; `--raw` gives the
+/// exact octets.) The text form escapes control characters other than tab and the line ends,
+/// so a message cannot drive the operator's terminal.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredMessage {
+    pub id: MessageId,
+    pub size: usize,
+    #[serde(serialize_with = "lossy_text")]
+    pub content: Vec<u8>,
+}
+
+fn lossy_text<S: serde::Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&String::from_utf8_lossy(bytes))
+}
+
+/// One message's stored content.
+pub async fn cat(queue: &dyn Queue, id: &MessageId) -> Result<StoredMessage, QueueError> {
+    let content = queue.content(id).await?;
+    Ok(StoredMessage {
+        id: id.clone(),
+        size: content.len(),
+        content,
+    })
+}
+
+impl Render for StoredMessage {
+    fn table(&self) -> String {
+        let mut out = String::with_capacity(self.content.len() + 64);
+        let mut lines = self.content.split(|&b| b == b'\n').peekable();
+        while let Some(line) = lines.next() {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if lines.peek().is_none() && line.is_empty() {
+                break;
+            }
+            for piece in line.split(|&b| b == b'\t').enumerate() {
+                if piece.0 > 0 {
+                    out.push('\t');
+                }
+                out.push_str(&relayward_protocol::text::escape_bytes(piece.1));
+            }
+            out.push('\n');
+        }
+        out
+    }
 }
 
 fn entry(message: QueuedMessage, now: u64) -> ListEntry {
@@ -383,7 +524,7 @@ fn relative(at: u64, now: u64) -> String {
 }
 
 /// Left-aligned columns separated by two spaces; the last column is not padded.
-fn columns<const N: usize>(rows: &[[String; N]]) -> String {
+pub(crate) fn columns<const N: usize>(rows: &[[String; N]]) -> String {
     let mut widths = [0usize; N];
     for row in rows {
         for (i, cell) in row.iter().enumerate() {

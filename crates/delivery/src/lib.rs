@@ -61,6 +61,7 @@ pub mod outcome;
 pub mod prepare;
 pub mod retry;
 pub mod runner;
+pub mod shape;
 pub mod tls;
 pub mod tls_policy;
 pub mod tls_report;

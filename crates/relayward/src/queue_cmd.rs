@@ -20,10 +20,53 @@ pub struct QueueArgs {
     action: QueueAction,
 }
 
+/// The filters of `queue list`.
+#[derive(clap::Args, Debug, Default)]
+struct ListArgs {
+    /// Only messages whose sender contains this text (case-insensitive), e.g. a domain;
+    /// `<>` for bounces (the null sender).
+    #[arg(long, value_name = "TEXT")]
+    from: Option<String>,
+    /// Only messages with a recipient containing this text (case-insensitive).
+    #[arg(long, value_name = "TEXT")]
+    to: Option<String>,
+    /// Only messages queued at least this long ago, e.g. `30m`, `2h`, `1d`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    older_than: Option<std::time::Duration>,
+    /// Only messages in this state: `due` (a recipient's next attempt is due), `deferred`
+    /// (waiting for a retry) or `held`.
+    #[arg(long, value_name = "STATE", value_parser = ["due", "deferred", "held"])]
+    state: Option<String>,
+}
+
+impl ListArgs {
+    fn filter(&self) -> admin::ListFilter {
+        admin::ListFilter {
+            from: self.from.clone(),
+            to: self.to.clone(),
+            older_than: self.older_than.map(|d| d.as_secs()),
+            state: self.state.as_deref().and_then(admin::MessageState::parse),
+        }
+    }
+}
+
 #[derive(clap::Subcommand, Debug)]
 enum QueueAction {
-    /// List queued messages: id, age, sender, recipients, next attempt, last error.
-    List,
+    /// List queued messages: id, age, sender, recipients, next attempt, last error; the
+    /// filters narrow the list (all given must match).
+    List(ListArgs),
+    /// Print one message as stored (trace header first), like postcat. Control characters
+    /// other than tab and line ends are escaped unless --raw is given.
+    Cat {
+        /// Message id (from `queue list`).
+        id: String,
+        /// Write the stored octets unchanged (to a file or another program).
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Count pending recipients by destination domain and message age, like qshape
+    /// (columns: total, then up to 5, 10, 20 … 1280 minutes, and older).
+    Summary,
     /// Show one message: envelope, per-recipient status and headers.
     Show {
         /// Message id (from `queue list`).
@@ -79,7 +122,7 @@ pub async fn run(args: QueueArgs, config_arg: ConfigArg, json: bool) -> ExitCode
     match result {
         Ok(text) => {
             print!("{text}");
-            if !text.ends_with('\n') {
+            if !text.is_empty() && !text.ends_with('\n') {
                 println!();
             }
             ExitCode::SUCCESS
@@ -94,7 +137,13 @@ pub async fn run(args: QueueArgs, config_arg: ConfigArg, json: bool) -> ExitCode
 impl QueueAction {
     /// Whether the action changes the queue (a running server should look again).
     fn changes_queue(&self) -> bool {
-        !matches!(self, QueueAction::List | QueueAction::Show { .. })
+        !matches!(
+            self,
+            QueueAction::List(_)
+                | QueueAction::Show { .. }
+                | QueueAction::Cat { .. }
+                | QueueAction::Summary
+        )
     }
 }
 
@@ -115,7 +164,28 @@ async fn act(
 ) -> Result<String, String> {
     let render = |r: &dyn RenderBoth| if json { r.as_json() } else { r.as_table() };
     let text = match action {
-        QueueAction::List => render(&admin::list(queue).await.map_err(describe)?),
+        QueueAction::List(args) => render(
+            &admin::list_matching(queue, &args.filter())
+                .await
+                .map_err(describe)?,
+        ),
+        QueueAction::Cat { id, raw } => {
+            let stored = admin::cat(queue, &parse_id(&id)?).await.map_err(describe)?;
+            if raw && !json {
+                use std::io::Write as _;
+                let mut out = std::io::stdout().lock();
+                out.write_all(&stored.content)
+                    .and_then(|()| out.flush())
+                    .map_err(|e| format!("cannot write the message: {e}"))?;
+                return Ok(String::new());
+            }
+            render(&stored)
+        }
+        QueueAction::Summary => render(
+            &relayward_delivery::shape::summary(queue)
+                .await
+                .map_err(describe)?,
+        ),
         QueueAction::Show { id } => render(
             &admin::show(queue, &parse_id(&id)?)
                 .await

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use relayward_delivery::Runner;
+use relayward_delivery::admin::MessageState;
 use relayward_queue::QueuedMessage;
 use relayward_server::auth::AuthLimiter;
 use relayward_server::config::ListenerKind;
@@ -44,18 +45,11 @@ impl QueueCounts {
     pub fn of(messages: &[QueuedMessage], active: &[relayward_queue::MessageId], now: u64) -> Self {
         let mut counts = QueueCounts::default();
         for message in messages {
-            if message.held {
-                counts.held += 1;
-            } else if active.contains(&message.id) {
-                counts.active += 1;
-            } else if message
-                .recipients
-                .iter()
-                .any(|r| !r.status.is_final() && r.next_attempt <= now)
-            {
-                counts.due += 1;
-            } else {
-                counts.deferred += 1;
+            match MessageState::of(message, now) {
+                MessageState::Held => counts.held += 1,
+                _ if active.contains(&message.id) => counts.active += 1,
+                MessageState::Due => counts.due += 1,
+                MessageState::Deferred => counts.deferred += 1,
             }
         }
         counts.oldest_seconds = messages
