@@ -69,12 +69,19 @@ struct Replayed {
     outcome: Outcome,
 }
 
-pub async fn run(args: CheckConfigArgs, config_arg: crate::ConfigArg, json: bool) -> ExitCode {
+/// `config_on_command_line`: whether `--config` was written on the command line (not taken
+/// from `RELAYWARD_CONFIG`), which decides whether a file argument conflicts with it.
+pub async fn run(
+    args: CheckConfigArgs,
+    config_arg: crate::ConfigArg,
+    config_on_command_line: bool,
+    json: bool,
+) -> ExitCode {
     if args.show_default {
         print!("{EMBEDDED_DEFAULT_TOML}");
         return ExitCode::SUCCESS;
     }
-    let arg = match file_to_check(args.file, config_arg) {
+    let arg = match file_to_check(args.file, config_arg, config_on_command_line) {
         Ok(arg) => arg,
         Err(message) => {
             eprintln!("relayward check-config: {message}");
@@ -283,12 +290,16 @@ fn print_effective(config: &Config, arg: &crate::ConfigArg, json: bool) {
 
 /// The file named as the argument or by `--config` (both are accepted, as README and
 /// `serve` use `--config`); naming two different files is a mistake worth stopping for.
+/// The file to check: the argument, or `--config`. Both on the command line must agree; a
+/// `RELAYWARD_CONFIG` in the environment gives way to the argument (an admin with the
+/// variable set checks a new file by naming it).
 fn file_to_check(
     positional: Option<PathBuf>,
     config_arg: crate::ConfigArg,
+    config_on_command_line: bool,
 ) -> Result<crate::ConfigArg, String> {
     match (positional, config_arg.config) {
-        (Some(file), Some(other)) if file != other => Err(format!(
+        (Some(file), Some(other)) if file != other && config_on_command_line => Err(format!(
             "two files given: {} and --config {}; name one",
             file.display(),
             other.display()
@@ -375,6 +386,18 @@ fn replay(policy: &Policy, client: &ClientIdentity, trick: &RenderedTrick) -> Ou
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_file_argument_wins_over_the_environment_but_not_over_config() {
+        let (file, env) = (PathBuf::from("new.toml"), PathBuf::from("running.toml"));
+        let from = |config: &PathBuf| crate::ConfigArg {
+            config: Some(config.clone()),
+        };
+        let chosen = file_to_check(Some(file.clone()), from(&env), false).expect("no conflict");
+        assert_eq!(chosen.config, Some(file.clone()));
+        assert!(file_to_check(Some(file.clone()), from(&env), true).is_err());
+        assert!(file_to_check(Some(file.clone()), from(&file), true).is_ok());
+    }
+
     use super::*;
 
     fn policy(trusted: &str) -> (Config, Policy) {

@@ -191,7 +191,12 @@ fn main() -> ExitCode {
             init_logging(log_json);
             runtime.block_on(serve::run(args, config))
         }
-        Commands::CheckConfig(args) => runtime.block_on(check_config::run(args, config, json)),
+        Commands::CheckConfig(args) => runtime.block_on(check_config::run(
+            args,
+            config,
+            config_on_command_line,
+            json,
+        )),
         Commands::HashPassword => hash_password::run(json),
         Commands::Probe(mut args) => {
             args.json |= json;
