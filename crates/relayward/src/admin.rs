@@ -38,7 +38,14 @@ pub fn bind(data_dir: &Path) -> anyhow::Result<UnixListener> {
     use anyhow::Context as _;
     let path = socket_path(data_dir);
     if path.exists() {
-        // A server still running would have the spool locked; this one is stale.
+        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+            anyhow::bail!(
+                "another relayward serve is running on {} (it answers on {}); stop it first or give this one its own data_dir",
+                data_dir.display(),
+                path.display()
+            );
+        }
+        // Nobody answers: left behind by a server that did not stop cleanly.
         std::fs::remove_file(&path)
             .with_context(|| format!("cannot remove the old {}", path.display()))?;
     }

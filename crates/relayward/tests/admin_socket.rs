@@ -169,3 +169,25 @@ fn queue_changes_reach_the_running_server_through_the_socket() {
     }
     server.wait_for_log_count("deferred id=", 2);
 }
+
+/// A second `serve` on the same data directory would take the first one's socket away: it
+/// refuses to start instead, naming the one that runs.
+#[test]
+fn a_second_server_on_the_same_data_dir_refuses_to_start() {
+    let server = TestServer::start(&standard_config(""));
+    let config = server
+        .data_dir()
+        .parent()
+        .expect("dir")
+        .join("relayward.toml");
+    let (code, out) = support::run_with_timeout(
+        std::process::Command::new(support::binary())
+            .args(["serve", "--config"])
+            .arg(&config),
+        support::WAIT,
+    );
+    assert_ne!(code, Some(0), "{out}");
+    assert!(out.contains("another relayward serve is running"), "{out}");
+    let (code, out) = relayward_cmd(&server, &["status"]);
+    assert_eq!(code, Some(0), "the first one still answers:\n{out}");
+}
