@@ -29,6 +29,7 @@ pub fn check(config: &Config) -> (Vec<ConfigProblem>, Option<Switch>) {
     check_data_dir(config, account, &mut problems);
     check_tls(config, &switch, &mut problems);
     check_delivery_files(config, account, &mut problems);
+    check_dkim_keys(config, account, &mut problems);
     (problems, Some(switch))
 }
 
@@ -141,5 +142,23 @@ fn check_delivery_files(config: &Config, account: &Account, problems: &mut Vec<C
             _ => "delivery",
         };
         problems.push(error(key, e.to_string()));
+    }
+}
+
+/// `[[dkim]]` keys are read when the snapshot is built, after the switch, and on every
+/// reload: each must be a key that signs (the loader's own words), and the account must be
+/// able to read it.
+fn check_dkim_keys(config: &Config, account: &Account, problems: &mut Vec<ConfigProblem>) {
+    if let Err(e) = relayward_delivery::dkim::DkimSigners::load(&config.dkim) {
+        problems.push(error(
+            &e.key,
+            format!("{}: {}", e.file.display(), e.problem),
+        ));
+        return;
+    }
+    for (i, key) in config.dkim.iter().enumerate() {
+        if let Err(why) = account.can_read(&key.private_key_file) {
+            problems.push(error(&format!("dkim[{i}].private_key_file"), why));
+        }
     }
 }

@@ -356,3 +356,24 @@ fn retry_schedule_is_reloadable() {
         "after the reload the retry is {wait}s out, expected ~20s"
     );
 }
+
+#[test]
+fn check_config_finds_a_dkim_key_serve_could_not_load() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("dkim.pem");
+    std::fs::write(&key, "not a key").expect("write");
+    let file = config_file(
+        &dir,
+        &format!(
+            "[[dkim]]\ndomain = \"example.test\"\nselector = \"s1\"\nprivate_key_file = \"{}\"\n",
+            key.display()
+        ),
+    );
+    let (code, out) = check(&[], &file);
+    assert_eq!(code, Some(78), "{out}");
+    assert!(
+        out.contains(&format!("{}:14: dkim[0].private_key_file:", file.display())),
+        "{out}"
+    );
+    assert!(out.contains("dkim keygen"), "says the fix:\n{out}");
+}
