@@ -193,8 +193,7 @@ impl ServerView {
             }
             OpenQueue::Postgres(_) => {
                 let queue = self.queue.queue();
-                match tokio::time::timeout(std::time::Duration::from_secs(5), queue.list()).await
-                {
+                match tokio::time::timeout(std::time::Duration::from_secs(5), queue.list()).await {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(e)) => Err(format!("the PostgreSQL queue refuses: {e}")),
                     Err(_) => Err("the PostgreSQL queue does not answer within 5 s".into()),
