@@ -57,6 +57,12 @@ struct DeliveryLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TlsPolicyLabels {
+    policy: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TlsLabels {
     direction: &'static str,
     version: &'static str,
@@ -101,6 +107,7 @@ pub struct Metrics {
     deliveries: Family<DeliveryLabels, Counter>,
     delivery_seconds: Histogram,
     tls_sessions: Family<TlsLabels, Counter>,
+    tls_policy: Family<TlsPolicyLabels, Counter>,
     spool_commit_seconds: Histogram,
 }
 
@@ -119,6 +126,7 @@ impl Metrics {
         // 10 ms to ~5.5 min: a Maildir write to a slow remote MX.
         let delivery_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 16));
         let tls_sessions = Family::<TlsLabels, Counter>::default();
+        let tls_policy = Family::<TlsPolicyLabels, Counter>::default();
         // 0.1 ms to ~3.3 s: fdatasync plus the shared directory fsync.
         let spool_commit_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         // prometheus-client adds `_total` to counters itself.
@@ -178,6 +186,11 @@ impl Metrics {
             tls_sessions.clone(),
         );
         registry.register(
+            "relayward_tls_policy",
+            "Outbound MX connections by the TLS policy that applied (mta-sts, mta-sts-testing, dane, require-verified, opportunistic) and the result (verified, encrypted, cleartext, failed)",
+            tls_policy.clone(),
+        );
+        registry.register(
             "relayward_spool_commit_seconds",
             "Time from a message's end of DATA to its durable commit (file and directory fsynced)",
             spool_commit_seconds.clone(),
@@ -224,6 +237,7 @@ impl Metrics {
             deliveries,
             delivery_seconds,
             tls_sessions,
+            tls_policy,
             spool_commit_seconds,
         }
     }
@@ -301,6 +315,21 @@ impl Metrics {
         self.spool_commit_seconds.observe(seconds);
     }
 
+    /// The delivery runner's TLS policy counts (`(policy, result, connections)`, totals since
+    /// start), read at scrape time: each counter is moved up to its total.
+    pub fn set_tls_policy_counts(&self, counts: &[(&'static str, &'static str, u64)]) {
+        for &(policy, result, total) in counts {
+            let counter = self
+                .tls_policy
+                .get_or_create(&TlsPolicyLabels { policy, result })
+                .clone();
+            let seen = counter.get();
+            if total > seen {
+                counter.inc_by(total - seen);
+            }
+        }
+    }
+
     /// The bans in force, read from the AUTH limiter at scrape time.
     pub fn set_auth_bans(&self, bans: usize) {
         self.auth_bans.set(saturating_i64(bans));
@@ -361,6 +390,8 @@ mod tests {
         metrics.spool_commit(0.002);
         metrics.set_auth_bans(1);
         metrics.set_queue([1, 2, 3, 4], 60);
+        metrics.set_tls_policy_counts(&[("mta-sts", "verified", 3)]);
+        metrics.set_tls_policy_counts(&[("mta-sts", "verified", 5)]);
         let text = metrics.encode();
         for needle in [
             "relayward_connections_total{listener=\"mx\",result=\"accepted\"} ",
@@ -375,6 +406,7 @@ mod tests {
             "relayward_delivery_seconds_bucket",
             "relayward_tls_sessions_total{direction=\"inbound\",version=\"TLSv1.3\"} ",
             "relayward_spool_commit_seconds_count ",
+            "relayward_tls_policy_total{policy=\"mta-sts\",result=\"verified\"} 5",
         ] {
             assert!(text.contains(needle), "{needle:?} missing in:\n{text}");
         }

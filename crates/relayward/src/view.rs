@@ -148,6 +148,13 @@ impl ServerView {
     pub async fn refresh_metrics(&self) {
         let metrics = relayward_metrics::global();
         metrics.set_auth_bans(self.auth.bans(Instant::now()).len());
+        let tls: Vec<(&'static str, &'static str, u64)> = self
+            .runner
+            .tls_counts()
+            .into_iter()
+            .map(|((policy, result), n)| (policy.as_str(), result.as_str(), n))
+            .collect();
+        metrics.set_tls_policy_counts(&tls);
         match self.queue_counts().await {
             Ok(c) => metrics.set_queue([c.active, c.due, c.deferred, c.held], c.oldest_seconds),
             Err(e) => tracing::warn!("metrics: cannot list the queue: {e}"),
