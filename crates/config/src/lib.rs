@@ -89,6 +89,7 @@ trusted_networks = ["127.0.0.1/32", "::1/128"]
 
 # [dns]
 # nameservers = []                          # e.g. ["127.0.0.1:5353"]; default: the system resolver
+# trust_anchor = "/etc/relayward/root.key" # DNSSEC anchors for DANE; default: the IANA root keys
 
 # [[tls_policy]]                            # the admin's rule for one recipient domain
 # domain = "bank.example"
