@@ -726,7 +726,12 @@ impl Runner {
                 plan = HostPlan::with_dane(answer, destination, host, plan);
             }
             let plan = match plan {
-                HostPlan::Refused { failure, outcome } => {
+                HostPlan::Refused {
+                    mut failure,
+                    outcome,
+                } => {
+                    // The queue entry keeps the outcome in the form `queue show` prints.
+                    failure.text = format!("TLS {}", outcome.summary());
                     self.record_tls(outcome);
                     last = failure;
                     continue;
@@ -927,15 +932,18 @@ impl Runner {
                     self.record_tls(outcome(kind, success, None));
                     return Ok(results);
                 }
-                Err(e) => {
+                Err(mut e) => {
                     let Some(result_type) = e.tls_fault else {
                         return Err(e);
                     };
-                    self.record_tls(outcome(
+                    let failed = outcome(
                         kind,
                         TlsResult::Failed,
                         Some((result_type, e.failure.text.clone())),
-                    ));
+                    );
+                    // The queue entry keeps the outcome in the form `queue show` prints.
+                    e.failure.text = format!("TLS {}", failed.summary());
+                    self.record_tls(failed);
                     if enforced {
                         return Err(e);
                     }

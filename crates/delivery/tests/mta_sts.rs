@@ -204,6 +204,12 @@ async fn enforce_with_an_mx_the_policy_does_not_name_defers_without_connecting()
         error.contains("not named by the MTA-STS policy of good.test"),
         "{error}"
     );
+    assert!(
+        error.starts_with(
+            "TLS policy=mta-sts result=failed host=mx.other.test type=validation-failure"
+        ),
+        "the queue entry keeps the outcome: {error}"
+    );
     assert_eq!(other.connections(), 0, "the unlisted MX is never contacted");
     assert_eq!(
         outcomes(&runner),

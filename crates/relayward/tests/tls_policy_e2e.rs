@@ -171,6 +171,17 @@ fn policies_are_enforced_tested_and_logged_by_the_running_server() {
         listing.contains("not named by the MTA-STS policy of hijacked.test"),
         "the deferral says why:\n{listing}"
     );
+    let shown = queue_cmd(
+        &server,
+        &["show", &queued_id(&listing, "dave@hijacked.test")],
+    );
+    println!("{shown}");
+    assert!(
+        shown.contains(
+            "TLS policy=mta-sts result=failed host=mx.trial.test type=validation-failure"
+        ),
+        "the queue entry keeps the TLS outcome:\n{shown}"
+    );
     assert_eq!(
         https.requests().len(),
         3,
@@ -276,4 +287,19 @@ fn dane_verifies_by_tlsa_and_defers_on_a_mismatch() {
     );
     let listing = queue_cmd(&server, &["list"]);
     assert!(listing.contains("carol@wrong.test"), "{listing}");
+    let shown = queue_cmd(&server, &["show", &queued_id(&listing, "carol@wrong.test")]);
+    assert!(
+        shown.contains("TLS policy=dane result=failed host=mx.wrong.test"),
+        "the queue entry keeps the TLS outcome:\n{shown}"
+    );
+}
+
+/// The queue id on the `queue list` line that names `rcpt` (the id is its first word).
+fn queued_id(listing: &str, rcpt: &str) -> String {
+    listing
+        .lines()
+        .find(|l| l.contains(rcpt))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{rcpt} not in the queue:\n{listing}"))
+        .to_string()
 }
