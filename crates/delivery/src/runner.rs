@@ -1527,12 +1527,16 @@ fn bounce_recipient(ctx: &DeliveryContext, message: &QueuedMessage) -> Option<Ne
     }
 }
 
+/// Connections are reused only under the TLS they were opened with: the policy kind and the
+/// very client configuration, so a STARTTLS connection whose certificate was not checked (DANE
+/// records that are all unusable) never carries mail that demands a verified one, and a DANE
+/// connection (a configuration of its own per attempt) is not reused at all.
 fn pool_key(params: &ConnectParams) -> String {
     let tls = match &params.tls {
-        TlsPolicy::Opportunistic(_) => "opportunistic",
-        TlsPolicy::Required { .. } => "required",
-        TlsPolicy::Implicit { .. } => "implicit",
-        TlsPolicy::None => "none",
+        TlsPolicy::Opportunistic(_) => "opportunistic".to_string(),
+        TlsPolicy::Required { config, .. } => format!("required@{:p}", Arc::as_ptr(config)),
+        TlsPolicy::Implicit { config, .. } => format!("implicit@{:p}", Arc::as_ptr(config)),
+        TlsPolicy::None => "none".to_string(),
     };
     let user = params
         .credentials
@@ -1581,4 +1585,28 @@ pub fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_verified_differently_are_pooled_apart() {
+        let params = |config: &Arc<rustls::ClientConfig>| ConnectParams {
+            addr: "127.0.0.1:25".parse().expect("address"),
+            host_name: "mx.example.test".into(),
+            helo: "relay.test".into(),
+            tls: TlsPolicy::Required {
+                config: Arc::clone(config),
+                server_name: "mx.example.test".into(),
+            },
+            credentials: None,
+            timeouts: crate::config::Timeouts::default(),
+        };
+        let unverified = crate::tls::opportunistic().expect("config");
+        let verified = crate::tls::verifying(None).expect("config");
+        assert_ne!(pool_key(&params(&unverified)), pool_key(&params(&verified)));
+        assert_eq!(pool_key(&params(&verified)), pool_key(&params(&verified)));
+    }
 }
