@@ -15,7 +15,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 
 use crate::privilege::Switch;
-use crate::snapshot::{Current, Lasting, Origin, Snapshot};
+use crate::snapshot::{Current, Lasting, Origin, Refused, Snapshot};
 use crate::view::{ListenerView, ServerView};
 use crate::{ConfigArg, EXIT_CONFIG};
 
@@ -53,6 +53,10 @@ pub async fn run(_args: ServeArgs, config_arg: ConfigArg) -> ExitCode {
     };
     match serve(config, config_arg, switch).await {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<Refused>() => {
+            crate::complain(&format!("refusing to start: {e:#}"));
+            ExitCode::from(EXIT_CONFIG)
+        }
         Err(e) => {
             crate::complain(&format!("{e:#}"));
             ExitCode::FAILURE
@@ -73,7 +77,11 @@ async fn serve(config: Config, config_arg: ConfigArg, switch: Switch) -> anyhow:
         None => None,
     };
     let configured_tls = match &config.tls {
-        Some(_) => Some(relayward_server::tls::server_tls(&config).context("TLS set-up failed")?),
+        Some(_) => Some(
+            relayward_server::tls::server_tls(&config)
+                .context("TLS set-up failed")
+                .map_err(Refused)?,
+        ),
         None => None,
     };
     become_account(&switch)?;

@@ -92,6 +92,21 @@ impl Lasting {
     }
 }
 
+/// A configuration `serve` will not run with, found while building its parts (a certificate
+/// or DKIM key that does not load, a policy the checks refuse, …). At start it ends `serve`
+/// with exit status 78 (EX_CONFIG) like every other refused configuration: the systemd unit's
+/// `RestartPreventExitStatus=78` then stops instead of restarting into the same refusal.
+#[derive(Debug)]
+pub struct Refused(pub anyhow::Error);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
 /// Everything built from one configuration file. Immutable.
 pub struct Snapshot {
     pub config: Arc<Config>,
@@ -107,13 +122,22 @@ impl Snapshot {
     /// Checks the configuration and builds every part of it: the same steps at start and on
     /// reload. Fails with one message per problem (the configuration's errors, an unreadable
     /// certificate, a smart-host password file that cannot be read, …).
-    pub fn build(config: Config, origin: Origin, lasting: &Lasting) -> anyhow::Result<Snapshot> {
+    pub fn build(config: Config, origin: Origin, lasting: &Lasting) -> Result<Snapshot, Refused> {
         Self::build_with_tls(config, origin, lasting, None)
     }
 
     /// [`Snapshot::build`] with the TLS pair already loaded: at start, `serve` reads the
     /// `[tls]` files before it leaves root (see [`crate::privilege`]).
     pub fn build_with_tls(
+        config: Config,
+        origin: Origin,
+        lasting: &Lasting,
+        tls: Option<relayward_server::tls::TlsSetup>,
+    ) -> Result<Snapshot, Refused> {
+        Self::build_parts(config, origin, lasting, tls).map_err(Refused)
+    }
+
+    fn build_parts(
         config: Config,
         origin: Origin,
         lasting: &Lasting,

@@ -107,6 +107,43 @@ fn run_as_without_root_is_refused_with_a_clear_message() {
     );
 }
 
+/// A file the server reads when it builds its delivery side — after it has become the
+/// `run_as` account — that only root can read: `serve` refuses to start with exit status 78,
+/// as for every configuration it refuses (the unit's `RestartPreventExitStatus=78` relies on
+/// it), and names the file.
+#[test]
+fn a_file_the_run_as_account_cannot_read_is_refused_with_exit_78() {
+    if !is_root() {
+        eprintln!("skipped: run_as needs the test to run as root");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).expect("mkdir data");
+    std::os::unix::fs::chown(&data, Some(65534), Some(65534)).expect("chown data to nobody");
+    let ca = rcgen::generate_simple_self_signed(vec!["ca.example.test".to_string()])
+        .expect("certificate");
+    let ca_file = dir.path().join("policy-ca.pem");
+    std::fs::write(&ca_file, ca.cert.pem()).expect("write CA");
+    std::fs::set_permissions(&ca_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let config = format!(
+        "run_as = \"nobody\"\n{}",
+        standard_config(&format!(
+            "[delivery]\ntls_policy_ca_file = \"{}\"\n",
+            ca_file.display()
+        ))
+    )
+    .replace("DATA_DIR", &data.display().to_string());
+    let file = dir.path().join("relayward.toml");
+    std::fs::write(&file, config).expect("write config");
+    let mut command = std::process::Command::new(support::binary());
+    command.args(["serve", "--config"]).arg(&file);
+    let (code, out) = support::run_with_timeout(&mut command, support::WAIT);
+    assert_eq!(code, Some(78), "{out}");
+    assert!(out.contains(&ca_file.display().to_string()), "{out}");
+}
+
 /// `Type=notify`: READY=1 reaches `$NOTIFY_SOCKET` once the listeners are bound, so systemd
 /// orders dependants after a server that really accepts; a session works at that moment.
 #[test]
