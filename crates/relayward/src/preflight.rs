@@ -110,8 +110,9 @@ fn tls_key_of(message: &str, key: &Path) -> &'static str {
     }
 }
 
-/// The smart host's password file and the CA file are read when the delivery side is built,
-/// after the switch: the account must be able to read them, and they must be what they claim.
+/// The files the delivery side reads — the smart host's password file, the CA files, the
+/// DNSSEC trust anchors — are read when it is built, after the switch: the account must be
+/// able to read them, and they must be what they claim.
 fn check_delivery_files(config: &Config, account: &Account, problems: &mut Vec<ConfigProblem>) {
     let files = [
         (
@@ -119,6 +120,11 @@ fn check_delivery_files(config: &Config, account: &Account, problems: &mut Vec<C
             config.delivery.smarthost_password_file.as_deref(),
         ),
         ("delivery.ca_file", config.delivery.ca_file.as_deref()),
+        (
+            "delivery.tls_policy_ca_file",
+            config.delivery.tls_policy_ca_file.as_deref(),
+        ),
+        ("dns.trust_anchor", config.dns.trust_anchor.as_deref()),
     ];
     let mut readable = true;
     for (key, path) in files {
@@ -134,11 +140,15 @@ fn check_delivery_files(config: &Config, account: &Account, problems: &mut Vec<C
     let settings = DeliveryConfig::from_config(config);
     if let Err(e) = DeliveryContext::new(settings, Arc::new(config.router())) {
         use relayward_delivery::config::ConfigError;
-        let ca_file = config.delivery.ca_file.as_deref();
+        let key_of = |path: &Path| {
+            files
+                .iter()
+                .find(|(_, file)| *file == Some(path))
+                .map_or("delivery", |(key, _)| *key)
+        };
         let key = match &e {
-            ConfigError::Read { path, .. } if Some(path.as_path()) == ca_file => "delivery.ca_file",
-            ConfigError::BadCaFile(_) => "delivery.ca_file",
-            ConfigError::Read { .. } => "delivery.smarthost_password_file",
+            ConfigError::Read { path, .. } | ConfigError::BadCaFile(path) => key_of(path),
+            ConfigError::TrustAnchor(_) => "dns.trust_anchor",
             _ => "delivery",
         };
         problems.push(error(key, e.to_string()));

@@ -243,6 +243,58 @@ fn check_config_finds_a_data_dir_the_run_as_user_cannot_write() {
     );
 }
 
+/// The delivery side's files are read after the switch to `run_as`: a TLS-policy CA file or
+/// DNSSEC trust anchors only root can read are named with their key and who cannot read them.
+#[test]
+fn check_config_finds_delivery_files_the_run_as_user_cannot_read() {
+    if !nix_is_root() {
+        eprintln!("skipped: needs root to judge another account's access");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .expect("chmod");
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).expect("mkdir");
+    std::os::unix::fs::chown(&data, Some(65534), Some(65534)).expect("chown data to nobody");
+    let ca = self_signed(&["ca.example.test"], "ca.example.test");
+    let ca_file = dir.path().join("policy-ca.pem");
+    std::fs::write(&ca_file, &ca.cert_pem).expect("write CA");
+    let anchors = dir.path().join("root.key");
+    // Never parsed here: a file the account cannot read is reported before its content.
+    std::fs::write(&anchors, ". IN DNSKEY 257 3 8 AwEAAQ==\n").expect("write anchors");
+    for file in [&ca_file, &anchors] {
+        std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
+    }
+    let file = dir.path().join("relayward.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "hostname = \"mx.example.test\"\ndata_dir = \"{}\"\nrun_as = \"nobody\"\n[[listen]]\naddress = \"127.0.0.1:0\"\nkind = \"mx\"\n[relay]\nlocal_domains = [\"example.test\"]\n[delivery]\ntls_policy_ca_file = \"{}\"\n[dns]\ntrust_anchor = \"{}\"\n",
+            data.display(),
+            ca_file.display(),
+            anchors.display()
+        ),
+    )
+    .expect("write config");
+    let (code, out) = check(&[], &file);
+    assert_eq!(code, Some(78), "{out}");
+    for key in ["delivery.tls_policy_ca_file:", "dns.trust_anchor:"] {
+        let line = out
+            .lines()
+            .find(|l| l.contains(key))
+            .unwrap_or_else(|| panic!("nothing about {key}\n{out}"));
+        assert!(
+            line.contains("not readable by nobody") && line.contains("chmod g+r"),
+            "says who cannot read it and what to do: {line}"
+        );
+    }
+}
+
 fn nix_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -290,6 +342,71 @@ fn delivery_settings_are_checked_with_the_key_and_what_to_write() {
     assert!(
         out.contains("retry_schedule") && out.contains("not a duration"),
         "{out}"
+    );
+}
+
+/// Queues one message from a stranger for `rcpt` (a `[[route]]` recipient).
+fn queue_for(server: &TestServer, rcpt: &str) {
+    server
+        .smtp("mx")
+        .send("EHLO client.outside.test")
+        .expect(250)
+        .send("MAIL FROM:<someone@outside.test>")
+        .expect(250)
+        .send(&format!("RCPT TO:<{rcpt}>"))
+        .expect(250)
+        .send("DATA")
+        .expect(354)
+        .raw(b"Subject: slow peer\r\n\r\nhello\r\n.\r\n")
+        .expect_text(250, "queued as")
+        .send("QUIT")
+        .expect(221);
+}
+
+/// `command_timeout` and `data_timeout` bound the wait for a next hop's replies: a peer
+/// that answers EHLO after 3 s, or the final dot after 3 s, is given up on after the 1 s
+/// the file says (the defaults, 5 and 10 minutes, would wait far beyond this test).
+#[test]
+fn delivery_timeouts_bound_the_wait_for_a_slow_next_hop() {
+    use relayward_testkit::smtp_server::{Script, SmtpServer};
+    let slow = Duration::from_secs(3);
+    let slow_commands = SmtpServer::bind(
+        "127.0.0.1:0",
+        Script {
+            reply_delay: slow,
+            ..Script::default()
+        },
+    );
+    let slow_data = SmtpServer::bind(
+        "127.0.0.1:0",
+        Script {
+            data_delay: slow,
+            ..Script::default()
+        },
+    );
+    let server = TestServer::start(&standard_config(&format!(
+        "[[route]]\ndomain = \"commands.example.test\"\nto = \"smtp://{}\"\nrecipients = [\"a@commands.example.test\"]\n\n\
+         [[route]]\ndomain = \"data.example.test\"\nto = \"smtp://{}\"\nrecipients = [\"b@data.example.test\"]\n\n\
+         [delivery]\ncommand_timeout = \"1s\"\ndata_timeout = \"1s\"\n",
+        slow_commands.addr, slow_data.addr
+    )));
+    queue_for(&server, "a@commands.example.test");
+    queue_for(&server, "b@data.example.test");
+    server.wait_for_log_count("deferred id=", 2);
+    let log = server.log();
+    for rcpt in ["a@commands.example.test", "b@data.example.test"] {
+        let line = log
+            .lines()
+            .find(|l| l.contains("deferred id=") && l.contains(rcpt))
+            .unwrap_or_else(|| panic!("no deferred line for {rcpt}:\n{log}"));
+        assert!(
+            line.contains("within 1s") || line.contains("after 1s"),
+            "{rcpt} was not given up on after 1 s: {line}"
+        );
+    }
+    assert!(
+        slow_data.data_read() >= 1,
+        "the content reached the slow peer before the wait for its reply"
     );
 }
 
