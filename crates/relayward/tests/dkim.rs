@@ -73,9 +73,10 @@ fn verify(message: &[u8], records: &[(String, String)]) -> String {
 }
 
 /// Alice submits one message over STARTTLS + AUTH.
-fn submit(server: &TestServer, from_header: &str, to: &str, subject: &str, body: &str) {
-    server
-        .smtp("submission")
+/// Submits one message as Alice; returns its queue id.
+fn submit(server: &TestServer, from_header: &str, to: &str, subject: &str, body: &str) -> String {
+    let mut client = server.smtp("submission");
+    client
         .send("EHLO laptop.example.test")
         .expect(250)
         .starttls(server.ca())
@@ -95,9 +96,26 @@ fn submit(server: &TestServer, from_header: &str, to: &str, subject: &str, body:
             )
             .as_bytes(),
         )
-        .expect_text(250, "queued as")
-        .send("QUIT")
-        .expect(221);
+        .expect_text(250, "queued as");
+    let reply = client.last_lines().join(" ");
+    client.send("QUIT").expect(221);
+    reply
+        .split("queued as ")
+        .nth(1)
+        .expect("queue id")
+        .trim()
+        .to_string()
+}
+
+/// The mail log's DKIM line for message `id`: the event and the queue id on one line.
+fn wait_for_dkim_line(server: &TestServer, id: &str, event: &str) {
+    let found = relayward_testkit::wait::eventually(WAIT, || {
+        server
+            .log()
+            .lines()
+            .any(|line| line.contains(event) && line.contains(&format!("id={id}")))
+    });
+    assert!(found, "no {event:?} line with id={id}:\n{}", server.log());
 }
 
 fn signing_server(sink: &SmtpSink, keys: &Path) -> TestServer {
@@ -135,7 +153,7 @@ fn relayed_mail_is_signed_with_both_algorithms_and_verifies_independently() {
     ];
     let sink = SmtpSink::start(&[]);
     let server = signing_server(&sink, keys.path());
-    submit(
+    let id = submit(
         &server,
         "Alice <alice@example.test>",
         "carol@far.test",
@@ -160,7 +178,7 @@ fn relayed_mail_is_signed_with_both_algorithms_and_verifies_independently() {
         "signatures:2\n0:True\n1:True",
         "{text}"
     );
-    server.wait_for_log("message DKIM-signed");
+    wait_for_dkim_line(&server, &id, "message DKIM-signed");
 
     // The same bytes with the body changed fail: the verifier is really checking.
     let tampered = text.replace("Gr=C3=BC=C3=9Fe", "Gruesse");
@@ -181,7 +199,7 @@ fn mail_the_sender_may_not_sign_for_goes_unsigned() {
     keygen(keys.path(), "ed2026", "ed25519-sha256");
     let sink = SmtpSink::start(&[]);
     let server = signing_server(&sink, keys.path());
-    submit(
+    let id = submit(
         &server,
         "The Boss <ceo@example.test>",
         "carol@far.test",
@@ -193,7 +211,9 @@ fn mail_the_sender_may_not_sign_for_goes_unsigned() {
         .unwrap_or_else(|| panic!("nothing reached smtp-sink\n{}", server.log()));
     let text = String::from_utf8_lossy(&dumped_message(&dump)).into_owned();
     assert!(!text.contains("DKIM-Signature"), "{text}");
-    server.wait_for_log(
+    wait_for_dkim_line(
+        &server,
+        &id,
         "message not DKIM-signed: From: ceo@example.test is not an address this sender may use",
     );
 

@@ -126,11 +126,16 @@ impl<S: Stream> Session<S> {
     }
 
     /// The content DKIM-signed when this message qualifies (see [`crate::sign`]), else as
-    /// it came. Signing never refuses mail: a message that cannot be signed goes unsigned.
-    /// `Err` only when the runtime is shutting down under the signing thread.
-    async fn sign(&self, txn: &Transaction, body: Vec<u8>) -> Result<Vec<u8>, Reply> {
+    /// it came, with what signing did for the mail log (logged once the queue id is known).
+    /// Signing never refuses mail: a message that cannot be signed goes unsigned. `Err` only
+    /// when the runtime is shutting down under the signing thread.
+    async fn sign(
+        &self,
+        txn: &Transaction,
+        body: Vec<u8>,
+    ) -> Result<(Vec<u8>, Option<Signed>), Reply> {
         let Some(signer) = self.ctx.signer.clone() else {
-            return Ok(body);
+            return Ok((body, None));
         };
         let submitter = match (&self.login, self.origin()) {
             (Some(login), _) => Submitter::User(self.ctx.policy.send_as(login)),
@@ -141,7 +146,7 @@ impl<S: Stream> Session<S> {
         };
         let classes = txn.recipients.iter().map(|r| &r.route().class);
         let Some(allowed) = allowed_from(submitter, classes) else {
-            return Ok(body);
+            return Ok((body, None));
         };
         let signed = tokio::task::spawn_blocking(move || {
             let signing = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -160,14 +165,8 @@ impl<S: Stream> Session<S> {
                     content,
                     signatures,
                 },
-            )) => {
-                tracing::info!(client = %self.client_ip, signatures = %signatures.join(", "), "message DKIM-signed");
-                Ok(content)
-            }
-            Ok((body, Signing::Unsigned { reason })) => {
-                tracing::info!(client = %self.client_ip, "message not DKIM-signed: {}", escape_control(&reason));
-                Ok(body)
-            }
+            )) => Ok((content, Some(Signed::Yes(signatures.join(", "))))),
+            Ok((body, Signing::Unsigned { reason })) => Ok((body, Some(Signed::No(reason)))),
             Err(error) => {
                 tracing::error!(client = %self.client_ip, "DKIM signing interrupted: {error}");
                 Err(Reply::enh(
@@ -197,8 +196,8 @@ impl<S: Stream> Session<S> {
             single_recipient: (recipients.len() == 1).then(|| recipients[0].as_str()),
             now: SystemTime::now(),
         });
-        let body = match self.sign(&txn, body).await {
-            Ok(body) => body,
+        let (body, signed) = match self.sign(&txn, body).await {
+            Ok(signed) => signed,
             Err(reply) => return reply,
         };
         let mut content = Vec::with_capacity(header.len() + body.len());
@@ -233,6 +232,15 @@ impl<S: Stream> Session<S> {
         match queued {
             Ok(id) => {
                 metrics.message_accepted(self.kind.as_str());
+                match &signed {
+                    Some(Signed::Yes(signatures)) => {
+                        tracing::info!(client = %self.client_ip, %id, %signatures, "message DKIM-signed");
+                    }
+                    Some(Signed::No(reason)) => {
+                        tracing::info!(client = %self.client_ip, %id, "message not DKIM-signed: {}", escape_control(reason));
+                    }
+                    None => {}
+                }
                 // The mail log's line for an accepted message (after its fsync).
                 tracing::info!(
                     client = %self.client_ip,
@@ -252,6 +260,14 @@ impl<S: Stream> Session<S> {
             }
         }
     }
+}
+
+/// What DKIM signing did to a message that qualified for it, for the mail log.
+enum Signed {
+    /// Signed; the signatures as `d=… s=…`, comma-separated.
+    Yes(String),
+    /// Left unsigned, and why.
+    No(String),
 }
 
 enum DataOutcome {
