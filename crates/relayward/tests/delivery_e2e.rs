@@ -7,16 +7,18 @@
 //! the wire protocol) and scripted where a test needs a chosen answer (250, 451, 550, a slow
 //! final reply). Everything listens on 127.0.0.0/8 (and `::1` when the host has it).
 
+#[path = "support/postfix.rs"]
+mod postfix;
 mod support;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use postfix::SmtpSink;
 use relayward_testkit::dns::{DnsServer, Zone};
 use relayward_testkit::net::listeners_on_one_port;
 use relayward_testkit::smtp_server::{Received, Script, SmtpServer};
@@ -423,92 +425,28 @@ fn smarthost_with_an_untrusted_certificate_gets_neither_password_nor_mail() {
 
 // ------------------------------------------------------------------ 2. smart host: smtp-sink
 
-/// Kills a child process (one we started) when the test ends, however it ends.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn smarthost_is_postfix_smtp_sink_in_clear_on_loopback() {
-    let sink = Path::new("/usr/sbin/smtp-sink");
-    assert!(
-        sink.exists(),
-        "/usr/sbin/smtp-sink is missing: install the Debian package postfix (scripts/test does)"
-    );
-    let dumps = scratch();
-    let dump_dir = dumps.path().join("sink");
-    let port = {
-        let probe = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
-        probe.local_addr().expect("address").port()
-    };
-    let mut cmd = Command::new(sink);
-    // As root smtp-sink insists on a user to switch to after binding.
-    if relayward_testkit::os::is_root() {
-        cmd.args(["-u", "root"]);
-    }
-    let _sink = KillOnDrop(
-        cmd.arg("-d")
-            .arg(format!("{}/%M.", dump_dir.display()))
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("10")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start smtp-sink"),
-    );
-    assert!(
-        eventually(support::WAIT, || TcpStream::connect(("127.0.0.1", port))
-            .is_ok()),
-        "smtp-sink did not listen on port {port}"
-    );
-
+    let sink = SmtpSink::start(&[]);
     let a = TestServer::start(&standard_config(&format!(
         r#"
 [delivery]
-smarthost = "127.0.0.1:{port}"
+smarthost = "127.0.0.1:{}"
 smarthost_tls = "none"
-"#
+"#,
+        sink.port
     )));
     submit(&a, &["carol@far.test", "dave@far.test"], "into the sink");
 
-    let mut dumped = String::new();
-    let arrived = eventually(support::WAIT, || {
-        dumped = walk(&dump_dir)
-            .iter()
-            .filter_map(|f| std::fs::read_to_string(f).ok())
-            .find(|text| text.contains("Subject: into the sink"))
-            .unwrap_or_default();
-        !dumped.is_empty()
-    });
-    assert!(
-        arrived,
-        "nothing reached smtp-sink\nserver log:\n{}",
-        a.log()
-    );
+    let dumped = sink
+        .wait_for("Subject: into the sink", support::WAIT)
+        .map(|dump| String::from_utf8_lossy(&dump).into_owned())
+        .unwrap_or_else(|| panic!("nothing reached smtp-sink\nserver log:\n{}", a.log()));
     // smtp-sink's dump records the envelope it was given.
     assert!(dumped.contains("alice@example.test"), "{dumped}");
     assert!(dumped.contains("carol@far.test"), "{dumped}");
     assert!(dumped.contains("dave@far.test"), "{dumped}");
     wait_queue_empty(&a, support::WAIT);
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
 }
 
 // ------------------------------------------------------------------ 3. MX delivery

@@ -8,11 +8,10 @@
 mod postfix;
 mod support;
 
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use postfix::{SmtpSink, dumped_message};
 use support::{PASSWORD, TestServer, WAIT, password_hash, run_with_timeout, standard_config};
 
 /// The standard configuration plus an IDN local domain and UTF-8 mailboxes, and `extra`.
@@ -220,95 +219,22 @@ fn long_lines_are_taken_and_an_endless_one_is_refused_at_once() {
 
 // ------------------------------------------------------------------ smtp-sink
 
-/// Postfix's smtp-sink on a random loopback port, dumping each message to a file; killed on
-/// drop.
-struct Sink {
-    child: Child,
-    port: u16,
-    dumps: tempfile::TempDir,
-}
-
-impl Sink {
-    fn start(options: &[&str]) -> Sink {
-        let sink = Path::new("/usr/sbin/smtp-sink");
-        assert!(
-            sink.exists(),
-            "/usr/sbin/smtp-sink is missing: install the Debian package postfix (scripts/test does)"
-        );
-        let dumps = tempfile::tempdir().expect("tempdir");
-        let port = postfix::free_port();
-        let mut cmd = Command::new(sink);
-        if relayward_testkit::os::is_root() {
-            cmd.args(["-u", "root"]);
-        }
-        let child = cmd
-            .args(options)
-            .arg("-d")
-            .arg(format!("{}/%M.", dumps.path().display()))
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("10")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start smtp-sink");
-        let sink = Sink { child, port, dumps };
-        assert!(
-            wait_until(WAIT, || TcpStream::connect(("127.0.0.1", port)).is_ok()),
-            "smtp-sink did not listen on port {port}"
-        );
-        sink
-    }
-
-    /// The first dumped transaction containing `needle`, waiting (bounded) for it.
-    fn wait_for(&self, needle: &str, server: &TestServer) -> Vec<u8> {
-        let mut found = Vec::new();
-        let arrived = wait_until(WAIT, || {
-            found = files(self.dumps.path())
-                .iter()
-                .filter_map(|f| std::fs::read(f).ok())
-                .find(|dump| contains(dump, needle.as_bytes()))
-                .unwrap_or_default();
-            !found.is_empty()
-        });
-        assert!(
-            arrived,
+/// The first transaction with `needle` that reached `sink`, waiting (bounded) for it.
+fn dump_with(sink: &SmtpSink, needle: &str, server: &TestServer) -> Vec<u8> {
+    sink.wait_for(needle, WAIT).unwrap_or_else(|| {
+        panic!(
             "nothing with {needle:?} reached smtp-sink\n{}",
             server.log()
-        );
-        found
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn files(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default()
+        )
+    })
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// The message part of an smtp-sink dump (after its own `X-…` envelope headers, the
-/// message follows; the dump uses LF line ends).
-fn dumped_message(dump: &[u8], first_header: &str) -> Vec<u8> {
-    let start = dump
-        .windows(first_header.len())
-        .position(|w| w == first_header.as_bytes())
-        .expect("message in dump");
-    dump[start..].to_vec()
-}
-
 /// relayward with a `[[route]]` to the sink (any client may send to a route domain).
-fn routed_to(sink: &Sink, domain: &str) -> TestServer {
+fn routed_to(sink: &SmtpSink, domain: &str) -> TestServer {
     TestServer::start(&utf8_config(&format!(
         "[[route]]\ndomain = \"{domain}\"\nto = \"smtp://127.0.0.1:{}\"\n",
         sink.port
@@ -337,7 +263,7 @@ fn send_data(server: &TestServer, mail_from: &str, rcpt: &str, content: &[u8]) {
 /// decodes to the original text and attachment.
 #[test]
 fn eight_bit_mail_to_a_peer_without_8bitmime_arrives_7bit_and_decodes_to_the_original() {
-    let sink = Sink::start(&["-8"]);
+    let sink = SmtpSink::start(&["-8"]);
     let server = routed_to(&sink, "sink.test");
     let text = "Grüße aus Köln — ½ € ✓";
     let original = format!(
@@ -352,8 +278,8 @@ Content-Type: application/octet-stream\r\n\r\nbytes: \u{00ff}\u{00fe}\r\n--b--"
         "RCPT TO:<rcpt@sink.test>",
         original.as_bytes(),
     );
-    let dump = sink.wait_for("Subject: downgrade", &server);
-    let message = dumped_message(&dump, "From: a@outside.test");
+    let dump = dump_with(&sink, "Subject: downgrade", &server);
+    let message = dumped_message(&dump);
     assert!(
         message.is_ascii(),
         "not 7-bit clean:\n{}",
@@ -372,7 +298,7 @@ Content-Type: application/octet-stream\r\n\r\nbytes: \u{00ff}\u{00fe}\r\n--b--"
 /// unfolds to the original field.
 #[test]
 fn a_1500_octet_header_arrives_folded() {
-    let sink = Sink::start(&[]);
+    let sink = SmtpSink::start(&[]);
     let server = routed_to(&sink, "sink.test");
     let ids: Vec<String> = (0..70)
         .map(|i| format!("<msg{i:04}@outside.test>"))
@@ -387,8 +313,8 @@ fn a_1500_octet_header_arrives_folded() {
         "RCPT TO:<rcpt@sink.test>",
         original.as_bytes(),
     );
-    let dump = sink.wait_for("Subject: folded", &server);
-    let message = String::from_utf8(dumped_message(&dump, "From: a@outside.test")).expect("text");
+    let dump = dump_with(&sink, "Subject: folded", &server);
+    let message = String::from_utf8(dumped_message(&dump)).expect("text");
     assert!(
         message
             .lines()
@@ -396,7 +322,7 @@ fn a_1500_octet_header_arrives_folded() {
         "a line over 998 octets:\n{message}"
     );
     let header = message
-        .split("\n\n")
+        .split("\r\n\r\n")
         .next()
         .unwrap_or_default()
         .replace('\r', "");
@@ -413,7 +339,7 @@ fn a_1500_octet_header_arrives_folded() {
 /// cannot, and bounces with 5.6.7 to the sender.
 #[test]
 fn smtputf8_to_a_peer_without_it_goes_as_a_labels_or_bounces() {
-    let sink = Sink::start(&[]);
+    let sink = SmtpSink::start(&[]);
     let server = routed_to(&sink, "xn--snk-zma.test");
     send_data(
         &server,
@@ -421,7 +347,7 @@ fn smtputf8_to_a_peer_without_it_goes_as_a_labels_or_bounces() {
         "RCPT TO:<rcpt@sïnk.test>",
         b"From: carol@example.test\r\nSubject: a-label only\r\n\r\nplain\r\n",
     );
-    let dump = sink.wait_for("Subject: a-label only", &server);
+    let dump = dump_with(&sink, "Subject: a-label only", &server);
     assert!(
         contains(&dump, b"rcpt@xn--snk-zma.test"),
         "{}",
