@@ -931,22 +931,37 @@ impl fmt::Display for ConfigProblem {
     }
 }
 
+/// Parses TOML text into `T`. `origin` names the text in errors (a file name, or
+/// `"<embedded default>"`). The relay's and the probe service's files are read the same way,
+/// so their parse errors read the same.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    origin: &str,
+) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse {
+        origin: origin.to_string(),
+        message: e.to_string().trim_end().to_string(),
+    })
+}
+
+/// Reads a configuration file and parses it into `T` (see [`parse_toml`]).
+pub fn load_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_toml(&text, &path.display().to_string())
+}
+
 impl Config {
     /// Parses TOML text. `origin` names the text in errors (a file name, or `"<embedded>"`).
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            origin: origin.to_string(),
-            message: e.to_string().trim_end().to_string(),
-        })
+        parse_toml(text, origin)
     }
 
     /// Reads and parses a file. Does not validate: call [`Config::validate`].
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::from_toml_str(&text, &path.display().to_string())
+        load_toml(path)
     }
 
     /// The configuration used without a file: [`EMBEDDED_DEFAULT_TOML`].

@@ -216,17 +216,10 @@ impl DaneResolver {
 /// A client configuration that accepts exactly what `records` describe (see
 /// [`DaneVerifier`]).
 pub fn client_config(records: Arc<Vec<TlsaRecord>>) -> Result<Arc<ClientConfig>, Error> {
-    let provider = relayward_tls::provider();
-    let verifier = Arc::new(DaneVerifier {
+    relayward_tls::config_with_verifier(Arc::new(DaneVerifier {
         records,
-        provider: Arc::clone(&provider),
-    });
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+        provider: relayward_tls::provider(),
+    }))
 }
 
 /// Why a DANE handshake failed, as the log and the queue entry say it.

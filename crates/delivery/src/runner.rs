@@ -1409,24 +1409,12 @@ fn dane_params(
         tls_handshake: false,
         tls_fault: Some("validation-failure"),
     })?;
-    Ok(ConnectParams {
-        tls: TlsPolicy::Required {
-            config,
-            server_name: host.to_string(),
-        },
-        ..mx_params(ctx, host, addr)
-    })
+    Ok(required_tls_params(ctx, host, addr, config))
 }
 
 /// STARTTLS required, certificate not checked (DANE records that are all unusable).
 fn encrypted_params(ctx: &DeliveryContext, host: &str, addr: SocketAddr) -> ConnectParams {
-    ConnectParams {
-        tls: TlsPolicy::Required {
-            config: ctx.opportunistic.clone(),
-            server_name: host.to_string(),
-        },
-        ..mx_params(ctx, host, addr)
-    }
+    required_tls_params(ctx, host, addr, ctx.opportunistic.clone())
 }
 
 /// Whether TLSA records are looked up for `domain`'s MX hosts: with `tls_policy =
@@ -1440,9 +1428,19 @@ fn dane_applies(ctx: &DeliveryContext, domain: &str) -> bool {
 
 /// STARTTLS required, certificate verified for the MX host name (a TLS policy's demand).
 fn verified_params(ctx: &DeliveryContext, host: &str, addr: SocketAddr) -> ConnectParams {
+    required_tls_params(ctx, host, addr, ctx.verified.clone())
+}
+
+/// An MX connection on which STARTTLS is required, the certificate checked by `config`.
+fn required_tls_params(
+    ctx: &DeliveryContext,
+    host: &str,
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> ConnectParams {
     ConnectParams {
         tls: TlsPolicy::Required {
-            config: ctx.verified.clone(),
+            config,
             server_name: host.to_string(),
         },
         ..mx_params(ctx, host, addr)

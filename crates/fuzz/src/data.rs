@@ -4,12 +4,7 @@
 use relayward_protocol::data::{DataReceiver, DataStatus};
 
 pub fn run(input: &[u8]) {
-    let Some((&cut, stream)) = input.split_first() else {
-        return;
-    };
-    let whole = receive(&[stream]);
-    let (head, tail) = stream.split_at(usize::from(cut).min(stream.len()));
-    assert_eq!(receive(&[head, tail]), whole);
+    crate::same_however_split(input, receive);
 }
 
 /// The outcome, with every position counted from the start of the stream, and the sink: a

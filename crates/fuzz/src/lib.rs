@@ -25,6 +25,18 @@ pub mod path;
 pub mod reply;
 pub mod session;
 
+/// The property of the stream targets: `read` gives the same result for the stream whole as
+/// for the stream in two reads. The first byte of `input` says where the second read starts;
+/// the rest is the stream.
+pub fn same_however_split<T: PartialEq + std::fmt::Debug>(input: &[u8], read: fn(&[&[u8]]) -> T) {
+    let Some((&cut, stream)) = input.split_first() else {
+        return;
+    };
+    let whole = read(&[stream]);
+    let (head, tail) = stream.split_at(usize::from(cut).min(stream.len()));
+    assert_eq!(read(&[head, tail]), whole);
+}
+
 /// A target's body: panics when its property breaks.
 pub type Target = fn(&[u8]);
 

@@ -4,12 +4,7 @@
 use relayward_protocol::line::{LineBuffer, LineEvent};
 
 pub fn run(input: &[u8]) {
-    let Some((&cut, stream)) = input.split_first() else {
-        return;
-    };
-    let whole = events(&[stream]);
-    let (head, tail) = stream.split_at(usize::from(cut).min(stream.len()));
-    assert_eq!(events(&[head, tail]), whole);
+    crate::same_however_split(input, events);
 }
 
 fn events(chunks: &[&[u8]]) -> Vec<LineEvent> {

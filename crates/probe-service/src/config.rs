@@ -149,21 +149,12 @@ pub const MAX_CONCURRENT_TESTS: usize = 1024;
 impl ServiceConfig {
     /// Parses TOML text. `origin` names the text in errors (a file name or `<embedded default>`).
     pub fn from_toml_str(text: &str, origin: &str) -> Result<ServiceConfig, ConfigError> {
-        toml::from_str::<File>(text)
-            .map(|f| f.probe_service)
-            .map_err(|e| ConfigError::Parse {
-                origin: origin.to_string(),
-                message: e.to_string().trim_end().to_string(),
-            })
+        relayward_config::parse_toml::<File>(text, origin).map(|f| f.probe_service)
     }
 
     /// Reads and parses a file; call [`ServiceConfig::problems`] next.
     pub fn load(path: &Path) -> Result<ServiceConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::from_toml_str(&text, &path.display().to_string())
+        relayward_config::load_toml::<File>(path).map(|f| f.probe_service)
     }
 
     pub fn embedded_default() -> Result<ServiceConfig, ConfigError> {

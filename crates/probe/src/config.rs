@@ -138,9 +138,8 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub fn new(per_second: f64) -> Self {
-        let per_second = per_second.clamp(0.001, 1_000_000.0);
         Self {
-            interval: Duration::from_secs_f64(1.0 / per_second),
+            interval: slot_interval(per_second),
             next: Mutex::new(Instant::now()),
         }
     }
@@ -157,6 +156,12 @@ impl RateLimiter {
     }
 }
 
+/// The time between two connection slots at `per_second`, kept within one per 1,000 s and a
+/// million a second so a mistyped rate neither stalls a run nor divides by zero.
+fn slot_interval(per_second: f64) -> Duration {
+    Duration::from_secs_f64(1.0 / per_second.clamp(0.001, 1_000_000.0))
+}
+
 /// [`RateLimiter`] per network: at most `per_second` new connections per /24 (IPv4) or /64
 /// (IPv6), so a scan of many hosts of one provider does not hit that provider's connection
 /// limits (or look like an attack), while other networks go at full speed.
@@ -168,9 +173,8 @@ pub struct NetRateLimiter {
 
 impl NetRateLimiter {
     pub fn new(per_second: f64) -> Self {
-        let per_second = per_second.clamp(0.001, 1_000_000.0);
         Self {
-            interval: Duration::from_secs_f64(1.0 / per_second),
+            interval: slot_interval(per_second),
             next: Mutex::new(HashMap::new()),
         }
     }

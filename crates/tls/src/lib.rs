@@ -105,11 +105,20 @@ fn add_ca_file(
 
 /// An encrypt-only client configuration: any certificate chain, verified signatures.
 pub fn encrypt_only_config() -> Result<Arc<ClientConfig>, rustls::Error> {
-    let provider = provider();
     let verifier = Arc::new(AnyCertificate {
-        algorithms: provider.signature_verification_algorithms,
+        algorithms: provider().signature_verification_algorithms,
     });
-    let config = ClientConfig::builder_with_provider(provider)
+    config_with_verifier(verifier)
+}
+
+/// A client configuration whose certificate check is `verifier`: [`provider`] and rustls's
+/// safe protocol versions, no client certificate. Every client configuration with a check of
+/// relayward's own (encrypt-only, pinned smart host, DANE) is built here, so they cannot
+/// drift apart in provider or protocol versions.
+pub fn config_with_verifier(
+    verifier: Arc<dyn ServerCertVerifier>,
+) -> Result<Arc<ClientConfig>, rustls::Error> {
+    let config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(verifier)

@@ -27,16 +27,10 @@ pub fn verifying_config(
     pins: Vec<CertificateDer<'static>>,
 ) -> Result<Arc<ClientConfig>, Error> {
     let provider = crate::provider();
-    let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+    let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
         .build()
         .map_err(|e| Error::General(format!("certificate verifier: {e}")))?;
-    let verifier = Arc::new(PinnedOrWebPki { webpki, pins });
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+    crate::config_with_verifier(Arc::new(PinnedOrWebPki { webpki, pins }))
 }
 
 #[derive(Debug)]
