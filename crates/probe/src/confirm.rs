@@ -2,6 +2,11 @@
 //! tokens the probe sent through the targets. A token arriving here is proof of relay; a 250
 //! at RCPT is not.
 //!
+//! It speaks ESMTP with `8BITMIME` and `SMTPUTF8`, so that a relay carrying an
+//! internationalised trick (a UTF-8 or fullwidth spelling of the confirm domain) can hand the
+//! token over instead of bouncing it (`5.6.7` without `SMTPUTF8`): a recipient domain that
+//! maps under UTS 46 to the confirm domain is ours.
+//!
 //! It is a sink, not a relay: it accepts recipients at the confirm domain only, keeps per token
 //! only who delivered it and the message's `Received:` chain (the evidence a blocklist
 //! publishes: DSBL listed a host only when a test message really arrived), and bounds
@@ -13,6 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use relayward_protocol::idn;
 use relayward_protocol::text::escape_control;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -55,7 +61,7 @@ impl ConfirmServer {
     pub async fn bind(addr: SocketAddr, domain: &str) -> std::io::Result<Arc<Self>> {
         let listener = TcpListener::bind(addr).await?;
         let server = Arc::new(Self {
-            domain: domain.trim_end_matches('.').to_ascii_lowercase(),
+            domain: canonical_domain(domain).unwrap_or_else(|| domain.to_ascii_lowercase()),
             local_addr: listener.local_addr()?,
             expected: Mutex::new(HashSet::new()),
             arrived: Mutex::new(HashMap::new()),
@@ -196,7 +202,11 @@ impl ConfirmServer {
                 .unwrap_or("")
                 .to_ascii_uppercase();
             let reply = match verb.as_str() {
-                "EHLO" | "HELO" => format!("250 {}", self.domain),
+                "EHLO" => format!(
+                    "250-{}\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 ENHANCEDSTATUSCODES",
+                    self.domain
+                ),
+                "HELO" => format!("250 {}", self.domain),
                 "MAIL" | "RSET" | "NOOP" => "250 2.0.0 ok".to_string(),
                 "RCPT" if self.is_ours(&line) => "250 2.1.5 ok".to_string(),
                 "RCPT" => "550 5.7.1 not a confirm address".to_string(),
@@ -226,7 +236,8 @@ impl ConfirmServer {
         Ok(())
     }
 
-    /// `RCPT TO:<anything@confirm.domain>`, compared on the domain after the last `@`.
+    /// `RCPT TO:<anything@confirm.domain>`, compared on the canonical (UTS 46, A-label) form
+    /// of the domain after the last `@`: `ｃｏｎｆｉｒｍ．ｔｅｓｔ` is `confirm.test`.
     fn is_ours(&self, line: &str) -> bool {
         let Some(start) = line.find('<') else {
             return false;
@@ -239,8 +250,16 @@ impl ConfirmServer {
         }
         let path = &line[start + 1..end];
         path.rsplit_once('@')
-            .is_some_and(|(_, d)| d.trim_end_matches('.').eq_ignore_ascii_case(&self.domain))
+            .and_then(|(_, d)| canonical_domain(d))
+            .is_some_and(|d| d == self.domain)
     }
+}
+
+/// The A-label form of `domain` without a trailing dot (in any of the spellings UTS 46 maps
+/// to a dot); `None` when it is no valid name.
+fn canonical_domain(domain: &str) -> Option<String> {
+    let name = domain.trim_end_matches(['.', '\u{ff0e}', '\u{3002}', '\u{ff61}']);
+    idn::to_ascii(name).ok()
 }
 
 /// The `Received:` header values of a message (header section only, folded lines joined),

@@ -979,12 +979,20 @@ fn skipped(id: &str, kind: TrickKind, description: &str, why: &str) -> TestResul
     }
 }
 
-/// Whether a RCPT line's address mentions `domain` (case-insensitive): a relayed token can
-/// only reach the confirm listener through a recipient at the confirm domain.
+/// Whether a RCPT line's address mentions `domain` (case-insensitive), in ASCII or in any
+/// spelling that UTS 46 maps to it (fullwidth letters, U-labels): a relayed token can only
+/// reach the confirm listener through a recipient at the confirm domain, and a relay that
+/// maps `ｃｏｎｆｉｒｍ．ｔｅｓｔ` to `confirm.test` delivers there.
 fn names_domain(rcpt_line: &str, domain: &str) -> bool {
+    let domain = domain.to_ascii_lowercase();
+    if rcpt_line.to_ascii_lowercase().contains(&domain) {
+        return true;
+    }
     rcpt_line
-        .to_ascii_lowercase()
-        .contains(&domain.to_ascii_lowercase())
+        .split(|c: char| c.is_whitespace() || "<>@%!:\",[]".contains(c))
+        .filter(|part| !part.is_ascii())
+        .filter_map(|part| relayward_protocol::idn::to_ascii(part).ok())
+        .any(|ascii| ascii.trim_end_matches('.') == domain)
 }
 
 /// The confirm entry of an accepted trick whose recipient is not at the confirm domain.
@@ -1055,5 +1063,24 @@ mod tests {
             n.bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         );
+    }
+
+    #[test]
+    fn a_recipient_names_the_confirm_domain_in_any_spelling_that_maps_to_it() {
+        let d = "confirm.test";
+        assert!(names_domain("RCPT TO:<u@confirm.test>", d));
+        assert!(names_domain("RCPT TO:<u%CONFIRM.TEST@example.test>", d));
+        assert!(names_domain("RCPT TO:<u@ｃｏｎｆｉｒｍ．ｔｅｓｔ>", d));
+        assert!(names_domain(
+            "RCPT TO:<\"u@ｃｏｎｆｉｒｍ．ｔｅｓｔ\"@ｅｘａｍｐｌｅ．ｔｅｓｔ>",
+            d
+        ));
+        // A look-alike (Cyrillic о) is another domain; so is a longer name.
+        assert!(!names_domain("RCPT TO:<u@cоnfirm.test>", d));
+        assert!(!names_domain(
+            "RCPT TO:<u@ｃｏｎｆｉｒｍ．ｔｅｓｔ．ｅｖｉｌ>",
+            d
+        ));
+        assert!(!names_domain("RCPT TO:<u@example.test>", d));
     }
 }

@@ -362,7 +362,7 @@ async fn confirm_listener_caps_sessions_and_message_size() {
     assert!(line.starts_with("220 "), "{line}");
     let mut reply = String::new();
     for cmd in [
-        "EHLO x",
+        "HELO x",
         "MAIL FROM:<a@x.test>",
         "RCPT TO:<t@confirm.test>",
         "DATA",
