@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 
 use crate::admission::{self, Refusal, RefusalKind};
 use crate::config::ServiceConfig;
+use crate::http_listener::{CappedListener, Peer};
 use crate::live::{self, AsyncEmit};
 use crate::pages::{self, Site};
 use crate::record::Door;
@@ -74,13 +75,15 @@ pub fn router(service: Arc<Service>) -> Router {
 }
 
 /// Serves the web door until `stop` turns true; then lets open requests (a live transcript
-/// following its test) finish.
+/// following its test) finish. Connections are capped in total and per client
+/// ([`crate::http_listener`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     service: Arc<Service>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let app = router(service).into_make_service_with_connect_info::<SocketAddr>();
+    let listener = CappedListener::new(listener, Arc::clone(&service));
+    let app = router(service).into_make_service_with_connect_info::<Peer>();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -143,7 +146,7 @@ struct FormInput {
 
 async fn submit_form(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     headers: HeaderMap,
     form: Result<Form<FormInput>, FormRejection>,
 ) -> Response {
@@ -301,7 +304,7 @@ struct ApiRequest {
 
 async fn api_start(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     headers: HeaderMap,
     body: Result<Json<ApiRequest>, JsonRejection>,
 ) -> Response {

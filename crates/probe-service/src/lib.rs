@@ -17,6 +17,7 @@ pub mod admission;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod http_listener;
 pub mod limits;
 pub mod live;
 pub mod pages;

@@ -638,6 +638,60 @@ fn budgets_answer_429_with_when_to_retry() {
     assert_eq!(wait_done(&api, &id)["verdict"], "UNREACHABLE");
 }
 
+/// The web door's connection caps: one client holding its 16 connections idle gets `503` on the
+/// 17th, others are still served, and the share comes back when a connection closes.
+#[test]
+fn one_client_cannot_hold_every_web_door_connection() {
+    let service = TestServer::start_probe_service(&service_config(""));
+    let door = service.addr("http");
+    let hog: std::net::IpAddr = "127.0.0.6".parse().expect("ip");
+    // Sixteen slow-loris connections: a request that never ends.
+    let mut held: Vec<TcpStream> = (0..16)
+        .map(|_| {
+            let mut c = bound_connect(hog, door);
+            c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+                .expect("write");
+            c
+        })
+        .collect();
+    let mut extra = bound_connect(hog, door);
+    extra
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut answer = String::new();
+    let _ = extra.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 503 "),
+        "17th connection from one client: {answer:?}"
+    );
+    assert!(
+        answer.contains("too many connections from your address"),
+        "{answer}"
+    );
+
+    // Another client is served meanwhile.
+    let page = Http::new(door).from("127.0.0.5").get("/");
+    assert_eq!(page.status, 200, "{}", page.body);
+
+    // One connection closed: the hog may open one again (retried: the close reaches the
+    // server asynchronously).
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let page = Http::new(door).from("127.0.0.6").get("/");
+        if page.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "share not given back: {}",
+            page.status
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(held);
+}
+
 /// Accepts connections and never says a word: a test against it runs until its timeouts.
 fn silent_server(ip: &str) -> u16 {
     let listener = TcpListener::bind((ip, 0)).expect("bind");
