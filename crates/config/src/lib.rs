@@ -25,6 +25,7 @@ mod live;
 mod locate;
 mod password;
 pub mod tls_policy;
+pub mod tls_report;
 pub use effective::Setting;
 pub use live::Live;
 pub use locate::line_of;
@@ -94,6 +95,13 @@ trusted_networks = ["127.0.0.1/32", "::1/128"]
 # [[tls_policy]]                            # the admin's rule for one recipient domain
 # domain = "bank.example"
 # mode = "require-verified"                 # require-verified | none (opportunistic)
+
+# [tls_report]                              # TLS-RPT (RFC 8460) reports to policy domains that ask
+# enabled = false                           # count MTA-STS/DANE outcomes, send daily reports
+# organization = "Example Ltd"              # organization-name; default: hostname
+# contact = "tlsrpt@example.test"           # contact-info; default: the from address
+# from = "tlsrpt@example.test"              # sender of mailed reports; default: postmaster@hostname
+# interval = "1d"                           # one report per UTC day
 
 # [[route]]                                 # a domain relayward fronts: accept, forward
 # domain = "corp.example.test"
@@ -194,6 +202,9 @@ pub struct Config {
     /// `[[tls_policy]]`: per-domain overrides of `[delivery] tls_policy`.
     #[serde(default, rename = "tls_policy")]
     pub tls_policies: Vec<tls_policy::DomainTlsPolicy>,
+    /// `[tls_report]`: TLS-RPT (RFC 8460) aggregate reports, off by default.
+    #[serde(default)]
+    pub tls_report: tls_report::TlsReportSettings,
     /// The Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsSettings,
@@ -1133,6 +1144,7 @@ mod checks {
         crate::dkim::check(&config.dkim, &mut f);
         check_queue(&config.queue, &mut f);
         crate::tls_policy::check(&config.tls_policies, &mut f);
+        crate::tls_report::check(&config.tls_report, &mut f);
         check_run_as(config, &mut f);
         check_metrics(config, &mut f);
         f.0
@@ -2010,5 +2022,27 @@ mod summary {
                 policy.mode
             );
         }
+        tls_reports(config, out);
+    }
+
+    /// Whether TLS-RPT reports are counted and sent, and as whom.
+    fn tls_reports(config: &Config, out: &mut String) {
+        let settings = &config.tls_report;
+        if !settings.enabled {
+            let _ = writeln!(
+                out,
+                "TLS reports (tls_report.enabled = false): none counted or sent"
+            );
+            return;
+        }
+        let hostname = &config.hostname;
+        let _ = writeln!(
+            out,
+            "TLS reports (tls_report.enabled = true): RFC 8460 report every {} to each MTA-STS/DANE domain that publishes _smtp._tls, from {} as {:?} (contact {})",
+            humantime::format_duration(settings.interval),
+            settings.from_address(hostname),
+            settings.organization_name(hostname),
+            settings.contact_info(hostname)
+        );
     }
 }
