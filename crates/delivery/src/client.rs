@@ -6,7 +6,7 @@
 //! has an RFC 5321 §4.5.3.2 timeout. No error path panics: a misbehaving server costs at most
 //! a deferral.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,6 +87,8 @@ pub struct SessionError {
     /// The host could not give the TLS the policy asked for (not offered, refused, handshake
     /// or certificate failure), as an RFC 8460 result type; `None` for any other failure.
     pub tls_fault: Option<&'static str>,
+    /// Our side's address of the connection, once it was made (TLS-RPT's `sending-mta-ip`).
+    pub local_ip: Option<IpAddr>,
 }
 
 impl SessionError {
@@ -95,6 +97,7 @@ impl SessionError {
             failure: Failure::local(status, text),
             tls_handshake: false,
             tls_fault: None,
+            local_ip: None,
         }
     }
 
@@ -205,6 +208,8 @@ pub struct Connection {
     pub remote: String,
     pub extensions: Extensions,
     pub tls: bool,
+    /// Our side's address (TLS-RPT's `sending-mta-ip`).
+    pub local_ip: Option<IpAddr>,
     timeouts: Timeouts,
     /// A transaction ended half-way: `RSET` before the next one.
     dirty: bool,
@@ -221,6 +226,22 @@ pub async fn connect(params: &ConnectParams) -> Result<Connection, SessionError>
         .await
         .map_err(|e| SessionError::local((4, 4, 1), format!("connect to {remote}: {e}")))?;
     let _ = tcp.set_nodelay(true);
+    let local_ip = tcp.local_addr().ok().map(|a| a.ip());
+    session(params, remote, tcp, local_ip)
+        .await
+        .map_err(|mut e| {
+            e.local_ip = local_ip;
+            e
+        })
+}
+
+/// The session on a connected socket: [`connect`] after the TCP connect.
+async fn session(
+    params: &ConnectParams,
+    remote: String,
+    tcp: TcpStream,
+    local_ip: Option<IpAddr>,
+) -> Result<Connection, SessionError> {
     let stream = match &params.tls {
         TlsPolicy::Implicit {
             config,
@@ -235,6 +256,7 @@ pub async fn connect(params: &ConnectParams) -> Result<Connection, SessionError>
         remote,
         extensions: Extensions::default(),
         tls: implicit,
+        local_ip,
         timeouts: params.timeouts,
         dirty: false,
         broken: false,
@@ -278,6 +300,7 @@ async fn handshake(
         ),
         tls_handshake: true,
         tls_fault: Some(fault.1),
+        local_ip: None,
     })
 }
 
@@ -788,6 +811,7 @@ impl Connection {
             failure: Failure::from_reply(reply, &self.remote, context),
             tls_handshake: false,
             tls_fault: None,
+            local_ip: self.local_ip,
         }
     }
 

@@ -38,6 +38,8 @@ pub struct DeliveryConfig {
     pub tls_policy_ca_file: Option<PathBuf>,
     /// Port of the MTA-STS policy servers (`mta-sts.DOMAIN`); 443 in production.
     pub mta_sts_port: u16,
+    /// `[tls_report]`: whether TLS-RPT reports are counted and sent, as whom, how often.
+    pub tls_report: relayward_config::tls_report::TlsReportSettings,
     /// `[dns] nameservers`; empty means the system resolver configuration.
     pub nameservers: Vec<SocketAddr>,
     /// `[dns] trust_anchor`: DNSSEC trust anchors for DANE; `None`: the IANA root keys.
@@ -82,6 +84,7 @@ impl DeliveryConfig {
             tls_policies: Vec::new(),
             tls_policy_ca_file: None,
             mta_sts_port: 443,
+            tls_report: Default::default(),
             nameservers: Vec::new(),
             trust_anchor: None,
             dns_cache_size: 1024,
@@ -113,6 +116,7 @@ impl DeliveryConfig {
         out.tls_policies = config.tls_policies.clone();
         out.tls_policy_ca_file = delivery.tls_policy_ca_file.clone();
         out.mta_sts_port = delivery.mta_sts_port;
+        out.tls_report = config.tls_report.clone();
         out.nameservers = config.dns.nameservers.clone();
         out.trust_anchor = config.dns.trust_anchor.clone();
         out.max_queue_lifetime = delivery.max_queue_lifetime;

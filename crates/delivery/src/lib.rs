@@ -7,7 +7,7 @@
 //! - [`tls`]: verifying (smart host) and opportunistic (MX) TLS client configurations.
 //! - [`tls_policy`]: which TLS each MX host gets (MTA-STS, `[[tls_policy]]`), with
 //!   [`mta_sts`] (RFC 8461 discovery, fetch, cache), [`dane`] (RFC 7672 TLSA with DNSSEC)
-//!   and [`tls_report`] (outcomes kept).
+//!   and [`tls_report`] (outcomes kept); [`tlsrpt`]: RFC 8460 aggregate reports.
 //! - [`retry`]: the backoff schedule. [`dsn`]: RFC 3464 bounces and delay notices.
 //! - [`delay`]: who is owed a delay notice, and from when (RFC 3461 `NOTIFY=DELAY`).
 //! - [`notice`]: RFC 3461 success notices for mail delivered into a Maildir.
@@ -52,6 +52,7 @@ pub mod dkim;
 pub mod downgrade;
 pub mod dsn;
 pub mod due;
+pub mod https;
 mod journal;
 pub mod loops;
 pub mod mta_sts;
@@ -65,6 +66,7 @@ pub mod shape;
 pub mod tls;
 pub mod tls_policy;
 pub mod tls_report;
+pub mod tlsrpt;
 pub mod verify;
 
 pub use config::{DeliveryConfig, SmarthostTls, Timeouts};

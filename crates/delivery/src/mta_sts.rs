@@ -19,14 +19,10 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use mail_auth::common::parse::TxtRecordParser;
 use mail_auth::mta_sts::MtaSts;
 use relayward_protocol::text::escape_control;
 use rustls::ClientConfig;
-use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
 use crate::mx::{DnsFailure, MxResolver};
 
@@ -235,19 +231,7 @@ impl Fetcher {
 
     /// One HTTPS GET; the body when the answer is `200` with `text/plain`.
     async fn get(&self, host: &str, addr: SocketAddr) -> Result<Vec<u8>, String> {
-        let name = ServerName::try_from(host.to_string())
-            .map_err(|_| format!("{host:?} is not a TLS server name"))?;
-        let tcp = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let tls = TlsConnector::from(Arc::clone(&self.tls))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("TLS: {e}"))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| format!("HTTP: {e}"))?;
-        let driver = AbortOnDrop(tokio::spawn(connection));
+        let (mut sender, driver) = crate::https::open(&self.tls, host, addr).await?;
         let request = hyper::Request::get("/.well-known/mta-sts.txt")
             .header(hyper::header::HOST, host)
             .header(hyper::header::CONNECTION, "close")
@@ -284,15 +268,6 @@ impl Fetcher {
             .to_bytes();
         drop(driver);
         Ok(body.to_vec())
-    }
-}
-
-/// Ends the HTTP connection task with the fetch.
-struct AbortOnDrop(tokio::task::JoinHandle<Result<(), hyper::Error>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

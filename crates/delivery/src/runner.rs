@@ -37,6 +37,7 @@ use crate::notice::{Delivered, SuccessReport, build_success};
 use crate::outcome::{Failure, Outcome};
 use crate::tls_policy::{DomainTls, HostPlan, PolicyKind, TlsOutcome, TlsResult};
 use crate::tls_report::TlsLog;
+use crate::tlsrpt::{FailureKey, ReportBook, ReportPolicy, TlsReporter};
 
 /// Seconds before a queue entry that could not be read is looked at again.
 const RETRY_READ_SECS: u64 = 5;
@@ -70,6 +71,8 @@ struct Shared {
     sts_cache: StsCache,
     /// TLS outcomes of MX connections (see [`crate::tls_report`]).
     tls_log: TlsLog,
+    /// TLS-RPT counts, when the runner was given a book (see [`crate::tlsrpt`]).
+    tls_book: Option<Arc<ReportBook>>,
 }
 
 /// A concurrency limit whose size a reload may change. A new size takes a new semaphore:
@@ -164,6 +167,14 @@ struct Due {
     route: Option<Route>,
 }
 
+/// One transaction's result: the recipients' outcomes, whether the connection was encrypted,
+/// and our address on it.
+struct Attempted {
+    outcomes: Vec<Outcome>,
+    encrypted: bool,
+    local_ip: Option<std::net::IpAddr>,
+}
+
 /// Removes a message from the in-flight set even when its task is aborted.
 struct InFlight {
     shared: Arc<Shared>,
@@ -182,6 +193,24 @@ impl Runner {
     /// A runner that delivers with whatever context `live` holds when it takes up a message
     /// (see [`DeliveryContext`], already checked when it was built).
     pub fn new(queue: Arc<dyn Queue>, live: Live<DeliveryContext>) -> Self {
+        Self::build(queue, live, None)
+    }
+
+    /// A runner that also counts TLS outcomes for TLS-RPT reports in `book` (while
+    /// `[tls_report] enabled`); [`Runner::tls_reporter`] sends them.
+    pub fn with_tls_reports(
+        queue: Arc<dyn Queue>,
+        live: Live<DeliveryContext>,
+        book: Arc<ReportBook>,
+    ) -> Self {
+        Self::build(queue, live, Some(book))
+    }
+
+    fn build(
+        queue: Arc<dyn Queue>,
+        live: Live<DeliveryContext>,
+        tls_book: Option<Arc<ReportBook>>,
+    ) -> Self {
         let total = Mutex::new(Limit::new(live.current().settings.max_connections));
         let shared = Shared {
             queue,
@@ -194,6 +223,7 @@ impl Runner {
             listed: Mutex::new(Instant::now()),
             sts_cache: StsCache::default(),
             tls_log: TlsLog::default(),
+            tls_book,
         };
         Self {
             shared: Arc::new(shared),
@@ -253,6 +283,16 @@ impl Runner {
     /// [`crate::tls_report`]).
     pub fn tls_outcomes(&self) -> Vec<TlsOutcome> {
         self.shared.tls_log.recent()
+    }
+
+    /// The sender of TLS-RPT reports from this runner's counts (`None` without a book).
+    pub fn tls_reporter(&self) -> Option<TlsReporter> {
+        let book = self.shared.tls_book.clone()?;
+        Some(TlsReporter::new(
+            Arc::clone(&self.shared.queue),
+            self.shared.live.clone(),
+            book,
+        ))
     }
 
     /// Connections per (policy, result) since start: `relayward_tls_policy_total`.
@@ -571,7 +611,11 @@ impl Runner {
                 self.deliver_hosts(ctx, host, &hosts, *port, &tls, false, &envelope, &journal)
                     .await
             }
-            Destination::Mx(domain) => self.deliver_mx(ctx, domain, &envelope, &journal).await,
+            Destination::Mx(domain) => {
+                let report = crate::tlsrpt::is_report(message, content);
+                self.deliver_mx(ctx, domain, report, &envelope, &journal)
+                    .await
+            }
         };
         let logged: Vec<journal::Recipient<'_>> = due
             .iter()
@@ -648,10 +692,14 @@ impl Runner {
         outcomes
     }
 
+    /// MX delivery under the domain's TLS policy; a TLS report of ours (`tls_report`) goes
+    /// with opportunistic TLS whatever the domain publishes (RFC 8460 §5.3: reports are
+    /// delivered despite TLS failures), so it is never held to a policy nor reported on.
     async fn deliver_mx(
         &self,
         ctx: &DeliveryContext,
         domain: &str,
+        tls_report: bool,
         envelope: &Envelope<'_>,
         journal: &Journal,
     ) -> Vec<Outcome> {
@@ -659,8 +707,14 @@ impl Runner {
         match ctx.resolver.mx_hosts(domain).await {
             Ok(hosts) => {
                 let names: Vec<String> = hosts.into_iter().map(|h| h.name).collect();
-                let tls = self.domain_tls(ctx, domain).await;
-                let dane = dane_applies(ctx, domain);
+                let (tls, dane) = if tls_report {
+                    (DomainTls::Opportunistic, false)
+                } else {
+                    (
+                        self.domain_tls(ctx, domain).await,
+                        dane_applies(ctx, domain),
+                    )
+                };
                 let port = ctx.settings.mx_port;
                 self.deliver_hosts(ctx, domain, &names, port, &tls, dane, envelope, journal)
                     .await
@@ -688,7 +742,14 @@ impl Runner {
             .await;
         if let Some(error) = &found.error {
             tracing::warn!(domain = %Escaped(domain), error = %Escaped(&error.to_string()), cached = found.policy.is_some(), "MTA-STS policy not fetched");
-            self.shared.tls_log.policy_error(domain, error);
+            let outcome = self.shared.tls_log.policy_error(domain, error);
+            if let Some(book) = self.report_book(ctx) {
+                let policy = match &found.policy {
+                    Some(policy) => ReportPolicy::sts(domain, policy),
+                    None => ReportPolicy::none_found(domain),
+                };
+                book.record(policy, FailureKey::of(&outcome));
+            }
         }
         if let Some(policy) = &found.policy {
             tracing::debug!(domain = %Escaped(domain), mode = policy.mode.as_str(), "MTA-STS policy in force");
@@ -732,7 +793,11 @@ impl Runner {
                 } => {
                     // The queue entry keeps the outcome in the form `queue show` prints.
                     failure.text = format!("TLS {}", outcome.summary());
-                    self.record_tls(outcome);
+                    let refused = HostPlan::Refused {
+                        failure: failure.clone(),
+                        outcome: outcome.clone(),
+                    };
+                    self.record_tls(ctx, outcome, tls, &refused);
                     last = failure;
                     continue;
                 }
@@ -853,7 +918,7 @@ impl Runner {
             match self.attempt(params, envelope, journal).await {
                 // The smart host decides for every recipient; a 4xx there is not improved
                 // by another address of the same service.
-                Ok((outcomes, _)) => return outcomes,
+                Ok(attempted) => return attempted.outcomes,
                 Err(e) => last = e.failure,
             }
         }
@@ -876,7 +941,10 @@ impl Runner {
         envelope: &Envelope<'_>,
         journal: &Journal,
     ) -> Result<Vec<Outcome>, SessionError> {
-        let outcome = |policy, result, fault: Option<(&'static str, String)>| {
+        let outcome = |policy,
+                       result,
+                       fault: Option<(&'static str, String)>,
+                       sending_ip: Option<std::net::IpAddr>| {
             let (result_type, detail) = fault.unzip();
             TlsOutcome {
                 domain: domain.to_string(),
@@ -885,6 +953,8 @@ impl Runner {
                 result,
                 result_type,
                 detail,
+                sending_ip,
+                receiving_ip: Some(addr.ip()),
             }
         };
         // (connection parameters, policy, result on success, whether a failure stops here)
@@ -901,17 +971,6 @@ impl Runner {
                 TlsResult::Verified,
                 false,
             )),
-            HostPlan::VerifiedOrReport(kind) => {
-                let detail = format!(
-                    "MX host {host} is not named by the MTA-STS policy of {domain} (mode testing: delivered anyway)"
-                );
-                self.record_tls(outcome(
-                    *kind,
-                    TlsResult::Failed,
-                    Some(("validation-failure", detail)),
-                ));
-                None
-            }
             HostPlan::Dane(records) => Some((
                 dane_params(ctx, host, addr, records)?,
                 PolicyKind::Dane,
@@ -924,13 +983,20 @@ impl Runner {
                 TlsResult::Encrypted,
                 true,
             )),
-            HostPlan::Opportunistic | HostPlan::Refused { .. } => None,
+            HostPlan::VerifiedOrReport(_) | HostPlan::Opportunistic | HostPlan::Refused { .. } => {
+                None
+            }
         };
         if let Some((params, kind, success, enforced)) = strict {
             match self.attempt(params, envelope, journal).await {
-                Ok((results, _)) => {
-                    self.record_tls(outcome(kind, success, None));
-                    return Ok(results);
+                Ok(attempted) => {
+                    self.record_tls(
+                        ctx,
+                        outcome(kind, success, None, attempted.local_ip),
+                        tls,
+                        plan,
+                    );
+                    return Ok(attempted.outcomes);
                 }
                 Err(mut e) => {
                     let Some(result_type) = e.tls_fault else {
@@ -940,51 +1006,94 @@ impl Runner {
                         kind,
                         TlsResult::Failed,
                         Some((result_type, e.failure.text.clone())),
+                        e.local_ip,
                     );
                     // The queue entry keeps the outcome in the form `queue show` prints.
                     e.failure.text = format!("TLS {}", failed.summary());
-                    self.record_tls(failed);
+                    self.record_tls(ctx, failed, tls, plan);
                     if enforced {
                         return Err(e);
                     }
                 }
             }
         }
-        let (results, encrypted) = self
+        let attempted = self
             .attempt(mx_params(ctx, host, addr), envelope, journal)
-            .await?;
-        let result = if encrypted {
+            .await;
+        if let HostPlan::VerifiedOrReport(kind) = plan
+            && tls.testing_mismatch(host)
+        {
+            // Recorded once the connection says from which address it was made.
+            let detail = format!(
+                "MX host {host} is not named by the MTA-STS policy of {domain} (mode testing: delivered anyway)"
+            );
+            let sending_ip = match &attempted {
+                Ok(attempted) => attempted.local_ip,
+                Err(e) => e.local_ip,
+            };
+            let failed = outcome(
+                *kind,
+                TlsResult::Failed,
+                Some(("validation-failure", detail)),
+                sending_ip,
+            );
+            self.record_tls(ctx, failed, tls, plan);
+        }
+        let attempted = attempted?;
+        let result = if attempted.encrypted {
             TlsResult::Encrypted
         } else {
             TlsResult::Cleartext
         };
         // Under MTA-STS testing the failure is what was recorded.
         if *plan == HostPlan::Opportunistic {
-            self.record_tls(outcome(PolicyKind::Opportunistic, result, None));
+            let opportunistic =
+                outcome(PolicyKind::Opportunistic, result, None, attempted.local_ip);
+            self.record_tls(ctx, opportunistic, tls, plan);
         }
-        Ok(results)
+        Ok(attempted.outcomes)
     }
 
-    /// Logs, counts and keeps one TLS outcome.
-    fn record_tls(&self, outcome: TlsOutcome) {
+    /// Logs, counts and keeps one TLS outcome; with `[tls_report]` on, an outcome under a
+    /// published policy (MTA-STS, DANE) is also counted for the domain's report.
+    fn record_tls(
+        &self,
+        ctx: &DeliveryContext,
+        outcome: TlsOutcome,
+        tls: &DomainTls,
+        plan: &HostPlan,
+    ) {
         let detail = outcome.detail.as_deref().unwrap_or("");
         if outcome.result == TlsResult::Failed {
             tracing::warn!(domain = %Escaped(&outcome.domain), host = %Escaped(&outcome.host), policy = outcome.policy.as_str(), result = outcome.result.as_str(), result_type = outcome.result_type.unwrap_or(""), detail = %Escaped(detail), "TLS policy not met");
         } else {
             tracing::info!(domain = %Escaped(&outcome.domain), host = %Escaped(&outcome.host), policy = outcome.policy.as_str(), result = outcome.result.as_str(), "TLS");
         }
+        if let Some(book) = self.report_book(ctx)
+            && let Some(policy) = report_policy(ctx, &outcome, tls, plan)
+        {
+            book.record(policy, FailureKey::of(&outcome));
+        }
         self.shared.tls_log.record(outcome);
     }
 
+    /// The report book, when reports are on.
+    fn report_book(&self, ctx: &DeliveryContext) -> Option<&ReportBook> {
+        self.shared
+            .tls_book
+            .as_deref()
+            .filter(|_| ctx.settings.tls_report.enabled)
+    }
+
     /// One transaction on a pooled or new connection to `params.addr`; with the outcomes,
-    /// whether the connection was encrypted. The journal learns which relay answered (or was
+    /// whether the connection was encrypted and from which address. The journal learns which relay answered (or was
     /// tried) for its recipients.
     async fn attempt(
         &self,
         params: ConnectParams,
         envelope: &Envelope<'_>,
         journal: &Journal,
-    ) -> Result<(Vec<Outcome>, bool), SessionError> {
+    ) -> Result<Attempted, SessionError> {
         let key = pool_key(&params);
         let mut conn = match self.take_pooled(&key).await {
             Some(conn) => conn,
@@ -998,6 +1107,7 @@ impl Runner {
         };
         let outcomes = conn.send(envelope).await;
         let encrypted = conn.tls;
+        let local_ip = conn.local_ip;
         journal.answered(
             envelope.recipients,
             &conn.remote,
@@ -1008,7 +1118,11 @@ impl Runner {
         } else {
             conn.quit().await;
         }
-        Ok((outcomes, encrypted))
+        Ok(Attempted {
+            outcomes,
+            encrypted,
+            local_ip,
+        })
     }
 
     /// Connects; an opportunistic TLS handshake failure is retried once in clear text, as
@@ -1397,6 +1511,34 @@ fn log_queue_error(id: Option<&MessageId>, what: &str, error: &QueueError) {
     }
 }
 
+/// The published policy an outcome was held to, as a TLS report names it; `None` for
+/// sessions no published policy applied to (opportunistic, the admin's `require-verified`).
+fn report_policy(
+    ctx: &DeliveryContext,
+    outcome: &TlsOutcome,
+    tls: &DomainTls,
+    plan: &HostPlan,
+) -> Option<ReportPolicy> {
+    match (outcome.policy, tls) {
+        (PolicyKind::MtaSts | PolicyKind::MtaStsTesting, DomainTls::MtaSts(policy)) => {
+            Some(ReportPolicy::sts(&outcome.domain, policy))
+        }
+        (PolicyKind::Dane, _) => {
+            let records: &[crate::dane::TlsaRecord] = match plan {
+                HostPlan::Dane(records) => records,
+                _ => &[],
+            };
+            Some(ReportPolicy::tlsa(
+                &outcome.domain,
+                &outcome.host,
+                ctx.settings.mx_port,
+                records,
+            ))
+        }
+        _ => None,
+    }
+}
+
 /// STARTTLS required, certificate checked against the host's TLSA records (DANE).
 fn dane_params(
     ctx: &DeliveryContext,
@@ -1408,6 +1550,7 @@ fn dane_params(
         failure: Failure::local((4, 7, 5), format!("DANE TLS setup: {e}")),
         tls_handshake: false,
         tls_fault: Some("validation-failure"),
+        local_ip: None,
     })?;
     Ok(required_tls_params(ctx, host, addr, config))
 }

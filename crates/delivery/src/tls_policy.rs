@@ -19,6 +19,7 @@
 //! Every connection (and every host refused by a policy) yields a [`TlsOutcome`]: logged,
 //! counted, and kept by the runner for reports.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::dane::{TlsaAnswer, TlsaRecord};
@@ -91,6 +92,10 @@ pub struct TlsOutcome {
     pub result_type: Option<&'static str>,
     /// For failures: what happened, for the log and the queue entry.
     pub detail: Option<String>,
+    /// Our address on the connection (TLS-RPT's `sending-mta-ip`); `None` without one.
+    pub sending_ip: Option<IpAddr>,
+    /// The MX host's address (`receiving-ip`); `None` for a host not connected to.
+    pub receiving_ip: Option<IpAddr>,
 }
 
 impl TlsOutcome {
@@ -173,6 +178,8 @@ impl HostPlan {
                         result: TlsResult::Failed,
                         result_type: Some("dnssec-invalid"),
                         detail: Some(detail),
+                        sending_ip: None,
+                        receiving_ip: None,
                     },
                 }
             }
@@ -210,6 +217,8 @@ impl DomainTls {
                             result: TlsResult::Failed,
                             result_type: Some("validation-failure"),
                             detail: Some(detail),
+                            sending_ip: None,
+                            receiving_ip: None,
                         },
                     }
                 }

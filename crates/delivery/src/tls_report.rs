@@ -35,16 +35,21 @@ impl TlsLog {
         inner.recent.push_back(outcome);
     }
 
-    /// A policy that could not be fetched: a failure of the MTA-STS policy itself.
-    pub fn policy_error(&self, domain: &str, error: &StsError) {
-        self.record(TlsOutcome {
+    /// A policy that could not be fetched: a failure of the MTA-STS policy itself. Returns
+    /// the outcome recorded.
+    pub fn policy_error(&self, domain: &str, error: &StsError) -> TlsOutcome {
+        let outcome = TlsOutcome {
             domain: domain.to_string(),
             host: format!("mta-sts.{domain}"),
             policy: PolicyKind::MtaSts,
             result: TlsResult::Failed,
             result_type: Some(error.result_type()),
             detail: Some(error.to_string()),
-        });
+            sending_ip: None,
+            receiving_ip: None,
+        };
+        self.record(outcome.clone());
+        outcome
     }
 
     pub fn recent(&self) -> Vec<TlsOutcome> {

@@ -58,6 +58,19 @@ pub(crate) fn create_private_dir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Replaces `path` durably: the contents go to `path.tmp` (mode [`PRIVATE_FILE`], fsynced),
+/// which is renamed over `path`, and the directory is fsynced. A crash leaves the old file or
+/// the new one, never half of either. For small state files kept beside the queue.
+pub fn replace_durably(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    write_synced(&tmp, &[contents])?;
+    std::fs::rename(&tmp, path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
 /// Makes the directory entries of `dir` (creations, renames, removals) durable.
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

@@ -25,6 +25,7 @@ mod id;
 pub mod maildir;
 pub mod spool;
 
+pub use fsutil::replace_durably;
 pub use id::InvalidMessageId;
 pub use maildir::deliver_to_maildir;
 pub use relayward_protocol::route::Route;

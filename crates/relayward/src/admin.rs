@@ -4,7 +4,9 @@
 //! One JSON request line, one JSON reply line, then the server closes. Requests:
 //! `{"command":"status"}`, `{"command":"bans"}`, `{"command":"unban","address":"192.0.2.7"}`
 //! or `{"command":"unban","all":true}`, and `{"command":"queue-changed"}`, which `relayward
-//! queue …` sends after each change so the runner sees it at once instead of at its next scan.
+//! queue …` sends after each change so the runner sees it at once instead of at its next scan,
+//! and `{"command":"tls-report-send"}` (`relayward tls-report send-now`), which ends the TLS
+//! report period now and answers with what became of each domain's report.
 //! Replies are `{"ok":true,…}` or `{"ok":false,"error":"…"}`.
 
 use std::net::IpAddr;
@@ -114,6 +116,10 @@ async fn handle(request: &Value, view: &ServerView) -> Value {
             view.queue_changed();
             json!({ "ok": true })
         }
+        Some("tls-report-send") => match view.send_tls_reports().await {
+            Ok(reports) => json!({ "ok": true, "reports": reports }),
+            Err(e) => failure(e),
+        },
         Some(other) => failure(format!(
             "unknown command {:?}",
             relayward_protocol::text::escape_control(other)
@@ -217,6 +223,15 @@ fn unban(request: &Value, view: &ServerView) -> Value {
 /// Sends one request to the server running on `data_dir`; `Ok(None)` when none runs there
 /// (no socket, or nobody answers on it).
 pub async fn request(data_dir: &Path, request: &Value) -> Result<Option<Value>, String> {
+    request_within(data_dir, request, TIMEOUT).await
+}
+
+/// [`request`], waiting up to `limit` for the answer (a command that does network work).
+pub async fn request_within(
+    data_dir: &Path,
+    request: &Value,
+    limit: Duration,
+) -> Result<Option<Value>, String> {
     let path = socket_path(data_dir);
     let stream = match tokio::time::timeout(TIMEOUT, UnixStream::connect(&path)).await {
         Ok(Ok(stream)) => stream,
@@ -240,7 +255,7 @@ pub async fn request(data_dir: &Path, request: &Value) -> Result<Option<Value>, 
         BufReader::new(read).read_line(&mut reply).await?;
         Ok::<String, std::io::Error>(reply)
     };
-    let reply = match tokio::time::timeout(TIMEOUT, exchange).await {
+    let reply = match tokio::time::timeout(limit, exchange).await {
         Ok(Ok(reply)) => reply,
         Ok(Err(e)) => return Err(format!("admin socket {}: {e}", path.display())),
         Err(_) => return Err(format!("{} does not answer", path.display())),

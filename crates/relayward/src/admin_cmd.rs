@@ -1,5 +1,6 @@
-//! `relayward status` and `relayward bans …`: questions for the running server, asked over
-//! its admin socket (see [`crate::admin`]). Both read `--config` for the data directory only.
+//! `relayward status`, `relayward bans …` and `relayward tls-report send-now`: questions for
+//! the running server, asked over its admin socket (see [`crate::admin`]). They read
+//! `--config` for the data directory only.
 
 use std::process::ExitCode;
 
@@ -32,6 +33,69 @@ enum BansAction {
         #[arg(long)]
         all: bool,
     },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TlsReportArgs {
+    #[command(subcommand)]
+    action: TlsReportAction,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum TlsReportAction {
+    /// End the current report period now and send its reports: one per MTA-STS/DANE domain
+    /// mail went to, to the destinations its _smtp._tls record names (mailto: through the
+    /// queue, https: by POST). Domains without a record get nothing. Needs [tls_report]
+    /// enabled = true.
+    SendNow,
+}
+
+/// How long `send-now` waits: DNS lookups and HTTPS posts to every domain's servers.
+const SEND_NOW_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+pub async fn tls_report(args: TlsReportArgs, config_arg: ConfigArg, json: bool) -> ExitCode {
+    let TlsReportAction::SendNow = args.action;
+    let request = json!({ "command": "tls-report-send" });
+    let Some(reply) = ask_within(&config_arg, &request, SEND_NOW_LIMIT).await else {
+        return ExitCode::FAILURE;
+    };
+    if json {
+        print_json(&reply);
+    } else {
+        print!("{}", reports_text(&reply));
+    }
+    ExitCode::SUCCESS
+}
+
+/// One line per domain, then one per destination.
+fn reports_text(reply: &Value) -> String {
+    let reports = reply["reports"].as_array().cloned().unwrap_or_default();
+    if reports.is_empty() {
+        return "No TLS report to send: no session under an MTA-STS or DANE policy in this period.\n"
+            .to_string();
+    }
+    let text = |v: &Value| Escaped(v.as_str().unwrap_or("?")).to_string();
+    let mut out = String::new();
+    for report in reports {
+        out.push_str(&format!(
+            "{}: {} successful, {} failed session(s)",
+            text(&report["domain"]),
+            report["successes"],
+            report["failures"]
+        ));
+        if let Some(why) = report["skipped"].as_str() {
+            out.push_str(&format!("; not sent: {}\n", Escaped(why)));
+            continue;
+        }
+        out.push_str(&format!("; report {}\n", text(&report["report_id"])));
+        for to in report["delivered"].as_array().into_iter().flatten() {
+            out.push_str(&format!("  sent to {}\n", text(to)));
+        }
+        for error in report["errors"].as_array().into_iter().flatten() {
+            out.push_str(&format!("  NOT sent: {}\n", text(error)));
+        }
+    }
+    out
 }
 
 pub async fn bans(args: BansArgs, config_arg: ConfigArg, json: bool) -> ExitCode {
@@ -74,6 +138,15 @@ pub async fn status(config_arg: ConfigArg, json: bool) -> ExitCode {
 /// Sends `request` to the server of the configured data directory; `None` (after saying
 /// why on stderr) when there is none or it refuses.
 async fn ask(config_arg: &ConfigArg, request: &Value) -> Option<Value> {
+    ask_within(config_arg, request, std::time::Duration::from_secs(5)).await
+}
+
+/// [`ask`], waiting up to `limit` for the answer.
+async fn ask_within(
+    config_arg: &ConfigArg,
+    request: &Value,
+    limit: std::time::Duration,
+) -> Option<Value> {
     let config = match crate::load_config(config_arg) {
         Ok(config) => config,
         Err(message) => {
@@ -81,7 +154,7 @@ async fn ask(config_arg: &ConfigArg, request: &Value) -> Option<Value> {
             return None;
         }
     };
-    match crate::admin::request(&config.data_dir, request).await {
+    match crate::admin::request_within(&config.data_dir, request, limit).await {
         Ok(Some(reply)) => Some(reply),
         Ok(None) => {
             eprintln!(

@@ -1,10 +1,15 @@
 //! Starts the delivery runner beside the listeners, on the delivery side of the running
-//! configuration snapshot (see [`crate::snapshot`]).
+//! configuration snapshot (see [`crate::snapshot`]), and the TLS-RPT reporter beside it
+//! (counts in `data_dir/tls-report/`; it sends only while `[tls_report] enabled`).
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
+
 use relayward_config::Live;
+use relayward_delivery::tlsrpt::ReportBook;
 use relayward_delivery::{DeliveryContext, Runner};
 use relayward_queue::Queue;
 use tokio::sync::watch;
@@ -13,6 +18,7 @@ use tokio::task::JoinHandle;
 /// The running delivery runner.
 pub struct RunnerHandle {
     task: JoinHandle<()>,
+    reporter: JoinHandle<()>,
     live: Live<DeliveryContext>,
     runner: Runner,
 }
@@ -30,22 +36,43 @@ impl RunnerHandle {
         if tokio::time::timeout(limit, self.task).await.is_err() {
             tracing::warn!("delivery runner did not stop within {limit:?}");
         }
+        // It saves the TLS report counts as it stops.
+        if tokio::time::timeout(Duration::from_secs(5), self.reporter)
+            .await
+            .is_err()
+        {
+            tracing::warn!("TLS reporter did not stop within 5s");
+        }
     }
 }
 
-/// Starts the runner; it stops when `shutdown` turns true.
+/// Where the TLS report counts live.
+pub fn report_dir(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("tls-report")
+}
+
+/// Starts the runner and the TLS reporter; they stop when `shutdown` turns true.
 pub fn start(
     queue: Arc<dyn Queue>,
     live: Live<DeliveryContext>,
-    mut shutdown: watch::Receiver<bool>,
-) -> RunnerHandle {
-    let runner = Runner::new(queue, live.clone());
-    let stopping = async move {
+    data_dir: &Path,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<RunnerHandle> {
+    let dir = report_dir(data_dir);
+    let interval = live.current().settings.tls_report.interval;
+    let book = ReportBook::open(&dir, interval, relayward_delivery::runner::unix_now())
+        .with_context(|| format!("cannot open the TLS report counts in {}", dir.display()))?;
+    let runner = Runner::with_tls_reports(queue, live.clone(), Arc::new(book));
+    let stopping = |mut shutdown: watch::Receiver<bool>| async move {
         let _ = shutdown.wait_for(|stopping| *stopping).await;
     };
-    RunnerHandle {
-        task: tokio::spawn(runner.clone().run(stopping)),
+    let reporter = runner
+        .tls_reporter()
+        .context("the runner has no TLS report book")?;
+    Ok(RunnerHandle {
+        task: tokio::spawn(runner.clone().run(stopping(shutdown.clone()))),
+        reporter: tokio::spawn(reporter.run(stopping(shutdown))),
         live,
         runner,
-    }
+    })
 }

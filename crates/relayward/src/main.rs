@@ -128,6 +128,11 @@ enum Commands {
     /// connection bans (too many connections per minute), over its admin socket.
     Bans(admin_cmd::BansArgs),
 
+    /// TLS-RPT (RFC 8460) reports of the running server: `relayward tls-report send-now` ends
+    /// the current period and sends its reports at once (normally they go out daily, with
+    /// `[tls_report] enabled = true`), over its admin socket.
+    TlsReport(admin_cmd::TlsReportArgs),
+
     /// Print a shell completion script, e.g. `relayward completions bash > /etc/bash_completion.d/relayward`.
     Completions(manual::CompletionsArgs),
 
@@ -216,6 +221,7 @@ fn main() -> ExitCode {
         Commands::Dkim(args) => dkim_cmd::run(args, json),
         Commands::Status => runtime.block_on(admin_cmd::status(config, json)),
         Commands::Bans(args) => runtime.block_on(admin_cmd::bans(args, config, json)),
+        Commands::TlsReport(args) => runtime.block_on(admin_cmd::tls_report(args, config, json)),
         Commands::Completions(args) => manual::completions(&args),
         Commands::Man(args) => manual::man(&args),
     }

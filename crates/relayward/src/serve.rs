@@ -101,7 +101,12 @@ async fn serve(config: Config, config_arg: ConfigArg, switch: Switch) -> anyhow:
     let current = Current::new(snapshot);
     let gate = Gate::live(current.admission());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let runner = crate::delivery::start(queue.queue(), current.delivery(), shutdown_rx.clone());
+    let runner = crate::delivery::start(
+        queue.queue(),
+        current.delivery(),
+        &data_dir,
+        shutdown_rx.clone(),
+    )?;
     let view = Arc::new(ServerView::new(
         current.clone(),
         queue.clone(),

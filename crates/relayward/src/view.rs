@@ -134,6 +134,15 @@ impl ServerView {
         self.started
     }
 
+    /// Ends the TLS report period now and sends its reports (`relayward tls-report
+    /// send-now`).
+    pub async fn send_tls_reports(&self) -> Result<Vec<relayward_delivery::tlsrpt::Sent>, String> {
+        match self.runner.tls_reporter() {
+            Some(reporter) => reporter.send_now().await,
+            None => Err("this server counts no TLS reports".into()),
+        }
+    }
+
     /// The queue by state, read now.
     pub async fn queue_counts(&self) -> Result<QueueCounts, relayward_queue::QueueError> {
         let messages = self.queue.queue().list().await?;
