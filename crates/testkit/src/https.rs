@@ -1,10 +1,11 @@
 //! A test HTTPS server on loopback that serves fixed pages by `Host` header: MTA-STS policy
-//! servers (`mta-sts.DOMAIN`, RFC 8461 §3.3) for the delivery tests. One request per
+//! servers (`mta-sts.DOMAIN`, RFC 8461 §3.3) for the delivery tests. It also takes POSTs
+//! (TLS-RPT reports, RFC 8460 §5.2), answers `200` and keeps their bodies. One request per
 //! connection; it records every request (`host path`). Runs on a thread of its own until the
 //! test process ends.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,11 +31,25 @@ impl Page {
     }
 }
 
+/// One POST the server took.
+#[derive(Debug, Clone)]
+pub struct Post {
+    /// The `Host` header, lower-case (with the port, if the client sent one).
+    pub host: String,
+    pub path: String,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+/// Largest POST body kept.
+const MAX_POST: usize = 1 << 20;
+
 /// A running server.
 #[derive(Clone)]
 pub struct HttpsServer {
     pub addr: SocketAddr,
     requests: Arc<Mutex<Vec<String>>>,
+    posts: Arc<Mutex<Vec<Post>>>,
 }
 
 impl HttpsServer {
@@ -48,22 +63,34 @@ impl HttpsServer {
         let addr = listener.local_addr().expect("server address");
         let requests = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::clone(&requests);
+        let posts = Arc::new(Mutex::new(Vec::new()));
+        let posted = Arc::clone(&posts);
         let pages = Arc::new(pages);
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
                 let (tls, pages, seen) = (Arc::clone(&tls), Arc::clone(&pages), Arc::clone(&seen));
+                let posted = Arc::clone(&posted);
                 std::thread::spawn(move || {
                     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
                     let Ok(connection) = ServerConnection::new(tls) else {
                         return;
                     };
                     let mut stream = StreamOwned::new(connection, stream);
-                    let _ = serve_one(&mut stream, &pages, &seen);
+                    let _ = serve_one(&mut stream, &pages, &seen, &posted);
                 });
             }
         });
-        HttpsServer { addr, requests }
+        HttpsServer {
+            addr,
+            requests,
+            posts,
+        }
+    }
+
+    /// The POSTs so far, in order.
+    pub fn posts(&self) -> Vec<Post> {
+        self.posts.lock().expect("posts").clone()
     }
 
     /// Requests so far, e.g. `"mta-sts.good.test /.well-known/mta-sts.txt"`.
@@ -76,26 +103,48 @@ fn serve_one(
     stream: &mut StreamOwned<ServerConnection, std::net::TcpStream>,
     pages: &HashMap<String, Page>,
     seen: &Mutex<Vec<String>>,
+    posted: &Mutex<Vec<Post>>,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(&mut *stream);
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
-    let path = request_line
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("")
-        .to_string();
+    let mut words = request_line.split_whitespace();
+    let method = words.next().unwrap_or("").to_string();
+    let path = words.next().unwrap_or("").to_string();
     let mut host = String::new();
+    let mut content_type = String::new();
+    let mut length = 0usize;
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
             break;
         }
-        if let Some((name, value)) = line.split_once(':')
-            && name.eq_ignore_ascii_case("host")
-        {
-            host = value.trim().to_ascii_lowercase();
+        if let Some((name, value)) = line.split_once(':') {
+            let value = value.trim();
+            match name.to_ascii_lowercase().as_str() {
+                "host" => host = value.to_ascii_lowercase(),
+                "content-type" => content_type = value.to_string(),
+                "content-length" => length = value.parse().unwrap_or(0),
+                _ => {}
+            }
         }
+    }
+    if method == "POST" {
+        let mut body = vec![0; length.min(MAX_POST)];
+        reader.read_exact(&mut body)?;
+        seen.lock()
+            .expect("requests")
+            .push(format!("{host} {path}"));
+        posted.lock().expect("posts").push(Post {
+            host,
+            path,
+            content_type,
+            body,
+        });
+        let response = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        stream.write_all(response.as_bytes())?;
+        stream.conn.send_close_notify();
+        return stream.flush();
     }
     seen.lock()
         .expect("requests")

@@ -234,13 +234,18 @@ pub struct SmtpSink {
 
 impl SmtpSink {
     pub fn start(options: &[&str]) -> SmtpSink {
+        SmtpSink::start_at("127.0.0.1", free_port(), options)
+    }
+
+    /// On a given loopback address and port (an MX host of a test zone: every MX host of a
+    /// test shares `mx_port`, see [`relayward_testkit::net::common_port`]).
+    pub fn start_at(ip: &str, port: u16, options: &[&str]) -> SmtpSink {
         let sink = Path::new("/usr/sbin/smtp-sink");
         assert!(
             sink.exists(),
             "/usr/sbin/smtp-sink is missing: install the Debian package postfix (scripts/test does)"
         );
         let dumps = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
         let mut cmd = Command::new(sink);
         if relayward_testkit::os::is_root() {
             // As root smtp-sink insists on a user to switch to after binding.
@@ -250,7 +255,7 @@ impl SmtpSink {
             .args(options)
             .arg("-d")
             .arg(format!("{}/%M.", dumps.path().display()))
-            .arg(format!("127.0.0.1:{port}"))
+            .arg(format!("{ip}:{port}"))
             .arg("10")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -259,7 +264,7 @@ impl SmtpSink {
             .expect("start smtp-sink");
         let sink = SmtpSink { child, port, dumps };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect((ip, port)).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "smtp-sink did not listen on port {port}"

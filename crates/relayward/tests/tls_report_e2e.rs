@@ -1,0 +1,421 @@
+//! TLS-RPT (RFC 8460) aggregate reports through the real binary (issue 18, item 4): mail to
+//! domains under MTA-STS and DANE, a restart, `relayward tls-report send-now`, and the
+//! reports as the domains receive them — by mail at a Postfix `smtp-sink`, by HTTPS POST at
+//! the test HTTPS server — decoded from gzip and checked field by field against RFC 8460 §4.
+
+#[path = "support/postfix.rs"]
+mod postfix;
+mod support;
+
+use std::collections::HashMap;
+use std::io::Read as _;
+use std::net::Ipv4Addr;
+
+use mail_parser::MimeHeaders as _;
+use postfix::{SmtpSink, dumped_message};
+use relayward_testkit::dns::{DnsServer, DnssecKey, Zone};
+use relayward_testkit::https::{HttpsServer, Page};
+use relayward_testkit::net::listeners_on_one_port;
+use relayward_testkit::pki::{TestCa, self_signed};
+use relayward_testkit::smtp_server::{Script, SmtpServer};
+use relayward_testkit::wait::eventually;
+use serde_json::Value;
+use support::{PASSWORD, TestServer, relayward_cmd, standard_config};
+
+fn ip(last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 63, 0, last)
+}
+
+/// Alice submits one message to `rcpt` (submission, STARTTLS, AUTH).
+fn submit(server: &TestServer, rcpt: &str) {
+    let from = "alice@example.test";
+    server
+        .smtp("submission")
+        .send("EHLO laptop.example.test")
+        .expect(250)
+        .starttls(server.ca())
+        .send("EHLO laptop.example.test")
+        .expect(250)
+        .auth_plain(from, PASSWORD)
+        .expect(235)
+        .send(&format!("MAIL FROM:<{from}>"))
+        .expect(250)
+        .send(&format!("RCPT TO:<{rcpt}>"))
+        .expect(250)
+        .send("DATA")
+        .expect(354)
+        .raw(format!("From: <{from}>\r\nTo: <{rcpt}>\r\nSubject: hi\r\n\r\nhi\r\n.\r\n").as_bytes())
+        .expect_text(250, "queued as")
+        .send("QUIT")
+        .expect(221);
+}
+
+fn enforce(mx: &[&str]) -> Page {
+    let lines: String = mx.iter().map(|m| format!("mx: {m}\r\n")).collect();
+    Page::policy(&format!(
+        "version: STSv1\r\nmode: enforce\r\n{lines}max_age: 86400\r\n"
+    ))
+}
+
+/// The fields RFC 8460 §4.4 requires, with their types; the policy types it defines.
+fn assert_rfc8460_report(report: &Value) {
+    for key in ["organization-name", "contact-info", "report-id"] {
+        assert!(report[key].is_string(), "{key} missing: {report:#}");
+    }
+    for key in ["start-datetime", "end-datetime"] {
+        let text = report["date-range"][key].as_str().unwrap_or("");
+        assert!(
+            text.len() == 20 && text.ends_with('Z') && text.as_bytes()[10] == b'T',
+            "date-range.{key} is not an RFC 3339 UTC time: {text:?}"
+        );
+    }
+    let policies = report["policies"].as_array().expect("policies");
+    assert!(!policies.is_empty());
+    for policy in policies {
+        let details = &policy["policy"];
+        assert!(
+            ["sts", "tlsa", "no-policy-found"]
+                .contains(&details["policy-type"].as_str().unwrap_or("")),
+            "{details}"
+        );
+        assert!(details["policy-string"].is_array(), "{details}");
+        assert!(details["policy-domain"].is_string(), "{details}");
+        for key in [
+            "total-successful-session-count",
+            "total-failure-session-count",
+        ] {
+            assert!(policy["summary"][key].is_u64(), "summary.{key}: {policy}");
+        }
+        for failure in policy["failure-details"]
+            .as_array()
+            .expect("failure-details")
+        {
+            assert!(failure["result-type"].is_string(), "{failure}");
+            assert!(failure["receiving-mx-hostname"].is_string(), "{failure}");
+            assert!(failure["failed-session-count"].is_u64(), "{failure}");
+        }
+    }
+}
+
+fn gunzip(bytes: &[u8]) -> Value {
+    let mut json = Vec::new();
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_end(&mut json)
+        .expect("the report is gzip");
+    serde_json::from_slice(&json).expect("the report is JSON")
+}
+
+/// `strict.test` (MTA-STS enforce; its first MX host has a self-signed certificate, its
+/// second one a good one) asks for reports by mail, `signed.test` (DANE) by HTTPS,
+/// `silent.test` (MTA-STS enforce) not at all; `reports.test`, where the mailed reports go,
+/// has an MTA-STS policy its smtp-sink (no STARTTLS) cannot meet, and asks for reports too.
+#[test]
+fn daily_reports_reach_the_domains_that_ask_and_survive_a_restart() {
+    let ca = TestCa::new();
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let ca_file = scratch.path().join("ca.pem");
+    ca.write(&ca_file);
+    let key = DnssecKey::generate();
+    let anchor = scratch.path().join("trust-anchor");
+    std::fs::write(&anchor, key.trust_anchor()).expect("write trust anchor");
+
+    let (https_port, mut https_listeners) = listeners_on_one_port(&[ip(5)]);
+    let https = HttpsServer::spawn(
+        https_listeners.remove(0),
+        ca.leaf(&[
+            "mta-sts.strict.test",
+            "mta-sts.silent.test",
+            "mta-sts.reports.test",
+            "tlsrpt.reports.test",
+        ])
+        .server,
+        HashMap::from([
+            (
+                "mta-sts.strict.test".to_string(),
+                enforce(&["mx1.strict.test", "mx2.strict.test"]),
+            ),
+            (
+                "mta-sts.silent.test".to_string(),
+                enforce(&["mx.silent.test"]),
+            ),
+            (
+                "mta-sts.reports.test".to_string(),
+                enforce(&["mx.reports.test"]),
+            ),
+        ]),
+    );
+
+    let (mx_port, mut listeners) = listeners_on_one_port(&[ip(2), ip(3), ip(4), ip(6), ip(7)]);
+    drop(listeners.pop()); // .7: smtp-sink binds it itself
+    let serve = |listener, tls| {
+        SmtpServer::spawn(
+            listener,
+            Script {
+                tls: Some(tls),
+                ..Script::default()
+            },
+        )
+    };
+    let silent = serve(
+        listeners.pop().expect(".6"),
+        ca.leaf(&["mx.silent.test"]).server,
+    );
+    let signed_leaf = ca.leaf(&["mx.signed.test"]);
+    let signed_spki = signed_leaf.spki_der.clone();
+    let signed = serve(listeners.pop().expect(".4"), signed_leaf.server);
+    let good = serve(
+        listeners.pop().expect(".3"),
+        ca.leaf(&["mx2.strict.test"]).server,
+    );
+    let bad_cert = self_signed(&["mx1.strict.test"], "self-signed").acceptor();
+    let bad = serve(listeners.pop().expect(".2"), bad_cert.config().clone());
+    let sink = SmtpSink::start_at(&ip(7).to_string(), mx_port, &[]);
+
+    let sha256 = |b: &[u8]| {
+        ring::digest::digest(&ring::digest::SHA256, b)
+            .as_ref()
+            .to_vec()
+    };
+    let mut zone = Zone::new()
+        .mx("strict.test", 10, "mx1.strict.test")
+        .mx("strict.test", 20, "mx2.strict.test")
+        .a("mx1.strict.test", ip(2))
+        .a("mx2.strict.test", ip(3))
+        .txt(
+            "_smtp._tls.strict.test",
+            "v=TLSRPTv1; rua=mailto:tlsrpt@reports.test",
+        )
+        .mx("signed.test", 10, "mx.signed.test")
+        .a("mx.signed.test", ip(4))
+        .tlsa(
+            &format!("_{mx_port}._tcp.mx.signed.test"),
+            3,
+            1,
+            1,
+            sha256(&signed_spki),
+        )
+        .txt(
+            "_smtp._tls.signed.test",
+            &format!("v=TLSRPTv1; rua=https://tlsrpt.reports.test:{https_port}/v1/report"),
+        )
+        .mx("silent.test", 10, "mx.silent.test")
+        .a("mx.silent.test", ip(6))
+        .mx("reports.test", 10, "mx.reports.test")
+        .a("mx.reports.test", ip(7))
+        .a("tlsrpt.reports.test", ip(5))
+        .txt(
+            "_smtp._tls.reports.test",
+            "v=TLSRPTv1; rua=mailto:tlsrpt@reports.test",
+        );
+    for domain in ["strict.test", "silent.test", "reports.test"] {
+        zone = zone
+            .txt(&format!("_mta-sts.{domain}"), "v=STSv1; id=20261201;")
+            .a(&format!("mta-sts.{domain}"), ip(5));
+    }
+    // Only signed.test's records are signed; the MTA-STS domains are unsigned zones below
+    // the signed root (their hosts have no DANE).
+    for domain in ["strict.test", "silent.test", "reports.test"] {
+        zone = zone.insecure_delegation(domain);
+    }
+    let dns = DnsServer::start_on(ip(1), zone.signed_by(&key));
+    let config = standard_config(&format!(
+        "[delivery]\nmx_port = {mx_port}\nmta_sts_port = {https_port}\ntls_policy_ca_file = \"{}\"\n\n\
+         [dns]\nnameservers = [\"{}\"]\ntrust_anchor = \"{}\"\n\n\
+         [tls_report]\nenabled = true\norganization = \"Relayward Test\"\ncontact = \"tls-admin@example.test\"\nfrom = \"tlsrpt@example.test\"\n",
+        ca_file.display(),
+        dns.addr,
+        anchor.display()
+    ));
+    let server = TestServer::start(&config);
+
+    submit(&server, "bob@strict.test");
+    submit(&server, "carol@signed.test");
+    submit(&server, "dave@silent.test");
+    assert!(
+        eventually(support::WAIT, || good.messages().len() == 1
+            && signed.messages().len() == 1
+            && silent.messages().len() == 1),
+        "good {}, signed {}, silent {}\n{}",
+        good.messages().len(),
+        signed.messages().len(),
+        silent.messages().len(),
+        server.log()
+    );
+    assert!(
+        bad.messages().is_empty(),
+        "nothing over the untrusted certificate"
+    );
+    server.wait_for_log(
+        "domain=strict.test host=mx2.strict.test policy=\"mta-sts\" result=\"verified\"",
+    );
+    server
+        .wait_for_log("domain=signed.test host=mx.signed.test policy=\"dane\" result=\"verified\"");
+    server.wait_for_log(
+        "domain=silent.test host=mx.silent.test policy=\"mta-sts\" result=\"verified\"",
+    );
+
+    // The period's counts outlive a restart (saved when the server stops).
+    let (code, dir) = server.terminate();
+    assert_eq!(code, Some(0));
+    let server = TestServer::start_in(dir, &config);
+
+    let (code, out) = relayward_cmd(&server, &["tls-report", "send-now"]);
+    println!("{out}");
+    assert_eq!(code, Some(0), "{out}\n{}", server.log());
+    assert!(
+        out.contains("strict.test: 1 successful, 1 failed session(s); report "),
+        "{out}"
+    );
+    assert!(
+        out.contains("sent to mailto:tlsrpt@reports.test (queued as "),
+        "{out}"
+    );
+    assert!(
+        out.contains("signed.test: 1 successful, 0 failed session(s)"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "sent to https://tlsrpt.reports.test:{https_port}/v1/report (HTTP 200)"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("silent.test: 1 successful, 0 failed session(s); not sent: no TLSRPT record at _smtp._tls.silent.test"),
+        "{out}"
+    );
+
+    // By mail: a multipart/report to the strict.test report address, over the queue, although
+    // reports.test's policy cannot be met (RFC 8460 §5.3: reports go despite TLS failures).
+    let dump = sink
+        .wait_for("TLS-Report-Domain: strict.test", support::WAIT)
+        .unwrap_or_else(|| panic!("no report reached smtp-sink\n{}", server.log()));
+    let raw = dumped_message(&dump);
+    let message = mail_parser::MessageParser::default()
+        .parse(&raw)
+        .expect("a message");
+    let subject = message.subject().expect("subject");
+    assert!(
+        subject.starts_with("Report Domain: strict.test Submitter: example.test Report-ID: <"),
+        "{subject}"
+    );
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        text.contains("TLS-Report-Submitter: example.test"),
+        "{text}"
+    );
+    assert!(text.contains("report-type=\"tlsrpt\""), "{text}");
+    let attachment = message
+        .attachments()
+        .find(|part| part.is_content_type("application", "tlsrpt+gzip"))
+        .expect("an application/tlsrpt+gzip part");
+    let report = gunzip(attachment.contents());
+    println!("{report:#}");
+    assert_rfc8460_report(&report);
+    assert_eq!(report["organization-name"], "Relayward Test");
+    assert_eq!(report["contact-info"], "tls-admin@example.test");
+    let start = report["date-range"]["start-datetime"]
+        .as_str()
+        .expect("start");
+    assert!(start.ends_with("T00:00:00Z"), "a UTC day: {start}");
+    let policies = report["policies"].as_array().expect("policies");
+    assert_eq!(policies.len(), 1, "{report:#}");
+    let sts = &policies[0];
+    assert_eq!(sts["policy"]["policy-type"], "sts");
+    assert_eq!(sts["policy"]["policy-domain"], "strict.test");
+    let lines: Vec<&str> = sts["policy"]["policy-string"]
+        .as_array()
+        .expect("policy-string")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "version: STSv1",
+            "mode: enforce",
+            "mx: mx1.strict.test",
+            "mx: mx2.strict.test",
+            "max_age: 86400"
+        ]
+    );
+    assert_eq!(sts["summary"]["total-successful-session-count"], 1);
+    assert_eq!(sts["summary"]["total-failure-session-count"], 1);
+    let failures = sts["failure-details"].as_array().expect("failure-details");
+    assert_eq!(failures.len(), 1, "{report:#}");
+    assert_eq!(failures[0]["result-type"], "certificate-not-trusted");
+    assert_eq!(failures[0]["receiving-mx-hostname"], "mx1.strict.test");
+    assert_eq!(failures[0]["receiving-ip"], "127.63.0.2");
+    let sending: std::net::IpAddr = failures[0]["sending-mta-ip"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("sending-mta-ip");
+    assert!(sending.is_loopback(), "{sending}");
+    assert_eq!(failures[0]["failed-session-count"], 1);
+
+    // By HTTPS: one POST with the compressed report on signed.test's TLSA policy.
+    assert!(
+        eventually(support::WAIT, || !https.posts().is_empty()),
+        "{}",
+        server.log()
+    );
+    let posts = https.posts();
+    assert_eq!(posts.len(), 1, "{posts:?}");
+    assert_eq!(posts[0].path, "/v1/report");
+    assert_eq!(posts[0].content_type, "application/tlsrpt+gzip");
+    let report = gunzip(&posts[0].body);
+    println!("{report:#}");
+    assert_rfc8460_report(&report);
+    let tlsa = &report["policies"][0];
+    assert_eq!(tlsa["policy"]["policy-type"], "tlsa");
+    assert_eq!(tlsa["policy"]["policy-domain"], "signed.test");
+    let record = tlsa["policy"]["policy-string"][0].as_str().unwrap_or("");
+    assert!(
+        record.starts_with(&format!("_{mx_port}._tcp.mx.signed.test. IN TLSA 3 1 1 ")),
+        "{record}"
+    );
+    assert_eq!(tlsa["summary"]["total-successful-session-count"], 1);
+    assert_eq!(tlsa["summary"]["total-failure-session-count"], 0);
+
+    // The report mail's own delivery is not counted: the next period has nothing, and
+    // silent.test (no record) got nothing anywhere.
+    server.wait_for_log("rcpt=tlsrpt@reports.test");
+    let (code, out) = relayward_cmd(&server, &["tls-report", "send-now"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("No TLS report to send"),
+        "reported on its own report:\n{out}"
+    );
+    assert_eq!(sink.dumps().len(), 1, "one report by mail");
+    assert!(
+        sink.dumps()
+            .iter()
+            .all(|d| !String::from_utf8_lossy(d).contains("silent.test"))
+    );
+    assert_eq!(https.posts().len(), 1);
+}
+
+/// Off by default: nothing is counted, `send-now` says how to turn it on, and check-config
+/// shows the setting.
+#[test]
+fn reports_are_off_by_default_and_check_config_shows_the_setting() {
+    let server = TestServer::start(&standard_config(""));
+    let (code, out) = relayward_cmd(&server, &["tls-report", "send-now"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("set [tls_report] enabled = true"), "{out}");
+
+    let (code, out) = support::check_config(&standard_config(""));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("TLS reports (tls_report.enabled = false): none counted or sent"),
+        "{out}"
+    );
+    let (code, out) = support::check_config(&standard_config(
+        "[tls_report]\nenabled = true\nfrom = \"tlsrpt@example.test\"\n",
+    ));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("TLS reports (tls_report.enabled = true): RFC 8460 report every 1day to each MTA-STS/DANE domain that publishes _smtp._tls, from tlsrpt@example.test"),
+        "{out}"
+    );
+}
