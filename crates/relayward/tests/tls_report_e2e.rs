@@ -300,6 +300,11 @@ fn daily_reports_reach_the_domains_that_ask_and_survive_a_restart() {
         "{subject}"
     );
     let text = String::from_utf8_lossy(&raw);
+    // Printed for the README's samples (cargo test -- --nocapture).
+    let log = server.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("TLS report")).collect();
+    let head = text.split("\r\n\r\n").next().unwrap_or("");
+    println!("{}\n{head}", lines.join("\n"));
     assert!(
         text.contains("TLS-Report-Submitter: example.test"),
         "{text}"
