@@ -424,3 +424,85 @@ fn reports_are_off_by_default_and_check_config_shows_the_setting() {
         "{out}"
     );
 }
+
+/// A crash (SIGKILL) loses no more than the counts not yet saved: once the running server has
+/// written its counts (within a few seconds of the session), a killed and restarted server
+/// still reports them.
+#[test]
+fn counts_saved_before_a_crash_are_reported_after_it() {
+    let ip = |last| Ipv4Addr::new(127, 64, 0, last);
+    let ca = TestCa::new();
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let ca_file = scratch.path().join("ca.pem");
+    ca.write(&ca_file);
+    let (https_port, mut https_listeners) = listeners_on_one_port(&[ip(3)]);
+    let https = HttpsServer::spawn(
+        https_listeners.remove(0),
+        ca.leaf(&["mta-sts.crash.test", "rpt.crash.test"]).server,
+        HashMap::from([(
+            "mta-sts.crash.test".to_string(),
+            enforce(&["mx.crash.test"]),
+        )]),
+    );
+    let (mx_port, mut listeners) = listeners_on_one_port(&[ip(2)]);
+    let mx = SmtpServer::spawn(
+        listeners.remove(0),
+        Script {
+            tls: Some(ca.leaf(&["mx.crash.test"]).server),
+            ..Script::default()
+        },
+    );
+    let zone = Zone::new()
+        .mx("crash.test", 10, "mx.crash.test")
+        .a("mx.crash.test", ip(2))
+        .txt("_mta-sts.crash.test", "v=STSv1; id=1;")
+        .a("mta-sts.crash.test", ip(3))
+        .a("rpt.crash.test", ip(3))
+        .txt(
+            "_smtp._tls.crash.test",
+            &format!("v=TLSRPTv1; rua=https://rpt.crash.test:{https_port}/tlsrpt"),
+        );
+    let dns = DnsServer::start_on(ip(1), zone);
+    let config = standard_config(&format!(
+        "[delivery]\nmx_port = {mx_port}\nmta_sts_port = {https_port}\ntls_policy_ca_file = \"{}\"\n\n\
+         [dns]\nnameservers = [\"{}\"]\n\n[tls_report]\nenabled = true\n",
+        ca_file.display(),
+        dns.addr
+    ));
+    let server = TestServer::start(&config);
+    submit(&server, "erin@crash.test");
+    assert!(
+        eventually(support::WAIT, || mx.messages().len() == 1),
+        "{}",
+        server.log()
+    );
+    let saved = server.data_dir().join("tls-report/current.json");
+    assert!(
+        eventually(support::WAIT, || std::fs::read_to_string(&saved)
+            .is_ok_and(|text| text.contains("crash.test"))),
+        "the counts were not saved\n{}",
+        server.log()
+    );
+
+    let dir = server.kill9();
+    let server = TestServer::start_in(dir, &config);
+    let (code, out) = relayward_cmd(&server, &["tls-report", "send-now"]);
+    assert_eq!(code, Some(0), "{out}\n{}", server.log());
+    assert!(
+        out.contains("crash.test: 1 successful, 0 failed session(s); report "),
+        "{out}"
+    );
+    let posts = https.posts();
+    assert_eq!(posts.len(), 1, "{out}");
+    let report = gunzip(&posts[0].body);
+    assert_rfc8460_report(&report);
+    assert_eq!(
+        report["organization-name"], "mx.example.test",
+        "default: hostname"
+    );
+    assert_eq!(report["contact-info"], "postmaster@mx.example.test");
+    assert_eq!(
+        report["policies"][0]["summary"]["total-successful-session-count"],
+        1
+    );
+}
