@@ -1345,19 +1345,14 @@ impl Runner {
         let Some(recipient) = bounce_recipient(ctx, message) else {
             return Ok(None);
         };
-        let report = dsn::build(&dsn::Report {
-            kind: dsn::Kind::Failure,
-            envid: message.options.dsn.envid.as_deref(),
-            ret: message.options.dsn.ret,
-            reporting_mta: &ctx.settings.hostname,
-            original_sender: &message.sender,
-            original_id: &message.id.0,
-            arrived: message.arrived,
+        let report = dsn::build(&report_on(
+            ctx,
+            message,
+            content,
+            dsn::Kind::Failure,
+            failed,
             now,
-            recipients: failed,
-            original: content,
-            origin: message.origin,
-        });
+        ));
         let id = self.enqueue_notice(recipient, report).await?;
         tracing::info!(id = %message.id, dsn = %id, to = %Escaped(&message.sender), "bounce queued");
         Ok(Some(id))
@@ -1420,19 +1415,14 @@ impl Runner {
                 let will_retry_until = message
                     .arrived
                     .saturating_add(ctx.settings.max_queue_lifetime.as_secs());
-                let notice = dsn::build(&dsn::Report {
-                    kind: dsn::Kind::Delay { will_retry_until },
-                    envid: message.options.dsn.envid.as_deref(),
-                    ret: message.options.dsn.ret,
-                    reporting_mta: &ctx.settings.hostname,
-                    original_sender: &message.sender,
-                    original_id: &message.id.0,
-                    arrived: message.arrived,
-                    now: unix_now(),
-                    recipients: &reported,
-                    original: content,
-                    origin: message.origin,
-                });
+                let notice = dsn::build(&report_on(
+                    ctx,
+                    message,
+                    content,
+                    dsn::Kind::Delay { will_retry_until },
+                    &reported,
+                    unix_now(),
+                ));
                 match self.enqueue_notice(recipient, notice).await {
                     Ok(id) => {
                         tracing::info!(id = %message.id, notice = %id, to = %Escaped(&message.sender), recipients = reported.len(), "delay notice queued");
@@ -1616,8 +1606,31 @@ fn stored_route(ctx: &DeliveryContext, id: &MessageId, r: &RecipientState) -> Op
     }
 }
 
-/// Where the bounce of `message` goes: its sender, routed like a RCPT. `None`, with a log
-/// line, when the sender has no route.
+/// The report (`kind`: bounce or delay notice) on `recipients` of `message`, as the
+/// message's own envelope and DSN parameters describe it.
+fn report_on<'a>(
+    ctx: &'a DeliveryContext,
+    message: &'a QueuedMessage,
+    content: &'a [u8],
+    kind: dsn::Kind,
+    recipients: &'a [FailedRecipient],
+    now: u64,
+) -> dsn::Report<'a> {
+    dsn::Report {
+        kind,
+        envid: message.options.dsn.envid.as_deref(),
+        ret: message.options.dsn.ret,
+        reporting_mta: &ctx.settings.hostname,
+        original_sender: &message.sender,
+        original_id: &message.id.0,
+        arrived: message.arrived,
+        now,
+        recipients,
+        original: content,
+        origin: message.origin,
+    }
+}
+
 /// The recipients of a local group that were delivered and asked for a success notice.
 fn delivered_asking_for_success(
     message: &QueuedMessage,
@@ -1648,6 +1661,8 @@ fn recipient_dsn(message: &QueuedMessage, address: &str) -> RcptDsn {
         .unwrap_or_default()
 }
 
+/// Where the bounce of `message` goes: its sender, routed like a RCPT. `None`, with a log
+/// line, when the sender has no route.
 fn bounce_recipient(ctx: &DeliveryContext, message: &QueuedMessage) -> Option<NewRecipient> {
     match ctx.router.route_address(&message.sender) {
         Some(Ok(Routed { address, route, .. })) => Some(NewRecipient { address, route }),
