@@ -125,15 +125,40 @@ fn a_bounce_is_logged_with_its_dsn_id() {
         .send("QUIT")
         .expect(221);
     server.wait_for_log("bounce queued");
+    // The bounce itself is delivered to the sender's Maildir under the id the log gave it.
+    server.wait_for_mail("example.test", "postmaster", 1);
+    server.wait_for_log_count("delivered id=", 1);
     let log = server.log();
     let failed = line_with(&log, &["failed", "gone@corp.example.test"]);
-    assert!(failed.contains("status=5.1.1"), "{failed}");
-    assert!(
-        failed.contains("reply=550 5.1.1 no such user here"),
-        "{failed}"
+    for field in [
+        "route=relay_domain",
+        &format!("relay=127.0.0.1[127.0.0.1]:{}", sink.port()),
+        "delay=",
+        "status=5.1.1",
+        "reply=550 5.1.1 no such user here",
+    ] {
+        assert!(failed.contains(field), "{field} missing: {failed}");
+    }
+    let original = field(&failed, "id");
+    let bounce = line_with(&log, &["bounce queued", &format!("id={original}")]);
+    let dsn = field(&bounce, "dsn");
+    assert_ne!(dsn, original, "the bounce is a message of its own");
+    line_with(
+        &log,
+        &[
+            "delivered",
+            &format!("id={dsn}"),
+            "rcpt=postmaster@example.test",
+        ],
     );
-    let bounce = line_with(&log, &["bounce queued"]);
-    assert!(bounce.contains("dsn="), "{bounce}");
+}
+
+/// The value of `name=` in a text log line.
+fn field(line: &str, name: &str) -> String {
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name}= in {line}"))
+        .to_string()
 }
 
 /// With `--log-json`, stderr is JSON lines only — configuration warnings included — and the
