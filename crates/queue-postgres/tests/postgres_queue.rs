@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use relayward_protocol::dsn::{Notify, Orcpt, Ret};
-use relayward_protocol::route::{NextHop, RouteClass};
+use relayward_protocol::route::NextHop;
 use relayward_queue::{
-    Claim, Esmtp, MailDsn, MessageId, NewMessage, NewRecipient, Origin, Queue, QueueError, RcptDsn,
-    RecipientStatus, RecipientUpdate, Route,
+    Claim, Esmtp, MailDsn, MessageId, NewMessage, Origin, Queue, QueueError, RcptDsn,
+    RecipientStatus, RecipientUpdate,
 };
 use relayward_queue_postgres::{PgOptions, PgQueue};
 use relayward_testkit::postgres::{Cluster, Database};
+use relayward_testkit::queue::by_mx;
 
 fn options(db: &Database, node: &str) -> PgOptions {
     let mut options = PgOptions::new(&db.url, node);
@@ -27,21 +28,10 @@ async fn open(db: &Database, node: &str) -> PgQueue {
         .unwrap_or_else(|e| panic!("open {node}: {e}"))
 }
 
-fn recipient(address: &str) -> NewRecipient {
-    let domain = address.rsplit_once('@').map_or("", |(_, d)| d).to_owned();
-    NewRecipient {
-        address: address.to_owned(),
-        route: Route {
-            class: RouteClass::Remote,
-            next_hop: NextHop::Mx { domain },
-        },
-    }
-}
-
 fn message(token: &str, recipients: &[&str]) -> NewMessage {
     NewMessage {
         sender: "sender@example.test".into(),
-        recipients: recipients.iter().map(|r| recipient(r)).collect(),
+        recipients: recipients.iter().map(|r| by_mx(r)).collect(),
         content: format!("Subject: {token}\r\n\r\nToken: {token}\r\n").into_bytes(),
         client_ip: "192.0.2.7".into(),
         auth_login: Some("alice@example.test".into()),

@@ -4,24 +4,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use relayward_protocol::route::{NextHop, RouteClass};
 use relayward_queue::{
     Changes, MessageId, NewMessage, Queue, QueueError, QueuedMessage, RecipientStatus,
     RecipientUpdate, Spool, SpoolOptions,
 };
-use relayward_queue::{NewRecipient, Route};
-
-/// A recipient routed by MX to its domain (the queue stores routes; it does not judge them).
-fn by_mx(address: &str) -> NewRecipient {
-    let domain = address.rsplit_once('@').map_or("", |(_, d)| d).to_owned();
-    NewRecipient {
-        address: address.to_owned(),
-        route: Route {
-            class: RouteClass::Remote,
-            next_hop: NextHop::Mx { domain },
-        },
-    }
-}
+use relayward_testkit::queue::by_mx;
 
 fn options() -> SpoolOptions {
     SpoolOptions {

@@ -6,10 +6,25 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use relayward_protocol::route::{NextHop, Route, RouteClass};
 use relayward_queue::{
-    BoxFuture, Changes, MessageId, NewMessage, Queue, QueueError, QueuedMessage, RecipientUpdate,
+    BoxFuture, Changes, MessageId, NewMessage, NewRecipient, Queue, QueueError, QueuedMessage,
+    RecipientUpdate,
 };
 use tokio::sync::Notify;
+
+/// A recipient routed by MX to its domain, for queue tests: the queue stores routes, it does
+/// not judge them.
+pub fn by_mx(address: &str) -> NewRecipient {
+    let domain = address.rsplit_once('@').map_or("", |(_, d)| d).to_owned();
+    NewRecipient {
+        address: address.to_owned(),
+        route: Route {
+            class: RouteClass::Remote,
+            next_hop: NextHop::Mx { domain },
+        },
+    }
+}
 
 /// One message as the session handed it over, with its queue id.
 #[derive(Debug, Clone)]
