@@ -42,6 +42,8 @@ pub struct TestServer {
     pub config_path: PathBuf,
     pub listeners: Vec<(String, SocketAddr)>,
     stderr_lines: Arc<std::sync::Mutex<Vec<String>>>,
+    /// The thread that collects stderr; it ends when the process's stderr closes.
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 /// [`standard_config`] with one network in `[relay] trusted_networks` or (with `key` =
@@ -118,7 +120,7 @@ impl TestServer {
         let stderr = child.stderr.take().expect("stderr");
         let stderr_lines = Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = Arc::clone(&stderr_lines);
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 sink.lock().expect("lock").push(line);
             }
@@ -130,6 +132,7 @@ impl TestServer {
             config_path,
             listeners,
             stderr_lines,
+            stderr_reader: Some(stderr_reader),
         }
     }
 
@@ -256,11 +259,13 @@ impl TestServer {
         assert!(status.success());
     }
 
-    /// Waits for the process to exit by itself; returns its exit code.
+    /// Waits for the process to exit by itself; returns its exit code. The log then holds
+    /// every line the process wrote (the last ones are often what the test checks).
     pub fn wait_exit(&mut self) -> Option<i32> {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
+                self.finish_log();
                 return status.code();
             }
             assert!(
@@ -269,6 +274,21 @@ impl TestServer {
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits (bounded) until the stderr reader has read to the end: a child the server left
+    /// behind could hold the pipe open, so this gives up after a while instead of hanging.
+    fn finish_log(&mut self) {
+        let Some(reader) = self.stderr_reader.take() else {
+            return;
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !reader.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if reader.is_finished() {
+            let _ = reader.join();
         }
     }
 
