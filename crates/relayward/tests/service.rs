@@ -192,6 +192,17 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
             "{line} missing from the unit"
         );
     }
+    // A refused configuration must stop the unit, not loop: RestartPreventExitStatus= applies
+    // to the main process only (systemd issue 11868), so a check-config in ExecStartPre=
+    // exiting 78 would be restarted every RestartSec. serve runs the same checks and exits 78.
+    assert!(
+        unit.lines().any(|l| l == "RestartPreventExitStatus=78"),
+        "RestartPreventExitStatus=78 missing from the unit"
+    );
+    assert!(
+        !unit.lines().any(|l| l.starts_with("ExecStartPre=")),
+        "an ExecStartPre= that exits 78 is restarted despite RestartPreventExitStatus=78"
+    );
     let analyze = ["/usr/bin/systemd-analyze", "/bin/systemd-analyze"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists());
