@@ -69,8 +69,12 @@ pub struct DeliveryConfig {
 }
 
 impl DeliveryConfig {
-    /// Production defaults (MX delivery on port 25, RFC 5321 timeouts, 5 days lifetime).
+    /// Production defaults (MX delivery on port 25, RFC 5321 timeouts, 5 days lifetime). The
+    /// concurrency limits are the configuration file's defaults (`[delivery]
+    /// connections_per_destination`, 20 as Postfix, and `max_connections`), so that a runner
+    /// built here and one built from a file without `[delivery]` behave the same.
     pub fn new(hostname: impl Into<String>, mail_root: impl Into<PathBuf>) -> Self {
+        let defaults = relayward_config::Delivery::default();
         Self {
             hostname: hostname.into(),
             mail_root: mail_root.into(),
@@ -93,8 +97,8 @@ impl DeliveryConfig {
             delay_notice_after: Some(Duration::from_secs(4 * 3600)),
             retry: RetrySchedule::default(),
             timeouts: Timeouts::default(),
-            max_connections: 20,
-            max_per_destination: 4,
+            max_connections: defaults.max_connections as usize,
+            max_per_destination: defaults.connections_per_destination as usize,
             rescan_interval: Duration::from_secs(3600),
             connection_idle: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(20),

@@ -108,6 +108,12 @@ impl Received {
 #[derive(Default)]
 pub struct Log {
     pub connections: usize,
+    /// Connections open right now, and the most that were open at once.
+    pub open: usize,
+    pub peak_open: usize,
+    /// MAIL commands that arrived together with the next command (in one read): the client
+    /// pipelined (RFC 2920) instead of waiting for each reply.
+    pub pipelined_mail: usize,
     pub messages: Vec<Received>,
     /// Every command line seen (AUTH lines included), for assertions on what was sent.
     pub lines: Vec<String>,
@@ -169,6 +175,16 @@ impl SmtpServer {
         self.log().connections
     }
 
+    /// The most connections that were open at the same time.
+    pub fn peak_connections(&self) -> usize {
+        self.log().peak_open
+    }
+
+    /// How many MAIL commands came pipelined with what followed them.
+    pub fn pipelined_mail(&self) -> usize {
+        self.log().pipelined_mail
+    }
+
     pub fn lines(&self) -> Vec<String> {
         self.log().lines.clone()
     }
@@ -220,12 +236,36 @@ async fn accept_loop(listener: TcpListener, script: Arc<Script>, log: Arc<Mutex<
         let Ok((tcp, _)) = listener.accept().await else {
             return;
         };
-        log.lock().expect("log").connections += 1;
+        let open = OpenConnection::new(Arc::clone(&log));
         let (script, log) = (Arc::clone(&script), Arc::clone(&log));
         tokio::spawn(async move {
             // Bounded, so a client that never leaves cannot keep a test's thread forever.
             let _ = tokio::time::timeout(Duration::from_secs(120), serve(tcp, script, log)).await;
+            drop(open);
         });
+    }
+}
+
+/// Counts one connection as open in the log for as long as it lives.
+struct OpenConnection(Arc<Mutex<Log>>);
+
+impl OpenConnection {
+    fn new(log: Arc<Mutex<Log>>) -> Self {
+        {
+            let mut l = log.lock().expect("log");
+            l.connections += 1;
+            l.open += 1;
+            l.peak_open = l.peak_open.max(l.open);
+        }
+        Self(log)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        if let Ok(mut l) = self.0.lock() {
+            l.open -= 1;
+        }
     }
 }
 
@@ -318,7 +358,11 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             reply
         } else if upper.starts_with("MAIL FROM:") {
             let from = path(&line[10..]);
-            log.lock().expect("log").senders.push(from.clone());
+            let pipelined = !io.buffer().is_empty();
+            let mut l = log.lock().expect("log");
+            l.senders.push(from.clone());
+            l.pipelined_mail += usize::from(pipelined);
+            drop(l);
             txn = Txn {
                 from: Some(from),
                 ..Txn::default()

@@ -1,0 +1,185 @@
+//! Delivery concurrency, connection reuse and pipelining, end to end on loopback: the runner
+//! delivers many queued messages to scripted MX hosts that count how many connections are open
+//! at once and whether MAIL arrived pipelined with RCPT and DATA.
+//!
+//! The scripted host holds every final reply for `HOLD` so that deliveries overlap: the peak is
+//! then the limit itself, not whatever the timing happened to give. Each test uses its own
+//! 127.N.0.0/16 addresses.
+
+mod support;
+
+use std::time::Duration;
+
+use relayward_config::Config;
+use relayward_delivery::{DeliveryConfig, Runner};
+use relayward_queue::Queue;
+use support::*;
+
+/// How long the scripted host waits before answering each final dot.
+const HOLD: Duration = Duration::from_millis(400);
+
+/// A scripted MX host for `domains` at `mx`, answering as `script`, with the test DNS at
+/// `dns_ip`; returns the host and the DNS server's address.
+async fn mx_for(
+    domains: &[&str],
+    dns_ip: std::net::Ipv4Addr,
+    mx: std::net::Ipv4Addr,
+    script: Script,
+) -> (SmtpServer, std::net::SocketAddr) {
+    let srv = start_smtp(sock(mx, 0), script).await;
+    let mut zone = Zone::default().a("mx.shared.test", mx);
+    for domain in domains {
+        zone = zone.mx(domain, 10, "mx.shared.test");
+    }
+    let dns = DnsServer::start_on(dns_ip, zone).addr;
+    (srv, dns)
+}
+
+fn holding() -> Script {
+    Script {
+        data_delay: HOLD,
+        ..Script::default()
+    }
+}
+
+/// Queues `count` one-recipient messages to `domain`.
+async fn enqueue_many(relay: &Relay, domain: &str, count: usize) {
+    for i in 0..count {
+        let rcpt = format!("user{i}@{domain}");
+        relay
+            .enqueue("alice@local.test", &[rcpt.as_str()], "hello")
+            .await;
+    }
+}
+
+/// Runs one pass of `runner` (bounded) and checks the queue is empty after it.
+async fn deliver_all(relay: &Relay, runner: Runner) {
+    tokio::time::timeout(Duration::from_secs(60), runner.run_once())
+        .await
+        .expect("the pass ends");
+    let left = relay.queue.list().await.expect("list");
+    assert!(left.is_empty(), "undelivered: {left:?}");
+}
+
+/// The settings a configuration file gives with `delivery` as its `[delivery]` table, pointed
+/// at the test DNS and MX port.
+fn from_file(
+    relay: &Relay,
+    delivery: &str,
+    dns: std::net::SocketAddr,
+    port: u16,
+) -> DeliveryConfig {
+    let text =
+        format!("hostname = \"relay.test\"\ndata_dir = \"/nonexistent\"\n[delivery]\n{delivery}\n");
+    let config = Config::from_toml_str(&text, "<test>").expect("configuration");
+    let file = DeliveryConfig::from_config(&config);
+    let mut settings = relay.config(Some(dns), port);
+    settings.max_connections = file.max_connections;
+    settings.max_per_destination = file.max_per_destination;
+    settings
+}
+
+/// Postfix's `default_destination_concurrency_limit`: without any setting, 20 deliveries run
+/// at once to one destination (it was 4).
+#[tokio::test]
+async fn twenty_connections_at_once_to_one_destination_by_default() {
+    let (srv, dns) = mx_for(
+        &["far.test"],
+        ip(127, 50, 0, 1),
+        ip(127, 50, 0, 2),
+        holding(),
+    )
+    .await;
+    let relay = Relay::new();
+    enqueue_many(&relay, "far.test", 40).await;
+
+    let settings = relay.config(Some(dns), srv.addr.port());
+    deliver_all(&relay, relay.runner(settings)).await;
+
+    assert_eq!(srv.messages().len(), 40);
+    assert_eq!(srv.peak_connections(), 20, "connections open at once");
+}
+
+/// `[delivery] connections_per_destination = 3` from a configuration file: never more than
+/// three connections to the destination, and the three are reused for all twelve messages.
+#[tokio::test]
+async fn connections_per_destination_caps_one_destination_and_connections_are_reused() {
+    let (srv, dns) = mx_for(
+        &["far.test"],
+        ip(127, 51, 0, 1),
+        ip(127, 51, 0, 2),
+        holding(),
+    )
+    .await;
+    let relay = Relay::new();
+    enqueue_many(&relay, "far.test", 12).await;
+
+    let settings = from_file(
+        &relay,
+        "connections_per_destination = 3",
+        dns,
+        srv.addr.port(),
+    );
+    deliver_all(&relay, relay.runner(settings)).await;
+
+    assert_eq!(srv.messages().len(), 12);
+    assert_eq!(srv.peak_connections(), 3, "connections open at once");
+    assert_eq!(
+        srv.connections(),
+        3,
+        "every later message reused one of them"
+    );
+}
+
+/// `[delivery] max_connections = 3` caps deliveries to all destinations together: two
+/// domains on one MX host, twenty allowed to each, three in total.
+#[tokio::test]
+async fn max_connections_caps_all_destinations_together() {
+    let domains = ["one.test", "two.test"];
+    let (srv, dns) = mx_for(&domains, ip(127, 52, 0, 1), ip(127, 52, 0, 2), holding()).await;
+    let relay = Relay::new();
+    enqueue_many(&relay, "one.test", 8).await;
+    enqueue_many(&relay, "two.test", 8).await;
+
+    let settings = from_file(
+        &relay,
+        "connections_per_destination = 20\nmax_connections = 3",
+        dns,
+        srv.addr.port(),
+    );
+    deliver_all(&relay, relay.runner(settings)).await;
+
+    assert_eq!(srv.messages().len(), 16);
+    assert_eq!(srv.peak_connections(), 3, "connections open at once");
+}
+
+/// RFC 2920: to a peer that offers PIPELINING, MAIL, RCPT and DATA go in one write, on new
+/// and on reused connections alike; to one that does not, one command per reply.
+#[tokio::test]
+async fn pipelining_only_to_peers_that_offer_it() {
+    for (offered, dns_ip, mx) in [
+        (true, ip(127, 53, 0, 1), ip(127, 53, 0, 2)),
+        (false, ip(127, 53, 1, 1), ip(127, 53, 1, 2)),
+    ] {
+        let script = Script {
+            pipelining: offered,
+            ..Script::default()
+        };
+        let (srv, dns) = mx_for(&["far.test"], dns_ip, mx, script).await;
+        let relay = Relay::new();
+        enqueue_many(&relay, "far.test", 5).await;
+        let mut settings = relay.config(Some(dns), srv.addr.port());
+        settings.max_per_destination = 1;
+        deliver_all(&relay, relay.runner(settings)).await;
+
+        assert_eq!(srv.messages().len(), 5);
+        assert_eq!(srv.connections(), 1, "one connection reused");
+        let expected = if offered { 5 } else { 0 };
+        assert_eq!(
+            srv.pipelined_mail(),
+            expected,
+            "pipelined MAIL commands with PIPELINING offered: {offered}; lines: {:?}",
+            srv.lines()
+        );
+    }
+}
