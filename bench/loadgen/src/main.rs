@@ -1,7 +1,7 @@
 //! rw-benchload: the small tools `scripts/bench` needs beside Postfix's smtp-source/smtp-sink.
 //!
 //! ```text
-//! rw-benchload latency  --addr IP:PORT --sessions S --messages M --size BYTES --from A --to B [--out FILE]
+//! rw-benchload latency  --addr IP:PORT --sessions S --messages M --size BYTES --from A --to B [--out FILE] [--source IP]
 //! rw-benchload idle     --addr IP:PORT --count N --pid PID [--sources K] [--probes P]
 //! rw-benchload silent   --cidr 127.0.5.0/26 --port 25 --secs T
 //! smtp-sink -c ... | rw-benchload sinkwatch --state FILE
@@ -209,6 +209,11 @@ async fn latency(o: Opts) -> Res<()> {
     let to = o.get("to").unwrap_or("to@sink.test").to_string();
     let helo = o.get("helo").unwrap_or("client.bench.test").to_string();
     let out = o.get("out").map(PathBuf::from);
+    // The client's own address (e.g. 127.0.0.2: outside a server's trusted networks).
+    let source: Option<IpAddr> = match o.get("source") {
+        Some(ip) => Some(ip.parse().map_err(|_| format!("--source: not an address: {ip}"))?),
+        None => None,
+    };
 
     let body = Arc::new(message(&from, &to, size));
     let next = Arc::new(AtomicU64::new(0));
@@ -221,7 +226,7 @@ async fn latency(o: Opts) -> Res<()> {
         tasks.spawn(async move {
             let mut lat = Vec::new();
             while next.fetch_add(1, Ordering::Relaxed) < total {
-                match one_message(addr, &helo, &from, &to, &body).await {
+                match one_message(addr, source, &helo, &from, &to, &body).await {
                     Ok(d) => lat.push(d),
                     Err(e) => {
                         if failed.fetch_add(1, Ordering::Relaxed) < 5 {
@@ -267,12 +272,13 @@ async fn latency(o: Opts) -> Res<()> {
 
 async fn one_message(
     addr: SocketAddr,
+    source: Option<IpAddr>,
     helo: &str,
     from: &str,
     to: &str,
     body: &[u8],
 ) -> Res<Duration> {
-    let mut s = Smtp::new(connect(addr, None).await?);
+    let mut s = Smtp::new(connect(addr, source).await?);
     s.expect(2, "banner").await?;
     s.send(format!("EHLO {helo}\r\n").as_bytes()).await?;
     s.expect(2, "EHLO").await?;
