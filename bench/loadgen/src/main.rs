@@ -4,6 +4,7 @@
 //! rw-benchload latency  --addr IP:PORT --sessions S --messages M --size BYTES --from A --to B [--out FILE] [--source IP]
 //! rw-benchload idle     --addr IP:PORT --count N --pid PID [--sources K] [--probes P]
 //! rw-benchload silent   --cidr 127.0.5.0/26 --port 25 --secs T
+//! rw-benchload inflight --addr IP:PORT --sessions S --size BYTES --pid PID
 //! smtp-sink -c ... | rw-benchload sinkwatch --state FILE
 //! rw-benchload memwatch --pid PID [--tree] --stop-file FILE [--interval-ms 200] [--secs T]
 //! rw-benchload compare  --probe-json FILE --nmap-xml FILE --cidr 127.0.4.0/22 --port 25 --out TSV
@@ -35,6 +36,7 @@ fn main() {
         "latency" => run_async(latency(Opts::parse(rest))),
         "idle" => run_async(idle(Opts::parse(rest))),
         "silent" => run_async(silent(Opts::parse(rest))),
+        "inflight" => run_async(inflight(Opts::parse(rest))),
         "sinkwatch" => sinkwatch(Opts::parse(rest)),
         "memwatch" => memwatch(Opts::parse(rest)),
         "compare" => compare(Opts::parse(rest)),
@@ -724,5 +726,91 @@ fn compare(o: Opts) -> Res<()> {
     for d in disagreements.iter().take(20) {
         eprintln!("disagree: {d}");
     }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// inflight (issue 15, the memory case): S sessions each in DATA with SIZE octets of content
+// sent and no final dot, all at once; the server's RSS while they are in flight. Then the
+// sessions go away without the dot (nothing is queued).
+
+async fn inflight(o: Opts) -> Res<()> {
+    let addr: SocketAddr = o.req("addr")?.parse().map_err(|_| "--addr")?;
+    let sessions: usize = o.num("sessions", 60)?;
+    let size: usize = o.num("size", 25_000_000)?;
+    let pid: u32 = o.num("pid", 0)?;
+    let settle: u64 = o.num("settle-ms", 1000)?;
+    let rss_before = proc_status_kb(pid, "VmRSS:").unwrap_or(0);
+
+    // Peak RSS while the content arrives, sampled every 50 ms.
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let peak = Arc::new(AtomicU64::new(rss_before));
+    let sampler = {
+        let (sampling, peak) = (sampling.clone(), peak.clone());
+        tokio::spawn(async move {
+            while sampling.load(Ordering::Relaxed) {
+                if let Some(rss) = proc_status_kb(pid, "VmRSS:") {
+                    peak.fetch_max(rss, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..sessions {
+        tasks.spawn(async move {
+            let mut s = Smtp::new(connect(addr, None).await?);
+            s.expect(2, "banner").await?;
+            for (command, class) in [
+                (&b"EHLO client.bench.test\r\n"[..], 2),
+                (b"MAIL FROM:<bench@bench.test>\r\n", 2),
+                (b"RCPT TO:<to@sink.test>\r\n", 2),
+                (b"DATA\r\n", 3),
+            ] {
+                s.send(command).await?;
+                s.expect(class, "envelope").await?;
+            }
+            let line: Vec<u8> = (0..76u8).map(|i| b'a' + (i % 26)).chain(*b"\r\n").collect();
+            let block: Vec<u8> = line.iter().copied().cycle().take(line.len() * 840).collect();
+            let mut sent = 0;
+            while sent < size {
+                let take = block.len().min(size - sent);
+                s.send(&block[..take]).await?;
+                sent += take;
+            }
+            Ok::<_, String>(s)
+        });
+    }
+    let mut open = Vec::with_capacity(sessions);
+    let mut failed = 0usize;
+    while let Some(result) = tasks.join_next().await {
+        match result.map_err(|e| e.to_string())? {
+            Ok(s) => open.push(s),
+            Err(e) => {
+                failed += 1;
+                if failed <= 5 {
+                    eprintln!("inflight: {e}");
+                }
+            }
+        }
+    }
+    let send_s = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(settle)).await;
+    let rss_in_flight = proc_status_kb(pid, "VmRSS:").unwrap_or(0);
+    sampling.store(false, Ordering::Relaxed);
+    let _ = sampler.await;
+    let hwm = proc_status_kb(pid, "VmHWM:").unwrap_or(0);
+    let in_flight = open.len();
+    drop(open);
+    tokio::time::sleep(Duration::from_millis(settle)).await;
+    let rss_after = proc_status_kb(pid, "VmRSS:").unwrap_or(0);
+    println!(
+        "sessions={sessions} in_flight={in_flight} failed={failed} octets_each={size} send_s={send_s:.2} \
+         rss_before_kb={rss_before} peak_rss_kb={} rss_in_flight_kb={rss_in_flight} hwm_kb={hwm} \
+         rss_after_kb={rss_after}",
+        peak.load(Ordering::Relaxed)
+    );
     Ok(())
 }

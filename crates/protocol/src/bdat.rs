@@ -209,9 +209,11 @@ impl BdatReceiver {
     }
 
     /// After the `LAST` chunk: a message whose last line has no CRLF gets one (as Postfix
-    /// does), so it can be relayed by DATA unchanged.
+    /// does), so it can be relayed by DATA unchanged. Decided from what was received, not
+    /// from `sink`, which the session empties into the queue as the message arrives.
     fn finish_message(&mut self, sink: &mut Vec<u8>) {
-        if self.error.is_none() && !sink.is_empty() && !sink.ends_with(b"\r\n") {
+        // Every octet went to the sink (no error), and a line is open: it lacks its CRLF.
+        if self.error.is_none() && self.line_len > 0 {
             sink.extend_from_slice(b"\r\n");
         }
     }
@@ -242,6 +244,32 @@ mod tests {
             }
         );
         assert_eq!(sink, b"ab\r\ncd\r\n");
+    }
+
+    /// The session empties the sink into the queue while the message arrives: the final CRLF
+    /// is still added exactly when the message lacks one.
+    #[test]
+    fn the_final_crlf_does_not_depend_on_what_the_sink_still_holds() {
+        for (chunks, expected) in [
+            (&[&b"ab\r\n"[..], b"cd"][..], &b"ab\r\ncd\r\n"[..]),
+            (&[&b"ab\r\n"[..], b"cd\r\n"][..], b"ab\r\ncd\r\n"),
+            (&[&b"ab\r"[..], b"\n"][..], b"ab\r\n"),
+            (&[&b"ab"[..], b""][..], b"ab\r\n"),
+            (&[&b"ab\r\n"[..], b""][..], b"ab\r\n"),
+            (&[&b""[..]][..], b""),
+        ] {
+            let mut rx = BdatReceiver::new(100);
+            let mut delivered = Vec::new();
+            for (i, chunk) in chunks.iter().enumerate() {
+                let mut sink = Vec::new();
+                rx.start_chunk(chunk.len() as u64, i + 1 == chunks.len())
+                    .unwrap();
+                let status = rx.feed(chunk, &mut sink);
+                assert!(matches!(status, ChunkStatus::ChunkDone { error: None, .. }));
+                delivered.extend_from_slice(&sink);
+            }
+            assert_eq!(delivered, expected, "{chunks:?}");
+        }
     }
 
     #[test]

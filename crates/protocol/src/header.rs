@@ -54,9 +54,109 @@ pub fn fields(content: &[u8]) -> Vec<Field> {
 /// How many fields called `name` (case-insensitively) the header section holds. Cheaper than
 /// [`fields`]: nothing is copied, so counting `Received:` in a 25 MB message costs one scan.
 pub fn count(content: &[u8], name: &str) -> usize {
-    lines(header_section(content))
-        .filter(|line| is_field(line, name))
-        .count()
+    let mut counter = FieldCounter::new(name);
+    counter.feed(content);
+    counter.count()
+}
+
+/// [`count`] over content that arrives in pieces (a message streamed to the queue): the same
+/// answer, whatever the split, without keeping the header section. Stops looking at the
+/// first empty line.
+#[derive(Debug, Clone)]
+pub struct FieldCounter {
+    name: Vec<u8>,
+    state: CounterState,
+    count: usize,
+}
+
+/// Where the counter stands in the current line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CounterState {
+    /// At the start of a line.
+    LineStart,
+    /// A CR opened the line: an LF now ends the header section.
+    StartCr,
+    /// This many octets of the name matched so far.
+    Name(usize),
+    /// The whole name matched: blanks, then `:` makes it a field of that name.
+    Blanks,
+    /// Nothing more to learn from this line.
+    Skip,
+    /// The header section ended.
+    Body,
+}
+
+impl FieldCounter {
+    pub fn new(name: &str) -> FieldCounter {
+        FieldCounter {
+            name: name.as_bytes().to_ascii_lowercase(),
+            state: CounterState::LineStart,
+            count: 0,
+        }
+    }
+
+    /// Fields of the name seen so far.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Takes the next piece of the content.
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        while let Some((&byte, rest)) = bytes.split_first() {
+            match self.state {
+                CounterState::Body => return,
+                // The rest of the line says nothing: jump to its end.
+                CounterState::Skip => match memchr::memchr(b'\n', bytes) {
+                    Some(lf) => {
+                        self.state = CounterState::LineStart;
+                        bytes = &bytes[lf + 1..];
+                        continue;
+                    }
+                    None => return,
+                },
+                _ => self.step(byte),
+            }
+            bytes = rest;
+        }
+    }
+
+    fn step(&mut self, byte: u8) {
+        use CounterState::*;
+        self.state = match (self.state, byte) {
+            (LineStart | StartCr, b'\n') => Body,
+            (LineStart, b'\r') => StartCr,
+            (LineStart, _) if self.name.is_empty() => self.after_name(byte),
+            (LineStart, _) => self.name_byte(0, byte),
+            (Name(matched), _) => self.name_byte(matched, byte),
+            (Blanks, _) => self.after_name(byte),
+            (_, b'\n') => LineStart,
+            _ => Skip,
+        };
+    }
+
+    fn name_byte(&self, matched: usize, byte: u8) -> CounterState {
+        if byte == b'\n' {
+            CounterState::LineStart
+        } else if byte.to_ascii_lowercase() != self.name[matched] {
+            CounterState::Skip
+        } else if matched + 1 == self.name.len() {
+            CounterState::Blanks
+        } else {
+            CounterState::Name(matched + 1)
+        }
+    }
+
+    fn after_name(&mut self, byte: u8) -> CounterState {
+        match byte {
+            b' ' | b'\t' => CounterState::Blanks,
+            b':' => {
+                self.count += 1;
+                CounterState::Skip
+            }
+            b'\n' => CounterState::LineStart,
+            _ => CounterState::Skip,
+        }
+    }
 }
 
 /// The first field called `name`, unfolded.
@@ -91,21 +191,22 @@ fn lines(section: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|line| !line.is_empty())
 }
 
-/// `line` opens a field called `name`: `name` then optional blanks then `:`.
-fn is_field(line: &[u8], name: &str) -> bool {
-    let Some(head) = line.get(..name.len()) else {
-        return false;
-    };
-    head.eq_ignore_ascii_case(name.as_bytes())
-        && line[name.len()..]
-            .iter()
-            .find(|&&b| b != b' ' && b != b'\t')
-            .is_some_and(|&b| b == b':')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The one-piece rule the streaming counter must agree with.
+    /// `line` opens a field called `name`: `name` then optional blanks then `:`.
+    fn is_field(line: &[u8], name: &str) -> bool {
+        let Some(head) = line.get(..name.len()) else {
+            return false;
+        };
+        head.eq_ignore_ascii_case(name.as_bytes())
+            && line[name.len()..]
+                .iter()
+                .find(|&&b| b != b' ' && b != b'\t')
+                .is_some_and(|&b| b == b':')
+    }
 
     #[test]
     fn the_section_ends_at_the_first_empty_line() {
@@ -141,6 +242,43 @@ mod tests {
         let content = b"Received: a\r\n  from x\r\nreceived : b\r\nX-Received: c\r\n\
 Subject: Received: d\r\nReceivedX: e\r\n\r\nReceived: in the body\r\n";
         assert_eq!(count(content, "Received"), 2);
+    }
+
+    /// The streaming counter gives the one-piece answer however the content is split.
+    #[test]
+    fn counting_in_pieces_matches_counting_whole() {
+        let samples: [&[u8]; 7] = [
+            b"Received: a\r\n  from x\r\nreceived : b\r\nX-Received: c\r\n\
+Subject: Received: d\r\nReceivedX: e\r\n\r\nReceived: in the body\r\n",
+            b"Received:x\nReceived\t:y\n\nReceived: z\n",
+            b"\r\nReceived: body only\r\n",
+            b"\rReceived: not at a line start\r\nReceived: yes\r\n",
+            b"Receive: no\r\nReceived\r\nReceived \r:\r\nRECEIVED:\r\n",
+            b"Received: no end",
+            b"",
+        ];
+        for content in samples {
+            let whole = lines(header_section(content))
+                .filter(|line| is_field(line, "Received"))
+                .count();
+            assert_eq!(
+                count(content, "Received"),
+                whole,
+                "{}",
+                content.escape_ascii()
+            );
+            for split in 0..=content.len() {
+                let mut counter = FieldCounter::new("Received");
+                counter.feed(&content[..split]);
+                counter.feed(&content[split..]);
+                assert_eq!(
+                    counter.count(),
+                    whole,
+                    "split at {split}: {}",
+                    content.escape_ascii()
+                );
+            }
+        }
     }
 
     #[test]

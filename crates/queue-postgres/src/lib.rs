@@ -23,6 +23,11 @@
 //! at least `on`; the session answers `250` only after that commit. Delivery results
 //! (`update`) share the same commits, so acknowledgements are batched too.
 //!
+//! A message arriving by DATA or BDAT is held in memory until its commit (the trait's default
+//! [`relayward_queue::MemoryDraft`]): the whole content goes into the transaction as one
+//! `bytea`, so each session in DATA holds up to `max_message_size` (25 MB by default). The
+//! file spool streams content to disk instead and holds a bounded buffer per session.
+//!
 //! # Delivering on several nodes: claims and leases ([`lease`])
 //!
 //! The runner is the same for both backends: it keeps its own index of what is due (fed by

@@ -20,11 +20,13 @@ use std::pin::Pin;
 
 pub use relayward_protocol::dsn::{MailDsn, RcptDsn};
 
+pub mod draft;
 mod fsutil;
 mod id;
 pub mod maildir;
 pub mod spool;
 
+pub use draft::{Draft, MemoryDraft};
 pub use fsutil::replace_durably;
 pub use id::InvalidMessageId;
 pub use maildir::deliver_to_maildir;
@@ -379,6 +381,32 @@ pub struct RecipientUpdate {
 pub trait Queue: Send + Sync + 'static {
     /// Stores a message durably; returns only after the fsyncs.
     fn enqueue(&self, message: NewMessage) -> BoxFuture<'_, Result<MessageId, QueueError>>;
+
+    /// Starts a message whose content is written while it arrives (see [`draft`]):
+    /// `message` holds the envelope and the start of the content (the trace header); the
+    /// session writes the rest to the draft and ends with [`Queue::commit`]. The default holds
+    /// the draft in memory ([`MemoryDraft`]); the spool stages it in a file.
+    fn begin(&self, message: NewMessage) -> BoxFuture<'_, Result<Box<dyn Draft>, QueueError>> {
+        Box::pin(async move {
+            if message.recipients.is_empty() {
+                return Err(QueueError::Io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "a message needs at least one recipient",
+                )));
+            }
+            Ok(Box::new(MemoryDraft::new(message)) as Box<dyn Draft>)
+        })
+    }
+
+    /// Stores a draft made by [`Queue::begin`] of this store durably, like
+    /// [`Queue::enqueue`]: returns only after the fsyncs. The default enqueues the message
+    /// whole.
+    fn commit(&self, draft: Box<dyn Draft>) -> BoxFuture<'_, Result<MessageId, QueueError>> {
+        Box::pin(async move {
+            let message = draft.into_message().await?;
+            self.enqueue(message).await
+        })
+    }
 
     /// All messages, oldest first.
     fn list(&self) -> BoxFuture<'_, Result<Vec<QueuedMessage>, QueueError>>;

@@ -53,6 +53,7 @@
 //! There is no in-memory index: the directory is the index, so a change made by another process
 //! is visible at the next `list`, and nothing needs rebuilding after a crash.
 
+mod draft;
 mod entry;
 mod recover;
 
@@ -67,14 +68,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use relayward_protocol::text::Escaped;
 use tokio::sync::{Notify, oneshot};
 
-use self::entry::{Change, apply_updates, encode_header, parse_state, read_header};
+use self::draft::{SpoolDraft, Staging};
+use self::entry::{Change, apply_updates, parse_state, read_header};
 use crate::fsutil::{
     PRIVATE_FILE, available_bytes, create_private_dir, lock_exclusive, lock_shared, queue_error,
     shared_queue_error, sync_dir, try_lock_exclusive, write_synced,
 };
 use crate::{
-    BoxFuture, Changes, MessageId, NewMessage, Queue, QueueError, QueuedMessage, RecipientUpdate,
-    id,
+    BoxFuture, Changes, Draft, MessageId, NewMessage, Queue, QueueError, QueuedMessage,
+    RecipientUpdate,
 };
 
 const CONTENT_EXT: &str = "eml";
@@ -243,25 +245,47 @@ impl Spool {
     /// Stages the message in a blocking thread, hands it to the committer and waits for the
     /// fsync that covers it.
     async fn enqueue_message(&self, message: NewMessage) -> Result<MessageId, QueueError> {
-        if message.recipients.is_empty() {
-            return Err(invalid_input("a message needs at least one recipient"));
-        }
-        let id = id::generate();
-        let (reply, answer) = oneshot::channel();
         let inner = Arc::clone(&self.inner);
         let committer = self.committer.clone();
-        let staged = Staged {
-            id: id.clone(),
-            reply,
-        };
+        let (reply, answer) = oneshot::channel();
         // Staging and hand-over happen in one closure: if the caller gives up waiting, the
         // message is still committed or cleaned up, never left half in tmp/.
-        blocking(move || inner.stage_and_submit(&message, staged, &committer)).await?;
-        match answer.await {
-            Ok(Ok(())) => Ok(id),
-            Ok(Err(err)) => Err(err),
-            Err(_) => Err(committer_gone()),
+        let id = blocking(move || {
+            let staging = Staging::create(&inner, &message)?;
+            let id = staging.id().clone();
+            staging.submit(reply, &committer)?;
+            Ok(id)
+        })
+        .await?;
+        wait_for_commit(id, answer).await
+    }
+
+    /// A draft staged in `tmp/`, its header and trace header written.
+    async fn begin_draft(&self, message: NewMessage) -> Result<Box<dyn Draft>, QueueError> {
+        let inner = Arc::clone(&self.inner);
+        let staging = blocking(move || Staging::create(&inner, &message)).await?;
+        Ok(Box::new(SpoolDraft {
+            staging: Some(staging),
+            spool: Arc::clone(&self.inner),
+        }))
+    }
+
+    /// Completes a draft of this spool and waits for the fsync that covers it.
+    async fn commit_draft(&self, draft: Box<dyn Draft>) -> Result<MessageId, QueueError> {
+        let Ok(mut draft) = draft.into_any().downcast::<SpoolDraft>() else {
+            return Err(draft::foreign_draft());
+        };
+        if !Arc::ptr_eq(&draft.spool, &self.inner) {
+            return Err(draft::foreign_draft());
         }
+        let Some(staging) = draft.staging.take() else {
+            return Err(invalid_input("the message being received was lost"));
+        };
+        let id = staging.id().clone();
+        let committer = self.committer.clone();
+        let (reply, answer) = oneshot::channel();
+        blocking(move || staging.submit(reply, &committer)).await?;
+        wait_for_commit(id, answer).await
     }
 
     /// Runs `f` on a clone of the shared state in a blocking thread.
@@ -324,6 +348,14 @@ impl Spool {
 impl Queue for Spool {
     fn enqueue(&self, message: NewMessage) -> BoxFuture<'_, Result<MessageId, QueueError>> {
         Box::pin(self.enqueue_message(message))
+    }
+
+    fn begin(&self, message: NewMessage) -> BoxFuture<'_, Result<Box<dyn Draft>, QueueError>> {
+        Box::pin(self.begin_draft(message))
+    }
+
+    fn commit(&self, draft: Box<dyn Draft>) -> BoxFuture<'_, Result<MessageId, QueueError>> {
+        Box::pin(self.commit_draft(draft))
     }
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<QueuedMessage>, QueueError>> {
@@ -458,26 +490,6 @@ impl Inner {
                 "queue refuses message: too little free space"
             );
             return Err(QueueError::Full);
-        }
-        Ok(())
-    }
-
-    /// Writes and syncs the temp message file, then passes the message to the committer.
-    fn stage_and_submit(
-        &self,
-        message: &NewMessage,
-        staged: Staged,
-        committer: &mpsc::Sender<Staged>,
-    ) -> Result<(), QueueError> {
-        let id = staged.id.clone();
-        self.check_space(message.content.len() as u64)?;
-        let header = encode_header(&QueuedMessage::accepted(id.clone(), message, unix_now()))
-            .map_err(queue_error)?;
-        let tmp = self.layout.tmp_message(&id);
-        write_synced(&tmp, &[&header, &message.content]).map_err(queue_error)?;
-        if committer.send(staged).is_err() {
-            let _ = fs::remove_file(&tmp);
-            return Err(committer_gone());
         }
         Ok(())
     }
@@ -781,6 +793,18 @@ where
         Err(err) => Err(QueueError::Io(io::Error::other(format!(
             "queue worker failed: {err}"
         )))),
+    }
+}
+
+/// The answer of the committer for one message.
+async fn wait_for_commit(
+    id: MessageId,
+    answer: oneshot::Receiver<Result<(), QueueError>>,
+) -> Result<MessageId, QueueError> {
+    match answer.await {
+        Ok(Ok(())) => Ok(id),
+        Ok(Err(err)) => Err(err),
+        Err(_) => Err(committer_gone()),
     }
 }
 

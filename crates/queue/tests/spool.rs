@@ -687,3 +687,71 @@ async fn queued_mail_is_private() {
         assert_eq!(mode(&root.join(file)), 0o600, "queue/{file}");
     }
 }
+
+/// A message written while it arrives: staged in `tmp/` only, never listed before its commit,
+/// byte-identical after it, and its state (size included) right.
+#[tokio::test]
+async fn a_draft_is_invisible_until_committed_and_then_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open(dir.path());
+    let mut envelope = message(&["bob@far.test"], "");
+    envelope.content = b"Received: from x\r\n".to_vec();
+    let mut draft = spool.begin(envelope).await.unwrap();
+    let mut body = Vec::new();
+    for i in 0..200 {
+        let piece = format!("line {i:05} {}\r\n", "x".repeat(i % 90)).into_bytes();
+        draft.write(&piece).await.unwrap();
+        body.extend_from_slice(&piece);
+    }
+    assert_eq!(spool.list().await.unwrap(), Vec::<QueuedMessage>::new());
+    assert_eq!(files_in(&dir.path().join("tmp")).len(), 1);
+    assert_eq!(draft.read_body().await.unwrap(), body);
+
+    let id = spool.commit(draft).await.unwrap();
+    let mut expected = b"Received: from x\r\n".to_vec();
+    expected.extend_from_slice(&body);
+    assert_eq!(spool.content(&id).await.unwrap(), expected);
+    assert_eq!(spool.get(&id).await.unwrap().size, expected.len() as u64);
+    assert!(files_in(&dir.path().join("tmp")).is_empty());
+    // The file reads as a whole message after a restart too (recovery checks the size).
+    drop(spool);
+    let spool = open(dir.path());
+    assert_eq!(spool.recovery_report().unwrap().messages, 1);
+    assert_eq!(spool.content(&id).await.unwrap(), expected);
+}
+
+/// A dropped draft (the client went away mid-DATA) leaves no file behind, and a replaced
+/// body (the signed form) is what gets queued, shorter or longer.
+#[tokio::test]
+async fn a_dropped_draft_leaves_nothing_and_a_replaced_body_is_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open(dir.path());
+    let mut draft = spool.begin(message(&["bob@far.test"], "")).await.unwrap();
+    draft.write(&vec![b'a'; 1 << 20]).await.unwrap();
+    drop(draft);
+    assert!(files_in(&dir.path().join("tmp")).is_empty());
+    assert!(files_in(&dir.path().join("msg")).is_empty());
+
+    for replacement in [&b"short\r\n"[..], &[b'L'; 100_000][..]] {
+        let mut envelope = message(&["bob@far.test"], "");
+        envelope.content = b"Received: y\r\n".to_vec();
+        let mut draft = spool.begin(envelope).await.unwrap();
+        draft.write(&[b'o'; 5000]).await.unwrap();
+        draft.replace_body(replacement.to_vec()).await.unwrap();
+        let id = spool.commit(draft).await.unwrap();
+        let content = spool.content(&id).await.unwrap();
+        assert_eq!(&content[..13], b"Received: y\r\n");
+        assert_eq!(&content[13..], replacement);
+    }
+}
+
+/// A draft of one spool cannot be committed by another (it names another directory).
+#[tokio::test]
+async fn a_draft_is_committed_only_by_its_own_spool() {
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (first, second) = (open(one.path()), open(two.path()));
+    let draft = first.begin(message(&["bob@far.test"], "x")).await.unwrap();
+    assert!(second.commit(draft).await.is_err());
+    assert!(files_in(&one.path().join("tmp")).is_empty());
+    assert!(files_in(&two.path().join("msg")).is_empty());
+}

@@ -30,6 +30,43 @@ pub(super) fn encode_header(state: &QueuedMessage) -> io::Result<Vec<u8>> {
     Ok(header)
 }
 
+/// The JSON of a size not known yet: `u64::MAX`, 20 digits, as wide as any size can be.
+const OPEN_SIZE: &[u8] = b"\"size\":18446744073709551615";
+/// Octets of the size's digits in the header of a message written while it arrives.
+pub(super) const SIZE_DIGITS: usize = 20;
+
+/// The header line of a message whose content is still arriving: its size is a placeholder,
+/// and the offset of the placeholder's digits is returned with the header, to be overwritten
+/// in place by [`size_digits`] when the content is complete. JSON allows the blanks that pad
+/// a shorter number, so the header keeps its length and the file stays one `fdatasync`.
+pub(super) fn encode_open_header(state: &QueuedMessage) -> io::Result<(Vec<u8>, usize)> {
+    let open = QueuedMessage {
+        size: u64::MAX,
+        ..state.clone()
+    };
+    let header = encode_header(&open)?;
+    // A quote inside a JSON string is escaped, so the key appears only as the size field;
+    // counting the matches checks it all the same.
+    let mut found = header
+        .windows(OPEN_SIZE.len())
+        .enumerate()
+        .filter(|(_, window)| *window == OPEN_SIZE)
+        .map(|(at, _)| at + OPEN_SIZE.len() - SIZE_DIGITS);
+    match (found.next(), found.next()) {
+        (Some(at), None) => Ok((header, at)),
+        _ => Err(io::Error::other("queue header without a single size field")),
+    }
+}
+
+/// The digits that replace the placeholder of [`encode_open_header`]: `size`, padded with
+/// blanks.
+pub(super) fn size_digits(size: u64) -> [u8; SIZE_DIGITS] {
+    let mut digits = [b' '; SIZE_DIGITS];
+    let text = size.to_string();
+    digits[..text.len()].copy_from_slice(text.as_bytes());
+    digits
+}
+
 /// Reads the header of a message file; returns the state and the header's length in octets.
 pub(super) fn read_header(
     id: &MessageId,
@@ -143,6 +180,23 @@ mod tests {
         let (parsed, len) = read_header(&id, file.as_slice()).unwrap();
         assert_eq!((parsed, len), (state, header_len));
         assert_eq!(strip_header(&id, file).unwrap(), message.content);
+    }
+
+    /// A header written before the size was known, its size filled in afterwards, reads
+    /// like one written whole (older readers included: the format is unchanged).
+    #[test]
+    fn an_open_header_takes_its_size_in_place() {
+        let (id, message) = sample();
+        let state = QueuedMessage::accepted(id.clone(), &message, 42);
+        let (mut file, slot) = encode_open_header(&state).unwrap();
+        let header_len = file.len() as u64;
+        file[slot..slot + SIZE_DIGITS].copy_from_slice(&size_digits(state.size));
+        file.extend_from_slice(&message.content);
+        let (parsed, len) = read_header(&id, file.as_slice()).unwrap();
+        assert_eq!((parsed, len), (state, header_len));
+        assert_eq!(strip_header(&id, file).unwrap(), message.content);
+        assert_eq!(&size_digits(7)[..3], b"7  ");
+        assert_eq!(size_digits(u64::MAX).as_slice(), b"18446744073709551615");
     }
 
     /// Spool files written before the origin was recorded still parse, as strangers' mail

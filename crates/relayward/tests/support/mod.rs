@@ -178,13 +178,21 @@ impl TestServer {
 
     /// Waits (bounded) until the mailbox holds `count` messages, and returns their contents.
     pub fn wait_for_mail(&self, domain: &str, local: &str, count: usize) -> Vec<String> {
+        self.wait_for_mail_bytes(domain, local, count)
+            .into_iter()
+            .map(|bytes| String::from_utf8(bytes).expect("mail is UTF-8"))
+            .collect()
+    }
+
+    /// [`TestServer::wait_for_mail`] as the octets on disk.
+    pub fn wait_for_mail_bytes(&self, domain: &str, local: &str, count: usize) -> Vec<Vec<u8>> {
         let deadline = Instant::now() + WAIT;
         loop {
             let files = self.maildir_new(domain, local);
             if files.len() >= count {
                 return files
                     .iter()
-                    .map(|f| std::fs::read_to_string(f).expect("read mail"))
+                    .map(|f| std::fs::read(f).expect("read mail"))
                     .collect();
             }
             assert!(

@@ -14,13 +14,14 @@ use relayward_protocol::bdat::{BdatReceiver, ChunkStatus};
 use relayward_protocol::reply::Reply;
 use tokio::io::AsyncReadExt;
 
-use super::data::{data_error_reply, too_many_hops};
+use super::content::ContentSink;
+use super::data::data_error_reply;
 use super::{Ending, Flow, Session, Step, Stream};
 
-/// The chunks of the message being received by BDAT.
+/// The chunks of the message being received by BDAT, on their way to the queue.
 pub(super) struct Chunks {
     receiver: BdatReceiver,
-    content: Vec<u8>,
+    sink: ContentSink,
 }
 
 /// What reading one chunk came to.
@@ -46,16 +47,13 @@ impl<S: Stream> Session<S> {
             };
         }
         let max = self.ctx.limits.max_message_size;
-        let mut chunks = self
-            .txn
-            .as_mut()
-            .and_then(|t| t.chunks.take())
-            .unwrap_or_else(|| {
-                Box::new(Chunks {
-                    receiver: BdatReceiver::new(max),
-                    content: Vec::with_capacity(8192),
-                })
-            });
+        let mut chunks = match self.txn.as_mut().and_then(|t| t.chunks.take()) {
+            Some(chunks) => chunks,
+            None => Box::new(Chunks {
+                receiver: BdatReceiver::new(max),
+                sink: ContentSink::new(self.begin_message().await),
+            }),
+        };
         if chunks.receiver.start_chunk(size, last).is_err() {
             self.txn = None;
             return Ok(self.close_with(too_big_closing(), Ending::Protocol("BDAT too big")));
@@ -89,12 +87,8 @@ impl<S: Stream> Session<S> {
         let Some(txn) = self.txn.take() else {
             return Ok(Flow::Continue);
         };
-        if let Some(reply) = too_many_hops(&chunks.content) {
-            tracing::warn!(client = %self.client_ip, "message refused: too many Received: fields (mail loop?)");
-            return Ok(self.client_error(reply));
-        }
-        let reply = self.enqueue(txn, chunks.content).await;
-        Ok(self.reply(reply))
+        let content = chunks.sink.finish().await;
+        self.complete(txn, content).await
     }
 
     /// Why a BDAT cannot be taken now (its octets are skipped all the same).
@@ -111,15 +105,13 @@ impl<S: Stream> Session<S> {
     /// Reads the current chunk into `chunks`: first what is already buffered behind the
     /// command line, then from the client, within the DATA timeout.
     async fn receive_chunk(&mut self, chunks: &mut Box<Chunks>) -> io::Result<ChunkOutcome> {
+        let Chunks { receiver, sink } = &mut **chunks;
         let mut pending = self.lines.take_buffered();
         let mut answered = false;
         loop {
             let mut offset = 0;
             loop {
-                match chunks
-                    .receiver
-                    .feed(&pending[offset..], &mut chunks.content)
-                {
+                match receiver.feed(&pending[offset..], sink.buffer()) {
                     ChunkStatus::NeedMore => break,
                     ChunkStatus::Refused { consumed, error } => {
                         offset += consumed;
@@ -145,6 +137,7 @@ impl<S: Stream> Session<S> {
                     }
                 }
             }
+            sink.absorb().await;
             match self.read_chunk_bytes(&mut pending).await? {
                 Ok(()) => {}
                 Err(outcome) => return Ok(outcome),

@@ -1,17 +1,18 @@
 //! DATA: receiving the content (dot-unstuffing and the smuggling checks are the protocol
-//! crate's), adding the trace header, and the durable enqueue before the `250`.
+//! crate's) straight into the queue behind the trace header ([`super::content`]), and the
+//! durable commit before the `250`.
 
 use std::io;
 use std::time::SystemTime;
 
 use relayward_protocol::data::{DataError, DataReceiver, DataStatus};
-use relayward_protocol::header;
 use relayward_protocol::limits::{MAX_ACCEPTED_TEXT_LINE, MAX_HOPS};
 use relayward_protocol::reply::Reply;
 use relayward_protocol::text::Escaped;
-use relayward_queue::{Esmtp, NewMessage, NewRecipient, Origin, QueueError};
+use relayward_queue::{Draft, Esmtp, NewMessage, NewRecipient, Origin, QueueError};
 use tokio::io::AsyncReadExt;
 
+use super::content::{ContentSink, Finished};
 use super::{Ending, Flow, Session, Step, Stream, Transaction};
 use crate::sign::{Signing, Submitter, allowed_from};
 use crate::trace::{TraceFacts, received_header};
@@ -34,8 +35,8 @@ impl<S: Stream> Session<S> {
         }
         self.queue_reply(&Reply::new(354, None, "End data with <CR><LF>.<CR><LF>"));
         self.flush().await?;
-        let mut content = Vec::with_capacity(8192);
-        match self.receive_data(&mut content).await? {
+        let mut sink = ContentSink::new(self.begin_message().await);
+        match self.receive_data(&mut sink).await? {
             DataOutcome::Complete => {}
             DataOutcome::Refused(reply) => {
                 self.txn = None;
@@ -54,22 +55,34 @@ impl<S: Stream> Session<S> {
         let Some(txn) = self.txn.take() else {
             return Ok(Flow::Continue);
         };
-        if let Some(reply) = too_many_hops(&content) {
+        self.complete(txn, sink.finish().await).await
+    }
+
+    /// The end of the content (DATA's final dot, BDAT's `LAST`): the loop check, then the
+    /// signature and the durable commit, or the refusal.
+    pub(super) async fn complete(&mut self, txn: Transaction, content: Finished) -> Step {
+        if let Some(reply) = too_many_hops(content.hops) {
             tracing::warn!(client = %self.client_ip, "message refused: too many Received: fields (mail loop?)");
             return Ok(self.client_error(reply));
         }
-        let reply = self.enqueue(txn, content).await;
+        let reply = match content.draft {
+            Ok(draft) => self.enqueue(&txn, draft).await,
+            Err(error) => {
+                tracing::error!(client = %self.client_ip, "queue refused message: {error}");
+                queue_error_reply(&error)
+            }
+        };
         Ok(self.reply(reply))
     }
 
-    async fn receive_data(&mut self, content: &mut Vec<u8>) -> io::Result<DataOutcome> {
+    async fn receive_data(&mut self, sink: &mut ContentSink) -> io::Result<DataOutcome> {
         let mut receiver = DataReceiver::new(self.ctx.limits.max_message_size);
         let mut pending = self.lines.take_buffered();
         let mut answered = false;
         loop {
             let mut offset = 0;
             loop {
-                match receiver.feed(&pending[offset..], content) {
+                match receiver.feed(&pending[offset..], sink.buffer()) {
                     DataStatus::NeedMore => break,
                     // Answer the moment a limit is crossed; the rest is read and dropped up to
                     // the end of data, so the dialogue stays in step.
@@ -94,6 +107,7 @@ impl<S: Stream> Session<S> {
                     }
                 }
             }
+            sink.absorb().await;
             pending.clear();
             pending.resize(16 * 1024, 0);
             let read =
@@ -125,17 +139,22 @@ impl<S: Stream> Session<S> {
         }
     }
 
-    /// The content DKIM-signed when this message qualifies (see [`crate::sign`]), else as
-    /// it came, with what signing did for the mail log (logged once the queue id is known).
-    /// Signing never refuses mail: a message that cannot be signed goes unsigned. `Err` only
-    /// when the runtime is shutting down under the signing thread.
+    /// DKIM-signs the draft's body when this message qualifies (see [`crate::sign`]):
+    /// the body is read back from the queue, signed on a blocking thread and written back in
+    /// its signed form. Returns what signing did, for the mail log (logged once the queue id
+    /// is known). Signing never refuses mail: a message that cannot be signed goes unsigned.
+    /// `Err` when the signed form cannot be written (the queue's reply), or the runtime is
+    /// shutting down under the signing thread.
+    ///
+    /// The body is in memory while it is signed (at most `max_message_size`), only for the
+    /// mail of authenticated users and trusted networks that leaves.
     async fn sign(
         &self,
         txn: &Transaction,
-        body: Vec<u8>,
-    ) -> Result<(Vec<u8>, Option<Signed>), Reply> {
+        draft: &mut Box<dyn Draft>,
+    ) -> Result<Option<Signed>, Reply> {
         let Some(signer) = self.ctx.signer.clone() else {
-            return Ok((body, None));
+            return Ok(None);
         };
         let submitter = match (&self.login, self.origin()) {
             (Some(login), _) => Submitter::User(self.ctx.policy.send_as(login)),
@@ -146,27 +165,35 @@ impl<S: Stream> Session<S> {
         };
         let classes = txn.recipients.iter().map(|r| &r.route().class);
         let Some(allowed) = allowed_from(submitter, classes) else {
-            return Ok((body, None));
+            return Ok(None);
+        };
+        let body = match draft.read_body().await {
+            Ok(body) => body,
+            Err(error) => {
+                return Ok(Some(Signed::No(format!("cannot read it back: {error}"))));
+            }
         };
         let signed = tokio::task::spawn_blocking(move || {
-            let signing = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 signer.sign(&body, &allowed)
             }))
             .unwrap_or_else(|_| Signing::Unsigned {
                 reason: "the signer failed (panic)".to_owned(),
-            });
-            (body, signing)
+            })
         })
         .await;
         match signed {
-            Ok((
-                _,
-                Signing::Signed {
-                    content,
-                    signatures,
-                },
-            )) => Ok((content, Some(Signed::Yes(signatures.join(", "))))),
-            Ok((body, Signing::Unsigned { reason })) => Ok((body, Some(Signed::No(reason)))),
+            Ok(Signing::Signed {
+                content,
+                signatures,
+            }) => {
+                if let Err(error) = draft.replace_body(content).await {
+                    tracing::error!(client = %self.client_ip, "cannot store the signed message: {error}");
+                    return Err(queue_error_reply(&error));
+                }
+                Ok(Some(Signed::Yes(signatures.join(", "))))
+            }
+            Ok(Signing::Unsigned { reason }) => Ok(Some(Signed::No(reason))),
             Err(error) => {
                 tracing::error!(client = %self.client_ip, "DKIM signing interrupted: {error}");
                 Err(Reply::enh(
@@ -178,7 +205,13 @@ impl<S: Stream> Session<S> {
         }
     }
 
-    pub(super) async fn enqueue(&mut self, txn: Transaction, body: Vec<u8>) -> Reply {
+    /// Begins the message in the queue when its content starts: the envelope of the current
+    /// transaction and the `Received:` trace header, dated when the content starts (its
+    /// fields are all known then; the content goes to disk behind it as it arrives).
+    pub(super) async fn begin_message(&self) -> Result<Box<dyn Draft>, QueueError> {
+        let Some(txn) = self.txn.as_ref() else {
+            return Err(QueueError::Io(io::Error::other("no transaction")));
+        };
         let recipients: Vec<String> = txn
             .recipients
             .iter()
@@ -196,15 +229,8 @@ impl<S: Stream> Session<S> {
             single_recipient: (recipients.len() == 1).then(|| recipients[0].as_str()),
             now: SystemTime::now(),
         });
-        let (body, signed) = match self.sign(&txn, body).await {
-            Ok(signed) => signed,
-            Err(reply) => return reply,
-        };
-        let mut content = Vec::with_capacity(header.len() + body.len());
-        content.extend_from_slice(header.as_bytes());
-        content.extend_from_slice(&body);
         let message = NewMessage {
-            sender: txn.sender,
+            sender: txn.sender.clone(),
             recipients: txn
                 .recipients
                 .iter()
@@ -213,20 +239,28 @@ impl<S: Stream> Session<S> {
                     route: r.route().clone(),
                 })
                 .collect(),
-            content,
+            content: header.into_bytes(),
             client_ip: self.client_ip.to_string(),
             auth_login: self.login.clone(),
             origin: self.origin(),
             esmtp: Esmtp {
                 smtputf8: txn.smtputf8,
-                dsn: txn.dsn,
-                recipients: txn.rcpt_dsn,
+                dsn: txn.dsn.clone(),
+                recipients: txn.rcpt_dsn.clone(),
             },
         };
-        let sender = message.sender.clone();
-        let size = message.content.len();
+        self.ctx.queue.begin(message).await
+    }
+
+    /// Signs and commits the whole message: `250` only once the queue made it durable.
+    async fn enqueue(&mut self, txn: &Transaction, mut draft: Box<dyn Draft>) -> Reply {
+        let signed = match self.sign(txn, &mut draft).await {
+            Ok(signed) => signed,
+            Err(reply) => return reply,
+        };
+        let size = draft.size();
         let started = std::time::Instant::now();
-        let queued = self.ctx.queue.enqueue(message).await;
+        let queued = self.ctx.queue.commit(draft).await;
         let metrics = relayward_metrics::global();
         metrics.spool_commit(started.elapsed().as_secs_f64());
         match queued {
@@ -245,10 +279,10 @@ impl<S: Stream> Session<S> {
                 tracing::info!(
                     client = %self.client_ip,
                     %id,
-                    from = %Escaped(&sender),
-                    recipients = recipients.len(),
+                    from = %Escaped(&txn.sender),
+                    recipients = txn.recipients.len(),
                     size,
-                    tls = %tls.as_ref().map_or("none", |t| t.version.as_str()),
+                    tls = %self.conn.tls_facts().as_ref().map_or("none", |t| t.version.as_str()),
                     login = %Escaped(self.login.as_deref().unwrap_or("none")),
                     "message queued"
                 );
@@ -311,8 +345,7 @@ pub(super) fn data_error_reply(error: DataError) -> Reply {
 
 /// `554 5.4.6` for a message that already passed more than [`MAX_HOPS`] relays: it is
 /// looping (RFC 5321 §6.3), and queueing it would send it round once more.
-pub(super) fn too_many_hops(content: &[u8]) -> Option<Reply> {
-    let hops = header::count(content, "Received");
+pub(super) fn too_many_hops(hops: usize) -> Option<Reply> {
     (hops > MAX_HOPS).then(|| {
         Reply::enh(
             554,

@@ -13,6 +13,7 @@
 
 mod auth;
 mod bdat;
+mod content;
 mod data;
 mod hello;
 mod mail;

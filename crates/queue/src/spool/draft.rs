@@ -1,0 +1,225 @@
+//! The spool's drafts: a message written to `tmp/<id>.eml` while it arrives.
+//!
+//! The file has the final layout from its first octet (header line, then content), with the
+//! size in the header a placeholder of fixed width ([`encode_open_header`]). The session's
+//! writes go straight to it; at commit the size is written in place, the file is
+//! `fdatasync`ed and handed to the committer, which renames it into `msg/` like any other
+//! message. Until then it lives only in `tmp/`, which nobody reads and recovery empties, so a
+//! draft cut short is never delivered; dropping a draft removes its file at once.
+
+use std::any::Any;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::PathBuf;
+use std::sync::{Arc, mpsc};
+
+use super::entry::{encode_open_header, size_digits};
+use super::{Inner, Staged, blocking, committer_gone, invalid_input, unix_now};
+use crate::fsutil::{PRIVATE_FILE, queue_error};
+use crate::{BoxFuture, Draft, MessageId, NewMessage, QueueError, QueuedMessage};
+
+/// How much content may be written between two free-space checks: a message that arrives
+/// while the disk fills is refused before it takes the room `min_free_bytes` keeps.
+const SPACE_CHECK_EVERY: u64 = 4 * 1024 * 1024;
+
+/// The staged file and what is known about it. Removes the file when dropped, unless it was
+/// handed to the committer.
+pub(super) struct Staging {
+    inner: Arc<Inner>,
+    id: MessageId,
+    /// `None` once handed over (the committer owns the file from then on).
+    path: Option<PathBuf>,
+    file: File,
+    /// Octets of the header line: the content starts here.
+    header_len: u64,
+    /// Offset of the size placeholder's digits.
+    size_slot: u64,
+    /// Content octets before the body (the trace header given to `begin`).
+    prefix_len: u64,
+    /// Content octets written so far, prefix included.
+    content_len: u64,
+    since_space_check: u64,
+}
+
+impl Staging {
+    /// Creates `tmp/<id>.eml` with the header and the start of the content.
+    pub(super) fn create(inner: &Arc<Inner>, message: &NewMessage) -> Result<Staging, QueueError> {
+        if message.recipients.is_empty() {
+            return Err(invalid_input("a message needs at least one recipient"));
+        }
+        inner.check_space(message.content.len() as u64)?;
+        let id = crate::id::generate();
+        let (header, size_slot) =
+            encode_open_header(&QueuedMessage::accepted(id.clone(), message, unix_now()))
+                .map_err(queue_error)?;
+        let path = inner.layout.tmp_message(&id);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(PRIVATE_FILE)
+            .open(&path)
+            .map_err(queue_error)?;
+        let mut staging = Staging {
+            inner: Arc::clone(inner),
+            id,
+            path: Some(path),
+            file,
+            header_len: header.len() as u64,
+            size_slot: size_slot as u64,
+            prefix_len: message.content.len() as u64,
+            content_len: 0,
+            since_space_check: 0,
+        };
+        // On error `staging` is dropped here, which removes the partial file.
+        staging.file.write_all(&header).map_err(queue_error)?;
+        staging.append(&message.content)?;
+        Ok(staging)
+    }
+
+    /// Appends content.
+    fn append(&mut self, chunk: &[u8]) -> Result<(), QueueError> {
+        self.file.write_all(chunk).map_err(queue_error)?;
+        self.content_len += chunk.len() as u64;
+        self.since_space_check += chunk.len() as u64;
+        if self.since_space_check >= SPACE_CHECK_EVERY {
+            self.since_space_check = 0;
+            self.inner.check_space(0)?;
+        }
+        Ok(())
+    }
+
+    fn body_start(&self) -> u64 {
+        self.header_len + self.prefix_len
+    }
+
+    fn read_body(&self) -> Result<Vec<u8>, QueueError> {
+        let len = self.content_len - self.prefix_len;
+        let len = usize::try_from(len).map_err(|_| invalid_input("message too large"))?;
+        let mut body = vec![0; len];
+        self.file
+            .read_exact_at(&mut body, self.body_start())
+            .map_err(queue_error)?;
+        Ok(body)
+    }
+
+    fn replace_body(&mut self, body: &[u8]) -> Result<(), QueueError> {
+        let start = self.body_start();
+        self.file.set_len(start).map_err(queue_error)?;
+        self.file
+            .seek(SeekFrom::Start(start))
+            .map_err(queue_error)?;
+        self.content_len = self.prefix_len;
+        self.append(body)
+    }
+
+    /// Completes the file (its size in the header, data on disk) and hands it to the
+    /// committer; the answer comes through `staged.reply`.
+    pub(super) fn submit(
+        mut self,
+        reply: tokio::sync::oneshot::Sender<Result<(), QueueError>>,
+        committer: &mpsc::Sender<Staged>,
+    ) -> Result<(), QueueError> {
+        self.file
+            .write_all_at(&size_digits(self.content_len), self.size_slot)
+            .map_err(queue_error)?;
+        self.inner.check_space(0)?;
+        // fdatasync covers the data and the file size, which is all a reader of a new file
+        // needs.
+        self.file.sync_data().map_err(queue_error)?;
+        let staged = Staged {
+            id: self.id.clone(),
+            reply,
+        };
+        if committer.send(staged).is_err() {
+            return Err(committer_gone());
+        }
+        // From here the committer renames the file or removes it.
+        self.path = None;
+        Ok(())
+    }
+
+    pub(super) fn id(&self) -> &MessageId {
+        &self.id
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if let Some(path) = self.path.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// The [`Draft`] of a [`Spool`](super::Spool). The staging moves into a blocking thread for
+/// each file operation and back; if the session stops waiting, the thread drops it when done,
+/// which removes the file.
+pub(super) struct SpoolDraft {
+    pub(super) staging: Option<Staging>,
+    /// The spool it belongs to; a draft of another spool is refused at commit.
+    pub(super) spool: Arc<Inner>,
+}
+
+impl SpoolDraft {
+    /// Runs `work` on the staging in a blocking thread and puts it back.
+    async fn with_staging<T, F>(&mut self, work: F) -> Result<T, QueueError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Staging) -> Result<T, QueueError> + Send + 'static,
+    {
+        let mut staging = self.staging.take().ok_or_else(draft_lost)?;
+        let (staging, result) = blocking(move || {
+            let result = work(&mut staging);
+            Ok((staging, result))
+        })
+        .await?;
+        self.staging = Some(staging);
+        result
+    }
+}
+
+impl Draft for SpoolDraft {
+    fn size(&self) -> u64 {
+        self.staging
+            .as_ref()
+            .map_or(0, |staging| staging.content_len)
+    }
+
+    fn write<'a>(&'a mut self, chunk: &'a [u8]) -> BoxFuture<'a, Result<(), QueueError>> {
+        let chunk = chunk.to_vec();
+        Box::pin(self.with_staging(move |staging| staging.append(&chunk)))
+    }
+
+    fn read_body(&mut self) -> BoxFuture<'_, Result<Vec<u8>, QueueError>> {
+        Box::pin(self.with_staging(|staging| staging.read_body()))
+    }
+
+    fn replace_body(&mut self, body: Vec<u8>) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(self.with_staging(move |staging| staging.replace_body(&body)))
+    }
+
+    fn into_message(self: Box<Self>) -> BoxFuture<'static, Result<NewMessage, QueueError>> {
+        // Only the spool commits its drafts, and it never asks for this.
+        Box::pin(async {
+            Err(QueueError::Io(io::Error::other(
+                "a spool draft is committed by its spool",
+            )))
+        })
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
+        self
+    }
+}
+
+/// The staging went away with a cancelled operation: the draft cannot be completed.
+fn draft_lost() -> QueueError {
+    QueueError::Io(io::Error::other("the message being received was lost"))
+}
+
+/// A draft handed to a spool that did not make it.
+pub(super) fn foreign_draft() -> QueueError {
+    invalid_input("a draft can only be committed by the queue that began it")
+}
