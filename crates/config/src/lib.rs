@@ -119,6 +119,8 @@ trusted_networks = ["127.0.0.1/32", "::1/128"]
 # [queue]
 # backend = "file"                          # file (data_dir/queue) | postgres (shared by nodes)
 # min_free_bytes = 104857600                # refuse new mail (452 4.3.1) below this free space
+# commit = "auto"                           # syncfs (one flush per batch) | fdatasync (per
+#                                           # message) | auto: syncfs if the spool has its own mount
 # postgres_url = "postgres://relayward@db.example.test/relayward"   # no password in it
 # postgres_password_file = "/etc/relayward/postgres.secret"
 # postgres_tls = "disable"                  # disable | require (verified, like verify-full)
@@ -761,6 +763,13 @@ pub struct QueueSettings {
     /// Free space (octets) the data directory must keep; below it new mail gets `452 4.3.1`
     /// instead of filling the disk. Default 100 MiB. (File spool only.)
     pub min_free_bytes: u64,
+    /// How the file spool makes a batch of new messages durable before their `250`: `syncfs`
+    /// (one flush of the spool's filesystem covers every message that finished in the batch;
+    /// best when the spool has a filesystem of its own), `fdatasync` (each message file flushed
+    /// on its own; for a spool on a filesystem other busy programs write to, whose dirty data a
+    /// `syncfs` would wait for), or `auto` (the default: `syncfs` when `data_dir/queue` or
+    /// `data_dir` is a mount point, else `fdatasync`). (File spool only.)
+    pub commit: SpoolCommit,
     /// `postgres://user@host:port/database` (also `?host=/run/postgresql` for a Unix socket).
     /// Without a password: that comes from `postgres_password_file`.
     pub postgres_url: Option<String>,
@@ -787,12 +796,37 @@ impl Default for QueueSettings {
         Self {
             backend: QueueBackend::File,
             min_free_bytes: 100 * 1024 * 1024,
+            commit: SpoolCommit::Auto,
             postgres_url: None,
             postgres_password_file: None,
             postgres_tls: PostgresTls::Disable,
             postgres_ca_file: None,
             lease_timeout: Duration::from_secs(120),
             node_name: None,
+        }
+    }
+}
+
+/// `[queue] commit`: how the file spool flushes a batch of new messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpoolCommit {
+    /// `syncfs` when the spool is on a filesystem of its own (a mount point), else `fdatasync`.
+    #[default]
+    Auto,
+    /// One `syncfs(2)` of the spool's filesystem per batch.
+    Syncfs,
+    /// One `fdatasync(2)` per message file.
+    Fdatasync,
+}
+
+impl SpoolCommit {
+    /// The value as written in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpoolCommit::Auto => "auto",
+            SpoolCommit::Syncfs => "syncfs",
+            SpoolCommit::Fdatasync => "fdatasync",
         }
     }
 }

@@ -31,7 +31,7 @@ pub use fsutil::replace_durably;
 pub use id::InvalidMessageId;
 pub use maildir::deliver_to_maildir;
 pub use relayward_protocol::route::Route;
-pub use spool::{RecoveryReport, Spool, SpoolOptions, SpoolStats};
+pub use spool::{CommitMode, RecoveryReport, Spool, SpoolOptions, SpoolStats};
 
 /// A boxed future, so the trait stays object-safe (`Arc<dyn Queue>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

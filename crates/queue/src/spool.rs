@@ -14,21 +14,27 @@
 //!
 //! # Enqueue and group commit
 //!
-//! 1. In a blocking thread (many in parallel), `tmp/<id>.eml` is written and `fdatasync`ed.
-//!    Parallel threads let the filesystem merge these flushes into shared journal commits.
-//! 2. The id goes to one committer thread. It takes the first waiting message plus every other one
-//!    already waiting (up to [`SpoolOptions::max_batch`]), renames each into `msg/` and then
-//!    fsyncs `msg/` **once** for the whole batch.
-//! 3. Only after that fsync does each waiter get its answer; a failed fsync answers every waiter
+//! 1. The content is written to `tmp/<id>.eml` while it arrives (a [`Draft`], see
+//!    [`draft`]), or at once by `enqueue`, in blocking threads, with no flush: the page cache
+//!    holds it.
+//! 2. At its end the id goes to one committer thread. It takes the first waiting message plus
+//!    every other one already waiting (up to [`SpoolOptions::max_batch`]) and makes their
+//!    content durable with **one** `syncfs(2)` of the spool's filesystem
+//!    ([`CommitMode::Filesystem`], the default; [`CommitMode::EachFile`] instead has each file
+//!    `fdatasync`ed by its own thread before the hand-over, as before), then renames each into
+//!    `msg/` and fsyncs `msg/` **once** for the whole batch.
+//! 3. Only after that fsync does each waiter get its answer; a failed sync answers every waiter
 //!    of the batch with an error and removes their files (they were never acknowledged).
 //!
-//! While the committer is busy with one fsync the next batch accumulates, so directory fsyncs per
-//! message fall as load rises, without a timer that would add latency at low load. A single file
-//! per message makes the rename atomic: after a crash a message is whole or absent. The per-file
-//! `fdatasync` stays per message (it must cover that file's data); only the directory fsync is
-//! shared. A dedicated thread (not a tokio task) keeps `open` free of any runtime requirement. A
-//! renamed message may be seen by `list` a moment before its fsync completes; if that fsync then
-//! fails, the client gets an error and may send again: a duplicate, never a loss.
+//! While the committer is busy with one batch the next accumulates, so flushes per message fall
+//! as load rises, without a timer that would add latency at low load: two flushes per batch
+//! (the data, then the renames), whatever its size. The data is durable before any rename, so
+//! after a crash a message in `msg/` is whole, and one still in `tmp/` was never acknowledged
+//! (recovery removes it). The file format is the one earlier versions wrote and read, so a spool
+//! needs no migration either way. A dedicated thread (not a tokio task) keeps `open` free of any
+//! runtime requirement. A renamed message may be seen by `list` a moment before its fsync
+//! completes; if that fsync then fails, the client gets an error and may send again: a
+//! duplicate, never a loss.
 //!
 //! # State changes and processes
 //!
@@ -97,8 +103,10 @@ pub struct SpoolOptions {
     /// Leaves room for state updates, bounces and logs; checked on every enqueue, so the queue
     /// accepts again as soon as space returns. `0` only refuses on a real ENOSPC.
     pub min_free_bytes: u64,
-    /// Most messages one directory fsync covers; bounds the wait of the last one in a batch.
+    /// Most messages one commit covers; bounds the wait of the last one in a batch.
     pub max_batch: usize,
+    /// How the content of a batch of new messages is made durable.
+    pub commit: CommitMode,
 }
 
 impl Default for SpoolOptions {
@@ -106,8 +114,25 @@ impl Default for SpoolOptions {
         SpoolOptions {
             min_free_bytes: 64 * 1024 * 1024,
             max_batch: 1024,
+            commit: CommitMode::default(),
         }
     }
+}
+
+/// How the committer makes the content of a batch durable before the renames (see the module
+/// documentation, "Enqueue and group commit", and docs/benchmarks.md for the trade-off).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CommitMode {
+    /// One `syncfs(2)` of the spool's filesystem for the whole batch: a single flush and
+    /// journal commit, however many messages finished in the window. It also writes out
+    /// whatever else is dirty on that filesystem (drafts still arriving, other programs'
+    /// files), so it is best on a filesystem of the spool's own.
+    #[default]
+    Filesystem,
+    /// An `fdatasync` of each message file as it finishes (in parallel threads, which the
+    /// filesystem merges into shared journal commits), as relayward did before: for a spool
+    /// that shares a busy filesystem.
+    EachFile,
 }
 
 /// Counters for tests and metrics (this instance only, since it was opened).
@@ -119,6 +144,10 @@ pub struct SpoolStats {
     pub batches: u64,
     /// Directory fsyncs of all kinds (enqueue batches, updates, removals, recovery).
     pub dir_fsyncs: u64,
+    /// `syncfs` calls (one per batch with [`CommitMode::Filesystem`]).
+    pub fs_syncs: u64,
+    /// `fdatasync`s of new message files (one per message with [`CommitMode::EachFile`]).
+    pub message_syncs: u64,
 }
 
 /// What recovery did at [`Spool::open`].
@@ -164,6 +193,10 @@ struct Inner {
     committed: AtomicU64,
     batches: AtomicU64,
     dir_fsyncs: AtomicU64,
+    fs_syncs: AtomicU64,
+    message_syncs: AtomicU64,
+    /// `tmp/`, open: the handle `syncfs` names the filesystem by.
+    tmp_dir: File,
     /// Holds the shared spool lock for as long as this instance lives.
     _lock: File,
 }
@@ -190,6 +223,7 @@ impl Spool {
             .map_err(queue_error)?;
         let recovery = lock_and_recover(&lock, &layout).map_err(queue_error)?;
         let marker_seen = marker_time(&layout.root);
+        let tmp_dir = File::open(&layout.tmp).map_err(queue_error)?;
         let inner = Arc::new(Inner {
             layout,
             min_free_bytes: AtomicU64::new(options.min_free_bytes),
@@ -200,6 +234,9 @@ impl Spool {
             committed: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             dir_fsyncs: AtomicU64::new(0),
+            fs_syncs: AtomicU64::new(0),
+            message_syncs: AtomicU64::new(0),
+            tmp_dir,
             _lock: lock,
         });
         let committer = spawn_committer(&inner)?;
@@ -221,12 +258,19 @@ impl Spool {
         self.recovery.as_ref()
     }
 
+    /// How this spool commits new messages.
+    pub fn commit_mode(&self) -> CommitMode {
+        self.inner.options.commit
+    }
+
     /// Counters since open, e.g. to check that concurrent enqueues share directory fsyncs.
     pub fn stats(&self) -> SpoolStats {
         SpoolStats {
             committed: self.inner.committed.load(Ordering::Relaxed),
             batches: self.inner.batches.load(Ordering::Relaxed),
             dir_fsyncs: self.inner.dir_fsyncs.load(Ordering::Relaxed),
+            fs_syncs: self.inner.fs_syncs.load(Ordering::Relaxed),
+            message_syncs: self.inner.message_syncs.load(Ordering::Relaxed),
         }
     }
 
@@ -504,8 +548,28 @@ impl Inner {
         result
     }
 
-    /// One group commit: place every message, one directory fsync, then answer everyone.
+    /// Flushes everything written on the spool's filesystem (the staged files of the batch
+    /// among it) and counts it.
+    fn sync_filesystem(&self) -> io::Result<()> {
+        self.fs_syncs.fetch_add(1, Ordering::Relaxed);
+        rustix::fs::syncfs(&self.tmp_dir).map_err(io::Error::from)
+    }
+
+    /// One group commit: the batch's content made durable (one `syncfs`, or each file's
+    /// `fdatasync` done already at submit), every message renamed into `msg/`, one directory
+    /// fsync, then everyone answered. The content is durable before any rename, so a message
+    /// that reaches `msg/` is whole whatever moment a crash picks.
     fn commit_batch(&self, batch: Vec<Staged>) {
+        if self.options.commit == CommitMode::Filesystem
+            && let Err(err) = self.sync_filesystem()
+        {
+            tracing::error!(error = %err, count = batch.len(), "queue filesystem sync failed");
+            for staged in batch {
+                let _ = fs::remove_file(self.layout.tmp_message(&staged.id));
+                let _ = staged.reply.send(Err(shared_queue_error(&err)));
+            }
+            return;
+        }
         let placed = self.place_all(batch);
         if placed.is_empty() {
             return;

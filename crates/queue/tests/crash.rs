@@ -4,7 +4,9 @@
 //! from several tasks in a loop and prints `ACK <id> <worker> <n>` only after `enqueue` returned.
 //! The parent kills it with SIGKILL at a random moment, reopens the spool and checks that every
 //! acknowledged id is present with exactly the content and envelope the child derived from
-//! `(worker, n)`, and that recovery found nothing half-written.
+//! `(worker, n)`, that every other queued message is whole too, that recovery found nothing
+//! half-written, and that no draft dropped before its commit was ever queued. Half the workers
+//! write their messages as drafts in pieces, as a session does while content arrives.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -61,22 +63,57 @@ fn crash_child() {
     runtime.block_on(enqueue_forever(Path::new(&dir)));
 }
 
+/// The worker whose drafts are never committed (a client that goes away mid-DATA).
+const ABANDONING_WORKER: u64 = 99;
+
+/// Even workers enqueue whole messages; odd ones write drafts in pieces, as the session does
+/// while content arrives; one more worker begins drafts and drops them half-written.
 async fn enqueue_forever(dir: &Path) {
     let spool = Arc::new(Spool::open(dir, options()).unwrap());
-    let tasks: Vec<_> = (0..WORKERS)
+    let mut tasks: Vec<_> = (0..WORKERS)
         .map(|worker| {
             let spool = Arc::clone(&spool);
             tokio::spawn(async move {
                 for n in 0.. {
-                    let id = spool.enqueue(expected(worker, n)).await.unwrap();
+                    let id = if worker % 2 == 0 {
+                        spool.enqueue(expected(worker, n)).await.unwrap()
+                    } else {
+                        send_in_pieces(&spool, expected(worker, n)).await
+                    };
                     println!("ACK {id} {worker} {n}");
                 }
             })
         })
         .collect();
+    let abandoning = Arc::clone(&spool);
+    tasks.push(tokio::spawn(async move {
+        for n in 0.. {
+            let mut message = expected(ABANDONING_WORKER, n);
+            let content = std::mem::take(&mut message.content);
+            let mut draft = abandoning.begin(message).await.unwrap();
+            draft.write(&content[..content.len() / 2]).await.unwrap();
+            drop(draft);
+        }
+    }));
     for task in tasks {
         task.await.unwrap();
     }
+}
+
+/// A message written as a draft in three pieces, then committed.
+async fn send_in_pieces(spool: &Spool, mut message: NewMessage) -> MessageId {
+    let content = std::mem::take(&mut message.content);
+    let mut draft = spool.begin(message).await.unwrap();
+    let third = content.len() / 3;
+    for piece in [
+        &content[..third],
+        &content[third..2 * third],
+        &content[2 * third..],
+    ] {
+        draft.write(piece).await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    spool.commit(draft).await.unwrap()
 }
 
 /// One acknowledged message as the child reported it.
@@ -163,6 +200,22 @@ async fn verify(dir: &Path, acks: &[Ack]) {
         assert_eq!(stored, wanted, "envelope of {}", ack.id);
         let content = spool.content(&ack.id).await.unwrap();
         assert!(content == want.content, "content of {} differs", ack.id);
+    }
+    // Whatever else is queued (committed just before the kill, not yet acknowledged) is whole
+    // too, and no abandoned draft was ever queued.
+    for state in spool.list().await.unwrap() {
+        let worker: u64 = state.sender[1..state.sender.find('@').unwrap()]
+            .parse()
+            .unwrap();
+        assert_ne!(worker, ABANDONING_WORKER, "an abandoned draft was queued");
+        let rcpt = &state.recipients[0].address;
+        let n: u64 = rcpt[1..rcpt.find('@').unwrap()].parse().unwrap();
+        let content = spool.content(&state.id).await.unwrap();
+        assert!(
+            content == expected(worker, n).content,
+            "{} ({worker}/{n}) is queued half-written",
+            state.id
+        );
     }
 }
 

@@ -558,7 +558,38 @@ async fn concurrent_enqueues_share_directory_fsyncs() {
         stats.dir_fsyncs < MESSAGES as u64 && stats.batches < MESSAGES as u64,
         "no group commit: {stats:?}"
     );
+    // One syncfs per batch covers the content of every message in it; no message file is
+    // flushed on its own.
+    assert_eq!(
+        (stats.fs_syncs, stats.message_syncs),
+        (stats.batches, 0),
+        "{stats:?}"
+    );
     assert_eq!(spool.list().await.unwrap().len(), MESSAGES);
+}
+
+/// `CommitMode::EachFile` (for a spool on a busy shared filesystem) flushes each message's
+/// file and never the whole filesystem.
+#[tokio::test]
+async fn each_file_mode_flushes_files_not_the_filesystem() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(
+        dir.path(),
+        SpoolOptions {
+            commit: relayward_queue::CommitMode::EachFile,
+            ..options()
+        },
+    )
+    .unwrap();
+    for n in 0..3 {
+        let id = spool
+            .enqueue(message(&["bob@example.test"], &n.to_string()))
+            .await
+            .unwrap();
+        assert!(spool.content(&id).await.is_ok());
+    }
+    let stats = spool.stats();
+    assert_eq!((stats.message_syncs, stats.fs_syncs), (3, 0), "{stats:?}");
 }
 
 #[tokio::test]

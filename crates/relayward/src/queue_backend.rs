@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use relayward_config::{Config, PostgresTls, QueueBackend, QueueSettings};
-use relayward_queue::{Queue, Spool};
+use relayward_config::{Config, PostgresTls, QueueBackend, QueueSettings, SpoolCommit};
+use relayward_queue::{CommitMode, Queue, Spool};
 use relayward_queue_postgres::{PgOptions, PgQueue};
 
 /// The open queue, with what only its own backend can do.
@@ -46,6 +46,23 @@ impl OpenQueue {
         }
     }
 
+    /// For the start-up log: how the file spool commits new mail.
+    pub fn describe_commit(&self, settings: &QueueSettings) -> Option<String> {
+        let OpenQueue::File(spool) = self else {
+            return None;
+        };
+        let setting = settings.commit.as_str();
+        Some(match spool.commit_mode() {
+            CommitMode::Filesystem => format!(
+                "queue: one syncfs commits each batch of new mail ([queue] commit = \"{setting}\")"
+            ),
+            CommitMode::EachFile => format!(
+                "queue: each new message is fdatasynced on its own ([queue] commit = \"{setting}\"; \
+                 with a filesystem of the spool's own, or commit = \"syncfs\", one flush commits a batch)"
+            ),
+        })
+    }
+
     /// After the runner stopped: a node of the shared queue gives back its leases at once,
     /// so the other nodes need not wait `lease_timeout` for them.
     pub async fn shutdown(&self) {
@@ -59,12 +76,39 @@ impl OpenQueue {
 fn open_spool(config: &Config) -> anyhow::Result<Arc<Spool>> {
     let options = relayward_queue::spool::SpoolOptions {
         min_free_bytes: config.queue.min_free_bytes,
+        commit: commit_mode(config),
         ..Default::default()
     };
     let dir = config.data_dir.join("queue");
     let spool = Spool::open(&dir, options)
         .with_context(|| format!("cannot open the queue in {}", dir.display()))?;
     Ok(Arc::new(spool))
+}
+
+/// `[queue] commit`, with `auto` decided: `syncfs` pays off only when nothing but the spool
+/// writes to its filesystem, which a mount of its own (for `data_dir/queue` or `data_dir`)
+/// says; on a shared filesystem each message's own `fdatasync` does not wait for other
+/// programs' data.
+fn commit_mode(config: &Config) -> CommitMode {
+    let queue = config.data_dir.join("queue");
+    match config.queue.commit {
+        SpoolCommit::Syncfs => CommitMode::Filesystem,
+        SpoolCommit::Fdatasync => CommitMode::EachFile,
+        SpoolCommit::Auto if is_mount_point(&queue) || is_mount_point(&config.data_dir) => {
+            CommitMode::Filesystem
+        }
+        SpoolCommit::Auto => CommitMode::EachFile,
+    }
+}
+
+/// True when `dir` is the root of a mounted filesystem: its parent is on another device.
+fn is_mount_point(dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(own), Some(Ok(parent))) = (std::fs::metadata(dir), dir.parent().map(std::fs::metadata))
+    else {
+        return false;
+    };
+    own.dev() != parent.dev()
 }
 
 /// `[queue]` as the PostgreSQL queue takes it: the password read from its file, a verifying
@@ -96,4 +140,20 @@ fn postgres_options(config: &Config) -> anyhow::Result<PgOptions> {
         options.tls = Some(tls);
     }
     Ok(options)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_points_are_told_from_plain_directories() {
+        let plain = tempfile::tempdir().expect("tempdir");
+        assert!(!is_mount_point(plain.path()));
+        assert!(!is_mount_point(std::path::Path::new(
+            "/nonexistent/relayward"
+        )));
+        // procfs is mounted on /proc wherever these tests run.
+        assert!(is_mount_point(std::path::Path::new("/proc")));
+    }
 }

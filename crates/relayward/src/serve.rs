@@ -89,6 +89,9 @@ async fn serve(config: Config, config_arg: ConfigArg, switch: Switch) -> anyhow:
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let queue = crate::queue_backend::OpenQueue::open(&config).await?;
+    if let Some(commit) = queue.describe_commit(&config.queue) {
+        tracing::info!("{commit}");
+    }
     let lasting = Lasting::new(&config, queue.clone());
     let origin = Origin::now(config_arg.config.clone());
     let data_dir = config.data_dir.clone();

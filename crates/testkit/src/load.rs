@@ -90,14 +90,21 @@ impl LoadClient {
 
     /// One transaction; `Ok(code)` is the reply to the final dot.
     pub fn send_message(&mut self, envelope: &Envelope, token: &str) -> io::Result<u16> {
+        let body = format!(
+            "Subject: crash test {token}\r\n\r\nToken: {token}\r\n{}\r\n",
+            "filler line to give the fsync something to write\r\n".repeat(20)
+        );
+        self.send_content(envelope, body.as_bytes())
+    }
+
+    /// One transaction with `content` (CRLF line ends, already dot-stuffed); `Ok(code)` is
+    /// the reply to the final dot.
+    pub fn send_content(&mut self, envelope: &Envelope, content: &[u8]) -> io::Result<u16> {
         self.command(&format!("MAIL FROM:<{}>", envelope.sender), 250)?;
         self.command(&format!("RCPT TO:<{}>", envelope.recipient), 250)?;
         self.command("DATA", 354)?;
-        let body = format!(
-            "Subject: crash test {token}\r\n\r\nToken: {token}\r\n{}\r\n.\r\n",
-            "filler line to give the fsync something to write\r\n".repeat(20)
-        );
-        self.writer.write_all(body.as_bytes())?;
+        self.writer.write_all(content)?;
+        self.writer.write_all(b".\r\n")?;
         self.reply()
     }
 }

@@ -12,10 +12,11 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
 
 use super::entry::{encode_open_header, size_digits};
-use super::{Inner, Staged, blocking, committer_gone, invalid_input, unix_now};
+use super::{CommitMode, Inner, Staged, blocking, committer_gone, invalid_input, unix_now};
 use crate::fsutil::{PRIVATE_FILE, queue_error};
 use crate::{BoxFuture, Draft, MessageId, NewMessage, QueueError, QueuedMessage};
 
@@ -125,9 +126,12 @@ impl Staging {
             .write_all_at(&size_digits(self.content_len), self.size_slot)
             .map_err(queue_error)?;
         self.inner.check_space(0)?;
-        // fdatasync covers the data and the file size, which is all a reader of a new file
-        // needs.
-        self.file.sync_data().map_err(queue_error)?;
+        if self.inner.options.commit == CommitMode::EachFile {
+            // fdatasync covers the data and the file size, which is all a reader of a new
+            // file needs. (Otherwise the committer's syncfs covers them.)
+            self.file.sync_data().map_err(queue_error)?;
+            self.inner.message_syncs.fetch_add(1, Ordering::Relaxed);
+        }
         let staged = Staged {
             id: self.id.clone(),
             reply,
