@@ -256,8 +256,9 @@ impl ConfirmServer {
 }
 
 /// The A-label form of `domain` without a trailing dot (in any of the spellings UTS 46 maps
-/// to a dot); `None` when it is no valid name.
-fn canonical_domain(domain: &str) -> Option<String> {
+/// to a dot); `None` when it is no valid name. The listener and the probe's choice of which
+/// tricks can be proven both use it, so they cannot disagree on what "the confirm domain" is.
+pub(crate) fn canonical_domain(domain: &str) -> Option<String> {
     let name = domain.trim_end_matches(['.', '\u{ff0e}', '\u{3002}', '\u{ff61}']);
     idn::to_ascii(name).ok()
 }

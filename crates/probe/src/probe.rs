@@ -991,8 +991,8 @@ fn names_domain(rcpt_line: &str, domain: &str) -> bool {
     rcpt_line
         .split(|c: char| c.is_whitespace() || "<>@%!:\",[]".contains(c))
         .filter(|part| !part.is_ascii())
-        .filter_map(|part| relayward_protocol::idn::to_ascii(part).ok())
-        .any(|ascii| ascii.trim_end_matches('.') == domain)
+        .filter_map(crate::confirm::canonical_domain)
+        .any(|ascii| ascii == domain)
 }
 
 /// The confirm entry of an accepted trick whose recipient is not at the confirm domain.
