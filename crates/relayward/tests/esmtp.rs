@@ -423,35 +423,9 @@ send_as = ["alice@example.test"]
         password = password_file.display(),
         ca = cert_path.display(),
     )));
-    submit_as_alice(&a, "someone@b.test", "pinned");
+    a.submit_as_alice("someone@b.test", "pinned");
     let mail = b.wait_for_mail("b.test", "someone", 1);
     assert!(mail[0].contains("\r\nSubject: pinned\r\n"), "{}", mail[0]);
-}
-
-fn submit_as_alice(server: &TestServer, rcpt: &str, subject: &str) {
-    let ca = server.data_dir().join("tls").join("cert.pem");
-    server
-        .smtp("submission")
-        .send("EHLO laptop.example.test")
-        .expect(250)
-        .starttls(&ca)
-        .send("EHLO laptop.example.test")
-        .expect(250)
-        .auth_plain("alice@example.test", PASSWORD)
-        .expect(235)
-        .send("MAIL FROM:<alice@example.test>")
-        .expect(250)
-        .send(&format!("RCPT TO:<{rcpt}>"))
-        .expect(250)
-        .send("DATA")
-        .expect(354)
-        .raw(
-            format!("From: alice@example.test\r\nSubject: {subject}\r\n\r\nbody\r\n.\r\n")
-                .as_bytes(),
-        )
-        .expect_text(250, "queued as")
-        .send("QUIT")
-        .expect(221);
 }
 
 // ------------------------------------------------------------------ Postfix relays SMTPUTF8

@@ -14,37 +14,10 @@ use relayward_testkit::net::listeners_on_one_port;
 use relayward_testkit::pki::{TestCa, self_signed};
 use relayward_testkit::smtp_server::{Script, SmtpServer};
 use relayward_testkit::wait::eventually;
-use support::{PASSWORD, TestServer, queue_cmd, standard_config};
+use support::{TestServer, queue_cmd, standard_config};
 
 fn ip(last: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 60, 0, last)
-}
-
-/// Alice submits one message to `rcpt` (submission, STARTTLS, AUTH).
-fn submit(server: &TestServer, rcpt: &str, subject: &str) {
-    let from = "alice@example.test";
-    server
-        .smtp("submission")
-        .send("EHLO laptop.example.test")
-        .expect(250)
-        .starttls(server.ca())
-        .send("EHLO laptop.example.test")
-        .expect(250)
-        .auth_plain(from, PASSWORD)
-        .expect(235)
-        .send(&format!("MAIL FROM:<{from}>"))
-        .expect(250)
-        .send(&format!("RCPT TO:<{rcpt}>"))
-        .expect(250)
-        .send("DATA")
-        .expect(354)
-        .raw(
-            format!("From: <{from}>\r\nTo: <{rcpt}>\r\nSubject: {subject}\r\n\r\nhi\r\n.\r\n")
-                .as_bytes(),
-        )
-        .expect_text(250, "queued as")
-        .send("QUIT")
-        .expect(221);
 }
 
 /// `strict.test` publishes `enforce` for `mx.strict.test` (a certificate from the private CA),
@@ -122,9 +95,9 @@ fn policies_are_enforced_tested_and_logged_by_the_running_server() {
         dns.addr
     )));
 
-    submit(&server, "bob@strict.test", "enforced");
-    submit(&server, "carol@trial.test", "tested");
-    submit(&server, "dave@hijacked.test", "refused");
+    server.submit_as_alice("bob@strict.test", "enforced");
+    server.submit_as_alice("carol@trial.test", "tested");
+    server.submit_as_alice("dave@hijacked.test", "refused");
 
     assert!(
         eventually(support::WAIT, || strict.messages().len() == 1
@@ -249,8 +222,8 @@ fn dane_verifies_by_tlsa_and_defers_on_a_mismatch() {
         anchor.display()
     )));
 
-    submit(&server, "bob@signed.test", "dane");
-    submit(&server, "carol@wrong.test", "dane mismatch");
+    server.submit_as_alice("bob@signed.test", "dane");
+    server.submit_as_alice("carol@wrong.test", "dane mismatch");
 
     assert!(
         eventually(support::WAIT, || good.messages().len() == 1),

@@ -20,34 +20,10 @@ use relayward_testkit::pki::{TestCa, self_signed};
 use relayward_testkit::smtp_server::{Script, SmtpServer};
 use relayward_testkit::wait::eventually;
 use serde_json::Value;
-use support::{PASSWORD, TestServer, relayward_cmd, standard_config};
+use support::{TestServer, relayward_cmd, standard_config};
 
 fn ip(last: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 63, 0, last)
-}
-
-/// Alice submits one message to `rcpt` (submission, STARTTLS, AUTH).
-fn submit(server: &TestServer, rcpt: &str) {
-    let from = "alice@example.test";
-    server
-        .smtp("submission")
-        .send("EHLO laptop.example.test")
-        .expect(250)
-        .starttls(server.ca())
-        .send("EHLO laptop.example.test")
-        .expect(250)
-        .auth_plain(from, PASSWORD)
-        .expect(235)
-        .send(&format!("MAIL FROM:<{from}>"))
-        .expect(250)
-        .send(&format!("RCPT TO:<{rcpt}>"))
-        .expect(250)
-        .send("DATA")
-        .expect(354)
-        .raw(format!("From: <{from}>\r\nTo: <{rcpt}>\r\nSubject: hi\r\n\r\nhi\r\n.\r\n").as_bytes())
-        .expect_text(250, "queued as")
-        .send("QUIT")
-        .expect(221);
 }
 
 fn enforce(mx: &[&str]) -> Page {
@@ -228,9 +204,9 @@ fn daily_reports_reach_the_domains_that_ask_and_survive_a_restart() {
     ));
     let server = TestServer::start(&config);
 
-    submit(&server, "bob@strict.test");
-    submit(&server, "carol@signed.test");
-    submit(&server, "dave@silent.test");
+    server.submit_as_alice("bob@strict.test", "hi");
+    server.submit_as_alice("carol@signed.test", "hi");
+    server.submit_as_alice("dave@silent.test", "hi");
     assert!(
         eventually(support::WAIT, || good.messages().len() == 1
             && signed.messages().len() == 1
@@ -470,7 +446,7 @@ fn counts_saved_before_a_crash_are_reported_after_it() {
         dns.addr
     ));
     let server = TestServer::start(&config);
-    submit(&server, "erin@crash.test");
+    server.submit_as_alice("erin@crash.test", "hi");
     assert!(
         eventually(support::WAIT, || mx.messages().len() == 1),
         "{}",

@@ -157,6 +157,34 @@ impl TestServer {
         Smtp::connect(self.addr(kind))
     }
 
+    /// Alice, the standard configuration's user, submits one short message to `rcpt` the way a
+    /// mail client does: submission, STARTTLS, AUTH PLAIN, then From/To/Subject and a line of
+    /// body. The end of DATA must answer 250 "queued as".
+    pub fn submit_as_alice(&self, rcpt: &str, subject: &str) {
+        let from = "alice@example.test";
+        self.smtp("submission")
+            .send("EHLO laptop.example.test")
+            .expect(250)
+            .starttls(self.ca())
+            .send("EHLO laptop.example.test")
+            .expect(250)
+            .auth_plain(from, PASSWORD)
+            .expect(235)
+            .send(&format!("MAIL FROM:<{from}>"))
+            .expect(250)
+            .send(&format!("RCPT TO:<{rcpt}>"))
+            .expect(250)
+            .send("DATA")
+            .expect(354)
+            .raw(
+                format!("From: <{from}>\r\nTo: <{rcpt}>\r\nSubject: {subject}\r\n\r\nhi\r\n.\r\n")
+                    .as_bytes(),
+            )
+            .expect_text(250, "queued as")
+            .send("QUIT")
+            .expect(221);
+    }
+
     pub fn log(&self) -> String {
         self.stderr_lines.lock().expect("lock").join("\n")
     }
