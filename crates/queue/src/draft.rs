@@ -43,6 +43,32 @@ pub struct MemoryDraft {
 }
 
 impl MemoryDraft {
+    /// The message so far (its content: trace header and body written up to now).
+    pub fn message(&self) -> &NewMessage {
+        &self.message
+    }
+
+    /// Octets of the trace header given to `begin`.
+    pub fn prefix_len(&self) -> usize {
+        self.prefix_len
+    }
+
+    /// Appends to the body.
+    pub fn append(&mut self, chunk: &[u8]) {
+        self.message.content.extend_from_slice(chunk);
+    }
+
+    /// A copy of the body.
+    pub fn body(&self) -> Vec<u8> {
+        self.message.content[self.prefix_len..].to_vec()
+    }
+
+    /// Replaces the body.
+    pub fn set_body(&mut self, body: &[u8]) {
+        self.message.content.truncate(self.prefix_len);
+        self.message.content.extend_from_slice(body);
+    }
+
     pub fn new(message: NewMessage) -> MemoryDraft {
         let prefix_len = message.content.len();
         MemoryDraft {
@@ -58,18 +84,17 @@ impl Draft for MemoryDraft {
     }
 
     fn write<'a>(&'a mut self, chunk: &'a [u8]) -> BoxFuture<'a, Result<(), QueueError>> {
-        self.message.content.extend_from_slice(chunk);
+        self.append(chunk);
         Box::pin(async { Ok(()) })
     }
 
     fn read_body(&mut self) -> BoxFuture<'_, Result<Vec<u8>, QueueError>> {
-        let body = self.message.content[self.prefix_len..].to_vec();
+        let body = self.body();
         Box::pin(async move { Ok(body) })
     }
 
     fn replace_body(&mut self, body: Vec<u8>) -> BoxFuture<'_, Result<(), QueueError>> {
-        self.message.content.truncate(self.prefix_len);
-        self.message.content.extend_from_slice(&body);
+        self.set_body(&body);
         Box::pin(async { Ok(()) })
     }
 

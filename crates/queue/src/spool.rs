@@ -15,7 +15,8 @@
 //! # Enqueue and group commit
 //!
 //! 1. The content is written to `tmp/<id>.eml` while it arrives (a [`Draft`], see
-//!    [`draft`]), or at once by `enqueue`, in blocking threads, with no flush: the page cache
+//!    [`draft`]; a message of at most 64 KiB stays in the draft's memory and is written at its
+//!    end), or at once by `enqueue`, in blocking threads, with no flush: the page cache
 //!    holds it.
 //! 2. At its end the id goes to one committer thread. It takes the first waiting message plus
 //!    every other one already waiting (up to [`SpoolOptions::max_batch`]) and makes their
@@ -43,7 +44,9 @@
 //! linked, read the state (`.json`, else the header), change it, write
 //! `tmp/<id>.<random>.json`, `fdatasync`, rename it over `msg/<id>.json` and fsync `msg/`.
 //! Removal (delete, or every recipient final) unlinks `.eml` (the message is gone) then `.json`,
-//! then fsyncs, under the same lock. A second process (the `relayward queue` CLI) following this
+//! under the same lock, then, for an administrator's delete only, fsyncs: a delivered message
+//! that a crash brings back is delivered once more, which at-least-once allows (Postfix does not
+//! sync its removals either), and the flush per delivered message is saved. A second process (the `relayward queue` CLI) following this
 //! protocol serialises with the server per message, so neither loses the other's change; a waiter
 //! that gets the lock after a removal finds the file unlinked and reports
 //! [`QueueError::NotFound`]. Readers (`list`, `get`, `content`) take no lock: every file is
@@ -74,7 +77,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use relayward_protocol::text::Escaped;
 use tokio::sync::{Notify, oneshot};
 
-use self::draft::{SpoolDraft, Staging};
+use self::draft::{Held, SpoolDraft, Staging};
 use self::entry::{Change, apply_updates, parse_state, read_header};
 use crate::fsutil::{
     PRIVATE_FILE, available_bytes, create_private_dir, lock_exclusive, lock_shared, queue_error,
@@ -295,7 +298,7 @@ impl Spool {
         // Staging and hand-over happen in one closure: if the caller gives up waiting, the
         // message is still committed or cleaned up, never left half in tmp/.
         let id = blocking(move || {
-            let staging = Staging::create(&inner, &message)?;
+            let staging = Staging::create(&inner, &message, message.content.len())?;
             let id = staging.id().clone();
             staging.submit(reply, &committer)?;
             Ok(id)
@@ -304,14 +307,13 @@ impl Spool {
         wait_for_commit(id, answer).await
     }
 
-    /// A draft staged in `tmp/`, its header and trace header written.
+    /// A draft that keeps a small message in memory and moves to `tmp/` once it grows past
+    /// [`draft::KEEP_IN_MEMORY`] (free space is checked then, or at commit).
     async fn begin_draft(&self, message: NewMessage) -> Result<Box<dyn Draft>, QueueError> {
-        let inner = Arc::clone(&self.inner);
-        let staging = blocking(move || Staging::create(&inner, &message)).await?;
-        Ok(Box::new(SpoolDraft {
-            staging: Some(staging),
-            spool: Arc::clone(&self.inner),
-        }))
+        if message.recipients.is_empty() {
+            return Err(invalid_input("a message needs at least one recipient"));
+        }
+        Ok(Box::new(SpoolDraft::new(message, Arc::clone(&self.inner))))
     }
 
     /// Completes a draft of this spool and waits for the fsync that covers it.
@@ -322,8 +324,14 @@ impl Spool {
         if !Arc::ptr_eq(&draft.spool, &self.inner) {
             return Err(draft::foreign_draft());
         }
-        let Some(staging) = draft.staging.take() else {
-            return Err(invalid_input("the message being received was lost"));
+        let staging = match draft.held.take() {
+            // Small: written, synced and handed over in one blocking call.
+            Some(Held::Memory(memory)) => {
+                let message = Box::new(memory).into_message().await?;
+                return self.enqueue_message(message).await;
+            }
+            Some(Held::File(staging)) => staging,
+            None => return Err(invalid_input("the message being received was lost")),
         };
         let id = staging.id().clone();
         let committer = self.committer.clone();
@@ -422,7 +430,11 @@ impl Queue for Spool {
         updates: Vec<RecipientUpdate>,
     ) -> BoxFuture<'a, Result<(), QueueError>> {
         let id = id.clone();
-        self.run(move |inner| inner.modify(&id, |state| Ok(apply_updates(state, updates))))
+        self.run(move |inner| {
+            inner.modify(&id, Removal::Delivered, |state| {
+                Ok(apply_updates(state, updates))
+            })
+        })
     }
 
     fn set_held<'a>(
@@ -432,7 +444,7 @@ impl Queue for Spool {
     ) -> BoxFuture<'a, Result<(), QueueError>> {
         let id = id.clone();
         self.run_admin(move |inner| {
-            inner.modify(&id, |state| {
+            inner.modify(&id, Removal::Durable, |state| {
                 if state.held == held {
                     return Ok(Change::Keep);
                 }
@@ -445,13 +457,15 @@ impl Queue for Spool {
     fn retry_now<'a>(&'a self, id: &'a MessageId) -> BoxFuture<'a, Result<(), QueueError>> {
         let id = id.clone();
         self.run_admin(move |inner| {
-            inner.modify(&id, |state| Ok(entry::retry_all(state, unix_now())))
+            inner.modify(&id, Removal::Durable, |state| {
+                Ok(entry::retry_all(state, unix_now()))
+            })
         })
     }
 
     fn delete<'a>(&'a self, id: &'a MessageId) -> BoxFuture<'a, Result<(), QueueError>> {
         let id = id.clone();
-        self.run_admin(move |inner| inner.modify(&id, |_| Ok(Change::Remove)))
+        self.run_admin(move |inner| inner.modify(&id, Removal::Durable, |_| Ok(Change::Remove)))
     }
 
     fn quarantine<'a>(
@@ -598,7 +612,7 @@ impl Inner {
             Err(err) => {
                 tracing::error!(error = %err, count = placed.len(), "queue directory fsync failed");
                 for staged in placed {
-                    let _ = self.remove_files(&staged.id);
+                    let _ = self.remove_files(&staged.id, Removal::Durable);
                     let _ = staged.reply.send(Err(shared_queue_error(&err)));
                 }
             }
@@ -733,7 +747,7 @@ impl Inner {
     }
 
     /// Read-modify-write of one message's state under its exclusive lock (see module docs).
-    fn modify<F>(&self, id: &MessageId, change: F) -> Result<(), QueueError>
+    fn modify<F>(&self, id: &MessageId, removal: Removal, change: F) -> Result<(), QueueError>
     where
         F: FnOnce(&mut QueuedMessage) -> Result<Change, QueueError>,
     {
@@ -754,7 +768,7 @@ impl Inner {
         match change(&mut state)? {
             Change::Keep => Ok(()),
             Change::Write => self.write_state(&state).map_err(queue_error),
-            Change::Remove => self.remove_files(id).map_err(queue_error),
+            Change::Remove => self.remove_files(id, removal).map_err(queue_error),
         }
         // `lock` closes here, releasing the flock after the change is durable.
     }
@@ -772,15 +786,30 @@ impl Inner {
     }
 
     /// Removes a message: the message file first (from then on it does not exist), then its
-    /// state, then one fsync. A crash in between leaves a lone `.json` that recovery removes.
-    fn remove_files(&self, id: &MessageId) -> io::Result<()> {
+    /// state, then (for a [`Removal::Durable`]) one fsync. A crash in between leaves a lone
+    /// `.json` that recovery removes.
+    fn remove_files(&self, id: &MessageId, removal: Removal) -> io::Result<()> {
         remove_if_present(&self.layout.message(id))?;
         remove_if_present(&self.layout.state(id))?;
-        self.sync_msg_dir()
+        match removal {
+            Removal::Durable => self.sync_msg_dir(),
+            Removal::Delivered => Ok(()),
+        }
     }
 }
 
-/// Takes the spool lock; recovers when this is the only user (see module docs).
+/// How sure a removal must be before it returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Removal {
+    /// An administrator's delete (or a commit that failed): durable before the answer.
+    Durable,
+    /// Every recipient is final: no directory fsync. A crash right after it can bring the
+    /// message back, which delivers it once more — never a loss. Postfix does not sync its
+    /// removals either; the fsync cost one flush per delivered message, and it waited on the
+    /// same directory as the committer's, which a one-session client paid for in every reply.
+    Delivered,
+}
+
 /// The change marker's modification time; `None` while no admin change ever happened.
 fn marker_time(root: &Path) -> Option<SystemTime> {
     fs::metadata(root.join(MARKER))
@@ -788,6 +817,7 @@ fn marker_time(root: &Path) -> Option<SystemTime> {
         .ok()
 }
 
+/// Takes the spool lock; recovers when this is the only user (see module docs).
 fn lock_and_recover(lock: &File, layout: &Layout) -> io::Result<Option<RecoveryReport>> {
     if try_lock_exclusive(lock)? {
         let report = recover::recover(layout)?;

@@ -719,8 +719,8 @@ async fn queued_mail_is_private() {
     }
 }
 
-/// A message written while it arrives: staged in `tmp/` only, never listed before its commit,
-/// byte-identical after it, and its state (size included) right.
+/// A message written while it arrives: past 64 KiB staged in `tmp/` only, never listed before
+/// its commit, byte-identical after it, and its state (size included) right.
 #[tokio::test]
 async fn a_draft_is_invisible_until_committed_and_then_whole() {
     let dir = tempfile::tempdir().unwrap();
@@ -729,7 +729,7 @@ async fn a_draft_is_invisible_until_committed_and_then_whole() {
     envelope.content = b"Received: from x\r\n".to_vec();
     let mut draft = spool.begin(envelope).await.unwrap();
     let mut body = Vec::new();
-    for i in 0..200 {
+    for i in 0..2000 {
         let piece = format!("line {i:05} {}\r\n", "x".repeat(i % 90)).into_bytes();
         draft.write(&piece).await.unwrap();
         body.extend_from_slice(&piece);
@@ -751,6 +751,91 @@ async fn a_draft_is_invisible_until_committed_and_then_whole() {
     let spool = open(dir.path());
     assert_eq!(spool.list().await.unwrap().len(), 1);
     assert_eq!(spool.content(&id).await.unwrap(), expected);
+}
+
+/// A small message stays in memory until its commit: no file is created for it before (one
+/// blocking call at the end instead of one per step), and it is queued whole, signed body
+/// included. One write more and it moves to its file.
+#[tokio::test]
+async fn a_small_draft_touches_the_disk_only_at_its_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open(dir.path());
+    let mut envelope = message(&["bob@far.test"], "");
+    envelope.content = b"Received: from x\r\n".to_vec();
+    let mut draft = spool.begin(envelope.clone()).await.unwrap();
+    draft.write(b"Subject: small\r\n\r\n").await.unwrap();
+    draft.write(&[b's'; 2048]).await.unwrap();
+    assert!(
+        files_in(&dir.path().join("tmp")).is_empty(),
+        "no file before the commit"
+    );
+    assert_eq!(draft.read_body().await.unwrap().len(), 18 + 2048);
+    draft
+        .replace_body(b"Subject: signed\r\n\r\nbody\r\n".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(draft.size(), 18 + 25);
+    let id = spool.commit(draft).await.unwrap();
+    assert_eq!(
+        spool.content(&id).await.unwrap(),
+        b"Received: from x\r\nSubject: signed\r\n\r\nbody\r\n"
+    );
+    assert_eq!(spool.get(&id).await.unwrap().size, 18 + 25);
+
+    // Growing past the limit: the file appears at that write, holding everything so far.
+    let mut draft = spool.begin(envelope).await.unwrap();
+    draft.write(&[b'a'; 60 * 1024]).await.unwrap();
+    assert!(files_in(&dir.path().join("tmp")).is_empty());
+    draft.write(&[b'b'; 8 * 1024]).await.unwrap();
+    assert_eq!(files_in(&dir.path().join("tmp")).len(), 1);
+    let body = draft.read_body().await.unwrap();
+    assert_eq!(body.len(), 68 * 1024);
+    assert!(
+        body[..60 * 1024].iter().all(|&b| b == b'a')
+            && body[60 * 1024..].iter().all(|&b| b == b'b')
+    );
+    let id = spool.commit(draft).await.unwrap();
+    assert_eq!(spool.content(&id).await.unwrap().len(), 18 + 68 * 1024);
+}
+
+/// A delivered message's removal is not flushed (like Postfix: a crash may bring it back, to be
+/// delivered once more, never lost); an administrator's delete is.
+#[tokio::test]
+async fn only_an_admin_delete_flushes_a_removal() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open(dir.path());
+    let delivered = spool
+        .enqueue(message(&["bob@far.test"], "x"))
+        .await
+        .unwrap();
+    let deleted = spool
+        .enqueue(message(&["bob@far.test"], "y"))
+        .await
+        .unwrap();
+    let before = spool.stats().dir_fsyncs;
+    spool
+        .update(
+            &delivered,
+            vec![final_update("bob@far.test", RecipientStatus::Delivered)],
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        spool.get(&delivered).await,
+        Err(QueueError::NotFound(_))
+    ));
+    assert_eq!(
+        spool.stats().dir_fsyncs,
+        before,
+        "delivered removal was flushed"
+    );
+    spool.delete(&deleted).await.unwrap();
+    assert_eq!(
+        spool.stats().dir_fsyncs,
+        before + 1,
+        "admin delete was not flushed"
+    );
+    assert!(files_in(&dir.path().join("msg")).is_empty());
 }
 
 /// A dropped draft (the client went away mid-DATA) leaves no file behind, and a replaced

@@ -18,7 +18,7 @@ use std::sync::{Arc, mpsc};
 use super::entry::{encode_open_header, size_digits};
 use super::{CommitMode, Inner, Staged, blocking, committer_gone, invalid_input, unix_now};
 use crate::fsutil::{PRIVATE_FILE, queue_error};
-use crate::{BoxFuture, Draft, MessageId, NewMessage, QueueError, QueuedMessage};
+use crate::{BoxFuture, Draft, MemoryDraft, MessageId, NewMessage, QueueError, QueuedMessage};
 
 /// How much content may be written between two free-space checks: a message that arrives
 /// while the disk fills is refused before it takes the room `min_free_bytes` keeps.
@@ -39,13 +39,18 @@ pub(super) struct Staging {
     /// Content octets before the body (the trace header given to `begin`).
     prefix_len: u64,
     /// Content octets written so far, prefix included.
-    content_len: u64,
+    pub(super) content_len: u64,
     since_space_check: u64,
 }
 
 impl Staging {
-    /// Creates `tmp/<id>.eml` with the header and the start of the content.
-    pub(super) fn create(inner: &Arc<Inner>, message: &NewMessage) -> Result<Staging, QueueError> {
+    /// Creates `tmp/<id>.eml` with the header and the content so far, of which the first
+    /// `prefix_len` octets are the trace header (the rest is body, for DKIM's read-back).
+    pub(super) fn create(
+        inner: &Arc<Inner>,
+        message: &NewMessage,
+        prefix_len: usize,
+    ) -> Result<Staging, QueueError> {
         if message.recipients.is_empty() {
             return Err(invalid_input("a message needs at least one recipient"));
         }
@@ -69,7 +74,7 @@ impl Staging {
             file,
             header_len: header.len() as u64,
             size_slot: size_slot as u64,
-            prefix_len: message.content.len() as u64,
+            prefix_len: prefix_len.min(message.content.len()) as u64,
             content_len: 0,
             since_space_check: 0,
         };
@@ -157,50 +162,100 @@ impl Drop for Staging {
     }
 }
 
+/// Octets of content (trace header included) a draft keeps in memory before it creates its
+/// file. Most mail is smaller: it reaches the disk in the one blocking call that also hands it
+/// to the committer, instead of one to create the file, one per write and one to submit —
+/// each a wake-up of a thread, which costs more CPU than the writes on a small machine.
+/// The session writes in pieces of 64 KiB (its `FLUSH_AT`), so a larger message goes to its
+/// file at its first write, and memory stays bounded per session either way.
+pub(super) const KEEP_IN_MEMORY: u64 = 64 * 1024;
+
+/// Where a [`SpoolDraft`] holds its content.
+pub(super) enum Held {
+    /// Small so far: in memory, no file yet.
+    Memory(MemoryDraft),
+    /// In `tmp/<id>.eml`.
+    File(Staging),
+}
+
 /// The [`Draft`] of a [`Spool`](super::Spool). The staging moves into a blocking thread for
 /// each file operation and back; if the session stops waiting, the thread drops it when done,
 /// which removes the file.
 pub(super) struct SpoolDraft {
-    pub(super) staging: Option<Staging>,
+    /// `None` only after an operation on the file was cancelled midway.
+    pub(super) held: Option<Held>,
     /// The spool it belongs to; a draft of another spool is refused at commit.
     pub(super) spool: Arc<Inner>,
 }
 
 impl SpoolDraft {
-    /// Runs `work` on the staging in a blocking thread and puts it back.
+    /// A draft that starts in memory.
+    pub(super) fn new(message: NewMessage, spool: Arc<Inner>) -> SpoolDraft {
+        SpoolDraft {
+            held: Some(Held::Memory(MemoryDraft::new(message))),
+            spool,
+        }
+    }
+
+    /// Runs `work` on the staging in a blocking thread and puts it back; a draft still in
+    /// memory first moves to its file.
     async fn with_staging<T, F>(&mut self, work: F) -> Result<T, QueueError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Staging) -> Result<T, QueueError> + Send + 'static,
     {
-        let mut staging = self.staging.take().ok_or_else(draft_lost)?;
+        let held = self.held.take().ok_or_else(draft_lost)?;
+        let inner = Arc::clone(&self.spool);
         let (staging, result) = blocking(move || {
+            let mut staging = match held {
+                Held::File(staging) => staging,
+                Held::Memory(memory) => {
+                    Staging::create(&inner, memory.message(), memory.prefix_len())?
+                }
+            };
             let result = work(&mut staging);
             Ok((staging, result))
         })
         .await?;
-        self.staging = Some(staging);
+        self.held = Some(Held::File(staging));
         result
     }
 }
 
 impl Draft for SpoolDraft {
     fn size(&self) -> u64 {
-        self.staging
-            .as_ref()
-            .map_or(0, |staging| staging.content_len)
+        match &self.held {
+            Some(Held::Memory(memory)) => memory.size(),
+            Some(Held::File(staging)) => staging.content_len,
+            None => 0,
+        }
     }
 
     fn write<'a>(&'a mut self, chunk: &'a [u8]) -> BoxFuture<'a, Result<(), QueueError>> {
+        if let Some(Held::Memory(memory)) = &mut self.held
+            && memory.size() + chunk.len() as u64 <= KEEP_IN_MEMORY
+        {
+            memory.append(chunk);
+            return Box::pin(std::future::ready(Ok(())));
+        }
         let chunk = chunk.to_vec();
         Box::pin(self.with_staging(move |staging| staging.append(&chunk)))
     }
 
     fn read_body(&mut self) -> BoxFuture<'_, Result<Vec<u8>, QueueError>> {
+        if let Some(Held::Memory(memory)) = &self.held {
+            return Box::pin(std::future::ready(Ok(memory.body())));
+        }
         Box::pin(self.with_staging(|staging| staging.read_body()))
     }
 
     fn replace_body(&mut self, body: Vec<u8>) -> BoxFuture<'_, Result<(), QueueError>> {
+        if let Some(Held::Memory(memory)) = &mut self.held
+            && memory.prefix_len() as u64 + body.len() as u64 <= KEEP_IN_MEMORY
+        {
+            memory.set_body(&body);
+            return Box::pin(std::future::ready(Ok(())));
+        }
         Box::pin(self.with_staging(move |staging| staging.replace_body(&body)))
     }
 
