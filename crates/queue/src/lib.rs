@@ -469,17 +469,7 @@ pub trait Queue: Send + Sync + 'static {
         Box::pin(async move {
             let mut claims = Vec::with_capacity(ids.len());
             for id in ids {
-                claims.push(match self.get(id).await {
-                    Ok(message) => match message.next_attempt() {
-                        Some(at) if at <= now => Claim::Taken(message),
-                        at => Claim::Later { id: id.clone(), at },
-                    },
-                    Err(QueueError::NotFound(_)) => Claim::Later {
-                        id: id.clone(),
-                        at: None,
-                    },
-                    Err(err) => return Err(err),
-                });
+                claims.push(claim_by_state(id, self.get(id).await, now)?);
             }
             Ok(claims)
         })
@@ -491,5 +481,25 @@ pub trait Queue: Send + Sync + 'static {
     fn release<'a>(&'a self, id: &'a MessageId) -> BoxFuture<'a, ()> {
         let _ = id;
         Box::pin(async {})
+    }
+}
+
+/// The claim of a store used by one process (no leases): the message, read just now, is taken
+/// when it is due at `now`; one that is gone is not looked at again.
+pub fn claim_by_state(
+    id: &MessageId,
+    state: Result<QueuedMessage, QueueError>,
+    now: u64,
+) -> Result<Claim, QueueError> {
+    match state {
+        Ok(message) => Ok(match message.next_attempt() {
+            Some(at) if at <= now => Claim::Taken(message),
+            at => Claim::Later { id: id.clone(), at },
+        }),
+        Err(QueueError::NotFound(_)) => Ok(Claim::Later {
+            id: id.clone(),
+            at: None,
+        }),
+        Err(err) => Err(err),
     }
 }

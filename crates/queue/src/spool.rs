@@ -84,8 +84,8 @@ use crate::fsutil::{
     shared_queue_error, sync_dir, try_lock_exclusive, write_synced,
 };
 use crate::{
-    BoxFuture, Changes, Draft, MessageId, NewMessage, Queue, QueueError, QueuedMessage,
-    RecipientUpdate,
+    BoxFuture, Changes, Claim, Draft, MessageId, NewMessage, Queue, QueueError, QueuedMessage,
+    RecipientUpdate, claim_by_state,
 };
 
 const CONTENT_EXT: &str = "eml";
@@ -434,6 +434,20 @@ impl Queue for Spool {
             inner.modify(&id, Removal::Delivered, |state| {
                 Ok(apply_updates(state, updates))
             })
+        })
+    }
+
+    /// The whole batch in one blocking call (the default reads each message in its own).
+    fn claim<'a>(
+        &'a self,
+        ids: &'a [MessageId],
+        now: u64,
+    ) -> BoxFuture<'a, Result<Vec<Claim>, QueueError>> {
+        let ids = ids.to_vec();
+        self.run(move |inner| {
+            ids.iter()
+                .map(|id| claim_by_state(id, inner.read_state(id), now))
+                .collect()
         })
     }
 

@@ -374,7 +374,8 @@ impl<S: Stream> Session<S> {
     /// Reads and drops what the client still sends after we closed our side, up to a limit, so
     /// the kernel does not answer its unread bytes with a reset that would destroy our last reply.
     async fn drain(&mut self) {
-        let mut sink = [0u8; 16 * 1024];
+        // On the heap: an array here would be part of every session's future, idle or not.
+        let mut sink = vec![0u8; 16 * 1024];
         let mut total = 0;
         while total < DRAIN_LIMIT {
             match self.conn.read(&mut sink).await {
