@@ -3,7 +3,8 @@
 //! - [`claim`]: one `UPDATE … FROM (SELECT … FOR UPDATE SKIP LOCKED)` takes every due, pending,
 //!   unleased (or expired) recipient of a batch of messages for this node, for
 //!   `lease_timeout`; rows another node is claiming at the same moment are skipped, not
-//!   waited for. Then one snapshot read gives the runner the messages' states.
+//!   waited for. The messages' states are read in the same transaction, with the statements
+//!   sent together: one round trip of statements, one commit.
 //! - [`due`]: what the runner's own index cannot know: due work nobody holds (another node's
 //!   mail, a dead node's expired leases, an admin's retry), from the partial index on
 //!   pending recipients' due time.
@@ -12,6 +13,20 @@
 //!   extended. A node that dies stops both: its leases run out within `lease_timeout` and
 //!   the next [`due`] of another node finds them.
 //! - [`release_all`]: on shutdown the node gives back what it holds and removes its row.
+//!
+//! # Leases do not wait for the disk
+//!
+//! Claims, releases and heartbeats commit with `synchronous_commit = off` (`SET LOCAL`, for
+//! their own transaction only): PostgreSQL answers before their WAL is flushed, so they share
+//! flushes with whatever commits next instead of each waiting for one. What a crash of the
+//! database can then lose is the last moments of lease bookkeeping, never mail: new messages
+//! and delivery results (see [`crate::writer`]) stay synchronous. A lost claim or heartbeat
+//! means another node may deliver a recipient this node is delivering too, and a lost release
+//! means another node waits for the lease to run out: the first is what the at-least-once
+//! contract of the queue already allows (a delivery whose result was not recorded is tried
+//! again), the second only delays. PostgreSQL never reorders commits in its WAL, so once any
+//! later synchronous commit (the result of that delivery) is on disk, the claim before it is
+//! too.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -19,13 +34,19 @@ use std::time::Duration;
 use relayward_queue::{Claim, MessageId, QueuedMessage};
 use tokio_postgres::types::ToSql;
 
-use crate::rows::{self, Loaded, Which, signed};
+use crate::rows::{self, Loaded, signed};
 use crate::{Inner, OpError};
 
 /// Most ids one [`due`] look returns.
 const DUE_LIMIT: i64 = 1000;
 
-/// Claims the due recipients of `ids` for this node; see the module documentation.
+/// Leases and heartbeats are bookkeeping, not mail: their transactions do not wait for the WAL
+/// flush (see the module documentation). `SET LOCAL` lasts until the transaction ends, so the
+/// connection goes back to the pool with the session's own setting.
+const NO_FLUSH: &str = "SET LOCAL synchronous_commit = off";
+
+/// Claims the due recipients of `ids` for this node and reads the messages' states, in one
+/// transaction and one round trip of statements; see the module documentation.
 pub async fn claim(inner: &Inner, ids: &[MessageId], now: u64) -> Result<Vec<Claim>, OpError> {
     let ids: Vec<String> = ids
         .iter()
@@ -33,7 +54,7 @@ pub async fn claim(inner: &Inner, ids: &[MessageId], now: u64) -> Result<Vec<Cla
         .map(|id| id.0.clone())
         .collect();
     let mut client = inner.pool.get().await?;
-    let statement = client
+    let take = client
         .prepare_cached(
             "UPDATE relayward_recipients r
              SET lease_owner = $3, lease_expires = now() + make_interval(secs => $4::float8)
@@ -49,8 +70,18 @@ pub async fn claim(inner: &Inner, ids: &[MessageId], now: u64) -> Result<Vec<Cla
              RETURNING r.message_id, r.address",
         )
         .await?;
+    let by_ids = rows::ByIds::prepare(&client).await?;
+    let tx = client.transaction().await?;
     let params: [&(dyn ToSql + Sync); 4] = [&ids, &signed(now), &inner.owner, &inner.lease_secs];
-    let taken = client.query(&statement, &params).await?;
+    // Sent together, executed in this order: the reads see the leases just taken.
+    let ((), taken, (recipients, messages)) = tokio::try_join!(
+        biased;
+        tx.batch_execute(NO_FLUSH),
+        tx.query(&take, &params),
+        by_ids.read(&tx, &ids),
+    )?;
+    let loaded = rows::assemble(messages, recipients)?;
+    tx.commit().await?;
     let mut claimed: HashSet<String> = HashSet::new();
     for row in &taken {
         let id: String = row.get(0);
@@ -58,7 +89,6 @@ pub async fn claim(inner: &Inner, ids: &[MessageId], now: u64) -> Result<Vec<Cla
         inner.lease_taken(&id, address);
         claimed.insert(id);
     }
-    let loaded = rows::load(&mut client, Which::Ids(&ids)).await?;
     let mut claims = Vec::with_capacity(ids.len());
     let mut found: HashSet<String> = HashSet::new();
     for Loaded { message, leases } in loaded {
@@ -87,6 +117,10 @@ pub async fn claim(inner: &Inner, ids: &[MessageId], now: u64) -> Result<Vec<Cla
     Ok(claims)
 }
 
+/// Gives up this node's leases on the messages `$1` (`$2`: this node's owner id).
+const RELEASE_MESSAGES: &str = "UPDATE relayward_recipients SET lease_owner = NULL, lease_expires = NULL
+     WHERE message_id = ANY($1) AND lease_owner = $2";
+
 /// The message as this node should see it: a pending recipient another node holds is due
 /// when that lease ends, not before.
 fn for_this_node(
@@ -107,14 +141,17 @@ fn for_this_node(
 
 /// Gives up this node's leases on one message.
 pub async fn release(inner: &Inner, id: &str) -> Result<(), OpError> {
-    let client = inner.pool.get().await?;
-    let statement = client
-        .prepare_cached(
-            "UPDATE relayward_recipients SET lease_owner = NULL, lease_expires = NULL
-             WHERE message_id = $1 AND lease_owner = $2",
-        )
-        .await?;
-    client.execute(&statement, &[&id, &inner.owner]).await?;
+    let mut client = inner.pool.get().await?;
+    let statement = client.prepare_cached(RELEASE_MESSAGES).await?;
+    let tx = client.transaction().await?;
+    let ids: &[&str] = &[id];
+    let params: [&(dyn ToSql + Sync); 2] = [&ids, &inner.owner];
+    tokio::try_join!(
+        biased;
+        tx.batch_execute(NO_FLUSH),
+        tx.execute(&statement, &params),
+    )?;
+    tx.commit().await?;
     Ok(())
 }
 
@@ -139,37 +176,47 @@ pub async fn due(inner: &Inner, now: u64) -> Result<Vec<MessageId>, OpError> {
 }
 
 /// One heartbeat: the node's row, and the leases of its messages in delivery that are past
-/// half their time.
+/// half their time; one transaction, one round trip of statements.
 pub async fn heartbeat(inner: &Inner) -> Result<(), OpError> {
-    let client = inner.pool.get().await?;
+    let mut client = inner.pool.get().await?;
     let touch = client
         .prepare_cached(
             "INSERT INTO relayward_nodes (owner, name) VALUES ($1, $2)
              ON CONFLICT (owner) DO UPDATE SET heartbeat = now()",
         )
         .await?;
-    client.execute(&touch, &[&inner.owner, &inner.node]).await?;
-    let held = inner.held_messages();
-    if !held.is_empty() {
-        let renew = client
-            .prepare_cached(
-                "UPDATE relayward_recipients
-                 SET lease_expires = now() + make_interval(secs => $3::float8)
-                 WHERE message_id = ANY($1) AND lease_owner = $2
-                   AND lease_expires < now() + make_interval(secs => $3::float8 / 2)",
-            )
-            .await?;
-        client
-            .execute(&renew, &[&held, &inner.owner, &inner.lease_secs])
-            .await?;
-    }
+    let renew = client
+        .prepare_cached(
+            "UPDATE relayward_recipients
+             SET lease_expires = now() + make_interval(secs => $3::float8)
+             WHERE message_id = ANY($1) AND lease_owner = $2
+               AND lease_expires < now() + make_interval(secs => $3::float8 / 2)",
+        )
+        .await?;
     // Rows of nodes gone for a long time (killed, never shut down) are only history.
     let forget = client
         .prepare_cached(
             "DELETE FROM relayward_nodes WHERE heartbeat < now() - make_interval(secs => $1::float8 * 100)",
         )
         .await?;
-    client.execute(&forget, &[&inner.lease_secs]).await?;
+    let held = inner.held_messages();
+    let node: [&(dyn ToSql + Sync); 2] = [&inner.owner, &inner.node];
+    let leases: [&(dyn ToSql + Sync); 3] = [&held, &inner.owner, &inner.lease_secs];
+    let gone: [&(dyn ToSql + Sync); 1] = [&inner.lease_secs];
+    let tx = client.transaction().await?;
+    tokio::try_join!(
+        biased;
+        tx.batch_execute(NO_FLUSH),
+        tx.execute(&touch, &node),
+        async {
+            if held.is_empty() {
+                return Ok(0);
+            }
+            tx.execute(&renew, &leases).await
+        },
+        tx.execute(&forget, &gone),
+    )?;
+    tx.commit().await?;
     Ok(())
 }
 
@@ -178,11 +225,7 @@ pub async fn release_all(inner: &Inner) -> Result<(), OpError> {
     let client = inner.pool.get().await?;
     let held = inner.held_messages();
     client
-        .execute(
-            "UPDATE relayward_recipients SET lease_owner = NULL, lease_expires = NULL
-             WHERE message_id = ANY($1) AND lease_owner = $2",
-            &[&held, &inner.owner],
-        )
+        .execute(RELEASE_MESSAGES, &[&held, &inner.owner])
         .await?;
     client
         .execute(

@@ -34,14 +34,16 @@
 //! [`Queue::changes`]) and, before delivering, asks [`Queue::claim`]. Here a claim is one
 //! `UPDATE … FOR UPDATE SKIP LOCKED` that leases the due, unleased recipients of a batch of
 //! messages to this node for `lease_timeout`, so two nodes never deliver the same recipient at
-//! once, and neither waits for the other's locks. `changes` reports the ids this node
-//! accepted (its own mail is claimed at once, from memory) and, every second, what the
+//! once, and neither waits for the other's locks; the messages' states are read in the same
+//! transaction. `changes` reports the ids this node accepted and, every second, what the
 //! database says is due and unleased: another node's mail nobody took, deferred mail that came
 //! due, an admin's `queue retry`, and the expired leases of a node that died. A heartbeat every
 //! quarter lease touches the node's row and extends the leases of deliveries still running here,
 //! so a slow delivery keeps its lease and a dead node's leases run out within `lease_timeout`.
 //! An update gives up the lease of each recipient it records; [`Queue::release`] gives up
-//! what is left when a delivery ends; shutdown gives back everything.
+//! what is left when a delivery ends; shutdown gives back everything. Lease bookkeeping does
+//! not wait for the WAL flush (a crash of the database may lose a lease, which at worst means
+//! one more delivery: see [`lease`]); new mail and results do.
 //!
 //! No `LISTEN`/`NOTIFY`: a notifying commit takes a database-wide lock in PostgreSQL, which
 //! would serialise exactly the commits group commit exists to overlap, and the one-second look

@@ -6,8 +6,8 @@ use relayward_queue::{
     MessageId, MessageOptions, Origin, QueueError, QueuedMessage, RcptDsn, RecipientState,
     RecipientStatus, Route,
 };
-use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
+use tokio_postgres::{Row, Statement};
 
 use crate::OpError;
 
@@ -43,49 +43,84 @@ pub async fn load(
     client: &mut deadpool_postgres::Object,
     which: Which<'_>,
 ) -> Result<Vec<Loaded>, OpError> {
+    let by_ids = match which {
+        Which::Ids(_) => Some(ByIds::prepare(client).await?),
+        Which::All => None,
+    };
     let tx = client
         .build_transaction()
         .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
         .read_only(true)
         .start()
         .await?;
-    let (messages, recipients) = match which {
-        Which::All => {
-            let m = tx
-                .query(&format!("SELECT {MESSAGE_COLUMNS} ORDER BY id"), &[])
-                .await?;
+    let (recipients, messages) = match (which, by_ids) {
+        (Which::Ids(ids), Some(by_ids)) => by_ids.read(&tx, ids).await?,
+        _ => {
             let r = tx
                 .query(
                     &format!("SELECT {RECIPIENT_COLUMNS} ORDER BY message_id, position"),
                     &[],
                 )
                 .await?;
-            (m, r)
-        }
-        Which::Ids(ids) => {
-            let params: [&(dyn ToSql + Sync); 1] = [&ids];
             let m = tx
-                .query(
-                    &format!("SELECT {MESSAGE_COLUMNS} WHERE id = ANY($1) ORDER BY id"),
-                    &params,
-                )
+                .query(&format!("SELECT {MESSAGE_COLUMNS} ORDER BY id"), &[])
                 .await?;
-            let r = tx
-                .query(
-                    &format!(
-                        "SELECT {RECIPIENT_COLUMNS} WHERE message_id = ANY($1) ORDER BY message_id, position"
-                    ),
-                    &params,
-                )
-                .await?;
-            (m, r)
+            (r, m)
         }
     };
     tx.commit().await?;
     assemble(messages, recipients)
 }
 
-fn assemble(messages: Vec<Row>, recipients: Vec<Row>) -> Result<Vec<Loaded>, OpError> {
+/// The two statements that read given messages, prepared once per connection (the runner's
+/// claim and `get` run them for every delivery).
+pub struct ByIds {
+    recipients: Statement,
+    messages: Statement,
+}
+
+impl ByIds {
+    pub async fn prepare(client: &deadpool_postgres::Object) -> Result<ByIds, OpError> {
+        let recipients = client
+            .prepare_cached(&format!(
+                "SELECT {RECIPIENT_COLUMNS} WHERE message_id = ANY($1) ORDER BY message_id, position"
+            ))
+            .await?;
+        let messages = client
+            .prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} WHERE id = ANY($1) ORDER BY id"
+            ))
+            .await?;
+        Ok(ByIds {
+            recipients,
+            messages,
+        })
+    }
+
+    /// Recipients, then messages, sent together (one round trip), for [`assemble`].
+    ///
+    /// In that order because a caller may run them at READ COMMITTED (the claim does, after
+    /// its `UPDATE` in the same transaction), where each statement sees its own snapshot: a
+    /// message deleted between the two reads is then missing (it is gone), never a message
+    /// without recipients (which would read as corrupt). Recipients are never deleted on their
+    /// own, only with their message.
+    pub async fn read(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        ids: &[String],
+    ) -> Result<(Vec<Row>, Vec<Row>), tokio_postgres::Error> {
+        let params: [&(dyn ToSql + Sync); 1] = [&ids];
+        tokio::try_join!(
+            biased;
+            tx.query(&self.recipients, &params),
+            tx.query(&self.messages, &params),
+        )
+    }
+}
+
+/// Builds each message from its row and its recipients' rows (both as read by [`load`] or
+/// [`ByIds::read`]); recipients of messages not among `messages` are ignored.
+pub fn assemble(messages: Vec<Row>, recipients: Vec<Row>) -> Result<Vec<Loaded>, OpError> {
     let mut by_message: HashMap<String, Vec<(RecipientState, Option<Lease>)>> = HashMap::new();
     for row in recipients {
         let id: String = row.try_get(0)?;
