@@ -75,6 +75,16 @@ struct Shared {
     tls_book: Option<Arc<ReportBook>>,
 }
 
+/// What a delivery leaves in the queue, for the due index.
+enum Left {
+    /// Every recipient is final and the queue recorded it: the queue removed the message
+    /// ([`Queue::update`]), so there is nothing to look up again.
+    Nothing,
+    /// Something may still be pending: the queue says when (see [`Runner::reindex`]), not
+    /// before `not_before`.
+    Pending { not_before: u64 },
+}
+
 /// A concurrency limit whose size a reload may change. A new size takes a new semaphore:
 /// deliveries holding permits of the old one finish under it, so for a moment both count.
 #[derive(Clone)]
@@ -452,12 +462,14 @@ impl Runner {
         let runner = self.clone();
         tasks.spawn(async move {
             let id = message.id.clone();
-            let not_before = runner.deliver_message(message).await;
+            let left = runner.deliver_message(message).await;
             // Before the message leaves the in-flight set: once it has, `dispatch` may claim it
             // again, and a release after that would give up the new claim.
             runner.shared.queue.release(&id).await;
             drop(guard);
-            runner.reindex(&id, not_before).await;
+            if let Left::Pending { not_before } = left {
+                runner.reindex(&id, not_before).await;
+            }
         });
     }
 
@@ -465,36 +477,42 @@ impl Runner {
     /// ones in a single DSN and sends one delay notice for those that are owed one (see
     /// [`crate::delay`]).
     ///
-    /// Returns a time before which the message must not be tried again although its stored
-    /// state may say otherwise (the state could not be written): every path that fails to
-    /// deliver moves the next attempt forward, in the queue or at least in the index.
-    async fn deliver_message(&self, message: QueuedMessage) -> u64 {
+    /// Returns whether the message may still be in the queue ([`Left`]), and if so a time
+    /// before which it must not be tried again although its stored state may say otherwise
+    /// (the state could not be written): every path that fails to deliver moves the next
+    /// attempt forward, in the queue or at least in the index.
+    async fn deliver_message(&self, message: QueuedMessage) -> Left {
         let ctx = self.context();
+        let retry_later = || Left::Pending {
+            not_before: unix_now().saturating_add(RETRY_READ_SECS),
+        };
         let content = match self.shared.queue.content(&message.id).await {
             Ok(content) => content,
-            Err(QueueError::NotFound(_)) => return 0,
+            Err(QueueError::NotFound(_)) => return Left::Pending { not_before: 0 },
             Err(QueueError::Corrupt { reason, .. }) => {
                 // It will never read better: out of the queue, for a person to look at.
                 let why = format!("content unreadable: {reason}");
                 if let Err(e) = self.shared.queue.quarantine(&message.id, &why).await {
                     tracing::error!(id = %message.id, error = %Escaped(&e.to_string()), "cannot move an unreadable message aside");
-                    return unix_now().saturating_add(RETRY_READ_SECS);
+                    return retry_later();
                 }
-                return 0;
+                return Left::Pending { not_before: 0 };
             }
             // The store is away (it said so in the log): try again when it is back, without
             // counting an attempt against the message.
-            Err(e) if e.is_unavailable() => return unix_now().saturating_add(RETRY_READ_SECS),
+            Err(e) if e.is_unavailable() => return retry_later(),
             Err(e) => {
                 tracing::error!(id = %message.id, error = %Escaped(&e.to_string()), "cannot read message content");
                 let failure = Failure::local((4, 3, 0), format!("queue read error: {e}"));
                 self.defer_all(&ctx, &message, failure).await;
-                return unix_now().saturating_add(RETRY_READ_SECS);
+                return retry_later();
             }
         };
         let mut failed = Vec::new();
         let mut delivered_here = Vec::new();
         let mut delayed = Vec::new();
+        // Recipients whose final status the queue has recorded in this delivery.
+        let mut recorded_final: HashSet<String> = HashSet::new();
         let notices_from = delay::notices_from(&ctx.settings, &message, &content);
         for (destination, due) in self.groups(&ctx, &message) {
             let outcomes = self
@@ -509,6 +527,12 @@ impl Runner {
                 ));
             }
             let mut classified = self.classify(&ctx, &message, &recipients, outcomes, notices_from);
+            let finals: Vec<String> = classified
+                .updates
+                .iter()
+                .filter(|u| u.status.is_final())
+                .map(|u| u.address.clone())
+                .collect();
             if let Err(e) = self
                 .shared
                 .queue
@@ -516,11 +540,20 @@ impl Runner {
                 .await
             {
                 log_queue_error(Some(&message.id), "cannot record delivery results", &e);
-                return unix_now().saturating_add(RETRY_READ_SECS);
+                return retry_later();
             }
+            recorded_final.extend(finals);
             failed.append(&mut classified.failed);
             delayed.append(&mut classified.delayed);
         }
+        // Bounces and delay notices record their recipients themselves, and may fail to: for
+        // those the queue says what is left.
+        let settled = failed.is_empty()
+            && delayed.is_empty()
+            && message
+                .recipients
+                .iter()
+                .all(|r| r.status.is_final() || recorded_final.contains(&r.address));
         if !delivered_here.is_empty() {
             self.notify_success(&ctx, &message, &content, &delivered_here)
                 .await;
@@ -531,7 +564,11 @@ impl Runner {
         if !delayed.is_empty() {
             self.notify_delay(&ctx, &message, &content, delayed).await;
         }
-        0
+        if settled {
+            Left::Nothing
+        } else {
+            Left::Pending { not_before: 0 }
+        }
     }
 
     /// Due pending recipients, grouped by destination (one transaction per group), each going

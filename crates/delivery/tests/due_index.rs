@@ -4,8 +4,9 @@
 
 mod support;
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use relayward_queue::{
@@ -15,10 +16,30 @@ use relayward_queue::{
 use support::*;
 use tokio::sync::oneshot;
 
-/// A queue that counts how often it is listed whole.
+/// A queue that counts how often it is listed whole, and how often each message is read.
 struct Counting {
     inner: Arc<dyn Queue>,
     lists: AtomicUsize,
+    gets: Mutex<HashMap<MessageId, usize>>,
+}
+
+impl Counting {
+    fn new(inner: Arc<dyn Queue>) -> Arc<Counting> {
+        Arc::new(Counting {
+            inner,
+            lists: AtomicUsize::new(0),
+            gets: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn gets_of(&self, id: &MessageId) -> usize {
+        self.gets
+            .lock()
+            .expect("gets")
+            .get(id)
+            .copied()
+            .unwrap_or(0)
+    }
 }
 
 impl Queue for Counting {
@@ -30,6 +51,12 @@ impl Queue for Counting {
         self.inner.list()
     }
     fn get<'a>(&'a self, id: &'a MessageId) -> BoxFuture<'a, Result<QueuedMessage, QueueError>> {
+        *self
+            .gets
+            .lock()
+            .expect("gets")
+            .entry(id.clone())
+            .or_insert(0) += 1;
         self.inner.get(id)
     }
     fn content<'a>(&'a self, id: &'a MessageId) -> BoxFuture<'a, Result<Vec<u8>, QueueError>> {
@@ -95,10 +122,7 @@ async fn new_mail_is_delivered_from_the_index_without_listing_the_queue() {
     }
     let mut config = relay.config(Some(dns), srv.addr.port());
     config.retry = relayward_delivery::RetrySchedule::new(vec![Duration::from_secs(60)], 0.0);
-    let counting = Arc::new(Counting {
-        inner: relay.dyn_queue(),
-        lists: AtomicUsize::new(0),
-    });
+    let counting = Counting::new(relay.dyn_queue());
     let context =
         relayward_delivery::DeliveryContext::new(config, relay.router()).expect("context");
     let runner = relayward_delivery::Runner::with_context(counting.clone(), context);
@@ -200,4 +224,56 @@ async fn new_mail_is_delivered_from_the_index_without_listing_the_queue() {
     );
     let _ = stop.send(());
     let _ = task.await;
+}
+
+/// A delivery that leaves nothing pending does not read the message back afterwards (every
+/// recipient final: the queue removed it); one that leaves a recipient pending does, to put
+/// it back in the index at its next attempt. The queue here is the file spool, whose claim
+/// is one read of the message: the delivered message is read once, the deferred one twice.
+#[tokio::test]
+async fn a_finished_delivery_does_not_read_the_message_back() {
+    let good = ip(127, 32, 0, 2);
+    let srv = start_smtp(sock(good, 0), Script::default()).await;
+    let zone = Zone::default()
+        .mx("far.test", 10, "mx.far.test")
+        .a("mx.far.test", good)
+        .mx("slow.test", 10, "mx.slow.test")
+        .a("mx.slow.test", ip(127, 32, 0, 3));
+    let dns = DnsServer::start_on(ip(127, 32, 0, 1), zone).addr;
+    let relay = Relay::new();
+    let delivered = relay
+        .enqueue("alice@local.test", &["d@far.test"], "goes")
+        .await;
+    let deferred = relay
+        .enqueue("alice@local.test", &["w@slow.test"], "waits")
+        .await;
+    let mut config = relay.config(Some(dns), srv.addr.port());
+    config.retry = relayward_delivery::RetrySchedule::new(vec![Duration::from_secs(60)], 0.0);
+    let counting = Counting::new(relay.dyn_queue());
+    let context =
+        relayward_delivery::DeliveryContext::new(config, relay.router()).expect("context");
+    let runner = relayward_delivery::Runner::with_context(counting.clone(), context);
+    runner.run_once().await;
+
+    assert_eq!(srv.messages().len(), 1, "the far.test message went out");
+    assert_eq!(status(&relay, &delivered).await, None, "delivered: removed");
+    assert_eq!(
+        status(&relay, &deferred).await,
+        Some(RecipientStatus::Pending)
+    );
+    assert_eq!(
+        counting.gets_of(&delivered),
+        1,
+        "the claim read the delivered message; nothing read it after its delivery"
+    );
+    assert_eq!(
+        counting.gets_of(&deferred),
+        2,
+        "the claim, and the look at when the deferred one is due again"
+    );
+    assert_eq!(
+        runner.due_entries(),
+        1,
+        "only the deferred message is back in the index"
+    );
 }
