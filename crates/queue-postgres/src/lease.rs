@@ -71,6 +71,7 @@ pub async fn claim(inner: &Inner, ids: &[MessageId], now: u64) -> Result<Vec<Cla
         )
         .await?;
     let by_ids = rows::ByIds::prepare(&client).await?;
+    let give_back = client.prepare_cached(RELEASE_MESSAGES).await?;
     let tx = client.transaction().await?;
     let params: [&(dyn ToSql + Sync); 4] = [&ids, &signed(now), &inner.owner, &inner.lease_secs];
     // Sent together, executed in this order: the reads see the leases just taken.
@@ -81,7 +82,26 @@ pub async fn claim(inner: &Inner, ids: &[MessageId], now: u64) -> Result<Vec<Cla
         by_ids.read(&tx, &ids),
     )?;
     let loaded = rows::assemble(messages, recipients)?;
+    // Held messages are claimed by nobody; the leases this node took on them when it accepted
+    // them go back, so that a release makes them due for every node at once.
+    let held_here: Vec<&str> = loaded
+        .iter()
+        .filter(|l| {
+            l.message.held
+                && l.leases
+                    .iter()
+                    .flatten()
+                    .any(|lease| lease.owner == inner.owner)
+        })
+        .map(|l| l.message.id.0.as_str())
+        .collect();
+    if !held_here.is_empty() {
+        tx.execute(&give_back, &[&held_here, &inner.owner]).await?;
+    }
     tx.commit().await?;
+    for id in held_here {
+        inner.leases_dropped(id);
+    }
     let mut claimed: HashSet<String> = HashSet::new();
     for row in &taken {
         let id: String = row.get(0);
@@ -118,7 +138,8 @@ pub async fn claim(inner: &Inner, ids: &[MessageId], now: u64) -> Result<Vec<Cla
 }
 
 /// Gives up this node's leases on the messages `$1` (`$2`: this node's owner id).
-const RELEASE_MESSAGES: &str = "UPDATE relayward_recipients SET lease_owner = NULL, lease_expires = NULL
+const RELEASE_MESSAGES: &str =
+    "UPDATE relayward_recipients SET lease_owner = NULL, lease_expires = NULL
      WHERE message_id = ANY($1) AND lease_owner = $2";
 
 /// The message as this node should see it: a pending recipient another node holds is due

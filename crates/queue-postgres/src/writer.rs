@@ -18,7 +18,9 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use relayward_queue::{MessageId, MessageOptions, NewMessage, QueueError, RecipientUpdate};
+use relayward_queue::{
+    MessageId, MessageOptions, NewMessage, QueueError, QueuedMessage, RecipientUpdate,
+};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 
@@ -151,7 +153,7 @@ async fn transaction(inner: &Inner, batch: &[Op]) -> Result<HashSet<String>, OpE
         })
         .collect();
     if !enqueues.is_empty() {
-        insert_messages(&tx, &enqueues, &inner.node).await?;
+        insert_messages(&tx, &enqueues, inner).await?;
     }
     let updates: Vec<(&MessageId, &RecipientUpdate)> = batch
         .iter()
@@ -170,12 +172,16 @@ async fn transaction(inner: &Inner, batch: &[Op]) -> Result<HashSet<String>, OpE
     Ok(missing)
 }
 
-/// The enqueue path: the messages and their recipients, one statement per table.
+/// The enqueue path: the messages and their recipients, one statement per table. The
+/// recipients are leased to this node from the start, for `lease_timeout` (the heartbeat
+/// extends it): the runner here delivers them a moment later without asking the database
+/// (see [`crate::fresh`]), and no other node may take them meanwhile.
 pub async fn insert_messages(
     tx: &deadpool_postgres::Transaction<'_>,
     messages: &[(&MessageId, &NewMessage, u64)],
-    node: &str,
+    inner: &Inner,
 ) -> Result<(), OpError> {
+    let node = inner.node.as_str();
     let ids: Vec<&str> = messages.iter().map(|(id, _, _)| id.0.as_str()).collect();
     let senders: Vec<&str> = messages.iter().map(|(_, m, _)| m.sender.as_str()).collect();
     let arrived: Vec<i64> = messages.iter().map(|(_, _, at)| signed(*at)).collect();
@@ -247,13 +253,24 @@ pub async fn insert_messages(
     }
     let insert = tx
         .prepare_cached(
-            "INSERT INTO relayward_recipients (message_id, position, address, route, next_attempt, dsn)
-             SELECT * FROM unnest($1::text[], $2::int4[], $3::text[], $4::text[], $5::int8[],
-                                  $6::text[])",
+            "INSERT INTO relayward_recipients
+                 (message_id, position, address, route, next_attempt, dsn, lease_owner,
+                  lease_expires)
+             SELECT u.*, $7::text, now() + make_interval(secs => $8::float8)
+             FROM unnest($1::text[], $2::int4[], $3::text[], $4::text[], $5::int8[], $6::text[])
+                  AS u(message_id, position, address, route, next_attempt, dsn)",
         )
         .await?;
-    let params: [&(dyn ToSql + Sync); 6] =
-        [&message_ids, &positions, &addresses, &routes, &due, &dsns];
+    let params: [&(dyn ToSql + Sync); 8] = [
+        &message_ids,
+        &positions,
+        &addresses,
+        &routes,
+        &due,
+        &dsns,
+        &inner.owner,
+        &inner.lease_secs,
+    ];
     tx.execute(&insert, &params).await?;
     Ok(())
 }
@@ -354,37 +371,47 @@ async fn apply_updates(
         .collect())
 }
 
-/// Answers a committed batch: new messages are reported to the runner before their
-/// clients hear `250`; updated recipients are no longer held by this node.
+/// Answers a committed batch: new messages are kept for the runner (see [`crate::fresh`])
+/// and reported to it before their clients hear `250`; updated recipients are no longer held
+/// by this node.
 fn answer(inner: &Inner, batch: Vec<Op>, missing: &HashSet<String>) {
-    let enqueued: Vec<MessageId> = batch
-        .iter()
-        .filter_map(|op| match op {
-            Op::Enqueue { id, .. } => Some(id.clone()),
-            Op::Update { .. } => None,
-        })
-        .collect();
-    if !enqueued.is_empty() {
-        inner
-            .committed
-            .fetch_add(enqueued.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        inner.note_enqueued(enqueued);
-    }
+    let mut accepted = Vec::new();
+    let mut replies = Vec::new();
+    let mut updates_done = Vec::new();
     for op in batch {
         match op {
-            Op::Enqueue { reply, .. } => {
-                let _ = reply.send(Ok(()));
+            Op::Enqueue {
+                id,
+                message,
+                arrived,
+                reply,
+            } => {
+                let state = QueuedMessage::accepted(id, &message, arrived);
+                accepted.push((state, message.content));
+                replies.push(reply);
             }
-            Op::Update { id, updates, reply } => {
-                inner.leases_given_up(&id, updates.iter().map(|u| u.address.as_str()));
-                let result = if missing.contains(&id.0) {
-                    Err(QueueError::NotFound(id.0.clone()))
-                } else {
-                    Ok(())
-                };
-                let _ = reply.send(result);
-            }
+            Op::Update { id, updates, reply } => updates_done.push((id, updates, reply)),
         }
+    }
+    if !accepted.is_empty() {
+        let ids: Vec<MessageId> = accepted.iter().map(|(m, _)| m.id.clone()).collect();
+        inner
+            .committed
+            .fetch_add(ids.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        inner.note_fresh(accepted);
+        inner.note_enqueued(ids);
+    }
+    for reply in replies {
+        let _ = reply.send(Ok(()));
+    }
+    for (id, updates, reply) in updates_done {
+        inner.leases_given_up(&id, updates.iter().map(|u| u.address.as_str()));
+        let result = if missing.contains(&id.0) {
+            Err(QueueError::NotFound(id.0.clone()))
+        } else {
+            Ok(())
+        };
+        let _ = reply.send(result);
     }
 }
 
