@@ -51,6 +51,8 @@
 //! that gets the lock after a removal finds the file unlinked and reports
 //! [`QueueError::NotFound`]. Readers (`list`, `get`, `content`) take no lock: every file is
 //! replaced by an atomic rename, so they see an old or a new state, never a mix.
+//! The content of a small message just committed is also kept in memory, bounded, for the
+//! runner's first `content` of it ([`fresh`]).
 //!
 //! Every `Spool` holds a shared `flock` on `lock` for its lifetime. `open` first tries to take it
 //! exclusively without waiting: if that works no other process uses the spool, and recovery runs:
@@ -64,6 +66,7 @@
 
 mod draft;
 mod entry;
+mod fresh;
 mod recover;
 
 use std::fs::{self, File, OpenOptions};
@@ -79,6 +82,7 @@ use tokio::sync::{Notify, oneshot};
 
 use self::draft::{Held, SpoolDraft, Staging};
 use self::entry::{Change, apply_updates, parse_state, read_header};
+use self::fresh::FreshContent;
 use crate::fsutil::{
     PRIVATE_FILE, available_bytes, create_private_dir, lock_exclusive, lock_shared, queue_error,
     shared_queue_error, sync_dir, try_lock_exclusive, write_synced,
@@ -198,6 +202,8 @@ struct Inner {
     dir_fsyncs: AtomicU64,
     fs_syncs: AtomicU64,
     message_syncs: AtomicU64,
+    /// Content of small messages just committed, for the runner's first read.
+    fresh: FreshContent,
     /// `tmp/`, open: the handle `syncfs` names the filesystem by.
     tmp_dir: File,
     /// Holds the shared spool lock for as long as this instance lives.
@@ -239,6 +245,7 @@ impl Spool {
             dir_fsyncs: AtomicU64::new(0),
             fs_syncs: AtomicU64::new(0),
             message_syncs: AtomicU64::new(0),
+            fresh: FreshContent::default(),
             tmp_dir,
             _lock: lock,
         });
@@ -297,14 +304,24 @@ impl Spool {
         let (reply, answer) = oneshot::channel();
         // Staging and hand-over happen in one closure: if the caller gives up waiting, the
         // message is still committed or cleaned up, never left half in tmp/.
+        let fresh = Arc::clone(&self.inner);
         let id = blocking(move || {
             let staging = Staging::create(&inner, &message, message.content.len())?;
             let id = staging.id().clone();
-            staging.submit(reply, &committer)?;
+            // Kept before the hand-over: the runner may ask for it the moment it is committed.
+            inner.fresh.keep(&id, message.content);
+            if let Err(err) = staging.submit(reply, &committer) {
+                inner.fresh.forget(&id);
+                return Err(err);
+            }
             Ok(id)
         })
         .await?;
-        wait_for_commit(id, answer).await
+        let committed = wait_for_commit(id.clone(), answer).await;
+        if committed.is_err() {
+            fresh.fresh.forget(&id);
+        }
+        committed
     }
 
     /// A draft that keeps a small message in memory and moves to `tmp/` once it grows past
@@ -420,6 +437,9 @@ impl Queue for Spool {
     }
 
     fn content<'a>(&'a self, id: &'a MessageId) -> BoxFuture<'a, Result<Vec<u8>, QueueError>> {
+        if let Some(content) = self.inner.fresh.take(id) {
+            return Box::pin(std::future::ready(Ok(content)));
+        }
         let id = id.clone();
         self.run(move |inner| inner.read_content(&id))
     }
@@ -685,6 +705,7 @@ impl Inner {
     /// Moves the message's files to `corrupt/`, with a note of why, under the message lock.
     fn quarantine(&self, id: &MessageId, reason: &str) -> Result<(), QueueError> {
         id.check()?;
+        self.fresh.forget(id);
         let content = self.layout.message(id);
         let file = File::open(&content).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => QueueError::not_found(id),
@@ -803,6 +824,7 @@ impl Inner {
     /// state, then (for a [`Removal::Durable`]) one fsync. A crash in between leaves a lone
     /// `.json` that recovery removes.
     fn remove_files(&self, id: &MessageId, removal: Removal) -> io::Result<()> {
+        self.fresh.forget(id);
         remove_if_present(&self.layout.message(id))?;
         remove_if_present(&self.layout.state(id))?;
         match removal {

@@ -798,6 +798,39 @@ async fn a_small_draft_touches_the_disk_only_at_its_commit() {
     assert_eq!(spool.content(&id).await.unwrap().len(), 18 + 68 * 1024);
 }
 
+/// The runner's first read of a small message just committed is served from memory (once):
+/// with the file taken away behind the spool's back, the first read still answers, the second
+/// goes to the disk and finds nothing. A removal forgets the copy.
+#[tokio::test]
+async fn the_first_read_of_a_fresh_message_needs_no_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open(dir.path());
+    let id = spool
+        .enqueue(message(&["bob@far.test"], "fresh"))
+        .await
+        .unwrap();
+    let on_disk = dir.path().join("msg").join(format!("{}.eml", id.0));
+    std::fs::remove_file(&on_disk).unwrap();
+    assert_eq!(
+        spool.content(&id).await.unwrap(),
+        b"Subject: test\r\n\r\nfresh\r\n"
+    );
+    assert!(matches!(
+        spool.content(&id).await,
+        Err(QueueError::NotFound(_))
+    ));
+
+    let id = spool
+        .enqueue(message(&["bob@far.test"], "gone"))
+        .await
+        .unwrap();
+    spool.delete(&id).await.unwrap();
+    assert!(matches!(
+        spool.content(&id).await,
+        Err(QueueError::NotFound(_))
+    ));
+}
+
 /// A delivered message's removal is not flushed (like Postfix: a crash may bring it back, to be
 /// delivered once more, never lost); an administrator's delete is.
 #[tokio::test]
