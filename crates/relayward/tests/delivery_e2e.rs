@@ -941,11 +941,13 @@ fn queue_commands_work_on_a_live_queue() {
     );
     let retried = queue_json(&server, &["retry", &id]);
     assert_eq!(retried, serde_json::json!({"action": "retry", "ids": [id]}));
+    // The `retry` while held already made it due, so the release alone may start the second
+    // attempt and this `retry` a third: at least one more attempt is what is promised.
     let entry = wait_queue_entry(&server, RESCAN_WAIT, |e| {
-        e["recipients"][0]["attempts"].as_u64() == Some(2)
+        e["recipients"][0]["attempts"].as_u64() >= Some(2)
     });
     assert_eq!(entry["held"], false);
-    assert_eq!(internal.rcpts().len(), 2, "{:?}", internal.rcpts());
+    assert!(internal.rcpts().len() >= 2, "{:?}", internal.rcpts());
 
     let deleted = queue_json(&server, &["delete", &id]);
     assert_eq!(
