@@ -46,13 +46,13 @@
 //! Removal (delete, or every recipient final) unlinks `.eml` (the message is gone) then `.json`,
 //! under the same lock, then, for an administrator's delete only, fsyncs: a delivered message
 //! that a crash brings back is delivered once more, which at-least-once allows (Postfix does not
-//! sync its removals either), and the flush per delivered message is saved. A second process (the `relayward queue` CLI) following this
-//! protocol serialises with the server per message, so neither loses the other's change; a waiter
-//! that gets the lock after a removal finds the file unlinked and reports
-//! [`QueueError::NotFound`]. Readers (`list`, `get`, `content`) take no lock: every file is
+//! sync its removals either), and the flush per delivered message is saved. A second process
+//! (the `relayward queue` CLI) following this protocol serialises with the server per message,
+//! so neither loses the other's change; a waiter that gets the lock after a removal finds the
+//! file unlinked and reports [`QueueError::NotFound`]. Readers (`list`, `get`, `content`) take no lock: every file is
 //! replaced by an atomic rename, so they see an old or a new state, never a mix.
 //! The content of a small message just committed is also kept in memory, bounded, for the
-//! runner's first `content` of it ([`fresh`]).
+//! runner's first `content` of it (`spool/fresh.rs`).
 //!
 //! Every `Spool` holds a shared `flock` on `lock` for its lifetime. `open` first tries to take it
 //! exclusively without waiting: if that works no other process uses the spool, and recovery runs:
@@ -304,7 +304,7 @@ impl Spool {
         let (reply, answer) = oneshot::channel();
         // Staging and hand-over happen in one closure: if the caller gives up waiting, the
         // message is still committed or cleaned up, never left half in tmp/.
-        let fresh = Arc::clone(&self.inner);
+        let spool = Arc::clone(&self.inner);
         let id = blocking(move || {
             let staging = Staging::create(&inner, &message, message.content.len())?;
             let id = staging.id().clone();
@@ -319,7 +319,7 @@ impl Spool {
         .await?;
         let committed = wait_for_commit(id.clone(), answer).await;
         if committed.is_err() {
-            fresh.fresh.forget(&id);
+            spool.fresh.forget(&id);
         }
         committed
     }
