@@ -48,6 +48,11 @@ impl MemoryDraft {
         &self.message
     }
 
+    /// The message, content complete.
+    pub fn into_inner(self) -> NewMessage {
+        self.message
+    }
+
     /// Octets of the trace header given to `begin`.
     pub fn prefix_len(&self) -> usize {
         self.prefix_len
@@ -99,7 +104,7 @@ impl Draft for MemoryDraft {
     }
 
     fn into_message(self: Box<Self>) -> BoxFuture<'static, Result<NewMessage, QueueError>> {
-        Box::pin(async move { Ok(self.message) })
+        Box::pin(async move { Ok(self.into_inner()) })
     }
 
     fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {

@@ -343,10 +343,7 @@ impl Spool {
         }
         let staging = match draft.held.take() {
             // Small: written, synced and handed over in one blocking call.
-            Some(Held::Memory(memory)) => {
-                let message = Box::new(memory).into_message().await?;
-                return self.enqueue_message(message).await;
-            }
+            Some(Held::Memory(memory)) => return self.enqueue_message(memory.into_inner()).await,
             Some(Held::File(staging)) => staging,
             None => return Err(invalid_input("the message being received was lost")),
         };

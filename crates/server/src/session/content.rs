@@ -1,6 +1,8 @@
 //! Where the content of DATA and BDAT goes while it arrives: into the queue's draft
 //! ([`relayward_queue::Draft`]) through a bounded buffer, so that a session holds at most
-//! [`FLUSH_AT`] octets of a message (plus one read) however large the message is.
+//! [`FLUSH_AT`] octets of a message (plus one read) however large the message is. (The file
+//! spool's draft keeps a message of at most 64 KiB in memory until its end, so a small message
+//! is held twice at most for a moment, never a large one.)
 //!
 //! The receivers of the protocol crate (dot-unstuffing, the smuggling checks, the limits)
 //! write into [`ContentSink::buffer`] exactly as they wrote into the whole message before;
