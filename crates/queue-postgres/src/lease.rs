@@ -103,10 +103,12 @@ pub async fn claim(inner: &Inner, ids: &[MessageId], now: u64) -> Result<Vec<Cla
         inner.leases_dropped(id);
     }
     let mut claimed: HashSet<String> = HashSet::new();
+    let mut leased: HashSet<(String, String)> = HashSet::new();
     for row in &taken {
         let id: String = row.get(0);
         let address: String = row.get(1);
-        inner.lease_taken(&id, address);
+        inner.lease_taken(&id, address.clone());
+        leased.insert((id.clone(), address));
         claimed.insert(id);
     }
     let mut claims = Vec::with_capacity(ids.len());
@@ -115,7 +117,10 @@ pub async fn claim(inner: &Inner, ids: &[MessageId], now: u64) -> Result<Vec<Cla
         found.insert(message.id.0.clone());
         let message = for_this_node(message, &leases, &inner.owner);
         if claimed.contains(&message.id.0) {
-            claims.push(Claim::Taken(message));
+            let not_before = now + inner.lease_secs.ceil() as u64;
+            claims.push(Claim::Taken(only_what_was_leased(
+                message, &leased, not_before,
+            )));
         } else {
             let id = message.id.clone();
             claims.push(Claim::Later {
@@ -141,6 +146,26 @@ pub async fn claim(inner: &Inner, ids: &[MessageId], now: u64) -> Result<Vec<Cla
 const RELEASE_MESSAGES: &str =
     "UPDATE relayward_recipients SET lease_owner = NULL, lease_expires = NULL
      WHERE message_id = ANY($1) AND lease_owner = $2";
+
+/// A taken message as this claim may deliver it: a pending recipient whose row the `UPDATE`
+/// skipped (another node was claiming it at that moment, not yet committed, so the read above
+/// still shows it unleased) is not due before `not_before` (when that lease would end); after
+/// this delivery the runner reads the message again and sees the real lease.
+fn only_what_was_leased(
+    mut message: QueuedMessage,
+    leased: &HashSet<(String, String)>,
+    not_before: u64,
+) -> QueuedMessage {
+    let id = message.id.0.clone();
+    for recipient in &mut message.recipients {
+        if !recipient.status.is_final()
+            && !leased.contains(&(id.clone(), recipient.address.clone()))
+        {
+            recipient.next_attempt = recipient.next_attempt.max(not_before);
+        }
+    }
+    message
+}
 
 /// The message as this node should see it: a pending recipient another node holds is due
 /// when that lease ends, not before.

@@ -283,6 +283,53 @@ async fn two_nodes_never_hold_the_same_recipient() {
     b.shutdown().await;
 }
 
+/// Another node is claiming one recipient of a two-recipient message at this very moment (its
+/// row lock is held, its lease not committed): this node's claim skips that row and takes the
+/// other, and the message it gets back does not offer the skipped recipient for delivery now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipient_another_claim_holds_is_not_delivered_by_this_one() {
+    let db = Cluster::shared().database();
+    let a = open(&db, "mx1").await;
+    // Accepted by a node that stops cleanly, so the rows are unleased and a claims by SQL.
+    let accepting = open(&db, "mx3").await;
+    let id = accepting
+        .enqueue(message("split", &["one@y.test", "two@y.test"]))
+        .await
+        .expect("enqueue");
+    accepting.shutdown().await;
+
+    let mut config: tokio_postgres::Config = db.url.parse().expect("url");
+    config.password(relayward_testkit::postgres::PASSWORD);
+    let (mut other, connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    let other_claim = other.transaction().await.expect("begin");
+    other_claim
+        .execute(
+            "SELECT 1 FROM relayward_recipients WHERE message_id = $1 AND address = 'two@y.test' FOR UPDATE",
+            &[&id.0],
+        )
+        .await
+        .expect("lock the second recipient");
+
+    let t = now();
+    let claims = a.claim(std::slice::from_ref(&id), t).await.expect("claim");
+    let Some(Claim::Taken(taken)) = claims.first() else {
+        panic!("the first recipient was free to take: {claims:?}");
+    };
+    let due_now: Vec<&str> = taken
+        .recipients
+        .iter()
+        .filter(|r| !r.status.is_final() && r.next_attempt <= t)
+        .map(|r| r.address.as_str())
+        .collect();
+    assert_eq!(due_now, ["one@y.test"], "{:?}", taken.recipients);
+    other_claim.rollback().await.expect("rollback");
+    a.shutdown().await;
+}
+
 /// A node that dies holding leases (no shutdown, no more heartbeats) is taken over after
 /// `lease_timeout`: the other node's `changes` reports the message due and its claim wins.
 /// While the holder lives, its heartbeat keeps the lease past `lease_timeout`.
