@@ -105,12 +105,7 @@ pub(crate) fn check(settings: &TlsReportSettings, f: &mut Findings) {
         );
     }
     if let Some(from) = &settings.from {
-        let valid = from.rsplit_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty()
-                && !local.contains(['<', '>', ' ', '"'])
-                && crate::checks::valid_domain(&domain.to_ascii_lowercase())
-        });
-        if !valid {
+        if !crate::checks::valid_address(from) {
             f.error(
                 "tls_report.from",
                 format!(

@@ -31,7 +31,7 @@ pub const MAX_CONNECTIONS: usize = 512;
 pub const MAX_CONNECTIONS_PER_CLIENT: usize = 16;
 
 const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
-Content-Length: 41\r\nRetry-After: 10\r\nConnection: close\r\n\r\n\
+Content-Length: 40\r\nRetry-After: 10\r\nConnection: close\r\n\r\n\
 too many connections from your address\r\n";
 
 /// The listener `crate::http::serve` hands to axum.

@@ -266,7 +266,7 @@ fn reporter(ctx: &DeliveryContext) -> Reporter {
 fn log_sent(sent: &Sent) {
     let domain = Escaped(&sent.domain);
     if let Some(why) = &sent.skipped {
-        tracing::info!(%domain, successes = sent.successes, failures = sent.failures, "TLS report not sent: {why}");
+        tracing::info!(%domain, successes = sent.successes, failures = sent.failures, skipped = %Escaped(why), "TLS report not sent");
         return;
     }
     for to in &sent.delivered {

@@ -15,7 +15,12 @@ pub enum Destination {
     Https(String),
 }
 
-/// The destinations a domain's record names; empty when it has no record, or more than one
+/// Most destinations taken from one record: the record comes from the domain's owner, and
+/// every HTTPS destination costs a lookup and connections while the report is being sent.
+pub const MAX_DESTINATIONS: usize = 8;
+
+/// The destinations a domain's record names (the first [`MAX_DESTINATIONS`] usable ones);
+/// empty when it has no record, or more than one
 /// (§3: "if the number of resulting records is not one, senders MUST assume the recipient
 /// domain does not implement TLSRPT").
 pub fn destinations(records: &[Vec<u8>]) -> Vec<Destination> {
@@ -41,6 +46,7 @@ pub fn destinations(records: &[Vec<u8>]) -> Vec<Destination> {
             }
             ReportUri::Http(_) => None,
         })
+        .take(MAX_DESTINATIONS)
         .collect()
 }
 
@@ -67,6 +73,17 @@ mod tests {
                 Destination::Https("https://rpt.example.test/v1".into())
             ]
         );
+    }
+
+    #[test]
+    fn a_record_naming_thousands_of_destinations_yields_a_few() {
+        let many: Vec<String> = (0..5000)
+            .map(|n| format!("mailto:r{n}@example.test"))
+            .collect();
+        let record = format!("v=TLSRPTv1; rua={}", many.join(","));
+        let found = destinations(&[record.into_bytes()]);
+        assert_eq!(found.len(), MAX_DESTINATIONS);
+        assert_eq!(found[0], Destination::Mail("r0@example.test".into()));
     }
 
     #[test]
