@@ -2,9 +2,10 @@
 //!
 //! The file has the final layout from its first octet (header line, then content), with the
 //! size in the header a placeholder of fixed width ([`encode_open_header`]). The session's
-//! writes go straight to it; at commit the size is written in place, the file is
-//! `fdatasync`ed and handed to the committer, which renames it into `msg/` like any other
-//! message. Until then it lives only in `tmp/`, which nobody reads and recovery empties, so a
+//! writes go straight to it — a message of at most [`KEEP_IN_MEMORY`] octets waits in memory
+//! and is written at its commit; at commit the size is written in place, the file is
+//! `fdatasync`ed (with per-file commits; else the committer's `syncfs` covers it) and handed to
+//! the committer, which renames it into `msg/` like any other message. Until then it lives only in `tmp/`, which nobody reads and recovery empties, so a
 //! draft cut short is never delivered; dropping a draft removes its file at once.
 
 use std::any::Any;
