@@ -104,15 +104,15 @@ pub(crate) fn check(settings: &TlsReportSettings, f: &mut Findings) {
             ),
         );
     }
-    if let Some(from) = &settings.from {
-        if !crate::checks::valid_address(from) {
-            f.error(
-                "tls_report.from",
-                format!(
-                    "{from:?} is not a mail address; write e.g. \"tlsrpt@example.test\" (reports are sent from it)"
-                ),
-            );
-        }
+    if let Some(from) = &settings.from
+        && !crate::checks::valid_address(from)
+    {
+        f.error(
+            "tls_report.from",
+            format!(
+                "{from:?} is not a mail address; write e.g. \"tlsrpt@example.test\" (reports are sent from it)"
+            ),
+        );
     }
     for (key, value) in [
         ("tls_report.organization", &settings.organization),
