@@ -20,6 +20,7 @@ use std::pin::Pin;
 
 pub use relayward_protocol::dsn::{MailDsn, RcptDsn};
 
+mod dir_sync;
 pub mod draft;
 mod fsutil;
 mod id;

@@ -1,8 +1,8 @@
 //! Local delivery into Maildir (`mail_root/<domain>/<local>/{tmp,new,cur}`).
 //!
 //! The message is written to `tmp/` under a name no other delivery can choose, fsynced, renamed
-//! into `new/` and `new/` is fsynced: a reader never sees a partial message, and once this
-//! returns the message survives a crash. The call is blocking; async callers wrap it in
+//! into `new/` and `new/` is fsynced (one flush shared by the deliveries that arrive together):
+//! a reader never sees a partial message, and once this returns the message survives a crash. The call is blocking; async callers wrap it in
 //! `spawn_blocking`.
 //!
 //! Domain and local part come from an address, so they are checked as hostile input even though
@@ -13,9 +13,11 @@ use std::fs::{self, DirBuilder};
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::dir_sync::DirSyncs;
 use crate::fsutil::{PRIVATE_DIR, sync_dir, write_synced};
 
 /// Longest local part (RFC 5321 §4.5.3.1.1).
@@ -39,16 +41,33 @@ pub fn deliver_to_maildir(
     check_component("domain", &domain, MAX_DOMAIN)?;
     check_component("local part", local_part, MAX_LOCAL)?;
     let maildir = mail_root.join(&domain).join(local_part);
-    ensure_maildir(mail_root, &maildir)?;
     let name = unique_name();
-    let tmp = maildir.join("tmp").join(&name);
-    let new = maildir.join("new").join(&name);
+    let new = match place_in_new(&maildir, &name, content) {
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            // First delivery to this mailbox (or someone removed a part of it): build it, once.
+            ensure_maildir(mail_root, &maildir)?;
+            place_in_new(&maildir, &name, content)?
+        }
+        placed => placed?,
+    };
+    NEW_DIR_SYNCS.sync_with(&maildir.join("new"), sync_dir)?;
+    Ok(new)
+}
+
+/// Every delivery's rename into a `new/` waits for a flush of that directory; deliveries that
+/// arrive together share one (see [`crate::dir_sync`]).
+static NEW_DIR_SYNCS: LazyLock<DirSyncs> = LazyLock::new(DirSyncs::default);
+
+/// Writes `content` durably to `tmp/name` and renames it to `new/name`; `NotFound` when the
+/// Maildir is incomplete (nothing is left behind then). The rename is not yet durable.
+fn place_in_new(maildir: &Path, name: &str, content: &[u8]) -> io::Result<PathBuf> {
+    let tmp = maildir.join("tmp").join(name);
+    let new = maildir.join("new").join(name);
     write_synced(&tmp, &[content])?;
     if let Err(err) = fs::rename(&tmp, &new) {
         let _ = fs::remove_file(&tmp);
         return Err(err);
     }
-    sync_dir(&maildir.join("new"))?;
     Ok(new)
 }
 

@@ -89,3 +89,51 @@ fn maildirs_and_messages_are_private() {
     }
     assert_eq!(mode(&path), 0o600);
 }
+
+/// Deliveries skip building the Maildir when it exists; one whose `new/` or `tmp/` vanished
+/// (an admin's clean-up) must still land, not defer forever.
+#[test]
+fn a_maildir_missing_a_part_is_rebuilt_by_the_next_delivery() {
+    let root = tempfile::tempdir().unwrap();
+    let maildir = root.path().join("example.test").join("alice");
+    deliver_to_maildir(root.path(), "example.test", "alice", b"one\r\n").unwrap();
+    for part in ["new", "tmp"] {
+        std::fs::remove_dir_all(maildir.join(part)).unwrap();
+        let path = deliver_to_maildir(root.path(), "example.test", "alice", b"two\r\n").unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"two\r\n",
+            "after removing {part}/"
+        );
+        assert_eq!(names(&maildir), ["cur", "new", "tmp"]);
+        assert!(names(&maildir.join("tmp")).is_empty());
+    }
+}
+
+/// Many deliveries into one Maildir at once (they share the flushes of its `new/`): every one
+/// returns its own file, whole.
+#[test]
+fn concurrent_deliveries_to_one_maildir_all_land() {
+    const DELIVERIES: usize = 24;
+    let root = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(DELIVERIES));
+    let threads: Vec<_> = (0..DELIVERIES)
+        .map(|n| {
+            let (root, barrier) = (root.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                let content = format!("Subject: {n}\r\n\r\nbody {n}\r\n");
+                let path =
+                    deliver_to_maildir(root.path(), "example.test", "bob", content.as_bytes())
+                        .unwrap();
+                assert_eq!(std::fs::read(&path).unwrap(), content.as_bytes());
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let maildir = root.path().join("example.test").join("bob");
+    assert_eq!(names(&maildir.join("new")).len(), DELIVERIES);
+    assert!(names(&maildir.join("tmp")).is_empty());
+}
