@@ -113,6 +113,15 @@ pub struct ServiceConfig {
     /// budgets count people, not the proxy. From anyone else the header is ignored.
     #[serde(default)]
     pub trusted_proxies: Vec<Cidr>,
+    /// How long a web door connection may go without the service writing to it. A caller who
+    /// connects and says nothing, sends a request a byte at a time (slowloris) or leaves a
+    /// kept-alive connection idle is cut off after it, so idle sockets cannot hold every
+    /// connection slot; a live transcript stays open (its keep-alive comes more often).
+    #[serde(
+        default = "default_http_idle_timeout",
+        deserialize_with = "de_duration"
+    )]
+    pub http_idle_timeout: Duration,
 }
 
 fn default_connect_back_port() -> u16 {
@@ -141,6 +150,9 @@ fn default_host_timeout() -> Duration {
 }
 fn default_shutdown_grace() -> Duration {
     Duration::from_secs(60)
+}
+fn default_http_idle_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// Upper bound for `max_concurrent_tests`: each test holds a few connections and a transcript.
@@ -320,6 +332,12 @@ impl ServiceConfig {
                 );
             }
         }
+        if self.http_idle_timeout < Duration::from_secs(1) {
+            f.error(
+                "probe_service.http_idle_timeout",
+                "under one second no page could be sent; write e.g. \"30s\" (the default)",
+            );
+        }
     }
 
     fn check_exclude(&self, f: &mut Findings) {
@@ -394,6 +412,22 @@ exclude = []                          # CIDRs that asked never to be probed
         assert_eq!(cfg.public_base_url(), "http://relay-test.example.org:8080");
         let default = ServiceConfig::embedded_default().expect("default parses");
         assert_eq!(default.problems(), Vec::new());
+    }
+
+    #[test]
+    fn the_web_idle_timeout_defaults_to_30s_and_refuses_less_than_a_second() {
+        let cfg = ServiceConfig::from_toml_str(ISSUE_EXAMPLE, "t.toml").expect("parses");
+        assert_eq!(cfg.http_idle_timeout, Duration::from_secs(30));
+        let text = format!("{ISSUE_EXAMPLE}http_idle_timeout = \"0s\"\n");
+        let found = errors(&text);
+        assert!(
+            found
+                .iter()
+                .any(|e| e.contains("probe_service.http_idle_timeout")),
+            "{found:?}"
+        );
+        let text = format!("{ISSUE_EXAMPLE}http_idle_timeout = \"5s\"\n");
+        assert_eq!(errors(&text), Vec::<String>::new());
     }
 
     #[test]

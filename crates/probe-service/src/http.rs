@@ -234,6 +234,7 @@ async fn events(
     let Some(found) = app.service.get(&id).await else {
         return not_found(State(app)).await;
     };
+    let idle_timeout = app.service.config.http_idle_timeout;
     let from = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -268,11 +269,18 @@ async fn events(
             .map(|event| (Ok::<_, Infallible>(event), rx))
     });
     Sse::new(stream)
-        .keep_alive(KeepAlive::default())
+        .keep_alive(KeepAlive::new().interval(keep_alive_interval(idle_timeout)))
         .into_response()
 }
 
 /// Transcript lines into an SSE channel.
+/// A live transcript writes at least this often, so the web door's idle cut-off
+/// (`http_idle_timeout`, see `crate::http_listener`) never ends one: every 15 s (the usual
+/// keep-alive), or more often under a shorter timeout.
+fn keep_alive_interval(idle_timeout: std::time::Duration) -> std::time::Duration {
+    (idle_timeout / 3).min(std::time::Duration::from_secs(15))
+}
+
 struct SseLines {
     tx: mpsc::Sender<Event>,
     next: usize,

@@ -8,6 +8,14 @@
 //! short `503` and the connection is closed, so one caller cannot take every slot. A client is
 //! its address, an IPv6 client its /64 (as for the hourly budgets); a trusted proxy, which
 //! carries many callers, is counted only against the total.
+//!
+//! Caps alone would let idle sockets hold every slot (32 addresses × 16, or 32 IPv6 /64s,
+//! which anyone with a /48 has), and `axum::serve` sets no timer, so hyper's header-read
+//! timeout is off. Each connection is therefore cut off when the service has written nothing
+//! to it for `http_idle_timeout`: a caller who never sends a request, sends one slowly
+//! (slowloris: a byte now and then keeps the *read* side busy, so an idle-read timeout would
+//! not do), or keeps an idle keep-alive connection. Answers and the live transcript's
+//! keep-alive comments are writes, so every honest connection stays.
 
 use std::collections::HashMap;
 use std::io;
@@ -15,12 +23,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::extract::connect_info::Connected;
 use axum::serve::{IncomingStream, Listener};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
 
 use crate::limits::client_key;
 use crate::service::Service;
@@ -97,8 +107,11 @@ impl Listener for CappedListener {
             };
             match self.admit(peer) {
                 Some(slot) => {
+                    let idle_timeout = self.service.config.http_idle_timeout;
                     let io = CappedStream {
                         stream,
+                        idle_timeout,
+                        silent_until: Box::pin(tokio::time::sleep(idle_timeout)),
                         _permit: permit,
                         _slot: slot,
                     };
@@ -141,19 +154,32 @@ impl Drop for ClientSlot {
     }
 }
 
-/// An accepted connection that holds its slots for as long as it lives.
+/// An accepted connection that holds its slots for as long as it lives, and ends when the
+/// service has written nothing to it for `idle_timeout`.
 pub struct CappedStream {
     stream: TcpStream,
+    idle_timeout: Duration,
+    /// Fires `idle_timeout` after the last write (or the accept); pushed back by every write.
+    silent_until: Pin<Box<Sleep>>,
     _permit: OwnedSemaphorePermit,
     _slot: ClientSlot,
 }
 
 impl AsyncRead for CappedStream {
+    /// Reads, unless the service has been silent for `idle_timeout`: then the read fails, and
+    /// hyper closes the connection. (The timer is polled here too, so a read that waits
+    /// forever is woken when it fires.)
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.silent_until.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "web door: nothing sent to this caller within http_idle_timeout",
+            )));
+        }
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
@@ -164,7 +190,14 @@ impl AsyncWrite for CappedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = written
+            && n > 0
+        {
+            let next = Instant::now() + self.idle_timeout;
+            self.silent_until.as_mut().reset(next);
+        }
+        written
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -638,6 +638,92 @@ fn budgets_answer_429_with_when_to_retry() {
     assert_eq!(wait_done(&api, &id)["verdict"], "UNREACHABLE");
 }
 
+/// Reads until the service closes `conn`; what it sent, or `None` if it was still open after
+/// `within`.
+fn read_until_closed(conn: &mut TcpStream, within: Duration) -> Option<String> {
+    let deadline = Instant::now() + within;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    conn.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    while Instant::now() < deadline {
+        match conn.read(&mut buf) {
+            Ok(0) => return Some(String::from_utf8_lossy(&got).into_owned()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return Some(String::from_utf8_lossy(&got).into_owned()),
+        }
+    }
+    None
+}
+
+/// `http_idle_timeout`: a web door connection the service has written nothing to for that long
+/// is closed — one that never sends a request, one that sends it a header line at a time
+/// (slowloris, busy on the read side all along) and one left idle after its answer — so idle
+/// sockets cannot hold the connection slots.
+///
+/// ```text
+/// (connects, sends nothing)                      -> closed after ~2 s
+/// GET / HTTP/1.1, then "X-Slow: 1" every 300 ms    -> closed after ~2 s, no answer
+/// GET / HTTP/1.1 + Host, blank line              -> 200, then closed ~2 s later
+/// ```
+#[test]
+fn the_web_door_closes_connections_it_has_not_written_to_within_the_idle_timeout() {
+    let service = TestServer::start_probe_service(&service_config("http_idle_timeout = \"2s\""));
+    let door = service.addr("http");
+    let caller: std::net::IpAddr = "127.0.0.6".parse().expect("ip");
+    let started = Instant::now();
+
+    let mut silent = bound_connect(caller, door);
+    let mut answered = bound_connect(caller, door);
+    answered
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("request");
+    let mut slow = bound_connect(caller, door);
+    slow.write_all(b"GET / HTTP/1.1\r\n").expect("request line");
+    let slow_writer = slow.try_clone().expect("clone");
+    let trickle = std::thread::spawn(move || {
+        let mut slow_writer = slow_writer;
+        for _ in 0..40 {
+            if slow_writer.write_all(b"X-Slow: 1\r\n").is_err() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        false
+    });
+
+    let limit = Duration::from_secs(12);
+    let silent_end = read_until_closed(&mut silent, limit);
+    assert_eq!(
+        silent_end.as_deref(),
+        Some(""),
+        "a silent connection stayed open"
+    );
+    let slow_end = read_until_closed(&mut slow, limit).expect("a slowloris connection stayed open");
+    assert!(
+        !slow_end.contains(" 200 "),
+        "the slow request was answered: {slow_end}"
+    );
+    let answer =
+        read_until_closed(&mut answered, limit).expect("an idle kept-alive connection stayed open");
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "closed before the idle timeout: {:?}",
+        started.elapsed()
+    );
+    let _ = trickle.join();
+
+    // The service itself is fine and serves the next caller.
+    let page = Http::new(door).from("127.0.0.6").get("/");
+    assert_eq!(page.status, 200, "{}", page.body);
+}
+
 /// The web door's connection caps: one client holding its 16 connections idle gets `503` on the
 /// 17th, others are still served, and the share comes back when a connection closes.
 #[test]
