@@ -401,6 +401,22 @@ fn reports_are_off_by_default_and_check_config_shows_the_setting() {
     );
 }
 
+/// `send-now` when the period's files cannot be written (here `sending.json` is a directory,
+/// which even root cannot rename over): an error and exit 1, not "No TLS report to send".
+#[test]
+fn send_now_says_so_when_the_period_cannot_be_written() {
+    let server = TestServer::start(&standard_config(
+        "[tls_report]\nenabled = true\nfrom = \"tlsrpt@example.test\"\n",
+    ));
+    let blocker = server.data_dir().join("tls-report/sending.json");
+    std::fs::create_dir_all(&blocker).expect("mkdir");
+    std::fs::write(blocker.join("keep"), b"x").expect("write");
+    let (code, out) = relayward_cmd(&server, &["tls-report", "send-now"]);
+    assert_eq!(code, Some(1), "{out}\n{}", server.log());
+    assert!(out.contains("cannot close the TLS report period"), "{out}");
+    assert!(!out.contains("No TLS report to send"), "{out}");
+}
+
 /// A crash (SIGKILL) loses no more than the counts not yet saved: once the running server has
 /// written its counts (within a few seconds of the session), a killed and restarted server
 /// still reports them.

@@ -220,6 +220,11 @@ struct State {
 pub struct ReportBook {
     dir: PathBuf,
     state: Mutex<State>,
+    /// Held from a snapshot of the state until its file is written (`save` from the
+    /// schedule, `close` from `send-now`): writes land in the order their snapshots were
+    /// taken, so an older snapshot never replaces a newer file, and the two never share the
+    /// temporary file `replace_durably` writes through.
+    files: Mutex<()>,
     /// Held while a period is reported: the schedule and `send-now` take turns.
     pub(crate) turn: tokio::sync::Mutex<()>,
 }
@@ -230,8 +235,17 @@ impl ReportBook {
     /// starts.
     pub fn open(dir: &Path, interval: Duration, now: u64) -> std::io::Result<ReportBook> {
         std::fs::create_dir_all(dir)?;
-        let current = load(&dir.join(CURRENT)).unwrap_or_else(|| Period::containing(now, interval));
+        let mut current =
+            load(&dir.join(CURRENT)).unwrap_or_else(|| Period::containing(now, interval));
         let sending = load(&dir.join(SENDING));
+        if let Some(ended) = &sending
+            && current.start < ended.end
+        {
+            // A crash between the two writes of `close`: `current.json` still holds the period
+            // `sending.json` reports; counting on in it would report those sessions twice.
+            current = Period::containing(now.max(ended.end), interval);
+            current.start = current.start.max(ended.end);
+        }
         Ok(ReportBook {
             dir: dir.to_path_buf(),
             state: Mutex::new(State {
@@ -239,6 +253,7 @@ impl ReportBook {
                 sending,
                 dirty: false,
             }),
+            files: Mutex::new(()),
             turn: tokio::sync::Mutex::new(()),
         })
     }
@@ -262,6 +277,7 @@ impl ReportBook {
 
     /// Writes the current period if it changed since the last save.
     pub fn save(&self) -> std::io::Result<()> {
+        let _files = self.lock_files();
         let text = {
             let mut state = self.lock();
             if !state.dirty {
@@ -282,6 +298,7 @@ impl ReportBook {
     /// `sending.json` before the new one replaces it in `current.json`, and returned to be
     /// reported; a period left over from a crash is returned first.
     pub fn close(&self, now: u64, interval: Duration) -> std::io::Result<Period> {
+        let _files = self.lock_files();
         let (ended, next) = {
             let mut state = self.lock();
             if let Some(pending) = &state.sending {
@@ -325,6 +342,12 @@ impl ReportBook {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn lock_files(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.files
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -413,6 +436,70 @@ mod tests {
         drop(book);
         let book = ReportBook::open(dir.path(), DAY, now + 40).expect("reopen");
         assert!(!book.has_pending());
+    }
+
+    /// A crash after `sending.json` was written but before `current.json` was: the next start
+    /// reports the ended period once, and does not count on in (and report again) its copy
+    /// still in `current.json`.
+    #[test]
+    fn a_crash_between_the_two_files_of_a_close_reports_the_period_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let now = 1_764_600_000;
+        let book = ReportBook::open(dir.path(), DAY, now).expect("open");
+        book.record(ReportPolicy::none_found("a.test"), None);
+        book.save().expect("save");
+        let before_close = std::fs::read(dir.path().join(CURRENT)).expect("current.json");
+        let ended = book.close(now + 10, DAY).expect("close");
+        drop(book);
+        // Undo the second write, as a crash right before it would have left the files.
+        std::fs::write(dir.path().join(CURRENT), &before_close).expect("write");
+
+        let book = ReportBook::open(dir.path(), DAY, now + 20).expect("reopen");
+        assert!(book.has_pending());
+        let current = book.current();
+        assert!(
+            current.tallies.is_empty(),
+            "the reported sessions count again: {current:?}"
+        );
+        assert!(current.start >= ended.end, "{current:?} overlaps {ended:?}");
+        assert_eq!(book.close(now + 30, DAY).expect("close"), ended);
+        book.sent().expect("sent");
+        let next = book.close(now + 40, DAY).expect("close");
+        assert!(next.tallies.is_empty(), "reported twice: {next:?}");
+    }
+
+    /// The schedule's `save` and `send-now`'s `close` at the same time: neither fails on the
+    /// other's temporary file, and what is on disk at the end is what is in memory.
+    #[test]
+    fn saves_and_closes_at_once_neither_fail_nor_leave_an_older_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let now = 1_764_600_000;
+        let book = std::sync::Arc::new(ReportBook::open(dir.path(), DAY, now).expect("open"));
+        let saver = {
+            let book = std::sync::Arc::clone(&book);
+            std::thread::spawn(move || {
+                let mut failures = Vec::new();
+                for n in 0..150 {
+                    book.record(ReportPolicy::none_found(&format!("d{n}.test")), None);
+                    if let Err(e) = book.save() {
+                        failures.push(format!("save: {e}"));
+                    }
+                }
+                failures
+            })
+        };
+        let mut failures = Vec::new();
+        for n in 0..30 {
+            match book.close(now + 1 + n, DAY) {
+                Ok(_) => book.sent().expect("sent"),
+                Err(e) => failures.push(format!("close: {e}")),
+            }
+        }
+        failures.extend(saver.join().expect("saver"));
+        assert_eq!(failures, Vec::<String>::new());
+        book.save().expect("save");
+        let on_disk = load(&dir.path().join(CURRENT)).expect("current.json");
+        assert_eq!(on_disk, book.current());
     }
 
     #[test]

@@ -84,7 +84,8 @@ impl TlsReporter {
         loop {
             let enabled = self.live.current().settings.tls_report.enabled;
             if enabled && (self.book.has_pending() || self.book.is_due(unix_now())) {
-                self.report().await;
+                // A failure is logged by `report`, and retried at the next turn.
+                let _ = self.report().await;
             }
             self.save();
             tokio::select! {
@@ -100,11 +101,13 @@ impl TlsReporter {
         if !self.live.current().settings.tls_report.enabled {
             return Err("TLS reports are off: set [tls_report] enabled = true".into());
         }
-        Ok(self.report().await)
+        self.report().await
     }
 
-    /// Closes the period (the pending one first) and sends its reports.
-    async fn report(&self) -> Vec<Sent> {
+    /// Closes the period (the pending one first) and sends its reports. Fails only when the
+    /// period cannot be closed (its files cannot be written): then nothing was sent, and
+    /// `send-now` must say so rather than "nothing to send".
+    async fn report(&self) -> Result<Vec<Sent>, String> {
         // One period is reported at a time (the schedule and `send-now` may meet).
         let _turn = self.book.turn.lock().await;
         let ctx = self.live.current();
@@ -113,7 +116,9 @@ impl TlsReporter {
             Ok(period) => period,
             Err(e) => {
                 tracing::error!(error = %e, "cannot write the TLS report counts; reports wait");
-                return Vec::new();
+                return Err(format!(
+                    "cannot close the TLS report period (writing its counts failed: {e}); nothing was sent, the counts are kept"
+                ));
             }
         };
         let mut sent = Vec::new();
@@ -125,7 +130,7 @@ impl TlsReporter {
         if let Err(e) = self.book.sent() {
             tracing::error!(error = %e, "cannot forget the reported TLS period; it may be reported again");
         }
-        sent
+        Ok(sent)
     }
 
     async fn send_domain(&self, ctx: &DeliveryContext, period: &Period, domain: &str) -> Sent {
