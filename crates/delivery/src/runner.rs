@@ -110,6 +110,36 @@ impl Limit {
     }
 }
 
+/// A delivery's place in its destination's limit. Dropped (however the delivery ends), it
+/// gives the permit back and removes the table entry if nobody else holds or waits for that
+/// semaphore: every holder got its clone under the table's lock, so none can appear behind
+/// our back. An entry whose size a reload changed is dropped the same way.
+struct DestinationSlot {
+    shared: Arc<Shared>,
+    key: String,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Drop for DestinationSlot {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        let mut table = lock_destinations(&self.shared);
+        if table
+            .get(&self.key)
+            .is_some_and(|limit| Arc::strong_count(&limit.semaphore) == 1)
+        {
+            table.remove(&self.key);
+        }
+    }
+}
+
+fn lock_destinations(shared: &Shared) -> std::sync::MutexGuard<'_, HashMap<String, Limit>> {
+    shared
+        .per_destination
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Where a group of recipients goes: their stored next hop, with every Maildir one handled
 /// by the same local group (each recipient still goes to its own Maildir).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -608,10 +638,7 @@ impl Runner {
         due: &[Due],
     ) -> Vec<Outcome> {
         let _total = self.total_permit(ctx).acquire_owned().await;
-        let _dest = self
-            .destination_permit(ctx, destination)
-            .acquire_owned()
-            .await;
+        let _dest = self.destination_slot(ctx, destination).await;
         let recipients: Vec<String> = due.iter().map(|d| d.address.clone()).collect();
         let recipient_dsn: Vec<RcptDsn> = recipients
             .iter()
@@ -673,19 +700,34 @@ impl Runner {
             .resized(ctx.settings.max_connections)
     }
 
-    fn destination_permit(
+    /// A place among the deliveries running to `destination` (waits for one). The table
+    /// entry is made on demand and forgotten when its last holder is done (see
+    /// [`DestinationSlot`]), so a relay that has sent to millions of domains over its life
+    /// keeps entries only for those it is sending to now.
+    async fn destination_slot(
         &self,
         ctx: &DeliveryContext,
         destination: &Destination,
-    ) -> Arc<Semaphore> {
+    ) -> DestinationSlot {
         let size = ctx.settings.max_per_destination;
-        self.shared
-            .per_destination
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(destination.key())
+        let key = destination.key();
+        let semaphore = lock_destinations(&self.shared)
+            .entry(key.clone())
             .or_insert_with(|| Limit::new(size))
-            .resized(size)
+            .resized(size);
+        let mut slot = DestinationSlot {
+            shared: Arc::clone(&self.shared),
+            key,
+            permit: None,
+        };
+        slot.permit = semaphore.acquire_owned().await.ok();
+        slot
+    }
+
+    /// Destinations with a concurrency limit in use (deliveries running or waiting); for
+    /// tests and metrics.
+    pub fn destinations_tracked(&self) -> usize {
+        lock_destinations(&self.shared).len()
     }
 
     /// Writes each recipient's copy into the Maildir its route names (blocking I/O off the

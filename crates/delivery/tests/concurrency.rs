@@ -132,7 +132,8 @@ async fn connections_per_destination_caps_one_destination_and_connections_are_re
 }
 
 /// `[delivery] max_connections = 3` caps deliveries to all destinations together: two
-/// domains on one MX host, twenty allowed to each, three in total.
+/// domains on one MX host, twenty allowed to each, three in total; once done, the limits of
+/// both destinations are forgotten.
 #[tokio::test]
 async fn max_connections_caps_all_destinations_together() {
     let domains = ["one.test", "two.test"];
@@ -147,10 +148,14 @@ async fn max_connections_caps_all_destinations_together() {
         dns,
         srv.addr.port(),
     );
-    deliver_all(&relay, relay.runner(settings)).await;
+    let runner = relay.runner(settings);
+    deliver_all(&relay, runner.clone()).await;
 
     assert_eq!(srv.messages().len(), 16);
     assert_eq!(srv.peak_connections(), 3, "connections open at once");
+    // Nothing runs any more: no destination keeps a limit (the table used to keep one per
+    // destination ever sent to, for the life of the process).
+    assert_eq!(runner.destinations_tracked(), 0);
 }
 
 /// RFC 2920: to a peer that offers PIPELINING, MAIL, RCPT and DATA go in one write, on new
