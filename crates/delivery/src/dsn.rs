@@ -72,6 +72,9 @@ pub struct Report<'a> {
     pub original: &'a [u8],
     /// How the original arrived: a stranger's report is small (see the module docs).
     pub origin: Origin,
+    /// The original was sent with SMTPUTF8: the report is internationalised (see
+    /// [`Parts::for_original`]).
+    pub smtputf8: bool,
 }
 
 impl Report<'_> {
@@ -92,8 +95,53 @@ impl Report<'_> {
     }
 }
 
-/// Builds the DSN message (CRLF line ends), ready to enqueue.
+/// The MIME types of a report's machine-readable parts. For a message sent with SMTPUTF8
+/// (RFC 6533) the original's header fields and addresses may be UTF-8, which
+/// `message/rfc822`, `text/rfc822-headers` and `message/delivery-status` (with its `rfc822`
+/// address type) do not allow: its report uses the `message/global*` types and the `utf-8`
+/// address type instead, and must itself be sent with SMTPUTF8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Parts {
+    pub(crate) message: &'static str,
+    pub(crate) headers: &'static str,
+    pub(crate) status: &'static str,
+    international: bool,
+}
+
+impl Parts {
+    pub(crate) fn for_original(smtputf8: bool) -> Parts {
+        if smtputf8 {
+            Parts {
+                message: "message/global",
+                headers: "message/global-headers",
+                status: "message/global-delivery-status",
+                international: true,
+            }
+        } else {
+            Parts {
+                message: "message/rfc822",
+                headers: "text/rfc822-headers",
+                status: "message/delivery-status",
+                international: false,
+            }
+        }
+    }
+
+    /// The address type of a `Final-Recipient:` (RFC 6533 §3: `utf-8` for an address that
+    /// is not ASCII, in a global report only).
+    pub(crate) fn address_type(&self, address: &str) -> &'static str {
+        if self.international && !address.is_ascii() {
+            "utf-8"
+        } else {
+            "rfc822"
+        }
+    }
+}
+
+/// Builds the DSN message (CRLF line ends), ready to enqueue (with SMTPUTF8 when
+/// `report.smtputf8`).
 pub fn build(report: &Report<'_>) -> Vec<u8> {
+    let parts = Parts::for_original(report.smtputf8);
     let boundary =
         format!("{}/{}", report.original_id, report.reporting_mta).replace(['"', '\\'], "");
     let boundary = format!("=_relayward_{boundary}");
@@ -102,10 +150,10 @@ pub fn build(report: &Report<'_>) -> Vec<u8> {
     out.push_str(&format!("--{boundary}\r\n"));
     human_part(&mut out, report);
     out.push_str(&format!("--{boundary}\r\n"));
-    status_part(&mut out, report);
+    status_part(&mut out, report, parts);
     out.push_str(&format!("--{boundary}\r\n"));
     let mut bytes = if report.returns_full_message() {
-        out.push_str("Content-Type: message/rfc822\r\n");
+        out.push_str(&format!("Content-Type: {}\r\n", parts.message));
         out.push_str(&format!(
             "Content-Description: {}\r\n\r\n",
             what_returned(report)
@@ -117,7 +165,7 @@ pub fn build(report: &Report<'_>) -> Vec<u8> {
         }
         bytes
     } else {
-        out.push_str("Content-Type: text/rfc822-headers\r\n");
+        out.push_str(&format!("Content-Type: {}\r\n", parts.headers));
         out.push_str(&format!(
             "Content-Description: {} Headers\r\n\r\n",
             what_returned(report)
@@ -300,12 +348,13 @@ fn delay_status(r: &FailedRecipient) -> EnhancedCode {
 /// per-message fields, the same in bounces, delay notices and success notices.
 pub(crate) fn per_message_fields(
     out: &mut String,
+    parts: Parts,
     envid: Option<&str>,
     reporting_mta: &str,
     queue_id: &str,
     arrived: u64,
 ) {
-    out.push_str("Content-Type: message/delivery-status\r\n");
+    out.push_str(&format!("Content-Type: {}\r\n", parts.status));
     out.push_str("Content-Description: Delivery report\r\n\r\n");
     if let Some(envid) = envid {
         let _ = write!(out, "Original-Envelope-Id: {}\r\n", one_line(envid));
@@ -317,9 +366,10 @@ pub(crate) fn per_message_fields(
     );
 }
 
-fn status_part(out: &mut String, report: &Report<'_>) {
+fn status_part(out: &mut String, report: &Report<'_>, parts: Parts) {
     per_message_fields(
         out,
+        parts,
         report.envid,
         report.reporting_mta,
         report.original_id,
@@ -327,12 +377,12 @@ fn status_part(out: &mut String, report: &Report<'_>) {
     );
     for r in report.recipients {
         out.push_str("\r\n");
-        recipient_block(out, r, report);
+        recipient_block(out, r, report, parts);
     }
     out.push_str("\r\n");
 }
 
-fn recipient_block(out: &mut String, r: &FailedRecipient, report: &Report<'_>) {
+fn recipient_block(out: &mut String, r: &FailedRecipient, report: &Report<'_>, parts: Parts) {
     original_recipient(out, r.orcpt.as_ref());
     let (action, status) = match report.kind {
         Kind::Failure => ("failed", final_status(r)),
@@ -340,7 +390,8 @@ fn recipient_block(out: &mut String, r: &FailedRecipient, report: &Report<'_>) {
     };
     let _ = write!(
         out,
-        "Final-Recipient: rfc822; {}\r\nAction: {action}\r\nStatus: {status}\r\n",
+        "Final-Recipient: {}; {}\r\nAction: {action}\r\nStatus: {status}\r\n",
+        parts.address_type(&r.address),
         r.address
     );
     if report.for_stranger() {
@@ -467,6 +518,7 @@ mod tests {
             recipients: &failed,
             original,
             origin: Origin::Authenticated,
+            smtputf8: false,
         });
         let text = String::from_utf8(dsn).unwrap();
         assert!(text.contains("report-type=delivery-status"));
@@ -516,8 +568,85 @@ mod tests {
             recipients: failed,
             original,
             origin,
+            smtputf8: false,
         }))
         .unwrap()
+    }
+
+    /// RFC 6533: the report on a message sent with SMTPUTF8 returns its (UTF-8) header fields
+    /// as `message/global-headers` — or the whole message as `message/global` — beside a
+    /// `message/global-delivery-status` naming a UTF-8 recipient with the `utf-8` type; an
+    /// ASCII recipient keeps `rfc822`. A plain message's report keeps the RFC 3464 types.
+    #[test]
+    fn the_report_on_an_smtputf8_message_uses_the_global_types() {
+        let failed = [
+            FailedRecipient {
+                address: "jürgen@bücher.test".into(),
+                failure: Failure::local((5, 1, 1), "no such mailbox"),
+                expired: false,
+                orcpt: None,
+            },
+            FailedRecipient {
+                address: "bob@far.test".into(),
+                failure: Failure::local((5, 1, 1), "no such mailbox"),
+                expired: false,
+                orcpt: None,
+            },
+        ];
+        let original = "Subject: Grüße\r\nFrom: Jörg <jörg@dörfer.test>\r\n\r\nHallo\r\n";
+        let global = |ret| {
+            String::from_utf8(build(&Report {
+                kind: Kind::Failure,
+                envid: None,
+                ret,
+                reporting_mta: "mx.x.test",
+                original_sender: "jörg@dörfer.test",
+                original_id: "Q3",
+                arrived: 0,
+                now: 60,
+                recipients: &failed,
+                original: original.as_bytes(),
+                origin: Origin::Authenticated,
+                smtputf8: true,
+            }))
+            .unwrap()
+        };
+        let headers = global(None);
+        for part in [
+            "Content-Type: message/global-delivery-status\r\n",
+            "Content-Type: message/global-headers\r\n",
+            "Final-Recipient: utf-8; jürgen@bücher.test\r\n",
+            "Final-Recipient: rfc822; bob@far.test\r\n",
+            "Subject: Grüße\r\n",
+        ] {
+            assert!(headers.contains(part), "{part:?} missing:\n{headers}");
+        }
+        for old in [
+            "message/delivery-status",
+            "text/rfc822-headers",
+            "rfc822; jürgen",
+        ] {
+            assert!(!headers.contains(old), "{old:?} in:\n{headers}");
+        }
+        let full = global(Some(Ret::Full));
+        assert!(full.contains("Content-Type: message/global\r\n"), "{full}");
+        assert!(!full.contains("message/rfc822"), "{full}");
+
+        let plain = report_with(
+            Kind::Failure,
+            None,
+            Origin::Authenticated,
+            b"Subject: x\r\n\r\n",
+            &failed[1..],
+        );
+        assert!(
+            plain.contains("Content-Type: message/delivery-status\r\n"),
+            "{plain}"
+        );
+        assert!(
+            plain.contains("Content-Type: text/rfc822-headers\r\n"),
+            "{plain}"
+        );
     }
 
     /// A stranger's bounce says why by status code only: the internal server's name, address

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use relayward_protocol::dsn::Orcpt;
 
 use crate::dsn::{
-    NotificationHeader, header_section, notification_header, original_recipient,
+    NotificationHeader, Parts, header_section, notification_header, original_recipient,
     per_message_fields, rfc5322_date,
 };
 
@@ -36,6 +36,8 @@ pub struct SuccessReport<'a> {
     pub recipients: &'a [Delivered],
     /// The original content; only its header section is returned.
     pub original: &'a [u8],
+    /// The original was sent with SMTPUTF8: global report types (see `dsn::Parts`).
+    pub smtputf8: bool,
 }
 
 /// Builds the notice (CRLF line ends), ready to enqueue with the null sender.
@@ -71,8 +73,10 @@ pub fn build_success(report: &SuccessReport<'_>) -> Vec<u8> {
         let _ = write!(out, "<{}>: delivered to mailbox\r\n", r.address);
     }
     let _ = write!(out, "\r\n--{boundary}\r\n");
+    let parts = Parts::for_original(report.smtputf8);
     per_message_fields(
         &mut out,
+        parts,
         report.envid,
         host,
         report.original_id,
@@ -83,7 +87,8 @@ pub fn build_success(report: &SuccessReport<'_>) -> Vec<u8> {
         original_recipient(&mut out, r.orcpt.as_ref());
         let _ = write!(
             out,
-            "Final-Recipient: rfc822; {}\r\nAction: delivered\r\nStatus: 2.0.0\r\nLast-Attempt-Date: {}\r\n",
+            "Final-Recipient: {}; {}\r\nAction: delivered\r\nStatus: 2.0.0\r\nLast-Attempt-Date: {}\r\n",
+            parts.address_type(&r.address),
             r.address,
             rfc5322_date(report.now)
         );
@@ -91,8 +96,9 @@ pub fn build_success(report: &SuccessReport<'_>) -> Vec<u8> {
     let _ = write!(
         out,
         "\r\n--{boundary}\r\n\
-         Content-Type: text/rfc822-headers\r\n\
-         Content-Description: Delivered Message Headers\r\n\r\n"
+         Content-Type: {}\r\n\
+         Content-Description: Delivered Message Headers\r\n\r\n",
+        parts.headers
     );
     let mut bytes = out.into_bytes();
     bytes.extend_from_slice(&header_section(report.original));
@@ -122,6 +128,7 @@ mod tests {
             now: 60,
             recipients: &delivered,
             original: b"Subject: hi\r\n\r\nbody\r\n",
+            smtputf8: false,
         });
         let text = String::from_utf8(notice).unwrap();
         assert!(text.contains("Original-Envelope-Id: ENV-1\r\n"));

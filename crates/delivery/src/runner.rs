@@ -1432,7 +1432,9 @@ impl Runner {
             failed,
             now,
         ));
-        let id = self.enqueue_notice(recipient, report).await?;
+        let id = self
+            .enqueue_notice(recipient, report, message.options.smtputf8)
+            .await?;
         tracing::info!(id = %message.id, dsn = %id, to = %Escaped(&message.sender), "bounce queued");
         Ok(Some(id))
     }
@@ -1463,8 +1465,11 @@ impl Runner {
             now: unix_now(),
             recipients: delivered,
             original: content,
+            smtputf8: message.options.smtputf8,
         });
-        let queued = self.enqueue_notice(recipient, notice).await;
+        let queued = self
+            .enqueue_notice(recipient, notice, message.options.smtputf8)
+            .await;
         match queued {
             Ok(id) => {
                 tracing::info!(id = %message.id, notice = %id, to = %Escaped(&message.sender), "success notice queued")
@@ -1502,7 +1507,10 @@ impl Runner {
                     &reported,
                     unix_now(),
                 ));
-                match self.enqueue_notice(recipient, notice).await {
+                match self
+                    .enqueue_notice(recipient, notice, message.options.smtputf8)
+                    .await
+                {
                     Ok(id) => {
                         tracing::info!(id = %message.id, notice = %id, to = %Escaped(&message.sender), recipients = reported.len(), "delay notice queued");
                         true
@@ -1523,10 +1531,14 @@ impl Runner {
     }
 
     /// Queues a report made here (bounce, notice): from the null sender, to one recipient.
+    /// Queues a report from the null sender; `smtputf8` when it is about a message sent with
+    /// SMTPUTF8 (its addresses and returned header fields may be UTF-8, RFC 6533), so it is
+    /// relayed with SMTPUTF8 too.
     async fn enqueue_notice(
         &self,
         recipient: NewRecipient,
         content: Vec<u8>,
+        smtputf8: bool,
     ) -> Result<MessageId, QueueError> {
         self.shared
             .queue
@@ -1537,7 +1549,10 @@ impl Runner {
                 client_ip: "127.0.0.1".into(),
                 auth_login: None,
                 origin: Origin::Local,
-                esmtp: Default::default(),
+                esmtp: relayward_queue::Esmtp {
+                    smtputf8,
+                    ..Default::default()
+                },
             })
             .await
     }
@@ -1707,6 +1722,7 @@ fn report_on<'a>(
         recipients,
         original: content,
         origin: message.origin,
+        smtputf8: message.options.smtputf8,
     }
 }
 

@@ -351,6 +351,46 @@ async fn nxdomain_bounces_and_servfail_defers() {
     assert_eq!(left.len(), 2);
 }
 
+/// RFC 6533: the bounce of a message sent with SMTPUTF8 is an internationalised report
+/// (`message/global-delivery-status`, `message/global-headers`) and is itself queued with
+/// SMTPUTF8, so it is relayed to the sender's server as such (it used to go as a plain
+/// RFC 3464 report, with UTF-8 in parts that forbid it, and without SMTPUTF8).
+#[tokio::test]
+async fn the_bounce_of_an_smtputf8_message_is_a_global_report_sent_with_smtputf8() {
+    let dns = DnsServer::start_on(ip(127, 27, 0, 1), Zone::default()).addr;
+    let relay = Relay::new();
+    let esmtp = relayward_queue::Esmtp {
+        smtputf8: true,
+        ..Default::default()
+    };
+    relay
+        .enqueue_esmtp("alice@local.test", &["x@nowhere.test"], "Grüße", esmtp)
+        .await;
+    let plain = relay
+        .enqueue("alice@local.test", &["y@nowhere.test"], "hi")
+        .await;
+    let runner = relay.runner(relay.config(Some(dns), 25));
+    runner.run_once().await;
+
+    let left = relay.queue.list().await.expect("list");
+    let dsns: Vec<_> = left.iter().filter(|m| m.sender.is_empty()).collect();
+    assert_eq!(dsns.len(), 2, "{left:?}");
+    for dsn in dsns {
+        let content = text(&relay.queue.content(&dsn.id).await.expect("content"));
+        let about_plain = content.contains(&plain.0);
+        assert_eq!(dsn.options.smtputf8, !about_plain, "{content}");
+        let status = if about_plain {
+            "message/delivery-status"
+        } else {
+            "message/global-delivery-status"
+        };
+        assert!(
+            content.contains(&format!("Content-Type: {status}\r\n")),
+            "{content}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn implicit_mx_when_there_is_no_mx_record() {
     let host = ip(127, 17, 0, 2);

@@ -103,6 +103,18 @@ impl Relay {
     }
 
     pub async fn enqueue(&self, sender: &str, rcpts: &[&str], body: &str) -> MessageId {
+        self.enqueue_esmtp(sender, rcpts, body, Default::default())
+            .await
+    }
+
+    /// [`Relay::enqueue`] with the MAIL parameters `esmtp` (SMTPUTF8, DSN).
+    pub async fn enqueue_esmtp(
+        &self,
+        sender: &str,
+        rcpts: &[&str],
+        body: &str,
+        esmtp: relayward_queue::Esmtp,
+    ) -> MessageId {
         let content = format!(
             "From: <{sender}>\r\nTo: {}\r\nSubject: test message\r\nMessage-ID: <t@relay.test>\r\n\r\n{body}\r\n",
             rcpts.join(", ")
@@ -129,7 +141,7 @@ impl Relay {
                 client_ip: "127.0.0.1".into(),
                 auth_login: None,
                 origin: relayward_queue::Origin::Trusted,
-                esmtp: Default::default(),
+                esmtp,
             })
             .await
             .expect("enqueue")
