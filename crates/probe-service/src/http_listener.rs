@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -48,7 +48,8 @@ too many connections from your address\r\n";
 pub struct CappedListener {
     inner: TcpListener,
     total: Arc<Semaphore>,
-    per_client: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    per_client: ClientShares,
+    refusals: RefusalLog,
     /// Whose `trusted_proxies` count only against the total.
     service: Arc<Service>,
 }
@@ -58,7 +59,8 @@ impl CappedListener {
         Self {
             inner,
             total: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
-            per_client: Arc::new(Mutex::new(HashMap::new())),
+            per_client: ClientShares::default(),
+            refusals: RefusalLog::default(),
             service,
         }
     }
@@ -67,22 +69,10 @@ impl CappedListener {
     fn admit(&self, peer: SocketAddr) -> Option<ClientSlot> {
         let ip = peer.ip().to_canonical();
         if self.service.config.is_trusted_proxy(ip) {
-            return Some(ClientSlot {
-                key: None,
-                map: Arc::clone(&self.per_client),
-            });
+            return self.per_client.take(None, MAX_CONNECTIONS_PER_CLIENT);
         }
-        let key = client_key(ip);
-        let mut map = self.per_client.lock().ok()?;
-        let held = map.entry(key).or_insert(0);
-        if *held >= MAX_CONNECTIONS_PER_CLIENT {
-            return None;
-        }
-        *held += 1;
-        Some(ClientSlot {
-            key: Some(key),
-            map: Arc::clone(&self.per_client),
-        })
+        self.per_client
+            .take(Some(client_key(ip)), MAX_CONNECTIONS_PER_CLIENT)
     }
 }
 
@@ -118,7 +108,9 @@ impl Listener for CappedListener {
                     return (io, peer);
                 }
                 None => {
-                    tracing::info!(peer = %peer.ip(), "web door: too many connections from one client");
+                    if let Some(refused) = self.refusals.note(std::time::Instant::now()) {
+                        tracing::info!(peer = %peer.ip(), refused, "web door: too many connections from one client (refused since the last such line)");
+                    }
                     tokio::spawn(async move {
                         let _ = stream.write_all(TOO_MANY).await;
                         let _ = stream.shutdown().await;
@@ -134,23 +126,77 @@ impl Listener for CappedListener {
     }
 }
 
+/// Connections held per client key. A poisoned lock is taken over, not refused: the counts
+/// are plain integers a panic elsewhere cannot leave half-changed, and refusing would answer
+/// every caller `503` for the life of the process.
+#[derive(Clone, Default)]
+struct ClientShares(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+impl ClientShares {
+    /// One more connection for `key` (`None`: a trusted proxy, counted only in the total),
+    /// unless it holds `limit` already.
+    fn take(&self, key: Option<IpAddr>, limit: usize) -> Option<ClientSlot> {
+        if let Some(key) = key {
+            let mut map = self.lock();
+            let held = map.entry(key).or_insert(0);
+            if *held >= limit {
+                return None;
+            }
+            *held += 1;
+        }
+        Some(ClientSlot {
+            key,
+            shares: self.clone(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// A client's share taken; given back when the connection is dropped.
 struct ClientSlot {
     key: Option<IpAddr>,
-    map: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    shares: ClientShares,
 }
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
         let Some(key) = self.key else { return };
-        if let Ok(mut map) = self.map.lock()
-            && let Some(held) = map.get_mut(&key)
-        {
+        let mut map = self.shares.lock();
+        if let Some(held) = map.get_mut(&key) {
             *held = held.saturating_sub(1);
             if *held == 0 {
                 map.remove(&key);
             }
         }
+    }
+}
+
+/// How often at most a refused connection is logged.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Logs the first refused connection, then at most one line per [`REFUSAL_LOG_EVERY`] with
+/// how many were refused since: a caller hammering the door must not fill the disk with log
+/// lines, one per refused connection.
+#[derive(Default)]
+struct RefusalLog {
+    /// When the last line was written, and the refusals not yet in a line.
+    state: Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl RefusalLog {
+    /// Counts one refusal; `Some(count)` when a line is due now (`count` includes this one).
+    fn note(&self, now: std::time::Instant) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let (last, unlogged) = &mut *state;
+        *unlogged += 1;
+        if last.is_some_and(|at| now.duration_since(at) < REFUSAL_LOG_EVERY) {
+            return None;
+        }
+        *last = Some(now);
+        Some(std::mem::take(unlogged))
     }
 }
 
@@ -217,5 +263,62 @@ pub struct Peer(pub SocketAddr);
 impl Connected<IncomingStream<'_, CappedListener>> for Peer {
     fn connect_info(stream: IncomingStream<'_, CappedListener>) -> Self {
         Peer(*stream.remote_addr())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_gets_its_share_and_gives_it_back() {
+        let shares = ClientShares::default();
+        let key: IpAddr = "192.0.2.7".parse().expect("ip");
+        let held: Vec<ClientSlot> = (0..3)
+            .map(|_| shares.take(Some(key), 3).expect("within the share"))
+            .collect();
+        assert!(shares.take(Some(key), 3).is_none(), "a fourth");
+        assert!(
+            shares.take(None, 3).is_some(),
+            "a trusted proxy is not counted"
+        );
+        drop(held);
+        assert!(shares.lock().is_empty(), "shares given back");
+        assert!(shares.take(Some(key), 3).is_some());
+    }
+
+    /// A panic while the lock was held used to make every later `admit` fail: `503` to
+    /// everyone, for ever.
+    #[test]
+    fn a_poisoned_lock_does_not_refuse_every_caller() {
+        let shares = ClientShares::default();
+        let poisoner = shares.clone();
+        let _ = std::thread::spawn(move || {
+            let _guard = poisoner.0.lock().expect("lock");
+            panic!("poison the lock");
+        })
+        .join();
+        assert!(shares.0.is_poisoned());
+        let key: IpAddr = "2001:db8::1".parse().expect("ip");
+        let slot = shares.take(Some(key), 16);
+        assert!(slot.is_some(), "refused after a poisoned lock");
+        drop(slot);
+        assert!(shares.lock().is_empty());
+    }
+
+    #[test]
+    fn refused_connections_are_logged_once_per_interval_with_their_count() {
+        let log = RefusalLog::default();
+        let start = std::time::Instant::now();
+        assert_eq!(log.note(start), Some(1), "the first is logged");
+        let quiet: Vec<Option<u64>> = (1..=999)
+            .map(|n| log.note(start + Duration::from_millis(n)))
+            .collect();
+        assert!(
+            quiet.iter().all(Option::is_none),
+            "logged within the interval"
+        );
+        assert_eq!(log.note(start + REFUSAL_LOG_EVERY), Some(1000));
+        assert_eq!(log.note(start + REFUSAL_LOG_EVERY * 2), Some(1));
     }
 }
