@@ -65,7 +65,10 @@ impl DirSyncs {
     /// the map's lock, so the count cannot grow behind our back).
     fn leave(&self, dir: &Path, group: Arc<Group>) {
         let mut dirs = lock(&self.dirs);
-        if Arc::strong_count(&group) == 2 {
+        let last = Arc::strong_count(&group) == 2;
+        // Dropped under the lock: a writer leaving at the same time then sees the true count.
+        drop(group);
+        if last {
             dirs.remove(dir);
         }
     }
@@ -106,16 +109,49 @@ impl Group {
         flushes.started += 1;
         let number = flushes.started;
         drop(flushes);
+        let mut leader = Leader {
+            group: self,
+            number,
+            result: None,
+        };
         let result = flush(dir);
-        let mut flushes = lock(&self.state);
+        leader.result = Some(match &result {
+            Ok(()) => Ok(()),
+            Err(err) => Err((err.kind(), err.to_string())),
+        });
+        drop(leader);
+        result
+    }
+}
+
+/// The running flush's end, recorded when the leader is dropped — also if `flush` panicked
+/// (then it counts as failed), so the waiters are woken and the next writer can lead.
+struct Leader<'a> {
+    group: &'a Group,
+    number: u64,
+    result: Option<Result<(), (io::ErrorKind, String)>>,
+}
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        let mut flushes = lock(&self.group.state);
         flushes.running = false;
-        flushes.finished = number;
-        if let Err(err) = &result {
-            flushes.last_failure = Some((number, err.kind(), err.to_string()));
+        flushes.finished = self.number;
+        match self.result.take() {
+            Some(Ok(())) => {}
+            Some(Err((kind, message))) => {
+                flushes.last_failure = Some((self.number, kind, message));
+            }
+            None => {
+                flushes.last_failure = Some((
+                    self.number,
+                    io::ErrorKind::Other,
+                    "the flush panicked".to_owned(),
+                ));
+            }
         }
         drop(flushes);
-        self.finished.notify_all();
-        result
+        self.group.finished.notify_all();
     }
 }
 
@@ -246,6 +282,28 @@ mod tests {
                 ),
             }
         }
+    }
+
+    /// A flush that panics must not leave the directory "being flushed" for ever: the next
+    /// writer leads a flush of its own.
+    #[test]
+    fn a_panicking_flush_does_not_block_the_next_writer() {
+        let syncs = Arc::new(DirSyncs::default());
+        let dir = Path::new("/maildir/new");
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = syncs.sync_with(dir, |_| panic!("flush panicked"));
+        }));
+        assert!(panicked.is_err());
+        // In a thread of its own, so that a regression fails the test instead of hanging it.
+        let (done, finished) = std::sync::mpsc::channel();
+        let next = Arc::clone(&syncs);
+        std::thread::spawn(move || {
+            let _ = done.send(next.sync_with(Path::new("/maildir/new"), |_| Ok(())));
+        });
+        let result = finished
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the next writer is blocked");
+        assert!(result.is_ok(), "{result:?}");
     }
 
     #[test]
