@@ -127,15 +127,35 @@ impl Parts {
         }
     }
 
-    /// The address type of a `Final-Recipient:` (RFC 6533 §3: `utf-8` for an address that
-    /// is not ASCII, in a global report only).
-    pub(crate) fn address_type(&self, address: &str) -> &'static str {
+    /// `Final-Recipient:`'s value: `rfc822; address`, or in a global report for an address
+    /// that is not ASCII `utf-8; ` and the address as utf-8-addr-unitext (RFC 6533 §3).
+    pub(crate) fn final_recipient(&self, address: &str) -> String {
         if self.international && !address.is_ascii() {
-            "utf-8"
+            format!("utf-8; {}", embedded_unicode(address, true))
         } else {
-            "rfc822"
+            format!("rfc822; {}", one_line(address))
         }
     }
+}
+
+/// RFC 6533 §3's encodings of a `utf-8` address: `+`, `=`, `\`, space and controls always as
+/// `\x{HH}`; other characters outside ASCII as they are (utf-8-addr-unitext, for global
+/// reports) or also as `\x{HHHH}` (utf-8-addr-xtext, for the ASCII-only ones).
+fn embedded_unicode(address: &str, keep_non_ascii: bool) -> String {
+    let mut out = String::with_capacity(address.len());
+    for c in address.chars() {
+        let plain = if c.is_ascii() {
+            c.is_ascii_graphic() && !matches!(c, '+' | '=' | '\\')
+        } else {
+            keep_non_ascii
+        };
+        if plain {
+            out.push(c);
+        } else {
+            let _ = write!(out, "\\x{{{:02X}}}", u32::from(c));
+        }
+    }
+    out
 }
 
 /// Builds the DSN message (CRLF line ends), ready to enqueue (with SMTPUTF8 when
@@ -383,16 +403,15 @@ fn status_part(out: &mut String, report: &Report<'_>, parts: Parts) {
 }
 
 fn recipient_block(out: &mut String, r: &FailedRecipient, report: &Report<'_>, parts: Parts) {
-    original_recipient(out, r.orcpt.as_ref());
+    original_recipient(out, r.orcpt.as_ref(), parts);
     let (action, status) = match report.kind {
         Kind::Failure => ("failed", final_status(r)),
         Kind::Delay { .. } => ("delayed", delay_status(r)),
     };
     let _ = write!(
         out,
-        "Final-Recipient: {}; {}\r\nAction: {action}\r\nStatus: {status}\r\n",
-        parts.address_type(&r.address),
-        r.address
+        "Final-Recipient: {}\r\nAction: {action}\r\nStatus: {status}\r\n",
+        parts.final_recipient(&r.address)
     );
     if report.for_stranger() {
         // The reply's code only: its text and the host that sent it stay ours.
@@ -432,13 +451,19 @@ fn reply_code(reply: &str) -> Option<&str> {
 }
 
 /// `Original-Recipient:` (RFC 3464 §2.3.1) when the client gave `ORCPT=`.
-pub(crate) fn original_recipient(out: &mut String, orcpt: Option<&Orcpt>) {
+/// `Original-Recipient:` from the client's `ORCPT`, its address decoded: a `utf-8` one is
+/// encoded again for the report's kind (RFC 6533 §3), any other type as given.
+pub(crate) fn original_recipient(out: &mut String, orcpt: Option<&Orcpt>, parts: Parts) {
     if let Some(orcpt) = orcpt {
+        let address = if orcpt.addr_type.eq_ignore_ascii_case("utf-8") {
+            embedded_unicode(&orcpt.address, parts.international)
+        } else {
+            one_line(&orcpt.address)
+        };
         let _ = write!(
             out,
-            "Original-Recipient: {}; {}\r\n",
-            orcpt.addr_type,
-            one_line(&orcpt.address)
+            "Original-Recipient: {}; {address}\r\n",
+            orcpt.addr_type
         );
     }
 }
@@ -573,6 +598,26 @@ mod tests {
         .unwrap()
     }
 
+    /// RFC 6533 §3: in a `utf-8` address `+`, `=`, `\`, space and controls are `\x{HH}`;
+    /// characters outside ASCII stay as they are in a global report (unitext) and are
+    /// `\x{HHHH}` in an ASCII one (xtext).
+    #[test]
+    fn utf8_addresses_are_encoded_as_rfc_6533_says() {
+        assert_eq!(
+            embedded_unicode("a+b=c\\d e@x.test", true),
+            "a\\x{2B}b\\x{3D}c\\x{5C}d\\x{20}e@x.test"
+        );
+        assert_eq!(
+            embedded_unicode("jürgen@bücher.test", true),
+            "jürgen@bücher.test"
+        );
+        assert_eq!(
+            embedded_unicode("jürgen@bücher.test", false),
+            "j\\x{FC}rgen@b\\x{FC}cher.test"
+        );
+        assert_eq!(embedded_unicode("x\u{1}y", true), "x\\x{01}y");
+    }
+
     /// RFC 6533: the report on a message sent with SMTPUTF8 returns its (UTF-8) header fields
     /// as `message/global-headers` — or the whole message as `message/global` — beside a
     /// `message/global-delivery-status` naming a UTF-8 recipient with the `utf-8` type; an
@@ -581,7 +626,7 @@ mod tests {
     fn the_report_on_an_smtputf8_message_uses_the_global_types() {
         let failed = [
             FailedRecipient {
-                address: "jürgen@bücher.test".into(),
+                address: "jürgen+news@bücher.test".into(),
                 failure: Failure::local((5, 1, 1), "no such mailbox"),
                 expired: false,
                 orcpt: None,
@@ -615,7 +660,7 @@ mod tests {
         for part in [
             "Content-Type: message/global-delivery-status\r\n",
             "Content-Type: message/global-headers\r\n",
-            "Final-Recipient: utf-8; jürgen@bücher.test\r\n",
+            "Final-Recipient: utf-8; jürgen\\x{2B}news@bücher.test\r\n",
             "Final-Recipient: rfc822; bob@far.test\r\n",
             "Subject: Grüße\r\n",
         ] {

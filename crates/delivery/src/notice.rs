@@ -84,12 +84,11 @@ pub fn build_success(report: &SuccessReport<'_>) -> Vec<u8> {
     );
     for r in report.recipients {
         out.push_str("\r\n");
-        original_recipient(&mut out, r.orcpt.as_ref());
+        original_recipient(&mut out, r.orcpt.as_ref(), parts);
         let _ = write!(
             out,
-            "Final-Recipient: {}; {}\r\nAction: delivered\r\nStatus: 2.0.0\r\nLast-Attempt-Date: {}\r\n",
-            parts.address_type(&r.address),
-            r.address,
+            "Final-Recipient: {}\r\nAction: delivered\r\nStatus: 2.0.0\r\nLast-Attempt-Date: {}\r\n",
+            parts.final_recipient(&r.address),
             rfc5322_date(report.now)
         );
     }

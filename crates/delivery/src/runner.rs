@@ -1530,9 +1530,8 @@ impl Runner {
         }
     }
 
-    /// Queues a report made here (bounce, notice): from the null sender, to one recipient.
-    /// Queues a report from the null sender; `smtputf8` when it is about a message sent with
-    /// SMTPUTF8 (its addresses and returned header fields may be UTF-8, RFC 6533), so it is
+    /// Queues a report made here (bounce, notice): from the null sender, to one recipient;
+    /// `smtputf8` when it is about a message sent with SMTPUTF8 (its addresses and returned header fields may be UTF-8, RFC 6533), so it is
     /// relayed with SMTPUTF8 too.
     async fn enqueue_notice(
         &self,

@@ -71,6 +71,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(security_headers))
+        .layer(axum::middleware::from_fn(while_handling))
         .with_state(app)
 }
 
@@ -89,6 +90,18 @@ pub async fn serve(
             let _ = stop.wait_for(|s| *s).await;
         })
         .await
+}
+
+/// Marks the connection busy while its request is handled, so the idle cut-off
+/// (`http_idle_timeout`) never closes it under a handler that is still working — starting a
+/// test looks names up for up to 20 s each — and only counts from the answer on.
+async fn while_handling(
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let _busy = peer.handling();
+    next.run(request).await
 }
 
 async fn security_headers(mut response: Response) -> Response {
@@ -146,7 +159,7 @@ struct FormInput {
 
 async fn submit_form(
     State(app): State<App>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    ConnectInfo(Peer { addr: peer, .. }): ConnectInfo<Peer>,
     headers: HeaderMap,
     form: Result<Form<FormInput>, FormRejection>,
 ) -> Response {
@@ -273,7 +286,6 @@ async fn events(
         .into_response()
 }
 
-/// Transcript lines into an SSE channel.
 /// A live transcript writes at least this often, so the web door's idle cut-off
 /// (`http_idle_timeout`, see `crate::http_listener`) never ends one: every 15 s (the usual
 /// keep-alive), or more often under a shorter timeout.
@@ -281,6 +293,7 @@ fn keep_alive_interval(idle_timeout: std::time::Duration) -> std::time::Duration
     (idle_timeout / 3).min(std::time::Duration::from_secs(15))
 }
 
+/// Transcript lines into an SSE channel.
 struct SseLines {
     tx: mpsc::Sender<Event>,
     next: usize,
@@ -312,7 +325,7 @@ struct ApiRequest {
 
 async fn api_start(
     State(app): State<App>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    ConnectInfo(Peer { addr: peer, .. }): ConnectInfo<Peer>,
     headers: HeaderMap,
     body: Result<Json<ApiRequest>, JsonRejection>,
 ) -> Response {

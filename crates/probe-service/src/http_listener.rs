@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -100,6 +101,8 @@ impl Listener for CappedListener {
                     let idle_timeout = self.service.config.http_idle_timeout;
                     let io = CappedStream {
                         stream,
+                        requests: Arc::default(),
+                        requests_seen_done: 0,
                         idle_timeout,
                         silent_until: Box::pin(tokio::time::sleep(idle_timeout)),
                         _permit: permit,
@@ -109,7 +112,7 @@ impl Listener for CappedListener {
                 }
                 None => {
                     if let Some(refused) = self.refusals.note(std::time::Instant::now()) {
-                        tracing::info!(peer = %peer.ip(), refused, "web door: too many connections from one client (refused since the last such line)");
+                        tracing::info!(latest = %peer.ip(), refused, "web door: connections refused, a client held its share (refused: from all clients since the last such line)");
                     }
                     tokio::spawn(async move {
                         let _ = stream.write_all(TOO_MANY).await;
@@ -204,6 +207,13 @@ impl RefusalLog {
 /// service has written nothing to it for `idle_timeout`.
 pub struct CappedStream {
     stream: TcpStream,
+    /// This connection's requests being handled (see [`Peer::handling`]): hyper reads while a
+    /// handler runs (to notice a client that went away), and that read must not cut the
+    /// connection the answer is still to be written to; the countdown starts again when the
+    /// handler ends.
+    requests: Arc<Requests>,
+    /// `requests.done` when last looked at.
+    requests_seen_done: u64,
     idle_timeout: Duration,
     /// Fires `idle_timeout` after the last write (or the accept); pushed back by every write.
     silent_until: Pin<Box<Sleep>>,
@@ -220,7 +230,14 @@ impl AsyncRead for CappedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.silent_until.as_mut().poll(cx).is_ready() {
+        let done = self.requests.done.load(Ordering::SeqCst);
+        if self.requests.running.load(Ordering::SeqCst) > 0 || done != self.requests_seen_done {
+            self.requests_seen_done = done;
+            let next = Instant::now() + self.idle_timeout;
+            self.silent_until.as_mut().reset(next);
+            // Polled once so that the timer wakes this connection when it fires.
+            let _ = self.silent_until.as_mut().poll(cx);
+        } else if self.silent_until.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "web door: nothing sent to this caller within http_idle_timeout",
@@ -256,13 +273,46 @@ impl AsyncWrite for CappedStream {
 }
 
 /// The TCP peer of a web door connection (what `ConnectInfo<SocketAddr>` is for a plain
-/// listener; axum ties that impl to `TcpListener`).
-#[derive(Debug, Clone, Copy)]
-pub struct Peer(pub SocketAddr);
+/// listener; axum ties that impl to `TcpListener`), and a handle on its connection's count of
+/// requests being handled.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    requests: Arc<Requests>,
+}
+
+/// A connection's requests: how many are being handled, how many were.
+#[derive(Debug, Default)]
+struct Requests {
+    running: AtomicUsize,
+    done: AtomicU64,
+}
+
+impl Peer {
+    /// Marks a request of this connection as being handled until the guard is dropped (also
+    /// when the handler is cancelled).
+    pub fn handling(&self) -> Handling {
+        self.requests.running.fetch_add(1, Ordering::SeqCst);
+        Handling(Arc::clone(&self.requests))
+    }
+}
+
+/// See [`Peer::handling`].
+pub struct Handling(Arc<Requests>);
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        self.0.done.fetch_add(1, Ordering::SeqCst);
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 impl Connected<IncomingStream<'_, CappedListener>> for Peer {
     fn connect_info(stream: IncomingStream<'_, CappedListener>) -> Self {
-        Peer(*stream.remote_addr())
+        Peer {
+            addr: *stream.remote_addr(),
+            requests: Arc::clone(&stream.io().requests),
+        }
     }
 }
 

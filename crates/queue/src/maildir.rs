@@ -2,8 +2,8 @@
 //!
 //! The message is written to `tmp/` under a name no other delivery can choose, fsynced, renamed
 //! into `new/` and `new/` is fsynced (one flush shared by the deliveries that arrive together):
-//! a reader never sees a partial message, and once this returns the message survives a crash. The call is blocking; async callers wrap it in
-//! `spawn_blocking`.
+//! a reader never sees a partial message, and once this returns the message survives a crash.
+//! The call is blocking; async callers wrap it in `spawn_blocking`.
 //!
 //! Domain and local part come from an address, so they are checked as hostile input even though
 //! the policy only lets existing mailboxes through: nothing that could leave `mail_root` (`/`,

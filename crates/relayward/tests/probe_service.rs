@@ -724,6 +724,55 @@ fn the_web_door_closes_connections_it_has_not_written_to_within_the_idle_timeout
     assert_eq!(page.status, 200, "{}", page.body);
 }
 
+/// The idle cut-off counts from the service's last write, not while a handler works: starting
+/// a test whose name a silent DNS server never answers takes longer than `http_idle_timeout`
+/// (the lookup gives up after its own time), and the caller still gets the answer. A live
+/// transcript, written to by its keep-alive, outlives the timeout too.
+///
+/// ```text
+/// POST /api/v1/tests {"target": "slow.example.test:25"}   (DNS silent)  -> 201 after > 2 s
+/// GET /tests/ID/events                                                    -> open after 5 s
+/// ```
+#[test]
+fn the_idle_cut_off_spares_a_slow_handler_and_a_live_transcript() {
+    let silent_dns = std::net::UdpSocket::bind("127.0.0.9:0").expect("bind");
+    let service = TestServer::start_probe_service(&service_config(&format!(
+        "http_idle_timeout = \"2s\"\nnameservers = [\"{}\"]\nallow_private_targets = true",
+        silent_dns.local_addr().expect("addr")
+    )));
+    let api = Http::new(service.addr("http")).from("127.0.0.5");
+    let started = Instant::now();
+    let response = api.post_json("/api/v1/tests", r#"{"target": "slow.example.test:25"}"#);
+    let took = started.elapsed();
+    assert_eq!(response.status, 201, "after {took:?}: {}", response.body);
+    assert!(
+        took > Duration::from_secs(2),
+        "the lookup did not outlast the timeout: {took:?}"
+    );
+
+    let id = start_test(&api, &format!("127.0.0.8:{}", unused_port("127.0.0.8")));
+    let mut events = api.stream(&format!("/tests/{id}/events"), "");
+    events
+        .get_mut()
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let opened = Instant::now();
+    let mut line = String::new();
+    let mut closed_after = None;
+    while opened.elapsed() < Duration::from_secs(5) {
+        line.clear();
+        match events.read_line(&mut line) {
+            Ok(0) => {
+                closed_after = Some(opened.elapsed());
+                break;
+            }
+            Ok(_) if line.starts_with("event: done") => break,
+            _ => {}
+        }
+    }
+    assert_eq!(closed_after, None, "the live transcript was cut");
+}
+
 /// The web door's connection caps: one client holding its 16 connections idle gets `503` on the
 /// 17th, others are still served, and the share comes back when a connection closes.
 #[test]

@@ -311,13 +311,15 @@ impl ReportBook {
                 // Ended early (send-now): the next period starts where this one stopped.
                 next.start = ended.end;
             }
+            // Written before the state changes, under its lock (once per period): if it
+            // fails, nothing changed, in memory or on disk, and the counts go on.
+            let text = serde_json::to_vec(&ended).map_err(std::io::Error::other)?;
+            relayward_queue::replace_durably(&self.dir.join(SENDING), &text)?;
             state.sending = Some(ended.clone());
             state.current = next.clone();
             state.dirty = false;
             (ended, next)
         };
-        let text = serde_json::to_vec(&ended).map_err(std::io::Error::other)?;
-        relayward_queue::replace_durably(&self.dir.join(SENDING), &text)?;
         let text = serde_json::to_vec(&next).map_err(std::io::Error::other)?;
         if let Err(e) = relayward_queue::replace_durably(&self.dir.join(CURRENT), &text) {
             self.lock().dirty = true;
@@ -500,6 +502,24 @@ mod tests {
         book.save().expect("save");
         let on_disk = load(&dir.path().join(CURRENT)).expect("current.json");
         assert_eq!(on_disk, book.current());
+    }
+
+    /// `sending.json` cannot be written: the close fails and changes nothing — the period
+    /// is still the current one, counted on and saved, not a pending one only memory knows.
+    #[test]
+    fn a_close_that_cannot_write_changes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let now = 1_764_600_000;
+        let book = ReportBook::open(dir.path(), DAY, now).expect("open");
+        book.record(ReportPolicy::none_found("a.test"), None);
+        let before = book.current();
+        let blocker = dir.path().join(SENDING);
+        std::fs::create_dir_all(blocker.join("keep")).expect("mkdir");
+        assert!(book.close(now + 10, DAY).is_err());
+        assert!(!book.has_pending(), "a pending period only memory knows");
+        assert_eq!(book.current(), before);
+        book.save().expect("save");
+        assert_eq!(load(&dir.path().join(CURRENT)), Some(before));
     }
 
     #[test]
