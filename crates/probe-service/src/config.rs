@@ -113,7 +113,8 @@ pub struct ServiceConfig {
     /// budgets count people, not the proxy. From anyone else the header is ignored.
     #[serde(default)]
     pub trusted_proxies: Vec<Cidr>,
-    /// How long a web door connection may go without the service writing to it. A caller who
+    /// How long a web door connection may go without the service writing to it (the time a
+    /// request is being handled does not count). A caller who
     /// connects and says nothing, sends a request a byte at a time (slowloris) or leaves a
     /// kept-alive connection idle is cut off after it, so idle sockets cannot hold every
     /// connection slot; a live transcript stays open (its keep-alive comes more often).
