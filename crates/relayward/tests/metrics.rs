@@ -147,6 +147,40 @@ fn metrics_move_with_real_sessions_and_deliveries() {
         sample(&after, "relayward_queue_messages{state=\"held\"}"),
         0.0
     );
+    // The age of the oldest message grows while it waits.
+    let oldest = sample(&after, "relayward_queue_oldest_seconds");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let later = sample(&scrape(&server), "relayward_queue_oldest_seconds");
+    assert!(later >= oldest + 2.0, "oldest {oldest} s, then {later} s");
+}
+
+/// `relayward_auth_bans` is the number of addresses banned from AUTH now: 0, 1 after a client
+/// reaches `auth_failures_per_ip`, 0 again once an admin lifts the ban.
+#[test]
+fn the_auth_ban_gauge_follows_bans() {
+    let server = TestServer::start(&standard_config(&format!(
+        "{METRICS}\n[limits]\nauth_failures_per_ip = 2\nauth_ban = \"1h\"\n"
+    )));
+    assert_eq!(sample(&scrape(&server), "relayward_auth_bans"), 0.0);
+    let mut client = server.smtp("submission");
+    client
+        .send("EHLO client.outside.test")
+        .expect(250)
+        .starttls(server.ca())
+        .send("EHLO client.outside.test")
+        .expect(250);
+    for _ in 0..2 {
+        client.auth_plain("alice@example.test", "wrong").expect(535);
+    }
+    client
+        .auth_plain("alice@example.test", PASSWORD)
+        .expect_text(454, "");
+    client.send("QUIT").expect(221);
+    assert_eq!(sample(&scrape(&server), "relayward_auth_bans"), 1.0);
+
+    let (code, out) = support::relayward_cmd(&server, &["bans", "clear", "127.0.0.1"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(sample(&scrape(&server), "relayward_auth_bans"), 0.0);
 }
 
 #[test]
