@@ -417,6 +417,79 @@ fn send_now_says_so_when_the_period_cannot_be_written() {
     assert!(!out.contains("No TLS report to send"), "{out}");
 }
 
+/// A report server that answers `503`: `send-now` names the destination as NOT sent, with the
+/// status, and the POST did reach it.
+#[test]
+fn a_report_server_that_refuses_is_named_as_not_sent() {
+    let ip = |last| Ipv4Addr::new(127, 65, 0, last);
+    let ca = TestCa::new();
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let ca_file = scratch.path().join("ca.pem");
+    ca.write(&ca_file);
+    let (https_port, mut https_listeners) = listeners_on_one_port(&[ip(3)]);
+    let refusing = Page {
+        status: 503,
+        content_type: "text/plain".into(),
+        body: String::new(),
+    };
+    let https = HttpsServer::spawn(
+        https_listeners.remove(0),
+        ca.leaf(&["mta-sts.refuse.test", "rpt.refuse.test"]).server,
+        HashMap::from([
+            (
+                "mta-sts.refuse.test".to_string(),
+                enforce(&["mx.refuse.test"]),
+            ),
+            ("rpt.refuse.test".to_string(), refusing),
+        ]),
+    );
+    let (mx_port, mut listeners) = listeners_on_one_port(&[ip(2)]);
+    let mx = SmtpServer::spawn(
+        listeners.remove(0),
+        Script {
+            tls: Some(ca.leaf(&["mx.refuse.test"]).server),
+            ..Script::default()
+        },
+    );
+    let zone = Zone::new()
+        .mx("refuse.test", 10, "mx.refuse.test")
+        .a("mx.refuse.test", ip(2))
+        .txt("_mta-sts.refuse.test", "v=STSv1; id=1;")
+        .a("mta-sts.refuse.test", ip(3))
+        .a("rpt.refuse.test", ip(3))
+        .txt(
+            "_smtp._tls.refuse.test",
+            &format!("v=TLSRPTv1; rua=https://rpt.refuse.test:{https_port}/tlsrpt"),
+        );
+    let dns = DnsServer::start_on(ip(1), zone);
+    let server = TestServer::start(&standard_config(&format!(
+        "[delivery]\nmx_port = {mx_port}\nmta_sts_port = {https_port}\ntls_policy_ca_file = \"{}\"\n\n\
+         [dns]\nnameservers = [\"{}\"]\n\n[tls_report]\nenabled = true\n",
+        ca_file.display(),
+        dns.addr
+    )));
+    server.submit_as_alice("erin@refuse.test", "hi");
+    assert!(
+        eventually(support::WAIT, || mx.messages().len() == 1),
+        "{}",
+        server.log()
+    );
+    let (code, out) = relayward_cmd(&server, &["tls-report", "send-now"]);
+    assert_eq!(code, Some(0), "{out}\n{}", server.log());
+    assert!(
+        out.contains("refuse.test: 1 successful, 0 failed session(s); report "),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "  NOT sent: https://rpt.refuse.test:{https_port}/tlsrpt: "
+        )) && out.contains("HTTP status 503"),
+        "{out}"
+    );
+    assert!(!out.contains("  sent to "), "{out}");
+    assert_eq!(https.posts().len(), 1, "the POST reached the server");
+}
+
 /// A crash (SIGKILL) loses no more than the counts not yet saved: once the running server has
 /// written its counts (within a few seconds of the session), a killed and restarted server
 /// still reports them.

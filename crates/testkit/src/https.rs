@@ -1,6 +1,7 @@
 //! A test HTTPS server on loopback that serves fixed pages by `Host` header: MTA-STS policy
 //! servers (`mta-sts.DOMAIN`, RFC 8461 §3.3) for the delivery tests. It also takes POSTs
-//! (TLS-RPT reports, RFC 8460 §5.2), answers `200` and keeps their bodies. One request per
+//! (TLS-RPT reports, RFC 8460 §5.2), keeps their bodies and answers `200` — or, for a host
+//! that has a page, that page's status (a report server that refuses). One request per
 //! connection; it records every request (`host path`). Runs on a thread of its own until the
 //! test process ends.
 
@@ -130,6 +131,10 @@ fn serve_one(
         }
     }
     if method == "POST" {
+        let name = host
+            .rsplit_once(':')
+            .map_or(host.as_str(), |(name, _)| name);
+        let status = pages.get(name).map_or(200, |page| page.status);
         let mut body = vec![0; length.min(MAX_POST)];
         reader.read_exact(&mut body)?;
         seen.lock()
@@ -141,7 +146,8 @@ fn serve_one(
             content_type,
             body,
         });
-        let response = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        let response =
+            format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         stream.write_all(response.as_bytes())?;
         stream.conn.send_close_notify();
         return stream.flush();
