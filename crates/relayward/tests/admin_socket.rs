@@ -62,20 +62,7 @@ fn auth_bans_are_listed_and_lifted() {
     let server = TestServer::start(&standard_config(
         "[limits]\nauth_failures_per_ip = 2\nauth_ban = \"1h\"\n",
     ));
-    let mut client = server.smtp("submission");
-    client
-        .send("EHLO client.outside.test")
-        .expect(250)
-        .starttls(server.ca())
-        .send("EHLO client.outside.test")
-        .expect(250);
-    for _ in 0..2 {
-        client.auth_plain("alice@example.test", "wrong").expect(535);
-    }
-    client
-        .auth_plain("alice@example.test", PASSWORD)
-        .expect_text(454, "");
-    client.send("QUIT").expect(221);
+    server.get_banned_from_auth(2);
 
     let (code, out) = relayward_cmd(&server, &["bans", "list"]);
     assert_eq!(code, Some(0), "{out}");

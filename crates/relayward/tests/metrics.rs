@@ -162,20 +162,7 @@ fn the_auth_ban_gauge_follows_bans() {
         "{METRICS}\n[limits]\nauth_failures_per_ip = 2\nauth_ban = \"1h\"\n"
     )));
     assert_eq!(sample(&scrape(&server), "relayward_auth_bans"), 0.0);
-    let mut client = server.smtp("submission");
-    client
-        .send("EHLO client.outside.test")
-        .expect(250)
-        .starttls(server.ca())
-        .send("EHLO client.outside.test")
-        .expect(250);
-    for _ in 0..2 {
-        client.auth_plain("alice@example.test", "wrong").expect(535);
-    }
-    client
-        .auth_plain("alice@example.test", PASSWORD)
-        .expect_text(454, "");
-    client.send("QUIT").expect(221);
+    server.get_banned_from_auth(2);
     assert_eq!(sample(&scrape(&server), "relayward_auth_bans"), 1.0);
 
     let (code, out) = support::relayward_cmd(&server, &["bans", "clear", "127.0.0.1"]);

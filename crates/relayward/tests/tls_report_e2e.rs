@@ -417,60 +417,87 @@ fn send_now_says_so_when_the_period_cannot_be_written() {
     assert!(!out.contains("No TLS report to send"), "{out}");
 }
 
-/// A report server that answers `503`: `send-now` names the destination as NOT sent, with the
-/// status, and the POST did reach it.
-#[test]
-fn a_report_server_that_refuses_is_named_as_not_sent() {
-    let ip = |last| Ipv4Addr::new(127, 65, 0, last);
+/// One domain under an enforced MTA-STS policy whose TLSRPT record names an HTTPS
+/// destination, on 127.`net`.0.0/24: DNS at .1, its MX at .2, the policy and report server at
+/// .3; the report server answers `rua_status` to a POST. `config` is relayward's.
+struct HttpsReportedDomain {
+    https: HttpsServer,
+    https_port: u16,
+    mx: SmtpServer,
+    config: String,
+    _dns: DnsServer,
+    _scratch: tempfile::TempDir,
+}
+
+fn https_reported_domain(net: u8, domain: &str, rua_status: u16) -> HttpsReportedDomain {
+    let ip = |last| Ipv4Addr::new(127, net, 0, last);
     let ca = TestCa::new();
     let scratch = tempfile::tempdir().expect("tempdir");
     let ca_file = scratch.path().join("ca.pem");
     ca.write(&ca_file);
+    let (sts, rpt, mx_name) = (
+        format!("mta-sts.{domain}"),
+        format!("rpt.{domain}"),
+        format!("mx.{domain}"),
+    );
     let (https_port, mut https_listeners) = listeners_on_one_port(&[ip(3)]);
-    let refusing = Page {
-        status: 503,
+    let answer = Page {
+        status: rua_status,
         content_type: "text/plain".into(),
         body: String::new(),
     };
     let https = HttpsServer::spawn(
         https_listeners.remove(0),
-        ca.leaf(&["mta-sts.refuse.test", "rpt.refuse.test"]).server,
+        ca.leaf(&[sts.as_str(), rpt.as_str()]).server,
         HashMap::from([
-            (
-                "mta-sts.refuse.test".to_string(),
-                enforce(&["mx.refuse.test"]),
-            ),
-            ("rpt.refuse.test".to_string(), refusing),
+            (sts.clone(), enforce(&[mx_name.as_str()])),
+            (rpt.clone(), answer),
         ]),
     );
     let (mx_port, mut listeners) = listeners_on_one_port(&[ip(2)]);
     let mx = SmtpServer::spawn(
         listeners.remove(0),
         Script {
-            tls: Some(ca.leaf(&["mx.refuse.test"]).server),
+            tls: Some(ca.leaf(&[mx_name.as_str()]).server),
             ..Script::default()
         },
     );
     let zone = Zone::new()
-        .mx("refuse.test", 10, "mx.refuse.test")
-        .a("mx.refuse.test", ip(2))
-        .txt("_mta-sts.refuse.test", "v=STSv1; id=1;")
-        .a("mta-sts.refuse.test", ip(3))
-        .a("rpt.refuse.test", ip(3))
+        .mx(domain, 10, &mx_name)
+        .a(&mx_name, ip(2))
+        .txt(&format!("_mta-sts.{domain}"), "v=STSv1; id=1;")
+        .a(&sts, ip(3))
+        .a(&rpt, ip(3))
         .txt(
-            "_smtp._tls.refuse.test",
-            &format!("v=TLSRPTv1; rua=https://rpt.refuse.test:{https_port}/tlsrpt"),
+            &format!("_smtp._tls.{domain}"),
+            &format!("v=TLSRPTv1; rua=https://{rpt}:{https_port}/tlsrpt"),
         );
     let dns = DnsServer::start_on(ip(1), zone);
-    let server = TestServer::start(&standard_config(&format!(
+    let config = standard_config(&format!(
         "[delivery]\nmx_port = {mx_port}\nmta_sts_port = {https_port}\ntls_policy_ca_file = \"{}\"\n\n\
          [dns]\nnameservers = [\"{}\"]\n\n[tls_report]\nenabled = true\n",
         ca_file.display(),
         dns.addr
-    )));
+    ));
+    HttpsReportedDomain {
+        https,
+        https_port,
+        mx,
+        config,
+        _dns: dns,
+        _scratch: scratch,
+    }
+}
+
+/// A report server that answers `503`: `send-now` names the destination as NOT sent, with the
+/// status, and the POST did reach it.
+#[test]
+fn a_report_server_that_refuses_is_named_as_not_sent() {
+    let domain = https_reported_domain(65, "refuse.test", 503);
+    let server = TestServer::start(&domain.config);
     server.submit_as_alice("erin@refuse.test", "hi");
     assert!(
-        eventually(support::WAIT, || mx.messages().len() == 1),
+        eventually(support::WAIT, || domain.mx.messages().len() == 1),
         "{}",
         server.log()
     );
@@ -480,14 +507,15 @@ fn a_report_server_that_refuses_is_named_as_not_sent() {
         out.contains("refuse.test: 1 successful, 0 failed session(s); report "),
         "{out}"
     );
+    let port = domain.https_port;
     assert!(
         out.contains(&format!(
-            "  NOT sent: https://rpt.refuse.test:{https_port}/tlsrpt: "
+            "  NOT sent: https://rpt.refuse.test:{port}/tlsrpt: "
         )) && out.contains("HTTP status 503"),
         "{out}"
     );
     assert!(!out.contains("  sent to "), "{out}");
-    assert_eq!(https.posts().len(), 1, "the POST reached the server");
+    assert_eq!(domain.https.posts().len(), 1, "the POST reached the server");
 }
 
 /// A crash (SIGKILL) loses no more than the counts not yet saved: once the running server has
@@ -495,46 +523,9 @@ fn a_report_server_that_refuses_is_named_as_not_sent() {
 /// still reports them.
 #[test]
 fn counts_saved_before_a_crash_are_reported_after_it() {
-    let ip = |last| Ipv4Addr::new(127, 64, 0, last);
-    let ca = TestCa::new();
-    let scratch = tempfile::tempdir().expect("tempdir");
-    let ca_file = scratch.path().join("ca.pem");
-    ca.write(&ca_file);
-    let (https_port, mut https_listeners) = listeners_on_one_port(&[ip(3)]);
-    let https = HttpsServer::spawn(
-        https_listeners.remove(0),
-        ca.leaf(&["mta-sts.crash.test", "rpt.crash.test"]).server,
-        HashMap::from([(
-            "mta-sts.crash.test".to_string(),
-            enforce(&["mx.crash.test"]),
-        )]),
-    );
-    let (mx_port, mut listeners) = listeners_on_one_port(&[ip(2)]);
-    let mx = SmtpServer::spawn(
-        listeners.remove(0),
-        Script {
-            tls: Some(ca.leaf(&["mx.crash.test"]).server),
-            ..Script::default()
-        },
-    );
-    let zone = Zone::new()
-        .mx("crash.test", 10, "mx.crash.test")
-        .a("mx.crash.test", ip(2))
-        .txt("_mta-sts.crash.test", "v=STSv1; id=1;")
-        .a("mta-sts.crash.test", ip(3))
-        .a("rpt.crash.test", ip(3))
-        .txt(
-            "_smtp._tls.crash.test",
-            &format!("v=TLSRPTv1; rua=https://rpt.crash.test:{https_port}/tlsrpt"),
-        );
-    let dns = DnsServer::start_on(ip(1), zone);
-    let config = standard_config(&format!(
-        "[delivery]\nmx_port = {mx_port}\nmta_sts_port = {https_port}\ntls_policy_ca_file = \"{}\"\n\n\
-         [dns]\nnameservers = [\"{}\"]\n\n[tls_report]\nenabled = true\n",
-        ca_file.display(),
-        dns.addr
-    ));
-    let server = TestServer::start(&config);
+    let domain = https_reported_domain(64, "crash.test", 200);
+    let (https, mx, config) = (&domain.https, &domain.mx, &domain.config);
+    let server = TestServer::start(config);
     server.submit_as_alice("erin@crash.test", "hi");
     assert!(
         eventually(support::WAIT, || mx.messages().len() == 1),
@@ -550,7 +541,7 @@ fn counts_saved_before_a_crash_are_reported_after_it() {
     );
 
     let dir = server.kill9();
-    let server = TestServer::start_in(dir, &config);
+    let server = TestServer::start_in(dir, config);
     let (code, out) = relayward_cmd(&server, &["tls-report", "send-now"]);
     assert_eq!(code, Some(0), "{out}\n{}", server.log());
     assert!(

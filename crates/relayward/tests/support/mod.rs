@@ -157,6 +157,26 @@ impl TestServer {
         Smtp::connect(self.addr(kind))
     }
 
+    /// Gets 127.0.0.1 banned from AUTH under `auth_failures_per_ip = failures`: on one
+    /// submission session, that many wrong passwords (`535`), then the right one is refused
+    /// with `454`.
+    pub fn get_banned_from_auth(&self, failures: usize) {
+        let mut client = self.smtp("submission");
+        client
+            .send("EHLO client.outside.test")
+            .expect(250)
+            .starttls(self.ca())
+            .send("EHLO client.outside.test")
+            .expect(250);
+        for _ in 0..failures {
+            client.auth_plain("alice@example.test", "wrong").expect(535);
+        }
+        client
+            .auth_plain("alice@example.test", PASSWORD)
+            .expect_text(454, "");
+        client.send("QUIT").expect(221);
+    }
+
     /// Alice, the standard configuration's user, submits one short message to `rcpt` the way a
     /// mail client does: submission, STARTTLS, AUTH PLAIN, then From/To/Subject and a line of
     /// body. The end of DATA must answer 250 "queued as".
