@@ -69,11 +69,8 @@ impl CappedListener {
     /// One more connection for `peer`'s client key, unless it holds its share already.
     fn admit(&self, peer: SocketAddr) -> Option<ClientSlot> {
         let ip = peer.ip().to_canonical();
-        if self.service.config.is_trusted_proxy(ip) {
-            return self.per_client.take(None, MAX_CONNECTIONS_PER_CLIENT);
-        }
-        self.per_client
-            .take(Some(client_key(ip)), MAX_CONNECTIONS_PER_CLIENT)
+        let key = (!self.service.config.is_trusted_proxy(ip)).then(|| client_key(ip));
+        self.per_client.take(key, MAX_CONNECTIONS_PER_CLIENT)
     }
 }
 

@@ -28,7 +28,7 @@
 //! later synchronous commit (the result of that delivery) is on disk, the claim before it is
 //! too.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use relayward_queue::{Claim, MessageId, QueuedMessage};
@@ -103,12 +103,12 @@ pub async fn claim(inner: &Inner, ids: &[MessageId], now: u64) -> Result<Vec<Cla
         inner.leases_dropped(id);
     }
     let mut claimed: HashSet<String> = HashSet::new();
-    let mut leased: HashSet<(String, String)> = HashSet::new();
+    let mut leased: HashMap<String, HashSet<String>> = HashMap::new();
     for row in &taken {
         let id: String = row.get(0);
         let address: String = row.get(1);
         inner.lease_taken(&id, address.clone());
-        leased.insert((id.clone(), address));
+        leased.entry(id.clone()).or_default().insert(address);
         claimed.insert(id);
     }
     let mut claims = Vec::with_capacity(ids.len());
@@ -153,13 +153,13 @@ const RELEASE_MESSAGES: &str =
 /// this delivery the runner reads the message again and sees the real lease.
 fn only_what_was_leased(
     mut message: QueuedMessage,
-    leased: &HashSet<(String, String)>,
+    leased: &HashMap<String, HashSet<String>>,
     not_before: u64,
 ) -> QueuedMessage {
-    let id = message.id.0.clone();
+    let ours = leased.get(&message.id.0);
     for recipient in &mut message.recipients {
         if !recipient.status.is_final()
-            && !leased.contains(&(id.clone(), recipient.address.clone()))
+            && !ours.is_some_and(|addresses| addresses.contains(&recipient.address))
         {
             recipient.next_attempt = recipient.next_attempt.max(not_before);
         }

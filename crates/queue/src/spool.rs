@@ -49,8 +49,9 @@
 //! sync its removals either), and the flush per delivered message is saved. A second process
 //! (the `relayward queue` CLI) following this protocol serialises with the server per message,
 //! so neither loses the other's change; a waiter that gets the lock after a removal finds the
-//! file unlinked and reports [`QueueError::NotFound`]. Readers (`list`, `get`, `content`) take no lock: every file is
-//! replaced by an atomic rename, so they see an old or a new state, never a mix.
+//! file unlinked and reports [`QueueError::NotFound`]. Readers (`list`, `get`, `content`) take
+//! no lock: every file is replaced by an atomic rename, so they see an old or a new state,
+//! never a mix.
 //! The content of a small message just committed is also kept in memory, bounded, for the
 //! runner's first `content` of it (`spool/fresh.rs`).
 //!

@@ -173,20 +173,22 @@ impl TlsReporter {
             self.mail(ctx, &reporter, &report, period, &mail, &mut sent)
                 .await;
         }
-        // Compressed once, when the first HTTPS destination needs it (a record may name 8).
-        let mut compressed: Option<Result<Vec<u8>, String>> = None;
+        // Compressed once, when the first HTTPS destination needs it (a record may name 8),
+        // and shared by every destination and address without a copy.
+        let mut compressed: Option<Result<hyper::body::Bytes, String>> = None;
         for destination in &destinations {
             let Destination::Https(url) = destination else {
                 continue;
             };
-            let body =
-                match compressed.get_or_insert_with(|| report.gzip().map_err(|e| e.to_string())) {
-                    Ok(body) => body.clone(),
-                    Err(e) => {
-                        sent.errors.push(format!("{url}: cannot compress: {e}"));
-                        continue;
-                    }
-                };
+            let body = match compressed
+                .get_or_insert_with(|| report.gzip().map(Into::into).map_err(|e| e.to_string()))
+            {
+                Ok(body) => body.clone(),
+                Err(e) => {
+                    sent.errors.push(format!("{url}: cannot compress: {e}"));
+                    continue;
+                }
+            };
             let timeout = ctx.settings.timeouts.connect;
             match post::post(&ctx.resolver, &ctx.verified, url, body, timeout).await {
                 Ok(status) => sent.delivered.push(format!("{url} ({status})")),

@@ -23,7 +23,7 @@ pub async fn post(
     resolver: &MxResolver,
     tls: &Arc<ClientConfig>,
     url: &str,
-    body: Vec<u8>,
+    body: Bytes,
     timeout: Duration,
 ) -> Result<String, String> {
     let uri: hyper::Uri = url
@@ -58,7 +58,7 @@ pub async fn post(
             .header(hyper::header::CONTENT_TYPE, super::report::MEDIA_TYPE)
             .header(hyper::header::CONNECTION, "close")
             .header(hyper::header::USER_AGENT, "relayward")
-            .body(Full::new(Bytes::from(body.clone())))
+            .body(Full::new(body.clone()))
             .map_err(|e| format!("request: {e}"))?;
         let exchange = async {
             let (mut sender, driver) = crate::https::open(tls, &host, addr).await?;
