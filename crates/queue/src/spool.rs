@@ -5,7 +5,8 @@
 //! ```text
 //! lock               spool-wide lock file (see "Processes" below); never holds data
 //! tmp/               files being written; nothing here was ever acknowledged
-//! msg/<id>.eml       the message: one header line `relayward-queue-v1 <state JSON>` + content;
+//! msg/<id>.eml       the message: one header line `relayward-queue-v1 <state JSON>` (with the
+//!                    content's size and CRC-32) + content;
 //!                    written once, never changed; its presence is the message's existence
 //! msg/<id>.json      the current state (a QueuedMessage as JSON), from the first state change
 //!                    on; supersedes the header; replaced whole by rename
@@ -18,24 +19,32 @@
 //!    [`draft`]; a message of at most 64 KiB stays in the draft's memory and is written at its
 //!    end), or at once by `enqueue`, in blocking threads, with no flush: the page cache
 //!    holds it.
-//! 2. At its end the id goes to one committer thread. It takes the first waiting message plus
-//!    every other one already waiting (up to [`SpoolOptions::max_batch`]) and makes their
-//!    content durable with **one** `syncfs(2)` of the spool's filesystem
-//!    ([`CommitMode::Filesystem`], the default; [`CommitMode::EachFile`] instead has each file
-//!    `fdatasync`ed by its own thread before the hand-over, as before), then renames each into
-//!    `msg/` and fsyncs `msg/` **once** for the whole batch.
-//! 3. Only after that fsync does each waiter get its answer; a failed sync answers every waiter
-//!    of the batch with an error and removes their files (they were never acknowledged).
+//! 2. At its end the size and a CRC-32 of the content are written in place into the header,
+//!    and the id goes to one committer thread. It takes the first waiting message plus every
+//!    other one already waiting (up to [`SpoolOptions::max_batch`]), renames each into `msg/`
+//!    and makes the batch durable with **one** flush: a `syncfs(2)` of the spool's filesystem
+//!    ([`CommitMode::Filesystem`]), which writes the content and the new directory entries
+//!    together. With [`CommitMode::EachFile`] (the choice on a shared filesystem) each file is
+//!    instead `fdatasync`ed by its own thread before the hand-over, and the committer fsyncs
+//!    `msg/` once for the batch after the renames.
+//! 3. Only after that flush does each waiter get its answer; a failed flush answers every
+//!    waiter of the batch with an error and removes their files (they were never
+//!    acknowledged).
 //!
 //! While the committer is busy with one batch the next accumulates, so flushes per message fall
-//! as load rises, without a timer that would add latency at low load: two flushes per batch
-//! (the data, then the renames), whatever its size. The data is durable before any rename, so
-//! after a crash a message in `msg/` is whole, and one still in `tmp/` was never acknowledged
-//! (recovery removes it). The file format is the one earlier versions wrote and read, so a spool
-//! needs no migration either way. A dedicated thread (not a tokio task) keeps `open` free of any
-//! runtime requirement. A renamed message may be seen by `list` a moment before its fsync
-//! completes; if that fsync then fails, the client gets an error and may send again: a
-//! duplicate, never a loss.
+//! as load rises, without a timer that would add latency at low load. Under `syncfs` a single
+//! session waits for one flush, as it waits for Postfix's one fsync of its queue file. But
+//! `syncfs` promises no order between the content and the names it writes, so a crash during
+//! one can leave a name in `msg/` whose content never reached the disk (zeros, or another
+//! file's old blocks): nobody got `250` for it, and reading its content finds that it does not
+//! match the checksum in its header, so it is moved to `corrupt/` ([`QueueError::Corrupt`],
+//! which the runner quarantines) and never delivered. (Per-file commits flush the content
+//! before the rename, as every version did; files from versions before the checksum have none
+//! and need none.) Older versions read the new files (they ignore the extra header key), so a
+//! spool needs no migration either way. A dedicated thread (not a tokio task) keeps `open`
+//! free of any runtime requirement. A renamed message may be seen by `list` a moment before
+//! its flush completes; if that flush then fails, the client gets an error and may send again:
+//! a duplicate, never a loss.
 //!
 //! # State changes and processes
 //!
@@ -148,9 +157,11 @@ pub enum CommitMode {
 pub struct SpoolStats {
     /// Messages acknowledged by `enqueue`.
     pub committed: u64,
-    /// Group commits performed (each ends with one directory fsync).
+    /// Group commits performed (each ends with one flush: a `syncfs`, or with
+    /// [`CommitMode::EachFile`] a directory fsync).
     pub batches: u64,
-    /// Directory fsyncs of all kinds (enqueue batches, updates, removals, recovery).
+    /// Directory fsyncs of all kinds (enqueue batches with [`CommitMode::EachFile`], updates,
+    /// removals, recovery).
     pub dir_fsyncs: u64,
     /// `syncfs` calls (one per batch with [`CommitMode::Filesystem`]).
     pub fs_syncs: u64,
@@ -584,7 +595,7 @@ impl Inner {
         Ok(())
     }
 
-    /// Renames one staged message into `msg/` (not yet durable: the batch fsync follows).
+    /// Renames one staged message into `msg/` (not yet durable: the batch's flush follows).
     fn place(&self, id: &MessageId) -> io::Result<()> {
         let tmp = self.layout.tmp_message(id);
         let result = fs::rename(&tmp, self.layout.message(id));
@@ -601,27 +612,23 @@ impl Inner {
         rustix::fs::syncfs(&self.tmp_dir).map_err(io::Error::from)
     }
 
-    /// One group commit: the batch's content made durable (one `syncfs`, or each file's
-    /// `fdatasync` done already at submit), every message renamed into `msg/`, one directory
-    /// fsync, then everyone answered. The content is durable before any rename, so a message
-    /// that reaches `msg/` is whole whatever moment a crash picks.
+    /// One group commit: every message of the batch renamed into `msg/`, then **one** flush
+    /// — a `syncfs`, which makes the content and the new names durable together, or (the
+    /// content `fdatasync`ed at submit with [`CommitMode::EachFile`]) an fsync of `msg/` —
+    /// then everyone answered. Under `syncfs` a crash can leave a name whose content never
+    /// reached the disk; nobody was told `250` for it, and the checksum in its header keeps it
+    /// from being delivered (see [`entry`]).
     fn commit_batch(&self, batch: Vec<Staged>) {
-        if self.options.commit == CommitMode::Filesystem
-            && let Err(err) = self.sync_filesystem()
-        {
-            tracing::error!(error = %err, count = batch.len(), "queue filesystem sync failed");
-            for staged in batch {
-                let _ = fs::remove_file(self.layout.tmp_message(&staged.id));
-                let _ = staged.reply.send(Err(shared_queue_error(&err)));
-            }
-            return;
-        }
         let placed = self.place_all(batch);
         if placed.is_empty() {
             return;
         }
         self.batches.fetch_add(1, Ordering::Relaxed);
-        match self.sync_msg_dir() {
+        let flushed = match self.options.commit {
+            CommitMode::Filesystem => self.sync_filesystem(),
+            CommitMode::EachFile => self.sync_msg_dir(),
+        };
+        match flushed {
             Ok(()) => {
                 let count = placed.len() as u64;
                 self.committed.fetch_add(count, Ordering::Relaxed);
@@ -642,7 +649,7 @@ impl Inner {
                 }
             }
             Err(err) => {
-                tracing::error!(error = %err, count = placed.len(), "queue directory fsync failed");
+                tracing::error!(error = %err, count = placed.len(), "queue commit flush failed");
                 for staged in placed {
                     let _ = self.remove_files(&staged.id, Removal::Durable);
                     let _ = staged.reply.send(Err(shared_queue_error(&err)));

@@ -1,12 +1,14 @@
 //! The spool's drafts: a message written to `tmp/<id>.eml` while it arrives.
 //!
 //! The file has the final layout from its first octet (header line, then content), with the
-//! size in the header a placeholder of fixed width ([`encode_open_header`]). The session's
-//! writes go straight to it — a message of at most [`KEEP_IN_MEMORY`] octets waits in memory
-//! and is written at its commit; at commit the size is written in place, the file is
-//! `fdatasync`ed (with per-file commits; else the committer's `syncfs` covers it) and handed to
-//! the committer, which renames it into `msg/` like any other message. Until then it lives only in `tmp/`, which nobody reads and recovery empties, so a
-//! draft cut short is never delivered; dropping a draft removes its file at once.
+//! size and the content's checksum in the header placeholders of fixed width
+//! ([`encode_open_header`]). The session's writes go straight to it — a message of at most
+//! [`KEEP_IN_MEMORY`] octets waits in memory and is written at its commit; at commit the size
+//! and checksum are written in place, the file is `fdatasync`ed (with per-file commits; else
+//! the committer's `syncfs` covers it) and handed to the committer, which renames it into
+//! `msg/` like any other message. Until then it lives only in `tmp/`, which nobody reads and
+//! recovery empties, so a draft cut short is never delivered; dropping a draft removes its
+//! file at once.
 
 use std::any::Any;
 use std::fs::{File, OpenOptions};
@@ -16,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
 
-use super::entry::{encode_open_header, size_digits};
+use super::entry::{Slots, encode_open_header, slot_digits};
 use super::{CommitMode, Inner, Staged, blocking, committer_gone, invalid_input, unix_now};
 use crate::fsutil::{PRIVATE_FILE, queue_error};
 use crate::{BoxFuture, Draft, MemoryDraft, MessageId, NewMessage, QueueError, QueuedMessage};
@@ -35,12 +37,16 @@ pub(super) struct Staging {
     file: File,
     /// Octets of the header line: the content starts here.
     header_len: u64,
-    /// Offset of the size placeholder's digits.
-    size_slot: u64,
+    /// Where the size and checksum placeholders' digits are.
+    slots: Slots,
     /// Content octets before the body (the trace header given to `begin`).
     prefix_len: u64,
     /// Content octets written so far, prefix included.
     pub(super) content_len: u64,
+    /// CRC-32 of the content written so far.
+    checksum: crc32fast::Hasher,
+    /// The checksum of the prefix alone, where a replaced body starts again.
+    prefix_checksum: crc32fast::Hasher,
     since_space_check: u64,
 }
 
@@ -55,9 +61,12 @@ impl Staging {
         if message.recipients.is_empty() {
             return Err(invalid_input("a message needs at least one recipient"));
         }
+        let (prefix, rest) = message
+            .content
+            .split_at(prefix_len.min(message.content.len()));
         inner.check_space(message.content.len() as u64)?;
         let id = crate::id::generate();
-        let (header, size_slot) =
+        let (header, slots) =
             encode_open_header(&QueuedMessage::accepted(id.clone(), message, unix_now()))
                 .map_err(queue_error)?;
         let path = inner.layout.tmp_message(&id);
@@ -74,21 +83,35 @@ impl Staging {
             path: Some(path),
             file,
             header_len: header.len() as u64,
-            size_slot: size_slot as u64,
-            prefix_len: prefix_len.min(message.content.len()) as u64,
+            slots,
+            prefix_len: prefix.len() as u64,
             content_len: 0,
+            checksum: crc32fast::Hasher::new(),
+            prefix_checksum: crc32fast::Hasher::new(),
             since_space_check: 0,
         };
         // On error `staging` is dropped here, which removes the partial file.
         staging.file.write_all(&header).map_err(queue_error)?;
-        staging.append(&message.content)?;
+        staging
+            .file
+            .write_all(&message.content)
+            .map_err(queue_error)?;
+        staging.count_written(prefix)?;
+        staging.prefix_checksum = staging.checksum.clone();
+        staging.count_written(rest)?;
         Ok(staging)
     }
 
     /// Appends content.
     fn append(&mut self, chunk: &[u8]) -> Result<(), QueueError> {
         self.file.write_all(chunk).map_err(queue_error)?;
+        self.count_written(chunk)
+    }
+
+    /// Counts `chunk`, just written after the content so far, in the length and checksum.
+    fn count_written(&mut self, chunk: &[u8]) -> Result<(), QueueError> {
         self.content_len += chunk.len() as u64;
+        self.checksum.update(chunk);
         self.since_space_check += chunk.len() as u64;
         if self.since_space_check >= SPACE_CHECK_EVERY {
             self.since_space_check = 0;
@@ -118,23 +141,31 @@ impl Staging {
             .seek(SeekFrom::Start(start))
             .map_err(queue_error)?;
         self.content_len = self.prefix_len;
+        self.checksum = self.prefix_checksum.clone();
         self.append(body)
     }
 
-    /// Completes the file (its size in the header, data on disk) and hands it to the
-    /// committer; the answer comes through `staged.reply`.
+    /// Completes the file (its size and checksum in the header, data on disk with per-file
+    /// commits; else the committer's `syncfs` covers it) and hands it to the committer; the
+    /// answer comes through `staged.reply`.
     pub(super) fn submit(
         mut self,
         reply: tokio::sync::oneshot::Sender<Result<(), QueueError>>,
         committer: &mpsc::Sender<Staged>,
     ) -> Result<(), QueueError> {
-        self.file
-            .write_all_at(&size_digits(self.content_len), self.size_slot)
-            .map_err(queue_error)?;
+        let checksum = u64::from(self.checksum.clone().finalize());
+        for (value, at) in [
+            (self.content_len, self.slots.size),
+            (checksum, self.slots.checksum),
+        ] {
+            self.file
+                .write_all_at(&slot_digits(value), at as u64)
+                .map_err(queue_error)?;
+        }
         self.inner.check_space(0)?;
         if self.inner.options.commit == CommitMode::EachFile {
             // fdatasync covers the data and the file size, which is all a reader of a new
-            // file needs. (Otherwise the committer's syncfs covers them.)
+            // file needs.
             self.file.sync_data().map_err(queue_error)?;
             self.inner.message_syncs.fetch_add(1, Ordering::Relaxed);
         }

@@ -1,7 +1,8 @@
 //! The format of a queue entry and the pure rules for changing its state.
 //!
-//! `msg/<id>.eml` is written once: the line `relayward-queue-v1 <state JSON>\n`, then the content.
-//! Carrying the initial state in the content file makes an enqueue one file, one `fdatasync` and
+//! `msg/<id>.eml` is written once: the line `relayward-queue-v1 <state JSON>\n` (the JSON also
+//! holds `content_crc32`, see [`encode_open_header`]), then the content.
+//! Carrying the initial state in the content file makes an enqueue one file, one flush and
 //! one rename. `msg/<id>.json` (the state JSON alone) appears at the first state change and from
 //! then on supersedes the header. Compact JSON never contains a raw newline, so the first `\n`
 //! ends the header.
@@ -22,49 +23,81 @@ pub(super) enum Change {
     Remove,
 }
 
-/// The header line of a new message file.
-pub(super) fn encode_header(state: &QueuedMessage) -> io::Result<Vec<u8>> {
+/// The header line of a message file as versions before the checksum wrote it.
+#[cfg(test)]
+fn encode_header(state: &QueuedMessage) -> io::Result<Vec<u8>> {
     let mut header = MAGIC.to_vec();
     serde_json::to_writer(&mut header, state).map_err(io::Error::other)?;
     header.push(b'\n');
     Ok(header)
 }
 
-/// The JSON of a size not known yet: `u64::MAX`, 20 digits, as wide as any size can be.
-const OPEN_SIZE: &[u8] = b"\"size\":18446744073709551615";
-/// Octets of the size's digits in the header of a message written while it arrives.
-pub(super) const SIZE_DIGITS: usize = 20;
+/// A number not known yet: `u64::MAX`, 20 digits, as wide as any value of the header's
+/// placeholders can be.
+const OPEN_VALUE: &[u8] = b"18446744073709551615";
+/// Octets of a placeholder's digits in the header of a message written while it arrives.
+pub(super) const SLOT_DIGITS: usize = 20;
+/// The header key of the content's CRC-32. Files written before it existed have none: they
+/// were flushed before their rename, so they cannot be torn.
+const CHECKSUM_KEY: &str = "content_crc32";
 
-/// The header line of a message whose content is still arriving: its size is a placeholder,
-/// and the offset of the placeholder's digits is returned with the header, to be overwritten
-/// in place by [`size_digits`] when the content is complete. JSON allows the blanks that pad
-/// a shorter number, so the header keeps its length and the file stays one `fdatasync`.
-pub(super) fn encode_open_header(state: &QueuedMessage) -> io::Result<(Vec<u8>, usize)> {
+/// Where the placeholders of an open header sit (offsets of their digits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Slots {
+    pub(super) size: usize,
+    pub(super) checksum: usize,
+}
+
+/// The header line of a message whose content is still arriving: its size and its content's
+/// checksum are placeholders, whose offsets are returned with the header, to be overwritten in
+/// place by [`slot_digits`] when the content is complete. JSON allows the blanks that pad a
+/// shorter number, so the header keeps its length.
+///
+/// The checksum is what lets a commit rename the file into `msg/` *before* its one flush (see
+/// the spool's "Enqueue and group commit"): a crash during that flush can leave a name whose
+/// data never reached the disk, and reading it back finds the mismatch instead of delivering
+/// zeros or another file's old blocks. (An older reader ignores the key.)
+pub(super) fn encode_open_header(state: &QueuedMessage) -> io::Result<(Vec<u8>, Slots)> {
     let open = QueuedMessage {
         size: u64::MAX,
         ..state.clone()
     };
-    let header = encode_header(&open)?;
+    let mut header = MAGIC.to_vec();
+    serde_json::to_writer(&mut header, &open).map_err(io::Error::other)?;
+    // A struct serialises as one JSON object: the checksum joins it before its brace.
+    if header.pop() != Some(b'}') {
+        return Err(io::Error::other("queue header is not a JSON object"));
+    }
+    let checksum = header.len() + CHECKSUM_KEY.len() + 4;
+    header.extend_from_slice(format!(",\"{CHECKSUM_KEY}\":").as_bytes());
+    header.extend_from_slice(OPEN_VALUE);
+    header.extend_from_slice(b"}\n");
     // A quote inside a JSON string is escaped, so the key appears only as the size field;
     // counting the matches checks it all the same.
+    let open_size = [b"\"size\":".as_slice(), OPEN_VALUE].concat();
     let mut found = header
-        .windows(OPEN_SIZE.len())
+        .windows(open_size.len())
         .enumerate()
-        .filter(|(_, window)| *window == OPEN_SIZE)
-        .map(|(at, _)| at + OPEN_SIZE.len() - SIZE_DIGITS);
+        .filter(|(_, window)| *window == open_size.as_slice())
+        .map(|(at, _)| at + open_size.len() - SLOT_DIGITS);
     match (found.next(), found.next()) {
-        (Some(at), None) => Ok((header, at)),
+        (Some(size), None) => Ok((header, Slots { size, checksum })),
         _ => Err(io::Error::other("queue header without a single size field")),
     }
 }
 
-/// The digits that replace the placeholder of [`encode_open_header`]: `size`, padded with
+/// The digits that replace a placeholder of [`encode_open_header`]: `value`, padded with
 /// blanks.
-pub(super) fn size_digits(size: u64) -> [u8; SIZE_DIGITS] {
-    let mut digits = [b' '; SIZE_DIGITS];
-    let text = size.to_string();
+pub(super) fn slot_digits(value: u64) -> [u8; SLOT_DIGITS] {
+    let mut digits = [b' '; SLOT_DIGITS];
+    let text = value.to_string();
     digits[..text.len()].copy_from_slice(text.as_bytes());
     digits
+}
+
+/// The CRC-32 a header records for its content.
+pub(super) fn content_checksum(content: &[u8]) -> u64 {
+    u64::from(crc32fast::hash(content))
 }
 
 /// Reads the header of a message file; returns the state and the header's length in octets.
@@ -87,15 +120,37 @@ pub(super) fn read_header(
     Ok((state, line.len() as u64))
 }
 
-/// Removes the header from a whole message file, leaving the content.
+/// Removes the header from a whole message file, leaving the content, once it has the
+/// recorded size and (in files that record one) the recorded checksum.
 pub(super) fn strip_header(id: &MessageId, mut file: Vec<u8>) -> Result<Vec<u8>, QueueError> {
     let (state, header_len) = read_header(id, file.as_slice())?;
     let header_len = usize::try_from(header_len).map_err(|_| corrupt(id, "header too long"))?;
     if (file.len() - header_len) as u64 != state.size {
         return Err(corrupt(id, "content length differs from the recorded size"));
     }
+    let json = &file[MAGIC.len()..header_len - 1];
+    if let Some(recorded) = recorded_checksum(id, json)?
+        && recorded != content_checksum(&file[header_len..])
+    {
+        return Err(corrupt(
+            id,
+            "content does not match its checksum (a commit cut short by a crash, \
+             never acknowledged, or damage on disk)",
+        ));
+    }
     file.drain(..header_len);
     Ok(file)
+}
+
+/// The header's checksum field, if it has one.
+fn recorded_checksum(id: &MessageId, json: &[u8]) -> Result<Option<u64>, QueueError> {
+    #[derive(serde::Deserialize)]
+    struct Checksum {
+        content_crc32: Option<u64>,
+    }
+    serde_json::from_slice::<Checksum>(json)
+        .map(|c| c.content_crc32)
+        .map_err(|e| corrupt(id, &e.to_string()))
 }
 
 /// Parses state JSON and checks that it describes the message it is stored for.
@@ -182,21 +237,64 @@ mod tests {
         assert_eq!(strip_header(&id, file).unwrap(), message.content);
     }
 
-    /// A header written before the size was known, its size filled in afterwards, reads
-    /// like one written whole (older readers included: the format is unchanged).
+    /// A header written before the size and checksum were known, both filled in afterwards,
+    /// reads like one written whole.
     #[test]
-    fn an_open_header_takes_its_size_in_place() {
+    fn an_open_header_takes_its_size_and_checksum_in_place() {
         let (id, message) = sample();
         let state = QueuedMessage::accepted(id.clone(), &message, 42);
-        let (mut file, slot) = encode_open_header(&state).unwrap();
-        let header_len = file.len() as u64;
-        file[slot..slot + SIZE_DIGITS].copy_from_slice(&size_digits(state.size));
-        file.extend_from_slice(&message.content);
+        let (file, header_len) = completed_file(&state, &message.content);
         let (parsed, len) = read_header(&id, file.as_slice()).unwrap();
         assert_eq!((parsed, len), (state, header_len));
         assert_eq!(strip_header(&id, file).unwrap(), message.content);
-        assert_eq!(&size_digits(7)[..3], b"7  ");
-        assert_eq!(size_digits(u64::MAX).as_slice(), b"18446744073709551615");
+        assert_eq!(&slot_digits(7)[..3], b"7  ");
+        assert_eq!(slot_digits(u64::MAX).as_slice(), b"18446744073709551615");
+    }
+
+    /// An open header completed as the spool does, followed by `content`.
+    fn completed_file(state: &QueuedMessage, content: &[u8]) -> (Vec<u8>, u64) {
+        let (mut file, slots) = encode_open_header(state).unwrap();
+        let header_len = file.len() as u64;
+        file[slots.size..slots.size + SLOT_DIGITS].copy_from_slice(&slot_digits(state.size));
+        file[slots.checksum..slots.checksum + SLOT_DIGITS]
+            .copy_from_slice(&slot_digits(content_checksum(content)));
+        file.extend_from_slice(content);
+        (file, header_len)
+    }
+
+    /// What a crash during the one flush of a commit can leave: the name and the header on
+    /// disk, the content's blocks not (zeros, or another file's old data), or the checksum's
+    /// in-place write lost. None of it reads as content.
+    #[test]
+    fn content_that_does_not_match_its_checksum_is_corrupt() {
+        let (id, message) = sample();
+        let state = QueuedMessage::accepted(id.clone(), &message, 42);
+        let (file, header_len) = completed_file(&state, &message.content);
+        let header_len = header_len as usize;
+        let mut zeroed = file.clone();
+        zeroed[header_len..].fill(0);
+        let mut stale = file.clone();
+        stale[header_len + 3] ^= 0x20;
+        let (mut unfilled, slots) = encode_open_header(&state).unwrap();
+        unfilled[slots.size..slots.size + SLOT_DIGITS].copy_from_slice(&slot_digits(state.size));
+        unfilled.extend_from_slice(&message.content);
+        for bytes in [zeroed, stale, unfilled] {
+            let result = strip_header(&id, bytes);
+            assert!(
+                matches!(&result, Err(QueueError::Corrupt { reason, .. }) if reason.contains("checksum")),
+                "{result:?}"
+            );
+        }
+    }
+
+    /// Files written before the checksum existed (flushed before their rename) still read.
+    #[test]
+    fn a_header_without_a_checksum_still_reads() {
+        let (id, message) = sample();
+        let state = QueuedMessage::accepted(id.clone(), &message, 42);
+        let mut file = encode_header(&state).unwrap();
+        file.extend_from_slice(&message.content);
+        assert_eq!(strip_header(&id, file).unwrap(), message.content);
     }
 
     /// Spool files written before the origin was recorded still parse, as strangers' mail
