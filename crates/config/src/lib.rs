@@ -102,6 +102,8 @@ trusted_networks = ["127.0.0.1/32", "::1/128"]
 # contact = "tlsrpt@example.test"           # contact-info; default: the from address
 # from = "tlsrpt@example.test"              # sender of mailed reports; default: postmaster@hostname
 # interval = "1d"                           # one report per UTC day
+# retry_after = "5m"                        # a failed https: report is tried again after
+#                                           # 5m, 15m, 45m, ... for up to 24 hours
 
 # [[route]]                                 # a domain relayward fronts: accept, forward
 # domain = "corp.example.test"
@@ -2072,11 +2074,12 @@ mod summary {
         let hostname = &config.hostname;
         let _ = writeln!(
             out,
-            "TLS reports (tls_report.enabled = true): RFC 8460 report every {} to each MTA-STS/DANE domain that publishes _smtp._tls, from {} as {:?} (contact {})",
+            "TLS reports (tls_report.enabled = true): RFC 8460 report every {} to each MTA-STS/DANE domain that publishes _smtp._tls, from {} as {:?} (contact {}); a failed https: report is tried again from {} on, for up to 24 hours",
             humantime::format_duration(settings.interval),
             settings.from_address(hostname),
             settings.organization_name(hostname),
-            settings.contact_info(hostname)
+            settings.contact_info(hostname),
+            humantime::format_duration(settings.retry_after)
         );
     }
 }

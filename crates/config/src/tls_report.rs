@@ -37,7 +37,17 @@ pub struct TlsReportSettings {
         serialize_with = "crate::ser_duration"
     )]
     pub interval: Duration,
+    /// Wait before the first new attempt at an `https:` destination whose POST failed; each
+    /// later one waits three times longer, for up to 24 hours (RFC 8460 §5.3).
+    #[serde(
+        deserialize_with = "crate::de_duration",
+        serialize_with = "crate::ser_duration"
+    )]
+    pub retry_after: Duration,
 }
+
+/// Default [`TlsReportSettings::retry_after`].
+pub const RETRY_AFTER: Duration = Duration::from_secs(300);
 
 impl Default for TlsReportSettings {
     fn default() -> Self {
@@ -47,6 +57,7 @@ impl Default for TlsReportSettings {
             contact: None,
             from: None,
             interval: DAY,
+            retry_after: RETRY_AFTER,
         }
     }
 }
@@ -104,6 +115,12 @@ pub(crate) fn check(settings: &TlsReportSettings, f: &mut Findings) {
             ),
         );
     }
+    if settings.retry_after < Duration::from_secs(1) {
+        f.error(
+            "tls_report.retry_after",
+            "must be at least \"1s\" (the default \"5m\" suits report servers)",
+        );
+    }
     if let Some(from) = &settings.from
         && !crate::checks::valid_address(from)
     {
@@ -154,6 +171,7 @@ mod tests {
         let config = parse("");
         assert!(!config.tls_report.enabled);
         assert_eq!(config.tls_report.interval, DAY);
+        assert_eq!(config.tls_report.retry_after, RETRY_AFTER);
         assert_eq!(
             config.tls_report.from_address("MX.example.test"),
             "postmaster@mx.example.test"
@@ -180,13 +198,18 @@ mod tests {
         );
         assert!(problems(&config).is_empty(), "{:?}", problems(&config));
 
-        let config =
-            parse("[tls_report]\nenabled = true\nfrom = \"not an address\"\ninterval = \"10s\"\n");
+        let config = parse(
+            "[tls_report]\nenabled = true\nfrom = \"not an address\"\ninterval = \"10s\"\nretry_after = \"0s\"\n",
+        );
         let found = problems(&config);
         let keys: Vec<&str> = found.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(
             keys,
-            ["tls_report.interval", "tls_report.from"],
+            [
+                "tls_report.interval",
+                "tls_report.retry_after",
+                "tls_report.from"
+            ],
             "{found:?}"
         );
 

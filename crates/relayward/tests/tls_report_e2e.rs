@@ -10,6 +10,7 @@ mod support;
 use std::collections::HashMap;
 use std::io::Read as _;
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use mail_parser::MimeHeaders as _;
 use postfix::{SmtpSink, dumped_message};
@@ -516,6 +517,62 @@ fn a_report_server_that_refuses_is_named_as_not_sent() {
     );
     assert!(!out.contains("  sent to "), "{out}");
     assert_eq!(domain.https.posts().len(), 1, "the POST reached the server");
+}
+
+/// A report server that fails (`503`) and comes back gets the report on a later attempt
+/// (RFC 8460 §5.3: retry for up to 24 hours): `send-now` says when it is tried next, the
+/// running server POSTs it again after `retry_after`, the same report, and forgets it once
+/// delivered.
+#[test]
+fn a_report_server_that_fails_gets_the_report_when_it_comes_back() {
+    let mut domain = https_reported_domain(66, "later.test", 503);
+    domain.config = domain.config.replace(
+        "[tls_report]\nenabled = true\n",
+        "[tls_report]\nenabled = true\nretry_after = \"1s\"\n",
+    );
+    assert!(domain.config.contains("retry_after"), "{}", domain.config);
+    let server = TestServer::start(&domain.config);
+    server.submit_as_alice("erin@later.test", "hi");
+    assert!(
+        eventually(support::WAIT, || domain.mx.messages().len() == 1),
+        "{}",
+        server.log()
+    );
+    let (code, out) = relayward_cmd(&server, &["tls-report", "send-now"]);
+    assert_eq!(code, Some(0), "{out}\n{}", server.log());
+    assert!(
+        out.contains("HTTP status 503") && out.contains("tried again from "),
+        "{out}"
+    );
+    assert_eq!(domain.https.posts().len(), 1);
+    let retry_dir = server.data_dir().join("tls-report/retry");
+    assert_eq!(
+        std::fs::read_dir(&retry_dir).map(Iterator::count).ok(),
+        Some(1)
+    );
+
+    domain.https.answer_posts("rpt.later.test", 200);
+    let posted_again = eventually(Duration::from_secs(20), || domain.https.posts().len() >= 2);
+    assert!(
+        posted_again,
+        "the report was not tried again\n{}",
+        server.log()
+    );
+    let posts = domain.https.posts();
+    assert_eq!(
+        gunzip(&posts[1].body),
+        gunzip(&posts[0].body),
+        "the same report"
+    );
+    let forgotten = eventually(support::WAIT, || {
+        std::fs::read_dir(&retry_dir).is_ok_and(|mut entries| entries.next().is_none())
+    });
+    assert!(
+        forgotten,
+        "the delivered report is still kept\n{}",
+        server.log()
+    );
+    assert!(server.log().contains("TLS report sent"), "{}", server.log());
 }
 
 /// A crash (SIGKILL) loses no more than the counts not yet saved: once the running server has

@@ -1,7 +1,8 @@
 //! A test HTTPS server on loopback that serves fixed pages by `Host` header: MTA-STS policy
 //! servers (`mta-sts.DOMAIN`, RFC 8461 §3.3) for the delivery tests. It also takes POSTs
 //! (TLS-RPT reports, RFC 8460 §5.2), keeps their bodies and answers `200` — or, for a host
-//! that has a page, that page's status (a report server that refuses). One request per
+//! that has a page, that page's status (a report server that refuses), until
+//! [`HttpsServer::answer_posts`] changes it. One request per
 //! connection; it records every request (`host path`). Runs on a thread of its own until the
 //! test process ends.
 
@@ -51,6 +52,8 @@ pub struct HttpsServer {
     pub addr: SocketAddr,
     requests: Arc<Mutex<Vec<String>>>,
     posts: Arc<Mutex<Vec<Post>>>,
+    /// POST statuses set while running, by host; they win over the pages'.
+    post_status: Arc<Mutex<HashMap<String, u16>>>,
 }
 
 impl HttpsServer {
@@ -67,18 +70,21 @@ impl HttpsServer {
         let posts = Arc::new(Mutex::new(Vec::new()));
         let posted = Arc::clone(&posts);
         let pages = Arc::new(pages);
+        let post_status = Arc::new(Mutex::new(HashMap::new()));
+        let answers = Arc::clone(&post_status);
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
                 let (tls, pages, seen) = (Arc::clone(&tls), Arc::clone(&pages), Arc::clone(&seen));
                 let posted = Arc::clone(&posted);
+                let answers = Arc::clone(&answers);
                 std::thread::spawn(move || {
                     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
                     let Ok(connection) = ServerConnection::new(tls) else {
                         return;
                     };
                     let mut stream = StreamOwned::new(connection, stream);
-                    let _ = serve_one(&mut stream, &pages, &seen, &posted);
+                    let _ = serve_one(&mut stream, &pages, &seen, &posted, &answers);
                 });
             }
         });
@@ -86,7 +92,16 @@ impl HttpsServer {
             addr,
             requests,
             posts,
+            post_status,
         }
+    }
+
+    /// From now on, answer POSTs for `host` with `status` (a report server that comes back).
+    pub fn answer_posts(&self, host: &str, status: u16) {
+        self.post_status
+            .lock()
+            .expect("post statuses")
+            .insert(host.to_ascii_lowercase(), status);
     }
 
     /// The POSTs so far, in order.
@@ -105,6 +120,7 @@ fn serve_one(
     pages: &HashMap<String, Page>,
     seen: &Mutex<Vec<String>>,
     posted: &Mutex<Vec<Post>>,
+    answers: &Mutex<HashMap<String, u16>>,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(&mut *stream);
     let mut request_line = String::new();
@@ -134,7 +150,8 @@ fn serve_one(
         let name = host
             .rsplit_once(':')
             .map_or(host.as_str(), |(name, _)| name);
-        let status = pages.get(name).map_or(200, |page| page.status);
+        let set = answers.lock().expect("post statuses").get(name).copied();
+        let status = set.unwrap_or_else(|| pages.get(name).map_or(200, |page| page.status));
         let mut body = vec![0; length.min(MAX_POST)];
         reader.read_exact(&mut body)?;
         seen.lock()

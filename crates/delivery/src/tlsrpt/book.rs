@@ -258,6 +258,11 @@ impl ReportBook {
         })
     }
 
+    /// The directory the book keeps its files in (`data_dir/tls-report`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Counts one session of the current period.
     pub fn record(&self, policy: ReportPolicy, failure: Option<FailureKey>) {
         let mut state = self.lock();

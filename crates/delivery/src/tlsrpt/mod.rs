@@ -6,7 +6,8 @@
 //! - [`TlsReporter::run`]: at the end of each period (`interval`, default one UTC day) it looks
 //!   up each domain's `_smtp._tls` TXT record ([`record`]) and sends the domain its report
 //!   ([`report`]): to `mailto:` destinations as a message through relayward's own queue, to
-//!   `https:` ones by POST ([`post`]). Domains without a record get nothing.
+//!   `https:` ones by POST ([`post`]); a POST that failed and may pass later is tried again
+//!   for up to 24 hours ([`retry`]). Domains without a record get nothing.
 //! - [`TlsReporter::send_now`]: the same at once, for operators and tests (`relayward
 //!   tls-report send-now`).
 //!
@@ -19,6 +20,7 @@ pub mod book;
 mod post;
 pub mod record;
 pub mod report;
+pub mod retry;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +34,7 @@ use serde::Serialize;
 pub use book::{FailureKey, Period, PolicyType, ReportBook, ReportPolicy};
 use record::Destination;
 use report::{Report, Reporter};
+use retry::{FirstAttempt, Next, Retries};
 
 use crate::context::DeliveryContext;
 use crate::runner::unix_now;
@@ -70,15 +73,24 @@ pub struct TlsReporter {
     queue: Arc<dyn Queue>,
     live: Live<DeliveryContext>,
     book: Arc<ReportBook>,
+    /// `https:` reports to try again, in `tls-report/retry/`.
+    retries: Arc<Retries>,
 }
 
 impl TlsReporter {
     pub fn new(queue: Arc<dyn Queue>, live: Live<DeliveryContext>, book: Arc<ReportBook>) -> Self {
-        Self { queue, live, book }
+        let retries = Arc::new(Retries::new(book.dir().join("retry")));
+        Self {
+            queue,
+            live,
+            book,
+            retries,
+        }
     }
 
-    /// Saves the counts every [`SAVE_EVERY`] and reports each period when it ends (and a
-    /// period a crash left unreported, at once), until `shutdown`; then saves once more.
+    /// Saves the counts every [`SAVE_EVERY`], reports each period when it ends (and a period a
+    /// crash left unreported, at once) and tries failed `https:` reports again when they are
+    /// due, until `shutdown`; then saves once more.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send) {
         tokio::pin!(shutdown);
         loop {
@@ -86,6 +98,9 @@ impl TlsReporter {
             if enabled && (self.book.has_pending() || self.book.is_due(unix_now())) {
                 // A failure is logged by `report`, and retried at the next turn.
                 let _ = self.report().await;
+            }
+            if enabled {
+                self.retry_due().await;
             }
             self.save();
             tokio::select! {
@@ -190,12 +205,94 @@ impl TlsReporter {
                 }
             };
             let timeout = ctx.settings.timeouts.connect;
-            match post::post(&ctx.resolver, &ctx.verified, url, body, timeout).await {
+            match post::post(&ctx.resolver, &ctx.verified, url, body.clone(), timeout).await {
                 Ok(status) => sent.delivered.push(format!("{url} ({status})")),
-                Err(e) => sent.errors.push(format!("{url}: {e}")),
+                Err(e) if e.permanent => sent.errors.push(format!("{url}: {}", e.reason)),
+                Err(e) => {
+                    let failed = FirstAttempt {
+                        domain,
+                        report_id: &report.report_id,
+                        url,
+                        body: &body,
+                        error: &e.reason,
+                        at: unix_now(),
+                    };
+                    let kept = self
+                        .retries
+                        .keep(failed, ctx.settings.tls_report.retry_after);
+                    sent.errors.push(match kept {
+                        Ok(next) => format!(
+                            "{url}: {}; tried again from {} for up to 24 hours",
+                            e.reason,
+                            report::rfc3339(next)
+                        ),
+                        Err(io) => {
+                            format!("{url}: {}; cannot keep it to try again: {io}", e.reason)
+                        }
+                    });
+                }
             }
         }
         sent
+    }
+
+    /// Posts every `https:` report whose next attempt has come (see [`retry`]).
+    async fn retry_due(&self) {
+        let due = self.retries.due(unix_now());
+        if due.is_empty() {
+            return;
+        }
+        let ctx = self.live.current();
+        let timeout = ctx.settings.timeouts.connect;
+        for (path, pending) in due {
+            let names = (
+                pending.domain.clone(),
+                pending.url.clone(),
+                pending.report_id.clone(),
+            );
+            let (domain, url, report_id) =
+                (Escaped(&names.0), Escaped(&names.1), Escaped(&names.2));
+            let body = match pending.body() {
+                Ok(body) => hyper::body::Bytes::from(body),
+                Err(e) => {
+                    tracing::warn!(%domain, %url, error = %e, "unreadable TLS report retry removed");
+                    let _ = retry::forget(&path);
+                    continue;
+                }
+            };
+            let attempt = pending.attempts + 1;
+            match post::post(&ctx.resolver, &ctx.verified, &pending.url, body, timeout).await {
+                Ok(status) => {
+                    tracing::info!(%domain, %report_id, %url, attempt, status = %status, "TLS report sent");
+                    let _ = retry::forget(&path);
+                }
+                Err(e) if e.permanent => {
+                    tracing::warn!(%domain, %report_id, %url, attempt, error = %Escaped(&e.reason), "TLS report refused; not tried again");
+                    let _ = retry::forget(&path);
+                }
+                Err(e) => {
+                    let retry_after = ctx.settings.tls_report.retry_after;
+                    let next = self.retries.failed_again(
+                        &path,
+                        pending,
+                        &e.reason,
+                        unix_now(),
+                        retry_after,
+                    );
+                    match next {
+                        Ok(Next::At(at)) => {
+                            tracing::info!(%domain, %report_id, %url, attempt, error = %Escaped(&e.reason), next = %report::rfc3339(at), "TLS report not delivered; trying again later")
+                        }
+                        Ok(Next::GaveUp) => {
+                            tracing::warn!(%domain, %report_id, %url, attempt, error = %Escaped(&e.reason), "TLS report not delivered within 24 hours; given up")
+                        }
+                        Err(io) => {
+                            tracing::warn!(%domain, %report_id, %url, error = %io, "cannot record a TLS report retry")
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Queues one message to every `mailto:` destination that has a route.

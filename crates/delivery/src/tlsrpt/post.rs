@@ -1,7 +1,7 @@
 //! `https:` destinations (RFC 8460 §5.2): the compressed report POSTed with
 //! `Content-Type: application/tlsrpt+gzip` over TLS verified like MTA-STS policy fetches (web
-//! PKI roots plus `tls_policy_ca_file`); any `2xx` is success. No redirects, one try per
-//! address: a report is not worth retrying for long (the next one follows a day later).
+//! PKI roots plus `tls_policy_ca_file`); any `2xx` is success. No redirects; one try per
+//! address here, and a failure that may pass is tried again later by [`super::retry`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +18,29 @@ const MAX_ADDRESSES: usize = 4;
 /// How much of the answer is read (and then ignored).
 const MAX_ANSWER: usize = 16 * 1024;
 
+/// Why a POST failed, and whether trying again could help.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostError {
+    pub reason: String,
+    /// The URL cannot work, or every address answered with a refusal that will not change
+    /// (a `4xx` other than 408 and 429): not tried again.
+    pub permanent: bool,
+}
+
+impl PostError {
+    fn permanent(reason: String) -> PostError {
+        PostError {
+            reason,
+            permanent: true,
+        }
+    }
+}
+
+/// Whether an HTTP status refuses the report for good.
+fn refuses_for_good(status: u16) -> bool {
+    (400..500).contains(&status) && status != 408 && status != 429
+}
+
 /// POSTs `body` to `url`; `Ok` with the status line, `Err` with what went wrong.
 pub async fn post(
     resolver: &MxResolver,
@@ -25,14 +48,18 @@ pub async fn post(
     url: &str,
     body: Bytes,
     timeout: Duration,
-) -> Result<String, String> {
+) -> Result<String, PostError> {
     let uri: hyper::Uri = url
         .parse()
-        .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+        .map_err(|e| PostError::permanent(format!("{url:?} is not a URL: {e}")))?;
     if uri.scheme_str() != Some("https") {
-        return Err(format!("{url:?} is not an https:// URL"));
+        return Err(PostError::permanent(format!(
+            "{url:?} is not an https:// URL"
+        )));
     }
-    let host = uri.host().ok_or_else(|| format!("{url:?} has no host"))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| PostError::permanent(format!("{url:?} has no host")))?;
     let host = host
         .trim_start_matches('[')
         .trim_end_matches(']')
@@ -46,11 +73,18 @@ pub async fn post(
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
+    let temporary = |reason| PostError {
+        reason,
+        permanent: false,
+    };
     let addresses = resolver
         .addresses(&host)
         .await
-        .map_err(|e| format!("{host}: {e}"))?;
-    let mut last = format!("{host} has no address");
+        .map_err(|e| temporary(format!("{host}: {e}")))?;
+    let mut last = temporary(format!("{host} has no address"));
+    // Permanent only if every address refused for good.
+    let mut refused_for_good = 0;
+    let mut tried = 0;
     for ip in addresses.into_iter().take(MAX_ADDRESSES) {
         let addr = SocketAddr::new(ip, port);
         let request = hyper::Request::post(path.as_str())
@@ -59,7 +93,8 @@ pub async fn post(
             .header(hyper::header::CONNECTION, "close")
             .header(hyper::header::USER_AGENT, "relayward")
             .body(Full::new(body.clone()))
-            .map_err(|e| format!("request: {e}"))?;
+            .map_err(|e| PostError::permanent(format!("request: {e}")))?;
+        tried += 1;
         let exchange = async {
             let (mut sender, driver) = crate::https::open(tls, &host, addr).await?;
             let response = sender
@@ -77,10 +112,31 @@ pub async fn post(
             Ok(Ok(status)) if status.is_success() => {
                 return Ok(format!("HTTP {}", status.as_u16()));
             }
-            Ok(Ok(status)) => last = format!("{addr}: HTTP status {}", status.as_u16()),
-            Ok(Err(reason)) => last = format!("{addr}: {reason}"),
-            Err(_) => last = format!("{addr}: timed out after {timeout:?}"),
+            Ok(Ok(status)) => {
+                if refuses_for_good(status.as_u16()) {
+                    refused_for_good += 1;
+                }
+                last.reason = format!("{addr}: HTTP status {}", status.as_u16());
+            }
+            Ok(Err(reason)) => last.reason = format!("{addr}: {reason}"),
+            Err(_) => last.reason = format!("{addr}: timed out after {timeout:?}"),
         }
     }
+    last.permanent = tried > 0 && refused_for_good == tried;
     Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refuses_for_good;
+
+    #[test]
+    fn only_lasting_refusals_are_final() {
+        for status in [400, 403, 404, 413, 415] {
+            assert!(refuses_for_good(status), "{status}");
+        }
+        for status in [408, 429, 500, 502, 503, 504, 301] {
+            assert!(!refuses_for_good(status), "{status}");
+        }
+    }
 }

@@ -239,7 +239,7 @@ fn policy_report(tally: &Tally) -> PolicyReport {
 }
 
 /// `2026-12-01T00:00:00Z`.
-fn rfc3339(unix: u64) -> String {
+pub(crate) fn rfc3339(unix: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix)).to_string()
 }
 
