@@ -50,7 +50,7 @@ pub struct CappedListener {
     inner: TcpListener,
     total: Arc<Semaphore>,
     per_client: ClientShares,
-    refusals: RefusalLog,
+    refusals: Arc<RefusalLog>,
     /// Whose `trusted_proxies` count only against the total.
     service: Arc<Service>,
 }
@@ -61,7 +61,7 @@ impl CappedListener {
             inner,
             total: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
             per_client: ClientShares::default(),
-            refusals: RefusalLog::default(),
+            refusals: Arc::default(),
             service,
         }
     }
@@ -108,8 +108,19 @@ impl Listener for CappedListener {
                     return (io, peer);
                 }
                 None => {
-                    if let Some(refused) = self.refusals.note(std::time::Instant::now()) {
-                        tracing::info!(latest = %peer.ip(), refused, "web door: connections refused, a client held its share (refused: from all clients since the last such line)");
+                    match self.refusals.note(std::time::Instant::now()) {
+                        Noted::Log(refused) => log_refused(Some(peer.ip()), refused),
+                        Noted::Later(at) => {
+                            let refusals = Arc::clone(&self.refusals);
+                            tokio::spawn(async move {
+                                tokio::time::sleep_until(at.into()).await;
+                                if let Some(refused) = refusals.take_due(std::time::Instant::now())
+                                {
+                                    log_refused(None, refused);
+                                }
+                            });
+                        }
+                        Noted::Counted => {}
                     }
                     tokio::spawn(async move {
                         let _ = stream.write_all(TOO_MANY).await;
@@ -179,24 +190,69 @@ const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Logs the first refused connection, then at most one line per [`REFUSAL_LOG_EVERY`] with
 /// how many were refused since: a caller hammering the door must not fill the disk with log
-/// lines, one per refused connection.
+/// lines, one per refused connection. Refusals that come after a line are logged when the
+/// interval ends even if none follows ([`Noted::Later`]): a flood that stops still shows its
+/// full count.
 #[derive(Default)]
 struct RefusalLog {
     /// When the last line was written, and the refusals not yet in a line.
     state: Mutex<(Option<std::time::Instant>, u64)>,
 }
 
+/// What [`RefusalLog::note`] asks of its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Noted {
+    /// Log a line now, with this many refusals.
+    Log(u64),
+    /// The first refusal since the last line: call [`RefusalLog::take_due`] at this time.
+    Later(std::time::Instant),
+    /// Counted; a line is already coming.
+    Counted,
+}
+
 impl RefusalLog {
-    /// Counts one refusal; `Some(count)` when a line is due now (`count` includes this one).
-    fn note(&self, now: std::time::Instant) -> Option<u64> {
+    /// Counts one refusal.
+    fn note(&self, now: std::time::Instant) -> Noted {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let (last, unlogged) = &mut *state;
         *unlogged += 1;
-        if last.is_some_and(|at| now.duration_since(at) < REFUSAL_LOG_EVERY) {
+        match *last {
+            Some(at) if now.duration_since(at) < REFUSAL_LOG_EVERY => {
+                if *unlogged == 1 {
+                    Noted::Later(at + REFUSAL_LOG_EVERY)
+                } else {
+                    Noted::Counted
+                }
+            }
+            _ => {
+                *last = Some(now);
+                Noted::Log(std::mem::take(unlogged))
+            }
+        }
+    }
+
+    /// The refusals not yet logged, if a line is due at `now`.
+    fn take_due(&self, now: std::time::Instant) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let (last, unlogged) = &mut *state;
+        if *unlogged == 0 || last.is_some_and(|at| now.duration_since(at) < REFUSAL_LOG_EVERY) {
             return None;
         }
         *last = Some(now);
         Some(std::mem::take(unlogged))
+    }
+}
+
+/// The log line of refused connections.
+fn log_refused(latest: Option<std::net::IpAddr>, refused: u64) {
+    match latest {
+        Some(ip) => {
+            tracing::info!(latest = %ip, refused, "web door: connections refused, a client held its share (refused: from all clients since the last such line)")
+        }
+        None => tracing::info!(
+            refused,
+            "web door: connections refused, a client held its share (refused: from all clients since the last such line)"
+        ),
     }
 }
 
@@ -357,15 +413,43 @@ mod tests {
     fn refused_connections_are_logged_once_per_interval_with_their_count() {
         let log = RefusalLog::default();
         let start = std::time::Instant::now();
-        assert_eq!(log.note(start), Some(1), "the first is logged");
-        let quiet: Vec<Option<u64>> = (1..=999)
-            .map(|n| log.note(start + Duration::from_millis(n)))
-            .collect();
+        assert_eq!(log.note(start), Noted::Log(1), "the first is logged");
+        let after = |ms| start + Duration::from_millis(ms);
+        assert_eq!(log.note(after(1)), Noted::Later(start + REFUSAL_LOG_EVERY));
+        let quiet: Vec<Noted> = (2..=999).map(|n| log.note(after(n))).collect();
         assert!(
-            quiet.iter().all(Option::is_none),
+            quiet.iter().all(|n| *n == Noted::Counted),
             "logged within the interval"
         );
-        assert_eq!(log.note(start + REFUSAL_LOG_EVERY), Some(1000));
-        assert_eq!(log.note(start + REFUSAL_LOG_EVERY * 2), Some(1));
+        assert_eq!(
+            log.take_due(after(5_000)),
+            None,
+            "not before the interval ends"
+        );
+        assert_eq!(log.note(start + REFUSAL_LOG_EVERY), Noted::Log(1000));
+        assert_eq!(
+            log.take_due(start + REFUSAL_LOG_EVERY),
+            None,
+            "the line came with the next refusal: the deferred one has nothing left"
+        );
+        assert_eq!(log.note(start + REFUSAL_LOG_EVERY * 2), Noted::Log(1));
+    }
+
+    /// A flood that stops right after a line: what came after it is logged when the interval
+    /// ends, not never.
+    #[test]
+    fn refusals_after_the_last_line_are_logged_when_the_interval_ends() {
+        let log = RefusalLog::default();
+        let start = std::time::Instant::now();
+        assert_eq!(log.note(start), Noted::Log(1));
+        let due = match log.note(start + Duration::from_millis(1)) {
+            Noted::Later(at) => at,
+            other => panic!("{other:?}"),
+        };
+        for n in 2..=50 {
+            assert_eq!(log.note(start + Duration::from_millis(n)), Noted::Counted);
+        }
+        assert_eq!(log.take_due(due), Some(50));
+        assert_eq!(log.take_due(due + REFUSAL_LOG_EVERY), None, "nothing twice");
     }
 }
