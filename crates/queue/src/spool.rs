@@ -8,6 +8,7 @@
 //! msg/<id>.eml       the message: one header line `relayward-queue-v1 <state JSON>` (with the
 //!                    content's size and CRC-32) + content;
 //!                    written once, never changed; its presence is the message's existence
+//!                    (once its content matches its checksum: see "Enqueue and group commit")
 //! msg/<id>.json      the current state (a QueuedMessage as JSON), from the first state change
 //!                    on; supersedes the header; replaced whole by rename
 //! corrupt/           entries that could not be read, moved aside at open for a person to inspect
@@ -34,14 +35,19 @@
 //! While the committer is busy with one batch the next accumulates, so flushes per message fall
 //! as load rises, without a timer that would add latency at low load. Under `syncfs` a single
 //! session waits for one flush, as it waits for Postfix's one fsync of its queue file. But
-//! `syncfs` promises no order between the content and the names it writes, so a crash during
-//! one can leave a name in `msg/` whose content never reached the disk (zeros, or another
-//! file's old blocks): nobody got `250` for it, and reading its content finds that it does not
-//! match the checksum in its header, so it is moved to `corrupt/` ([`QueueError::Corrupt`],
-//! which the runner quarantines) and never delivered. (Per-file commits flush the content
-//! before the rename, as every version did; files from versions before the checksum have none
-//! and need none.) Older versions read the new files (they ignore the extra header key), so a
-//! spool needs no migration either way. A dedicated thread (not a tokio task) keeps `open`
+//! `syncfs` promises no order between the content and the names it writes (and the
+//! filesystem may write a rename out on its own before the `syncfs` even starts), so a crash
+//! between the renames and the end of the flush can leave a name in `msg/` whose content never
+//! reached the disk (zeros, or another file's old blocks): nobody got `250` for it, and
+//! reading its content finds that it does not match the checksum in its header, so it is moved
+//! to `corrupt/` ([`QueueError::Corrupt`], which the runner quarantines) and never delivered.
+//! Recovery at open checks sizes, not checksums (that would read every queued message at each
+//! start): until the runner reads such an entry, `relayward queue list` shows it like any
+//! other. (Per-file commits flush the content before the rename, as every version did; files
+//! from versions before the checksum have none and need none.) Older versions read the new
+//! files (they ignore the extra header key), so a spool needs no migration either way — but
+//! one that a crash left under `syncfs` should be opened once by this version before a
+//! downgrade: an older one would deliver a torn entry's zeros. A dedicated thread (not a tokio task) keeps `open`
 //! free of any runtime requirement. A renamed message may be seen by `list` a moment before
 //! its flush completes; if that flush then fails, the client gets an error and may send again:
 //! a duplicate, never a loss.
@@ -136,12 +142,13 @@ impl Default for SpoolOptions {
     }
 }
 
-/// How the committer makes the content of a batch durable before the renames (see the module
-/// documentation, "Enqueue and group commit", and docs/benchmarks.md for the trade-off).
+/// How the committer makes a batch of new messages durable (see the module documentation,
+/// "Enqueue and group commit", and docs/benchmarks.md for the trade-off).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum CommitMode {
-    /// One `syncfs(2)` of the spool's filesystem for the whole batch: a single flush and
-    /// journal commit, however many messages finished in the window. It also writes out
+    /// The batch renamed into `msg/`, then one `syncfs(2)` of the spool's filesystem: a single
+    /// flush and journal commit for content and names, however many messages finished in the
+    /// window (the content's checksum covers the lack of order within it). It also writes out
     /// whatever else is dirty on that filesystem (drafts still arriving, other programs'
     /// files), so it is best on a filesystem of the spool's own.
     #[default]

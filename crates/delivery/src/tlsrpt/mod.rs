@@ -42,6 +42,9 @@ use crate::runner::unix_now;
 /// How often counts that changed are written to disk (what a crash may lose).
 pub const SAVE_EVERY: Duration = Duration::from_secs(5);
 
+/// Most `https:` retries one turn of the reporter makes.
+const RETRIES_PER_TURN: usize = 8;
+
 /// The header field only relayward's own reports carry (§5.3).
 const SUBMITTER_FIELD: &str = "TLS-Report-Submitter";
 
@@ -99,10 +102,13 @@ impl TlsReporter {
                 // A failure is logged by `report`, and retried at the next turn.
                 let _ = self.report().await;
             }
-            if enabled {
-                self.retry_due().await;
-            }
             self.save();
+            if enabled {
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    () = self.retry_due() => {}
+                }
+            }
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = tokio::time::sleep(SAVE_EVERY) => {}
@@ -236,15 +242,21 @@ impl TlsReporter {
         sent
     }
 
-    /// Posts every `https:` report whose next attempt has come (see [`retry`]).
+    /// Posts the `https:` reports whose next attempt has come (see [`retry`]), at most
+    /// [`RETRIES_PER_TURN`] of them, so that a report server that hangs delays the counts'
+    /// next save by a bounded time (the rest wait for the next turn).
     async fn retry_due(&self) {
-        let due = self.retries.due(unix_now());
+        let retries = Arc::clone(&self.retries);
+        let now = unix_now();
+        let due = tokio::task::spawn_blocking(move || retries.due(now))
+            .await
+            .unwrap_or_default();
         if due.is_empty() {
             return;
         }
         let ctx = self.live.current();
         let timeout = ctx.settings.timeouts.connect;
-        for (path, pending) in due {
+        for (path, pending) in due.into_iter().take(RETRIES_PER_TURN) {
             let names = (
                 pending.domain.clone(),
                 pending.url.clone(),
@@ -256,7 +268,7 @@ impl TlsReporter {
                 Ok(body) => hyper::body::Bytes::from(body),
                 Err(e) => {
                     tracing::warn!(%domain, %url, error = %e, "unreadable TLS report retry removed");
-                    let _ = retry::forget(&path);
+                    self.retries.forget(&path);
                     continue;
                 }
             };
@@ -264,11 +276,11 @@ impl TlsReporter {
             match post::post(&ctx.resolver, &ctx.verified, &pending.url, body, timeout).await {
                 Ok(status) => {
                     tracing::info!(%domain, %report_id, %url, attempt, status = %status, "TLS report sent");
-                    let _ = retry::forget(&path);
+                    self.retries.forget(&path);
                 }
                 Err(e) if e.permanent => {
                     tracing::warn!(%domain, %report_id, %url, attempt, error = %Escaped(&e.reason), "TLS report refused; not tried again");
-                    let _ = retry::forget(&path);
+                    self.retries.forget(&path);
                 }
                 Err(e) => {
                     let retry_after = ctx.settings.tls_report.retry_after;

@@ -23,7 +23,8 @@ const MAX_ANSWER: usize = 16 * 1024;
 pub struct PostError {
     pub reason: String,
     /// The URL cannot work, or every address answered with a refusal that will not change
-    /// (a `4xx` other than 408 and 429): not tried again.
+    /// (a `4xx` other than 408 and 429, or a redirect, which is never followed): not tried
+    /// again.
     pub permanent: bool,
 }
 
@@ -36,9 +37,10 @@ impl PostError {
     }
 }
 
-/// Whether an HTTP status refuses the report for good.
+/// Whether an HTTP status refuses the report for good (a redirect included: none is
+/// followed, so asking again gets the same answer).
 fn refuses_for_good(status: u16) -> bool {
-    (400..500).contains(&status) && status != 408 && status != 429
+    (300..500).contains(&status) && status != 408 && status != 429
 }
 
 /// POSTs `body` to `url`; `Ok` with the status line, `Err` with what went wrong.
@@ -132,10 +134,10 @@ mod tests {
 
     #[test]
     fn only_lasting_refusals_are_final() {
-        for status in [400, 403, 404, 413, 415] {
+        for status in [301, 308, 400, 403, 404, 413, 415] {
             assert!(refuses_for_good(status), "{status}");
         }
-        for status in [408, 429, 500, 502, 503, 504, 301] {
+        for status in [408, 429, 500, 502, 503, 504] {
             assert!(!refuses_for_good(status), "{status}");
         }
     }

@@ -3,15 +3,21 @@
 //! hours after the initial attempt", ideally on a logarithmic scale. Mailed reports need none
 //! of this: they go through the queue, which retries them like any message.
 //!
-//! One file per report and URL in `tls-report/retry/`, holding the compressed report (base64
-//! in JSON), replaced durably after each attempt and removed when the report is delivered,
-//! refused for good (see [`super::post::PostError::permanent`]) or 24 hours old. Attempt `n`
-//! (the first retry is 1) waits `retry_after × 3^(n-1)`: with the default five minutes, 5 m,
-//! 15 m, 45 m, 2 h 15, 6 h 45, then the last one when the 24 hours end.
+//! One file per report and URL in `tls-report/retry/` (named by a hash of both, so a report
+//! sent again after a crash does not start a second series), holding the compressed report
+//! (base64 in JSON), replaced durably after each attempt and removed when the report is
+//! delivered, refused for good (see [`super::post::PostError::permanent`]) or 24 hours old.
+//! Attempt `n` (the first retry is 1) waits `retry_after × 3^(n-1)`: with the default five
+//! minutes, 5 m, 15 m, 45 m, 2 h 15, 6 h 45, then the last one when the 24 hours end. When a
+//! file cannot be changed (a filesystem gone read-only), what should have been written is
+//! remembered in memory instead, so a report is neither posted every few seconds nor again
+//! after it was delivered.
 
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -22,6 +28,8 @@ use serde::{Deserialize, Serialize};
 pub const GIVE_UP_AFTER: u64 = 24 * 3600;
 /// Each wait is this many times the one before.
 const GROWTH: u64 = 3;
+/// A temporary file older than this was left by a crash in the middle of a write.
+const STALE_TEMP: Duration = Duration::from_secs(3600);
 
 /// One report waiting for its next attempt at one URL.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,15 +80,25 @@ pub struct FirstAttempt<'a> {
 /// The retry directory.
 pub struct Retries {
     dir: PathBuf,
+    /// Files whose change could not be written: not due before this time (`u64::MAX`: done).
+    held_back: Mutex<HashMap<PathBuf, u64>>,
 }
 
 impl Retries {
     pub fn new(dir: PathBuf) -> Retries {
-        Retries { dir }
+        Retries {
+            dir,
+            held_back: Mutex::new(HashMap::new()),
+        }
     }
 
-    /// Keeps a report whose first POST failed; returns when it is tried next.
+    /// Keeps a report whose first POST failed; returns when it is tried next. A report kept
+    /// already for that URL (sent again after a crash) keeps its series and its 24 hours.
     pub fn keep(&self, failed: FirstAttempt<'_>, retry_after: Duration) -> io::Result<u64> {
+        let path = self.path_of(failed.report_id, failed.url);
+        if let Ok(kept) = read(&path) {
+            return Ok(self.held_back_until(&path).unwrap_or(kept.next_attempt));
+        }
         let pending = Pending {
             domain: failed.domain.to_owned(),
             report_id: failed.report_id.to_owned(),
@@ -92,15 +110,13 @@ impl Retries {
             body: STANDARD.encode(failed.body),
         };
         std::fs::create_dir_all(&self.dir)?;
-        let path = self
-            .dir
-            .join(format!("{:016x}.json", rand::random::<u64>()));
         write(&path, &pending)?;
         Ok(pending.next_attempt)
     }
 
     /// The reports due at `now`, with their files. An unreadable file is removed with a
-    /// warning (a report is worth less than a retry loop that stalls on it).
+    /// warning (a report is worth less than a retry loop that stalls on it), and so is one
+    /// past its 24 hours (the server was down, or reports were off, meanwhile).
     pub fn due(&self, now: u64) -> Vec<(PathBuf, Pending)> {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return Vec::new();
@@ -108,15 +124,25 @@ impl Retries {
         let mut due = Vec::new();
         for entry in entries.filter_map(Result::ok) {
             let path = entry.path();
-            if path.extension().is_none_or(|ext| ext != "json") {
+            if path.extension().is_some_and(|ext| ext == "tmp") {
+                remove_if_stale(&path);
+                continue;
+            }
+            if path.extension().is_none_or(|ext| ext != "json")
+                || self.held_back_until(&path).is_some_and(|until| until > now)
+            {
                 continue;
             }
             match read(&path) {
+                Ok(pending) if now > pending.first_attempt.saturating_add(GIVE_UP_AFTER) => {
+                    tracing::warn!(domain = %Escaped(&pending.domain), url = %Escaped(&pending.url), report_id = %Escaped(&pending.report_id), "TLS report not delivered within 24 hours; given up");
+                    self.forget(&path);
+                }
                 Ok(pending) if pending.next_attempt <= now => due.push((path, pending)),
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(file = %path.display(), error = %Escaped(&e.to_string()), "unreadable TLS report retry removed");
-                    let _ = std::fs::remove_file(&path);
+                    self.forget(&path);
                 }
             }
         }
@@ -125,7 +151,8 @@ impl Retries {
     }
 
     /// Records another failed attempt at `now`: the next one is scheduled, or, 24 hours
-    /// after the first, the report is forgotten.
+    /// after the first, the report is forgotten. When the file cannot be written, the next
+    /// attempt is held back in memory all the same (and the error returned).
     pub fn failed_again(
         &self,
         path: &Path,
@@ -137,13 +164,38 @@ impl Retries {
         pending.attempts = pending.attempts.saturating_add(1);
         pending.last_error = error.to_owned();
         if now >= pending.first_attempt.saturating_add(GIVE_UP_AFTER) {
-            forget(path)?;
+            self.forget(path);
             return Ok(Next::GaveUp);
         }
         pending.next_attempt =
             next_attempt(pending.first_attempt, now, pending.attempts, retry_after);
-        write(path, &pending)?;
+        if let Err(e) = write(path, &pending) {
+            self.hold_back(path, pending.next_attempt);
+            return Err(e);
+        }
         Ok(Next::At(pending.next_attempt))
+    }
+
+    /// Removes a report that was delivered, refused for good, or given up; if its file
+    /// cannot go, this process does not try it again.
+    pub fn forget(&self, path: &Path) {
+        let removed = match std::fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+        let mut held_back = self
+            .held_back
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match removed {
+            Ok(()) => {
+                held_back.remove(path);
+            }
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot remove a TLS report retry; not tried again until a restart");
+                held_back.insert(path.to_path_buf(), u64::MAX);
+            }
+        }
     }
 
     /// How many reports wait (for tests).
@@ -159,13 +211,43 @@ impl Retries {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The file of a report's retries at one URL.
+    fn path_of(&self, report_id: &str, url: &str) -> PathBuf {
+        let key = format!("{report_id}\n{url}");
+        let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+        let name: String = digest.as_ref()[..12]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        self.dir.join(format!("{name}.json"))
+    }
+
+    fn hold_back(&self, path: &Path, until: u64) {
+        self.held_back
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(path.to_path_buf(), until);
+    }
+
+    fn held_back_until(&self, path: &Path) -> Option<u64> {
+        self.held_back
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(path)
+            .copied()
+    }
 }
 
-/// Removes a report that was delivered, refused for good, or given up.
-pub fn forget(path: &Path) -> io::Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
+/// Removes a temporary file a crash left in the middle of a write (a young one may be a write
+/// in progress).
+fn remove_if_stale(path: &Path) {
+    let age = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|modified| SystemTime::now().duration_since(modified).ok());
+    if age.is_some_and(|age| age > STALE_TEMP) {
+        let _ = std::fs::remove_file(path);
     }
 }
 
@@ -230,7 +312,7 @@ mod tests {
                 .unwrap(),
             Next::At(1_300 + 900)
         );
-        let (path, pending) = retries.due(u64::MAX).pop().unwrap();
+        let (path, pending) = retries.due(1_300 + 900).pop().unwrap();
         assert_eq!(
             (pending.attempts, pending.last_error.as_str()),
             (2, "timed out")
@@ -242,6 +324,68 @@ mod tests {
             Next::GaveUp
         );
         assert!(retries.is_empty());
+    }
+
+    fn first(report_id: &'static str, at: u64) -> FirstAttempt<'static> {
+        FirstAttempt {
+            domain: "d.test",
+            report_id,
+            url: "https://rpt.d.test/",
+            body: b"gz",
+            error: "503",
+            at,
+        }
+    }
+
+    /// A period reported again after a crash keeps the series it started: one file, the
+    /// first attempt's 24 hours.
+    #[test]
+    fn a_report_kept_twice_is_one_series() {
+        let dir = tempfile::tempdir().unwrap();
+        let retries = Retries::new(dir.path().to_path_buf());
+        assert_eq!(
+            retries.keep(first("r1", 1_000), FIVE_MINUTES).unwrap(),
+            1_300
+        );
+        assert_eq!(
+            retries.keep(first("r1", 5_000), FIVE_MINUTES).unwrap(),
+            1_300
+        );
+        assert_eq!(retries.len(), 1);
+        retries.keep(first("r2", 5_000), FIVE_MINUTES).unwrap();
+        assert_eq!(retries.len(), 2, "another report is another series");
+    }
+
+    /// A retry past its 24 hours (the server was down meanwhile) is dropped, not sent.
+    #[test]
+    fn a_retry_past_its_24_hours_is_dropped_unsent() {
+        let dir = tempfile::tempdir().unwrap();
+        let retries = Retries::new(dir.path().to_path_buf());
+        retries.keep(first("r1", 1_000), FIVE_MINUTES).unwrap();
+        assert!(retries.due(1_001 + GIVE_UP_AFTER).is_empty());
+        assert!(retries.is_empty());
+    }
+
+    /// A retry whose file could not be changed is held back in memory: not posted again
+    /// every few seconds.
+    #[test]
+    fn a_retry_that_cannot_be_written_is_held_back_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let retries = Retries::new(dir.path().join("retry"));
+        retries.keep(first("r1", 1_000), FIVE_MINUTES).unwrap();
+        let (path, pending) = retries.due(2_000).pop().unwrap();
+        // The file is gone and its directory replaced by a plain file: no write can succeed.
+        std::fs::remove_dir_all(dir.path().join("retry")).unwrap();
+        std::fs::write(dir.path().join("retry"), b"not a directory").unwrap();
+        let failed = retries.failed_again(&path, pending, "503", 2_000, FIVE_MINUTES);
+        assert!(failed.is_err(), "{failed:?}");
+        assert_eq!(retries.held_back_until(&path), Some(2_000 + 900));
+        retries.forget(&path);
+        assert_eq!(
+            retries.held_back_until(&path),
+            Some(u64::MAX),
+            "done, in memory"
+        );
     }
 
     #[test]

@@ -54,7 +54,7 @@ pub(super) struct Slots {
 /// shorter number, so the header keeps its length.
 ///
 /// The checksum is what lets a commit rename the file into `msg/` *before* its one flush (see
-/// the spool's "Enqueue and group commit"): a crash during that flush can leave a name whose
+/// the spool's "Enqueue and group commit"): a crash before that flush ends can leave a name whose
 /// data never reached the disk, and reading it back finds the mismatch instead of delivering
 /// zeros or another file's old blocks. (An older reader ignores the key.)
 pub(super) fn encode_open_header(state: &QueuedMessage) -> io::Result<(Vec<u8>, Slots)> {

@@ -1,4 +1,7 @@
 //! Recovery at open, run only when no other process has the spool open (see the spool docs).
+//! It checks each message's header and size, not its content's checksum (that would read the
+//! whole queue at every start): an entry a crash left torn under `syncfs` is found when the
+//! runner first reads its content, and moved to `corrupt/` then.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
