@@ -9,6 +9,9 @@
 //!                    content's size and CRC-32) + content;
 //!                    written once, never changed; its presence is the message's existence
 //!                    (once its content matches its checksum: see "Enqueue and group commit")
+//! msg/slot-<hex>.new a preallocated file for a message to come (per-file commits; see
+//!                    [`slots`]): empty, or being written, or (after a crash) a message that
+//!                    recovery renames to its id
 //! msg/<id>.json      the current state (a QueuedMessage as JSON), from the first state change
 //!                    on; supersedes the header; replaced whole by rename
 //! corrupt/           entries that could not be read, moved aside at open for a person to inspect
@@ -25,9 +28,12 @@
 //!    other one already waiting (up to [`SpoolOptions::max_batch`]), renames each into `msg/`
 //!    and makes the batch durable with **one** flush: a `syncfs(2)` of the spool's filesystem
 //!    ([`CommitMode::Filesystem`]), which writes the content and the new directory entries
-//!    together. With [`CommitMode::EachFile`] (the choice on a shared filesystem) each file is
-//!    instead `fdatasync`ed by its own thread before the hand-over, and the committer fsyncs
-//!    `msg/` once for the batch after the renames.
+//!    together. With [`CommitMode::EachFile`] (the choice on a shared filesystem) a message is
+//!    written into a preallocated file in `msg/` whose name is durable already ([`slots`]),
+//!    `fdatasync`ed — its one flush — renamed to `<id>.eml` and answered by its own thread, no
+//!    committer involved; only when no preallocated file is ready (a burst) does it take the
+//!    older path: `tmp/`, its `fdatasync`, then the committer's rename and one fsync of `msg/`
+//!    for the batch.
 //! 3. Only after that flush does each waiter get its answer; a failed flush answers every
 //!    waiter of the batch with an error and removes their files (they were never
 //!    acknowledged).
@@ -84,6 +90,7 @@ mod draft;
 mod entry;
 mod fresh;
 mod recover;
+mod slots;
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -165,15 +172,18 @@ pub struct SpoolStats {
     /// Messages acknowledged by `enqueue`.
     pub committed: u64,
     /// Group commits performed (each ends with one flush: a `syncfs`, or with
-    /// [`CommitMode::EachFile`] a directory fsync).
+    /// [`CommitMode::EachFile`] a directory fsync; per-file commits into a preallocated file
+    /// need none).
     pub batches: u64,
-    /// Directory fsyncs of all kinds (enqueue batches with [`CommitMode::EachFile`], updates,
-    /// removals, recovery).
+    /// Directory fsyncs of all kinds (enqueue batches with [`CommitMode::EachFile`], batches
+    /// of preallocated files, updates, removals, recovery).
     pub dir_fsyncs: u64,
     /// `syncfs` calls (one per batch with [`CommitMode::Filesystem`]).
     pub fs_syncs: u64,
     /// `fdatasync`s of new message files (one per message with [`CommitMode::EachFile`]).
     pub message_syncs: u64,
+    /// Preallocated message files ready now (per-file commits; see `spool/slots.rs`).
+    pub preallocated: usize,
 }
 
 /// What recovery did at [`Spool::open`].
@@ -181,7 +191,8 @@ pub struct SpoolStats {
 pub struct RecoveryReport {
     /// Complete, readable messages found.
     pub messages: usize,
-    /// Files removed from `tmp/` (writes that were never acknowledged).
+    /// Files removed from `tmp/` and slots removed from `msg/` (free, or writes that were never
+    /// acknowledged).
     pub temp_removed: usize,
     /// Content files without a state file, removed.
     pub orphans_removed: usize,
@@ -194,6 +205,10 @@ pub struct Spool {
     inner: Arc<Inner>,
     committer: mpsc::Sender<Staged>,
     recovery: Option<RecoveryReport>,
+    /// The committer and slot threads, joined when the spool is dropped: each holds the
+    /// spool (and its lock) until it ends, and a spool opened again at once must find the lock
+    /// free to recover.
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 /// Paths of the spool's parts.
@@ -223,6 +238,8 @@ struct Inner {
     message_syncs: AtomicU64,
     /// Content of small messages just committed, for the runner's first read.
     fresh: FreshContent,
+    /// Preallocated message files for per-file commits.
+    slots: slots::Slots,
     /// `tmp/`, open: the handle `syncfs` names the filesystem by.
     tmp_dir: File,
     /// Holds the shared spool lock for as long as this instance lives.
@@ -265,14 +282,20 @@ impl Spool {
             fs_syncs: AtomicU64::new(0),
             message_syncs: AtomicU64::new(0),
             fresh: FreshContent::default(),
+            slots: slots::Slots::default(),
             tmp_dir,
             _lock: lock,
         });
-        let committer = spawn_committer(&inner)?;
+        let (committer, committer_thread) = spawn_committer(&inner)?;
+        let mut threads = vec![committer_thread];
+        if inner.options.commit == CommitMode::EachFile {
+            threads.push(slots::spawn_refill(&inner).map_err(QueueError::Io)?);
+        }
         Ok(Spool {
             inner,
             committer,
             recovery,
+            threads,
         })
     }
 
@@ -300,6 +323,7 @@ impl Spool {
             dir_fsyncs: self.inner.dir_fsyncs.load(Ordering::Relaxed),
             fs_syncs: self.inner.fs_syncs.load(Ordering::Relaxed),
             message_syncs: self.inner.message_syncs.load(Ordering::Relaxed),
+            preallocated: self.inner.slots.ready(),
         }
     }
 
@@ -426,6 +450,19 @@ impl Spool {
                 () = self.inner.notify.notified() => {}
                 () = marker_moved => return Changes { rescan: true, ..Changes::default() },
             }
+        }
+    }
+}
+
+impl Drop for Spool {
+    /// Ends the slot thread (removing the free slots) and the committer, and waits for both:
+    /// work in progress ends first (a commit being flushed, an enqueue handing over).
+    fn drop(&mut self) {
+        self.inner.slots.stop();
+        let (closed, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.committer, closed));
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
         }
     }
 }
@@ -637,20 +674,10 @@ impl Inner {
         };
         match flushed {
             Ok(()) => {
-                let count = placed.len() as u64;
-                self.committed.fetch_add(count, Ordering::Relaxed);
                 // From the committer (so the runner hears of it even if a waiter stopped
                 // listening), and before the answers: the runner knows of a message no later
                 // than its client does.
-                let ids: Vec<MessageId> = placed.iter().map(|s| s.id.clone()).collect();
-                self.note_change(|pending| {
-                    if pending.enqueued.len() + ids.len() > MAX_PENDING {
-                        pending.enqueued.clear();
-                        pending.rescan = true;
-                    } else if !pending.rescan {
-                        pending.enqueued.extend(ids);
-                    }
-                });
+                self.note_committed(placed.iter().map(|s| s.id.clone()).collect());
                 for staged in placed {
                     let _ = staged.reply.send(Ok(()));
                 }
@@ -677,6 +704,20 @@ impl Inner {
             }
         }
         placed
+    }
+
+    /// Counts newly committed messages and tells the runner of them.
+    fn note_committed(&self, ids: Vec<MessageId>) {
+        self.committed
+            .fetch_add(ids.len() as u64, Ordering::Relaxed);
+        self.note_change(|pending| {
+            if pending.enqueued.len() + ids.len() > MAX_PENDING {
+                pending.enqueued.clear();
+                pending.rescan = true;
+            } else if !pending.rescan {
+                pending.enqueued.extend(ids);
+            }
+        });
     }
 
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, Changes> {
@@ -877,15 +918,19 @@ fn lock_and_recover(lock: &File, layout: &Layout) -> io::Result<Option<RecoveryR
     }
 }
 
-/// Starts the committer thread; it ends when the `Spool` (the only sender) is dropped.
-fn spawn_committer(inner: &Arc<Inner>) -> Result<mpsc::Sender<Staged>, QueueError> {
+/// The committer's channel and thread.
+type Committer = (mpsc::Sender<Staged>, std::thread::JoinHandle<()>);
+
+/// Starts the committer thread; it ends when the `Spool`'s sender and the clones lent to
+/// work in progress are gone.
+fn spawn_committer(inner: &Arc<Inner>) -> Result<Committer, QueueError> {
     let (sender, receiver) = mpsc::channel::<Staged>();
     let inner = Arc::clone(inner);
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("relayward-queue-commit".to_owned())
         .spawn(move || run_committer(&inner, &receiver))
         .map_err(QueueError::Io)?;
-    Ok(sender)
+    Ok((sender, thread))
 }
 
 /// Collects whatever is waiting into one batch, commits it, repeats.

@@ -15,10 +15,12 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use relayward_queue::Route;
-use relayward_queue::{MessageId, NewMessage, Queue, Spool, SpoolOptions};
+use relayward_queue::{CommitMode, MessageId, NewMessage, Queue, Spool, SpoolOptions};
 use relayward_testkit::queue::by_mx;
 
 const CHILD_ENV: &str = "RELAYWARD_QUEUE_CRASH_CHILD";
+/// Set to `each-file` for the child to commit each file on its own (into preallocated slots).
+const MODE_ENV: &str = "RELAYWARD_QUEUE_CRASH_MODE";
 const WORKERS: u64 = 8;
 const ROUNDS: usize = 5;
 
@@ -42,10 +44,18 @@ fn expected(worker: u64, n: u64) -> NewMessage {
     }
 }
 
-fn options() -> SpoolOptions {
+fn options(commit: CommitMode) -> SpoolOptions {
     SpoolOptions {
         min_free_bytes: 0,
+        commit,
         ..SpoolOptions::default()
+    }
+}
+
+fn mode_name(commit: CommitMode) -> &'static str {
+    match commit {
+        CommitMode::EachFile => "each-file",
+        CommitMode::Filesystem => "syncfs",
     }
 }
 
@@ -60,7 +70,11 @@ fn crash_child() {
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(enqueue_forever(Path::new(&dir)));
+    let commit = match std::env::var(MODE_ENV).as_deref() {
+        Ok("each-file") => CommitMode::EachFile,
+        _ => CommitMode::Filesystem,
+    };
+    runtime.block_on(enqueue_forever(Path::new(&dir), commit));
 }
 
 /// The worker whose drafts are never committed (a client that goes away mid-DATA).
@@ -68,8 +82,8 @@ const ABANDONING_WORKER: u64 = 99;
 
 /// Even workers enqueue whole messages; odd ones write drafts in pieces, as the session does
 /// while content arrives; one more worker begins drafts and drops them half-written.
-async fn enqueue_forever(dir: &Path) {
-    let spool = Arc::new(Spool::open(dir, options()).unwrap());
+async fn enqueue_forever(dir: &Path, commit: CommitMode) {
+    let spool = Arc::new(Spool::open(dir, options(commit)).unwrap());
     let mut tasks: Vec<_> = (0..WORKERS)
         .map(|worker| {
             let spool = Arc::clone(&spool);
@@ -132,11 +146,12 @@ fn parse_ack(line: &str) -> Option<Ack> {
 }
 
 /// Runs the child until a random moment after its first acknowledgement, kills it, returns acks.
-fn run_and_kill(dir: &Path) -> Vec<Ack> {
+fn run_and_kill(dir: &Path, commit: CommitMode) -> Vec<Ack> {
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(exe)
         .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, dir)
+        .env(MODE_ENV, mode_name(commit))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -169,14 +184,21 @@ fn run_and_kill(dir: &Path) -> Vec<Ack> {
 }
 
 /// Reopens the spool and checks every acknowledged message and the recovery report.
-async fn verify(dir: &Path, acks: &[Ack]) {
-    let spool = Spool::open(dir, options()).unwrap();
+async fn verify(dir: &Path, acks: &[Ack], commit: CommitMode) {
+    let spool = Spool::open(dir, options(commit)).unwrap();
     let report = spool.recovery_report().cloned().unwrap();
     assert!(
         report.quarantined.is_empty(),
         "half-written entries: {report:?}"
     );
     assert!(std::fs::read_dir(dir.join("tmp")).unwrap().next().is_none());
+    let slots_left: Vec<String> = std::fs::read_dir(dir.join("msg"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("slot-"))
+        .collect();
+    assert!(slots_left.is_empty(), "recovery left {slots_left:?}");
     for ack in acks {
         let want = expected(ack.worker, ack.n);
         let state = match spool.get(&ack.id).await {
@@ -221,6 +243,18 @@ async fn verify(dir: &Path, acks: &[Ack]) {
 
 #[test]
 fn acknowledged_messages_survive_sigkill() {
+    survive_sigkill(CommitMode::Filesystem);
+}
+
+/// The same with per-file commits, where messages are written into preallocated slots in
+/// `msg/` and renamed after their flush: a kill between the two leaves a slot that recovery
+/// must name (or remove, if it was never acknowledged), and free slots to remove.
+#[test]
+fn acknowledged_messages_survive_sigkill_with_per_file_commits() {
+    survive_sigkill(CommitMode::EachFile);
+}
+
+fn survive_sigkill(commit: CommitMode) {
     if std::env::var_os(CHILD_ENV).is_some() {
         return;
     }
@@ -232,7 +266,7 @@ fn acknowledged_messages_survive_sigkill() {
         .unwrap();
     let mut all = Vec::new();
     for round in 0..ROUNDS {
-        let acks = run_and_kill(dir.path());
+        let acks = run_and_kill(dir.path(), commit);
         assert!(
             !acks.is_empty(),
             "round {round}: the child acknowledged nothing"
@@ -243,7 +277,7 @@ fn acknowledged_messages_survive_sigkill() {
             started.elapsed()
         );
         all.extend(acks);
-        runtime.block_on(verify(dir.path(), &all));
+        runtime.block_on(verify(dir.path(), &all, commit));
         assert!(
             started.elapsed() < Duration::from_secs(20),
             "crash test too slow"

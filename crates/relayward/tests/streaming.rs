@@ -1,8 +1,9 @@
 //! DATA and BDAT content goes to the spool while it arrives (issue 15, item 2), end to end
 //! through the real `relayward serve`:
 //!
-//! - a message of many megabytes is on disk (in the spool's `tmp/`) before its final dot, and
-//!   is delivered byte-identical (dot-unstuffed, behind one `Received:`);
+//! - a message of many megabytes is on disk (in the spool: `tmp/`, or a preallocated file in
+//!   `msg/`) before its final dot, and is delivered byte-identical (dot-unstuffed, behind one
+//!   `Received:`);
 //! - a session cut off mid-DATA leaves no file behind and delivers nothing;
 //! - the smuggling and line-length refusals still fire many megabytes into a message, and
 //!   leave nothing behind either.
@@ -107,31 +108,55 @@ fn files(dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-/// Octets of the drafts staged in the spool's `tmp/`.
+/// Whether a spool file is a preallocated one (`msg/slot-*.new`), where drafts are written
+/// with per-file commits (the default on a shared filesystem).
+fn is_slot(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|name| name.to_str())
+        .is_some_and(|name| name.starts_with("slot-") && name.ends_with(".new"))
+}
+
+/// Octets of the drafts staged in the spool: in `tmp/` or in preallocated files in `msg/`.
 fn staged_octets(server: &TestServer) -> u64 {
+    let slots = files(&spool_dir(server, "msg"))
+        .into_iter()
+        .filter(|f| is_slot(f));
     files(&spool_dir(server, "tmp"))
-        .iter()
+        .into_iter()
+        .chain(slots)
         .filter_map(|f| std::fs::metadata(f).ok())
         .map(|m| m.len())
         .sum()
 }
 
+/// What the spool holds beyond free preallocated files (empty slots).
+fn spool_contents(server: &TestServer) -> Vec<PathBuf> {
+    let free = |f: &PathBuf| is_slot(f) && std::fs::metadata(f).is_ok_and(|m| m.len() == 0);
+    files(&spool_dir(server, "tmp"))
+        .into_iter()
+        .chain(
+            files(&spool_dir(server, "msg"))
+                .into_iter()
+                .filter(|f| !free(f)),
+        )
+        .collect()
+}
+
 #[track_caller]
 fn assert_nothing_left(server: &TestServer) {
     let clean = eventually(Duration::from_secs(10), || {
-        files(&spool_dir(server, "tmp")).is_empty() && files(&spool_dir(server, "msg")).is_empty()
+        spool_contents(server).is_empty()
     });
     assert!(
         clean,
-        "files left in the spool: tmp {:?}, msg {:?}\n{}",
-        files(&spool_dir(server, "tmp")),
-        files(&spool_dir(server, "msg")),
+        "files left in the spool: {:?}\n{}",
+        spool_contents(server),
         server.log()
     );
     assert!(server.maildir_new("example.test", "alice").is_empty());
 }
 
-/// 20 MB arrive; half-way the first 8 MB are already in `tmp/` (not in memory); after the
+/// 20 MB arrive; half-way the first 8 MB are already in the spool (not in memory); after the
 /// dot the mailbox gets exactly the content sent, unstuffed, behind one `Received:`.
 #[test]
 fn a_multi_megabyte_message_is_on_disk_before_its_dot_and_delivered_byte_identical() {
@@ -178,7 +203,7 @@ fn a_multi_megabyte_message_is_on_disk_before_its_dot_and_delivered_byte_identic
     assert!(files(&spool_dir(&server, "tmp")).is_empty());
 }
 
-/// A client that goes away after 6 MB without the final dot leaves no draft in `tmp/`, no
+/// A client that goes away after 6 MB without the final dot leaves no draft in the spool, no
 /// message in `msg/`, and nothing in the mailbox.
 #[test]
 fn a_session_cut_off_mid_data_leaves_nothing_in_the_spool() {

@@ -32,8 +32,11 @@ const SPACE_CHECK_EVERY: u64 = 4 * 1024 * 1024;
 pub(super) struct Staging {
     inner: Arc<Inner>,
     id: MessageId,
-    /// `None` once handed over (the committer owns the file from then on).
+    /// `None` once handed over (the committer owns the file from then on) or committed.
     path: Option<PathBuf>,
+    /// Written into a preallocated slot in `msg/` (see [`super::slots`]) rather than `tmp/`:
+    /// committed in place, with one flush.
+    in_slot: bool,
     file: File,
     /// Octets of the header line: the content starts here.
     header_len: u64,
@@ -69,18 +72,25 @@ impl Staging {
         let (header, slots) =
             encode_open_header(&QueuedMessage::accepted(id.clone(), message, unix_now()))
                 .map_err(queue_error)?;
-        let path = inner.layout.tmp_message(&id);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(PRIVATE_FILE)
-            .open(&path)
-            .map_err(queue_error)?;
+        let (path, file, in_slot) = match take_slot(inner) {
+            Some((slot, file)) => (slot, file, true),
+            None => {
+                let path = inner.layout.tmp_message(&id);
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .mode(PRIVATE_FILE)
+                    .open(&path)
+                    .map_err(queue_error)?;
+                (path, file, false)
+            }
+        };
         let mut staging = Staging {
             inner: Arc::clone(inner),
             id,
             path: Some(path),
+            in_slot,
             file,
             header_len: header.len() as u64,
             slots,
@@ -163,6 +173,9 @@ impl Staging {
                 .map_err(queue_error)?;
         }
         self.inner.check_space(0)?;
+        if self.in_slot {
+            return self.commit_in_slot(reply);
+        }
         if self.inner.options.commit == CommitMode::EachFile {
             // fdatasync covers the data and the file size, which is all a reader of a new
             // file needs.
@@ -181,8 +194,45 @@ impl Staging {
         Ok(())
     }
 
+    /// The one-flush commit of a message in a slot: its `fdatasync` (the slot's name is
+    /// durable already), then the rename to `<id>.eml` (not flushed: recovery renames a
+    /// complete slot a crash left), then the answer.
+    fn commit_in_slot(
+        mut self,
+        reply: tokio::sync::oneshot::Sender<Result<(), QueueError>>,
+    ) -> Result<(), QueueError> {
+        self.file.sync_data().map_err(queue_error)?;
+        self.inner.message_syncs.fetch_add(1, Ordering::Relaxed);
+        let Some(slot) = self.path.take() else {
+            return Err(invalid_input("the message being received was lost"));
+        };
+        if let Err(e) = std::fs::rename(&slot, self.inner.layout.message(&self.id)) {
+            let _ = std::fs::remove_file(&slot);
+            return Err(queue_error(e));
+        }
+        self.inner.note_committed(vec![self.id.clone()]);
+        let _ = reply.send(Ok(()));
+        Ok(())
+    }
+
     pub(super) fn id(&self) -> &MessageId {
         &self.id
+    }
+}
+
+/// A free slot, opened, when per-file commits are in use and one is ready.
+fn take_slot(inner: &Inner) -> Option<(PathBuf, File)> {
+    if inner.options.commit != CommitMode::EachFile {
+        return None;
+    }
+    let slot = inner.slots.take()?;
+    match OpenOptions::new().read(true).write(true).open(&slot) {
+        Ok(file) => Some((slot, file)),
+        Err(e) => {
+            tracing::warn!(file = %slot.display(), error = %e, "cannot open a preallocated queue file");
+            let _ = std::fs::remove_file(&slot);
+            None
+        }
     }
 }
 

@@ -142,6 +142,23 @@ pub(super) fn strip_header(id: &MessageId, mut file: Vec<u8>) -> Result<Vec<u8>,
     Ok(file)
 }
 
+/// The id of a whole message file — a header that names a valid id and records a checksum,
+/// content of the recorded size that matches it — and `None` for anything else (a free slot,
+/// one a crash cut short).
+pub(super) fn complete_message_id(file: &[u8]) -> Option<MessageId> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        id: MessageId,
+    }
+    let end = file.iter().position(|&b| b == b'\n')?;
+    let json = file[..end].strip_prefix(MAGIC)?;
+    let id = serde_json::from_slice::<Named>(json).ok()?.id;
+    if !id.is_valid() || recorded_checksum(&id, json).ok()?.is_none() {
+        return None;
+    }
+    strip_header(&id, file.to_vec()).ok().map(|_| id)
+}
+
 /// The header's checksum field, if it has one.
 fn recorded_checksum(id: &MessageId, json: &[u8]) -> Result<Option<u64>, QueueError> {
     #[derive(serde::Deserialize)]

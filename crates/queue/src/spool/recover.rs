@@ -10,7 +10,7 @@ use std::path::Path;
 
 use relayward_protocol::text::Escaped;
 
-use super::entry::{parse_state, read_header};
+use super::entry::{complete_message_id, parse_state, read_header};
 use super::{CONTENT_EXT, Layout, RecoveryReport, STATE_EXT};
 use crate::MessageId;
 use crate::fsutil::sync_dir;
@@ -29,7 +29,10 @@ pub(super) fn recover(layout: &Layout) -> io::Result<RecoveryReport> {
         temp_removed: clear_dir(&layout.tmp)?,
         ..RecoveryReport::default()
     };
-    let (entries, strays) = scan_msg_dir(layout)?;
+    let (mut entries, strays, slots) = scan_msg_dir(layout)?;
+    for slot in slots {
+        recover_slot(layout, &slot, &mut entries, &mut report);
+    }
     for name in strays {
         quarantine(layout, &name, "not a queue file", &mut report);
     }
@@ -73,20 +76,57 @@ fn recover_entry(layout: &Layout, id: &MessageId, found: &Found, report: &mut Re
     report.messages += 1;
 }
 
-/// Sorts the names in `msg/` into queue files (by id) and strays.
-fn scan_msg_dir(layout: &Layout) -> io::Result<(BTreeMap<MessageId, Found>, Vec<String>)> {
+/// A slot a crash left: a complete message (committed in place, its rename to `<id>.eml` not
+/// yet on disk) gets its name; anything else (free, or written but never acknowledged) goes.
+fn recover_slot(
+    layout: &Layout,
+    slot: &str,
+    entries: &mut BTreeMap<MessageId, Found>,
+    report: &mut RecoveryReport,
+) {
+    let path = layout.msg.join(slot);
+    let complete = fs::read(&path)
+        .ok()
+        .and_then(|bytes| complete_message_id(&bytes));
+    match complete {
+        Some(id) if !entries.get(&id).is_some_and(|found| found.message) => {
+            match fs::rename(&path, layout.message(&id)) {
+                Ok(()) => entries.entry(id).or_default().message = true,
+                Err(err) => {
+                    tracing::warn!(file = %path.display(), error = %err, "cannot name a recovered queue message")
+                }
+            }
+        }
+        _ => match fs::remove_file(&path) {
+            Ok(()) => report.temp_removed += 1,
+            Err(err) => {
+                tracing::warn!(file = %path.display(), error = %err, "cannot remove a queue slot")
+            }
+        },
+    }
+}
+
+/// Sorts the names in `msg/` into queue files (by id), strays and slots.
+type Scanned = (BTreeMap<MessageId, Found>, Vec<String>, Vec<String>);
+
+fn scan_msg_dir(layout: &Layout) -> io::Result<Scanned> {
     let mut entries: BTreeMap<MessageId, Found> = BTreeMap::new();
     let mut strays = Vec::new();
+    let mut slots = Vec::new();
     for entry in fs::read_dir(&layout.msg)? {
         let name = entry?.file_name();
         let text = name.to_string_lossy().into_owned();
+        if super::slots::is_slot_name(&text) {
+            slots.push(text);
+            continue;
+        }
         match super::split_queue_name(&text) {
             Some((id, CONTENT_EXT)) => entries.entry(id).or_default().message = true,
             Some((id, STATE_EXT)) => entries.entry(id).or_default().state = true,
             _ => strays.push(text),
         }
     }
-    Ok((entries, strays))
+    Ok((entries, strays, slots))
 }
 
 /// Checks a message file's header and that its content has the recorded size.

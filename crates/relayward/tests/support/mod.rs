@@ -13,7 +13,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -502,11 +502,26 @@ pub fn wait_queue_empty(server: &TestServer) {
     }
 }
 
-/// Messages spooled right now (nothing acknowledged behind the test's back).
+/// Messages spooled right now (nothing acknowledged behind the test's back): the files in
+/// `queue/msg/` but the free preallocated ones.
 pub fn spooled(server: &TestServer) -> usize {
     std::fs::read_dir(server.data_dir().join("queue").join("msg"))
-        .map(|rd| rd.filter_map(Result::ok).count())
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter(|e| !is_free_slot(&e.path()))
+                .count()
+        })
         .unwrap_or(0)
+}
+
+/// Whether `path` is a free preallocated spool file (`msg/slot-*.new`, empty), which per-file
+/// commits keep ready for messages to come.
+pub fn is_free_slot(path: &Path) -> bool {
+    let named = path
+        .file_name()
+        .and_then(|name| name.to_str())
+        .is_some_and(|name| name.starts_with("slot-") && name.ends_with(".new"));
+    named && std::fs::metadata(path).is_ok_and(|m| m.len() == 0)
 }
 
 /// Runs `relayward check-config` on `config` (with `DATA_DIR` filled in); exit code and output.

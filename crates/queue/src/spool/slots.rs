@@ -1,0 +1,211 @@
+//! Preallocated message files ("slots") for per-file commits: one flush per message.
+//!
+//! A per-file commit used to create its file in `tmp/`, `fdatasync` it, rename it into `msg/`
+//! and wait for an fsync of `msg/`: two flushes in turn before `250`, where Postfix waits for
+//! one. A slot is an empty file created ahead of time in `msg/` as `slot-<random>.new`, its
+//! directory entry made durable by a background thread that creates them in batches (one fsync
+//! of `msg/` per batch). A message is written into a slot, `fdatasync`ed — the one flush: the
+//! name is durable already — and only then renamed to `<id>.eml` and acknowledged. The rename
+//! is not flushed: after a crash the message may be back under its slot name, and recovery
+//! renames a complete slot (size and checksum of its header right) to its id and removes the
+//! others (free, or written but never acknowledged).
+//!
+//! Readers never see a slot: `list` and the queue CLI know messages by `<id>.eml` names only,
+//! and a message is renamed before anyone is told of it. When the pool is empty (a burst) a
+//! message takes the `tmp/` path as before. Only a spool that stages messages fills a pool
+//! (the queue CLI never does), and free slots are removed when the spool is dropped.
+
+use std::fs::OpenOptions;
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+
+use super::Inner;
+use crate::fsutil::PRIVATE_FILE;
+
+/// Slots kept ready.
+const POOL: usize = 64;
+/// The pool is refilled when fewer than this are free.
+const REFILL_BELOW: usize = POOL / 2;
+/// How slot files are named: `slot-<16 hex digits>.new`.
+const PREFIX: &str = "slot-";
+pub(super) const EXT: &str = "new";
+
+/// Whether a file name in `msg/` is a slot's.
+pub(super) fn is_slot_name(name: &str) -> bool {
+    name.strip_prefix(PREFIX)
+        .and_then(|rest| rest.strip_suffix(&format!(".{EXT}")))
+        .is_some_and(|hex| hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+#[derive(Default)]
+struct Pool {
+    free: Vec<PathBuf>,
+    /// Set by the first `take`: a spool that never stages creates no slots.
+    wanted: bool,
+    stopped: bool,
+}
+
+/// The free slots and the refill thread's signal.
+#[derive(Default)]
+pub(super) struct Slots {
+    pool: Mutex<Pool>,
+    changed: Condvar,
+}
+
+impl Slots {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pool> {
+        self.pool.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A free slot, if one is ready; asks for more when the pool runs low.
+    pub(super) fn take(&self) -> Option<PathBuf> {
+        let mut pool = self.lock();
+        pool.wanted = true;
+        let slot = pool.free.pop();
+        if pool.free.len() < REFILL_BELOW {
+            self.changed.notify_all();
+        }
+        slot
+    }
+
+    /// How many free slots are ready.
+    pub(super) fn ready(&self) -> usize {
+        self.lock().free.len()
+    }
+
+    /// Ends the refill thread and removes the free slots (best effort: recovery removes what
+    /// is left).
+    pub(super) fn stop(&self) {
+        let free = {
+            let mut pool = self.lock();
+            pool.stopped = true;
+            std::mem::take(&mut pool.free)
+        };
+        self.changed.notify_all();
+        for slot in free {
+            let _ = std::fs::remove_file(slot);
+        }
+    }
+}
+
+/// Starts the thread that keeps the pool filled; it ends at [`Slots::stop`].
+pub(super) fn spawn_refill(inner: &Arc<Inner>) -> io::Result<std::thread::JoinHandle<()>> {
+    let inner = Arc::clone(inner);
+    std::thread::Builder::new()
+        .name("relayward-queue-slots".to_owned())
+        .spawn(move || run_refill(&inner))
+}
+
+fn run_refill(inner: &Inner) {
+    // Failures in a row: each waits twice as long (up to a minute), and only the first logs.
+    let mut failures: u32 = 0;
+    loop {
+        {
+            let slots = &inner.slots;
+            let mut pool = slots.lock();
+            while !pool.stopped && (!pool.wanted || pool.free.len() >= REFILL_BELOW) {
+                pool = slots
+                    .changed
+                    .wait(pool)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            if pool.stopped {
+                return;
+            }
+        }
+        let made = match make_slots(&inner.layout.msg, POOL) {
+            Ok(made) => {
+                if failures > 0 {
+                    tracing::info!("queue files are preallocated again");
+                }
+                failures = 0;
+                made
+            }
+            Err(e) => {
+                if failures == 0 {
+                    tracing::warn!(error = %e, "cannot preallocate queue files; messages take the slower path until it works again");
+                }
+                failures = failures.saturating_add(1);
+                // Not again at once: the disk is full or failing. (A stop ends the wait.)
+                let wait = std::time::Duration::from_secs(1 << failures.min(6));
+                let pool = inner.slots.lock();
+                let _ = inner
+                    .slots
+                    .changed
+                    .wait_timeout_while(pool, wait, |pool| !pool.stopped);
+                continue;
+            }
+        };
+        inner.dir_fsyncs.fetch_add(1, Ordering::Relaxed);
+        let mut pool = inner.slots.lock();
+        if pool.stopped {
+            drop(pool);
+            for slot in made {
+                let _ = std::fs::remove_file(slot);
+            }
+            return;
+        }
+        pool.free.extend(made);
+    }
+}
+
+/// Creates `count` empty slot files in `dir` and makes their names durable (one fsync of
+/// `dir`). On error the files made so far are removed.
+fn make_slots(dir: &Path, count: usize) -> io::Result<Vec<PathBuf>> {
+    let mut made = Vec::with_capacity(count);
+    let result = (|| {
+        for _ in 0..count {
+            let path = dir.join(format!("{PREFIX}{:016x}.{EXT}", rand::random::<u64>()));
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(PRIVATE_FILE)
+                .open(&path)?;
+            made.push(path);
+        }
+        crate::fsutil::sync_dir(dir)
+    })();
+    match result {
+        Ok(()) => Ok(made),
+        Err(e) => {
+            for path in made {
+                let _ = std::fs::remove_file(path);
+            }
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_names_are_told_from_queue_names() {
+        assert!(is_slot_name("slot-0123456789abcdef.new"));
+        for name in [
+            "slot-0123456789abcdef.eml",
+            "slot-0123.new",
+            "slot-0123456789abcdeg.new",
+            "0661962fa78b330f874117e9.eml",
+            "slot-.new",
+        ] {
+            assert!(!is_slot_name(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn slots_are_made_durable_in_a_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = make_slots(dir.path(), 5).unwrap();
+        assert_eq!(made.len(), 5);
+        for path in &made {
+            let name = path.file_name().unwrap().to_str().unwrap();
+            assert!(is_slot_name(name), "{name}");
+            assert_eq!(std::fs::metadata(path).unwrap().len(), 0);
+        }
+    }
+}
