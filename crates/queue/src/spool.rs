@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! lock               spool-wide lock file (see "Processes" below); never holds data
-//! tmp/               files being written; nothing here was ever acknowledged
+//! tmp/               files being written (when no preallocated file is ready); nothing here
+//!                    was ever acknowledged
 //! msg/<id>.eml       the message: one header line `relayward-queue-v1 <state JSON>` (with the
 //!                    content's size and CRC-32) + content;
 //!                    written once, never changed; its presence is the message's existence
@@ -58,6 +59,11 @@
 //! its flush completes; if that flush then fails, the client gets an error and may send again:
 //! a duplicate, never a loss.
 //!
+//! Preallocated files (`slot-*.new`) are this version's: an older one takes them for strays
+//! and quarantines them, an acknowledged message a power loss left under such a name
+//! included. Before a downgrade, stop the server cleanly (free slots are removed) and open the
+//! spool once with this version after any crash.
+//!
 //! # State changes and processes
 //!
 //! `update`, `set_held`, `retry_now` and `delete` open `msg/<id>.eml` and take an exclusive
@@ -81,7 +87,9 @@
 //! `tmp/` is emptied, `.json` files without a message are removed (a removal cut short), and
 //! unreadable entries are moved to `corrupt/` with a log line. If another process holds the
 //! spool, recovery is skipped, because its temp files may belong to writes in progress; `list`
-//! then skips unreadable entries with a log line.
+//! then skips unreadable entries with a log line. Preallocated files are settled either way:
+//! each is locked by the process that made it, so one nobody holds was left by a process that
+//! died, and `open` names the message in it or removes it (see [`slots`]).
 //!
 //! There is no in-memory index: the directory is the index, so a change made by another process
 //! is visible at the next `list`, and nothing needs rebuilding after a crash.
@@ -267,6 +275,11 @@ impl Spool {
             .open(layout.root.join("lock"))
             .map_err(queue_error)?;
         let recovery = lock_and_recover(&lock, &layout).map_err(queue_error)?;
+        if recovery.is_none() {
+            // Recovery was skipped, but a slot left by a process that died may hold an
+            // acknowledged message nobody would ever see.
+            recover::adopt_slots(&layout).map_err(queue_error)?;
+        }
         let marker_seen = marker_time(&layout.root);
         let tmp_dir = File::open(&layout.tmp).map_err(queue_error)?;
         let inner = Arc::new(Inner {

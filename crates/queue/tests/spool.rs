@@ -726,7 +726,8 @@ async fn a_per_file_commit_is_one_flush_into_a_preallocated_file() {
 
 /// What a crash leaves in `msg/` under per-file commits, and what recovery makes of it: a
 /// message whose rename to its id never reached the disk (still under its slot's name) is
-/// named and kept; a free slot and one written but cut short (never acknowledged) go.
+/// named and kept; a free slot and one whose header was never finished (never acknowledged)
+/// go; one with a finished header whose content does not match it is quarantined.
 #[tokio::test]
 async fn recovery_names_complete_slots_and_removes_the_rest() {
     let dir = tempfile::tempdir().unwrap();
@@ -754,15 +755,74 @@ async fn recovery_names_complete_slots_and_removes_the_rest() {
     std::fs::remove_file(msg.join(format!("{torn}.eml"))).unwrap();
     std::fs::write(msg.join("slot-00000000000000bb.new"), &bytes).unwrap();
     std::fs::write(msg.join("slot-00000000000000cc.new"), b"").unwrap();
+    std::fs::write(
+        msg.join("slot-00000000000000dd.new"),
+        b"relayward-queue-v1 {\"id\":",
+    )
+    .unwrap();
 
     let spool = Spool::open(dir.path(), each_file_options()).unwrap();
     let report = spool.recovery_report().cloned().unwrap();
     assert_eq!((report.messages, report.temp_removed), (1, 2), "{report:?}");
-    assert!(report.quarantined.is_empty(), "{report:?}");
+    assert_eq!(
+        report.quarantined,
+        ["slot-00000000000000bb.new"],
+        "{report:?}"
+    );
     assert_eq!(files_in(&msg), [format!("{kept}.eml")]);
     assert_eq!(
         spool.content(&kept).await.unwrap(),
         message(&[], "kept").content
+    );
+}
+
+/// A slot left by a process that died is settled even when recovery does not run (another
+/// process holds the spool, as `relayward queue` may while the server starts): the message
+/// it holds is named and listed; the slots of the living process, which it holds locked, are
+/// left alone.
+#[tokio::test]
+async fn a_slot_left_by_a_dead_process_is_settled_while_another_holds_the_spool() {
+    let dir = tempfile::tempdir().unwrap();
+    let msg = dir.path().join("msg");
+    let lost = {
+        let spool = Spool::open(dir.path(), each_file_options()).unwrap();
+        spool
+            .enqueue(message(&["bob@example.test"], "lost"))
+            .await
+            .unwrap()
+    };
+    // The living process, holding slots of its own.
+    let living = Spool::open(dir.path(), each_file_options()).unwrap();
+    assert!(living.recovery_report().is_some());
+    living
+        .enqueue(message(&["bob@example.test"], "x"))
+        .await
+        .unwrap();
+    wait_for_slots(&living).await;
+    // What a process that died in a power loss left: its message back under the slot's name
+    // (the rename was lost), and a free slot.
+    std::fs::rename(
+        msg.join(format!("{lost}.eml")),
+        msg.join("slot-00000000000000ee.new"),
+    )
+    .unwrap();
+    std::fs::write(msg.join("slot-00000000000000ff.new"), b"").unwrap();
+    let held = slots_in(dir.path()).len() - 2;
+
+    let second = Spool::open(dir.path(), each_file_options()).unwrap();
+    assert!(second.recovery_report().is_none(), "the spool is shared");
+    assert!(
+        second.list().await.unwrap().iter().any(|m| m.id == lost),
+        "the lost message is not listed"
+    );
+    assert_eq!(
+        second.content(&lost).await.unwrap(),
+        message(&[], "lost").content
+    );
+    assert_eq!(
+        slots_in(dir.path()).len(),
+        held,
+        "a living process's slot was touched"
     );
 }
 

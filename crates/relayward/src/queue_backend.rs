@@ -57,7 +57,7 @@ impl OpenQueue {
                 "queue: one syncfs commits each batch of new mail ([queue] commit = \"{setting}\")"
             ),
             CommitMode::EachFile => format!(
-                "queue: each new message is fdatasynced on its own ([queue] commit = \"{setting}\"; \
+                "queue: each new message is written into a preallocated file and fdatasynced on its own ([queue] commit = \"{setting}\"; \
                  with a filesystem of the spool's own, or commit = \"syncfs\", one flush commits a batch)"
             ),
         })

@@ -1,4 +1,5 @@
-//! The spool's drafts: a message written to `tmp/<id>.eml` while it arrives.
+//! The spool's drafts: a message written while it arrives, into a preallocated file in `msg/`
+//! (per-file commits, when one is ready: see [`super::slots`]) or else `tmp/<id>.eml`.
 //!
 //! The file has the final layout from its first octet (header line, then content), with the
 //! size and the content's checksum in the header placeholders of fixed width
@@ -6,9 +7,10 @@
 //! [`KEEP_IN_MEMORY`] octets waits in memory and is written at its commit; at commit the size
 //! and checksum are written in place, the file is `fdatasync`ed (with per-file commits; else
 //! the committer's `syncfs` covers it) and handed to the committer, which renames it into
-//! `msg/` like any other message. Until then it lives only in `tmp/`, which nobody reads and
-//! recovery empties, so a draft cut short is never delivered; dropping a draft removes its
-//! file at once.
+//! `msg/` like any other message; a draft in a slot is committed in place. Until then it lives
+//! only in `tmp/` or under a slot's name, which no reader lists and recovery removes (a slot
+//! whose header was never completed), so a draft cut short is never delivered; dropping a
+//! draft removes its file at once.
 
 use std::any::Any;
 use std::fs::{File, OpenOptions};
@@ -220,20 +222,13 @@ impl Staging {
     }
 }
 
-/// A free slot, opened, when per-file commits are in use and one is ready.
+/// A free slot (opened, and locked for as long as the staging keeps its file), when per-file
+/// commits are in use and one is ready.
 fn take_slot(inner: &Inner) -> Option<(PathBuf, File)> {
     if inner.options.commit != CommitMode::EachFile {
         return None;
     }
-    let slot = inner.slots.take()?;
-    match OpenOptions::new().read(true).write(true).open(&slot) {
-        Ok(file) => Some((slot, file)),
-        Err(e) => {
-            tracing::warn!(file = %slot.display(), error = %e, "cannot open a preallocated queue file");
-            let _ = std::fs::remove_file(&slot);
-            None
-        }
-    }
+    inner.slots.take()
 }
 
 impl Drop for Staging {

@@ -142,21 +142,46 @@ pub(super) fn strip_header(id: &MessageId, mut file: Vec<u8>) -> Result<Vec<u8>,
     Ok(file)
 }
 
-/// The id of a whole message file — a header that names a valid id and records a checksum,
-/// content of the recorded size that matches it — and `None` for anything else (a free slot,
-/// one a crash cut short).
-pub(super) fn complete_message_id(file: &[u8]) -> Option<MessageId> {
+/// What a preallocated file (a slot) holds, as far as its header and content tell.
+pub(super) enum SlotContent {
+    /// Nothing, or a message whose size or checksum was never filled in: its commit never
+    /// reached its flush, so nobody was told `250` for it.
+    Unfinished,
+    /// A whole message: header, and content of the recorded size matching its checksum.
+    Complete(MessageId),
+    /// Anything else (a finished header whose content does not match it): for a person.
+    Damaged(String),
+}
+
+/// Reads a slot's bytes (see [`SlotContent`]).
+pub(super) fn slot_content(file: Vec<u8>) -> SlotContent {
     #[derive(serde::Deserialize)]
-    struct Named {
+    struct Header {
         id: MessageId,
+        size: u64,
+        content_crc32: Option<u64>,
     }
-    let end = file.iter().position(|&b| b == b'\n')?;
-    let json = file[..end].strip_prefix(MAGIC)?;
-    let id = serde_json::from_slice::<Named>(json).ok()?.id;
-    if !id.is_valid() || recorded_checksum(&id, json).ok()?.is_none() {
-        return None;
+    let Some(end) = file.iter().position(|&b| b == b'\n') else {
+        // Empty, or the header line itself was never completed.
+        return SlotContent::Unfinished;
+    };
+    let Some(json) = file[..end].strip_prefix(MAGIC) else {
+        return SlotContent::Damaged("no queue header".into());
+    };
+    let header: Header = match serde_json::from_slice(json) {
+        Ok(header) => header,
+        Err(e) => return SlotContent::Damaged(format!("header: {e}")),
+    };
+    if header.size == u64::MAX || header.content_crc32.is_none_or(|sum| sum == u64::MAX) {
+        return SlotContent::Unfinished;
     }
-    strip_header(&id, file.to_vec()).ok().map(|_| id)
+    if !header.id.is_valid() {
+        return SlotContent::Damaged("header names no valid id".into());
+    }
+    match strip_header(&header.id, file) {
+        Ok(_) => SlotContent::Complete(header.id),
+        Err(e) => SlotContent::Damaged(e.to_string()),
+    }
 }
 
 /// The header's checksum field, if it has one.

@@ -5,15 +5,15 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Read as _};
 use std::path::Path;
 
 use relayward_protocol::text::Escaped;
 
-use super::entry::{complete_message_id, parse_state, read_header};
+use super::entry::{SlotContent, parse_state, read_header, slot_content};
 use super::{CONTENT_EXT, Layout, RecoveryReport, STATE_EXT};
 use crate::MessageId;
-use crate::fsutil::sync_dir;
+use crate::fsutil::{sync_dir, try_lock_exclusive};
 
 /// Files of one id found in `msg/`.
 #[derive(Default)]
@@ -76,34 +76,105 @@ fn recover_entry(layout: &Layout, id: &MessageId, found: &Found, report: &mut Re
     report.messages += 1;
 }
 
-/// A slot a crash left: a complete message (committed in place, its rename to `<id>.eml` not
-/// yet on disk) gets its name; anything else (free, or written but never acknowledged) goes.
+/// A slot a crash left (see [`settle_slot`]); a message it names joins the entries.
 fn recover_slot(
     layout: &Layout,
     slot: &str,
     entries: &mut BTreeMap<MessageId, Found>,
     report: &mut RecoveryReport,
 ) {
+    if let Some(id) = settle_slot(layout, slot, report) {
+        entries.entry(id).or_default().message = true;
+    }
+}
+
+/// Settles a slot no living process holds (its maker locks it until it is renamed or
+/// removed): a complete message — committed in place, its rename to `<id>.eml` lost — gets
+/// its name (returned); an unfinished one (free, or never acknowledged) is removed; a second
+/// name of a message that has its own (a rename half on disk) is removed; anything else is
+/// quarantined. A slot that is held is left alone.
+fn settle_slot(layout: &Layout, slot: &str, report: &mut RecoveryReport) -> Option<MessageId> {
     let path = layout.msg.join(slot);
-    let complete = fs::read(&path)
-        .ok()
-        .and_then(|bytes| complete_message_id(&bytes));
-    match complete {
-        Some(id) if !entries.get(&id).is_some_and(|found| found.message) => {
+    let mut file = File::open(&path).ok()?;
+    if !try_lock_exclusive(&file).unwrap_or(false) {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    if let Err(err) = file.read_to_end(&mut bytes) {
+        tracing::warn!(file = %path.display(), error = %err, "cannot read a queue slot");
+        return None;
+    }
+    match slot_content(bytes) {
+        SlotContent::Complete(id) if !layout.message(&id).exists() => {
             match fs::rename(&path, layout.message(&id)) {
-                Ok(()) => entries.entry(id).or_default().message = true,
+                Ok(()) => Some(id),
                 Err(err) => {
-                    tracing::warn!(file = %path.display(), error = %err, "cannot name a recovered queue message")
+                    tracing::warn!(file = %path.display(), error = %err, "cannot name a recovered queue message");
+                    None
                 }
             }
         }
-        _ => match fs::remove_file(&path) {
-            Ok(()) => report.temp_removed += 1,
-            Err(err) => {
-                tracing::warn!(file = %path.display(), error = %err, "cannot remove a queue slot")
-            }
-        },
+        SlotContent::Complete(id) if same_file(&path, &layout.message(&id)) => {
+            remove_slot(&path, report);
+            None
+        }
+        SlotContent::Complete(id) => {
+            let reason = format!("a copy of message {id}, which exists");
+            quarantine(layout, slot, &reason, report);
+            None
+        }
+        SlotContent::Unfinished => {
+            remove_slot(&path, report);
+            None
+        }
+        SlotContent::Damaged(reason) => {
+            quarantine(layout, slot, &reason, report);
+            None
+        }
     }
+}
+
+fn remove_slot(path: &Path, report: &mut RecoveryReport) {
+    match fs::remove_file(path) {
+        Ok(()) => report.temp_removed += 1,
+        Err(err) => {
+            tracing::warn!(file = %path.display(), error = %err, "cannot remove a queue slot")
+        }
+    }
+}
+
+/// Whether two names are links to one file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Settles the slots that processes which died left, when recovery did not run because
+/// another process holds the spool (see [`settle_slot`]; slots of living processes are held
+/// and left alone).
+pub(super) fn adopt_slots(layout: &Layout) -> io::Result<RecoveryReport> {
+    let mut report = RecoveryReport::default();
+    let mut named = false;
+    for entry in fs::read_dir(&layout.msg)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if super::slots::is_slot_name(&name) && settle_slot(layout, &name, &mut report).is_some() {
+            report.messages += 1;
+            named = true;
+        }
+    }
+    if named {
+        sync_dir(&layout.msg)?;
+    }
+    if report != RecoveryReport::default() {
+        tracing::info!(
+            ?report,
+            "queue files left by a process that stopped were settled"
+        );
+    }
+    Ok(report)
 }
 
 /// Sorts the names in `msg/` into queue files (by id), strays and slots.

@@ -14,8 +14,14 @@
 //! and a message is renamed before anyone is told of it. When the pool is empty (a burst) a
 //! message takes the `tmp/` path as before. Only a spool that stages messages fills a pool
 //! (the queue CLI never does), and free slots are removed when the spool is dropped.
+//!
+//! Every slot is held under an exclusive `flock` by the process that made it, from its
+//! creation to its rename or removal. A slot nobody holds was left by a process that died:
+//! recovery settles it, and so does every open of the spool when recovery is skipped (another
+//! process holds the spool), so a message acknowledged just before a power loss is found by
+//! the next server even when a `relayward queue` command was running as it started.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -25,7 +31,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use super::Inner;
 use crate::fsutil::PRIVATE_FILE;
 
-/// Slots kept ready.
+/// Slots kept ready (at most).
 const POOL: usize = 64;
 /// The pool is refilled when fewer than this are free.
 const REFILL_BELOW: usize = POOL / 2;
@@ -40,9 +46,12 @@ pub(super) fn is_slot_name(name: &str) -> bool {
         .is_some_and(|hex| hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// A slot: its path and its file, opened and locked.
+pub(super) type Slot = (PathBuf, File);
+
 #[derive(Default)]
 struct Pool {
-    free: Vec<PathBuf>,
+    free: Vec<Slot>,
     /// Set by the first `take`: a spool that never stages creates no slots.
     wanted: bool,
     stopped: bool,
@@ -61,7 +70,7 @@ impl Slots {
     }
 
     /// A free slot, if one is ready; asks for more when the pool runs low.
-    pub(super) fn take(&self) -> Option<PathBuf> {
+    pub(super) fn take(&self) -> Option<Slot> {
         let mut pool = self.lock();
         pool.wanted = true;
         let slot = pool.free.pop();
@@ -85,8 +94,8 @@ impl Slots {
             std::mem::take(&mut pool.free)
         };
         self.changed.notify_all();
-        for slot in free {
-            let _ = std::fs::remove_file(slot);
+        for (path, _file) in free {
+            let _ = std::fs::remove_file(path);
         }
     }
 }
@@ -116,7 +125,8 @@ fn run_refill(inner: &Inner) {
                 return;
             }
         }
-        let made = match make_slots(&inner.layout.msg, POOL) {
+        let wanted = POOL.saturating_sub(inner.slots.ready());
+        let made = match make_slots(&inner.layout.msg, wanted) {
             Ok(made) => {
                 if failures > 0 {
                     tracing::info!("queue files are preallocated again");
@@ -143,8 +153,8 @@ fn run_refill(inner: &Inner) {
         let mut pool = inner.slots.lock();
         if pool.stopped {
             drop(pool);
-            for slot in made {
-                let _ = std::fs::remove_file(slot);
+            for (path, _file) in made {
+                let _ = std::fs::remove_file(path);
             }
             return;
         }
@@ -152,26 +162,31 @@ fn run_refill(inner: &Inner) {
     }
 }
 
-/// Creates `count` empty slot files in `dir` and makes their names durable (one fsync of
-/// `dir`). On error the files made so far are removed.
-fn make_slots(dir: &Path, count: usize) -> io::Result<Vec<PathBuf>> {
-    let mut made = Vec::with_capacity(count);
+/// Creates `count` empty slot files in `dir`, each opened and locked, and makes their names
+/// durable (one fsync of `dir`). On error the files made so far are removed.
+fn make_slots(dir: &Path, count: usize) -> io::Result<Vec<Slot>> {
+    let mut made: Vec<Slot> = Vec::with_capacity(count);
     let result = (|| {
         for _ in 0..count {
             let path = dir.join(format!("{PREFIX}{:016x}.{EXT}", rand::random::<u64>()));
-            OpenOptions::new()
+            let file = OpenOptions::new()
+                .read(true)
                 .write(true)
                 .create_new(true)
                 .mode(PRIVATE_FILE)
                 .open(&path)?;
-            made.push(path);
+            // Nobody else can hold it yet (a settling process that saw it first would have
+            // found it empty and removed it: then the rename of the message written into it
+            // fails, and that message is refused, never lost).
+            crate::fsutil::lock_exclusive(&file)?;
+            made.push((path, file));
         }
         crate::fsutil::sync_dir(dir)
     })();
     match result {
         Ok(()) => Ok(made),
         Err(e) => {
-            for path in made {
+            for (path, _file) in made {
                 let _ = std::fs::remove_file(path);
             }
             Err(e)
@@ -202,7 +217,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let made = make_slots(dir.path(), 5).unwrap();
         assert_eq!(made.len(), 5);
-        for path in &made {
+        for (path, file) in &made {
+            assert!(
+                !crate::fsutil::try_lock_exclusive(&File::open(path).unwrap()).unwrap(),
+                "a slot is held by its maker"
+            );
+            let _ = file;
             let name = path.file_name().unwrap().to_str().unwrap();
             assert!(is_slot_name(name), "{name}");
             assert_eq!(std::fs::metadata(path).unwrap().len(), 0);
