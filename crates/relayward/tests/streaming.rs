@@ -131,13 +131,12 @@ fn staged_octets(server: &TestServer) -> u64 {
 
 /// What the spool holds beyond free preallocated files (empty slots).
 fn spool_contents(server: &TestServer) -> Vec<PathBuf> {
-    let free = |f: &PathBuf| is_slot(f) && std::fs::metadata(f).is_ok_and(|m| m.len() == 0);
     files(&spool_dir(server, "tmp"))
         .into_iter()
         .chain(
             files(&spool_dir(server, "msg"))
                 .into_iter()
-                .filter(|f| !free(f)),
+                .filter(|f| !support::is_free_slot(f)),
         )
         .collect()
 }

@@ -490,20 +490,31 @@ fn https_reported_domain(net: u8, domain: &str, rua_status: u16) -> HttpsReporte
     }
 }
 
+/// One message to `rcpt` through the domain's MX (a session the report counts), then
+/// `tls-report send-now`, which must exit 0; its output.
+fn deliver_one_then_send_now(
+    server: &TestServer,
+    domain: &HttpsReportedDomain,
+    rcpt: &str,
+) -> String {
+    server.submit_as_alice(rcpt, "hi");
+    assert!(
+        eventually(support::WAIT, || domain.mx.messages().len() == 1),
+        "{}",
+        server.log()
+    );
+    let (code, out) = relayward_cmd(server, &["tls-report", "send-now"]);
+    assert_eq!(code, Some(0), "{out}\n{}", server.log());
+    out
+}
+
 /// A report server that answers `503`: `send-now` names the destination as NOT sent, with the
 /// status, and the POST did reach it.
 #[test]
 fn a_report_server_that_refuses_is_named_as_not_sent() {
     let domain = https_reported_domain(65, "refuse.test", 503);
     let server = TestServer::start(&domain.config);
-    server.submit_as_alice("erin@refuse.test", "hi");
-    assert!(
-        eventually(support::WAIT, || domain.mx.messages().len() == 1),
-        "{}",
-        server.log()
-    );
-    let (code, out) = relayward_cmd(&server, &["tls-report", "send-now"]);
-    assert_eq!(code, Some(0), "{out}\n{}", server.log());
+    let out = deliver_one_then_send_now(&server, &domain, "erin@refuse.test");
     assert!(
         out.contains("refuse.test: 1 successful, 0 failed session(s); report "),
         "{out}"
@@ -532,14 +543,7 @@ fn a_report_server_that_fails_gets_the_report_when_it_comes_back() {
     );
     assert!(domain.config.contains("retry_after"), "{}", domain.config);
     let server = TestServer::start(&domain.config);
-    server.submit_as_alice("erin@later.test", "hi");
-    assert!(
-        eventually(support::WAIT, || domain.mx.messages().len() == 1),
-        "{}",
-        server.log()
-    );
-    let (code, out) = relayward_cmd(&server, &["tls-report", "send-now"]);
-    assert_eq!(code, Some(0), "{out}\n{}", server.log());
+    let out = deliver_one_then_send_now(&server, &domain, "erin@later.test");
     assert!(
         out.contains("HTTP status 503") && out.contains("tried again from "),
         "{out}"
