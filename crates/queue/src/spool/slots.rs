@@ -126,7 +126,7 @@ fn run_refill(inner: &Inner) {
             }
         }
         let wanted = POOL.saturating_sub(inner.slots.ready());
-        let made = match make_slots(&inner.layout.msg, wanted) {
+        let made = match make_slots(&inner.layout.tmp, &inner.layout.msg, wanted) {
             Ok(made) => {
                 if failures > 0 {
                     tracing::info!("queue files are preallocated again");
@@ -164,21 +164,30 @@ fn run_refill(inner: &Inner) {
 
 /// Creates `count` empty slot files in `dir`, each opened and locked, and makes their names
 /// durable (one fsync of `dir`). On error the files made so far are removed.
-fn make_slots(dir: &Path, count: usize) -> io::Result<Vec<Slot>> {
+///
+/// Each is created and locked in `staging` (`tmp/`, which only an exclusive recovery touches)
+/// and only then renamed into `dir`: a slot must never be seen in `msg/` unlocked, or a
+/// `relayward queue` command settling leftovers at that moment takes it for a dead process's
+/// and removes it — the message later written into it then fails at its rename (seen in CI:
+/// a bounce could not be queued).
+fn make_slots(staging: &Path, dir: &Path, count: usize) -> io::Result<Vec<Slot>> {
     let mut made: Vec<Slot> = Vec::with_capacity(count);
     let result = (|| {
         for _ in 0..count {
-            let path = dir.join(format!("{PREFIX}{:016x}.{EXT}", rand::random::<u64>()));
+            let name = format!("{PREFIX}{:016x}.{EXT}", rand::random::<u64>());
+            let (draft, path) = (staging.join(&name), dir.join(&name));
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create_new(true)
                 .mode(PRIVATE_FILE)
-                .open(&path)?;
-            // Nobody else can hold it yet (a settling process that saw it first would have
-            // found it empty and removed it: then the rename of the message written into it
-            // fails, and that message is refused, never lost).
-            crate::fsutil::lock_exclusive(&file)?;
+                .open(&draft)?;
+            let placed =
+                crate::fsutil::lock_exclusive(&file).and_then(|()| std::fs::rename(&draft, &path));
+            if let Err(e) = placed {
+                let _ = std::fs::remove_file(&draft);
+                return Err(e);
+            }
             made.push((path, file));
         }
         crate::fsutil::sync_dir(dir)
@@ -215,7 +224,9 @@ mod tests {
     #[test]
     fn slots_are_made_durable_in_a_batch() {
         let dir = tempfile::tempdir().unwrap();
-        let made = make_slots(dir.path(), 5).unwrap();
+        let staging = tempfile::tempdir().unwrap();
+        let made = make_slots(staging.path(), dir.path(), 5).unwrap();
+        assert!(std::fs::read_dir(staging.path()).unwrap().next().is_none());
         assert_eq!(made.len(), 5);
         for (path, file) in &made {
             assert!(
