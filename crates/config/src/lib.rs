@@ -87,6 +87,7 @@ trusted_networks = ["127.0.0.1/32", "::1/128"]
 # connect_timeout = "30s"
 # command_timeout = "5m"                    # greeting and each reply before DATA
 # data_timeout = "10m"                      # each write of the content, and the final reply
+# local_before_reply = true                 # mail only for local mailboxes: into them before 250
 
 # [dns]
 # nameservers = []                          # e.g. ["127.0.0.1:5353"]; default: the system resolver
@@ -511,6 +512,13 @@ pub struct Delivery {
         serialize_with = "ser_duration"
     )]
     pub data_timeout: Duration,
+    /// A small message (up to 64 KiB, 16 recipients) whose every recipient is a local mailbox
+    /// is written into the Maildirs before the `250` instead of being queued first (one
+    /// durable file per copy instead of two): all copies or none, and when not all could be
+    /// written the whole message is queued. `false`: all mail through the queue. Mail where a
+    /// recipient asked `NOTIFY=SUCCESS` always goes through the queue.
+    #[serde(default = "default_true")]
+    pub local_before_reply: bool,
 }
 
 impl Default for Delivery {
@@ -533,8 +541,13 @@ impl Default for Delivery {
             connect_timeout: default_connect_timeout(),
             command_timeout: default_command_timeout(),
             data_timeout: default_data_timeout(),
+            local_before_reply: true,
         }
     }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_connections_per_destination() -> u32 {

@@ -10,6 +10,7 @@
 //!   and [`tls_report`] (outcomes kept); [`tlsrpt`]: RFC 8460 aggregate reports.
 //! - [`retry`]: the backoff schedule. [`dsn`]: RFC 3464 bounces and delay notices.
 //! - [`delay`]: who is owed a delay notice, and from when (RFC 3461 `NOTIFY=DELAY`).
+//! - [`local`]: Maildir delivery, for the runner and for the session's local mail.
 //! - [`notice`]: RFC 3461 success notices for mail delivered into a Maildir.
 //! - [`prepare`]: fitting a message to a peer (SMTPUTF8, 8BITMIME, long lines, DSN).
 //! - [`downgrade`]: 8-bit MIME made 7-bit clean for peers without 8BITMIME (RFC 6152 §3).
@@ -54,6 +55,7 @@ pub mod dsn;
 pub mod due;
 pub mod https;
 mod journal;
+pub mod local;
 pub mod loops;
 pub mod mta_sts;
 pub mod mx;

@@ -730,43 +730,21 @@ impl Runner {
         lock_destinations(&self.shared).len()
     }
 
-    /// Writes each recipient's copy into the Maildir its route names (blocking I/O off the
-    /// async threads).
+    /// Writes each recipient's copy into the Maildir its route names (see [`crate::local`]).
     async fn deliver_local(
         &self,
         ctx: &DeliveryContext,
         due: &[Due],
         content: &[u8],
     ) -> Vec<Outcome> {
+        let content = Arc::new(content.to_vec());
         let mut outcomes = Vec::with_capacity(due.len());
         for rcpt in due {
-            let Some(NextHop::Maildir { domain, mailbox }) = &rcpt.next_hop else {
-                outcomes.push(Outcome::Deferred(Failure::local(
-                    (4, 3, 0),
-                    "internal: non-local recipient in the local group",
-                )));
-                continue;
-            };
-            let root = ctx.settings.mail_root.clone();
-            let (domain, mailbox) = (domain.clone(), mailbox.clone());
-            let data = content.to_vec();
-            let result = tokio::task::spawn_blocking(move || {
-                relayward_queue::maildir::deliver_to_maildir(&root, &domain, &mailbox, &data)
-            })
-            .await;
-            outcomes.push(match result {
-                Ok(Ok(_)) => Outcome::Delivered,
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidInput => {
-                    Outcome::Failed(Failure::local((5, 1, 3), format!("local delivery: {e}")))
-                }
-                Ok(Err(e)) => {
-                    Outcome::Deferred(Failure::local((4, 3, 0), format!("local delivery: {e}")))
-                }
-                Err(e) => Outcome::Deferred(Failure::local(
-                    (4, 3, 0),
-                    format!("local delivery task: {e}"),
-                )),
-            });
+            let copy = Arc::clone(&content);
+            let outcome =
+                crate::local::write_copy(&ctx.settings.mail_root, rcpt.next_hop.as_ref(), copy)
+                    .await;
+            outcomes.push(outcome);
         }
         outcomes
     }

@@ -3,8 +3,9 @@
 //! of the message, and asks for the durable commit at the end
 //! ([`Queue::commit`](crate::Queue::commit)).
 //!
-//! A draft is never a queued message: nothing of it is delivered, listed or recovered until
-//! its commit returned. Dropping a draft (the client went away, the session was cut short,
+//! A draft is never a queued message: the queue delivers, lists or recovers nothing of it
+//! until its commit returned (the session may deliver a small one into local Maildirs itself,
+//! from [`Draft::held_mut`], and then not commit it). Dropping a draft (the client went away, the session was cut short,
 //! the message was refused) throws away what it holds.
 
 use std::any::Any;
@@ -32,6 +33,13 @@ pub trait Draft: Send + Sync {
 
     /// The concrete draft, for the store that made it.
     fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
+
+    /// The whole message, while the draft still holds it in memory (a small message): the
+    /// session delivers mail for local mailboxes from it before the reply, and narrows the
+    /// recipients to those left for the queue. `None` once the content is on disk.
+    fn held_mut(&mut self) -> Option<&mut NewMessage> {
+        None
+    }
 }
 
 /// A draft held in memory: what a store gets unless it stages content itself. The whole
@@ -109,5 +117,9 @@ impl Draft for MemoryDraft {
 
     fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
         self
+    }
+
+    fn held_mut(&mut self) -> Option<&mut NewMessage> {
+        Some(&mut self.message)
     }
 }

@@ -55,6 +55,29 @@ pub struct NewMessage {
     pub esmtp: Esmtp,
 }
 
+impl NewMessage {
+    /// Keeps the recipients for which `keep` says so, each with its own `NOTIFY=`/`ORCPT=`
+    /// (the two lists stay in step): what is left for the queue after some recipients were
+    /// delivered already.
+    pub fn retain_recipients(&mut self, mut keep: impl FnMut(usize, &NewRecipient) -> bool) {
+        let kept: Vec<bool> = self
+            .recipients
+            .iter()
+            .enumerate()
+            .map(|(i, r)| keep(i, r))
+            .collect();
+        let mut flags = kept.iter();
+        self.recipients
+            .retain(|_| flags.next().copied().unwrap_or(false));
+        if !self.esmtp.recipients.is_empty() {
+            let mut flags = kept.iter();
+            self.esmtp
+                .recipients
+                .retain(|_| flags.next().copied().unwrap_or(true));
+        }
+    }
+}
+
 /// How a message arrived: what the client was when the session accepted it. A bounce to a
 /// stranger's sender is small (the sender may be forged: the bounce then goes to a third
 /// party), while the server's own users get the whole report.
@@ -502,5 +525,74 @@ pub fn claim_by_state(
             at: None,
         }),
         Err(err) => Err(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relayward_protocol::dsn::Notify;
+    use relayward_protocol::route::{NextHop, RouteClass};
+
+    fn message(addresses: &[&str], dsn: Vec<RcptDsn>) -> NewMessage {
+        NewMessage {
+            sender: "s@outside.test".into(),
+            recipients: addresses
+                .iter()
+                .map(|a| NewRecipient {
+                    address: (*a).into(),
+                    route: Route {
+                        class: RouteClass::Local,
+                        next_hop: NextHop::Maildir {
+                            domain: "example.test".into(),
+                            mailbox: (*a).into(),
+                        },
+                    },
+                })
+                .collect(),
+            content: b"x".to_vec(),
+            client_ip: "127.0.0.1".into(),
+            auth_login: None,
+            origin: Origin::Stranger,
+            esmtp: Esmtp {
+                recipients: dsn,
+                ..Esmtp::default()
+            },
+        }
+    }
+
+    fn notify(success: bool) -> RcptDsn {
+        RcptDsn {
+            notify: Some(Notify {
+                success,
+                failure: true,
+                delay: false,
+            }),
+            orcpt: None,
+        }
+    }
+
+    #[test]
+    fn narrowing_keeps_each_recipient_with_its_own_dsn() {
+        let mut m = message(
+            &["a", "b", "c"],
+            vec![notify(true), notify(false), notify(true)],
+        );
+        m.retain_recipients(|_, r| r.address != "a");
+        let kept: Vec<&str> = m.recipients.iter().map(|r| r.address.as_str()).collect();
+        assert_eq!(kept, ["b", "c"]);
+        assert_eq!(m.esmtp.recipients, [notify(false), notify(true)]);
+    }
+
+    #[test]
+    fn narrowing_with_fewer_dsn_entries_than_recipients() {
+        // Missing entries mean "none": only the present ones move with their recipient.
+        let mut m = message(&["a", "b", "c"], vec![notify(true)]);
+        m.retain_recipients(|i, _| i != 0);
+        assert_eq!(m.recipients.len(), 2);
+        assert!(m.esmtp.recipients.is_empty());
+        let mut m = message(&["a", "b", "c"], vec![notify(true), notify(false)]);
+        m.retain_recipients(|i, _| i != 2);
+        assert_eq!(m.esmtp.recipients, [notify(true), notify(false)]);
     }
 }

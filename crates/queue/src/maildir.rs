@@ -54,6 +54,109 @@ pub fn deliver_to_maildir(
     Ok(new)
 }
 
+/// Delivers `content` to several Maildirs at once so that either every copy is written or
+/// none is, for a caller that answers once for all of them (the session's `250`) and would
+/// otherwise queue a message some of whose copies were delivered already — a second copy for
+/// those recipients when the sender tries again. Each copy (`(domain, local part)`) is first
+/// written and flushed into its Maildir's `tmp/`; only when all are there are they renamed into
+/// `new/` and each `new/` is flushed (shared with concurrent deliveries, as
+/// [`deliver_to_maildir`]).
+///
+/// `Err` when a copy could not be written: nothing was delivered and no file is left behind.
+/// Otherwise one result per copy, in order: a rename or a directory flush that failed after
+/// the copies were written leaves that copy undelivered (the caller queues it; after a failed
+/// flush the copy may be visible, so its recipient may get it twice, never not at all).
+pub fn deliver_all_or_none(
+    mail_root: &Path,
+    copies: &[(&str, &str)],
+    content: &[u8],
+) -> io::Result<Vec<io::Result<()>>> {
+    let mut staged: Vec<(PathBuf, PathBuf, PathBuf)> = Vec::with_capacity(copies.len());
+    for (domain, local_part) in copies {
+        match stage_copy(mail_root, domain, local_part, content) {
+            Ok(paths) => staged.push(paths),
+            Err(err) => {
+                for (tmp, _, _) in &staged {
+                    let _ = fs::remove_file(tmp);
+                }
+                return Err(err);
+            }
+        }
+    }
+    let mut results: Vec<io::Result<()>> = staged
+        .iter()
+        .map(|(tmp, new, _)| {
+            fs::rename(tmp, new).inspect_err(|_| {
+                let _ = fs::remove_file(tmp);
+            })
+        })
+        .collect();
+    let mut flushed: Vec<(&Path, io::Result<()>)> = Vec::new();
+    for ((_, _, new_dir), result) in staged.iter().zip(results.iter_mut()) {
+        if result.is_err() {
+            continue;
+        }
+        let outcome = match flushed.iter().find(|(dir, _)| dir == new_dir) {
+            Some((_, outcome)) => clone_result(outcome),
+            None => {
+                let outcome = NEW_DIR_SYNCS.sync_with(new_dir, sync_dir);
+                flushed.push((new_dir, clone_result(&outcome)));
+                outcome
+            }
+        };
+        *result = outcome;
+    }
+    Ok(results)
+}
+
+/// Writes one copy durably into `tmp/` of its Maildir (made when missing); the paths of the
+/// staged file, of its name in `new/`, and of `new/`.
+fn stage_copy(
+    mail_root: &Path,
+    domain: &str,
+    local_part: &str,
+    content: &[u8],
+) -> io::Result<(PathBuf, PathBuf, PathBuf)> {
+    let domain = domain.to_ascii_lowercase();
+    check_component("domain", &domain, MAX_DOMAIN)?;
+    check_component("local part", local_part, MAX_LOCAL)?;
+    let maildir = mail_root.join(&domain).join(local_part);
+    let name = unique_name();
+    let tmp = maildir.join("tmp").join(&name);
+    match write_synced(&tmp, &[content]) {
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            ensure_maildir(mail_root, &maildir)?;
+            write_synced(&tmp, &[content])?;
+        }
+        written => written?,
+    }
+    let new_dir = maildir.join("new");
+    Ok((tmp, new_dir.join(&name), new_dir))
+}
+
+/// An outcome shared by several copies (one directory flush covers them all).
+fn clone_result(result: &io::Result<()>) -> io::Result<()> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(err) => Err(io::Error::new(err.kind(), err.to_string())),
+    }
+}
+
+/// Whether the filesystem holding `mail_root` keeps `min_free_bytes` free after `size` more
+/// octets (the queue's rule for accepting mail); `false` when it cannot be told. `0`: always.
+/// Before the first delivery `mail_root` may not exist yet: its nearest existing ancestor
+/// is on the filesystem it will be made on.
+pub fn has_room(mail_root: &Path, min_free_bytes: u64, size: u64) -> bool {
+    if min_free_bytes == 0 {
+        return true;
+    }
+    let needed = min_free_bytes.saturating_add(size);
+    let existing = mail_root.ancestors().find(|dir| dir.exists());
+    existing
+        .and_then(|dir| crate::fsutil::available_bytes(dir).ok())
+        .is_some_and(|free| free >= needed)
+}
+
 /// Every delivery's rename into a `new/` waits for a flush of that directory; deliveries that
 /// arrive together share one (see [`crate::dir_sync`]).
 static NEW_DIR_SYNCS: LazyLock<DirSyncs> = LazyLock::new(DirSyncs::default);
@@ -170,6 +273,50 @@ fn host_name() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn files_in(dir: &Path) -> usize {
+        fs::read_dir(dir).map_or(0, |rd| rd.count())
+    }
+
+    #[test]
+    fn all_copies_land_together() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let copies = [("Example.Test", "alice"), ("example.test", "bob")];
+        let results = deliver_all_or_none(root.path(), &copies, b"hello\r\n").expect("staged");
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        for local in ["alice", "bob"] {
+            let maildir = root.path().join("example.test").join(local);
+            assert_eq!(files_in(&maildir.join("new")), 1, "{local}");
+            assert_eq!(files_in(&maildir.join("tmp")), 0, "{local}");
+        }
+    }
+
+    #[test]
+    fn one_copy_that_cannot_be_written_leaves_no_other_behind() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let domain = root.path().join("example.test");
+        fs::create_dir_all(&domain).expect("domain");
+        fs::write(domain.join("bob"), b"in the way").expect("block bob");
+        let copies = [("example.test", "alice"), ("example.test", "bob")];
+        assert!(deliver_all_or_none(root.path(), &copies, b"hello\r\n").is_err());
+        let alice = domain.join("alice");
+        assert_eq!(files_in(&alice.join("new")), 0);
+        assert_eq!(files_in(&alice.join("tmp")), 0);
+        let unsafe_name = [("example.test", "alice"), ("example.test", "../x")];
+        let refused = deliver_all_or_none(root.path(), &unsafe_name, b"x").expect_err("unsafe");
+        assert_eq!(refused.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(files_in(&alice.join("new")), 0);
+        assert_eq!(files_in(&alice.join("tmp")), 0);
+    }
+
+    #[test]
+    fn room_is_told_for_a_mail_root_not_made_yet() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let not_yet = dir.path().join("data").join("mail");
+        assert!(has_room(&not_yet, 1, 1000));
+        assert!(!has_room(&not_yet, u64::MAX / 2, 1000));
+        assert!(has_room(Path::new("/nonexistent/relayward"), 0, 1000));
+    }
 
     #[test]
     fn unique_names_differ_and_are_single_components() {

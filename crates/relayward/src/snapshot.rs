@@ -19,9 +19,10 @@ use relayward_delivery::dkim::DkimSigners;
 use relayward_delivery::{
     DeliveryConfig, DeliveryContext, OwnListeners, RecipientVerifier, VerifyCache,
 };
-use relayward_queue::Queue;
+use relayward_queue::{MessageId, NewRecipient, Queue};
 use relayward_server::auth::{AuthLimitSettings, AuthLimiter};
 use relayward_server::listener::AdmissionLimits;
+use relayward_server::local::DeliverLocal;
 use relayward_server::policy::Policy;
 use relayward_server::pregreet::PregreetCache;
 use relayward_server::ratelimit::{UserLimitSettings, UserRateLimiter};
@@ -160,6 +161,10 @@ impl Snapshot {
             anyhow::anyhow!("configuration refused: {}", text.join("; "))
         })?;
         let settings = DeliveryConfig::from_config(&config);
+        let local = config.delivery.local_before_reply.then(|| LocalMaildirs {
+            mail_root: settings.mail_root.clone(),
+            min_free_bytes: config.queue.min_free_bytes,
+        });
         let delivery = DeliveryContext::new(settings, Arc::clone(policy.router()))
             .context("delivery configuration")?
             .with_own_listeners(lasting.own_listeners.clone());
@@ -175,6 +180,7 @@ impl Snapshot {
         session.verifier = Some(Arc::new(verifier));
         session.pregreet = Arc::clone(&lasting.pregreet);
         session.signer = signer.map(|keys| Arc::new(Signer(keys)) as Arc<dyn SignOutbound>);
+        session.local_delivery = local.map(|local| Arc::new(local) as Arc<dyn DeliverLocal>);
         Ok(Snapshot {
             admission: Arc::new(admission_limits(&config)),
             certificate: tls.certificate.to_string(),
@@ -283,6 +289,29 @@ struct Signer(DkimSigners);
 impl SignOutbound for Signer {
     fn sign(&self, content: &[u8], allowed: &AllowedFrom) -> Signing {
         self.0.sign(content, allowed)
+    }
+}
+
+/// The delivery crate's Maildir writer, as the session's [`DeliverLocal`].
+struct LocalMaildirs {
+    mail_root: PathBuf,
+    min_free_bytes: u64,
+}
+
+impl DeliverLocal for LocalMaildirs {
+    fn deliver<'a>(
+        &'a self,
+        id: &'a MessageId,
+        recipients: &'a [NewRecipient],
+        content: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = Vec<bool>> + Send + 'a>> {
+        Box::pin(relayward_delivery::local::deliver_before_reply(
+            &self.mail_root,
+            self.min_free_bytes,
+            id,
+            recipients,
+            content,
+        ))
     }
 }
 

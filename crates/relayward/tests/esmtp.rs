@@ -100,7 +100,7 @@ s.send(b"BDAT %d\r\n" % len(one) + one + b"BDAT %d LAST\r\n" % len(two) + two)
 first, second = s.getreply(), s.getreply()
 print(first[0], first[1].decode())
 print(second[0], second[1].decode())
-assert first[0] == 250 and second[0] == 250 and b"queued as" in second[1], (first, second)
+assert first[0] == 250 and second[0] == 250 and b"delivered as" in second[1], (first, second)
 assert s.noop()[0] == 250
 s.quit()
 "#;
@@ -200,7 +200,7 @@ fn long_lines_are_taken_and_an_endless_one_is_refused_at_once() {
         .send("DATA")
         .expect(354)
         .raw(format!("{long_header}\r\n\r\n{}\r\n.\r\n", "z".repeat(3000)).as_bytes())
-        .expect_text(250, "queued as");
+        .expect_text(250, "delivered as");
     let mail = server.wait_for_mail("example.test", "carol", 1);
     assert!(mail[0].contains(&format!("\r\n{long_header}\r\n")));
     smtp.send("MAIL FROM:<a@outside.test>")

@@ -186,7 +186,7 @@ fn log_json_writes_only_json_lines() {
         .expect(250)
         .send("QUIT")
         .expect(221);
-    server.wait_for_log("message queued");
+    server.wait_for_log("message delivered");
     let log = server.log();
     let lines: Vec<serde_json::Value> = log
         .lines()
@@ -201,8 +201,8 @@ fn log_json_writes_only_json_lines() {
     assert_eq!(warning["level"], "WARN");
     let queued = lines
         .iter()
-        .find(|l| l["fields"]["message"] == "message queued")
-        .expect("message queued");
+        .find(|l| l["fields"]["message"] == "message delivered")
+        .expect("message delivered");
     assert_eq!(queued["fields"]["from"], "someone@outside.test");
     assert_eq!(queued["fields"]["recipients"], 1);
 }

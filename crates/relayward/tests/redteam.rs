@@ -68,7 +68,7 @@ fn maildir_route_refuses_local_parts_that_cannot_name_a_maildir() {
         .send("DATA")
         .expect(354)
         .raw(b"Subject: ok\r\n\r\nhello\r\n.\r\n")
-        .expect_text(250, "queued as")
+        .expect_text(250, "delivered as")
         .send("QUIT")
         .expect(221);
     // Filed under the lower-case name, as local mailboxes are (route.table pins this).
@@ -149,7 +149,7 @@ fn helo_literal_cannot_hide_the_client_address_in_received() {
         .send("DATA")
         .expect(354)
         .raw(b"Subject: trace\r\n\r\nhello\r\n.\r\n")
-        .expect_text(250, "queued as")
+        .expect_text(250, "delivered as")
         .send("QUIT")
         .expect(221);
     let mail = server.wait_for_mail("example.test", "alice", 1);

@@ -70,7 +70,7 @@ fn started_as_root_with_run_as_it_serves_as_that_user_and_mail_lands() {
         .send("DATA")
         .expect(354)
         .raw(b"Subject: as nobody\r\n\r\nhello\r\n.\r\n")
-        .expect_text(250, "queued as")
+        .expect_text(250, "delivered as")
         .send("QUIT")
         .expect(221);
     let mail = server.wait_for_mail("example.test", "postmaster", 1);

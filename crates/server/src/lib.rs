@@ -7,6 +7,7 @@ pub use relayward_config as config;
 pub mod conn;
 pub mod extensions;
 pub mod listener;
+pub mod local;
 pub mod policy;
 pub mod pregreet;
 pub mod proxy;

@@ -348,6 +348,13 @@ impl Draft for SpoolDraft {
     fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
         self
     }
+
+    fn held_mut(&mut self) -> Option<&mut NewMessage> {
+        match &mut self.held {
+            Some(Held::Memory(memory)) => memory.held_mut(),
+            _ => None,
+        }
+    }
 }
 
 /// The staging went away with a cancelled operation: the draft cannot be completed.

@@ -1,6 +1,7 @@
 //! DATA: receiving the content (dot-unstuffing and the smuggling checks are the protocol
 //! crate's) straight into the queue behind the trace header ([`super::content`]), and the
-//! durable commit before the `250`.
+//! durable commit before the `250` — into the queue, or for small mail only for local
+//! mailboxes into their Maildirs ([`crate::local`]).
 
 use std::io;
 use std::time::SystemTime;
@@ -9,7 +10,7 @@ use relayward_protocol::data::{DataError, DataReceiver, DataStatus};
 use relayward_protocol::limits::{MAX_ACCEPTED_TEXT_LINE, MAX_HOPS};
 use relayward_protocol::reply::Reply;
 use relayward_protocol::text::Escaped;
-use relayward_queue::{Draft, Esmtp, NewMessage, NewRecipient, Origin, QueueError};
+use relayward_queue::{Draft, Esmtp, MessageId, NewMessage, NewRecipient, Origin, QueueError};
 use tokio::io::AsyncReadExt;
 
 use super::content::{ContentSink, Finished};
@@ -252,48 +253,122 @@ impl<S: Stream> Session<S> {
         self.ctx.queue.begin(message).await
     }
 
-    /// Signs and commits the whole message: `250` only once the queue made it durable.
+    /// Signs and commits the whole message: `250` only once it is durable — in the queue, or,
+    /// for mail only for local mailboxes, in their Maildirs.
     async fn enqueue(&mut self, txn: &Transaction, mut draft: Box<dyn Draft>) -> Reply {
         let signed = match self.sign(txn, &mut draft).await {
             Ok(signed) => signed,
             Err(reply) => return reply,
         };
         let size = draft.size();
+        let before = match self.deliver_before_reply(draft.as_mut()).await {
+            BeforeReply::All(id) => {
+                self.log_accepted(
+                    txn,
+                    &id,
+                    size,
+                    signed.as_ref(),
+                    txn.recipients.len(),
+                    "message delivered",
+                );
+                return Reply::enh(250, (2, 0, 0), format!("Ok: delivered as {id}"));
+            }
+            BeforeReply::Some(id) => Some(id),
+            BeforeReply::None => None,
+        };
+        let left = draft
+            .held_mut()
+            .map_or(txn.recipients.len(), |m| m.recipients.len());
         let started = std::time::Instant::now();
         let queued = self.ctx.queue.commit(draft).await;
-        let metrics = relayward_metrics::global();
-        metrics.spool_commit(started.elapsed().as_secs_f64());
+        relayward_metrics::global().spool_commit(started.elapsed().as_secs_f64());
         match queued {
             Ok(id) => {
-                metrics.message_accepted(self.kind.as_str());
-                match &signed {
-                    Some(Signed::Yes(signatures)) => {
-                        tracing::info!(client = %self.client_ip, %id, %signatures, "message DKIM-signed");
-                    }
-                    Some(Signed::No(reason)) => {
-                        tracing::info!(client = %self.client_ip, %id, "message not DKIM-signed: {}", escape_control(reason));
-                    }
-                    None => {}
+                if let Some(delivered_as) = &before {
+                    tracing::info!(client = %self.client_ip, id = %delivered_as, queued_as = %id, "message delivered in part; the rest queued");
                 }
-                // The mail log's line for an accepted message (after its fsync).
-                tracing::info!(
-                    client = %self.client_ip,
-                    %id,
-                    from = %Escaped(&txn.sender),
-                    recipients = txn.recipients.len(),
-                    size,
-                    tls = %self.conn.tls_facts().as_ref().map_or("none", |t| t.version.as_str()),
-                    login = %Escaped(self.login.as_deref().unwrap_or("none")),
-                    "message queued"
-                );
+                self.log_accepted(txn, &id, size, signed.as_ref(), left, "message queued");
                 Reply::enh(250, (2, 0, 0), format!("Ok: queued as {id}"))
             }
             Err(error) => {
                 tracing::error!(client = %self.client_ip, "queue refused message: {error}");
+                if let Some(delivered_as) = &before {
+                    tracing::warn!(client = %self.client_ip, id = %delivered_as, "message delivered in part, the rest refused: a retry by the client brings a second copy to those delivered");
+                }
                 queue_error_reply(&error)
             }
         }
     }
+
+    /// Delivers a small message whose every recipient is a local mailbox into their
+    /// Maildirs (see [`crate::local`]): all its copies, or none. What could not be
+    /// delivered goes to the queue, without the recipients whose copy is there.
+    async fn deliver_before_reply(&mut self, draft: &mut dyn Draft) -> BeforeReply {
+        let Some(local) = self.ctx.local_delivery.clone() else {
+            return BeforeReply::None;
+        };
+        let Some(message) = draft.held_mut() else {
+            return BeforeReply::None;
+        };
+        if !crate::local::deliverable_before_reply(message) {
+            return BeforeReply::None;
+        }
+        let id = MessageId::generate();
+        let delivered = local
+            .deliver(&id, &message.recipients, message.content.clone())
+            .await;
+        let all = delivered.len() == message.recipients.len() && delivered.iter().all(|d| *d);
+        if all {
+            return BeforeReply::All(id);
+        }
+        if !delivered.iter().any(|d| *d) {
+            return BeforeReply::None;
+        }
+        message.retain_recipients(|i, _| !delivered.get(i).copied().unwrap_or(false));
+        BeforeReply::Some(id)
+    }
+
+    /// The mail log's line for an accepted message (after it was made durable), and the count.
+    fn log_accepted(
+        &self,
+        txn: &Transaction,
+        id: &MessageId,
+        size: u64,
+        signed: Option<&Signed>,
+        recipients: usize,
+        what: &str,
+    ) {
+        relayward_metrics::global().message_accepted(self.kind.as_str());
+        match signed {
+            Some(Signed::Yes(signatures)) => {
+                tracing::info!(client = %self.client_ip, %id, %signatures, "message DKIM-signed");
+            }
+            Some(Signed::No(reason)) => {
+                tracing::info!(client = %self.client_ip, %id, "message not DKIM-signed: {}", escape_control(reason));
+            }
+            None => {}
+        }
+        tracing::info!(
+            client = %self.client_ip,
+            %id,
+            from = %Escaped(&txn.sender),
+            recipients,
+            size,
+            tls = %self.conn.tls_facts().as_ref().map_or("none", |t| t.version.as_str()),
+            login = %Escaped(self.login.as_deref().unwrap_or("none")),
+            "{what}"
+        );
+    }
+}
+
+/// What delivery before the reply did (see [`crate::local`]).
+enum BeforeReply {
+    /// Every copy is in its Maildir, under this id.
+    All(MessageId),
+    /// Some are (a copy failed after all were written); the draft holds the others.
+    Some(MessageId),
+    /// None: the message goes to the queue as it is.
+    None,
 }
 
 /// What DKIM signing did to a message that qualified for it, for the mail log.

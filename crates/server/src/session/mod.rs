@@ -83,6 +83,9 @@ pub struct SessionContext {
     pub pregreet: Arc<crate::pregreet::PregreetCache>,
     /// DKIM-signs relayed mail (see [`crate::sign`]); `None` when no `[[dkim]]` key is set.
     pub signer: Option<Arc<dyn crate::sign::SignOutbound>>,
+    /// Delivers mail whose every recipient is local before the `250` (see [`crate::local`]);
+    /// `None`: all mail is queued.
+    pub local_delivery: Option<Arc<dyn crate::local::DeliverLocal>>,
 }
 
 impl SessionLimits {
@@ -131,6 +134,7 @@ impl SessionContext {
             verifier: None,
             pregreet: Arc::default(),
             signer: None,
+            local_delivery: None,
         }
     }
 }

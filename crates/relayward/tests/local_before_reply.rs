@@ -1,0 +1,187 @@
+//! Mail only for local mailboxes is written into their Maildirs before the `250`
+//! (`[delivery] local_before_reply`, on by default); everything else, and every copy that
+//! could not be written, goes through the queue as before.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Smtp, TestServer, queue_json, spooled, standard_config};
+
+/// A stranger's message for alice, up to the reply to its final dot.
+fn stranger_sends(smtp: &mut Smtp, rcpts: &[&str], body: &[u8]) -> (u16, Vec<String>) {
+    smtp.send("EHLO client.outside.test")
+        .expect(250)
+        .send("MAIL FROM:<friend@outside.test>")
+        .expect(250);
+    for rcpt in rcpts {
+        smtp.send(&format!("RCPT TO:{rcpt}")).expect(250);
+    }
+    smtp.send("DATA").expect(354).raw(body);
+    smtp.read_reply()
+        .unwrap_or_else(|| panic!("no reply to the final dot\n{}", smtp.transcript()))
+}
+
+fn id_after(reply: &(u16, Vec<String>), words: &str) -> String {
+    let line = reply.1.join(" ");
+    let Some(at) = line.find(words) else {
+        panic!("expected 250 \"… {words} <id>\", got {reply:?}");
+    };
+    line[at + words.len()..].trim().to_string()
+}
+
+#[test]
+fn mail_for_a_local_mailbox_is_in_its_maildir_before_the_250() {
+    let server = TestServer::start(&standard_config(""));
+    let mut smtp = server.smtp("mx");
+    let reply = stranger_sends(
+        &mut smtp,
+        &["<alice@example.test>", "<Bob@Example.Test>"],
+        b"Subject: at once\r\n\r\nhello\r\n.\r\n",
+    );
+    assert_eq!(reply.0, 250, "{reply:?}");
+    let id = id_after(&reply, "delivered as");
+    // No waiting: the copies are there when the client hears 250, and nothing was queued.
+    for local in ["alice", "bob"] {
+        let new = server.maildir_new("example.test", local);
+        assert_eq!(new.len(), 1, "{local}: {new:?}");
+        let text = std::fs::read_to_string(&new[0]).expect("read the copy");
+        assert!(
+            text.starts_with("Received: from client.outside.test"),
+            "{text}"
+        );
+        assert!(text.ends_with("\r\n\r\nhello\r\n"), "{text:?}");
+    }
+    assert_eq!(spooled(&server), 0);
+    assert_eq!(queue_json(&server, &["list"]), serde_json::json!([]));
+    smtp.send("QUIT").expect(221);
+    // The mail log reads as for a queued message delivered by the runner.
+    server.wait_for_log("message delivered");
+    let log = server.log();
+    let accepted = log
+        .lines()
+        .find(|l| l.contains("message delivered") && l.contains(&id))
+        .unwrap_or_else(|| panic!("no 'message delivered' line for {id}:\n{log}"));
+    assert!(accepted.contains("recipients=2"), "{accepted}");
+    let delivered = log
+        .lines()
+        .find(|l| {
+            l.contains(": delivered id=") && l.contains(&id) && l.contains("alice@example.test")
+        })
+        .unwrap_or_else(|| panic!("no delivery line for alice under {id}:\n{log}"));
+    for field in [
+        "route=local",
+        "relay=maildir:example.test/alice",
+        "status=2.0.0",
+    ] {
+        assert!(delivered.contains(field), "{field} missing: {delivered}");
+    }
+    assert!(!log.contains("message queued"), "{log}");
+}
+
+/// All copies or none: had alice's been written before bob's failed, a message refused by the
+/// queue then (and sent again by the client) would bring her a second one.
+#[test]
+fn a_copy_that_cannot_be_written_sends_the_whole_message_to_the_queue() {
+    let server = TestServer::start(&standard_config(""));
+    // bob's Maildir cannot be made: a file stands where its directory would be.
+    let domain = server.data_dir().join("mail").join("example.test");
+    std::fs::create_dir_all(&domain).expect("mail/example.test");
+    std::fs::write(domain.join("bob"), b"in the way").expect("block bob's Maildir");
+    let mut smtp = server.smtp("mx");
+    let reply = stranger_sends(
+        &mut smtp,
+        &["<alice@example.test>", "<bob@example.test>"],
+        b"Subject: half\r\n\r\nhello\r\n.\r\n",
+    );
+    smtp.send("QUIT").expect(221);
+    assert_eq!(reply.0, 250, "{reply:?}");
+    let id = id_after(&reply, "queued as");
+    // The runner delivers alice's copy (one, not two) and keeps bob's.
+    assert_eq!(server.wait_for_mail("example.test", "alice", 1).len(), 1);
+    let deadline = std::time::Instant::now() + support::WAIT;
+    let statuses = loop {
+        let shown = queue_json(&server, &["show", &id]);
+        let statuses: Vec<(String, String)> = shown["recipients"]
+            .as_array()
+            .unwrap_or_else(|| panic!("recipients in {shown}"))
+            .iter()
+            .map(|r| {
+                let field = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+                (field("address"), field("status"))
+            })
+            .collect();
+        if statuses[0].1 == "delivered" || std::time::Instant::now() > deadline {
+            break statuses;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        statuses[0],
+        ("alice@example.test".into(), "delivered".into())
+    );
+    assert_eq!(statuses[1].0, "bob@example.test");
+    assert_ne!(statuses[1].1, "delivered");
+    let alice = domain.join("alice");
+    assert_eq!(server.maildir_new("example.test", "alice").len(), 1);
+    let staged = std::fs::read_dir(alice.join("tmp")).map_or(0, |rd| rd.count());
+    assert_eq!(staged, 0, "a staged copy was left in alice's tmp/");
+    let log = server.log();
+    assert!(
+        log.contains("local delivery before the reply failed"),
+        "{log}"
+    );
+}
+
+#[test]
+fn mail_that_is_not_only_local_or_asks_for_a_success_notice_is_queued() {
+    let sink = support::rejecting_sink("127.0.0.1", "451 4.3.0 later").addr;
+    let server = TestServer::start(&standard_config(&format!(
+        "[[route]]\ndomain = \"corp.example.net\"\nto = \"smtp://{sink}\"\nverify_recipients = false\n"
+    )));
+    // A local and a routed recipient: the message is queued whole.
+    let mut smtp = server.smtp("mx");
+    let mixed = stranger_sends(
+        &mut smtp,
+        &["<alice@example.test>", "<stuck@corp.example.net>"],
+        b"Subject: mixed\r\n\r\nhello\r\n.\r\n",
+    );
+    smtp.send("QUIT").expect(221);
+    id_after(&mixed, "queued as");
+    // NOTIFY=SUCCESS: the runner delivers it, and is the one to send the notice.
+    let mut smtp = server.smtp("mx");
+    let notify = stranger_sends(
+        &mut smtp,
+        &["<bob@example.test> NOTIFY=SUCCESS"],
+        b"Subject: tell me\r\n\r\nhello\r\n.\r\n",
+    );
+    smtp.send("QUIT").expect(221);
+    id_after(&notify, "queued as");
+    // Larger than what a draft keeps in memory (64 KiB): through the queue's file.
+    let mut big = b"Subject: big\r\n\r\n".to_vec();
+    for _ in 0..1000 {
+        big.extend_from_slice(&[b'x'; 98]);
+        big.extend_from_slice(b"\r\n");
+    }
+    big.extend_from_slice(b".\r\n");
+    let mut smtp = server.smtp("mx");
+    let large = stranger_sends(&mut smtp, &["<alice@example.test>"], &big);
+    smtp.send("QUIT").expect(221);
+    id_after(&large, "queued as");
+    assert_eq!(server.wait_for_mail("example.test", "alice", 2).len(), 2);
+    assert_eq!(server.wait_for_mail("example.test", "bob", 1).len(), 1);
+}
+
+#[test]
+fn local_before_reply_off_queues_local_mail_too() {
+    let server = TestServer::start(&standard_config("[delivery]\nlocal_before_reply = false\n"));
+    let mut smtp = server.smtp("mx");
+    let reply = stranger_sends(
+        &mut smtp,
+        &["<alice@example.test>"],
+        b"Subject: queued\r\n\r\nhello\r\n.\r\n",
+    );
+    smtp.send("QUIT").expect(221);
+    id_after(&reply, "queued as");
+    assert_eq!(server.wait_for_mail("example.test", "alice", 1).len(), 1);
+}
