@@ -151,7 +151,16 @@ pub fn has_room(mail_root: &Path, min_free_bytes: u64, size: u64) -> bool {
         return true;
     }
     let needed = min_free_bytes.saturating_add(size);
-    let existing = mail_root.ancestors().find(|dir| dir.exists());
+    let existing = mail_root
+        .ancestors()
+        .map(|dir| {
+            if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            }
+        })
+        .find(|dir| dir.exists());
     existing
         .and_then(|dir| crate::fsutil::available_bytes(dir).ok())
         .is_some_and(|free| free >= needed)
@@ -211,6 +220,10 @@ fn ensure_maildir(mail_root: &Path, maildir: &Path) -> io::Result<()> {
             .recursive(true)
             .mode(PRIVATE_DIR)
             .create(mail_root)?;
+        // The first delivery ever also makes `mail_root` itself: its name must survive too.
+        if let Some(parent) = mail_root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
     }
     let domain_dir = maildir.parent().unwrap_or(mail_root);
     create_synced(mail_root, domain_dir)?;
@@ -316,6 +329,8 @@ mod tests {
         assert!(has_room(&not_yet, 1, 1000));
         assert!(!has_room(&not_yet, u64::MAX / 2, 1000));
         assert!(has_room(Path::new("/nonexistent/relayward"), 0, 1000));
+        // A relative root not made yet: the working directory's filesystem.
+        assert!(has_room(Path::new("not-made-yet/mail"), 1, 1000));
     }
 
     #[test]

@@ -185,3 +185,24 @@ fn local_before_reply_off_queues_local_mail_too() {
     id_after(&reply, "queued as");
     assert_eq!(server.wait_for_mail("example.test", "alice", 1).len(), 1);
 }
+
+/// The setting follows a reload (SIGHUP) like the rest of `[delivery]`.
+#[test]
+fn a_reload_turns_local_before_reply_off_and_on() {
+    let server = TestServer::start(&standard_config(""));
+    let send = |subject: &str| {
+        let mut smtp = server.smtp("mx");
+        let body = format!("Subject: {subject}\r\n\r\nhello\r\n.\r\n");
+        let reply = stranger_sends(&mut smtp, &["<alice@example.test>"], body.as_bytes());
+        smtp.send("QUIT").expect(221);
+        reply
+    };
+    id_after(&send("before"), "delivered as");
+    server.reload_with(|config| format!("{config}\n[delivery]\nlocal_before_reply = false\n"));
+    id_after(&send("off"), "queued as");
+    server.reload_with(|config| {
+        config.replace("local_before_reply = false", "local_before_reply = true")
+    });
+    id_after(&send("on again"), "delivered as");
+    assert_eq!(server.wait_for_mail("example.test", "alice", 3).len(), 3);
+}
