@@ -37,21 +37,10 @@ pub fn deliver_to_maildir(
     local_part: &str,
     content: &[u8],
 ) -> io::Result<PathBuf> {
-    let domain = domain.to_ascii_lowercase();
-    check_component("domain", &domain, MAX_DOMAIN)?;
-    check_component("local part", local_part, MAX_LOCAL)?;
-    let maildir = mail_root.join(&domain).join(local_part);
-    let name = unique_name();
-    let new = match place_in_new(&maildir, &name, content) {
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {
-            // First delivery to this mailbox (or someone removed a part of it): build it, once.
-            ensure_maildir(mail_root, &maildir)?;
-            place_in_new(&maildir, &name, content)?
-        }
-        placed => placed?,
-    };
-    NEW_DIR_SYNCS.sync_with(&maildir.join("new"), sync_dir)?;
-    Ok(new)
+    let staged = stage_copy(mail_root, domain, local_part, content)?;
+    place(mail_root, &staged)?;
+    NEW_DIR_SYNCS.sync_with(&staged.new_dir, sync_dir)?;
+    Ok(staged.new)
 }
 
 /// Delivers `content` to several Maildirs at once so that either every copy is written or
@@ -71,36 +60,30 @@ pub fn deliver_all_or_none(
     copies: &[(&str, &str)],
     content: &[u8],
 ) -> io::Result<Vec<io::Result<()>>> {
-    let mut staged: Vec<(PathBuf, PathBuf, PathBuf)> = Vec::with_capacity(copies.len());
+    let mut staged: Vec<Staged> = Vec::with_capacity(copies.len());
     for (domain, local_part) in copies {
         match stage_copy(mail_root, domain, local_part, content) {
-            Ok(paths) => staged.push(paths),
+            Ok(copy) => staged.push(copy),
             Err(err) => {
-                for (tmp, _, _) in &staged {
-                    let _ = fs::remove_file(tmp);
+                for copy in &staged {
+                    let _ = fs::remove_file(&copy.tmp);
                 }
                 return Err(err);
             }
         }
     }
-    let mut results: Vec<io::Result<()>> = staged
-        .iter()
-        .map(|(tmp, new, _)| {
-            fs::rename(tmp, new).inspect_err(|_| {
-                let _ = fs::remove_file(tmp);
-            })
-        })
-        .collect();
+    let mut results: Vec<io::Result<()>> =
+        staged.iter().map(|copy| place(mail_root, copy)).collect();
     let mut flushed: Vec<(&Path, io::Result<()>)> = Vec::new();
-    for ((_, _, new_dir), result) in staged.iter().zip(results.iter_mut()) {
+    for (copy, result) in staged.iter().zip(results.iter_mut()) {
         if result.is_err() {
             continue;
         }
-        let outcome = match flushed.iter().find(|(dir, _)| dir == new_dir) {
+        let outcome = match flushed.iter().find(|(dir, _)| *dir == copy.new_dir) {
             Some((_, outcome)) => clone_result(outcome),
             None => {
-                let outcome = NEW_DIR_SYNCS.sync_with(new_dir, sync_dir);
-                flushed.push((new_dir, clone_result(&outcome)));
+                let outcome = NEW_DIR_SYNCS.sync_with(&copy.new_dir, sync_dir);
+                flushed.push((&copy.new_dir, clone_result(&outcome)));
                 outcome
             }
         };
@@ -109,14 +92,21 @@ pub fn deliver_all_or_none(
     Ok(results)
 }
 
-/// Writes one copy durably into `tmp/` of its Maildir (made when missing); the paths of the
-/// staged file, of its name in `new/`, and of `new/`.
+/// One copy written and flushed in its Maildir's `tmp/`, not yet in `new/`.
+struct Staged {
+    tmp: PathBuf,
+    new: PathBuf,
+    new_dir: PathBuf,
+}
+
+/// Writes one copy durably into `tmp/` of its Maildir (made when missing: the first delivery
+/// to a mailbox, or someone removed a part of it). Unsafe names fail with `InvalidInput`.
 fn stage_copy(
     mail_root: &Path,
     domain: &str,
     local_part: &str,
     content: &[u8],
-) -> io::Result<(PathBuf, PathBuf, PathBuf)> {
+) -> io::Result<Staged> {
     let domain = domain.to_ascii_lowercase();
     check_component("domain", &domain, MAX_DOMAIN)?;
     check_component("local part", local_part, MAX_LOCAL)?;
@@ -131,7 +121,28 @@ fn stage_copy(
         written => written?,
     }
     let new_dir = maildir.join("new");
-    Ok((tmp, new_dir.join(&name), new_dir))
+    Ok(Staged {
+        tmp,
+        new: new_dir.join(&name),
+        new_dir,
+    })
+}
+
+/// Renames a staged copy into `new/` (not yet durable: `new/`'s flush follows), rebuilding a
+/// `new/` someone removed in the meantime; the staged file is removed if that fails.
+fn place(mail_root: &Path, copy: &Staged) -> io::Result<()> {
+    let mut result = fs::rename(&copy.tmp, &copy.new);
+    if let Err(err) = &result
+        && err.kind() == io::ErrorKind::NotFound
+        && let Some(maildir) = copy.new_dir.parent()
+        && ensure_maildir(mail_root, maildir).is_ok()
+    {
+        result = fs::rename(&copy.tmp, &copy.new);
+    }
+    if result.is_err() {
+        let _ = fs::remove_file(&copy.tmp);
+    }
+    result
 }
 
 /// An outcome shared by several copies (one directory flush covers them all).
@@ -169,19 +180,6 @@ pub fn has_room(mail_root: &Path, min_free_bytes: u64, size: u64) -> bool {
 /// Every delivery's rename into a `new/` waits for a flush of that directory; deliveries that
 /// arrive together share one (see [`crate::dir_sync`]).
 static NEW_DIR_SYNCS: LazyLock<DirSyncs> = LazyLock::new(DirSyncs::default);
-
-/// Writes `content` durably to `tmp/name` and renames it to `new/name`; `NotFound` when the
-/// Maildir is incomplete (nothing is left behind then). The rename is not yet durable.
-fn place_in_new(maildir: &Path, name: &str, content: &[u8]) -> io::Result<PathBuf> {
-    let tmp = maildir.join("tmp").join(name);
-    let new = maildir.join("new").join(name);
-    write_synced(&tmp, &[content])?;
-    if let Err(err) = fs::rename(&tmp, &new) {
-        let _ = fs::remove_file(&tmp);
-        return Err(err);
-    }
-    Ok(new)
-}
 
 /// Refuses anything that is not a single, ordinary path component.
 fn check_component(what: &str, name: &str, max_len: usize) -> io::Result<()> {
