@@ -117,6 +117,26 @@ pub(crate) fn available_bytes(path: &Path) -> io::Result<u64> {
     Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
+/// The rule for taking mail, for the queue and for local delivery before the reply alike:
+/// after `size` more octets the filesystem of `path` keeps at least `min_free_bytes` free.
+/// `Ok(false)` names what is free and what is needed.
+pub(crate) fn room_for(
+    path: &Path,
+    min_free_bytes: u64,
+    size: u64,
+) -> io::Result<Result<(), (u64, u64)>> {
+    if min_free_bytes == 0 {
+        return Ok(Ok(()));
+    }
+    let needed = min_free_bytes.saturating_add(size);
+    let available = available_bytes(path)?;
+    Ok(if available < needed {
+        Err((available, needed))
+    } else {
+        Ok(())
+    })
+}
+
 /// True for the errors that mean "no room": the session answers them like a full queue.
 pub(crate) fn is_full(err: &io::Error) -> bool {
     // ENOSPC and EDQUOT.

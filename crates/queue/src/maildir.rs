@@ -161,7 +161,6 @@ pub fn has_room(mail_root: &Path, min_free_bytes: u64, size: u64) -> bool {
     if min_free_bytes == 0 {
         return true;
     }
-    let needed = min_free_bytes.saturating_add(size);
     let existing = mail_root
         .ancestors()
         .map(|dir| {
@@ -172,9 +171,9 @@ pub fn has_room(mail_root: &Path, min_free_bytes: u64, size: u64) -> bool {
             }
         })
         .find(|dir| dir.exists());
-    existing
-        .and_then(|dir| crate::fsutil::available_bytes(dir).ok())
-        .is_some_and(|free| free >= needed)
+    existing.is_some_and(|dir| {
+        crate::fsutil::room_for(dir, min_free_bytes, size).is_ok_and(|room| room.is_ok())
+    })
 }
 
 /// Every delivery's rename into a `new/` waits for a flush of that directory; deliveries that

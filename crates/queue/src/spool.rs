@@ -115,7 +115,7 @@ use self::draft::{Held, SpoolDraft, Staging};
 use self::entry::{Change, apply_updates, parse_state, read_header};
 use self::fresh::FreshContent;
 use crate::fsutil::{
-    PRIVATE_FILE, available_bytes, create_private_dir, lock_exclusive, lock_shared, queue_error,
+    PRIVATE_FILE, create_private_dir, lock_exclusive, lock_shared, queue_error, room_for,
     shared_queue_error, sync_dir, try_lock_exclusive, write_synced,
 };
 use crate::{
@@ -636,20 +636,15 @@ impl Inner {
     /// Refuses with `Full` when the message would leave less than `min_free_bytes` free.
     fn check_space(&self, size: u64) -> Result<(), QueueError> {
         let min_free = self.min_free_bytes.load(Ordering::Relaxed);
-        if min_free == 0 {
-            return Ok(());
-        }
-        let needed = min_free.saturating_add(size);
-        let available = available_bytes(&self.layout.root).map_err(queue_error)?;
-        if available < needed {
+        let room = room_for(&self.layout.root, min_free, size).map_err(queue_error)?;
+        room.map_err(|(available, needed)| {
             tracing::warn!(
                 available,
                 needed,
                 "queue refuses message: too little free space"
             );
-            return Err(QueueError::Full);
-        }
-        Ok(())
+            QueueError::Full
+        })
     }
 
     /// Renames one staged message into `msg/` (not yet durable: the batch's flush follows).
