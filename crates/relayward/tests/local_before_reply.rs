@@ -22,6 +22,14 @@ fn stranger_sends(smtp: &mut Smtp, rcpts: &[&str], body: &[u8]) -> (u16, Vec<Str
         .unwrap_or_else(|| panic!("no reply to the final dot\n{}", smtp.transcript()))
 }
 
+/// A whole session from a stranger: one message, then QUIT; the reply to its final dot.
+fn send_one(server: &TestServer, rcpts: &[&str], body: &[u8]) -> (u16, Vec<String>) {
+    let mut smtp = server.smtp("mx");
+    let reply = stranger_sends(&mut smtp, rcpts, body);
+    smtp.send("QUIT").expect(221);
+    reply
+}
+
 fn id_after(reply: &(u16, Vec<String>), words: &str) -> String {
     let line = reply.1.join(" ");
     let Some(at) = line.find(words) else {
@@ -88,13 +96,11 @@ fn a_copy_that_cannot_be_written_sends_the_whole_message_to_the_queue() {
     let domain = server.data_dir().join("mail").join("example.test");
     std::fs::create_dir_all(&domain).expect("mail/example.test");
     std::fs::write(domain.join("bob"), b"in the way").expect("block bob's Maildir");
-    let mut smtp = server.smtp("mx");
-    let reply = stranger_sends(
-        &mut smtp,
+    let reply = send_one(
+        &server,
         &["<alice@example.test>", "<bob@example.test>"],
         b"Subject: half\r\n\r\nhello\r\n.\r\n",
     );
-    smtp.send("QUIT").expect(221);
     assert_eq!(reply.0, 250, "{reply:?}");
     let id = id_after(&reply, "queued as");
     // The runner delivers alice's copy (one, not two) and keeps bob's.
@@ -140,22 +146,18 @@ fn mail_that_is_not_only_local_or_asks_for_a_success_notice_is_queued() {
         "[[route]]\ndomain = \"corp.example.net\"\nto = \"smtp://{sink}\"\nverify_recipients = false\n"
     )));
     // A local and a routed recipient: the message is queued whole.
-    let mut smtp = server.smtp("mx");
-    let mixed = stranger_sends(
-        &mut smtp,
+    let mixed = send_one(
+        &server,
         &["<alice@example.test>", "<stuck@corp.example.net>"],
         b"Subject: mixed\r\n\r\nhello\r\n.\r\n",
     );
-    smtp.send("QUIT").expect(221);
     id_after(&mixed, "queued as");
     // NOTIFY=SUCCESS: the runner delivers it, and is the one to send the notice.
-    let mut smtp = server.smtp("mx");
-    let notify = stranger_sends(
-        &mut smtp,
+    let notify = send_one(
+        &server,
         &["<bob@example.test> NOTIFY=SUCCESS"],
         b"Subject: tell me\r\n\r\nhello\r\n.\r\n",
     );
-    smtp.send("QUIT").expect(221);
     id_after(&notify, "queued as");
     // Larger than what a draft keeps in memory (64 KiB): through the queue's file.
     let mut big = b"Subject: big\r\n\r\n".to_vec();
@@ -164,9 +166,7 @@ fn mail_that_is_not_only_local_or_asks_for_a_success_notice_is_queued() {
         big.extend_from_slice(b"\r\n");
     }
     big.extend_from_slice(b".\r\n");
-    let mut smtp = server.smtp("mx");
-    let large = stranger_sends(&mut smtp, &["<alice@example.test>"], &big);
-    smtp.send("QUIT").expect(221);
+    let large = send_one(&server, &["<alice@example.test>"], &big);
     id_after(&large, "queued as");
     assert_eq!(server.wait_for_mail("example.test", "alice", 2).len(), 2);
     assert_eq!(server.wait_for_mail("example.test", "bob", 1).len(), 1);
@@ -175,13 +175,11 @@ fn mail_that_is_not_only_local_or_asks_for_a_success_notice_is_queued() {
 #[test]
 fn local_before_reply_off_queues_local_mail_too() {
     let server = TestServer::start(&standard_config("[delivery]\nlocal_before_reply = false\n"));
-    let mut smtp = server.smtp("mx");
-    let reply = stranger_sends(
-        &mut smtp,
+    let reply = send_one(
+        &server,
         &["<alice@example.test>"],
         b"Subject: queued\r\n\r\nhello\r\n.\r\n",
     );
-    smtp.send("QUIT").expect(221);
     id_after(&reply, "queued as");
     assert_eq!(server.wait_for_mail("example.test", "alice", 1).len(), 1);
 }
@@ -191,11 +189,8 @@ fn local_before_reply_off_queues_local_mail_too() {
 fn a_reload_turns_local_before_reply_off_and_on() {
     let server = TestServer::start(&standard_config(""));
     let send = |subject: &str| {
-        let mut smtp = server.smtp("mx");
         let body = format!("Subject: {subject}\r\n\r\nhello\r\n.\r\n");
-        let reply = stranger_sends(&mut smtp, &["<alice@example.test>"], body.as_bytes());
-        smtp.send("QUIT").expect(221);
-        reply
+        send_one(&server, &["<alice@example.test>"], body.as_bytes())
     };
     id_after(&send("before"), "delivered as");
     server.reload_with(|config| format!("{config}\n[delivery]\nlocal_before_reply = false\n"));
