@@ -10,9 +10,10 @@
 //!                    content's size and CRC-32) + content;
 //!                    written once, never changed; its presence is the message's existence
 //!                    (once its content matches its checksum: see "Enqueue and group commit")
-//! msg/slot-<hex>.new a preallocated file for a message to come (per-file commits; see
-//!                    [`slots`]): empty, or being written, or (after a crash) a message that
-//!                    recovery renames to its id
+//! msg/slot-<hex>.new a preallocated file for a message to come ([`slots`]): zeros, or
+//!                    being written, or (after a crash) a message that recovery renames to
+//!                    its id; a message written into one may be followed by the rest of its
+//!                    zeros (the header's size says where the content ends)
 //! msg/<id>.json      the current state (a QueuedMessage as JSON), from the first state change
 //!                    on; supersedes the header; replaced whole by rename
 //! corrupt/           entries that could not be read, moved aside at open for a person to inspect
@@ -34,7 +35,10 @@
 //!    `fdatasync`ed — its one flush — renamed to `<id>.eml` and answered by its own thread, no
 //!    committer involved; only when no preallocated file is ready (a burst) does it take the
 //!    older path: `tmp/`, its `fdatasync`, then the committer's rename and one fsync of `msg/`
-//!    for the batch.
+//!    for the batch. Under `syncfs` too, a message of at most a preallocated file's size
+//!    whose commit finds no other under way (one client) is committed in such a file with its
+//!    own `fdatasync`, which on a journaled filesystem is a data-only flush, cheaper than a
+//!    `syncfs`; concurrent commits keep sharing the committer's.
 //! 3. Only after that flush does each waiter get its answer; a failed flush answers every
 //!    waiter of the batch with an error and removes their files (they were never
 //!    acknowledged).
@@ -61,8 +65,10 @@
 //!
 //! Preallocated files (`slot-*.new`) are this version's: an older one takes them for strays
 //! and quarantines them, an acknowledged message a power loss left under such a name
-//! included. Before a downgrade, stop the server cleanly (free slots are removed) and open the
-//! spool once with this version after any crash.
+//! included, and it refuses a message followed by a slot's remaining zeros as damaged (its
+//! length differs from its header's). Before a downgrade, let the queue empty, stop the
+//! server cleanly (free slots are removed) and open the spool once with this version after
+//! any crash.
 //!
 //! # State changes and processes
 //!
@@ -104,7 +110,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -188,8 +194,11 @@ pub struct SpoolStats {
     pub dir_fsyncs: u64,
     /// `syncfs` calls (one per batch with [`CommitMode::Filesystem`]).
     pub fs_syncs: u64,
-    /// `fdatasync`s of new message files (one per message with [`CommitMode::EachFile`]).
+    /// `fdatasync`s of new message files (one per message with [`CommitMode::EachFile`], and
+    /// one per lone commit into a preallocated file with [`CommitMode::Filesystem`]).
     pub message_syncs: u64,
+    /// `syncfs` calls that made a batch of preallocated files durable (see `spool/slots.rs`).
+    pub slot_syncs: u64,
     /// Preallocated message files ready now (per-file commits; see `spool/slots.rs`).
     pub preallocated: usize,
 }
@@ -244,6 +253,9 @@ struct Inner {
     dir_fsyncs: AtomicU64,
     fs_syncs: AtomicU64,
     message_syncs: AtomicU64,
+    slot_syncs: AtomicU64,
+    /// Commits under way, from their submit to their answer ([`Committing`]).
+    committing: AtomicUsize,
     /// Content of small messages just committed, for the runner's first read.
     fresh: FreshContent,
     /// Preallocated message files for per-file commits.
@@ -258,6 +270,27 @@ struct Inner {
 struct Staged {
     id: MessageId,
     reply: oneshot::Sender<Result<(), QueueError>>,
+    /// Counts it as under way until it is answered (and this dropped).
+    _committing: Committing,
+}
+
+/// One commit under way, counted in `Inner::committing` from its submit until its answer:
+/// with [`CommitMode::Filesystem`] a small message whose commit finds no other under way is
+/// written into a preallocated file and flushed alone (data only, no journal commit), where
+/// concurrent ones share the committer's `syncfs` (see `spool/slots.rs`).
+struct Committing(Arc<Inner>);
+
+impl Committing {
+    fn begin(inner: &Arc<Inner>) -> Committing {
+        inner.committing.fetch_add(1, Ordering::Relaxed);
+        Committing(Arc::clone(inner))
+    }
+}
+
+impl Drop for Committing {
+    fn drop(&mut self) {
+        self.0.committing.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Spool {
@@ -294,16 +327,18 @@ impl Spool {
             dir_fsyncs: AtomicU64::new(0),
             fs_syncs: AtomicU64::new(0),
             message_syncs: AtomicU64::new(0),
+            slot_syncs: AtomicU64::new(0),
+            committing: AtomicUsize::new(0),
             fresh: FreshContent::default(),
             slots: slots::Slots::default(),
             tmp_dir,
             _lock: lock,
         });
         let (committer, committer_thread) = spawn_committer(&inner)?;
-        let mut threads = vec![committer_thread];
-        if inner.options.commit == CommitMode::EachFile {
-            threads.push(slots::spawn_refill(&inner).map_err(QueueError::Io)?);
-        }
+        let threads = vec![
+            committer_thread,
+            slots::spawn_refill(&inner).map_err(QueueError::Io)?,
+        ];
         Ok(Spool {
             inner,
             committer,
@@ -336,6 +371,7 @@ impl Spool {
             dir_fsyncs: self.inner.dir_fsyncs.load(Ordering::Relaxed),
             fs_syncs: self.inner.fs_syncs.load(Ordering::Relaxed),
             message_syncs: self.inner.message_syncs.load(Ordering::Relaxed),
+            slot_syncs: self.inner.slot_syncs.load(Ordering::Relaxed),
             preallocated: self.inner.slots.ready(),
         }
     }

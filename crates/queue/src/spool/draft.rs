@@ -21,7 +21,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
 
 use super::entry::{Slots, encode_open_header, slot_digits};
-use super::{CommitMode, Inner, Staged, blocking, committer_gone, invalid_input, unix_now};
+use super::slots::SLOT_BYTES;
+use super::{
+    CommitMode, Committing, Inner, Staged, blocking, committer_gone, invalid_input, unix_now,
+};
 use crate::fsutil::{PRIVATE_FILE, queue_error};
 use crate::{BoxFuture, Draft, MemoryDraft, MessageId, NewMessage, QueueError, QueuedMessage};
 
@@ -74,7 +77,7 @@ impl Staging {
         let (header, slots) =
             encode_open_header(&QueuedMessage::accepted(id.clone(), message, unix_now()))
                 .map_err(queue_error)?;
-        let (path, file, in_slot) = match take_slot(inner) {
+        let (path, file, in_slot) = match take_slot(inner, header.len() + message.content.len()) {
             Some((slot, file)) => (slot, file, true),
             None => {
                 let path = inner.layout.tmp_message(&id);
@@ -175,8 +178,9 @@ impl Staging {
                 .map_err(queue_error)?;
         }
         self.inner.check_space(0)?;
+        let committing = Committing::begin(&self.inner);
         if self.in_slot {
-            return self.commit_in_slot(reply);
+            return self.commit_in_slot(reply, committing);
         }
         if self.inner.options.commit == CommitMode::EachFile {
             // fdatasync covers the data and the file size, which is all a reader of a new
@@ -187,6 +191,7 @@ impl Staging {
         let staged = Staged {
             id: self.id.clone(),
             reply,
+            _committing: committing,
         };
         if committer.send(staged).is_err() {
             return Err(committer_gone());
@@ -202,6 +207,7 @@ impl Staging {
     fn commit_in_slot(
         mut self,
         reply: tokio::sync::oneshot::Sender<Result<(), QueueError>>,
+        _committing: Committing,
     ) -> Result<(), QueueError> {
         self.file.sync_data().map_err(queue_error)?;
         self.inner.message_syncs.fetch_add(1, Ordering::Relaxed);
@@ -222,10 +228,20 @@ impl Staging {
     }
 }
 
-/// A free slot (opened, and locked for as long as the staging keeps its file), when per-file
-/// commits are in use and one is ready.
-fn take_slot(inner: &Inner) -> Option<(PathBuf, File)> {
-    if inner.options.commit != CommitMode::EachFile {
+/// A free slot (opened, and locked for as long as the staging keeps its file), if one is
+/// ready and this message of `len` octets (header included) should take it: always with
+/// per-file commits; with `syncfs` commits only when it fits the slot's written blocks and no
+/// other commit is under way — a lone commit then costs a data-only flush instead of a
+/// journal commit, while concurrent ones still share one `syncfs`. (A small message is
+/// created at its commit, so "now" is when it commits.)
+fn take_slot(inner: &Inner, len: usize) -> Option<(PathBuf, File)> {
+    let wanted = match inner.options.commit {
+        CommitMode::EachFile => true,
+        CommitMode::Filesystem => {
+            len <= SLOT_BYTES && inner.committing.load(Ordering::Relaxed) == 0
+        }
+    };
+    if !wanted {
         return None;
     }
     inner.slots.take()

@@ -125,9 +125,16 @@ pub(super) fn read_header(
 pub(super) fn strip_header(id: &MessageId, mut file: Vec<u8>) -> Result<Vec<u8>, QueueError> {
     let (state, header_len) = read_header(id, file.as_slice())?;
     let header_len = usize::try_from(header_len).map_err(|_| corrupt(id, "header too long"))?;
-    if (file.len() - header_len) as u64 != state.size {
-        return Err(corrupt(id, "content length differs from the recorded size"));
+    let end = usize::try_from(state.size)
+        .ok()
+        .and_then(|size| header_len.checked_add(size))
+        .filter(|&end| end <= file.len())
+        .ok_or_else(|| corrupt(id, "content is shorter than the recorded size"))?;
+    // A message written into a preallocated file may be followed by the rest of its zeros.
+    if file[end..].iter().any(|&b| b != 0) {
+        return Err(corrupt(id, "content is longer than the recorded size"));
     }
+    file.truncate(end);
     let json = &file[MAGIC.len()..header_len - 1];
     if let Some(recorded) = recorded_checksum(id, json)?
         && recorded != content_checksum(&file[header_len..])
@@ -327,6 +334,41 @@ mod tests {
                 "{result:?}"
             );
         }
+    }
+
+    /// A message written into a preallocated file is followed by the rest of its zeros: the
+    /// header's size says where the content ends, and anything but zeros after it is damage.
+    #[test]
+    fn zeros_after_the_content_are_a_slot_padding_anything_else_is_corrupt() {
+        let (id, message) = sample();
+        let state = QueuedMessage::accepted(id.clone(), &message, 42);
+        let (file, _) = completed_file(&state, &message.content);
+        let mut padded = file.clone();
+        padded.resize(4096, 0);
+        assert_eq!(strip_header(&id, padded.clone()).unwrap(), message.content);
+        assert!(
+            matches!(slot_content(padded.clone()), SlotContent::Complete(found) if found == id)
+        );
+        let mut trailing = padded;
+        trailing[4000] = b'x';
+        let result = strip_header(&id, trailing);
+        assert!(
+            matches!(&result, Err(QueueError::Corrupt { reason, .. }) if reason.contains("longer")),
+            "{result:?}"
+        );
+        let result = strip_header(&id, file[..file.len() - 1].to_vec());
+        assert!(
+            matches!(&result, Err(QueueError::Corrupt { reason, .. }) if reason.contains("shorter")),
+            "{result:?}"
+        );
+        // A slot that was never written, or whose header is cut short, is unfinished.
+        assert!(matches!(
+            slot_content(vec![0; 4096]),
+            SlotContent::Unfinished
+        ));
+        let mut cut = vec![0; 4096];
+        cut[..30].copy_from_slice(&file[..30]);
+        assert!(matches!(slot_content(cut), SlotContent::Unfinished));
     }
 
     /// Files written before the checksum existed (flushed before their rename) still read.

@@ -200,7 +200,7 @@ fn scan_msg_dir(layout: &Layout) -> io::Result<Scanned> {
     Ok((entries, strays, slots))
 }
 
-/// Checks a message file's header and that its content has the recorded size.
+/// Checks a message file's header and that its content has at least the recorded size.
 fn check_message(layout: &Layout, id: &MessageId) -> Result<(), String> {
     let file = File::open(layout.message(id)).map_err(|e| format!("cannot open: {e}"))?;
     let file_len = file
@@ -209,7 +209,8 @@ fn check_message(layout: &Layout, id: &MessageId) -> Result<(), String> {
         .len();
     let (state, header_len) = read_header(id, &file).map_err(|e| e.to_string())?;
     let content_len = file_len.saturating_sub(header_len);
-    if content_len != state.size {
+    // Longer is a preallocated file's padding (zeros, checked when the content is read).
+    if content_len < state.size {
         return Err(format!(
             "content has {content_len} octets, header says {}",
             state.size

@@ -1,14 +1,24 @@
-//! Preallocated message files ("slots") for per-file commits: one flush per message.
+//! Preallocated message files ("slots"): a message committed alone costs one data-only flush.
 //!
 //! A per-file commit used to create its file in `tmp/`, `fdatasync` it, rename it into `msg/`
 //! and wait for an fsync of `msg/`: two flushes in turn before `250`, where Postfix waits for
-//! one. A slot is an empty file created ahead of time in `msg/` as `slot-<random>.new`, its
-//! directory entry made durable by a background thread that creates them in batches (one fsync
-//! of `msg/` per batch). A message is written into a slot, `fdatasync`ed — the one flush: the
-//! name is durable already — and only then renamed to `<id>.eml` and acknowledged. The rename
-//! is not flushed: after a crash the message may be back under its slot name, and recovery
-//! renames a complete slot (size and checksum of its header right) to its id and removes the
-//! others (free, or written but never acknowledged).
+//! one. A slot is a file created ahead of time in `msg/` as `slot-<random>.new`, holding
+//! [`SLOT_BYTES`] of zeros, made durable — name, blocks and zeros — by a background thread
+//! that creates them in batches (one `syncfs` per batch). A message is written over a slot's
+//! zeros, `fdatasync`ed — the one flush, and on a journaled filesystem a cheap one: the name
+//! is durable already, and a message that fits changes neither the file's size nor its
+//! blocks, so the flush writes data alone where a grown file would also commit the journal
+//! (measured on ext4: about twice the messages per second for one client) — and only then
+//! renamed to `<id>.eml` and acknowledged. The rename is not flushed: after a crash the
+//! message may be back under its slot name, and recovery renames a complete slot (size and
+//! checksum of its header right) to its id and removes the others (free, or written but
+//! never acknowledged). A message shorter than its slot leaves the rest of the zeros behind
+//! its content: readers take the length from the header and check that the rest is zeros.
+//!
+//! With per-file commits ([`super::CommitMode::EachFile`]) every message takes a slot when one
+//! is ready. With `syncfs` commits only a message that fits a slot and finds no other commit
+//! under way does (one client: one data-only flush instead of a `syncfs`); concurrent commits
+//! share the committer's `syncfs`, which costs less per message than a flush each.
 //!
 //! Readers never see a slot: `list` and the queue CLI know messages by `<id>.eml` names only,
 //! and a message is renamed before anyone is told of it. When the pool is empty (a burst) a
@@ -23,7 +33,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -35,6 +45,13 @@ use crate::fsutil::PRIVATE_FILE;
 const POOL: usize = 64;
 /// The pool is refilled when fewer than this are free.
 const REFILL_BELOW: usize = POOL / 2;
+/// Octets of zeros every slot is made with: a message that fits is written over blocks that
+/// are allocated and on disk already, so its `fdatasync` flushes data alone — no journal
+/// commit for a new block or a new file size, which on a journaled filesystem costs as much
+/// again. 4 KiB holds the header and a message of about 3 KB; a larger one grows its file,
+/// and its flush commits the journal as before. Readers take a message's length from its
+/// header and check that the rest is zeros.
+pub(super) const SLOT_BYTES: usize = 4096;
 /// How slot files are named: `slot-<16 hex digits>.new`.
 const PREFIX: &str = "slot-";
 pub(super) const EXT: &str = "new";
@@ -149,7 +166,7 @@ fn run_refill(inner: &Inner) {
                 continue;
             }
         };
-        inner.dir_fsyncs.fetch_add(1, Ordering::Relaxed);
+        inner.slot_syncs.fetch_add(1, Ordering::Relaxed);
         let mut pool = inner.slots.lock();
         if pool.stopped {
             drop(pool);
@@ -162,8 +179,9 @@ fn run_refill(inner: &Inner) {
     }
 }
 
-/// Creates `count` empty slot files in `dir`, each opened and locked, and makes their names
-/// durable (one fsync of `dir`). On error the files made so far are removed.
+/// Creates `count` slot files of zeros in `dir`, each opened and locked, and makes them durable
+/// (one `syncfs`: the names, the blocks and the zeros). On error the files made so far are
+/// removed.
 ///
 /// Each is created and locked in `staging` (`tmp/`, which only an exclusive recovery touches)
 /// and only then renamed into `dir`: a slot must never be seen in `msg/` unlocked, or a
@@ -182,15 +200,20 @@ fn make_slots(staging: &Path, dir: &Path, count: usize) -> io::Result<Vec<Slot>>
                 .create_new(true)
                 .mode(PRIVATE_FILE)
                 .open(&draft)?;
-            let placed =
-                crate::fsutil::lock_exclusive(&file).and_then(|()| std::fs::rename(&draft, &path));
+            let placed = crate::fsutil::lock_exclusive(&file)
+                .and_then(|()| file.write_all_at(&[0; SLOT_BYTES], 0))
+                .and_then(|()| std::fs::rename(&draft, &path));
             if let Err(e) = placed {
                 let _ = std::fs::remove_file(&draft);
                 return Err(e);
             }
             made.push((path, file));
         }
-        crate::fsutil::sync_dir(dir)
+        // One flush for the batch: the zeros, their blocks and the names.
+        match made.first() {
+            Some((_, file)) => rustix::fs::syncfs(file).map_err(io::Error::from),
+            None => Ok(()),
+        }
     })();
     match result {
         Ok(()) => Ok(made),
@@ -236,7 +259,7 @@ mod tests {
             let _ = file;
             let name = path.file_name().unwrap().to_str().unwrap();
             assert!(is_slot_name(name), "{name}");
-            assert_eq!(std::fs::metadata(path).unwrap().len(), 0);
+            assert_eq!(std::fs::read(path).unwrap(), vec![0; SLOT_BYTES]);
         }
     }
 }

@@ -514,14 +514,14 @@ pub fn spooled(server: &TestServer) -> usize {
         .unwrap_or(0)
 }
 
-/// Whether `path` is a free preallocated spool file (`msg/slot-*.new`, empty), which per-file
-/// commits keep ready for messages to come.
+/// Whether `path` is a free preallocated spool file (`msg/slot-*.new`, zeros only), which the
+/// spool keeps ready for messages to come.
 pub fn is_free_slot(path: &Path) -> bool {
     let named = path
         .file_name()
         .and_then(|name| name.to_str())
         .is_some_and(|name| name.starts_with("slot-") && name.ends_with(".new"));
-    named && std::fs::metadata(path).is_ok_and(|m| m.len() == 0)
+    named && std::fs::read(path).is_ok_and(|bytes| bytes.iter().all(|&b| b == 0))
 }
 
 /// Runs `relayward check-config` on `config` (with `DATA_DIR` filled in); exit code and output.
