@@ -430,10 +430,12 @@ async fn open_recovers_temp_files_orphans_and_corrupt_entries() {
         (good, bad, bad_state)
     };
     let msg = dir.path().join("msg");
-    // A message file cut short: quarantined with its state.
+    // A message file cut short (inside its content, not just a preallocated file's trailing
+    // zeros): quarantined with its state.
     let bad_file = msg.join(format!("{bad}.eml"));
     let bytes = std::fs::read(&bad_file).unwrap();
-    std::fs::write(&bad_file, &bytes[..bytes.len() - 2]).unwrap();
+    let content_end = bytes.windows(5).rposition(|w| w == b"bad\r\n").unwrap() + 5;
+    std::fs::write(&bad_file, &bytes[..content_end - 2]).unwrap();
     // A damaged state file: only it goes; the message falls back to its header.
     std::fs::write(msg.join(format!("{bad_state}.json")), b"{ not json").unwrap();
     // A state without its message (a removal cut short): removed.
