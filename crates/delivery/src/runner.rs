@@ -213,6 +213,8 @@ struct Attempted {
     outcomes: Vec<Outcome>,
     encrypted: bool,
     local_ip: Option<std::net::IpAddr>,
+    /// On a pooled connection, whose TLS outcome was logged when it was opened.
+    reused: bool,
 }
 
 /// Removes a message from the in-flight set even when its task is aborted.
@@ -854,7 +856,7 @@ impl Runner {
                         failure: failure.clone(),
                         outcome: outcome.clone(),
                     };
-                    self.record_tls(ctx, outcome, tls, &refused);
+                    self.record_tls(ctx, outcome, tls, &refused, false);
                     last = failure;
                     continue;
                 }
@@ -1052,6 +1054,7 @@ impl Runner {
                         outcome(kind, success, None, attempted.local_ip),
                         tls,
                         plan,
+                        attempted.reused,
                     );
                     return Ok(attempted.outcomes);
                 }
@@ -1067,7 +1070,7 @@ impl Runner {
                     );
                     // The queue entry keeps the outcome in the form `queue show` prints.
                     e.failure.text = format!("TLS {}", failed.summary());
-                    self.record_tls(ctx, failed, tls, plan);
+                    self.record_tls(ctx, failed, tls, plan, false);
                     if enforced {
                         return Err(e);
                     }
@@ -1094,7 +1097,7 @@ impl Runner {
                 Some(("validation-failure", detail)),
                 sending_ip,
             );
-            self.record_tls(ctx, failed, tls, plan);
+            self.record_tls(ctx, failed, tls, plan, false);
         }
         let attempted = attempted?;
         let result = if attempted.encrypted {
@@ -1106,23 +1109,29 @@ impl Runner {
         if *plan == HostPlan::Opportunistic {
             let opportunistic =
                 outcome(PolicyKind::Opportunistic, result, None, attempted.local_ip);
-            self.record_tls(ctx, opportunistic, tls, plan);
+            self.record_tls(ctx, opportunistic, tls, plan, attempted.reused);
         }
         Ok(attempted.outcomes)
     }
 
     /// Logs, counts and keeps one TLS outcome; with `[tls_report]` on, an outcome under a
-    /// published policy (MTA-STS, DANE) is also counted for the domain's report.
+    /// published policy (MTA-STS, DANE) is also counted for the domain's report. A success on
+    /// a `reused` connection is logged at debug level only: its TLS was logged when it was
+    /// opened (like Postfix's one TLS line per connection), and a line per message would
+    /// double the mail log of a busy relay.
     fn record_tls(
         &self,
         ctx: &DeliveryContext,
         outcome: TlsOutcome,
         tls: &DomainTls,
         plan: &HostPlan,
+        reused: bool,
     ) {
         let detail = outcome.detail.as_deref().unwrap_or("");
         if outcome.result == TlsResult::Failed {
             tracing::warn!(domain = %Escaped(&outcome.domain), host = %Escaped(&outcome.host), policy = outcome.policy.as_str(), result = outcome.result.as_str(), result_type = outcome.result_type.unwrap_or(""), detail = %Escaped(detail), "TLS policy not met");
+        } else if reused {
+            tracing::debug!(domain = %Escaped(&outcome.domain), host = %Escaped(&outcome.host), policy = outcome.policy.as_str(), result = outcome.result.as_str(), "TLS (connection reused)");
         } else {
             tracing::info!(domain = %Escaped(&outcome.domain), host = %Escaped(&outcome.host), policy = outcome.policy.as_str(), result = outcome.result.as_str(), "TLS");
         }
@@ -1152,7 +1161,9 @@ impl Runner {
         journal: &Journal,
     ) -> Result<Attempted, SessionError> {
         let key = pool_key(&params);
-        let mut conn = match self.take_pooled(&key).await {
+        let pooled = self.take_pooled(&key).await;
+        let reused = pooled.is_some();
+        let mut conn = match pooled {
             Some(conn) => conn,
             None => match self.open(&params).await {
                 Ok(conn) => conn,
@@ -1178,6 +1189,7 @@ impl Runner {
         Ok(Attempted {
             outcomes,
             encrypted,
+            reused,
             local_ip,
         })
     }

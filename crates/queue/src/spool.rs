@@ -729,7 +729,7 @@ impl Inner {
             Err(err) => {
                 tracing::error!(error = %err, count = placed.len(), "queue commit flush failed");
                 for staged in placed {
-                    let _ = self.remove_files(&staged.id, Removal::Durable);
+                    let _ = self.remove_files(&staged.id, Removal::Durable, true);
                     let _ = staged.reply.send(Err(shared_queue_error(&err)));
                 }
             }
@@ -868,6 +868,22 @@ impl Inner {
         }
     }
 
+    /// [`Inner::read_state`] under the message's lock, whose open file gives the header (no
+    /// second open); also tells whether a state file exists, which nobody can create or
+    /// remove while the lock is held.
+    fn read_state_locked(
+        &self,
+        id: &MessageId,
+        message: &File,
+    ) -> Result<(QueuedMessage, bool), QueueError> {
+        match fs::read(self.layout.state(id)) {
+            Ok(json) => return parse_state(id, &json).map(|state| (state, true)),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => return Err(queue_error(err)),
+        }
+        read_header(id, message).map(|(state, _)| (state, false))
+    }
+
     /// One message's content (the message file without its header).
     fn read_content(&self, id: &MessageId) -> Result<Vec<u8>, QueueError> {
         id.check()?;
@@ -896,11 +912,13 @@ impl Inner {
         if lock.metadata().map_err(queue_error)?.nlink() == 0 {
             return Err(QueueError::not_found(id));
         }
-        let mut state = self.read_state(id)?;
+        let (mut state, has_state_file) = self.read_state_locked(id, &lock)?;
         match change(&mut state)? {
             Change::Keep => Ok(()),
             Change::Write => self.write_state(&state).map_err(queue_error),
-            Change::Remove => self.remove_files(id, removal).map_err(queue_error),
+            Change::Remove => self
+                .remove_files(id, removal, has_state_file)
+                .map_err(queue_error),
         }
         // `lock` closes here, releasing the flock after the change is durable.
     }
@@ -920,10 +938,19 @@ impl Inner {
     /// Removes a message: the message file first (from then on it does not exist), then its
     /// state, then (for a [`Removal::Durable`]) one fsync. A crash in between leaves a lone
     /// `.json` that recovery removes.
-    fn remove_files(&self, id: &MessageId, removal: Removal) -> io::Result<()> {
+    /// `may_have_state` is false when the caller saw under the message's lock that there is
+    /// no state file (one unlink saved per delivered message).
+    fn remove_files(
+        &self,
+        id: &MessageId,
+        removal: Removal,
+        may_have_state: bool,
+    ) -> io::Result<()> {
         self.fresh.forget(id);
         remove_if_present(&self.layout.message(id))?;
-        remove_if_present(&self.layout.state(id))?;
+        if may_have_state {
+            remove_if_present(&self.layout.state(id))?;
+        }
         match removal {
             Removal::Durable => self.sync_msg_dir(),
             Removal::Delivered => Ok(()),

@@ -801,6 +801,47 @@ fn route_forwards_its_domain_and_refuses_tricked_recipients() {
     wait_queue_empty(&server, support::WAIT);
 }
 
+/// Messages delivered one after another to the same next hop share one connection, and its TLS
+/// outcome is logged once, when the connection is opened (as Postfix logs TLS once per
+/// connection), not once per message.
+#[test]
+fn a_reused_connection_logs_its_tls_outcome_once() {
+    let internal = SmtpServer::bind("127.0.0.1:0", Script::default().rcpt_reply("250 2.1.5 ok"));
+    let server = TestServer::start(&route_config(&internal));
+    for n in 1..=3 {
+        let subject = format!("message {n}");
+        server
+            .smtp("mx")
+            .send("EHLO stranger.outside.test")
+            .expect(250)
+            .send("MAIL FROM:<stranger@outside.test>")
+            .expect(250)
+            .send("RCPT TO:<anyone@corp.example.test>")
+            .expect(250)
+            .send("DATA")
+            .expect(354)
+            .raw(
+                content(
+                    "stranger@outside.test",
+                    &["anyone@corp.example.test"],
+                    &subject,
+                )
+                .as_bytes(),
+            )
+            .expect(250)
+            .send("QUIT")
+            .expect(221);
+        wait_for_messages(&internal, n, support::WAIT, &server);
+    }
+    assert_eq!(internal.connections(), 1, "one connection for the three");
+    let log = server.log();
+    let tls_lines = log
+        .lines()
+        .filter(|l| l.contains(" TLS domain=127.0.0.1 "))
+        .count();
+    assert_eq!(tls_lines, 1, "{log}");
+}
+
 // ------------------------------------------------------------------ 5. queue commands
 
 /// `relayward queue list/show/hold/release/retry/delete` against the queue of a running server

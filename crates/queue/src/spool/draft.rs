@@ -56,6 +56,9 @@ pub(super) struct Staging {
     /// The checksum of the prefix alone, where a replaced body starts again.
     prefix_checksum: crc32fast::Hasher,
     since_space_check: u64,
+    /// The free-space check at creation covered the whole content (nothing was appended or
+    /// replaced since): the commit needs no second one.
+    space_checked_whole: bool,
 }
 
 impl Staging {
@@ -104,6 +107,7 @@ impl Staging {
             checksum: crc32fast::Hasher::new(),
             prefix_checksum: crc32fast::Hasher::new(),
             since_space_check: 0,
+            space_checked_whole: true,
         };
         // On error `staging` is dropped here, which removes the partial file.
         staging.file.write_all(&header).map_err(queue_error)?;
@@ -119,6 +123,7 @@ impl Staging {
 
     /// Appends content.
     fn append(&mut self, chunk: &[u8]) -> Result<(), QueueError> {
+        self.space_checked_whole = false;
         self.file.write_all(chunk).map_err(queue_error)?;
         self.count_written(chunk)
     }
@@ -157,6 +162,7 @@ impl Staging {
             .map_err(queue_error)?;
         self.content_len = self.prefix_len;
         self.checksum = self.prefix_checksum.clone();
+        self.space_checked_whole = false;
         self.append(body)
     }
 
@@ -177,7 +183,9 @@ impl Staging {
                 .write_all_at(&slot_digits(value), at as u64)
                 .map_err(queue_error)?;
         }
-        self.inner.check_space(0)?;
+        if !self.space_checked_whole {
+            self.inner.check_space(0)?;
+        }
         let committing = Committing::begin(&self.inner);
         if self.in_slot {
             return self.commit_in_slot(reply, committing);
