@@ -270,8 +270,17 @@ struct Inner {
 struct Staged {
     id: MessageId,
     reply: oneshot::Sender<Result<(), QueueError>>,
-    /// Counts it as under way until it is answered (and this dropped).
-    _committing: Committing,
+    /// Counts it as under way until it is answered ([`Staged::answer`]).
+    committing: Committing,
+}
+
+impl Staged {
+    /// Answers the waiter, after it stops counting as under way: a client that commits its
+    /// next message as soon as it hears must not find this one still counted.
+    fn answer(self, result: Result<(), QueueError>) {
+        drop(self.committing);
+        let _ = self.reply.send(result);
+    }
 }
 
 /// One commit under way, counted in `Inner::committing` from its submit until its answer:
@@ -723,14 +732,14 @@ impl Inner {
                 // than its client does.
                 self.note_committed(placed.iter().map(|s| s.id.clone()).collect());
                 for staged in placed {
-                    let _ = staged.reply.send(Ok(()));
+                    staged.answer(Ok(()));
                 }
             }
             Err(err) => {
                 tracing::error!(error = %err, count = placed.len(), "queue commit flush failed");
                 for staged in placed {
                     let _ = self.remove_files(&staged.id, Removal::Durable, true);
-                    let _ = staged.reply.send(Err(shared_queue_error(&err)));
+                    staged.answer(Err(shared_queue_error(&err)));
                 }
             }
         }
@@ -743,7 +752,7 @@ impl Inner {
             match self.place(&staged.id) {
                 Ok(()) => placed.push(staged),
                 Err(err) => {
-                    let _ = staged.reply.send(Err(queue_error(err)));
+                    staged.answer(Err(queue_error(err)));
                 }
             }
         }

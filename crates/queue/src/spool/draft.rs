@@ -199,7 +199,7 @@ impl Staging {
         let staged = Staged {
             id: self.id.clone(),
             reply,
-            _committing: committing,
+            committing,
         };
         if committer.send(staged).is_err() {
             return Err(committer_gone());
@@ -215,7 +215,7 @@ impl Staging {
     fn commit_in_slot(
         mut self,
         reply: tokio::sync::oneshot::Sender<Result<(), QueueError>>,
-        _committing: Committing,
+        committing: Committing,
     ) -> Result<(), QueueError> {
         self.file.sync_data().map_err(queue_error)?;
         self.inner.message_syncs.fetch_add(1, Ordering::Relaxed);
@@ -227,6 +227,8 @@ impl Staging {
             return Err(queue_error(e));
         }
         self.inner.note_committed(vec![self.id.clone()]);
+        // No longer under way before the client hears (see `Staged::answer`).
+        drop(committing);
         let _ = reply.send(Ok(()));
         Ok(())
     }
