@@ -806,13 +806,20 @@ async fn a_per_file_commit_is_one_flush_into_a_preallocated_file() {
 /// What a crash leaves in `msg/` under per-file commits, and what recovery makes of it: a
 /// message whose rename to its id never reached the disk (still under its slot's name) is
 /// named and kept; a free slot and one whose header was never finished (never acknowledged)
-/// go; one with a finished header whose content does not match it is quarantined.
+/// go; one with a finished header whose content does not match it is quarantined. The kept
+/// one was written into a preallocated file of zeros, so its content is followed by the rest
+/// of them, which recovery and readers take for what they are.
 #[tokio::test]
 async fn recovery_names_complete_slots_and_removes_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let msg = dir.path().join("msg");
-    let (kept, torn) = {
+    let (first, kept, torn) = {
         let spool = Spool::open(dir.path(), each_file_options()).unwrap();
+        let first = spool
+            .enqueue(message(&["bob@example.test"], "first"))
+            .await
+            .unwrap();
+        wait_for_slots(&spool).await;
         let kept = spool
             .enqueue(message(&["bob@example.test"], "kept"))
             .await
@@ -821,8 +828,12 @@ async fn recovery_names_complete_slots_and_removes_the_rest() {
             .enqueue(message(&["bob@example.test"], "torn"))
             .await
             .unwrap();
-        (kept, torn)
+        (first, kept, torn)
     };
+    let kept_len = std::fs::metadata(msg.join(format!("{kept}.eml")))
+        .unwrap()
+        .len();
+    assert_eq!(kept_len, 4096, "written into a preallocated file of zeros");
     std::fs::rename(
         msg.join(format!("{kept}.eml")),
         msg.join("slot-00000000000000aa.new"),
@@ -834,6 +845,7 @@ async fn recovery_names_complete_slots_and_removes_the_rest() {
     std::fs::remove_file(msg.join(format!("{torn}.eml"))).unwrap();
     std::fs::write(msg.join("slot-00000000000000bb.new"), &bytes).unwrap();
     std::fs::write(msg.join("slot-00000000000000cc.new"), b"").unwrap();
+    std::fs::write(msg.join("slot-00000000000000ee.new"), vec![0; 4096]).unwrap();
     std::fs::write(
         msg.join("slot-00000000000000dd.new"),
         b"relayward-queue-v1 {\"id\":",
@@ -842,13 +854,15 @@ async fn recovery_names_complete_slots_and_removes_the_rest() {
 
     let spool = Spool::open(dir.path(), each_file_options()).unwrap();
     let report = spool.recovery_report().cloned().unwrap();
-    assert_eq!((report.messages, report.temp_removed), (1, 2), "{report:?}");
+    assert_eq!((report.messages, report.temp_removed), (2, 3), "{report:?}");
     assert_eq!(
         report.quarantined,
         ["slot-00000000000000bb.new"],
         "{report:?}"
     );
-    assert_eq!(queued_in(&msg), [format!("{kept}.eml")]);
+    let mut expected = vec![format!("{first}.eml"), format!("{kept}.eml")];
+    expected.sort();
+    assert_eq!(queued_in(&msg), expected);
     assert_eq!(
         spool.content(&kept).await.unwrap(),
         message(&[], "kept").content
