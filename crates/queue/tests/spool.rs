@@ -567,10 +567,7 @@ async fn two_instances_interleaving_updates_lose_nothing() {
 async fn a_commit_is_one_flush() {
     let dir = tempfile::tempdir().unwrap();
     let spool = open(dir.path());
-    spool
-        .enqueue(message(&["bob@example.test"], "first"))
-        .await
-        .unwrap();
+    enqueue_first_then_wait_for_slots(&spool).await;
     let first = spool.stats();
     assert_eq!(
         (
@@ -582,7 +579,6 @@ async fn a_commit_is_one_flush() {
         (1, 1, 0, 0),
         "{first:?}"
     );
-    wait_for_slots(&spool).await;
     let mut ids = Vec::new();
     for n in 0..3 {
         let id = spool
@@ -610,17 +606,24 @@ async fn a_commit_is_one_flush() {
     }
 }
 
+/// The first message of a spool asks for preallocated files (and takes `tmp/` meanwhile);
+/// returns once they are ready.
+async fn enqueue_first_then_wait_for_slots(spool: &Spool) -> MessageId {
+    let first = spool
+        .enqueue(message(&["bob@example.test"], "first"))
+        .await
+        .unwrap();
+    wait_for_slots(spool).await;
+    first
+}
+
 /// A message larger than a preallocated file takes the `syncfs` commit even when it is
 /// alone: its flush would commit the journal for the file's growth anyway.
 #[tokio::test]
 async fn a_large_message_alone_takes_the_group_commit() {
     let dir = tempfile::tempdir().unwrap();
     let spool = open(dir.path());
-    spool
-        .enqueue(message(&["bob@example.test"], "first"))
-        .await
-        .unwrap();
-    wait_for_slots(&spool).await;
+    enqueue_first_then_wait_for_slots(&spool).await;
     let large = "x".repeat(8 * 1024);
     let id = spool
         .enqueue(message(&["bob@example.test"], &large))
@@ -815,11 +818,7 @@ async fn recovery_names_complete_slots_and_removes_the_rest() {
     let msg = dir.path().join("msg");
     let (first, kept, torn) = {
         let spool = Spool::open(dir.path(), each_file_options()).unwrap();
-        let first = spool
-            .enqueue(message(&["bob@example.test"], "first"))
-            .await
-            .unwrap();
-        wait_for_slots(&spool).await;
+        let first = enqueue_first_then_wait_for_slots(&spool).await;
         let kept = spool
             .enqueue(message(&["bob@example.test"], "kept"))
             .await
