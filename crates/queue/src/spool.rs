@@ -865,10 +865,8 @@ impl Inner {
     /// The current state: the `.json` file if the message was changed, else its header.
     fn read_state(&self, id: &MessageId) -> Result<QueuedMessage, QueueError> {
         id.check()?;
-        match fs::read(self.layout.state(id)) {
-            Ok(json) => return parse_state(id, &json),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-            Err(err) => return Err(queue_error(err)),
+        if let Some(state) = self.read_state_file(id)? {
+            return Ok(state);
         }
         match File::open(self.layout.message(id)) {
             Ok(file) => read_header(id, &file).map(|(state, _)| state),
@@ -885,12 +883,19 @@ impl Inner {
         id: &MessageId,
         message: &File,
     ) -> Result<(QueuedMessage, bool), QueueError> {
-        match fs::read(self.layout.state(id)) {
-            Ok(json) => return parse_state(id, &json).map(|state| (state, true)),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-            Err(err) => return Err(queue_error(err)),
+        if let Some(state) = self.read_state_file(id)? {
+            return Ok((state, true));
         }
         read_header(id, message).map(|(state, _)| (state, false))
+    }
+
+    /// The state file `msg/<id>.json`, if the message has one (from its first change on).
+    fn read_state_file(&self, id: &MessageId) -> Result<Option<QueuedMessage>, QueueError> {
+        match fs::read(self.layout.state(id)) {
+            Ok(json) => parse_state(id, &json).map(Some),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(queue_error(err)),
+        }
     }
 
     /// One message's content (the message file without its header).

@@ -743,6 +743,24 @@ verify_recipients = false
     ))
 }
 
+/// The stranger's message for anyone@corp.example.test, then QUIT: DATA → 354, content → 250,
+/// QUIT → 221.
+fn data_for_corp_then_quit(smtp: &mut support::Smtp, subject: &str) {
+    smtp.send("DATA")
+        .expect(354)
+        .raw(
+            content(
+                "stranger@outside.test",
+                &["anyone@corp.example.test"],
+                subject,
+            )
+            .as_bytes(),
+        )
+        .expect(250)
+        .send("QUIT")
+        .expect(221);
+}
+
 /// A `[[route]]` domain takes mail from strangers and forwards it to the internal server;
 /// recipients that hide another destination inside it are refused.
 #[test]
@@ -764,20 +782,8 @@ fn route_forwards_its_domain_and_refuses_tricked_recipients() {
         .send("RCPT TO:<@corp.example.test:victim@other.test>")
         .expect_text(554, "5.7.1")
         .send("RCPT TO:<anyone@corp.example.test>")
-        .expect_text(250, "2.1.5")
-        .send("DATA")
-        .expect(354)
-        .raw(
-            content(
-                "stranger@outside.test",
-                &["anyone@corp.example.test"],
-                "for corp",
-            )
-            .as_bytes(),
-        )
-        .expect(250)
-        .send("QUIT")
-        .expect(221);
+        .expect_text(250, "2.1.5");
+    data_for_corp_then_quit(&mut smtp, "for corp");
 
     let got = wait_for_messages(&internal, 1, support::WAIT, &server);
     assert_eq!(got[0].from, "stranger@outside.test");
@@ -809,28 +815,14 @@ fn a_reused_connection_logs_its_tls_outcome_once() {
     let internal = SmtpServer::bind("127.0.0.1:0", Script::default().rcpt_reply("250 2.1.5 ok"));
     let server = TestServer::start(&route_config(&internal));
     for n in 1..=3 {
-        let subject = format!("message {n}");
-        server
-            .smtp("mx")
-            .send("EHLO stranger.outside.test")
+        let mut smtp = server.smtp("mx");
+        smtp.send("EHLO stranger.outside.test")
             .expect(250)
             .send("MAIL FROM:<stranger@outside.test>")
             .expect(250)
             .send("RCPT TO:<anyone@corp.example.test>")
-            .expect(250)
-            .send("DATA")
-            .expect(354)
-            .raw(
-                content(
-                    "stranger@outside.test",
-                    &["anyone@corp.example.test"],
-                    &subject,
-                )
-                .as_bytes(),
-            )
-            .expect(250)
-            .send("QUIT")
-            .expect(221);
+            .expect(250);
+        data_for_corp_then_quit(&mut smtp, &format!("message {n}"));
         wait_for_messages(&internal, n, support::WAIT, &server);
     }
     assert_eq!(internal.connections(), 1, "one connection for the three");
