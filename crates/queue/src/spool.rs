@@ -24,7 +24,10 @@
 //! 1. The content is written to `tmp/<id>.eml` while it arrives (a [`Draft`], see
 //!    [`draft`]; a message of at most 64 KiB stays in the draft's memory and is written at its
 //!    end), or at once by `enqueue`, in blocking threads, with no flush: the page cache
-//!    holds it.
+//!    holds it. A small message whose commit finds another under way is written on the
+//!    session's own thread instead (`draft::stages_without_waiting`): it waits for the
+//!    committer's flush either way, and a hand-off to the pool and back costs more than
+//!    the two writes.
 //! 2. At its end the size and a CRC-32 of the content are written in place into the header,
 //!    and the id goes to one committer thread. It takes the first waiting message plus every
 //!    other one already waiting (up to [`SpoolOptions::max_batch`]), renames each into `msg/`
@@ -82,7 +85,10 @@
 //! sync its removals either), and the flush per delivered message is saved. A second process
 //! (the `relayward queue` CLI) following this protocol serialises with the server per message,
 //! so neither loses the other's change; a waiter that gets the lock after a removal finds the
-//! file unlinked and reports [`QueueError::NotFound`]. Readers (`list`, `get`, `content`) take
+//! file unlinked and reports [`QueueError::NotFound`]. The runner's result for a message it
+//! delivered from the copy kept in memory is applied on its own thread when the lock is free
+//! (a removal is unlinks only; a state to write still goes to a blocking thread for its
+//! flush); a lock held elsewhere sends it to a blocking thread to wait. Readers (`list`, `get`, `content`) take
 //! no lock: every file is replaced by an atomic rename, so they see an old or a new state,
 //! never a mix.
 //! The content of a small message just committed is also kept in memory, bounded, for the
@@ -117,7 +123,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use relayward_protocol::text::Escaped;
 use tokio::sync::{Notify, oneshot};
 
-use self::draft::{Held, SpoolDraft, Staging};
+use self::draft::{Held, SlotUse, SpoolDraft, Staging};
 use self::entry::{Change, apply_updates, parse_state, read_header};
 use self::fresh::FreshContent;
 use crate::fsutil::{
@@ -201,6 +207,12 @@ pub struct SpoolStats {
     pub slot_syncs: u64,
     /// Preallocated message files ready now (per-file commits; see `spool/slots.rs`).
     pub preallocated: usize,
+    /// Small messages staged and handed to the committer on the session's own thread, with
+    /// no blocking-pool hand-off, because another commit was under way (`syncfs` commits).
+    pub staged_on_caller: u64,
+    /// Delivery results applied on the runner's own thread: the message was delivered from
+    /// the content kept in memory, and its lock was free.
+    pub updated_on_caller: u64,
 }
 
 /// What recovery did at [`Spool::open`].
@@ -254,6 +266,10 @@ struct Inner {
     fs_syncs: AtomicU64,
     message_syncs: AtomicU64,
     slot_syncs: AtomicU64,
+    /// Small messages staged on the caller's thread (see [`draft::stages_without_waiting`]).
+    staged_on_caller: AtomicU64,
+    /// Updates applied on the caller's thread (see [`Inner::update_without_waiting`]).
+    updated_on_caller: AtomicU64,
     /// Commits under way, from their submit to their answer ([`Committing`]).
     committing: AtomicUsize,
     /// Content of small messages just committed, for the runner's first read.
@@ -337,6 +353,8 @@ impl Spool {
             fs_syncs: AtomicU64::new(0),
             message_syncs: AtomicU64::new(0),
             slot_syncs: AtomicU64::new(0),
+            staged_on_caller: AtomicU64::new(0),
+            updated_on_caller: AtomicU64::new(0),
             committing: AtomicUsize::new(0),
             fresh: FreshContent::default(),
             slots: slots::Slots::default(),
@@ -382,6 +400,8 @@ impl Spool {
             message_syncs: self.inner.message_syncs.load(Ordering::Relaxed),
             slot_syncs: self.inner.slot_syncs.load(Ordering::Relaxed),
             preallocated: self.inner.slots.ready(),
+            staged_on_caller: self.inner.staged_on_caller.load(Ordering::Relaxed),
+            updated_on_caller: self.inner.updated_on_caller.load(Ordering::Relaxed),
         }
     }
 
@@ -397,17 +417,16 @@ impl Spool {
         self.inner.min_free_bytes.store(bytes, Ordering::Relaxed);
     }
 
-    /// Stages the message in a blocking thread, hands it to the committer and waits for the
-    /// fsync that covers it.
+    /// Stages the message, hands it to the committer and waits for the flush that covers it.
+    /// Staging runs in a blocking thread, or on the caller's when another commit is under
+    /// way and this one will be the committer's ([`draft::stages_without_waiting`]).
     async fn enqueue_message(&self, message: NewMessage) -> Result<MessageId, QueueError> {
+        let message_len = message.content.len();
         let inner = Arc::clone(&self.inner);
         let committer = self.committer.clone();
         let (reply, answer) = oneshot::channel();
-        // Staging and hand-over happen in one closure: if the caller gives up waiting, the
-        // message is still committed or cleaned up, never left half in tmp/.
-        let spool = Arc::clone(&self.inner);
-        let id = blocking(move || {
-            let staging = Staging::create(&inner, &message, message.content.len())?;
+        let stage = move |slot: SlotUse| {
+            let staging = Staging::create(&inner, &message, message.content.len(), slot)?;
             let id = staging.id().clone();
             // Kept before the hand-over: the runner may ask for it the moment it is committed.
             inner.fresh.keep(&id, message.content);
@@ -416,11 +435,18 @@ impl Spool {
                 return Err(err);
             }
             Ok(id)
-        })
-        .await?;
+        };
+        let id = if draft::stages_without_waiting(&self.inner, message_len) {
+            self.inner.staged_on_caller.fetch_add(1, Ordering::Relaxed);
+            stage(SlotUse::Never)?
+        } else {
+            // Staging and hand-over happen in one closure: if the caller gives up waiting,
+            // the message is still committed or cleaned up, never left half in tmp/.
+            blocking(move || stage(SlotUse::IfWorthIt)).await?
+        };
         let committed = wait_for_commit(id.clone(), answer).await;
         if committed.is_err() {
-            spool.fresh.forget(&id);
+            self.inner.fresh.forget(&id);
         }
         committed
     }
@@ -555,16 +581,27 @@ impl Queue for Spool {
         self.run(move |inner| inner.read_content(&id))
     }
 
+    /// A message delivered from the content kept in memory gets its result on this thread
+    /// where no flush or wait is needed ([`Inner::update_without_waiting`]); any other goes
+    /// to a blocking thread.
     fn update<'a>(
         &'a self,
         id: &'a MessageId,
         updates: Vec<RecipientUpdate>,
     ) -> BoxFuture<'a, Result<(), QueueError>> {
         let id = id.clone();
-        self.run(move |inner| {
-            inner.modify(&id, Removal::Delivered, |state| {
-                Ok(apply_updates(state, updates))
-            })
+        if !self.inner.fresh.was_kept(&id) {
+            return self.run(move |inner| inner.modify_by_updates(&id, updates));
+        }
+        Box::pin(async move {
+            match self.inner.update_without_waiting(&id, updates)? {
+                Unfinished::Done => Ok(()),
+                Unfinished::Write(locked) => blocking(move || locked.write()).await,
+                Unfinished::Busy(updates) => {
+                    self.run(move |inner| inner.modify_by_updates(&id, updates))
+                        .await
+                }
+            }
         })
     }
 
@@ -913,20 +950,9 @@ impl Inner {
     where
         F: FnOnce(&mut QueuedMessage) -> Result<Change, QueueError>,
     {
-        id.check()?;
-        let lock = match File::open(self.layout.message(id)) {
-            Ok(file) => file,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                return Err(QueueError::not_found(id));
-            }
-            Err(err) => return Err(queue_error(err)),
-        };
+        let lock = self.open_message(id)?;
         lock_exclusive(&lock).map_err(queue_error)?;
-        // Removed by whoever held the lock before us: the message is gone.
-        if lock.metadata().map_err(queue_error)?.nlink() == 0 {
-            return Err(QueueError::not_found(id));
-        }
-        let (mut state, has_state_file) = self.read_state_locked(id, &lock)?;
+        let (mut state, has_state_file) = self.read_locked(id, &lock)?;
         match change(&mut state)? {
             Change::Keep => Ok(()),
             Change::Write => self.write_state(&state).map_err(queue_error),
@@ -935,6 +961,73 @@ impl Inner {
                 .map_err(queue_error),
         }
         // `lock` closes here, releasing the flock after the change is durable.
+    }
+
+    /// The delivery result for a message just delivered from the content kept in memory,
+    /// applied on the caller's thread as far as that needs no flush and no wait: such a
+    /// message was committed a moment ago by this process, so its lock is almost always
+    /// free and its state is its header. Its last recipients final, it is removed here
+    /// (unlinks, no flush: see [`Removal::Delivered`]); a state to keep is returned with the
+    /// lock held, for its durable write in a blocking thread; a lock held elsewhere (the
+    /// queue CLI) sends the whole update back to the blocking [`Inner::modify`], which waits.
+    fn update_without_waiting(
+        self: &Arc<Self>,
+        id: &MessageId,
+        updates: Vec<RecipientUpdate>,
+    ) -> Result<Unfinished, QueueError> {
+        let lock = self.open_message(id)?;
+        if !try_lock_exclusive(&lock).map_err(queue_error)? {
+            return Ok(Unfinished::Busy(updates));
+        }
+        self.updated_on_caller.fetch_add(1, Ordering::Relaxed);
+        let (mut state, has_state_file) = self.read_locked(id, &lock)?;
+        match apply_updates(&mut state, updates) {
+            Change::Keep => Ok(Unfinished::Done),
+            Change::Remove => {
+                self.remove_files(id, Removal::Delivered, has_state_file)
+                    .map_err(queue_error)?;
+                Ok(Unfinished::Done)
+            }
+            Change::Write => Ok(Unfinished::Write(LockedState {
+                inner: Arc::clone(self),
+                state,
+                _lock: lock,
+            })),
+        }
+    }
+
+    /// `msg/<id>.eml`, opened to be locked.
+    fn open_message(&self, id: &MessageId) -> Result<File, QueueError> {
+        id.check()?;
+        match File::open(self.layout.message(id)) {
+            Ok(file) => Ok(file),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Err(QueueError::not_found(id)),
+            Err(err) => Err(queue_error(err)),
+        }
+    }
+
+    /// The state of a message whose lock `lock` holds, and whether it has a state file; a
+    /// message removed by whoever held the lock before is gone.
+    fn read_locked(
+        &self,
+        id: &MessageId,
+        lock: &File,
+    ) -> Result<(QueuedMessage, bool), QueueError> {
+        if lock.metadata().map_err(queue_error)?.nlink() == 0 {
+            return Err(QueueError::not_found(id));
+        }
+        self.read_state_locked(id, lock)
+    }
+
+    /// A runner's delivery results, applied under the message's lock.
+    fn modify_by_updates(
+        &self,
+        id: &MessageId,
+        updates: Vec<RecipientUpdate>,
+    ) -> Result<(), QueueError> {
+        self.modify(id, Removal::Delivered, |state| {
+            Ok(apply_updates(state, updates))
+        })
     }
 
     /// Replaces the state file durably: temp file, fdatasync, rename, directory fsync.
@@ -969,6 +1062,30 @@ impl Inner {
             Removal::Durable => self.sync_msg_dir(),
             Removal::Delivered => Ok(()),
         }
+    }
+}
+
+/// What [`Inner::update_without_waiting`] left to do.
+enum Unfinished {
+    /// Nothing: the change is made.
+    Done,
+    /// The new state, to be written durably while the lock is still held.
+    Write(LockedState),
+    /// The message's lock is held elsewhere: the updates, for a blocking [`Inner::modify`].
+    Busy(Vec<RecipientUpdate>),
+}
+
+/// A message's new state and the lock under which it was computed; writing it releases the
+/// lock after the write is durable.
+struct LockedState {
+    inner: Arc<Inner>,
+    state: QueuedMessage,
+    _lock: File,
+}
+
+impl LockedState {
+    fn write(self) -> Result<(), QueueError> {
+        self.inner.write_state(&self.state).map_err(queue_error)
     }
 }
 

@@ -1232,3 +1232,177 @@ async fn a_draft_is_committed_only_by_its_own_spool() {
     assert!(drafts_in(&one.path().join("tmp")).is_empty());
     assert!(queued_in(&two.path().join("msg")).is_empty());
 }
+
+/// Small messages that arrive while another commit is under way are staged on the session's
+/// own thread (no blocking-pool hand-off: the committer's syncfs covers them anyway), and
+/// every one of them is queued whole: read back from memory first, then from its file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_arriving_during_a_commit_skip_the_blocking_pool() {
+    const SESSIONS: usize = 32;
+    const ROUNDS: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Arc::new(open(dir.path()));
+    let sessions: Vec<_> = (0..SESSIONS)
+        .map(|session| {
+            let spool = Arc::clone(&spool);
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for round in 0..ROUNDS {
+                    let body = format!("session {session} round {round}");
+                    let id = spool
+                        .enqueue(message(&["bob@far.test"], &body))
+                        .await
+                        .unwrap();
+                    ids.push((id, body));
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut sent = Vec::new();
+    for session in sessions {
+        sent.extend(session.await.unwrap());
+    }
+    let stats = spool.stats();
+    assert_eq!(stats.committed, (SESSIONS * ROUNDS) as u64, "{stats:?}");
+    assert!(stats.staged_on_caller > 0, "{stats:?}");
+    for (id, body) in &sent {
+        let expected = format!("Subject: test\r\n\r\n{body}\r\n").into_bytes();
+        // The first read is the copy kept in memory, the second the file.
+        assert_eq!(spool.content(id).await.unwrap(), expected, "{id}");
+        assert_eq!(spool.content(id).await.unwrap(), expected, "{id}");
+    }
+    assert!(drafts_in(&dir.path().join("tmp")).is_empty());
+}
+
+/// With per-file commits every message flushes its own file, which must never happen on a
+/// session's thread: nothing is staged there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_file_commits_never_stage_on_the_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Arc::new(Spool::open(dir.path(), each_file_options()).unwrap());
+    let tasks: Vec<_> = (0..32)
+        .map(|n| {
+            let spool = Arc::clone(&spool);
+            tokio::spawn(async move {
+                spool
+                    .enqueue(message(&["bob@far.test"], &n.to_string()))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let stats = spool.stats();
+    assert_eq!(
+        (stats.committed, stats.staged_on_caller),
+        (32, 0),
+        "{stats:?}"
+    );
+}
+
+/// The runner delivers a message it just committed from memory; its result is applied on the
+/// runner's thread when the lock is free: a removal at once, a pending state written durably.
+#[tokio::test]
+async fn results_for_a_message_delivered_from_memory_apply_on_the_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = open(dir.path());
+    let retried = spool
+        .enqueue(message(&["bob@far.test", "carol@far.test"], "one"))
+        .await
+        .unwrap();
+    let delivered = spool
+        .enqueue(message(&["dave@far.test"], "two"))
+        .await
+        .unwrap();
+    for id in [&retried, &delivered] {
+        spool.content(id).await.unwrap();
+    }
+    spool
+        .update(
+            &retried,
+            vec![
+                final_update("bob@far.test", RecipientStatus::Delivered),
+                pending("carol@far.test", "451 try later", 4_000_000_000),
+            ],
+        )
+        .await
+        .unwrap();
+    spool
+        .update(
+            &delivered,
+            vec![final_update("dave@far.test", RecipientStatus::Delivered)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(spool.stats().updated_on_caller, 2, "{:?}", spool.stats());
+    drop(spool);
+
+    let spool = open(dir.path());
+    let queued = spool.list().await.unwrap();
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    let carol = queued[0]
+        .recipients
+        .iter()
+        .find(|r| r.address == "carol@far.test")
+        .unwrap();
+    assert_eq!(
+        (
+            carol.status,
+            carol.last_error.as_deref(),
+            carol.next_attempt
+        ),
+        (
+            RecipientStatus::Pending,
+            Some("451 try later"),
+            4_000_000_000
+        )
+    );
+    assert!(matches!(
+        spool.get(&delivered).await,
+        Err(QueueError::NotFound(_))
+    ));
+}
+
+/// Another process (the queue CLI) holds a fresh message's lock: the runner's update does not
+/// take it on its own thread, it waits in a blocking one and then applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_waits_for_a_lock_held_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Arc::new(open(dir.path()));
+    let id = spool
+        .enqueue(message(&["bob@far.test"], "locked"))
+        .await
+        .unwrap();
+    spool.content(&id).await.unwrap();
+    let held = std::fs::File::open(dir.path().join("msg").join(format!("{}.eml", id.0))).unwrap();
+    rustix::fs::flock(&held, rustix::fs::FlockOperation::LockExclusive).unwrap();
+
+    let update = tokio::spawn({
+        let spool = Arc::clone(&spool);
+        let id = id.clone();
+        async move {
+            spool
+                .update(
+                    &id,
+                    vec![final_update("bob@far.test", RecipientStatus::Delivered)],
+                )
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !update.is_finished(),
+        "the update did not wait for the lock"
+    );
+    drop(held);
+    tokio::time::timeout(Duration::from_secs(10), update)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(matches!(spool.get(&id).await, Err(QueueError::NotFound(_))));
+    assert_eq!(spool.stats().updated_on_caller, 0);
+}

@@ -64,10 +64,13 @@ pub(super) struct Staging {
 impl Staging {
     /// Creates `tmp/<id>.eml` with the header and the content so far, of which the first
     /// `prefix_len` octets are the trace header (the rest is body, for DKIM's read-back).
+    /// `slot` says whether a preallocated file may be taken at all: never for a staging
+    /// done on the session's own thread, whose commit must not flush there.
     pub(super) fn create(
         inner: &Arc<Inner>,
         message: &NewMessage,
         prefix_len: usize,
+        slot: SlotUse,
     ) -> Result<Staging, QueueError> {
         if message.recipients.is_empty() {
             return Err(invalid_input("a message needs at least one recipient"));
@@ -80,7 +83,11 @@ impl Staging {
         let (header, slots) =
             encode_open_header(&QueuedMessage::accepted(id.clone(), message, unix_now()))
                 .map_err(queue_error)?;
-        let (path, file, in_slot) = match take_slot(inner, header.len() + message.content.len()) {
+        let free_slot = match slot {
+            SlotUse::IfWorthIt => take_slot(inner, header.len() + message.content.len()),
+            SlotUse::Never => None,
+        };
+        let (path, file, in_slot) = match free_slot {
             Some((slot, file)) => (slot, file, true),
             None => {
                 let path = inner.layout.tmp_message(&id);
@@ -238,6 +245,28 @@ impl Staging {
     }
 }
 
+/// Whether a new staging may write into a preallocated file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum SlotUse {
+    /// When [`take_slot`]'s rule says it pays.
+    IfWorthIt,
+    /// Never: the staging runs on an async thread, where the slot's `fdatasync` would block
+    /// every other session on it.
+    Never,
+}
+
+/// Whether a small message of `len` octets can be staged and handed to the committer on the
+/// session's own thread instead of a blocking-pool thread. It can when its commit will be
+/// the committer's (`syncfs` commits) and another commit is under way: staging is then a
+/// file creation and two writes into the page cache, no flush, cheaper than the two thread
+/// wake-ups of a hand-off, and the session waits for the committer's flush anyway. A lone
+/// commit goes to the pool, where it may take a preallocated file and flush it itself.
+pub(super) fn stages_without_waiting(inner: &Inner, len: usize) -> bool {
+    inner.options.commit == CommitMode::Filesystem
+        && len as u64 <= KEEP_IN_MEMORY
+        && inner.committing.load(Ordering::Relaxed) > 0
+}
+
 /// A free slot (opened, and locked for as long as the staging keeps its file), if one is
 /// ready and this message of `len` octets (header included) should take it: always with
 /// per-file commits; with `syncfs` commits only when it fits the slot's written blocks and no
@@ -312,9 +341,12 @@ impl SpoolDraft {
         let (staging, result) = blocking(move || {
             let mut staging = match held {
                 Held::File(staging) => staging,
-                Held::Memory(memory) => {
-                    Staging::create(&inner, memory.message(), memory.prefix_len())?
-                }
+                Held::Memory(memory) => Staging::create(
+                    &inner,
+                    memory.message(),
+                    memory.prefix_len(),
+                    SlotUse::IfWorthIt,
+                )?,
             };
             let result = work(&mut staging);
             Ok((staging, result))

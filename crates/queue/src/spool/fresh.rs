@@ -6,6 +6,12 @@
 //! octets, and gives each away once: the first `content` takes it, later reads (a retry) go to
 //! the file as before. A copy here is only ever the bytes written to the file, and only
 //! `content` reads it; what is not taken is pushed out by newer entries.
+//!
+//! An id stays remembered after its content was taken, until newer entries push it out or
+//! the message leaves the queue: [`FreshContent::was_kept`] then tells the spool that the
+//! delivery result coming for it belongs to a message delivered a moment ago from memory,
+//! whose state nobody else has touched yet, so the update can usually be applied on the
+//! runner's own thread (see `Inner::update_without_waiting`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
@@ -26,7 +32,8 @@ pub(super) struct FreshContent {
 
 #[derive(Default)]
 struct State {
-    by_id: HashMap<MessageId, Vec<u8>>,
+    /// `None` once the content was taken (the id is still remembered).
+    by_id: HashMap<MessageId, Option<Vec<u8>>>,
     /// Ids in the order they came, oldest first (some already taken).
     order: VecDeque<MessageId>,
     bytes: usize,
@@ -40,7 +47,7 @@ impl FreshContent {
         }
         let mut state = self.lock();
         state.bytes += content.len();
-        if let Some(old) = state.by_id.insert(id.clone(), content) {
+        if let Some(Some(old)) = state.by_id.insert(id.clone(), Some(content)) {
             state.bytes -= old.len();
         }
         state.order.push_back(id.clone());
@@ -48,23 +55,33 @@ impl FreshContent {
             let Some(oldest) = state.order.pop_front() else {
                 break;
             };
-            if let Some(dropped) = state.by_id.remove(&oldest) {
+            if let Some(Some(dropped)) = state.by_id.remove(&oldest) {
                 state.bytes -= dropped.len();
             }
         }
     }
 
-    /// The content kept for `id`, given away (the next read goes to the file).
+    /// The content kept for `id`, given away (the next read goes to the file); the id stays
+    /// remembered.
     pub(super) fn take(&self, id: &MessageId) -> Option<Vec<u8>> {
         let mut state = self.lock();
-        let content = state.by_id.remove(id)?;
+        let content = state.by_id.get_mut(id)?.take()?;
         state.bytes -= content.len();
         Some(content)
     }
 
-    /// Forgets `id` (its commit failed, or it left the queue).
+    /// Whether `id` was kept here and is still remembered, its content taken or not.
+    pub(super) fn was_kept(&self, id: &MessageId) -> bool {
+        self.lock().by_id.contains_key(id)
+    }
+
+    /// Forgets `id` (its commit failed, or it left the queue). Its place in the order stays
+    /// until it is pushed out, where the missing entry is skipped.
     pub(super) fn forget(&self, id: &MessageId) {
-        drop(self.take(id));
+        let mut state = self.lock();
+        if let Some(Some(content)) = state.by_id.remove(id) {
+            state.bytes -= content.len();
+        }
     }
 
     /// Octets kept now.
@@ -93,6 +110,34 @@ mod tests {
         assert_eq!(fresh.take(&id(1)).as_deref(), Some(&b"hello"[..]));
         assert_eq!(fresh.take(&id(1)), None);
         assert_eq!(fresh.bytes(), 0);
+    }
+
+    #[test]
+    fn an_id_is_remembered_after_its_content_is_taken_until_forgotten() {
+        let fresh = FreshContent::default();
+        assert!(!fresh.was_kept(&id(1)));
+        fresh.keep(&id(1), b"hello".to_vec());
+        assert!(fresh.was_kept(&id(1)));
+        assert!(fresh.take(&id(1)).is_some());
+        assert!(fresh.was_kept(&id(1)));
+        fresh.forget(&id(1));
+        assert!(!fresh.was_kept(&id(1)));
+        assert_eq!(fresh.take(&id(1)), None);
+        // Forgetting content never taken gives its octets back.
+        fresh.keep(&id(2), b"world".to_vec());
+        fresh.forget(&id(2));
+        assert_eq!(fresh.bytes(), 0);
+    }
+
+    #[test]
+    fn ids_pushed_out_are_no_longer_remembered() {
+        let fresh = FreshContent::default();
+        for n in 0..MAX_ENTRIES + 1 {
+            fresh.keep(&id(n), b"z".to_vec());
+            let _ = fresh.take(&id(n));
+        }
+        assert!(!fresh.was_kept(&id(0)));
+        assert!(fresh.was_kept(&id(MAX_ENTRIES)));
     }
 
     #[test]
