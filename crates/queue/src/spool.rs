@@ -905,25 +905,8 @@ impl Inner {
         if let Some(state) = self.read_state_file(id)? {
             return Ok(state);
         }
-        match File::open(self.layout.message(id)) {
-            Ok(file) => read_header(id, &file).map(|(state, _)| state),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Err(QueueError::not_found(id)),
-            Err(err) => Err(queue_error(err)),
-        }
-    }
-
-    /// [`Inner::read_state`] under the message's lock, whose open file gives the header (no
-    /// second open); also tells whether a state file exists, which nobody can create or
-    /// remove while the lock is held.
-    fn read_state_locked(
-        &self,
-        id: &MessageId,
-        message: &File,
-    ) -> Result<(QueuedMessage, bool), QueueError> {
-        if let Some(state) = self.read_state_file(id)? {
-            return Ok((state, true));
-        }
-        read_header(id, message).map(|(state, _)| (state, false))
+        let file = self.open_message(id)?;
+        read_header(id, &file).map(|(state, _)| state)
     }
 
     /// The state file `msg/<id>.json`, if the message has one (from its first change on).
@@ -1016,7 +999,12 @@ impl Inner {
         if lock.metadata().map_err(queue_error)?.nlink() == 0 {
             return Err(QueueError::not_found(id));
         }
-        self.read_state_locked(id, lock)
+        // Nobody can create or remove the state file while the lock is held; the open file
+        // gives the header (no second open).
+        if let Some(state) = self.read_state_file(id)? {
+            return Ok((state, true));
+        }
+        read_header(id, lock).map(|(state, _)| (state, false))
     }
 
     /// A runner's delivery results, applied under the message's lock.
