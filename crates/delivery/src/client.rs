@@ -200,6 +200,46 @@ pub struct EnvelopeOptions<'a> {
     pub recipient_dsn: &'a [RcptDsn],
 }
 
+/// What became of a message given to [`Connection::send`].
+#[derive(Debug)]
+pub enum Sent {
+    /// One outcome per recipient, in order.
+    Outcomes(Vec<Outcome>),
+    /// The connection came from the pool and was found closed (its `RSET` got no positive
+    /// reply) before any of the message was sent: send it again on a new connection.
+    Stale,
+}
+
+impl Sent {
+    /// The outcomes; a stale connection defers every one of the `recipients` (for callers
+    /// that never reuse connections, where it cannot happen).
+    pub fn outcomes(self, recipients: usize) -> Vec<Outcome> {
+        match self {
+            Sent::Outcomes(outcomes) => outcomes,
+            Sent::Stale => vec![
+                Outcome::Deferred(Failure::local(
+                    (4, 4, 2),
+                    "connection closed before the message was sent",
+                ));
+                recipients
+            ],
+        }
+    }
+}
+
+/// Why a transaction stopped short.
+enum Interrupted {
+    /// See [`Sent::Stale`].
+    Stale,
+    Session(SessionError),
+}
+
+impl From<SessionError> for Interrupted {
+    fn from(error: SessionError) -> Self {
+        Interrupted::Session(error)
+    }
+}
+
 /// An open SMTP session, ready for `MAIL`.
 pub struct Connection {
     stream: Option<Stream>,
@@ -213,6 +253,9 @@ pub struct Connection {
     timeouts: Timeouts,
     /// A transaction ended half-way: `RSET` before the next one.
     dirty: bool,
+    /// Taken from the pool ([`Connection::reuse`]): the next transaction starts with an
+    /// `RSET` in its pipelined group, whose reply tells whether the server is still there.
+    unproven: bool,
     /// The connection is unusable (I/O error, timeout, 421).
     broken: bool,
     /// The last reply read, for the delivery log (after a transaction: the reply to its end).
@@ -259,6 +302,7 @@ async fn session(
         local_ip,
         timeouts: params.timeouts,
         dirty: false,
+        unproven: false,
         broken: false,
         last_reply: None,
     };
@@ -488,16 +532,18 @@ impl Connection {
         self.command_secret("<password>", &password).await
     }
 
-    /// Sends one message. Returns one outcome per recipient, in order. Never fails as a
-    /// whole: connection trouble defers the recipients not yet decided.
-    pub async fn send(&mut self, envelope: &Envelope<'_>) -> Vec<Outcome> {
+    /// Sends one message. Returns one outcome per recipient, in order, or
+    /// [`Sent::Stale`] when a connection taken from the pool turned out closed before the
+    /// server took any of the message. Never fails otherwise: connection trouble defers the
+    /// recipients not yet decided.
+    pub async fn send(&mut self, envelope: &Envelope<'_>) -> Sent {
         let n = envelope.recipients.len();
         if let Some(bad) = check_envelope(envelope) {
-            return vec![bad.into_outcome(); n];
+            return Sent::Outcomes(vec![bad.into_outcome(); n]);
         }
         let prepared = match prepare(envelope, &self.extensions, &self.remote) {
             Ok(prepared) => prepared,
-            Err(failure) => return vec![failure.into_outcome(); n],
+            Err(failure) => return Sent::Outcomes(vec![failure.into_outcome(); n]),
         };
         if let Some(limit) = self.extensions.size.filter(|&l| l > 0)
             && prepared.content.len() as u64 > limit
@@ -510,37 +556,59 @@ impl Connection {
                     self.remote
                 ),
             );
-            return vec![f.into_outcome(); n];
+            return Sent::Outcomes(vec![f.into_outcome(); n]);
         }
         match self.transaction(&prepared).await {
-            Ok(outcomes) => outcomes,
-            Err(error) => {
+            Ok(outcomes) => Sent::Outcomes(outcomes),
+            Err(Interrupted::Stale) => {
                 self.broken = true;
-                vec![Outcome::Deferred(error.failure); n]
+                Sent::Stale
+            }
+            Err(Interrupted::Session(error)) => {
+                self.broken = true;
+                Sent::Outcomes(vec![Outcome::Deferred(error.failure); n])
             }
         }
     }
 
-    async fn transaction(&mut self, envelope: &Prepared<'_>) -> Result<Vec<Outcome>, SessionError> {
-        if self.dirty {
+    /// Marks a connection taken from the pool: with PIPELINING its `RSET` (the check that
+    /// it still answers, and the reset after a transaction ended half-way) travels with the
+    /// next envelope instead of costing a round trip of its own, as KumoMTA does; without,
+    /// it is checked at once ([`Connection::still_alive`]). False: the connection is dead.
+    pub async fn reuse(&mut self) -> bool {
+        if self.broken {
+            return false;
+        }
+        if self.extensions.pipelining {
+            self.unproven = true;
+            return true;
+        }
+        self.still_alive().await
+    }
+
+    async fn transaction(&mut self, envelope: &Prepared<'_>) -> Result<Vec<Outcome>, Interrupted> {
+        let pipelining = self.extensions.pipelining;
+        if self.dirty && !pipelining {
             let reply = self.command("RSET", self.timeouts.command).await?;
             if !reply.is_positive_completion() {
-                return Err(self.closing(&reply, "RSET"));
+                return Err(self.closing(&reply, "RSET").into());
             }
         }
+        let reset = pipelining && (self.dirty || self.unproven);
         self.dirty = true;
         let mail = envelope.mail_line.clone();
         let rcpts = envelope.rcpt_lines.clone();
-        let (mail_reply, rcpt_replies, data_reply) = if self.extensions.pipelining {
+        let (mail_reply, rcpt_replies, data_reply) = if pipelining {
             // With CHUNKING the content goes as BDAT once a recipient is accepted: the same
             // two round trips as a pipelined DATA, without its 354.
             let with_data = !self.extensions.chunking;
-            self.pipelined(&mail, &rcpts, with_data).await?
+            self.pipelined(reset, &mail, &rcpts, with_data).await?
         } else {
             self.lockstep(&mail, &rcpts).await?
         };
-        self.finish(envelope, mail_reply, rcpt_replies, data_reply)
-            .await
+        Ok(self
+            .finish(envelope, mail_reply, rcpt_replies, data_reply)
+            .await?)
     }
 
     async fn finish(
@@ -612,15 +680,23 @@ impl Connection {
         Ok(())
     }
 
-    /// MAIL, every RCPT and (`with_data`) DATA in one write, then the replies in order
-    /// (RFC 2920).
+    /// (`reset`) RSET, MAIL, every RCPT and (`with_data`) DATA in one write, then the
+    /// replies in order (RFC 2920). An RSET that gets no positive reply means a connection
+    /// that closed while pooled (or a server in no state to take mail): the content was not
+    /// sent, so [`Interrupted::Stale`] lets the caller send the message on a new one.
     async fn pipelined(
         &mut self,
+        reset: bool,
         mail: &str,
         rcpts: &[String],
         with_data: bool,
-    ) -> Result<(Reply, Vec<Option<Reply>>, Option<Reply>), SessionError> {
-        let mut batch = format!("{mail}\r\n");
+    ) -> Result<(Reply, Vec<Option<Reply>>, Option<Reply>), Interrupted> {
+        let mut batch = String::new();
+        if reset {
+            batch.push_str("RSET\r\n");
+        }
+        batch.push_str(mail);
+        batch.push_str("\r\n");
         for rcpt in rcpts {
             batch.push_str(rcpt);
             batch.push_str("\r\n");
@@ -628,7 +704,24 @@ impl Connection {
         if with_data {
             batch.push_str("DATA\r\n");
         }
-        self.write(batch.as_bytes(), self.timeouts.command).await?;
+        let proven = !self.unproven;
+        self.unproven = false;
+        let written = self.write(batch.as_bytes(), self.timeouts.command).await;
+        if reset {
+            let short = Duration::from_secs(5).min(self.timeouts.command);
+            let reply = match written {
+                Ok(()) => self.read_reply(short).await,
+                Err(e) => Err(e),
+            };
+            match reply {
+                Ok(reply) if reply.is_positive_completion() => {}
+                Ok(_) | Err(_) if !proven => return Err(Interrupted::Stale),
+                Ok(reply) => return Err(self.closing(&reply, "RSET").into()),
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            written?;
+        }
         let mail_reply = self.read_reply(self.timeouts.command).await?;
         let mut rcpt_replies = Vec::with_capacity(rcpts.len());
         for _ in rcpts {
@@ -716,7 +809,8 @@ impl Connection {
         }
     }
 
-    /// Checks that an idle pooled connection still answers, before reusing it.
+    /// Checks that an idle pooled connection still answers, before reusing it (lockstep:
+    /// for servers without PIPELINING).
     pub async fn still_alive(&mut self) -> bool {
         if self.broken {
             return false;

@@ -23,7 +23,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::client::{
-    self, ConnectParams, Connection, Envelope, EnvelopeOptions, SessionError, TlsPolicy,
+    self, ConnectParams, Connection, Envelope, EnvelopeOptions, Sent, SessionError, TlsPolicy,
 };
 use crate::config::{DomainTlsMode, TlsPolicyMode};
 use crate::context::DeliveryContext;
@@ -1162,18 +1162,20 @@ impl Runner {
     ) -> Result<Attempted, SessionError> {
         let key = pool_key(&params);
         let pooled = self.take_pooled(&key).await;
-        let reused = pooled.is_some();
+        let mut reused = pooled.is_some();
         let mut conn = match pooled {
             Some(conn) => conn,
-            None => match self.open(&params).await {
-                Ok(conn) => conn,
-                Err(e) => {
-                    journal.tried(envelope.recipients, &params.remote());
-                    return Err(e);
-                }
-            },
+            None => self.open_for(&params, envelope, journal).await?,
         };
-        let outcomes = conn.send(envelope).await;
+        let mut sent = conn.send(envelope).await;
+        if matches!(sent, Sent::Stale) {
+            // Closed while pooled (the server's idle timeout): nothing was sent yet.
+            tracing::debug!(remote = %Escaped(&conn.remote), "pooled connection closed; opening a new one");
+            reused = false;
+            conn = self.open_for(&params, envelope, journal).await?;
+            sent = conn.send(envelope).await;
+        }
+        let outcomes = sent.outcomes(envelope.recipients.len());
         let encrypted = conn.tls;
         let local_ip = conn.local_ip;
         journal.answered(
@@ -1191,6 +1193,18 @@ impl Runner {
             encrypted,
             reused,
             local_ip,
+        })
+    }
+
+    /// A new connection for `envelope`; a failure to connect is journaled as tried.
+    async fn open_for(
+        &self,
+        params: &ConnectParams,
+        envelope: &Envelope<'_>,
+        journal: &Journal,
+    ) -> Result<Connection, SessionError> {
+        self.open(params).await.inspect_err(|_| {
+            journal.tried(envelope.recipients, &params.remote());
         })
     }
 
@@ -1225,8 +1239,7 @@ impl Runner {
                 pool.get_mut(key).and_then(Vec::pop)
             };
             let (mut conn, since) = candidate?;
-            if since.elapsed() < self.context().settings.connection_idle && conn.still_alive().await
-            {
+            if since.elapsed() < self.context().settings.connection_idle && conn.reuse().await {
                 return Some(conn);
             }
         }

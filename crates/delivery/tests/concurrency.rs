@@ -188,3 +188,73 @@ async fn pipelining_only_to_peers_that_offer_it() {
         );
     }
 }
+
+/// A reused connection is reset in the same write as the next envelope (RSET, MAIL, RCPT,
+/// DATA: one round trip, as KumoMTA does), not checked with a lockstep RSET of its own first;
+/// to a peer without PIPELINING the RSET still goes alone.
+///
+/// ```text
+/// message 1:  MAIL RCPT DATA             -> 250 250 354
+/// message 2:  RSET MAIL RCPT DATA        -> 250 250 250 354   (one write)
+/// ```
+#[tokio::test]
+async fn a_reused_connection_sends_its_rset_with_the_next_envelope() {
+    for (offered, dns_ip, mx) in [
+        (true, ip(127, 54, 0, 1), ip(127, 54, 0, 2)),
+        (false, ip(127, 54, 1, 1), ip(127, 54, 1, 2)),
+    ] {
+        let script = Script {
+            pipelining: offered,
+            ..Script::default()
+        };
+        let (srv, dns) = mx_for(&["far.test"], dns_ip, mx, script).await;
+        let relay = Relay::new();
+        enqueue_many(&relay, "far.test", 4).await;
+        let mut settings = relay.config(Some(dns), srv.addr.port());
+        settings.max_per_destination = 1;
+        deliver_all(&relay, relay.runner(settings)).await;
+
+        assert_eq!(srv.messages().len(), 4);
+        assert_eq!(srv.connections(), 1, "one connection reused");
+        let lines = srv.lines();
+        let rsets = lines.iter().filter(|l| *l == "RSET").count();
+        assert_eq!(rsets, 3, "one RSET before each reuse: {lines:?}");
+        let expected = if offered { 3 } else { 0 };
+        assert_eq!(
+            srv.pipelined_rset(),
+            expected,
+            "RSETs sent with the envelope after them, PIPELINING offered: {offered}; {lines:?}"
+        );
+    }
+}
+
+/// A pooled connection that the server closed while it waited (its idle timeout) is found
+/// dead by the RSET sent ahead of the next envelope: the message goes on a new connection in
+/// the same attempt, delivered, not deferred — whether or not the peer pipelines.
+#[tokio::test]
+async fn a_pooled_connection_closed_by_the_server_is_replaced_without_a_deferral() {
+    for (offered, dns_ip, mx) in [
+        (true, ip(127, 55, 0, 1), ip(127, 55, 0, 2)),
+        (false, ip(127, 55, 1, 1), ip(127, 55, 1, 2)),
+    ] {
+        let script = Script {
+            pipelining: offered,
+            close_after_message: true,
+            ..Script::default()
+        };
+        let (srv, dns) = mx_for(&["far.test"], dns_ip, mx, script).await;
+        let relay = Relay::new();
+        enqueue_many(&relay, "far.test", 3).await;
+        let mut settings = relay.config(Some(dns), srv.addr.port());
+        settings.max_per_destination = 1;
+        deliver_all(&relay, relay.runner(settings)).await;
+
+        assert_eq!(srv.messages().len(), 3, "PIPELINING offered: {offered}");
+        assert_eq!(srv.connections(), 3, "a new connection for each message");
+        assert_eq!(
+            srv.data_read(),
+            3,
+            "no content sent on a dead connection"
+        );
+    }
+}

@@ -48,6 +48,9 @@ pub struct Script {
     pub no_ehlo: bool,
     /// Announce CHUNKING (RFC 3030): `BDAT` is taken either way.
     pub chunking: bool,
+    /// Close the connection right after answering a message's end, without a word (a server
+    /// whose idle timeout ends a session the client keeps for its next message).
+    pub close_after_message: bool,
 }
 
 impl Default for Script {
@@ -66,6 +69,7 @@ impl Default for Script {
             auth_mechs: "PLAIN LOGIN",
             no_ehlo: false,
             chunking: false,
+            close_after_message: false,
         }
     }
 }
@@ -114,6 +118,8 @@ pub struct Log {
     /// MAIL commands that arrived together with the next command (in one read): the client
     /// pipelined (RFC 2920) instead of waiting for each reply.
     pub pipelined_mail: usize,
+    /// RSET commands that arrived together with the next command.
+    pub pipelined_rset: usize,
     pub messages: Vec<Received>,
     /// Every command line seen (AUTH lines included), for assertions on what was sent.
     pub lines: Vec<String>,
@@ -178,6 +184,11 @@ impl SmtpServer {
     /// The most connections that were open at the same time.
     pub fn peak_connections(&self) -> usize {
         self.log().peak_open
+    }
+
+    /// How many RSET commands came pipelined with what followed them.
+    pub fn pipelined_rset(&self) -> usize {
+        self.log().pipelined_rset
     }
 
     /// How many MAIL commands came pipelined with what followed them.
@@ -337,6 +348,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         }
         let line = line.trim_end().to_string();
         log.lock().expect("log").lines.push(line.clone());
+        let mut ended = false;
         tokio::time::sleep(script.reply_delay).await;
         let upper = line.to_ascii_uppercase();
         let reply = if upper.starts_with("EHLO") && script.no_ehlo {
@@ -397,6 +409,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                     return Ok(false);
                 }
                 tokio::time::sleep(script.data_delay).await;
+                ended = true;
                 txn.finish(data, script, log, tls, &auth)
             }
         } else if let Some(args) = upper.strip_prefix("BDAT ") {
@@ -412,12 +425,14 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 log.lock().expect("log").data_read += 1;
                 tokio::time::sleep(script.data_delay).await;
                 let data = std::mem::take(&mut txn.chunks);
+                ended = true;
                 txn.finish(data, script, log, tls, &auth)
             } else {
                 txn.chunks.extend_from_slice(&chunk);
                 format!("250 2.0.0 {size} octets")
             }
         } else if upper == "RSET" {
+            log.lock().expect("log").pipelined_rset += usize::from(!io.buffer().is_empty());
             txn = Txn::default();
             "250 2.0.0 ok".into()
         } else if upper == "NOOP" {
@@ -431,6 +446,9 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         io.get_mut()
             .write_all(format!("{reply}\r\n").as_bytes())
             .await?;
+        if ended && script.close_after_message {
+            return Ok(false);
+        }
     }
 }
 
