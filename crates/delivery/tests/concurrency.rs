@@ -251,10 +251,6 @@ async fn a_pooled_connection_closed_by_the_server_is_replaced_without_a_deferral
 
         assert_eq!(srv.messages().len(), 3, "PIPELINING offered: {offered}");
         assert_eq!(srv.connections(), 3, "a new connection for each message");
-        assert_eq!(
-            srv.data_read(),
-            3,
-            "no content sent on a dead connection"
-        );
+        assert_eq!(srv.data_read(), 3, "no content sent on a dead connection");
     }
 }
