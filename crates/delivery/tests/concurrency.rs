@@ -158,6 +158,23 @@ async fn max_connections_caps_all_destinations_together() {
     assert_eq!(runner.destinations_tracked(), 0);
 }
 
+/// Delivers `count` messages to far.test at a scripted MX host at `mx`, one connection to it
+/// at a time (so that every later message may reuse the first connection); returns the host.
+async fn one_connection_at_a_time(
+    script: Script,
+    dns_ip: std::net::Ipv4Addr,
+    mx: std::net::Ipv4Addr,
+    count: usize,
+) -> SmtpServer {
+    let (srv, dns) = mx_for(&["far.test"], dns_ip, mx, script).await;
+    let relay = Relay::new();
+    enqueue_many(&relay, "far.test", count).await;
+    let mut settings = relay.config(Some(dns), srv.addr.port());
+    settings.max_per_destination = 1;
+    deliver_all(&relay, relay.runner(settings)).await;
+    srv
+}
+
 /// RFC 2920: to a peer that offers PIPELINING, MAIL, RCPT and DATA go in one write, on new
 /// and on reused connections alike; to one that does not, one command per reply.
 #[tokio::test]
@@ -170,12 +187,7 @@ async fn pipelining_only_to_peers_that_offer_it() {
             pipelining: offered,
             ..Script::default()
         };
-        let (srv, dns) = mx_for(&["far.test"], dns_ip, mx, script).await;
-        let relay = Relay::new();
-        enqueue_many(&relay, "far.test", 5).await;
-        let mut settings = relay.config(Some(dns), srv.addr.port());
-        settings.max_per_destination = 1;
-        deliver_all(&relay, relay.runner(settings)).await;
+        let srv = one_connection_at_a_time(script, dns_ip, mx, 5).await;
 
         assert_eq!(srv.messages().len(), 5);
         assert_eq!(srv.connections(), 1, "one connection reused");
@@ -207,12 +219,7 @@ async fn a_reused_connection_sends_its_rset_with_the_next_envelope() {
             pipelining: offered,
             ..Script::default()
         };
-        let (srv, dns) = mx_for(&["far.test"], dns_ip, mx, script).await;
-        let relay = Relay::new();
-        enqueue_many(&relay, "far.test", 4).await;
-        let mut settings = relay.config(Some(dns), srv.addr.port());
-        settings.max_per_destination = 1;
-        deliver_all(&relay, relay.runner(settings)).await;
+        let srv = one_connection_at_a_time(script, dns_ip, mx, 4).await;
 
         assert_eq!(srv.messages().len(), 4);
         assert_eq!(srv.connections(), 1, "one connection reused");
@@ -242,12 +249,7 @@ async fn a_pooled_connection_closed_by_the_server_is_replaced_without_a_deferral
             close_after_message: true,
             ..Script::default()
         };
-        let (srv, dns) = mx_for(&["far.test"], dns_ip, mx, script).await;
-        let relay = Relay::new();
-        enqueue_many(&relay, "far.test", 3).await;
-        let mut settings = relay.config(Some(dns), srv.addr.port());
-        settings.max_per_destination = 1;
-        deliver_all(&relay, relay.runner(settings)).await;
+        let srv = one_connection_at_a_time(script, dns_ip, mx, 3).await;
 
         assert_eq!(srv.messages().len(), 3, "PIPELINING offered: {offered}");
         assert_eq!(srv.connections(), 3, "a new connection for each message");
