@@ -708,17 +708,7 @@ impl Connection {
         self.unproven = false;
         let written = self.write(batch.as_bytes(), self.timeouts.command).await;
         if reset {
-            let short = Duration::from_secs(5).min(self.timeouts.command);
-            let reply = match written {
-                Ok(()) => self.read_reply(short).await,
-                Err(e) => Err(e),
-            };
-            match reply {
-                Ok(reply) if reply.is_positive_completion() => {}
-                Ok(_) | Err(_) if !proven => return Err(Interrupted::Stale),
-                Ok(reply) => return Err(self.closing(&reply, "RSET").into()),
-                Err(e) => return Err(e.into()),
-            }
+            self.reset_reply(written, proven).await?;
         } else {
             written?;
         }
@@ -732,6 +722,26 @@ impl Connection {
         }
         let data_reply = self.read_reply(self.timeouts.data_init).await?;
         Ok((mail_reply, rcpt_replies, Some(data_reply)))
+    }
+
+    /// The reply to the RSET that opened a pipelined group. On a connection not yet proven
+    /// (fresh from the pool) any failure is [`Interrupted::Stale`]: none of the message went
+    /// out; on one already in use it ends the transaction like a failed lockstep RSET.
+    async fn reset_reply(
+        &mut self,
+        written: Result<(), SessionError>,
+        proven: bool,
+    ) -> Result<(), Interrupted> {
+        let reply = match written {
+            Ok(()) => self.read_reply(self.check_limit()).await,
+            Err(e) => Err(e),
+        };
+        match reply {
+            Ok(reply) if reply.is_positive_completion() => Ok(()),
+            _ if !proven => Err(Interrupted::Stale),
+            Ok(reply) => Err(self.closing(&reply, "RSET").into()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// One command at a time; stops after a failed MAIL.
@@ -802,7 +812,7 @@ impl Connection {
         if self.broken {
             return;
         }
-        let short = Duration::from_secs(5).min(self.timeouts.command);
+        let short = self.check_limit();
         let _ = self.command("QUIT", short).await;
         if let Some(mut stream) = self.stream.take() {
             let _ = tokio::time::timeout(short, stream.shutdown()).await;
@@ -815,7 +825,7 @@ impl Connection {
         if self.broken {
             return false;
         }
-        let short = Duration::from_secs(5).min(self.timeouts.command);
+        let short = self.check_limit();
         match self.command("RSET", short).await {
             Ok(reply) if reply.is_positive_completion() => {
                 self.dirty = false;
@@ -826,6 +836,12 @@ impl Connection {
                 false
             }
         }
+    }
+
+    /// The limit for a liveness check or a goodbye: short, since nothing waits on the answer
+    /// but the next message or the end of the session.
+    fn check_limit(&self) -> Duration {
+        Duration::from_secs(5).min(self.timeouts.command)
     }
 
     async fn command(&mut self, line: &str, limit: Duration) -> Result<Reply, SessionError> {

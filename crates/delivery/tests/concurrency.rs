@@ -235,24 +235,41 @@ async fn a_reused_connection_sends_its_rset_with_the_next_envelope() {
     }
 }
 
-/// A pooled connection that the server closed while it waited (its idle timeout) is found
-/// dead by the RSET sent ahead of the next envelope: the message goes on a new connection in
-/// the same attempt, delivered, not deferred — whether or not the peer pipelines.
+/// A pooled connection that the server closed while it waited (its idle timeout), or whose
+/// server answers RSET with `421` (shutting down), is found unusable by the RSET sent ahead
+/// of the next envelope: the message goes on a new connection in the same attempt,
+/// delivered, not deferred — whether or not the peer pipelines.
 #[tokio::test]
 async fn a_pooled_connection_closed_by_the_server_is_replaced_without_a_deferral() {
-    for (offered, dns_ip, mx) in [
-        (true, ip(127, 55, 0, 1), ip(127, 55, 0, 2)),
-        (false, ip(127, 55, 1, 1), ip(127, 55, 1, 2)),
-    ] {
-        let script = Script {
-            pipelining: offered,
-            close_after_message: true,
-            ..Script::default()
-        };
-        let srv = one_connection_at_a_time(script, dns_ip, mx, 3).await;
+    let closed = Script {
+        close_after_message: true,
+        ..Script::default()
+    };
+    let refusing = Script {
+        rset_reply: "421 4.3.2 shutting down".into(),
+        ..Script::default()
+    };
+    for (ending, base, octet) in [("closed", closed, 55), ("421 to RSET", refusing, 56)] {
+        for (offered, net) in [(true, 0), (false, 1)] {
+            let script = Script {
+                pipelining: offered,
+                ..base.clone()
+            };
+            let (dns_ip, mx) = (ip(127, octet, net, 1), ip(127, octet, net, 2));
+            let srv = one_connection_at_a_time(script, dns_ip, mx, 3).await;
 
-        assert_eq!(srv.messages().len(), 3, "PIPELINING offered: {offered}");
-        assert_eq!(srv.connections(), 3, "a new connection for each message");
-        assert_eq!(srv.data_read(), 3, "no content sent on a dead connection");
+            let case = format!("{ending}, PIPELINING offered: {offered}");
+            assert_eq!(srv.messages().len(), 3, "{case}");
+            assert_eq!(
+                srv.connections(),
+                3,
+                "a new connection for each message: {case}"
+            );
+            assert_eq!(
+                srv.data_read(),
+                3,
+                "no content sent on a dead connection: {case}"
+            );
+        }
     }
 }

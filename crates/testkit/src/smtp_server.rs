@@ -51,6 +51,8 @@ pub struct Script {
     /// Close the connection right after answering a message's end, without a word (a server
     /// whose idle timeout ends a session the client keeps for its next message).
     pub close_after_message: bool,
+    /// Reply to RSET (a server shutting down answers `421`).
+    pub rset_reply: String,
 }
 
 impl Default for Script {
@@ -70,6 +72,7 @@ impl Default for Script {
             no_ehlo: false,
             chunking: false,
             close_after_message: false,
+            rset_reply: "250 2.0.0 ok".into(),
         }
     }
 }
@@ -434,7 +437,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         } else if upper == "RSET" {
             log.lock().expect("log").pipelined_rset += usize::from(!io.buffer().is_empty());
             txn = Txn::default();
-            "250 2.0.0 ok".into()
+            script.rset_reply.clone()
         } else if upper == "NOOP" {
             "250 2.0.0 ok".into()
         } else if upper == "QUIT" {
