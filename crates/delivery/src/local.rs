@@ -141,3 +141,53 @@ fn log_copies(
     delivered.resize(recipients.len(), false);
     delivered
 }
+
+/// How often the Maildirs' `tmp/` are swept for abandoned copies, after the sweep at start.
+pub const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(6 * 60 * 60);
+
+/// Removes copies a crash left in the Maildirs' `tmp/` (see
+/// [`sweep_abandoned`](relayward_queue::maildir::sweep_abandoned)) at start and every
+/// [`SWEEP_EVERY`] until `shutdown` resolves, under the `mail_root` of the configuration in
+/// force at each sweep. Without it they stay for good: nothing else writes there.
+pub async fn sweep_abandoned_copies(
+    live: relayward_config::Live<crate::DeliveryContext>,
+    shutdown: impl Future<Output = ()>,
+) {
+    use relayward_queue::maildir::{ABANDONED_AFTER, sweep_abandoned};
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let root = live.current().settings.mail_root.clone();
+        let swept = tokio::task::spawn_blocking(move || {
+            let now = std::time::SystemTime::now();
+            let cutoff = now.checked_sub(ABANDONED_AFTER).unwrap_or(now);
+            (sweep_abandoned(&root, cutoff), root)
+        })
+        .await;
+        match swept {
+            Ok((swept, root)) => log_sweep(&root, &swept),
+            Err(e) => tracing::warn!("maildir sweep task: {e}"),
+        }
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(SWEEP_EVERY) => {}
+        }
+    }
+}
+
+fn log_sweep(root: &Path, swept: &relayward_queue::maildir::Swept) {
+    let root = root.display();
+    if swept.removed > 0 {
+        tracing::info!(
+            removed = swept.removed,
+            "maildir sweep: removed {} abandoned file(s) older than 36 h from tmp/ under {root}",
+            swept.removed
+        );
+    }
+    if let Some(err) = &swept.first_error {
+        tracing::warn!(
+            failed = swept.failed,
+            "maildir sweep under {root}: {} file(s) or directories could not be read or removed, first: {err}",
+            swept.failed
+        );
+    }
+}

@@ -5,6 +5,11 @@
 //! a reader never sees a partial message, and once this returns the message survives a crash.
 //! The call is blocking; async callers wrap it in `spawn_blocking`.
 //!
+//! A crash between the write into `tmp/` and the rename leaves the copy in `tmp/` for good:
+//! its message was not acknowledged from there (the queue, or the client that never heard
+//! `250`, still has it), so it is garbage, and [`sweep_abandoned`] removes it once it is older
+//! than the Maildir convention's 36 hours.
+//!
 //! Domain and local part come from an address, so they are checked as hostile input even though
 //! the policy only lets existing mailboxes through: nothing that could leave `mail_root` (`/`,
 //! `\`, `..`, a leading `.`, NUL or other control characters) is accepted.
@@ -15,7 +20,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::dir_sync::DirSyncs;
 use crate::fsutil::{PRIVATE_DIR, sync_dir, write_synced};
@@ -176,6 +181,93 @@ pub fn has_room(mail_root: &Path, min_free_bytes: u64, size: u64) -> bool {
     })
 }
 
+/// How long a file may sit in a Maildir's `tmp/` before it counts as abandoned: the 36 hours
+/// of the Maildir convention (maildir(5)). A delivery renames its copy within seconds; a
+/// mail reader or another deliverer sharing the Maildir follows the same rule.
+pub const ABANDONED_AFTER: Duration = Duration::from_secs(36 * 60 * 60);
+
+/// What one [`sweep_abandoned`] did.
+#[derive(Debug, Default)]
+pub struct Swept {
+    /// Abandoned files removed.
+    pub removed: usize,
+    /// Files or directories that could not be read or removed; the first error says why.
+    pub failed: usize,
+    pub first_error: Option<io::Error>,
+}
+
+impl Swept {
+    fn fail(&mut self, err: io::Error) {
+        self.failed += 1;
+        self.first_error.get_or_insert(err);
+    }
+}
+
+/// Removes every regular file in `mail_root/<domain>/<local>/tmp/` last modified before
+/// `cutoff` (now minus [`ABANDONED_AFTER`], for the caller that runs it periodically).
+/// Symbolic links are neither followed nor removed, and nothing outside `tmp/` is touched:
+/// the walk never leaves `mail_root`. A `mail_root` that does not exist yet has nothing to
+/// sweep. Blocking; it reads every mailbox's `tmp/` once.
+pub fn sweep_abandoned(mail_root: &Path, cutoff: SystemTime) -> Swept {
+    let mut swept = Swept::default();
+    for domain in subdirectories(mail_root, &mut swept) {
+        for maildir in subdirectories(&domain, &mut swept) {
+            sweep_tmp(&maildir.join("tmp"), cutoff, &mut swept);
+        }
+    }
+    swept
+}
+
+/// The real directories (not links to one) directly inside `dir`; none when `dir` is missing.
+fn subdirectories(dir: &Path, swept: &mut Swept) -> Vec<PathBuf> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Vec::new(),
+        Err(err) => {
+            swept.fail(err);
+            return Vec::new();
+        }
+    };
+    let mut dirs = Vec::new();
+    for entry in entries {
+        match entry.and_then(|e| Ok((e.file_type()?, e.path()))) {
+            Ok((kind, path)) if kind.is_dir() => dirs.push(path),
+            Ok(_) => {}
+            Err(err) => swept.fail(err),
+        }
+    }
+    dirs
+}
+
+/// Removes the regular files in one `tmp/` modified before `cutoff`.
+fn sweep_tmp(tmp: &Path, cutoff: SystemTime, swept: &mut Swept) {
+    let Ok(meta) = fs::symlink_metadata(tmp) else {
+        return;
+    };
+    if !meta.is_dir() {
+        return;
+    }
+    let entries = match fs::read_dir(tmp) {
+        Ok(entries) => entries,
+        Err(err) => return swept.fail(err),
+    };
+    for entry in entries {
+        let abandoned = entry.and_then(|e| {
+            let meta = e.metadata()?; // does not follow a link
+            Ok((meta.is_file() && meta.modified()? < cutoff).then(|| e.path()))
+        });
+        match abandoned {
+            Ok(Some(path)) => match fs::remove_file(&path) {
+                Ok(()) => swept.removed += 1,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                Err(err) => swept.fail(err),
+            },
+            Ok(None) => {}
+            Err(err) => swept.fail(err),
+        }
+    }
+}
+
 /// Every delivery's rename into a `new/` waits for a flush of that directory; deliveries that
 /// arrive together share one (see [`crate::dir_sync`]).
 static NEW_DIR_SYNCS: LazyLock<DirSyncs> = LazyLock::new(DirSyncs::default);
@@ -328,6 +420,63 @@ mod tests {
         assert!(has_room(Path::new("/nonexistent/relayward"), 0, 1000));
         // A relative root not made yet: the working directory's filesystem.
         assert!(has_room(Path::new("not-made-yet/mail"), 1, 1000));
+    }
+
+    /// A file in `tmp/` whose modification time is `age` ago.
+    fn aged(path: &Path, age: Duration) {
+        fs::write(path, b"half a message").expect("write");
+        let file = fs::File::options().write(true).open(path).expect("open");
+        file.set_modified(SystemTime::now() - age)
+            .expect("set mtime");
+    }
+
+    #[test]
+    fn abandoned_tmp_files_are_swept_and_nothing_else() {
+        let root = tempfile::tempdir().expect("tempdir");
+        deliver_to_maildir(root.path(), "example.test", "alice", b"kept\r\n").expect("deliver");
+        let alice = root.path().join("example.test").join("alice");
+        let old = Duration::from_secs(40 * 3600);
+        aged(&alice.join("tmp").join("crashed"), old);
+        aged(
+            &alice.join("tmp").join("being-written"),
+            Duration::from_secs(60),
+        );
+        aged(&alice.join("cur").join("read-long-ago"), old);
+        // A link in tmp/ to a file elsewhere: the link is not followed, its target stays.
+        let outside = tempfile::tempdir().expect("outside");
+        aged(&outside.path().join("target"), old);
+        std::os::unix::fs::symlink(
+            outside.path().join("target"),
+            alice.join("tmp").join("link"),
+        )
+        .expect("symlink");
+        // A linked mailbox is not walked into.
+        let elsewhere = outside.path().join("box");
+        fs::create_dir_all(elsewhere.join("tmp")).expect("box");
+        aged(&elsewhere.join("tmp").join("foreign"), old);
+        std::os::unix::fs::symlink(&elsewhere, root.path().join("example.test").join("linked"))
+            .expect("symlink");
+
+        let swept = sweep_abandoned(root.path(), SystemTime::now() - ABANDONED_AFTER);
+        assert_eq!((swept.removed, swept.failed), (1, 0), "{swept:?}");
+        assert!(!alice.join("tmp").join("crashed").exists());
+        for kept in [
+            alice.join("tmp").join("being-written"),
+            alice.join("cur").join("read-long-ago"),
+            outside.path().join("target"),
+            elsewhere.join("tmp").join("foreign"),
+        ] {
+            assert!(kept.exists(), "{} was removed", kept.display());
+        }
+        assert!(fs::symlink_metadata(alice.join("tmp").join("link")).is_ok());
+        assert_eq!(files_in(&alice.join("new")), 1);
+    }
+
+    #[test]
+    fn a_mail_root_not_made_yet_has_nothing_to_sweep() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let swept = sweep_abandoned(&root.path().join("mail"), SystemTime::now());
+        assert_eq!((swept.removed, swept.failed), (0, 0), "{swept:?}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Starts the delivery runner beside the listeners, on the delivery side of the running
 //! configuration snapshot (see [`crate::snapshot`]), and the TLS-RPT reporter beside it
-//! (counts in `data_dir/tls-report/`; it sends only while `[tls_report] enabled`).
+//! (counts in `data_dir/tls-report/`; it sends only while `[tls_report] enabled`), and the
+//! sweeper of copies a crash left in the Maildirs' `tmp/`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use tokio::task::JoinHandle;
 pub struct RunnerHandle {
     task: JoinHandle<()>,
     reporter: JoinHandle<()>,
+    sweeper: JoinHandle<()>,
     live: Live<DeliveryContext>,
     runner: Runner,
 }
@@ -32,6 +34,8 @@ impl RunnerHandle {
     /// Waits for the runner to stop after the shutdown signal (in-flight deliveries get their
     /// grace period; anything cut short stays pending in the queue).
     pub async fn stop(self) {
+        // A sweep cut short removes the rest next time; each removal stands on its own.
+        self.sweeper.abort();
         let limit = self.live.current().settings.shutdown_grace + Duration::from_secs(5);
         if tokio::time::timeout(limit, self.task).await.is_err() {
             tracing::warn!("delivery runner did not stop within {limit:?}");
@@ -71,7 +75,11 @@ pub fn start(
         .context("the runner has no TLS report book")?;
     Ok(RunnerHandle {
         task: tokio::spawn(runner.clone().run(stopping(shutdown.clone()))),
-        reporter: tokio::spawn(reporter.run(stopping(shutdown))),
+        reporter: tokio::spawn(reporter.run(stopping(shutdown.clone()))),
+        sweeper: tokio::spawn(relayward_delivery::local::sweep_abandoned_copies(
+            live.clone(),
+            stopping(shutdown),
+        )),
         live,
         runner,
     })

@@ -201,3 +201,40 @@ fn a_reload_turns_local_before_reply_off_and_on() {
     id_after(&send("on again"), "delivered as");
     assert_eq!(server.wait_for_mail("example.test", "alice", 3).len(), 3);
 }
+
+/// A file in a Maildir's `tmp/` last written `age` ago.
+fn left_in_tmp(path: &std::path::Path, age: Duration) {
+    std::fs::write(path, b"Subject: half of it\r\n").expect("write");
+    let file = std::fs::File::options()
+        .write(true)
+        .open(path)
+        .expect("open");
+    file.set_modified(std::time::SystemTime::now() - age)
+        .expect("set mtime");
+}
+
+/// A copy a crash left in `tmp/` between its write and its rename (never acknowledged from
+/// there) is removed at start once it is older than the Maildir convention's 36 hours; a
+/// younger one, which another deliverer may still be writing, stays.
+#[test]
+fn copies_a_crash_left_in_tmp_are_swept_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tmp = dir.path().join("data/mail/example.test/alice/tmp");
+    std::fs::create_dir_all(&tmp).expect("make tmp/");
+    let crashed = tmp.join("1764000000.M1P42Q7.crashed");
+    let young = tmp.join("1764000001.M1P43Q1.being-written");
+    left_in_tmp(&crashed, Duration::from_secs(37 * 3600));
+    left_in_tmp(&young, Duration::from_secs(35 * 3600));
+    let server = TestServer::start_in(dir, &standard_config(""));
+    server.wait_for_log("maildir sweep: removed 1 abandoned file");
+    assert!(!crashed.exists(), "{}", server.log());
+    assert!(young.exists(), "{}", server.log());
+    // The mailbox goes on taking mail.
+    let reply = send_one(
+        &server,
+        &["<alice@example.test>"],
+        b"Subject: after the sweep\r\n\r\nhello\r\n.\r\n",
+    );
+    assert_eq!(reply.0, 250, "{reply:?}");
+    assert_eq!(server.maildir_new("example.test", "alice").len(), 1);
+}
