@@ -14,7 +14,8 @@
 //! timeout is off. Each connection is therefore cut off when the service has written nothing
 //! to it for `http_idle_timeout`: a caller who never sends a request, sends one slowly
 //! (slowloris: a byte now and then keeps the *read* side busy, so an idle-read timeout would
-//! not do), or keeps an idle keep-alive connection. Answers and the live transcript's
+//! not do), keeps an idle keep-alive connection, or stops reading its answers (the write
+//! waits for as long as `http_idle_timeout` too). Answers and the live transcript's
 //! keep-alive comments are writes, so every honest connection stays.
 
 use std::collections::HashMap;
@@ -307,11 +308,21 @@ impl AsyncWrite for CappedStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let written = Pin::new(&mut self.stream).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = written
-            && n > 0
-        {
-            let next = Instant::now() + self.idle_timeout;
-            self.silent_until.as_mut().reset(next);
+        match written {
+            Poll::Ready(Ok(n)) if n > 0 => {
+                let next = Instant::now() + self.idle_timeout;
+                self.silent_until.as_mut().reset(next);
+            }
+            // A caller that stops reading stalls the write for good, and hyper does not read
+            // while it waits to write, so the read side's check would never run: the same
+            // countdown ends the write. (Polled so that its firing wakes the writer.)
+            Poll::Pending if self.silent_until.as_mut().poll(cx).is_ready() => {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "web door: the caller read nothing of the answer within http_idle_timeout",
+                )));
+            }
+            _ => {}
         }
         written
     }

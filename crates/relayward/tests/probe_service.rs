@@ -724,6 +724,43 @@ fn the_web_door_closes_connections_it_has_not_written_to_within_the_idle_timeout
     assert_eq!(page.status, 200, "{}", page.body);
 }
 
+/// A caller that sends requests and stops reading the answers stalls the service's writes
+/// once the socket buffers are full; that connection is cut after `http_idle_timeout` too,
+/// or a few such callers would hold every connection slot for ever.
+///
+/// ```text
+/// GET /assets/style.css × 3000, pipelined, window of ~4 KB, nothing read for 5 s
+///                                  -> closed; far fewer than 3000 answers ever arrive
+/// ```
+#[test]
+fn a_caller_who_stops_reading_is_cut_off_after_the_idle_timeout() {
+    const REQUESTS: usize = 3000;
+    let service = TestServer::start_probe_service(&service_config("http_idle_timeout = \"2s\""));
+    let door = service.addr("http");
+    let caller: std::net::IpAddr = "127.0.0.7".parse().expect("ip");
+    let mut conn = relayward_testkit::http::bound_connect_with_receive_buffer(caller, door, 4096);
+    let mut writer = conn.try_clone().expect("clone");
+    // From a thread: once the service stops reading, these writes may block too.
+    let pipelined = std::thread::spawn(move || {
+        let request = b"GET /assets/style.css HTTP/1.1\r\nHost: x\r\n\r\n".repeat(REQUESTS);
+        let _ = writer.write_all(&request);
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    let got = read_until_closed(&mut conn, Duration::from_secs(30))
+        .expect("the stalled connection was never closed");
+    let answers = got.matches("HTTP/1.1 200 ").count();
+    assert!(answers > 0, "not even the first answer: {got:?}");
+    assert!(
+        answers < REQUESTS,
+        "every answer was written: the service waited on a caller that read nothing for 5 s"
+    );
+    let _ = pipelined.join();
+
+    // The service serves the same address again.
+    let page = Http::new(door).from("127.0.0.7").get("/");
+    assert_eq!(page.status, 200, "{}", page.body);
+}
+
 /// The idle cut-off counts from the service's last write, not while a handler works: starting
 /// a test whose name a silent DNS server never answers takes longer than `http_idle_timeout`
 /// (the lookup gives up after its own time), and the caller still gets the answer. A live

@@ -111,8 +111,28 @@ impl Http {
 /// A TCP connection from `source` (port chosen by the system) to `server`: std cannot bind
 /// before connecting, socket2 can.
 pub fn bound_connect(source: IpAddr, server: SocketAddr) -> TcpStream {
+    connect_from(source, server, None)
+}
+
+/// [`bound_connect`] with a receive buffer of about `bytes` (set before the connection, so
+/// the window the server sees stays that small): a caller that stops reading stalls the
+/// server's writes after a few kilobytes instead of megabytes.
+pub fn bound_connect_with_receive_buffer(
+    source: IpAddr,
+    server: SocketAddr,
+    bytes: usize,
+) -> TcpStream {
+    connect_from(source, server, Some(bytes))
+}
+
+fn connect_from(source: IpAddr, server: SocketAddr, receive_buffer: Option<usize>) -> TcpStream {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(server), Type::STREAM, None).expect("socket");
+    if let Some(bytes) = receive_buffer {
+        socket
+            .set_recv_buffer_size(bytes)
+            .expect("set the receive buffer");
+    }
     socket
         .bind(&SocketAddr::new(source, 0).into())
         .unwrap_or_else(|e| panic!("bind {source}: {e}"));
