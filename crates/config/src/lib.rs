@@ -723,7 +723,8 @@ pub struct Limits {
     /// banner (RFC 5321 §4.5.3.2.1: 5 minutes).
     #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub greeting_timeout: Duration,
-    /// Wait for the next command (RFC 5321 §4.5.3.2.2–.3, 5 minutes).
+    /// Wait for the next command (RFC 5321 §4.5.3.2.2–.3, 5 minutes), and for the client to
+    /// read the replies we write (a client that stops reading stalls our writes).
     #[serde(deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub command_timeout: Duration,
     /// Wait for each chunk of DATA content (RFC 5321 §4.5.3.2.5, 3 minutes).

@@ -293,6 +293,29 @@ fn silent_clients_before_tls_are_cut_off() {
     assert_eq!(server.endings(), [None, Some(Ending::Timeout)]);
 }
 
+/// A client that pipelines commands and never reads the replies stalls the server's writes
+/// once the pipe is full (1 MiB here); that wait is bounded by the command timeout too, not
+/// only by the 30-minute session limit, so such clients cannot hold the connection slots.
+///
+/// ```text
+/// EHLO stalled.test                 -> 250
+/// NOOP × 100,000, nothing read      -> (replies pile up) ... closed after ~1 s, Timeout
+/// ```
+#[test]
+fn a_client_that_stops_reading_replies_is_cut_off_by_the_command_timeout() {
+    let server = Server::start(&standard_config("[limits]\ncommand_timeout = \"1s\""));
+    let mut smtp = server.smtp("mx");
+    smtp.send("EHLO stalled.test").expect(250);
+    let start = server.now();
+    smtp.raw(&b"NOOP\r\n".repeat(100_000));
+    let ending = server.endings();
+    let took = server.now() - start;
+    assert_eq!(ending, [Some(Ending::Timeout)]);
+    // The command timeout and the farewell (closing, draining), far from the session limit.
+    assert!(took <= 5 * SECOND, "cut off after {took:?}");
+    assert_nothing_queued(&server);
+}
+
 #[test]
 fn slowloris_clients_are_cut_off_by_the_session_limit() {
     let server = Server::start(&timeout_config());

@@ -176,6 +176,7 @@ pub async fn run<S: Stream>(
     let mut session = Session::new(ctx, kind, conn, client, shutdown);
     let ending = match tokio::time::timeout_at(deadline, session.serve()).await {
         Ok(Ok(ending)) => ending,
+        Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => Ending::Timeout,
         Ok(Err(_)) => Ending::ClientClosed,
         Err(_) => {
             let reply = Reply::enh(421, (4, 4, 2), "Session time limit exceeded, closing");
@@ -529,14 +530,29 @@ impl<S: Stream> Session<S> {
         self.flush().await
     }
 
+    /// Writes the replies queued so far. A client that sends commands and stops reading the
+    /// replies stalls this write once the socket buffers are full; the wait for it to read is
+    /// bounded like the wait for its next command (Postfix's `smtpd_timeout` covers both), or
+    /// it would hold its connection slot until `session_timeout`. Fails with `TimedOut` then.
     async fn flush(&mut self) -> io::Result<()> {
         if self.out.is_empty() {
             return Ok(());
         }
-        let result = self.conn.write_all(&self.out).await;
+        let limit = self.command_timeout();
+        let (conn, out) = (&mut self.conn, &self.out);
+        let write = async move {
+            conn.write_all(out).await?;
+            conn.flush().await
+        };
+        let result = match tokio::time::timeout(limit, write).await {
+            Ok(written) => written,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client read none of our replies within the command timeout",
+            )),
+        };
         self.out.clear();
-        result?;
-        self.conn.flush().await
+        result
     }
 }
 
