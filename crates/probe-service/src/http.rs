@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 
 use crate::admission::{self, Refusal, RefusalKind};
 use crate::config::ServiceConfig;
-use crate::http_listener::{CappedListener, Peer};
+use crate::http_listener::{CappedListener, Caps, Peer};
 use crate::live::{self, AsyncEmit};
 use crate::pages::{self, Site};
 use crate::record::Door;
@@ -83,7 +83,7 @@ pub async fn serve(
     service: Arc<Service>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let listener = CappedListener::new(listener, Arc::clone(&service));
+    let listener = CappedListener::new(listener, Caps::web_door(Arc::clone(&service)));
     let app = router(service).into_make_service_with_connect_info::<Peer>();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {

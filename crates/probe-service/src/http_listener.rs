@@ -1,5 +1,7 @@
 //! The web door's TCP listener, with the caps `axum::serve` does not have: connections at
-//! once in total and per client.
+//! once in total and per client. `relayward serve`'s metrics endpoint uses it too, with its
+//! own [`Caps`]: without them, idle connections to it would take the file descriptors the
+//! SMTP listeners need.
 //!
 //! A live transcript is a long-lived connection (server-sent events), and a browser opens a
 //! few per page; without a cap, one client opening thousands of idle connections would hold
@@ -46,32 +48,60 @@ const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text
 Content-Length: 40\r\nRetry-After: 10\r\nConnection: close\r\n\r\n\
 too many connections from your address\r\n";
 
+/// What a [`CappedListener`] allows.
+#[derive(Clone)]
+pub struct Caps {
+    /// Connections at once; the next waits in the kernel's backlog.
+    pub total: usize,
+    /// Connections one client (address, IPv6 /64) may hold at once; the next gets `503`.
+    pub per_client: usize,
+    /// A connection the service has written nothing to for this long is closed.
+    pub idle_timeout: Duration,
+    /// Addresses counted only against the total: trusted proxies, which carry many callers.
+    pub counted_only_in_total: Arc<dyn Fn(IpAddr) -> bool + Send + Sync>,
+    /// How log lines and errors name the listener ("web door", "metrics endpoint").
+    pub name: &'static str,
+}
+
+impl Caps {
+    /// The web door's: [`MAX_CONNECTIONS`], [`MAX_CONNECTIONS_PER_CLIENT`],
+    /// `http_idle_timeout`, `trusted_proxies` counted only in the total.
+    pub fn web_door(service: Arc<Service>) -> Self {
+        Caps {
+            total: MAX_CONNECTIONS,
+            per_client: MAX_CONNECTIONS_PER_CLIENT,
+            idle_timeout: service.config.http_idle_timeout,
+            counted_only_in_total: Arc::new(move |ip| service.config.is_trusted_proxy(ip)),
+            name: "web door",
+        }
+    }
+}
+
 /// The listener `crate::http::serve` hands to axum.
 pub struct CappedListener {
     inner: TcpListener,
     total: Arc<Semaphore>,
     per_client: ClientShares,
     refusals: Arc<RefusalLog>,
-    /// Whose `trusted_proxies` count only against the total.
-    service: Arc<Service>,
+    caps: Caps,
 }
 
 impl CappedListener {
-    pub fn new(inner: TcpListener, service: Arc<Service>) -> Self {
+    pub fn new(inner: TcpListener, caps: Caps) -> Self {
         Self {
             inner,
-            total: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            total: Arc::new(Semaphore::new(caps.total)),
             per_client: ClientShares::default(),
             refusals: Arc::default(),
-            service,
+            caps,
         }
     }
 
     /// One more connection for `peer`'s client key, unless it holds its share already.
     fn admit(&self, peer: SocketAddr) -> Option<ClientSlot> {
         let ip = peer.ip().to_canonical();
-        let key = (!self.service.config.is_trusted_proxy(ip)).then(|| client_key(ip));
-        self.per_client.take(key, MAX_CONNECTIONS_PER_CLIENT)
+        let key = (!(self.caps.counted_only_in_total)(ip)).then(|| client_key(ip));
+        self.per_client.take(key, self.caps.per_client)
     }
 }
 
@@ -88,7 +118,7 @@ impl Listener for CappedListener {
             let (mut stream, peer) = match self.inner.accept().await {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    tracing::warn!(error = %e, "web door: accept failed");
+                    tracing::warn!(error = %e, "{}: accept failed", self.caps.name);
                     // EMFILE and friends: give the process a moment instead of spinning.
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
@@ -96,8 +126,9 @@ impl Listener for CappedListener {
             };
             match self.admit(peer) {
                 Some(slot) => {
-                    let idle_timeout = self.service.config.http_idle_timeout;
+                    let idle_timeout = self.caps.idle_timeout;
                     let io = CappedStream {
+                        name: self.caps.name,
                         stream,
                         requests: Arc::default(),
                         requests_seen_done: 0,
@@ -109,15 +140,16 @@ impl Listener for CappedListener {
                     return (io, peer);
                 }
                 None => {
+                    let name = self.caps.name;
                     match self.refusals.note(std::time::Instant::now()) {
-                        Noted::Log(refused) => log_refused(Some(peer.ip()), refused),
+                        Noted::Log(refused) => log_refused(name, Some(peer.ip()), refused),
                         Noted::Later(at) => {
                             let refusals = Arc::clone(&self.refusals);
                             tokio::spawn(async move {
                                 tokio::time::sleep_until(at.into()).await;
                                 if let Some(refused) = refusals.take_due(std::time::Instant::now())
                                 {
-                                    log_refused(None, refused);
+                                    log_refused(name, None, refused);
                                 }
                             });
                         }
@@ -245,14 +277,14 @@ impl RefusalLog {
 }
 
 /// The log line of refused connections.
-fn log_refused(latest: Option<std::net::IpAddr>, refused: u64) {
+fn log_refused(name: &str, latest: Option<std::net::IpAddr>, refused: u64) {
     match latest {
         Some(ip) => {
-            tracing::info!(latest = %ip, refused, "web door: connections refused, a client held its share (refused: from all clients since the last such line)")
+            tracing::info!(latest = %ip, refused, "{name}: connections refused, a client held its share (refused: from all clients since the last such line)")
         }
         None => tracing::info!(
             refused,
-            "web door: connections refused, a client held its share (refused: from all clients since the last such line)"
+            "{name}: connections refused, a client held its share (refused: from all clients since the last such line)"
         ),
     }
 }
@@ -260,6 +292,8 @@ fn log_refused(latest: Option<std::net::IpAddr>, refused: u64) {
 /// An accepted connection that holds its slots for as long as it lives, and ends when the
 /// service has written nothing to it for `idle_timeout`.
 pub struct CappedStream {
+    /// The listener's name, for the errors that end a connection.
+    name: &'static str,
     stream: TcpStream,
     /// This connection's requests being handled (see [`Peer::handling`]): hyper reads while a
     /// handler runs (to notice a client that went away), and that read must not cut the
@@ -294,7 +328,10 @@ impl AsyncRead for CappedStream {
         } else if self.silent_until.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                "web door: nothing sent to this caller within http_idle_timeout",
+                format!(
+                    "{}: nothing sent to this caller within the idle timeout",
+                    self.name
+                ),
             )));
         }
         Pin::new(&mut self.stream).poll_read(cx, buf)
@@ -319,7 +356,10 @@ impl AsyncWrite for CappedStream {
             Poll::Pending if self.silent_until.as_mut().poll(cx).is_ready() => {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    "web door: the caller read nothing of the answer within http_idle_timeout",
+                    format!(
+                        "{}: the caller read nothing of the answer within the idle timeout",
+                        self.name
+                    ),
                 )));
             }
             _ => {}

@@ -4,14 +4,20 @@
 //! state — the queue's contents, the AUTH bans in force — is read from the running server
 //! ([`ServerView`]) at each scrape, so it is never stale and nothing keeps a second tally.
 //! The endpoint has no authentication: `check-config` warns when it is not on loopback.
+//!
+//! Its connections are capped like the probe service's web door ([`metrics_caps`]): it shares
+//! the process's file descriptors with the SMTP listeners, and without a cap anyone who can
+//! reach it could hold enough idle connections that the listeners could not accept mail.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use relayward_probe_service::http_listener::{CappedListener, Caps};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -19,6 +25,19 @@ use crate::view::ServerView;
 
 /// The OpenMetrics text format, which Prometheus reads (prometheus-client writes it).
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Connections to the endpoint at once (more wait in the kernel's backlog), per client (the
+/// next gets `503`), and how long one may stay without an answer written to it: a scraper
+/// needs one connection, a few when several scrape; its scrape takes well under the timeout.
+fn metrics_caps() -> Caps {
+    Caps {
+        total: 32,
+        per_client: 8,
+        idle_timeout: Duration::from_secs(30),
+        counted_only_in_total: Arc::new(|_| false),
+        name: "metrics endpoint",
+    }
+}
 
 /// Serves `/metrics` and `/healthz` on `listener` until `shutdown` turns true.
 pub fn spawn(
@@ -32,7 +51,7 @@ pub fn spawn(
         .fallback(not_found)
         .with_state(view);
     tokio::spawn(async move {
-        let served = axum::serve(listener, app)
+        let served = axum::serve(CappedListener::new(listener, metrics_caps()), app)
             .with_graceful_shutdown(async move {
                 let _ = shutdown.wait_for(|stopping| *stopping).await;
             })

@@ -193,3 +193,39 @@ fn healthz_is_200_while_everything_works_and_503_with_the_reason_otherwise() {
     );
     assert_eq!(http.get("/nothing").status, 404);
 }
+
+/// Idle connections to the metrics endpoint cannot take the file descriptors the SMTP
+/// listeners need: the endpoint holds a few per client and a few dozen in all (the rest wait
+/// in the kernel's backlog or get `503`), so mail is still accepted and a scraper from
+/// elsewhere still gets its page.
+///
+/// ```text
+/// (relayward limited to 256 descriptors)
+/// 300 connections to [metrics] listen, held idle
+/// connect to mx, EHLO                        -> 220, 250
+/// GET /metrics from 127.0.0.5                -> 200
+/// ```
+#[test]
+fn idle_connections_to_the_metrics_endpoint_cannot_starve_the_smtp_listener() {
+    let server = TestServer::start(&standard_config(METRICS));
+    let limited = std::process::Command::new("prlimit")
+        .arg(format!("--pid={}", server.pid()))
+        .arg("--nofile=256:256")
+        .status()
+        .expect("run prlimit (util-linux)");
+    assert!(limited.success(), "prlimit: {limited}");
+    let metrics = server.addr("metrics");
+    let held: Vec<std::net::TcpStream> = (0..300)
+        .filter_map(|_| std::net::TcpStream::connect(metrics).ok())
+        .collect();
+    assert!(held.len() > 256, "only {} connections opened", held.len());
+    // Time for the endpoint to take what it will of them.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+
+    let mut smtp = server.smtp("mx");
+    smtp.send("EHLO client.outside.test").expect(250);
+    smtp.send("QUIT").expect(221);
+    let page = Http::new(metrics).from("127.0.0.5").get("/metrics");
+    assert_eq!(page.status, 200, "{}", page.body);
+    drop(held);
+}
