@@ -30,7 +30,59 @@ pub fn check(config: &Config) -> (Vec<ConfigProblem>, Option<Switch>) {
     check_tls(config, &switch, &mut problems);
     check_delivery_files(config, account, &mut problems);
     check_dkim_keys(config, account, &mut problems);
+    check_descriptor_limit(config, &mut problems);
     (problems, Some(switch))
+}
+
+/// Descriptors beside the sessions' and the deliveries': listeners, the spool and its
+/// committer, the Maildir being written, DNS, the log.
+const SPARE_DESCRIPTORS: u64 = 64;
+
+/// Every SMTP session and every delivery holds a file descriptor; at the process's limit the
+/// listeners cannot accept (EMFILE) and clients hear no banner. `serve` raises its soft limit
+/// to the hard one ([`raise_descriptor_limit`]), so the hard limit is what counts here.
+fn check_descriptor_limit(config: &Config, problems: &mut Vec<ConfigProblem>) {
+    use rustix::process::{Resource, getrlimit};
+    let Some(hard) = getrlimit(Resource::Nofile).maximum else {
+        return;
+    };
+    let sessions = u64::from(config.limits.max_connections);
+    let deliveries = u64::from(config.delivery.max_connections);
+    let needed = sessions + deliveries + SPARE_DESCRIPTORS;
+    if hard < needed {
+        problems.push(warning(
+            "limits.max_connections",
+            format!(
+                "the open files limit is {hard}, below the {needed} that {sessions} sessions \
+                 (limits.max_connections) and {deliveries} deliveries \
+                 (delivery.max_connections) need with {SPARE_DESCRIPTORS} to spare: near it \
+                 new connections are not accepted; raise the hard limit (systemd \
+                 LimitNOFILE=, the shipped unit sets 65536; ulimit -Hn) or lower the two keys"
+            ),
+        ));
+    }
+}
+
+/// Raises the soft open-files limit to the hard one, as Go's runtime and many servers do at
+/// start: a shell's soft limit is often 1,024, fewer than the default `max_connections`
+/// allows sessions. Returns the new limit when it was raised; a failure leaves the limit as
+/// it was (the warning of [`check`] tells when that is too low).
+pub fn raise_descriptor_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    // An unlimited hard limit (`None`) is left alone: Linux caps the soft one at `nr_open`.
+    let limit = getrlimit(Resource::Nofile);
+    let (Some(soft), Some(hard)) = (limit.current, limit.maximum) else {
+        return None;
+    };
+    if soft >= hard {
+        return None;
+    }
+    let raised = Rlimit {
+        current: Some(hard),
+        maximum: Some(hard),
+    };
+    setrlimit(Resource::Nofile, raised).ok()?;
+    Some(hard)
 }
 
 fn error(key: &str, message: impl Into<String>) -> ConfigProblem {

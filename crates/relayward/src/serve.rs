@@ -40,6 +40,7 @@ pub async fn run(_args: ServeArgs, config_arg: ConfigArg) -> ExitCode {
         );
         return ExitCode::from(EXIT_CONFIG);
     }
+    let raised = crate::preflight::raise_descriptor_limit();
     let (problems, switch) = crate::preflight::check(&config);
     crate::print_problems(&problems, &config_arg);
     let refused = problems
@@ -51,6 +52,9 @@ pub async fn run(_args: ServeArgs, config_arg: ConfigArg) -> ExitCode {
         );
         return ExitCode::from(EXIT_CONFIG);
     };
+    if let Some(limit) = raised {
+        tracing::info!(limit, "open files limit raised to the hard limit");
+    }
     match serve(config, config_arg, switch).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is::<Refused>() => {

@@ -228,3 +228,70 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
         "systemd-analyze has remarks about the unit:\n{out}"
     );
 }
+
+/// The soft and hard "Max open files" of a process, from `/proc/PID/limits`.
+fn descriptor_limit_of(pid: u32) -> Option<(String, String)> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let mut words = line["Max open files".len()..].split_whitespace();
+    Some((words.next()?.to_string(), words.next()?.to_string()))
+}
+
+/// A shell's soft limit (often 1,024) is lower than the sessions `max_connections` allows
+/// (1,000) plus deliveries; `serve` raises it to the hard limit at start and says so.
+///
+/// ```text
+/// prlimit --nofile=256:4096 -- relayward serve   -> /proc/PID/limits: 4096 4096; log: raised
+/// ```
+#[test]
+fn serve_raises_its_open_files_limit_to_the_hard_limit() {
+    let server = TestServer::start_under(
+        &["prlimit", "--nofile=256:4096", "--"],
+        &standard_config(""),
+    );
+    assert_eq!(
+        descriptor_limit_of(server.pid()),
+        Some(("4096".to_string(), "4096".to_string()))
+    );
+    server.wait_for_log("open files limit raised to the hard limit");
+    // And it serves.
+    let mut smtp = server.smtp("mx");
+    smtp.send("EHLO client.outside.test").expect(250);
+    smtp.send("QUIT").expect(221);
+}
+
+/// When even the hard limit is below what the configured sessions and deliveries need,
+/// `check-config` and `serve` warn, naming the key and the fix; `serve` still starts.
+///
+/// ```text
+/// prlimit --nofile=256:256 -- relayward check-config  -> exit 0, warning: limits.max_connections: …
+/// ```
+#[test]
+fn a_hard_open_files_limit_too_low_for_max_connections_is_a_warning() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text =
+        standard_config("").replace("DATA_DIR", &dir.path().join("data").display().to_string());
+    let path = dir.path().join("relayward.toml");
+    std::fs::write(&path, text).expect("write config");
+    let output = std::process::Command::new("prlimit")
+        .args(["--nofile=256:256", "--"])
+        .arg(support::binary())
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .expect("run check-config under prlimit (util-linux)");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
+    let all = format!("{stdout}{stderr}");
+    let warning = all
+        .lines()
+        .find(|l| l.contains("limits.max_connections") && l.contains("open files limit is 256"))
+        .unwrap_or_else(|| panic!("no warning about the open files limit:\n{all}"));
+    assert!(warning.contains("warning"), "{warning}");
+    assert!(warning.contains("LimitNOFILE"), "{warning}");
+
+    let server =
+        TestServer::start_under(&["prlimit", "--nofile=256:256", "--"], &standard_config(""));
+    server.wait_for_log("open files limit is 256");
+}

@@ -95,7 +95,27 @@ impl TestServer {
         Self::spawn_adjusted(subcommand, dir, config, |_| {})
     }
 
+    /// [`TestServer::start`] under a wrapper command, e.g. `["prlimit", "--nofile=256:4096",
+    /// "--"]`: the wrapper runs the binary with the usual arguments.
+    #[allow(dead_code)]
+    pub fn start_under(wrapper: &[&str], config: &str) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut command = Command::new(wrapper[0]);
+        command.args(&wrapper[1..]).arg(binary());
+        Self::spawn_command(command, "serve", dir, config, |_| {})
+    }
+
     fn spawn_adjusted(
+        subcommand: &str,
+        dir: tempfile::TempDir,
+        config: &str,
+        adjust: impl FnOnce(&mut Command),
+    ) -> TestServer {
+        Self::spawn_command(Command::new(binary()), subcommand, dir, config, adjust)
+    }
+
+    fn spawn_command(
+        mut command: Command,
         subcommand: &str,
         dir: tempfile::TempDir,
         config: &str,
@@ -105,7 +125,6 @@ impl TestServer {
         let config = config.replace("DATA_DIR", &data_dir.display().to_string());
         let config_path = dir.path().join("relayward.toml");
         std::fs::write(&config_path, &config).expect("write config");
-        let mut command = Command::new(binary());
         command
             .args([subcommand, "--config"])
             .arg(&config_path)
