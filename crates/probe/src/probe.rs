@@ -230,22 +230,7 @@ impl<'a> Runner<'a> {
 
     /// The report when the very first session could not be opened.
     fn unreachable(&mut self, e: OpenError) -> TargetReport {
-        let (verdict, reason) = match &e {
-            OpenError::Refused(r) if r.is_permanent() => (
-                Verdict::Closed,
-                format!("server refuses every session: {}", ReplyInfo::from(r)),
-            ),
-            OpenError::Refused(r) => (
-                Verdict::Inconclusive,
-                format!("session refused for now: {}", ReplyInfo::from(r)),
-            ),
-            OpenError::TlsRequired | OpenError::Tls(_) => (Verdict::Inconclusive, e.to_string()),
-            OpenError::Conn(c) if c.is_excess() => (
-                Verdict::Inconclusive,
-                format!("the server's replies exceed the probe's limits: {c}"),
-            ),
-            _ => (Verdict::Unreachable, e.to_string()),
-        };
+        let (verdict, reason) = open_failure_verdict(&e);
         self.report(verdict, reason, Vec::new(), Vec::new(), Vec::new())
     }
 
@@ -1041,9 +1026,57 @@ fn nonce() -> String {
         .collect()
 }
 
+/// The verdict when a target's first session could not be opened. A connection this machine
+/// could not make (out of file descriptors, socket buffers or memory: EMFILE, ENFILE,
+/// ENOBUFS, ENOMEM) says nothing about the target, so it is inconclusive, not unreachable.
+fn open_failure_verdict(e: &OpenError) -> (Verdict, String) {
+    match e {
+        OpenError::Refused(r) if r.is_permanent() => (
+            Verdict::Closed,
+            format!("server refuses every session: {}", ReplyInfo::from(r)),
+        ),
+        OpenError::Refused(r) => (
+            Verdict::Inconclusive,
+            format!("session refused for now: {}", ReplyInfo::from(r)),
+        ),
+        OpenError::Connect(_) if e.is_local_shortage() => (
+            Verdict::Inconclusive,
+            format!(
+                "this machine could not open the connection ({e}): lower --concurrency or \
+                 raise the open files limit"
+            ),
+        ),
+        OpenError::TlsRequired | OpenError::Tls(_) => (Verdict::Inconclusive, e.to_string()),
+        OpenError::Conn(c) if c.is_excess() => (
+            Verdict::Inconclusive,
+            format!("the server's replies exceed the probe's limits: {c}"),
+        ),
+        _ => (Verdict::Unreachable, e.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// EMFILE at connect is this machine's shortage: the target may well be an open relay.
+    #[test]
+    fn a_connection_this_machine_could_not_make_is_inconclusive_not_unreachable() {
+        use rustix::io::Errno;
+        for errno in [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM] {
+            let e = OpenError::Connect(std::io::Error::from_raw_os_error(errno.raw_os_error()));
+            let (verdict, reason) = open_failure_verdict(&e);
+            assert_eq!(verdict, Verdict::Inconclusive, "{reason}");
+            assert!(reason.contains("--concurrency"), "{reason}");
+        }
+        let refused =
+            OpenError::Connect(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert_eq!(open_failure_verdict(&refused).0, Verdict::Unreachable);
+        assert_eq!(
+            open_failure_verdict(&OpenError::ConnectTimeout).0,
+            Verdict::Unreachable
+        );
+    }
 
     #[test]
     fn local_domain_guess() {

@@ -47,6 +47,20 @@ pub enum OpenError {
     TlsRequired,
 }
 
+impl OpenError {
+    /// Whether the connection failed for want of something on this machine — descriptors,
+    /// socket buffers, memory — rather than because of the target.
+    pub fn is_local_shortage(&self) -> bool {
+        use rustix::io::Errno;
+        let OpenError::Connect(e) = self else {
+            return false;
+        };
+        [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM]
+            .iter()
+            .any(|errno| e.raw_os_error() == Some(errno.raw_os_error()))
+    }
+}
+
 /// Waits for this connection's turn under `--rate-per-net` and `--rate`. Called before the
 /// caller computes the connection's deadline, so time spent waiting for a slot never counts
 /// as the server's slowness.

@@ -4,6 +4,7 @@ mod admin;
 mod admin_cmd;
 mod check_config;
 mod delivery;
+mod descriptors;
 mod dkim_cmd;
 mod hash_password;
 mod manual;
@@ -205,6 +206,7 @@ fn main() -> ExitCode {
         Commands::HashPassword => hash_password::run(json),
         Commands::Probe(mut args) => {
             args.json |= json;
+            fit_concurrency_to_descriptors(&mut args);
             let code = runtime.block_on(relayward_probe::cli::run(*args));
             ExitCode::from(u8::try_from(code).unwrap_or(2))
         }
@@ -224,6 +226,29 @@ fn main() -> ExitCode {
         Commands::TlsReport(args) => runtime.block_on(admin_cmd::tls_report(args, config, json)),
         Commands::Completions(args) => manual::completions(&args),
         Commands::Man(args) => manual::man(&args),
+    }
+}
+
+/// A probed target holds a connection and, at times, a DNS socket: `--concurrency` beyond
+/// what the open files limit allows would make `connect` fail with EMFILE, which is this
+/// machine's shortage, not the target's. The soft limit is raised to the hard one first;
+/// a concurrency still too high is lowered, and the user told.
+fn fit_concurrency_to_descriptors(args: &mut relayward_probe::cli::ProbeArgs) {
+    /// Descriptors kept free for the resolver, the state file, the confirm listener.
+    const SPARE: u64 = 16;
+    descriptors::raise_to_hard_limit();
+    let (Some(limit), Some(open)) = (descriptors::soft_limit(), descriptors::open_now()) else {
+        return;
+    };
+    let fits = (limit.saturating_sub(open + SPARE) / 2).max(1);
+    let fits = usize::try_from(fits).unwrap_or(usize::MAX);
+    if args.concurrency > fits {
+        eprintln!(
+            "relayward: probing {fits} targets at once, not {}: the open files limit is {limit} \
+             (raise it with ulimit -n to probe more at once)",
+            args.concurrency
+        );
+        args.concurrency = fits;
     }
 }
 

@@ -40,7 +40,8 @@ const SPARE_DESCRIPTORS: u64 = 64;
 
 /// Every SMTP session and every delivery holds a file descriptor; at the process's limit the
 /// listeners cannot accept (EMFILE) and clients hear no banner. `serve` raises its soft limit
-/// to the hard one ([`raise_descriptor_limit`]), so the hard limit is what counts here.
+/// to the hard one ([`crate::descriptors::raise_to_hard_limit`]), so the hard limit is what
+/// counts here.
 fn check_descriptor_limit(config: &Config, problems: &mut Vec<ConfigProblem>) {
     use rustix::process::{Resource, getrlimit};
     let Some(hard) = getrlimit(Resource::Nofile).maximum else {
@@ -61,28 +62,6 @@ fn check_descriptor_limit(config: &Config, problems: &mut Vec<ConfigProblem>) {
             ),
         ));
     }
-}
-
-/// Raises the soft open-files limit to the hard one, as Go's runtime and many servers do at
-/// start: a shell's soft limit is often 1,024, fewer than the default `max_connections`
-/// allows sessions. Returns the new limit when it was raised; a failure leaves the limit as
-/// it was (the warning of [`check`] tells when that is too low).
-pub fn raise_descriptor_limit() -> Option<u64> {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    // An unlimited hard limit (`None`) is left alone: Linux caps the soft one at `nr_open`.
-    let limit = getrlimit(Resource::Nofile);
-    let (Some(soft), Some(hard)) = (limit.current, limit.maximum) else {
-        return None;
-    };
-    if soft >= hard {
-        return None;
-    }
-    let raised = Rlimit {
-        current: Some(hard),
-        maximum: Some(hard),
-    };
-    setrlimit(Resource::Nofile, raised).ok()?;
-    Some(hard)
 }
 
 fn error(key: &str, message: impl Into<String>) -> ConfigProblem {

@@ -40,7 +40,7 @@ pub async fn run(_args: ServeArgs, config_arg: ConfigArg) -> ExitCode {
         );
         return ExitCode::from(EXIT_CONFIG);
     }
-    let raised = crate::preflight::raise_descriptor_limit();
+    let raised = crate::descriptors::raise_to_hard_limit();
     let (problems, switch) = crate::preflight::check(&config);
     crate::print_problems(&problems, &config_arg);
     let refused = problems

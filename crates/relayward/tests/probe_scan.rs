@@ -222,3 +222,54 @@ fn target_typos_are_usage_errors_with_a_suggestion() {
         assert!(out.contains(needle), "{target}: {out}");
     }
 }
+
+/// A scan asked to run more targets at once than the open files limit allows is fitted to
+/// the limit (and says so) instead of failing connects with EMFILE and calling live servers
+/// unreachable.
+///
+/// ```text
+/// prlimit --nofile=40:40 -- relayward probe --json -j 1000 -   (32 closed servers)
+///   -> stderr "probing N targets at once, not 1000"; 32 × CLOSED, no UNREACHABLE
+/// ```
+#[test]
+fn a_scan_wider_than_the_open_files_limit_is_fitted_to_it() {
+    let first = responder("127.0.6.1:0", Duration::from_millis(2));
+    let port = first.addr.port();
+    let mut servers = vec![first];
+    for i in 2..=32 {
+        servers.push(responder(
+            &format!("127.0.6.{i}:{port}"),
+            Duration::from_millis(2),
+        ));
+    }
+    let targets: String = (1..=32).map(|i| format!("127.0.6.{i}:{port}\n")).collect();
+    let mut child = Command::new("prlimit")
+        .args(["--nofile=40:40", "--"])
+        .arg(binary())
+        .args(["probe", "--json", "-j", "1000", "--test-timeout", "5s", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn probe under prlimit (util-linux)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(targets.as_bytes())
+        .expect("write targets");
+    let out = child.wait_with_output().expect("probe output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let found = reports(&stdout);
+    assert_eq!(found.len(), 32, "{stdout}\n{stderr}");
+    let not_closed: Vec<String> = found
+        .iter()
+        .filter(|r| r["verdict"] != "CLOSED")
+        .map(|r| format!("{} {} {}", r["target"], r["verdict"], r["reason"]))
+        .collect();
+    assert!(not_closed.is_empty(), "{not_closed:#?}\n{stderr}");
+    assert!(stderr.contains("targets at once, not 1000"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    drop(servers);
+}
