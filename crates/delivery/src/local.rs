@@ -177,9 +177,10 @@ pub async fn sweep_abandoned_copies(
 fn log_sweep(root: &Path, swept: &relayward_queue::maildir::Swept) {
     let root = root.display();
     if swept.removed > 0 {
+        let hours = relayward_queue::maildir::ABANDONED_AFTER.as_secs() / 3600;
         tracing::info!(
             removed = swept.removed,
-            "maildir sweep: removed {} abandoned file(s) older than 36 h from tmp/ under {root}",
+            "maildir sweep: removed {} abandoned file(s) older than {hours} h from tmp/ under {root}",
             swept.removed
         );
     }

@@ -49,7 +49,6 @@ Content-Length: 40\r\nRetry-After: 10\r\nConnection: close\r\n\r\n\
 too many connections from your address\r\n";
 
 /// What a [`CappedListener`] allows.
-#[derive(Clone)]
 pub struct Caps {
     /// Connections at once; the next waits in the kernel's backlog.
     pub total: usize,
@@ -309,6 +308,24 @@ pub struct CappedStream {
     _slot: ClientSlot,
 }
 
+impl CappedStream {
+    /// Whether the service has written nothing to this connection for `idle_timeout` while
+    /// no request of it was being handled. A handler running, or one that ended since the
+    /// last look, starts the countdown again. The timer is polled in every case, so that its
+    /// firing wakes a read or a write that would otherwise wait for ever.
+    fn countdown_ended(&mut self, cx: &mut Context<'_>) -> bool {
+        let done = self.requests.done.load(Ordering::SeqCst);
+        if self.requests.running.load(Ordering::SeqCst) > 0 || done != self.requests_seen_done {
+            self.requests_seen_done = done;
+            let next = Instant::now() + self.idle_timeout;
+            self.silent_until.as_mut().reset(next);
+            let _ = self.silent_until.as_mut().poll(cx);
+            return false;
+        }
+        self.silent_until.as_mut().poll(cx).is_ready()
+    }
+}
+
 impl AsyncRead for CappedStream {
     /// Reads, unless the service has been silent for `idle_timeout`: then the read fails, and
     /// hyper closes the connection. (The timer is polled here too, so a read that waits
@@ -318,14 +335,7 @@ impl AsyncRead for CappedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let done = self.requests.done.load(Ordering::SeqCst);
-        if self.requests.running.load(Ordering::SeqCst) > 0 || done != self.requests_seen_done {
-            self.requests_seen_done = done;
-            let next = Instant::now() + self.idle_timeout;
-            self.silent_until.as_mut().reset(next);
-            // Polled once so that the timer wakes this connection when it fires.
-            let _ = self.silent_until.as_mut().poll(cx);
-        } else if self.silent_until.as_mut().poll(cx).is_ready() {
+        if self.countdown_ended(cx) {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!(
@@ -352,8 +362,8 @@ impl AsyncWrite for CappedStream {
             }
             // A caller that stops reading stalls the write for good, and hyper does not read
             // while it waits to write, so the read side's check would never run: the same
-            // countdown ends the write. (Polled so that its firing wakes the writer.)
-            Poll::Pending if self.silent_until.as_mut().poll(cx).is_ready() => {
+            // countdown ends the write.
+            Poll::Pending if self.countdown_ended(cx) => {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!(

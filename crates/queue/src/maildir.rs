@@ -240,12 +240,13 @@ fn subdirectories(dir: &Path, swept: &mut Swept) -> Vec<PathBuf> {
 }
 
 /// Removes the regular files in one `tmp/` modified before `cutoff`.
+/// A `tmp/` that is missing, or not a real directory (a link), is left alone.
 fn sweep_tmp(tmp: &Path, cutoff: SystemTime, swept: &mut Swept) {
-    let Ok(meta) = fs::symlink_metadata(tmp) else {
-        return;
-    };
-    if !meta.is_dir() {
-        return;
+    match fs::symlink_metadata(tmp) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => return,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return,
+        Err(err) => return swept.fail(err),
     }
     let entries = match fs::read_dir(tmp) {
         Ok(entries) => entries,

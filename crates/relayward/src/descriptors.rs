@@ -23,6 +23,11 @@ pub fn raise_to_hard_limit() -> Option<u64> {
     Some(hard)
 }
 
+/// The hard limit, which [`raise_to_hard_limit`] raises the soft one to (`None`: unlimited).
+pub fn hard_limit() -> Option<u64> {
+    getrlimit(Resource::Nofile).maximum
+}
+
 /// The soft limit in force (`None`: unlimited).
 pub fn soft_limit() -> Option<u64> {
     getrlimit(Resource::Nofile).current

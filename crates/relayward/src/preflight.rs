@@ -43,8 +43,7 @@ const SPARE_DESCRIPTORS: u64 = 64;
 /// to the hard one ([`crate::descriptors::raise_to_hard_limit`]), so the hard limit is what
 /// counts here.
 fn check_descriptor_limit(config: &Config, problems: &mut Vec<ConfigProblem>) {
-    use rustix::process::{Resource, getrlimit};
-    let Some(hard) = getrlimit(Resource::Nofile).maximum else {
+    let Some(hard) = crate::descriptors::hard_limit() else {
         return;
     };
     let sessions = u64::from(config.limits.max_connections);

@@ -24,6 +24,24 @@ fn responder(bind: &str, delay: Duration) -> SmtpServer {
     SmtpServer::bind(bind, script.rcpt_reply("554 5.7.1 Relay access denied"))
 }
 
+/// Runs `probe` (a `relayward probe … -`, or a wrapper around one) with `targets` on its
+/// stdin, and collects its output.
+fn run_with_targets_on_stdin(mut probe: Command, targets: &[u8]) -> std::process::Output {
+    let mut child = probe
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {probe:?}: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(targets)
+        .expect("write targets");
+    child.wait_with_output().expect("probe output")
+}
+
 /// The JSON reports in a probe's stdout, by target.
 fn reports(stdout: &str) -> Vec<serde_json::Value> {
     stdout
@@ -164,7 +182,8 @@ fn targets_from_stdin_exclusions_and_several_ports() {
     std::fs::write(&exclude, "# never these\n127.0.4.21/32\n").expect("write");
 
     let ports = format!("{port},{}", a2.addr.port());
-    let mut child = Command::new(binary())
+    let mut probe = Command::new(binary());
+    probe
         .args([
             "probe",
             "--json",
@@ -175,19 +194,8 @@ fn targets_from_stdin_exclusions_and_several_ports() {
             "--exclude-file",
         ])
         .arg(&exclude)
-        .arg("-")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn probe");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"# from zmap\n127.0.4.20\n127.0.4.21\n")
-        .expect("write targets");
-    let out = child.wait_with_output().expect("probe output");
+        .arg("-");
+    let out = run_with_targets_on_stdin(probe, b"# from zmap\n127.0.4.20\n127.0.4.21\n");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
@@ -243,22 +251,17 @@ fn a_scan_wider_than_the_open_files_limit_is_fitted_to_it() {
         ));
     }
     let targets: String = (1..=32).map(|i| format!("127.0.6.{i}:{port}\n")).collect();
-    let mut child = Command::new("prlimit")
-        .args(["--nofile=40:40", "--"])
-        .arg(binary())
-        .args(["probe", "--json", "-j", "1000", "--test-timeout", "5s", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn probe under prlimit (util-linux)");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(targets.as_bytes())
-        .expect("write targets");
-    let out = child.wait_with_output().expect("probe output");
+    let mut probe = Command::new("prlimit");
+    probe.args(["--nofile=40:40", "--"]).arg(binary()).args([
+        "probe",
+        "--json",
+        "-j",
+        "1000",
+        "--test-timeout",
+        "5s",
+        "-",
+    ]);
+    let out = run_with_targets_on_stdin(probe, targets.as_bytes());
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let found = reports(&stdout);
