@@ -27,9 +27,11 @@
 //!    holds it. A small message whose commit finds another under way is written on the
 //!    session's own thread instead (`draft::stages_without_waiting`): it waits for the
 //!    committer's flush either way, and a hand-off to the pool and back costs more than
-//!    the two writes.
-//! 2. At its end the size and a CRC-32 of the content are written in place into the header,
-//!    and the id goes to one committer thread. It takes the first waiting message plus every
+//!    its one write.
+//! 2. At its end the size and a CRC-32 of the content are written in place into the header
+//!    (a message given whole, as a small draft is at its commit, gets them in its header's
+//!    first and only write, together with the content), and the id goes to one committer
+//!    thread. It takes the first waiting message plus every
 //!    other one already waiting (up to [`SpoolOptions::max_batch`]), renames each into `msg/`
 //!    and makes the batch durable with **one** flush: a `syncfs(2)` of the spool's filesystem
 //!    ([`CommitMode::Filesystem`]), which writes the content and the new directory entries
@@ -123,7 +125,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use relayward_protocol::text::Escaped;
 use tokio::sync::{Notify, oneshot};
 
-use self::draft::{Held, SlotUse, SpoolDraft, Staging};
+use self::draft::{Content, Held, SlotUse, SpoolDraft, Staging};
 use self::entry::{Change, apply_updates, parse_state, read_header};
 use self::fresh::FreshContent;
 use crate::fsutil::{
@@ -426,7 +428,13 @@ impl Spool {
         let committer = self.committer.clone();
         let (reply, answer) = oneshot::channel();
         let stage = move |slot: SlotUse| {
-            let staging = Staging::create(&inner, &message, message.content.len(), slot)?;
+            let staging = Staging::create(
+                &inner,
+                &message,
+                message.content.len(),
+                slot,
+                Content::Whole,
+            )?;
             let id = staging.id().clone();
             // Kept before the hand-over: the runner may ask for it the moment it is committed.
             inner.fresh.keep(&id, message.content);

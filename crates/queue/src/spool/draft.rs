@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
 
-use super::entry::{Slots, encode_open_header, slot_digits};
+use super::entry::{SLOT_DIGITS, Slots, encode_open_header, slot_digits};
 use super::slots::SLOT_BYTES;
 use super::{
     CommitMode, Committing, Inner, Staged, blocking, committer_gone, invalid_input, unix_now,
@@ -59,6 +59,20 @@ pub(super) struct Staging {
     /// The free-space check at creation covered the whole content (nothing was appended or
     /// replaced since): the commit needs no second one.
     space_checked_whole: bool,
+    /// The header on disk already holds the final size and checksum (a whole message
+    /// written at once): the commit writes no placeholders.
+    header_final: bool,
+}
+
+/// What [`Staging::create`] is given: the whole message, or its start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Content {
+    /// All of it: the header is written with its final size and checksum, together with
+    /// the content in one write, and nothing may be appended.
+    Whole,
+    /// What arrived so far: the header keeps its placeholders until the commit. A file in a
+    /// slot with a header that matched a partial content would look complete to recovery.
+    SoFar,
 }
 
 impl Staging {
@@ -71,6 +85,7 @@ impl Staging {
         message: &NewMessage,
         prefix_len: usize,
         slot: SlotUse,
+        content: Content,
     ) -> Result<Staging, QueueError> {
         if message.recipients.is_empty() {
             return Err(invalid_input("a message needs at least one recipient"));
@@ -80,7 +95,7 @@ impl Staging {
             .split_at(prefix_len.min(message.content.len()));
         inner.check_space(message.content.len() as u64)?;
         let id = crate::id::generate();
-        let (header, slots) =
+        let (mut header, slots) =
             encode_open_header(&QueuedMessage::accepted(id.clone(), message, unix_now()))
                 .map_err(queue_error)?;
         let free_slot = match slot {
@@ -115,21 +130,48 @@ impl Staging {
             prefix_checksum: crc32fast::Hasher::new(),
             since_space_check: 0,
             space_checked_whole: true,
+            header_final: content == Content::Whole,
         };
-        // On error `staging` is dropped here, which removes the partial file.
-        staging.file.write_all(&header).map_err(queue_error)?;
-        staging
-            .file
-            .write_all(&message.content)
-            .map_err(queue_error)?;
         staging.count_written(prefix)?;
         staging.prefix_checksum = staging.checksum.clone();
         staging.count_written(rest)?;
+        // On error `staging` is dropped here, which removes the partial file.
+        if staging.header_final {
+            // One write instead of three: header and content, the header already final.
+            staging.fill_placeholders(&mut header);
+            header.extend_from_slice(&message.content);
+            staging.file.write_all(&header).map_err(queue_error)?;
+        } else {
+            staging.file.write_all(&header).map_err(queue_error)?;
+            staging
+                .file
+                .write_all(&message.content)
+                .map_err(queue_error)?;
+        }
         Ok(staging)
+    }
+
+    /// The size and checksum of the content counted so far, as the header's placeholders.
+    fn final_values(&self) -> [(u64, usize); 2] {
+        let checksum = u64::from(self.checksum.clone().finalize());
+        [
+            (self.content_len, self.slots.size),
+            (checksum, self.slots.checksum),
+        ]
+    }
+
+    /// Writes the final values into a header still in memory.
+    fn fill_placeholders(&self, header: &mut [u8]) {
+        for (value, at) in self.final_values() {
+            header[at..at + SLOT_DIGITS].copy_from_slice(&slot_digits(value));
+        }
     }
 
     /// Appends content.
     fn append(&mut self, chunk: &[u8]) -> Result<(), QueueError> {
+        if self.header_final {
+            return Err(invalid_input("a whole message cannot grow"));
+        }
         self.space_checked_whole = false;
         self.file.write_all(chunk).map_err(queue_error)?;
         self.count_written(chunk)
@@ -181,14 +223,12 @@ impl Staging {
         reply: tokio::sync::oneshot::Sender<Result<(), QueueError>>,
         committer: &mpsc::Sender<Staged>,
     ) -> Result<(), QueueError> {
-        let checksum = u64::from(self.checksum.clone().finalize());
-        for (value, at) in [
-            (self.content_len, self.slots.size),
-            (checksum, self.slots.checksum),
-        ] {
-            self.file
-                .write_all_at(&slot_digits(value), at as u64)
-                .map_err(queue_error)?;
+        if !self.header_final {
+            for (value, at) in self.final_values() {
+                self.file
+                    .write_all_at(&slot_digits(value), at as u64)
+                    .map_err(queue_error)?;
+            }
         }
         if !self.space_checked_whole {
             self.inner.check_space(0)?;
@@ -258,7 +298,7 @@ pub(super) enum SlotUse {
 /// Whether a small message of `len` octets can be staged and handed to the committer on the
 /// session's own thread instead of a blocking-pool thread. It can when its commit will be
 /// the committer's (`syncfs` commits) and another commit is under way: staging is then a
-/// file creation and two writes into the page cache, no flush, cheaper than the two thread
+/// file creation and one write into the page cache, no flush, cheaper than the two thread
 /// wake-ups of a hand-off, and the session waits for the committer's flush anyway. A lone
 /// commit goes to the pool, where it may take a preallocated file and flush it itself.
 pub(super) fn stages_without_waiting(inner: &Inner, len: usize) -> bool {
@@ -346,6 +386,7 @@ impl SpoolDraft {
                     memory.message(),
                     memory.prefix_len(),
                     SlotUse::IfWorthIt,
+                    Content::SoFar,
                 )?,
             };
             let result = work(&mut staging);
