@@ -217,6 +217,11 @@ fn main() -> ExitCode {
                 args.config = config.config;
             }
             init_logging(json);
+            // Its doors may hold 512 web connections, 256 telnet callers and the running
+            // tests' connections: more than a shell's soft limit of 1,024 allows at full load.
+            if let Some(limit) = descriptors::raise_to_hard_limit() {
+                tracing::info!(limit, "open files limit raised to the hard limit");
+            }
             ExitCode::from(runtime.block_on(relayward_probe_service::run(args)))
         }
         Commands::Queue(args) => runtime.block_on(queue_cmd::run(args, config, json)),

@@ -864,6 +864,53 @@ fn one_client_cannot_hold_every_web_door_connection() {
     drop(held);
 }
 
+/// A shell's soft open files limit (64 here, often 1,024) is below what the doors are allowed
+/// to hold (512 web connections, 256 telnet callers, the running tests). The service raises
+/// it to the hard limit at start, so callers within the caps are all served:
+/// ```text
+/// prlimit --nofile=64:4096 relayward probe-service
+/// 7 clients x 14 idle web connections          (98, under every cap)
+/// GET / from 127.0.0.5                         -> 200
+/// ```
+#[test]
+fn callers_within_the_caps_are_served_under_a_low_soft_open_files_limit() {
+    let service = TestServer::start_probe_service_under(
+        &["prlimit", "--nofile=64:4096", "--"],
+        &service_config(""),
+    );
+    let door = service.addr("http");
+    let held: Vec<TcpStream> = (10..17)
+        .flat_map(|host| {
+            let ip: std::net::IpAddr = format!("127.0.0.{host}").parse().expect("ip");
+            (0..14).map(move |_| bound_connect(ip, door))
+        })
+        .collect();
+    // Time for the door to accept what it will of them.
+    std::thread::sleep(Duration::from_millis(500));
+
+    let mut caller = bound_connect("127.0.0.5".parse().expect("ip"), door);
+    caller
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    caller
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut answer = String::new();
+    let _ = caller.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200 "),
+        "a caller after {} idle connections: {answer:?}",
+        held.len()
+    );
+    let log = service.log();
+    assert!(
+        log.lines()
+            .any(|line| line.contains("open files limit raised") && line.contains("4096")),
+        "{log}"
+    );
+    drop(held);
+}
+
 /// Accepts connections and never says a word: a test against it runs until its timeouts.
 fn silent_server(ip: &str) -> u16 {
     let listener = TcpListener::bind((ip, 0)).expect("bind");

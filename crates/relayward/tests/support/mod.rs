@@ -99,10 +99,20 @@ impl TestServer {
     /// "--"]`: the wrapper runs the binary with the usual arguments.
     #[allow(dead_code)]
     pub fn start_under(wrapper: &[&str], config: &str) -> TestServer {
+        Self::spawn_under(wrapper, "serve", config)
+    }
+
+    /// [`TestServer::start_probe_service`] under a wrapper command, as [`TestServer::start_under`].
+    #[allow(dead_code)]
+    pub fn start_probe_service_under(wrapper: &[&str], config: &str) -> TestServer {
+        Self::spawn_under(wrapper, "probe-service", config)
+    }
+
+    fn spawn_under(wrapper: &[&str], subcommand: &str, config: &str) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut command = Command::new(wrapper[0]);
         command.args(&wrapper[1..]).arg(binary());
-        Self::spawn_command(command, "serve", dir, config, |_| {})
+        Self::spawn_command(command, subcommand, dir, config, |_| {})
     }
 
     fn spawn_adjusted(
