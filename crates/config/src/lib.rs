@@ -477,7 +477,8 @@ pub struct Delivery {
     /// `[[route]]` host, the smart host); Postfix's `default_destination_concurrency_limit`.
     #[serde(default = "default_connections_per_destination")]
     pub connections_per_destination: u32,
-    /// Deliveries running at once in total (Postfix's `default_process_limit`).
+    /// Deliveries running at once in total (Postfix's `default_process_limit`), and the most
+    /// idle connections kept for reuse.
     #[serde(default = "default_delivery_connections")]
     pub max_connections: u32,
     /// Waits between attempts for a deferred recipient, e.g. `["1m", "5m", "1h"]`; the last

@@ -1184,7 +1184,10 @@ impl Runner {
             conn.last_reply().map(ToString::to_string),
         );
         if conn.reusable() {
-            self.put_pooled(key, conn);
+            if let Some(oldest) = self.put_pooled(key, conn) {
+                // Closed off this delivery's path: its QUIT waits for another server.
+                tokio::spawn(oldest.quit());
+            }
         } else {
             conn.quit().await;
         }
@@ -1245,10 +1248,28 @@ impl Runner {
         }
     }
 
-    fn put_pooled(&self, key: String, conn: Connection) {
-        if let Ok(mut pool) = self.shared.pool.lock() {
-            pool.entry(key).or_default().push((conn, Instant::now()));
+    /// Pools `conn` for the next message to its host. Idle connections count against
+    /// `max_connections` too (each holds a descriptor here and a session on its server): with
+    /// the pool full, the connection idle longest leaves it and is returned, to be closed.
+    fn put_pooled(&self, key: String, conn: Connection) -> Option<Connection> {
+        let limit = self.context().settings.max_connections;
+        let mut pool = self.shared.pool.lock().ok()?;
+        pool.entry(key).or_default().push((conn, Instant::now()));
+        if pool.values().map(Vec::len).sum::<usize>() <= limit {
+            return None;
         }
+        // Each host's list is oldest first (connections are taken from its end).
+        let oldest_key = pool
+            .iter()
+            .filter_map(|(key, conns)| conns.first().map(|(_, since)| (since, key)))
+            .min()
+            .map(|(_, key)| key.clone())?;
+        let conns = pool.get_mut(&oldest_key)?;
+        let (oldest, _) = conns.remove(0);
+        if conns.is_empty() {
+            pool.remove(&oldest_key);
+        }
+        Some(oldest)
     }
 
     /// Drops idle connections past `connection_idle` (their servers will time them out).

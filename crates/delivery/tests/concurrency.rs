@@ -158,6 +158,47 @@ async fn max_connections_caps_all_destinations_together() {
     assert_eq!(runner.destinations_tracked(), 0);
 }
 
+/// Idle pooled connections count against `max_connections` too: each holds a descriptor
+/// here and a session slot on its server. Eight domains, each on its own MX host, one
+/// message each, `max_connections = 3`: once the pass is over (well inside the 10 s idle
+/// time) at most three connections are still open, the oldest idle ones closed with QUIT.
+#[tokio::test]
+async fn idle_pooled_connections_stay_within_max_connections() {
+    let ips: Vec<std::net::Ipv4Addr> = (0..8).map(|n| ip(127, 56, 0, 10 + n)).collect();
+    let port = common_port(&ips);
+    let mut zone = Zone::default();
+    let mut hosts = Vec::new();
+    for (n, mx) in ips.iter().enumerate() {
+        let (host, domain) = (format!("mx{n}.spread.test"), format!("d{n}.test"));
+        zone = zone.a(&host, *mx).mx(&domain, 10, &host);
+        hosts.push(SmtpServer::bind(
+            &sock(*mx, port).to_string(),
+            Script::default(),
+        ));
+    }
+    let dns = DnsServer::start_on(ip(127, 56, 0, 1), zone).addr;
+    let relay = Relay::new();
+    for n in 0..ips.len() {
+        enqueue_many(&relay, &format!("d{n}.test"), 1).await;
+    }
+
+    let settings = from_file(&relay, "max_connections = 3", dns, port);
+    // Kept alive: dropping the runner would close its pool.
+    let runner = relay.runner(settings);
+    deliver_all(&relay, runner.clone()).await;
+
+    let delivered: usize = hosts.iter().map(|srv| srv.messages().len()).sum();
+    assert_eq!(delivered, 8);
+    let open_now = || -> Vec<usize> { hosts.iter().map(SmtpServer::open_connections).collect() };
+    // The closes reach the hosts asynchronously.
+    let within = eventually_async(Duration::from_secs(5), || {
+        open_now().iter().sum::<usize>() <= 3
+    })
+    .await;
+    assert!(within, "connections still open per host: {:?}", open_now());
+    drop(runner);
+}
+
 /// Delivers `count` messages to far.test at a scripted MX host at `mx`, one connection to it
 /// at a time (so that every later message may reuse the first connection); returns the host.
 async fn one_connection_at_a_time(

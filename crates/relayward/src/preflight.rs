@@ -38,24 +38,26 @@ pub fn check(config: &Config) -> (Vec<ConfigProblem>, Option<Switch>) {
 /// committer, the Maildir being written, DNS, the log.
 const SPARE_DESCRIPTORS: u64 = 64;
 
-/// Every SMTP session and every delivery holds a file descriptor; at the process's limit the
-/// listeners cannot accept (EMFILE) and clients hear no banner. `serve` raises its soft limit
-/// to the hard one ([`crate::descriptors::raise_to_hard_limit`]), so the hard limit is what
-/// counts here.
+/// Every SMTP session and every delivery holds a file descriptor, and the delivery pool may
+/// keep as many idle connections as deliveries run; at the process's limit the listeners
+/// cannot accept (EMFILE) and clients hear no banner. `serve` raises its soft limit to the
+/// hard one ([`crate::descriptors::raise_to_hard_limit`]), so the hard limit is what counts
+/// here.
 fn check_descriptor_limit(config: &Config, problems: &mut Vec<ConfigProblem>) {
     let Some(hard) = crate::descriptors::hard_limit() else {
         return;
     };
     let sessions = u64::from(config.limits.max_connections);
     let deliveries = u64::from(config.delivery.max_connections);
-    let needed = sessions + deliveries + SPARE_DESCRIPTORS;
+    let needed = sessions + 2 * deliveries + SPARE_DESCRIPTORS;
     if hard < needed {
         problems.push(warning(
             "limits.max_connections",
             format!(
                 "the open files limit is {hard}, below the {needed} that {sessions} sessions \
-                 (limits.max_connections) and {deliveries} deliveries \
-                 (delivery.max_connections) need with {SPARE_DESCRIPTORS} to spare: near it \
+                 (limits.max_connections), {deliveries} deliveries \
+                 (delivery.max_connections) and as many idle connections kept for reuse \
+                 need with {SPARE_DESCRIPTORS} to spare: near it \
                  new connections are not accepted; raise the hard limit (systemd \
                  LimitNOFILE=, the shipped unit sets 65536; ulimit -Hn) or lower the two keys"
             ),

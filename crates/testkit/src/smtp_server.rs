@@ -184,6 +184,11 @@ impl SmtpServer {
         self.log().connections
     }
 
+    /// Connections open right now (a client's idle pooled connection included).
+    pub fn open_connections(&self) -> usize {
+        self.log().open
+    }
+
     /// The most connections that were open at the same time.
     pub fn peak_connections(&self) -> usize {
         self.log().peak_open
