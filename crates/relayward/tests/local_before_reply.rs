@@ -238,3 +238,62 @@ fn copies_a_crash_left_in_tmp_are_swept_at_start() {
     assert_eq!(reply.0, 250, "{reply:?}");
     assert_eq!(server.maildir_new("example.test", "alice").len(), 1);
 }
+
+/// Sets or clears the immutable flag (`chattr`): even root cannot remove such a file, which
+/// is how a test running as root makes the sweep fail.
+fn set_immutable(path: &std::path::Path, on: bool) {
+    let flag = if on { "+i" } else { "-i" };
+    let status = std::process::Command::new("chattr")
+        .arg(flag)
+        .arg(path)
+        .status()
+        .expect("run chattr (e2fsprogs)");
+    assert!(
+        status.success(),
+        "chattr {flag} {}: {status}",
+        path.display()
+    );
+}
+
+/// Clears the flag again however the test ends, so the data directory can be removed.
+struct Immutable(std::path::PathBuf);
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        set_immutable(&self.0, false);
+    }
+}
+
+/// A copy the sweep cannot remove is reported with the reason, in a warning, and the other
+/// abandoned copies go all the same; the server starts and takes mail.
+#[test]
+fn a_copy_the_sweep_cannot_remove_is_reported_and_the_others_removed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tmp = dir.path().join("data/mail/example.test/alice/tmp");
+    std::fs::create_dir_all(&tmp).expect("make tmp/");
+    let crashed = tmp.join("1764000000.M1P42Q7.crashed");
+    let stuck = tmp.join("1764000002.M1P44Q1.stuck");
+    left_in_tmp(&crashed, Duration::from_secs(37 * 3600));
+    left_in_tmp(&stuck, Duration::from_secs(37 * 3600));
+    set_immutable(&stuck, true);
+    let server = TestServer::start_in(dir, &standard_config(""));
+    // Dropped before the server, which removes the data directory.
+    let _clear = Immutable(stuck.clone());
+    server.wait_for_log("maildir sweep: removed 1 abandoned file");
+    server.wait_for_log("1 file(s) or directories could not be read or removed");
+    let log = server.log();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("could not be read or removed"))
+        .expect("the warning");
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(warning.contains("Operation not permitted"), "{warning}");
+    assert!(!crashed.exists(), "{log}");
+    assert!(stuck.exists(), "{log}");
+    let reply = send_one(
+        &server,
+        &["<alice@example.test>"],
+        b"Subject: after the sweep\r\n\r\nhello\r\n.\r\n",
+    );
+    assert_eq!(reply.0, 250, "{reply:?}");
+}
