@@ -1115,10 +1115,11 @@ impl Runner {
     }
 
     /// Logs, counts and keeps one TLS outcome; with `[tls_report]` on, an outcome under a
-    /// published policy (MTA-STS, DANE) is also counted for the domain's report. A success on
-    /// a `reused` connection is logged at debug level only: its TLS was logged when it was
-    /// opened (like Postfix's one TLS line per connection), and a line per message would
-    /// double the mail log of a busy relay.
+    /// published policy (MTA-STS, DANE) is also counted for the domain's report, once per
+    /// connection: RFC 8460 counts sessions, and a `reused` connection was counted when it
+    /// was opened. A success on a reused connection is logged at debug level only: its TLS
+    /// was logged when it was opened (like Postfix's one TLS line per connection), and a line
+    /// per message would double the mail log of a busy relay.
     fn record_tls(
         &self,
         ctx: &DeliveryContext,
@@ -1135,7 +1136,8 @@ impl Runner {
         } else {
             tracing::info!(domain = %Escaped(&outcome.domain), host = %Escaped(&outcome.host), policy = outcome.policy.as_str(), result = outcome.result.as_str(), "TLS");
         }
-        if let Some(book) = self.report_book(ctx)
+        if !reused
+            && let Some(book) = self.report_book(ctx)
             && let Some(policy) = report_policy(ctx, &outcome, tls, plan)
         {
             book.record(policy, FailureKey::of(&outcome));

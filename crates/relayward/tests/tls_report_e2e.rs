@@ -624,3 +624,30 @@ fn counts_saved_before_a_crash_are_reported_after_it() {
         1
     );
 }
+
+/// RFC 8460 counts sessions, that is TLS connections, not messages: three messages one after
+/// the other go over one connection, reused, and the report counts one successful session.
+/// ```text
+/// 3 messages to erin@reuse.test     -> 1 connection to its MX (reused twice)
+/// tls-report send-now               -> "reuse.test: 1 successful, 0 failed session(s)"
+/// ```
+#[test]
+fn messages_over_a_reused_connection_count_as_one_session() {
+    let domain = https_reported_domain(66, "reuse.test", 200);
+    let server = TestServer::start(&domain.config);
+    for n in 1..=3 {
+        server.submit_as_alice("erin@reuse.test", &format!("message {n}"));
+        assert!(
+            eventually(support::WAIT, || domain.mx.messages().len() == n),
+            "{}",
+            server.log()
+        );
+    }
+    assert_eq!(domain.mx.connections(), 1, "{}", server.log());
+    let (code, out) = relayward_cmd(&server, &["tls-report", "send-now"]);
+    assert_eq!(code, Some(0), "{out}\n{}", server.log());
+    assert!(
+        out.contains("reuse.test: 1 successful, 0 failed session(s); report "),
+        "{out}"
+    );
+}
