@@ -297,3 +297,42 @@ fn a_copy_the_sweep_cannot_remove_is_reported_and_the_others_removed() {
     );
     assert_eq!(reply.0, 250, "{reply:?}");
 }
+
+/// Every copy written, then one rename fails (bob's `new/` is immutable): alice's copy is
+/// hers already, so only bob's goes to the queue, and the client hears "queued as", once.
+/// ```text
+/// RCPT TO:<alice@example.test>, RCPT TO:<bob@example.test>, DATA … .
+///                                 -> 250 queued as Q   (alice's copy in her new/)
+/// queue show Q                    -> bob@example.test only, not delivered
+/// ```
+#[test]
+fn a_rename_that_fails_after_every_copy_was_written_queues_only_the_rest() {
+    let server = TestServer::start(&standard_config(""));
+    let bob = server.data_dir().join("mail/example.test/bob");
+    for part in ["tmp", "new", "cur"] {
+        std::fs::create_dir_all(bob.join(part)).expect("bob's Maildir");
+    }
+    set_immutable(&bob.join("new"), true);
+    let _clear = Immutable(bob.join("new"));
+
+    let reply = send_one(
+        &server,
+        &["<alice@example.test>", "<bob@example.test>"],
+        b"Subject: in part\r\n\r\nhello\r\n.\r\n",
+    );
+    assert_eq!(reply.0, 250, "{reply:?}");
+    let id = id_after(&reply, "queued as");
+    assert_eq!(server.maildir_new("example.test", "alice").len(), 1);
+    let shown = queue_json(&server, &["show", &id]);
+    let recipients = shown["recipients"]
+        .as_array()
+        .unwrap_or_else(|| panic!("recipients in {shown}"));
+    assert_eq!(recipients.len(), 1, "{shown}");
+    assert_eq!(recipients[0]["address"], "bob@example.test", "{shown}");
+    assert_ne!(recipients[0]["status"], "delivered", "{shown}");
+    server.wait_for_log("message delivered in part; the rest queued");
+    // The runner's own attempt for bob fails the same way and keeps him queued; alice gets
+    // no second copy.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(server.maildir_new("example.test", "alice").len(), 1);
+}
