@@ -240,7 +240,11 @@ fn parse_id(text: &str) -> Result<MessageId, String> {
 
 fn describe(error: QueueError) -> String {
     match error {
-        QueueError::NotFound(id) => format!("no message {id} in the queue"),
+        QueueError::NotFound(id) => format!(
+            "no message {id} in the queue (it may have been delivered already: the mail log \
+             names every delivery by id, including mail answered `250 … delivered as {id}`, \
+             which was never queued)"
+        ),
         other => other.to_string(),
     }
 }

@@ -85,6 +85,15 @@ fn mail_for_a_local_mailbox_is_in_its_maildir_before_the_250() {
         assert!(delivered.contains(field), "{field} missing: {delivered}");
     }
     assert!(!log.contains("message queued"), "{log}");
+    // An operator who looks the id up in the queue is told where to look instead.
+    let (code, out) = support::relayward_cmd(&server, &["queue", "show", &id]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!("no message {id} in the queue")),
+        "{out}"
+    );
+    assert!(out.contains("delivered as"), "{out}");
+    assert!(out.contains("mail log"), "{out}");
 }
 
 /// All copies or none: had alice's been written before bob's failed, a message refused by the
