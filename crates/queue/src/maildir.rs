@@ -473,31 +473,6 @@ mod tests {
         assert_eq!(files_in(&alice.join("new")), 1);
     }
 
-    /// Sets or clears the immutable flag (`chattr`), which even root cannot remove a file
-    /// past: the one way a test running as root can make a removal fail.
-    fn set_immutable(path: &Path, on: bool) {
-        let flag = if on { "+i" } else { "-i" };
-        let status = std::process::Command::new("chattr")
-            .arg(flag)
-            .arg(path)
-            .status()
-            .expect("run chattr (e2fsprogs)");
-        assert!(
-            status.success(),
-            "chattr {flag} {}: {status}",
-            path.display()
-        );
-    }
-
-    /// Clears the flag again however the test ends, so the temporary directory can go.
-    struct Immutable(PathBuf);
-
-    impl Drop for Immutable {
-        fn drop(&mut self) {
-            set_immutable(&self.0, false);
-        }
-    }
-
     #[test]
     fn a_file_that_cannot_be_removed_is_counted_and_the_rest_still_swept() {
         let root = tempfile::tempdir().expect("tempdir");
@@ -509,8 +484,7 @@ mod tests {
         aged(&tmp("alice").join("stuck"), old);
         aged(&tmp("alice").join("crashed"), old);
         aged(&tmp("bob").join("crashed"), old);
-        set_immutable(&tmp("alice").join("stuck"), true);
-        let _clear = Immutable(tmp("alice").join("stuck"));
+        let _stuck = relayward_testkit::os::Immutable::set(tmp("alice").join("stuck"));
 
         let swept = sweep_abandoned(root.path(), SystemTime::now() - ABANDONED_AFTER);
         assert_eq!((swept.removed, swept.failed), (2, 1), "{swept:?}");

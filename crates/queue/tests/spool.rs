@@ -1442,30 +1442,6 @@ async fn a_whole_message_reads_back_from_disk_with_its_final_size_and_checksum()
     }
 }
 
-/// Sets or clears the immutable flag (`chattr`), which even root cannot unlink a file past.
-fn set_immutable(path: &Path, on: bool) {
-    let flag = if on { "+i" } else { "-i" };
-    let status = std::process::Command::new("chattr")
-        .arg(flag)
-        .arg(path)
-        .status()
-        .expect("run chattr (e2fsprogs)");
-    assert!(
-        status.success(),
-        "chattr {flag} {}: {status}",
-        path.display()
-    );
-}
-
-/// Clears the flag again however the test ends, so the temporary directory can go.
-struct Immutable(std::path::PathBuf);
-
-impl Drop for Immutable {
-    fn drop(&mut self) {
-        set_immutable(&self.0, false);
-    }
-}
-
 /// The removal of a message delivered from memory fails (its file cannot be unlinked): the
 /// runner hears an error, the message stays queued — delivered again later rather than lost
 /// from sight — and once the file can go, the same result removes it.
@@ -1479,8 +1455,7 @@ async fn a_removal_that_fails_on_the_callers_thread_reports_it_and_keeps_the_mes
         .unwrap();
     spool.content(&id).await.unwrap();
     let file = dir.path().join("msg").join(format!("{}.eml", id.0));
-    set_immutable(&file, true);
-    let clear = Immutable(file.clone());
+    let clear = relayward_testkit::os::Immutable::set(&file);
 
     let delivered = || vec![final_update("dave@far.test", RecipientStatus::Delivered)];
     let failed = spool.update(&id, delivered()).await;

@@ -6,6 +6,7 @@ mod support;
 
 use std::time::Duration;
 
+use relayward_testkit::os::Immutable;
 use support::{Smtp, TestServer, queue_json, spooled, standard_config};
 
 /// A stranger's message for alice, up to the reply to its final dot.
@@ -248,31 +249,6 @@ fn copies_a_crash_left_in_tmp_are_swept_at_start() {
     assert_eq!(server.maildir_new("example.test", "alice").len(), 1);
 }
 
-/// Sets or clears the immutable flag (`chattr`): even root cannot remove such a file, which
-/// is how a test running as root makes the sweep fail.
-fn set_immutable(path: &std::path::Path, on: bool) {
-    let flag = if on { "+i" } else { "-i" };
-    let status = std::process::Command::new("chattr")
-        .arg(flag)
-        .arg(path)
-        .status()
-        .expect("run chattr (e2fsprogs)");
-    assert!(
-        status.success(),
-        "chattr {flag} {}: {status}",
-        path.display()
-    );
-}
-
-/// Clears the flag again however the test ends, so the data directory can be removed.
-struct Immutable(std::path::PathBuf);
-
-impl Drop for Immutable {
-    fn drop(&mut self) {
-        set_immutable(&self.0, false);
-    }
-}
-
 /// A copy the sweep cannot remove is reported with the reason, in a warning, and the other
 /// abandoned copies go all the same; the server starts and takes mail.
 #[test]
@@ -284,10 +260,10 @@ fn a_copy_the_sweep_cannot_remove_is_reported_and_the_others_removed() {
     let stuck = tmp.join("1764000002.M1P44Q1.stuck");
     left_in_tmp(&crashed, Duration::from_secs(37 * 3600));
     left_in_tmp(&stuck, Duration::from_secs(37 * 3600));
-    set_immutable(&stuck, true);
+    let immutable = Immutable::set(&stuck);
     let server = TestServer::start_in(dir, &standard_config(""));
     // Dropped before the server, which removes the data directory.
-    let _clear = Immutable(stuck.clone());
+    let _clear = immutable;
     server.wait_for_log("maildir sweep: removed 1 abandoned file");
     server.wait_for_log("1 file(s) or directories could not be read or removed");
     let log = server.log();
@@ -321,8 +297,7 @@ fn a_rename_that_fails_after_every_copy_was_written_queues_only_the_rest() {
     for part in ["tmp", "new", "cur"] {
         std::fs::create_dir_all(bob.join(part)).expect("bob's Maildir");
     }
-    set_immutable(&bob.join("new"), true);
-    let _clear = Immutable(bob.join("new"));
+    let _clear = Immutable::set(bob.join("new"));
 
     let reply = send_one(
         &server,

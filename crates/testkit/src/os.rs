@@ -12,3 +12,36 @@ pub fn kill(pid: i32) {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
     }
 }
+
+/// A file or directory with the immutable flag set (`chattr +i`): not even root may remove,
+/// rename or change it, which is how a test running as root makes a removal or a rename fail.
+/// The flag is cleared again when this is dropped, however the test ends, so the temporary
+/// directory can go.
+pub struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    pub fn set(path: impl Into<std::path::PathBuf>) -> Immutable {
+        let path = path.into();
+        chattr("+i", &path);
+        Immutable(path)
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        chattr("-i", &self.0);
+    }
+}
+
+fn chattr(flag: &str, path: &std::path::Path) {
+    let status = std::process::Command::new("chattr")
+        .arg(flag)
+        .arg(path)
+        .status()
+        .expect("run chattr (e2fsprogs)");
+    assert!(
+        status.success(),
+        "chattr {flag} {}: {status}",
+        path.display()
+    );
+}
