@@ -206,7 +206,8 @@ pub enum Sent {
     /// One outcome per recipient, in order.
     Outcomes(Vec<Outcome>),
     /// The connection came from the pool and was found closed (its `RSET` got no positive
-    /// reply) before any of the message was sent: send it again on a new connection.
+    /// reply, or its first `MAIL` a `421`) before any of the message was taken: send it
+    /// again on a new connection.
     Stale,
 }
 
@@ -225,6 +226,17 @@ impl Sent {
             ],
         }
     }
+}
+
+/// A `421` to the first MAIL on a connection taken from the pool: the server closes it
+/// (a limit of messages per connection, as Exim's `smtp_accept_max_per_connection`, or a
+/// shutdown) before taking any of the message, which can go on a new connection at once,
+/// as for one that closed while pooled ([`Interrupted::Stale`]).
+fn refuse_reused(reused: bool, mail_reply: &Reply) -> Result<(), Interrupted> {
+    if reused && mail_reply.code == 421 {
+        return Err(Interrupted::Stale);
+    }
+    Ok(())
 }
 
 /// Why a transaction stopped short.
@@ -256,6 +268,9 @@ pub struct Connection {
     /// Taken from the pool ([`Connection::reuse`]): the next transaction starts with an
     /// `RSET` in its pipelined group, whose reply tells whether the server is still there.
     unproven: bool,
+    /// Taken from the pool, for the next transaction's MAIL: a `421` to it (a server that
+    /// takes so many messages per connection) means nothing of the message was taken.
+    reused: bool,
     /// The connection is unusable (I/O error, timeout, 421).
     broken: bool,
     /// The last reply read, for the delivery log (after a transaction: the reply to its end).
@@ -303,6 +318,7 @@ async fn session(
         timeouts: params.timeouts,
         dirty: false,
         unproven: false,
+        reused: false,
         broken: false,
         last_reply: None,
     };
@@ -579,6 +595,7 @@ impl Connection {
         if self.broken {
             return false;
         }
+        self.reused = true;
         if self.extensions.pipelining {
             self.unproven = true;
             return true;
@@ -596,15 +613,17 @@ impl Connection {
         }
         let reset = pipelining && (self.dirty || self.unproven);
         self.dirty = true;
+        let reused = std::mem::take(&mut self.reused);
         let mail = envelope.mail_line.clone();
         let rcpts = envelope.rcpt_lines.clone();
         let (mail_reply, rcpt_replies, data_reply) = if pipelining {
             // With CHUNKING the content goes as BDAT once a recipient is accepted: the same
             // two round trips as a pipelined DATA, without its 354.
             let with_data = !self.extensions.chunking;
-            self.pipelined(reset, &mail, &rcpts, with_data).await?
+            self.pipelined(reset, reused, &mail, &rcpts, with_data)
+                .await?
         } else {
-            self.lockstep(&mail, &rcpts).await?
+            self.lockstep(reused, &mail, &rcpts).await?
         };
         Ok(self
             .finish(envelope, mail_reply, rcpt_replies, data_reply)
@@ -687,6 +706,7 @@ impl Connection {
     async fn pipelined(
         &mut self,
         reset: bool,
+        reused: bool,
         mail: &str,
         rcpts: &[String],
         with_data: bool,
@@ -713,6 +733,7 @@ impl Connection {
             written?;
         }
         let mail_reply = self.read_reply(self.timeouts.command).await?;
+        refuse_reused(reused, &mail_reply)?;
         let mut rcpt_replies = Vec::with_capacity(rcpts.len());
         for _ in rcpts {
             rcpt_replies.push(Some(self.read_reply(self.timeouts.rcpt).await?));
@@ -747,10 +768,12 @@ impl Connection {
     /// One command at a time; stops after a failed MAIL.
     async fn lockstep(
         &mut self,
+        reused: bool,
         mail: &str,
         rcpts: &[String],
-    ) -> Result<(Reply, Vec<Option<Reply>>, Option<Reply>), SessionError> {
+    ) -> Result<(Reply, Vec<Option<Reply>>, Option<Reply>), Interrupted> {
         let mail_reply = self.command(mail, self.timeouts.command).await?;
+        refuse_reused(reused, &mail_reply)?;
         if !mail_reply.is_positive_completion() {
             return Ok((mail_reply, vec![None; rcpts.len()], None));
         }
@@ -758,7 +781,7 @@ impl Connection {
         for rcpt in rcpts {
             let reply = self.command(rcpt, self.timeouts.rcpt).await?;
             if reply.code == 421 {
-                return Err(self.closing(&reply, "RCPT TO"));
+                return Err(self.closing(&reply, "RCPT TO").into());
             }
             rcpt_replies.push(Some(reply));
         }

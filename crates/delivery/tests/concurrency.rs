@@ -199,6 +199,31 @@ async fn idle_pooled_connections_stay_within_max_connections() {
     drop(runner);
 }
 
+/// A server that takes only so many messages per connection (Exim's
+/// `smtp_accept_max_per_connection`) answers the next MAIL with `421` and closes: on a
+/// reused connection nothing of the message was taken, so it goes on a new connection at
+/// once instead of waiting a retry.
+/// ```text
+/// conn 1: MAIL 250 … 250   MAIL 250 … 250   RSET 250  MAIL 421 (closed)
+/// conn 2: MAIL 250 … 250   …
+/// ```
+#[tokio::test]
+async fn a_421_to_mail_on_a_reused_connection_sends_the_message_on_a_new_one() {
+    for (offered, net) in [(true, 0), (false, 1)] {
+        let script = Script {
+            pipelining: offered,
+            messages_per_connection: Some(2),
+            ..Script::default()
+        };
+        let (dns_ip, mx) = (ip(127, 57, net, 1), ip(127, 57, net, 2));
+        let srv = one_connection_at_a_time(script, dns_ip, mx, 5).await;
+
+        let case = format!("PIPELINING offered: {offered}");
+        assert_eq!(srv.messages().len(), 5, "{case}");
+        assert_eq!(srv.connections(), 3, "two messages per connection: {case}");
+    }
+}
+
 /// Delivers `count` messages to far.test at a scripted MX host at `mx`, one connection to it
 /// at a time (so that every later message may reuse the first connection); returns the host.
 async fn one_connection_at_a_time(

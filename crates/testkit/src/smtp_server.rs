@@ -53,6 +53,9 @@ pub struct Script {
     pub close_after_message: bool,
     /// Reply to RSET (a server shutting down answers `421`).
     pub rset_reply: String,
+    /// After this many MAIL commands on one connection, the next gets `421` and the
+    /// connection is closed (Exim's `smtp_accept_max_per_connection`, 1,000 by default).
+    pub messages_per_connection: Option<usize>,
 }
 
 impl Default for Script {
@@ -73,6 +76,7 @@ impl Default for Script {
             chunking: false,
             close_after_message: false,
             rset_reply: "250 2.0.0 ok".into(),
+            messages_per_connection: None,
         }
     }
 }
@@ -349,6 +353,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> std::io::Result<bool> {
     let mut txn = Txn::default();
     let mut auth: Option<String> = None;
+    let mut mails = 0;
     loop {
         let mut line = String::new();
         if io.read_line(&mut line).await? == 0 {
@@ -376,7 +381,17 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             let (reply, user) = auth_login(io, script).await?;
             auth = user.or(auth);
             reply
+        } else if upper.starts_with("MAIL FROM:")
+            && script
+                .messages_per_connection
+                .is_some_and(|most| mails >= most)
+        {
+            io.get_mut()
+                .write_all(b"421 4.7.0 too many messages on this connection\r\n")
+                .await?;
+            return Ok(false);
         } else if upper.starts_with("MAIL FROM:") {
+            mails += 1;
             let from = path(&line[10..]);
             let pipelined = !io.buffer().is_empty();
             let mut l = log.lock().expect("log");
