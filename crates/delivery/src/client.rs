@@ -275,6 +275,8 @@ pub struct Connection {
     broken: bool,
     /// The last reply read, for the delivery log (after a transaction: the reply to its end).
     last_reply: Option<Reply>,
+    /// When the session was opened (the reuse time limit counts from here).
+    opened: std::time::Instant,
 }
 
 /// Opens a session: connect, greeting, EHLO (or HELO), STARTTLS and AUTH as the policy says.
@@ -321,6 +323,7 @@ async fn session(
         reused: false,
         broken: false,
         last_reply: None,
+        opened: std::time::Instant::now(),
     };
     conn.greeting().await?;
     conn.hello(&params.helo).await?;
@@ -404,6 +407,11 @@ impl Connection {
     /// Whether the connection may carry another message.
     pub fn reusable(&self) -> bool {
         !self.broken && self.stream.is_some()
+    }
+
+    /// How long ago the session was opened.
+    pub fn age(&self) -> Duration {
+        self.opened.elapsed()
     }
 
     async fn greeting(&mut self) -> Result<(), SessionError> {

@@ -64,6 +64,10 @@ pub struct DeliveryConfig {
     pub rescan_interval: Duration,
     /// Idle connections are kept this long for reuse by the next message to the same host.
     pub connection_idle: Duration,
+    /// A connection is reused only this long after it was opened (Postfix's
+    /// `smtp_connection_reuse_time_limit`, 300 s): a busy destination would otherwise keep
+    /// one connection forever, past a change of its MX records or its load balancer's mind.
+    pub connection_reuse_limit: Duration,
     /// How long `run` waits for in-flight deliveries after shutdown before aborting them.
     pub shutdown_grace: Duration,
 }
@@ -101,6 +105,7 @@ impl DeliveryConfig {
             max_per_destination: defaults.connections_per_destination as usize,
             rescan_interval: Duration::from_secs(3600),
             connection_idle: Duration::from_secs(10),
+            connection_reuse_limit: Duration::from_secs(300),
             shutdown_grace: Duration::from_secs(20),
         }
     }

@@ -1185,7 +1185,8 @@ impl Runner {
             &conn.remote,
             conn.last_reply().map(ToString::to_string),
         );
-        if conn.reusable() {
+        let reuse_limit = self.context().settings.connection_reuse_limit;
+        if conn.reusable() && conn.age() < reuse_limit {
             if let Some(oldest) = self.put_pooled(key, conn) {
                 // Closed off this delivery's path: its QUIT waits for another server.
                 tokio::spawn(oldest.quit());
@@ -1244,7 +1245,10 @@ impl Runner {
                 pool.get_mut(key).and_then(Vec::pop)
             };
             let (mut conn, since) = candidate?;
-            if since.elapsed() < self.context().settings.connection_idle && conn.reuse().await {
+            let settings = &self.context().settings;
+            let fresh = since.elapsed() < settings.connection_idle
+                && conn.age() < settings.connection_reuse_limit;
+            if fresh && conn.reuse().await {
                 return Some(conn);
             }
         }

@@ -224,6 +224,32 @@ async fn a_421_to_mail_on_a_reused_connection_sends_the_message_on_a_new_one() {
     }
 }
 
+/// A connection is reused only `connection_reuse_limit` (300 s, Postfix's
+/// `smtp_connection_reuse_time_limit`) after it was opened: past it, it is closed after its
+/// message instead of going back to the pool. With the limit at zero every message has a
+/// connection of its own; with the default, three messages share one.
+#[tokio::test]
+async fn connections_are_not_reused_past_the_reuse_time_limit() {
+    for (limit, connections, net) in [(Duration::ZERO, 3, 0), (Duration::from_secs(300), 1, 1)] {
+        let (srv, dns) = mx_for(
+            &["far.test"],
+            ip(127, 58, net, 1),
+            ip(127, 58, net, 2),
+            Script::default(),
+        )
+        .await;
+        let relay = Relay::new();
+        enqueue_many(&relay, "far.test", 3).await;
+        let mut settings = relay.config(Some(dns), srv.addr.port());
+        settings.max_per_destination = 1;
+        settings.connection_reuse_limit = limit;
+        deliver_all(&relay, relay.runner(settings)).await;
+
+        assert_eq!(srv.messages().len(), 3, "limit {limit:?}");
+        assert_eq!(srv.connections(), connections, "limit {limit:?}");
+    }
+}
+
 /// Delivers `count` messages to far.test at a scripted MX host at `mx`, one connection to it
 /// at a time (so that every later message may reuse the first connection); returns the host.
 async fn one_connection_at_a_time(
