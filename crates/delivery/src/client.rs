@@ -277,6 +277,8 @@ pub struct Connection {
     last_reply: Option<Reply>,
     /// When the session was opened (the reuse time limit counts from here).
     opened: std::time::Instant,
+    /// The recipient domains whose TLS report counted this session already.
+    reported_for: std::collections::HashSet<String>,
 }
 
 /// Opens a session: connect, greeting, EHLO (or HELO), STARTTLS and AUTH as the policy says.
@@ -324,6 +326,7 @@ async fn session(
         broken: false,
         last_reply: None,
         opened: std::time::Instant::now(),
+        reported_for: std::collections::HashSet::new(),
     };
     conn.greeting().await?;
     conn.hello(&params.helo).await?;
@@ -412,6 +415,14 @@ impl Connection {
     /// How long ago the session was opened.
     pub fn age(&self) -> Duration {
         self.opened.elapsed()
+    }
+
+    /// Whether this is the first message of `domain` on this session (and from now on it is
+    /// not): a TLS report counts each session once per domain (RFC 8460), and domains that
+    /// share an MX host share its pooled sessions. The set is bounded by the messages one
+    /// session carries in its reuse time.
+    pub fn first_session_for(&mut self, domain: &str) -> bool {
+        self.reported_for.insert(domain.to_ascii_lowercase())
     }
 
     async fn greeting(&mut self) -> Result<(), SessionError> {

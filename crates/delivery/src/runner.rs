@@ -213,8 +213,18 @@ struct Attempted {
     outcomes: Vec<Outcome>,
     encrypted: bool,
     local_ip: Option<std::net::IpAddr>,
-    /// On a pooled connection, whose TLS outcome was logged when it was opened.
+    /// What the connection had done before this message.
+    earlier: Earlier,
+}
+
+/// What a connection had done before the message whose TLS outcome is recorded.
+#[derive(Clone, Copy, Debug, Default)]
+struct Earlier {
+    /// Taken from the pool: its TLS outcome was logged when it was opened.
     reused: bool,
+    /// Already counted in the report of this outcome's domain: RFC 8460 counts sessions
+    /// (connections), once each, and domains that share an MX host share its connections.
+    reported: bool,
 }
 
 /// Removes a message from the in-flight set even when its task is aborted.
@@ -856,7 +866,7 @@ impl Runner {
                         failure: failure.clone(),
                         outcome: outcome.clone(),
                     };
-                    self.record_tls(ctx, outcome, tls, &refused, false);
+                    self.record_tls(ctx, outcome, tls, &refused, Earlier::default());
                     last = failure;
                     continue;
                 }
@@ -974,7 +984,7 @@ impl Runner {
                 credentials: smarthost.credentials.clone(),
                 timeouts: ctx.settings.timeouts,
             };
-            match self.attempt(params, envelope, journal).await {
+            match self.attempt(params, envelope, journal, None).await {
                 // The smart host decides for every recipient; a 4xx there is not improved
                 // by another address of the same service.
                 Ok(attempted) => return attempted.outcomes,
@@ -1047,14 +1057,14 @@ impl Runner {
             }
         };
         if let Some((params, kind, success, enforced)) = strict {
-            match self.attempt(params, envelope, journal).await {
+            match self.attempt(params, envelope, journal, Some(domain)).await {
                 Ok(attempted) => {
                     self.record_tls(
                         ctx,
                         outcome(kind, success, None, attempted.local_ip),
                         tls,
                         plan,
-                        attempted.reused,
+                        attempted.earlier,
                     );
                     return Ok(attempted.outcomes);
                 }
@@ -1070,7 +1080,7 @@ impl Runner {
                     );
                     // The queue entry keeps the outcome in the form `queue show` prints.
                     e.failure.text = format!("TLS {}", failed.summary());
-                    self.record_tls(ctx, failed, tls, plan, false);
+                    self.record_tls(ctx, failed, tls, plan, Earlier::default());
                     if enforced {
                         return Err(e);
                     }
@@ -1078,7 +1088,7 @@ impl Runner {
             }
         }
         let attempted = self
-            .attempt(mx_params(ctx, host, addr), envelope, journal)
+            .attempt(mx_params(ctx, host, addr), envelope, journal, Some(domain))
             .await;
         if let HostPlan::VerifiedOrReport(kind) = plan
             && tls.testing_mismatch(host)
@@ -1087,9 +1097,9 @@ impl Runner {
             let detail = format!(
                 "MX host {host} is not named by the MTA-STS policy of {domain} (mode testing: delivered anyway)"
             );
-            let sending_ip = match &attempted {
-                Ok(attempted) => attempted.local_ip,
-                Err(e) => e.local_ip,
+            let (sending_ip, earlier) = match &attempted {
+                Ok(attempted) => (attempted.local_ip, attempted.earlier),
+                Err(e) => (e.local_ip, Earlier::default()),
             };
             let failed = outcome(
                 *kind,
@@ -1097,7 +1107,7 @@ impl Runner {
                 Some(("validation-failure", detail)),
                 sending_ip,
             );
-            self.record_tls(ctx, failed, tls, plan, false);
+            self.record_tls(ctx, failed, tls, plan, earlier);
         }
         let attempted = attempted?;
         let result = if attempted.encrypted {
@@ -1109,34 +1119,34 @@ impl Runner {
         if *plan == HostPlan::Opportunistic {
             let opportunistic =
                 outcome(PolicyKind::Opportunistic, result, None, attempted.local_ip);
-            self.record_tls(ctx, opportunistic, tls, plan, attempted.reused);
+            self.record_tls(ctx, opportunistic, tls, plan, attempted.earlier);
         }
         Ok(attempted.outcomes)
     }
 
     /// Logs, counts and keeps one TLS outcome; with `[tls_report]` on, an outcome under a
     /// published policy (MTA-STS, DANE) is also counted for the domain's report, once per
-    /// connection: RFC 8460 counts sessions, and a `reused` connection was counted when it
-    /// was opened. A success on a reused connection is logged at debug level only: its TLS
-    /// was logged when it was opened (like Postfix's one TLS line per connection), and a line
-    /// per message would double the mail log of a busy relay.
+    /// connection and domain ([`Earlier::reported`]): RFC 8460 counts sessions. A success on
+    /// a reused connection is logged at debug level only: its TLS was logged when it was
+    /// opened (like Postfix's one TLS line per connection), and a line per message would
+    /// double the mail log of a busy relay.
     fn record_tls(
         &self,
         ctx: &DeliveryContext,
         outcome: TlsOutcome,
         tls: &DomainTls,
         plan: &HostPlan,
-        reused: bool,
+        earlier: Earlier,
     ) {
         let detail = outcome.detail.as_deref().unwrap_or("");
         if outcome.result == TlsResult::Failed {
             tracing::warn!(domain = %Escaped(&outcome.domain), host = %Escaped(&outcome.host), policy = outcome.policy.as_str(), result = outcome.result.as_str(), result_type = outcome.result_type.unwrap_or(""), detail = %Escaped(detail), "TLS policy not met");
-        } else if reused {
+        } else if earlier.reused {
             tracing::debug!(domain = %Escaped(&outcome.domain), host = %Escaped(&outcome.host), policy = outcome.policy.as_str(), result = outcome.result.as_str(), "TLS (connection reused)");
         } else {
             tracing::info!(domain = %Escaped(&outcome.domain), host = %Escaped(&outcome.host), policy = outcome.policy.as_str(), result = outcome.result.as_str(), "TLS");
         }
-        if !reused
+        if !earlier.reported
             && let Some(book) = self.report_book(ctx)
             && let Some(policy) = report_policy(ctx, &outcome, tls, plan)
         {
@@ -1161,6 +1171,7 @@ impl Runner {
         params: ConnectParams,
         envelope: &Envelope<'_>,
         journal: &Journal,
+        report_domain: Option<&str>,
     ) -> Result<Attempted, SessionError> {
         let key = pool_key(&params);
         let pooled = self.take_pooled(&key).await;
@@ -1180,6 +1191,7 @@ impl Runner {
         let outcomes = sent.outcomes(envelope.recipients.len());
         let encrypted = conn.tls;
         let local_ip = conn.local_ip;
+        let reported = report_domain.is_some_and(|domain| !conn.first_session_for(domain));
         journal.answered(
             envelope.recipients,
             &conn.remote,
@@ -1197,7 +1209,7 @@ impl Runner {
         Ok(Attempted {
             outcomes,
             encrypted,
-            reused,
+            earlier: Earlier { reused, reported },
             local_ip,
         })
     }

@@ -431,30 +431,35 @@ struct HttpsReportedDomain {
 }
 
 fn https_reported_domain(net: u8, domain: &str, rua_status: u16) -> HttpsReportedDomain {
+    https_reported_domains(net, &[domain], rua_status)
+}
+
+/// `domains`, each with an MTA-STS `enforce` policy and a TLSRPT record, all served by one
+/// MX host (`mx.<first domain>`, as a hosting provider's domains share theirs) and one
+/// HTTPS server for the policies and the reports (`rpt.<first domain>`).
+fn https_reported_domains(net: u8, domains: &[&str], rua_status: u16) -> HttpsReportedDomain {
     let ip = |last| Ipv4Addr::new(127, net, 0, last);
     let ca = TestCa::new();
     let scratch = tempfile::tempdir().expect("tempdir");
     let ca_file = scratch.path().join("ca.pem");
     ca.write(&ca_file);
-    let (sts, rpt, mx_name) = (
-        format!("mta-sts.{domain}"),
-        format!("rpt.{domain}"),
-        format!("mx.{domain}"),
-    );
+    let first = domains[0];
+    let (rpt, mx_name) = (format!("rpt.{first}"), format!("mx.{first}"));
+    let sts: Vec<String> = domains.iter().map(|d| format!("mta-sts.{d}")).collect();
     let (https_port, mut https_listeners) = listeners_on_one_port(&[ip(3)]);
     let answer = Page {
         status: rua_status,
         content_type: "text/plain".into(),
         body: String::new(),
     };
-    let https = HttpsServer::spawn(
-        https_listeners.remove(0),
-        ca.leaf(&[sts.as_str(), rpt.as_str()]).server,
-        HashMap::from([
-            (sts.clone(), enforce(&[mx_name.as_str()])),
-            (rpt.clone(), answer),
-        ]),
-    );
+    let mut pages: HashMap<String, Page> = sts
+        .iter()
+        .map(|name| (name.clone(), enforce(&[mx_name.as_str()])))
+        .collect();
+    pages.insert(rpt.clone(), answer);
+    let mut names: Vec<&str> = sts.iter().map(String::as_str).collect();
+    names.push(&rpt);
+    let https = HttpsServer::spawn(https_listeners.remove(0), ca.leaf(&names).server, pages);
     let (mx_port, mut listeners) = listeners_on_one_port(&[ip(2)]);
     let mx = SmtpServer::spawn(
         listeners.remove(0),
@@ -463,16 +468,17 @@ fn https_reported_domain(net: u8, domain: &str, rua_status: u16) -> HttpsReporte
             ..Script::default()
         },
     );
-    let zone = Zone::new()
-        .mx(domain, 10, &mx_name)
-        .a(&mx_name, ip(2))
-        .txt(&format!("_mta-sts.{domain}"), "v=STSv1; id=1;")
-        .a(&sts, ip(3))
-        .a(&rpt, ip(3))
-        .txt(
-            &format!("_smtp._tls.{domain}"),
-            &format!("v=TLSRPTv1; rua=https://{rpt}:{https_port}/tlsrpt"),
-        );
+    let mut zone = Zone::new().a(&mx_name, ip(2)).a(&rpt, ip(3));
+    for (domain, sts) in domains.iter().zip(&sts) {
+        zone = zone
+            .mx(domain, 10, &mx_name)
+            .txt(&format!("_mta-sts.{domain}"), "v=STSv1; id=1;")
+            .a(sts, ip(3))
+            .txt(
+                &format!("_smtp._tls.{domain}"),
+                &format!("v=TLSRPTv1; rua=https://{rpt}:{https_port}/tlsrpt"),
+            );
+    }
     let dns = DnsServer::start_on(ip(1), zone);
     let config = standard_config(&format!(
         "[delivery]\nmx_port = {mx_port}\nmta_sts_port = {https_port}\ntls_policy_ca_file = \"{}\"\n\n\
@@ -633,7 +639,7 @@ fn counts_saved_before_a_crash_are_reported_after_it() {
 /// ```
 #[test]
 fn messages_over_a_reused_connection_count_as_one_session() {
-    let domain = https_reported_domain(66, "reuse.test", 200);
+    let domain = https_reported_domain(67, "reuse.test", 200);
     let server = TestServer::start(&domain.config);
     for n in 1..=3 {
         server.submit_as_alice("erin@reuse.test", &format!("message {n}"));
@@ -650,4 +656,37 @@ fn messages_over_a_reused_connection_count_as_one_session() {
         out.contains("reuse.test: 1 successful, 0 failed session(s); report "),
         "{out}"
     );
+}
+
+/// Domains that share one MX host share its pooled connections, but each domain's report
+/// counts the sessions that carried its mail: a connection opened for one and reused for the
+/// other is one session in each report.
+/// ```text
+/// one.test and two.test: MX mx.one.test, MTA-STS enforce, TLSRPT
+/// mail to erin@one.test, then to finn@two.test -> 1 connection (reused)
+/// tls-report send-now -> "one.test: 1 successful", "two.test: 1 successful"
+/// ```
+#[test]
+fn a_connection_shared_by_two_domains_counts_once_in_each_report() {
+    let domains = https_reported_domains(68, &["one.test", "two.test"], 200);
+    let server = TestServer::start(&domains.config);
+    for (n, rcpt) in ["erin@one.test", "finn@two.test"].iter().enumerate() {
+        server.submit_as_alice(rcpt, "hi");
+        assert!(
+            eventually(support::WAIT, || domains.mx.messages().len() == n + 1),
+            "{}",
+            server.log()
+        );
+    }
+    assert_eq!(domains.mx.connections(), 1, "{}", server.log());
+    let (code, out) = relayward_cmd(&server, &["tls-report", "send-now"]);
+    assert_eq!(code, Some(0), "{out}\n{}", server.log());
+    for domain in ["one.test", "two.test"] {
+        assert!(
+            out.contains(&format!(
+                "{domain}: 1 successful, 0 failed session(s); report "
+            )),
+            "{domain}: {out}"
+        );
+    }
 }
