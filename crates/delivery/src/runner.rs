@@ -1260,7 +1260,10 @@ impl Runner {
             let settings = &self.context().settings;
             let fresh = since.elapsed() < settings.connection_idle
                 && conn.age() < settings.connection_reuse_limit;
-            if fresh && conn.reuse().await {
+            if !fresh {
+                // Its server may still wait for a word: say goodbye, off this path.
+                tokio::spawn(conn.quit());
+            } else if conn.reuse().await {
                 return Some(conn);
             }
         }

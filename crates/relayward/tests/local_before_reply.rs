@@ -315,8 +315,8 @@ fn a_rename_that_fails_after_every_copy_was_written_queues_only_the_rest() {
     assert_eq!(recipients[0]["address"], "bob@example.test", "{shown}");
     assert_ne!(recipients[0]["status"], "delivered", "{shown}");
     server.wait_for_log("message delivered in part; the rest queued");
-    // The runner's own attempt for bob fails the same way and keeps him queued; alice gets
-    // no second copy.
-    std::thread::sleep(Duration::from_millis(500));
+    // The runner's own attempt for bob (its journal line; the session's warning names no
+    // relay) fails the same way and keeps him queued; alice gets no second copy.
+    server.wait_for_log("relay=maildir:example.test/bob");
     assert_eq!(server.maildir_new("example.test", "alice").len(), 1);
 }

@@ -22,26 +22,32 @@ pub struct Immutable(std::path::PathBuf);
 impl Immutable {
     pub fn set(path: impl Into<std::path::PathBuf>) -> Immutable {
         let path = path.into();
-        chattr("+i", &path);
+        if let Err(why) = chattr("+i", &path) {
+            panic!("{why}");
+        }
         Immutable(path)
     }
 }
 
 impl Drop for Immutable {
+    /// Says so rather than panics when the flag cannot be cleared: a panic while the test
+    /// is already panicking would abort the whole run.
     fn drop(&mut self) {
-        chattr("-i", &self.0);
+        if let Err(why) = chattr("-i", &self.0) {
+            eprintln!("{why} (remove it by hand: chattr -i, then rm)");
+        }
     }
 }
 
-fn chattr(flag: &str, path: &std::path::Path) {
-    let status = std::process::Command::new("chattr")
+fn chattr(flag: &str, path: &std::path::Path) -> Result<(), String> {
+    let what = format!("chattr {flag} {}", path.display());
+    match std::process::Command::new("chattr")
         .arg(flag)
         .arg(path)
         .status()
-        .expect("run chattr (e2fsprogs)");
-    assert!(
-        status.success(),
-        "chattr {flag} {}: {status}",
-        path.display()
-    );
+    {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(format!("{what}: {status}")),
+        Err(e) => Err(format!("{what}: {e} (chattr is in e2fsprogs)")),
+    }
 }

@@ -203,6 +203,9 @@ impl Staging {
     }
 
     fn replace_body(&mut self, body: &[u8]) -> Result<(), QueueError> {
+        if self.header_final {
+            return Err(invalid_input("a whole message cannot be changed"));
+        }
         let start = self.body_start();
         self.file.set_len(start).map_err(queue_error)?;
         self.file
