@@ -1409,15 +1409,17 @@ async fn an_update_waits_for_a_lock_held_elsewhere() {
 
 /// A message given whole is written with its final size and checksum in one piece: what a
 /// later process reads from disk (not the copy kept in memory) checks out against both, for
-/// the first message (staged in `tmp/`, before any preallocated file exists) and for one
-/// written into a preallocated file, under `syncfs` and per-file commits alike.
+/// the first message (staged in `tmp/`, before any preallocated file exists), for one
+/// written into a preallocated file and for one larger than a preallocated file, under
+/// `syncfs` and per-file commits alike.
 #[tokio::test]
 async fn a_whole_message_reads_back_from_disk_with_its_final_size_and_checksum() {
     for options in [options(), each_file_options()] {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), options.clone()).unwrap();
         let mut sent = Vec::new();
-        for (n, size) in [(0, 3000), (1, 200)] {
+        // The third, larger than a slot: written with placeholders, filled in at the commit.
+        for (n, size) in [(0, 3000), (1, 200), (2, 10_000)] {
             let message = message(&["bob@far.test"], &n.to_string().repeat(size));
             let id = spool.enqueue(message.clone()).await.unwrap();
             sent.push((id, message.content));

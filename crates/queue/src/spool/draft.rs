@@ -68,7 +68,7 @@ pub(super) struct Staging {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Content {
     /// All of it: the header is written with its final size and checksum, together with
-    /// the content in one write, and nothing may be appended.
+    /// the content in one write (except a large one in a slot), and nothing may be appended.
     Whole,
     /// What arrived so far: the header keeps its placeholders until the commit. A file in a
     /// slot with a header that matched a partial content would look complete to recovery.
@@ -130,7 +130,12 @@ impl Staging {
             prefix_checksum: crc32fast::Hasher::new(),
             since_space_check: 0,
             space_checked_whole: true,
-            header_final: content == Content::Whole,
+            // In a slot, a large message keeps the placeholders until its content is
+            // written: a crash in the middle then leaves a slot recovery removes quietly
+            // (unfinished), not one with a final header over half its content, which it
+            // would move to corrupt/. One page or less is written whole either way.
+            header_final: content == Content::Whole
+                && (!in_slot || header.len() + message.content.len() <= SLOT_BYTES),
         };
         staging.count_written(prefix)?;
         staging.prefix_checksum = staging.checksum.clone();
