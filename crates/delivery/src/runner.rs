@@ -25,7 +25,7 @@ use tokio::task::JoinSet;
 use crate::client::{
     self, ConnectParams, Connection, Envelope, EnvelopeOptions, Sent, SessionError, TlsPolicy,
 };
-use crate::config::{DomainTlsMode, TlsPolicyMode};
+use crate::config::{DeliveryConfig, DomainTlsMode, TlsPolicyMode};
 use crate::context::DeliveryContext;
 use crate::delay;
 use crate::dsn::{self, FailedRecipient};
@@ -1197,11 +1197,9 @@ impl Runner {
             &conn.remote,
             conn.last_reply().map(ToString::to_string),
         );
-        let reuse_limit = self.context().settings.connection_reuse_limit;
-        if conn.reusable() && conn.age() < reuse_limit {
+        if conn.reusable() && may_reuse(&self.context().settings, &conn, Instant::now()) {
             if let Some(oldest) = self.put_pooled(key, conn) {
-                // Closed off this delivery's path: its QUIT waits for another server.
-                tokio::spawn(oldest.quit());
+                quit_off_path(oldest);
             }
         } else {
             conn.quit().await;
@@ -1257,12 +1255,8 @@ impl Runner {
                 pool.get_mut(key).and_then(Vec::pop)
             };
             let (mut conn, since) = candidate?;
-            let settings = &self.context().settings;
-            let fresh = since.elapsed() < settings.connection_idle
-                && conn.age() < settings.connection_reuse_limit;
-            if !fresh {
-                // Its server may still wait for a word: say goodbye, off this path.
-                tokio::spawn(conn.quit());
+            if !may_reuse(&self.context().settings, &conn, since) {
+                quit_off_path(conn);
             } else if conn.reuse().await {
                 return Some(conn);
             }
@@ -1293,15 +1287,25 @@ impl Runner {
         Some(oldest)
     }
 
-    /// Drops idle connections past `connection_idle` (their servers will time them out).
+    /// Closes the pooled connections that [`may_reuse`] no longer allows.
     fn prune_pool(&self) {
-        let idle = self.context().settings.connection_idle;
-        if let Ok(mut pool) = self.shared.pool.lock() {
-            for conns in pool.values_mut() {
-                conns.retain(|(_, since)| since.elapsed() < idle);
+        let ctx = self.context();
+        let expired: Vec<Connection> = match self.shared.pool.lock() {
+            Ok(mut pool) => {
+                let mut expired = Vec::new();
+                for conns in pool.values_mut() {
+                    let (keep, old) = std::mem::take(conns)
+                        .into_iter()
+                        .partition(|(conn, since)| may_reuse(&ctx.settings, conn, *since));
+                    *conns = keep;
+                    expired.extend(old.into_iter().map(|(conn, _)| conn));
+                }
+                pool.retain(|_, conns| !conns.is_empty());
+                expired
             }
-            pool.retain(|_, conns| !conns.is_empty());
-        }
+            Err(_) => Vec::new(),
+        };
+        expired.into_iter().for_each(quit_off_path);
     }
 
     async fn close_pool(&self) {
@@ -1826,6 +1830,19 @@ fn bounce_recipient(ctx: &DeliveryContext, message: &QueuedMessage) -> Option<Ne
 /// very client configuration, so a STARTTLS connection whose certificate was not checked (DANE
 /// records that are all unusable) never carries mail that demands a verified one, and a DANE
 /// connection (a configuration of its own per attempt) is not reused at all.
+/// Whether a connection idle since `idle_since` may carry another message: idle for less
+/// than `connection_idle` (its server will time it out) and opened less than
+/// `connection_reuse_limit` ago (Postfix's `smtp_connection_reuse_time_limit`).
+fn may_reuse(settings: &DeliveryConfig, conn: &Connection, idle_since: Instant) -> bool {
+    idle_since.elapsed() < settings.connection_idle && conn.age() < settings.connection_reuse_limit
+}
+
+/// Says goodbye to a connection leaving the pool, without holding up the delivery at hand:
+/// its QUIT waits for another server (5 s at most).
+fn quit_off_path(conn: Connection) {
+    tokio::spawn(conn.quit());
+}
+
 fn pool_key(params: &ConnectParams) -> String {
     let tls = match &params.tls {
         TlsPolicy::Opportunistic(_) => "opportunistic".to_string(),

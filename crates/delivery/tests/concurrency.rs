@@ -250,6 +250,42 @@ async fn connections_are_not_reused_past_the_reuse_time_limit() {
     }
 }
 
+/// A pooled connection that outlived the reuse time limit while it waited is not taken
+/// for the next message: that one gets a new connection, and the old one a QUIT, so its
+/// server is not left waiting for a word.
+/// ```text
+/// message 1 -> conn 1 (pooled)      … 0.5 s, past a 0.3 s limit …
+/// message 2 -> conn 2;  conn 1: QUIT
+/// ```
+#[tokio::test]
+async fn a_pooled_connection_past_the_reuse_time_limit_is_closed_with_quit() {
+    let (srv, dns) = mx_for(
+        &["far.test"],
+        ip(127, 59, 0, 1),
+        ip(127, 59, 0, 2),
+        Script::default(),
+    )
+    .await;
+    let relay = Relay::new();
+    let mut settings = relay.config(Some(dns), srv.addr.port());
+    settings.connection_reuse_limit = Duration::from_millis(300);
+    let runner = relay.runner(settings);
+    enqueue_many(&relay, "far.test", 1).await;
+    deliver_all(&relay, runner.clone()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    enqueue_many(&relay, "far.test", 1).await;
+    deliver_all(&relay, runner.clone()).await;
+
+    assert_eq!(srv.messages().len(), 2);
+    assert_eq!(srv.connections(), 2, "the old connection was not reused");
+    let quit = eventually_async(Duration::from_secs(5), || {
+        srv.lines().iter().any(|line| line == "QUIT")
+    })
+    .await;
+    assert!(quit, "no QUIT for the old connection: {:?}", srv.lines());
+    drop(runner);
+}
+
 /// Delivers `count` messages to far.test at a scripted MX host at `mx`, one connection to it
 /// at a time (so that every later message may reuse the first connection); returns the host.
 async fn one_connection_at_a_time(
