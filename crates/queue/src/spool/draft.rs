@@ -140,18 +140,12 @@ impl Staging {
         staging.count_written(prefix)?;
         staging.prefix_checksum = staging.checksum.clone();
         staging.count_written(rest)?;
-        // On error `staging` is dropped here, which removes the partial file.
         if staging.header_final {
-            // One write instead of three: header and content, the header already final.
+            // Then the commit has no placeholders to fill: one write, not three.
             staging.fill_placeholders(&mut header);
-            write_both(&mut staging.file, &header, &message.content).map_err(queue_error)?;
-        } else {
-            staging.file.write_all(&header).map_err(queue_error)?;
-            staging
-                .file
-                .write_all(&message.content)
-                .map_err(queue_error)?;
         }
+        // On error `staging` is dropped here, which removes the partial file.
+        write_both(&mut staging.file, &header, &message.content).map_err(queue_error)?;
         Ok(staging)
     }
 
