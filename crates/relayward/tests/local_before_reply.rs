@@ -223,14 +223,31 @@ fn left_in_tmp(path: &std::path::Path, age: Duration) {
         .expect("set mtime");
 }
 
+/// alice's Maildir `tmp/` in the data directory of a server still to start, made.
+fn alice_tmp(dir: &std::path::Path) -> std::path::PathBuf {
+    let tmp = dir.join("data/mail/example.test/alice/tmp");
+    std::fs::create_dir_all(&tmp).expect("make tmp/");
+    tmp
+}
+
+/// After a sweep, alice's mailbox goes on taking mail: a stranger's message lands in it.
+fn alice_still_takes_mail(server: &TestServer) {
+    let reply = send_one(
+        server,
+        &["<alice@example.test>"],
+        b"Subject: after the sweep\r\n\r\nhello\r\n.\r\n",
+    );
+    assert_eq!(reply.0, 250, "{reply:?}");
+    assert_eq!(server.maildir_new("example.test", "alice").len(), 1);
+}
+
 /// A copy a crash left in `tmp/` between its write and its rename (never acknowledged from
 /// there) is removed at start once it is older than the Maildir convention's 36 hours; a
 /// younger one, which another deliverer may still be writing, stays.
 #[test]
 fn copies_a_crash_left_in_tmp_are_swept_at_start() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let tmp = dir.path().join("data/mail/example.test/alice/tmp");
-    std::fs::create_dir_all(&tmp).expect("make tmp/");
+    let tmp = alice_tmp(dir.path());
     let crashed = tmp.join("1764000000.M1P42Q7.crashed");
     let young = tmp.join("1764000001.M1P43Q1.being-written");
     left_in_tmp(&crashed, Duration::from_secs(37 * 3600));
@@ -239,14 +256,7 @@ fn copies_a_crash_left_in_tmp_are_swept_at_start() {
     server.wait_for_log("maildir sweep: removed 1 abandoned file");
     assert!(!crashed.exists(), "{}", server.log());
     assert!(young.exists(), "{}", server.log());
-    // The mailbox goes on taking mail.
-    let reply = send_one(
-        &server,
-        &["<alice@example.test>"],
-        b"Subject: after the sweep\r\n\r\nhello\r\n.\r\n",
-    );
-    assert_eq!(reply.0, 250, "{reply:?}");
-    assert_eq!(server.maildir_new("example.test", "alice").len(), 1);
+    alice_still_takes_mail(&server);
 }
 
 /// A copy the sweep cannot remove is reported with the reason, in a warning, and the other
@@ -254,8 +264,7 @@ fn copies_a_crash_left_in_tmp_are_swept_at_start() {
 #[test]
 fn a_copy_the_sweep_cannot_remove_is_reported_and_the_others_removed() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let tmp = dir.path().join("data/mail/example.test/alice/tmp");
-    std::fs::create_dir_all(&tmp).expect("make tmp/");
+    let tmp = alice_tmp(dir.path());
     let crashed = tmp.join("1764000000.M1P42Q7.crashed");
     let stuck = tmp.join("1764000002.M1P44Q1.stuck");
     left_in_tmp(&crashed, Duration::from_secs(37 * 3600));
@@ -275,12 +284,7 @@ fn a_copy_the_sweep_cannot_remove_is_reported_and_the_others_removed() {
     assert!(warning.contains("Operation not permitted"), "{warning}");
     assert!(!crashed.exists(), "{log}");
     assert!(stuck.exists(), "{log}");
-    let reply = send_one(
-        &server,
-        &["<alice@example.test>"],
-        b"Subject: after the sweep\r\n\r\nhello\r\n.\r\n",
-    );
-    assert_eq!(reply.0, 250, "{reply:?}");
+    alice_still_takes_mail(&server);
 }
 
 /// Every copy written, then one rename fails (bob's `new/` is immutable): alice's copy is
