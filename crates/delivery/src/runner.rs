@@ -1843,6 +1843,9 @@ fn quit_off_path(conn: Connection) {
     tokio::spawn(conn.quit());
 }
 
+/// Everything a pooled connection was opened with that its server saw or checked: address, the
+/// name we meant (SNI), our EHLO name, the TLS, and the AUTH identity. The password enters only
+/// as a short digest, so the key (which may reach a log) never carries it.
 fn pool_key(params: &ConnectParams) -> String {
     let tls = match &params.tls {
         TlsPolicy::Opportunistic(_) => "opportunistic".to_string(),
@@ -1850,12 +1853,24 @@ fn pool_key(params: &ConnectParams) -> String {
         TlsPolicy::Implicit { config, .. } => format!("implicit@{:p}", Arc::as_ptr(config)),
         TlsPolicy::None => "none".to_string(),
     };
-    let user = params
+    let auth = params
         .credentials
         .as_ref()
-        .map(|c| c.user.as_str())
-        .unwrap_or("");
-    format!("{}|{}|{tls}|{user}", params.addr, params.host_name)
+        .map(|c| format!("{}:{}", c.user, password_digest(&c.password)))
+        .unwrap_or_default();
+    format!(
+        "{}|{}|{}|{tls}|{auth}",
+        params.addr, params.host_name, params.helo
+    )
+}
+
+/// The first 8 bytes of the password's SHA-256, in hex: enough to tell two passwords apart.
+fn password_digest(password: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, password.as_bytes());
+    digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn is_final(outcome: &Option<Outcome>) -> bool {
@@ -1902,6 +1917,7 @@ pub fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::Credentials;
 
     #[test]
     fn connections_verified_differently_are_pooled_apart() {
@@ -1920,5 +1936,38 @@ mod tests {
         let verified = crate::tls::verifying(None).expect("config");
         assert_ne!(pool_key(&params(&unverified)), pool_key(&params(&verified)));
         assert_eq!(pool_key(&params(&verified)), pool_key(&params(&verified)));
+    }
+
+    /// A smart host sees the EHLO name and the AUTH identity a connection was opened with: a
+    /// message of a transport with another name or another password must not ride on it.
+    #[test]
+    fn connections_opened_with_other_credentials_or_helo_are_pooled_apart() {
+        let params = |helo: &str, password: &str| ConnectParams {
+            addr: "127.0.0.1:587".parse().expect("address"),
+            host_name: "smarthost.test".into(),
+            helo: helo.into(),
+            tls: TlsPolicy::None,
+            credentials: Some(Credentials {
+                user: "relay".into(),
+                password: password.into(),
+            }),
+            timeouts: crate::config::Timeouts::default(),
+        };
+        let base = pool_key(&params("relay.test", "s3cret-first"));
+        assert_eq!(base, pool_key(&params("relay.test", "s3cret-first")));
+        assert_ne!(
+            base,
+            pool_key(&params("relay.test", "s3cret-second")),
+            "another password"
+        );
+        assert_ne!(
+            base,
+            pool_key(&params("other.test", "s3cret-first")),
+            "another EHLO name"
+        );
+        assert!(
+            !base.contains("s3cret"),
+            "the key must not carry the password: {base}"
+        );
     }
 }
