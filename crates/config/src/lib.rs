@@ -83,6 +83,8 @@ trusted_networks = ["127.0.0.1/32", "::1/128"]
 # mta_sts_port = 443                        # HTTPS port of mta-sts.DOMAIN (tests only)
 # connections_per_destination = 20          # deliveries at once to one destination
 # max_connections = 100                     # deliveries at once in total
+# connection_cache_time = "10s"             # an idle connection waits this long for the next message; "0s": no reuse
+# connection_reuse_time_limit = "300s"      # a connection carries mail only this long after it opened
 # retry_schedule = ["1m", "5m", "15m", "30m", "1h", "2h", "4h"]   # the last one repeats
 # connect_timeout = "30s"
 # command_timeout = "5m"                    # greeting and each reply before DATA
@@ -481,6 +483,24 @@ pub struct Delivery {
     /// idle connections kept for reuse.
     #[serde(default = "default_delivery_connections")]
     pub max_connections: u32,
+    /// How long an idle connection to a next hop is kept for the next message to the same
+    /// host (Postfix's `smtp_connection_cache_time_limit`, 2 s; ours is longer because a
+    /// queued message may wait for the runner's next pass). `"0s"`: one connection per delivery.
+    #[serde(
+        default = "default_connection_cache_time",
+        deserialize_with = "de_duration",
+        serialize_with = "ser_duration"
+    )]
+    pub connection_cache_time: Duration,
+    /// How long after it was opened a connection may still carry another message (Postfix's
+    /// `smtp_connection_reuse_time_limit`, 300 s): a busy destination would otherwise keep one
+    /// connection forever, past a change of its MX records or its load balancer's mind.
+    #[serde(
+        default = "default_connection_reuse_time_limit",
+        deserialize_with = "de_duration",
+        serialize_with = "ser_duration"
+    )]
+    pub connection_reuse_time_limit: Duration,
     /// Waits between attempts for a deferred recipient, e.g. `["1m", "5m", "1h"]`; the last
     /// one repeats until `max_queue_lifetime`. Each wait varies by ±10 % so that deferred mail
     /// does not return all at once.
@@ -538,6 +558,8 @@ impl Default for Delivery {
             mta_sts_port: default_mta_sts_port(),
             connections_per_destination: default_connections_per_destination(),
             max_connections: default_delivery_connections(),
+            connection_cache_time: default_connection_cache_time(),
+            connection_reuse_time_limit: default_connection_reuse_time_limit(),
             retry_schedule: default_retry_schedule(),
             connect_timeout: default_connect_timeout(),
             command_timeout: default_command_timeout(),
@@ -576,6 +598,14 @@ fn default_command_timeout() -> Duration {
 
 fn default_data_timeout() -> Duration {
     Duration::from_secs(10 * 60)
+}
+
+fn default_connection_cache_time() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_connection_reuse_time_limit() -> Duration {
+    Duration::from_secs(300)
 }
 
 fn default_mx_port() -> u16 {

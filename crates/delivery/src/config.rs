@@ -62,11 +62,11 @@ pub struct DeliveryConfig {
     /// How often the runner lists the whole queue although nothing asked it to: a safety net
     /// under its due index, which the queue's change reports keep up to date.
     pub rescan_interval: Duration,
-    /// Idle connections are kept this long for reuse by the next message to the same host.
+    /// Idle connections are kept this long for reuse by the next message to the same host
+    /// (`[delivery] connection_cache_time`; zero: no reuse).
     pub connection_idle: Duration,
-    /// A connection is reused only this long after it was opened (Postfix's
-    /// `smtp_connection_reuse_time_limit`, 300 s): a busy destination would otherwise keep
-    /// one connection forever, past a change of its MX records or its load balancer's mind.
+    /// A connection is reused only this long after it was opened (`[delivery]
+    /// connection_reuse_time_limit`).
     pub connection_reuse_limit: Duration,
     /// How long `run` waits for in-flight deliveries after shutdown before aborting them.
     pub shutdown_grace: Duration,
@@ -104,8 +104,8 @@ impl DeliveryConfig {
             max_connections: defaults.max_connections as usize,
             max_per_destination: defaults.connections_per_destination as usize,
             rescan_interval: Duration::from_secs(3600),
-            connection_idle: Duration::from_secs(10),
-            connection_reuse_limit: Duration::from_secs(300),
+            connection_idle: defaults.connection_cache_time,
+            connection_reuse_limit: defaults.connection_reuse_time_limit,
             shutdown_grace: Duration::from_secs(20),
         }
     }
@@ -132,6 +132,8 @@ impl DeliveryConfig {
         out.delay_notice_after = delivery.delay_notice_after;
         out.max_connections = delivery.max_connections as usize;
         out.max_per_destination = delivery.connections_per_destination as usize;
+        out.connection_idle = delivery.connection_cache_time;
+        out.connection_reuse_limit = delivery.connection_reuse_time_limit;
         out.retry = RetrySchedule::new(delivery.retry_schedule.clone(), RetrySchedule::JITTER);
         out.timeouts = Timeouts::from_settings(
             delivery.connect_timeout,

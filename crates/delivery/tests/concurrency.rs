@@ -76,6 +76,8 @@ fn from_file(
     let mut settings = relay.config(Some(dns), port);
     settings.max_connections = file.max_connections;
     settings.max_per_destination = file.max_per_destination;
+    settings.connection_idle = file.connection_idle;
+    settings.connection_reuse_limit = file.connection_reuse_limit;
     settings
 }
 
@@ -224,13 +226,19 @@ async fn a_421_to_mail_on_a_reused_connection_sends_the_message_on_a_new_one() {
     }
 }
 
-/// A connection is reused only `connection_reuse_limit` (300 s, Postfix's
-/// `smtp_connection_reuse_time_limit`) after it was opened: past it, it is closed after its
-/// message instead of going back to the pool. With the limit at zero every message has a
-/// connection of its own; with the default, three messages share one.
+/// `[delivery] connection_cache_time` (how long an idle connection waits for the next
+/// message, 10 s) and `connection_reuse_time_limit` (how long after it opened it may carry
+/// one, 300 s as Postfix's `smtp_connection_reuse_time_limit`), from a configuration file.
+/// Three messages, one connection at a time: with the defaults they share one connection;
+/// with either time at zero every message has a connection of its own.
 #[tokio::test]
-async fn connections_are_not_reused_past_the_reuse_time_limit() {
-    for (limit, connections, net) in [(Duration::ZERO, 3, 0), (Duration::from_secs(300), 1, 1)] {
+async fn connection_reuse_follows_the_cache_time_and_the_reuse_time_limit() {
+    let cases = [
+        ("", 1),
+        ("connection_reuse_time_limit = \"0s\"", 3),
+        ("connection_cache_time = \"0s\"", 3),
+    ];
+    for (net, (keys, connections)) in (0u8..).zip(cases) {
         let (srv, dns) = mx_for(
             &["far.test"],
             ip(127, 58, net, 1),
@@ -240,13 +248,12 @@ async fn connections_are_not_reused_past_the_reuse_time_limit() {
         .await;
         let relay = Relay::new();
         enqueue_many(&relay, "far.test", 3).await;
-        let mut settings = relay.config(Some(dns), srv.addr.port());
-        settings.max_per_destination = 1;
-        settings.connection_reuse_limit = limit;
+        let delivery = format!("connections_per_destination = 1\n{keys}");
+        let settings = from_file(&relay, &delivery, dns, srv.addr.port());
         deliver_all(&relay, relay.runner(settings)).await;
 
-        assert_eq!(srv.messages().len(), 3, "limit {limit:?}");
-        assert_eq!(srv.connections(), connections, "limit {limit:?}");
+        assert_eq!(srv.messages().len(), 3, "[delivery] {keys:?}");
+        assert_eq!(srv.connections(), connections, "[delivery] {keys:?}");
     }
 }
 
