@@ -198,6 +198,9 @@ pub struct EnvelopeOptions<'a> {
     pub dsn: Option<&'a MailDsn>,
     /// `NOTIFY=` / `ORCPT=` per recipient, in the order of `recipients` (may be shorter).
     pub recipient_dsn: &'a [RcptDsn],
+    /// The message came from a stranger, whose sender may be forged: the next hop is not
+    /// asked for a success notice or for the whole message back (see [`crate::prepare`]).
+    pub from_stranger: bool,
 }
 
 /// What became of a message given to [`Connection::send`].

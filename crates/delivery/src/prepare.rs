@@ -10,12 +10,16 @@
 //!   [`crate::downgrade`]; what cannot be converted bounces with `5.6.3`.
 //! - **Long lines**: folded and wrapped to 998 octets ([`relayward_protocol::wrap`]).
 //! - **DSN** (RFC 3461): `RET`, `ENVID`, `NOTIFY`, `ORCPT` are passed on to a peer that
-//!   offers DSN, and left out otherwise (relayward then answers for them itself).
+//!   offers DSN, and left out otherwise (relayward then answers for them itself). Not for a
+//!   stranger's message as given: its sender may be a forged third party, and relayward
+//!   sends strangers no success notices and small bounces, so the peer is not asked for
+//!   more — `SUCCESS` is dropped from `NOTIFY` (`NEVER` when nothing is left) and `RET` is
+//!   always `HDRS` (a peer's own default may be the whole message).
 //! - **SIZE** is the size of what is actually sent.
 
 use std::borrow::Cow;
 
-use relayward_protocol::dsn::xtext_encode;
+use relayward_protocol::dsn::{Ret, xtext_encode};
 use relayward_protocol::idn;
 use relayward_protocol::wrap::wrap_long_lines;
 
@@ -115,7 +119,12 @@ fn mail_line(envelope: &Envelope<'_>, peer: &Extensions, utf8: bool, content: &[
     if peer.dsn
         && let Some(dsn) = envelope.options.dsn
     {
-        if let Some(ret) = dsn.ret {
+        let ret = if envelope.options.from_stranger {
+            Some(Ret::Hdrs)
+        } else {
+            dsn.ret
+        };
+        if let Some(ret) = ret {
             line.push_str(&format!(" RET={}", ret.as_str()));
         }
         if let Some(envid) = &dsn.envid {
@@ -136,7 +145,8 @@ fn rcpt_line(
     if peer.dsn
         && let Some(dsn) = envelope.options.recipient_dsn.get(index)
     {
-        if let Some(notify) = dsn.notify {
+        if let Some(mut notify) = dsn.notify {
+            notify.success &= !envelope.options.from_stranger;
             line.push_str(&format!(" NOTIFY={}", notify.to_value()));
         }
         if let Some(orcpt) = &dsn.orcpt {
@@ -232,6 +242,7 @@ mod tests {
                 smtputf8: false,
                 dsn: Some(&mail),
                 recipient_dsn: &per,
+                from_stranger: false,
             },
         };
         let with = prepare(&envelope, &peer(false, true, true), "mx").expect("ok");

@@ -664,6 +664,7 @@ impl Runner {
                 smtputf8: message.options.smtputf8,
                 dsn: Some(&message.options.dsn),
                 recipient_dsn: &recipient_dsn,
+                from_stranger: message.origin == Origin::Stranger,
             },
         };
         let attempt = journal::Attempt {

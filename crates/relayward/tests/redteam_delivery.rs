@@ -292,3 +292,87 @@ fn verify_recipients_false_accepts_anything_and_check_config_warns() {
         .send("QUIT")
         .expect(221);
 }
+
+/// One message from `smtp` (after EHLO) to eve of the route, asking its next hop for a
+/// success notice and the whole message back, as RFC 3461 lets any client ask.
+fn ask_for_notices(smtp: &mut support::Smtp, from: &str) {
+    smtp.send(&format!("MAIL FROM:<{from}> RET=FULL ENVID=e1"))
+        .expect(250)
+        .send("RCPT TO:<eve@corp.example.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;eve@corp.example.test")
+        .expect(250)
+        .send("DATA")
+        .expect(354)
+        .raw(b"Subject: reflect me\r\n\r\nthe stranger's text\r\n.\r\n")
+        .expect_text(250, "queued as")
+        .send("QUIT")
+        .expect(221);
+}
+
+/// The MAIL and RCPT lines the internal server got for the message from `from`.
+fn envelope_lines(
+    sink: &relayward_testkit::smtp_server::SmtpServer,
+    from: &str,
+) -> (String, String) {
+    let lines = sink.lines();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with(&format!("MAIL FROM:<{from}>")))
+        .unwrap_or_else(|| panic!("no MAIL from {from}: {lines:?}"));
+    (lines[at].clone(), lines[at + 1].clone())
+}
+
+/// A stranger's `NOTIFY=SUCCESS` and `RET=FULL` were passed on to a `[[route]]`'s internal
+/// server that offers DSN: relayward itself sends success notices only to its own users and
+/// small bounces to strangers, but the internal server was asked to mail the whole message
+/// back to whatever sender the stranger wrote (a third party) once delivered — a relay by
+/// reflection. A stranger's mail now goes on with `SUCCESS` dropped from `NOTIFY` and
+/// `RET=HDRS`; our own users' parameters are passed on as they gave them.
+#[test]
+fn a_strangers_success_notice_request_is_not_passed_on_to_a_route() {
+    let sink = relayward_testkit::smtp_server::SmtpServer::bind(
+        "127.0.0.1:0",
+        relayward_testkit::smtp_server::Script {
+            dsn: true,
+            ..Default::default()
+        },
+    );
+    let server = TestServer::start(&standard_config(&route_to(
+        sink.addr,
+        "recipients = [\"eve@corp.example.test\"]\n",
+    )));
+    let mut smtp = server.smtp("mx");
+    smtp.send("EHLO attacker.outside.test").expect(250);
+    ask_for_notices(&mut smtp, "victim@third.test");
+    let mut smtp = server.smtp("submission");
+    smtp.send("EHLO laptop.example.test")
+        .expect(250)
+        .starttls(server.ca())
+        .send("EHLO laptop.example.test")
+        .expect(250)
+        .auth_plain("alice@example.test", support::PASSWORD)
+        .expect(235);
+    ask_for_notices(&mut smtp, "alice@example.test");
+    assert!(
+        relayward_testkit::wait::eventually(Duration::from_secs(20), || sink.messages().len() == 2),
+        "{:?}\n{}",
+        sink.lines(),
+        server.log()
+    );
+    let (mail, rcpt) = envelope_lines(&sink, "victim@third.test");
+    assert!(
+        mail.contains(" RET=HDRS") && !mail.contains("FULL"),
+        "{mail}"
+    );
+    assert!(mail.contains(" ENVID=e1"), "{mail}");
+    assert!(
+        rcpt.contains(" NOTIFY=FAILURE ") && !rcpt.contains("SUCCESS"),
+        "{rcpt}"
+    );
+    assert!(
+        rcpt.contains(" ORCPT=rfc822;eve@corp.example.test"),
+        "{rcpt}"
+    );
+    let (mail, rcpt) = envelope_lines(&sink, "alice@example.test");
+    assert!(mail.contains(" RET=FULL"), "{mail}");
+    assert!(rcpt.contains(" NOTIFY=SUCCESS,FAILURE "), "{rcpt}");
+}

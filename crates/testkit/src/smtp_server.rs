@@ -48,6 +48,9 @@ pub struct Script {
     pub no_ehlo: bool,
     /// Announce CHUNKING (RFC 3030): `BDAT` is taken either way.
     pub chunking: bool,
+    /// Announce DSN (RFC 3461), so a client passes NOTIFY, RET, ENVID and ORCPT on (they
+    /// are recorded with the command lines and otherwise ignored).
+    pub dsn: bool,
     /// Close the connection right after answering a message's end, without a word (a server
     /// whose idle timeout ends a session the client keeps for its next message).
     pub close_after_message: bool,
@@ -74,6 +77,7 @@ impl Default for Script {
             auth_mechs: "PLAIN LOGIN",
             no_ehlo: false,
             chunking: false,
+            dsn: false,
             close_after_message: false,
             rset_reply: "250 2.0.0 ok".into(),
             messages_per_connection: None,
@@ -486,6 +490,9 @@ fn ehlo(script: &Script, tls: bool) -> String {
     lines.push("8BITMIME".into());
     if script.chunking {
         lines.push("CHUNKING".into());
+    }
+    if script.dsn {
+        lines.push("DSN".into());
     }
     if script.tls.is_some() && !tls {
         lines.push("STARTTLS".into());
