@@ -1422,9 +1422,21 @@ mod checks {
     }
 
     /// A host name as we accept it in the file: the protocol crate's grammar (LDH labels of
-    /// 1–63 octets, no trailing dot, not all-numeric at the end). IDNs are written as A-labels.
+    /// 1–63 octets, no trailing dot, not all-numeric at the end), in its canonical form up to
+    /// case. IDNs are written as A-labels: the parser turns every address's domain into its
+    /// A-label, and the file's names are compared with that as written, so a U-label (or a
+    /// fullwidth spelling) would be taken and never match anything.
     pub(crate) fn valid_domain(name: &str) -> bool {
-        relayward_protocol::path::is_host_name(name)
+        relayward_protocol::path::is_host_name(name) && a_label(name).is_none()
+    }
+
+    /// The canonical A-label form of `name` when it is a valid IDN written otherwise
+    /// (`exämple.test` → `xn--exmple-cua.test`), for the error message; `None` for a name
+    /// already in that form (any case) or one that is no name at all.
+    pub(crate) fn a_label(name: &str) -> Option<String> {
+        relayward_protocol::idn::to_ascii(name)
+            .ok()
+            .filter(|ascii| *ascii != name.to_ascii_lowercase())
     }
 
     /// `local@domain` with a dot-atom local part (RFC 5321 §4.1.2) of at most 64 octets.
@@ -1493,7 +1505,14 @@ mod checks {
         let mut seen = HashSet::new();
         for (i, domain) in config.relay.local_domains.iter().enumerate() {
             let key = format!("relay.local_domains[{i}]");
-            if !valid_domain(domain) {
+            if let Some(ascii) = a_label(domain) {
+                f.error(
+                    key,
+                    format!(
+                        "{domain:?} is not written as its A-label; write {ascii:?} (IDNs as xn--…)"
+                    ),
+                );
+            } else if !valid_domain(domain) {
                 f.error(
                     key,
                     format!("{domain:?} is not a domain name; write it like \"example.test\" (no @, no trailing dot, IDNs as xn--…)"),

@@ -152,6 +152,13 @@ fn other_problems_are_reported() {
         ("local_domains = [\"example.test\"]", "local_domains = []".into(), "relay.local_domains", Severity::Error, "local_domains = [\"example.test\"]"),
         ("local_domains = [\"example.test\"]", "local_domains = [\"@example.test\"]".into(), "relay.local_domains[0]", Severity::Error, "not a domain"),
         ("local_domains = [\"example.test\"]", "local_domains = [\"example.test\", \"EXAMPLE.test\"]".into(), "relay.local_domains[1]", Severity::Warning, "twice"),
+        // A domain not in its canonical A-label form never matches what the parser makes of a
+        // RCPT (always the A-label): it was taken and then silently dead — a local domain
+        // whose mail was refused as relaying, a TLS policy never applied.
+        ("local_domains = [\"example.test\"]", "local_domains = [\"example.test\", \"exämple.test\"]".into(), "relay.local_domains[1]", Severity::Error, "\"xn--exmple-cua.test\""),
+        ("local_domains = [\"example.test\"]", "local_domains = [\"ｅｘａｍｐｌｅ.test\"]".into(), "relay.local_domains[0]", Severity::Error, "\"example.test\""),
+        ("[relay]", "[[route]]\ndomain = \"cörp.test\"\nto = \"maildir\"\n[relay]".into(), "route[0].domain", Severity::Error, "not a domain"),
+        ("[relay]", "[[tls_policy]]\ndomain = \"bänk.example\"\nmode = \"require-verified\"\n[relay]".into(), "tls_policy[0].domain", Severity::Error, "A-label"),
         ("hostname = \"mx.example.test\"", "hostname = \"mx example\"".into(), "hostname", Severity::Error, "fully qualified"),
         ("[relay]", format!("{listen}[relay]"), "listen[2].address", Severity::Error, "twice"),
         ("password_hash = \"$argon2id$v", "password_hash = \"$argon2id$...\"\n#".into(), "user[0].password_hash", Severity::Error, "relayward hash-password"),
