@@ -205,6 +205,42 @@ Subject: spam\r\nRCPT TO:<victim2@other.test>\r\n.\r\nRSET\r\n",
     assert_nothing_queued(&server);
 }
 
+/// A RCPT between two BDAT chunks was answered `250 2.1.5 Ok`, but the message had been
+/// begun in the queue with the recipients of the first chunk: the late recipient was
+/// acknowledged and then silently never delivered (and the log counted it). RFC 3030 has the
+/// recipients before the first BDAT; a RCPT after it is out of sequence now (`503 5.5.1`),
+/// and the queued message has exactly the recipients the client was told it has.
+#[test]
+fn rcpt_between_bdat_chunks_is_out_of_sequence() {
+    let server = Server::start(&standard_config(""));
+    let mut smtp = server.smtp("mx");
+    smtp.send("EHLO attacker.outside.test")
+        .expect(250)
+        .send("MAIL FROM:<a@other.test>")
+        .expect(250)
+        .send("RCPT TO:<alice@example.test>")
+        .expect(250)
+        .raw(b"BDAT 12\r\nSubject: x\r\n")
+        .expect(250)
+        .send("RCPT TO:<postmaster@example.test>")
+        .expect_text(503, "5.5.1")
+        .send("RCPT TO:<victim@other.test>")
+        .expect_text(503, "5.5.1")
+        .raw(b"BDAT 9 LAST\r\n\r\nhello\r\n")
+        .expect(250)
+        .send("QUIT")
+        .expect(221);
+    let queued = server.queue.messages();
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    let rcpts: Vec<&str> = queued[0]
+        .message
+        .recipients
+        .iter()
+        .map(|r| r.address.as_str())
+        .collect();
+    assert_eq!(rcpts, ["alice@example.test"]);
+}
+
 #[test]
 fn smuggling_with_crlf_dot_lf_is_refused() {
     let server = Server::start(&standard_config(""));

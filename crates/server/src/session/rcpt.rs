@@ -23,6 +23,15 @@ impl<S: Stream> Session<S> {
         let Some(txn) = self.txn.as_mut() else {
             return self.client_error(Reply::enh(503, (5, 5, 1), "Need MAIL before RCPT"));
         };
+        // RFC 3030: the recipients come before the first BDAT, whose message was begun in the
+        // queue with them; a recipient taken now would be acknowledged and never delivered.
+        if txn.chunks.is_some() {
+            return self.client_error(Reply::enh(
+                503,
+                (5, 5, 1),
+                "RCPT not allowed after BDAT; RSET to start over",
+            ));
+        }
         if let Err(reply) = extensions::check_rcpt_params(params, offered)
             .and_then(|()| extensions::check_utf8_path(wire, txn.smtputf8))
         {
