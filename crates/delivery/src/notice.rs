@@ -2,7 +2,7 @@
 //! with `NOTIFY=SUCCESS` and whose mail relayward itself delivered into a Maildir.
 //!
 //! Mail relayed to a next hop that offers DSN carries the `NOTIFY` on, and that hop answers
-//! for it. Notices go only to senders who authenticated: an unauthenticated client can put
+//! for it — a stranger's without `SUCCESS` (see [`crate::prepare`]). Notices go only to senders who authenticated: an unauthenticated client can put
 //! anyone's address in `MAIL FROM`, and a notice to that address would carry the client's
 //! headers to a third party (backscatter). Like bounces, notices use the null reverse-path,
 //! so they are never answered in turn.
