@@ -14,8 +14,8 @@
 //! stranger (not authenticated, not in a trusted network) names a sender nobody checked: its
 //! report goes, as likely as not, to a third party. So that a stranger cannot use us to mail
 //! anyone his text ("backscatter"), such a report carries at most [`STRANGER_HEADER_CAP`]
-//! octets of the original — the whole message for `RET=FULL` only when it fits, otherwise
-//! the first octets of its header section, cut at a field boundary — and says why by status
+//! octets of the original — the first octets of its header section, cut at a field boundary,
+//! never the body, whatever `RET` he gave — and says why by status
 //! code only: no remote reply text and no remote host, which for a `[[route]]` is an internal
 //! server's name or address. Our own users get the whole report.
 
@@ -27,8 +27,8 @@ use relayward_queue::Origin;
 
 use crate::outcome::Failure;
 
-/// Most octets of the original a report to a stranger's sender carries: the whole message
-/// when it fits (`RET=FULL`), otherwise its header section cut at a field boundary.
+/// Most octets of the original a report to a stranger's sender carries: its header section,
+/// cut at a field boundary.
 pub const STRANGER_HEADER_CAP: usize = 16 * 1024;
 
 /// A recipient a report is about: why it failed, or (a delay notice) why it is still waiting.
@@ -86,12 +86,13 @@ impl Report<'_> {
         matches!(self.kind, Kind::Delay { .. })
     }
 
-    /// Whether the whole original goes back: a bounce with `RET=FULL`, and for a stranger
-    /// only a message that fits the cap.
+    /// Whether the whole original goes back: a bounce with `RET=FULL`, never to a stranger.
+    /// His sender may be forged, and however small his message, its body is his text mailed
+    /// to whoever he named (he can make a bounce happen: a next hop without SMTPUTF8, one
+    /// that refuses the content, a SIZE limit), so his report returns the header section
+    /// within the cap, whatever he asked.
     fn returns_full_message(&self) -> bool {
-        self.kind == Kind::Failure
-            && self.ret == Some(Ret::Full)
-            && (!self.for_stranger() || self.original.len() <= STRANGER_HEADER_CAP)
+        self.kind == Kind::Failure && self.ret == Some(Ret::Full) && !self.for_stranger()
     }
 }
 
@@ -795,10 +796,10 @@ mod tests {
     }
 
     /// RFC 3461 §4.3: `RET=FULL` returns the whole message, `RET=HDRS` (and no RET) its
-    /// header section; a stranger's bounce returns the whole message only when it fits the
-    /// cap, and a delay notice never does.
+    /// header section; a stranger's bounce never returns the body, however small, and a
+    /// delay notice never does.
     #[test]
-    fn ret_full_returns_the_message_ret_hdrs_its_headers_and_strangers_only_what_fits() {
+    fn ret_full_returns_the_message_ret_hdrs_its_headers_and_strangers_never_the_body() {
         let failed = route_failure();
         let small = b"Subject: hi\r\n\r\nbody line\r\n";
         let full = report_with(
@@ -833,7 +834,12 @@ mod tests {
             small,
             &failed,
         );
-        assert!(stranger_small.contains("body line"), "{stranger_small}");
+        assert!(!stranger_small.contains("body line"), "{stranger_small}");
+        assert!(
+            returned_part(&stranger_small).contains("Content-Type: text/rfc822-headers\r\n")
+                && stranger_small.contains("Subject: hi\r\n"),
+            "{stranger_small}"
+        );
 
         let mut big = b"Subject: big\r\n\r\n".to_vec();
         big.extend(std::iter::repeat_n(b'x', STRANGER_HEADER_CAP));
