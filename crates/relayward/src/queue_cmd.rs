@@ -40,6 +40,14 @@ struct ListArgs {
 }
 
 impl ListArgs {
+    /// Whether any filter was given.
+    fn filters_something(&self) -> bool {
+        self.from.is_some()
+            || self.to.is_some()
+            || self.older_than.is_some()
+            || self.state.is_some()
+    }
+
     fn filter(&self) -> admin::ListFilter {
         admin::ListFilter {
             from: self.from.clone(),
@@ -106,6 +114,10 @@ pub async fn run(args: QueueArgs, config_arg: ConfigArg, json: bool) -> ExitCode
             return ExitCode::from(crate::EXIT_CONFIG);
         }
     };
+    if let Err(message) = spool_exists(&config, &config_arg) {
+        eprintln!("relayward queue: {message}");
+        return ExitCode::FAILURE;
+    }
     let queue = match crate::queue_backend::OpenQueue::open(&config).await {
         Ok(queue) => queue,
         Err(e) => {
@@ -132,6 +144,37 @@ pub async fn run(args: QueueArgs, config_arg: ConfigArg, json: bool) -> ExitCode
             ExitCode::FAILURE
         }
     }
+}
+
+/// The file spool must be there already: opening it creates `data_dir/queue`, so a command
+/// run without the server's `--config` (the embedded default's `./relayward-data`, relative to
+/// wherever it runs) would otherwise make an empty queue in the current directory and answer
+/// from it ("Queue is empty.") instead of saying it looked in the wrong place.
+fn spool_exists(
+    config: &relayward_server::config::Config,
+    config_arg: &ConfigArg,
+) -> Result<(), String> {
+    if config.queue.backend != relayward_config::QueueBackend::File {
+        return Ok(());
+    }
+    let dir = config.data_dir.join("queue");
+    if dir.is_dir() {
+        return Ok(());
+    }
+    Err(match &config_arg.config {
+        None => format!(
+            "no queue in {}: that is the data_dir of the embedded default configuration \
+             (neither --config FILE nor RELAYWARD_CONFIG was given); name the server's \
+             configuration with --config FILE",
+            dir.display()
+        ),
+        Some(file) => format!(
+            "no queue in {} (data_dir of {}): `relayward serve` has not run with this \
+             configuration yet, or it is not the server's",
+            dir.display(),
+            file.display()
+        ),
+    })
 }
 
 impl QueueAction {
@@ -164,11 +207,21 @@ async fn act(
 ) -> Result<String, String> {
     let render = |r: &dyn RenderBoth| if json { r.as_json() } else { r.as_table() };
     let text = match action {
-        QueueAction::List(args) => render(
-            &admin::list_matching(queue, &args.filter())
+        QueueAction::List(args) => {
+            let list = admin::list_matching(queue, &args.filter())
                 .await
-                .map_err(describe)?,
-        ),
+                .map_err(describe)?;
+            if list.0.is_empty() && !json && args.filters_something() {
+                // "Queue is empty." would be wrong when only the filters left nothing.
+                let total = queue.list().await.map_err(describe)?.len();
+                if total > 0 {
+                    return Ok(format!(
+                        "No message matches the filters ({total} message(s) in the queue).\n"
+                    ));
+                }
+            }
+            render(&list)
+        }
         QueueAction::Cat { id, raw } => {
             let stored = admin::cat(queue, &parse_id(&id)?).await.map_err(describe)?;
             if raw && !json {
