@@ -40,7 +40,7 @@ fn effective_shows_every_setting_with_its_value_and_whether_it_is_the_default() 
     let dir = tempfile::tempdir().expect("tempdir");
     let file = config_file(
         &dir,
-        "[limits]\nmax_errors = 3\n\n[delivery]\nsmarthost = \"127.0.0.1:2525\"\nsmarthost_tls = \"none\"\nconnections_per_destination = 5\n",
+        "[limits]\nmax_errors = 3\n\n[delivery]\nsmarthost = \"127.0.0.1:2525\"\nsmarthost_tls = \"none\"\nconnections_per_destination = 5\n\n[[route]]\ndomain = \"corp.example.test\"\nto = \"smtp://127.0.0.1:25\"\n",
     );
     let (code, out) = check(&["--effective"], &file);
     assert_eq!(code, Some(0), "{out}");
@@ -62,6 +62,12 @@ fn effective_shows_every_setting_with_its_value_and_whether_it_is_the_default() 
     assert!(line("delivery.data_timeout").contains("\"10m\""));
     assert!(line("listen[0].kind").contains("\"mx\""));
     assert!(line("metrics.listen").contains("(not set)"));
+    // A key of a `[[table]]` the file leaves out is at its default as much as any other.
+    assert!(
+        line("route[0].verify_recipients").ends_with("# default"),
+        "{out}"
+    );
+    assert!(!line("route[0].to").contains("# default"), "{out}");
     assert!(
         out.contains("# Delivery: smart host 127.0.0.1:2525 (no TLS)"),
         "the delivery mode is named:\n{out}"
