@@ -79,8 +79,14 @@ impl Config {
                 format!("smart host {host} ({tls}{auth}) for every non-local recipient")
             }
             None => format!(
-                "MX lookup, port {}, opportunistic STARTTLS, for every non-local recipient",
-                d.mx_port
+                "MX lookup, port {}, {}, for every non-local recipient",
+                d.mx_port,
+                match d.tls_policy {
+                    crate::tls_policy::TlsPolicyMode::MtaStsDane => {
+                        "STARTTLS when offered, verified where MTA-STS or DANE demands it"
+                    }
+                    crate::tls_policy::TlsPolicyMode::Opportunistic => "opportunistic STARTTLS",
+                }
             ),
         }
     }

@@ -72,6 +72,26 @@ fn effective_shows_every_setting_with_its_value_and_whether_it_is_the_default() 
         out.contains("# Delivery: smart host 127.0.0.1:2525 (no TLS)"),
         "the delivery mode is named:\n{out}"
     );
+    // MX delivery names the TLS policy in force (the default honours MTA-STS and DANE).
+    for (policy, says) in [
+        (
+            "",
+            "STARTTLS when offered, verified where MTA-STS or DANE demands it",
+        ),
+        (
+            "[delivery]\ntls_policy = \"opportunistic\"\n",
+            "opportunistic STARTTLS,",
+        ),
+    ] {
+        let mx_dir = tempfile::tempdir().expect("tempdir");
+        let mx = config_file(&mx_dir, policy);
+        let (code, out) = check(&["--effective"], &mx);
+        assert_eq!(code, Some(0), "{out}");
+        assert!(
+            out.contains(&format!("# Delivery: MX lookup, port 25, {says}")),
+            "{policy}:\n{out}"
+        );
+    }
 
     let (code, out) = check(&["--effective", "--json"], &file);
     assert_eq!(code, Some(0), "{out}");
