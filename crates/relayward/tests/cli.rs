@@ -124,6 +124,16 @@ fn help_names_the_environment_it_reads() {
             "relayward {args:?}:\n{out}"
         );
     }
+    // The probe service reads RELAYWARD_PROBE_SERVICE_CONFIG (its --config says so), and its
+    // environment note must not send the reader to the relay's variable instead.
+    let (code, out) = relayward(&["probe-service", "--help"]);
+    assert_eq!(code, Some(0), "{out}");
+    let environment = out.split("Environment:").nth(1).unwrap_or_default();
+    assert!(
+        environment.contains("RELAYWARD_PROBE_SERVICE_CONFIG  configuration file"),
+        "{out}"
+    );
+    assert!(environment.contains("RUST_LOG"), "{out}");
 }
 
 #[test]
