@@ -87,6 +87,9 @@ enum Commands {
     CheckConfig(check_config::CheckConfigArgs),
 
     /// Read a password on stdin and print its argon2id hash for a `[[user]] password_hash`.
+    ///
+    /// On a terminal it asks for the password twice and does not show it; from a pipe
+    /// (`echo '…' | relayward hash-password`) it reads one line.
     HashPassword,
 
     /// Test SMTP servers for open relaying: every known trick, verdicts, proof of relay.

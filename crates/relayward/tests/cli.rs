@@ -157,3 +157,60 @@ fn hash_password_prints_json_with_json() {
     let hash = value["password_hash"].as_str().expect("password_hash");
     assert!(hash.starts_with("$argon2id$"), "{hash}");
 }
+
+/// Typed at a terminal (`relayward hash-password` and Enter, as its help invites), the
+/// command asks for the password twice with echo off; it used to wait without a word while
+/// the password appeared on the screen as it was typed.
+#[test]
+fn hash_password_on_a_terminal_prompts_twice_without_echo() {
+    use std::io::{Read as _, Write as _};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    let slave = std::fs::File::from(pty.slave);
+    let mut child = Command::new(binary())
+        .arg("hash-password")
+        .stdin(slave.try_clone().expect("slave"))
+        .stderr(slave)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start hash-password");
+    let mut master = std::fs::File::from(pty.master);
+    let screen = Arc::new(Mutex::new(Vec::new()));
+    let mut reader = master.try_clone().expect("master");
+    let seen = Arc::clone(&screen);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        while let Ok(n @ 1..) = reader.read(&mut buf) {
+            seen.lock().expect("screen").extend_from_slice(&buf[..n]);
+        }
+    });
+    let wait_for = |text: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let shown = String::from_utf8_lossy(&screen.lock().expect("screen")).into_owned();
+            if shown.contains(text) {
+                return shown;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} on the terminal; it shows: {shown:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for("Password");
+    master.write_all(b"tty secret\n").expect("type");
+    wait_for("again");
+    master.write_all(b"tty secret\n").expect("type");
+    let output = child.wait_with_output().expect("hash-password finishes");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.starts_with("$argon2id$"), "{stdout}");
+    let shown = String::from_utf8_lossy(&screen.lock().expect("screen")).into_owned();
+    assert!(
+        !shown.contains("tty secret"),
+        "the password was echoed: {shown:?}"
+    );
+}
