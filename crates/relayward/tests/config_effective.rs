@@ -112,6 +112,25 @@ fn effective_shows_every_setting_with_its_value_and_whether_it_is_the_default() 
             .as_str()
             .is_some_and(|m| m.contains("smart host"))
     );
+    assert_eq!(json["problems"], serde_json::json!([]), "{out}");
+    // The problems --effective reports after the settings are in its JSON too.
+    let broken_dir = tempfile::tempdir().expect("tempdir");
+    let broken = config_file(
+        &broken_dir,
+        "[tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n",
+    );
+    let (code, out) = check(&["--effective", "--json"], &broken);
+    assert_eq!(code, Some(78), "{out}");
+    let json_start = out.find('{').expect("JSON");
+    let json_end = out.rfind('}').expect("JSON");
+    let json: serde_json::Value = serde_json::from_str(&out[json_start..=json_end]).expect("JSON");
+    let problems = json["problems"].as_array().expect("problems");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p["key"] == "tls.cert" && p["severity"] == "error" && p["line"] == 12),
+        "{out}"
+    );
 }
 
 #[test]
