@@ -169,7 +169,7 @@ fn hash_password_on_a_terminal_prompts_twice_without_echo() {
 
     let pty = nix::pty::openpty(None, None).expect("openpty");
     let slave = std::fs::File::from(pty.slave);
-    let mut child = Command::new(binary())
+    let child = Command::new(binary())
         .arg("hash-password")
         .stdin(slave.try_clone().expect("slave"))
         .stderr(slave)
