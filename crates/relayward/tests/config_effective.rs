@@ -166,6 +166,35 @@ fn show_default_is_the_complete_commented_file() {
         assert!(out.contains(&format!("{key} = ")), "{key} missing:\n{out}");
     }
     assert!(out.lines().count() > 60, "{out}");
+    // The file a reader starts from writes each duration as README's Configuration does.
+    let durations = |text: &str| -> Vec<(String, String)> {
+        text.lines()
+            .filter_map(|line| {
+                let line = line.trim_start_matches('#').trim_start();
+                let (key, rest) = line.split_once(" = ")?;
+                let value = rest.split_whitespace().next()?;
+                let inner = value.strip_prefix('"')?.strip_suffix('"')?;
+                let is_duration = inner.starts_with(|c: char| c.is_ascii_digit())
+                    && inner.ends_with(|c: char| c.is_ascii_alphabetic());
+                (key.chars().all(|c| c.is_ascii_lowercase() || c == '_') && is_duration)
+                    .then(|| (key.to_string(), value.to_string()))
+            })
+            .collect()
+    };
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+        .expect("README.md");
+    let section = &readme[readme.find("## Configuration").expect("section")..];
+    let block = &section[section.find("```toml").expect("toml block")..];
+    let block = &block[..block[7..].find("```").expect("block end") + 7];
+    let documented = durations(block);
+    let mut compared = 0;
+    for (key, value) in durations(&out) {
+        for (_, readme_value) in documented.iter().filter(|(k, _)| *k == key) {
+            assert_eq!(&value, readme_value, "{key} in --show-default and README");
+            compared += 1;
+        }
+    }
+    assert!(compared >= 15, "only {compared} durations compared");
 }
 
 #[test]
