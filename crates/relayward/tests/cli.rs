@@ -176,6 +176,17 @@ fn hash_password_on_a_terminal_prompts_twice_without_echo() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("start hash-password");
+    // A failed wait below must not leave the command blocked on the terminal for ever.
+    struct KillOnPanic(Option<u32>);
+    impl Drop for KillOnPanic {
+        fn drop(&mut self) {
+            let pid = self.0.filter(|_| std::thread::panicking());
+            if let Some(pid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+    let mut guard = KillOnPanic(Some(child.id()));
     let mut master = std::fs::File::from(pty.master);
     let screen = Arc::new(Mutex::new(Vec::new()));
     let mut reader = master.try_clone().expect("master");
@@ -205,6 +216,7 @@ fn hash_password_on_a_terminal_prompts_twice_without_echo() {
     wait_for("again");
     master.write_all(b"tty secret\n").expect("type");
     let output = child.wait_with_output().expect("hash-password finishes");
+    guard.0 = None;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}");
     assert!(stdout.starts_with("$argon2id$"), "{stdout}");
