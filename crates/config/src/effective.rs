@@ -43,8 +43,10 @@ impl Config {
         actual
             .into_iter()
             .map(|(key, value)| {
+                // Not set is the default of an optional key, also inside a `[[table]]`
+                // (`route[0].verify_recipients`), which the table-less defaults cannot show.
                 let default = !REQUIRED.contains(&key.as_str())
-                    && defaults.iter().any(|(k, v)| *k == key && *v == value);
+                    && (value.is_null() || defaults.iter().any(|(k, v)| *k == key && *v == value));
                 let value = if MASKED.iter().any(|m| key.ends_with(m)) {
                     Value::String("(argon2 hash, not shown)".into())
                 } else {
@@ -77,8 +79,14 @@ impl Config {
                 format!("smart host {host} ({tls}{auth}) for every non-local recipient")
             }
             None => format!(
-                "MX lookup, port {}, opportunistic STARTTLS, for every non-local recipient",
-                d.mx_port
+                "MX lookup, port {}, {}, for every non-local recipient",
+                d.mx_port,
+                match d.tls_policy {
+                    crate::tls_policy::TlsPolicyMode::MtaStsDane => {
+                        "STARTTLS when offered, verified where MTA-STS or DANE demands it"
+                    }
+                    crate::tls_policy::TlsPolicyMode::Opportunistic => "opportunistic STARTTLS",
+                }
             ),
         }
     }

@@ -27,6 +27,9 @@ use crate::verdict::{self, AcceptAll};
 /// Consecutive failed (re)connects after which the rest of the battery is abandoned.
 const MAX_OPEN_FAILURES: u32 = 3;
 
+/// The note of a test not sent because the server could no longer be reached.
+const UNREACHABLE: &str = "server unreachable after repeated reconnects";
+
 /// Probes one target. Never panics on what the server sends; every wait is bounded by the
 /// test and host timeouts.
 pub async fn probe_target(target: Target, cfg: Arc<ProbeConfig>) -> TargetReport {
@@ -372,12 +375,12 @@ impl<'a> Runner<'a> {
                 return skipped(r.id, kind, description, "the server sent too much");
             }
             if self.open_failures >= MAX_OPEN_FAILURES {
-                return skipped(
-                    r.id,
-                    kind,
-                    description,
-                    "server unreachable after repeated reconnects",
-                );
+                // Not sent because the server stopped taking the probe: no usable answer
+                // (an `error`), so a server that cuts the probe off early is not CLOSED on
+                // the few tricks that ran.
+                let mut result = skipped(r.id, kind, description, UNREACHABLE);
+                result.outcome = Outcome::Error;
+                return result;
             }
             attempts += 1;
             let ex = self.attempt(r, kind).await;
@@ -504,8 +507,11 @@ impl<'a> Runner<'a> {
                 return Run::skipped("the server sent too much").into_result(trick, attempts);
             }
             if self.open_failures >= MAX_OPEN_FAILURES {
-                return Run::skipped("server unreachable after repeated reconnects")
-                    .into_result(trick, attempts);
+                let run = Run {
+                    broken: Some(UNREACHABLE.to_string()),
+                    ..Run::default()
+                };
+                return run.into_result(trick, attempts);
             }
             attempts += 1;
             let run = self.special_attempt(trick, ctx, None).await;

@@ -243,6 +243,35 @@ async fn error_limit_reconnects_and_runs_every_test() {
     assert!(not_run.is_empty(), "not run: {not_run:?}");
 }
 
+/// A server that stops greeting the probe part-way (a per-address connection limit) has not
+/// been tested by the tricks that could no longer be sent: they are tests without a usable
+/// answer, not skipped ones, so the target is INCONCLUSIVE, never CLOSED on the few that ran.
+#[tokio::test]
+async fn a_server_that_stops_taking_connections_is_not_closed() {
+    let mut spec = Spec::new(Kind::Closed);
+    spec.max_errors = Some(3);
+    spec.max_sessions = Some(3);
+    let addr = start(spec, "127.0.0.1:0").await;
+    let r = run(addr).await;
+    assert_eq!(r.verdict, Verdict::Inconclusive, "{}", dump(&r));
+    assert!(r.reason.contains("no usable answer"), "{}", r.reason);
+    let unreachable: Vec<&Outcome> = r
+        .tests
+        .iter()
+        .filter(|t| {
+            t.note
+                .as_deref()
+                .is_some_and(|n| n.contains("unreachable after repeated reconnects"))
+        })
+        .map(|t| &t.outcome)
+        .collect();
+    assert!(!unreachable.is_empty(), "{}", dump(&r));
+    assert!(
+        unreachable.iter().all(|o| **o == Outcome::Error),
+        "{unreachable:?}"
+    );
+}
+
 /// A server that drops clients after 10 errors (relayward's default; Postfix slows down there)
 /// never gets to: the probe starts a fresh connection on its own before the limit.
 #[tokio::test]

@@ -157,8 +157,17 @@ async fn ask_within(
     match crate::admin::request_within(&config.data_dir, request, limit).await {
         Ok(Some(reply)) => Some(reply),
         Ok(None) => {
+            // Without --config the embedded default's data_dir is relative to the current
+            // directory: the server may well run, with the file the reader forgot to name.
+            let which = if config_arg.config.is_none() {
+                "; that is the data_dir of the embedded default configuration (no --config FILE \
+                 nor RELAYWARD_CONFIG given): name the server's configuration with --config FILE, \
+                 or start one with `relayward serve`"
+            } else {
+                "; start it with `relayward serve`"
+            };
             eprintln!(
-                "relayward: no server is running on {} (no admin socket {}); start it with `relayward serve`",
+                "relayward: no server is running on {} (no admin socket {}){which}",
                 config.data_dir.display(),
                 crate::admin::socket_path(&config.data_dir).display()
             );

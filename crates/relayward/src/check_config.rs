@@ -100,7 +100,7 @@ pub async fn run(
     problems.sort_by_key(|p| p.severity);
     let valid = !problems.iter().any(|p| p.severity == Severity::Error);
     if args.effective {
-        print_effective(&config, &arg, json);
+        print_effective(&config, &arg, &problems, json);
         crate::print_problems(&problems, &arg);
         return exit(valid);
     }
@@ -203,16 +203,13 @@ fn print_text(report: &Result<BatteryReport, String>) {
 
 /// `check-config --json`: one object. `result` is `pass` or `fail`; `problems` carry the line
 /// of their key when the file has it; `battery` is `null` when the configuration has errors.
-fn print_json(
-    arg: &crate::ConfigArg,
-    problems: &[ConfigProblem],
-    report: &Result<BatteryReport, String>,
-) {
+/// `problems` of the JSON output: `severity`, `key`, `line` (in the file) and `message`.
+fn problems_json(arg: &crate::ConfigArg, problems: &[ConfigProblem]) -> Vec<serde_json::Value> {
     let text = arg
         .config
         .as_ref()
         .and_then(|p| std::fs::read_to_string(p).ok());
-    let problems: Vec<serde_json::Value> = problems
+    problems
         .iter()
         .map(|p| {
             serde_json::json!({
@@ -222,7 +219,15 @@ fn print_json(
                 "message": p.message,
             })
         })
-        .collect();
+        .collect()
+}
+
+fn print_json(
+    arg: &crate::ConfigArg,
+    problems: &[ConfigProblem],
+    report: &Result<BatteryReport, String>,
+) {
+    let problems = problems_json(arg, problems);
     let (battery, pass) = match report {
         Ok(report) => (
             serde_json::json!({
@@ -252,7 +257,12 @@ fn print_json(
 }
 
 /// `--effective`: `key = value` lines, defaults marked; `--json`: the same as objects.
-fn print_effective(config: &Config, arg: &crate::ConfigArg, json: bool) {
+fn print_effective(
+    config: &Config,
+    arg: &crate::ConfigArg,
+    problems: &[ConfigProblem],
+    json: bool,
+) {
     let settings = config.effective_settings();
     let origin = arg
         .config
@@ -264,6 +274,8 @@ fn print_effective(config: &Config, arg: &crate::ConfigArg, json: bool) {
             "file": arg.config.as_ref().map(|p| p.display().to_string()),
             "delivery_mode": config.delivery_mode(),
             "settings": settings,
+            // The problems the text form prints after the settings (stderr has them too).
+            "problems": problems_json(arg, problems),
         });
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         return;

@@ -60,6 +60,13 @@ const ENVIRONMENT_HELP: &str = "Environment:
   RUST_LOG          which log lines `serve` writes to stderr, e.g. `info` (the default),
                     `relayward=debug,info`, `warn`; see the tracing-subscriber EnvFilter syntax";
 
+/// `probe-service --help`'s environment: its `--config` reads a variable of its own.
+const PROBE_SERVICE_ENVIRONMENT_HELP: &str = "Environment:
+  RELAYWARD_PROBE_SERVICE_CONFIG  configuration file when --config is not given
+                                  (RELAYWARD_CONFIG, the relay's, is not read)
+  RUST_LOG                        which log lines the service writes to stderr, e.g. `info`
+                                  (the default), `warn`; the tracing-subscriber EnvFilter syntax";
+
 #[derive(Subcommand)]
 enum Commands {
     /// Run the mail relay (listeners, queue, delivery).
@@ -80,6 +87,9 @@ enum Commands {
     CheckConfig(check_config::CheckConfigArgs),
 
     /// Read a password on stdin and print its argon2id hash for a `[[user]] password_hash`.
+    ///
+    /// On a terminal it asks for the password twice and does not show it; from a pipe
+    /// (`echo '…' | relayward hash-password`) it reads one line.
     HashPassword,
 
     /// Test SMTP servers for open relaying: every known trick, verdicts, proof of relay.
@@ -161,9 +171,13 @@ pub struct ConfigArg {
 /// manual pages all start from here.
 pub fn command() -> clap::Command {
     fn with_environment(command: clap::Command) -> clap::Command {
-        command
-            .after_help(ENVIRONMENT_HELP)
-            .mut_subcommands(with_environment)
+        // The probe service has a configuration of its own, in a variable of its own.
+        let help = if command.get_name() == "probe-service" {
+            PROBE_SERVICE_ENVIRONMENT_HELP
+        } else {
+            ENVIRONMENT_HELP
+        };
+        command.after_help(help).mut_subcommands(with_environment)
     }
     with_environment(Cli::command())
 }

@@ -40,6 +40,14 @@ struct ListArgs {
 }
 
 impl ListArgs {
+    /// Whether any filter was given.
+    fn filters_something(&self) -> bool {
+        self.from.is_some()
+            || self.to.is_some()
+            || self.older_than.is_some()
+            || self.state.is_some()
+    }
+
     fn filter(&self) -> admin::ListFilter {
         admin::ListFilter {
             from: self.from.clone(),
@@ -106,6 +114,14 @@ pub async fn run(args: QueueArgs, config_arg: ConfigArg, json: bool) -> ExitCode
             return ExitCode::from(crate::EXIT_CONFIG);
         }
     };
+    match spool_exists(&config, &config_arg) {
+        Ok(true) => {}
+        Ok(false) => return finish(without_queue(args.action, json)),
+        Err(message) => {
+            eprintln!("relayward queue: {message}");
+            return ExitCode::FAILURE;
+        }
+    }
     let queue = match crate::queue_backend::OpenQueue::open(&config).await {
         Ok(queue) => queue,
         Err(e) => {
@@ -119,6 +135,10 @@ pub async fn run(args: QueueArgs, config_arg: ConfigArg, json: bool) -> ExitCode
     if changes && result.is_ok() {
         tell_server(&config.data_dir).await;
     }
+    finish(result)
+}
+
+fn finish(result: Result<String, String>) -> ExitCode {
     match result {
         Ok(text) => {
             print!("{text}");
@@ -131,6 +151,63 @@ pub async fn run(args: QueueArgs, config_arg: ConfigArg, json: bool) -> ExitCode
             eprintln!("relayward queue: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The answers of an empty queue, for a configuration whose `serve` has not run yet (no
+/// `data_dir/queue`), without creating one there.
+fn without_queue(action: QueueAction, json: bool) -> Result<String, String> {
+    let render = |r: &dyn RenderBoth| if json { r.as_json() } else { r.as_table() };
+    let not_found = |id: &str| -> Result<String, String> {
+        Err(describe(QueueError::NotFound(parse_id(id)?.to_string())))
+    };
+    match action {
+        QueueAction::List(_) => Ok(render(&admin::QueueList(Vec::new()))),
+        QueueAction::Summary => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            Ok(render(&relayward_delivery::shape::shape(&[], now)))
+        }
+        QueueAction::Retry { all: true, .. } => Ok(render(&admin::ActionReport {
+            action: "retry",
+            ids: Vec::new(),
+        })),
+        QueueAction::Retry { id: None, .. } => Err("give a message id or --all".into()),
+        QueueAction::Retry { id: Some(id), .. }
+        | QueueAction::Cat { id, .. }
+        | QueueAction::Show { id }
+        | QueueAction::Delete { id }
+        | QueueAction::Hold { id }
+        | QueueAction::Release { id } => not_found(&id),
+    }
+}
+
+/// Whether the file spool is there (always true for PostgreSQL). Opening it creates
+/// `data_dir/queue`, which a command that only looks must not do: without `--config` the
+/// embedded default's `./relayward-data` is relative to wherever the command runs, so it would
+/// make an empty queue in the current directory and answer "Queue is empty." instead of
+/// saying it looked in the wrong place. That case is an error; a configuration that was named
+/// but has not been served yet has an empty queue (`Ok(false)`).
+fn spool_exists(
+    config: &relayward_server::config::Config,
+    config_arg: &ConfigArg,
+) -> Result<bool, String> {
+    if config.queue.backend != relayward_config::QueueBackend::File {
+        return Ok(true);
+    }
+    let dir = config.data_dir.join("queue");
+    if dir.is_dir() {
+        return Ok(true);
+    }
+    match &config_arg.config {
+        None => Err(format!(
+            "no queue in {}: that is the data_dir of the embedded default configuration \
+             (neither --config FILE nor RELAYWARD_CONFIG was given); name the server's \
+             configuration with --config FILE",
+            dir.display()
+        )),
+        Some(_) => Ok(false),
     }
 }
 
@@ -164,11 +241,21 @@ async fn act(
 ) -> Result<String, String> {
     let render = |r: &dyn RenderBoth| if json { r.as_json() } else { r.as_table() };
     let text = match action {
-        QueueAction::List(args) => render(
-            &admin::list_matching(queue, &args.filter())
+        QueueAction::List(args) => {
+            let list = admin::list_matching(queue, &args.filter())
                 .await
-                .map_err(describe)?,
-        ),
+                .map_err(describe)?;
+            if list.0.is_empty() && !json && args.filters_something() {
+                // "Queue is empty." would be wrong when only the filters left nothing.
+                let total = queue.list().await.map_err(describe)?.len();
+                if total > 0 {
+                    return Ok(format!(
+                        "No message matches the filters ({total} message(s) in the queue).\n"
+                    ));
+                }
+            }
+            render(&list)
+        }
         QueueAction::Cat { id, raw } => {
             let stored = admin::cat(queue, &parse_id(&id)?).await.map_err(describe)?;
             if raw && !json {

@@ -397,32 +397,47 @@ fn print_startup(
         config.data_dir.display()
     );
     if config.users.is_empty() {
-        let file = config_arg
-            .config
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| {
-                "relayward.toml (then run: relayward serve --config relayward.toml)".into()
-            });
-        println!("relayward: no users yet. To add one, hash a password:");
-        println!("    echo 'a long passphrase' | relayward hash-password");
-        println!("  and add to {file}:");
-        println!("    [[user]]");
-        println!(
-            "    login = \"alice@{}\"",
-            config
-                .relay
-                .local_domains
-                .first()
-                .map(String::as_str)
-                .unwrap_or("localhost")
-        );
-        println!("    password_hash = \"<the printed hash>\"");
-        println!(
-            "  (`relayward check-config FILE` shows the effective policy; the embedded default is printed by `relayward check-config --show-default`.)"
-        );
+        print!("{}", add_user_hint(config, config_arg.config.as_deref()));
     }
     println!("relayward: ready");
+}
+
+/// What `serve` prints when no `[[user]]` is configured: how to add one. Run on the embedded
+/// default there is no file to add it to yet, and a file holding only the `[[user]]` table is
+/// refused (`hostname`, the listeners, … are missing), so the hint starts the file from
+/// `check-config --show-default`.
+fn add_user_hint(config: &Config, config_file: Option<&std::path::Path>) -> String {
+    let domain = config
+        .relay
+        .local_domains
+        .first()
+        .map(String::as_str)
+        .unwrap_or("localhost");
+    let (file, what, start, then) = match config_file {
+        Some(path) => (
+            path.display().to_string(),
+            "hash a password",
+            String::new(),
+            String::new(),
+        ),
+        None => (
+            "relayward.toml".to_string(),
+            "start a file from the embedded default and hash a password",
+            "    relayward check-config --show-default > relayward.toml   # the embedded default, to edit\n"
+                .to_string(),
+            "  then run: relayward serve --config relayward.toml\n".to_string(),
+        ),
+    };
+    format!(
+        "relayward: no users yet. To add one, {what}:\n\
+         {start}    echo 'a long passphrase' | relayward hash-password\n\
+         \x20 and add to {file}:\n\
+         \x20   [[user]]\n\
+         \x20   login = \"alice@{domain}\"\n\
+         \x20   password_hash = \"<the printed hash>\"\n\
+         {then}\
+         \x20 (`relayward check-config FILE` shows the effective policy; the embedded default is printed by `relayward check-config --show-default`.)\n"
+    )
 }
 
 /// Waits for SIGTERM/SIGINT (returns) while handling SIGHUP (reload) in between.
@@ -456,5 +471,39 @@ async fn wait_for_signals(signals: &mut Signals, server: &mut Server, config_arg
                 notify_systemd(&[sd_notify::NotifyState::Ready]);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Followed as printed on the embedded default, the hint gives a file `serve` accepts.
+    #[test]
+    fn the_add_user_hint_on_the_embedded_default_leads_to_a_working_file() {
+        let config = Config::embedded_default().expect("embedded default");
+        let hint = add_user_hint(&config, None);
+        assert!(
+            hint.contains("relayward check-config --show-default > relayward.toml"),
+            "{hint}"
+        );
+        let block: String = hint
+            .lines()
+            .skip_while(|l| l.trim() != "[[user]]")
+            .take(3)
+            .map(|l| format!("{}\n", l.trim()))
+            .collect();
+        let hash = relayward_config::hash_password(b"a long passphrase").expect("hash");
+        let file = format!(
+            "{}\n{}",
+            relayward_server::config::EMBEDDED_DEFAULT_TOML,
+            block.replace("<the printed hash>", &hash)
+        );
+        let config = Config::from_toml_str(&file, "relayward.toml").expect("the hinted file loads");
+        assert_eq!(config.users.len(), 1);
+        assert!(config.validate().is_ok(), "{:?}", config.validate());
+        let with_file = add_user_hint(&config, Some(std::path::Path::new("/etc/r.toml")));
+        assert!(with_file.contains("and add to /etc/r.toml:"), "{with_file}");
+        assert!(!with_file.contains("--show-default >"), "{with_file}");
     }
 }

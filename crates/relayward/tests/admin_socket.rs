@@ -55,6 +55,24 @@ fn status_without_a_server_says_so() {
     );
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("no server is running"), "{out}");
+    // Without --config it looked where the embedded default keeps its data, and says so.
+    let cwd = tempfile::tempdir().expect("tempdir");
+    for args in [&["status"][..], &["bans", "list"]] {
+        let (code, out) = support::run_with_timeout(
+            std::process::Command::new(support::binary())
+                .args(args)
+                .current_dir(cwd.path())
+                .env_remove("RELAYWARD_CONFIG"),
+            support::WAIT,
+        );
+        assert_eq!(code, Some(1), "{args:?}: {out}");
+        assert!(
+            out.contains("no server is running on ./relayward-data")
+                && out.contains("embedded default")
+                && out.contains("--config FILE"),
+            "{args:?}: {out}"
+        );
+    }
 }
 
 #[test]

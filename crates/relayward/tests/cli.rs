@@ -124,6 +124,16 @@ fn help_names_the_environment_it_reads() {
             "relayward {args:?}:\n{out}"
         );
     }
+    // The probe service reads RELAYWARD_PROBE_SERVICE_CONFIG (its --config says so), and its
+    // environment note must not send the reader to the relay's variable instead.
+    let (code, out) = relayward(&["probe-service", "--help"]);
+    assert_eq!(code, Some(0), "{out}");
+    let environment = out.split("Environment:").nth(1).unwrap_or_default();
+    assert!(
+        environment.contains("RELAYWARD_PROBE_SERVICE_CONFIG  configuration file"),
+        "{out}"
+    );
+    assert!(environment.contains("RUST_LOG"), "{out}");
 }
 
 #[test]
@@ -146,4 +156,73 @@ fn hash_password_prints_json_with_json() {
     let value: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
     let hash = value["password_hash"].as_str().expect("password_hash");
     assert!(hash.starts_with("$argon2id$"), "{hash}");
+}
+
+/// Typed at a terminal (`relayward hash-password` and Enter, as its help invites), the
+/// command asks for the password twice with echo off; it used to wait without a word while
+/// the password appeared on the screen as it was typed.
+#[test]
+fn hash_password_on_a_terminal_prompts_twice_without_echo() {
+    use std::io::{Read as _, Write as _};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    let slave = std::fs::File::from(pty.slave);
+    let child = Command::new(binary())
+        .arg("hash-password")
+        .stdin(slave.try_clone().expect("slave"))
+        .stderr(slave)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start hash-password");
+    // A failed wait below must not leave the command blocked on the terminal for ever.
+    struct KillOnPanic(Option<u32>);
+    impl Drop for KillOnPanic {
+        fn drop(&mut self) {
+            let pid = self.0.filter(|_| std::thread::panicking());
+            if let Some(pid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+    let mut guard = KillOnPanic(Some(child.id()));
+    let mut master = std::fs::File::from(pty.master);
+    let screen = Arc::new(Mutex::new(Vec::new()));
+    let mut reader = master.try_clone().expect("master");
+    let seen = Arc::clone(&screen);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        while let Ok(n @ 1..) = reader.read(&mut buf) {
+            seen.lock().expect("screen").extend_from_slice(&buf[..n]);
+        }
+    });
+    let wait_for = |text: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let shown = String::from_utf8_lossy(&screen.lock().expect("screen")).into_owned();
+            if shown.contains(text) {
+                return shown;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} on the terminal; it shows: {shown:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for("Password");
+    master.write_all(b"tty secret\n").expect("type");
+    wait_for("again");
+    master.write_all(b"tty secret\n").expect("type");
+    let output = child.wait_with_output().expect("hash-password finishes");
+    guard.0 = None;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.starts_with("$argon2id$"), "{stdout}");
+    let shown = String::from_utf8_lossy(&screen.lock().expect("screen")).into_owned();
+    assert!(
+        !shown.contains("tty secret"),
+        "the password was echoed: {shown:?}"
+    );
 }

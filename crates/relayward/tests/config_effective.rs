@@ -40,7 +40,7 @@ fn effective_shows_every_setting_with_its_value_and_whether_it_is_the_default() 
     let dir = tempfile::tempdir().expect("tempdir");
     let file = config_file(
         &dir,
-        "[limits]\nmax_errors = 3\n\n[delivery]\nsmarthost = \"127.0.0.1:2525\"\nsmarthost_tls = \"none\"\nconnections_per_destination = 5\n",
+        "[limits]\nmax_errors = 3\n\n[delivery]\nsmarthost = \"127.0.0.1:2525\"\nsmarthost_tls = \"none\"\nconnections_per_destination = 5\n\n[[route]]\ndomain = \"corp.example.test\"\nto = \"smtp://127.0.0.1:25\"\n",
     );
     let (code, out) = check(&["--effective"], &file);
     assert_eq!(code, Some(0), "{out}");
@@ -62,10 +62,36 @@ fn effective_shows_every_setting_with_its_value_and_whether_it_is_the_default() 
     assert!(line("delivery.data_timeout").contains("\"10m\""));
     assert!(line("listen[0].kind").contains("\"mx\""));
     assert!(line("metrics.listen").contains("(not set)"));
+    // A key of a `[[table]]` the file leaves out is at its default as much as any other.
+    assert!(
+        line("route[0].verify_recipients").ends_with("# default"),
+        "{out}"
+    );
+    assert!(!line("route[0].to").contains("# default"), "{out}");
     assert!(
         out.contains("# Delivery: smart host 127.0.0.1:2525 (no TLS)"),
         "the delivery mode is named:\n{out}"
     );
+    // MX delivery names the TLS policy in force (the default honours MTA-STS and DANE).
+    for (policy, says) in [
+        (
+            "",
+            "STARTTLS when offered, verified where MTA-STS or DANE demands it",
+        ),
+        (
+            "[delivery]\ntls_policy = \"opportunistic\"\n",
+            "opportunistic STARTTLS,",
+        ),
+    ] {
+        let mx_dir = tempfile::tempdir().expect("tempdir");
+        let mx = config_file(&mx_dir, policy);
+        let (code, out) = check(&["--effective"], &mx);
+        assert_eq!(code, Some(0), "{out}");
+        assert!(
+            out.contains(&format!("# Delivery: MX lookup, port 25, {says}")),
+            "{policy}:\n{out}"
+        );
+    }
 
     let (code, out) = check(&["--effective", "--json"], &file);
     assert_eq!(code, Some(0), "{out}");
@@ -85,6 +111,25 @@ fn effective_shows_every_setting_with_its_value_and_whether_it_is_the_default() 
         json["delivery_mode"]
             .as_str()
             .is_some_and(|m| m.contains("smart host"))
+    );
+    assert_eq!(json["problems"], serde_json::json!([]), "{out}");
+    // The problems --effective reports after the settings are in its JSON too.
+    let broken_dir = tempfile::tempdir().expect("tempdir");
+    let broken = config_file(
+        &broken_dir,
+        "[tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n",
+    );
+    let (code, out) = check(&["--effective", "--json"], &broken);
+    assert_eq!(code, Some(78), "{out}");
+    let json_start = out.find('{').expect("JSON");
+    let json_end = out.rfind('}').expect("JSON");
+    let json: serde_json::Value = serde_json::from_str(&out[json_start..=json_end]).expect("JSON");
+    let problems = json["problems"].as_array().expect("problems");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p["key"] == "tls.cert" && p["severity"] == "error" && p["line"] == 12),
+        "{out}"
     );
 }
 
@@ -121,6 +166,35 @@ fn show_default_is_the_complete_commented_file() {
         assert!(out.contains(&format!("{key} = ")), "{key} missing:\n{out}");
     }
     assert!(out.lines().count() > 60, "{out}");
+    // The file a reader starts from writes each duration as README's Configuration does.
+    let durations = |text: &str| -> Vec<(String, String)> {
+        text.lines()
+            .filter_map(|line| {
+                let line = line.trim_start_matches('#').trim_start();
+                let (key, rest) = line.split_once(" = ")?;
+                let value = rest.split_whitespace().next()?;
+                let inner = value.strip_prefix('"')?.strip_suffix('"')?;
+                let is_duration = inner.starts_with(|c: char| c.is_ascii_digit())
+                    && inner.ends_with(|c: char| c.is_ascii_alphabetic());
+                (key.chars().all(|c| c.is_ascii_lowercase() || c == '_') && is_duration)
+                    .then(|| (key.to_string(), value.to_string()))
+            })
+            .collect()
+    };
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+        .expect("README.md");
+    let section = &readme[readme.find("## Configuration").expect("section")..];
+    let block = &section[section.find("```toml").expect("toml block")..];
+    let block = &block[..block[7..].find("```").expect("block end") + 7];
+    let documented = durations(block);
+    let mut compared = 0;
+    for (key, value) in durations(&out) {
+        for (_, readme_value) in documented.iter().filter(|(k, _)| *k == key) {
+            assert_eq!(&value, readme_value, "{key} in --show-default and README");
+            compared += 1;
+        }
+    }
+    assert!(compared >= 15, "only {compared} durations compared");
 }
 
 #[test]

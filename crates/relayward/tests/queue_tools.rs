@@ -88,6 +88,78 @@ fn list_filters_by_sender_recipient_age_and_state() {
     let (code, out) = relayward_cmd(&server, &["queue", "list", "--state", "stuck"]);
     assert_eq!(code, Some(2), "a bad state is a usage error:\n{out}");
     assert!(out.contains("due") && out.contains("deferred"), "{out}");
+    // Nothing matching is not an empty queue.
+    let none = queue_cmd(&server, &["list", "--older-than", "1h"]);
+    assert_eq!(
+        none, "No message matches the filters (2 message(s) in the queue).\n",
+        "{none}"
+    );
+}
+
+/// Without the server's `--config` the queue commands read the embedded default, whose
+/// `data_dir` is `./relayward-data` under the current directory: where no queue is, they say
+/// so (and which configuration they read) instead of creating an empty queue there and
+/// answering "Queue is empty.".
+#[test]
+fn queue_commands_where_no_queue_is_say_so_and_create_nothing() {
+    let cwd = tempfile::tempdir().expect("tempdir");
+    for args in [&["list"][..], &["summary"], &["retry", "--all"]] {
+        let (code, out) = support::run_with_timeout(
+            std::process::Command::new(support::binary())
+                .arg("queue")
+                .args(args)
+                .current_dir(cwd.path())
+                .env_remove("RELAYWARD_CONFIG"),
+            support::WAIT,
+        );
+        assert_eq!(code, Some(1), "queue {args:?}:\n{out}");
+        assert!(
+            out.contains("no queue in ./relayward-data/queue")
+                && out.contains("embedded default")
+                && out.contains("--config FILE"),
+            "queue {args:?}:\n{out}"
+        );
+        assert!(
+            !cwd.path().join("relayward-data").exists(),
+            "queue {args:?} created ./relayward-data"
+        );
+    }
+    let data = cwd.path().join("never-served");
+    let config = cwd.path().join("relayward.toml");
+    std::fs::write(
+        &config,
+        standard_config("").replace("DATA_DIR", &data.display().to_string()),
+    )
+    .expect("config");
+    // A named configuration that has not been served yet has an empty queue; looking at it
+    // creates nothing either.
+    for (args, code_wanted, says) in [
+        (&["list"][..], 0, "Queue is empty."),
+        (&["list", "--json"], 0, "[]"),
+        (&["summary"], 0, "TOTAL   0"),
+        (
+            &["retry", "--all"],
+            0,
+            "No message scheduled for immediate retry.",
+        ),
+        (
+            &["show", "0661d2e2e74888efb82987f5"],
+            1,
+            "no message 0661d2e2e74888efb82987f5 in the queue",
+        ),
+    ] {
+        let (code, out) = support::run_with_timeout(
+            std::process::Command::new(support::binary())
+                .arg("queue")
+                .args(args)
+                .arg("--config")
+                .arg(&config),
+            support::WAIT,
+        );
+        assert_eq!(code, Some(code_wanted), "queue {args:?}:\n{out}");
+        assert!(out.contains(says), "queue {args:?}:\n{out}");
+        assert!(!data.exists(), "queue {args:?} created {}", data.display());
+    }
 }
 
 #[test]

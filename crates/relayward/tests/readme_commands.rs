@@ -2,7 +2,8 @@
 //! the code blocks of the operator's sections (Command line, Checking a configuration, DKIM
 //! signing, Running as a service, Status and bans, The queue) is extracted and run through `sh -c`
 //! against a running test server, with README's placeholders (`FILE`, `ID`, `ADDR`, the
-//! sample file names) replaced by the test's. Each must exit 0.
+//! sample file names) replaced by the test's, and without `RELAYWARD_CONFIG`: a command that
+//! needs the server's configuration must name it. Each must exit 0.
 //!
 //! Left out: `serve` (it runs until stopped; every test starts it), the tester's and the probe
 //! service's commands (they reach hosts on the Internet; their own tests run them against
@@ -27,7 +28,7 @@ const SECTIONS: [&str; 7] = [
 
 /// `(section, command)` for every `relayward` command in README's code blocks: lines of shell
 /// blocks (an `echo … | relayward …` pipeline whole), and `$ ` lines of text blocks; comments cut off, `A  /  queue B` split in two,
-/// `X | --all` taken as `X`, optional `[--flag]` given.
+/// `X | --all --config FILE` taken as `X --config FILE`, optional `[--flag]` given.
 fn readme_commands() -> Vec<(String, String)> {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
         .expect("README.md");
@@ -63,7 +64,14 @@ fn readme_commands() -> Vec<(String, String)> {
         let Some(command) = command else { continue };
         let command = command.split("  #").next().unwrap_or(command).trim();
         for part in command.split("  /  ") {
-            let part = part.split(" | ").next().unwrap_or(part);
+            // `X | --all --config FILE`: X with what follows the alternative.
+            let part = match part.split_once(" | ") {
+                Some((left, right)) => match right.split_once(' ') {
+                    Some((_, rest)) => format!("{left} {rest}"),
+                    None => left.to_string(),
+                },
+                None => part.to_string(),
+            };
             let part = part
                 .replace("[--json]", "--json")
                 .replace("[--raw]", "--raw");
@@ -118,6 +126,8 @@ fn the_readme_commands_run_as_written() {
         "bans list",
         "check-config --effective",
         "dkim keygen",
+        "check-config --show-default > /etc/relayward/relayward.toml",
+        "queue retry ID --config FILE",
     ] {
         assert!(
             commands.iter().any(|(_, c)| c.contains(wanted)),
@@ -156,7 +166,8 @@ fn the_readme_commands_run_as_written() {
                 .arg(&concrete)
                 .current_dir(work.path())
                 .env("PATH", &path)
-                .env("RELAYWARD_CONFIG", &config),
+                // As a reader runs them: each names its configuration, or needs none.
+                .env_remove("RELAYWARD_CONFIG"),
             support::WAIT,
         );
         assert_eq!(

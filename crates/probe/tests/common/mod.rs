@@ -84,6 +84,10 @@ pub struct Spec {
     /// Sessions open right now on this server, and on another one: `overlapped` is set when a
     /// session starts here while the other server has one open (the two were probed at once).
     pub overlap: Option<Overlap>,
+    /// Greet only this many connections; every later one gets `421` and is closed (a server
+    /// that limits connections per client address, as relayward's
+    /// `connections_per_ip_per_minute` does).
+    pub max_sessions: Option<usize>,
 }
 
 #[derive(Clone, Default)]
@@ -118,6 +122,7 @@ impl Spec {
             reply_suffix: None,
             reply_delay: None,
             overlap: None,
+            max_sessions: None,
         }
     }
 }
@@ -128,7 +133,16 @@ pub async fn start(spec: Spec, bind: &str) -> SocketAddr {
     let addr = listener.local_addr().expect("local addr");
     let spec = Arc::new(spec);
     tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
+        let mut sessions = 0;
+        while let Ok((mut stream, _)) = listener.accept().await {
+            sessions += 1;
+            if spec.max_sessions.is_some_and(|max| sessions > max) {
+                use tokio::io::AsyncWriteExt as _;
+                let _ = stream
+                    .write_all(b"421 4.7.0 Too many connections from your address\r\n")
+                    .await;
+                continue;
+            }
             let spec = Arc::clone(&spec);
             tokio::spawn(async move {
                 use std::sync::atomic::Ordering::SeqCst;
