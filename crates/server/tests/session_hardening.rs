@@ -544,6 +544,9 @@ fn message_size_is_advertised_and_enforced_at_mail_and_in_data() {
     );
     smtp.send("MAIL FROM:<a@other.test> SIZE=10001")
         .expect_text(552, "5.3.4")
+        // 20 digits (RFC 1870's most) but past u64: too big, not "no size declared".
+        .send("MAIL FROM:<a@other.test> SIZE=99999999999999999999")
+        .expect_text(552, "5.3.4")
         .send("MAIL FROM:<a@other.test> SIZE=5000")
         .expect(250)
         .send("RCPT TO:<alice@example.test>")
