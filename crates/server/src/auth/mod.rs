@@ -186,6 +186,10 @@ pub enum SaslError {
     UnsupportedMechanism,
     #[error("exchange already finished")]
     Finished,
+    /// A bare CR or LF in a response: the framing is lost, as in a command line, and the
+    /// session closes.
+    #[error("bare CR or LF in a response")]
+    BareLineEnding,
 }
 
 impl SaslError {
@@ -211,6 +215,11 @@ impl SaslError {
                 Reply::enh(504, (5, 5, 4), "Unrecognized authentication type")
             }
             SaslError::Finished => Reply::enh(503, (5, 5, 1), "Authentication already finished"),
+            SaslError::BareLineEnding => Reply::enh(
+                521,
+                (5, 5, 2),
+                "Bare CR or LF received; closing (SMTP smuggling defence)",
+            ),
         }
     }
 
