@@ -46,6 +46,10 @@ struct GateState {
     per_ip: HashMap<IpAddr, usize>,
     /// Start of the current one-minute window and the connections seen in it, per IP.
     rate: HashMap<IpAddr, (Instant, u32)>,
+    /// `rate` is swept of ended windows when it grows past this (at least [`RATE_SWEEP_MIN`]).
+    sweep_at: usize,
+    /// Sweeps of `rate` so far.
+    sweeps: u64,
 }
 
 /// Why a connection was not admitted.
@@ -96,10 +100,14 @@ impl Gate {
         let ip = crate::auth::ip_key(ip);
         let limits = self.limits.current();
         let mut state = self.state.lock().map_err(|_| Refused::TooManyConnections)?;
-        if state.rate.len() > 100_000 {
+        if state.rate.len() > state.sweep_at.max(RATE_SWEEP_MIN) {
             state
                 .rate
                 .retain(|_, (start, _)| now.duration_since(*start) < RATE_WINDOW);
+            state.sweeps += 1;
+            // A table of live windows (a flood from many addresses) frees little: sweep again
+            // only once it has doubled, or every connection would scan it whole under the lock.
+            state.sweep_at = state.rate.len().saturating_mul(2);
         }
         let window = state.rate.entry(ip).or_insert((now, 0));
         if now.duration_since(window.0) >= RATE_WINDOW {
@@ -184,12 +192,15 @@ impl Gate {
         };
         let refused = state.rate.values().filter(|(_, c)| *c > limit).count();
         state.rate.clear();
+        state.sweep_at = 0;
         refused
     }
 }
 
 /// The window of `connections_per_ip_per_minute`.
 const RATE_WINDOW: Duration = Duration::from_secs(60);
+/// Addresses the rate table holds before it is first swept of ended windows.
+const RATE_SWEEP_MIN: usize = 100_000;
 
 /// Whether a listener takes connections, for `/healthz` and `relayward status`: not once its
 /// accept loop ended, nor while `accept` fails (out of file descriptors, say).
@@ -536,6 +547,38 @@ mod tests {
             Some(Refused::TooManyFromYou)
         );
         assert!(gate.admit("2001:db8:1:3::1".parse().unwrap(), now).is_ok());
+    }
+
+    /// A flood from more addresses than the rate table's sweep threshold (easy from IPv6: one
+    /// /48 holds 65,536 /64s) kept the table full of live windows, and every connection
+    /// after that scanned the whole table under the gate's lock: quadratic, milliseconds per
+    /// accept for everyone. A sweep that frees little is not repeated until the table doubles.
+    #[test]
+    fn a_full_rate_table_is_not_swept_at_every_connection() {
+        let gate = gate(10, 5, 60);
+        let now = Instant::now();
+        let v4 = |n: u32| IpAddr::V4(std::net::Ipv4Addr::from(n));
+        for i in 0..=RATE_SWEEP_MIN as u32 {
+            let _ = gate.admit(v4(0x0a00_0000 + i), now);
+        }
+        for i in 0..1000 {
+            let _ = gate.admit(v4(0x0b00_0000 + i), now);
+        }
+        let state = gate.state.lock().unwrap();
+        assert_eq!(state.rate.len(), RATE_SWEEP_MIN + 1001);
+        assert_eq!(state.sweeps, 1, "swept {} times", state.sweeps);
+        drop(state);
+        // Expired windows are still forgotten once the table has grown enough.
+        let later = now + RATE_WINDOW;
+        for i in 0..=(RATE_SWEEP_MIN as u32 + 1100) {
+            let _ = gate.admit(v4(0x0c00_0000 + i), later);
+        }
+        let state = gate.state.lock().unwrap();
+        assert!(
+            state.rate.len() < 2 * RATE_SWEEP_MIN,
+            "{}",
+            state.rate.len()
+        );
     }
 
     #[test]

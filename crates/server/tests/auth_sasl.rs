@@ -168,3 +168,30 @@ fn only_authzid_mismatch_counts_as_a_failure() {
     assert!(!SaslError::BadBase64.counts_as_failure());
     assert!(!SaslError::Cancelled.counts_as_failure());
 }
+
+/// No `[[user]]` login is longer than 256 octets (the configuration refuses one), but a SASL
+/// login could be 9 KiB, and every failed one was kept by the limiter, twice (per login and per
+/// address–login pair), up to 65,536 of each: about 1.2 GB held by guessers with many
+/// addresses. A login that can never succeed is refused before it is counted or checked.
+#[test]
+fn logins_longer_than_any_user_are_refused_by_both_mechanisms() {
+    let fits = "a".repeat(256);
+    let long = "a".repeat(257);
+    let plain = |login: &str| {
+        let response = b64(format!("\0{login}\0secret").as_bytes());
+        SaslExchange::start(SaslMechanism::Plain, Some(&response)).map(|(_, step)| step)
+    };
+    assert_eq!(plain(&fits), Ok(creds(&fits, "secret")));
+    assert_eq!(plain(&long).map_err(|e| code(&e)), Err("501 5.5.2".into()));
+    assert_eq!(
+        plain(&"a".repeat(9000)).map_err(|e| code(&e)),
+        Err("501 5.5.2".into())
+    );
+    let login =
+        |login: &str| SaslExchange::start(SaslMechanism::Login, Some(&b64(login.as_bytes())));
+    assert!(login(&fits).is_ok());
+    assert_eq!(
+        login(&long).map(|_| ()).map_err(|e| code(&e)),
+        Err("501 5.5.2".into())
+    );
+}

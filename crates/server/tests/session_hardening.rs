@@ -496,6 +496,28 @@ fn bare_cr_and_bare_lf_in_commands_close_the_session() {
     assert_nothing_queued(&server);
 }
 
+/// An AUTH response is a line like any other: a bare CR or LF in it closes the session as it
+/// does in a command. It was answered `501` and the octets after it were framed afresh and
+/// read as commands.
+#[test]
+fn bare_cr_and_bare_lf_in_auth_responses_close_the_session() {
+    let server = Server::start(&standard_config(""));
+    for response in [
+        &b"YWxpY2U=\nMAIL FROM:<alice@example.test>\r\n"[..],
+        b"YWxpY2U=\rMAIL FROM:<alice@example.test>\r\n",
+    ] {
+        let mut smtp = server.smtp("submissions");
+        smtp.send("EHLO laptop.example.test")
+            .expect(250)
+            .send("AUTH LOGIN")
+            .expect(334)
+            .raw(response)
+            .expect_text(521, "5.5.2")
+            .expect_closed();
+    }
+    assert_nothing_queued(&server);
+}
+
 #[test]
 fn plaintext_mail_from_injected_after_starttls_is_discarded() {
     let server = Server::start(&standard_config(""));
@@ -543,6 +565,9 @@ fn message_size_is_advertised_and_enforced_at_mail_and_in_data() {
         smtp.last_lines()
     );
     smtp.send("MAIL FROM:<a@other.test> SIZE=10001")
+        .expect_text(552, "5.3.4")
+        // 20 digits (RFC 1870's most) but past u64: too big, not "no size declared".
+        .send("MAIL FROM:<a@other.test> SIZE=99999999999999999999")
         .expect_text(552, "5.3.4")
         .send("MAIL FROM:<a@other.test> SIZE=5000")
         .expect(250)

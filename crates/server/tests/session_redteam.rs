@@ -318,3 +318,29 @@ fn auth_edge_cases_grant_no_relay() {
         .expect(503);
     assert_nothing_queued(&server);
 }
+
+/// A BDAT whose size cannot be read (too many digits for a u64, a sign, hex, a word after
+/// LAST) was answered `501` and the session went on: the chunk behind it, whoever wrote it,
+/// was then read as commands. An upstream relay forwarding a message this way would have run
+/// its content as commands in its own (trusted or authenticated) session. The chunk's end
+/// cannot be known, so the session closes.
+#[test]
+fn a_bdat_whose_size_cannot_be_read_closes_the_session() {
+    let server = Server::start(&standard_config(""));
+    for bdat in [
+        &b"BDAT 99999999999999999999 LAST\r\n"[..],
+        b"BDAT -1 LAST\r\n",
+        b"BDAT +37 LAST\r\n",
+        b"BDAT 0x25 LAST\r\n",
+        b"BDAT 37 LAST junk\r\n",
+        b"BDAT\r\n",
+        b"bdat 37\xff LAST\r\n",
+    ] {
+        let mut smtp = stranger_transaction(&server);
+        smtp.send("RCPT TO:<alice@example.test>").expect(250);
+        let mut packet = bdat.to_vec();
+        packet.extend_from_slice(b"RSET\r\nMAIL FROM:<evil@other.test>\r\n");
+        smtp.raw(&packet).expect_text(501, "5.5.4").expect_closed();
+    }
+    assert_nothing_queued(&server);
+}

@@ -121,6 +121,11 @@ pub fn bad_credentials_reply() -> Reply {
 /// The longest AUTH response line we read (RFC 4954 §4: 12,288 octets).
 pub const MAX_SASL_LINE: usize = 12_288;
 
+/// The longest login a `[[user]]` may have (the configuration refuses longer ones). A longer
+/// SASL login can never succeed; it is refused before the limiter, which keeps the logins of
+/// failed attempts, would hold it (a response line allows a 9 KiB one).
+pub const MAX_LOGIN: usize = 256;
+
 /// A SASL mechanism we offer (only under TLS).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SaslMechanism {
@@ -186,6 +191,10 @@ pub enum SaslError {
     UnsupportedMechanism,
     #[error("exchange already finished")]
     Finished,
+    /// A bare CR or LF in a response: the framing is lost, as in a command line, and the
+    /// session closes.
+    #[error("bare CR or LF in a response")]
+    BareLineEnding,
 }
 
 impl SaslError {
@@ -211,6 +220,11 @@ impl SaslError {
                 Reply::enh(504, (5, 5, 4), "Unrecognized authentication type")
             }
             SaslError::Finished => Reply::enh(503, (5, 5, 1), "Authentication already finished"),
+            SaslError::BareLineEnding => Reply::enh(
+                521,
+                (5, 5, 2),
+                "Bare CR or LF received; closing (SMTP smuggling defence)",
+            ),
         }
     }
 
@@ -332,6 +346,9 @@ pub fn decode_plain(message: &[u8]) -> Result<Credentials, SaslError> {
     if authcid.is_empty() || password.is_empty() {
         return Err(SaslError::Malformed("empty login or password"));
     }
+    if authcid.len() > MAX_LOGIN {
+        return Err(SaslError::Malformed("login longer than 256 octets"));
+    }
     if !authzid.is_empty() && !authzid.eq_ignore_ascii_case(authcid) {
         return Err(SaslError::AuthzidMismatch);
     }
@@ -346,6 +363,9 @@ fn login_username(decoded: Vec<u8>) -> Result<String, SaslError> {
         String::from_utf8(decoded).map_err(|_| SaslError::Malformed("login is not UTF-8"))?;
     if username.is_empty() || username.contains('\0') {
         return Err(SaslError::Malformed("empty login"));
+    }
+    if username.len() > MAX_LOGIN {
+        return Err(SaslError::Malformed("login longer than 256 octets"));
     }
     Ok(username)
 }

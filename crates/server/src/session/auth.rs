@@ -10,7 +10,7 @@ use relayward_protocol::line::LineEvent;
 use relayward_protocol::reply::Reply;
 use relayward_protocol::text::Escaped;
 
-use super::{Input, Session, Step, Stream};
+use super::{Ending, Input, Session, Step, Stream};
 use crate::auth::{
     AuthClient, Credentials, SaslError, SaslExchange, SaslMechanism, SaslStep,
     bad_credentials_reply,
@@ -34,6 +34,12 @@ impl<S: Stream> Session<S> {
         }
         let credentials = match self.run_sasl(mechanism, initial.as_deref()).await? {
             Ok(credentials) => credentials,
+            Err(SaslError::BareLineEnding) => {
+                return Ok(self.close_with(
+                    SaslError::BareLineEnding.reply(),
+                    Ending::Protocol("bare line ending in AUTH"),
+                ));
+            }
             Err(error) => {
                 if error.counts_as_failure() {
                     relayward_metrics::global().auth_failure();
@@ -143,9 +149,7 @@ impl<S: Stream> Session<S> {
             let line = match event {
                 LineEvent::Line(line) => line,
                 LineEvent::TooLong => return Ok(Err(SaslError::TooLong)),
-                LineEvent::BareLineEnding => {
-                    return Ok(Err(SaslError::Malformed("bare CR or LF")));
-                }
+                LineEvent::BareLineEnding => return Ok(Err(SaslError::BareLineEnding)),
             };
             let Ok(text) = String::from_utf8(line) else {
                 return Ok(Err(SaslError::BadBase64));

@@ -98,10 +98,12 @@ pub(super) enum Budget {
     Recipient,
 }
 
+/// The `SIZE=` value. The parser admits up to 20 digits (RFC 1870), more than a `u64` holds: a
+/// value past `u64::MAX` is larger than any limit, not a missing declaration.
 fn declared_size(params: &[Param]) -> Option<u64> {
     params
         .iter()
         .find(|p| p.keyword == "SIZE")
         .and_then(|p| p.value.as_deref())
-        .and_then(|v| v.parse().ok())
+        .map(|v| v.parse().unwrap_or(u64::MAX))
 }

@@ -434,6 +434,19 @@ impl<S: Stream> Session<S> {
     }
 
     async fn on_line(&mut self, line: &[u8]) -> Step {
+        let parsed = parse_command(line);
+        if is_bdat(line) && !matches!(parsed, Ok(Command::Bdat { .. })) {
+            // Its chunk follows, and where it ends cannot be known: reading on would take the
+            // chunk's octets for commands (RFC 3030 framing is the size alone).
+            return Ok(self.close_with(
+                Reply::enh(
+                    501,
+                    (5, 5, 4),
+                    "Syntax error: BDAT needs a chunk size and at most LAST; closing, its chunk cannot be told from commands",
+                ),
+                Ending::Protocol("malformed BDAT"),
+            ));
+        }
         if line.len() + 2 > command_line_limit(line) {
             return Ok(self.client_error(Reply::enh(
                 500,
@@ -441,7 +454,7 @@ impl<S: Stream> Session<S> {
                 "Line too long (RFC 5321 limit is 512 octets)",
             )));
         }
-        match parse_command(line) {
+        match parsed {
             Ok(command) => self.on_command(command).await,
             Err(error) => Ok(self.client_error(command_error_reply(&error))),
         }
@@ -554,6 +567,14 @@ impl<S: Stream> Session<S> {
         self.out.clear();
         result
     }
+}
+
+/// Whether the line is a `BDAT` command, well-formed or not (verb in any case, then a blank or
+/// nothing).
+fn is_bdat(line: &[u8]) -> bool {
+    line.len() >= 4
+        && line[..4].eq_ignore_ascii_case(b"BDAT")
+        && matches!(line.get(4), None | Some(b' ' | b'\t'))
 }
 
 /// Resolves when the server starts shutting down (never, if the sender is gone).
