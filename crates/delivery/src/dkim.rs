@@ -278,16 +278,41 @@ fn generate_rsa(bits: usize) -> Result<(String, Vec<u8>), String> {
 }
 
 /// Ed25519: PKCS#8 PEM private key, and the raw 32-octet public key `p=` carries (RFC 8463
-/// §4.2).
+/// §4.2). The file is the RFC 8410 form (PKCS#8 v1, the 32-octet seed only), which OpenSSL,
+/// Go and every DKIM signer read; ring generates v2 (RFC 5958, the public key added), which
+/// OpenSSL 3.0 refuses as "unsupported", so an administrator could not inspect the key or
+/// use it elsewhere.
 fn generate_ed25519() -> Result<(String, Vec<u8>), String> {
     use ring::signature::{Ed25519KeyPair, KeyPair};
     let rng = ring::rand::SystemRandom::new();
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
         .map_err(|_| "cannot generate an Ed25519 key".to_owned())?;
-    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+    let v1 = ed25519_pkcs8_v1(pkcs8.as_ref())
+        .ok_or_else(|| "unexpected layout of the generated Ed25519 key".to_owned())?;
+    let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&v1)
         .map_err(|_| "cannot read back the generated Ed25519 key".to_owned())?;
-    let pem = pem_encode("PRIVATE KEY", pkcs8.as_ref());
+    let pem = pem_encode("PRIVATE KEY", &v1);
     Ok((pem, pair.public_key().as_ref().to_vec()))
+}
+
+/// The DER prefix of an RFC 8410 Ed25519 private key: SEQUENCE { version 0, AlgorithmIdentifier
+/// { id-Ed25519 }, OCTET STRING { OCTET STRING (32 octets) } }; the seed follows.
+const ED25519_PKCS8_V1_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+/// Rewrites ring's PKCS#8 v2 document as v1: ring's v2 is the same structure with version 1
+/// and the public key appended, so the seed sits at the same offset. `None` for any other
+/// layout.
+fn ed25519_pkcs8_v1(v2: &[u8]) -> Option<Vec<u8>> {
+    let (head, rest) = v2.split_at_checked(ED25519_PKCS8_V1_PREFIX.len())?;
+    let version_1 = head[0] == 0x30 && head[2..5] == [0x02, 0x01, 0x01];
+    if !version_1 || head[5..] != ED25519_PKCS8_V1_PREFIX[5..] {
+        return None;
+    }
+    let mut v1 = ED25519_PKCS8_V1_PREFIX.to_vec();
+    v1.extend_from_slice(rest.get(..32)?);
+    Some(v1)
 }
 
 /// RFC 7468 PEM: base64 in 64-character lines between the labels.
@@ -464,6 +489,12 @@ mod tests {
             .err()
             .expect("an Ed25519 key is not an RSA key");
         assert!(error.problem.contains("not a usable RSA key"), "{error}");
+        // A key in ring's PKCS#8 v2 form, as `dkim keygen` wrote before it wrote RFC 8410's,
+        // still loads.
+        let v2 = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+            .expect("v2 key");
+        std::fs::write(&file, pem_encode("PRIVATE KEY", v2.as_ref())).expect("write");
+        assert!(DkimSigners::load(&[key(DkimAlgorithm::Ed25519Sha256)]).is_ok());
         let missing = dir.path().join("missing.pem");
         let error = DkimSigners::load(&[DkimKey {
             private_key_file: missing,

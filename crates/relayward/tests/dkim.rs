@@ -35,6 +35,38 @@ fn keygen(dir: &Path, selector: &str, algorithm: &str) -> (String, String) {
     )
 }
 
+/// The keys `dkim keygen` writes are standard files other tools read: OpenSSL derives from
+/// each the very public key its DNS record publishes (the SubjectPublicKeyInfo for RSA, the
+/// raw 32 octets for Ed25519, RFC 8463). ring's own Ed25519 format (PKCS#8 v2) was refused
+/// by OpenSSL 3.0 as "unsupported".
+#[test]
+fn openssl_reads_the_generated_keys_and_derives_the_published_key() {
+    let keys = tempfile::tempdir().expect("temp dir");
+    for (selector, algorithm) in [("rsa2026", "rsa-sha256"), ("ed2026", "ed25519-sha256")] {
+        let (_, record) = keygen(keys.path(), selector, algorithm);
+        let output = Command::new("openssl")
+            .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+            .arg(keys.path().join(format!("{selector}.pem")))
+            .output()
+            .expect("run openssl");
+        assert!(
+            output.status.success(),
+            "openssl cannot read the {algorithm} key: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let public = match algorithm {
+            "rsa-sha256" => &output.stdout[..],
+            _ => &output.stdout[output.stdout.len().saturating_sub(32)..],
+        };
+        let published = record.rsplit("p=").next().unwrap_or_default();
+        assert_eq!(
+            support::base64(public),
+            published,
+            "{algorithm}: the record does not publish the key's public half"
+        );
+    }
+}
+
 /// Verifies every DKIM-Signature of the message in `file` with dkimpy, the public keys coming
 /// from `records` (name, TXT value) instead of DNS. Prints one `index:result` line each.
 const VERIFY: &str = r#"
