@@ -359,6 +359,54 @@ fn nul_bytes_and_invalid_utf8_in_commands_are_refused() {
         .expect(250);
 }
 
+/// RFC 5321 §4.5.3.1.10: a client that gets `452` for too many recipients sends the rest in
+/// a new transaction. A bulk sender pipelining 150 recipients against the limit of 100 gets
+/// 50 × `452` and its message queued for the first 100 — the `452`s are not errors that end
+/// the session (Postfix's `smtpd_recipient_overshoot_limit`, 1,000), then a second
+/// transaction for the rest.
+/// ```text
+/// RCPT ×150 (pipelined)   -> 250 ×100, 452 4.5.3 ×50
+/// DATA … .                -> 354, 250 (100 recipients)
+/// MAIL, RCPT ×50, DATA    -> 250 … 250 (50 recipients)
+/// ```
+#[test]
+fn a_pipelined_transaction_past_the_recipient_limit_keeps_its_first_hundred() {
+    let server = Server::start(&config_with_relay(
+        "trusted_networks = [\"127.0.0.1/32\"]",
+        "",
+    ));
+    let mut smtp = server.smtp("mx");
+    smtp.send("EHLO bulk.test").expect(250);
+    for range in [0..150, 100..150] {
+        let count = range.len();
+        let mut batch = b"MAIL FROM:<bulk@example.test>\r\n".to_vec();
+        for i in range {
+            batch.extend_from_slice(format!("RCPT TO:<rcpt{i}@other.test>\r\n").as_bytes());
+        }
+        batch.extend_from_slice(b"DATA\r\n");
+        smtp.raw(&batch).expect(250);
+        for _ in 0..count.min(100) {
+            smtp.expect_text(250, "2.1.5");
+        }
+        for _ in 100..count {
+            smtp.expect_text(452, "4.5.3");
+        }
+        smtp.expect(354)
+            .raw(b"Subject: bulk\r\n\r\nhello\r\n.\r\n")
+            .expect(250);
+    }
+    smtp.send("QUIT").expect(221);
+    let queued: Vec<usize> = server
+        .queue
+        .messages()
+        .iter()
+        .map(|m| m.message.recipients.len())
+        .collect();
+    assert_eq!(queued, [100, 50]);
+}
+
+/// Past the overshoot allowance (1,000 refused recipients in one transaction) each further
+/// `452` counts as an error, and the error limit (10) ends the session.
 #[test]
 fn ten_thousand_rcpts_hit_the_recipient_limit_then_the_error_limit() {
     // A trusted client may relay, so each RCPT is a new accepted recipient.
@@ -379,7 +427,7 @@ fn ten_thousand_rcpts_hit_the_recipient_limit_then_the_error_limit() {
     for _ in 0..100 {
         smtp.expect_text(250, "2.1.5");
     }
-    for _ in 0..10 {
+    for _ in 0..1_000 + 10 {
         smtp.expect_text(452, "4.5.3");
     }
     smtp.expect_text(421, "4.7.0").expect_closed();
@@ -423,14 +471,17 @@ fn auth_response_over_12288_octets_is_refused_and_the_session_stays_in_sync() {
         .expect(250)
         .auth_plain("alice@example.test", PASSWORD)
         .expect(235);
-    // Just under the limit is an ordinary (bad) response, not an overflow.
+    // Just under the limit is an ordinary (bad) response, not an overflow: a login longer
+    // than any configured one.
     let mut smtp = server.smtp("submissions");
     smtp.send("EHLO laptop.example.test")
         .expect(250)
         .send("AUTH LOGIN")
         .expect(334)
         .send(&"QUFB".repeat(12_000 / 4))
-        .expect(334);
+        .expect_text(501, "login longer than 256 octets")
+        .send("NOOP")
+        .expect(250);
 }
 
 #[test]

@@ -56,6 +56,7 @@ impl<S: Stream> Session<S> {
             dsn: command::mail_dsn(params),
             rcpt_dsn: Vec::new(),
             chunks: None,
+            overshoot: 0,
         });
         self.reply(Reply::enh(250, (2, 1, 0), "Ok"))
     }

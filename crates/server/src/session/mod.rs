@@ -211,6 +211,8 @@ struct Transaction {
     rcpt_dsn: Vec<RcptDsn>,
     /// The chunks received so far when the content comes by BDAT (then DATA is refused).
     chunks: Option<Box<bdat::Chunks>>,
+    /// Recipients refused with `452` for passing `max_recipients` (see [`rcpt`]).
+    overshoot: usize,
 }
 
 enum Flow {

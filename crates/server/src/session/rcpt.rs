@@ -16,6 +16,12 @@ use crate::extensions;
 use crate::policy::Accepted;
 use crate::verify::Verification;
 
+/// Recipients a transaction may offer past `max_recipients` before each further one counts
+/// as an error (Postfix's `smtpd_recipient_overshoot_limit`): RFC 5321 §4.5.3.1.10 has a
+/// client that gets `452` send the rest in a new transaction, and one that pipelines its
+/// recipients learns of the limit only after it sent them all.
+const RECIPIENT_OVERSHOOT: usize = 1_000;
+
 impl<S: Stream> Session<S> {
     pub(super) async fn on_rcpt(&mut self, wire: &str, to: &ForwardPath, params: &[Param]) -> Flow {
         let identity = self.identity();
@@ -38,8 +44,13 @@ impl<S: Stream> Session<S> {
             return self.refuse_rcpt(wire, "bad_parameters", reply);
         }
         if txn.recipients.len() >= self.ctx.limits.max_recipients {
+            txn.overshoot += 1;
+            let first = txn.overshoot == 1;
             let reply = Reply::enh(452, (4, 5, 3), "Too many recipients");
-            return self.refuse_rcpt(wire, "too_many_recipients", reply);
+            if txn.overshoot > RECIPIENT_OVERSHOOT {
+                return self.refuse_rcpt(wire, "too_many_recipients", reply);
+            }
+            return self.refuse_over_limit(wire, first, reply);
         }
         let resolved = resolve(to);
         match self.ctx.policy.decide(&identity, &resolved) {
@@ -64,6 +75,23 @@ impl<S: Stream> Session<S> {
             }
             Err(refusal) => self.refuse_rcpt(wire, refusal.metric_word(), refusal.reply()),
         }
+    }
+
+    /// Refuses a recipient past `max_recipients` within the overshoot allowance: a `452` the
+    /// client is meant to act on (the rest in a new transaction), not an error, and one log
+    /// line per transaction instead of one per recipient.
+    fn refuse_over_limit(&mut self, wire: &str, first: bool, reply: Reply) -> Flow {
+        relayward_metrics::global().recipient_refused("too_many_recipients");
+        if first {
+            tracing::info!(
+                client = %self.client_ip,
+                rcpt = %Escaped(wire),
+                reason = "too_many_recipients",
+                reply = %Escaped(&reply.to_string()),
+                "recipient refused (and the rest of this transaction's excess)"
+            );
+        }
+        self.reply(reply)
     }
 
     /// Refuses one RCPT: the mail log line (client, recipient, reason, reply), the
