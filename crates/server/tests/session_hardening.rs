@@ -299,7 +299,7 @@ fn silent_clients_before_tls_are_cut_off() {
 ///
 /// ```text
 /// EHLO stalled.test                 -> 250
-/// NOOP × 100,000, nothing read      -> (replies pile up) ... closed after ~1 s, Timeout
+/// EHLO × 100,000, nothing read      -> (replies pile up) ... closed after ~1 s, Timeout
 /// ```
 #[test]
 fn a_client_that_stops_reading_replies_is_cut_off_by_the_command_timeout() {
@@ -307,13 +307,52 @@ fn a_client_that_stops_reading_replies_is_cut_off_by_the_command_timeout() {
     let mut smtp = server.smtp("mx");
     smtp.send("EHLO stalled.test").expect(250);
     let start = server.now();
-    smtp.raw(&b"NOOP\r\n".repeat(100_000));
+    // EHLO, not NOOP: past 100 NOOPs the error limit would end the session first.
+    smtp.raw(&b"EHLO stalled.test\r\n".repeat(100_000));
     let ending = server.endings();
     let took = server.now() - start;
     assert_eq!(ending, [Some(Ending::Timeout)]);
     // The command timeout and the farewell (closing, draining), far from the session limit.
     assert!(took <= 5 * SECOND, "cut off after {took:?}");
     assert_nothing_queued(&server);
+}
+
+/// Commands that move no mail (NOOP, RSET, VRFY, HELP) are answered, but past 100 of them
+/// since the last accepted message each counts as an error (Postfix's
+/// `smtpd_junk_command_limit`), so they cannot hold a connection slot for the whole session
+/// limit; an accepted message starts the count again.
+/// ```text
+/// NOOP ×100, MAIL … DATA . (250), NOOP/RSET/VRFY/HELP ×100  -> all answered
+/// NOOP ×10                                                  -> 250 ×10, then 421 4.7.0
+/// ```
+#[test]
+fn commands_that_move_no_mail_count_as_errors_past_a_hundred() {
+    let server = Server::start(&standard_config(""));
+    let mut smtp = server.smtp("mx");
+    smtp.send("EHLO idler.test").expect(250);
+    smtp.raw(&b"NOOP\r\n".repeat(100));
+    for _ in 0..100 {
+        smtp.expect(250);
+    }
+    smtp.send("MAIL FROM:<a@other.test>")
+        .expect(250)
+        .send("RCPT TO:<alice@example.test>")
+        .expect(250)
+        .send("DATA")
+        .expect(354)
+        .raw(b"Subject: between the idling\r\n\r\nhi\r\n.\r\n")
+        .expect(250);
+    smtp.raw(&b"NOOP\r\nRSET\r\nVRFY alice\r\nHELP\r\n".repeat(25));
+    for _ in 0..25 {
+        smtp.expect(250).expect(250).expect(252).expect(214);
+    }
+    smtp.raw(&b"NOOP\r\n".repeat(10));
+    for _ in 0..10 {
+        smtp.expect(250);
+    }
+    smtp.expect_text(421, "4.7.0").expect_closed();
+    assert_eq!(server.endings(), [Some(Ending::TooManyErrors)]);
+    assert_eq!(server.queue.messages().len(), 1);
 }
 
 #[test]

@@ -271,6 +271,7 @@ impl<S: Stream> Session<S> {
                     txn.recipients.len(),
                     "message delivered",
                 );
+                self.junk_commands = 0;
                 return Reply::enh(250, (2, 0, 0), format!("Ok: delivered as {id}"));
             }
             BeforeReply::Some(id) => Some(id),
@@ -288,6 +289,7 @@ impl<S: Stream> Session<S> {
                     tracing::info!(client = %self.client_ip, id = %delivered_as, queued_as = %id, "message delivered in part; the rest queued");
                 }
                 self.log_accepted(txn, &id, size, signed.as_ref(), left, "message queued");
+                self.junk_commands = 0;
                 Reply::enh(250, (2, 0, 0), format!("Ok: queued as {id}"))
             }
             Err(error) => {

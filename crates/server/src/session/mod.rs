@@ -237,12 +237,18 @@ pub(super) struct Session<S> {
     login: Option<String>,
     txn: Option<Transaction>,
     errors: u32,
+    /// NOOP, RSET, VRFY and HELP since the last accepted message (see [`JUNK_COMMAND_LIMIT`]).
+    junk_commands: u32,
     /// Whether the client has sent anything since the banner (greeting vs command timeout).
     commands_seen: bool,
     shutdown: watch::Receiver<bool>,
 }
 
 type Step = io::Result<Flow>;
+
+/// Commands that move no mail a session may send between two accepted messages before each
+/// further one counts as an error (Postfix's `smtpd_junk_command_limit`, 100).
+const JUNK_COMMAND_LIMIT: u32 = 100;
 
 impl<S: Stream> Session<S> {
     fn new(
@@ -264,6 +270,7 @@ impl<S: Stream> Session<S> {
             login: None,
             txn: None,
             errors: 0,
+            junk_commands: 0,
             commands_seen: false,
             shutdown,
         }
@@ -472,9 +479,9 @@ impl<S: Stream> Session<S> {
             Command::Bdat { size, last } => self.on_bdat(size, last).await,
             Command::Rset => {
                 self.txn = None;
-                Ok(self.reply(Reply::enh(250, (2, 0, 0), "Ok")))
+                Ok(self.junk_reply(Reply::enh(250, (2, 0, 0), "Ok")))
             }
-            Command::Noop => Ok(self.reply(Reply::enh(250, (2, 0, 0), "Ok"))),
+            Command::Noop => Ok(self.junk_reply(Reply::enh(250, (2, 0, 0), "Ok"))),
             Command::Quit => Ok(self.close_with(
                 Reply::enh(
                     221,
@@ -484,7 +491,7 @@ impl<S: Stream> Session<S> {
                 Ending::Quit,
             )),
             // No address verification: it only helps harvesters (RFC 5321 §3.5.3 allows 252).
-            Command::Vrfy(_) => Ok(self.reply(Reply::enh(
+            Command::Vrfy(_) => Ok(self.junk_reply(Reply::enh(
                 252,
                 (2, 5, 2),
                 "Cannot VRFY user, but will accept message and attempt delivery",
@@ -492,7 +499,7 @@ impl<S: Stream> Session<S> {
             Command::Expn(_) => {
                 Ok(self.client_error(Reply::enh(502, (5, 5, 1), "EXPN not available")))
             }
-            Command::Help(_) => Ok(self.reply(Reply::enh(
+            Command::Help(_) => Ok(self.junk_reply(Reply::enh(
                 214,
                 (2, 0, 0),
                 "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS AUTH",
@@ -512,6 +519,17 @@ impl<S: Stream> Session<S> {
     fn reply(&mut self, reply: Reply) -> Flow {
         self.queue_reply(&reply);
         Flow::Continue
+    }
+
+    /// The reply to a command that moves no mail (NOOP, RSET, VRFY, HELP): past
+    /// [`JUNK_COMMAND_LIMIT`] of them since the last accepted message, each counts as an
+    /// error, so a client cannot hold a session (and a connection slot) open with them.
+    fn junk_reply(&mut self, reply: Reply) -> Flow {
+        self.junk_commands = self.junk_commands.saturating_add(1);
+        if self.junk_commands > JUNK_COMMAND_LIMIT {
+            return self.client_error(reply);
+        }
+        self.reply(reply)
     }
 
     /// A reply to a client mistake: counted, and after too many the session ends (the way
