@@ -95,13 +95,47 @@ pub async fn serve(
 /// Marks the connection busy while its request is handled, so the idle cut-off
 /// (`http_idle_timeout`) never closes it under a handler that is still working — starting a
 /// test looks names up for up to 20 s each — and only counts from the answer on.
+///
+/// The body (at most [`MAX_BODY`]) is read first, before the mark: reading it is the caller's
+/// part, like the headers, so a body sent a byte at a time or never is cut off by the same
+/// countdown instead of holding the connection for ever under a "busy" handler.
 async fn while_handling(
     ConnectInfo(peer): ConnectInfo<Peer>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let (parts, body) = request.into_parts();
+    let api = parts.uri.path().starts_with("/api/");
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return body_refusal(api);
+    }
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(bytes) => bytes,
+        // Too long without a Content-Length, or the connection failed (the idle cut-off).
+        Err(_) => return body_refusal(api),
+    };
     let _busy = peer.handling();
-    next.run(request).await
+    next.run(axum::extract::Request::from_parts(parts, body.into()))
+        .await
+}
+
+/// `413` for a body that is too long (or did not arrive whole: then nobody reads it).
+fn body_refusal(api: bool) -> Response {
+    let status = StatusCode::PAYLOAD_TOO_LARGE;
+    let message = format!(
+        "the request body must be whole and at most {} KiB",
+        MAX_BODY / 1024
+    );
+    if api {
+        (status, Json(serde_json::json!({ "error": message }))).into_response()
+    } else {
+        (status, message).into_response()
+    }
 }
 
 async fn security_headers(mut response: Response) -> Response {

@@ -724,6 +724,75 @@ fn the_web_door_closes_connections_it_has_not_written_to_within_the_idle_timeout
     assert_eq!(page.status, 200, "{}", page.body);
 }
 
+/// The body of a request is read before its handler counts as working: a caller that sends
+/// the headers of a POST and then its body a byte now and then, or never, is cut off after
+/// `http_idle_timeout` like a slow header, and starts no test. (The busy mark used to cover
+/// the body's reading, so such connections stayed open for ever and a few /64s could hold
+/// all 512 slots.)
+///
+/// ```text
+/// POST /api/v1/tests, Content-Length: 100, then "{" and nothing     -> closed after ~2 s
+/// POST /tests, Content-Length: 100, then a byte every 300 ms         -> closed after ~2 s
+/// ```
+#[test]
+fn a_request_body_that_never_arrives_is_cut_off_after_the_idle_timeout() {
+    let service = TestServer::start_probe_service(&service_config(
+        "http_idle_timeout = \"2s\"\nallow_private_targets = true",
+    ));
+    let door = service.addr("http");
+    let caller: std::net::IpAddr = "127.0.0.6".parse().expect("ip");
+    let started = Instant::now();
+
+    let mut stalled = bound_connect(caller, door);
+    stalled
+        .write_all(
+            b"POST /api/v1/tests HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+        )
+        .expect("headers");
+    let mut trickled = bound_connect(caller, door);
+    trickled
+        .write_all(
+            b"POST /tests HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n",
+        )
+        .expect("headers");
+    let writer = trickled.try_clone().expect("clone");
+    let trickle = std::thread::spawn(move || {
+        let mut writer = writer;
+        for _ in 0..40 {
+            if writer.write_all(b"t").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+
+    let limit = Duration::from_secs(12);
+    let stalled_end =
+        read_until_closed(&mut stalled, limit).expect("a POST whose body never came stayed open");
+    assert!(!stalled_end.contains(" 201 "), "{stalled_end}");
+    let trickled_end =
+        read_until_closed(&mut trickled, limit).expect("a POST trickling its body stayed open");
+    assert!(!trickled_end.contains(" 303 "), "{trickled_end}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "closed before the idle timeout: {:?}",
+        started.elapsed()
+    );
+    let _ = trickle.join();
+
+    // A whole body is still read and served, and an oversized one refused.
+    let api = Http::new(door).from("127.0.0.6");
+    let refused = api.post_json(
+        "/api/v1/tests",
+        r#"{"target": "127.0.0.9:25", "ports": [0]}"#,
+    );
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    let huge = format!(r#"{{"target": "{}"}}"#, "a".repeat(9000));
+    let too_big = api.post_json("/api/v1/tests", &huge);
+    assert_eq!(too_big.status, 413, "{}", too_big.body);
+    assert!(too_big.json()["error"].is_string(), "{}", too_big.body);
+}
+
 /// A caller that sends requests and stops reading the answers stalls the service's writes
 /// once the socket buffers are full; that connection is cut after `http_idle_timeout` too,
 /// or a few such callers would hold every connection slot for ever.
