@@ -37,6 +37,8 @@ pub enum RefusalKind {
     Private,
     /// In `exclude` (403).
     Excluded,
+    /// Asked for by another web site's page, through a visitor's browser (403).
+    CrossSite,
     /// A client or target budget is spent (429).
     RateLimited,
     /// `max_concurrent_tests` are running (503).

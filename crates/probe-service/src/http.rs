@@ -198,8 +198,8 @@ async fn submit_form(
     form: Result<Form<FormInput>, FormRejection>,
 ) -> Response {
     let client = client_ip(&app.service.config, peer, &headers);
-    let request = form
-        .map_err(|e| Refusal::bad(format!("the form could not be read: {e}")))
+    let request = foreign_page(&app.service.config, &headers)
+        .and_then(|()| form.map_err(|e| Refusal::bad(format!("the form could not be read: {e}"))))
         .and_then(|Form(f)| form_request(f, client));
     let started = match request {
         Ok(request) => app.service.start(request).await,
@@ -230,6 +230,50 @@ fn form_request(form: FormInput, client: IpAddr) -> Result<Request, Refusal> {
         door: Door::Web,
         client,
     })
+}
+
+/// Refuses a test another web site's page asks for through a visitor's browser (CSRF): a
+/// hidden form that submits itself would start a test from every visitor's address, on the
+/// visitor's budget, against a target of that site's choosing. Browsers say where a request
+/// comes from: `Sec-Fetch-Site` (`same-origin`, or `none` for one the user made), else
+/// `Origin`, which must be this service (the `Host` asked for, or `public_url`). A request
+/// with neither header is no browser's (a script, `curl`) and is served.
+fn foreign_page(cfg: &ServiceConfig, headers: &HeaderMap) -> Result<(), Refusal> {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let foreign = match (text("sec-fetch-site"), text("origin")) {
+        (Some(site), _) => {
+            !(site.eq_ignore_ascii_case("same-origin") || site.eq_ignore_ascii_case("none"))
+        }
+        (None, Some(origin)) => {
+            let authority = origin.split_once("://").map(|(_, rest)| rest);
+            let host = text("host");
+            let own = authority.is_some_and(|a| host.is_some_and(|h| a.eq_ignore_ascii_case(h)))
+                || origin.eq_ignore_ascii_case(&public_origin(&cfg.public_base_url()));
+            !own
+        }
+        (None, None) => false,
+    };
+    if foreign {
+        return Err(Refusal::new(
+            RefusalKind::CrossSite,
+            "this test was asked for by another web site's page: start tests from this service's own page or with a script",
+        ));
+    }
+    Ok(())
+}
+
+/// `https://relay-test.example.org:8443/some/path` → `https://relay-test.example.org:8443`.
+fn public_origin(url: &str) -> &str {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    match url[start..].find('/') {
+        Some(end) => &url[..start + end],
+        None => url,
+    }
 }
 
 /// Who is asking: the peer, or behind a trusted proxy the last `X-Forwarded-For` address that
@@ -364,12 +408,14 @@ async fn api_start(
     body: Result<Json<ApiRequest>, JsonRejection>,
 ) -> Response {
     let client = client_ip(&app.service.config, peer, &headers);
-    let request = body
-        .map_err(|e| {
+    let request = foreign_page(&app.service.config, &headers)
+        .and_then(|()| {
+            body.map_err(|e| {
             Refusal::bad(format!(
                 "the body must be a JSON object like {{\"target\": \"mail.example.com:25\"}}: {}",
                 e.body_text()
             ))
+        })
         })
         .and_then(|Json(body)| {
             let (label, inputs) = admission::parse_target(&body.target, &body.ports)?;
@@ -431,7 +477,9 @@ fn with_retry_after(status: StatusCode, refusal: &Refusal, body: impl IntoRespon
 fn status_of(refusal: &Refusal) -> StatusCode {
     match refusal.kind {
         RefusalKind::BadRequest => StatusCode::BAD_REQUEST,
-        RefusalKind::Private | RefusalKind::Excluded => StatusCode::FORBIDDEN,
+        RefusalKind::Private | RefusalKind::Excluded | RefusalKind::CrossSite => {
+            StatusCode::FORBIDDEN
+        }
         RefusalKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         RefusalKind::Busy | RefusalKind::Stopping => StatusCode::SERVICE_UNAVAILABLE,
     }

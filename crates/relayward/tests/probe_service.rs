@@ -591,6 +591,77 @@ fn excluded_networks_are_never_touched_even_when_private_targets_are_allowed() {
     assert_eq!(connections.load(Ordering::SeqCst), 0, "nothing may be sent");
 }
 
+/// Another site's page cannot make a visitor's browser start a test: the browser says where
+/// the form or the fetch came from (`Origin`, `Sec-Fetch-Site`), and a test asked for by a
+/// foreign page is refused before anything is looked up or connected to. (A hidden
+/// auto-submitting form used to start one per visitor, each from the visitor's address and on
+/// the visitor's hourly budget, against a target the foreign page chose.) Scripts, which send
+/// neither header, and the service's own page are served as before.
+///
+/// ```text
+/// POST /tests, Origin: http://evil.example                     -> 403, nothing connected
+/// POST /tests, Sec-Fetch-Site: cross-site                      -> 403
+/// POST /tests, Origin: null                                    -> 403
+/// POST /api/v1/tests, Origin: http://evil.example              -> 403
+/// POST /tests, Origin: http://HOST, Sec-Fetch-Site: same-origin -> 303 to the test
+/// ```
+#[test]
+fn another_site_s_page_cannot_make_a_visitor_s_browser_start_a_test() {
+    let (port, connections) = counting_listener("127.0.0.3");
+    let service = TestServer::start_probe_service(&service_config("allow_private_targets = true"));
+    let door = service.addr("http");
+    let web = Http::new(door).from("127.0.0.4");
+    let form = format!("target=127.0.0.3%3A{port}&kind=server&ports=");
+    let form_body = Some(("application/x-www-form-urlencoded", form.as_str()));
+    for foreign in [
+        "Origin: http://evil.example\r\n",
+        "Origin: http://evil.example\r\nSec-Fetch-Site: cross-site\r\n",
+        "Sec-Fetch-Site: cross-site\r\n",
+        "Sec-Fetch-Site: same-site\r\n",
+        "Origin: null\r\n",
+        &format!("Origin: http://{door}.evil.example\r\n"),
+    ] {
+        let answer = web.request_with("POST", "/tests", form_body, foreign);
+        assert_eq!(answer.status, 403, "{foreign:?}: {}", answer.body);
+        assert!(
+            answer.body.contains("another web site"),
+            "{foreign:?}: {}",
+            answer.body
+        );
+    }
+    let json = format!(r#"{{"target": "127.0.0.3:{port}"}}"#);
+    let api = web.request_with(
+        "POST",
+        "/api/v1/tests",
+        Some(("application/json", json.as_str())),
+        "Origin: http://evil.example\r\n",
+    );
+    assert_eq!(api.status, 403, "{}", api.body);
+    assert!(api.json()["error"].is_string(), "{}", api.body);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        0,
+        "a refused request connected"
+    );
+
+    // The service's own page submits as before.
+    let own = web.request_with(
+        "POST",
+        "/tests",
+        form_body,
+        &format!("Origin: http://{door}\r\nSec-Fetch-Site: same-origin\r\n"),
+    );
+    assert_eq!(own.status, 303, "{}", own.body);
+    let id = own
+        .header("location")
+        .and_then(|l| l.strip_prefix("/tests/"))
+        .expect("location")
+        .to_string();
+    wait_done(&web, &id);
+    assert!(connections.load(Ordering::SeqCst) > 0);
+}
+
 #[test]
 fn budgets_answer_429_with_when_to_retry() {
     let service = TestServer::start_probe_service(&service_config(
