@@ -169,16 +169,16 @@ impl Listener for CappedListener {
     }
 }
 
-/// Connections held per client key. A poisoned lock is taken over, not refused: the counts
-/// are plain integers a panic elsewhere cannot leave half-changed, and refusing would answer
-/// every caller `503` for the life of the process.
+/// Connections held per client key (also the telnet door's sessions). A poisoned lock is
+/// taken over, not refused: the counts are plain integers a panic elsewhere cannot leave
+/// half-changed, and refusing would answer every caller `503` for the life of the process.
 #[derive(Clone, Default)]
-struct ClientShares(Arc<Mutex<HashMap<IpAddr, usize>>>);
+pub(crate) struct ClientShares(Arc<Mutex<HashMap<IpAddr, usize>>>);
 
 impl ClientShares {
     /// One more connection for `key` (`None`: a trusted proxy, counted only in the total),
     /// unless it holds `limit` already.
-    fn take(&self, key: Option<IpAddr>, limit: usize) -> Option<ClientSlot> {
+    pub(crate) fn take(&self, key: Option<IpAddr>, limit: usize) -> Option<ClientSlot> {
         if let Some(key) = key {
             let mut map = self.lock();
             let held = map.entry(key).or_insert(0);
@@ -199,7 +199,7 @@ impl ClientShares {
 }
 
 /// A client's share taken; given back when the connection is dropped.
-struct ClientSlot {
+pub(crate) struct ClientSlot {
     key: Option<IpAddr>,
     shares: ClientShares,
 }

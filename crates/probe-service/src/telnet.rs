@@ -17,6 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
+use crate::http_listener::ClientShares;
+use crate::limits::client_key;
 use crate::live::{self, AsyncEmit};
 use crate::record::Door;
 use crate::service::{Request, Service};
@@ -25,18 +27,32 @@ use crate::service::{Request, Service};
 pub const PORT_PROMPT: Duration = Duration::from_secs(10);
 /// Telnet sessions at once (each is cheap; the tests they start are capped by the service).
 const MAX_SESSIONS: usize = 256;
+/// Sessions one caller (address, IPv6 /64) may hold at once, so that one caller cannot hold
+/// all [`MAX_SESSIONS`] (each waits [`PORT_PROMPT`] before it even asks for a test).
+pub const MAX_SESSIONS_PER_CLIENT: usize = 4;
 /// Longest input line read (a port number and a telnet client's negotiation bytes).
 const MAX_INPUT: usize = 256;
 
 /// Accepts callers until `stop` turns true.
 pub async fn serve(listener: TcpListener, service: Arc<Service>, mut stop: watch::Receiver<bool>) {
     let sessions = Arc::new(Semaphore::new(MAX_SESSIONS));
+    let per_client = ClientShares::default();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = stop.wait_for(|s| *s) => return,
         };
         let Ok((mut stream, peer)) = accepted else {
+            continue;
+        };
+        let key = client_key(peer.ip());
+        let Some(share) = per_client.take(Some(key), MAX_SESSIONS_PER_CLIENT) else {
+            let refusal = format!(
+                "Refused: {MAX_SESSIONS_PER_CLIENT} telnet sessions from your address are open already, the most one address may hold; try again when one has ended\r\n"
+            );
+            // As for a full door: a line into a fresh socket's buffer, then closed.
+            let _ = stream.write_all(refusal.as_bytes()).await;
+            let _ = stream.shutdown().await;
             continue;
         };
         let Ok(permit) = Arc::clone(&sessions).try_acquire_owned() else {
@@ -48,7 +64,7 @@ pub async fn serve(listener: TcpListener, service: Arc<Service>, mut stop: watch
         let service = Arc::clone(&service);
         tokio::spawn(async move {
             session(stream, peer, &service).await;
-            drop(permit);
+            drop((permit, share));
         });
     }
 }

@@ -360,6 +360,54 @@ fn the_telnet_door_probes_only_the_callers_address_and_refuses_a_private_one() {
     assert!(!service.log().contains("probe test finished"));
 }
 
+/// One caller cannot take the telnet door: an address (an IPv6 /64) holds at most 4 sessions
+/// at once, the 5th hears why and is closed, and other callers are greeted meanwhile. (The
+/// door's 256 sessions used to be one pool: 256 connections from one address, each sitting
+/// out its 10 s at the port prompt and opened again, kept everyone else out.)
+///
+/// ```text
+/// 4 × connect from 127.0.0.5, say nothing     -> greeted, waiting at the prompt
+/// 5th connect from 127.0.0.5                  -> "Refused: 4 telnet sessions from your address ...", closed
+/// connect from 127.0.0.6                      -> greeted
+/// ```
+#[test]
+fn one_caller_cannot_hold_every_telnet_session() {
+    let service = TestServer::start_probe_service(&service_config(""));
+    let door = service.addr("telnet");
+    let mut held: Vec<Telnet> = (0..4)
+        .map(|_| {
+            let mut caller = Telnet::call(door, "127.0.0.5");
+            caller.until(|l| l.starts_with("Network owners"));
+            caller
+        })
+        .collect();
+    let mut fifth = Telnet::call(door, "127.0.0.5");
+    let answer = fifth.rest_of_session();
+    assert_eq!(
+        answer,
+        [
+            "Refused: 4 telnet sessions from your address are open already, the most one address may hold; try again when one has ended"
+        ]
+    );
+    let mut other = Telnet::call(door, "127.0.0.6");
+    other.until(|l| l.starts_with("Network owners"));
+    // A session that ends gives its place back.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut again = Telnet::call(door, "127.0.0.5");
+        if again
+            .line()
+            .is_some_and(|l| l.starts_with("relayward probe-service at"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the place was not given back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(held);
+}
+
 #[test]
 fn the_api_starts_a_test_and_serves_its_json_twin() {
     let relay = closed_relay("127.0.0.3");
