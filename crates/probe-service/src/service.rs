@@ -22,7 +22,8 @@ use relayward_protocol::text::Escaped;
 
 use crate::admission::{self, MAX_ADDRESSES, Refusal, RefusalKind};
 use crate::config::ServiceConfig;
-use crate::limits::{Denied, Limits, Slot, retry_seconds};
+use crate::http_listener::{ClientShares, ClientSlot};
+use crate::limits::{Denied, Limits, Slot, client_key, retry_seconds};
 use crate::live::LiveTest;
 use crate::record::{Door, NotProbed, RUNNING, TestRecord};
 use crate::store::{self, Store};
@@ -32,6 +33,10 @@ use crate::store::{self, Store};
 const LOOKUP_TIME: Duration = Duration::from_secs(20);
 /// What a busy service tells callers to wait: about one test's length.
 const BUSY_RETRY: u64 = 60;
+/// Tests one client (address, IPv6 /64) may run at once, its lookups included: without this
+/// cap one client holds as many of the `max_concurrent_tests` slots as its hourly budget has
+/// tests, each for up to `host_timeout` against a server that answers slowly.
+pub const MAX_RUNNING_PER_CLIENT: usize = 2;
 
 /// A test as a door asks for it.
 #[derive(Debug, Clone)]
@@ -52,6 +57,8 @@ pub struct Service {
     /// Disk I/O (fsync) runs on the blocking pool, never on a runtime worker.
     store: Arc<Store>,
     running: Mutex<HashMap<String, Arc<LiveTest>>>,
+    /// Tests running per client key ([`MAX_RUNNING_PER_CLIENT`]).
+    running_per_client: ClientShares,
     stopping: AtomicBool,
 }
 
@@ -77,6 +84,7 @@ impl Service {
             limits,
             store: Arc::new(store),
             running: Mutex::new(HashMap::new()),
+            running_per_client: ClientShares::default(),
             stopping: AtomicBool::new(false),
         }))
     }
@@ -106,6 +114,18 @@ impl Service {
         self.limits
             .check_client(request.client)
             .map_err(|d| denied(&d))?;
+        let share = self
+            .running_per_client
+            .take(Some(client_key(request.client)), MAX_RUNNING_PER_CLIENT)
+            .ok_or_else(|| {
+                Refusal::new(
+                    RefusalKind::RateLimited,
+                    format!(
+                        "{MAX_RUNNING_PER_CLIENT} of your tests are running, the most one address may run at once; try again when one has finished"
+                    ),
+                )
+                .retry_after(BUSY_RETRY)
+            })?;
         let slot = self.limits.slot().ok_or_else(|| {
             Refusal::new(
                 RefusalKind::Busy,
@@ -144,7 +164,7 @@ impl Service {
             live.push_line(&format!("Not probed: {}: {}", n.address, n.reason));
         }
         self.lock_running().insert(id, Arc::clone(&live));
-        tokio::spawn(Arc::clone(self).run(Arc::clone(&live), plan, request, slot));
+        tokio::spawn(Arc::clone(self).run(Arc::clone(&live), plan, request, (slot, share)));
         Ok(live)
     }
 
@@ -260,7 +280,13 @@ impl Service {
 
     /// Runs an admitted test to its end: each address in turn, its lines streamed, then the
     /// record stored and logged.
-    async fn run(self: Arc<Self>, live: Arc<LiveTest>, plan: Plan, request: Request, slot: Slot) {
+    async fn run(
+        self: Arc<Self>,
+        live: Arc<LiveTest>,
+        plan: Plan,
+        request: Request,
+        slot: (Slot, ClientSlot),
+    ) {
         let started = Instant::now();
         let mut reports: Vec<TargetReport> = Vec::new();
         for report in plan.unreachable {

@@ -1112,6 +1112,50 @@ fn silent_server(ip: &str) -> u16 {
     port
 }
 
+/// One client runs at most 2 tests at once, counted from before its names are looked up: the
+/// 3rd is refused `429` until one has finished, and other clients start theirs meanwhile. (A
+/// client used to hold as many of the `max_concurrent_tests` slots as its hourly budget
+/// allowed — each up to `host_timeout` against a server that answers slowly — and requests
+/// whose slow lookups ended in refused addresses held slots for nothing, uncharged.)
+///
+/// ```text
+/// from 127.0.0.4: POST {"target": "127.0.0.3:SILENT"} × 2   -> 201, 201 (both running)
+/// from 127.0.0.4: POST {"target": "127.0.0.3:SILENT"}       -> 429, retry_after
+/// from 127.0.0.5: POST {"target": "127.0.0.3:SILENT"}       -> 201
+/// (one of 127.0.0.4's tests ends)  POST again                -> 201
+/// ```
+#[test]
+fn one_client_runs_at_most_two_tests_at_once() {
+    let service = TestServer::start_probe_service(&service_config(
+        "allow_private_targets = true\ntests_per_target_per_hour = 10\ntest_timeout = \"2s\"",
+    ));
+    let api = Http::new(service.addr("http"));
+    let target = format!("127.0.0.3:{}", silent_server("127.0.0.3"));
+    let hog = api.from("127.0.0.4");
+    let first = start_test(&hog, &target);
+    let _second = start_test(&hog, &target);
+    let third = hog.post_json("/api/v1/tests", &format!(r#"{{"target": "{target}"}}"#));
+    assert_eq!(third.status, 429, "{}", third.body);
+    assert_eq!(
+        third.json()["error"],
+        "2 of your tests are running, the most one address may run at once; try again when one has finished"
+    );
+    assert!(third.header("retry-after").is_some(), "{}", third.body);
+    start_test(&api.from("127.0.0.5"), &target);
+    assert_eq!(wait_done(&api, &first)["verdict"], "UNREACHABLE");
+    // The place comes back when its test has finished (stored, then the place is given back).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let again = hog.post_json("/api/v1/tests", &format!(r#"{{"target": "{target}"}}"#));
+        if again.status == 201 {
+            break;
+        }
+        assert_eq!(again.status, 429, "{}", again.body);
+        assert!(Instant::now() < deadline, "the place never came back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn a_full_service_answers_503_and_results_are_bounded_and_outlive_a_restart() {
     let config = service_config(
