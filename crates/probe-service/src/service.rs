@@ -220,10 +220,13 @@ impl Service {
     /// Looks the inputs' names up and sorts their addresses into probed and not probed.
     async fn resolve(&self, request: &Request) -> Plan {
         let mut plan = Plan::default();
+        // One deadline for the whole request, not one per input: a name on four ports is
+        // four inputs, and would otherwise hold its slot for four lookup times.
+        let deadline = tokio::time::Instant::now() + LOOKUP_TIME;
         for input in &request.inputs {
             let label = input.label();
-            let resolution = match tokio::time::timeout(
-                LOOKUP_TIME,
+            let resolution = match tokio::time::timeout_at(
+                deadline,
                 scan::resolve_input(input.clone(), &self.engine),
             )
             .await

@@ -1112,6 +1112,49 @@ fn silent_server(ip: &str) -> u16 {
     port
 }
 
+/// The lookups of one request take 20 s in all, not 20 s per port: a name asked for on four
+/// ports is given up after 20 s (four UNREACHABLE reports), not after four lookups of up to
+/// 20 s each. (A silent name server used to keep the request — its slot and its web
+/// connection — for a minute, four times the time the service promises.)
+///
+/// ```text
+/// POST {"target": "slow.example.test", "ports": [25, 587, 465, 2525]}   (DNS silent)
+///                                                -> 201 after ~20 s, not ~60 s
+/// ```
+#[test]
+fn the_lookups_of_one_request_take_twenty_seconds_in_all() {
+    let silent_dns = std::net::UdpSocket::bind("127.0.0.9:0").expect("bind");
+    let service = TestServer::start_probe_service(&service_config(&format!(
+        "nameservers = [\"{}\"]\nallow_private_targets = true",
+        silent_dns.local_addr().expect("addr")
+    )));
+    let api = Http::new(service.addr("http")).from("127.0.0.5");
+    let started = Instant::now();
+    let response = api.post_json(
+        "/api/v1/tests",
+        r#"{"target": "slow.example.test", "ports": [25, 587, 465, 2525]}"#,
+    );
+    let took = started.elapsed();
+    assert_eq!(response.status, 201, "after {took:?}: {}", response.body);
+    assert!(
+        took < Duration::from_secs(30),
+        "the lookups took {took:?}, more than the 20 s one request may take"
+    );
+    let record = wait_done(&api, response.json()["id"].as_str().expect("id"));
+    assert_eq!(record["verdict"], "UNREACHABLE", "{record}");
+    let reasons: Vec<&str> = record["reports"]
+        .as_array()
+        .expect("reports")
+        .iter()
+        .filter_map(|r| r["reason"].as_str())
+        .collect();
+    assert_eq!(reasons.len(), 4, "{record}");
+    assert!(
+        reasons.iter().any(|r| r.contains("more than 20s")),
+        "{reasons:?}"
+    );
+}
+
 /// One client runs at most 2 tests at once, counted from before its names are looked up: the
 /// 3rd is refused `429` until one has finished, and other clients start theirs meanwhile. (A
 /// client used to hold as many of the `max_concurrent_tests` slots as its hourly budget
