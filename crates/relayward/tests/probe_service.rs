@@ -1476,3 +1476,131 @@ fn with_a_confirm_listener_a_relayed_token_makes_it_confirmed_open() {
         )
     );
 }
+
+/// Says yes to everything and delivers nothing: MAIL, RCPT and DATA are all accepted, the
+/// message is thrown away. A test with proof of relay finds it accepts at RCPT, sends its
+/// tokens, and none ever comes back.
+fn accept_all_black_hole(ip: &str) -> u16 {
+    let listener = TcpListener::bind((ip, 0)).expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let _ = stream.write_all(b"220 hole.example.test ESMTP\r\n");
+                let mut line = String::new();
+                let mut in_data = false;
+                while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                    let reply: &[u8] = if in_data {
+                        if line == ".\r\n" {
+                            in_data = false;
+                            b"250 2.0.0 queued\r\n"
+                        } else {
+                            b""
+                        }
+                    } else {
+                        match line.get(..4).unwrap_or("").to_ascii_uppercase().as_str() {
+                            "DATA" => {
+                                in_data = true;
+                                b"354 go ahead\r\n"
+                            }
+                            "QUIT" => {
+                                let _ = stream.write_all(b"221 bye\r\n");
+                                return;
+                            }
+                            "STAR" | "AUTH" | "VRFY" | "EXPN" => b"502 5.5.1 no\r\n",
+                            _ => b"250 ok\r\n",
+                        }
+                    };
+                    if !reply.is_empty() && stream.write_all(reply).is_err() {
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    port
+}
+
+/// The first `rw` + 12 letters/digits in `text`: what a proof-of-relay token looks like.
+fn token_in(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    (0..bytes.len().saturating_sub(13)).find_map(|i| {
+        let word = &bytes[i..i + 14];
+        let before_ok = i == 0 || !bytes[i - 1].is_ascii_alphanumeric();
+        let after_ok = bytes.get(i + 14).is_none_or(|b| !b.is_ascii_alphanumeric());
+        (before_ok
+            && after_ok
+            && word.starts_with(b"rw")
+            && word[2..]
+                .iter()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+        .then(|| String::from_utf8_lossy(word).into_owned())
+    })
+}
+
+/// Whoever asked for a test cannot forge its proof of relay: the tokens the test sends through
+/// the server are hidden in the transcript it can watch while the test waits for them, so it
+/// cannot mail one to the confirm listener itself and have a server that only *accepts* at
+/// RCPT stored as CONFIRMED-OPEN under the service's name. (The running transcript used to
+/// show `Subject: relayward relay test rw…` and `Token: rw…`; a forged delivery of one made
+/// a black hole CONFIRMED-OPEN.)
+///
+/// ```text
+/// POST {"target": "127.0.0.3:HOLE"}                 (accepts everything, delivers nothing)
+/// GET /api/v1/tests/ID while it waits for tokens    -> no token in the transcript
+/// (were one there: mailed to the confirm listener by the caller)
+/// verdict                                           -> UNCONFIRMED (forged: CONFIRMED-OPEN)
+/// ```
+#[test]
+fn the_caller_cannot_forge_the_proof_of_relay_with_a_token_from_the_transcript() {
+    let service = TestServer::start_probe_service(&service_config(
+        "allow_private_targets = true\nconfirm_listen = \"127.0.0.1:0\"\nconfirm_domain = \"confirm.test\"\nconfirm_wait = \"8s\"",
+    ));
+    let confirm = service.addr("confirm");
+    let api = Http::new(service.addr("http")).from("127.0.0.4");
+    let id = start_test(
+        &api,
+        &format!("127.0.0.3:{}", accept_all_black_hole("127.0.0.3")),
+    );
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut forged = None;
+    let record = loop {
+        let record = api.get(&format!("/api/v1/tests/{id}")).json();
+        let transcript = record["transcript"].to_string();
+        if let Some(token) = token_in(&transcript)
+            && forged.is_none()
+        {
+            // The caller's own mail to the confirm listener, with the token it read.
+            let mut smtp = TcpStream::connect(confirm).expect("confirm listener");
+            smtp.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            let message = format!(
+                "EHLO forger.example\r\nMAIL FROM:<x@forger.example>\r\nRCPT TO:<relaytest@confirm.test>\r\nDATA\r\nSubject: {token}\r\n\r\nToken: {token}\r\n.\r\nQUIT\r\n"
+            );
+            smtp.write_all(message.as_bytes()).expect("forge");
+            let mut answer = String::new();
+            let _ = smtp.read_to_string(&mut answer);
+            forged = Some(token);
+        }
+        if record["verdict"] != "RUNNING" {
+            break record;
+        }
+        assert!(Instant::now() < deadline, "test {id} never finished");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        record["verdict"], "UNCONFIRMED",
+        "forged with {forged:?}: {}",
+        record["reason"]
+    );
+    assert_eq!(forged, None, "a token was readable while the test ran");
+    let transcript = record["transcript"].to_string();
+    assert!(
+        transcript.contains("Token: rw[hidden]"),
+        "the proof message is still shown, its token hidden"
+    );
+}
