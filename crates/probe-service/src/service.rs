@@ -161,7 +161,7 @@ impl Service {
         let id = live.id();
         live.update(|r| r.url = format!("/tests/{id}"));
         for n in &plan.not_probed {
-            live.push_line(&format!("Not probed: {}: {}", n.address, n.reason));
+            live.push_own_line(&format!("Not probed: {}: {}", n.address, n.reason));
         }
         self.lock_running().insert(id, Arc::clone(&live));
         tokio::spawn(Arc::clone(self).run(Arc::clone(&live), plan, request, (slot, share)));
@@ -200,7 +200,7 @@ impl Service {
         }
         let unfinished: Vec<Arc<LiveTest>> = self.lock_running().values().cloned().collect();
         for live in &unfinished {
-            live.push_line("[the service stopped before this test finished]");
+            live.push_own_line("[the service stopped before this test finished]");
             live.update(|r| {
                 r.conclude((
                     Verdict::Inconclusive,
@@ -293,7 +293,7 @@ impl Service {
         let started = Instant::now();
         let mut reports: Vec<TargetReport> = Vec::new();
         for report in plan.unreachable {
-            live.push_line(&output::transcript_heading(&report.target));
+            live.push_own_line(&output::transcript_heading(&report.target));
             push_closing(&live, &report);
             reports.push(report);
         }
@@ -304,7 +304,7 @@ impl Service {
                     Some(_) => format!("{} ({})", target.label, target.addr.ip()),
                     None => target.label.clone(),
                 };
-                live.push_line(&output::transcript_heading(&shown));
+                live.push_own_line(&output::transcript_heading(&shown));
             }
             let report = probe_target(target, Arc::new(self.engine_for(&live))).await;
             push_closing(&live, &report);
@@ -406,7 +406,7 @@ impl Plan {
 
 fn push_closing(live: &LiveTest, report: &TargetReport) {
     for line in output::closing_lines(report) {
-        live.push_line(&line);
+        live.push_own_line(&line);
     }
 }
 

@@ -1604,3 +1604,87 @@ fn the_caller_cannot_forge_the_proof_of_relay_with_a_token_from_the_transcript()
         "the proof message is still shown, its token hidden"
     );
 }
+
+/// Answers every command with ~58 KB of reply (120 lines of 480 characters): within the
+/// probe's limits per reply, until its 2 MiB per target.
+fn verbose_server(ip: &str) -> u16 {
+    let listener = TcpListener::bind((ip, 0)).expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut big: Vec<u8> = Vec::new();
+                for i in 0..120 {
+                    big.extend_from_slice(
+                        format!("250-{}\r\n", format!("x{i:03}").repeat(120)).as_bytes(),
+                    );
+                }
+                big.extend_from_slice(b"250 ok\r\n");
+                let _ = stream.write_all(b"220 verbose.example.test ESMTP\r\n");
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                    let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+                    let reply: &[u8] = match verb.as_str() {
+                        "QUIT" => b"221 bye\r\n",
+                        "STAR" => b"502 no\r\n",
+                        _ => &big,
+                    };
+                    if stream.write_all(reply).is_err() || verb == "QUIT" {
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A test keeps at most 1 MiB of dialogue, so a server that talks a lot cannot make each of
+/// its tests megabytes on disk (`max_stored_tests` of them) and in every answer that serves
+/// it; the service's own lines (headings, the verdict) are always kept. (A test used to keep
+/// what the probe kept of each address, 2 MiB of replies each, up to 8 addresses: ~17 MB.)
+///
+/// ```text
+/// POST {"target": "127.0.0.3:VERBOSE"}      (every reply ~58 KB)
+/// GET /api/v1/tests/ID                      -> < 1.2 MiB; "[further lines not kept]", then the verdict
+/// ```
+#[test]
+fn a_talkative_server_cannot_make_a_test_megabytes_long() {
+    let service = TestServer::start_probe_service(&service_config("allow_private_targets = true"));
+    let api = Http::new(service.addr("http")).from("127.0.0.4");
+    let id = start_test(&api, &format!("127.0.0.3:{}", verbose_server("127.0.0.3")));
+    let record = wait_done(&api, &id);
+    let body = api.get(&format!("/api/v1/tests/{id}")).body;
+    assert!(
+        body.len() < 1_200_000,
+        "the test is {} bytes long ({})",
+        body.len(),
+        record["reason"]
+    );
+    let transcript: Vec<&str> = record["transcript"]
+        .as_array()
+        .expect("transcript")
+        .iter()
+        .filter_map(|l| l.as_str())
+        .collect();
+    let cut = position(
+        &transcript.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
+        "[further lines not kept]",
+    );
+    assert!(
+        transcript[cut..].iter().any(|l| l.starts_with("Verdict: ")),
+        "the verdict was not kept: {:?}",
+        &transcript[cut..]
+    );
+    let stored = std::fs::read_dir(service.data_dir().join("tests"))
+        .expect("store")
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .max()
+        .unwrap_or(0);
+    assert!(stored < 1_200_000, "stored: {stored} bytes");
+}
