@@ -458,6 +458,15 @@ fn denied(d: &Denied) -> Refusal {
             "you have started as many tests as one address may in an hour".to_string(),
             *retry_after,
         ),
+        Denied::Network {
+            network,
+            retry_after,
+        } => (
+            format!(
+                "your network ({network}) has started as many tests as one network may in an hour"
+            ),
+            *retry_after,
+        ),
         Denied::Target { ip, retry_after } => (
             format!("{ip} has been tested as many times as one address may be in an hour"),
             *retry_after,

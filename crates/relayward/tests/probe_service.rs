@@ -710,6 +710,49 @@ fn another_site_s_page_cannot_make_a_visitor_s_browser_start_a_test() {
     assert!(connections.load(Ordering::SeqCst) > 0);
 }
 
+/// A network shares a budget too: the addresses of one IPv4 /24 (IPv6 /48, a site's usual
+/// share) may start 4 times one client's tests an hour between them, so whoever holds a
+/// network cannot multiply the client budget by its addresses — a /48 has 65,536 /64s, each
+/// a client of its own. Other networks are not affected.
+///
+/// ```text
+/// tests_per_client_per_hour = 1
+/// one test each from 127.0.0.10, .11, .12, .13     -> 201 × 4
+/// from 127.0.0.14                                  -> 429 "your network (127.0.0.0/24) ..."
+/// from 127.0.1.10                                  -> 201
+/// ```
+#[test]
+fn the_addresses_of_one_network_share_a_budget() {
+    let service = TestServer::start_probe_service(&service_config(
+        "allow_private_targets = true\ntests_per_client_per_hour = 1",
+    ));
+    let api = Http::new(service.addr("http"));
+    for host in 10..14 {
+        let target = format!("127.0.0.{}", host + 10);
+        start_test(
+            &api.from(&format!("127.0.0.{host}")),
+            &format!("{target}:{}", unused_port(&target)),
+        );
+    }
+    let refused = api.from("127.0.0.14").post_json(
+        "/api/v1/tests",
+        &format!(
+            r#"{{"target": "127.0.0.30:{}"}}"#,
+            unused_port("127.0.0.30")
+        ),
+    );
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert_eq!(
+        refused.json()["error"],
+        "your network (127.0.0.0/24) has started as many tests as one network may in an hour; try again in 60 minutes"
+    );
+    assert!(refused.header("retry-after").is_some());
+    start_test(
+        &api.from("127.0.1.10"),
+        &format!("127.0.0.31:{}", unused_port("127.0.0.31")),
+    );
+}
+
 #[test]
 fn budgets_answer_429_with_when_to_retry() {
     let service = TestServer::start_probe_service(&service_config(
