@@ -151,6 +151,11 @@ async fn security_headers(mut response: Response) -> Response {
     ] {
         headers.insert(name, HeaderValue::from_static(value));
     }
+    // A running test's answers change, and a results URL is its only secret: no cache keeps
+    // them (the live stream says `no-cache` itself, which stays).
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
     response
 }
 

@@ -753,6 +753,31 @@ fn the_addresses_of_one_network_share_a_budget() {
     );
 }
 
+/// Answers are not stored by caches: a test's page and JSON change while it runs (a proxy
+/// or CDN in front that kept a `RUNNING` answer would serve it for ever), and a results URL
+/// is its only secret (a shared cache would keep it for whoever asks next).
+///
+/// ```text
+/// GET /api/v1/tests/ID, GET /tests/ID, POST /api/v1/tests   -> Cache-Control: no-store
+/// ```
+#[test]
+fn answers_are_not_stored_by_caches() {
+    let service = TestServer::start_probe_service(&service_config("allow_private_targets = true"));
+    let api = Http::new(service.addr("http")).from("127.0.0.4");
+    let started = api.post_json(
+        "/api/v1/tests",
+        &format!(r#"{{"target": "127.0.0.3:{}"}}"#, unused_port("127.0.0.3")),
+    );
+    assert_eq!(started.status, 201, "{}", started.body);
+    let id = started.json()["id"].as_str().expect("id").to_string();
+    let json = api.get(&format!("/api/v1/tests/{id}"));
+    let page = api.get(&format!("/tests/{id}"));
+    for (what, answer) in [("POST", &started), ("JSON", &json), ("page", &page)] {
+        assert_eq!(answer.header("cache-control"), Some("no-store"), "{what}");
+    }
+    wait_done(&api, &id);
+}
+
 #[test]
 fn budgets_answer_429_with_when_to_retry() {
     let service = TestServer::start_probe_service(&service_config(
