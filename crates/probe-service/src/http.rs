@@ -258,7 +258,7 @@ fn foreign_page(cfg: &ServiceConfig, headers: &HeaderMap) -> Result<(), Refusal>
             let authority = origin.split_once("://").map(|(_, rest)| rest);
             let host = text("host");
             let own = authority.is_some_and(|a| host.is_some_and(|h| a.eq_ignore_ascii_case(h)))
-                || origin.eq_ignore_ascii_case(&public_origin(&cfg.public_base_url()));
+                || origin.eq_ignore_ascii_case(public_origin(&cfg.public_base_url()));
             !own
         }
         (None, None) => false,
