@@ -254,11 +254,7 @@ impl Service {
     /// Adds one resolved address to the plan, or to its "not probed" list with the reason.
     fn admit(&self, target: Target, plan: &mut Plan) {
         let ip = target.addr.ip();
-        let shown = if target.label == target.addr.to_string() {
-            target.label.clone()
-        } else {
-            format!("{} ({ip})", target.label)
-        };
+        let shown = shown_address(&target);
         if let Some((kind, why)) = admission::address_refusal(ip, &self.config) {
             plan.refused_kind.get_or_insert(kind);
             let why = match &target.host {
@@ -298,7 +294,22 @@ impl Service {
             reports.push(report);
         }
         let several = plan.targets.len() > 1 || !reports.is_empty();
+        // Each address may take host_timeout; the test as a whole starts no new one after
+        // that, or 8 slow addresses would hold the slot for 8 times as long.
+        let starts_until = started + self.config.host_timeout;
         for target in plan.targets {
+            if Instant::now() >= starts_until {
+                let n = NotProbed {
+                    address: shown_address(&target),
+                    reason: format!(
+                        "the test had run for {}s (host_timeout); one test starts no new address after that",
+                        self.config.host_timeout.as_secs()
+                    ),
+                };
+                live.push_own_line(&format!("Not probed: {}: {}", n.address, n.reason));
+                live.update(|r| r.not_probed.push(n));
+                continue;
+            }
             if several {
                 let shown = match &target.host {
                     Some(_) => format!("{} ({})", target.label, target.addr.ip()),
@@ -401,6 +412,15 @@ impl Plan {
                 reasons.join("; ")
             },
         )
+    }
+}
+
+/// A target as "not probed" names it: `192.0.2.7:25`, `mail.example.com:25 (192.0.2.7)`.
+fn shown_address(target: &Target) -> String {
+    if target.label == target.addr.to_string() {
+        target.label.clone()
+    } else {
+        format!("{} ({})", target.label, target.addr.ip())
     }
 }
 

@@ -1267,6 +1267,48 @@ fn one_client_runs_at_most_two_tests_at_once() {
     }
 }
 
+/// A test starts no new address once it has run for `host_timeout`: a server that answers
+/// slowly on 4 ports of 2 addresses (8 targets, each allowed `host_timeout`) used to hold its
+/// test slot for 8 × `host_timeout` — 40 minutes with the defaults, so that one network's
+/// hourly budget could keep every slot busy. The addresses left are listed as not probed,
+/// with the reason.
+///
+/// ```text
+/// host_timeout = "2s", test_timeout = "1s"
+/// POST {"target": "127.0.0.3", "ports": [S1, S2, S3, S4]}     (all silent)
+///     -> done after ~2 s, not ~8 s; 3 addresses not probed: "the test had run for 2s ..."
+/// ```
+#[test]
+fn a_test_starts_no_new_address_after_host_timeout() {
+    let service = TestServer::start_probe_service(&service_config(
+        "allow_private_targets = true\ntest_timeout = \"1s\"\nhost_timeout = \"2s\"",
+    ));
+    let api = Http::new(service.addr("http")).from("127.0.0.4");
+    let ports: Vec<String> = (0..4)
+        .map(|_| silent_server("127.0.0.3").to_string())
+        .collect();
+    let response = api.post_json(
+        "/api/v1/tests",
+        &format!(
+            r#"{{"target": "127.0.0.3", "ports": [{}]}}"#,
+            ports.join(", ")
+        ),
+    );
+    assert_eq!(response.status, 201, "{}", response.body);
+    let record = wait_done(&api, response.json()["id"].as_str().expect("id"));
+    let took = record["duration_ms"].as_u64().expect("duration");
+    assert!(took < 5_000, "the test ran {took} ms: {}", record["reason"]);
+    let not_probed = record["not_probed"].as_array().expect("not_probed");
+    assert_eq!(not_probed.len(), 3, "{record}");
+    assert!(
+        not_probed[0]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("the test had run for 2s (host_timeout)"),
+        "{record}"
+    );
+}
+
 #[test]
 fn a_full_service_answers_503_and_results_are_bounded_and_outlive_a_restart() {
     let config = service_config(
