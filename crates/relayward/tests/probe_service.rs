@@ -1798,3 +1798,46 @@ fn a_talkative_server_cannot_make_a_test_megabytes_long() {
         .unwrap_or(0);
     assert!(stored < 1_200_000, "stored: {stored} bytes");
 }
+
+/// One sender cannot take the confirm listener: an address (IPv6 /64) holds at most 16 of its
+/// 64 sessions, the 17th is answered `421` and closed, and a relay delivering a token from
+/// elsewhere still gets in. (The 64 used to be one pool: one address holding them all, each
+/// for its 120 s, turned every proof of relay away with `421` until the tokens' wait was over.)
+///
+/// ```text
+/// 16 × connect from 127.0.0.5, say nothing    -> 220 each, held
+/// 17th from 127.0.0.5                         -> 421 4.7.0 too many connections from your address
+/// connect from 127.0.0.6                      -> 220
+/// ```
+#[test]
+fn one_sender_cannot_hold_every_confirm_listener_session() {
+    let service = TestServer::start_probe_service(&service_config(
+        "allow_private_targets = true\nconfirm_listen = \"127.0.0.1:0\"\nconfirm_domain = \"confirm.test\"",
+    ));
+    let confirm = service.addr("confirm");
+    let greeting = |conn: &mut TcpStream| {
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        line
+    };
+    let held: Vec<TcpStream> = (0..16)
+        .map(|_| {
+            let mut conn = bound_connect("127.0.0.5".parse().expect("ip"), confirm);
+            let line = greeting(&mut conn);
+            assert!(line.starts_with("220 "), "{line:?}");
+            conn
+        })
+        .collect();
+    let mut extra = bound_connect("127.0.0.5".parse().expect("ip"), confirm);
+    assert_eq!(
+        greeting(&mut extra),
+        "421 4.7.0 too many connections from your address, try again later\r\n"
+    );
+    let mut other = bound_connect("127.0.0.6".parse().expect("ip"), confirm);
+    let line = greeting(&mut other);
+    assert!(line.starts_with("220 "), "{line:?}");
+    drop(held);
+}
