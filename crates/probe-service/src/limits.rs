@@ -114,6 +114,11 @@ impl Limits {
         Arc::clone(&self.slots).try_acquire_owned().ok()
     }
 
+    /// Whether `max_concurrent_tests` are running (a [`Limits::slot`] would fail now).
+    pub fn is_full(&self) -> bool {
+        self.slots.available_permits() == 0
+    }
+
     /// Whether `client` could start a test now (checked before any name lookup, not charged).
     pub fn check_client(&self, client: IpAddr) -> Result<(), Denied> {
         let mut budgets = self.lock();
@@ -287,6 +292,7 @@ mod tests {
         let limits = Limits::new(2, 10, 10);
         let a = limits.slot().expect("first");
         let _b = limits.slot().expect("second");
+        assert!(limits.is_full());
         assert!(limits.slot().is_none(), "a third test must wait");
         drop(a);
         assert!(limits.slot().is_some());

@@ -98,11 +98,7 @@ impl Service {
     /// passed [`admission::address_refusal`].
     pub async fn start(self: &Arc<Self>, request: Request) -> Result<Arc<LiveTest>, Refusal> {
         if self.stopping.load(Ordering::SeqCst) {
-            return Err(Refusal::new(
-                RefusalKind::Stopping,
-                "the service is restarting; try again in a minute",
-            )
-            .retry_after(BUSY_RETRY));
+            return Err(stopping_refusal());
         }
         for input in &request.inputs {
             if let TargetInput::Addr(t) = input
@@ -126,7 +122,7 @@ impl Service {
                 )
                 .retry_after(BUSY_RETRY)
             })?;
-        let slot = self.limits.slot().ok_or_else(|| {
+        let busy = || {
             Refusal::new(
                 RefusalKind::Busy,
                 format!(
@@ -135,10 +131,22 @@ impl Service {
                 ),
             )
             .retry_after(BUSY_RETRY)
-        })?;
+        };
+        // A full service says so before looking anything up; the slot itself is taken once
+        // the lookups are done, so that slow lookups (a caller's own silent name server),
+        // which may end in addresses refused at no cost, hold no slot others could use.
+        if self.limits.is_full() {
+            return Err(busy());
+        }
         let plan = self.resolve(&request).await;
         if plan.targets.is_empty() && plan.unreachable.is_empty() {
             return Err(plan.refusal());
+        }
+        let slot = self.limits.slot().ok_or_else(busy)?;
+        // SIGTERM during the lookups: shutdown waits for the tests holding slots, and this
+        // one took its slot too late to be waited for.
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(stopping_refusal());
         }
         let ips: Vec<IpAddr> = plan.targets.iter().map(|t| t.addr.ip()).collect();
         self.limits
@@ -469,6 +477,15 @@ pub fn hide_tokens(line: &str) -> std::borrow::Cow<'_, str> {
         }
         None => std::borrow::Cow::Borrowed(line),
     }
+}
+
+/// The refusal while the service is stopping.
+fn stopping_refusal() -> Refusal {
+    Refusal::new(
+        RefusalKind::Stopping,
+        "the service is restarting; try again in a minute",
+    )
+    .retry_after(BUSY_RETRY)
 }
 
 /// A budget refusal in words, with when to retry.

@@ -1309,6 +1309,41 @@ fn a_test_starts_no_new_address_after_host_timeout() {
     );
 }
 
+/// A request's name lookups take no test slot: a caller whose names resolve slowly (its own
+/// silent name server, up to 20 s a request), and whose addresses may then all be refused
+/// at no cost, cannot keep the `max_concurrent_tests` slots busy for others; a slot is taken
+/// when there is something to probe.
+///
+/// ```text
+/// max_concurrent_tests = 1
+/// from 127.0.0.5: POST {"target": "slow.example.test"}   (DNS silent: ~15 s of lookups)
+/// meanwhile from 127.0.0.4: POST {"target": "127.0.0.3:UNUSED"}   -> 201, not 503
+/// ```
+#[test]
+fn name_lookups_take_no_test_slot() {
+    let silent_dns = std::net::UdpSocket::bind("127.0.0.9:0").expect("bind");
+    let service = TestServer::start_probe_service(&service_config(&format!(
+        "nameservers = [\"{}\"]\nallow_private_targets = true\nmax_concurrent_tests = 1",
+        silent_dns.local_addr().expect("addr")
+    )));
+    let door = service.addr("http");
+    let slow = std::thread::spawn(move || {
+        Http::new(door)
+            .from("127.0.0.5")
+            .post_json("/api/v1/tests", r#"{"target": "slow.example.test"}"#)
+            .status
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let api = Http::new(door).from("127.0.0.4");
+    let quick = api.post_json(
+        "/api/v1/tests",
+        &format!(r#"{{"target": "127.0.0.3:{}"}}"#, unused_port("127.0.0.3")),
+    );
+    assert_eq!(quick.status, 201, "{}", quick.body);
+    wait_done(&api, quick.json()["id"].as_str().expect("id"));
+    assert_eq!(slow.join().expect("slow request"), 201);
+}
+
 #[test]
 fn a_full_service_answers_503_and_results_are_bounded_and_outlive_a_restart() {
     let config = service_config(
