@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
 use crate::http_listener::ClientShares;
-use crate::limits::client_key;
+use crate::limits::{client_key, network_key};
 use crate::live::{self, AsyncEmit};
 use crate::record::Door;
 use crate::service::{Request, Service};
@@ -30,6 +30,9 @@ const MAX_SESSIONS: usize = 256;
 /// Sessions one caller (address, IPv6 /64) may hold at once, so that one caller cannot hold
 /// all [`MAX_SESSIONS`] (each waits [`PORT_PROMPT`] before it even asks for a test).
 pub const MAX_SESSIONS_PER_CLIENT: usize = 4;
+/// Sessions the callers of one network (IPv4 /24, IPv6 /48, which has 65,536 /64s) may hold
+/// at once between them.
+pub const MAX_SESSIONS_PER_NETWORK: usize = 16;
 /// Longest input line read (a port number and a telnet client's negotiation bytes).
 const MAX_INPUT: usize = 256;
 
@@ -37,6 +40,7 @@ const MAX_INPUT: usize = 256;
 pub async fn serve(listener: TcpListener, service: Arc<Service>, mut stop: watch::Receiver<bool>) {
     let sessions = Arc::new(Semaphore::new(MAX_SESSIONS));
     let per_client = ClientShares::default();
+    let per_network = ClientShares::default();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -45,15 +49,26 @@ pub async fn serve(listener: TcpListener, service: Arc<Service>, mut stop: watch
         let Ok((mut stream, peer)) = accepted else {
             continue;
         };
-        let key = client_key(peer.ip());
-        let Some(share) = per_client.take(Some(key), MAX_SESSIONS_PER_CLIENT) else {
-            let refusal = format!(
+        let (network, prefix) = network_key(peer.ip());
+        let share = match per_client.take(Some(client_key(peer.ip())), MAX_SESSIONS_PER_CLIENT) {
+            None => Err(format!(
                 "Refused: {MAX_SESSIONS_PER_CLIENT} telnet sessions from your address are open already, the most one address may hold; try again when one has ended\r\n"
-            );
-            // As for a full door: a line into a fresh socket's buffer, then closed.
-            let _ = stream.write_all(refusal.as_bytes()).await;
-            let _ = stream.shutdown().await;
-            continue;
+            )),
+            Some(client) => match per_network.take(Some(network), MAX_SESSIONS_PER_NETWORK) {
+                None => Err(format!(
+                    "Refused: {MAX_SESSIONS_PER_NETWORK} telnet sessions from your network ({network}/{prefix}) are open already, the most one network may hold; try again when one has ended\r\n"
+                )),
+                Some(network) => Ok((client, network)),
+            },
+        };
+        let share = match share {
+            Ok(share) => share,
+            Err(refusal) => {
+                // As for a full door: a line into a fresh socket's buffer, then closed.
+                let _ = stream.write_all(refusal.as_bytes()).await;
+                let _ = stream.shutdown().await;
+                continue;
+            }
         };
         let Ok(permit) = Arc::clone(&sessions).try_acquire_owned() else {
             let _ = stream

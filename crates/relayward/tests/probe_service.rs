@@ -1120,6 +1120,69 @@ fn one_client_cannot_hold_every_web_door_connection() {
     drop(held);
 }
 
+/// One network cannot hold every web door or telnet connection either: the addresses of an
+/// IPv4 /24 (IPv6 /48, where every /64 is a client of its own) hold at most 64 web
+/// connections and 16 telnet sessions between them; the next gets `503` ("too many
+/// connections from your network") or a telnet refusal, and other networks are served.
+/// (Per-client caps alone let a /48 — 65,536 clients — hold all 512 web slots and all 256
+/// telnet sessions, reconnecting as the idle cut-off closed them.)
+///
+/// ```text
+/// 4 clients of 127.0.0.0/24 × 16 slow web connections   (64)
+/// a 5th client of 127.0.0.0/24                          -> 503 too many connections from your network
+/// 4 clients of 127.0.0.0/24 × 4 telnet sessions         (16)
+/// a 5th client                                          -> "Refused: 16 telnet sessions from your network ..."
+/// 127.0.1.5: web, telnet                                -> served, greeted
+/// ```
+#[test]
+fn one_network_cannot_hold_every_door_connection() {
+    let service = TestServer::start_probe_service(&service_config(""));
+    let (web, telnet) = (service.addr("http"), service.addr("telnet"));
+    let mut held: Vec<TcpStream> = Vec::new();
+    for host in 10..14 {
+        let ip: std::net::IpAddr = format!("127.0.0.{host}").parse().expect("ip");
+        for _ in 0..16 {
+            let mut c = bound_connect(ip, web);
+            c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+                .expect("write");
+            held.push(c);
+        }
+    }
+    let mut extra = bound_connect("127.0.0.14".parse().expect("ip"), web);
+    extra
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut answer = String::new();
+    let _ = extra.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 503 ")
+            && answer.contains("too many connections from your network"),
+        "a 5th client of the network: {answer:?}"
+    );
+    let page = Http::new(web).from("127.0.1.5").get("/");
+    assert_eq!(page.status, 200, "{}", page.body);
+
+    let callers: Vec<Telnet> = (10..14)
+        .flat_map(|host| {
+            (0..4).map(move |_| {
+                let mut caller = Telnet::call(telnet, &format!("127.0.0.{host}"));
+                caller.until(|l| l.starts_with("Network owners"));
+                caller
+            })
+        })
+        .collect();
+    let mut fifth = Telnet::call(telnet, "127.0.0.14");
+    assert_eq!(
+        fifth.rest_of_session(),
+        [
+            "Refused: 16 telnet sessions from your network (127.0.0.0/24) are open already, the most one network may hold; try again when one has ended"
+        ]
+    );
+    let mut other = Telnet::call(telnet, "127.0.1.5");
+    other.until(|l| l.starts_with("Network owners"));
+    drop((held, callers));
+}
+
 /// A shell's soft open files limit (64 here, often 1,024) is below what the doors are allowed
 /// to hold (512 web connections, 256 telnet callers, the running tests). The service raises
 /// it to the hard limit at start, so callers within the caps are all served:
@@ -1137,7 +1200,8 @@ fn callers_within_the_caps_are_served_under_a_low_soft_open_files_limit() {
     let door = service.addr("http");
     let held: Vec<TcpStream> = (10..17)
         .flat_map(|host| {
-            let ip: std::net::IpAddr = format!("127.0.0.{host}").parse().expect("ip");
+            // One client in each of 7 networks: within the per-network cap too.
+            let ip: std::net::IpAddr = format!("127.0.{host}.1").parse().expect("ip");
             (0..14).map(move |_| bound_connect(ip, door))
         })
         .collect();
