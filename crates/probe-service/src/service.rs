@@ -229,7 +229,8 @@ impl Service {
     async fn resolve(&self, request: &Request) -> Plan {
         let mut plan = Plan::default();
         // One deadline for the whole request, not one per input: a name on four ports is
-        // four inputs, and would otherwise hold its slot for four lookup times.
+        // four inputs, and would otherwise keep the request (and one of the caller's running
+        // tests) for four lookup times.
         let deadline = tokio::time::Instant::now() + LOOKUP_TIME;
         for input in &request.inputs {
             let label = input.label();
