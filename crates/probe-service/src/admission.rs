@@ -37,6 +37,8 @@ pub enum RefusalKind {
     Private,
     /// In `exclude` (403).
     Excluded,
+    /// Asked for by another web site's page, through a visitor's browser (403).
+    CrossSite,
     /// A client or target budget is spent (429).
     RateLimited,
     /// `max_concurrent_tests` are running (503).
@@ -141,12 +143,24 @@ pub fn address_refusal(ip: IpAddr, cfg: &ServiceConfig) -> Option<(RefusalKind, 
     if cfg.allow_private_targets {
         return None;
     }
-    ranges::non_public(ip).map(|why| {
-        (
-            RefusalKind::Private,
-            format!("{why}: this service tests mail servers on the public Internet only"),
-        )
-    })
+    let why = ranges::non_public(ip).or_else(|| {
+        is_own_address(ip).then(|| "an address of the machine this service runs on".to_string())
+    })?;
+    Some((
+        RefusalKind::Private,
+        format!("{why}: this service tests mail servers on the public Internet only"),
+    ))
+}
+
+/// Whether `ip` is an address of this machine (a socket can be bound to it only then): a
+/// public address of the service's own host reaches what listens there, firewalled from
+/// the outside or not — the doors, a database, an MTA that trusts its own host. Where any
+/// address can be bound (`net.ipv4.ip_nonlocal_bind`: a documentation address binds too) this
+/// says nothing, and nothing is refused for it.
+fn is_own_address(ip: IpAddr) -> bool {
+    static ANY_BINDS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let binds = |ip: IpAddr| std::net::UdpSocket::bind(std::net::SocketAddr::new(ip, 0)).is_ok();
+    !*ANY_BINDS.get_or_init(|| binds(IpAddr::from([198, 51, 100, 254]))) && binds(ip)
 }
 
 /// The refusal for a literal address in the request.
@@ -224,6 +238,9 @@ mod tests {
             RefusalKind::Private
         );
         assert_eq!(literal_refusal("8.8.8.8".parse().unwrap(), &strict), None);
+        // The machine's own addresses are found as such (here loopback, the public ones alike).
+        assert!(is_own_address("127.0.0.1".parse().unwrap()));
+        assert!(!is_own_address("203.0.113.77".parse().unwrap()));
         let lab = cfg("allow_private_targets = true\nexclude = [\"127.0.0.9/32\"]");
         assert_eq!(literal_refusal("127.0.0.1".parse().unwrap(), &lab), None);
         let excluded = literal_refusal("127.0.0.9".parse().unwrap(), &lab).unwrap();

@@ -95,13 +95,47 @@ pub async fn serve(
 /// Marks the connection busy while its request is handled, so the idle cut-off
 /// (`http_idle_timeout`) never closes it under a handler that is still working — starting a
 /// test looks names up for up to 20 s each — and only counts from the answer on.
+///
+/// The body (at most [`MAX_BODY`]) is read first, before the mark: reading it is the caller's
+/// part, like the headers, so a body sent a byte at a time or never is cut off by the same
+/// countdown instead of holding the connection for ever under a "busy" handler.
 async fn while_handling(
     ConnectInfo(peer): ConnectInfo<Peer>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let (parts, body) = request.into_parts();
+    let api = parts.uri.path().starts_with("/api/");
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return body_refusal(api);
+    }
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(bytes) => bytes,
+        // Too long without a Content-Length, or the connection failed (the idle cut-off).
+        Err(_) => return body_refusal(api),
+    };
     let _busy = peer.handling();
-    next.run(request).await
+    next.run(axum::extract::Request::from_parts(parts, body.into()))
+        .await
+}
+
+/// `413` for a body that is too long (or did not arrive whole: then nobody reads it).
+fn body_refusal(api: bool) -> Response {
+    let status = StatusCode::PAYLOAD_TOO_LARGE;
+    let message = format!(
+        "the request body must be whole and at most {} KiB",
+        MAX_BODY / 1024
+    );
+    if api {
+        (status, Json(serde_json::json!({ "error": message }))).into_response()
+    } else {
+        (status, message).into_response()
+    }
 }
 
 async fn security_headers(mut response: Response) -> Response {
@@ -116,6 +150,11 @@ async fn security_headers(mut response: Response) -> Response {
         (header::X_FRAME_OPTIONS, "DENY"),
     ] {
         headers.insert(name, HeaderValue::from_static(value));
+    }
+    // A running test's answers change, and a results URL is its only secret: no cache keeps
+    // them (the live stream says `no-cache` itself, which stays).
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     response
 }
@@ -164,8 +203,8 @@ async fn submit_form(
     form: Result<Form<FormInput>, FormRejection>,
 ) -> Response {
     let client = client_ip(&app.service.config, peer, &headers);
-    let request = form
-        .map_err(|e| Refusal::bad(format!("the form could not be read: {e}")))
+    let request = foreign_page(&app.service.config, &headers)
+        .and_then(|()| form.map_err(|e| Refusal::bad(format!("the form could not be read: {e}"))))
         .and_then(|Form(f)| form_request(f, client));
     let started = match request {
         Ok(request) => app.service.start(request).await,
@@ -196,6 +235,50 @@ fn form_request(form: FormInput, client: IpAddr) -> Result<Request, Refusal> {
         door: Door::Web,
         client,
     })
+}
+
+/// Refuses a test another web site's page asks for through a visitor's browser (CSRF): a
+/// hidden form that submits itself would start a test from every visitor's address, on the
+/// visitor's budget, against a target of that site's choosing. Browsers say where a request
+/// comes from: `Sec-Fetch-Site` (`same-origin`, or `none` for one the user made), else
+/// `Origin`, which must be this service (the `Host` asked for, or `public_url`). A request
+/// with neither header is no browser's (a script, `curl`) and is served.
+fn foreign_page(cfg: &ServiceConfig, headers: &HeaderMap) -> Result<(), Refusal> {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let foreign = match (text("sec-fetch-site"), text("origin")) {
+        (Some(site), _) => {
+            !(site.eq_ignore_ascii_case("same-origin") || site.eq_ignore_ascii_case("none"))
+        }
+        (None, Some(origin)) => {
+            let authority = origin.split_once("://").map(|(_, rest)| rest);
+            let host = text("host");
+            let own = authority.is_some_and(|a| host.is_some_and(|h| a.eq_ignore_ascii_case(h)))
+                || origin.eq_ignore_ascii_case(public_origin(&cfg.public_base_url()));
+            !own
+        }
+        (None, None) => false,
+    };
+    if foreign {
+        return Err(Refusal::new(
+            RefusalKind::CrossSite,
+            "this test was asked for by another web site's page: start tests from this service's own page or with a script",
+        ));
+    }
+    Ok(())
+}
+
+/// `https://relay-test.example.org:8443/some/path` → `https://relay-test.example.org:8443`.
+fn public_origin(url: &str) -> &str {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    match url[start..].find('/') {
+        Some(end) => &url[..start + end],
+        None => url,
+    }
 }
 
 /// Who is asking: the peer, or behind a trusted proxy the last `X-Forwarded-For` address that
@@ -330,12 +413,14 @@ async fn api_start(
     body: Result<Json<ApiRequest>, JsonRejection>,
 ) -> Response {
     let client = client_ip(&app.service.config, peer, &headers);
-    let request = body
-        .map_err(|e| {
+    let request = foreign_page(&app.service.config, &headers)
+        .and_then(|()| {
+            body.map_err(|e| {
             Refusal::bad(format!(
                 "the body must be a JSON object like {{\"target\": \"mail.example.com:25\"}}: {}",
                 e.body_text()
             ))
+        })
         })
         .and_then(|Json(body)| {
             let (label, inputs) = admission::parse_target(&body.target, &body.ports)?;
@@ -397,7 +482,9 @@ fn with_retry_after(status: StatusCode, refusal: &Refusal, body: impl IntoRespon
 fn status_of(refusal: &Refusal) -> StatusCode {
     match refusal.kind {
         RefusalKind::BadRequest => StatusCode::BAD_REQUEST,
-        RefusalKind::Private | RefusalKind::Excluded => StatusCode::FORBIDDEN,
+        RefusalKind::Private | RefusalKind::Excluded | RefusalKind::CrossSite => {
+            StatusCode::FORBIDDEN
+        }
         RefusalKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         RefusalKind::Busy | RefusalKind::Stopping => StatusCode::SERVICE_UNAVAILABLE,
     }

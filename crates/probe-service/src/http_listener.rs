@@ -36,17 +36,24 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
-use crate::limits::client_key;
+use crate::limits::{client_key, network_key};
 use crate::service::Service;
 
 /// Connections to the web door at once.
 pub const MAX_CONNECTIONS: usize = 512;
 /// Connections one client (address, IPv6 /64) may hold at once.
 pub const MAX_CONNECTIONS_PER_CLIENT: usize = 16;
+/// Connections the clients of one network (IPv4 /24, IPv6 /48) may hold at once between
+/// them: a /48 has 65,536 /64s, each a client of its own.
+pub const MAX_CONNECTIONS_PER_NETWORK: usize = 64;
 
 const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
 Content-Length: 40\r\nRetry-After: 10\r\nConnection: close\r\n\r\n\
 too many connections from your address\r\n";
+const TOO_MANY_FROM_NETWORK: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
+Content-Length: 40\r\nRetry-After: 10\r\nConnection: close\r\n\r\n\
+too many connections from your network\r\n";
 
 /// What a [`CappedListener`] allows.
 pub struct Caps {
@@ -54,6 +61,8 @@ pub struct Caps {
     pub total: usize,
     /// Connections one client (address, IPv6 /64) may hold at once; the next gets `503`.
     pub per_client: usize,
+    /// Connections the clients of one network (IPv4 /24, IPv6 /48) may hold at once.
+    pub per_network: usize,
     /// A connection the service has written nothing to for this long is closed.
     pub idle_timeout: Duration,
     /// Addresses counted only against the total: trusted proxies, which carry many callers.
@@ -69,6 +78,7 @@ impl Caps {
         Caps {
             total: MAX_CONNECTIONS,
             per_client: MAX_CONNECTIONS_PER_CLIENT,
+            per_network: MAX_CONNECTIONS_PER_NETWORK,
             idle_timeout: service.config.http_idle_timeout,
             counted_only_in_total: Arc::new(move |ip| service.config.is_trusted_proxy(ip)),
             name: "web door",
@@ -81,6 +91,7 @@ pub struct CappedListener {
     inner: TcpListener,
     total: Arc<Semaphore>,
     per_client: ClientShares,
+    per_network: ClientShares,
     refusals: Arc<RefusalLog>,
     caps: Caps,
 }
@@ -91,16 +102,26 @@ impl CappedListener {
             inner,
             total: Arc::new(Semaphore::new(caps.total)),
             per_client: ClientShares::default(),
+            per_network: ClientShares::default(),
             refusals: Arc::default(),
             caps,
         }
     }
 
-    /// One more connection for `peer`'s client key, unless it holds its share already.
-    fn admit(&self, peer: SocketAddr) -> Option<ClientSlot> {
+    /// One more connection for `peer`'s client and network, unless either holds its share
+    /// already (then the answer to send).
+    fn admit(&self, peer: SocketAddr) -> Result<(ClientSlot, ClientSlot), &'static [u8]> {
         let ip = peer.ip().to_canonical();
-        let key = (!(self.caps.counted_only_in_total)(ip)).then(|| client_key(ip));
-        self.per_client.take(key, self.caps.per_client)
+        let counted = !(self.caps.counted_only_in_total)(ip);
+        let client = self
+            .per_client
+            .take(counted.then(|| client_key(ip)), self.caps.per_client)
+            .ok_or(TOO_MANY)?;
+        let network = self
+            .per_network
+            .take(counted.then(|| network_key(ip).0), self.caps.per_network)
+            .ok_or(TOO_MANY_FROM_NETWORK)?;
+        Ok((client, network))
     }
 }
 
@@ -124,7 +145,7 @@ impl Listener for CappedListener {
                 }
             };
             match self.admit(peer) {
-                Some(slot) => {
+                Ok(slot) => {
                     let idle_timeout = self.caps.idle_timeout;
                     let io = CappedStream {
                         name: self.caps.name,
@@ -138,7 +159,7 @@ impl Listener for CappedListener {
                     };
                     return (io, peer);
                 }
-                None => {
+                Err(answer) => {
                     let name = self.caps.name;
                     match self.refusals.note(std::time::Instant::now()) {
                         Noted::Log(refused) => log_refused(name, Some(peer.ip()), refused),
@@ -155,7 +176,7 @@ impl Listener for CappedListener {
                         Noted::Counted => {}
                     }
                     tokio::spawn(async move {
-                        let _ = stream.write_all(TOO_MANY).await;
+                        let _ = stream.write_all(answer).await;
                         let _ = stream.shutdown().await;
                         drop(permit);
                     });
@@ -169,16 +190,16 @@ impl Listener for CappedListener {
     }
 }
 
-/// Connections held per client key. A poisoned lock is taken over, not refused: the counts
-/// are plain integers a panic elsewhere cannot leave half-changed, and refusing would answer
-/// every caller `503` for the life of the process.
+/// Connections held per client key (also the telnet door's sessions). A poisoned lock is
+/// taken over, not refused: the counts are plain integers a panic elsewhere cannot leave
+/// half-changed, and refusing would answer every caller `503` for the life of the process.
 #[derive(Clone, Default)]
-struct ClientShares(Arc<Mutex<HashMap<IpAddr, usize>>>);
+pub(crate) struct ClientShares(Arc<Mutex<HashMap<IpAddr, usize>>>);
 
 impl ClientShares {
     /// One more connection for `key` (`None`: a trusted proxy, counted only in the total),
     /// unless it holds `limit` already.
-    fn take(&self, key: Option<IpAddr>, limit: usize) -> Option<ClientSlot> {
+    pub(crate) fn take(&self, key: Option<IpAddr>, limit: usize) -> Option<ClientSlot> {
         if let Some(key) = key {
             let mut map = self.lock();
             let held = map.entry(key).or_insert(0);
@@ -199,7 +220,7 @@ impl ClientShares {
 }
 
 /// A client's share taken; given back when the connection is dropped.
-struct ClientSlot {
+pub(crate) struct ClientSlot {
     key: Option<IpAddr>,
     shares: ClientShares,
 }
@@ -305,7 +326,7 @@ pub struct CappedStream {
     /// Fires `idle_timeout` after the last write (or the accept); pushed back by every write.
     silent_until: Pin<Box<Sleep>>,
     _permit: OwnedSemaphorePermit,
-    _slot: ClientSlot,
+    _slot: (ClientSlot, ClientSlot),
 }
 
 impl CappedStream {

@@ -17,6 +17,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// The window every budget counts over.
 pub const WINDOW: Duration = Duration::from_secs(3600);
 
+/// A network (IPv4 /24, IPv6 /48) may start this many times one client's hourly share between
+/// all its addresses: whoever holds a network must not multiply the client budget by its
+/// addresses (a /48, a site's usual share, has 65,536 /64s).
+pub const NETWORK_SHARE: u32 = 4;
+
 /// Keys tracked before stale ones are swept out (a flood of one-off clients cannot grow the
 /// maps for an hour).
 const SWEEP_AT: usize = 10_000;
@@ -26,6 +31,12 @@ const SWEEP_AT: usize = 10_000;
 pub enum Denied {
     /// The caller started its share of tests this hour.
     Client { retry_after: Duration },
+    /// The caller's network ([`network_key`]) started its share of tests this hour.
+    Network {
+        /// `192.0.2.0/24`, `2001:db8:1::/48`.
+        network: String,
+        retry_after: Duration,
+    },
     /// This address was tested its share of times this hour (by anyone).
     Target { ip: IpAddr, retry_after: Duration },
 }
@@ -76,7 +87,8 @@ impl Budget {
 /// The service's budgets and its cap on running tests.
 #[derive(Debug)]
 pub struct Limits {
-    budgets: Mutex<(Budget, Budget)>,
+    /// Clients, targets, networks of clients.
+    budgets: Mutex<(Budget, Budget, Budget)>,
     slots: Arc<Semaphore>,
     max_running: usize,
 }
@@ -87,7 +99,11 @@ pub type Slot = OwnedSemaphorePermit;
 impl Limits {
     pub fn new(max_running: usize, per_client: u32, per_target: u32) -> Self {
         Self {
-            budgets: Mutex::new((Budget::new(per_client), Budget::new(per_target))),
+            budgets: Mutex::new((
+                Budget::new(per_client),
+                Budget::new(per_target),
+                Budget::new(per_client.saturating_mul(NETWORK_SHARE)),
+            )),
             slots: Arc::new(Semaphore::new(max_running.max(1))),
             max_running: max_running.max(1),
         }
@@ -98,13 +114,16 @@ impl Limits {
         Arc::clone(&self.slots).try_acquire_owned().ok()
     }
 
+    /// Whether `max_concurrent_tests` are running (a [`Limits::slot`] would fail now).
+    pub fn is_full(&self) -> bool {
+        self.slots.available_permits() == 0
+    }
+
     /// Whether `client` could start a test now (checked before any name lookup, not charged).
     pub fn check_client(&self, client: IpAddr) -> Result<(), Denied> {
         let mut budgets = self.lock();
-        match budgets.0.wait_for(client_key(client), Instant::now()) {
-            Some(retry_after) => Err(Denied::Client { retry_after }),
-            None => Ok(()),
-        }
+        let (clients, _, networks) = &mut *budgets;
+        client_wait(clients, networks, client, Instant::now())
     }
 
     /// Checks the client's budget and every target's, and charges them all at once (or none):
@@ -112,10 +131,8 @@ impl Limits {
     pub fn charge(&self, client: IpAddr, targets: &[IpAddr]) -> Result<(), Denied> {
         let now = Instant::now();
         let mut budgets = self.lock();
-        let (clients, target_budget) = &mut *budgets;
-        if let Some(retry_after) = clients.wait_for(client_key(client), now) {
-            return Err(Denied::Client { retry_after });
-        }
+        let (clients, target_budget, networks) = &mut *budgets;
+        client_wait(clients, networks, client, now)?;
         let mut distinct: Vec<IpAddr> = targets.iter().map(|ip| ip.to_canonical()).collect();
         distinct.sort();
         distinct.dedup();
@@ -125,6 +142,7 @@ impl Limits {
             }
         }
         clients.charge(client_key(client), now);
+        networks.charge(network_key(client).0, now);
         for ip in distinct {
             target_budget.charge(ip, now);
         }
@@ -140,9 +158,44 @@ impl Limits {
         )
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (Budget, Budget)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Budget, Budget, Budget)> {
         // The budgets hold plain counters: a panic elsewhere cannot leave them inconsistent.
         self.budgets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Whether `client` and its network may start one more test at `now`.
+fn client_wait(
+    clients: &mut Budget,
+    networks: &mut Budget,
+    client: IpAddr,
+    now: Instant,
+) -> Result<(), Denied> {
+    if let Some(retry_after) = clients.wait_for(client_key(client), now) {
+        return Err(Denied::Client { retry_after });
+    }
+    let (network, prefix) = network_key(client);
+    match networks.wait_for(network, now) {
+        Some(retry_after) => Err(Denied::Network {
+            network: format!("{network}/{prefix}"),
+            retry_after,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The network a client's budget is shared with, and its prefix length: the IPv4 /24, the
+/// IPv6 /48.
+pub fn network_key(ip: IpAddr) -> (IpAddr, u8) {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            (IpAddr::V6([s[0], s[1], s[2], 0, 0, 0, 0, 0].into()), 48)
+        }
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            (IpAddr::V4([a, b, c, 0].into()), 24)
+        }
     }
 }
 
@@ -196,6 +249,29 @@ mod tests {
     }
 
     #[test]
+    fn a_network_shares_four_client_budgets() {
+        let limits = Limits::new(4, 1, 100);
+        for host in 1..=4 {
+            assert_eq!(limits.charge(ip(&format!("192.0.2.{host}")), &[]), Ok(()));
+        }
+        assert!(matches!(
+            limits.check_client(ip("192.0.2.5")),
+            Err(Denied::Network { network, .. }) if network == "192.0.2.0/24"
+        ));
+        assert_eq!(limits.charge(ip("192.0.3.1"), &[]), Ok(()));
+        for net in 1..=4 {
+            assert_eq!(
+                limits.charge(ip(&format!("2001:db8:7:{net}::1")), &[]),
+                Ok(())
+            );
+        }
+        assert!(matches!(
+            limits.charge(ip("2001:db8:7:ffff::1"), &[]),
+            Err(Denied::Network { network, .. }) if network == "2001:db8:7::/48"
+        ));
+    }
+
+    #[test]
     fn a_target_budget_is_shared_by_every_client_and_nothing_is_charged_on_refusal() {
         let limits = Limits::new(4, 10, 1);
         let target = ip("198.51.100.9");
@@ -216,6 +292,7 @@ mod tests {
         let limits = Limits::new(2, 10, 10);
         let a = limits.slot().expect("first");
         let _b = limits.slot().expect("second");
+        assert!(limits.is_full());
         assert!(limits.slot().is_none(), "a third test must wait");
         drop(a);
         assert!(limits.slot().is_some());

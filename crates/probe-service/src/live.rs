@@ -11,10 +11,15 @@ use crate::record::TestRecord;
 /// Transcript lines kept per test (the probe already caps each target's dialogue; a test of
 /// several addresses and ports is bounded again as a whole).
 pub const MAX_TEST_LINES: usize = 50_000;
+/// Bytes of dialogue kept per test. The probe keeps up to 2 MiB of one address's replies, and
+/// a test probes up to 8: a talkative server would make each of its tests megabytes on disk
+/// and in every answer serving it. An honest test is tens of KB.
+pub const MAX_TEST_BYTES: usize = 1 << 20;
 
 pub struct LiveTest {
     record: Mutex<TestRecord>,
-    dropped: Mutex<usize>,
+    /// Bytes of dialogue kept, lines not kept.
+    kept: Mutex<(usize, usize)>,
     /// Bumped on every new line and when the test ends.
     changed: watch::Sender<u64>,
 }
@@ -23,7 +28,7 @@ impl LiveTest {
     pub fn new(record: TestRecord) -> Self {
         Self {
             record: Mutex::new(record),
-            dropped: Mutex::new(0),
+            kept: Mutex::new((0, 0)),
             changed: watch::channel(0).0,
         }
     }
@@ -32,14 +37,20 @@ impl LiveTest {
         self.lock().id.clone()
     }
 
-    /// Appends one transcript line (already escaped by the probe) and wakes the readers.
+    /// Appends one line of the dialogue (already escaped by the probe) and wakes the readers;
+    /// past [`MAX_TEST_LINES`] or [`MAX_TEST_BYTES`] it is not kept.
     pub fn push_line(&self, line: &str) {
         {
             let mut record = self.lock();
-            if record.transcript.len() < MAX_TEST_LINES {
+            let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+            let (bytes, dropped) = &mut *kept;
+            if *dropped == 0
+                && record.transcript.len() < MAX_TEST_LINES
+                && *bytes + line.len() <= MAX_TEST_BYTES
+            {
+                *bytes += line.len();
                 record.transcript.push(line.to_string());
             } else {
-                let mut dropped = self.dropped.lock().unwrap_or_else(|e| e.into_inner());
                 if *dropped == 0 {
                     record
                         .transcript
@@ -48,6 +59,13 @@ impl LiveTest {
                 *dropped += 1;
             }
         }
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Appends one of the service's own lines (a heading, an address not probed, a verdict):
+    /// always kept, also after the dialogue's limits — there are a few per address.
+    pub fn push_own_line(&self, line: &str) {
+        self.lock().transcript.push(line.to_string());
         self.changed.send_modify(|n| *n += 1);
     }
 
@@ -132,6 +150,25 @@ mod tests {
             reports: Vec::new(),
             transcript: Vec::new(),
         }))
+    }
+
+    #[test]
+    fn the_dialogue_is_capped_in_bytes_and_the_service_s_own_lines_are_kept() {
+        let test = live();
+        let line = "x".repeat(1000);
+        for _ in 0..(MAX_TEST_BYTES / 1000 + 10) {
+            test.push_line(&line);
+        }
+        test.push_line("<<< 250 short");
+        test.push_own_line("Verdict: CLOSED - all 66 relay tricks refused");
+        let transcript = test.snapshot().transcript;
+        let kept = MAX_TEST_BYTES / 1000;
+        assert_eq!(transcript.len(), kept + 2);
+        assert_eq!(transcript[kept], "[further lines not kept]");
+        assert_eq!(
+            transcript[kept + 1],
+            "Verdict: CLOSED - all 66 relay tricks refused"
+        );
     }
 
     #[tokio::test]

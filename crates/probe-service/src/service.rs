@@ -22,7 +22,8 @@ use relayward_protocol::text::Escaped;
 
 use crate::admission::{self, MAX_ADDRESSES, Refusal, RefusalKind};
 use crate::config::ServiceConfig;
-use crate::limits::{Denied, Limits, Slot, retry_seconds};
+use crate::http_listener::{ClientShares, ClientSlot};
+use crate::limits::{Denied, Limits, Slot, client_key, retry_seconds};
 use crate::live::LiveTest;
 use crate::record::{Door, NotProbed, RUNNING, TestRecord};
 use crate::store::{self, Store};
@@ -32,6 +33,10 @@ use crate::store::{self, Store};
 const LOOKUP_TIME: Duration = Duration::from_secs(20);
 /// What a busy service tells callers to wait: about one test's length.
 const BUSY_RETRY: u64 = 60;
+/// Tests one client (address, IPv6 /64) may run at once, its lookups included: without this
+/// cap one client holds as many of the `max_concurrent_tests` slots as its hourly budget has
+/// tests, each for up to `host_timeout` against a server that answers slowly.
+pub const MAX_RUNNING_PER_CLIENT: usize = 2;
 
 /// A test as a door asks for it.
 #[derive(Debug, Clone)]
@@ -52,6 +57,8 @@ pub struct Service {
     /// Disk I/O (fsync) runs on the blocking pool, never on a runtime worker.
     store: Arc<Store>,
     running: Mutex<HashMap<String, Arc<LiveTest>>>,
+    /// Tests running per client key ([`MAX_RUNNING_PER_CLIENT`]).
+    running_per_client: ClientShares,
     stopping: AtomicBool,
 }
 
@@ -77,6 +84,7 @@ impl Service {
             limits,
             store: Arc::new(store),
             running: Mutex::new(HashMap::new()),
+            running_per_client: ClientShares::default(),
             stopping: AtomicBool::new(false),
         }))
     }
@@ -90,11 +98,7 @@ impl Service {
     /// passed [`admission::address_refusal`].
     pub async fn start(self: &Arc<Self>, request: Request) -> Result<Arc<LiveTest>, Refusal> {
         if self.stopping.load(Ordering::SeqCst) {
-            return Err(Refusal::new(
-                RefusalKind::Stopping,
-                "the service is restarting; try again in a minute",
-            )
-            .retry_after(BUSY_RETRY));
+            return Err(stopping_refusal());
         }
         for input in &request.inputs {
             if let TargetInput::Addr(t) = input
@@ -106,7 +110,19 @@ impl Service {
         self.limits
             .check_client(request.client)
             .map_err(|d| denied(&d))?;
-        let slot = self.limits.slot().ok_or_else(|| {
+        let share = self
+            .running_per_client
+            .take(Some(client_key(request.client)), MAX_RUNNING_PER_CLIENT)
+            .ok_or_else(|| {
+                Refusal::new(
+                    RefusalKind::RateLimited,
+                    format!(
+                        "{MAX_RUNNING_PER_CLIENT} of your tests are running, the most one address may run at once; try again when one has finished"
+                    ),
+                )
+                .retry_after(BUSY_RETRY)
+            })?;
+        let busy = || {
             Refusal::new(
                 RefusalKind::Busy,
                 format!(
@@ -115,10 +131,22 @@ impl Service {
                 ),
             )
             .retry_after(BUSY_RETRY)
-        })?;
+        };
+        // A full service says so before looking anything up; the slot itself is taken once
+        // the lookups are done, so that slow lookups (a caller's own silent name server),
+        // which may end in addresses refused at no cost, hold no slot others could use.
+        if self.limits.is_full() {
+            return Err(busy());
+        }
         let plan = self.resolve(&request).await;
         if plan.targets.is_empty() && plan.unreachable.is_empty() {
             return Err(plan.refusal());
+        }
+        let slot = self.limits.slot().ok_or_else(busy)?;
+        // SIGTERM during the lookups: shutdown waits for the tests holding slots, and this
+        // one took its slot too late to be waited for.
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(stopping_refusal());
         }
         let ips: Vec<IpAddr> = plan.targets.iter().map(|t| t.addr.ip()).collect();
         self.limits
@@ -141,10 +169,10 @@ impl Service {
         let id = live.id();
         live.update(|r| r.url = format!("/tests/{id}"));
         for n in &plan.not_probed {
-            live.push_line(&format!("Not probed: {}: {}", n.address, n.reason));
+            live.push_own_line(&format!("Not probed: {}: {}", n.address, n.reason));
         }
         self.lock_running().insert(id, Arc::clone(&live));
-        tokio::spawn(Arc::clone(self).run(Arc::clone(&live), plan, request, slot));
+        tokio::spawn(Arc::clone(self).run(Arc::clone(&live), plan, request, (slot, share)));
         Ok(live)
     }
 
@@ -180,7 +208,7 @@ impl Service {
         }
         let unfinished: Vec<Arc<LiveTest>> = self.lock_running().values().cloned().collect();
         for live in &unfinished {
-            live.push_line("[the service stopped before this test finished]");
+            live.push_own_line("[the service stopped before this test finished]");
             live.update(|r| {
                 r.conclude((
                     Verdict::Inconclusive,
@@ -200,10 +228,14 @@ impl Service {
     /// Looks the inputs' names up and sorts their addresses into probed and not probed.
     async fn resolve(&self, request: &Request) -> Plan {
         let mut plan = Plan::default();
+        // One deadline for the whole request, not one per input: a name on four ports is
+        // four inputs, and would otherwise keep the request (and one of the caller's running
+        // tests) for four lookup times.
+        let deadline = tokio::time::Instant::now() + LOOKUP_TIME;
         for input in &request.inputs {
             let label = input.label();
-            let resolution = match tokio::time::timeout(
-                LOOKUP_TIME,
+            let resolution = match tokio::time::timeout_at(
+                deadline,
                 scan::resolve_input(input.clone(), &self.engine),
             )
             .await
@@ -231,11 +263,7 @@ impl Service {
     /// Adds one resolved address to the plan, or to its "not probed" list with the reason.
     fn admit(&self, target: Target, plan: &mut Plan) {
         let ip = target.addr.ip();
-        let shown = if target.label == target.addr.to_string() {
-            target.label.clone()
-        } else {
-            format!("{} ({ip})", target.label)
-        };
+        let shown = shown_address(&target);
         if let Some((kind, why)) = admission::address_refusal(ip, &self.config) {
             plan.refused_kind.get_or_insert(kind);
             let why = match &target.host {
@@ -260,22 +288,43 @@ impl Service {
 
     /// Runs an admitted test to its end: each address in turn, its lines streamed, then the
     /// record stored and logged.
-    async fn run(self: Arc<Self>, live: Arc<LiveTest>, plan: Plan, request: Request, slot: Slot) {
+    async fn run(
+        self: Arc<Self>,
+        live: Arc<LiveTest>,
+        plan: Plan,
+        request: Request,
+        slot: (Slot, ClientSlot),
+    ) {
         let started = Instant::now();
         let mut reports: Vec<TargetReport> = Vec::new();
         for report in plan.unreachable {
-            live.push_line(&output::transcript_heading(&report.target));
+            live.push_own_line(&output::transcript_heading(&report.target));
             push_closing(&live, &report);
             reports.push(report);
         }
         let several = plan.targets.len() > 1 || !reports.is_empty();
+        // Each address may take host_timeout; the test as a whole starts no new one after
+        // that, or 8 slow addresses would hold the slot for 8 times as long.
+        let starts_until = started + self.config.host_timeout;
         for target in plan.targets {
+            if Instant::now() >= starts_until {
+                let n = NotProbed {
+                    address: shown_address(&target),
+                    reason: format!(
+                        "the test had run for {}s (host_timeout); one test starts no new address after that",
+                        self.config.host_timeout.as_secs()
+                    ),
+                };
+                live.push_own_line(&format!("Not probed: {}: {}", n.address, n.reason));
+                live.update(|r| r.not_probed.push(n));
+                continue;
+            }
             if several {
                 let shown = match &target.host {
                     Some(_) => format!("{} ({})", target.label, target.addr.ip()),
                     None => target.label.clone(),
                 };
-                live.push_line(&output::transcript_heading(&shown));
+                live.push_own_line(&output::transcript_heading(&shown));
             }
             let report = probe_target(target, Arc::new(self.engine_for(&live))).await;
             push_closing(&live, &report);
@@ -304,12 +353,18 @@ impl Service {
         drop(slot);
     }
 
-    /// The engine settings for one test: the service's, with the transcript going to `live`.
+    /// The engine settings for one test: the service's, with the transcript going to `live`
+    /// (with proof of relay, its tokens hidden: see [`hide_tokens`]).
     fn engine_for(&self, live: &Arc<LiveTest>) -> ProbeConfig {
         let mut cfg = self.engine.clone();
         let live = Arc::clone(live);
+        let confirming = cfg.confirm.is_some();
         cfg.live_transcript = Some(Arc::new(move |_target: &Target, line: &str| {
-            live.push_line(line)
+            if confirming {
+                live.push_line(&hide_tokens(line))
+            } else {
+                live.push_line(line)
+            }
         }));
         cfg
     }
@@ -369,10 +424,69 @@ impl Plan {
     }
 }
 
+/// A target as "not probed" names it: `192.0.2.7:25`, `mail.example.com:25 (192.0.2.7)`.
+fn shown_address(target: &Target) -> String {
+    if target.label == target.addr.to_string() {
+        target.label.clone()
+    } else {
+        format!("{} ({})", target.label, target.addr.ip())
+    }
+}
+
 fn push_closing(live: &LiveTest, report: &TargetReport) {
     for line in output::closing_lines(report) {
-        live.push_line(&line);
+        live.push_own_line(&line);
     }
+}
+
+/// Letters and digits after `rw` in a proof-of-relay token (the probe's `rw` + nonce).
+const TOKEN_TAIL: usize = 12;
+
+/// `line` with every proof-of-relay token (`rw` and 12 letters or digits, as a word, in any
+/// case: a server may echo the Message-ID) written `rw[hidden]`. Whoever asked for a test
+/// watches its transcript while the test waits for the tokens to come back; one who read a
+/// token could mail it to the confirm listener and have a server that merely accepts at RCPT
+/// stored as CONFIRMED-OPEN. The report's own `confirm` list keeps the tokens, but it is
+/// only filled in once the wait is over and the tokens are forgotten.
+pub fn hide_tokens(line: &str) -> std::borrow::Cow<'_, str> {
+    let bytes = line.as_bytes();
+    let is_word = |b: u8| b.is_ascii_alphanumeric();
+    let mut out: Option<String> = None;
+    let mut copied = 0;
+    let mut i = 0;
+    while i + 2 + TOKEN_TAIL <= bytes.len() {
+        let end = i + 2 + TOKEN_TAIL;
+        let token = bytes[i..i + 2].eq_ignore_ascii_case(b"rw")
+            && (i == 0 || !is_word(bytes[i - 1]))
+            && bytes[i + 2..end].iter().all(|&b| is_word(b))
+            && bytes.get(end).is_none_or(|&b| !is_word(b));
+        if token {
+            let hidden = out.get_or_insert_with(|| String::with_capacity(line.len()));
+            // `i` and `end` sit next to ASCII bytes: both are character boundaries.
+            hidden.push_str(&line[copied..i + 2]);
+            hidden.push_str("[hidden]");
+            copied = end;
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    match out {
+        Some(mut hidden) => {
+            hidden.push_str(&line[copied..]);
+            std::borrow::Cow::Owned(hidden)
+        }
+        None => std::borrow::Cow::Borrowed(line),
+    }
+}
+
+/// The refusal while the service is stopping.
+fn stopping_refusal() -> Refusal {
+    Refusal::new(
+        RefusalKind::Stopping,
+        "the service is restarting; try again in a minute",
+    )
+    .retry_after(BUSY_RETRY)
 }
 
 /// A budget refusal in words, with when to retry.
@@ -380,6 +494,15 @@ fn denied(d: &Denied) -> Refusal {
     let (message, wait) = match d {
         Denied::Client { retry_after } => (
             "you have started as many tests as one address may in an hour".to_string(),
+            *retry_after,
+        ),
+        Denied::Network {
+            network,
+            retry_after,
+        } => (
+            format!(
+                "your network ({network}) has started as many tests as one network may in an hour"
+            ),
             *retry_after,
         ),
         Denied::Target { ip, retry_after } => (
@@ -446,4 +569,38 @@ async fn engine_settings(config: &ServiceConfig) -> anyhow::Result<ProbeConfig> 
 
 fn unix_now() -> u64 {
     relayward_probe::probe::unix_now()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proof_tokens_are_hidden_and_nothing_else() {
+        assert_eq!(
+            hide_tokens(">>> Subject: relayward relay test rw1v4hfq5soule"),
+            ">>> Subject: relayward relay test rw[hidden]"
+        );
+        assert_eq!(
+            hide_tokens(">>> Message-ID: <rwujiwb93qci6f@relay-test.example.org>"),
+            ">>> Message-ID: <rw[hidden]@relay-test.example.org>"
+        );
+        assert_eq!(
+            hide_tokens("<<< 250 queued as RWUJIWB93QCI6F, rw000000000000"),
+            "<<< 250 queued as RW[hidden], rw[hidden]"
+        );
+        for kept in [
+            ">>> RCPT TO:<relaytest@example.net>",
+            "<<< 250 throwaway1234567",
+            "<<< 250 rwabc",
+            "<<< 250 xrwujiwb93qci6f rwujiwb93qci6fx",
+            "<<< 250 é rw",
+        ] {
+            assert!(
+                matches!(hide_tokens(kept), std::borrow::Cow::Borrowed(_)),
+                "{kept}"
+            );
+        }
+        assert_eq!(hide_tokens("é rwujiwb93qci6f é"), "é rw[hidden] é");
+    }
 }

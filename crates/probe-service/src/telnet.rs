@@ -17,6 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
+use crate::http_listener::ClientShares;
+use crate::limits::{client_key, network_key};
 use crate::live::{self, AsyncEmit};
 use crate::record::Door;
 use crate::service::{Request, Service};
@@ -25,12 +27,20 @@ use crate::service::{Request, Service};
 pub const PORT_PROMPT: Duration = Duration::from_secs(10);
 /// Telnet sessions at once (each is cheap; the tests they start are capped by the service).
 const MAX_SESSIONS: usize = 256;
+/// Sessions one caller (address, IPv6 /64) may hold at once, so that one caller cannot hold
+/// all [`MAX_SESSIONS`] (each waits [`PORT_PROMPT`] before it even asks for a test).
+pub const MAX_SESSIONS_PER_CLIENT: usize = 4;
+/// Sessions the callers of one network (IPv4 /24, IPv6 /48, which has 65,536 /64s) may hold
+/// at once between them.
+pub const MAX_SESSIONS_PER_NETWORK: usize = 16;
 /// Longest input line read (a port number and a telnet client's negotiation bytes).
 const MAX_INPUT: usize = 256;
 
 /// Accepts callers until `stop` turns true.
 pub async fn serve(listener: TcpListener, service: Arc<Service>, mut stop: watch::Receiver<bool>) {
     let sessions = Arc::new(Semaphore::new(MAX_SESSIONS));
+    let per_client = ClientShares::default();
+    let per_network = ClientShares::default();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -38,6 +48,27 @@ pub async fn serve(listener: TcpListener, service: Arc<Service>, mut stop: watch
         };
         let Ok((mut stream, peer)) = accepted else {
             continue;
+        };
+        let (network, prefix) = network_key(peer.ip());
+        let share = match per_client.take(Some(client_key(peer.ip())), MAX_SESSIONS_PER_CLIENT) {
+            None => Err(format!(
+                "Refused: {MAX_SESSIONS_PER_CLIENT} telnet sessions from your address are open already, the most one address may hold; try again when one has ended\r\n"
+            )),
+            Some(client) => match per_network.take(Some(network), MAX_SESSIONS_PER_NETWORK) {
+                None => Err(format!(
+                    "Refused: {MAX_SESSIONS_PER_NETWORK} telnet sessions from your network ({network}/{prefix}) are open already, the most one network may hold; try again when one has ended\r\n"
+                )),
+                Some(network) => Ok((client, network)),
+            },
+        };
+        let share = match share {
+            Ok(share) => share,
+            Err(refusal) => {
+                // As for a full door: a line into a fresh socket's buffer, then closed.
+                let _ = stream.write_all(refusal.as_bytes()).await;
+                let _ = stream.shutdown().await;
+                continue;
+            }
         };
         let Ok(permit) = Arc::clone(&sessions).try_acquire_owned() else {
             let _ = stream
@@ -48,7 +79,7 @@ pub async fn serve(listener: TcpListener, service: Arc<Service>, mut stop: watch
         let service = Arc::clone(&service);
         tokio::spawn(async move {
             session(stream, peer, &service).await;
-            drop(permit);
+            drop((permit, share));
         });
     }
 }

@@ -10,7 +10,7 @@
 //! It is a sink, not a relay: it accepts recipients at the confirm domain only, keeps per token
 //! only who delivered it and the message's `Received:` chain (the evidence a blocklist
 //! publishes: DSBL listed a host only when a test message really arrived), and bounds
-//! everything a sender controls: connections at once, commands, line length, message size,
+//! everything a sender controls: connections at once (16 per sender), commands, line length, message size,
 //! session time.
 
 use std::collections::{HashMap, HashSet};
@@ -32,6 +32,10 @@ const MAX_COMMANDS: usize = 200;
 /// Sessions served at once; more are answered 421 and closed. A relay delivers a handful of
 /// tokens; a flood of connections is someone else.
 pub const MAX_CONNECTIONS: usize = 64;
+/// Sessions one sender (address, IPv6 /64) may hold at once: one sender must not hold all
+/// [`MAX_CONNECTIONS`] and turn the relays' proofs away. A relay delivering its tokens opens
+/// a few connections at most (and one arrival is proof).
+pub const MAX_CONNECTIONS_PER_SENDER: usize = 16;
 const SESSION_TIME: Duration = Duration::from_secs(120);
 /// `Received:` headers kept per token, and the longest value kept.
 const MAX_RECEIVED: usize = 20;
@@ -54,6 +58,8 @@ pub struct ConfirmServer {
     /// Bumped on every arrival; waiters watch it (no lost wake-ups).
     changed: watch::Sender<u64>,
     sessions: Arc<Semaphore>,
+    /// Sessions held per sender key ([`sender_key`]).
+    per_sender: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
 impl ConfirmServer {
@@ -67,11 +73,20 @@ impl ConfirmServer {
             arrived: Mutex::new(HashMap::new()),
             changed: watch::channel(0).0,
             sessions: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            per_sender: Arc::default(),
         });
         let weak = Arc::downgrade(&server);
         tokio::spawn(async move {
             while let Ok((mut stream, peer)) = listener.accept().await {
                 let Some(server) = weak.upgrade() else { break };
+                let Some(share) = SenderShare::take(&server.per_sender, peer.ip()) else {
+                    tokio::spawn(async move {
+                        let _ = stream
+                            .write_all(b"421 4.7.0 too many connections from your address, try again later\r\n")
+                            .await;
+                    });
+                    continue;
+                };
                 let Ok(permit) = Arc::clone(&server.sessions).try_acquire_owned() else {
                     tokio::spawn(async move {
                         let _ = stream
@@ -82,7 +97,7 @@ impl ConfirmServer {
                 };
                 tokio::spawn(async move {
                     server.session(stream, peer.ip().to_canonical()).await;
-                    drop(permit);
+                    drop((permit, share));
                 });
             }
         });
@@ -252,6 +267,52 @@ impl ConfirmServer {
         path.rsplit_once('@')
             .and_then(|(_, d)| canonical_domain(d))
             .is_some_and(|d| d == self.domain)
+    }
+}
+
+/// A sender's address, an IPv6 sender's /64 (one host owns a whole /64).
+fn sender_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6([s[0], s[1], s[2], s[3], 0, 0, 0, 0].into())
+        }
+        v4 => v4,
+    }
+}
+
+/// One session of a sender's [`MAX_CONNECTIONS_PER_SENDER`]; given back when dropped.
+struct SenderShare {
+    key: IpAddr,
+    shares: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl SenderShare {
+    fn take(shares: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr) -> Option<SenderShare> {
+        let key = sender_key(ip);
+        // Plain counters: a panic elsewhere cannot leave them half-changed.
+        let mut map = shares.lock().unwrap_or_else(|e| e.into_inner());
+        let held = map.entry(key).or_insert(0);
+        if *held >= MAX_CONNECTIONS_PER_SENDER {
+            return None;
+        }
+        *held += 1;
+        Some(SenderShare {
+            key,
+            shares: Arc::clone(shares),
+        })
+    }
+}
+
+impl Drop for SenderShare {
+    fn drop(&mut self) {
+        let mut map = self.shares.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(held) = map.get_mut(&self.key) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                map.remove(&self.key);
+            }
+        }
     }
 }
 

@@ -33,6 +33,7 @@ fn metrics_caps() -> Caps {
     Caps {
         total: 32,
         per_client: 8,
+        per_network: 32,
         idle_timeout: Duration::from_secs(30),
         counted_only_in_total: Arc::new(|_| false),
         name: "metrics endpoint",

@@ -360,6 +360,54 @@ fn the_telnet_door_probes_only_the_callers_address_and_refuses_a_private_one() {
     assert!(!service.log().contains("probe test finished"));
 }
 
+/// One caller cannot take the telnet door: an address (an IPv6 /64) holds at most 4 sessions
+/// at once, the 5th hears why and is closed, and other callers are greeted meanwhile. (The
+/// door's 256 sessions used to be one pool: 256 connections from one address, each sitting
+/// out its 10 s at the port prompt and opened again, kept everyone else out.)
+///
+/// ```text
+/// 4 × connect from 127.0.0.5, say nothing     -> greeted, waiting at the prompt
+/// 5th connect from 127.0.0.5                  -> "Refused: 4 telnet sessions from your address ...", closed
+/// connect from 127.0.0.6                      -> greeted
+/// ```
+#[test]
+fn one_caller_cannot_hold_every_telnet_session() {
+    let service = TestServer::start_probe_service(&service_config(""));
+    let door = service.addr("telnet");
+    let mut held: Vec<Telnet> = (0..4)
+        .map(|_| {
+            let mut caller = Telnet::call(door, "127.0.0.5");
+            caller.until(|l| l.starts_with("Network owners"));
+            caller
+        })
+        .collect();
+    let mut fifth = Telnet::call(door, "127.0.0.5");
+    let answer = fifth.rest_of_session();
+    assert_eq!(
+        answer,
+        [
+            "Refused: 4 telnet sessions from your address are open already, the most one address may hold; try again when one has ended"
+        ]
+    );
+    let mut other = Telnet::call(door, "127.0.0.6");
+    other.until(|l| l.starts_with("Network owners"));
+    // A session that ends gives its place back.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut again = Telnet::call(door, "127.0.0.5");
+        if again
+            .line()
+            .is_some_and(|l| l.starts_with("relayward probe-service at"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the place was not given back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(held);
+}
+
 #[test]
 fn the_api_starts_a_test_and_serves_its_json_twin() {
     let relay = closed_relay("127.0.0.3");
@@ -591,6 +639,145 @@ fn excluded_networks_are_never_touched_even_when_private_targets_are_allowed() {
     assert_eq!(connections.load(Ordering::SeqCst), 0, "nothing may be sent");
 }
 
+/// Another site's page cannot make a visitor's browser start a test: the browser says where
+/// the form or the fetch came from (`Origin`, `Sec-Fetch-Site`), and a test asked for by a
+/// foreign page is refused before anything is looked up or connected to. (A hidden
+/// auto-submitting form used to start one per visitor, each from the visitor's address and on
+/// the visitor's hourly budget, against a target the foreign page chose.) Scripts, which send
+/// neither header, and the service's own page are served as before.
+///
+/// ```text
+/// POST /tests, Origin: http://evil.example                     -> 403, nothing connected
+/// POST /tests, Sec-Fetch-Site: cross-site                      -> 403
+/// POST /tests, Origin: null                                    -> 403
+/// POST /api/v1/tests, Origin: http://evil.example              -> 403
+/// POST /tests, Origin: http://HOST, Sec-Fetch-Site: same-origin -> 303 to the test
+/// ```
+#[test]
+fn another_site_s_page_cannot_make_a_visitor_s_browser_start_a_test() {
+    let (port, connections) = counting_listener("127.0.0.3");
+    let service = TestServer::start_probe_service(&service_config("allow_private_targets = true"));
+    let door = service.addr("http");
+    let web = Http::new(door).from("127.0.0.4");
+    let form = format!("target=127.0.0.3%3A{port}&kind=server&ports=");
+    let form_body = Some(("application/x-www-form-urlencoded", form.as_str()));
+    for foreign in [
+        "Origin: http://evil.example\r\n",
+        "Origin: http://evil.example\r\nSec-Fetch-Site: cross-site\r\n",
+        "Sec-Fetch-Site: cross-site\r\n",
+        "Sec-Fetch-Site: same-site\r\n",
+        "Origin: null\r\n",
+        &format!("Origin: http://{door}.evil.example\r\n"),
+    ] {
+        let answer = web.request_with("POST", "/tests", form_body, foreign);
+        assert_eq!(answer.status, 403, "{foreign:?}: {}", answer.body);
+        assert!(
+            answer.body.contains("another web site"),
+            "{foreign:?}: {}",
+            answer.body
+        );
+    }
+    let json = format!(r#"{{"target": "127.0.0.3:{port}"}}"#);
+    let api = web.request_with(
+        "POST",
+        "/api/v1/tests",
+        Some(("application/json", json.as_str())),
+        "Origin: http://evil.example\r\n",
+    );
+    assert_eq!(api.status, 403, "{}", api.body);
+    assert!(api.json()["error"].is_string(), "{}", api.body);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        0,
+        "a refused request connected"
+    );
+
+    // The service's own page submits as before.
+    let own = web.request_with(
+        "POST",
+        "/tests",
+        form_body,
+        &format!("Origin: http://{door}\r\nSec-Fetch-Site: same-origin\r\n"),
+    );
+    assert_eq!(own.status, 303, "{}", own.body);
+    let id = own
+        .header("location")
+        .and_then(|l| l.strip_prefix("/tests/"))
+        .expect("location")
+        .to_string();
+    wait_done(&web, &id);
+    assert!(connections.load(Ordering::SeqCst) > 0);
+}
+
+/// A network shares a budget too: the addresses of one IPv4 /24 (IPv6 /48, a site's usual
+/// share) may start 4 times one client's tests an hour between them, so whoever holds a
+/// network cannot multiply the client budget by its addresses — a /48 has 65,536 /64s, each
+/// a client of its own. Other networks are not affected.
+///
+/// ```text
+/// tests_per_client_per_hour = 1
+/// one test each from 127.0.0.10, .11, .12, .13     -> 201 × 4
+/// from 127.0.0.14                                  -> 429 "your network (127.0.0.0/24) ..."
+/// from 127.0.1.10                                  -> 201
+/// ```
+#[test]
+fn the_addresses_of_one_network_share_a_budget() {
+    let service = TestServer::start_probe_service(&service_config(
+        "allow_private_targets = true\ntests_per_client_per_hour = 1",
+    ));
+    let api = Http::new(service.addr("http"));
+    for host in 10..14 {
+        let target = format!("127.0.0.{}", host + 10);
+        start_test(
+            &api.from(&format!("127.0.0.{host}")),
+            &format!("{target}:{}", unused_port(&target)),
+        );
+    }
+    let refused = api.from("127.0.0.14").post_json(
+        "/api/v1/tests",
+        &format!(
+            r#"{{"target": "127.0.0.30:{}"}}"#,
+            unused_port("127.0.0.30")
+        ),
+    );
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert_eq!(
+        refused.json()["error"],
+        "your network (127.0.0.0/24) has started as many tests as one network may in an hour; try again in 60 minutes"
+    );
+    assert!(refused.header("retry-after").is_some());
+    start_test(
+        &api.from("127.0.1.10"),
+        &format!("127.0.0.31:{}", unused_port("127.0.0.31")),
+    );
+}
+
+/// Answers are not stored by caches: a test's page and JSON change while it runs (a proxy
+/// or CDN in front that kept a `RUNNING` answer would serve it for ever), and a results URL
+/// is its only secret (a shared cache would keep it for whoever asks next).
+///
+/// ```text
+/// GET /api/v1/tests/ID, GET /tests/ID, POST /api/v1/tests   -> Cache-Control: no-store
+/// ```
+#[test]
+fn answers_are_not_stored_by_caches() {
+    let service = TestServer::start_probe_service(&service_config("allow_private_targets = true"));
+    let api = Http::new(service.addr("http")).from("127.0.0.4");
+    let started = api.post_json(
+        "/api/v1/tests",
+        &format!(r#"{{"target": "127.0.0.3:{}"}}"#, unused_port("127.0.0.3")),
+    );
+    assert_eq!(started.status, 201, "{}", started.body);
+    let id = started.json()["id"].as_str().expect("id").to_string();
+    let json = api.get(&format!("/api/v1/tests/{id}"));
+    let page = api.get(&format!("/tests/{id}"));
+    for (what, answer) in [("POST", &started), ("JSON", &json), ("page", &page)] {
+        assert_eq!(answer.header("cache-control"), Some("no-store"), "{what}");
+    }
+    wait_done(&api, &id);
+}
+
 #[test]
 fn budgets_answer_429_with_when_to_retry() {
     let service = TestServer::start_probe_service(&service_config(
@@ -722,6 +909,75 @@ fn the_web_door_closes_connections_it_has_not_written_to_within_the_idle_timeout
     // The service itself is fine and serves the next caller.
     let page = Http::new(door).from("127.0.0.6").get("/");
     assert_eq!(page.status, 200, "{}", page.body);
+}
+
+/// The body of a request is read before its handler counts as working: a caller that sends
+/// the headers of a POST and then its body a byte now and then, or never, is cut off after
+/// `http_idle_timeout` like a slow header, and starts no test. (The busy mark used to cover
+/// the body's reading, so such connections stayed open for ever and a few /64s could hold
+/// all 512 slots.)
+///
+/// ```text
+/// POST /api/v1/tests, Content-Length: 100, then "{" and nothing     -> closed after ~2 s
+/// POST /tests, Content-Length: 100, then a byte every 300 ms         -> closed after ~2 s
+/// ```
+#[test]
+fn a_request_body_that_never_arrives_is_cut_off_after_the_idle_timeout() {
+    let service = TestServer::start_probe_service(&service_config(
+        "http_idle_timeout = \"2s\"\nallow_private_targets = true",
+    ));
+    let door = service.addr("http");
+    let caller: std::net::IpAddr = "127.0.0.6".parse().expect("ip");
+    let started = Instant::now();
+
+    let mut stalled = bound_connect(caller, door);
+    stalled
+        .write_all(
+            b"POST /api/v1/tests HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+        )
+        .expect("headers");
+    let mut trickled = bound_connect(caller, door);
+    trickled
+        .write_all(
+            b"POST /tests HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n",
+        )
+        .expect("headers");
+    let writer = trickled.try_clone().expect("clone");
+    let trickle = std::thread::spawn(move || {
+        let mut writer = writer;
+        for _ in 0..40 {
+            if writer.write_all(b"t").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+
+    let limit = Duration::from_secs(12);
+    let stalled_end =
+        read_until_closed(&mut stalled, limit).expect("a POST whose body never came stayed open");
+    assert!(!stalled_end.contains(" 201 "), "{stalled_end}");
+    let trickled_end =
+        read_until_closed(&mut trickled, limit).expect("a POST trickling its body stayed open");
+    assert!(!trickled_end.contains(" 303 "), "{trickled_end}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "closed before the idle timeout: {:?}",
+        started.elapsed()
+    );
+    let _ = trickle.join();
+
+    // A whole body is still read and served, and an oversized one refused.
+    let api = Http::new(door).from("127.0.0.6");
+    let refused = api.post_json(
+        "/api/v1/tests",
+        r#"{"target": "127.0.0.9:25", "ports": [0]}"#,
+    );
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    let huge = format!(r#"{{"target": "{}"}}"#, "a".repeat(9000));
+    let too_big = api.post_json("/api/v1/tests", &huge);
+    assert_eq!(too_big.status, 413, "{}", too_big.body);
+    assert!(too_big.json()["error"].is_string(), "{}", too_big.body);
 }
 
 /// A caller that sends requests and stops reading the answers stalls the service's writes
@@ -864,6 +1120,69 @@ fn one_client_cannot_hold_every_web_door_connection() {
     drop(held);
 }
 
+/// One network cannot hold every web door or telnet connection either: the addresses of an
+/// IPv4 /24 (IPv6 /48, where every /64 is a client of its own) hold at most 64 web
+/// connections and 16 telnet sessions between them; the next gets `503` ("too many
+/// connections from your network") or a telnet refusal, and other networks are served.
+/// (Per-client caps alone let a /48 — 65,536 clients — hold all 512 web slots and all 256
+/// telnet sessions, reconnecting as the idle cut-off closed them.)
+///
+/// ```text
+/// 4 clients of 127.0.0.0/24 × 16 slow web connections   (64)
+/// a 5th client of 127.0.0.0/24                          -> 503 too many connections from your network
+/// 4 clients of 127.0.0.0/24 × 4 telnet sessions         (16)
+/// a 5th client                                          -> "Refused: 16 telnet sessions from your network ..."
+/// 127.0.1.5: web, telnet                                -> served, greeted
+/// ```
+#[test]
+fn one_network_cannot_hold_every_door_connection() {
+    let service = TestServer::start_probe_service(&service_config(""));
+    let (web, telnet) = (service.addr("http"), service.addr("telnet"));
+    let mut held: Vec<TcpStream> = Vec::new();
+    for host in 10..14 {
+        let ip: std::net::IpAddr = format!("127.0.0.{host}").parse().expect("ip");
+        for _ in 0..16 {
+            let mut c = bound_connect(ip, web);
+            c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+                .expect("write");
+            held.push(c);
+        }
+    }
+    let mut extra = bound_connect("127.0.0.14".parse().expect("ip"), web);
+    extra
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut answer = String::new();
+    let _ = extra.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 503 ")
+            && answer.contains("too many connections from your network"),
+        "a 5th client of the network: {answer:?}"
+    );
+    let page = Http::new(web).from("127.0.1.5").get("/");
+    assert_eq!(page.status, 200, "{}", page.body);
+
+    let callers: Vec<Telnet> = (10..14)
+        .flat_map(|host| {
+            (0..4).map(move |_| {
+                let mut caller = Telnet::call(telnet, &format!("127.0.0.{host}"));
+                caller.until(|l| l.starts_with("Network owners"));
+                caller
+            })
+        })
+        .collect();
+    let mut fifth = Telnet::call(telnet, "127.0.0.14");
+    assert_eq!(
+        fifth.rest_of_session(),
+        [
+            "Refused: 16 telnet sessions from your network (127.0.0.0/24) are open already, the most one network may hold; try again when one has ended"
+        ]
+    );
+    let mut other = Telnet::call(telnet, "127.0.1.5");
+    other.until(|l| l.starts_with("Network owners"));
+    drop((held, callers));
+}
+
 /// A shell's soft open files limit (64 here, often 1,024) is below what the doors are allowed
 /// to hold (512 web connections, 256 telnet callers, the running tests). The service raises
 /// it to the hard limit at start, so callers within the caps are all served:
@@ -881,7 +1200,8 @@ fn callers_within_the_caps_are_served_under_a_low_soft_open_files_limit() {
     let door = service.addr("http");
     let held: Vec<TcpStream> = (10..17)
         .flat_map(|host| {
-            let ip: std::net::IpAddr = format!("127.0.0.{host}").parse().expect("ip");
+            // One client in each of 7 networks: within the per-network cap too.
+            let ip: std::net::IpAddr = format!("127.0.{host}.1").parse().expect("ip");
             (0..14).map(move |_| bound_connect(ip, door))
         })
         .collect();
@@ -922,6 +1242,170 @@ fn silent_server(ip: &str) -> u16 {
         }
     });
     port
+}
+
+/// The lookups of one request take 20 s in all, not 20 s per port: a name asked for on four
+/// ports is given up after 20 s (four UNREACHABLE reports), not after four lookups of up to
+/// 20 s each. (A silent name server used to keep the request — its slot and its web
+/// connection — for a minute, four times the time the service promises.)
+///
+/// ```text
+/// POST {"target": "slow.example.test", "ports": [25, 587, 465, 2525]}   (DNS silent)
+///                                                -> 201 after ~20 s, not ~60 s
+/// ```
+#[test]
+fn the_lookups_of_one_request_take_twenty_seconds_in_all() {
+    let silent_dns = std::net::UdpSocket::bind("127.0.0.9:0").expect("bind");
+    let service = TestServer::start_probe_service(&service_config(&format!(
+        "nameservers = [\"{}\"]\nallow_private_targets = true",
+        silent_dns.local_addr().expect("addr")
+    )));
+    let api = Http::new(service.addr("http")).from("127.0.0.5");
+    let started = Instant::now();
+    let response = api.post_json(
+        "/api/v1/tests",
+        r#"{"target": "slow.example.test", "ports": [25, 587, 465, 2525]}"#,
+    );
+    let took = started.elapsed();
+    assert_eq!(response.status, 201, "after {took:?}: {}", response.body);
+    assert!(
+        took < Duration::from_secs(30),
+        "the lookups took {took:?}, more than the 20 s one request may take"
+    );
+    let record = wait_done(&api, response.json()["id"].as_str().expect("id"));
+    assert_eq!(record["verdict"], "UNREACHABLE", "{record}");
+    let reasons: Vec<&str> = record["reports"]
+        .as_array()
+        .expect("reports")
+        .iter()
+        .filter_map(|r| r["reason"].as_str())
+        .collect();
+    assert_eq!(reasons.len(), 4, "{record}");
+    assert!(
+        reasons.iter().any(|r| r.contains("more than 20s")),
+        "{reasons:?}"
+    );
+}
+
+/// One client runs at most 2 tests at once, counted from before its names are looked up: the
+/// 3rd is refused `429` until one has finished, and other clients start theirs meanwhile. (A
+/// client used to hold as many of the `max_concurrent_tests` slots as its hourly budget
+/// allowed — each up to `host_timeout` against a server that answers slowly — and requests
+/// whose slow lookups ended in refused addresses held slots for nothing, uncharged.)
+///
+/// ```text
+/// from 127.0.0.4: POST {"target": "127.0.0.3:SILENT"} × 2   -> 201, 201 (both running)
+/// from 127.0.0.4: POST {"target": "127.0.0.3:SILENT"}       -> 429, retry_after
+/// from 127.0.0.5: POST {"target": "127.0.0.3:SILENT"}       -> 201
+/// (one of 127.0.0.4's tests ends)  POST again                -> 201
+/// ```
+#[test]
+fn one_client_runs_at_most_two_tests_at_once() {
+    let service = TestServer::start_probe_service(&service_config(
+        "allow_private_targets = true\ntests_per_target_per_hour = 10\ntest_timeout = \"2s\"",
+    ));
+    let api = Http::new(service.addr("http"));
+    let target = format!("127.0.0.3:{}", silent_server("127.0.0.3"));
+    let hog = api.from("127.0.0.4");
+    let first = start_test(&hog, &target);
+    let _second = start_test(&hog, &target);
+    let third = hog.post_json("/api/v1/tests", &format!(r#"{{"target": "{target}"}}"#));
+    assert_eq!(third.status, 429, "{}", third.body);
+    assert_eq!(
+        third.json()["error"],
+        "2 of your tests are running, the most one address may run at once; try again when one has finished"
+    );
+    assert!(third.header("retry-after").is_some(), "{}", third.body);
+    start_test(&api.from("127.0.0.5"), &target);
+    assert_eq!(wait_done(&api, &first)["verdict"], "UNREACHABLE");
+    // The place comes back when its test has finished (stored, then the place is given back).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let again = hog.post_json("/api/v1/tests", &format!(r#"{{"target": "{target}"}}"#));
+        if again.status == 201 {
+            break;
+        }
+        assert_eq!(again.status, 429, "{}", again.body);
+        assert!(Instant::now() < deadline, "the place never came back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A test starts no new address once it has run for `host_timeout`: a server that answers
+/// slowly on 4 ports of 2 addresses (8 targets, each allowed `host_timeout`) used to hold its
+/// test slot for 8 × `host_timeout` — 40 minutes with the defaults, so that one network's
+/// hourly budget could keep every slot busy. The addresses left are listed as not probed,
+/// with the reason.
+///
+/// ```text
+/// host_timeout = "2s", test_timeout = "1s"
+/// POST {"target": "127.0.0.3", "ports": [S1, S2, S3, S4]}     (all silent)
+///     -> done after ~2 s, not ~8 s; 3 addresses not probed: "the test had run for 2s ..."
+/// ```
+#[test]
+fn a_test_starts_no_new_address_after_host_timeout() {
+    let service = TestServer::start_probe_service(&service_config(
+        "allow_private_targets = true\ntest_timeout = \"1s\"\nhost_timeout = \"2s\"",
+    ));
+    let api = Http::new(service.addr("http")).from("127.0.0.4");
+    let ports: Vec<String> = (0..4)
+        .map(|_| silent_server("127.0.0.3").to_string())
+        .collect();
+    let response = api.post_json(
+        "/api/v1/tests",
+        &format!(
+            r#"{{"target": "127.0.0.3", "ports": [{}]}}"#,
+            ports.join(", ")
+        ),
+    );
+    assert_eq!(response.status, 201, "{}", response.body);
+    let record = wait_done(&api, response.json()["id"].as_str().expect("id"));
+    let took = record["duration_ms"].as_u64().expect("duration");
+    assert!(took < 5_000, "the test ran {took} ms: {}", record["reason"]);
+    let not_probed = record["not_probed"].as_array().expect("not_probed");
+    assert_eq!(not_probed.len(), 3, "{record}");
+    assert!(
+        not_probed[0]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("the test had run for 2s (host_timeout)"),
+        "{record}"
+    );
+}
+
+/// A request's name lookups take no test slot: a caller whose names resolve slowly (its own
+/// silent name server, up to 20 s a request), and whose addresses may then all be refused
+/// at no cost, cannot keep the `max_concurrent_tests` slots busy for others; a slot is taken
+/// when there is something to probe.
+///
+/// ```text
+/// max_concurrent_tests = 1
+/// from 127.0.0.5: POST {"target": "slow.example.test"}   (DNS silent: ~15 s of lookups)
+/// meanwhile from 127.0.0.4: POST {"target": "127.0.0.3:UNUSED"}   -> 201, not 503
+/// ```
+#[test]
+fn name_lookups_take_no_test_slot() {
+    let silent_dns = std::net::UdpSocket::bind("127.0.0.9:0").expect("bind");
+    let service = TestServer::start_probe_service(&service_config(&format!(
+        "nameservers = [\"{}\"]\nallow_private_targets = true\nmax_concurrent_tests = 1",
+        silent_dns.local_addr().expect("addr")
+    )));
+    let door = service.addr("http");
+    let slow = std::thread::spawn(move || {
+        Http::new(door)
+            .from("127.0.0.5")
+            .post_json("/api/v1/tests", r#"{"target": "slow.example.test"}"#)
+            .status
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let api = Http::new(door).from("127.0.0.4");
+    let quick = api.post_json(
+        "/api/v1/tests",
+        &format!(r#"{{"target": "127.0.0.3:{}"}}"#, unused_port("127.0.0.3")),
+    );
+    assert_eq!(quick.status, 201, "{}", quick.body);
+    wait_done(&api, quick.json()["id"].as_str().expect("id"));
+    assert_eq!(slow.join().expect("slow request"), 201);
 }
 
 #[test]
@@ -1200,4 +1684,259 @@ fn with_a_confirm_listener_a_relayed_token_makes_it_confirmed_open() {
             "Proven open relay: a test message sent through it came back to this service."
         )
     );
+}
+
+/// Says yes to everything and delivers nothing: MAIL, RCPT and DATA are all accepted, the
+/// message is thrown away. A test with proof of relay finds it accepts at RCPT, sends its
+/// tokens, and none ever comes back.
+fn accept_all_black_hole(ip: &str) -> u16 {
+    let listener = TcpListener::bind((ip, 0)).expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let _ = stream.write_all(b"220 hole.example.test ESMTP\r\n");
+                let mut line = String::new();
+                let mut in_data = false;
+                while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                    let reply: &[u8] = if in_data {
+                        if line == ".\r\n" {
+                            in_data = false;
+                            b"250 2.0.0 queued\r\n"
+                        } else {
+                            b""
+                        }
+                    } else {
+                        match line.get(..4).unwrap_or("").to_ascii_uppercase().as_str() {
+                            "DATA" => {
+                                in_data = true;
+                                b"354 go ahead\r\n"
+                            }
+                            "QUIT" => {
+                                let _ = stream.write_all(b"221 bye\r\n");
+                                return;
+                            }
+                            "STAR" | "AUTH" | "VRFY" | "EXPN" => b"502 5.5.1 no\r\n",
+                            _ => b"250 ok\r\n",
+                        }
+                    };
+                    if !reply.is_empty() && stream.write_all(reply).is_err() {
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    port
+}
+
+/// The first `rw` + 12 letters/digits in `text`: what a proof-of-relay token looks like.
+fn token_in(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    (0..bytes.len().saturating_sub(13)).find_map(|i| {
+        let word = &bytes[i..i + 14];
+        let before_ok = i == 0 || !bytes[i - 1].is_ascii_alphanumeric();
+        let after_ok = bytes.get(i + 14).is_none_or(|b| !b.is_ascii_alphanumeric());
+        (before_ok
+            && after_ok
+            && word.starts_with(b"rw")
+            && word[2..]
+                .iter()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+        .then(|| String::from_utf8_lossy(word).into_owned())
+    })
+}
+
+/// Whoever asked for a test cannot forge its proof of relay: the tokens the test sends through
+/// the server are hidden in the transcript it can watch while the test waits for them, so it
+/// cannot mail one to the confirm listener itself and have a server that only *accepts* at
+/// RCPT stored as CONFIRMED-OPEN under the service's name. (The running transcript used to
+/// show `Subject: relayward relay test rw…` and `Token: rw…`; a forged delivery of one made
+/// a black hole CONFIRMED-OPEN.)
+///
+/// ```text
+/// POST {"target": "127.0.0.3:HOLE"}                 (accepts everything, delivers nothing)
+/// GET /api/v1/tests/ID while it waits for tokens    -> no token in the transcript
+/// (were one there: mailed to the confirm listener by the caller)
+/// verdict                                           -> UNCONFIRMED (forged: CONFIRMED-OPEN)
+/// ```
+#[test]
+fn the_caller_cannot_forge_the_proof_of_relay_with_a_token_from_the_transcript() {
+    let service = TestServer::start_probe_service(&service_config(
+        "allow_private_targets = true\nconfirm_listen = \"127.0.0.1:0\"\nconfirm_domain = \"confirm.test\"\nconfirm_wait = \"8s\"",
+    ));
+    let confirm = service.addr("confirm");
+    let api = Http::new(service.addr("http")).from("127.0.0.4");
+    let id = start_test(
+        &api,
+        &format!("127.0.0.3:{}", accept_all_black_hole("127.0.0.3")),
+    );
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut forged = None;
+    let record = loop {
+        let record = api.get(&format!("/api/v1/tests/{id}")).json();
+        let transcript = record["transcript"].to_string();
+        if let Some(token) = token_in(&transcript)
+            && forged.is_none()
+        {
+            // The caller's own mail to the confirm listener, with the token it read.
+            let mut smtp = TcpStream::connect(confirm).expect("confirm listener");
+            smtp.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            let message = format!(
+                "EHLO forger.example\r\nMAIL FROM:<x@forger.example>\r\nRCPT TO:<relaytest@confirm.test>\r\nDATA\r\nSubject: {token}\r\n\r\nToken: {token}\r\n.\r\nQUIT\r\n"
+            );
+            smtp.write_all(message.as_bytes()).expect("forge");
+            let mut answer = String::new();
+            let _ = smtp.read_to_string(&mut answer);
+            forged = Some(token);
+        }
+        if record["verdict"] != "RUNNING" {
+            break record;
+        }
+        assert!(Instant::now() < deadline, "test {id} never finished");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        record["verdict"], "UNCONFIRMED",
+        "forged with {forged:?}: {}",
+        record["reason"]
+    );
+    assert_eq!(forged, None, "a token was readable while the test ran");
+    let transcript = record["transcript"].to_string();
+    assert!(
+        transcript.contains("Token: rw[hidden]"),
+        "the proof message is still shown, its token hidden"
+    );
+}
+
+/// Answers every command with ~58 KB of reply (120 lines of 480 characters): within the
+/// probe's limits per reply, until its 2 MiB per target.
+fn verbose_server(ip: &str) -> u16 {
+    let listener = TcpListener::bind((ip, 0)).expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut big: Vec<u8> = Vec::new();
+                for i in 0..120 {
+                    big.extend_from_slice(
+                        format!("250-{}\r\n", format!("x{i:03}").repeat(120)).as_bytes(),
+                    );
+                }
+                big.extend_from_slice(b"250 ok\r\n");
+                let _ = stream.write_all(b"220 verbose.example.test ESMTP\r\n");
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                    let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+                    let reply: &[u8] = match verb.as_str() {
+                        "QUIT" => b"221 bye\r\n",
+                        "STAR" => b"502 no\r\n",
+                        _ => &big,
+                    };
+                    if stream.write_all(reply).is_err() || verb == "QUIT" {
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A test keeps at most 1 MiB of dialogue, so a server that talks a lot cannot make each of
+/// its tests megabytes on disk (`max_stored_tests` of them) and in every answer that serves
+/// it; the service's own lines (headings, the verdict) are always kept. (A test used to keep
+/// what the probe kept of each address, 2 MiB of replies each, up to 8 addresses: ~17 MB.)
+///
+/// ```text
+/// POST {"target": "127.0.0.3:VERBOSE"}      (every reply ~58 KB)
+/// GET /api/v1/tests/ID                      -> < 1.2 MiB; "[further lines not kept]", then the verdict
+/// ```
+#[test]
+fn a_talkative_server_cannot_make_a_test_megabytes_long() {
+    let service = TestServer::start_probe_service(&service_config("allow_private_targets = true"));
+    let api = Http::new(service.addr("http")).from("127.0.0.4");
+    let id = start_test(&api, &format!("127.0.0.3:{}", verbose_server("127.0.0.3")));
+    let record = wait_done(&api, &id);
+    let body = api.get(&format!("/api/v1/tests/{id}")).body;
+    assert!(
+        body.len() < 1_200_000,
+        "the test is {} bytes long ({})",
+        body.len(),
+        record["reason"]
+    );
+    let transcript: Vec<&str> = record["transcript"]
+        .as_array()
+        .expect("transcript")
+        .iter()
+        .filter_map(|l| l.as_str())
+        .collect();
+    let cut = position(
+        &transcript.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
+        "[further lines not kept]",
+    );
+    assert!(
+        transcript[cut..].iter().any(|l| l.starts_with("Verdict: ")),
+        "the verdict was not kept: {:?}",
+        &transcript[cut..]
+    );
+    let stored = std::fs::read_dir(service.data_dir().join("tests"))
+        .expect("store")
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .max()
+        .unwrap_or(0);
+    assert!(stored < 1_200_000, "stored: {stored} bytes");
+}
+
+/// One sender cannot take the confirm listener: an address (IPv6 /64) holds at most 16 of its
+/// 64 sessions, the 17th is answered `421` and closed, and a relay delivering a token from
+/// elsewhere still gets in. (The 64 used to be one pool: one address holding them all, each
+/// for its 120 s, turned every proof of relay away with `421` until the tokens' wait was over.)
+///
+/// ```text
+/// 16 × connect from 127.0.0.5, say nothing    -> 220 each, held
+/// 17th from 127.0.0.5                         -> 421 4.7.0 too many connections from your address
+/// connect from 127.0.0.6                      -> 220
+/// ```
+#[test]
+fn one_sender_cannot_hold_every_confirm_listener_session() {
+    let service = TestServer::start_probe_service(&service_config(
+        "allow_private_targets = true\nconfirm_listen = \"127.0.0.1:0\"\nconfirm_domain = \"confirm.test\"",
+    ));
+    let confirm = service.addr("confirm");
+    let greeting = |conn: &mut TcpStream| {
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        line
+    };
+    let held: Vec<TcpStream> = (0..16)
+        .map(|_| {
+            let mut conn = bound_connect("127.0.0.5".parse().expect("ip"), confirm);
+            let line = greeting(&mut conn);
+            assert!(line.starts_with("220 "), "{line:?}");
+            conn
+        })
+        .collect();
+    let mut extra = bound_connect("127.0.0.5".parse().expect("ip"), confirm);
+    assert_eq!(
+        greeting(&mut extra),
+        "421 4.7.0 too many connections from your address, try again later\r\n"
+    );
+    let mut other = bound_connect("127.0.0.6".parse().expect("ip"), confirm);
+    let line = greeting(&mut other);
+    assert!(line.starts_with("220 "), "{line:?}");
+    drop(held);
 }

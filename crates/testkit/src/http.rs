@@ -65,9 +65,20 @@ impl Http {
     }
 
     pub fn request(&self, method: &str, path: &str, body: Option<(&str, &str)>) -> Response {
+        self.request_with(method, path, body, "")
+    }
+
+    /// [`Http::request`] with more header lines (`"Origin: http://x\r\n"`).
+    pub fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, &str)>,
+        extra_headers: &str,
+    ) -> Response {
         let mut stream = self.connect();
         let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{extra_headers}Connection: close\r\n",
             self.server
         );
         if let Some((kind, text)) = body {
