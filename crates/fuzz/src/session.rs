@@ -126,8 +126,9 @@ async fn converse(kind: ListenerKind, pace: Pace, client_bytes: &[u8]) -> Heard 
     let peer: SocketAddr = "192.0.2.7:40000".parse().expect("address");
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
     let deadline = tokio::time::Instant::now() + ctx.limits.session_timeout;
+    let sessions = relayward_server::config::Live::fixed(ctx);
     let session = tokio::spawn(serve_connection(
-        server, peer, kind, ctx, shutdown, deadline,
+        server, peer, kind, sessions, shutdown, deadline,
     ));
     let heard = if kind == ListenerKind::Submissions {
         let connector = tokio_rustls::TlsConnector::from(fixture.pki.ca().client_config());

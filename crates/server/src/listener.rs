@@ -331,7 +331,7 @@ async fn accept_loop(
             tcp,
             peer,
             bound.kind,
-            sessions.current(),
+            sessions.clone(),
             Arc::clone(&gate),
             shutdown.clone(),
         ));
@@ -381,10 +381,11 @@ async fn handle_connection(
     mut tcp: TcpStream,
     peer: SocketAddr,
     kind: ListenerKind,
-    ctx: Arc<SessionContext>,
+    sessions: Live<SessionContext>,
     gate: Arc<Gate>,
     shutdown: watch::Receiver<bool>,
 ) {
+    let ctx = sessions.current();
     let deadline = tokio::time::Instant::now() + ctx.limits.session_timeout;
     let metrics = relayward_metrics::global();
     let Some(client) = real_client(&mut tcp, peer, &ctx).await else {
@@ -413,7 +414,7 @@ async fn handle_connection(
         tracing::info!(client = %ip, port = client.port(), proxy = %peer, listener = %kind, "connect");
     }
     let started = Instant::now();
-    if let Some(ending) = serve_connection(tcp, client, kind, ctx, shutdown, deadline).await {
+    if let Some(ending) = serve_connection(tcp, client, kind, sessions, shutdown, deadline).await {
         let seconds = started.elapsed().as_secs_f64();
         tracing::info!(client = %ip, listener = %kind, ?ending, duration = %format_args!("{seconds:.3}s"), "disconnect");
     }
@@ -428,10 +429,11 @@ pub async fn serve_connection<S: Stream>(
     stream: S,
     client: SocketAddr,
     kind: ListenerKind,
-    ctx: Arc<SessionContext>,
+    sessions: Live<SessionContext>,
     shutdown: watch::Receiver<bool>,
     deadline: tokio::time::Instant,
 ) -> Option<Ending> {
+    let ctx = sessions.current();
     let ip = client.ip().to_canonical();
     let metrics = relayward_metrics::global();
     let conn = match (kind, ctx.tls.as_ref()) {
@@ -460,7 +462,7 @@ pub async fn serve_connection<S: Stream>(
     };
     metrics.connection(kind.as_str(), "accepted");
     let _counted = metrics.session(kind.as_str());
-    Some(session::run(ctx, kind, conn, client, shutdown, deadline).await)
+    Some(session::run(sessions, kind, conn, client, shutdown, deadline).await)
 }
 
 /// The client this connection speaks for: the peer itself, or — only when the peer is a

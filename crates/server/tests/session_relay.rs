@@ -340,3 +340,75 @@ fn a_queue_that_cannot_store_gets_452_never_250() {
         .expect_text(250, "queued as");
     assert_eq!(server.queue.len(), 1);
 }
+
+/// A reload (SIGHUP) reaches sessions already open, at their next transaction: a network no
+/// longer trusted may no longer relay, and a user whose password was changed (a stolen one)
+/// or who was removed is put out, while an unchanged user goes on. Sessions last up to 30
+/// minutes; a reload that only reached new ones would leave the thief that long.
+/// ```text
+/// mx from 127.0.0.1 (trusted):  MAIL, RCPT <v@other.test> -> 250 … DATA -> 250
+/// alice, bob on submissions:    AUTH -> 235
+///                    --- reload: no trusted network, alice's password changed ---
+/// mx:     MAIL -> 250, RCPT <v@other.test>  -> 554 5.7.1
+/// bob:    MAIL -> 250, RCPT <v@other.test>  -> 250
+/// alice:  MAIL                              -> 421 4.7.0, closed
+/// ```
+#[test]
+fn a_reload_reaches_open_sessions_at_their_next_transaction() {
+    let server = Server::start(&support::config_with_relay(
+        "trusted_networks = [\"127.0.0.1/32\"]",
+        "",
+    ));
+    let mut trusted = server.smtp("mx");
+    trusted
+        .send("EHLO office.example.test")
+        .expect(250)
+        .send("MAIL FROM:<clerk@example.test>")
+        .expect(250)
+        .send("RCPT TO:<v@other.test>")
+        .expect(250)
+        .send("DATA")
+        .expect(354)
+        .raw(b"Subject: before\r\n\r\nhi\r\n.\r\n")
+        .expect(250);
+    let mut alice = server.smtp("submissions");
+    alice
+        .send("EHLO laptop.example.test")
+        .expect(250)
+        .auth_plain("alice@example.test", PASSWORD)
+        .expect(235);
+    let mut bob = server.smtp("submissions");
+    bob.send("EHLO laptop.example.test")
+        .expect(250)
+        .auth_plain("bob@example.test", PASSWORD)
+        .expect(235);
+
+    let new_hash = relayward_server::config::hash_password(b"a new passphrase, not the stolen one")
+        .expect("hash");
+    let alice_entry = format!(
+        "login = \"alice@example.test\"\npassword_hash = \"{}\"",
+        support::password_hash()
+    );
+    let changed = standard_config("").replacen(
+        &alice_entry,
+        &format!("login = \"alice@example.test\"\npassword_hash = \"{new_hash}\""),
+        1,
+    );
+    assert_ne!(changed, standard_config(""), "alice's entry not found");
+    server.reload(&changed);
+
+    trusted
+        .send("MAIL FROM:<clerk@example.test>")
+        .expect(250)
+        .send("RCPT TO:<v@other.test>")
+        .expect_text(554, "5.7.1");
+    bob.send("MAIL FROM:<bob@example.test>")
+        .expect(250)
+        .send("RCPT TO:<v@other.test>")
+        .expect(250);
+    alice
+        .send("MAIL FROM:<alice@example.test>")
+        .expect_text(421, "4.7.0")
+        .expect_closed();
+    assert_eq!(server.queue.messages().len(), 1);
+}

@@ -95,6 +95,18 @@ impl UserDb {
         self.users.is_empty()
     }
 
+    /// Whether `login` is the same account in `newer` (a reloaded configuration): still there,
+    /// with the same password hash. A session authenticated under the old configuration keeps
+    /// its login only then — removing a user, or changing a stolen password, takes effect in
+    /// open sessions too, not only in new ones.
+    pub fn same_account_in(&self, newer: &UserDb, login: &str) -> bool {
+        let key = login.to_ascii_lowercase();
+        match (self.users.get(&key), newer.users.get(&key)) {
+            (Some((_, before)), Some((_, now))) => before == now,
+            _ => false,
+        }
+    }
+
     /// Checks a login (case-insensitive) and password in `slot` (a [`CheckSlot`]), against a
     /// dummy hash for unknown logins (same cost, same timing).
     pub async fn verify(

@@ -1,5 +1,6 @@
 //! MAIL FROM: who may start a transaction, with which sender, within which budget.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use relayward_protocol::command::{self, Param};
@@ -7,16 +8,48 @@ use relayward_protocol::path::ReversePath;
 use relayward_protocol::reply::Reply;
 use relayward_protocol::text::Escaped;
 
-use super::{Flow, Session, Stream, Transaction};
+use super::{Ending, Flow, Session, Stream, Transaction};
 use crate::extensions;
 
 impl<S: Stream> Session<S> {
+    /// Takes the configuration a reload put in force since the last transaction, so that a
+    /// network no longer trusted or a user removed loses its rights in open sessions too, not
+    /// only in new ones (a session may last 30 minutes). Each transaction still runs under one
+    /// configuration. A login that is not the same account in the new one (removed, or its
+    /// password changed: a stolen password must stop working) ends the session.
+    fn follow_reload(&mut self) -> Option<Flow> {
+        let latest = self.sessions.current();
+        if Arc::ptr_eq(&latest, &self.ctx) {
+            return None;
+        }
+        let previous = std::mem::replace(&mut self.ctx, latest);
+        let login = self.login.as_deref()?;
+        if previous.users.same_account_in(&self.ctx.users, login) {
+            return None;
+        }
+        tracing::warn!(client = %self.client_ip, login = %Escaped(login), "session closed: a reload removed its login or changed its password");
+        Some(self.close_with(
+            Reply::enh(
+                421,
+                (4, 7, 0),
+                format!(
+                    "{} Your login was changed by the administrator; closing",
+                    self.ctx.hostname
+                ),
+            ),
+            Ending::Protocol("login revoked by a reload"),
+        ))
+    }
+
     pub(super) fn on_mail(&mut self, wire: &str, from: ReversePath, params: &[Param]) -> Flow {
         if self.helo.is_none() {
             return self.client_error(Reply::enh(503, (5, 5, 1), "Send HELO/EHLO first"));
         }
         if self.txn.is_some() {
             return self.client_error(Reply::enh(503, (5, 5, 1), "Nested MAIL command"));
+        }
+        if let Some(closing) = self.follow_reload() {
+            return closing;
         }
         if let Err(reply) = extensions::check_mail_params(params, self.offered())
             .and_then(|()| extensions::check_utf8_path(wire, command::has_smtputf8(params)))

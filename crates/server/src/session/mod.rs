@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use relayward_config::Live;
 use relayward_protocol::command::{Command, parse_command};
 use relayward_protocol::dsn::{MailDsn, RcptDsn};
 use relayward_protocol::limits::{MAX_AUTH_LINE, command_line_limit};
@@ -164,16 +165,17 @@ const DRAIN_LIMIT: usize = 1024 * 1024;
 /// Runs one session to its end. `client` is the real client (the peer, or what a trusted
 /// proxy said); `deadline` ends the session whatever it is doing (`session_timeout`, counted
 /// from the accept, so PROXY and TLS handshakes are inside it). I/O errors end the session;
-/// they are not the client's fault to be told about.
+/// they are not the client's fault to be told about. The session takes the context in force
+/// from `sessions` when it starts and again at each MAIL (see [`Session::follow_reload`]).
 pub async fn run<S: Stream>(
-    ctx: Arc<SessionContext>,
+    sessions: Live<SessionContext>,
     kind: ListenerKind,
     conn: Conn<S>,
     client: SocketAddr,
     shutdown: watch::Receiver<bool>,
     deadline: Deadline,
 ) -> Ending {
-    let mut session = Session::new(ctx, kind, conn, client, shutdown);
+    let mut session = Session::new(sessions, kind, conn, client, shutdown);
     let ending = match tokio::time::timeout_at(deadline, session.serve()).await {
         Ok(Ok(ending)) => ending,
         Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => Ending::Timeout,
@@ -228,6 +230,8 @@ enum Input {
 
 pub(super) struct Session<S> {
     ctx: Arc<SessionContext>,
+    /// Where a reloaded context comes from.
+    sessions: Live<SessionContext>,
     kind: ListenerKind,
     conn: Conn<S>,
     client_ip: IpAddr,
@@ -252,14 +256,15 @@ const JUNK_COMMAND_LIMIT: u32 = 100;
 
 impl<S: Stream> Session<S> {
     fn new(
-        ctx: Arc<SessionContext>,
+        sessions: Live<SessionContext>,
         kind: ListenerKind,
         conn: Conn<S>,
         client: SocketAddr,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         Self {
-            ctx,
+            ctx: sessions.current(),
+            sessions,
             kind,
             conn,
             client_ip: client.ip().to_canonical(),

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use relayward_server::auth::{AuthLimitSettings, AuthLimiter};
-use relayward_server::config::{Config, ListenerKind, Severity};
+use relayward_server::config::{Config, ListenerKind, Live, Severity};
 use relayward_server::listener::serve_connection;
 use relayward_server::policy::Policy;
 use relayward_server::ratelimit::{UserLimitSettings, UserRateLimiter};
@@ -39,7 +39,7 @@ pub use relayward_testkit::Smtp;
 #[allow(unused_imports)]
 pub use relayward_testkit::client::base64;
 #[allow(unused_imports)]
-pub use relayward_testkit::config::{PASSWORD, config_with_relay, standard_config};
+pub use relayward_testkit::config::{PASSWORD, config_with_relay, password_hash, standard_config};
 
 /// The longest a client read may wait on the paused clock: past every default timeout (the
 /// 30-minute session limit), so the session always speaks first.
@@ -48,7 +48,11 @@ const CLIENT_PATIENCE: Duration = Duration::from_secs(3600);
 /// One configuration's session side, serving in-process connections.
 pub struct Server {
     runtime: Arc<Runtime>,
-    ctx: Arc<SessionContext>,
+    /// The context new sessions (and open ones, at their next MAIL) take; [`Server::reload`]
+    /// swaps it as SIGHUP does.
+    current: Arc<Mutex<Arc<SessionContext>>>,
+    auth: Arc<AuthLimiter>,
+    users: Arc<UserRateLimiter>,
     /// What the sessions queued.
     pub queue: Arc<MemoryQueue>,
     pki: TestPki,
@@ -61,17 +65,7 @@ impl Server {
     /// `serve` does; panics with the configuration's errors if `serve` would refuse it.
     #[track_caller]
     pub fn start(toml: &str) -> Server {
-        let text = toml.replace("DATA_DIR", "/nonexistent/relayward-test");
-        let config = Config::from_toml_str(&text, "test.toml").expect("configuration parses");
-        if let Err(problems) = config.validate() {
-            let errors: Vec<String> = problems
-                .iter()
-                .filter(|p| p.severity == Severity::Error)
-                .map(ToString::to_string)
-                .collect();
-            assert!(errors.is_empty(), "serve would refuse this: {errors:?}");
-        }
-        let policy = Policy::from_config(&config).expect("policy");
+        let config = checked_config(toml);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .start_paused(true)
@@ -81,22 +75,49 @@ impl Server {
         let queue = Arc::new(MemoryQueue::new());
         let auth = AuthLimiter::new(AuthLimitSettings::from_limits(&config.limits));
         let users = UserRateLimiter::new(UserLimitSettings::from_limits(&config.limits));
+        let (auth, users) = (Arc::new(auth), Arc::new(users));
         let ctx = SessionContext::from_config(
             &config,
-            policy,
+            Policy::from_config(&config).expect("policy"),
             Some(pki.acceptor()),
             Arc::clone(&queue) as _,
-            Arc::new(auth),
-            Arc::new(users),
+            Arc::clone(&auth),
+            Arc::clone(&users),
         );
         Server {
             runtime: Arc::new(runtime),
-            ctx: Arc::new(ctx),
+            current: Arc::new(Mutex::new(Arc::new(ctx))),
+            auth,
+            users,
             queue,
             pki,
             shutdown: watch::channel(false).0,
             sessions: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Puts `toml` in force as a SIGHUP does: a new context for new sessions and for open
+    /// ones at their next transaction; the queue and the abuse counters carry over.
+    #[track_caller]
+    pub fn reload(&self, toml: &str) {
+        let config = checked_config(toml);
+        let ctx = SessionContext::from_config(
+            &config,
+            Policy::from_config(&config).expect("policy"),
+            Some(self.pki.acceptor()),
+            Arc::clone(&self.queue) as _,
+            Arc::clone(&self.auth),
+            Arc::clone(&self.users),
+        );
+        *self.current.lock().expect("context") = Arc::new(ctx);
+    }
+
+    fn sessions(&self) -> Live<SessionContext> {
+        let current = Arc::clone(&self.current);
+        Live::new(move || {
+            let ctx = current.lock().map(|c| Arc::clone(&c));
+            ctx.expect("context")
+        })
     }
 
     /// The CA a client trusts for this server's certificate.
@@ -133,11 +154,11 @@ impl Server {
         let ip: IpAddr = ip.parse().expect("client IP");
         let client = SocketAddr::new(ip, 40000);
         let (client_end, server_end) = tokio::io::duplex(1024 * 1024);
-        let ctx = Arc::clone(&self.ctx);
+        let sessions = self.sessions();
         let shutdown = self.shutdown.subscribe();
         let session = self.runtime.spawn(async move {
-            let deadline = tokio::time::Instant::now() + ctx.limits.session_timeout;
-            serve_connection(server_end, client, kind, ctx, shutdown, deadline).await
+            let deadline = tokio::time::Instant::now() + sessions.current().limits.session_timeout;
+            serve_connection(server_end, client, kind, sessions, shutdown, deadline).await
         });
         self.sessions.lock().expect("sessions").push(session);
         let mut smtp = Smtp::over(PipeLink::new(Arc::clone(&self.runtime), client_end));
@@ -171,6 +192,23 @@ impl Server {
             endings
         })
     }
+}
+
+/// `toml` parsed (`DATA_DIR` may stay: nothing is written); panics with the configuration's
+/// errors if `serve` would refuse it.
+#[track_caller]
+fn checked_config(toml: &str) -> Config {
+    let text = toml.replace("DATA_DIR", "/nonexistent/relayward-test");
+    let config = Config::from_toml_str(&text, "test.toml").expect("configuration parses");
+    if let Err(problems) = config.validate() {
+        let errors: Vec<String> = problems
+            .iter()
+            .filter(|p| p.severity == Severity::Error)
+            .map(ToString::to_string)
+            .collect();
+        assert!(errors.is_empty(), "serve would refuse this: {errors:?}");
+    }
+    config
 }
 
 fn listener_kind(kind: &str) -> ListenerKind {
