@@ -327,11 +327,12 @@ fn defaults_are_the_documented_ones() {
     assert!(b.verbose);
 }
 
-/// The confirm listener serves at most MAX_CONNECTIONS sessions at once (more get 421) and
-/// refuses a message past MAX_MESSAGE with 552 instead of reading on.
+/// The confirm listener serves at most MAX_CONNECTIONS sessions at once (more get 421),
+/// from senders that each hold at most MAX_CONNECTIONS_PER_SENDER of them, and refuses a
+/// message past MAX_MESSAGE with 552 instead of reading on.
 #[tokio::test]
 async fn confirm_listener_caps_sessions_and_message_size() {
-    use relayward_probe::confirm::{MAX_CONNECTIONS, MAX_MESSAGE};
+    use relayward_probe::confirm::{MAX_CONNECTIONS, MAX_CONNECTIONS_PER_SENDER, MAX_MESSAGE};
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let server = ConfirmServer::bind("127.0.0.1:0".parse().unwrap(), "confirm.test")
         .await
@@ -343,14 +344,20 @@ async fn confirm_listener_caps_sessions_and_message_size() {
         let _ = tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut line)).await;
         (r, line)
     };
+    // From 127.0.0.10, .11, …: each sender its share, all of them the listener's whole.
+    let from = |n: usize| async move {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        let ip = std::net::Ipv4Addr::new(127, 0, 0, 10 + n as u8);
+        socket.bind((ip, 0).into()).expect("bind");
+        socket.connect(addr).await.expect("connect")
+    };
     let mut held = Vec::new();
-    for _ in 0..MAX_CONNECTIONS {
-        let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let (r, line) = banner(s).await;
+    for n in 0..MAX_CONNECTIONS {
+        let (r, line) = banner(from(n / MAX_CONNECTIONS_PER_SENDER).await).await;
         assert!(line.starts_with("220 "), "{line}");
         held.push(r);
     }
-    let extra = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let extra = from(MAX_CONNECTIONS / MAX_CONNECTIONS_PER_SENDER + 1).await;
     let (_, line) = banner(extra).await;
     assert!(line.starts_with("421 "), "{line}");
     drop(held);
