@@ -410,9 +410,11 @@ impl Connection {
         tls.get_ref().1.protocol_version().and_then(|v| v.as_str())
     }
 
-    /// Whether the connection may carry another message.
+    /// Whether the connection may carry another message: not broken, and out of step with
+    /// nothing (bytes the server sent that no reply of ours used would be read as the answers
+    /// to the next message's commands).
     pub fn reusable(&self) -> bool {
-        !self.broken && self.stream.is_some()
+        !self.broken && self.stream.is_some() && !self.reader.has_buffered()
     }
 
     /// How long ago the session was opened.
@@ -810,8 +812,20 @@ impl Connection {
         Ok((mail_reply, rcpt_replies, None))
     }
 
+    /// Before the content goes: the server must have said nothing beyond the replies read so
+    /// far. A reply ahead of its turn (a final `250` sent with the `354`) would be taken for
+    /// the answer to the dot, counting delivered a message the server may refuse: the
+    /// transaction is given up instead (deferred, so the message goes at least once).
+    fn in_step(&mut self) -> Result<(), SessionError> {
+        if self.reader.has_buffered() {
+            return Err(self.io_error("read", "replies out of turn (pipelining out of step)"));
+        }
+        Ok(())
+    }
+
     /// Writes the dot-stuffed content and the final dot; returns the final reply.
     async fn send_content(&mut self, content: &[u8]) -> Result<Reply, SessionError> {
+        self.in_step()?;
         let wire = dot_stuff(content);
         for chunk in wire.chunks(64 * 1024) {
             self.write(chunk, self.timeouts.data_block).await?;
@@ -823,6 +837,7 @@ impl Connection {
     /// dot-stuffing, no end marker; line ends CRLF as for DATA); returns the reply.
     async fn send_bdat(&mut self, content: &[u8]) -> Result<Reply, SessionError> {
         const PIECE: usize = 64 * 1024;
+        self.in_step()?;
         let chunk = crlf_line_ends(content);
         // The command and the first piece in one write: one segment for a small message.
         let (first, rest) = chunk.split_at(chunk.len().min(PIECE));

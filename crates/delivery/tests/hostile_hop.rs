@@ -1,0 +1,221 @@
+//! A hostile or broken next hop, byte for byte: a transcript server answers each command line
+//! with whatever bytes the test says (out-of-turn replies, drops), and the relay must neither
+//! lose a message, nor count it delivered when it was not, nor loop.
+
+mod support;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use relayward_queue::{Queue, RecipientStatus};
+use support::*;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+
+/// What the transcript server does after a command line (or, for `"."`, a message's end).
+#[derive(Clone)]
+enum Act {
+    /// Writes these bytes.
+    Say(&'static [u8]),
+    /// Writes these bytes and closes the connection.
+    SayAndClose(&'static [u8]),
+}
+
+/// What a transcript server saw: every line, and the messages it read to their dot.
+#[derive(Default)]
+struct Seen {
+    lines: Vec<String>,
+    messages: usize,
+    connections: usize,
+}
+
+/// A server on `ip` whose every connection greets with 220, then answers each line by
+/// `answer(line, n)` (`n`: how many messages this connection has read to the dot so far). A
+/// reply to `DATA` that starts with `354` makes it read the content up to the dot, then
+/// answer `"."`.
+async fn transcript(
+    ip: std::net::Ipv4Addr,
+    answer: impl Fn(&str, usize) -> Act + Send + Sync + 'static,
+) -> (SocketAddr, Arc<Mutex<Seen>>) {
+    let listener = TcpListener::bind((IpAddr::V4(ip), 0)).await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let answer = Arc::new(answer);
+    let log = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            log.lock().expect("seen").connections += 1;
+            let (answer, log) = (Arc::clone(&answer), Arc::clone(&log));
+            tokio::spawn(async move {
+                let (read, mut write) = tcp.into_split();
+                let mut read = BufReader::new(read);
+                if write
+                    .write_all(b"220 hostile.test ESMTP\r\n")
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let mut messages = 0;
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if read.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let command = line.trim_end().to_string();
+                    log.lock().expect("seen").lines.push(command.clone());
+                    let mut act = answer(&command, messages);
+                    let in_data = command.eq_ignore_ascii_case("DATA")
+                        && matches!(act, Act::Say(b) if b.starts_with(b"354"));
+                    if in_data {
+                        write_act(&mut write, &act).await;
+                        loop {
+                            line.clear();
+                            if read.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == ".\r\n" {
+                                break;
+                            }
+                        }
+                        messages += 1;
+                        log.lock().expect("seen").messages += 1;
+                        act = answer(".", messages);
+                    }
+                    if !write_act(&mut write, &act).await {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// Performs `act`; false when the connection is to end.
+async fn write_act(write: &mut tokio::net::tcp::OwnedWriteHalf, act: &Act) -> bool {
+    match act {
+        Act::Say(bytes) => write.write_all(bytes).await.is_ok(),
+        Act::SayAndClose(bytes) => {
+            let _ = write.write_all(bytes).await;
+            let _ = write.shutdown().await;
+            false
+        }
+    }
+}
+
+/// An ordinary EHLO answer with PIPELINING, else `250 ok` to everything but DATA (354) and
+/// its end (250).
+fn plain(line: &str) -> Act {
+    let upper = line.to_ascii_uppercase();
+    if upper.starts_with("EHLO") {
+        Act::Say(b"250-hostile.test\r\n250 PIPELINING\r\n")
+    } else if upper == "DATA" {
+        Act::Say(b"354 go on\r\n")
+    } else if upper == "QUIT" {
+        Act::SayAndClose(b"221 bye\r\n")
+    } else {
+        Act::Say(b"250 ok\r\n")
+    }
+}
+
+/// A relay whose MX for `far.test` is `mx` (DNS on `dns_ip`), with `messages` one-recipient
+/// messages queued; one run of the runner, bounded.
+async fn run_against(
+    dns_ip: std::net::Ipv4Addr,
+    mx: std::net::Ipv4Addr,
+    port: u16,
+    messages: &[&str],
+) -> Relay {
+    let zone = Zone::default()
+        .mx("far.test", 10, "mx.far.test")
+        .a("mx.far.test", mx);
+    let dns = DnsServer::start_on(dns_ip, zone).addr;
+    let relay = Relay::new();
+    for rcpt in messages {
+        relay.enqueue("alice@local.test", &[rcpt], "hi").await;
+    }
+    let mut config = relay.config(Some(dns), port);
+    config.max_per_destination = 1;
+    config.timeouts = relayward_delivery::Timeouts::uniform(Duration::from_secs(2));
+    let runner = relay.runner(config);
+    tokio::time::timeout(Duration::from_secs(30), runner.run_once())
+        .await
+        .expect("bounded");
+    relay
+}
+
+async fn pending(relay: &Relay) -> Vec<String> {
+    let mut left = Vec::new();
+    for m in relay.queue.list().await.expect("list") {
+        for r in m.recipients {
+            if r.status == RecipientStatus::Pending {
+                left.push(r.address);
+            }
+        }
+    }
+    left.sort();
+    left
+}
+
+/// `354` and then the connection drops before the reply to the dot: the message is not
+/// counted delivered (it stays queued, to be sent again: at least once).
+#[tokio::test]
+async fn a_drop_before_the_final_reply_defers() {
+    let mx = ip(127, 70, 0, 2);
+    let (addr, seen) = transcript(mx, |line, _| match line {
+        "." => Act::SayAndClose(b""),
+        l => plain(l),
+    })
+    .await;
+    let relay = run_against(ip(127, 70, 0, 1), mx, addr.port(), &["bob@far.test"]).await;
+    assert_eq!(seen.lock().expect("seen").messages, 1);
+    assert_eq!(pending(&relay).await, ["bob@far.test"]);
+}
+
+/// A final reply sent before the content (with the `354`): the reply the relay reads after
+/// its dot is that early one, not the answer to the message (here a refusal). The relay must
+/// not count the message delivered on a reply that came out of turn: it defers.
+#[tokio::test]
+async fn a_final_reply_ahead_of_the_content_is_not_a_delivery() {
+    let mx = ip(127, 71, 0, 2);
+    let (addr, seen) = transcript(mx, |line, _| match line {
+        "DATA" => Act::Say(b"354 go on\r\n250 2.0.0 queued before you sent it\r\n"),
+        "." => Act::Say(b"550 5.7.1 refused after all\r\n"),
+        l => plain(l),
+    })
+    .await;
+    let relay = run_against(ip(127, 71, 0, 1), mx, addr.port(), &["bob@far.test"]).await;
+    assert!(seen.lock().expect("seen").messages <= 1);
+    assert_eq!(pending(&relay).await, ["bob@far.test"]);
+}
+
+/// A reply nobody asked for after a message's end (a server that answers the dot twice):
+/// the connection is out of step, so it is not reused; the next message goes on a new
+/// connection and is delivered, not refused on the stale replies.
+#[tokio::test]
+async fn a_connection_with_replies_out_of_turn_is_not_reused() {
+    let mx = ip(127, 72, 0, 2);
+    let (addr, seen) = transcript(mx, |line, n| match line {
+        "." if n == 1 => Act::Say(b"250 2.0.0 queued\r\n250 2.0.0 queued again\r\n"),
+        l => plain(l),
+    })
+    .await;
+    let relay = run_against(
+        ip(127, 72, 0, 1),
+        mx,
+        addr.port(),
+        &["bob@far.test", "carol@far.test"],
+    )
+    .await;
+    assert!(
+        pending(&relay).await.is_empty(),
+        "{:?}",
+        pending(&relay).await
+    );
+    let seen = seen.lock().expect("seen");
+    assert_eq!(seen.messages, 2);
+    assert_eq!(seen.connections, 2, "{:?}", seen.lines);
+}
