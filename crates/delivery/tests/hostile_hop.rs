@@ -219,3 +219,43 @@ async fn a_connection_with_replies_out_of_turn_is_not_reused() {
     assert_eq!(seen.messages, 2);
     assert_eq!(seen.connections, 2, "{:?}", seen.lines);
 }
+
+/// An MX host whose address is `0.0.0.0`: a connection to it reaches this host's loopback
+/// listener, which here is the relay's own. The runner must see the loop before it connects
+/// (and bounce "loops back to myself") instead of queueing the message to itself.
+#[tokio::test]
+async fn an_mx_at_the_unspecified_address_is_a_loop_to_our_own_listener() {
+    let (own, seen) = transcript(ip(127, 0, 0, 1), |line, _| plain(line)).await;
+    let zone = Zone::default()
+        .mx("far.test", 10, "mx.far.test")
+        .a("mx.far.test", ip(0, 0, 0, 0));
+    let dns = DnsServer::start_on(ip(127, 73, 0, 1), zone).addr;
+    let relay = Relay::new();
+    let id = relay
+        .enqueue("alice@local.test", &["bob@far.test"], "hi")
+        .await;
+    let listeners = relayward_delivery::OwnListeners::default();
+    listeners.set(vec![own]);
+    let context = relayward_delivery::DeliveryContext::new(
+        relay.config(Some(dns), own.port()),
+        relay.router(),
+    )
+    .expect("context")
+    .with_own_listeners(listeners);
+    let runner = relayward_delivery::Runner::with_context(relay.dyn_queue(), context);
+    // The first run bounces the message, the second delivers the bounce to alice's Maildir.
+    for _ in 0..2 {
+        tokio::time::timeout(Duration::from_secs(30), runner.run_once())
+            .await
+            .expect("bounded");
+    }
+    assert_eq!(
+        seen.lock().expect("seen").connections,
+        0,
+        "connected to itself"
+    );
+    assert!(relay.queue.get(&id).await.is_err(), "not bounced");
+    let bounces = relay.maildir("local.test", "alice");
+    let bounce = String::from_utf8_lossy(bounces.first().map_or(&[][..], |b| b)).into_owned();
+    assert!(bounce.contains("loops back to myself"), "{bounce}");
+}
