@@ -486,9 +486,12 @@ impl Connection {
         if reply.code != 220 {
             if required || reply.code == 421 {
                 self.broken = true;
-                return Err(self
-                    .reply_error(&reply, "STARTTLS")
-                    .tls("starttls-not-supported"));
+                // A refusal (a 5xx as much as a 4xx, which a man in the middle can forge as
+                // easily as he strips the keyword) is the next hop's TLS failing, never the
+                // recipient's fault: the mail waits, as for STARTTLS not offered at all.
+                let mut error = self.reply_error(&reply, "STARTTLS");
+                error.failure = error.failure.as_transient();
+                return Err(error.tls("starttls-not-supported"));
             }
             return Ok(());
         }

@@ -129,6 +129,17 @@ async fn run_against(
     port: u16,
     messages: &[&str],
 ) -> Relay {
+    run_with(dns_ip, mx, port, messages, |_| {}).await
+}
+
+/// [`run_against`] with the configuration changed by `tweak`.
+async fn run_with(
+    dns_ip: std::net::Ipv4Addr,
+    mx: std::net::Ipv4Addr,
+    port: u16,
+    messages: &[&str],
+    tweak: impl FnOnce(&mut relayward_delivery::DeliveryConfig),
+) -> Relay {
     let zone = Zone::default()
         .mx("far.test", 10, "mx.far.test")
         .a("mx.far.test", mx);
@@ -140,6 +151,7 @@ async fn run_against(
     let mut config = relay.config(Some(dns), port);
     config.max_per_destination = 1;
     config.timeouts = relayward_delivery::Timeouts::uniform(Duration::from_secs(2));
+    tweak(&mut config);
     let runner = relay.runner(config);
     tokio::time::timeout(Duration::from_secs(30), runner.run_once())
         .await
@@ -258,4 +270,28 @@ async fn an_mx_at_the_unspecified_address_is_a_loop_to_our_own_listener() {
     let bounces = relay.maildir("local.test", "alice");
     let bounce = String::from_utf8_lossy(bounces.first().map_or(&[][..], |b| b)).into_owned();
     assert!(bounce.contains("loops back to myself"), "{bounce}");
+}
+
+/// Under `[[tls_policy]] mode = "require-verified"` the mail waits for TLS: a server (or a
+/// man in the middle) answering STARTTLS with a 5xx must not turn that into a bounce (RFC
+/// 8461 §5 likewise: no permanent failure for want of the TLS a policy demands).
+#[tokio::test]
+async fn a_5xx_to_starttls_under_a_required_policy_defers() {
+    use relayward_delivery::config::{DomainTlsMode, DomainTlsPolicy};
+    let mx = ip(127, 74, 0, 2);
+    let (addr, seen) = transcript(mx, |line, _| match line {
+        l if l.starts_with("EHLO") => Act::Say(b"250-hostile.test\r\n250 STARTTLS\r\n"),
+        "STARTTLS" => Act::Say(b"554 5.7.0 no TLS for you\r\n"),
+        l => plain(l),
+    })
+    .await;
+    let relay = run_with(ip(127, 74, 0, 1), mx, addr.port(), &["bob@far.test"], |c| {
+        c.tls_policies = vec![DomainTlsPolicy {
+            domain: "far.test".into(),
+            mode: DomainTlsMode::RequireVerified,
+        }];
+    })
+    .await;
+    assert_eq!(seen.lock().expect("seen").messages, 0);
+    assert_eq!(pending(&relay).await, ["bob@far.test"]);
 }
