@@ -331,9 +331,20 @@ async fn session(
         opened: std::time::Instant::now(),
         reported_for: std::collections::HashSet::new(),
     };
-    conn.greeting().await?;
-    conn.hello(&params.helo).await?;
-    conn.negotiate_tls(params).await?;
+    let before_tls = async {
+        conn.greeting().await?;
+        conn.hello(&params.helo).await?;
+        conn.negotiate_tls(params).await
+    };
+    if let Err(mut error) = before_tls.await {
+        // Under a policy that requires TLS, what the next hop says in clear text (a 5xx
+        // greeting, EHLO or STARTTLS reply) is not authenticated: a man in the middle forges
+        // it as easily as he strips STARTTLS. The mail waits for TLS; it never bounces on it.
+        if matches!(params.tls, TlsPolicy::Required { .. }) && !conn.tls {
+            error.failure = error.failure.as_transient();
+        }
+        return Err(error);
+    }
     if let Some(credentials) = &params.credentials {
         conn.authenticate(credentials).await?;
     }
@@ -486,12 +497,10 @@ impl Connection {
         if reply.code != 220 {
             if required || reply.code == 421 {
                 self.broken = true;
-                // A refusal (a 5xx as much as a 4xx, which a man in the middle can forge as
-                // easily as he strips the keyword) is the next hop's TLS failing, never the
-                // recipient's fault: the mail waits, as for STARTTLS not offered at all.
-                let mut error = self.reply_error(&reply, "STARTTLS");
-                error.failure = error.failure.as_transient();
-                return Err(error.tls("starttls-not-supported"));
+                // A 5xx refusal is made transient by `session`, as for STARTTLS not offered.
+                return Err(self
+                    .reply_error(&reply, "STARTTLS")
+                    .tls("starttls-not-supported"));
             }
             return Ok(());
         }

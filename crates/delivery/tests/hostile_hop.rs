@@ -30,8 +30,8 @@ struct Seen {
     connections: usize,
 }
 
-/// A server on `ip` whose every connection greets with 220, then answers each line by
-/// `answer(line, n)` (`n`: how many messages this connection has read to the dot so far). A
+/// A server on `ip` whose every connection greets with `answer("", 0)`, then answers each
+/// line by `answer(line, n)` (`n`: how many messages this connection has read to the dot so far). A
 /// reply to `DATA` that starts with `354` makes it read the content up to the dot, then
 /// answer `"."`.
 async fn transcript(
@@ -50,11 +50,7 @@ async fn transcript(
             tokio::spawn(async move {
                 let (read, mut write) = tcp.into_split();
                 let mut read = BufReader::new(read);
-                if write
-                    .write_all(b"220 hostile.test ESMTP\r\n")
-                    .await
-                    .is_err()
-                {
+                if !write_act(&mut write, &answer("", 0)).await {
                     return;
                 }
                 let mut messages = 0;
@@ -106,11 +102,13 @@ async fn write_act(write: &mut tokio::net::tcp::OwnedWriteHalf, act: &Act) -> bo
     }
 }
 
-/// An ordinary EHLO answer with PIPELINING, else `250 ok` to everything but DATA (354) and
+/// A 220 greeting, an ordinary EHLO answer with PIPELINING, else `250 ok` to everything but DATA (354) and
 /// its end (250).
 fn plain(line: &str) -> Act {
     let upper = line.to_ascii_uppercase();
-    if upper.starts_with("EHLO") {
+    if upper.is_empty() {
+        Act::Say(b"220 hostile.test ESMTP\r\n")
+    } else if upper.starts_with("EHLO") {
         Act::Say(b"250-hostile.test\r\n250 PIPELINING\r\n")
     } else if upper == "DATA" {
         Act::Say(b"354 go on\r\n")
@@ -294,4 +292,35 @@ async fn a_5xx_to_starttls_under_a_required_policy_defers() {
     .await;
     assert_eq!(seen.lock().expect("seen").messages, 0);
     assert_eq!(pending(&relay).await, ["bob@far.test"]);
+}
+
+/// The same for a 5xx greeting, or a 5xx to EHLO and HELO, before TLS is up: under a
+/// required policy nothing said in clear text may bounce the mail.
+#[tokio::test]
+async fn a_5xx_in_clear_text_under_a_required_policy_defers() {
+    use relayward_delivery::config::{DomainTlsMode, DomainTlsPolicy};
+    let refusals: [fn(&str, usize) -> Act; 2] = [
+        |line, _| match line {
+            "" => Act::SayAndClose(b"554 5.7.1 go away\r\n"),
+            l => plain(l),
+        },
+        |line, _| match line {
+            l if l.starts_with("EHLO") || l.starts_with("HELO") => {
+                Act::Say(b"550 5.7.1 not you\r\n")
+            }
+            l => plain(l),
+        },
+    ];
+    for (n, refusal) in (1..).zip(refusals) {
+        let mx = ip(127, 75, n, 2);
+        let (addr, _) = transcript(mx, refusal).await;
+        let relay = run_with(ip(127, 75, n, 1), mx, addr.port(), &["bob@far.test"], |c| {
+            c.tls_policies = vec![DomainTlsPolicy {
+                domain: "far.test".into(),
+                mode: DomainTlsMode::RequireVerified,
+            }];
+        })
+        .await;
+        assert_eq!(pending(&relay).await, ["bob@far.test"], "refusal {n}");
+    }
 }
