@@ -324,3 +324,30 @@ async fn a_5xx_in_clear_text_under_a_required_policy_defers() {
         assert_eq!(pending(&relay).await, ["bob@far.test"], "refusal {n}");
     }
 }
+
+/// A refusal carrying terminal escapes, a NUL and bytes that are not UTF-8: the bounce to our
+/// own user quotes it, but with every control character escaped (no NUL in a message, no
+/// escape sequence that redraws the reader's terminal).
+#[tokio::test]
+async fn controls_in_a_refusal_are_escaped_in_the_bounce() {
+    let mx = ip(127, 76, 0, 2);
+    let (addr, _) = transcript(mx, |line, _| match line {
+        l if l.starts_with("RCPT") => Act::Say(b"550 5.1.1 \x1b[2Jgone\x00 \xff\xfe away\x07\r\n"),
+        l => plain(l),
+    })
+    .await;
+    let relay = run_against(ip(127, 76, 0, 1), mx, addr.port(), &["bob@far.test"]).await;
+    // The bounce is queued to alice; a second run puts it in her Maildir.
+    let runner = relay.runner(relay.config(None, 1));
+    tokio::time::timeout(Duration::from_secs(30), runner.run_once())
+        .await
+        .expect("bounded");
+    let bounces = relay.maildir("local.test", "alice");
+    let bounce = bounces.first().cloned().unwrap_or_default();
+    let text = String::from_utf8_lossy(&bounce).into_owned();
+    assert!(text.contains("gone"), "{text}");
+    assert!(
+        !bounce.iter().any(|&b| b == 0x1b || b == 0 || b == 0x07),
+        "{text:?}"
+    );
+}
