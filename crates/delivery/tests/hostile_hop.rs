@@ -351,3 +351,76 @@ async fn controls_in_a_refusal_are_escaped_in_the_bounce() {
         "{text:?}"
     );
 }
+
+/// Partial acceptance: one recipient taken, one `452` (too many recipients), one `550`. The
+/// message goes once, to the one taken; the `452` waits, the `550` bounces.
+#[tokio::test]
+async fn partial_acceptance_sends_once_and_keeps_the_rest_apart() {
+    let mx = ip(127, 77, 0, 2);
+    let (addr, seen) = transcript(mx, |line, _| match line {
+        l if l.starts_with("RCPT TO:<later@") => Act::Say(b"452 4.5.3 too many recipients\r\n"),
+        l if l.starts_with("RCPT TO:<gone@") => Act::Say(b"550 5.1.1 no such user\r\n"),
+        l => plain(l),
+    })
+    .await;
+    let zone = Zone::default()
+        .mx("far.test", 10, "mx.far.test")
+        .a("mx.far.test", mx);
+    let dns = DnsServer::start_on(ip(127, 77, 0, 1), zone).addr;
+    let relay = Relay::new();
+    relay
+        .enqueue(
+            "alice@local.test",
+            &["bob@far.test", "later@far.test", "gone@far.test"],
+            "hi",
+        )
+        .await;
+    let runner = relay.runner(relay.config(Some(dns), addr.port()));
+    tokio::time::timeout(Duration::from_secs(30), runner.run_once())
+        .await
+        .expect("bounded");
+    assert_eq!(seen.lock().expect("seen").messages, 1);
+    // later@ waits; the bounce for gone@ is queued to alice.
+    assert_eq!(
+        pending(&relay).await,
+        ["alice@local.test", "later@far.test"]
+    );
+}
+
+/// Replies that cannot be trusted to the dot: codes that change between the lines of one
+/// reply, a reply without its line end before the close, a `421` — each defers, never
+/// delivers, never bounces.
+#[tokio::test]
+async fn untrustworthy_final_replies_defer() {
+    let finals: [&'static [u8]; 3] = [
+        b"250-2.0.0 queued\r\n550 5.0.0 or not\r\n",
+        b"250 2.0.0 queued",
+        b"421 4.3.2 shutting down\r\n",
+    ];
+    for (n, last) in (1..).zip(finals) {
+        let mx = ip(127, 78, n, 2);
+        let (addr, _) = transcript(mx, move |line, _| match line {
+            "." => Act::SayAndClose(last),
+            l => plain(l),
+        })
+        .await;
+        let relay = run_against(ip(127, 78, n, 1), mx, addr.port(), &["bob@far.test"]).await;
+        assert_eq!(pending(&relay).await, ["bob@far.test"], "final reply {n}");
+    }
+}
+
+/// `250` to the dot and then the connection is reset: delivered, and only once (the QUIT
+/// that fails changes nothing).
+#[tokio::test]
+async fn a_reset_after_the_final_250_is_still_one_delivery() {
+    let mx = ip(127, 79, 0, 2);
+    let (addr, seen) = transcript(mx, |line, _| match line {
+        "." => Act::SayAndClose(b"250 2.0.0 queued\r\n"),
+        l => plain(l),
+    })
+    .await;
+    let relay = run_against(ip(127, 79, 0, 1), mx, addr.port(), &["bob@far.test"]).await;
+    assert!(pending(&relay).await.is_empty());
+    assert!(relay.queue.list().await.expect("list").is_empty());
+    assert_eq!(seen.lock().expect("seen").messages, 1);
+}
