@@ -424,3 +424,34 @@ async fn a_reset_after_the_final_250_is_still_one_delivery() {
     assert!(relay.queue.list().await.expect("list").is_empty());
     assert_eq!(seen.lock().expect("seen").messages, 1);
 }
+
+/// A domain with many MX hosts that each accept the connection and then never greet: each
+/// costs its greeting timeout, so one attempt stops after a few such sessions (the recipient
+/// waits for its retry) instead of holding its delivery slot through all of them.
+#[tokio::test]
+async fn an_attempt_makes_a_bounded_number_of_sessions() {
+    let mx = ip(127, 80, 0, 2);
+    let (addr, seen) = transcript(mx, |line, _| match line {
+        "" => Act::Say(b""),
+        l => plain(l),
+    })
+    .await;
+    let mut zone = Zone::default();
+    for n in 0..8 {
+        let host = format!("mx{n}.far.test");
+        zone = zone.mx("far.test", 10, &host).a(&host, mx);
+    }
+    let dns = DnsServer::start_on(ip(127, 80, 0, 1), zone).addr;
+    let relay = Relay::new();
+    relay
+        .enqueue("alice@local.test", &["bob@far.test"], "hi")
+        .await;
+    let mut config = relay.config(Some(dns), addr.port());
+    config.timeouts = relayward_delivery::Timeouts::uniform(Duration::from_millis(300));
+    let runner = relay.runner(config);
+    tokio::time::timeout(Duration::from_secs(30), runner.run_once())
+        .await
+        .expect("bounded");
+    assert_eq!(pending(&relay).await, ["bob@far.test"]);
+    assert_eq!(seen.lock().expect("seen").connections, 3);
+}
