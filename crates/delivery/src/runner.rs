@@ -1217,7 +1217,7 @@ impl Runner {
         journal.answered(
             envelope.recipients,
             &conn.remote,
-            conn.last_reply().map(ToString::to_string),
+            conn.last_reply().map(crate::outcome::reply_text),
         );
         if conn.reusable() && may_reuse(&self.context().settings, &conn, Instant::now()) {
             if let Some(oldest) = self.put_pooled(key, conn) {

@@ -455,3 +455,34 @@ async fn an_attempt_makes_a_bounded_number_of_sessions() {
     assert_eq!(pending(&relay).await, ["bob@far.test"]);
     assert_eq!(seen.lock().expect("seen").connections, 3);
 }
+
+/// A refusal of 255 lines of 4000 octets (a megabyte, within the reader's limits) to the
+/// RCPT: what the queue keeps of it is cut short, not a megabyte per recipient.
+#[tokio::test]
+async fn a_megabyte_reply_is_kept_short() {
+    static HUGE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let huge = HUGE.get_or_init(|| {
+        let mut reply = Vec::new();
+        for _ in 0..255 {
+            reply.extend_from_slice(b"451-4.3.0 ");
+            reply.extend_from_slice(&[b'x'; 4000]);
+            reply.extend_from_slice(b"\r\n");
+        }
+        reply.extend_from_slice(b"451 4.3.0 later\r\n");
+        reply
+    });
+    let mx = ip(127, 81, 0, 2);
+    let (addr, _) = transcript(mx, move |line, _| match line {
+        l if l.starts_with("RCPT") => Act::Say(huge),
+        l => plain(l),
+    })
+    .await;
+    let relay = run_against(ip(127, 81, 0, 1), mx, addr.port(), &["bob@far.test"]).await;
+    let queued = relay.queue.list().await.expect("list");
+    let error = queued[0].recipients[0]
+        .last_error
+        .clone()
+        .unwrap_or_default();
+    assert!(error.starts_with("451 4.3.0 xxx"), "{}", &error[..40]);
+    assert!(error.len() < 2000, "{} octets kept", error.len());
+}
