@@ -312,6 +312,7 @@ struct Entries {
 }
 
 impl Entries {
+    #[cfg(test)]
     fn len(&self) -> usize {
         self.map.len()
     }
