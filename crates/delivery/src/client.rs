@@ -331,9 +331,20 @@ async fn session(
         opened: std::time::Instant::now(),
         reported_for: std::collections::HashSet::new(),
     };
-    conn.greeting().await?;
-    conn.hello(&params.helo).await?;
-    conn.negotiate_tls(params).await?;
+    let before_tls = async {
+        conn.greeting().await?;
+        conn.hello(&params.helo).await?;
+        conn.negotiate_tls(params).await
+    };
+    if let Err(mut error) = before_tls.await {
+        // Under a policy that requires TLS, what the next hop says in clear text (a 5xx
+        // greeting, EHLO or STARTTLS reply) is not authenticated: a man in the middle forges
+        // it as easily as he strips STARTTLS. The mail waits for TLS; it never bounces on it.
+        if matches!(params.tls, TlsPolicy::Required { .. }) && !conn.tls {
+            error.failure = error.failure.as_transient();
+        }
+        return Err(error);
+    }
     if let Some(credentials) = &params.credentials {
         conn.authenticate(credentials).await?;
     }
@@ -410,9 +421,11 @@ impl Connection {
         tls.get_ref().1.protocol_version().and_then(|v| v.as_str())
     }
 
-    /// Whether the connection may carry another message.
+    /// Whether the connection may carry another message: not broken, and out of step with
+    /// nothing (bytes the server sent that no reply of ours used would be read as the answers
+    /// to the next message's commands).
     pub fn reusable(&self) -> bool {
-        !self.broken && self.stream.is_some()
+        !self.broken && self.stream.is_some() && !self.reader.has_buffered()
     }
 
     /// How long ago the session was opened.
@@ -484,6 +497,7 @@ impl Connection {
         if reply.code != 220 {
             if required || reply.code == 421 {
                 self.broken = true;
+                // A 5xx refusal is made transient by `session`, as for STARTTLS not offered.
                 return Err(self
                     .reply_error(&reply, "STARTTLS")
                     .tls("starttls-not-supported"));
@@ -810,8 +824,20 @@ impl Connection {
         Ok((mail_reply, rcpt_replies, None))
     }
 
+    /// Before the content goes: the server must have said nothing beyond the replies read so
+    /// far. A reply ahead of its turn (a final `250` sent with the `354`) would be taken for
+    /// the answer to the dot, counting delivered a message the server may refuse: the
+    /// transaction is given up instead (deferred, so the message goes at least once).
+    fn in_step(&mut self) -> Result<(), SessionError> {
+        if self.reader.has_buffered() {
+            return Err(self.io_error("read", "replies out of turn (pipelining out of step)"));
+        }
+        Ok(())
+    }
+
     /// Writes the dot-stuffed content and the final dot; returns the final reply.
     async fn send_content(&mut self, content: &[u8]) -> Result<Reply, SessionError> {
+        self.in_step()?;
         let wire = dot_stuff(content);
         for chunk in wire.chunks(64 * 1024) {
             self.write(chunk, self.timeouts.data_block).await?;
@@ -823,6 +849,7 @@ impl Connection {
     /// dot-stuffing, no end marker; line ends CRLF as for DATA); returns the reply.
     async fn send_bdat(&mut self, content: &[u8]) -> Result<Reply, SessionError> {
         const PIECE: usize = 64 * 1024;
+        self.in_step()?;
         let chunk = crlf_line_ends(content);
         // The command and the first piece in one write: one segment for a small message.
         let (first, rest) = chunk.split_at(chunk.len().min(PIECE));

@@ -469,9 +469,12 @@ pub(crate) fn original_recipient(out: &mut String, orcpt: Option<&Orcpt>, parts:
     }
 }
 
-/// Text from elsewhere on one line of a report field.
+/// Text from elsewhere on one line of a report field: line ends become spaces, and every
+/// other control character (a next hop's reply may carry ESC, NUL, BEL) is escaped, so that
+/// no report holds a NUL or an escape sequence that redraws its reader's terminal.
 pub(crate) fn one_line(text: &str) -> String {
-    text.replace(['\r', '\n'], " ")
+    let line = text.replace(['\r', '\n'], " ");
+    relayward_protocol::text::escape_control(&line).into_owned()
 }
 
 /// The longest start of `headers` that is at most `cap` octets and ends where a header field

@@ -7,7 +7,7 @@
 //! the addresses its listeners are bound to; a listener on `0.0.0.0` or `[::]` stands for every
 //! address of this host, which is any address a socket can bind to here.
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::{Arc, PoisonError, RwLock};
 
 /// The addresses the server's listeners are bound to. Shared: `serve` sets it after binding
@@ -20,9 +20,15 @@ impl OwnListeners {
         *self.0.write().unwrap_or_else(PoisonError::into_inner) = addresses;
     }
 
-    /// Whether connecting to `target` would reach one of our own listeners.
+    /// Whether connecting to `target` would reach one of our own listeners. A connection to
+    /// the unspecified address (`0.0.0.0`, `::`: an MX record's A or AAAA may say so) goes to
+    /// this host's loopback address, so that is what it is compared as.
     pub fn contains(&self, target: SocketAddr) -> bool {
-        let target_ip = target.ip().to_canonical();
+        let target_ip = match target.ip().to_canonical() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
         let listeners = self.0.read().unwrap_or_else(PoisonError::into_inner);
         listeners.iter().any(|listener| {
             listener.port() == target.port()
@@ -57,5 +63,11 @@ mod tests {
         // ...but not a documentation address no interface of a test machine has.
         assert!(!own.contains("192.0.2.77:25".parse().unwrap()));
         assert!(!own.contains("127.0.0.2:2525".parse().unwrap()));
+        // A connection to the unspecified address lands on loopback.
+        assert!(own.contains("0.0.0.0:2525".parse().unwrap()));
+        assert!(own.contains("[::ffff:0.0.0.0]:2525".parse().unwrap()));
+        assert!(!own.contains("0.0.0.0:2526".parse().unwrap()));
+        own.set(vec!["[::1]:2525".parse().unwrap()]);
+        assert!(own.contains("[::]:2525".parse().unwrap()));
     }
 }

@@ -288,11 +288,82 @@ struct Cached {
     expires: u64,
 }
 
+impl Cached {
+    /// About what the entry holds in memory, its domain name included.
+    fn weight(&self, domain: &str) -> usize {
+        const OVERHEAD: usize = 128;
+        let patterns: usize = self.policy.mx.iter().map(|p| p.len() + 24).sum();
+        OVERHEAD + domain.len() + self.id.len() + patterns
+    }
+}
+
+/// The most the cached policies may weigh together ([`Cached::weight`]). Each domain's zone
+/// decides how big its policy is (up to [`MAX_POLICY_BYTES`]) and for how long it is kept (up
+/// to a year), and a relay sends to any domain its users (or its bounces) name: without a
+/// bound, domains serving big policies would grow the cache without end. Real policies are a
+/// few hundred bytes, so this keeps tens of thousands of them.
+const MAX_CACHE_WEIGHT: usize = 16 * 1024 * 1024;
+
+/// The cached policies by domain, and their total weight.
+#[derive(Default)]
+struct Entries {
+    map: HashMap<String, Cached>,
+    weight: usize,
+}
+
+impl Entries {
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn get(&self, domain: &str) -> Option<&Cached> {
+        self.map.get(domain)
+    }
+
+    fn remove(&mut self, domain: &str) {
+        if let Some(old) = self.map.remove(domain) {
+            self.weight = self.weight.saturating_sub(old.weight(domain));
+        }
+    }
+
+    /// Keeps `entry` for `domain`; when the cache would weigh too much, expired entries leave
+    /// first, then those expiring soonest.
+    fn insert(&mut self, domain: String, entry: Cached, now: u64) {
+        self.remove(&domain);
+        let weight = entry.weight(&domain);
+        if self.weight + weight > MAX_CACHE_WEIGHT {
+            let expired: Vec<String> = self
+                .map
+                .iter()
+                .filter(|(_, e)| e.expires <= now)
+                .map(|(d, _)| d.clone())
+                .collect();
+            for d in expired {
+                self.remove(&d);
+            }
+        }
+        while self.weight + weight > MAX_CACHE_WEIGHT {
+            let Some(soonest) = self
+                .map
+                .iter()
+                .min_by_key(|(_, e)| e.expires)
+                .map(|(d, _)| d.clone())
+            else {
+                break;
+            };
+            self.remove(&soonest);
+        }
+        self.weight += weight;
+        self.map.insert(domain, entry);
+    }
+}
+
 /// Policies by domain, kept for `max_age` (RFC 8461 §5.1). In memory: it outlives reloads
 /// (the runner keeps it), not restarts.
 #[derive(Default)]
 pub struct StsCache {
-    entries: Mutex<HashMap<String, Cached>>,
+    entries: Mutex<Entries>,
     /// One discovery per domain at a time: concurrent deliveries to a new domain wait for
     /// the first one's fetch instead of fetching too.
     discovering: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -378,10 +449,11 @@ impl StsCache {
                 policy,
                 expires,
             },
+            now,
         );
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
         self.entries
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -479,5 +551,31 @@ mod tests {
         assert_eq!(record_id(&two), None);
         assert_eq!(record_id(&[b"v=STSv2; id=a;".to_vec()]), None);
         assert_eq!(record_id(&[]), None);
+    }
+
+    /// A zone serving a policy near the 64 KiB limit, kept for a year, under many names: the
+    /// cache stays bounded (the entries expiring soonest leave), and keeps the newest.
+    #[test]
+    fn the_cache_is_bounded_however_big_the_policies() {
+        let cache = StsCache::default();
+        let mx: Vec<String> = (0..2000).map(|i| format!("mx{i:05}.big.test")).collect();
+        let policy = Arc::new(StsPolicy {
+            mode: StsMode::Enforce,
+            mx,
+            max_age: MAX_AGE_LIMIT,
+        });
+        let domains = 1000;
+        for n in 0..domains {
+            cache.store(
+                &format!("d{n}.big.test"),
+                "id1".into(),
+                Arc::clone(&policy),
+                n,
+            );
+        }
+        let kept = cache.lock().len();
+        assert!(kept > 0 && kept < domains as usize / 2, "kept {kept}");
+        assert!(cache.cached("d999.big.test", 1000).is_some());
+        assert!(cache.cached("d0.big.test", 1000).is_none());
     }
 }

@@ -19,6 +19,22 @@ impl Outcome {
     }
 }
 
+/// The most characters of a reply kept (in the queue, the logs, the reports). A reply may
+/// have 256 lines of 4 KiB each: a next hop answering every recipient so would store a
+/// megabyte per recipient in its queue entry, the mail log and the bounce.
+pub const MAX_REPLY_TEXT: usize = 1000;
+
+/// A reply as one line (`code enhanced text`, the lines joined), cut after
+/// [`MAX_REPLY_TEXT`] characters with `...` added.
+pub fn reply_text(reply: &Reply) -> String {
+    let mut line = reply.to_string();
+    if let Some((cut, _)) = line.char_indices().nth(MAX_REPLY_TEXT) {
+        line.truncate(cut);
+        line.push_str("...");
+    }
+    line
+}
+
 /// Why a recipient was not delivered: the pieces of an RFC 3464 per-recipient block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
@@ -39,7 +55,7 @@ impl Failure {
         // A reply code is 2xx to 5xx, so its class fits a u8.
         let class = u8::try_from(reply.code / 100).unwrap_or(4);
         let status = reply.enhanced.unwrap_or(EnhancedCode::new(class, 0, 0));
-        let line = reply.to_string();
+        let line = reply_text(reply);
         Self {
             status,
             smtp_reply: Some(line.clone()),

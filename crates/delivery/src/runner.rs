@@ -49,6 +49,13 @@ const CLAIM_BATCH: usize = 256;
 const MAX_HOSTS: usize = 10;
 const MAX_ADDRESSES_PER_HOST: usize = 4;
 
+/// Most SMTP sessions (connections that were made, whatever came of them) in one attempt to
+/// one destination. Each may take its timeouts in full (five minutes for the greeting, as
+/// many for each command), so 40 addresses of a destination whose hosts accept and then say
+/// nothing would hold a delivery slot for hours; the recipients left wait for the next
+/// retry. Postfix's `smtp_mx_session_limit` is 2.
+const MAX_SESSIONS: usize = 3;
+
 /// The queue runner. Construct with [`Runner::new`], start with [`Runner::run`].
 #[derive(Clone)]
 pub struct Runner {
@@ -850,7 +857,11 @@ impl Runner {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
         let mut last = Failure::local((4, 4, 4), "no mail exchanger could be tried");
         let (mut looped, mut tried) = (false, false);
+        let mut sessions = 0;
         for host in hosts.iter().take(MAX_HOSTS) {
+            if sessions >= MAX_SESSIONS {
+                break;
+            }
             let mut plan = tls.plan(destination, host);
             if dane {
                 let answer = ctx.dane.tlsa(host, port).await;
@@ -915,17 +926,27 @@ impl Runner {
                     looped = true;
                     continue;
                 }
+                if sessions >= MAX_SESSIONS {
+                    break;
+                }
                 tried = true;
                 match self
                     .attempt_under_policy(ctx, destination, host, addr, &plan, tls, &sub, journal)
                     .await
                 {
                     Ok(results) => {
+                        sessions += 1;
                         for (&i, outcome) in open.iter().zip(results) {
                             outcomes[i] = Some(outcome);
                         }
                     }
-                    Err(e) => last = e.failure,
+                    Err(e) => {
+                        // A connection that was made (it has our side's address) is a session.
+                        if e.local_ip.is_some() {
+                            sessions += 1;
+                        }
+                        last = e.failure;
+                    }
                 }
             }
         }
@@ -1196,7 +1217,7 @@ impl Runner {
         journal.answered(
             envelope.recipients,
             &conn.remote,
-            conn.last_reply().map(ToString::to_string),
+            conn.last_reply().map(crate::outcome::reply_text),
         );
         if conn.reusable() && may_reuse(&self.context().settings, &conn, Instant::now()) {
             if let Some(oldest) = self.put_pooled(key, conn) {

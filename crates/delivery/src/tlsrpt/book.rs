@@ -24,6 +24,11 @@ use crate::tls_policy::{TlsOutcome, TlsResult};
 const MAX_POLICIES: usize = 10_000;
 /// Most distinct failure details per policy; further failures count in the summary only.
 const MAX_FAILURE_DETAILS: usize = 100;
+/// Most the policies of one period may weigh together ([`ReportPolicy::weight`]): a domain's
+/// zone decides how big its MTA-STS policy is (up to 64 KiB), and 10,000 of the biggest would
+/// be more than a gigabyte held, and written to `current.json` at every save. Sessions of
+/// policies beyond are not counted, as beyond [`MAX_POLICIES`].
+const MAX_POLICIES_WEIGHT: usize = 16 * 1024 * 1024;
 
 const CURRENT: &str = "current.json";
 const SENDING: &str = "sending.json";
@@ -52,6 +57,13 @@ pub struct ReportPolicy {
 }
 
 impl ReportPolicy {
+    /// About what the policy holds in memory.
+    fn weight(&self) -> usize {
+        const OVERHEAD: usize = 128;
+        let strings = |list: &[String]| list.iter().map(|s| s.len() + 24).sum::<usize>();
+        OVERHEAD + self.domain.len() + strings(&self.strings) + strings(&self.mx_host)
+    }
+
     /// An MTA-STS policy, written back in its canonical form (one `key: value` per line).
     pub fn sts(domain: &str, policy: &StsPolicy) -> Self {
         let mut strings = vec![
@@ -184,7 +196,15 @@ impl Period {
     fn count(&mut self, policy: ReportPolicy, failure: Option<FailureKey>) {
         let index = match self.tallies.iter().position(|t| t.policy == policy) {
             Some(index) => index,
-            None if self.tallies.len() < MAX_POLICIES => {
+            None if self.tallies.len() < MAX_POLICIES
+                && self
+                    .tallies
+                    .iter()
+                    .map(|t| t.policy.weight())
+                    .sum::<usize>()
+                    .saturating_add(policy.weight())
+                    <= MAX_POLICIES_WEIGHT =>
+            {
                 self.tallies.push(Tally {
                     policy,
                     successes: 0,
@@ -534,5 +554,23 @@ mod tests {
         let book = ReportBook::open(dir.path(), DAY, 86_400 * 3).expect("open");
         assert!(book.current().tallies.is_empty());
         assert!(dir.path().join("current.corrupt").exists());
+    }
+
+    /// Domains serving policies near the 64 KiB limit: the period holds a bounded weight of
+    /// them (the sessions of later ones are not counted), not 10,000.
+    #[test]
+    fn a_period_holds_a_bounded_weight_of_policies() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let book = ReportBook::open(dir.path(), DAY, 1_764_600_000).expect("open");
+        let policy = StsPolicy {
+            mode: crate::mta_sts::StsMode::Enforce,
+            mx: (0..2000).map(|i| format!("mx{i:05}.big.test")).collect(),
+            max_age: 86_400,
+        };
+        for n in 0..1000 {
+            book.record(ReportPolicy::sts(&format!("d{n}.big.test"), &policy), None);
+        }
+        let kept = book.current().tallies.len();
+        assert!(kept > 0 && kept < 500, "kept {kept}");
     }
 }
