@@ -38,6 +38,8 @@ pub enum ConnError {
     Malformed(String),
     #[error("reply longer than {MAX_REPLY_BYTES} bytes")]
     ReplyTooLong,
+    #[error("the server sent a reply before the command it would answer (out of step)")]
+    OutOfStep,
     #[error(
         "the server sent more than {} bytes of replies to this probe",
         crate::transcript::MAX_TARGET_REPLY_BYTES
@@ -114,10 +116,23 @@ impl Conn {
         }
     }
 
-    /// Sends one command line (CRLF appended) and reads its reply.
+    /// Sends one command line (CRLF appended) and reads its reply. Refused when the server
+    /// already sent bytes nobody asked for: they would be read as this command's reply (a
+    /// closed server answering MAIL twice would have its second 250 taken for RCPT's).
     pub async fn command(&mut self, line: &str, log: &mut Transcript) -> Result<Reply, ConnError> {
+        self.ensure_in_step(log).await?;
         self.send_line(line, log).await?;
         self.read_reply(log).await
+    }
+
+    /// `Err(OutOfStep)` when the server has sent bytes (already buffered or waiting in the
+    /// socket) that no command sent so far asked for; `Err(Closed)` when it hung up.
+    pub async fn ensure_in_step(&mut self, log: &mut Transcript) -> Result<(), ConnError> {
+        if self.reply_pending(Duration::ZERO).await? {
+            log.note("[the server sent a reply nobody asked for: out of step]");
+            return Err(ConnError::OutOfStep);
+        }
+        Ok(())
     }
 
     /// Writes one line plus CRLF before the deadline.

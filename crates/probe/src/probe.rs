@@ -1053,6 +1053,10 @@ fn open_failure_verdict(e: &OpenError) -> (Verdict, String) {
             ),
         ),
         OpenError::TlsRequired | OpenError::Tls(_) => (Verdict::Inconclusive, e.to_string()),
+        OpenError::Conn(c @ ConnError::OutOfStep) => (
+            Verdict::Inconclusive,
+            format!("the server's replies do not follow the commands: {c}"),
+        ),
         OpenError::Conn(c) if c.is_excess() => (
             Verdict::Inconclusive,
             format!("the server's replies exceed the probe's limits: {c}"),

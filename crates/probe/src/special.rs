@@ -374,6 +374,12 @@ pub async fn pipelined(
             }
         }
     }
+    // A fourth reply already there means the three were not the answers to the three
+    // commands (a closed server answering MAIL twice): the RCPT's real answer is not known.
+    if let Err(e) = conn.ensure_in_step(log).await {
+        run.mail = replies.first().cloned();
+        return run.fail(e.to_string());
+    }
     let last_reply = replies.pop();
     run.rcpt = replies.pop();
     run.mail = replies.pop();

@@ -597,3 +597,100 @@ async fn flooding_server(lines: usize) -> TargetReport {
     });
     run(addr).await
 }
+
+/// A server scripted line by line: `banner` first, then `answer(line, pipelined)` for every
+/// command line (`pipelined`: more bytes had already arrived behind it); `None` hangs up.
+async fn scripted(
+    banner: &'static [u8],
+    answer: fn(&str, bool) -> Option<Vec<u8>>,
+) -> std::net::SocketAddr {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (read, mut write) = s.into_split();
+                let mut read = BufReader::new(read);
+                if write.write_all(banner).await.is_err() {
+                    return;
+                }
+                let mut line = String::new();
+                while read.read_line(&mut line).await.is_ok_and(|n| n > 0) {
+                    let pipelined = !read.buffer().is_empty();
+                    let Some(reply) = answer(line.trim_end(), pipelined) else {
+                        return;
+                    };
+                    line.clear();
+                    if write.write_all(&reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A closed server's answers to everything but MAIL.
+fn closed_answer(line: &str) -> Option<Vec<u8>> {
+    let verb = line
+        .split([' ', ':'])
+        .next()
+        .unwrap_or("")
+        .to_ascii_uppercase();
+    Some(match verb.as_str() {
+        "EHLO" => b"250-mx.example.test\r\n250 PIPELINING\r\n".to_vec(),
+        "RCPT" => b"554 5.7.1 Relay access denied\r\n".to_vec(),
+        "QUIT" => return None,
+        _ => b"250 2.0.0 Ok\r\n".to_vec(),
+    })
+}
+
+/// A closed server that answers every MAIL twice: its second 250 must not be taken for the
+/// answer to RCPT (the old probe called it ACCEPT-ALL, exit 1, from replies to commands it
+/// never sent). Every test is then without a usable answer: INCONCLUSIVE.
+#[tokio::test]
+async fn a_reply_nobody_asked_for_is_never_taken_for_the_next_command() {
+    let addr = scripted(b"220 mx.example.test ESMTP\r\n", |line, _| {
+        if line.to_ascii_uppercase().starts_with("MAIL") {
+            return Some(b"250 2.1.0 Ok\r\n250 2.1.0 Ok\r\n".to_vec());
+        }
+        closed_answer(line)
+    })
+    .await;
+    let r = run(addr).await;
+    assert!(r.accepted.is_empty(), "{}", dump(&r));
+    assert_eq!(r.verdict, Verdict::Inconclusive, "{}", dump(&r));
+    let transcript = r.transcript.clone().unwrap_or_default();
+    assert!(
+        transcript.iter().any(|l| l.contains("out of step")),
+        "{}",
+        dump(&r)
+    );
+}
+
+/// The same desynchronisation only when the commands arrive pipelined: the three replies
+/// read for MAIL, RCPT and RSET are 250, the extra 250, and RCPT's real 554; the fourth
+/// reply still waiting shows they were out of step, so `pipelined-relay` is not accepted.
+#[tokio::test]
+async fn an_extra_reply_to_pipelined_commands_does_not_make_the_relay_accepted() {
+    let addr = scripted(b"220 mx.example.test ESMTP\r\n", |line, pipelined| {
+        if pipelined && line.to_ascii_uppercase().starts_with("MAIL") {
+            return Some(b"250 2.1.0 Ok\r\n250 2.1.0 Ok\r\n".to_vec());
+        }
+        closed_answer(line)
+    })
+    .await;
+    let r = run(addr).await;
+    assert!(r.accepted.is_empty(), "{}", dump(&r));
+    assert_eq!(r.verdict, Verdict::Closed, "{}", dump(&r));
+    let t = r
+        .tests
+        .iter()
+        .find(|t| t.id == "pipelined-relay")
+        .expect("pipelined-relay ran");
+    assert_eq!(t.outcome, Outcome::Error, "{t:?}");
+}
