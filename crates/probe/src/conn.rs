@@ -9,7 +9,7 @@
 use std::io;
 use std::time::Duration;
 
-use relayward_protocol::reply::Reply;
+use relayward_protocol::reply::{Reply, ReplyError};
 use relayward_tls::reply::{ReadError, ReplyReader};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -38,6 +38,8 @@ pub enum ConnError {
     Malformed(String),
     #[error("reply longer than {MAX_REPLY_BYTES} bytes")]
     ReplyTooLong,
+    #[error("reply has more than {0} lines")]
+    TooManyLines(usize),
     #[error("the server sent a reply before the command it would answer (out of step)")]
     OutOfStep,
     #[error(
@@ -53,6 +55,7 @@ impl From<ReadError> for ConnError {
             ReadError::Closed => ConnError::Closed,
             ReadError::Io(e) => ConnError::Io(e),
             ReadError::LineTooLong(_) => ConnError::LineTooLong,
+            ReadError::Malformed(ReplyError::TooManyLines(n)) => ConnError::TooManyLines(n),
             ReadError::Malformed(e) => ConnError::Malformed(e.to_string()),
         }
     }
@@ -64,7 +67,10 @@ impl ConnError {
     pub fn is_excess(&self) -> bool {
         matches!(
             self,
-            ConnError::ReplyTooLong | ConnError::Flood | ConnError::LineTooLong
+            ConnError::ReplyTooLong
+                | ConnError::Flood
+                | ConnError::LineTooLong
+                | ConnError::TooManyLines(_)
         )
     }
 }

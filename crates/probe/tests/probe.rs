@@ -694,3 +694,24 @@ async fn an_extra_reply_to_pipelined_commands_does_not_make_the_relay_accepted()
         .expect("pipelined-relay ran");
     assert_eq!(t.outcome, Outcome::Error, "{t:?}");
 }
+
+/// Endless `250-` lines answer EHLO: the 256-line cap ends the read, and the target is
+/// INCONCLUSIVE like any server past the reply caps (docs/probe.md, Bounds), not UNREACHABLE.
+#[tokio::test]
+async fn endless_continuation_lines_make_the_target_inconclusive() {
+    let addr = scripted(b"220 mx.example.test ESMTP\r\n", |line, _| {
+        if line.to_ascii_uppercase().starts_with("EHLO") {
+            return Some(b"250-x\r\n".repeat(1000));
+        }
+        closed_answer(line)
+    })
+    .await;
+    let r = run(addr).await;
+    assert_eq!(r.verdict, Verdict::Inconclusive, "{}", dump(&r));
+    assert!(
+        r.reason.contains("exceed the probe's limits"),
+        "{}",
+        r.reason
+    );
+    assert!(r.reason.contains("256 lines"), "{}", r.reason);
+}
