@@ -183,7 +183,11 @@ async fn starttls(
         return Ok(conn);
     }
     let deadline = conn.deadline;
-    let tcp = conn.take_plain()?;
+    // Bytes injected before the handshake (RFC 3207 §4.2) make STARTTLS unusable, like a
+    // failed handshake: in auto mode the probe goes on in cleartext instead of giving up.
+    let tcp = conn
+        .take_plain()
+        .map_err(|e| OpenError::Tls(e.to_string()))?;
     let tls = handshake(target, cfg, tcp, deadline).await?;
     log.note("[TLS handshake done]");
     let mut conn = Conn::new(Stream::Tls(Box::new(tls)), deadline);

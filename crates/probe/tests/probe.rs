@@ -715,3 +715,29 @@ async fn endless_continuation_lines_make_the_target_inconclusive() {
     );
     assert!(r.reason.contains("256 lines"), "{}", r.reason);
 }
+
+/// Bytes after the 220 to STARTTLS, before the handshake (RFC 3207 §4.2): STARTTLS is
+/// unusable, as after a failed handshake, so `--tls=auto` tests the server in cleartext
+/// instead of calling it UNREACHABLE; `--tls=require` makes it INCONCLUSIVE.
+#[tokio::test]
+async fn bytes_injected_after_the_starttls_reply_fall_back_to_cleartext() {
+    let addr = scripted(b"220 mx.example.test ESMTP\r\n", |line, _| {
+        let upper = line.to_ascii_uppercase();
+        if upper.starts_with("EHLO") {
+            return Some(b"250-mx.example.test\r\n250 STARTTLS\r\n".to_vec());
+        }
+        if upper == "STARTTLS" {
+            return Some(b"220 2.0.0 go ahead\r\n250 injected\r\n".to_vec());
+        }
+        closed_answer(line)
+    })
+    .await;
+    let r = run(addr).await;
+    assert_eq!(r.verdict, Verdict::Closed, "{}", dump(&r));
+    let tls_error = r.findings.tls_error.clone().unwrap_or_default();
+    assert!(tls_error.contains("before the handshake"), "{tls_error}");
+    let mut cfg = config();
+    cfg.tls = relayward_probe::TlsMode::Require;
+    let r = probe_target(target(addr), Arc::new(cfg)).await;
+    assert_eq!(r.verdict, Verdict::Inconclusive, "{}", r.reason);
+}
