@@ -328,10 +328,11 @@ fn defaults_are_the_documented_ones() {
 }
 
 /// The confirm listener serves at most MAX_CONNECTIONS sessions at once (more get 421) and
-/// refuses a message past MAX_MESSAGE with 552 instead of reading on.
+/// refuses a message past MAX_MESSAGE with 552 instead of reading on. The sessions come from
+/// several loopback addresses: one sender holds at most MAX_CONNECTIONS_PER_SENDER.
 #[tokio::test]
 async fn confirm_listener_caps_sessions_and_message_size() {
-    use relayward_probe::confirm::{MAX_CONNECTIONS, MAX_MESSAGE};
+    use relayward_probe::confirm::{MAX_CONNECTIONS, MAX_CONNECTIONS_PER_SENDER, MAX_MESSAGE};
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let server = ConfirmServer::bind("127.0.0.1:0".parse().unwrap(), "confirm.test")
         .await
@@ -343,16 +344,25 @@ async fn confirm_listener_caps_sessions_and_message_size() {
         let _ = tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut line)).await;
         (r, line)
     };
+    let from = |i: usize| async move {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        let source = Ipv4Addr::new(127, 0, 9, 1 + (i / MAX_CONNECTIONS_PER_SENDER) as u8);
+        socket
+            .bind(SocketAddr::from((source, 0)))
+            .expect("bind source");
+        socket.connect(addr).await.expect("connect")
+    };
     let mut held = Vec::new();
-    for _ in 0..MAX_CONNECTIONS {
-        let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let (r, line) = banner(s).await;
+    for i in 0..MAX_CONNECTIONS {
+        let (r, line) = banner(from(i).await).await;
         assert!(line.starts_with("220 "), "{line}");
         held.push(r);
     }
-    let extra = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (_, line) = banner(extra).await;
-    assert!(line.starts_with("421 "), "{line}");
+    let (_, line) = banner(from(MAX_CONNECTIONS).await).await;
+    assert!(
+        line.starts_with("421 4.7.0 too many connections,"),
+        "{line}"
+    );
     drop(held);
 
     // Sessions are free again; a message that will not end is cut off at MAX_MESSAGE.
