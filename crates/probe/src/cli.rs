@@ -136,12 +136,12 @@ pub async fn run(args: ProbeArgs) -> i32 {
     let mut cfg = cfg;
     let mut previous: Vec<TargetReport> = Vec::new();
     let mut inputs = inputs;
-    if let Some(state) = &resume {
+    if let Some(state) = &mut resume {
         inputs.retain(|i| !state.is_done(&i.label()));
         previous = state
-            .previous_reports()
-            .iter()
-            .filter_map(|v| serde_json::from_value(v.clone()).ok())
+            .take_previous_reports()
+            .into_iter()
+            .filter_map(|v| serde_json::from_value(v).ok())
             .collect();
         eprintln!(
             "relayward probe: resuming from {}: {} input(s) done, {} to go",
