@@ -676,9 +676,7 @@ impl<'a> Runner<'a> {
                         ));
                         true
                     }
-                    None => {
-                        special::transaction(&mut conn, log, &mut run, plain, None, message).await
-                    }
+                    None => special::proxy_relay(&mut conn, log, &mut run, plain, message).await,
                 }
             }
             special::XCLIENT_SPOOF => {

@@ -307,6 +307,41 @@ pub async fn transaction(
     }
 }
 
+/// U44 once the PROXY header drew no reply: the plain relay, then — when it was accepted —
+/// QUIT, which must be answered 221. "No reply" was judged by waiting a moment for a second
+/// reply to EHLO, and a server slow to answer EHLO after refusing the header as a command
+/// looks the same for that long: its late replies then answer the relay attempt a step behind
+/// (RCPT reads MAIL's 250, QUIT reads RCPT's 554). Only QUIT is answered 221, so an accepted
+/// relay whose QUIT got anything else is not taken for an honoured header: the run is broken
+/// (retried, then an `error`). Returns whether the connection is still usable; after an
+/// accepted relay it is not (QUIT was sent).
+pub async fn proxy_relay(
+    conn: &mut Conn,
+    log: &mut Transcript,
+    run: &mut Run,
+    plain: &RenderedTrick,
+    message: Option<&str>,
+) -> bool {
+    let usable = transaction(conn, log, run, plain, None, message).await;
+    let accepted = run.rcpt.as_ref().is_some_and(Reply::is_positive_completion);
+    if !usable || !accepted {
+        return usable;
+    }
+    let got = match conn.command("QUIT", log).await {
+        Ok(reply) if reply.code == 221 => return false,
+        Ok(reply) => ReplyInfo::from(&reply).to_string(),
+        Err(e) => e.to_string(),
+    };
+    if let Some(rcpt) = run.rcpt.take() {
+        run.step(&plain.rcpt_to, Some(&rcpt));
+    }
+    run.fail(format!(
+        "QUIT got {got}, not 221: the replies to the relay attempt may belong to earlier \
+         commands (a server slow to answer EHLO after refusing the header looks like one \
+         that honoured it)"
+    ))
+}
+
 /// DATA, the message (dot-stuffed; the probe's messages have no leading dots anyway), the
 /// final dot. Returns the reply to the final dot and `true`, or DATA's own reply and `false`
 /// when DATA was not answered 354.
