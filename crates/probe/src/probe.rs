@@ -109,7 +109,8 @@ impl<'a> Runner<'a> {
             host_deadline,
             log: match &cfg.live_transcript {
                 Some(sink) => Transcript::streaming(target, Arc::clone(sink)),
-                None => Transcript::new(),
+                None if cfg.keep_transcript => Transcript::new(),
+                None => Transcript::counting(),
             },
             conn: None,
             try_starttls: true,

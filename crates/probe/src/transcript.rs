@@ -36,6 +36,8 @@ pub struct Transcript {
     received: usize,
     /// Where lines go live, with the target they belong to.
     live: Option<(Target, LineSink)>,
+    /// Nobody will read the lines ([`Transcript::counting`]): only the bytes are counted.
+    discard: bool,
 }
 
 impl std::fmt::Debug for Transcript {
@@ -54,6 +56,17 @@ impl Transcript {
         Self::default()
     }
 
+    /// A transcript that keeps no line, for a report without a dialogue (no `-v`): it only
+    /// counts the server's bytes for [`MAX_TARGET_REPLY_BYTES`]. Kept lines of a hostile
+    /// server cost up to [`MAX_TRANSCRIPT_LINES`] × [`MAX_KEPT_LINE`] characters (escapes
+    /// make each control byte four), about 10 MB per target, for nothing.
+    pub fn counting() -> Self {
+        Self {
+            discard: true,
+            ..Self::default()
+        }
+    }
+
     /// A transcript that also hands each line of `target`'s dialogue to `sink` as it is
     /// written.
     pub fn streaming(target: &Target, sink: LineSink) -> Self {
@@ -64,12 +77,16 @@ impl Transcript {
     }
 
     pub fn client(&mut self, line: &str) {
-        self.push(format!(">>> {}", printable(line)));
+        if !self.discard {
+            self.push(format!(">>> {}", printable(line)));
+        }
     }
 
     pub fn server(&mut self, line: &str) {
         self.received = self.received.saturating_add(line.len() + 2);
-        self.push(format!("<<< {}", printable(line)));
+        if !self.discard {
+            self.push(format!("<<< {}", printable(line)));
+        }
     }
 
     /// The server has sent more reply bytes than one target may.
@@ -87,6 +104,9 @@ impl Transcript {
     }
 
     fn push(&mut self, line: String) {
+        if self.discard {
+            return;
+        }
         if self.lines.len() < MAX_TRANSCRIPT_LINES {
             if let Some((target, sink)) = &self.live {
                 sink(target, &line);
@@ -138,6 +158,21 @@ mod tests {
         let lines = t.into_lines();
         assert_eq!(lines.len(), MAX_TRANSCRIPT_LINES + 1);
         assert_eq!(lines.last().unwrap(), "[4 more lines not kept]");
+    }
+
+    /// Without `-v` nobody reads the dialogue: a counting transcript keeps no line of it, yet
+    /// still ends a flood at the per-target budget.
+    #[test]
+    fn a_counting_transcript_keeps_nothing_but_still_counts_the_flood() {
+        let mut t = Transcript::counting();
+        let line = format!("250-{}", "\u{1}".repeat(4000));
+        while !t.flooded() {
+            t.server(&line);
+            t.client("NOOP");
+            t.note("[a note]");
+        }
+        assert!(t.lines.is_empty() && t.dropped == 0);
+        assert!(t.into_lines().is_empty());
     }
 
     #[test]
