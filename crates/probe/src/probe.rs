@@ -107,10 +107,11 @@ impl<'a> Runner<'a> {
             target,
             cfg,
             host_deadline,
-            log: match &cfg.live_transcript {
-                Some(sink) => Transcript::streaming(target, Arc::clone(sink)),
-                None if cfg.keep_transcript => Transcript::new(),
-                None => Transcript::counting(),
+            log: match (&cfg.live_transcript, cfg.keep_transcript) {
+                (Some(sink), true) => Transcript::streaming(target, Arc::clone(sink)),
+                (Some(sink), false) => Transcript::streaming(target, Arc::clone(sink)).discarding(),
+                (None, true) => Transcript::new(),
+                (None, false) => Transcript::counting(),
             },
             conn: None,
             try_starttls: true,

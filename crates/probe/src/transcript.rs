@@ -36,8 +36,11 @@ pub struct Transcript {
     received: usize,
     /// Where lines go live, with the target they belong to.
     live: Option<(Target, LineSink)>,
-    /// Nobody will read the lines ([`Transcript::counting`]): only the bytes are counted.
+    /// The report will not carry the lines ([`Transcript::discarding`]): they go to the live
+    /// sink, if any, and are not stored.
     discard: bool,
+    /// Lines written (stored or not), for [`MAX_TRANSCRIPT_LINES`].
+    written: usize,
 }
 
 impl std::fmt::Debug for Transcript {
@@ -61,10 +64,21 @@ impl Transcript {
     /// server cost up to [`MAX_TRANSCRIPT_LINES`] × [`MAX_KEPT_LINE`] characters (escapes
     /// make each control byte four), about 10 MB per target, for nothing.
     pub fn counting() -> Self {
+        Self::new().discarding()
+    }
+
+    /// This transcript, storing no line: they still go to the live sink (within the same
+    /// cap), and the server's bytes are still counted.
+    pub fn discarding(self) -> Self {
         Self {
             discard: true,
-            ..Self::default()
+            ..self
         }
+    }
+
+    /// Whether a line written now would be seen by anyone.
+    fn wanted(&self) -> bool {
+        !self.discard || self.live.is_some()
     }
 
     /// A transcript that also hands each line of `target`'s dialogue to `sink` as it is
@@ -77,14 +91,14 @@ impl Transcript {
     }
 
     pub fn client(&mut self, line: &str) {
-        if !self.discard {
+        if self.wanted() {
             self.push(format!(">>> {}", printable(line)));
         }
     }
 
     pub fn server(&mut self, line: &str) {
         self.received = self.received.saturating_add(line.len() + 2);
-        if !self.discard {
+        if self.wanted() {
             self.push(format!("<<< {}", printable(line)));
         }
     }
@@ -104,14 +118,17 @@ impl Transcript {
     }
 
     fn push(&mut self, line: String) {
-        if self.discard {
+        if !self.wanted() {
             return;
         }
-        if self.lines.len() < MAX_TRANSCRIPT_LINES {
+        if self.written < MAX_TRANSCRIPT_LINES {
+            self.written += 1;
             if let Some((target, sink)) = &self.live {
                 sink(target, &line);
             }
-            self.lines.push(line);
+            if !self.discard {
+                self.lines.push(line);
+            }
         } else {
             if self.dropped == 0
                 && let Some((target, sink)) = &self.live
@@ -173,6 +190,25 @@ mod tests {
         }
         assert!(t.lines.is_empty() && t.dropped == 0);
         assert!(t.into_lines().is_empty());
+    }
+
+    /// A live reader without `-v` (the probe service's page): every line streams, within the
+    /// cap, and none is stored a second time in the transcript.
+    #[test]
+    fn a_discarding_streaming_transcript_streams_within_the_cap_and_stores_nothing() {
+        let seen = Arc::new(std::sync::Mutex::new(0usize));
+        let sink_seen = Arc::clone(&seen);
+        let sink: LineSink = Arc::new(move |_: &Target, _: &str| {
+            *sink_seen.lock().unwrap() += 1;
+        });
+        let addr = "192.0.2.7:25".parse().unwrap();
+        let target = Target::new(addr, None, "mx:25".into());
+        let mut t = Transcript::streaming(&target, sink).discarding();
+        for _ in 0..MAX_TRANSCRIPT_LINES + 5 {
+            t.server("250 ok");
+        }
+        assert_eq!(*seen.lock().unwrap(), MAX_TRANSCRIPT_LINES + 1);
+        assert!(t.lines.is_empty());
     }
 
     #[test]
