@@ -38,7 +38,7 @@ pub async fn probe_target(target: Target, cfg: Arc<ProbeConfig>) -> TargetReport
         let ip = target.addr.ip();
         tokio::spawn(async move { d.check(ip).await })
     });
-    let mut runner = Runner::new(&target, &cfg, started + cfg.host_timeout);
+    let mut runner = Runner::new(&target, &cfg, instant_after(started, cfg.host_timeout));
     let mut report = runner.execute().await;
     if let Some(task) = dnsbl {
         report.findings.dnsbl = task.await.unwrap_or_default();
@@ -279,7 +279,7 @@ impl<'a> Runner<'a> {
 
     async fn open_once(&mut self) -> Result<(Conn, Greeting), OpenError> {
         session::wait_for_slot(self.target, self.cfg).await;
-        let deadline = self.deadline_in(self.cfg.test_timeout * 2);
+        let deadline = self.deadline_in(self.cfg.test_timeout.saturating_mul(2));
         session::open(
             self.target,
             self.cfg,
@@ -291,7 +291,7 @@ impl<'a> Runner<'a> {
     }
 
     fn deadline_in(&self, d: std::time::Duration) -> Instant {
-        (Instant::now() + d).min(self.host_deadline)
+        instant_after(Instant::now(), d).min(self.host_deadline)
     }
 
     fn record_greeting(&mut self, conn: &Conn, g: &Greeting) {
@@ -633,7 +633,7 @@ impl<'a> Runner<'a> {
         let preamble = (trick.id == special::PROXY_HEADER_SPOOF)
             .then(|| special::proxy_line(self.target.addr));
         session::wait_for_slot(self.target, self.cfg).await;
-        let deadline = self.deadline_in(self.cfg.test_timeout * 2);
+        let deadline = self.deadline_in(self.cfg.test_timeout.saturating_mul(2));
         let opened = session::open_with(
             self.target,
             self.cfg,
@@ -998,6 +998,16 @@ fn not_sendable(id: &str) -> ConfirmResult {
         delivered_by: None,
         received: Vec::new(),
     }
+}
+
+/// `start + d`, or a point decades away when that is past what an `Instant` holds: a
+/// `--test-timeout 1000000y` means "no limit", not a panic of the probe task.
+pub fn instant_after(start: Instant, d: std::time::Duration) -> Instant {
+    const FAR: std::time::Duration = std::time::Duration::from_secs(30 * 365 * 86_400);
+    start
+        .checked_add(d)
+        .or_else(|| start.checked_add(FAR))
+        .unwrap_or(start)
 }
 
 /// Seconds since the Unix epoch (0 if the clock is before it).

@@ -741,3 +741,32 @@ async fn bytes_injected_after_the_starttls_reply_fall_back_to_cleartext() {
     let r = probe_target(target(addr), Arc::new(cfg)).await;
     assert_eq!(r.verdict, Verdict::Inconclusive, "{}", r.reason);
 }
+
+/// Durations past what a clock instant holds (`--test-timeout 1000000000y`) mean "no limit":
+/// the old probe panicked adding them to the clock and reported the target UNREACHABLE
+/// ("probe task failed"); `--confirm-wait` the same once a token was sent.
+#[tokio::test]
+async fn timeouts_too_long_for_the_clock_mean_no_limit_not_a_panic() {
+    let addr = start(Spec::new(Kind::Closed), "127.0.0.1:0").await;
+    let mut cfg = config();
+    cfg.test_timeout = Duration::MAX;
+    cfg.host_timeout = Duration::MAX;
+    let r = run_with(addr, cfg).await;
+    assert_eq!(r.verdict, Verdict::Closed, "{}", dump(&r));
+
+    let (mut cfg, listen) = common::confirm_config(Duration::MAX).await;
+    cfg.test_timeout = Duration::MAX;
+    let mut spec = Spec::new(Kind::PlainOpen);
+    spec.forward_to = Some(listen);
+    let relay = start(spec, "127.0.0.1:0").await;
+    let r = run_with(relay, cfg).await;
+    assert_eq!(r.verdict, Verdict::ConfirmedOpen, "{}", dump(&r));
+}
+
+/// [`run`] with a configuration of its own, in a task: a panic is the test's failure, not
+/// the test harness's.
+async fn run_with(addr: std::net::SocketAddr, cfg: relayward_probe::ProbeConfig) -> TargetReport {
+    tokio::spawn(common::probe_addr(addr, cfg))
+        .await
+        .expect("the probe did not panic")
+}
