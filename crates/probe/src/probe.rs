@@ -317,7 +317,7 @@ impl<'a> Runner<'a> {
         let names = [
             session::host_name_from(&g.banner),
             session::host_name_from(&g.hello),
-            self.target.host.clone().map(|h| h.to_ascii_lowercase()),
+            self.target.host.as_deref().and_then(session::domain_name),
         ];
         for name in names.into_iter().flatten() {
             if !f.host_names.contains(&name) {

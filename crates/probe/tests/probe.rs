@@ -770,3 +770,35 @@ async fn run_with(addr: std::net::SocketAddr, cfg: relayward_probe::ProbeConfig)
         .await
         .expect("the probe did not panic")
 }
+
+/// The target's own name (the command line's, an MX record's) is a host-name candidate only
+/// if it looks like a domain, like the names from the banner and EHLO (docs/probe.md,
+/// TARGET_HOST): an MX name from a hostile DNS (`ev\>il…`, as the resolver escapes it) was
+/// written into the host-name tricks' command lines as it was.
+#[tokio::test]
+async fn a_target_name_that_is_no_domain_is_never_written_into_a_command() {
+    let addr = scripted(b"220 ESMTP ready\r\n", |line, _| {
+        if line.to_ascii_uppercase().starts_with("EHLO") {
+            return Some(b"250-ESMTP\r\n250 PIPELINING\r\n".to_vec());
+        }
+        closed_answer(line)
+    })
+    .await;
+    let bogus = "ev\\>il.example.test";
+    let t = relayward_probe::Target::new(addr, Some(bogus.into()), format!("{bogus}:25"));
+    let r = probe_target(t, Arc::new(config())).await;
+    assert_eq!(r.verdict, Verdict::Closed, "{}", dump(&r));
+    assert!(
+        r.findings.host_names.is_empty(),
+        "{:?}",
+        r.findings.host_names
+    );
+    let transcript = r.transcript.clone().unwrap_or_default();
+    assert!(
+        !transcript
+            .iter()
+            .any(|l| l.starts_with(">>> ") && l.contains("il.example.test")),
+        "{}",
+        dump(&r)
+    );
+}
