@@ -278,7 +278,7 @@ impl<'a> Runner<'a> {
     }
 
     async fn open_once(&mut self) -> Result<(Conn, Greeting), OpenError> {
-        session::wait_for_slot(self.target, self.cfg).await;
+        self.wait_for_slot().await?;
         let deadline = self.deadline_in(self.cfg.test_timeout.saturating_mul(2));
         session::open(
             self.target,
@@ -288,6 +288,22 @@ impl<'a> Runner<'a> {
             &mut self.log,
         )
         .await
+    }
+
+    /// Waits for a `--rate` slot, but not past the host timeout: a connection opened after
+    /// it could not be used (its deadline is the host's), so neither reserve a slot for it
+    /// once the timeout has passed (the VRFY/EXPN and confirm steps still ask) nor sleep past
+    /// it for one.
+    async fn wait_for_slot(&self) -> Result<(), OpenError> {
+        if Instant::now() >= self.host_deadline {
+            return Err(OpenError::ConnectTimeout);
+        }
+        tokio::time::timeout_at(
+            self.host_deadline,
+            session::wait_for_slot(self.target, self.cfg),
+        )
+        .await
+        .map_err(|_| OpenError::ConnectTimeout)
     }
 
     fn deadline_in(&self, d: std::time::Duration) -> Instant {
@@ -632,17 +648,21 @@ impl<'a> Runner<'a> {
         self.heading(trick.id, message.is_some());
         let preamble = (trick.id == special::PROXY_HEADER_SPOOF)
             .then(|| special::proxy_line(self.target.addr));
-        session::wait_for_slot(self.target, self.cfg).await;
-        let deadline = self.deadline_in(self.cfg.test_timeout.saturating_mul(2));
-        let opened = session::open_with(
-            self.target,
-            self.cfg,
-            self.try_starttls,
-            deadline,
-            &mut self.log,
-            preamble.as_deref(),
-        )
-        .await;
+        let opened = match self.wait_for_slot().await {
+            Ok(()) => {
+                let deadline = self.deadline_in(self.cfg.test_timeout.saturating_mul(2));
+                session::open_with(
+                    self.target,
+                    self.cfg,
+                    self.try_starttls,
+                    deadline,
+                    &mut self.log,
+                    preamble.as_deref(),
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
         let (mut conn, greeting) = match opened {
             Ok(x) => x,
             Err(e) => {

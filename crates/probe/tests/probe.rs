@@ -802,3 +802,26 @@ async fn a_target_name_that_is_no_domain_is_never_written_into_a_command() {
         dump(&r)
     );
 }
+
+/// A connection opened after the host timeout cannot be used, so no `--rate` slot is waited
+/// for past it: the old probe waited for two (a reconnect just before the timeout, then
+/// VRFY/EXPN after it), one per five seconds here, and ran ten seconds past a 1.5 s host
+/// timeout.
+#[tokio::test]
+async fn no_rate_slot_is_waited_for_after_the_host_timeout() {
+    let mut spec = Spec::new(Kind::Closed);
+    spec.reply_delay = Some(Duration::from_millis(400));
+    let addr = start(spec, "127.0.0.1:0").await;
+    let mut cfg = config();
+    cfg.test_timeout = Duration::from_secs(1);
+    cfg.host_timeout = Duration::from_millis(1500);
+    cfg.rate = Some(Arc::new(relayward_probe::config::RateLimiter::new(0.2)));
+    let started = std::time::Instant::now();
+    let r = run_with(addr, cfg).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}: {}",
+        started.elapsed(),
+        dump(&r)
+    );
+}
