@@ -755,6 +755,11 @@ impl<'a> Runner<'a> {
                     .as_ref()
                     .filter(|r| !r.is_positive_completion())
                     .map(|r| format!("RCPT: {}", ReplyInfo::from(r)))
+            })
+            .or_else(|| {
+                run.data_refused
+                    .as_ref()
+                    .map(|r| format!("DATA: {}", ReplyInfo::from(r)))
             });
         ConfirmResult {
             id: trick.id.to_string(),

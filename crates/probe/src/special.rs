@@ -161,8 +161,10 @@ pub struct Run {
     pub rcpt_to: String,
     pub mail: Option<Reply>,
     pub rcpt: Option<Reply>,
-    /// The reply to the end of DATA (confirm mode), or the refusal of DATA itself.
+    /// The reply to the end of DATA (confirm mode).
     pub data: Option<Reply>,
+    /// DATA itself answered otherwise than 354 (confirm mode): no message was sent.
+    pub data_refused: Option<Reply>,
     /// The server refused the trick's premise (XCLIENT refused, PROXY header answered as a
     /// command): the trick failed before the relay attempt.
     pub refused: Option<String>,
@@ -296,9 +298,13 @@ pub async fn transaction(
     run.rcpt = Some(rcpt);
     match message {
         Some(message) if accepted => match data(conn, message, log).await {
-            Ok((reply, _)) => {
+            Ok((reply, ended)) => {
                 let usable = reply.code != 421;
-                run.data = Some(reply);
+                if ended {
+                    run.data = Some(reply);
+                } else {
+                    run.data_refused = Some(reply);
+                }
                 usable
             }
             Err(e) => run.fail(e.to_string()),
@@ -433,7 +439,7 @@ pub async fn pipelined(
         return last_reply.code == 250;
     };
     if last_reply.code != 354 {
-        run.data = Some(last_reply);
+        run.data_refused = Some(last_reply);
         return true;
     }
     let accepted = run.rcpt.as_ref().is_some_and(Reply::is_positive_completion);

@@ -825,3 +825,44 @@ async fn no_rate_slot_is_waited_for_after_the_host_timeout() {
         dump(&r)
     );
 }
+
+/// Confirm row C4: a relay that accepts at RCPT and refuses DATA itself sent no proof
+/// message — "no proof message could be sent", not "refused every message at the end of
+/// DATA" (C2), which the session-level tricks' refused DATA used to be counted as.
+#[tokio::test]
+async fn a_relay_refusing_data_itself_could_send_no_proof_message() {
+    let addr = scripted(b"220 mx.example.test ESMTP\r\n", |line, _| {
+        let upper = line.to_ascii_uppercase();
+        if upper.starts_with("RCPT") {
+            let invented = upper.contains("RW-") || upper.contains(".INVALID");
+            return Some(if invented {
+                b"550 5.1.1 No such user\r\n".to_vec()
+            } else {
+                b"250 2.1.5 Ok\r\n".to_vec()
+            });
+        }
+        if upper == "DATA" {
+            return Some(b"554 5.7.1 No DATA for you\r\n".to_vec());
+        }
+        closed_answer(line)
+    })
+    .await;
+    let (cfg, _) = common::confirm_config(Duration::from_millis(300)).await;
+    let r = run_with(addr, cfg).await;
+    assert_eq!(r.verdict, Verdict::Unconfirmed, "{}", dump(&r));
+    assert!(
+        r.accepted.iter().any(|a| a == "local-then-external"),
+        "{}",
+        dump(&r)
+    );
+    assert!(
+        r.reason.contains("no proof message could be sent"),
+        "{}",
+        r.reason
+    );
+    assert!(
+        r.confirm.iter().all(|c| c.data_reply.is_none()),
+        "{:?}",
+        r.confirm
+    );
+}
