@@ -380,6 +380,8 @@ async fn send_body(
     }
     log.client(".");
     body.push_str(".\r\n");
+    // A reply already there after the 354 would be read as the final dot's.
+    conn.ensure_in_step(log).await?;
     conn.send_raw(body.as_bytes()).await?;
     conn.read_reply(log).await
 }

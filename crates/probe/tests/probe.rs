@@ -866,3 +866,41 @@ async fn a_relay_refusing_data_itself_could_send_no_proof_message() {
         r.confirm
     );
 }
+
+/// A relay that answers DATA with 354 and, at once, a 250 for a message it never received:
+/// that 250 must not be read as the reply to the final dot (the message would count as taken,
+/// C3, "taken with 250 but no token came back"); no proof message was sent (C4).
+#[tokio::test]
+async fn a_reply_ahead_of_the_message_is_not_taken_for_the_final_dot_reply() {
+    let addr = scripted(b"220 mx.example.test ESMTP\r\n", |line, _| {
+        let upper = line.to_ascii_uppercase();
+        if upper.starts_with("RCPT") {
+            let invented = upper.contains("RW-") || upper.contains(".INVALID");
+            return Some(if invented {
+                b"550 5.1.1 No such user\r\n".to_vec()
+            } else {
+                b"250 2.1.5 Ok\r\n".to_vec()
+            });
+        }
+        if upper == "DATA" {
+            return Some(b"354 go ahead\r\n250 2.0.0 queued\r\n".to_vec());
+        }
+        let verbs = [
+            "EHLO", "HELO", "MAIL", "RSET", "QUIT", "VRFY", "EXPN", "XCLIENT", "PROXY",
+        ];
+        if !verbs.iter().any(|v| upper.starts_with(v)) {
+            return Some(Vec::new()); // a line of the message: no reply
+        }
+        closed_answer(line)
+    })
+    .await;
+    let (cfg, _) = common::confirm_config(Duration::from_millis(300)).await;
+    let r = run_with(addr, cfg).await;
+    assert_eq!(r.verdict, Verdict::Unconfirmed, "{}", dump(&r));
+    assert!(r.confirm.iter().all(|c| !c.sent), "{:?}", r.confirm);
+    assert!(
+        r.reason.contains("no proof message could be sent"),
+        "{}",
+        r.reason
+    );
+}
