@@ -136,12 +136,12 @@ pub async fn run(args: ProbeArgs) -> i32 {
     let mut cfg = cfg;
     let mut previous: Vec<TargetReport> = Vec::new();
     let mut inputs = inputs;
-    if let Some(state) = &resume {
+    if let Some(state) = &mut resume {
         inputs.retain(|i| !state.is_done(&i.label()));
         previous = state
-            .previous_reports()
-            .iter()
-            .filter_map(|v| serde_json::from_value(v.clone()).ok())
+            .take_previous_reports()
+            .into_iter()
+            .filter_map(|v| serde_json::from_value(v).ok())
             .collect();
         eprintln!(
             "relayward probe: resuming from {}: {} input(s) done, {} to go",
@@ -165,21 +165,34 @@ pub async fn run(args: ProbeArgs) -> i32 {
     for r in &previous {
         printer.report(r, false);
     }
+    // Printed: only the verdicts and the proof for --zone-out are needed from here on.
+    previous = previous
+        .into_iter()
+        .map(TargetReport::into_summary)
+        .collect();
     let stop = async {
         let _ = tokio::signal::ctrl_c().await;
     };
     let mut state_error = None;
-    let mut summary = scan::scan_inputs(inputs, Arc::clone(&cfg), args.concurrency, stop, |done| {
-        // Recorded before printed: whatever a killed run printed, a resumed one skips.
-        if let Some(state) = &mut resume
-            && let Err(e) = state.record(done.input, done.reports)
-        {
-            state_error.get_or_insert(e);
-        }
-        for r in done.reports {
-            printer.report(r, live);
-        }
-    })
+    let mut summary = scan::scan_inputs(
+        inputs,
+        Arc::clone(&cfg),
+        args.concurrency,
+        stop,
+        |done| {
+            // Recorded before printed: whatever a killed run printed, a resumed one skips.
+            if let Some(state) = &mut resume
+                && let Err(e) = state.record(done.input, done.reports)
+            {
+                state_error.get_or_insert(e);
+            }
+            for r in done.reports {
+                printer.report(r, live);
+            }
+        },
+        // Streamed already: a whole scan keeps only what its totals and --zone-out need.
+        TargetReport::into_summary,
+    )
     .await;
     if let Some(pb) = &progress {
         pb.finish_and_clear();

@@ -9,7 +9,7 @@
 use std::io;
 use std::time::Duration;
 
-use relayward_protocol::reply::Reply;
+use relayward_protocol::reply::{Reply, ReplyError};
 use relayward_tls::reply::{ReadError, ReplyReader};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -38,6 +38,10 @@ pub enum ConnError {
     Malformed(String),
     #[error("reply longer than {MAX_REPLY_BYTES} bytes")]
     ReplyTooLong,
+    #[error("reply has more than {0} lines")]
+    TooManyLines(usize),
+    #[error("the server sent a reply before the command it would answer (out of step)")]
+    OutOfStep,
     #[error(
         "the server sent more than {} bytes of replies to this probe",
         crate::transcript::MAX_TARGET_REPLY_BYTES
@@ -51,6 +55,7 @@ impl From<ReadError> for ConnError {
             ReadError::Closed => ConnError::Closed,
             ReadError::Io(e) => ConnError::Io(e),
             ReadError::LineTooLong(_) => ConnError::LineTooLong,
+            ReadError::Malformed(ReplyError::TooManyLines(n)) => ConnError::TooManyLines(n),
             ReadError::Malformed(e) => ConnError::Malformed(e.to_string()),
         }
     }
@@ -62,7 +67,10 @@ impl ConnError {
     pub fn is_excess(&self) -> bool {
         matches!(
             self,
-            ConnError::ReplyTooLong | ConnError::Flood | ConnError::LineTooLong
+            ConnError::ReplyTooLong
+                | ConnError::Flood
+                | ConnError::LineTooLong
+                | ConnError::TooManyLines(_)
         )
     }
 }
@@ -114,10 +122,23 @@ impl Conn {
         }
     }
 
-    /// Sends one command line (CRLF appended) and reads its reply.
+    /// Sends one command line (CRLF appended) and reads its reply. Refused when the server
+    /// already sent bytes nobody asked for: they would be read as this command's reply (a
+    /// closed server answering MAIL twice would have its second 250 taken for RCPT's).
     pub async fn command(&mut self, line: &str, log: &mut Transcript) -> Result<Reply, ConnError> {
+        self.ensure_in_step(log).await?;
         self.send_line(line, log).await?;
         self.read_reply(log).await
+    }
+
+    /// `Err(OutOfStep)` when the server has sent bytes (already buffered or waiting in the
+    /// socket) that no command sent so far asked for; `Err(Closed)` when it hung up.
+    pub async fn ensure_in_step(&mut self, log: &mut Transcript) -> Result<(), ConnError> {
+        if self.reply_pending(Duration::ZERO).await? {
+            log.note("[the server sent a reply nobody asked for: out of step]");
+            return Err(ConnError::OutOfStep);
+        }
+        Ok(())
     }
 
     /// Writes one line plus CRLF before the deadline.

@@ -38,7 +38,7 @@ pub async fn probe_target(target: Target, cfg: Arc<ProbeConfig>) -> TargetReport
         let ip = target.addr.ip();
         tokio::spawn(async move { d.check(ip).await })
     });
-    let mut runner = Runner::new(&target, &cfg, started + cfg.host_timeout);
+    let mut runner = Runner::new(&target, &cfg, instant_after(started, cfg.host_timeout));
     let mut report = runner.execute().await;
     if let Some(task) = dnsbl {
         report.findings.dnsbl = task.await.unwrap_or_default();
@@ -107,9 +107,11 @@ impl<'a> Runner<'a> {
             target,
             cfg,
             host_deadline,
-            log: match &cfg.live_transcript {
-                Some(sink) => Transcript::streaming(target, Arc::clone(sink)),
-                None => Transcript::new(),
+            log: match (&cfg.live_transcript, cfg.keep_transcript) {
+                (Some(sink), true) => Transcript::streaming(target, Arc::clone(sink)),
+                (Some(sink), false) => Transcript::streaming(target, Arc::clone(sink)).discarding(),
+                (None, true) => Transcript::new(),
+                (None, false) => Transcript::counting(),
             },
             conn: None,
             try_starttls: true,
@@ -276,8 +278,8 @@ impl<'a> Runner<'a> {
     }
 
     async fn open_once(&mut self) -> Result<(Conn, Greeting), OpenError> {
-        session::wait_for_slot(self.target, self.cfg).await;
-        let deadline = self.deadline_in(self.cfg.test_timeout * 2);
+        self.wait_for_slot().await?;
+        let deadline = self.deadline_in(self.cfg.test_timeout.saturating_mul(2));
         session::open(
             self.target,
             self.cfg,
@@ -288,8 +290,24 @@ impl<'a> Runner<'a> {
         .await
     }
 
+    /// Waits for a `--rate` slot, but not past the host timeout: a connection opened after
+    /// it could not be used (its deadline is the host's), so neither reserve a slot for it
+    /// once the timeout has passed (the VRFY/EXPN and confirm steps still ask) nor sleep past
+    /// it for one.
+    async fn wait_for_slot(&self) -> Result<(), OpenError> {
+        if Instant::now() >= self.host_deadline {
+            return Err(OpenError::ConnectTimeout);
+        }
+        tokio::time::timeout_at(
+            self.host_deadline,
+            session::wait_for_slot(self.target, self.cfg),
+        )
+        .await
+        .map_err(|_| OpenError::ConnectTimeout)
+    }
+
     fn deadline_in(&self, d: std::time::Duration) -> Instant {
-        (Instant::now() + d).min(self.host_deadline)
+        instant_after(Instant::now(), d).min(self.host_deadline)
     }
 
     fn record_greeting(&mut self, conn: &Conn, g: &Greeting) {
@@ -315,7 +333,7 @@ impl<'a> Runner<'a> {
         let names = [
             session::host_name_from(&g.banner),
             session::host_name_from(&g.hello),
-            self.target.host.clone().map(|h| h.to_ascii_lowercase()),
+            self.target.host.as_deref().and_then(session::domain_name),
         ];
         for name in names.into_iter().flatten() {
             if !f.host_names.contains(&name) {
@@ -630,17 +648,21 @@ impl<'a> Runner<'a> {
         self.heading(trick.id, message.is_some());
         let preamble = (trick.id == special::PROXY_HEADER_SPOOF)
             .then(|| special::proxy_line(self.target.addr));
-        session::wait_for_slot(self.target, self.cfg).await;
-        let deadline = self.deadline_in(self.cfg.test_timeout * 2);
-        let opened = session::open_with(
-            self.target,
-            self.cfg,
-            self.try_starttls,
-            deadline,
-            &mut self.log,
-            preamble.as_deref(),
-        )
-        .await;
+        let opened = match self.wait_for_slot().await {
+            Ok(()) => {
+                let deadline = self.deadline_in(self.cfg.test_timeout.saturating_mul(2));
+                session::open_with(
+                    self.target,
+                    self.cfg,
+                    self.try_starttls,
+                    deadline,
+                    &mut self.log,
+                    preamble.as_deref(),
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
         let (mut conn, greeting) = match opened {
             Ok(x) => x,
             Err(e) => {
@@ -676,9 +698,7 @@ impl<'a> Runner<'a> {
                         ));
                         true
                     }
-                    None => {
-                        special::transaction(&mut conn, log, &mut run, plain, None, message).await
-                    }
+                    None => special::proxy_relay(&mut conn, log, &mut run, plain, message).await,
                 }
             }
             special::XCLIENT_SPOOF => {
@@ -735,6 +755,11 @@ impl<'a> Runner<'a> {
                     .as_ref()
                     .filter(|r| !r.is_positive_completion())
                     .map(|r| format!("RCPT: {}", ReplyInfo::from(r)))
+            })
+            .or_else(|| {
+                run.data_refused
+                    .as_ref()
+                    .map(|r| format!("DATA: {}", ReplyInfo::from(r)))
             });
         ConfirmResult {
             id: trick.id.to_string(),
@@ -1000,6 +1025,16 @@ fn not_sendable(id: &str) -> ConfirmResult {
     }
 }
 
+/// `start + d`, or a point decades away when that is past what an `Instant` holds: a
+/// `--test-timeout 1000000y` means "no limit", not a panic of the probe task.
+pub fn instant_after(start: Instant, d: std::time::Duration) -> Instant {
+    const FAR: std::time::Duration = std::time::Duration::from_secs(30 * 365 * 86_400);
+    start
+        .checked_add(d)
+        .or_else(|| start.checked_add(FAR))
+        .unwrap_or(start)
+}
+
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
@@ -1053,6 +1088,10 @@ fn open_failure_verdict(e: &OpenError) -> (Verdict, String) {
             ),
         ),
         OpenError::TlsRequired | OpenError::Tls(_) => (Verdict::Inconclusive, e.to_string()),
+        OpenError::Conn(c @ ConnError::OutOfStep) => (
+            Verdict::Inconclusive,
+            format!("the server's replies do not follow the commands: {c}"),
+        ),
         OpenError::Conn(c) if c.is_excess() => (
             Verdict::Inconclusive,
             format!("the server's replies exceed the probe's limits: {c}"),

@@ -126,6 +126,12 @@ impl ResumeState {
         &self.previous
     }
 
+    /// [`Self::previous_reports`], handed over: the state no longer holds them, so a resumed
+    /// scan does not keep a second copy of every stored report for the rest of the run.
+    pub fn take_previous_reports(&mut self) -> Vec<serde_json::Value> {
+        std::mem::take(&mut self.previous)
+    }
+
     pub fn finished_inputs(&self) -> usize {
         self.done.len()
     }
@@ -233,5 +239,25 @@ mod tests {
             ResumeState::open(&path, "run2", 2),
             Err(ResumeError::OtherRun(_))
         ));
+    }
+
+    /// A resumed scan takes the stored reports over (to print them again): the state keeps
+    /// what it needs to go on (which inputs are done), not a second copy of every report.
+    #[test]
+    fn the_stored_reports_are_handed_over_not_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.jsonl");
+        {
+            let mut s = ResumeState::open(&path, "run1", 2).expect("open");
+            let report = crate::scan::unreachable("a:25", "no route".into());
+            s.record("a:25", &[report]).expect("record");
+        }
+        let mut s = ResumeState::open(&path, "run1", 2).expect("reopen");
+        let taken = s.take_previous_reports();
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0]["target"], "a:25");
+        assert!(s.previous_reports().is_empty());
+        assert!(s.is_done("a:25") && s.finished_inputs() == 1);
+        s.record("b:25", &[]).expect("record");
     }
 }

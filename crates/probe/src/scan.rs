@@ -46,22 +46,32 @@ pub async fn scan(
     stop: impl Future<Output = ()>,
     mut on_report: impl FnMut(&TargetReport),
 ) -> ScanSummary {
-    scan_inputs(inputs, cfg, concurrency, stop, |done| {
-        for r in done.reports {
-            on_report(r);
-        }
-    })
+    scan_inputs(
+        inputs,
+        cfg,
+        concurrency,
+        stop,
+        |done| {
+            for r in done.reports {
+                on_report(r);
+            }
+        },
+        |r| r,
+    )
     .await
 }
 
 /// [`scan`], reporting per input: `on_input` gets an input's reports together once all of
-/// its addresses are done (what `--resume` records).
+/// its addresses are done (what `--resume` records). [`ScanSummary::reports`] keeps what
+/// `retain` makes of each report once `on_input` has seen it ([`TargetReport::into_summary`]
+/// when the reports were streamed and only the totals are left to compute).
 pub async fn scan_inputs(
     inputs: Vec<TargetInput>,
     cfg: Arc<ProbeConfig>,
     concurrency: usize,
     stop: impl Future<Output = ()>,
     mut on_input: impl FnMut(InputDone<'_>),
+    retain: impl Fn(TargetReport) -> TargetReport,
 ) -> ScanSummary {
     let concurrency = concurrency.max(1);
     let slots = Arc::new(Semaphore::new(concurrency));
@@ -98,7 +108,7 @@ pub async fn scan_inputs(
                 };
                 summary.excluded += done.excluded;
                 on_input(InputDone { input: &label, reports: &done.reports });
-                summary.reports.extend(done.reports);
+                summary.reports.extend(done.reports.into_iter().map(&retain));
             }
             () = &mut stop => {
                 running.abort_all();

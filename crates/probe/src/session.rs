@@ -183,7 +183,11 @@ async fn starttls(
         return Ok(conn);
     }
     let deadline = conn.deadline;
-    let tcp = conn.take_plain()?;
+    // Bytes injected before the handshake (RFC 3207 §4.2) make STARTTLS unusable, like a
+    // failed handshake: in auto mode the probe goes on in cleartext instead of giving up.
+    let tcp = conn
+        .take_plain()
+        .map_err(|e| OpenError::Tls(e.to_string()))?;
     let tls = handshake(target, cfg, tcp, deadline).await?;
     log.note("[TLS handshake done]");
     let mut conn = Conn::new(Stream::Tls(Box::new(tls)), deadline);
@@ -272,8 +276,15 @@ pub fn keyword_args(ehlo: &Reply, keyword: &str) -> Option<Vec<String>> {
 /// domain (letters, digits, hyphens, at least one dot, not all numeric). Never the word
 /// "ESMTP" (nmap's bug): a banner `220 ESMTP Postfix` names no host.
 pub fn host_name_from(reply: &Reply) -> Option<String> {
-    let first = reply.lines.first()?.split_whitespace().next()?;
-    let name = first.trim_end_matches('.');
+    domain_name(reply.lines.first()?.split_whitespace().next()?)
+}
+
+/// `name`, lower-cased and without a trailing dot, if it looks like a domain (letters,
+/// digits, hyphens, at least one dot, not all numeric): what a host name from a banner, an
+/// EHLO reply, the command line or an MX record must be before the tricks write it into a
+/// command line.
+pub fn domain_name(name: &str) -> Option<String> {
+    let name = name.trim_end_matches('.');
     let labels: Vec<&str> = name.split('.').collect();
     let label_ok = |l: &&str| {
         !l.is_empty()
@@ -312,6 +323,13 @@ mod tests {
         );
         assert_eq!(host_name_from(&reply(&["ev<il>.x ok"])), None);
         assert_eq!(host_name_from(&reply(&[""])), None);
+        // An MX name from a hostile DNS, as the resolver escapes it.
+        assert_eq!(domain_name("ev\\>il.example.test"), None);
+        assert_eq!(domain_name("localhost"), None);
+        assert_eq!(
+            domain_name("MX2.Example.TEST.").as_deref(),
+            Some("mx2.example.test")
+        );
     }
 
     #[test]

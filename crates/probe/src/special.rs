@@ -161,8 +161,10 @@ pub struct Run {
     pub rcpt_to: String,
     pub mail: Option<Reply>,
     pub rcpt: Option<Reply>,
-    /// The reply to the end of DATA (confirm mode), or the refusal of DATA itself.
+    /// The reply to the end of DATA (confirm mode).
     pub data: Option<Reply>,
+    /// DATA itself answered otherwise than 354 (confirm mode): no message was sent.
+    pub data_refused: Option<Reply>,
     /// The server refused the trick's premise (XCLIENT refused, PROXY header answered as a
     /// command): the trick failed before the relay attempt.
     pub refused: Option<String>,
@@ -296,15 +298,54 @@ pub async fn transaction(
     run.rcpt = Some(rcpt);
     match message {
         Some(message) if accepted => match data(conn, message, log).await {
-            Ok((reply, _)) => {
+            Ok((reply, ended)) => {
                 let usable = reply.code != 421;
-                run.data = Some(reply);
+                if ended {
+                    run.data = Some(reply);
+                } else {
+                    run.data_refused = Some(reply);
+                }
                 usable
             }
             Err(e) => run.fail(e.to_string()),
         },
         _ => true,
     }
+}
+
+/// U44 once the PROXY header drew no reply: the plain relay, then — when it was accepted —
+/// QUIT, which must be answered 221. "No reply" was judged by waiting a moment for a second
+/// reply to EHLO, and a server slow to answer EHLO after refusing the header as a command
+/// looks the same for that long: its late replies then answer the relay attempt a step behind
+/// (RCPT reads MAIL's 250, QUIT reads RCPT's 554). Only QUIT is answered 221, so an accepted
+/// relay whose QUIT got anything else is not taken for an honoured header: the run is broken
+/// (retried, then an `error`). Returns whether the connection is still usable; after an
+/// accepted relay it is not (QUIT was sent).
+pub async fn proxy_relay(
+    conn: &mut Conn,
+    log: &mut Transcript,
+    run: &mut Run,
+    plain: &RenderedTrick,
+    message: Option<&str>,
+) -> bool {
+    let usable = transaction(conn, log, run, plain, None, message).await;
+    let accepted = run.rcpt.as_ref().is_some_and(Reply::is_positive_completion);
+    if !usable || !accepted {
+        return usable;
+    }
+    let got = match conn.command("QUIT", log).await {
+        Ok(reply) if reply.code == 221 => return false,
+        Ok(reply) => ReplyInfo::from(&reply).to_string(),
+        Err(e) => e.to_string(),
+    };
+    if let Some(rcpt) = run.rcpt.take() {
+        run.step(&plain.rcpt_to, Some(&rcpt));
+    }
+    run.fail(format!(
+        "QUIT got {got}, not 221: the replies to the relay attempt may belong to earlier \
+         commands (a server slow to answer EHLO after refusing the header looks like one \
+         that honoured it)"
+    ))
 }
 
 /// DATA, the message (dot-stuffed; the probe's messages have no leading dots anyway), the
@@ -339,6 +380,8 @@ async fn send_body(
     }
     log.client(".");
     body.push_str(".\r\n");
+    // A reply already there after the 354 would be read as the final dot's.
+    conn.ensure_in_step(log).await?;
     conn.send_raw(body.as_bytes()).await?;
     conn.read_reply(log).await
 }
@@ -374,6 +417,12 @@ pub async fn pipelined(
             }
         }
     }
+    // A fourth reply already there means the three were not the answers to the three
+    // commands (a closed server answering MAIL twice): the RCPT's real answer is not known.
+    if let Err(e) = conn.ensure_in_step(log).await {
+        run.mail = replies.first().cloned();
+        return run.fail(e.to_string());
+    }
     let last_reply = replies.pop();
     run.rcpt = replies.pop();
     run.mail = replies.pop();
@@ -392,7 +441,7 @@ pub async fn pipelined(
         return last_reply.code == 250;
     };
     if last_reply.code != 354 {
-        run.data = Some(last_reply);
+        run.data_refused = Some(last_reply);
         return true;
     }
     let accepted = run.rcpt.as_ref().is_some_and(Reply::is_positive_completion);

@@ -36,6 +36,11 @@ pub struct Transcript {
     received: usize,
     /// Where lines go live, with the target they belong to.
     live: Option<(Target, LineSink)>,
+    /// The report will not carry the lines ([`Transcript::discarding`]): they go to the live
+    /// sink, if any, and are not stored.
+    discard: bool,
+    /// Lines written (stored or not), for [`MAX_TRANSCRIPT_LINES`].
+    written: usize,
 }
 
 impl std::fmt::Debug for Transcript {
@@ -54,6 +59,28 @@ impl Transcript {
         Self::default()
     }
 
+    /// A transcript that keeps no line, for a report without a dialogue (no `-v`): it only
+    /// counts the server's bytes for [`MAX_TARGET_REPLY_BYTES`]. Kept lines of a hostile
+    /// server cost up to [`MAX_TRANSCRIPT_LINES`] × [`MAX_KEPT_LINE`] characters (escapes
+    /// make each control byte four), about 10 MB per target, for nothing.
+    pub fn counting() -> Self {
+        Self::new().discarding()
+    }
+
+    /// This transcript, storing no line: they still go to the live sink (within the same
+    /// cap), and the server's bytes are still counted.
+    pub fn discarding(self) -> Self {
+        Self {
+            discard: true,
+            ..self
+        }
+    }
+
+    /// Whether a line written now would be seen by anyone.
+    fn wanted(&self) -> bool {
+        !self.discard || self.live.is_some()
+    }
+
     /// A transcript that also hands each line of `target`'s dialogue to `sink` as it is
     /// written.
     pub fn streaming(target: &Target, sink: LineSink) -> Self {
@@ -64,12 +91,16 @@ impl Transcript {
     }
 
     pub fn client(&mut self, line: &str) {
-        self.push(format!(">>> {}", printable(line)));
+        if self.wanted() {
+            self.push(format!(">>> {}", printable(line)));
+        }
     }
 
     pub fn server(&mut self, line: &str) {
         self.received = self.received.saturating_add(line.len() + 2);
-        self.push(format!("<<< {}", printable(line)));
+        if self.wanted() {
+            self.push(format!("<<< {}", printable(line)));
+        }
     }
 
     /// The server has sent more reply bytes than one target may.
@@ -87,11 +118,17 @@ impl Transcript {
     }
 
     fn push(&mut self, line: String) {
-        if self.lines.len() < MAX_TRANSCRIPT_LINES {
+        if !self.wanted() {
+            return;
+        }
+        if self.written < MAX_TRANSCRIPT_LINES {
+            self.written += 1;
             if let Some((target, sink)) = &self.live {
                 sink(target, &line);
             }
-            self.lines.push(line);
+            if !self.discard {
+                self.lines.push(line);
+            }
         } else {
             if self.dropped == 0
                 && let Some((target, sink)) = &self.live
@@ -138,6 +175,40 @@ mod tests {
         let lines = t.into_lines();
         assert_eq!(lines.len(), MAX_TRANSCRIPT_LINES + 1);
         assert_eq!(lines.last().unwrap(), "[4 more lines not kept]");
+    }
+
+    /// Without `-v` nobody reads the dialogue: a counting transcript keeps no line of it, yet
+    /// still ends a flood at the per-target budget.
+    #[test]
+    fn a_counting_transcript_keeps_nothing_but_still_counts_the_flood() {
+        let mut t = Transcript::counting();
+        let line = format!("250-{}", "\u{1}".repeat(4000));
+        while !t.flooded() {
+            t.server(&line);
+            t.client("NOOP");
+            t.note("[a note]");
+        }
+        assert!(t.lines.is_empty() && t.dropped == 0);
+        assert!(t.into_lines().is_empty());
+    }
+
+    /// A live reader without `-v` (the probe service's page): every line streams, within the
+    /// cap, and none is stored a second time in the transcript.
+    #[test]
+    fn a_discarding_streaming_transcript_streams_within_the_cap_and_stores_nothing() {
+        let seen = Arc::new(std::sync::Mutex::new(0usize));
+        let sink_seen = Arc::clone(&seen);
+        let sink: LineSink = Arc::new(move |_: &Target, _: &str| {
+            *sink_seen.lock().unwrap() += 1;
+        });
+        let addr = "192.0.2.7:25".parse().unwrap();
+        let target = Target::new(addr, None, "mx:25".into());
+        let mut t = Transcript::streaming(&target, sink).discarding();
+        for _ in 0..MAX_TRANSCRIPT_LINES + 5 {
+            t.server("250 ok");
+        }
+        assert_eq!(*seen.lock().unwrap(), MAX_TRANSCRIPT_LINES + 1);
+        assert!(t.lines.is_empty());
     }
 
     #[test]

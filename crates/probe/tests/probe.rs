@@ -597,3 +597,310 @@ async fn flooding_server(lines: usize) -> TargetReport {
     });
     run(addr).await
 }
+
+/// A server scripted line by line: `banner` first, then `answer(line, pipelined)` for every
+/// command line (`pipelined`: more bytes had already arrived behind it); `None` hangs up.
+async fn scripted(
+    banner: &'static [u8],
+    answer: fn(&str, bool) -> Option<Vec<u8>>,
+) -> std::net::SocketAddr {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (read, mut write) = s.into_split();
+                let mut read = BufReader::new(read);
+                if write.write_all(banner).await.is_err() {
+                    return;
+                }
+                let mut line = String::new();
+                while read.read_line(&mut line).await.is_ok_and(|n| n > 0) {
+                    let pipelined = !read.buffer().is_empty();
+                    let Some(reply) = answer(line.trim_end(), pipelined) else {
+                        return;
+                    };
+                    line.clear();
+                    if write.write_all(&reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A closed server's answers to everything but MAIL.
+fn closed_answer(line: &str) -> Option<Vec<u8>> {
+    let verb = line
+        .split([' ', ':'])
+        .next()
+        .unwrap_or("")
+        .to_ascii_uppercase();
+    Some(match verb.as_str() {
+        "EHLO" => b"250-mx.example.test\r\n250 PIPELINING\r\n".to_vec(),
+        "RCPT" => b"554 5.7.1 Relay access denied\r\n".to_vec(),
+        "QUIT" => return None,
+        _ => b"250 2.0.0 Ok\r\n".to_vec(),
+    })
+}
+
+/// A closed server that answers every MAIL twice: its second 250 must not be taken for the
+/// answer to RCPT (the old probe called it ACCEPT-ALL, exit 1, from replies to commands it
+/// never sent). Every test is then without a usable answer: INCONCLUSIVE.
+#[tokio::test]
+async fn a_reply_nobody_asked_for_is_never_taken_for_the_next_command() {
+    let addr = scripted(b"220 mx.example.test ESMTP\r\n", |line, _| {
+        if line.to_ascii_uppercase().starts_with("MAIL") {
+            return Some(b"250 2.1.0 Ok\r\n250 2.1.0 Ok\r\n".to_vec());
+        }
+        closed_answer(line)
+    })
+    .await;
+    let r = run(addr).await;
+    assert!(r.accepted.is_empty(), "{}", dump(&r));
+    assert_eq!(r.verdict, Verdict::Inconclusive, "{}", dump(&r));
+    let transcript = r.transcript.clone().unwrap_or_default();
+    assert!(
+        transcript.iter().any(|l| l.contains("out of step")),
+        "{}",
+        dump(&r)
+    );
+}
+
+/// The same desynchronisation only when the commands arrive pipelined: the three replies
+/// read for MAIL, RCPT and RSET are 250, the extra 250, and RCPT's real 554; the fourth
+/// reply still waiting shows they were out of step, so `pipelined-relay` is not accepted.
+#[tokio::test]
+async fn an_extra_reply_to_pipelined_commands_does_not_make_the_relay_accepted() {
+    let addr = scripted(b"220 mx.example.test ESMTP\r\n", |line, pipelined| {
+        if pipelined && line.to_ascii_uppercase().starts_with("MAIL") {
+            return Some(b"250 2.1.0 Ok\r\n250 2.1.0 Ok\r\n".to_vec());
+        }
+        closed_answer(line)
+    })
+    .await;
+    let r = run(addr).await;
+    assert!(r.accepted.is_empty(), "{}", dump(&r));
+    assert_eq!(r.verdict, Verdict::Closed, "{}", dump(&r));
+    let t = r
+        .tests
+        .iter()
+        .find(|t| t.id == "pipelined-relay")
+        .expect("pipelined-relay ran");
+    assert_eq!(t.outcome, Outcome::Error, "{t:?}");
+}
+
+/// Endless `250-` lines answer EHLO: the 256-line cap ends the read, and the target is
+/// INCONCLUSIVE like any server past the reply caps (docs/probe.md, Bounds), not UNREACHABLE.
+#[tokio::test]
+async fn endless_continuation_lines_make_the_target_inconclusive() {
+    let addr = scripted(b"220 mx.example.test ESMTP\r\n", |line, _| {
+        if line.to_ascii_uppercase().starts_with("EHLO") {
+            return Some(b"250-x\r\n".repeat(1000));
+        }
+        closed_answer(line)
+    })
+    .await;
+    let r = run(addr).await;
+    assert_eq!(r.verdict, Verdict::Inconclusive, "{}", dump(&r));
+    assert!(
+        r.reason.contains("exceed the probe's limits"),
+        "{}",
+        r.reason
+    );
+    assert!(r.reason.contains("256 lines"), "{}", r.reason);
+}
+
+/// Bytes after the 220 to STARTTLS, before the handshake (RFC 3207 §4.2): STARTTLS is
+/// unusable, as after a failed handshake, so `--tls=auto` tests the server in cleartext
+/// instead of calling it UNREACHABLE; `--tls=require` makes it INCONCLUSIVE.
+#[tokio::test]
+async fn bytes_injected_after_the_starttls_reply_fall_back_to_cleartext() {
+    let addr = scripted(b"220 mx.example.test ESMTP\r\n", |line, _| {
+        let upper = line.to_ascii_uppercase();
+        if upper.starts_with("EHLO") {
+            return Some(b"250-mx.example.test\r\n250 STARTTLS\r\n".to_vec());
+        }
+        if upper == "STARTTLS" {
+            return Some(b"220 2.0.0 go ahead\r\n250 injected\r\n".to_vec());
+        }
+        closed_answer(line)
+    })
+    .await;
+    let r = run(addr).await;
+    assert_eq!(r.verdict, Verdict::Closed, "{}", dump(&r));
+    let tls_error = r.findings.tls_error.clone().unwrap_or_default();
+    assert!(tls_error.contains("before the handshake"), "{tls_error}");
+    let mut cfg = config();
+    cfg.tls = relayward_probe::TlsMode::Require;
+    let r = probe_target(target(addr), Arc::new(cfg)).await;
+    assert_eq!(r.verdict, Verdict::Inconclusive, "{}", r.reason);
+}
+
+/// Durations past what a clock instant holds (`--test-timeout 1000000000y`) mean "no limit":
+/// the old probe panicked adding them to the clock and reported the target UNREACHABLE
+/// ("probe task failed"); `--confirm-wait` the same once a token was sent.
+#[tokio::test]
+async fn timeouts_too_long_for_the_clock_mean_no_limit_not_a_panic() {
+    let addr = start(Spec::new(Kind::Closed), "127.0.0.1:0").await;
+    let mut cfg = config();
+    cfg.test_timeout = Duration::MAX;
+    cfg.host_timeout = Duration::MAX;
+    let r = run_with(addr, cfg).await;
+    assert_eq!(r.verdict, Verdict::Closed, "{}", dump(&r));
+
+    let (mut cfg, listen) = common::confirm_config(Duration::MAX).await;
+    cfg.test_timeout = Duration::MAX;
+    let mut spec = Spec::new(Kind::PlainOpen);
+    spec.forward_to = Some(listen);
+    let relay = start(spec, "127.0.0.1:0").await;
+    let r = run_with(relay, cfg).await;
+    assert_eq!(r.verdict, Verdict::ConfirmedOpen, "{}", dump(&r));
+}
+
+/// [`run`] with a configuration of its own, in a task: a panic is the test's failure, not
+/// the test harness's.
+async fn run_with(addr: std::net::SocketAddr, cfg: relayward_probe::ProbeConfig) -> TargetReport {
+    tokio::spawn(common::probe_addr(addr, cfg))
+        .await
+        .expect("the probe did not panic")
+}
+
+/// The target's own name (the command line's, an MX record's) is a host-name candidate only
+/// if it looks like a domain, like the names from the banner and EHLO (docs/probe.md,
+/// TARGET_HOST): an MX name from a hostile DNS (`ev\>il…`, as the resolver escapes it) was
+/// written into the host-name tricks' command lines as it was.
+#[tokio::test]
+async fn a_target_name_that_is_no_domain_is_never_written_into_a_command() {
+    let addr = scripted(b"220 ESMTP ready\r\n", |line, _| {
+        if line.to_ascii_uppercase().starts_with("EHLO") {
+            return Some(b"250-ESMTP\r\n250 PIPELINING\r\n".to_vec());
+        }
+        closed_answer(line)
+    })
+    .await;
+    let bogus = "ev\\>il.example.test";
+    let t = relayward_probe::Target::new(addr, Some(bogus.into()), format!("{bogus}:25"));
+    let r = probe_target(t, Arc::new(config())).await;
+    assert_eq!(r.verdict, Verdict::Closed, "{}", dump(&r));
+    assert!(
+        r.findings.host_names.is_empty(),
+        "{:?}",
+        r.findings.host_names
+    );
+    let transcript = r.transcript.clone().unwrap_or_default();
+    assert!(
+        !transcript
+            .iter()
+            .any(|l| l.starts_with(">>> ") && l.contains("il.example.test")),
+        "{}",
+        dump(&r)
+    );
+}
+
+/// A connection opened after the host timeout cannot be used, so no `--rate` slot is waited
+/// for past it: the old probe waited for two (a reconnect just before the timeout, then
+/// VRFY/EXPN after it), one per five seconds here, and ran ten seconds past a 1.5 s host
+/// timeout.
+#[tokio::test]
+async fn no_rate_slot_is_waited_for_after_the_host_timeout() {
+    let mut spec = Spec::new(Kind::Closed);
+    spec.reply_delay = Some(Duration::from_millis(400));
+    let addr = start(spec, "127.0.0.1:0").await;
+    let mut cfg = config();
+    cfg.test_timeout = Duration::from_secs(1);
+    cfg.host_timeout = Duration::from_millis(1500);
+    cfg.rate = Some(Arc::new(relayward_probe::config::RateLimiter::new(0.2)));
+    let started = std::time::Instant::now();
+    let r = run_with(addr, cfg).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}: {}",
+        started.elapsed(),
+        dump(&r)
+    );
+}
+
+/// Confirm row C4: a relay that accepts at RCPT and refuses DATA itself sent no proof
+/// message — "no proof message could be sent", not "refused every message at the end of
+/// DATA" (C2), which the session-level tricks' refused DATA used to be counted as.
+#[tokio::test]
+async fn a_relay_refusing_data_itself_could_send_no_proof_message() {
+    let addr = scripted(b"220 mx.example.test ESMTP\r\n", |line, _| {
+        let upper = line.to_ascii_uppercase();
+        if upper.starts_with("RCPT") {
+            let invented = upper.contains("RW-") || upper.contains(".INVALID");
+            return Some(if invented {
+                b"550 5.1.1 No such user\r\n".to_vec()
+            } else {
+                b"250 2.1.5 Ok\r\n".to_vec()
+            });
+        }
+        if upper == "DATA" {
+            return Some(b"554 5.7.1 No DATA for you\r\n".to_vec());
+        }
+        closed_answer(line)
+    })
+    .await;
+    let (cfg, _) = common::confirm_config(Duration::from_millis(300)).await;
+    let r = run_with(addr, cfg).await;
+    assert_eq!(r.verdict, Verdict::Unconfirmed, "{}", dump(&r));
+    assert!(
+        r.accepted.iter().any(|a| a == "local-then-external"),
+        "{}",
+        dump(&r)
+    );
+    assert!(
+        r.reason.contains("no proof message could be sent"),
+        "{}",
+        r.reason
+    );
+    assert!(
+        r.confirm.iter().all(|c| c.data_reply.is_none()),
+        "{:?}",
+        r.confirm
+    );
+}
+
+/// A relay that answers DATA with 354 and, at once, a 250 for a message it never received:
+/// that 250 must not be read as the reply to the final dot (the message would count as taken,
+/// C3, "taken with 250 but no token came back"); no proof message was sent (C4).
+#[tokio::test]
+async fn a_reply_ahead_of_the_message_is_not_taken_for_the_final_dot_reply() {
+    let addr = scripted(b"220 mx.example.test ESMTP\r\n", |line, _| {
+        let upper = line.to_ascii_uppercase();
+        if upper.starts_with("RCPT") {
+            let invented = upper.contains("RW-") || upper.contains(".INVALID");
+            return Some(if invented {
+                b"550 5.1.1 No such user\r\n".to_vec()
+            } else {
+                b"250 2.1.5 Ok\r\n".to_vec()
+            });
+        }
+        if upper == "DATA" {
+            return Some(b"354 go ahead\r\n250 2.0.0 queued\r\n".to_vec());
+        }
+        let verbs = [
+            "EHLO", "HELO", "MAIL", "RSET", "QUIT", "VRFY", "EXPN", "XCLIENT", "PROXY",
+        ];
+        if !verbs.iter().any(|v| upper.starts_with(v)) {
+            return Some(Vec::new()); // a line of the message: no reply
+        }
+        closed_answer(line)
+    })
+    .await;
+    let (cfg, _) = common::confirm_config(Duration::from_millis(300)).await;
+    let r = run_with(addr, cfg).await;
+    assert_eq!(r.verdict, Verdict::Unconfirmed, "{}", dump(&r));
+    assert!(r.confirm.iter().all(|c| !c.sent), "{:?}", r.confirm);
+    assert!(
+        r.reason.contains("no proof message could be sent"),
+        "{}",
+        r.reason
+    );
+}

@@ -191,3 +191,56 @@ async fn confirm_mode_proves_each_session_trick() {
         assert!(transcript.contains(&heading), "{id}");
     }
 }
+
+/// A closed server that takes the PROXY header for a command (500 at once) and then needs
+/// longer than the probe's wait to answer EHLO, as one that tarpits after an unknown command
+/// does: its late replies answered the relay attempt a step behind (RCPT read MAIL's 250) and
+/// the old probe called it OPEN by `proxy-header-spoof`. QUIT, answered 221 by no other
+/// command, got RCPT's 554: not in step, so the trick is an error, not accepted.
+#[tokio::test]
+async fn a_server_slow_to_answer_ehlo_after_the_proxy_header_is_not_taken_for_honouring_it() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (read, mut write) = s.into_split();
+                let mut read = BufReader::new(read);
+                let _ = write.write_all(b"220 mx.example.test ESMTP\r\n").await;
+                let (mut line, mut after_proxy) = (String::new(), false);
+                while read.read_line(&mut line).await.is_ok_and(|n| n > 0) {
+                    let upper = line.trim_end().to_ascii_uppercase();
+                    line.clear();
+                    let reply: &[u8] = if upper.starts_with("PROXY ") {
+                        after_proxy = true;
+                        b"500 5.5.2 Error: command not recognized\r\n"
+                    } else if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+                        if std::mem::take(&mut after_proxy) {
+                            tokio::time::sleep(Duration::from_millis(2500)).await;
+                        }
+                        b"250-mx.example.test\r\n250 PIPELINING\r\n"
+                    } else if upper.starts_with("RCPT") {
+                        b"554 5.7.1 Relay access denied\r\n"
+                    } else if upper == "QUIT" {
+                        let _ = write.write_all(b"221 2.0.0 Bye\r\n").await;
+                        return;
+                    } else {
+                        b"250 2.0.0 Ok\r\n"
+                    };
+                    if write.write_all(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let r = common::probe_addr(addr, config()).await;
+    assert!(r.accepted.is_empty(), "{}", dump(&r));
+    assert_eq!(r.verdict, Verdict::Closed, "{}", dump(&r));
+    let t = test(&r, special::PROXY_HEADER_SPOOF);
+    assert_eq!(t.outcome, Outcome::Error, "{t:?}");
+    assert!(t.note.as_deref().unwrap_or("").contains("not 221"), "{t:?}");
+}
