@@ -441,13 +441,19 @@ impl Connection {
         self.reported_for.insert(domain.to_ascii_lowercase())
     }
 
+    /// The server's greeting. Anything but `220` fails the host, and never permanently: a
+    /// 5xx greeting says nothing about the message or its recipients (a misconfigured MX, a
+    /// server refusing our address), so the next host is tried and the mail waits rather than
+    /// bounces — Postfix's `smtp_skip_5xx_greeting`.
     async fn greeting(&mut self) -> Result<(), SessionError> {
         let reply = self.read_reply(self.timeouts.greeting).await?;
         if reply.code == 220 {
             return Ok(());
         }
         self.broken = true;
-        Err(self.reply_error(&reply, "greeting"))
+        let mut error = self.reply_error(&reply, "greeting");
+        error.failure = error.failure.as_transient();
+        Err(error)
     }
 
     /// EHLO, falling back to HELO when the server does not know EHLO.

@@ -325,6 +325,25 @@ async fn a_5xx_in_clear_text_under_a_required_policy_defers() {
     }
 }
 
+/// A host that greets with a 5xx (a misconfigured MX, one that refuses us by address) is
+/// skipped as Postfix's `smtp_skip_5xx_greeting` does: the mail waits for the next attempt
+/// instead of bouncing on a greeting that says nothing about the recipient.
+/// ```text
+/// (connect)  <- 554 5.7.1 no mail from you       => deferred, not bounced
+/// ```
+#[tokio::test]
+async fn a_5xx_greeting_defers_instead_of_bouncing() {
+    let mx = ip(127, 82, 0, 2);
+    let (addr, seen) = transcript(mx, |line, _| match line {
+        "" => Act::SayAndClose(b"554 5.7.1 no mail from you\r\n"),
+        l => plain(l),
+    })
+    .await;
+    let relay = run_against(ip(127, 82, 0, 1), mx, addr.port(), &["bob@far.test"]).await;
+    assert_eq!(seen.lock().expect("seen").messages, 0);
+    assert_eq!(pending(&relay).await, ["bob@far.test"]);
+}
+
 /// A refusal carrying terminal escapes, a NUL and bytes that are not UTF-8: the bounce to our
 /// own user quotes it, but with every control character escaped (no NUL in a message, no
 /// escape sequence that redraws the reader's terminal).
