@@ -826,6 +826,16 @@ async fn no_rate_slot_is_waited_for_after_the_host_timeout() {
     );
 }
 
+/// A relay's answer to RCPT: every recipient taken but the accept-all check's invented ones.
+fn relay_rcpt_reply(upper: &str) -> Vec<u8> {
+    let invented = upper.contains("RW-") || upper.contains(".INVALID");
+    if invented {
+        b"550 5.1.1 No such user\r\n".to_vec()
+    } else {
+        b"250 2.1.5 Ok\r\n".to_vec()
+    }
+}
+
 /// Confirm row C4: a relay that accepts at RCPT and refuses DATA itself sent no proof
 /// message — "no proof message could be sent", not "refused every message at the end of
 /// DATA" (C2), which the session-level tricks' refused DATA used to be counted as.
@@ -834,12 +844,7 @@ async fn a_relay_refusing_data_itself_could_send_no_proof_message() {
     let addr = scripted(b"220 mx.example.test ESMTP\r\n", |line, _| {
         let upper = line.to_ascii_uppercase();
         if upper.starts_with("RCPT") {
-            let invented = upper.contains("RW-") || upper.contains(".INVALID");
-            return Some(if invented {
-                b"550 5.1.1 No such user\r\n".to_vec()
-            } else {
-                b"250 2.1.5 Ok\r\n".to_vec()
-            });
+            return Some(relay_rcpt_reply(&upper));
         }
         if upper == "DATA" {
             return Some(b"554 5.7.1 No DATA for you\r\n".to_vec());
@@ -875,12 +880,7 @@ async fn a_reply_ahead_of_the_message_is_not_taken_for_the_final_dot_reply() {
     let addr = scripted(b"220 mx.example.test ESMTP\r\n", |line, _| {
         let upper = line.to_ascii_uppercase();
         if upper.starts_with("RCPT") {
-            let invented = upper.contains("RW-") || upper.contains(".INVALID");
-            return Some(if invented {
-                b"550 5.1.1 No such user\r\n".to_vec()
-            } else {
-                b"250 2.1.5 Ok\r\n".to_vec()
-            });
+            return Some(relay_rcpt_reply(&upper));
         }
         if upper == "DATA" {
             return Some(b"354 go ahead\r\n250 2.0.0 queued\r\n".to_vec());

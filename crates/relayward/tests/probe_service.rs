@@ -1520,11 +1520,16 @@ fn sigterm_stores_a_test_that_outlives_the_grace_period_as_inconclusive() {
 
 /// An SMTP server whose every word is markup and terminal codes; it refuses relaying.
 fn hostile_server(ip: &str) -> u16 {
+    serve_each(ip, hostile_session)
+}
+
+/// A server on `ip` (any port) running `session` on a thread for each connection; its port.
+fn serve_each(ip: &str, session: fn(TcpStream)) -> u16 {
     let listener = TcpListener::bind((ip, 0)).expect("bind");
     let port = listener.local_addr().expect("addr").port();
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || hostile_session(stream));
+            std::thread::spawn(move || session(stream));
         }
     });
     port
@@ -1690,48 +1695,41 @@ fn with_a_confirm_listener_a_relayed_token_makes_it_confirmed_open() {
 /// message is thrown away. A test with proof of relay finds it accepts at RCPT, sends its
 /// tokens, and none ever comes back.
 fn accept_all_black_hole(ip: &str) -> u16 {
-    let listener = TcpListener::bind((ip, 0)).expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut stream = stream;
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-                let _ = stream.write_all(b"220 hole.example.test ESMTP\r\n");
-                let mut line = String::new();
-                let mut in_data = false;
-                while reader.read_line(&mut line).unwrap_or(0) > 0 {
-                    let reply: &[u8] = if in_data {
-                        if line == ".\r\n" {
-                            in_data = false;
-                            b"250 2.0.0 queued\r\n"
-                        } else {
-                            b""
-                        }
-                    } else {
-                        match line.get(..4).unwrap_or("").to_ascii_uppercase().as_str() {
-                            "DATA" => {
-                                in_data = true;
-                                b"354 go ahead\r\n"
-                            }
-                            "QUIT" => {
-                                let _ = stream.write_all(b"221 bye\r\n");
-                                return;
-                            }
-                            "STAR" | "AUTH" | "VRFY" | "EXPN" => b"502 5.5.1 no\r\n",
-                            _ => b"250 ok\r\n",
-                        }
-                    };
-                    if !reply.is_empty() && stream.write_all(reply).is_err() {
+    serve_each(ip, |stream| {
+        let mut stream = stream;
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+        let _ = stream.write_all(b"220 hole.example.test ESMTP\r\n");
+        let mut line = String::new();
+        let mut in_data = false;
+        while reader.read_line(&mut line).unwrap_or(0) > 0 {
+            let reply: &[u8] = if in_data {
+                if line == ".\r\n" {
+                    in_data = false;
+                    b"250 2.0.0 queued\r\n"
+                } else {
+                    b""
+                }
+            } else {
+                match line.get(..4).unwrap_or("").to_ascii_uppercase().as_str() {
+                    "DATA" => {
+                        in_data = true;
+                        b"354 go ahead\r\n"
+                    }
+                    "QUIT" => {
+                        let _ = stream.write_all(b"221 bye\r\n");
                         return;
                     }
-                    line.clear();
+                    "STAR" | "AUTH" | "VRFY" | "EXPN" => b"502 5.5.1 no\r\n",
+                    _ => b"250 ok\r\n",
                 }
-            });
+            };
+            if !reply.is_empty() && stream.write_all(reply).is_err() {
+                return;
+            }
+            line.clear();
         }
-    });
-    port
+    })
 }
 
 /// The first `rw` + 12 letters/digits in `text`: what a proof-of-relay token looks like.
@@ -1817,39 +1815,30 @@ fn the_caller_cannot_forge_the_proof_of_relay_with_a_token_from_the_transcript()
 /// Answers every command with ~58 KB of reply (120 lines of 480 characters): within the
 /// probe's limits per reply, until its 2 MiB per target.
 fn verbose_server(ip: &str) -> u16 {
-    let listener = TcpListener::bind((ip, 0)).expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut stream = stream;
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-                let mut big: Vec<u8> = Vec::new();
-                for i in 0..120 {
-                    big.extend_from_slice(
-                        format!("250-{}\r\n", format!("x{i:03}").repeat(120)).as_bytes(),
-                    );
-                }
-                big.extend_from_slice(b"250 ok\r\n");
-                let _ = stream.write_all(b"220 verbose.example.test ESMTP\r\n");
-                let mut line = String::new();
-                while reader.read_line(&mut line).unwrap_or(0) > 0 {
-                    let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
-                    let reply: &[u8] = match verb.as_str() {
-                        "QUIT" => b"221 bye\r\n",
-                        "STAR" => b"502 no\r\n",
-                        _ => &big,
-                    };
-                    if stream.write_all(reply).is_err() || verb == "QUIT" {
-                        return;
-                    }
-                    line.clear();
-                }
-            });
+    serve_each(ip, |stream| {
+        let mut stream = stream;
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+        let mut big: Vec<u8> = Vec::new();
+        for i in 0..120 {
+            big.extend_from_slice(format!("250-{}\r\n", format!("x{i:03}").repeat(120)).as_bytes());
         }
-    });
-    port
+        big.extend_from_slice(b"250 ok\r\n");
+        let _ = stream.write_all(b"220 verbose.example.test ESMTP\r\n");
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap_or(0) > 0 {
+            let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+            let reply: &[u8] = match verb.as_str() {
+                "QUIT" => b"221 bye\r\n",
+                "STAR" => b"502 no\r\n",
+                _ => &big,
+            };
+            if stream.write_all(reply).is_err() || verb == "QUIT" {
+                return;
+            }
+            line.clear();
+        }
+    })
 }
 
 /// A test keeps at most 1 MiB of dialogue, so a server that talks a lot cannot make each of
