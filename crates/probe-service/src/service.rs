@@ -354,14 +354,14 @@ impl Service {
     }
 
     /// The engine settings for one test: the service's, with the transcript going to `live`
-    /// (with proof of relay, its tokens hidden: see [`hide_tokens`]).
+    /// (with proof of relay, its tokens hidden: see [`relayward_probe::confirm::hide_tokens`]).
     fn engine_for(&self, live: &Arc<LiveTest>) -> ProbeConfig {
         let mut cfg = self.engine.clone();
         let live = Arc::clone(live);
         let confirming = cfg.confirm.is_some();
         cfg.live_transcript = Some(Arc::new(move |_target: &Target, line: &str| {
             if confirming {
-                live.push_line(&hide_tokens(line))
+                live.push_line(&relayward_probe::confirm::hide_tokens(line))
             } else {
                 live.push_line(line)
             }
@@ -436,47 +436,6 @@ fn shown_address(target: &Target) -> String {
 fn push_closing(live: &LiveTest, report: &TargetReport) {
     for line in output::closing_lines(report) {
         live.push_own_line(&line);
-    }
-}
-
-/// Letters and digits after `rw` in a proof-of-relay token (the probe's `rw` + nonce).
-const TOKEN_TAIL: usize = 12;
-
-/// `line` with every proof-of-relay token (`rw` and 12 letters or digits, as a word, in any
-/// case: a server may echo the Message-ID) written `rw[hidden]`. Whoever asked for a test
-/// watches its transcript while the test waits for the tokens to come back; one who read a
-/// token could mail it to the confirm listener and have a server that merely accepts at RCPT
-/// stored as CONFIRMED-OPEN. The report's own `confirm` list keeps the tokens, but it is
-/// only filled in once the wait is over and the tokens are forgotten.
-pub fn hide_tokens(line: &str) -> std::borrow::Cow<'_, str> {
-    let bytes = line.as_bytes();
-    let is_word = |b: u8| b.is_ascii_alphanumeric();
-    let mut out: Option<String> = None;
-    let mut copied = 0;
-    let mut i = 0;
-    while i + 2 + TOKEN_TAIL <= bytes.len() {
-        let end = i + 2 + TOKEN_TAIL;
-        let token = bytes[i..i + 2].eq_ignore_ascii_case(b"rw")
-            && (i == 0 || !is_word(bytes[i - 1]))
-            && bytes[i + 2..end].iter().all(|&b| is_word(b))
-            && bytes.get(end).is_none_or(|&b| !is_word(b));
-        if token {
-            let hidden = out.get_or_insert_with(|| String::with_capacity(line.len()));
-            // `i` and `end` sit next to ASCII bytes: both are character boundaries.
-            hidden.push_str(&line[copied..i + 2]);
-            hidden.push_str("[hidden]");
-            copied = end;
-            i = end;
-        } else {
-            i += 1;
-        }
-    }
-    match out {
-        Some(mut hidden) => {
-            hidden.push_str(&line[copied..]);
-            std::borrow::Cow::Owned(hidden)
-        }
-        None => std::borrow::Cow::Borrowed(line),
     }
 }
 
@@ -569,38 +528,4 @@ async fn engine_settings(config: &ServiceConfig) -> anyhow::Result<ProbeConfig> 
 
 fn unix_now() -> u64 {
     relayward_probe::probe::unix_now()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn proof_tokens_are_hidden_and_nothing_else() {
-        assert_eq!(
-            hide_tokens(">>> Subject: relayward relay test rw1v4hfq5soule"),
-            ">>> Subject: relayward relay test rw[hidden]"
-        );
-        assert_eq!(
-            hide_tokens(">>> Message-ID: <rwujiwb93qci6f@relay-test.example.org>"),
-            ">>> Message-ID: <rw[hidden]@relay-test.example.org>"
-        );
-        assert_eq!(
-            hide_tokens("<<< 250 queued as RWUJIWB93QCI6F, rw000000000000"),
-            "<<< 250 queued as RW[hidden], rw[hidden]"
-        );
-        for kept in [
-            ">>> RCPT TO:<relaytest@example.net>",
-            "<<< 250 throwaway1234567",
-            "<<< 250 rwabc",
-            "<<< 250 xrwujiwb93qci6f rwujiwb93qci6fx",
-            "<<< 250 é rw",
-        ] {
-            assert!(
-                matches!(hide_tokens(kept), std::borrow::Cow::Borrowed(_)),
-                "{kept}"
-            );
-        }
-        assert_eq!(hide_tokens("é rwujiwb93qci6f é"), "é rw[hidden] é");
-    }
 }

@@ -25,6 +25,66 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, timeout_at};
 
+/// What every proof-of-relay token starts with.
+pub const TOKEN_PREFIX: &str = "rw";
+/// Lower-case letters and digits after [`TOKEN_PREFIX`] in a token (and in the probe's other
+/// nonces).
+pub const NONCE_LEN: usize = 12;
+
+/// A new proof-of-relay token: [`TOKEN_PREFIX`] and [`NONCE_LEN`] random lower-case letters
+/// and digits, which nothing else in a transcript looks like.
+pub fn new_token() -> String {
+    format!("{TOKEN_PREFIX}{}", nonce())
+}
+
+/// [`NONCE_LEN`] random lower-case letters and digits.
+pub fn nonce() -> String {
+    use rand::Rng as _;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..NONCE_LEN)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// `line` with every proof-of-relay token ([`new_token`]'s shape, as a word, in any case: a
+/// server may echo the Message-ID) written `rw[hidden]`. For the probe service, whose caller
+/// watches the transcript while the test waits for the tokens to come back: one who read a
+/// token could mail it to the confirm listener and have a server that merely accepts at RCPT
+/// stored as CONFIRMED-OPEN. The report's own `confirm` list keeps the tokens, but it is
+/// only filled in once the wait is over and the tokens are forgotten.
+pub fn hide_tokens(line: &str) -> std::borrow::Cow<'_, str> {
+    let bytes = line.as_bytes();
+    let is_word = |b: u8| b.is_ascii_alphanumeric();
+    let mut out: Option<String> = None;
+    let mut copied = 0;
+    let mut i = 0;
+    while i + 2 + NONCE_LEN <= bytes.len() {
+        let end = i + 2 + NONCE_LEN;
+        let token = bytes[i..i + 2].eq_ignore_ascii_case(TOKEN_PREFIX.as_bytes())
+            && (i == 0 || !is_word(bytes[i - 1]))
+            && bytes[i + 2..end].iter().all(|&b| is_word(b))
+            && bytes.get(end).is_none_or(|&b| !is_word(b));
+        if token {
+            let hidden = out.get_or_insert_with(|| String::with_capacity(line.len()));
+            // `i` and `end` sit next to ASCII bytes: both are character boundaries.
+            hidden.push_str(&line[copied..i + 2]);
+            hidden.push_str("[hidden]");
+            copied = end;
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    match out {
+        Some(mut hidden) => {
+            hidden.push_str(&line[copied..]);
+            std::borrow::Cow::Owned(hidden)
+        }
+        None => std::borrow::Cow::Borrowed(line),
+    }
+}
+
 const MAX_LINE: u64 = 1001;
 /// Largest message read; a longer one is refused with 552 and the session closed.
 pub const MAX_MESSAGE: usize = 1 << 20;
@@ -411,6 +471,35 @@ async fn read_body<R: AsyncRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proof_tokens_are_hidden_and_nothing_else() {
+        assert_eq!(
+            hide_tokens(">>> Subject: relayward relay test rw1v4hfq5soule"),
+            ">>> Subject: relayward relay test rw[hidden]"
+        );
+        assert_eq!(
+            hide_tokens(">>> Message-ID: <rwujiwb93qci6f@relay-test.example.org>"),
+            ">>> Message-ID: <rw[hidden]@relay-test.example.org>"
+        );
+        assert_eq!(
+            hide_tokens("<<< 250 queued as RWUJIWB93QCI6F, rw000000000000"),
+            "<<< 250 queued as RW[hidden], rw[hidden]"
+        );
+        for kept in [
+            ">>> RCPT TO:<relaytest@example.net>",
+            "<<< 250 throwaway1234567",
+            "<<< 250 rwabc",
+            "<<< 250 xrwujiwb93qci6f rwujiwb93qci6fx",
+            "<<< 250 é rw",
+        ] {
+            assert!(
+                matches!(hide_tokens(kept), std::borrow::Cow::Borrowed(_)),
+                "{kept}"
+            );
+        }
+        assert_eq!(hide_tokens("é rwujiwb93qci6f é"), "é rw[hidden] é");
+    }
 
     #[test]
     fn received_chain_is_unfolded_escaped_and_stops_at_the_body() {

@@ -9,7 +9,6 @@
 
 use std::sync::Arc;
 
-use rand::Rng;
 use relayward_protocol::battery::{self, CalibrationKind, RenderedTrick, TrickContext, TrickKind};
 use relayward_protocol::reply::Reply;
 use tokio::time::Instant;
@@ -143,7 +142,7 @@ impl<'a> Runner<'a> {
         ] {
             tests.push(self.run_special(id, &ctx, plain_accepted).await);
         }
-        let nonce = nonce();
+        let nonce = crate::confirm::nonce();
         let calibrations = battery::calibration_probes(&ctx, &nonce);
         let mut calib_results = Vec::new();
         for c in &calibrations {
@@ -723,7 +722,7 @@ impl<'a> Runner<'a> {
                     log,
                     &mut run,
                     &mechanisms,
-                    &nonce(),
+                    &crate::confirm::nonce(),
                     plain,
                     message,
                 )
@@ -809,7 +808,7 @@ impl<'a> Runner<'a> {
         let mut results = Vec::new();
         for test in tests.iter().filter(|t| t.outcome == Outcome::Accepted) {
             if let Some(trick) = special::special(&test.id) {
-                let token = format!("rw{}", nonce());
+                let token = crate::confirm::new_token();
                 settings.server.expect(&token);
                 let result = self.send_special_token(trick, ctx, token).await;
                 results.push(result);
@@ -825,7 +824,7 @@ impl<'a> Runner<'a> {
                 results.push(not_sendable(&test.id));
                 continue;
             }
-            let token = format!("rw{}", nonce());
+            let token = crate::confirm::new_token();
             settings.server.expect(&token);
             let result = self.send_token(&rendered, token).await;
             results.push(result);
@@ -1058,15 +1057,6 @@ fn guess_local_domain(host: &str) -> Option<String> {
     rest.contains('.').then(|| rest.to_string())
 }
 
-/// 12 random lower-case letters and digits.
-fn nonce() -> String {
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let mut rng = rand::rng();
-    (0..12)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect()
-}
-
 /// The verdict when a target's first session could not be opened. A connection this machine
 /// could not make (out of file descriptors, socket buffers or memory: EMFILE, ENFILE,
 /// ENOBUFS, ENOMEM) says nothing about the target, so it is inconclusive, not unreachable.
@@ -1135,7 +1125,7 @@ mod tests {
 
     #[test]
     fn nonces_are_lowercase_alnum() {
-        let n = nonce();
+        let n = crate::confirm::nonce();
         assert_eq!(n.len(), 12);
         assert!(
             n.bytes()
